@@ -1,0 +1,3 @@
+"""kb: a knowledge-base service over a persistent cosine Chroma collection."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,156 @@
+"""Document routes: add, get, list, update, delete."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from flask import Blueprint, Response, request
+
+from kb.api.util import body, documented, reply, store
+from kb.errors import ValidationFailed, field_error
+from kb.filters import compile_filter
+from kb.schemas import (
+    AddRequest,
+    AddResponse,
+    DeleteRequest,
+    DeleteResponse,
+    Document,
+    DocumentList,
+    UpdateFields,
+    UpdateRequest,
+)
+from kb.store import WriteMode
+
+bp = Blueprint("documents", __name__)
+
+LIST_PARAMS = [
+    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
+    {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+    {"name": "where", "in": "query", "schema": {"type": "string"}, "description": "JSON filter"},
+]
+ID_ERRORS = (400, 404, 413, 422)
+
+
+@bp.post("/add")
+@documented(
+    "Add one document or many",
+    request=AddRequest,
+    response=AddResponse,
+    status=201,
+    errors=(400, 409, 413, 422),
+)
+def add() -> tuple[Response, int]:
+    req = body(AddRequest)
+    mode = WriteMode.UPSERT if req.upsert else WriteMode.ERROR
+    return reply(store().add(req.items(), mode), 201)
+
+
+@bp.get("/documents/<path:doc_id>")
+@documented("Get one document", response=Document, errors=(404,))
+def get_document(doc_id: str) -> tuple[Response, int]:
+    return reply(store().get(doc_id))
+
+
+@bp.get("/documents")
+@documented(
+    "List documents, optionally filtered",
+    response=DocumentList,
+    errors=(400, 422),
+    query=LIST_PARAMS,
+)
+def list_documents() -> tuple[Response, int]:
+    limit = _int_arg("limit", 20, 1, 1000)
+    offset = _int_arg("offset", 0, 0, None)
+    where = _json_arg("where")
+    simple = {
+        key: _typed(request.args.getlist(key))
+        for key in request.args
+        if key not in {"limit", "offset", "where"}
+    }
+    flt = compile_filter(simple or None, where)
+    return reply(store().list(flt, limit, offset))
+
+
+@bp.patch("/documents/<path:doc_id>")
+@documented(
+    "Update a document's text and/or metadata",
+    request=UpdateFields,
+    response=Document,
+    errors=ID_ERRORS,
+)
+def patch_document(doc_id: str) -> tuple[Response, int]:
+    return reply(store().update(doc_id, body(UpdateFields)))
+
+
+@bp.post("/update")
+@documented(
+    "Update a document (id in the body)", request=UpdateRequest, response=Document, errors=ID_ERRORS
+)
+def update() -> tuple[Response, int]:
+    req = body(UpdateRequest)
+    return reply(store().update(req.id, req))
+
+
+@bp.delete("/documents/<path:doc_id>")
+@documented("Delete one document", response=DeleteResponse, errors=(404,))
+def delete_document(doc_id: str) -> tuple[Response, int]:
+    return reply(store().delete([doc_id]))
+
+
+@bp.post("/delete")
+@documented(
+    "Delete documents by ids or by filter",
+    request=DeleteRequest,
+    response=DeleteResponse,
+    errors=ID_ERRORS,
+)
+def delete() -> tuple[Response, int]:
+    req = body(DeleteRequest)
+    if req.ids is not None:
+        return reply(store().delete(req.ids))
+    return reply(store().delete_where(compile_filter(req.filters, req.where)))
+
+
+def _int_arg(name: str, default: int, low: int, high: int | None) -> int:
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = low - 1
+    if value < low or (high is not None and value > high):
+        bounds = f"{low}..{high}" if high is not None else f">= {low}"
+        raise ValidationFailed(
+            f"{name}: must be an integer {bounds}",
+            details=[field_error(name, f"must be an integer {bounds}")],
+        )
+    return value
+
+
+def _json_arg(name: str) -> dict[str, Any] | None:
+    raw = request.args.get(name)
+    if raw is None:
+        return None
+    try:
+        value = json.loads(raw)
+    except ValueError as exc:
+        raise ValidationFailed(
+            f"{name}: not valid JSON ({exc})", details=[field_error(name, "not valid JSON")]
+        ) from exc
+    return value
+
+
+def _typed(values: list[str]) -> Any:
+    """Query-string values: numbers and booleans typed as JSON would; repeated = any of."""
+    typed = [_scalar(value) for value in values]
+    return typed[0] if len(typed) == 1 else typed
+
+
+def _scalar(value: str) -> Any:
+    try:
+        parsed = json.loads(value)
+    except ValueError:
+        return value
+    return parsed if isinstance(parsed, int | float | bool) else value

@@ -1,0 +1,51 @@
+"""One error shape for every failure: {"error": {"code", "message", "details"}}."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+from flask import Flask, Response, jsonify
+from werkzeug.exceptions import HTTPException
+
+from kb.errors import KBError
+
+log = logging.getLogger(__name__)
+
+
+def _render(status: int, code: str, message: str, details: list | None = None) -> Response:
+    response = jsonify({"error": {"code": code, "message": message, "details": details or []}})
+    response.status_code = status
+    return response
+
+
+def _http_code(exc: HTTPException) -> str:
+    if exc.code == 413:
+        return "payload_too_large"
+    return re.sub(r"\W+", "_", (exc.name or "error").lower()).strip("_")
+
+
+def register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(KBError)
+    def kb_error(exc: KBError) -> Response:
+        if exc.status >= 500:
+            log.error("%s: %s", exc.code, exc.message)
+        return _render(exc.status, exc.code, exc.message, exc.details)
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> Response:
+        message = exc.description or exc.name
+        if exc.code == 413:
+            limit = app.config.get("MAX_CONTENT_LENGTH")
+            message = f"the request body is larger than the limit of {limit} bytes"
+        response = _render(exc.code or 500, _http_code(exc), message)
+        if exc.code == 405 and (allowed := exc.get_headers()):
+            for name, value in allowed:
+                if name.lower() == "allow":
+                    response.headers["Allow"] = value
+        return response
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception) -> Response:
+        log.exception("unhandled error")
+        return _render(500, "internal_error", "an internal error occurred; see the server log")

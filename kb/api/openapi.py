@@ -1,0 +1,89 @@
+"""Build the OpenAPI 3.1 document from the routes and their pydantic models."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from flask import Flask
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
+from kb import __version__
+from kb.api.util import RouteDoc
+from kb.schemas import ErrorBody
+
+REF = "#/components/schemas/{model}"
+Mode = Literal["validation", "serialization"]
+IGNORED_METHODS = {"HEAD", "OPTIONS"}
+
+
+def build_spec(app: Flask) -> dict[str, Any]:
+    routes = _routes(app)
+    keyed = _models(routes)
+    refs_by_key, schemas = models_json_schema(keyed, ref_template=REF)
+    refs = {model: refs_by_key[(model, mode)] for model, mode in keyed}
+    paths: dict[str, dict[str, Any]] = {}
+    for path, method, doc in routes:
+        paths.setdefault(path, {})[method.lower()] = _operation(path, doc, refs)
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "kb",
+            "version": __version__,
+            "description": "A knowledge base: store text with metadata, search it by meaning.",
+        },
+        "paths": paths,
+        "components": {"schemas": schemas.get("$defs", {})},
+    }
+
+
+def _routes(app: Flask) -> list[tuple[str, str, RouteDoc]]:
+    found = []
+    for rule in sorted(app.url_map.iter_rules(), key=lambda r: r.rule):
+        view = app.view_functions[rule.endpoint]
+        doc = getattr(view, "openapi", None) or RouteDoc(rule.endpoint.replace("_", " "))
+        path = re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule.rule)
+        for method in sorted((rule.methods or set()) - IGNORED_METHODS):
+            found.append((path, method, doc))
+    return found
+
+
+def _models(routes: list[tuple[str, str, RouteDoc]]) -> list[tuple[type[BaseModel], Mode]]:
+    """Each model once: request bodies as validated, responses as serialized."""
+    keyed: dict[type[BaseModel], Mode] = {ErrorBody: "serialization"}
+    for _, _, doc in routes:
+        if doc.request is not None:
+            keyed.setdefault(doc.request, "validation")
+        for model in (doc.response, *doc.alternatives):
+            if model is not None:
+                keyed.setdefault(model, "serialization")
+    return list(keyed.items())
+
+
+def _operation(path: str, doc: RouteDoc, refs: dict[type[BaseModel], Any]) -> dict[str, Any]:
+    op: dict[str, Any] = {"summary": doc.summary, "responses": {}}
+    params = [
+        {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+        for name in re.findall(r"{([^}]+)}", path)
+    ]
+    if params or doc.query:
+        op["parameters"] = params + doc.query
+    if doc.request is not None:
+        op["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": refs[doc.request]}},
+        }
+    if doc.response is not None:
+        options = [refs[m] for m in (doc.response, *doc.alternatives)]
+        schema = options[0] if len(options) == 1 else {"oneOf": options}
+        content = {"application/json": {"schema": schema}}
+    else:
+        content = {"application/json": {"schema": {"type": "object"}}}
+    op["responses"][str(doc.status)] = {"description": "Success", "content": content}
+    for status in (*doc.errors, 500):
+        op["responses"][str(status)] = {
+            "description": "Error",
+            "content": {"application/json": {"schema": refs[ErrorBody]}},
+        }
+    return op

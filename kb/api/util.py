@@ -1,0 +1,103 @@
+"""Request parsing and response helpers shared by the views."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from flask import Response, current_app, jsonify, request
+from pydantic import BaseModel, ValidationError
+
+from kb.config import Settings
+from kb.errors import BadRequest, ValidationFailed, field_error
+from kb.store import KnowledgeStore
+
+M = TypeVar("M", bound=BaseModel)
+EXTENSION = "kb"
+
+
+@dataclass
+class KBState:
+    """What the app holds for the views: the settings and the open store."""
+
+    settings: Settings
+    store: KnowledgeStore
+
+
+def state() -> KBState:
+    return current_app.extensions[EXTENSION]
+
+
+def store() -> KnowledgeStore:
+    return state().store
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def body(model: type[M]) -> M:
+    """The request's JSON body validated as `model`; 400 for bad JSON, 422 for bad content."""
+    raw = request.get_data(cache=True)  # raises 413 past MAX_CONTENT_LENGTH
+    if not raw.strip():
+        raise BadRequest("the request needs a JSON body")
+    try:
+        data = json.loads(raw, parse_constant=_no_constants)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"the request body is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ValidationFailed(
+            "the request body must be a JSON object",
+            details=[field_error("body", "expected an object", "type_error")],
+        )
+    return validate(model, data)
+
+
+def validate(model: type[M], data: Any) -> M:
+    try:
+        return model.model_validate(data, context={"settings": state().settings})
+    except ValidationError as exc:
+        raise validation_failed(exc) from exc
+
+
+def validation_failed(exc: ValidationError) -> ValidationFailed:
+    details = [
+        field_error(
+            ".".join(str(part) for part in err["loc"]) or "body",
+            err["msg"].removeprefix("Value error, "),
+            err["type"],
+        )
+        for err in exc.errors(include_url=False)
+    ]
+    first = details[0]
+    more = f" (and {len(details) - 1} more)" if len(details) > 1 else ""
+    return ValidationFailed(f"{first['field']}: {first['message']}{more}", details=details)
+
+
+def reply(model: BaseModel, status: int = 200) -> tuple[Response, int]:
+    return jsonify(model.model_dump(mode="json", exclude_none=False)), status
+
+
+@dataclass
+class RouteDoc:
+    """What the OpenAPI document says of one view."""
+
+    summary: str
+    request: type[BaseModel] | None = None
+    response: type[BaseModel] | None = None
+    alternatives: list[type[BaseModel]] = field(default_factory=list)
+    status: int = 200
+    errors: tuple[int, ...] = (400, 413, 422)
+    query: list[dict[str, Any]] = field(default_factory=list)
+
+
+def documented(summary: str, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Attach an OpenAPI description to a view; /openapi.json is built from these."""
+
+    def attach(view: Callable[..., Any]) -> Callable[..., Any]:
+        view.openapi = RouteDoc(summary, **kwargs)  # type: ignore[attr-defined]
+        return view
+
+    return attach

@@ -1,0 +1,245 @@
+"""Chroma access: open the cosine collection, guard its model, move records in batches."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import numpy as np
+
+from kb.config import Settings
+from kb.embeddings import Embedder
+from kb.errors import ConfigError, KBError, ModelMismatch, StoreUnavailable, ValidationFailed
+from kb.filters import CompiledFilter
+from kb.records import Record
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+MODEL_KEY, DIM_KEY, FINGERPRINT_KEY = "kb_model", "kb_dim", "kb_fingerprint"
+RECORD_FIELDS = ["documents", "metadatas"]
+
+
+@contextmanager
+def chroma_errors() -> Iterator[None]:
+    """Map Chroma's exceptions to KBError so no store failure reaches a client as a bare 500."""
+    try:
+        yield
+    except KBError:
+        raise
+    except ValueError as exc:  # Chroma's own validation: a request kb let through
+        raise ValidationFailed(f"the store rejected the request: {exc}") from exc
+    except Exception as exc:
+        log.exception("store operation failed")
+        raise StoreUnavailable(f"the store failed: {type(exc).__name__}: {exc}") from exc
+
+
+def make_client(settings: Settings) -> Any:
+    import chromadb
+    from chromadb.config import Settings as ChromaSettings
+
+    settings.chroma_path.mkdir(parents=True, exist_ok=True)
+    return chromadb.PersistentClient(
+        path=str(settings.chroma_path),
+        settings=ChromaSettings(anonymized_telemetry=False, allow_reset=False),
+    )
+
+
+class RecordCollection:
+    """One Chroma collection in cosine space, holding vectors from exactly one model."""
+
+    def __init__(self, settings: Settings, embedder: Embedder, client: Any | None = None) -> None:
+        self.settings = settings
+        self.name = settings.collection
+        self.location = str(settings.chroma_path)
+        self.mode = "embedded"
+        self._client = client if client is not None else make_client(settings)
+        with chroma_errors():
+            self.max_batch = int(self._client.get_max_batch_size())
+            self._col = self._client.get_or_create_collection(
+                self.name,
+                configuration={"hnsw": {"space": "cosine"}},
+                metadata=_model_metadata(embedder),
+                embedding_function=None,
+            )
+        self._check_space()
+        self._check_model(embedder)
+
+    def close(self) -> None:
+        close = getattr(self._client, "close", None)
+        if close is not None:
+            close()
+
+    # ------------------------------------------------------------ guards
+
+    def _check_space(self) -> None:
+        config = self._col.configuration or {}
+        space = (config.get("hnsw") or {}).get("space") or (self._col.metadata or {}).get(
+            "hnsw:space"
+        )
+        if space != "cosine":
+            raise ConfigError(
+                f"collection '{self.name}' uses the '{space}' space; kb needs cosine. "
+                "Use another KB_COLLECTION."
+            )
+
+    def _check_model(self, embedder: Embedder) -> None:
+        meta = dict(self._col.metadata or {})
+        if MODEL_KEY not in meta:
+            if self._col.count():
+                raise ConfigError(
+                    f"collection '{self.name}' holds data that kb did not write (no model "
+                    "record); use another KB_COLLECTION"
+                )
+            with chroma_errors():
+                self._col.modify(metadata={**meta, **_model_metadata(embedder)})
+            return
+        if meta.get(DIM_KEY) != embedder.dim or meta.get(FINGERPRINT_KEY) != embedder.fingerprint:
+            raise ModelMismatch(
+                f"collection '{self.name}' in {self.location} was built with {meta[MODEL_KEY]} "
+                f"({meta.get(DIM_KEY)}-d, fingerprint {meta.get(FINGERPRINT_KEY)}), but the "
+                f"configured model is {embedder.name} ({embedder.dim}-d, fingerprint "
+                f"{embedder.fingerprint}). Mixing vector spaces would return wrong matches: "
+                "set KB_MODEL back, choose another KB_COLLECTION, or export and re-load."
+            )
+
+    # ------------------------------------------------------------ collection metadata
+
+    def settings_value(self, key: str) -> Any:
+        return (self._col.metadata or {}).get(key)
+
+    def set_settings_value(self, key: str, value: Any) -> None:
+        with chroma_errors():
+            meta = dict(self._col.metadata or {})
+            meta[key] = value
+            self._col.modify(metadata=meta)
+
+    # ------------------------------------------------------------ reads
+
+    def count(self) -> int:
+        with chroma_errors():
+            return int(self._col.count())
+
+    def ids(self, flt: CompiledFilter | None = None) -> list[str]:
+        """Every record id matching the filter (ids only, cheap)."""
+        flt = flt or CompiledFilter()
+        with chroma_errors():
+            got = self._col.get(where=flt.where, where_document=flt.where_document, include=[])
+        return list(got["ids"])
+
+    def get(
+        self,
+        ids: Sequence[str] | None = None,
+        flt: CompiledFilter | None = None,
+        *,
+        limit: int | None = None,
+        offset: int | None = None,
+        embeddings: bool = False,
+    ) -> list[Record]:
+        flt = flt or CompiledFilter()
+        include = RECORD_FIELDS + (["embeddings"] if embeddings else [])
+        if ids is not None and not ids:
+            return []
+        if ids is not None and len(ids) > self.max_batch:
+            return [r for part in _batches(ids, self.max_batch) for r in self.get(part, flt)]
+        with chroma_errors():
+            got = self._col.get(
+                ids=list(ids) if ids is not None else None,
+                where=flt.where,
+                where_document=flt.where_document,
+                limit=limit,
+                offset=offset,
+                include=include,
+            )
+        vectors = got.get("embeddings") if embeddings else None
+        return [
+            Record(
+                id=rid,
+                text=got["documents"][i] or "",
+                metadata=dict(got["metadatas"][i] or {}),
+                embedding=vectors[i] if vectors is not None else None,
+            )
+            for i, rid in enumerate(got["ids"])
+        ]
+
+    def nearest(
+        self, vectors: np.ndarray, n: int, flt: CompiledFilter | None = None
+    ) -> list[list[tuple[Record, float]]]:
+        """For each query vector, up to n (record, cosine score) pairs, best first."""
+        flt = flt or CompiledFilter()
+        with chroma_errors():
+            got = self._col.query(
+                query_embeddings=vectors,
+                n_results=n,
+                where=flt.where,
+                where_document=flt.where_document,
+                include=["documents", "metadatas", "distances"],
+            )
+        results = []
+        for q, ids in enumerate(got["ids"]):
+            docs, metas, dists = got["documents"][q], got["metadatas"][q], got["distances"][q]
+            results.append(
+                [
+                    (Record(rid, docs[i] or "", dict(metas[i] or {})), 1.0 - float(dists[i]))
+                    for i, rid in enumerate(ids)
+                ]
+            )
+        return results
+
+    # ------------------------------------------------------------ writes
+
+    def upsert(self, records: Sequence[Record], previous: Sequence[Record] = ()) -> None:
+        """Write records in batches Chroma accepts, all or nothing.
+
+        `previous` holds the records (with embeddings) this write replaces; if a batch fails,
+        what the call wrote is removed and `previous` is written back.
+        """
+        records = _replacing(records, previous)
+        written: list[str] = []
+        try:
+            for part in _batches(records, self.max_batch):
+                self._write(part)
+                written.extend(r.id for r in part)
+        except Exception:
+            if written:
+                log.error("write failed after %d records; rolling back", len(written))
+                self.delete(written)
+                for part in _batches(previous, self.max_batch):
+                    self._write(part)
+            raise
+
+    def _write(self, records: Sequence[Record]) -> None:
+        with chroma_errors():
+            self._col.upsert(
+                ids=[r.id for r in records],
+                documents=[r.text for r in records],
+                metadatas=[r.metadata for r in records],
+                embeddings=np.asarray([r.embedding for r in records], dtype=np.float32),
+            )
+
+    def delete(self, ids: Sequence[str]) -> None:
+        for part in _batches(ids, self.max_batch):
+            with chroma_errors():
+                self._col.delete(ids=list(part))
+
+
+def _replacing(records: Sequence[Record], previous: Sequence[Record]) -> list[Record]:
+    """Chroma's upsert merges metadata; null out the keys a replaced record no longer has."""
+    old_keys = {r.id: r.metadata.keys() for r in previous}
+    out = []
+    for record in records:
+        gone = old_keys.get(record.id, set()) - record.metadata.keys()
+        meta = {**record.metadata, **dict.fromkeys(gone)} if gone else record.metadata
+        out.append(Record(record.id, record.text, meta, record.embedding))
+    return out
+
+
+def _model_metadata(embedder: Embedder) -> dict[str, Any]:
+    return {MODEL_KEY: embedder.name, DIM_KEY: embedder.dim, FINGERPRINT_KEY: embedder.fingerprint}
+
+
+def _batches(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

@@ -1,0 +1,82 @@
+"""Errors that carry their HTTP status; one handler renders them all in one shape."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class KBError(Exception):
+    """A failure a client can act on: status, stable code, human message, optional details."""
+
+    status: int = 500
+    code: str = "internal_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        details: list[dict[str, Any]] | None = None,
+        code: str | None = None,
+        status: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details or []
+        if code is not None:
+            self.code = code
+        if status is not None:
+            self.status = status
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"error": {"code": self.code, "message": self.message, "details": self.details}}
+
+
+class BadRequest(KBError):
+    status = 400
+    code = "bad_request"
+
+
+class ValidationFailed(KBError):
+    """Well-formed JSON whose content is wrong; details name each field."""
+
+    status = 422
+    code = "validation_error"
+
+
+class NotFound(KBError):
+    status = 404
+    code = "not_found"
+
+
+class Conflict(KBError):
+    status = 409
+    code = "conflict"
+
+
+class PayloadTooLarge(KBError):
+    status = 413
+    code = "payload_too_large"
+
+
+class ConfigError(KBError):
+    """The service cannot start or serve as configured (wrong model path, mismatched store)."""
+
+    status = 500
+    code = "config_error"
+
+
+class ModelMismatch(ConfigError):
+    """The collection was built with another embedding model or dimension."""
+
+    status = 409
+    code = "model_mismatch"
+
+
+class StoreUnavailable(KBError):
+    status = 503
+    code = "store_unavailable"
+
+
+def field_error(field: str, message: str, kind: str = "value_error") -> dict[str, Any]:
+    """One entry of an error's details: which field, what is wrong with it."""
+    return {"field": field, "message": message, "type": kind}

@@ -1,0 +1,254 @@
+"""The filter language: validate user filters and translate them to Chroma's where clauses.
+
+Chroma compares only numbers with $gt/$gte/$lt/$lte, so every metadata value that is an ISO
+date or datetime is stored with a numeric twin (epoch seconds) under a reserved key; a range
+bound given as an ISO string is translated to a comparison on that twin.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+from kb.errors import ValidationFailed, field_error
+from kb.schemas import RESERVED_PREFIX, check_metadata_key, scalar_kind
+
+TWIN_PREFIX = f"{RESERVED_PREFIX}ts_"
+COMPARISON = {"$eq", "$ne"}
+RANGE = {"$gt", "$gte", "$lt", "$lte"}
+MEMBERSHIP = {"$in", "$nin"}
+CONTAINS = {"$contains", "$not_contains"}
+LOGICAL = {"$and", "$or"}
+DOCUMENT_OPS = {"$contains", "$not_contains", "$regex", "$not_regex"}
+MAX_DEPTH = 8
+MAX_CONDITIONS = 64
+
+_DATE_RE = re.compile(r"\d{4}-\d{2}-\d{2}")
+_DATETIME_RE = re.compile(
+    r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?(Z|[+-]\d{2}:?\d{2})?"
+)
+
+
+@dataclass(frozen=True)
+class CompiledFilter:
+    """Chroma-ready clauses; None where there is no condition."""
+
+    where: dict[str, Any] | None = None
+    where_document: dict[str, Any] | None = None
+
+
+def parse_iso(value: str) -> float | None:
+    """Epoch seconds for an ISO date or datetime string (naive = UTC); None if not one."""
+    try:
+        if _DATE_RE.fullmatch(value):
+            return _epoch(datetime.combine(date.fromisoformat(value), datetime.min.time()))
+        if _DATETIME_RE.fullmatch(value):
+            return _epoch(datetime.fromisoformat(value))
+    except ValueError:
+        return None
+    return None
+
+
+def _epoch(moment: datetime) -> float:
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def date_twins(metadata: dict[str, Any]) -> dict[str, float]:
+    """The numeric twins of a metadata dict's date-valued entries."""
+    twins: dict[str, float] = {}
+    for key, value in metadata.items():
+        if isinstance(value, str) and (stamp := parse_iso(value)) is not None:
+            twins[f"{TWIN_PREFIX}{key}"] = stamp
+    return twins
+
+
+def and_where(*clauses: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Combine clauses with $and; Chroma wants at least two operands, so collapse."""
+    present = [clause for clause in clauses if clause]
+    if not present:
+        return None
+    return present[0] if len(present) == 1 else {"$and": present}
+
+
+def compile_filter(
+    filters: dict[str, Any] | None = None,
+    where: dict[str, Any] | None = None,
+    where_document: dict[str, Any] | None = None,
+) -> CompiledFilter:
+    """Validate and translate the three user filter forms; raise ValidationFailed on errors."""
+    errors: list[dict[str, Any]] = []
+    clauses: list[dict[str, Any] | None] = []
+    if filters is not None:
+        clauses.append(_Translator(errors).simple(filters))
+    if where is not None:
+        clauses.append(_Translator(errors).where(where, "where", 0))
+    document = None
+    if where_document is not None:
+        document = _Translator(errors).document(where_document, "where_document", 0)
+    if errors:
+        first = errors[0]
+        raise ValidationFailed(f"{first['field']}: {first['message']}", details=errors)
+    return CompiledFilter(where=and_where(*clauses), where_document=document)
+
+
+class _Translator:
+    """One pass over one filter tree; collects errors with the path to each."""
+
+    def __init__(self, errors: list[dict[str, Any]]) -> None:
+        self.errors = errors
+        self.conditions = 0
+
+    def fail(self, path: str, message: str) -> None:
+        self.errors.append(field_error(path, message, "filter_error"))
+
+    def simple(self, filters: Any) -> dict[str, Any] | None:
+        if not isinstance(filters, dict):
+            self.fail("filters", "must be an object of key -> value or list of values")
+            return None
+        clauses = []
+        for key, value in filters.items():
+            path = f"filters.{key}"
+            if not self.key_ok(key, path):
+                continue
+            if isinstance(value, list):
+                clauses.append(self.field(key, {"$in": value}, path))
+            else:
+                clauses.append(self.field(key, {"$eq": value}, path))
+        return and_where(*clauses)
+
+    def where(self, node: Any, path: str, depth: int) -> dict[str, Any] | None:
+        if depth > MAX_DEPTH:
+            self.fail(path, f"filters may nest at most {MAX_DEPTH} levels")
+            return None
+        if not isinstance(node, dict) or not node:
+            self.fail(path, "must be a non-empty object")
+            return None
+        clauses = []
+        for key, value in node.items():
+            sub = f"{path}.{key}"
+            if key in LOGICAL:
+                clauses.append(self.logical(key, value, sub, depth))
+            elif key.startswith("$"):
+                self.fail(sub, f"unknown operator '{key}' (logical operators: $and, $or)")
+            elif self.key_ok(key, sub):
+                clauses.append(self.field(key, value, sub))
+        return and_where(*clauses)
+
+    def logical(self, op: str, value: Any, path: str, depth: int) -> dict[str, Any] | None:
+        if not isinstance(value, list) or not value:
+            self.fail(path, f"{op} takes a non-empty list of conditions")
+            return None
+        parts = [self.where(item, f"{path}.{i}", depth + 1) for i, item in enumerate(value)]
+        kept = [part for part in parts if part]
+        if len(kept) <= 1:
+            return kept[0] if kept else None
+        return {op: kept}
+
+    def key_ok(self, key: Any, path: str) -> bool:
+        try:
+            check_metadata_key(key)
+        except ValueError as exc:
+            self.fail(path, str(exc))
+            return False
+        return True
+
+    def field(self, key: str, value: Any, path: str) -> dict[str, Any] | None:
+        self.conditions += 1
+        if self.conditions > MAX_CONDITIONS:
+            if self.conditions == MAX_CONDITIONS + 1:
+                self.fail(path, f"at most {MAX_CONDITIONS} conditions per filter")
+            return None
+        if not isinstance(value, dict):
+            if isinstance(value, list):
+                self.fail(path, 'a list needs an operator: use {"$in": [...]}')
+                return None
+            value = {"$eq": value}
+        if not value:
+            self.fail(path, "needs an operator such as $eq, $in or $gte")
+            return None
+        clauses = [self.operator(key, op, arg, f"{path}.{op}") for op, arg in value.items()]
+        return and_where(*clauses)
+
+    def operator(self, key: str, op: str, arg: Any, path: str) -> dict[str, Any] | None:
+        if op in COMPARISON or op in CONTAINS:
+            if self.scalar_ok(arg, path):
+                return {key: {op: arg}}
+        elif op in MEMBERSHIP:
+            if self.list_ok(arg, path):
+                return {key: {op: arg}}
+        elif op in RANGE:
+            return self.range(key, op, arg, path)
+        else:
+            known = ", ".join(sorted(COMPARISON | RANGE | MEMBERSHIP | CONTAINS))
+            self.fail(path, f"unknown operator '{op}' (known: {known})")
+        return None
+
+    def range(self, key: str, op: str, arg: Any, path: str) -> dict[str, Any] | None:
+        if isinstance(arg, int | float) and not isinstance(arg, bool):
+            return {key: {op: arg}}
+        if isinstance(arg, str):
+            stamp = parse_iso(arg)
+            if stamp is None:
+                self.fail(path, f"'{arg}' is not a number or an ISO date (YYYY-MM-DD[THH:MM:SS])")
+                return None
+            if _DATE_RE.fullmatch(arg) and op in {"$gt", "$lte"}:
+                # A bare date means the whole day: "after 2024-01-31" starts on Feb 1.
+                stamp += timedelta(days=1).total_seconds()
+                op = "$gte" if op == "$gt" else "$lt"
+            return {f"{TWIN_PREFIX}{key}": {op: stamp}}
+        self.fail(path, f"{op} needs a number or an ISO date string")
+        return None
+
+    def scalar_ok(self, arg: Any, path: str) -> bool:
+        finite = not isinstance(arg, float) or math.isfinite(arg)
+        if isinstance(arg, str | int | float | bool) and finite:
+            return True
+        self.fail(path, "needs a string, number or boolean")
+        return False
+
+    def list_ok(self, arg: Any, path: str) -> bool:
+        if not isinstance(arg, list) or not arg:
+            self.fail(path, "needs a non-empty list of values")
+            return False
+        if not all(self.scalar_ok(item, path) for item in arg):
+            return False
+        if len({scalar_kind(item) for item in arg}) > 1:
+            self.fail(path, "list values must all have one type")
+            return False
+        return True
+
+    def document(self, node: Any, path: str, depth: int) -> dict[str, Any] | None:
+        if depth > MAX_DEPTH:
+            self.fail(path, f"filters may nest at most {MAX_DEPTH} levels")
+            return None
+        if not isinstance(node, dict) or len(node) != 1:
+            self.fail(path, "must be an object with exactly one operator")
+            return None
+        ((op, arg),) = node.items()
+        sub = f"{path}.{op}"
+        if op in LOGICAL:
+            if not isinstance(arg, list) or not arg:
+                self.fail(sub, f"{op} takes a non-empty list of conditions")
+                return None
+            parts = [self.document(item, f"{sub}.{i}", depth + 1) for i, item in enumerate(arg)]
+            kept = [part for part in parts if part]
+            return kept[0] if len(kept) == 1 else ({op: kept} if kept else None)
+        if op not in DOCUMENT_OPS:
+            known = ", ".join(sorted(DOCUMENT_OPS | LOGICAL))
+            self.fail(sub, f"unknown operator '{op}' (known: {known})")
+            return None
+        if not isinstance(arg, str) or not arg:
+            self.fail(sub, f"{op} needs a non-empty string")
+            return None
+        if "regex" in op:
+            try:
+                re.compile(arg)
+            except re.error as exc:
+                self.fail(sub, f"invalid regular expression: {exc}")
+                return None
+        return {op: arg}

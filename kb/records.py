@@ -1,0 +1,106 @@
+"""How a document maps to Chroma records (one per chunk, internal fields) and back.
+
+Chunk 0 of a document has the document's own id; chunk i > 0 has id `<id>#chunk<i>`. Every
+chunk carries the user's metadata plus internal `_kb_*` fields that users never see.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from kb.chunking import Chunk, join
+from kb.filters import TWIN_PREFIX, date_twins
+from kb.schemas import RESERVED_PREFIX, Document
+
+DOC = f"{RESERVED_PREFIX}doc"
+CHUNK = f"{RESERVED_PREFIX}chunk"
+CHUNKS = f"{RESERVED_PREFIX}chunks"
+START = f"{RESERVED_PREFIX}start"
+HASH = f"{RESERVED_PREFIX}hash"
+EMPTY_LISTS = f"{RESERVED_PREFIX}empty"
+
+
+@dataclass
+class Record:
+    """One row of the Chroma collection."""
+
+    id: str
+    text: str
+    metadata: dict[str, Any]
+    embedding: Sequence[float] | None = None
+
+    @property
+    def doc_id(self) -> str:
+        return str(self.metadata[DOC])
+
+    @property
+    def chunk(self) -> int:
+        return int(self.metadata[CHUNK])
+
+
+def chunk_id(doc_id: str, index: int) -> str:
+    return doc_id if index == 0 else f"{doc_id}#chunk{index}"
+
+
+def derive_id(text: str) -> str:
+    """The id of a document given without one: a hash of its text, so re-adding is detected."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
+
+
+def content_hash(text: str, metadata: dict[str, Any] | None) -> str:
+    payload = json.dumps([text, metadata or {}], sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:32]
+
+
+def build_records(
+    doc_id: str, text: str, metadata: dict[str, Any] | None, chunks: Sequence[Chunk]
+) -> list[Record]:
+    """The records of one document, without embeddings."""
+    metadata = metadata or {}
+    stored = {key: value for key, value in metadata.items() if value != []}
+    empty = sorted(key for key, value in metadata.items() if value == [])
+    internal: dict[str, Any] = {
+        DOC: doc_id,
+        CHUNKS: len(chunks),
+        HASH: content_hash(text, metadata),
+        **date_twins(stored),
+    }
+    if empty:
+        # Chroma rejects empty lists; remember them so the document reads back as given.
+        internal[EMPTY_LISTS] = json.dumps(empty)
+    return [
+        Record(
+            id=chunk_id(doc_id, i),
+            text=chunk.text,
+            metadata={**stored, **internal, CHUNK: i, START: chunk.start},
+        )
+        for i, chunk in enumerate(chunks)
+    ]
+
+
+def user_metadata(stored: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The metadata exactly as the user gave it: internal fields off, empty lists back."""
+    if not stored:
+        return None
+    metadata = {
+        key: value
+        for key, value in stored.items()
+        if not key.startswith(RESERVED_PREFIX) and not key.startswith(TWIN_PREFIX)
+    }
+    for key in json.loads(stored.get(EMPTY_LISTS, "[]")):
+        metadata[key] = []
+    return metadata or None
+
+
+def assemble(records: Iterable[Record]) -> Document:
+    """One document from all of its chunk records (any order)."""
+    ordered = sorted(records, key=lambda record: record.chunk)
+    head = ordered[0]
+    text = join([Chunk(int(r.metadata[START]), r.text) for r in ordered])
+    return Document(
+        id=head.doc_id, text=text, metadata=user_metadata(head.metadata), chunks=len(ordered)
+    )

@@ -1,0 +1,396 @@
+"""The wire contract: pydantic models for every request and response body."""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+
+RESERVED_PREFIX = "_kb_"
+CHUNK_ID_RE = re.compile(r"#chunk\d+$")
+INT64 = 2**63
+MAX_KEY_CHARS = 128
+
+Scalar = str | int | float | bool
+ScalarSchema = {"anyOf": [{"type": "string"}, {"type": "number"}, {"type": "boolean"}]}
+MetadataValueSchema = {"anyOf": [*ScalarSchema["anyOf"], {"type": "array", "items": ScalarSchema}]}
+
+
+def _check_scalar(key: str, value: Any) -> None:
+    if isinstance(value, bool | str):
+        return
+    if isinstance(value, int):
+        if not -INT64 <= value < INT64:
+            raise ValueError(f"metadata '{key}': integer out of the 64-bit range")
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"metadata '{key}': numbers must be finite")
+        return
+    kind = (
+        "object" if isinstance(value, dict) else "null" if value is None else type(value).__name__
+    )
+    raise ValueError(
+        f"metadata '{key}': values must be a string, number, boolean or a list of them "
+        f"(got {kind}; nested objects are not supported, flatten them into keys)"
+    )
+
+
+def check_metadata_key(key: Any) -> None:
+    if not isinstance(key, str) or not key.strip():
+        raise ValueError("metadata keys must be non-empty strings")
+    if len(key) > MAX_KEY_CHARS:
+        raise ValueError(f"metadata key '{key[:20]}...' is longer than {MAX_KEY_CHARS} characters")
+    if key.startswith((RESERVED_PREFIX, "#", "$", "chroma:")):
+        raise ValueError(
+            f"metadata key '{key}' is reserved (keys may not start with "
+            f"'{RESERVED_PREFIX}', '#', '$' or 'chroma:')"
+        )
+
+
+def check_metadata_value(key: str, value: Any) -> None:
+    if isinstance(value, list):
+        for item in value:
+            _check_scalar(key, item)
+            if isinstance(item, list):
+                raise ValueError(f"metadata '{key}': lists may not contain lists")
+        kinds = {scalar_kind(item) for item in value}
+        if len(kinds) > 1:
+            raise ValueError(f"metadata '{key}': list items must all have one type")
+        return
+    _check_scalar(key, value)
+
+
+def scalar_kind(value: Scalar) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    return "number" if isinstance(value, int | float) else "str"
+
+
+def _validate_metadata(value: Any) -> Any:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ValueError("metadata must be an object of key -> value")
+    for key, item in value.items():
+        check_metadata_key(key)
+        check_metadata_value(key, item)
+    return value
+
+
+def _validate_patch(value: Any) -> Any:
+    """A metadata patch may also hold null, which removes that key (JSON merge patch)."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ValueError("metadata must be an object of key -> value")
+    _validate_metadata({k: v for k, v in value.items() if v is not None})
+    for key in value:
+        check_metadata_key(key)
+    return value
+
+
+Metadata = Annotated[
+    dict[str, Any],
+    BeforeValidator(_validate_metadata),
+    WithJsonSchema({"type": "object", "additionalProperties": MetadataValueSchema}),
+]
+MetadataPatch = Annotated[
+    dict[str, Any],
+    BeforeValidator(_validate_patch),
+    WithJsonSchema(
+        {
+            "type": "object",
+            "additionalProperties": {"anyOf": [MetadataValueSchema, {"type": "null"}]},
+        }
+    ),
+]
+
+
+def _validate_id(value: Any) -> Any:
+    if not isinstance(value, str):
+        raise ValueError("id must be a string")
+    if not value or value != value.strip():
+        raise ValueError("id must be non-empty, without leading or trailing spaces")
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+        raise ValueError("id may not contain control characters")
+    if CHUNK_ID_RE.search(value):
+        raise ValueError("id may not end with '#chunk<N>' (reserved for chunks)")
+    return value
+
+
+DocId = Annotated[
+    str,
+    BeforeValidator(_validate_id),
+    WithJsonSchema({"type": "string", "minLength": 1, "maxLength": 512}),
+    Field(max_length=512),
+]
+
+
+def _validate_text(value: Any, info: ValidationInfo) -> Any:
+    if not isinstance(value, str):
+        raise ValueError("text must be a string")
+    if not value.strip():
+        raise ValueError("text must not be empty")
+    settings = (info.context or {}).get("settings")
+    if settings is not None and len(value) > settings.max_text_chars:
+        raise ValueError(f"text is longer than the limit of {settings.max_text_chars} characters")
+    return value
+
+
+Text = Annotated[
+    str,
+    BeforeValidator(_validate_text),
+    WithJsonSchema({"type": "string", "minLength": 1, "pattern": r"\S"}),
+]
+
+
+class Model(BaseModel):
+    """Base for request bodies: unknown fields are an error, not silently dropped."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+# ---------------------------------------------------------------- documents
+
+
+class DocumentIn(Model):
+    id: DocId | None = None
+    text: Text
+    metadata: Metadata | None = None
+
+
+class AddRequest(Model):
+    """One document (`text`, `id`, `metadata`) or many (`documents`)."""
+
+    documents: list[DocumentIn] | None = Field(None, min_length=1)
+    id: DocId | None = None
+    text: Text | None = None
+    metadata: Metadata | None = None
+    upsert: bool = Field(False, description="Replace documents whose id exists instead of 409.")
+
+    @model_validator(mode="after")
+    def _one_form(self, info: ValidationInfo) -> AddRequest:
+        single = self.text is not None or self.id is not None or self.metadata is not None
+        if self.documents is not None and single:
+            raise ValueError("send either 'documents' or a single document's fields, not both")
+        if self.documents is None and self.text is None:
+            raise ValueError("'text' (one document) or 'documents' (a list) is required")
+        settings = (info.context or {}).get("settings")
+        limit = settings.max_documents_per_request if settings else None
+        if limit and self.documents and len(self.documents) > limit:
+            raise ValueError(f"at most {limit} documents per request")
+        return self
+
+    def items(self) -> list[DocumentIn]:
+        if self.documents is not None:
+            return self.documents
+        assert self.text is not None
+        return [DocumentIn(id=self.id, text=self.text, metadata=self.metadata)]
+
+
+class AddResponse(BaseModel):
+    ids: list[str] = Field(description="Ids of every document in the request, in order.")
+    added: int = Field(description="New documents written.")
+    updated: int = Field(0, description="Existing documents replaced (upsert, content changed).")
+    skipped: int = Field(0, description="Existing documents left as they were.")
+
+
+class Document(BaseModel):
+    id: str
+    text: str
+    metadata: dict[str, Any] | None = Field(
+        None, json_schema_extra={"additionalProperties": MetadataValueSchema}
+    )
+    chunks: int = Field(1, description="How many chunks the document is stored as.")
+
+
+class DocumentList(BaseModel):
+    documents: list[Document]
+    total: int = Field(description="Documents matching the filters, ignoring limit and offset.")
+    limit: int
+    offset: int
+
+
+class UpdateFields(Model):
+    text: Text | None = None
+    metadata: MetadataPatch | None = None
+    replace_metadata: bool = Field(
+        False, description="Replace the metadata instead of merging; null values remove keys."
+    )
+
+    @model_validator(mode="after")
+    def _something(self) -> UpdateFields:
+        if self.text is None and self.metadata is None:
+            raise ValueError("nothing to update: give 'text' and/or 'metadata'")
+        return self
+
+
+class UpdateRequest(UpdateFields):
+    id: DocId
+
+
+class DeleteRequest(Model):
+    ids: list[DocId] | None = Field(None, min_length=1)
+    where: dict[str, Any] | None = None
+    filters: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _target(self) -> DeleteRequest:
+        by_filter = self.where is not None or self.filters is not None
+        if self.ids is None and not by_filter:
+            raise ValueError("give 'ids' or 'where'/'filters'; kb never deletes everything")
+        if self.ids is not None and by_filter:
+            raise ValueError("give either 'ids' or 'where'/'filters', not both")
+        if by_filter and not (self.where or self.filters):
+            raise ValueError("an empty filter would delete everything; kb refuses that")
+        return self
+
+
+class DeleteResponse(BaseModel):
+    deleted: int
+    ids: list[str]
+
+
+# ---------------------------------------------------------------- search
+
+
+class QueryRequest(Model):
+    query: str | None = Field(None, description="One natural-language query.")
+    queries: list[str] | None = Field(None, min_length=1, description="A batch of queries.")
+    top_k: int | None = Field(None, ge=1, le=100, description="Matches per query (default 5).")
+    filters: dict[str, Any] | None = Field(
+        None, description="Simple filters: key -> value (equality) or list (any of)."
+    )
+    where: dict[str, Any] | None = Field(None, description="Chroma-style metadata filter.")
+    where_document: dict[str, Any] | None = Field(None, description="Filter on the text.")
+    min_score: float | None = Field(None, ge=-1.0, le=1.0, description="Minimum cosine score.")
+
+    @field_validator("query")
+    @classmethod
+    def _query_text(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("query must not be empty")
+        return value
+
+    @field_validator("queries")
+    @classmethod
+    def _queries_text(cls, value: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        if value is None:
+            return None
+        for i, text in enumerate(value):
+            if not text.strip():
+                raise ValueError(f"queries[{i}] must not be empty")
+        settings = (info.context or {}).get("settings")
+        if settings is not None and len(value) > settings.max_queries_per_request:
+            raise ValueError(f"at most {settings.max_queries_per_request} queries per request")
+        return value
+
+    @model_validator(mode="after")
+    def _one_form(self) -> QueryRequest:
+        if (self.query is None) == (self.queries is None):
+            raise ValueError("give exactly one of 'query' (a string) or 'queries' (a list)")
+        return self
+
+    def texts(self) -> list[str]:
+        return [self.query] if self.query is not None else list(self.queries or [])
+
+
+ThresholdSource = Literal["request", "calibrated", "configured"]
+QueryStatus = Literal["ok", "no_confident_match", "no_candidates"]
+
+
+class Match(BaseModel):
+    id: str
+    score: float = Field(description="Cosine similarity in [-1, 1]; higher is closer.")
+    text: str
+    metadata: dict[str, Any] | None = Field(
+        None, json_schema_extra={"additionalProperties": MetadataValueSchema}
+    )
+    passage: str | None = Field(
+        None, description="For a document stored in chunks: the chunk that matched."
+    )
+
+
+class Threshold(BaseModel):
+    min_score: float
+    source: ThresholdSource
+
+
+class QueryResult(BaseModel):
+    query: str
+    status: QueryStatus
+    message: str
+    matches: list[Match]
+    threshold: Threshold
+    candidates: int = Field(description="Documents considered (the top_k nearest).")
+    rejected: int = Field(description="Candidates dropped for scoring below the threshold.")
+    best_rejected_score: float | None
+
+
+class BatchQueryResult(BaseModel):
+    results: list[QueryResult]
+
+
+# ---------------------------------------------------------------- system
+
+
+class ModelInfo(BaseModel):
+    name: str
+    dim: int
+    fingerprint: str
+
+
+class StoreInfo(BaseModel):
+    mode: Literal["embedded", "server"]
+    location: str
+    collection: str
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    version: str
+    documents: int
+    model: ModelInfo
+    store: StoreInfo
+
+
+class FieldStats(BaseModel):
+    documents: int = Field(description="Documents that have this key.")
+    distinct: int
+    values: dict[str, int] = Field(description="Most common values with their counts.")
+    min: float | str | None = None
+    max: float | str | None = None
+
+
+class Stats(BaseModel):
+    documents: int
+    chunks: int
+    metadata: dict[str, FieldStats]
+
+
+class ErrorDetail(BaseModel):
+    field: str
+    message: str
+    type: str
+
+
+class ErrorInfo(BaseModel):
+    code: str
+    message: str
+    details: list[dict[str, Any]]
+
+
+class ErrorBody(BaseModel):
+    error: ErrorInfo

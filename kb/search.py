@@ -1,0 +1,131 @@
+"""The query pipeline: filters, nearest chunks, grouping by document, similarity threshold."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from kb.filters import CompiledFilter, compile_filter
+from kb.records import CHUNKS, Record, user_metadata
+from kb.schemas import Match, QueryRequest, QueryResult, QueryStatus, Threshold
+from kb.store import KnowledgeStore
+
+CALIBRATED_KEY = "kb_min_score"
+MAX_CANDIDATES = 10_000
+
+
+@dataclass(frozen=True)
+class Hit:
+    """A document's best-scoring chunk for one query."""
+
+    record: Record
+    score: float
+
+    @property
+    def chunked(self) -> bool:
+        return int(self.record.metadata.get(CHUNKS, 1)) > 1
+
+
+def resolve_threshold(store: KnowledgeStore, requested: float | None) -> Threshold:
+    """The minimum score for a query, and where it came from."""
+    if requested is not None:
+        return Threshold(min_score=requested, source="request")
+    calibrated = store.records.settings_value(CALIBRATED_KEY)
+    if isinstance(calibrated, int | float):
+        return Threshold(min_score=float(calibrated), source="calibrated")
+    return Threshold(min_score=store.settings.min_score, source="configured")
+
+
+def search(store: KnowledgeStore, request: QueryRequest) -> list[QueryResult]:
+    """Run every query of the request through the same pipeline; one result each."""
+    flt = compile_filter(request.filters, request.where, request.where_document)
+    top_k = request.top_k or store.settings.top_k
+    threshold = resolve_threshold(store, request.min_score)
+    texts = request.texts()
+    vectors = store.embedder.embed_queries(texts)
+    per_query = nearest_documents(store, vectors, top_k, flt)
+    filtered = flt.where is not None or flt.where_document is not None
+    return [
+        _result(store, text, hits[:top_k], threshold, filtered)
+        for text, hits in zip(texts, per_query, strict=True)
+    ]
+
+
+def nearest_documents(
+    store: KnowledgeStore, vectors: np.ndarray, top_k: int, flt: CompiledFilter
+) -> list[list[Hit]]:
+    """For each vector, at least top_k distinct documents (if there are that many), best first.
+
+    Chroma returns chunks; several may belong to one document, so ask for more than top_k and
+    widen the search until top_k documents are found or the candidates run out.
+    """
+    n = top_k * 3
+    while True:
+        raw = store.records.nearest(vectors, n, flt)
+        grouped = [_best_per_document(hits) for hits in raw]
+        exhausted = all(len(hits) < n for hits in raw)
+        enough = all(len(hits) >= top_k for hits in grouped)
+        if enough or exhausted or n >= MAX_CANDIDATES:
+            return grouped
+        n = min(n * 4, MAX_CANDIDATES)
+
+
+def _best_per_document(hits: Sequence[tuple[Record, float]]) -> list[Hit]:
+    best: dict[str, Hit] = {}
+    for record, score in hits:
+        if record.doc_id not in best:
+            best[record.doc_id] = Hit(record, score)
+    return sorted(best.values(), key=lambda hit: hit.score, reverse=True)
+
+
+def _result(
+    store: KnowledgeStore, query: str, hits: list[Hit], threshold: Threshold, filtered: bool
+) -> QueryResult:
+    kept = [hit for hit in hits if hit.score >= threshold.min_score]
+    rejected = [hit for hit in hits if hit.score < threshold.min_score]
+    full = store.get_many([hit.record.doc_id for hit in kept if hit.chunked])
+    matches = [
+        Match(
+            id=hit.record.doc_id,
+            score=hit.score,
+            text=full[hit.record.doc_id].text if hit.chunked else hit.record.text,
+            metadata=user_metadata(hit.record.metadata),
+            passage=hit.record.text if hit.chunked else None,
+        )
+        for hit in kept
+        if not hit.chunked or hit.record.doc_id in full
+    ]
+    best_rejected = rejected[0].score if rejected else None
+    status, message = _verdict(len(hits), matches, best_rejected, threshold, filtered)
+    return QueryResult(
+        query=query,
+        status=status,
+        message=message,
+        matches=matches,
+        threshold=threshold,
+        candidates=len(hits),
+        rejected=len(rejected),
+        best_rejected_score=best_rejected,
+    )
+
+
+def _verdict(
+    candidates: int,
+    matches: list[Match],
+    best_rejected: float | None,
+    threshold: Threshold,
+    filtered: bool,
+) -> tuple[QueryStatus, str]:
+    if not candidates:
+        if filtered:
+            return "no_candidates", "No document matches the filters."
+        return "no_candidates", "The knowledge base is empty."
+    if not matches:
+        return "no_confident_match", (
+            f"No confident match: the best score, {best_rejected:.3f}, is below the threshold "
+            f"{threshold.min_score:.2f} ({threshold.source}). Nothing in the knowledge base "
+            "answers this closely enough."
+        )
+    return "ok", f"{len(matches)} match(es) scored at least {threshold.min_score:.2f}."

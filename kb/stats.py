@@ -1,0 +1,50 @@
+"""Summaries of the stored metadata: per key, how many documents have it and its common values."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from typing import Any
+
+from kb.filters import parse_iso
+from kb.schemas import FieldStats
+
+TOP_VALUES = 25
+
+
+def metadata_stats(metadatas: Iterable[dict[str, Any] | None]) -> dict[str, FieldStats]:
+    """Per metadata key: document count, distinct values, the most common ones, and a range
+    for keys whose values are all numbers or all ISO dates."""
+    present: Counter[str] = Counter()
+    values: dict[str, Counter[str]] = {}
+    raw: dict[str, list[Any]] = {}
+    for metadata in metadatas:
+        for key, value in (metadata or {}).items():
+            present[key] += 1
+            items = value if isinstance(value, list) else [value]
+            values.setdefault(key, Counter()).update(_label(item) for item in items)
+            raw.setdefault(key, []).extend(items)
+    return {
+        key: FieldStats(
+            documents=present[key],
+            distinct=len(values[key]),
+            values=dict(values[key].most_common(TOP_VALUES)),
+            **_range(raw[key]),
+        )
+        for key in sorted(present)
+    }
+
+
+def _label(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _range(items: list[Any]) -> dict[str, Any]:
+    if items and all(isinstance(v, int | float) and not isinstance(v, bool) for v in items):
+        return {"min": min(items), "max": max(items)}
+    if items and all(isinstance(v, str) and parse_iso(v) is not None for v in items):
+        ordered = sorted(items, key=lambda v: parse_iso(v) or 0.0)
+        return {"min": ordered[0], "max": ordered[-1]}
+    return {}

@@ -1,0 +1,273 @@
+"""KnowledgeStore: documents (chunked, embedded, with metadata) over one Chroma collection."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from enum import StrEnum
+from typing import Any
+
+from kb.chunking import Chunk, split
+from kb.collection import RecordCollection
+from kb.config import Settings
+from kb.embeddings import Embedder, load_embedder
+from kb.errors import Conflict, NotFound, ValidationFailed, field_error
+from kb.filters import CompiledFilter, and_where
+from kb.records import (
+    CHUNK,
+    CHUNKS,
+    HASH,
+    START,
+    Record,
+    assemble,
+    build_records,
+    chunk_id,
+    content_hash,
+    derive_id,
+    user_metadata,
+)
+from kb.schemas import (
+    AddResponse,
+    DeleteResponse,
+    Document,
+    DocumentIn,
+    DocumentList,
+    Stats,
+    UpdateFields,
+)
+from kb.stats import metadata_stats
+
+HEADS = {CHUNK: 0}
+
+
+class WriteMode(StrEnum):
+    """What to do when an added document's id already exists."""
+
+    ERROR = "error"  # 409, nothing written
+    SKIP = "skip"  # keep the stored document
+    UPSERT = "upsert"  # replace it when its content changed
+
+
+class KnowledgeStore:
+    """Add, read, update and delete documents; every write is all-or-nothing."""
+
+    def __init__(
+        self, settings: Settings, embedder: Embedder, records: RecordCollection | None = None
+    ) -> None:
+        self.settings = settings
+        self.embedder = embedder
+        self.records = records if records is not None else RecordCollection(settings, embedder)
+        self.window = settings.chunk_tokens or embedder.max_tokens - 2  # minus [CLS] and [SEP]
+        self.overlap = min(settings.chunk_overlap, self.window // 2)
+        # Writes check ids and then write: serialize them so the check stays true.
+        self._lock = threading.RLock()
+
+    @classmethod
+    def open(cls, settings: Settings, embedder: Embedder | None = None) -> KnowledgeStore:
+        return cls(settings, embedder if embedder is not None else load_embedder(settings))
+
+    def close(self) -> None:
+        self.records.close()
+
+    # ------------------------------------------------------------ reads
+
+    def count(self) -> int:
+        """Number of documents (not chunks)."""
+        return len(self.records.ids(CompiledFilter(where=HEADS)))
+
+    def get(self, doc_id: str) -> Document:
+        found = self.get_many([doc_id])
+        if doc_id not in found:
+            raise NotFound(f"no document with id '{doc_id}'", details=[_missing("id", doc_id)])
+        return found[doc_id]
+
+    def get_many(self, ids: Sequence[str]) -> dict[str, Document]:
+        """The documents with these ids that exist, by id."""
+        groups = self._chunks(self.records.get(ids, CompiledFilter(where=HEADS)))
+        return {doc_id: assemble(chunks) for doc_id, chunks in groups.items()}
+
+    def list(self, flt: CompiledFilter, limit: int, offset: int) -> DocumentList:
+        heads_filter = CompiledFilter(and_where(flt.where, HEADS), flt.where_document)
+        total = len(self.records.ids(heads_filter))
+        heads = self.records.get(flt=heads_filter, limit=limit, offset=offset)
+        groups = self._chunks(heads)
+        docs = [assemble(groups[head.doc_id]) for head in heads]
+        return DocumentList(documents=docs, total=total, limit=limit, offset=offset)
+
+    def stats(self) -> Stats:
+        heads = self.records.get(flt=CompiledFilter(where=HEADS))
+        return Stats(
+            documents=len(heads),
+            chunks=self.records.count(),
+            metadata=metadata_stats(user_metadata(head.metadata) for head in heads),
+        )
+
+    def _chunks(self, heads: Sequence[Record], embeddings: bool = False) -> dict[str, list[Record]]:
+        """All chunk records of the documents whose chunk-0 records are given."""
+        groups = {head.doc_id: [head] for head in heads}
+        rest = [
+            chunk_id(head.doc_id, i) for head in heads for i in range(1, int(head.metadata[CHUNKS]))
+        ]
+        for record in self.records.get(rest, embeddings=embeddings) if rest else []:
+            groups[record.doc_id].append(record)
+        return groups
+
+    # ------------------------------------------------------------ writes
+
+    def add(self, docs: Sequence[DocumentIn], mode: WriteMode = WriteMode.ERROR) -> AddResponse:
+        ids = [doc.id if doc.id is not None else derive_id(doc.text) for doc in docs]
+        _reject_repeats(ids, docs)
+        with self._lock:
+            heads = {r.id: r for r in self.records.get(ids, CompiledFilter(where=HEADS))}
+            if heads and mode is WriteMode.ERROR:
+                raise Conflict(
+                    f"{len(heads)} document id(s) already exist: {_names(list(heads))}; nothing "
+                    'was written (send "upsert": true to replace them)',
+                    details=[
+                        field_error(_id_field(i, docs), "already exists", "duplicate_id")
+                        for i, doc_id in enumerate(ids)
+                        if doc_id in heads
+                    ],
+                )
+            todo, replaced, skipped = [], [], 0
+            for doc_id, doc in zip(ids, docs, strict=True):
+                head = heads.get(doc_id)
+                if head is None:
+                    todo.append((doc_id, doc.text, doc.metadata))
+                elif mode is WriteMode.UPSERT and head.metadata.get(HASH) != content_hash(
+                    doc.text, doc.metadata
+                ):
+                    todo.append((doc_id, doc.text, doc.metadata))
+                    replaced.append(head)
+                else:
+                    skipped += 1
+            previous = self._all_chunks(replaced)
+            self._write(self._embedded(todo), previous)
+        return AddResponse(
+            ids=ids, added=len(todo) - len(replaced), updated=len(replaced), skipped=skipped
+        )
+
+    def update(self, doc_id: str, fields: UpdateFields) -> Document:
+        with self._lock:
+            old = self._all_chunks(self.records.get([doc_id], CompiledFilter(where=HEADS)))
+            if not old:
+                raise NotFound(f"no document with id '{doc_id}'", details=[_missing("id", doc_id)])
+            current = assemble(old)
+            metadata = _patched(current.metadata, fields.metadata, fields.replace_metadata)
+            text = fields.text if fields.text is not None else current.text
+            if text == current.text and metadata == current.metadata:
+                return current
+            if text == current.text:  # metadata only: keep the vectors
+                chunks = [Chunk(int(r.metadata[START]), r.text) for r in _ordered(old)]
+                records = build_records(doc_id, text, metadata, chunks)
+                for record, before in zip(records, _ordered(old), strict=True):
+                    record.embedding = before.embedding
+            else:
+                records = self._embedded([(doc_id, text, metadata)])
+            self._write(records, old)
+            return assemble(records)
+
+    def delete(self, ids: Sequence[str]) -> DeleteResponse:
+        unique = list(dict.fromkeys(ids))
+        with self._lock:
+            heads = self.records.get(unique, CompiledFilter(where=HEADS))
+            missing = [doc_id for doc_id in unique if doc_id not in {h.id for h in heads}]
+            if missing:
+                raise NotFound(
+                    f"{len(missing)} id(s) not found: {_names(missing)}; nothing was deleted",
+                    details=[_missing("ids", doc_id) for doc_id in missing],
+                )
+            self.records.delete(_chunk_ids(heads))
+        return DeleteResponse(deleted=len(unique), ids=unique)
+
+    def delete_where(self, flt: CompiledFilter) -> DeleteResponse:
+        with self._lock:
+            matched = self.records.get(flt=flt)
+            doc_ids = list(dict.fromkeys(record.doc_id for record in matched))
+            heads = self.records.get(doc_ids, CompiledFilter(where=HEADS)) if doc_ids else []
+            self.records.delete(_chunk_ids(heads))
+        return DeleteResponse(deleted=len(heads), ids=[head.id for head in heads])
+
+    # ------------------------------------------------------------ helpers
+
+    def _all_chunks(self, heads: Sequence[Record]) -> list[Record]:
+        """Every chunk record of these documents, with embeddings (to restore on failure)."""
+        if not heads:
+            return []
+        ids = _chunk_ids(heads)
+        return self.records.get(ids, embeddings=True)
+
+    def _embedded(self, docs: Sequence[tuple[str, str, dict[str, Any] | None]]) -> list[Record]:
+        """Chunk and embed documents in one encoder call."""
+        records = [
+            record
+            for doc_id, text, metadata in docs
+            for record in build_records(doc_id, text, metadata, self.chunk(text))
+        ]
+        vectors = self.embedder.embed_documents([record.text for record in records])
+        for record, vector in zip(records, vectors, strict=True):
+            record.embedding = vector
+        return records
+
+    def chunk(self, text: str) -> list[Chunk]:
+        return split(text, self.embedder.token_offsets(text), self.window, self.overlap)
+
+    def _write(self, records: Sequence[Record], previous: Sequence[Record]) -> None:
+        self.records.upsert(records, previous)
+        stale = {r.id for r in previous} - {r.id for r in records}
+        if stale:
+            self.records.delete(sorted(stale))
+
+
+def _ordered(records: Sequence[Record]) -> list[Record]:
+    return sorted(records, key=lambda record: record.chunk)
+
+
+def _chunk_ids(heads: Sequence[Record]) -> list[str]:
+    return [chunk_id(h.doc_id, i) for h in heads for i in range(int(h.metadata[CHUNKS]))]
+
+
+def _patched(
+    current: dict[str, Any] | None, patch: dict[str, Any] | None, replace: bool
+) -> dict[str, Any] | None:
+    """JSON-merge-patch semantics: keys set, null removes; `replace` starts from nothing."""
+    if patch is None:
+        return current
+    merged = {} if replace else dict(current or {})
+    for key, value in patch.items():
+        if value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = value
+    return merged or None
+
+
+def _reject_repeats(ids: Sequence[str], docs: Sequence[DocumentIn]) -> None:
+    first: dict[str, int] = {}
+    errors = []
+    for i, doc_id in enumerate(ids):
+        if doc_id in first:
+            what = "id" if docs[i].id is not None else "text (its derived id)"
+            errors.append(
+                field_error(
+                    _id_field(i, docs), f"repeats the {what} of document {first[doc_id]}", "repeat"
+                )
+            )
+        first.setdefault(doc_id, i)
+    if errors:
+        raise ValidationFailed(
+            f"{len(errors)} document(s) repeat an earlier id in the same request", details=errors
+        )
+
+
+def _id_field(index: int, docs: Sequence[DocumentIn]) -> str:
+    return f"documents.{index}.id" if len(docs) > 1 else "id"
+
+
+def _missing(field: str, doc_id: str) -> dict[str, Any]:
+    return field_error(field, f"'{doc_id}' does not exist", "not_found")
+
+
+def _names(ids: Sequence[str], limit: int = 10) -> str:
+    shown = ", ".join(f"'{i}'" for i in ids[:limit])
+    return shown + (f" and {len(ids) - limit} more" if len(ids) > limit else "")

@@ -1,0 +1,109 @@
+"""Shared fixtures: the real model once per session, a fresh store on tmp_path per test."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from kb.app import close_app, create_app
+from kb.config import Settings
+from kb.embeddings import SentenceTransformerEmbedder
+from kb.store import KnowledgeStore
+
+DATA = Path(__file__).resolve().parent.parent / "data"
+
+COOKING = [
+    {
+        "id": "pasta",
+        "text": "Boil the pasta in plenty of salted water until it is al dente.",
+        "metadata": {
+            "category": "cooking",
+            "difficulty": "beginner",
+            "date": "2023-03-10",
+            "tags": ["pasta", "italian"],
+            "minutes": 12,
+        },
+    },
+    {
+        "id": "bread",
+        "text": "Knead the dough for ten minutes, then let it rise in a warm place.",
+        "metadata": {
+            "category": "baking",
+            "difficulty": "intermediate",
+            "date": "2024-01-15",
+            "tags": ["bread", "yeast"],
+            "minutes": 180,
+        },
+    },
+    {
+        "id": "risotto",
+        "text": "Stir the risotto rice slowly while adding warm stock a ladle at a time.",
+        "metadata": {
+            "category": "cooking",
+            "difficulty": "advanced",
+            "date": "2024-06-30T18:30:00",
+            "tags": ["rice", "italian"],
+            "minutes": 35,
+        },
+    },
+    {
+        "id": "cake",
+        "text": "Cream the butter and sugar before folding in the flour for a light sponge.",
+        "metadata": {
+            "category": "baking",
+            "difficulty": "beginner",
+            "date": "2025-02-01",
+            "tags": ["cake", "dessert"],
+            "minutes": 50,
+        },
+    },
+]
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests build their own settings; a KB_* variable from the shell must not leak in."""
+    for name in list(os.environ):
+        if name.startswith("KB_"):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture(scope="session")
+def embedder() -> SentenceTransformerEmbedder:
+    return SentenceTransformerEmbedder(Settings().model)
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(chroma_path=tmp_path / "db", collection="kb_test")
+
+
+@pytest.fixture
+def app(settings: Settings, embedder: SentenceTransformerEmbedder) -> Iterator[Flask]:
+    app = create_app(settings, embedder=embedder)
+    app.config["TESTING"] = True
+    yield app
+    close_app(app)
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+@pytest.fixture
+def store(app: Flask) -> KnowledgeStore:
+    return app.extensions["kb"].store
+
+
+@pytest.fixture
+def cooking(client: FlaskClient) -> FlaskClient:
+    """A client over a store holding the four cooking documents."""
+    response = client.post("/add", json={"documents": COOKING})
+    assert response.status_code == 201, response.json
+    return client

@@ -1,0 +1,185 @@
+"""POST /add, GET /documents, PATCH /documents/<id>, POST /update, deletes."""
+
+from __future__ import annotations
+
+from flask.testing import FlaskClient
+
+from tests.conftest import COOKING
+
+
+def ids_of(client: FlaskClient, **params: str) -> list[str]:
+    response = client.get("/documents", query_string=params)
+    assert response.status_code == 200, response.json
+    return sorted(doc["id"] for doc in response.json["documents"])
+
+
+def test_add_one_returns_201_and_the_document_reads_back_exactly(client: FlaskClient) -> None:
+    metadata = {
+        "author": "Ada",
+        "date": "2024-05-01",
+        "tags": ["a", "b"],
+        "stars": 4.5,
+        "draft": False,
+        "empty": [],
+    }
+    response = client.post("/add", json={"id": "d1", "text": "Hello there", "metadata": metadata})
+    assert response.status_code == 201
+    assert response.json == {"ids": ["d1"], "added": 1, "updated": 0, "skipped": 0}
+    doc = client.get("/documents/d1").json
+    assert doc == {"id": "d1", "text": "Hello there", "metadata": metadata, "chunks": 1}
+
+
+def test_add_many_and_list_with_paging(cooking: FlaskClient) -> None:
+    page = cooking.get("/documents?limit=2&offset=1").json
+    assert page["total"] == 4
+    assert page["limit"] == 2
+    assert page["offset"] == 1
+    assert len(page["documents"]) == 2
+    assert ids_of(cooking) == sorted(doc["id"] for doc in COOKING)
+
+
+def test_list_with_simple_and_where_filters(cooking: FlaskClient) -> None:
+    assert ids_of(cooking, category="baking") == ["bread", "cake"]
+    assert ids_of(cooking, minutes="12") == ["pasta"]
+    assert ids_of(cooking, where='{"date": {"$gte": "2024-06-01"}}') == ["cake", "risotto"]
+
+
+def test_missing_id_is_derived_from_content_and_readding_is_a_conflict(
+    client: FlaskClient,
+) -> None:
+    first = client.post("/add", json={"text": "Same words"})
+    assert first.status_code == 201
+    again = client.post("/add", json={"text": "Same words"})
+    assert again.status_code == 409
+    assert again.json["error"]["code"] == "conflict"
+    assert first.json["ids"][0] in again.json["error"]["message"]
+    assert client.get("/health").json["documents"] == 1
+
+
+def test_conflict_names_the_ids_and_writes_nothing_from_the_batch(cooking: FlaskClient) -> None:
+    batch = [
+        {"id": "new-1", "text": "A fresh document"},
+        {"id": "pasta", "text": "Other text"},
+        {"id": "new-2", "text": "Another fresh one"},
+    ]
+    response = cooking.post("/add", json={"documents": batch})
+    assert response.status_code == 409
+    assert "'pasta'" in response.json["error"]["message"]
+    assert response.json["error"]["details"][0]["field"] == "documents.1.id"
+    assert cooking.get("/documents/new-1").status_code == 404
+    assert cooking.get("/documents/new-2").status_code == 404
+    assert cooking.get("/documents/pasta").json["text"] == COOKING[0]["text"]
+
+
+def test_repeated_id_within_one_request_is_rejected(client: FlaskClient) -> None:
+    batch = [{"id": "x", "text": "one"}, {"id": "x", "text": "two"}]
+    response = client.post("/add", json={"documents": batch})
+    assert response.status_code == 422
+    assert response.json["error"]["details"][0]["field"] == "documents.1.id"
+    assert client.get("/health").json["documents"] == 0
+
+
+def test_upsert_replaces_changed_and_skips_identical(cooking: FlaskClient) -> None:
+    batch = [
+        {"id": "pasta", "text": "Cook spaghetti in boiling water.", "metadata": {"v": 2}},
+        {**COOKING[1]},
+        {"id": "soup", "text": "Simmer the vegetables for a clear soup."},
+    ]
+    response = cooking.post("/add", json={"documents": batch, "upsert": True})
+    assert response.status_code == 201
+    assert response.json["added"] == 1
+    assert response.json["updated"] == 1
+    assert response.json["skipped"] == 1
+    doc = cooking.get("/documents/pasta").json
+    assert doc["text"] == "Cook spaghetti in boiling water."
+    assert doc["metadata"] == {"v": 2}  # replaced, not merged with the old metadata
+    hits = cooking.post("/query", json={"query": "spaghetti", "top_k": 1}).json["matches"]
+    assert hits[0]["id"] == "pasta"
+
+
+def test_add_splits_requests_larger_than_chromas_batch(client: FlaskClient, store) -> None:
+    store.records.max_batch = 7  # force several Chroma batches without 5,462 documents
+    docs = [{"id": f"n{i}", "text": f"Note number {i} about topic {i % 3}"} for i in range(30)]
+    response = client.post("/add", json={"documents": docs})
+    assert response.status_code == 201
+    assert client.get("/health").json["documents"] == 30
+    assert client.get("/documents/n29").json["text"] == "Note number 29 about topic 2"
+
+
+def test_patch_merges_metadata_and_null_removes_a_key(cooking: FlaskClient) -> None:
+    response = cooking.patch(
+        "/documents/bread", json={"metadata": {"minutes": 200, "tags": None, "vegan": True}}
+    )
+    assert response.status_code == 200
+    metadata = response.json["metadata"]
+    assert metadata["minutes"] == 200
+    assert metadata["vegan"] is True
+    assert "tags" not in metadata
+    assert metadata["category"] == "baking"
+    assert cooking.get("/documents/bread").json["metadata"] == metadata
+
+
+def test_replace_metadata_drops_the_old_keys(cooking: FlaskClient) -> None:
+    response = cooking.patch(
+        "/documents/bread", json={"metadata": {"only": "this"}, "replace_metadata": True}
+    )
+    assert response.json["metadata"] == {"only": "this"}
+    assert ids_of(cooking, category="baking") == ["cake"]  # the filter sees the change too
+
+
+def test_update_re_embeds_the_new_text(cooking: FlaskClient) -> None:
+    new_text = "Tune the guitar strings before the concert starts."
+    response = cooking.post("/update", json={"id": "cake", "text": new_text})
+    assert response.status_code == 200
+    assert response.json["text"] == new_text
+    assert response.json["metadata"]["category"] == "baking"
+    guitar = cooking.post("/query", json={"query": "tuning a guitar", "top_k": 1}).json
+    assert guitar["matches"][0]["id"] == "cake"
+    sponge = cooking.post("/query", json={"query": "butter and sugar sponge cake"}).json
+    assert "cake" not in [m["id"] for m in sponge["matches"]]
+
+
+def test_update_unknown_id_is_404(client: FlaskClient) -> None:
+    for response in (
+        client.patch("/documents/nope", json={"text": "x"}),
+        client.post("/update", json={"id": "nope", "metadata": {"a": 1}}),
+    ):
+        assert response.status_code == 404
+        assert "nope" in response.json["error"]["message"]
+
+
+def test_delete_by_ids_and_by_path(cooking: FlaskClient) -> None:
+    response = cooking.post("/delete", json={"ids": ["pasta", "bread"]})
+    assert response.json == {"deleted": 2, "ids": ["pasta", "bread"]}
+    assert cooking.delete("/documents/cake").json == {"deleted": 1, "ids": ["cake"]}
+    assert ids_of(cooking) == ["risotto"]
+
+
+def test_delete_with_an_unknown_id_deletes_nothing(cooking: FlaskClient) -> None:
+    response = cooking.post("/delete", json={"ids": ["pasta", "ghost"]})
+    assert response.status_code == 404
+    assert "'ghost'" in response.json["error"]["message"]
+    assert cooking.get("/documents/pasta").status_code == 200
+    assert cooking.delete("/documents/ghost").status_code == 404
+
+
+def test_delete_by_filter(cooking: FlaskClient) -> None:
+    response = cooking.post("/delete", json={"where": {"category": "baking"}})
+    assert response.status_code == 200
+    assert response.json["deleted"] == 2
+    assert sorted(response.json["ids"]) == ["bread", "cake"]
+    assert ids_of(cooking) == ["pasta", "risotto"]
+    by_date = cooking.post("/delete", json={"filters": {"difficulty": ["advanced", "expert"]}})
+    assert by_date.json["ids"] == ["risotto"]
+
+
+def test_delete_that_matches_nothing_deletes_nothing(cooking: FlaskClient) -> None:
+    response = cooking.post("/delete", json={"where": {"category": "astronomy"}})
+    assert response.json == {"deleted": 0, "ids": []}
+    assert cooking.get("/health").json["documents"] == 4
+
+
+def test_ids_with_slashes_and_spaces_work_in_paths(client: FlaskClient) -> None:
+    client.post("/add", json={"id": "notes/ml/intro page.md", "text": "Intro"})
+    assert client.get("/documents/notes/ml/intro%20page.md").json["text"] == "Intro"
+    assert client.delete("/documents/notes/ml/intro%20page.md").status_code == 200

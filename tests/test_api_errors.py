@@ -1,0 +1,179 @@
+"""Bad input: one JSON error shape with the right status, naming the field; nothing changes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from flask.testing import FlaskClient
+
+NESTED = {"author": {"name": "Ada"}}
+
+BAD_REQUESTS = [
+    # (method, path, json body, status, field named in details or message)
+    ("post", "/add", {}, 422, "body"),
+    ("post", "/add", {"text": ""}, 422, "text"),
+    ("post", "/add", {"text": "   "}, 422, "text"),
+    ("post", "/add", {"text": 42}, 422, "text"),
+    ("post", "/add", {"text": "ok", "metadata": NESTED}, 422, "metadata"),
+    ("post", "/add", {"text": "ok", "metadata": {"_kb_doc": "x"}}, 422, "metadata"),
+    ("post", "/add", {"text": "ok", "metadata": {"n": None}}, 422, "metadata"),
+    ("post", "/add", {"text": "ok", "metadata": {"l": [1, "a"]}}, 422, "metadata"),
+    ("post", "/add", {"text": "ok", "metadata": "flat"}, 422, "metadata"),
+    ("post", "/add", {"text": "ok", "id": ""}, 422, "id"),
+    ("post", "/add", {"text": "ok", "id": "a#chunk3"}, 422, "id"),
+    ("post", "/add", {"text": "ok", "colour": "red"}, 422, "colour"),
+    ("post", "/add", {"documents": []}, 422, "documents"),
+    ("post", "/add", {"documents": [{"text": "ok"}, {"txt": "typo"}]}, 422, "documents.1"),
+    ("post", "/add", {"documents": [{"text": "a"}], "text": "b"}, 422, "body"),
+    ("post", "/add", {"text": "ok", "upsert": "yes"}, 422, "upsert"),
+    ("post", "/query", {}, 422, "body"),
+    ("post", "/query", {"query": ""}, 422, "query"),
+    ("post", "/query", {"query": 5}, 422, "query"),
+    ("post", "/query", {"query": "x", "queries": ["y"]}, 422, "body"),
+    ("post", "/query", {"queries": ["ok", " "]}, 422, "queries"),
+    ("post", "/query", {"query": "x", "top_k": 0}, 422, "top_k"),
+    ("post", "/query", {"query": "x", "top_k": 101}, 422, "top_k"),
+    ("post", "/query", {"query": "x", "top_k": "5"}, 422, "top_k"),
+    ("post", "/query", {"query": "x", "min_score": 1.5}, 422, "min_score"),
+    ("post", "/query", {"query": "x", "min_score": -1.01}, 422, "min_score"),
+    ("post", "/query", {"query": "x", "where": {"a": {"$like": 1}}}, 422, "where.a.$like"),
+    ("post", "/query", {"query": "x", "where": {"$xor": []}}, 422, "where.$xor"),
+    (
+        "post",
+        "/query",
+        {"query": "x", "where": {"date": {"$gte": "last week"}}},
+        422,
+        "where.date.$gte",
+    ),
+    (
+        "post",
+        "/query",
+        {"query": "x", "where": {"date": {"$gte": "2024-13-45"}}},
+        422,
+        "where.date.$gte",
+    ),
+    ("post", "/query", {"query": "x", "where": {"a": {"$in": []}}}, 422, "where.a.$in"),
+    ("post", "/query", {"query": "x", "where": {"a": [1, 2]}}, 422, "where.a"),
+    ("post", "/query", {"query": "x", "where": {"$and": [{"a": 1}, "b"]}}, 422, "where.$and.1"),
+    ("post", "/query", {"query": "x", "where": {}}, 422, "where"),
+    ("post", "/query", {"query": "x", "filters": {"a": {"b": 1}}}, 422, "filters.a"),
+    ("post", "/query", {"query": "x", "where_document": {"$has": "y"}}, 422, "where_document.$has"),
+    (
+        "post",
+        "/query",
+        {"query": "x", "where_document": {"$contains": ""}},
+        422,
+        "where_document.$contains",
+    ),
+    ("post", "/delete", {}, 422, "body"),
+    ("post", "/delete", {"where": {}}, 422, "body"),
+    ("post", "/delete", {"ids": []}, 422, "ids"),
+    ("post", "/delete", {"ids": ["a"], "where": {"b": 1}}, 422, "body"),
+    ("post", "/delete", {"where": {"a": {"$bad": 1}}}, 422, "where.a.$bad"),
+    ("post", "/update", {"text": "no id"}, 422, "id"),
+    ("post", "/update", {"id": "pasta"}, 422, "body"),
+    ("post", "/update", {"id": "pasta", "metadata": NESTED}, 422, "metadata"),
+    ("patch", "/documents/pasta", {"text": ""}, 422, "text"),
+    ("patch", "/documents/pasta", {}, 422, "body"),
+]
+
+
+def assert_error_shape(response: Any, status: int) -> dict[str, Any]:
+    assert response.status_code == status, response.get_data(as_text=True)
+    assert response.is_json, response.get_data(as_text=True)
+    error = response.json["error"]
+    assert set(error) == {"code", "message", "details"}
+    assert isinstance(error["code"], str)
+    assert error["code"]
+    assert isinstance(error["message"], str)
+    assert error["message"]
+    assert isinstance(error["details"], list)
+    return error
+
+
+@pytest.mark.parametrize(("method", "path", "body", "status", "field"), BAD_REQUESTS)
+def test_bad_input_is_a_clear_json_error_and_changes_nothing(
+    cooking: FlaskClient, method: str, path: str, body: Any, status: int, field: str
+) -> None:
+    before = cooking.get("/documents?limit=100").json
+    response = getattr(cooking, method)(path, json=body)
+    error = assert_error_shape(response, status)
+    named = [detail.get("field", "") for detail in error["details"]]
+    assert any(name.startswith(field) for name in named) or field in error["message"], error
+    assert cooking.get("/documents?limit=100").json == before
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("post", "/add"),
+        ("post", "/query"),
+        ("post", "/delete"),
+        ("post", "/update"),
+        ("patch", "/documents/pasta"),
+    ],
+)
+def test_malformed_json_is_400_on_every_body_route(
+    cooking: FlaskClient, method: str, path: str
+) -> None:
+    for raw in (b'{"text": "unterminated', b"", b"NaN", b'{"query": NaN}'):
+        response = getattr(cooking, method)(path, data=raw, content_type="application/json")
+        error = assert_error_shape(response, 400)
+        assert "JSON" in error["message"]
+    response = getattr(cooking, method)(path, json=["not", "an", "object"])
+    assert_error_shape(response, 422)
+
+
+def test_oversize_request_is_413(settings, embedder) -> None:
+    from kb.app import close_app, create_app
+
+    app = create_app(settings.model_copy(update={"max_request_bytes": 2048}), embedder=embedder)
+    try:
+        response = app.test_client().post("/add", json={"text": "x" * 5000})
+        error = assert_error_shape(response, 413)
+        assert error["code"] == "payload_too_large"
+        assert "2048" in error["message"]
+    finally:
+        close_app(app)
+
+
+def test_text_and_batch_limits_are_422(settings, embedder) -> None:
+    from kb.app import close_app, create_app
+
+    limited = settings.model_copy(
+        update={"max_text_chars": 50, "max_documents_per_request": 2, "max_queries_per_request": 2}
+    )
+    app = create_app(limited, embedder=embedder)
+    try:
+        client = app.test_client()
+        assert_error_shape(client.post("/add", json={"text": "y" * 51}), 422)
+        docs = [{"text": f"doc {i}"} for i in range(3)]
+        assert_error_shape(client.post("/add", json={"documents": docs}), 422)
+        assert_error_shape(client.post("/query", json={"queries": ["a", "b", "c"]}), 422)
+        assert client.get("/health").json["documents"] == 0
+    finally:
+        close_app(app)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("get", "/documents/ghost", 404),
+        ("delete", "/documents/ghost", 404),
+        ("patch", "/documents/ghost", 404),
+        ("get", "/no-such-route", 404),
+        ("get", "/add", 405),
+        ("put", "/query", 405),
+        ("get", "/documents?limit=0", 422),
+        ("get", "/documents?offset=-1", 422),
+        ("get", "/documents?limit=abc", 422),
+        ("get", "/documents?where=%7Bnot-json", 422),
+        ("get", "/documents?where=%7B%22a%22%3A%7B%22%24zz%22%3A1%7D%7D", 422),
+    ],
+)
+def test_error_shape_on_path_and_query_errors(
+    cooking: FlaskClient, method: str, path: str, status: int
+) -> None:
+    kwargs = {"json": {"text": "x"}} if method == "patch" else {}
+    assert_error_shape(getattr(cooking, method)(path, **kwargs), status)

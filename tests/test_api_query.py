@@ -1,0 +1,172 @@
+"""POST /query: ranking, every filter form, the similarity threshold, batches."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from flask.testing import FlaskClient
+
+
+def query(client: FlaskClient, **body: Any) -> dict[str, Any]:
+    body.setdefault("min_score", -1.0)  # filter tests look at every candidate
+    response = client.post("/query", json=body)
+    assert response.status_code == 200, response.json
+    return response.json
+
+
+def found(client: FlaskClient, **body: Any) -> list[str]:
+    return sorted(match["id"] for match in query(client, top_k=10, **body)["matches"])
+
+
+def test_matches_carry_id_text_metadata_and_cosine_score(cooking: FlaskClient) -> None:
+    result = query(cooking, query="how long to cook spaghetti", top_k=2)
+    best = result["matches"][0]
+    assert best["id"] == "pasta"
+    assert best["text"].startswith("Boil the pasta")
+    assert best["metadata"]["tags"] == ["pasta", "italian"]
+    assert -1.0 <= result["matches"][1]["score"] <= best["score"] <= 1.0
+    assert result["candidates"] == 2
+
+
+def test_score_is_one_minus_the_cosine_distance(cooking: FlaskClient, embedder) -> None:
+    text = "Boil the pasta in plenty of salted water until it is al dente."
+    score = query(cooking, query=text, top_k=1)["matches"][0]["score"]
+    assert score == pytest.approx(1.0, abs=1e-5)
+    q, d = embedder.embed_queries(["noodles"]), embedder.embed_documents([text])
+    expected = float((q * d).sum())
+    assert query(cooking, query="noodles", filters={"category": "cooking"}, where={"minutes": 12})[
+        "matches"
+    ][0]["score"] == pytest.approx(expected, abs=1e-5)
+
+
+def test_equality_and_any_of_filters(cooking: FlaskClient) -> None:
+    assert found(cooking, query="food", filters={"difficulty": "advanced"}) == ["risotto"]
+    assert found(cooking, query="food", filters={"category": ["baking", "grilling"]}) == [
+        "bread",
+        "cake",
+    ]
+    assert found(
+        cooking, query="food", filters={"category": "cooking", "difficulty": "beginner"}
+    ) == ["pasta"]
+
+
+def test_full_where_operators(cooking: FlaskClient) -> None:
+    assert found(cooking, query="food", where={"minutes": {"$gt": 40}}) == ["bread", "cake"]
+    assert found(cooking, query="food", where={"minutes": {"$gte": 35, "$lte": 50}}) == [
+        "cake",
+        "risotto",
+    ]
+    assert found(cooking, query="food", where={"category": {"$ne": "baking"}}) == [
+        "pasta",
+        "risotto",
+    ]
+    assert found(cooking, query="food", where={"difficulty": {"$nin": ["beginner"]}}) == [
+        "bread",
+        "risotto",
+    ]
+    assert found(
+        cooking, query="food", where={"$or": [{"minutes": {"$lt": 20}}, {"difficulty": "advanced"}]}
+    ) == ["pasta", "risotto"]
+    assert found(
+        cooking, query="food", where={"$and": [{"category": "baking"}, {"minutes": {"$lt": 100}}]}
+    ) == ["cake"]
+
+
+def test_list_contains(cooking: FlaskClient) -> None:
+    assert found(cooking, query="food", where={"tags": {"$contains": "italian"}}) == [
+        "pasta",
+        "risotto",
+    ]
+    assert found(cooking, query="food", where={"tags": {"$not_contains": "italian"}}) == [
+        "bread",
+        "cake",
+    ]
+
+
+def test_date_ranges_with_iso_strings(cooking: FlaskClient) -> None:
+    assert found(cooking, query="food", where={"date": {"$gte": "2024-01-01"}}) == [
+        "bread",
+        "cake",
+        "risotto",
+    ]
+    assert found(cooking, query="food", where={"date": {"$lt": "2024-01-15"}}) == ["pasta"]
+    # a bare date as an upper bound includes that whole day (risotto is at 18:30 that day)
+    assert found(
+        cooking, query="food", where={"date": {"$gt": "2024-01-15", "$lte": "2024-06-30"}}
+    ) == ["risotto"]
+    assert found(cooking, query="food", where={"date": {"$gt": "2024-06-30T12:00:00Z"}}) == [
+        "cake",
+        "risotto",
+    ]
+
+
+def test_where_document_contains_and_not_contains(cooking: FlaskClient) -> None:
+    assert found(cooking, query="food", where_document={"$contains": "dough"}) == ["bread"]
+    assert found(
+        cooking,
+        query="food",
+        where_document={"$and": [{"$contains": "the"}, {"$not_contains": "rice"}]},
+    ) == ["bread", "cake", "pasta"]
+
+
+def test_threshold_drops_an_unrelated_query_and_says_so(cooking: FlaskClient) -> None:
+    result = cooking.post("/query", json={"query": "stock market crash"}).json
+    assert result["matches"] == []
+    assert result["status"] == "no_confident_match"
+    assert result["threshold"] == {"min_score": 0.35, "source": "configured"}
+    assert result["candidates"] == 4
+    assert result["rejected"] == 4
+    assert result["best_rejected_score"] < 0.35
+    assert "below the threshold" in result["message"]
+
+
+def test_threshold_keeps_a_paraphrase(client: FlaskClient) -> None:
+    client.post(
+        "/add",
+        json={
+            "documents": [
+                {"id": "cat", "text": "The cat sat on the mat"},
+                {"id": "stocks", "text": "Interest rates rose again this quarter"},
+            ]
+        },
+    )
+    result = client.post("/query", json={"query": "A feline rested on the rug"}).json
+    assert [m["id"] for m in result["matches"]] == ["cat"]
+    assert result["status"] == "ok"
+    assert result["rejected"] == 1
+
+
+def test_request_min_score_overrides_the_default(cooking: FlaskClient) -> None:
+    strict = cooking.post("/query", json={"query": "pasta", "min_score": 0.99}).json
+    assert strict["matches"] == []
+    assert strict["threshold"] == {"min_score": 0.99, "source": "request"}
+    assert strict["best_rejected_score"] is not None
+
+
+def test_empty_store_is_told_apart_from_no_match(client: FlaskClient) -> None:
+    result = client.post("/query", json={"query": "anything"}).json
+    assert result["status"] == "no_candidates"
+    assert result["candidates"] == 0
+    assert result["best_rejected_score"] is None
+    assert "empty" in result["message"]
+
+
+def test_filters_that_exclude_everything(cooking: FlaskClient) -> None:
+    result = cooking.post("/query", json={"query": "x", "filters": {"category": "none"}}).json
+    assert result["status"] == "no_candidates"
+    assert "filters" in result["message"]
+
+
+def test_top_k_limits_matches(cooking: FlaskClient) -> None:
+    assert len(query(cooking, query="kitchen", top_k=3)["matches"]) == 3
+    assert len(query(cooking, query="kitchen")["matches"]) == 4  # default 5, only 4 stored
+
+
+def test_batch_of_queries(cooking: FlaskClient) -> None:
+    response = cooking.post(
+        "/query", json={"queries": ["rising dough", "risotto rice"], "top_k": 1}
+    )
+    results = response.json["results"]
+    assert [r["query"] for r in results] == ["rising dough", "risotto rice"]
+    assert [r["matches"][0]["id"] for r in results] == ["bread", "risotto"]

@@ -1,0 +1,44 @@
+# kb: every target is a one-liner over the kb CLI or pytest. `make help` lists them.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+STORE := $(or $(KB_CHROMA_PATH),chroma_db)
+export HF_HUB_OFFLINE := 1
+
+.DEFAULT_GOAL := help
+.PHONY: help install seed serve test lint format reset-db clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+install: $(STAMP) ## Create .venv and install kb with its pinned dependencies (CPU torch)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet torch==2.13.0 -e '.[dev]'
+	touch $(STAMP)
+
+seed: install ## Load data/seed into the default store (loading twice changes nothing)
+	$(BIN)/kb load data/seed
+
+serve: seed ## Serve the API on the default store (KB_HOST, KB_PORT, KB_CHROMA_PATH)
+	$(BIN)/kb serve
+
+test: install ## Run the test suite
+	$(BIN)/python -m pytest
+
+lint: install ## Check style with ruff
+	$(BIN)/ruff check kb tests && $(BIN)/ruff format --check kb tests
+
+format: install ## Format the code with ruff
+	$(BIN)/ruff format kb tests && $(BIN)/ruff check --fix kb tests
+
+reset-db: ## Delete the default store (needs FORCE=1)
+	@if [ "$(FORCE)" != "1" ]; then echo "refusing to delete $(STORE): run 'make reset-db FORCE=1'"; exit 1; fi
+	find $(STORE) -mindepth 1 ! -name .gitkeep -exec rm -rf {} +
+	@echo "emptied $(STORE)"
+
+clean: ## Remove the virtualenv and caches (keeps the store)
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

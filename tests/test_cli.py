@@ -1,0 +1,126 @@
+"""The kb command line: load (formats, bad records, idempotency, strict) and calibrate."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from kb.cli import main
+from kb.config import Settings
+from kb.store import KnowledgeStore
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    return {"KB_CHROMA_PATH": str(tmp_path / "db"), "KB_COLLECTION": "cli_test"}
+
+
+def run(env: dict[str, str], *args: str, stdin: str | None = None) -> Result:
+    return CliRunner().invoke(main, list(args), env=env, input=stdin)
+
+
+def stored(env: dict[str, str], embedder) -> KnowledgeStore:
+    settings = Settings(chroma_path=Path(env["KB_CHROMA_PATH"]), collection=env["KB_COLLECTION"])
+    return KnowledgeStore.open(settings, embedder)
+
+
+def write_jsonl(path: Path, records: list[object]) -> Path:
+    path.write_text("\n".join(r if isinstance(r, str) else json.dumps(r) for r in records) + "\n")
+    return path
+
+
+GOOD = [
+    {"id": "a", "text": "Alpha document", "metadata": {"n": 1}},
+    {"id": "b", "text": "Beta document"},
+    {"text": "A document without an id"},
+]
+
+
+def test_load_jsonl_then_again_adds_nothing(env, tmp_path: Path, embedder) -> None:
+    source = write_jsonl(tmp_path / "docs.jsonl", GOOD)
+    first = run(env, "load", str(source))
+    assert first.exit_code == 0, first.output
+    assert "added 3, updated 0, skipped 0, failed 0" in first.output
+    second = run(env, "load", str(source))
+    assert "added 0, updated 0, skipped 3, failed 0" in second.output
+    store = stored(env, embedder)
+    assert store.count() == 3
+    assert store.get("a").metadata == {"n": 1}
+    store.close()
+
+
+def test_bad_records_are_reported_with_line_numbers_and_skipped(
+    env, tmp_path: Path, embedder
+) -> None:
+    records = [
+        GOOD[0],
+        "{not json",
+        {"id": "c"},
+        {"text": "ok", "metadata": {"x": {"y": 1}}},
+        GOOD[1],
+    ]
+    result = run(env, "load", str(write_jsonl(tmp_path / "mixed.jsonl", records)))
+    assert result.exit_code == 1
+    assert "mixed.jsonl:2: invalid JSON" in result.output
+    assert "mixed.jsonl:3: text:" in result.output
+    assert "mixed.jsonl:4: metadata:" in result.output
+    assert "added 2, updated 0, skipped 0, failed 3" in result.output
+    store = stored(env, embedder)
+    assert store.count() == 2
+    store.close()
+
+
+def test_strict_stops_at_the_first_bad_record(env, tmp_path: Path, embedder) -> None:
+    records = [GOOD[0], {"id": "bad"}, GOOD[1]]
+    result = run(env, "load", "--strict", str(write_jsonl(tmp_path / "s.jsonl", records)))
+    assert result.exit_code == 1
+    assert "s.jsonl:2" in result.output
+    store = stored(env, embedder)
+    assert sorted(store.get_many(["a", "b", "bad"])) == ["a"]
+    store.close()
+
+
+def test_upsert_updates_changed_records(env, tmp_path: Path, embedder) -> None:
+    run(env, "load", str(write_jsonl(tmp_path / "v1.jsonl", GOOD)))
+    changed = [{**GOOD[0], "text": "Alpha, revised"}, GOOD[1]]
+    result = run(env, "load", "--upsert", str(write_jsonl(tmp_path / "v2.jsonl", changed)))
+    assert "added 0, updated 1, skipped 1" in result.output
+    store = stored(env, embedder)
+    assert store.get("a").text == "Alpha, revised"
+    store.close()
+
+
+def test_json_array_folder_and_stdin(env, tmp_path: Path, embedder) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "list.json").write_text(json.dumps(GOOD[:2]))
+    write_jsonl(folder / "more.jsonl", [GOOD[2]])
+    assert "added 3" in run(env, "load", str(folder)).output
+    piped = run(env, "load", "-", stdin=json.dumps({"id": "s", "text": "From a pipe"}) + "\n")
+    assert "added 1" in piped.output
+    store = stored(env, embedder)
+    assert store.count() == 4
+    store.close()
+
+
+def test_repeated_ids_in_one_file(env, tmp_path: Path) -> None:
+    records = [GOOD[0], GOOD[0], {"id": "a", "text": "Different text"}]
+    result = run(env, "load", str(write_jsonl(tmp_path / "rep.jsonl", records)))
+    assert "rep.jsonl:3: id 'a' repeats" in result.output
+    assert "added 1, updated 0, skipped 1, failed 1" in result.output
+
+
+def test_calibrate_recommends_a_threshold(env, tmp_path: Path) -> None:
+    pairs = [
+        {"a": "How do I boil pasta?", "b": "Cook pasta in salted boiling water.", "label": 1},
+        {"a": "A feline rested on the rug", "b": "The cat sat on the mat", "label": 1},
+        {"a": "How do I boil pasta?", "b": "The stock market fell sharply.", "label": 0},
+        {"a": "Python snakes eat rodents", "b": "Python lists are mutable", "label": 0},
+    ]
+    result = run(env, "calibrate", str(write_jsonl(tmp_path / "pairs.jsonl", pairs)))
+    assert result.exit_code == 0, result.output
+    assert "recommended threshold:" in result.output
+    assert "f1 1.000" in result.output

@@ -1,0 +1,35 @@
+"""The embedder: normalized 384-d vectors from the packaged model, a stable fingerprint."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from kb.embeddings import Embedder, model_fingerprint
+
+
+def test_vectors_are_normalized_and_384_dimensional(embedder) -> None:
+    vectors = embedder.embed_documents(["one text", "another, longer text about cats"])
+    assert vectors.shape == (2, 384)
+    assert vectors.dtype == np.float32
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert embedder.embed_documents([]).shape == (0, 384)
+
+
+def test_it_meets_the_protocol_and_names_the_model(embedder) -> None:
+    assert isinstance(embedder, Embedder)
+    assert embedder.name == "sentence-transformers/all-MiniLM-L6-v2"
+    assert embedder.max_tokens == 256
+    assert embedder.fingerprint == model_fingerprint(embedder.path)
+
+
+def test_paraphrases_score_higher_than_unrelated_text(embedder) -> None:
+    q = embedder.embed_queries(["A feline rested on the rug"])[0]
+    cat, stocks = embedder.embed_documents(["The cat sat on the mat", "stock market crash"])
+    assert float(q @ cat) > 0.5 > float(q @ stocks)
+
+
+def test_token_offsets_point_into_the_text(embedder) -> None:
+    text = "Tokenizers split words into pieces."
+    spans = embedder.token_offsets(text)
+    assert text[spans[0][0] : spans[0][1]].lower() == "token"
+    assert spans[-1][1] == len(text)

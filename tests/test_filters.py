@@ -1,0 +1,103 @@
+"""The filter language: translation to Chroma's where, dates, and errors with paths."""
+
+from __future__ import annotations
+
+import pytest
+
+from kb.errors import ValidationFailed
+from kb.filters import TWIN_PREFIX, compile_filter, date_twins, parse_iso
+
+DAY = 86_400.0
+
+
+def test_simple_filters_become_eq_and_in() -> None:
+    compiled = compile_filter(filters={"a": "x", "b": [1, 2]})
+    assert compiled.where == {"$and": [{"a": {"$eq": "x"}}, {"b": {"$in": [1, 2]}}]}
+
+
+def test_single_clauses_are_not_wrapped_in_and() -> None:
+    assert compile_filter(where={"$and": [{"a": 1}]}).where == {"a": {"$eq": 1}}
+    assert compile_filter(filters={"a": 1}).where == {"a": {"$eq": 1}}
+
+
+def test_several_operators_on_one_key_are_anded() -> None:
+    where = compile_filter(where={"n": {"$gte": 1, "$lt": 5}}).where
+    assert where == {"$and": [{"n": {"$gte": 1}}, {"n": {"$lt": 5}}]}
+
+
+def test_filters_and_where_combine() -> None:
+    where = compile_filter(filters={"a": 1}, where={"b": 2}).where
+    assert where == {"$and": [{"a": {"$eq": 1}}, {"b": {"$eq": 2}}]}
+
+
+def test_date_bounds_use_the_numeric_twin() -> None:
+    start = parse_iso("2024-01-01")
+    assert compile_filter(where={"date": {"$gte": "2024-01-01"}}).where == {
+        f"{TWIN_PREFIX}date": {"$gte": start}
+    }
+    # a bare date bound covers the whole day
+    assert compile_filter(where={"date": {"$lte": "2024-01-01"}}).where == {
+        f"{TWIN_PREFIX}date": {"$lt": start + DAY}
+    }
+    assert compile_filter(where={"date": {"$gt": "2024-01-01"}}).where == {
+        f"{TWIN_PREFIX}date": {"$gte": start + DAY}
+    }
+
+
+def test_parse_iso_accepts_dates_and_datetimes_only() -> None:
+    assert parse_iso("1970-01-02") == DAY
+    assert parse_iso("1970-01-01T01:00:00Z") == 3600.0
+    assert parse_iso("1970-01-01T01:00:00+01:00") == 0.0
+    assert parse_iso("1970-01-01 00:01") == 60.0
+    for text in ("2024", "yesterday", "2024-02-30", "2024-1-1", "12:00"):
+        assert parse_iso(text) is None
+
+
+def test_date_twins_only_for_date_strings() -> None:
+    twins = date_twins({"date": "2024-01-01", "title": "2024 plans", "n": 3})
+    assert twins == {f"{TWIN_PREFIX}date": parse_iso("2024-01-01")}
+
+
+def test_numbers_stay_numbers_in_ranges() -> None:
+    assert compile_filter(where={"n": {"$lt": 2.5}}).where == {"n": {"$lt": 2.5}}
+
+
+@pytest.mark.parametrize(
+    ("where", "path"),
+    [
+        ({"a": {"$regex": "x"}}, "where.a.$regex"),
+        ({"a": {"$gt": True}}, "where.a.$gt"),
+        ({"a": {"$gt": "soon"}}, "where.a.$gt"),
+        ({"a": {"$in": [1, "x"]}}, "where.a.$in"),
+        ({"a": {"$eq": [1]}}, "where.a.$eq"),
+        ({"a": {"$eq": None}}, "where.a.$eq"),
+        ({"a": {}}, "where.a"),
+        ({"$or": []}, "where.$or"),
+        ({"$not": {"a": 1}}, "where.$not"),
+        ({"_kb_doc": "x"}, "where._kb_doc"),
+        ({"a": {"$eq": float("nan")}}, "where.a.$eq"),
+    ],
+)
+def test_errors_name_the_path(where: dict, path: str) -> None:
+    with pytest.raises(ValidationFailed) as caught:
+        compile_filter(where=where)
+    assert caught.value.details[0]["field"] == path
+    assert caught.value.message.startswith(path)
+
+
+def test_nesting_and_size_are_limited() -> None:
+    deep: dict = {"a": 1}
+    for _ in range(12):
+        deep = {"$and": [deep, {"b": 2}]}
+    with pytest.raises(ValidationFailed, match="nest"):
+        compile_filter(where=deep)
+    wide = {"$or": [{"k": i} for i in range(100)]}
+    with pytest.raises(ValidationFailed, match="at most"):
+        compile_filter(where=wide)
+
+
+def test_where_document_operators() -> None:
+    compiled = compile_filter(where_document={"$or": [{"$contains": "a"}, {"$regex": "b+"}]})
+    assert compiled.where_document == {"$or": [{"$contains": "a"}, {"$regex": "b+"}]}
+    with pytest.raises(ValidationFailed, match="regular expression"):
+        compile_filter(where_document={"$regex": "("})

@@ -1,0 +1,167 @@
+"""KnowledgeStore: persistence, the model guard, all-or-nothing writes, chunked documents."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kb.app import close_app, create_app
+from kb.config import Settings
+from kb.errors import ConfigError, ModelMismatch, StoreUnavailable
+from kb.schemas import DocumentIn, UpdateFields
+from kb.store import KnowledgeStore, WriteMode
+
+
+class OtherModel:
+    """A stand-in for a different embedding model: another dimension and fingerprint."""
+
+    name, dim, fingerprint, max_tokens = "other-model", 8, "0123456789abcdef", 128
+
+    def embed_documents(self, texts):
+        return np.ones((len(texts), self.dim), dtype=np.float32) / np.sqrt(self.dim)
+
+    embed_queries = embed_documents
+
+    def token_offsets(self, text):
+        return [(0, len(text))]
+
+
+def test_data_survives_a_restart(settings: Settings, embedder) -> None:
+    first = create_app(settings, embedder=embedder)
+    first.test_client().post(
+        "/add", json={"id": "keep", "text": "Persistent words", "metadata": {"date": "2024-04-04"}}
+    )
+    close_app(first)
+
+    second = create_app(settings, embedder=embedder)
+    try:
+        client = second.test_client()
+        assert client.get("/documents/keep").json["metadata"] == {"date": "2024-04-04"}
+        result = client.post(
+            "/query", json={"query": "words that persist", "where": {"date": {"$gt": "2024-01-01"}}}
+        ).json
+        assert [m["id"] for m in result["matches"]] == ["keep"]
+    finally:
+        close_app(second)
+
+
+def test_opening_a_store_with_another_model_is_refused(settings: Settings, embedder) -> None:
+    KnowledgeStore.open(settings, embedder).close()
+    with pytest.raises(ModelMismatch, match="all-MiniLM-L6-v2") as caught:
+        KnowledgeStore.open(settings, OtherModel())
+    assert "other-model" in caught.value.message
+    assert caught.value.status == 409
+
+
+def test_another_collection_on_the_same_path_may_use_another_model(
+    settings: Settings, embedder
+) -> None:
+    KnowledgeStore.open(settings, embedder).close()
+    other = KnowledgeStore.open(settings.model_copy(update={"collection": "other"}), OtherModel())
+    other.add([DocumentIn(text="fine")])
+    assert other.count() == 1
+    other.close()
+
+
+def test_collection_names_follow_chromas_rules() -> None:
+    with pytest.raises(ValueError, match="3-512"):
+        Settings(collection="kb")
+
+
+def test_a_wrong_model_path_is_a_clear_error(tmp_path: Path) -> None:
+    from kb.embeddings import SentenceTransformerEmbedder
+
+    with pytest.raises(ConfigError, match="neither"):
+        SentenceTransformerEmbedder(str(tmp_path / "missing-model"))
+
+
+def test_a_failed_batch_rolls_back_new_and_restores_replaced(
+    store: KnowledgeStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store.add([DocumentIn(id="old", text="Original text", metadata={"v": 1})])
+    store.records.max_batch = 2
+    real = store.records._write
+    calls = {"n": 0}
+
+    def flaky(records):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise StoreUnavailable("disk full")
+        real(records)
+
+    monkeypatch.setattr(store.records, "_write", flaky)
+    docs = [DocumentIn(id="old", text="Replaced text", metadata={"v": 2})]
+    docs += [DocumentIn(id=f"new{i}", text=f"New document {i}") for i in range(3)]
+    with pytest.raises(StoreUnavailable):
+        store.add(docs, WriteMode.UPSERT)
+    monkeypatch.setattr(store.records, "_write", real)
+    assert store.count() == 1
+    assert store.get("old").text == "Original text"
+    assert store.get("old").metadata == {"v": 1}
+    hits = store.records.nearest(store.embedder.embed_queries(["Original text"]), 1)
+    assert hits[0][0][1] == pytest.approx(1.0, abs=1e-5)  # the old vector is back too
+
+
+def test_skip_mode_keeps_stored_documents(store: KnowledgeStore) -> None:
+    store.add([DocumentIn(id="a", text="first")])
+    result = store.add(
+        [DocumentIn(id="a", text="second"), DocumentIn(id="b", text="b")], WriteMode.SKIP
+    )
+    assert (result.added, result.skipped) == (1, 1)
+    assert store.get("a").text == "first"
+
+
+def long_text(fact: str) -> str:
+    filler = " ".join(
+        f"Paragraph {i} discusses gradient descent, learning rates and loss curves in detail."
+        for i in range(60)
+    )
+    return f"{filler}\n\n{fact}"
+
+
+def test_long_documents_are_chunked_and_read_back_whole(store: KnowledgeStore) -> None:
+    text = long_text("The secret ingredient of the recipe is smoked paprika.")
+    store.add([DocumentIn(id="long", text=text, metadata={"kind": "essay"})])
+    doc = store.get("long")
+    assert doc.chunks > 1
+    assert doc.text == text
+    assert store.count() == 1
+    assert store.records.count() == doc.chunks
+
+
+def test_a_fact_at_the_end_of_a_long_document_is_found_once(client, store) -> None:
+    fact = (
+        "A note on the recipe itself. Its secret ingredient is smoked paprika, which gives the "
+        "stew a deep red colour and a gentle smoky warmth. Add the spice at the very end."
+    )
+    text = long_text(fact)
+    client.post(
+        "/add",
+        json={
+            "documents": [
+                {"id": "long", "text": text},
+                {"id": "short", "text": "Learning rate schedules decay the step size over time."},
+            ]
+        },
+    )
+    result = client.post("/query", json={"query": "which spice is the secret ingredient?"}).json
+    assert [m["id"] for m in result["matches"]] == ["long"]
+    match = result["matches"][0]
+    assert match["text"] == text
+    assert "smoked paprika" in match["passage"]
+    assert len(match["passage"]) < len(text)
+
+
+def test_updating_and_deleting_a_chunked_document(store: KnowledgeStore) -> None:
+    store.add([DocumentIn(id="long", text=long_text("End."))])
+    chunks = store.get("long").chunks
+    store.update("long", UpdateFields(metadata={"tag": "x"}))
+    assert store.get("long").metadata == {"tag": "x"}
+    assert store.records.count() == chunks
+    store.update("long", UpdateFields(text="Now it is short."))
+    assert store.get("long").chunks == 1
+    assert store.records.count() == 1
+    store.delete(["long"])
+    assert store.records.count() == 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -82,6 +83,9 @@ class SentenceTransformerEmbedder:
             self._model: Any = SentenceTransformer(str(self.path), device=device)
         except (OSError, ValueError) as exc:
             raise ConfigError(f"could not load the model at {self.path}: {exc}") from exc
+        # HF fast tokenizers are not safe to call from several threads at once ("Already
+        # borrowed"); the server has many threads, so encoding is serialized.
+        self._lock = threading.Lock()
         self.dim = int(self._model.get_embedding_dimension())
         self.max_tokens = int(self._model.max_seq_length)
         self._tokenizer = self._model.tokenizer
@@ -89,13 +93,14 @@ class SentenceTransformerEmbedder:
     def _encode(self, texts: Sequence[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        vectors = self._model.encode(
-            list(texts),
-            batch_size=self.batch_size,
-            normalize_embeddings=True,
-            convert_to_numpy=True,
-            show_progress_bar=False,
-        )
+        with self._lock:
+            vectors = self._model.encode(
+                list(texts),
+                batch_size=self.batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
         return np.asarray(vectors, dtype=np.float32)
 
     def embed_documents(self, texts: Sequence[str]) -> np.ndarray:
@@ -106,9 +111,10 @@ class SentenceTransformerEmbedder:
 
     def token_offsets(self, text: str) -> list[tuple[int, int]]:
         """Character spans of the word pieces the model reads (no special tokens)."""
-        encoded = self._tokenizer(
-            text, add_special_tokens=False, return_offsets_mapping=True, truncation=False
-        )
+        with self._lock:
+            encoded = self._tokenizer(
+                text, add_special_tokens=False, return_offsets_mapping=True, truncation=False
+            )
         return [tuple(span) for span in encoded["offset_mapping"]]
 
 

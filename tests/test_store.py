@@ -165,3 +165,18 @@ def test_updating_and_deleting_a_chunked_document(store: KnowledgeStore) -> None
     assert store.records.count() == 1
     store.delete(["long"])
     assert store.records.count() == 0
+
+
+def test_concurrent_adds_and_queries_all_succeed(app) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    def work(i: int) -> tuple[int, int]:
+        client = app.test_client()
+        added = client.post("/add", json={"id": f"t{i}", "text": f"Thread {i} writes a note"})
+        found = client.post("/query", json={"query": f"note from thread {i}"})
+        return added.status_code, found.status_code
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        statuses = list(pool.map(work, range(24)))
+    assert statuses == [(201, 200)] * 24
+    assert app.test_client().get("/health").json["documents"] == 24

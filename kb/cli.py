@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TextIO
 
 import click
 
 from kb import __version__
 from kb.config import Settings
 from kb.errors import KBError
-from kb.loader import FORMATS, Problem, expand, read
-from kb.schemas import AddResponse, DocumentIn
+from kb.ingest import Sink
+from kb.loader import FORMATS, Options, Problem, estimate, read, sources
+from kb.progress import Progress
 
 
 def _fail(message: str) -> None:
@@ -61,39 +64,46 @@ def serve(host: str | None, port: int | None, threads: int | None) -> None:
     "fmt",
     type=click.Choice(FORMATS),
     default=None,
-    help="Input format; default: from the file suffix (JSONL otherwise).",
+    help="Input format; default: from each file's suffix (JSONL otherwise).",
 )
+@click.option("--text-column", default="text", show_default=True, help="CSV: the text column.")
+@click.option("--id-column", default="id", show_default=True, help="CSV: the id column, if any.")
 @click.option("--batch-size", type=click.IntRange(1, 100_000), default=256, show_default=True)
 @click.option("--upsert", is_flag=True, help="Replace stored documents whose content changed.")
 @click.option("--strict", is_flag=True, help="Stop at the first bad record.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress output.")
+@click.option("--url", default=None, help="Send batches to a running kb service instead.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def load(
-    paths: Sequence[str], fmt: str | None, batch_size: int, upsert: bool, strict: bool, quiet: bool
+    paths: Sequence[str],
+    fmt: str | None,
+    text_column: str,
+    id_column: str,
+    batch_size: int,
+    upsert: bool,
+    strict: bool,
+    url: str | None,
+    quiet: bool,
 ) -> None:
-    """Load documents from files, folders or '-' (stdin) into the store.
+    """Load documents from files, folders or '-' (stdin).
 
-    Records are JSON objects {"id"?, "text", "metadata"?}; records without an id get one derived
-    from their text, so loading the same file twice adds nothing.
+    JSONL/JSON records are {"id"?, "text", "metadata"?}; CSV rows give the text column and
+    metadata columns; Markdown/text files are one document each (YAML front matter is
+    metadata, the path inside the folder is the id). Records without an id get one derived
+    from their text, so loading the same input twice adds nothing.
     """
     from kb.ingest import ingest
-    from kb.store import KnowledgeStore, WriteMode
 
     settings = Settings()
-    mode = WriteMode.UPSERT if upsert else WriteMode.SKIP
-    progress = _Progress(enabled=not quiet and sys.stderr.isatty())
-    try:
-        store = KnowledgeStore.open(settings)
-    except KBError as exc:
-        _fail(exc.message)
-
-    def sink(docs: Sequence[DocumentIn]) -> AddResponse:
-        return store.add(docs, mode)
+    found = sources(paths, fmt)
+    options = Options(settings, text_column=text_column, id_column=id_column)
+    progress = Progress(estimate(found), enabled=not quiet and sys.stderr.isatty())
+    sink, close = _sink(settings, url, "upsert" if upsert else "skip")
 
     def report(problem: Problem) -> None:
         progress.clear()
         click.echo(f"error: {problem}", err=True)
 
-    entries = (entry for path in expand(paths) for entry in read(path, fmt, settings))
+    entries = (entry for source in found for entry in read(source, options))
     started = time.perf_counter()
     try:
         summary = ingest(
@@ -105,9 +115,10 @@ def load(
             on_batch=progress.advance,
         )
     except KBError as exc:
+        progress.clear()
         _fail(f"load stopped: {exc.message}")
     finally:
-        store.close()
+        close()
     progress.clear()
     elapsed = time.perf_counter() - started
     click.echo(
@@ -117,6 +128,56 @@ def load(
     )
     if summary.failed:
         sys.exit(1)
+
+
+def _sink(settings: Settings, url: str | None, mode: str) -> tuple[Sink, Callable[[], None]]:
+    """Where loaded batches go: the REST API at `url`, or the store itself."""
+    if url:
+        from kb.client import KBClient
+
+        client = KBClient(url)
+        return (lambda docs: client.add(docs, mode)), (lambda: None)  # type: ignore[arg-type]
+    from kb.store import KnowledgeStore, WriteMode
+
+    try:
+        store = KnowledgeStore.open(settings)
+    except KBError as exc:
+        _fail(exc.message)
+    return (lambda docs: store.add(docs, WriteMode(mode))), store.close
+
+
+@main.command()
+@click.option("--where", "where", default=None, help="A JSON filter, as /query takes it.")
+@click.option(
+    "-o",
+    "--output",
+    type=click.File("w", encoding="utf-8"),
+    default="-",
+    help="File to write (default: standard output).",
+)
+def export(where: str | None, output: TextIO) -> None:
+    """Write documents as JSONL: id, text and metadata exactly as given (chunks joined)."""
+    from kb.filters import compile_filter
+    from kb.store import KnowledgeStore
+
+    try:
+        flt = compile_filter(where=json.loads(where)) if where else compile_filter()
+        store = KnowledgeStore.open(Settings())
+    except ValueError as exc:
+        _fail(f"--where is not valid JSON: {exc}")
+    except KBError as exc:
+        _fail(exc.message)
+    try:
+        count = 0
+        for doc in store.iter_documents(flt):
+            record = {"id": doc.id, "text": doc.text}
+            if doc.metadata is not None:
+                record["metadata"] = doc.metadata
+            output.write(json.dumps(record, ensure_ascii=False) + "\n")
+            count += 1
+    finally:
+        store.close()
+    click.echo(f"exported {count} documents", err=True)
 
 
 @main.command()
@@ -148,22 +209,3 @@ def calibrate(pairs: str, precision: float | None) -> None:
         f"recommended threshold: {best.threshold:.2f} (precision {best.precision:.3f}, "
         f"recall {best.recall:.3f}, f1 {best.f1:.3f})"
     )
-
-
-class _Progress:
-    """A one-line counter with docs/s on a terminal; silent otherwise."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-        self.done = 0
-        self.started = time.perf_counter()
-
-    def advance(self, count: int) -> None:
-        self.done += count
-        if self.enabled:
-            rate = self.done / max(time.perf_counter() - self.started, 1e-9)
-            click.echo(f"\r{self.done:,} docs  {rate:,.0f} docs/s", nl=False, err=True)
-
-    def clear(self) -> None:
-        if self.enabled and self.done:
-            click.echo("\r\033[K", nl=False, err=True)

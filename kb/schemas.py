@@ -179,6 +179,11 @@ class AddRequest(Model):
     text: Text | None = None
     metadata: Metadata | None = None
     upsert: bool = Field(False, description="Replace documents whose id exists instead of 409.")
+    on_conflict: Literal["error", "skip", "upsert"] | None = Field(
+        None,
+        description="For ids that exist: 409 (error, the default), keep the stored document "
+        '(skip), or replace it when its content changed (upsert; same as "upsert": true).',
+    )
 
     @model_validator(mode="after")
     def _one_form(self, info: ValidationInfo) -> AddRequest:
@@ -187,11 +192,16 @@ class AddRequest(Model):
             raise ValueError("send either 'documents' or a single document's fields, not both")
         if self.documents is None and self.text is None:
             raise ValueError("'text' (one document) or 'documents' (a list) is required")
+        if self.upsert and self.on_conflict not in (None, "upsert"):
+            raise ValueError("'upsert': true contradicts 'on_conflict'")
         settings = (info.context or {}).get("settings")
         limit = settings.max_documents_per_request if settings else None
         if limit and self.documents and len(self.documents) > limit:
             raise ValueError(f"at most {limit} documents per request")
         return self
+
+    def conflict_mode(self) -> str:
+        return "upsert" if self.upsert else self.on_conflict or "error"
 
     def items(self) -> list[DocumentIn]:
         if self.documents is not None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from enum import StrEnum
 from typing import Any
 
@@ -87,12 +87,22 @@ class KnowledgeStore:
         return {doc_id: assemble(chunks) for doc_id, chunks in groups.items()}
 
     def list(self, flt: CompiledFilter, limit: int, offset: int) -> DocumentList:
-        heads_filter = CompiledFilter(and_where(flt.where, HEADS), flt.where_document)
+        heads_filter = _heads(flt)
         total = len(self.records.ids(heads_filter))
+        docs = self._page(heads_filter, limit, offset)
+        return DocumentList(documents=docs, total=total, limit=limit, offset=offset)
+
+    def iter_documents(self, flt: CompiledFilter, page: int = 500) -> Iterator[Document]:
+        """Every document matching the filter, in storage order, a page at a time."""
+        heads_filter, offset = _heads(flt), 0
+        while docs := self._page(heads_filter, page, offset):
+            yield from docs
+            offset += len(docs)
+
+    def _page(self, heads_filter: CompiledFilter, limit: int, offset: int) -> list[Document]:
         heads = self.records.get(flt=heads_filter, limit=limit, offset=offset)
         groups = self._chunks(heads)
-        docs = [assemble(groups[head.doc_id]) for head in heads]
-        return DocumentList(documents=docs, total=total, limit=limit, offset=offset)
+        return [assemble(groups[head.doc_id]) for head in heads]
 
     def stats(self) -> Stats:
         heads = self.records.get(flt=CompiledFilter(where=HEADS))
@@ -217,6 +227,11 @@ class KnowledgeStore:
         stale = {r.id for r in previous} - {r.id for r in records}
         if stale:
             self.records.delete(sorted(stale))
+
+
+def _heads(flt: CompiledFilter) -> CompiledFilter:
+    """The filter restricted to chunk 0 of each document (one record per document)."""
+    return CompiledFilter(and_where(flt.where, HEADS), flt.where_document)
 
 
 def _ordered(records: Sequence[Record]) -> list[Record]:

@@ -42,8 +42,7 @@ ID_ERRORS = (400, 404, 413, 422)
 )
 def add() -> tuple[Response, int]:
     req = body(AddRequest)
-    mode = WriteMode.UPSERT if req.upsert else WriteMode.ERROR
-    return reply(store().add(req.items(), mode), 201)
+    return reply(store().add(req.items(), WriteMode(req.conflict_mode())), 201)
 
 
 @bp.get("/documents/<path:doc_id>")

@@ -1,0 +1,136 @@
+"""A small typed client for the kb REST API (standard library only).
+
+from kb.client import KBClient
+kb = KBClient("http://127.0.0.1:8000")
+kb.add([DocumentIn(text="The cat sat on the mat")])
+result = kb.query("a feline on a rug", filters={"category": "pets"})
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Sequence
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel
+
+from kb.errors import KBError
+from kb.schemas import (
+    AddResponse,
+    BatchQueryResult,
+    DeleteResponse,
+    Document,
+    DocumentIn,
+    DocumentList,
+    Health,
+    QueryResult,
+    Stats,
+)
+
+M = TypeVar("M", bound=BaseModel)
+Conflict = Literal["error", "skip", "upsert"]
+
+
+class KBClientError(KBError):
+    """An error answered by the service (status, code, message and details as it sent them),
+    or status 0 when it could not be reached."""
+
+
+class KBClient:
+    def __init__(self, url: str, *, timeout: float = 120.0, api_key: str | None = None) -> None:
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+        self.api_key = api_key
+
+    # ------------------------------------------------------------ documents
+
+    def add(self, docs: Sequence[DocumentIn], on_conflict: Conflict = "error") -> AddResponse:
+        payload = [doc.model_dump(exclude_none=True) for doc in docs]
+        body = {"documents": payload, "on_conflict": on_conflict}
+        return self._call("POST", "/add", body, AddResponse)
+
+    def get(self, doc_id: str) -> Document:
+        return self._call("GET", f"/documents/{urllib.parse.quote(doc_id)}", None, Document)
+
+    def list(
+        self, *, limit: int = 20, offset: int = 0, where: dict[str, Any] | None = None
+    ) -> DocumentList:
+        params: dict[str, Any] = {"limit": limit, "offset": offset}
+        if where is not None:
+            params["where"] = json.dumps(where)
+        return self._call("GET", f"/documents?{urllib.parse.urlencode(params)}", None, DocumentList)
+
+    def update(
+        self,
+        doc_id: str,
+        *,
+        text: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        replace_metadata: bool = False,
+    ) -> Document:
+        body = {
+            "id": doc_id,
+            "text": text,
+            "metadata": metadata,
+            "replace_metadata": replace_metadata,
+        }
+        return self._call(
+            "POST", "/update", {k: v for k, v in body.items() if v is not None}, Document
+        )
+
+    def delete(
+        self, ids: Sequence[str] | None = None, *, where: dict[str, Any] | None = None
+    ) -> DeleteResponse:
+        body = {"ids": list(ids)} if ids is not None else {"where": where}
+        return self._call("POST", "/delete", body, DeleteResponse)
+
+    # ------------------------------------------------------------ search and status
+
+    def query(self, query: str, **options: Any) -> QueryResult:
+        return self._call("POST", "/query", {"query": query, **options}, QueryResult)
+
+    def query_many(self, queries: Sequence[str], **options: Any) -> list[QueryResult]:
+        body = {"queries": list(queries), **options}
+        return self._call("POST", "/query", body, BatchQueryResult).results
+
+    def health(self) -> Health:
+        return self._call("GET", "/health", None, Health)
+
+    def stats(self) -> Stats:
+        return self._call("GET", "/stats", None, Stats)
+
+    # ------------------------------------------------------------ transport
+
+    def _call(self, method: str, path: str, body: dict[str, Any] | None, model: type[M]) -> M:
+        data = json.dumps(body).encode("utf-8") if body is not None else None
+        request = urllib.request.Request(self.url + path, data=data, method=method)
+        request.add_header("Accept", "application/json")
+        if data is not None:
+            request.add_header("Content-Type", "application/json")
+        if self.api_key:
+            request.add_header("Authorization", f"Bearer {self.api_key}")
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                return model.model_validate_json(response.read())
+        except urllib.error.HTTPError as exc:
+            raise _service_error(exc) from exc
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise KBClientError(
+                f"cannot reach {self.url}: {reason}", status=0, code="unreachable"
+            ) from exc
+
+
+def _service_error(exc: urllib.error.HTTPError) -> KBClientError:
+    raw = exc.read()
+    try:
+        error = json.loads(raw)["error"]
+        return KBClientError(
+            error["message"], details=error.get("details"), code=error["code"], status=exc.code
+        )
+    except (ValueError, KeyError, TypeError):
+        text = raw.decode("utf-8", "replace")[:200]
+        return KBClientError(f"HTTP {exc.code}: {text}", status=exc.code, code="http_error")

@@ -15,6 +15,8 @@ from kb.config import Settings
 from kb.embeddings import SentenceTransformerEmbedder
 from kb.store import KnowledgeStore
 
+pytest_plugins = ["tests.live"]
+
 DATA = Path(__file__).resolve().parent.parent / "data"
 
 COOKING = [

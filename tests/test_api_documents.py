@@ -183,3 +183,13 @@ def test_ids_with_slashes_and_spaces_work_in_paths(client: FlaskClient) -> None:
     client.post("/add", json={"id": "notes/ml/intro page.md", "text": "Intro"})
     assert client.get("/documents/notes/ml/intro%20page.md").json["text"] == "Intro"
     assert client.delete("/documents/notes/ml/intro%20page.md").status_code == 200
+
+
+def test_on_conflict_skip_keeps_stored_documents(cooking: FlaskClient) -> None:
+    batch = [{"id": "pasta", "text": "Changed"}, {"id": "new", "text": "Brand new"}]
+    response = cooking.post("/add", json={"documents": batch, "on_conflict": "skip"})
+    assert response.status_code == 201
+    assert (response.json["added"], response.json["skipped"]) == (1, 1)
+    assert cooking.get("/documents/pasta").json["text"] == COOKING[0]["text"]
+    contradiction = cooking.post("/add", json={"text": "x", "upsert": True, "on_conflict": "skip"})
+    assert contradiction.status_code == 422

@@ -124,3 +124,59 @@ def test_calibrate_recommends_a_threshold(env, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "recommended threshold:" in result.output
     assert "f1 1.000" in result.output
+
+
+def test_export_then_load_into_an_empty_store_reproduces_it(env, tmp_path: Path, embedder) -> None:
+    long = " ".join(f"Sentence {i} of a long essay about vector search." for i in range(80))
+    records = [*GOOD, {"id": "long", "text": long, "metadata": {"tags": [], "d": "2024-01-01"}}]
+    run(env, "load", str(write_jsonl(tmp_path / "src.jsonl", records)))
+    dump = tmp_path / "dump.jsonl"
+    result = run(env, "export", "-o", str(dump))
+    assert result.exit_code == 0, result.output
+    exported = [json.loads(line) for line in dump.read_text().splitlines()]
+    assert {r["id"] for r in exported} == {"a", "b", "long", exported[2]["id"]}
+    assert all(not k.startswith("_kb_") for r in exported for k in r.get("metadata", {}))
+
+    copy = {**env, "KB_CHROMA_PATH": str(tmp_path / "copy")}
+    assert "added 4" in run(copy, "load", str(dump)).output
+    original, restored = stored(env, embedder), stored(copy, embedder)
+    ids = [r["id"] for r in exported]
+    assert original.get_many(ids) == restored.get_many(ids)
+    assert restored.get("long").text == long
+    assert restored.get("long").chunks > 1
+    original.close()
+    restored.close()
+
+
+def test_export_with_a_filter(env, tmp_path: Path) -> None:
+    run(env, "load", str(write_jsonl(tmp_path / "src.jsonl", GOOD)))
+    result = run(env, "export", "--where", '{"n": {"$gte": 1}}')
+    assert [json.loads(line)["id"] for line in result.stdout.splitlines()] == ["a"]
+    bad = run(env, "export", "--where", '{"n": {"$oops": 1}}')
+    assert bad.exit_code != 0
+    assert "where.n.$oops" in bad.output
+
+
+def test_load_through_the_api_with_url(live_server: str, tmp_path: Path) -> None:
+    from kb.client import KBClient
+
+    source = write_jsonl(tmp_path / "docs.jsonl", [*GOOD, {"id": "bad"}])
+    env = {"KB_CHROMA_PATH": str(tmp_path / "unused")}
+    first = run(env, "load", "--url", live_server, str(source))
+    assert first.exit_code == 1
+    assert "docs.jsonl:4: text:" in first.output
+    assert "added 3, updated 0, skipped 0, failed 1" in first.output
+    again = run(env, "load", "--url", live_server, str(source))
+    assert "added 0, updated 0, skipped 3, failed 1" in again.output
+    client = KBClient(live_server)
+    assert client.health().documents == 3
+    assert client.get("a").metadata == {"n": 1}
+    assert client.query("alpha", top_k=1).matches[0].id == "a"
+    assert not (tmp_path / "unused").exists()
+
+
+def test_url_that_does_not_answer_is_a_clear_error(tmp_path: Path) -> None:
+    source = write_jsonl(tmp_path / "docs.jsonl", GOOD)
+    result = run({}, "load", "--url", "http://127.0.0.1:9", str(source))
+    assert result.exit_code != 0
+    assert "cannot reach http://127.0.0.1:9" in result.output

@@ -2,75 +2,15 @@
 
 from __future__ import annotations
 
-import json
-import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
-from pathlib import Path
-from typing import Any
-
-import pytest
+from tests.live import call
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def call(base: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(base + path, data=data, method="POST" if data else "GET")
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
-
-
-@pytest.fixture
-def server(tmp_path: Path):
-    port = free_port()
-    env = {
-        **os.environ,
-        "KB_CHROMA_PATH": str(tmp_path / "db"),
-        "KB_PORT": str(port),
-        "KB_HOST": "127.0.0.1",
-        "KB_THREADS": "4",
-    }
-    log = tmp_path / "serve.log"
-    with log.open("wb") as sink:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "kb", "serve"], env=env, stdout=sink, stderr=subprocess.STDOUT
-        )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"kb serve exited: {log.read_text()[-2000:]}")
-        try:
-            if call(base, "/health")[0] == 200:
-                break
-        except OSError:
-            time.sleep(0.3)
-    else:
-        proc.kill()
-        pytest.fail("kb serve did not answer within 120 s")
-    yield base
-    proc.terminate()
-    proc.wait(timeout=30)
-
-
-def test_serve_answers_over_http(server: str) -> None:
-    status, added = call(server, "/add", {"id": "cat", "text": "The cat sat on the mat"})
+def test_serve_answers_over_http(live_server: str) -> None:
+    status, added = call(live_server, "/add", {"id": "cat", "text": "The cat sat on the mat"})
     assert (status, added["ids"]) == (201, ["cat"])
-    status, result = call(server, "/query", {"query": "A feline rested on the rug"})
+    status, result = call(live_server, "/query", {"query": "A feline rested on the rug"})
     assert status == 200
     assert [m["id"] for m in result["matches"]] == ["cat"]
-    status, error = call(server, "/query", {"query": ""})
+    status, error = call(live_server, "/query", {"query": ""})
     assert status == 422
     assert error["error"]["details"][0]["field"] == "query"

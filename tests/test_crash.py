@@ -1,0 +1,63 @@
+"""A loader killed with SIGKILL midway, then run again, ends with every record exactly once."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from kb.config import Settings
+from kb.filters import CompiledFilter
+from kb.store import KnowledgeStore
+
+RECORDS = 1500
+
+
+def stored_records(db: Path) -> int:
+    """Rows Chroma has committed, read from its SQLite file without opening the store."""
+    try:
+        with sqlite3.connect(f"file:{db / 'chroma.sqlite3'}?mode=ro", uri=True, timeout=1) as con:
+            return int(con.execute("SELECT count(*) FROM embeddings").fetchone()[0])
+    except sqlite3.Error:
+        return 0
+
+
+def test_kill_midway_and_rerun(tmp_path: Path, embedder) -> None:
+    source = tmp_path / "many.jsonl"
+    source.write_text(
+        "".join(
+            json.dumps({"id": f"r{i}", "text": f"Record {i} mentions topic {i % 17} and {i % 5}"})
+            + "\n"
+            for i in range(RECORDS)
+        )
+    )
+    db = tmp_path / "db"
+    env = {**os.environ, "KB_CHROMA_PATH": str(db)}
+    command = [sys.executable, "-m", "kb", "load", "--batch-size", "50", "--quiet", str(source)]
+    proc = subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while stored_records(db) < 200 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    written = stored_records(db)
+    assert 0 < written < RECORDS, "the kill should land midway"
+
+    rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    added, skipped = re.search(r"added (\d+), updated 0, skipped (\d+)", rerun.stderr).groups()
+    assert int(skipped) == written  # what the killed run committed is kept, not redone
+    assert int(added) + int(skipped) == RECORDS
+
+    store = KnowledgeStore.open(Settings(chroma_path=db), embedder)
+    ids = store.records.ids(CompiledFilter())
+    assert len(ids) == RECORDS
+    assert sorted(ids) == sorted(f"r{i}" for i in range(RECORDS))
+    assert store.get("r1499").text.startswith("Record 1499")
+    store.close()

@@ -1,0 +1,113 @@
+"""The loader's formats: JSONL, JSON, CSV, Markdown/text folders; problems with line numbers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from kb.config import Settings
+from kb.loader import Item, Options, Problem, Source, estimate, read, sources
+
+OPTIONS = Options(Settings())
+
+
+def read_all(path: Path, fmt: str | None = None, **options: str) -> list[Item | Problem]:
+    opts = Options(Settings(), **options) if options else OPTIONS
+    return [entry for source in sources([str(path)], fmt) for entry in read(source, opts)]
+
+
+def test_csv_text_column_and_typed_metadata(tmp_path: Path) -> None:
+    path = tmp_path / "notes.csv"
+    path.write_text(
+        "id,body,stars,ratio,author,empty\n"
+        'n1,"First note, with a comma",4,0.5,Ada,\n'
+        'n2,"A note\nover two lines",5,1e-3,Ben,\n'
+        ",Third note,x,2,Chen,\n"
+    )
+    entries = read_all(path, text_column="body")
+    assert all(isinstance(e, Item) for e in entries)
+    docs = [e.doc for e in entries]  # type: ignore[union-attr]
+    assert docs[0].id == "n1"
+    assert docs[0].text == "First note, with a comma"
+    assert docs[0].metadata == {"stars": 4, "ratio": 0.5, "author": "Ada"}
+    assert docs[1].text == "A note\nover two lines"
+    assert docs[2].id is None
+    assert docs[2].metadata == {"stars": "x", "ratio": 2, "author": "Chen"}
+    assert [e.line for e in entries] == [2, 3, 5]
+
+
+def test_csv_without_the_text_column_is_one_problem(tmp_path: Path) -> None:
+    path = tmp_path / "bad.csv"
+    path.write_text("a,b\n1,2\n")
+    (problem,) = read_all(path)
+    assert isinstance(problem, Problem)
+    assert "no 'text' column" in str(problem)
+
+
+def test_csv_row_problems_name_their_line(tmp_path: Path) -> None:
+    path = tmp_path / "rows.csv"
+    path.write_text("text,n\nfine,1\n,2\nok,3,extra\n")
+    entries = read_all(path)
+    assert isinstance(entries[0], Item)
+    assert str(entries[1]).startswith(f"{path}:3: text:")
+    assert str(entries[2]) == f"{path}:4: more fields than the header has columns"
+
+
+def test_markdown_folder_front_matter_and_relative_ids(tmp_path: Path) -> None:
+    root = tmp_path / "notes"
+    (root / "ml").mkdir(parents=True)
+    (root / "ml" / "intro.md").write_text(
+        "---\ntitle: Intro\ndate: 2024-03-01\ntags: [ml, basics]\n---\n\n# Intro\nBody text.\n"
+    )
+    (root / "plain.txt").write_text("Just text.\n")
+    (root / "custom.md").write_text("---\nid: my-id\n---\nCustom id.\n")
+    (root / "broken.md").write_text("---\ntitle: [unclosed\n---\nText\n")
+    entries = {e.source.split("notes/")[-1]: e for e in read_all(root)}
+    intro = entries["ml/intro.md"]
+    assert isinstance(intro, Item)
+    assert intro.doc.id == "ml/intro.md"
+    assert intro.doc.text == "# Intro\nBody text.\n"
+    assert intro.doc.metadata == {"title": "Intro", "date": "2024-03-01", "tags": ["ml", "basics"]}
+    assert entries["plain.txt"].doc.id == "plain.txt"  # type: ignore[union-attr]
+    assert entries["custom.md"].doc.id == "my-id"  # type: ignore[union-attr]
+    assert "front matter: invalid YAML" in str(entries["broken.md"])
+
+
+def test_json_array_and_documents_object(tmp_path: Path) -> None:
+    (tmp_path / "a.json").write_text('[{"text": "one"}, {"text": ""}]')
+    (tmp_path / "b.json").write_text('{"documents": [{"text": "two"}]}')
+    entries = read_all(tmp_path / "a.json") + read_all(tmp_path / "b.json")
+    assert [isinstance(e, Item) for e in entries] == [True, False, True]
+    assert "a.json:2: text: text must not be empty" in str(entries[1])
+
+
+def test_unreadable_and_non_utf8_files_are_problems(tmp_path: Path) -> None:
+    (tmp_path / "latin1.jsonl").write_bytes('{"text": "caf\xe9"}\n'.encode("latin-1"))
+    (latin,) = read_all(tmp_path / "latin1.jsonl")
+    assert "not UTF-8" in str(latin)
+    (missing,) = read_all(tmp_path / "missing.jsonl")
+    assert "cannot read" in str(missing)
+
+
+def test_estimate_counts_records_when_cheap(tmp_path: Path) -> None:
+    (tmp_path / "a.jsonl").write_text('{"text": "1"}\n\n{"text": "2"}\n')
+    (tmp_path / "b.csv").write_text("text\nx\ny\n")
+    (tmp_path / "c.md").write_text("doc")
+    assert estimate(sources([str(tmp_path)])) == 5
+    assert estimate([Source("-", "jsonl")]) is None
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "json", "csv", "md"])
+def test_format_flag_overrides_the_suffix(tmp_path: Path, fmt: str) -> None:
+    content = {
+        "jsonl": '{"text": "x"}\n',
+        "json": '[{"text": "x"}]',
+        "csv": "text\nx\n",
+        "md": "x",
+    }[fmt]
+    path = tmp_path / "data.dat"
+    path.write_text(content)
+    (item,) = read_all(path, fmt)
+    assert isinstance(item, Item)
+    assert item.doc.text.strip() == "x"

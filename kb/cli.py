@@ -202,7 +202,8 @@ def calibrate(pairs: str, precision: float | None) -> None:
     rows = sweep(scores, [p.label for p in labeled])
     click.echo(f"{len(labeled)} pairs, {sum(p.label for p in labeled)} similar")
     click.echo(f"{'threshold':>9} {'precision':>9} {'recall':>7} {'f1':>6}")
-    for row in rows[::5]:
+    shown = [row for row in rows if row.threshold >= 0 and round(row.threshold * 100) % 5 == 0]
+    for row in shown:  # negative thresholds keep everything: not worth a line
         click.echo(f"{row.threshold:>9.2f} {row.precision:>9.3f} {row.recall:>7.3f} {row.f1:>6.3f}")
     best = recommend(rows, precision)
     click.echo(

@@ -8,7 +8,8 @@ STORE := $(or $(KB_CHROMA_PATH),chroma_db)
 export HF_HUB_OFFLINE := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install seed serve test lint format reset-db clean
+SHARED_EVAL := $(patsubst %/corpus.jsonl,%,$(wildcard ../shared/eval/*/corpus.jsonl))
+.PHONY: help install seed serve test lint format eval calibrate reset-db clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -28,6 +29,12 @@ serve: seed ## Serve the API on the default store (KB_HOST, KB_PORT, KB_CHROMA_P
 
 test: install ## Run the test suite
 	$(BIN)/python -m pytest
+
+eval: install ## Retrieval figures on data/eval and every dataset in ../shared/eval (minutes)
+	$(BIN)/kb eval data/eval $(SHARED_EVAL)
+
+calibrate: install ## Threshold sweep on data/eval's labeled pairs and queries
+	$(BIN)/kb calibrate --pairs data/eval/pairs.jsonl --queries data/eval
 
 lint: install ## Check style with ruff
 	$(BIN)/ruff check kb tests && $(BIN)/ruff format --check kb tests

@@ -6,11 +6,13 @@ import json
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TextIO
 
 import click
 
 from kb import __version__
+from kb.calibration import Row, recommend
 from kb.config import Settings
 from kb.errors import KBError
 from kb.ingest import Sink
@@ -181,26 +183,73 @@ def export(where: str | None, output: TextIO) -> None:
 
 
 @main.command()
-@click.argument("pairs", type=click.Path(exists=True, dir_okay=False))
+@click.option(
+    "--pairs",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="Labeled sentence pairs (JSONL: a, b, label).",
+)
+@click.option(
+    "--queries",
+    type=click.Path(exists=True, file_okay=False),
+    default=None,
+    help="A kb eval folder (queries.jsonl with relevant ids; corpus in ../seed).",
+)
 @click.option(
     "--precision",
     type=click.FloatRange(0, 1),
     default=None,
     help="Recommend the lowest threshold reaching this precision instead of max F1.",
 )
-def calibrate(pairs: str, precision: float | None) -> None:
-    """Sweep the similarity threshold over labeled pairs and recommend one."""
-    from kb.embeddings import load_embedder
-    from kb.evaluation import read_pairs, recommend, sweep
+@click.option("--write", is_flag=True, help="Store the recommendation as the store's default.")
+def calibrate(pairs: str | None, queries: str | None, precision: float | None, write: bool) -> None:
+    """Sweep the similarity threshold over labeled data and recommend one.
 
+    With --queries the recommendation comes from the queries (the threshold's real task:
+    dropping shown matches that do not answer), otherwise from the pairs.
+    """
+    from kb.calibration import match_labels, pair_scores, read_pairs, sweep
+    from kb.embeddings import load_embedder
+
+    if not pairs and not queries:
+        _fail("give --pairs FILE and/or --queries FOLDER")
     settings = Settings()
     embedder = load_embedder(settings)
-    labeled = read_pairs(pairs)
-    a = embedder.embed_queries([p.a for p in labeled])
-    b = embedder.embed_documents([p.b for p in labeled])
-    scores = [float(x) for x in (a * b).sum(axis=1)]
-    rows = sweep(scores, [p.label for p in labeled])
-    click.echo(f"{len(labeled)} pairs, {sum(p.label for p in labeled)} similar")
+    best = None
+    if pairs:
+        labeled = read_pairs(pairs)
+        click.echo(f"pairs: {len(labeled)}, {sum(p.label for p in labeled)} similar")
+        best = _table(sweep(pair_scores(embedder, labeled), [p.label for p in labeled]), precision)
+    if queries:
+        from kb.evaluation import load_corpus, open_dataset, rank, temporary_store
+
+        dataset = open_dataset(queries)
+        with temporary_store(settings, embedder) as store:
+            load_corpus(store, dataset)
+            ranked = rank(store, list(dataset.queries.values()), top_k=settings.top_k)
+        wanted = [set(dataset.qrels[q]) for q in dataset.queries]
+        scores, labels = match_labels([(r.ids, r.scores) for r in ranked], wanted, settings.top_k)
+        unanswerable = sum(not w for w in wanted)
+        click.echo(
+            f"queries: {len(wanted)} ({unanswerable} with no answer), top {settings.top_k} "
+            f"matches each: {len(labels)} matches, {sum(labels)} relevant"
+        )
+        best = _table(sweep(scores, labels), precision)
+    assert best is not None
+    if write:
+        from kb.search import CALIBRATED_KEY
+        from kb.store import KnowledgeStore
+
+        store = KnowledgeStore.open(settings, embedder)
+        store.records.set_settings_value(CALIBRATED_KEY, round(best.threshold, 4))
+        store.close()
+        click.echo(
+            f"stored {best.threshold:.2f} as the default threshold of collection "
+            f"'{settings.collection}' in {settings.chroma_path}"
+        )
+
+
+def _table(rows: Sequence[Row], precision: float | None) -> Row:
     click.echo(f"{'threshold':>9} {'precision':>9} {'recall':>7} {'f1':>6}")
     shown = [row for row in rows if row.threshold >= 0 and round(row.threshold * 100) % 5 == 0]
     for row in shown:  # negative thresholds keep everything: not worth a line
@@ -210,3 +259,47 @@ def calibrate(pairs: str, precision: float | None) -> None:
         f"recommended threshold: {best.threshold:.2f} (precision {best.precision:.3f}, "
         f"recall {best.recall:.3f}, f1 {best.f1:.3f})"
     )
+    return best
+
+
+@main.command("eval")
+@click.argument("datasets", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--split", default="train", show_default=True, help="BEIR qrels split.")
+@click.option("--corpus", default=None, help="For kb eval folders: the corpus (default ../seed).")
+@click.option(
+    "--json",
+    "json_out",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Write the figures to this file.",
+)
+def eval_(datasets: Sequence[str], split: str, corpus: str | None, json_out: str | None) -> None:
+    """Load each dataset into a temporary store and score the search pipeline on it."""
+    from dataclasses import asdict
+
+    from kb.embeddings import load_embedder
+    from kb.evaluation import open_dataset, run_eval, temporary_store
+
+    settings = Settings()
+    embedder = load_embedder(settings)
+    reports = []
+    click.echo(
+        f"{'dataset':<16} {'docs':>6} {'queries':>7} {'nDCG@10':>8} {'MRR@10':>7} "
+        f"{'R@10':>6} {'R@100':>6} {'load s':>7} {'query s':>7}"
+    )
+    for path in datasets:
+        try:
+            dataset = open_dataset(path, split, corpus)
+        except KBError as exc:
+            _fail(exc.message)
+        with temporary_store(settings, embedder) as store:
+            report, _ = run_eval(store, dataset)
+        f = report.figures
+        click.echo(
+            f"{report.dataset:<16} {report.documents:>6} {report.queries:>7} "
+            f"{f['ndcg@10']:>8.3f} {f['mrr@10']:>7.3f} {f['recall@10']:>6.3f} "
+            f"{f['recall@100']:>6.3f} {report.load_seconds:>7.1f} {report.query_seconds:>7.1f}"
+        )
+        reports.append(asdict(report))
+    if json_out:
+        Path(json_out).write_text(json.dumps(reports, indent=2) + "\n")

@@ -113,7 +113,11 @@ class SentenceTransformerEmbedder:
         """Character spans of the word pieces the model reads (no special tokens)."""
         with self._lock:
             encoded = self._tokenizer(
-                text, add_special_tokens=False, return_offsets_mapping=True, truncation=False
+                text,
+                add_special_tokens=False,
+                return_offsets_mapping=True,
+                truncation=False,
+                verbose=False,
             )
         return [tuple(span) for span in encoded["offset_mapping"]]
 

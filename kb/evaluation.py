@@ -1,61 +1,158 @@
-"""Threshold calibration on labeled pairs: precision, recall and F1 against the threshold."""
+"""Retrieval evaluation through the normal pipeline: load a dataset's corpus into a temporary
+store with the loader, ask its queries through `search`, score the rankings.
+
+Two dataset layouts are understood:
+- BEIR: `corpus.jsonl` (_id, title, text), `queries.jsonl` (_id, text), `qrels/<split>.tsv`;
+- kb's own: `queries.jsonl` lines {"id", "query", "relevant": [doc ids]} with the corpus in a
+  separate folder (data/eval with data/seed). Queries with no relevant document are kept for
+  threshold calibration and left out of the ranking metrics.
+"""
 
 from __future__ import annotations
 
+import csv
 import json
-from collections.abc import Sequence
-from dataclasses import dataclass
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
+from kb.config import Settings
+from kb.embeddings import Embedder
+from kb.errors import ConfigError
+from kb.ingest import ingest
+from kb.loader import Options, Source, read, sources
+from kb.metrics import Qrels, evaluate
+from kb.schemas import QueryRequest
+from kb.search import search
+from kb.store import KnowledgeStore, WriteMode
+
+QUERY_BATCH = 64
 
 
-@dataclass(frozen=True)
-class Pair:
-    a: str
-    b: str
-    label: int  # 1 = similar, 0 = not
+@dataclass
+class Dataset:
+    name: str
+    corpus: list[Source]
+    queries: dict[str, str]  # query id -> text, in file order
+    qrels: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class Row:
-    threshold: float
-    precision: float
-    recall: float
-    f1: float
+@dataclass
+class Ranked:
+    """One query's results: document ids and scores, best first."""
+
+    ids: list[str]
+    scores: list[float]
 
 
-def read_pairs(path: str | Path) -> list[Pair]:
-    pairs = []
-    with open(path, encoding="utf-8") as stream:
-        for number, line in enumerate(stream, start=1):
+def open_dataset(
+    path: str | Path, split: str = "train", corpus: str | Path | None = None
+) -> Dataset:
+    folder = Path(path)
+    if (folder / "corpus.jsonl").is_file():
+        return _beir(folder, split)
+    if (folder / "queries.jsonl").is_file():
+        docs = Path(corpus) if corpus else folder.parent / "seed"
+        return _labeled(folder, docs)
+    raise ConfigError(f"{folder} is neither a BEIR folder (corpus.jsonl) nor a kb eval folder")
+
+
+def _beir(folder: Path, split: str) -> Dataset:
+    qrels_file = folder / "qrels" / f"{split}.tsv"
+    if not qrels_file.is_file():
+        raise ConfigError(f"no qrels for split '{split}' ({qrels_file})")
+    qrels: dict[str, dict[str, int]] = {}
+    with qrels_file.open(encoding="utf-8") as stream:
+        rows = csv.reader(stream, delimiter="\t")
+        next(rows, None)  # header
+        for query_id, doc_id, score in rows:
+            qrels.setdefault(query_id, {})[doc_id] = int(score)
+    queries = {}
+    with (folder / "queries.jsonl").open(encoding="utf-8") as stream:
+        for line in stream:
+            data = json.loads(line)
+            if data["_id"] in qrels:
+                queries[data["_id"]] = data["text"]
+    corpus = [Source(str(folder / "corpus.jsonl"), "beir")]
+    return Dataset(f"{folder.name}/{split}", corpus, queries, qrels)
+
+
+def _labeled(folder: Path, corpus: Path) -> Dataset:
+    queries, qrels = {}, {}
+    with (folder / "queries.jsonl").open(encoding="utf-8") as stream:
+        for line in stream:
             if line.strip():
                 data = json.loads(line)
-                if data.get("label") not in (0, 1):
-                    raise ValueError(f"{path}:{number}: label must be 0 or 1")
-                pairs.append(Pair(str(data["a"]), str(data["b"]), int(data["label"])))
-    return pairs
+                queries[data["id"]] = data["query"]
+                qrels[data["id"]] = dict.fromkeys(data["relevant"], 1)
+    return Dataset(folder.name, sources([str(corpus)]), queries, qrels)
 
 
-def sweep(scores: Sequence[float], labels: Sequence[int], step: float = 0.01) -> list[Row]:
-    """Precision, recall and F1 of 'score >= t means similar' for t from -1 to 1."""
-    s = np.asarray(scores, dtype=np.float64)
-    y = np.asarray(labels, dtype=bool)
-    rows = []
-    for t in np.round(np.arange(-1.0, 1.0 + step / 2, step), 4):
-        predicted = s >= t
-        tp = int((predicted & y).sum())
-        precision = tp / int(predicted.sum()) if predicted.any() else 1.0
-        recall = tp / int(y.sum()) if y.any() else 0.0
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        rows.append(Row(float(t), precision, recall, f1))
-    return rows
+@contextmanager
+def temporary_store(settings: Settings, embedder: Embedder) -> Iterator[KnowledgeStore]:
+    with tempfile.TemporaryDirectory(prefix="kb-eval-") as tmp:
+        scratch = settings.model_copy(update={"chroma_path": Path(tmp), "collection": "kb_eval"})
+        store = KnowledgeStore.open(scratch, embedder)
+        try:
+            yield store
+        finally:
+            store.close()
 
 
-def recommend(rows: Sequence[Row], min_precision: float | None = None) -> Row:
-    """Max F1 (the highest threshold among ties), or the lowest reaching min_precision."""
-    if min_precision is not None:
-        for row in rows:
-            if row.precision >= min_precision and row.recall > 0:
-                return row
-    return max(reversed(rows), key=lambda row: row.f1)
+def load_corpus(store: KnowledgeStore, dataset: Dataset, batch_size: int = 256) -> int:
+    """Load with the normal loader; returns how many documents failed (should be none)."""
+    options = Options(store.settings)
+    entries = (entry for source in dataset.corpus for entry in read(source, options))
+    summary = ingest(entries, lambda docs: store.add(docs, WriteMode.SKIP), batch_size=batch_size)
+    return summary.failed
+
+
+def rank(
+    store: KnowledgeStore, texts: Sequence[str], top_k: int = 100, **options: object
+) -> list[Ranked]:
+    """Every query through the normal search pipeline with no threshold: the full ranking."""
+    ranked: list[Ranked] = []
+    for start in range(0, len(texts), QUERY_BATCH):
+        batch = list(texts[start : start + QUERY_BATCH])
+        request = QueryRequest.model_validate(
+            {"queries": batch, "top_k": top_k, "min_score": -1.0, **options}
+        )
+        for result in search(store, request):
+            ranked.append(Ranked([m.id for m in result.matches], [m.score for m in result.matches]))
+    return ranked
+
+
+@dataclass
+class Report:
+    dataset: str
+    documents: int
+    queries: int
+    figures: dict[str, float]
+    load_seconds: float
+    query_seconds: float
+
+
+def run_eval(
+    store: KnowledgeStore, dataset: Dataset, **options: object
+) -> tuple[Report, dict[str, Ranked]]:
+    """Load the corpus, rank every query, score the rankings."""
+    started = time.perf_counter()
+    failed = load_corpus(store, dataset)
+    if failed:
+        raise ConfigError(f"{failed} corpus records of {dataset.name} could not be loaded")
+    loaded = time.perf_counter()
+    ids = list(dataset.queries)
+    rankings = dict(
+        zip(ids, rank(store, [dataset.queries[q] for q in ids], **options), strict=True)
+    )
+    done = time.perf_counter()
+    figures = evaluate({q: r.ids for q, r in rankings.items()}, _judged(dataset.qrels))
+    report = Report(dataset.name, store.count(), len(ids), figures, loaded - started, done - loaded)
+    return report, rankings
+
+
+def _judged(qrels: Qrels) -> Qrels:
+    return {q: rel for q, rel in qrels.items() if rel}

@@ -2,7 +2,8 @@
 
 Formats: JSONL and JSON arrays of {"id"?, "text", "metadata"?}; CSV with a text column (other
 columns become metadata, numbers typed); Markdown or text files, one document each, with YAML
-front matter as metadata and the path relative to the folder given as the default id.
+front matter as metadata and the path relative to the folder given as the default id; BEIR
+corpus files ({"_id", "title", "text"}).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pydantic import ValidationError
 from kb.config import Settings
 from kb.schemas import DocumentIn
 
-FORMATS = ("jsonl", "json", "csv", "md")
+FORMATS = ("jsonl", "json", "csv", "md", "beir")
 SUFFIXES = {
     ".jsonl": "jsonl",
     ".ndjson": "jsonl",
@@ -157,6 +158,23 @@ def _jsonl(
         yield validate(data, name, number, options)
 
 
+def _beir(stream: IO[str], name: str, source: Source, options: Options) -> Iterator[Item | Problem]:
+    """A BEIR corpus.jsonl: {"_id", "title", "text"}; the text embedded is title + " " + text."""
+    for number, line in enumerate(stream, start=1):
+        if not line.strip():
+            continue
+        try:
+            data = json.loads(line)
+            title, body = str(data.get("title") or "").strip(), str(data.get("text") or "")
+            record = {"id": str(data["_id"]), "text": f"{title} {body}".strip()}
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            yield Problem(name, number, f"not a BEIR corpus line: {exc}")
+            continue
+        if title:
+            record["metadata"] = {"title": title}
+        yield validate(record, name, number, options)
+
+
 def _json(stream: IO[str], name: str, source: Source, options: Options) -> Iterator[Item | Problem]:
     try:
         data = json.loads(stream.read())
@@ -246,4 +264,10 @@ def _plain(value: Any) -> Any:
 
 
 Reader = Callable[[IO[str], str, Source, Options], Iterator[Item | Problem]]
-READERS: dict[str, Reader] = {"jsonl": _jsonl, "json": _json, "csv": _csv, "md": _text}
+READERS: dict[str, Reader] = {
+    "jsonl": _jsonl,
+    "json": _json,
+    "csv": _csv,
+    "md": _text,
+    "beir": _beir,
+}

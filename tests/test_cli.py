@@ -120,7 +120,7 @@ def test_calibrate_recommends_a_threshold(env, tmp_path: Path) -> None:
         {"a": "How do I boil pasta?", "b": "The stock market fell sharply.", "label": 0},
         {"a": "Python snakes eat rodents", "b": "Python lists are mutable", "label": 0},
     ]
-    result = run(env, "calibrate", str(write_jsonl(tmp_path / "pairs.jsonl", pairs)))
+    result = run(env, "calibrate", "--pairs", str(write_jsonl(tmp_path / "pairs.jsonl", pairs)))
     assert result.exit_code == 0, result.output
     assert "recommended threshold:" in result.output
     assert "f1 1.000" in result.output

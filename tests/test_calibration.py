@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kb.evaluation import recommend, sweep
+from kb.calibration import recommend, sweep
 
 
 def test_sweep_counts_precision_and_recall() -> None:

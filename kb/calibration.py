@@ -1,0 +1,88 @@
+"""Threshold calibration: precision, recall and F1 of "score >= t" on labeled scores."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from kb.embeddings import Embedder
+
+
+@dataclass(frozen=True)
+class Pair:
+    a: str
+    b: str
+    label: int  # 1 = similar, 0 = not
+
+
+@dataclass(frozen=True)
+class Row:
+    threshold: float
+    precision: float
+    recall: float
+    f1: float
+
+
+def read_pairs(path: str | Path) -> list[Pair]:
+    pairs = []
+    with open(path, encoding="utf-8") as stream:
+        for number, line in enumerate(stream, start=1):
+            if line.strip():
+                data = json.loads(line)
+                if data.get("label") not in (0, 1):
+                    raise ValueError(f"{path}:{number}: label must be 0 or 1")
+                pairs.append(Pair(str(data["a"]), str(data["b"]), int(data["label"])))
+    return pairs
+
+
+def pair_scores(embedder: Embedder, pairs: Sequence[Pair]) -> list[float]:
+    """Cosine similarity of each pair, as the service scores a query against a document."""
+    a = embedder.embed_queries([p.a for p in pairs])
+    b = embedder.embed_documents([p.b for p in pairs])
+    return [float(x) for x in (a * b).sum(axis=1)]
+
+
+def sweep(scores: Sequence[float], labels: Sequence[int], step: float = 0.01) -> list[Row]:
+    """Precision, recall and F1 of 'score >= t means similar' for t from -1 to 1."""
+    s = np.asarray(scores, dtype=np.float64)
+    y = np.asarray(labels, dtype=bool)
+    rows = []
+    for t in np.round(np.arange(-1.0, 1.0 + step / 2, step), 4):
+        predicted = s >= t
+        tp = int((predicted & y).sum())
+        precision = tp / int(predicted.sum()) if predicted.any() else 1.0
+        recall = tp / int(y.sum()) if y.any() else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        rows.append(Row(float(t), precision, recall, f1))
+    return rows
+
+
+def recommend(rows: Sequence[Row], min_precision: float | None = None) -> Row:
+    """Max F1 (the highest threshold among ties), or the lowest reaching min_precision."""
+    if min_precision is not None:
+        for row in rows:
+            if row.precision >= min_precision and row.recall > 0:
+                return row
+    return max(reversed(rows), key=lambda row: row.f1)
+
+
+def match_labels(
+    rankings: Sequence[tuple[Sequence[str], Sequence[float]]],
+    relevant: Sequence[set[str]],
+    k: int,
+) -> tuple[list[float], list[int]]:
+    """(score, is-relevant) for every match a query would show in its top k.
+
+    This is the threshold's real job: drop the shown matches that do not answer the query.
+    A query with no relevant document contributes only negatives.
+    """
+    scores, labels = [], []
+    for (ids, values), wanted in zip(rankings, relevant, strict=True):
+        for doc_id, score in zip(ids[:k], values[:k], strict=True):
+            scores.append(float(score))
+            labels.append(int(doc_id in wanted))
+    return scores, labels

@@ -38,7 +38,9 @@ def test_seed_has_250_documents_with_the_promised_metadata() -> None:
 
 def test_eval_queries_point_at_seed_documents() -> None:
     ids = {item.doc.id for item in seed_docs()}
-    queries = [json.loads(line) for line in (DATA / "eval" / "queries.jsonl").open()]
+    queries = [
+        json.loads(line) for line in (DATA / "eval" / "queries.jsonl").read_text().splitlines()
+    ]
     assert len(queries) >= 60
     assert len({q["id"] for q in queries}) == len(queries)
     unanswerable = [q for q in queries if not q["relevant"]]
@@ -49,7 +51,7 @@ def test_eval_queries_point_at_seed_documents() -> None:
 
 
 def test_eval_pairs_are_labeled_with_hard_negatives() -> None:
-    pairs = [json.loads(line) for line in (DATA / "eval" / "pairs.jsonl").open()]
+    pairs = [json.loads(line) for line in (DATA / "eval" / "pairs.jsonl").read_text().splitlines()]
     assert len(pairs) >= 100
     assert {p["label"] for p in pairs} == {0, 1}
     assert sum(p["kind"] == "hard-negative" for p in pairs) >= 20

@@ -9,7 +9,7 @@ import numpy as np
 
 from kb.filters import CompiledFilter, compile_filter
 from kb.records import CHUNKS, Record, user_metadata
-from kb.schemas import Match, QueryRequest, QueryResult, QueryStatus, Threshold
+from kb.schemas import Document, Match, QueryRequest, QueryResult, QueryStatus, Threshold
 from kb.store import KnowledgeStore
 
 CALIBRATED_KEY = "kb_min_score"
@@ -47,8 +47,13 @@ def search(store: KnowledgeStore, request: QueryRequest) -> list[QueryResult]:
     vectors = store.embedder.embed_queries(texts)
     per_query = nearest_documents(store, vectors, top_k, flt)
     filtered = flt.where is not None or flt.where_document is not None
+    shown = [
+        [hit for hit in hits[:top_k] if hit.score >= threshold.min_score] for hits in per_query
+    ]
+    # chunked documents are shown whole: fetch them for the whole batch in one call
+    full = store.documents_of([hit.record for hits in shown for hit in hits if hit.chunked])
     return [
-        _result(store, text, hits[:top_k], threshold, filtered)
+        _result(text, hits[:top_k], threshold, filtered, full)
         for text, hits in zip(texts, per_query, strict=True)
     ]
 
@@ -81,11 +86,10 @@ def _best_per_document(hits: Sequence[tuple[Record, float]]) -> list[Hit]:
 
 
 def _result(
-    store: KnowledgeStore, query: str, hits: list[Hit], threshold: Threshold, filtered: bool
+    query: str, hits: list[Hit], threshold: Threshold, filtered: bool, full: dict[str, Document]
 ) -> QueryResult:
     kept = [hit for hit in hits if hit.score >= threshold.min_score]
     rejected = [hit for hit in hits if hit.score < threshold.min_score]
-    full = store.get_many([hit.record.doc_id for hit in kept if hit.chunked])
     matches = [
         Match(
             id=hit.record.doc_id,

@@ -83,8 +83,22 @@ class KnowledgeStore:
 
     def get_many(self, ids: Sequence[str]) -> dict[str, Document]:
         """The documents with these ids that exist, by id."""
-        groups = self._chunks(self.records.get(ids, CompiledFilter(where=HEADS)))
+        groups = self._chunks(self._heads(ids))
         return {doc_id: assemble(chunks) for doc_id, chunks in groups.items()}
+
+    def documents_of(self, records: Sequence[Record]) -> dict[str, Document]:
+        """The whole documents that these chunk records (of any index) belong to, by id."""
+        wanted = {r.doc_id: r for r in records}
+        ids = [chunk_id(d, i) for d, r in wanted.items() for i in range(int(r.metadata[CHUNKS]))]
+        groups: dict[str, list[Record]] = {}
+        for record in self.records.get(list(dict.fromkeys(ids))):
+            groups.setdefault(record.doc_id, []).append(record)
+        return {doc_id: assemble(chunks) for doc_id, chunks in groups.items()}
+
+    def _heads(self, ids: Sequence[str]) -> list[Record]:
+        """The chunk-0 records of these document ids (a lookup by id is Chroma's fast path)."""
+        unique = list(dict.fromkeys(ids))
+        return [r for r in self.records.get(unique) if r.chunk == 0] if unique else []
 
     def list(self, flt: CompiledFilter, limit: int, offset: int) -> DocumentList:
         heads_filter = _heads(flt)
@@ -128,7 +142,7 @@ class KnowledgeStore:
         ids = [doc.id if doc.id is not None else derive_id(doc.text) for doc in docs]
         _reject_repeats(ids, docs)
         with self._lock:
-            heads = {r.id: r for r in self.records.get(ids, CompiledFilter(where=HEADS))}
+            heads = {r.id: r for r in self._heads(ids)}
             if heads and mode is WriteMode.ERROR:
                 raise Conflict(
                     f"{len(heads)} document id(s) already exist: {_names(list(heads))}; nothing "
@@ -159,7 +173,7 @@ class KnowledgeStore:
 
     def update(self, doc_id: str, fields: UpdateFields) -> Document:
         with self._lock:
-            old = self._all_chunks(self.records.get([doc_id], CompiledFilter(where=HEADS)))
+            old = self._all_chunks(self._heads([doc_id]))
             if not old:
                 raise NotFound(f"no document with id '{doc_id}'", details=[_missing("id", doc_id)])
             current = assemble(old)
@@ -180,7 +194,7 @@ class KnowledgeStore:
     def delete(self, ids: Sequence[str]) -> DeleteResponse:
         unique = list(dict.fromkeys(ids))
         with self._lock:
-            heads = self.records.get(unique, CompiledFilter(where=HEADS))
+            heads = self._heads(unique)
             missing = [doc_id for doc_id in unique if doc_id not in {h.id for h in heads}]
             if missing:
                 raise NotFound(
@@ -194,7 +208,7 @@ class KnowledgeStore:
         with self._lock:
             matched = self.records.get(flt=flt)
             doc_ids = list(dict.fromkeys(record.doc_id for record in matched))
-            heads = self.records.get(doc_ids, CompiledFilter(where=HEADS)) if doc_ids else []
+            heads = self._heads(doc_ids)
             self.records.delete(_chunk_ids(heads))
         return DeleteResponse(deleted=len(heads), ids=[head.id for head in heads])
 

@@ -34,7 +34,7 @@ class Settings(BaseSettings):
 
     # Search
     min_score: float = Field(
-        0.35, ge=-1.0, le=1.0, description="Default similarity threshold (minimum cosine score)."
+        0.40, ge=-1.0, le=1.0, description="Default similarity threshold (minimum cosine score)."
     )
     top_k: int = Field(5, ge=1, le=100, description="Default number of matches per query.")
 

@@ -110,14 +110,14 @@ def test_where_document_contains_and_not_contains(cooking: FlaskClient) -> None:
     ) == ["bread", "cake", "pasta"]
 
 
-def test_threshold_drops_an_unrelated_query_and_says_so(cooking: FlaskClient) -> None:
+def test_threshold_drops_an_unrelated_query_and_says_so(cooking: FlaskClient, settings) -> None:
     result = cooking.post("/query", json={"query": "stock market crash"}).json
     assert result["matches"] == []
     assert result["status"] == "no_confident_match"
-    assert result["threshold"] == {"min_score": 0.35, "source": "configured"}
+    assert result["threshold"] == {"min_score": settings.min_score, "source": "configured"}
     assert result["candidates"] == 4
     assert result["rejected"] == 4
-    assert result["best_rejected_score"] < 0.35
+    assert result["best_rejected_score"] < settings.min_score
     assert "below the threshold" in result["message"]
 
 

@@ -27,6 +27,9 @@ class Settings(BaseSettings):
     )
     device: str = Field("cpu", description="Torch device for the encoder.")
     embed_batch_size: int = Field(64, ge=1, le=4096)
+    chunking: bool = Field(
+        True, description="Split long texts into chunks; off = the model truncates them."
+    )
     chunk_tokens: int | None = Field(
         None, ge=16, description="Tokens per chunk; default: the model's window minus 2."
     )

@@ -234,6 +234,8 @@ class KnowledgeStore:
         return records
 
     def chunk(self, text: str) -> list[Chunk]:
+        if not self.settings.chunking:
+            return [Chunk(0, text)]
         return split(text, self.embedder.token_offsets(text), self.window, self.overlap)
 
     def _write(self, records: Sequence[Record], previous: Sequence[Record]) -> None:

@@ -180,3 +180,10 @@ def test_concurrent_adds_and_queries_all_succeed(app) -> None:
         statuses = list(pool.map(work, range(24)))
     assert statuses == [(201, 200)] * 24
     assert app.test_client().get("/health").json["documents"] == 24
+
+
+def test_chunking_can_be_switched_off(settings: Settings, embedder) -> None:
+    store = KnowledgeStore.open(settings.model_copy(update={"chunking": False}), embedder)
+    store.add([DocumentIn(id="long", text=long_text("End."))])
+    assert store.get("long").chunks == 1
+    store.close()

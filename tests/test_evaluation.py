@@ -1,0 +1,71 @@
+"""kb eval: BEIR and kb-format datasets through the normal load and search pipeline."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from kb.cli import main
+from kb.errors import ConfigError
+from kb.evaluation import open_dataset
+
+CORPUS = [
+    {"_id": "d1", "title": "Pasta", "text": "Boil pasta in salted water until al dente."},
+    {"_id": "d2", "title": "Bread", "text": "Knead the dough and let it rise before baking."},
+    {"_id": "d3", "title": "Gradient descent", "text": "Step against the gradient of the loss."},
+    {"_id": "d4", "title": "B-trees", "text": "Balanced trees keep database indexes shallow."},
+]
+QUERIES = [
+    {"_id": "q1", "text": "how long should spaghetti cook"},
+    {"_id": "q2", "text": "how do optimizers minimize a loss function"},
+    {"_id": "q3", "text": "an unjudged query"},
+]
+
+
+def beir_folder(root: Path) -> Path:
+    (root / "qrels").mkdir(parents=True)
+    (root / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in CORPUS))
+    (root / "queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in QUERIES))
+    (root / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\nq2\td3\t1\n")
+    return root
+
+
+def test_open_beir_dataset_keeps_judged_queries(tmp_path: Path) -> None:
+    dataset = open_dataset(beir_folder(tmp_path / "tiny"), split="test")
+    assert dataset.name == "tiny/test"
+    assert dataset.queries == {"q1": QUERIES[0]["text"], "q2": QUERIES[1]["text"]}
+    assert dataset.qrels == {"q1": {"d1": 1}, "q2": {"d3": 1}}
+    with pytest.raises(ConfigError, match="split 'dev'"):
+        open_dataset(tmp_path / "tiny", split="dev")
+
+
+def test_kb_eval_prints_and_writes_the_figures(tmp_path: Path) -> None:
+    folder = beir_folder(tmp_path / "tiny")
+    out = tmp_path / "figures.json"
+    env = {"KB_CHROMA_PATH": str(tmp_path / "untouched")}
+    result = CliRunner().invoke(
+        main, ["eval", str(folder), "--split", "test", "--json", str(out)], env=env
+    )
+    assert result.exit_code == 0, result.output
+    assert "tiny/test" in result.output
+    (report,) = json.loads(out.read_text())
+    assert report["documents"] == 4
+    assert report["queries"] == 2
+    assert report["figures"]["ndcg@10"] == pytest.approx(1.0)
+    assert report["figures"]["recall@100"] == 1.0
+    assert not (tmp_path / "untouched").exists()  # a temporary store, not the configured one
+
+
+def test_kb_format_dataset_uses_the_seed_corpus(tmp_path: Path) -> None:
+    folder = tmp_path / "eval"
+    folder.mkdir()
+    (folder / "queries.jsonl").write_text(
+        '{"id": "a", "query": "x", "relevant": ["ml-001"]}\n'
+        '{"id": "b", "query": "y", "relevant": []}\n'
+    )
+    dataset = open_dataset(folder, corpus=Path(__file__).parent.parent / "data" / "seed")
+    assert dataset.qrels == {"a": {"ml-001": 1}, "b": {}}
+    assert len(dataset.corpus) == 4

@@ -286,6 +286,7 @@ class QueryRequest(Model):
     where: dict[str, Any] | None = Field(None, description="Chroma-style metadata filter.")
     where_document: dict[str, Any] | None = Field(None, description="Filter on the text.")
     min_score: float | None = Field(None, ge=-1.0, le=1.0, description="Minimum cosine score.")
+    explain: bool = Field(False, description="Also return the candidates below the threshold.")
 
     @field_validator("query")
     @classmethod
@@ -347,6 +348,9 @@ class QueryResult(BaseModel):
     candidates: int = Field(description="Documents considered (the top_k nearest).")
     rejected: int = Field(description="Candidates dropped for scoring below the threshold.")
     best_rejected_score: float | None
+    near_misses: list[Match] | None = Field(
+        None, description='With "explain": the rejected candidates and their scores, best first.'
+    )
 
 
 class BatchQueryResult(BaseModel):

@@ -48,12 +48,15 @@ def search(store: KnowledgeStore, request: QueryRequest) -> list[QueryResult]:
     per_query = nearest_documents(store, vectors, top_k, flt)
     filtered = flt.where is not None or flt.where_document is not None
     shown = [
-        [hit for hit in hits[:top_k] if hit.score >= threshold.min_score] for hits in per_query
+        hit
+        for hits in per_query
+        for hit in hits[:top_k]
+        if request.explain or hit.score >= threshold.min_score
     ]
     # chunked documents are shown whole: fetch them for the whole batch in one call
-    full = store.documents_of([hit.record for hits in shown for hit in hits if hit.chunked])
+    full = store.documents_of([hit.record for hit in shown if hit.chunked])
     return [
-        _result(text, hits[:top_k], threshold, filtered, full)
+        _result(text, hits[:top_k], threshold, filtered, full, request.explain)
         for text, hits in zip(texts, per_query, strict=True)
     ]
 
@@ -85,12 +88,8 @@ def _best_per_document(hits: Sequence[tuple[Record, float]]) -> list[Hit]:
     return sorted(best.values(), key=lambda hit: hit.score, reverse=True)
 
 
-def _result(
-    query: str, hits: list[Hit], threshold: Threshold, filtered: bool, full: dict[str, Document]
-) -> QueryResult:
-    kept = [hit for hit in hits if hit.score >= threshold.min_score]
-    rejected = [hit for hit in hits if hit.score < threshold.min_score]
-    matches = [
+def _matches(hits: list[Hit], full: dict[str, Document]) -> list[Match]:
+    return [
         Match(
             id=hit.record.doc_id,
             score=hit.score,
@@ -98,9 +97,22 @@ def _result(
             metadata=user_metadata(hit.record.metadata),
             passage=hit.record.text if hit.chunked else None,
         )
-        for hit in kept
-        if not hit.chunked or hit.record.doc_id in full
+        for hit in hits
+        if not hit.chunked or hit.record.doc_id in full  # gone since the search: skip
     ]
+
+
+def _result(
+    query: str,
+    hits: list[Hit],
+    threshold: Threshold,
+    filtered: bool,
+    full: dict[str, Document],
+    explain: bool,
+) -> QueryResult:
+    kept = [hit for hit in hits if hit.score >= threshold.min_score]
+    rejected = [hit for hit in hits if hit.score < threshold.min_score]
+    matches = _matches(kept, full)
     best_rejected = rejected[0].score if rejected else None
     status, message = _verdict(len(hits), matches, best_rejected, threshold, filtered)
     return QueryResult(
@@ -112,6 +124,7 @@ def _result(
         candidates=len(hits),
         rejected=len(rejected),
         best_rejected_score=best_rejected,
+        near_misses=_matches(rejected, full) if explain else None,
     )
 
 

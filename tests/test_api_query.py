@@ -170,3 +170,17 @@ def test_batch_of_queries(cooking: FlaskClient) -> None:
     results = response.json["results"]
     assert [r["query"] for r in results] == ["rising dough", "risotto rice"]
     assert [r["matches"][0]["id"] for r in results] == ["bread", "risotto"]
+
+
+def test_explain_returns_the_near_misses_below_the_threshold(cooking: FlaskClient) -> None:
+    body = {"query": "boiling pasta in salted water", "min_score": 0.5}
+    plain = cooking.post("/query", json=body).json
+    assert plain["near_misses"] is None
+    result = cooking.post("/query", json={**body, "explain": True}).json
+    kept = [m["id"] for m in result["matches"]]
+    missed = result["near_misses"]
+    assert kept == ["pasta"]
+    assert len(missed) == result["rejected"] == 3
+    assert all(m["score"] < 0.5 for m in missed)
+    assert missed[0]["score"] == result["best_rejected_score"]
+    assert [m["score"] for m in missed] == sorted((m["score"] for m in missed), reverse=True)

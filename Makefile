@@ -31,7 +31,7 @@ test: install ## Run the test suite
 	$(BIN)/python -m pytest
 
 eval: install ## Retrieval figures on data/eval and every dataset in ../shared/eval (minutes)
-	$(BIN)/kb eval data/eval $(SHARED_EVAL)
+	$(BIN)/kb eval data/eval $(SHARED_EVAL) --mode dense --mode keyword --mode hybrid --fusion rrf --fusion score
 
 calibrate: install ## Threshold sweep on data/eval's labeled pairs and queries
 	$(BIN)/kb calibrate --pairs data/eval/pairs.jsonl --queries data/eval

@@ -267,25 +267,47 @@ def _table(rows: Sequence[Row], precision: float | None) -> Row:
 @click.option("--split", default="train", show_default=True, help="BEIR qrels split.")
 @click.option("--corpus", default=None, help="For kb eval folders: the corpus (default ../seed).")
 @click.option(
+    "--mode",
+    "modes",
+    multiple=True,
+    type=click.Choice(["dense", "keyword", "hybrid"]),
+    help="Search modes to evaluate (repeatable; default: KB_SEARCH_MODE).",
+)
+@click.option(
+    "--fusion",
+    "fusions",
+    multiple=True,
+    type=click.Choice(["rrf", "score"]),
+    help="Hybrid fusion methods to evaluate (repeatable; default: KB_FUSION).",
+)
+@click.option(
     "--json",
     "json_out",
     type=click.Path(dir_okay=False),
     default=None,
     help="Write the figures to this file.",
 )
-def eval_(datasets: Sequence[str], split: str, corpus: str | None, json_out: str | None) -> None:
+def eval_(
+    datasets: Sequence[str],
+    split: str,
+    corpus: str | None,
+    modes: Sequence[str],
+    fusions: Sequence[str],
+    json_out: str | None,
+) -> None:
     """Load each dataset into a temporary store and score the search pipeline on it."""
     from dataclasses import asdict
 
     from kb.embeddings import load_embedder
-    from kb.evaluation import open_dataset, run_eval, temporary_store
+    from kb.evaluation import open_dataset, run_eval, temporary_store, variants
 
     settings = Settings()
     embedder = load_embedder(settings)
+    searches = variants(modes or [settings.search_mode], fusions or [settings.fusion])
     reports = []
     click.echo(
-        f"{'dataset':<16} {'docs':>6} {'queries':>7} {'nDCG@10':>8} {'MRR@10':>7} "
-        f"{'R@10':>6} {'R@100':>6} {'load s':>7} {'query s':>7}"
+        f"{'dataset':<16} {'mode':<12} {'docs':>6} {'queries':>7} {'nDCG@10':>8} "
+        f"{'MRR@10':>7} {'R@10':>6} {'R@100':>6} {'load s':>7} {'query s':>7}"
     )
     for path in datasets:
         try:
@@ -293,13 +315,14 @@ def eval_(datasets: Sequence[str], split: str, corpus: str | None, json_out: str
         except KBError as exc:
             _fail(exc.message)
         with temporary_store(settings, embedder) as store:
-            report, _ = run_eval(store, dataset)
-        f = report.figures
-        click.echo(
-            f"{report.dataset:<16} {report.documents:>6} {report.queries:>7} "
-            f"{f['ndcg@10']:>8.3f} {f['mrr@10']:>7.3f} {f['recall@10']:>6.3f} "
-            f"{f['recall@100']:>6.3f} {report.load_seconds:>7.1f} {report.query_seconds:>7.1f}"
-        )
-        reports.append(asdict(report))
+            for report in run_eval(store, dataset, searches):
+                f = report.figures
+                click.echo(
+                    f"{report.dataset:<16} {report.mode:<12} {report.documents:>6} "
+                    f"{report.queries:>7} {f['ndcg@10']:>8.3f} {f['mrr@10']:>7.3f} "
+                    f"{f['recall@10']:>6.3f} {f['recall@100']:>6.3f} "
+                    f"{report.load_seconds:>7.1f} {report.query_seconds:>7.1f}"
+                )
+                reports.append(asdict(report))
     if json_out:
         Path(json_out).write_text(json.dumps(reports, indent=2) + "\n")

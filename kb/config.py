@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -40,6 +41,9 @@ class Settings(BaseSettings):
         0.40, ge=-1.0, le=1.0, description="Default similarity threshold (minimum cosine score)."
     )
     top_k: int = Field(5, ge=1, le=100, description="Default number of matches per query.")
+    search_mode: Literal["dense", "keyword", "hybrid"] = "dense"
+    fusion: Literal["rrf", "score"] = "rrf"
+    hybrid_depth: int = Field(100, ge=1, le=1000, description="Candidates per side to fuse.")
 
     # Limits
     max_request_bytes: int = Field(16 * 1024 * 1024, ge=1024)

@@ -128,6 +128,7 @@ def rank(
 @dataclass
 class Report:
     dataset: str
+    mode: str
     documents: int
     queries: int
     figures: dict[str, float]
@@ -135,23 +136,45 @@ class Report:
     query_seconds: float
 
 
+def variants(modes: Sequence[str], fusions: Sequence[str]) -> list[dict[str, str]]:
+    """The search options to evaluate: each mode, and hybrid once per fusion method."""
+    out: list[dict[str, str]] = []
+    for mode in modes:
+        if mode == "hybrid":
+            out.extend({"mode": mode, "fusion": fusion} for fusion in fusions)
+        else:
+            out.append({"mode": mode})
+    return out
+
+
 def run_eval(
-    store: KnowledgeStore, dataset: Dataset, **options: object
-) -> tuple[Report, dict[str, Ranked]]:
-    """Load the corpus, rank every query, score the rankings."""
+    store: KnowledgeStore, dataset: Dataset, searches: Sequence[dict[str, str]]
+) -> list[Report]:
+    """Load the corpus once, then rank every query with each search variant and score it."""
     started = time.perf_counter()
     failed = load_corpus(store, dataset)
     if failed:
         raise ConfigError(f"{failed} corpus records of {dataset.name} could not be loaded")
-    loaded = time.perf_counter()
+    load_seconds = time.perf_counter() - started
     ids = list(dataset.queries)
-    rankings = dict(
-        zip(ids, rank(store, [dataset.queries[q] for q in ids], **options), strict=True)
-    )
-    done = time.perf_counter()
-    figures = evaluate({q: r.ids for q, r in rankings.items()}, _judged(dataset.qrels))
-    report = Report(dataset.name, store.count(), len(ids), figures, loaded - started, done - loaded)
-    return report, rankings
+    reports = []
+    for options in searches:
+        began = time.perf_counter()
+        ranked = rank(store, [dataset.queries[q] for q in ids], **options)
+        run = {q: r.ids for q, r in zip(ids, ranked, strict=True)}
+        name = "/".join(options.values())
+        reports.append(
+            Report(
+                dataset.name,
+                name,
+                store.count(),
+                len(ids),
+                evaluate(run, _judged(dataset.qrels)),
+                load_seconds,
+                time.perf_counter() - began,
+            )
+        )
+    return reports
 
 
 def _judged(qrels: Qrels) -> Qrels:

@@ -23,6 +23,8 @@ INT64 = 2**63
 MAX_KEY_CHARS = 128
 
 Scalar = str | int | float | bool
+SearchMode = Literal["dense", "keyword", "hybrid"]
+Fusion = Literal["rrf", "score"]
 ScalarSchema = {"anyOf": [{"type": "string"}, {"type": "number"}, {"type": "boolean"}]}
 MetadataValueSchema = {"anyOf": [*ScalarSchema["anyOf"], {"type": "array", "items": ScalarSchema}]}
 
@@ -287,6 +289,8 @@ class QueryRequest(Model):
     where_document: dict[str, Any] | None = Field(None, description="Filter on the text.")
     min_score: float | None = Field(None, ge=-1.0, le=1.0, description="Minimum cosine score.")
     explain: bool = Field(False, description="Also return the candidates below the threshold.")
+    mode: SearchMode | None = Field(None, description="dense, keyword (BM25) or hybrid.")
+    fusion: Fusion | None = Field(None, description="Hybrid: rrf (rank) or score (min-max).")
 
     @field_validator("query")
     @classmethod
@@ -332,6 +336,8 @@ class Match(BaseModel):
     passage: str | None = Field(
         None, description="For a document stored in chunks: the chunk that matched."
     )
+    keyword_score: float | None = Field(None, description="BM25 score (keyword and hybrid).")
+    fused_score: float | None = Field(None, description="Hybrid: the fusion score that ranks.")
 
 
 class Threshold(BaseModel):

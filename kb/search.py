@@ -3,29 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
 from kb.filters import CompiledFilter, compile_filter
-from kb.records import CHUNKS, Record, user_metadata
+from kb.hybrid import Hit, fuse, keyword_documents
+from kb.records import Record, user_metadata
 from kb.schemas import Document, Match, QueryRequest, QueryResult, QueryStatus, Threshold
 from kb.store import KnowledgeStore
 
 CALIBRATED_KEY = "kb_min_score"
 MAX_CANDIDATES = 10_000
-
-
-@dataclass(frozen=True)
-class Hit:
-    """A document's best-scoring chunk for one query."""
-
-    record: Record
-    score: float
-
-    @property
-    def chunked(self) -> bool:
-        return int(self.record.metadata.get(CHUNKS, 1)) > 1
 
 
 def resolve_threshold(store: KnowledgeStore, requested: float | None) -> Threshold:
@@ -45,7 +33,7 @@ def search(store: KnowledgeStore, request: QueryRequest) -> list[QueryResult]:
     threshold = resolve_threshold(store, request.min_score)
     texts = request.texts()
     vectors = store.embedder.embed_queries(texts)
-    per_query = nearest_documents(store, vectors, top_k, flt)
+    per_query = candidates(store, request, texts, vectors, top_k, flt)
     filtered = flt.where is not None or flt.where_document is not None
     shown = [
         hit
@@ -59,6 +47,30 @@ def search(store: KnowledgeStore, request: QueryRequest) -> list[QueryResult]:
         _result(text, hits[:top_k], threshold, filtered, full, request.explain)
         for text, hits in zip(texts, per_query, strict=True)
     ]
+
+
+def candidates(
+    store: KnowledgeStore,
+    request: QueryRequest,
+    texts: Sequence[str],
+    vectors: np.ndarray,
+    top_k: int,
+    flt: CompiledFilter,
+) -> list[list[Hit]]:
+    """Each query's documents, best first, by the request's mode."""
+    mode = request.mode or store.settings.search_mode
+    if mode == "dense":
+        return nearest_documents(store, vectors, top_k, flt)
+    depth = max(top_k, store.settings.hybrid_depth)
+    keyword = [
+        keyword_documents(store, text, vector, depth, flt)
+        for text, vector in zip(texts, vectors, strict=True)
+    ]
+    if mode == "keyword":
+        return keyword
+    fusion = request.fusion or store.settings.fusion
+    dense = nearest_documents(store, vectors, depth, flt)
+    return [fuse(d, k, fusion) for d, k in zip(dense, keyword, strict=True)]
 
 
 def nearest_documents(
@@ -96,6 +108,8 @@ def _matches(hits: list[Hit], full: dict[str, Document]) -> list[Match]:
             text=full[hit.record.doc_id].text if hit.chunked else hit.record.text,
             metadata=user_metadata(hit.record.metadata),
             passage=hit.record.text if hit.chunked else None,
+            keyword_score=hit.keyword,
+            fused_score=hit.fused,
         )
         for hit in hits
         if not hit.chunked or hit.record.doc_id in full  # gone since the search: skip
@@ -113,7 +127,7 @@ def _result(
     kept = [hit for hit in hits if hit.score >= threshold.min_score]
     rejected = [hit for hit in hits if hit.score < threshold.min_score]
     matches = _matches(kept, full)
-    best_rejected = rejected[0].score if rejected else None
+    best_rejected = max((hit.score for hit in rejected), default=None)
     status, message = _verdict(len(hits), matches, best_rejected, threshold, filtered)
     return QueryResult(
         query=query,

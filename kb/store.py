@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterator, Sequence
 from enum import StrEnum
@@ -13,6 +14,7 @@ from kb.config import Settings
 from kb.embeddings import Embedder, load_embedder
 from kb.errors import Conflict, NotFound, ValidationFailed, field_error
 from kb.filters import CompiledFilter, and_where
+from kb.keyword import KeywordIndex
 from kb.records import (
     CHUNK,
     CHUNKS,
@@ -38,6 +40,8 @@ from kb.schemas import (
 from kb.stats import metadata_stats
 
 HEADS = {CHUNK: 0}
+GENERATION_KEY = "kb_generation"
+log = logging.getLogger(__name__)
 
 
 class WriteMode(StrEnum):
@@ -61,13 +65,47 @@ class KnowledgeStore:
         self.overlap = min(settings.chunk_overlap, self.window // 2)
         # Writes check ids and then write: serialize them so the check stays true.
         self._lock = threading.RLock()
+        self.keyword = KeywordIndex(settings.chroma_path / f"{settings.collection}.keyword.sqlite3")
+        self.sync_keyword()
 
     @classmethod
     def open(cls, settings: Settings, embedder: Embedder | None = None) -> KnowledgeStore:
         return cls(settings, embedder if embedder is not None else load_embedder(settings))
 
     def close(self) -> None:
+        self.keyword.close()
         self.records.close()
+
+    # ------------------------------------------------------------ the keyword index
+
+    def generation(self) -> int:
+        """How many writes the collection has seen (the keyword index follows it)."""
+        value = self.records.settings_value(GENERATION_KEY)
+        return int(value) if isinstance(value, int) else 0
+
+    def sync_keyword(self) -> None:
+        """Rebuild the keyword index from Chroma if it is missing or behind."""
+        with self._lock:
+            generation = self.generation()
+            if self.keyword.generation == generation:
+                return
+            log.info("rebuilding the keyword index of '%s'", self.settings.collection)
+            self.keyword.rebuild(self._every_record(), generation)
+
+    def _every_record(self, page: int = 2000) -> Iterator[Record]:
+        offset = 0
+        while batch := self.records.get(limit=page, offset=offset):
+            yield from batch
+            offset += len(batch)
+
+    def _committed(self, upserted: Sequence[Record], deleted: Sequence[str]) -> None:
+        """Bump the write generation, then bring the keyword index to it."""
+        generation = self.generation() + 1
+        self.records.set_settings_value(GENERATION_KEY, generation)
+        try:
+            self.keyword.apply(upserted, deleted, generation)
+        except Exception:  # the index is behind now; the next sync rebuilds it
+            log.exception("keyword index update failed")
 
     # ------------------------------------------------------------ reads
 
@@ -201,7 +239,7 @@ class KnowledgeStore:
                     f"{len(missing)} id(s) not found: {_names(missing)}; nothing was deleted",
                     details=[_missing("ids", doc_id) for doc_id in missing],
                 )
-            self.records.delete(_chunk_ids(heads))
+            self._remove(heads)
         return DeleteResponse(deleted=len(unique), ids=unique)
 
     def delete_where(self, flt: CompiledFilter) -> DeleteResponse:
@@ -209,7 +247,7 @@ class KnowledgeStore:
             matched = self.records.get(flt=flt)
             doc_ids = list(dict.fromkeys(record.doc_id for record in matched))
             heads = self._heads(doc_ids)
-            self.records.delete(_chunk_ids(heads))
+            self._remove(heads)
         return DeleteResponse(deleted=len(heads), ids=[head.id for head in heads])
 
     # ------------------------------------------------------------ helpers
@@ -240,9 +278,15 @@ class KnowledgeStore:
 
     def _write(self, records: Sequence[Record], previous: Sequence[Record]) -> None:
         self.records.upsert(records, previous)
-        stale = {r.id for r in previous} - {r.id for r in records}
+        stale = sorted({r.id for r in previous} - {r.id for r in records})
         if stale:
-            self.records.delete(sorted(stale))
+            self.records.delete(stale)
+        self._committed(records, stale)
+
+    def _remove(self, heads: Sequence[Record]) -> None:
+        ids = _chunk_ids(heads)
+        self.records.delete(ids)
+        self._committed([], ids)
 
 
 def _heads(flt: CompiledFilter) -> CompiledFilter:

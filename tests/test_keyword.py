@@ -1,0 +1,132 @@
+"""The BM25 keyword index: terms, ranking, filters, and staying in step with the store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from flask.testing import FlaskClient
+
+from kb.config import Settings
+from kb.keyword import KeywordIndex, query_terms
+from kb.records import Record
+from kb.schemas import DocumentIn, UpdateFields
+from kb.store import KnowledgeStore
+
+
+def record(rid: str, text: str) -> Record:
+    return Record(rid, text, {"_kb_doc": rid, "_kb_chunk": 0, "_kb_chunks": 1})
+
+
+def test_query_terms_drop_stopwords_and_punctuation() -> None:
+    assert query_terms("What is the BM25 score, and why?") == ["bm25", "score"]
+    assert query_terms("the of and") == []
+
+
+def test_index_ranks_by_bm25_and_follows_updates(tmp_path: Path) -> None:
+    index = KeywordIndex(tmp_path / "k.sqlite3")
+    index.apply(
+        [
+            record("a", "raft consensus elects a leader"),
+            record("b", "paxos consensus"),
+            record("c", "baking bread"),
+        ],
+        [],
+        1,
+    )
+    assert [r[0] for r in index.search("leader consensus", 10)] == ["a", "b"]
+    assert [r[0] for r in index.search("elections", 10)] == ["a"]  # Porter stemming
+    assert [r[0] for r in index.search("consensus", 10, allowed={"b"})] == ["b"]
+    index.apply([record("a", "now about sourdough")], ["b"], 2)
+    assert index.search("consensus", 10) == []
+    assert index.generation == 2
+    assert index.count() == 2
+    index.close()
+
+
+def docs_about(store: KnowledgeStore) -> None:
+    store.add(
+        [
+            DocumentIn(
+                id="raft",
+                text="Raft elects a leader with randomized election timeouts.",
+                metadata={"category": "databases"},
+            ),
+            DocumentIn(
+                id="bm25",
+                text="BM25 saturates term frequency with the k1 parameter.",
+                metadata={"category": "search"},
+            ),
+            DocumentIn(
+                id="bread",
+                text="Sourdough bread needs a lively starter.",
+                metadata={"category": "baking"},
+            ),
+        ]
+    )
+
+
+def keyword_ids(store: KnowledgeStore, text: str) -> list[str]:
+    return [doc for _, doc, _ in store.keyword.search(text, 10)]
+
+
+def test_store_writes_keep_the_index_in_step(store: KnowledgeStore) -> None:
+    docs_about(store)
+    assert keyword_ids(store, "leader election") == ["raft"]
+    store.update("raft", UpdateFields(text="Paxos reaches agreement among acceptors."))
+    assert keyword_ids(store, "leader election") == []
+    assert keyword_ids(store, "acceptors") == ["raft"]
+    store.delete(["bm25"])
+    assert keyword_ids(store, "saturates") == []
+    assert store.keyword.generation == store.generation()
+
+
+def test_a_missing_or_stale_index_is_rebuilt(settings: Settings, embedder) -> None:
+    store = KnowledgeStore.open(settings, embedder)
+    docs_about(store)
+    store.close()
+    store.keyword.path.unlink()
+    reopened = KnowledgeStore.open(settings, embedder)
+    assert keyword_ids(reopened, "sourdough starter") == ["bread"]
+    # a write the index did not see (a crash between the two writes, another process)
+    reopened.records.set_settings_value("kb_generation", reopened.generation() + 5)
+    reopened.records.delete(["bread"])
+    reopened.sync_keyword()
+    assert keyword_ids(reopened, "sourdough starter") == []
+    reopened.close()
+
+
+@pytest.fixture
+def topics(client: FlaskClient, store: KnowledgeStore) -> FlaskClient:
+    docs_about(store)
+    return client
+
+
+def test_keyword_mode_reports_cosine_and_bm25(topics: FlaskClient) -> None:
+    result = topics.post(
+        "/query", json={"query": "k1 parameter", "mode": "keyword", "min_score": -1}
+    ).json
+    best = result["matches"][0]
+    assert best["id"] == "bm25"
+    assert best["keyword_score"] > 0
+    assert -1 <= best["score"] <= 1
+    assert best["fused_score"] is None
+
+
+@pytest.mark.parametrize("fusion", ["rrf", "score"])
+def test_hybrid_fuses_both_sides_and_applies_filters(topics: FlaskClient, fusion: str) -> None:
+    body = {"query": "how is a leader chosen", "mode": "hybrid", "fusion": fusion, "min_score": -1}
+    result = topics.post("/query", json=body).json
+    assert result["matches"][0]["id"] == "raft"
+    assert all(m["fused_score"] is not None for m in result["matches"])
+    filtered = topics.post("/query", json={**body, "filters": {"category": "baking"}}).json
+    assert [m["id"] for m in filtered["matches"]] == ["bread"]
+
+
+def test_the_threshold_compares_cosine_in_every_mode(topics: FlaskClient) -> None:
+    for mode in ("dense", "keyword", "hybrid"):
+        result = topics.post(
+            "/query", json={"query": "sourdough starter", "mode": mode, "min_score": 0.9}
+        ).json
+        assert result["matches"] == [], mode
+        assert result["best_rejected_score"] < 0.9

@@ -73,6 +73,13 @@ def serve(host: str | None, port: int | None, threads: int | None) -> None:
 @click.option("--batch-size", type=click.IntRange(1, 100_000), default=256, show_default=True)
 @click.option("--upsert", is_flag=True, help="Replace stored documents whose content changed.")
 @click.option("--strict", is_flag=True, help="Stop at the first bad record.")
+@click.option(
+    "--on-duplicate",
+    type=click.Choice(["allow", "skip", "reject"]),
+    default="allow",
+    show_default=True,
+    help="Records nearly identical to a stored document.",
+)
 @click.option("--url", default=None, help="Send batches to a running kb service instead.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def load(
@@ -83,6 +90,7 @@ def load(
     batch_size: int,
     upsert: bool,
     strict: bool,
+    on_duplicate: str,
     url: str | None,
     quiet: bool,
 ) -> None:
@@ -99,7 +107,7 @@ def load(
     found = sources(paths, fmt)
     options = Options(settings, text_column=text_column, id_column=id_column)
     progress = Progress(estimate(found), enabled=not quiet and sys.stderr.isatty())
-    sink, close = _sink(settings, url, "upsert" if upsert else "skip")
+    sink, close = _sink(settings, url, "upsert" if upsert else "skip", on_duplicate)
 
     def report(problem: Problem) -> None:
         progress.clear()
@@ -132,20 +140,22 @@ def load(
         sys.exit(1)
 
 
-def _sink(settings: Settings, url: str | None, mode: str) -> tuple[Sink, Callable[[], None]]:
+def _sink(
+    settings: Settings, url: str | None, mode: str, on_duplicate: str
+) -> tuple[Sink, Callable[[], None]]:
     """Where loaded batches go: the REST API at `url`, or the store itself."""
     if url:
         from kb.client import KBClient
 
         client = KBClient(url)
-        return (lambda docs: client.add(docs, mode)), (lambda: None)  # type: ignore[arg-type]
+        return (lambda docs: client.add(docs, mode, on_duplicate)), (lambda: None)  # type: ignore[arg-type]
     from kb.store import KnowledgeStore, WriteMode
 
     try:
         store = KnowledgeStore.open(settings)
     except KBError as exc:
         _fail(exc.message)
-    return (lambda docs: store.add(docs, WriteMode(mode))), store.close
+    return (lambda docs: store.add(docs, WriteMode(mode), on_duplicate)), store.close
 
 
 @main.command()
@@ -326,3 +336,30 @@ def eval_(
                 reports.append(asdict(report))
     if json_out:
         Path(json_out).write_text(json.dumps(reports, indent=2) + "\n")
+
+
+@main.command()
+@click.option(
+    "--min-score",
+    type=click.FloatRange(-1, 1),
+    default=None,
+    help="Similarity from which documents count as near-duplicates (KB_DUPLICATE_SCORE).",
+)
+def duplicates(min_score: float | None) -> None:
+    """List groups of near-duplicate documents in the store."""
+    from kb.duplicates import groups
+    from kb.store import KnowledgeStore
+
+    settings = Settings()
+    threshold = settings.duplicate_score if min_score is None else min_score
+    try:
+        store = KnowledgeStore.open(settings)
+    except KBError as exc:
+        _fail(exc.message)
+    try:
+        found = groups(store.records, threshold)
+    finally:
+        store.close()
+    for group in found:
+        click.echo(" ".join(group))
+    click.echo(f"{len(found)} group(s) of near-duplicates at score >= {threshold:.2f}", err=True)

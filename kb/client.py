@@ -47,9 +47,14 @@ class KBClient:
 
     # ------------------------------------------------------------ documents
 
-    def add(self, docs: Sequence[DocumentIn], on_conflict: Conflict = "error") -> AddResponse:
+    def add(
+        self,
+        docs: Sequence[DocumentIn],
+        on_conflict: Conflict = "error",
+        on_duplicate: Literal["allow", "skip", "reject"] = "allow",
+    ) -> AddResponse:
         payload = [doc.model_dump(exclude_none=True) for doc in docs]
-        body = {"documents": payload, "on_conflict": on_conflict}
+        body = {"documents": payload, "on_conflict": on_conflict, "on_duplicate": on_duplicate}
         return self._call("POST", "/add", body, AddResponse)
 
     def get(self, doc_id: str) -> Document:

@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     top_k: int = Field(5, ge=1, le=100, description="Default number of matches per query.")
     search_mode: Literal["dense", "keyword", "hybrid"] = "dense"
     fusion: Literal["rrf", "score"] = "rrf"
+    duplicate_score: float = Field(
+        0.95, ge=-1.0, le=1.0, description="Cosine score from which documents are near-duplicates."
+    )
     hybrid_depth: int = Field(100, ge=1, le=1000, description="Candidates per side to fuse.")
 
     # Limits

@@ -181,6 +181,11 @@ class AddRequest(Model):
     text: Text | None = None
     metadata: Metadata | None = None
     upsert: bool = Field(False, description="Replace documents whose id exists instead of 409.")
+    on_duplicate: Literal["allow", "skip", "reject"] = Field(
+        "allow",
+        description="New documents nearly identical to a stored one (KB_DUPLICATE_SCORE): "
+        "write them anyway (allow), leave them out (skip) or refuse the request (reject).",
+    )
     on_conflict: Literal["error", "skip", "upsert"] | None = Field(
         None,
         description="For ids that exist: 409 (error, the default), keep the stored document "
@@ -212,11 +217,20 @@ class AddRequest(Model):
         return [DocumentIn(id=self.id, text=self.text, metadata=self.metadata)]
 
 
+class Duplicate(BaseModel):
+    id: str = Field(description="The new document.")
+    existing: str = Field(description="The stored document it nearly duplicates.")
+    score: float = Field(description="Cosine similarity of their first chunks.")
+
+
 class AddResponse(BaseModel):
     ids: list[str] = Field(description="Ids of every document in the request, in order.")
     added: int = Field(description="New documents written.")
     updated: int = Field(0, description="Existing documents replaced (upsert, content changed).")
-    skipped: int = Field(0, description="Existing documents left as they were.")
+    skipped: int = Field(0, description="Documents not written: existing ids, skipped duplicates.")
+    duplicates: list[Duplicate] = Field(
+        default_factory=list, description="New documents nearly identical to stored ones."
+    )
 
 
 class Document(BaseModel):

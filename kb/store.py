@@ -11,6 +11,7 @@ from typing import Any
 from kb.chunking import Chunk, split
 from kb.collection import RecordCollection
 from kb.config import Settings
+from kb.duplicates import nearest_stored
 from kb.embeddings import Embedder, load_embedder
 from kb.errors import Conflict, NotFound, ValidationFailed, field_error
 from kb.filters import CompiledFilter, and_where
@@ -34,6 +35,7 @@ from kb.schemas import (
     Document,
     DocumentIn,
     DocumentList,
+    Duplicate,
     Stats,
     UpdateFields,
 )
@@ -176,7 +178,14 @@ class KnowledgeStore:
 
     # ------------------------------------------------------------ writes
 
-    def add(self, docs: Sequence[DocumentIn], mode: WriteMode = WriteMode.ERROR) -> AddResponse:
+    def add(
+        self,
+        docs: Sequence[DocumentIn],
+        mode: WriteMode = WriteMode.ERROR,
+        on_duplicate: str = "allow",
+    ) -> AddResponse:
+        """Write documents; `mode` decides about existing ids, `on_duplicate` about new
+        documents nearly identical (KB_DUPLICATE_SCORE) to a stored one."""
         ids = [doc.id if doc.id is not None else derive_id(doc.text) for doc in docs]
         _reject_repeats(ids, docs)
         with self._lock:
@@ -203,10 +212,31 @@ class KnowledgeStore:
                     replaced.append(head)
                 else:
                     skipped += 1
-            previous = self._all_chunks(replaced)
-            self._write(self._embedded(todo), previous)
+            records = self._embedded(todo)
+            near = nearest_stored(self.records, records, self.settings.duplicate_score)
+            if near and on_duplicate == "reject":
+                raise Conflict(
+                    f"{len(near)} document(s) nearly duplicate stored ones: "
+                    + ", ".join(
+                        f"'{new}' ~ '{old}' ({score:.3f})" for new, (old, score) in near.items()
+                    )
+                    + "; nothing was written",
+                    details=[_duplicate(new, old, score) for new, (old, score) in near.items()],
+                )
+            if near and on_duplicate == "skip":
+                records = [r for r in records if r.doc_id not in near]
+                replaced = [h for h in replaced if h.id not in near]
+                skipped += len(near)
+            self._write(records, self._all_chunks(replaced))
+        written = len({r.doc_id for r in records})
         return AddResponse(
-            ids=ids, added=len(todo) - len(replaced), updated=len(replaced), skipped=skipped
+            ids=ids,
+            added=written - len(replaced),
+            updated=len(replaced),
+            skipped=skipped,
+            duplicates=[
+                Duplicate(id=new, existing=old, score=score) for new, (old, score) in near.items()
+            ],
         )
 
     def update(self, doc_id: str, fields: UpdateFields) -> Document:
@@ -337,6 +367,12 @@ def _reject_repeats(ids: Sequence[str], docs: Sequence[DocumentIn]) -> None:
 
 def _id_field(index: int, docs: Sequence[DocumentIn]) -> str:
     return f"documents.{index}.id" if len(docs) > 1 else "id"
+
+
+def _duplicate(new: str, old: str, score: float) -> dict[str, Any]:
+    return field_error(
+        "id", f"'{new}' nearly duplicates '{old}' (score {score:.3f})", "near_duplicate"
+    )
 
 
 def _missing(field: str, doc_id: str) -> dict[str, Any]:

@@ -180,3 +180,21 @@ def test_url_that_does_not_answer_is_a_clear_error(tmp_path: Path) -> None:
     result = run({}, "load", "--url", "http://127.0.0.1:9", str(source))
     assert result.exit_code != 0
     assert "cannot reach http://127.0.0.1:9" in result.output
+
+
+def test_duplicates_command_and_on_duplicate_skip(env, tmp_path: Path) -> None:
+    records = [
+        {"id": "orig", "text": "Gradient descent updates the weights against the gradient."},
+        {"id": "other", "text": "Sourdough bread needs a lively starter."},
+    ]
+    run(env, "load", str(write_jsonl(tmp_path / "a.jsonl", records)))
+    copy = [{"id": "copy", "text": "Gradient descent updates weights against the gradient."}]
+    skipped = run(
+        env, "load", "--on-duplicate", "skip", str(write_jsonl(tmp_path / "b.jsonl", copy))
+    )
+    assert "added 0, updated 0, skipped 1" in skipped.output
+    run(env, "load", str(write_jsonl(tmp_path / "c.jsonl", copy)))
+    listed = run(env, "duplicates")
+    assert listed.exit_code == 0, listed.output
+    assert "copy orig" in listed.stdout
+    assert "1 group(s)" in listed.output

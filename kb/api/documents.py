@@ -42,7 +42,8 @@ ID_ERRORS = (400, 404, 413, 422)
 )
 def add() -> tuple[Response, int]:
     req = body(AddRequest)
-    return reply(store().add(req.items(), WriteMode(req.conflict_mode())), 201)
+    result = store().add(req.items(), WriteMode(req.conflict_mode()), req.on_duplicate)
+    return reply(result, 201)
 
 
 @bp.get("/documents/<path:doc_id>")

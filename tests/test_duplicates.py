@@ -1,0 +1,54 @@
+"""Near-duplicates: allow, skip or reject them on add; list the groups already stored."""
+
+from __future__ import annotations
+
+from flask.testing import FlaskClient
+
+from kb.duplicates import groups
+from kb.store import KnowledgeStore
+
+ORIGINAL = {"id": "orig", "text": "Gradient descent updates the weights against the gradient."}
+COPY = {"id": "copy", "text": "Gradient descent updates weights against the gradient."}
+OTHER = {"id": "other", "text": "Sourdough bread needs a lively starter."}
+
+
+def add(client: FlaskClient, on_duplicate: str) -> dict:
+    response = client.post("/add", json={"documents": [COPY, OTHER], "on_duplicate": on_duplicate})
+    return {"status": response.status_code, **response.json}
+
+
+def test_allow_writes_and_names_the_existing_document(client: FlaskClient) -> None:
+    client.post("/add", json=ORIGINAL)
+    result = add(client, "allow")
+    assert result["status"] == 201
+    assert result["added"] == 2
+    (dup,) = result["duplicates"]
+    assert (dup["id"], dup["existing"]) == ("copy", "orig")
+    assert dup["score"] >= 0.95
+
+
+def test_skip_leaves_the_duplicate_out(client: FlaskClient) -> None:
+    client.post("/add", json=ORIGINAL)
+    result = add(client, "skip")
+    assert (result["added"], result["skipped"]) == (1, 1)
+    assert client.get("/documents/copy").status_code == 404
+    assert client.get("/documents/other").status_code == 200
+
+
+def test_reject_refuses_the_whole_request(client: FlaskClient) -> None:
+    client.post("/add", json=ORIGINAL)
+    result = add(client, "reject")
+    assert result["status"] == 409
+    assert "'copy' ~ 'orig'" in result["error"]["message"]
+    assert client.get("/health").json["documents"] == 1
+
+
+def test_distinct_documents_are_not_duplicates(client: FlaskClient) -> None:
+    client.post("/add", json=ORIGINAL)
+    assert client.post("/add", json=OTHER).json["duplicates"] == []
+
+
+def test_groups_lists_stored_near_duplicates(client: FlaskClient, store: KnowledgeStore) -> None:
+    third = {"id": "third", "text": "Gradient descent updates the weights against the gradient!"}
+    client.post("/add", json={"documents": [ORIGINAL, COPY, OTHER, third]})
+    assert groups(store.records, 0.95) == [["copy", "orig", "third"]]

@@ -293,6 +293,7 @@ class DeleteResponse(BaseModel):
 
 
 class QueryRequest(Model):
+    model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
     query: str | None = Field(None, description="One natural-language query.")
     queries: list[str] | None = Field(None, min_length=1, description="A batch of queries.")
     top_k: int | None = Field(None, ge=1, le=100, description="Matches per query (default 5).")
@@ -304,6 +305,14 @@ class QueryRequest(Model):
     min_score: float | None = Field(None, ge=-1.0, le=1.0, description="Minimum cosine score.")
     explain: bool = Field(False, description="Also return the candidates below the threshold.")
     mode: SearchMode | None = Field(None, description="dense, keyword (BM25) or hybrid.")
+    diversify: bool = Field(False, description="Re-rank with maximal marginal relevance.")
+    mmr_lambda: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        alias="lambda",
+        description="Diversify: 1 = relevance only, 0 = diversity only.",
+    )
     fusion: Fusion | None = Field(None, description="Hybrid: rrf (rank) or score (min-max).")
 
     @field_validator("query")

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from kb.diversity import mmr
 from kb.filters import CompiledFilter, compile_filter
 from kb.hybrid import Hit, fuse, keyword_documents
 from kb.records import Record, user_metadata
@@ -33,7 +34,14 @@ def search(store: KnowledgeStore, request: QueryRequest) -> list[QueryResult]:
     threshold = resolve_threshold(store, request.min_score)
     texts = request.texts()
     vectors = store.embedder.embed_queries(texts)
-    per_query = candidates(store, request, texts, vectors, top_k, flt)
+    if request.diversify:  # choose top_k from a deeper pool
+        pool = candidates(store, request, texts, vectors, max(top_k * 4, 20), flt)
+        per_query = [
+            mmr(store, vector, hits, top_k, request.mmr_lambda)
+            for vector, hits in zip(vectors, pool, strict=True)
+        ]
+    else:
+        per_query = candidates(store, request, texts, vectors, top_k, flt)
     filtered = flt.where is not None or flt.where_document is not None
     shown = [
         hit

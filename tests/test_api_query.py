@@ -184,3 +184,21 @@ def test_explain_returns_the_near_misses_below_the_threshold(cooking: FlaskClien
     assert all(m["score"] < 0.5 for m in missed)
     assert missed[0]["score"] == result["best_rejected_score"]
     assert [m["score"] for m in missed] == sorted((m["score"] for m in missed), reverse=True)
+
+
+def test_diversify_pushes_near_copies_down(client: FlaskClient) -> None:
+    copies = [
+        {"id": f"copy{i}", "text": f"Transformers use self-attention to weigh tokens, variant {i}."}
+        for i in range(4)
+    ]
+    other = {"id": "rnn", "text": "Recurrent networks read tokens one step at a time."}
+    client.post("/add", json={"documents": [*copies, other]})
+    body = {"query": "how do transformers process tokens", "top_k": 2, "min_score": -1}
+    plain = [m["id"] for m in client.post("/query", json=body).json["matches"]]
+    assert all(doc.startswith("copy") for doc in plain)
+    diverse = client.post("/query", json={**body, "diversify": True, "lambda": 0.3}).json
+    ids = [m["id"] for m in diverse["matches"]]
+    assert ids[0].startswith("copy")
+    assert "rnn" in ids
+    relevance_only = client.post("/query", json={**body, "diversify": True, "lambda": 1.0}).json
+    assert [m["id"] for m in relevance_only["matches"]] == plain

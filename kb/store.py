@@ -87,6 +87,8 @@ class KnowledgeStore:
 
     def sync_keyword(self) -> None:
         """Rebuild the keyword index from Chroma if it is missing or behind."""
+        if self.keyword.generation == self.generation():
+            return  # the common case: no lock, so searches never wait for a write
         with self._lock:
             generation = self.generation()
             if self.keyword.generation == generation:

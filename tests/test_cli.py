@@ -10,6 +10,7 @@ from click.testing import CliRunner, Result
 
 from kb.cli import main
 from kb.config import Settings
+from kb.schemas import DocumentIn
 from kb.store import KnowledgeStore
 
 
@@ -198,3 +199,43 @@ def test_duplicates_command_and_on_duplicate_skip(env, tmp_path: Path) -> None:
     assert listed.exit_code == 0, listed.output
     assert "copy orig" in listed.stdout
     assert "1 group(s)" in listed.output
+
+
+def test_calibrate_write_makes_queries_report_a_calibrated_threshold(
+    env, tmp_path: Path, embedder
+) -> None:
+    pairs = [
+        {"a": "A feline rested on the rug", "b": "The cat sat on the mat", "label": 1},
+        {"a": "How do I boil pasta?", "b": "The stock market fell sharply.", "label": 0},
+    ]
+    result = run(
+        env, "calibrate", "--pairs", str(write_jsonl(tmp_path / "p.jsonl", pairs)), "--write"
+    )
+    assert result.exit_code == 0, result.output
+    assert "stored" in result.output
+    from kb.schemas import QueryRequest
+    from kb.search import search
+
+    store = stored(env, embedder)
+    store.add([DocumentIn(text="The cat sat on the mat")])
+    (answer,) = search(store, QueryRequest(query="cat"))
+    assert answer.threshold.source == "calibrated"
+    (override,) = search(store, QueryRequest(query="cat", min_score=0.1))
+    assert override.threshold.source == "request"
+    store.close()
+
+
+def test_progress_bar_shows_share_and_rate() -> None:
+    import io
+
+    from kb.progress import Progress
+
+    stream = io.StringIO()
+    bar = Progress(200, enabled=True, stream=stream)
+    bar.advance(50)
+    assert " 25% 50/200 docs" in stream.getvalue()
+    assert "docs/s" in stream.getvalue()
+    assert "docs/s" in Progress(None, enabled=False).line()
+    silent = io.StringIO()
+    Progress(10, enabled=False, stream=silent).advance(5)
+    assert silent.getvalue() == ""

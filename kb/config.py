@@ -41,8 +41,8 @@ class Settings(BaseSettings):
         0.40, ge=-1.0, le=1.0, description="Default similarity threshold (minimum cosine score)."
     )
     top_k: int = Field(5, ge=1, le=100, description="Default number of matches per query.")
-    search_mode: Literal["dense", "keyword", "hybrid"] = "dense"
-    fusion: Literal["rrf", "score"] = "rrf"
+    search_mode: Literal["dense", "keyword", "hybrid"] = "hybrid"
+    fusion: Literal["rrf", "score"] = "score"
     duplicate_score: float = Field(
         0.95, ge=-1.0, le=1.0, description="Cosine score from which documents are near-duplicates."
     )

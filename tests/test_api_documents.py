@@ -24,7 +24,13 @@ def test_add_one_returns_201_and_the_document_reads_back_exactly(client: FlaskCl
     }
     response = client.post("/add", json={"id": "d1", "text": "Hello there", "metadata": metadata})
     assert response.status_code == 201
-    assert response.json == {"ids": ["d1"], "added": 1, "updated": 0, "skipped": 0}
+    assert response.json == {
+        "ids": ["d1"],
+        "added": 1,
+        "updated": 0,
+        "skipped": 0,
+        "duplicates": [],
+    }
     doc = client.get("/documents/d1").json
     assert doc == {"id": "d1", "text": "Hello there", "metadata": metadata, "chunks": 1}
 

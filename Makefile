@@ -44,7 +44,7 @@ format: install ## Format the code with ruff
 
 reset-db: ## Delete the default store (needs FORCE=1)
 	@if [ "$(FORCE)" != "1" ]; then echo "refusing to delete $(STORE): run 'make reset-db FORCE=1'"; exit 1; fi
-	find $(STORE) -mindepth 1 ! -name .gitkeep -exec rm -rf {} +
+	find $(STORE) -mindepth 1 -maxdepth 1 ! -name .gitkeep -exec rm -rf {} +
 	@echo "emptied $(STORE)"
 
 clean: ## Remove the virtualenv and caches (keeps the store)

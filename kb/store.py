@@ -143,14 +143,14 @@ class KnowledgeStore:
         return [r for r in self.records.get(unique) if r.chunk == 0] if unique else []
 
     def list(self, flt: CompiledFilter, limit: int, offset: int) -> DocumentList:
-        heads_filter = _heads(flt)
+        heads_filter = _first_chunks(flt)
         total = len(self.records.ids(heads_filter))
         docs = self._page(heads_filter, limit, offset)
         return DocumentList(documents=docs, total=total, limit=limit, offset=offset)
 
     def iter_documents(self, flt: CompiledFilter, page: int = 500) -> Iterator[Document]:
         """Every document matching the filter, in storage order, a page at a time."""
-        heads_filter, offset = _heads(flt), 0
+        heads_filter, offset = _first_chunks(flt), 0
         while docs := self._page(heads_filter, page, offset):
             yield from docs
             offset += len(docs)
@@ -321,7 +321,7 @@ class KnowledgeStore:
         self._committed([], ids)
 
 
-def _heads(flt: CompiledFilter) -> CompiledFilter:
+def _first_chunks(flt: CompiledFilter) -> CompiledFilter:
     """The filter restricted to chunk 0 of each document (one record per document)."""
     return CompiledFilter(and_where(flt.where, HEADS), flt.where_document)
 

@@ -13,6 +13,7 @@ from kb.config import Settings
 from kb.embeddings import Embedder
 from kb.errors import ConfigError, KBError, ModelMismatch, StoreUnavailable, ValidationFailed
 from kb.filters import CompiledFilter
+from kb.lock import StoreLock
 from kb.records import Record
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,15 @@ class RecordCollection:
         self.name = settings.collection
         self.location = str(settings.chroma_path)
         self.mode = "embedded"
-        self._client = client if client is not None else make_client(settings)
+        self._lock = StoreLock(settings.chroma_path) if client is None else None
+        try:
+            self._client = client if client is not None else make_client(settings)
+            self._open(embedder)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self, embedder: Embedder) -> None:
         with chroma_errors():
             self.max_batch = int(self._client.get_max_batch_size())
             self._col = self._client.get_or_create_collection(
@@ -68,9 +77,12 @@ class RecordCollection:
         self._check_model(embedder)
 
     def close(self) -> None:
-        close = getattr(self._client, "close", None)
+        close = getattr(getattr(self, "_client", None), "close", None)
         if close is not None:
             close()
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     # ------------------------------------------------------------ guards
 

@@ -187,3 +187,29 @@ def test_chunking_can_be_switched_off(settings: Settings, embedder) -> None:
     store.add([DocumentIn(id="long", text=long_text("End."))])
     assert store.get("long").chunks == 1
     store.close()
+
+
+def test_an_open_embedded_store_is_locked_to_one_user(settings: Settings, embedder) -> None:
+    from kb.lock import StoreLocked
+
+    first = KnowledgeStore.open(settings, embedder)
+    with pytest.raises(StoreLocked, match=r"open in pid \d+") as caught:
+        KnowledgeStore.open(settings, embedder)
+    assert caught.value.status == 409
+    first.close()
+    KnowledgeStore.open(settings, embedder).close()  # free again once closed
+
+
+def test_a_second_process_fails_fast_on_a_locked_store(settings: Settings, embedder) -> None:
+    import os
+    import subprocess
+    import sys
+
+    store = KnowledgeStore.open(settings, embedder)
+    env = {**os.environ, "KB_CHROMA_PATH": str(settings.chroma_path), "KB_COLLECTION": "kb_test"}
+    result = subprocess.run(
+        [sys.executable, "-m", "kb", "export"], env=env, capture_output=True, text=True, timeout=120
+    )
+    store.close()
+    assert result.returncode != 0
+    assert "kb load --url" in result.stderr

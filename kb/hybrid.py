@@ -38,7 +38,6 @@ def keyword_documents(
     store: KnowledgeStore, text: str, vector: np.ndarray, depth: int, flt: CompiledFilter
 ) -> list[Hit]:
     """Up to `depth` documents by BM25 (best chunk each), with their cosine scores."""
-    store.sync_keyword()
     filtered = flt.where is not None or flt.where_document is not None
     allowed = set(store.records.ids(flt)) if filtered else None
     best: dict[str, tuple[str, float]] = {}

@@ -70,6 +70,7 @@ def candidates(
     if mode == "dense":
         return nearest_documents(store, vectors, top_k, flt)
     depth = max(top_k, store.settings.hybrid_depth)
+    store.sync_keyword()  # once per request: catch up if the index is behind the collection
     keyword = [
         keyword_documents(store, text, vector, depth, flt)
         for text, vector in zip(texts, vectors, strict=True)

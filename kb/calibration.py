@@ -86,3 +86,31 @@ def match_labels(
             scores.append(float(score))
             labels.append(int(doc_id in wanted))
     return scores, labels
+
+
+@dataclass(frozen=True)
+class QueryRow:
+    threshold: float
+    leaked: int  # unanswerable queries that would still show a match
+    kept: int  # answerable queries whose relevant document is shown
+
+
+def query_sweep(
+    rankings: Sequence[tuple[Sequence[str], Sequence[float]]],
+    relevant: Sequence[set[str]],
+    k: int,
+    thresholds: Sequence[float],
+) -> list[QueryRow]:
+    """Per query, not per match: does an unanswerable query still get an answer, and does an
+    answerable one keep a relevant document among its top k, at each threshold?"""
+    rows = []
+    for t in thresholds:
+        leaked = kept = 0
+        for (ids, values), wanted in zip(rankings, relevant, strict=True):
+            shown = [doc for doc, score in zip(ids[:k], values[:k], strict=True) if score >= t]
+            if not wanted:
+                leaked += bool(shown)
+            else:
+                kept += any(doc in wanted for doc in shown)
+        rows.append(QueryRow(t, leaked, kept))
+    return rows

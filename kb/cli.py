@@ -218,7 +218,7 @@ def calibrate(pairs: str | None, queries: str | None, precision: float | None, w
     With --queries the recommendation comes from the queries (the threshold's real task:
     dropping shown matches that do not answer), otherwise from the pairs.
     """
-    from kb.calibration import match_labels, pair_scores, read_pairs, sweep
+    from kb.calibration import match_labels, pair_scores, query_sweep, read_pairs, sweep
     from kb.embeddings import load_embedder
 
     if not pairs and not queries:
@@ -245,6 +245,14 @@ def calibrate(pairs: str | None, queries: str | None, precision: float | None, w
             f"matches each: {len(labels)} matches, {sum(labels)} relevant"
         )
         best = _table(sweep(scores, labels), precision)
+        runs = [(r.ids, r.scores) for r in ranked]
+        click.echo(f"{'threshold':>9} {'unanswerable still matched':>27} {'answers kept':>13}")
+        answerable = len(wanted) - unanswerable
+        for row in query_sweep(runs, wanted, settings.top_k, [0.3, 0.35, 0.4, 0.45, 0.5]):
+            click.echo(
+                f"{row.threshold:>9.2f} {row.leaked:>20} of {unanswerable:<4} "
+                f"{row.kept:>6} of {answerable}"
+            )
     assert best is not None
     if write:
         from kb.search import CALIBRATED_KEY

@@ -21,3 +21,13 @@ def test_recommend_max_f1_or_a_precision_target() -> None:
     assert best.f1 == max(r.f1 for r in rows)
     assert 0.3 < best.threshold <= 0.5
     assert recommend(rows, min_precision=1.0).threshold > 0.6
+
+
+def test_query_sweep_counts_leaks_and_kept_answers() -> None:
+    from kb.calibration import query_sweep
+
+    runs = [(["a", "b"], [0.8, 0.3]), (["c"], [0.45]), (["d", "e"], [0.5, 0.2])]
+    wanted = [{"a"}, set(), {"e"}]
+    low, high = query_sweep(runs, wanted, k=2, thresholds=[0.1, 0.6])
+    assert (low.leaked, low.kept) == (1, 2)
+    assert (high.leaked, high.kept) == (0, 1)

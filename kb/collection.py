@@ -176,6 +176,15 @@ class RecordCollection:
             for i, rid in enumerate(got["ids"])
         ]
 
+    def pages(
+        self, flt: CompiledFilter | None = None, size: int = 1000, embeddings: bool = False
+    ) -> Iterator[list[Record]]:
+        """Every record matching the filter, in storage order, `size` at a time."""
+        offset = 0
+        while batch := self.get(flt=flt, limit=size, offset=offset, embeddings=embeddings):
+            yield batch
+            offset += len(batch)
+
     def nearest(
         self, vectors: np.ndarray, n: int, flt: CompiledFilter | None = None
     ) -> list[list[tuple[Record, float]]]:

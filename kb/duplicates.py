@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
 from kb.collection import RecordCollection
 from kb.filters import CompiledFilter
-from kb.records import CHUNK, Record
+from kb.records import HEADS, Record
 
-HEADS = CompiledFilter(where={CHUNK: 0})
+FIRST_CHUNKS = CompiledFilter(where=HEADS)
 BATCH = 256
 
 
@@ -24,7 +24,7 @@ def nearest_stored(
         return {}
     found: dict[str, tuple[str, float]] = {}
     vectors = np.asarray([r.embedding for r in heads], dtype=np.float32)
-    for head, hits in zip(heads, records.nearest(vectors, 2, HEADS), strict=True):
+    for head, hits in zip(heads, records.nearest(vectors, 2, FIRST_CHUNKS), strict=True):
         for other, score in hits:
             if other.doc_id != head.doc_id and score >= min_score:
                 found[head.doc_id] = (other.doc_id, score)
@@ -42,9 +42,11 @@ def groups(records: RecordCollection, min_score: float, neighbours: int = 5) -> 
             x = parent[x]
         return x
 
-    for batch in _heads(records):
+    for batch in records.pages(FIRST_CHUNKS, BATCH, embeddings=True):
         vectors = np.asarray([r.embedding for r in batch], dtype=np.float32)
-        for head, hits in zip(batch, records.nearest(vectors, neighbours + 1, HEADS), strict=True):
+        for head, hits in zip(
+            batch, records.nearest(vectors, neighbours + 1, FIRST_CHUNKS), strict=True
+        ):
             for other, score in hits:
                 if other.doc_id != head.doc_id and score >= min_score:
                     parent[root(other.doc_id)] = root(head.doc_id)
@@ -52,10 +54,3 @@ def groups(records: RecordCollection, min_score: float, neighbours: int = 5) -> 
     for doc in parent:
         members.setdefault(root(doc), []).append(doc)
     return sorted((sorted(m) for m in members.values() if len(m) > 1), key=lambda g: g[0])
-
-
-def _heads(records: RecordCollection) -> Iterator[list[Record]]:
-    offset = 0
-    while batch := records.get(flt=HEADS, limit=BATCH, offset=offset, embeddings=True):
-        yield batch
-        offset += len(batch)

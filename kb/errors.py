@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import ValidationError
+
 
 class KBError(Exception):
     """A failure a client can act on: status, stable code, human message, optional details."""
@@ -80,3 +82,15 @@ class StoreUnavailable(KBError):
 def field_error(field: str, message: str, kind: str = "value_error") -> dict[str, Any]:
     """One entry of an error's details: which field, what is wrong with it."""
     return {"field": field, "message": message, "type": kind}
+
+
+def field_errors(exc: ValidationError, root: str = "body") -> list[dict[str, Any]]:
+    """A pydantic validation error as details entries: the field's dotted path, the message."""
+    return [
+        field_error(
+            ".".join(str(part) for part in err["loc"]) or root,
+            err["msg"].removeprefix("Value error, "),
+            err["type"],
+        )
+        for err in exc.errors(include_url=False)
+    ]

@@ -20,6 +20,7 @@ from typing import IO, Any
 from pydantic import ValidationError
 
 from kb.config import Settings
+from kb.errors import field_errors
 from kb.schemas import DocumentIn
 
 FORMATS = ("jsonl", "json", "csv", "md", "beir")
@@ -135,12 +136,8 @@ def validate(
     try:
         doc = DocumentIn.model_validate(data, context={"settings": options.settings})
     except ValidationError as exc:
-        errors = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'record'}: "
-            f"{err['msg'].removeprefix('Value error, ')}"
-            for err in exc.errors(include_url=False)
-        )
-        return Problem(name, line, errors)
+        errors = field_errors(exc, root="record")
+        return Problem(name, line, "; ".join(f"{e['field']}: {e['message']}" for e in errors))
     return Item(name, line, doc)
 
 

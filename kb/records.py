@@ -22,6 +22,7 @@ CHUNKS = f"{RESERVED_PREFIX}chunks"
 START = f"{RESERVED_PREFIX}start"
 HASH = f"{RESERVED_PREFIX}hash"
 EMPTY_LISTS = f"{RESERVED_PREFIX}empty"
+HEADS = {CHUNK: 0}  # where-clause for the first chunk of every document: one record each
 
 
 @dataclass

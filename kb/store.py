@@ -17,9 +17,9 @@ from kb.errors import Conflict, NotFound, ValidationFailed, field_error
 from kb.filters import CompiledFilter, and_where
 from kb.keyword import KeywordIndex
 from kb.records import (
-    CHUNK,
     CHUNKS,
     HASH,
+    HEADS,
     START,
     Record,
     assemble,
@@ -41,7 +41,6 @@ from kb.schemas import (
 )
 from kb.stats import metadata_stats
 
-HEADS = {CHUNK: 0}
 GENERATION_KEY = "kb_generation"
 log = logging.getLogger(__name__)
 
@@ -94,13 +93,9 @@ class KnowledgeStore:
             if self.keyword.generation == generation:
                 return
             log.info("rebuilding the keyword index of '%s'", self.settings.collection)
-            self.keyword.rebuild(self._every_record(), generation)
-
-    def _every_record(self, page: int = 2000) -> Iterator[Record]:
-        offset = 0
-        while batch := self.records.get(limit=page, offset=offset):
-            yield from batch
-            offset += len(batch)
+            self.keyword.rebuild(
+                (r for page in self.records.pages(size=2000) for r in page), generation
+            )
 
     def _committed(self, upserted: Sequence[Record], deleted: Sequence[str]) -> None:
         """Bump the write generation, then bring the keyword index to it."""
@@ -150,10 +145,9 @@ class KnowledgeStore:
 
     def iter_documents(self, flt: CompiledFilter, page: int = 500) -> Iterator[Document]:
         """Every document matching the filter, in storage order, a page at a time."""
-        heads_filter, offset = _first_chunks(flt), 0
-        while docs := self._page(heads_filter, page, offset):
-            yield from docs
-            offset += len(docs)
+        for heads in self.records.pages(_first_chunks(flt), page):
+            groups = self._chunks(heads)
+            yield from (assemble(groups[head.doc_id]) for head in heads)
 
     def _page(self, heads_filter: CompiledFilter, limit: int, offset: int) -> list[Document]:
         heads = self.records.get(flt=heads_filter, limit=limit, offset=offset)

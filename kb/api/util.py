@@ -11,7 +11,7 @@ from flask import Response, current_app, jsonify, request
 from pydantic import BaseModel, ValidationError
 
 from kb.config import Settings
-from kb.errors import BadRequest, ValidationFailed, field_error
+from kb.errors import BadRequest, ValidationFailed, field_error, field_errors
 from kb.store import KnowledgeStore
 
 M = TypeVar("M", bound=BaseModel)
@@ -63,14 +63,7 @@ def validate(model: type[M], data: Any) -> M:
 
 
 def validation_failed(exc: ValidationError) -> ValidationFailed:
-    details = [
-        field_error(
-            ".".join(str(part) for part in err["loc"]) or "body",
-            err["msg"].removeprefix("Value error, "),
-            err["type"],
-        )
-        for err in exc.errors(include_url=False)
-    ]
+    details = field_errors(exc)
     first = details[0]
     more = f" (and {len(details) - 1} more)" if len(details) > 1 else ""
     return ValidationFailed(f"{first['field']}: {first['message']}{more}", details=details)

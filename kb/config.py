@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Literal
@@ -10,6 +11,12 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PACKAGED_MODEL = "all-MiniLM-L6-v2"
+
+
+def default_cache() -> Path:
+    """Where derived model files live: outside the repository, shared by checkouts."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "kb" / "onnx"
 
 
 class Settings(BaseSettings):
@@ -26,7 +33,14 @@ class Settings(BaseSettings):
         PACKAGED_MODEL,
         description="'all-MiniLM-L6-v2' (the packaged model) or a local sentence-transformers dir.",
     )
-    device: str = Field("cpu", description="Torch device for the encoder.")
+    backend: Literal["onnx", "onnx-int8", "torch"] = Field(
+        "onnx", description="Encoder: ONNX Runtime (fp32 or int8 weights) or torch."
+    )
+    onnx_cache: Path = Field(
+        default_factory=default_cache, description="Where the ONNX export of the model is kept."
+    )
+    encoder_threads: int = Field(0, ge=0, description="ONNX Runtime threads; 0 = one per core.")
+    device: str = Field("cpu", description="Torch device (KB_BACKEND=torch).")
     embed_batch_size: int = Field(64, ge=1, le=4096)
     chunking: bool = Field(
         True, description="Split long texts into chunks; off = the model truncates them."

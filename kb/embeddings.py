@@ -1,12 +1,14 @@
-"""Embedders: turn texts into L2-normalized vectors; the model is loaded once per instance."""
+"""Embedders turn texts into L2-normalized vectors; the backends live in kb.encoders.
+
+Every backend of one model yields the same vectors (within 1e-4) and the same fingerprint,
+so a store written with one backend can be searched with another.
+"""
 
 from __future__ import annotations
 
 import hashlib
-import os
-import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -24,6 +26,7 @@ class Embedder(Protocol):
     """What the store and search need from an encoder."""
 
     name: str
+    backend: str
     dim: int
     fingerprint: str
     max_tokens: int
@@ -67,63 +70,20 @@ def model_fingerprint(path: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-class SentenceTransformerEmbedder:
-    """The torch backend: sentence-transformers over a local model directory."""
-
-    def __init__(self, model: str, *, device: str = "cpu", batch_size: int = 64) -> None:
-        self.name, self.path = resolve_model_path(model)
-        self.fingerprint = model_fingerprint(self.path)
-        self.batch_size = batch_size
-        # Never reach for a hub: the weights are local, and the network is not ours to assume.
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-        from sentence_transformers import SentenceTransformer
-
-        try:
-            self._model: Any = SentenceTransformer(str(self.path), device=device)
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"could not load the model at {self.path}: {exc}") from exc
-        # HF fast tokenizers are not safe to call from several threads at once ("Already
-        # borrowed"); the server has many threads, so encoding is serialized.
-        self._lock = threading.Lock()
-        self.dim = int(self._model.get_embedding_dimension())
-        self.max_tokens = int(self._model.max_seq_length)
-        self._tokenizer = self._model.tokenizer
-
-    def _encode(self, texts: Sequence[str]) -> np.ndarray:
-        if not texts:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        with self._lock:
-            vectors = self._model.encode(
-                list(texts),
-                batch_size=self.batch_size,
-                normalize_embeddings=True,
-                convert_to_numpy=True,
-                show_progress_bar=False,
-            )
-        return np.asarray(vectors, dtype=np.float32)
-
-    def embed_documents(self, texts: Sequence[str]) -> np.ndarray:
-        return self._encode(texts)
-
-    def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
-        return self._encode(texts)
-
-    def token_offsets(self, text: str) -> list[tuple[int, int]]:
-        """Character spans of the word pieces the model reads (no special tokens)."""
-        with self._lock:
-            encoded = self._tokenizer(
-                text,
-                add_special_tokens=False,
-                return_offsets_mapping=True,
-                truncation=False,
-                verbose=False,
-            )
-        return [tuple(span) for span in encoded["offset_mapping"]]
-
-
 def load_embedder(settings: Settings) -> Embedder:
-    """The configured encoder; the single place a backend is chosen."""
-    return SentenceTransformerEmbedder(
-        settings.model, device=settings.device, batch_size=settings.embed_batch_size
+    """The configured encoder (KB_BACKEND); the single place a backend is chosen."""
+    if settings.backend == "torch":
+        from kb.encoders.torch_backend import SentenceTransformerEmbedder
+
+        return SentenceTransformerEmbedder(
+            settings.model, device=settings.device, batch_size=settings.embed_batch_size
+        )
+    from kb.encoders.onnx_backend import OnnxEmbedder
+
+    return OnnxEmbedder(
+        settings.model,
+        cache=settings.onnx_cache,
+        quantized=settings.backend == "onnx-int8",
+        batch_size=settings.embed_batch_size,
+        threads=settings.encoder_threads,
     )

@@ -391,6 +391,7 @@ class BatchQueryResult(BaseModel):
 
 class ModelInfo(BaseModel):
     name: str
+    backend: str = Field(description="The encoder running the model: onnx, onnx-int8 or torch.")
     dim: int
     fingerprint: str
 

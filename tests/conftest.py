@@ -12,7 +12,7 @@ from flask.testing import FlaskClient
 
 from kb.app import close_app, create_app
 from kb.config import Settings
-from kb.embeddings import SentenceTransformerEmbedder
+from kb.embeddings import Embedder, load_embedder
 from kb.store import KnowledgeStore
 
 pytest_plugins = ["tests.live"]
@@ -76,8 +76,9 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(scope="session")
-def embedder() -> SentenceTransformerEmbedder:
-    return SentenceTransformerEmbedder(Settings().model)
+def embedder() -> Embedder:
+    """The default backend (ONNX), exported into the user's cache on first use."""
+    return load_embedder(Settings())
 
 
 @pytest.fixture
@@ -86,7 +87,7 @@ def settings(tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
-def app(settings: Settings, embedder: SentenceTransformerEmbedder) -> Iterator[Flask]:
+def app(settings: Settings, embedder: Embedder) -> Iterator[Flask]:
     app = create_app(settings, embedder=embedder)
     app.config["TESTING"] = True
     yield app

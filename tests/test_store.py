@@ -18,6 +18,7 @@ class OtherModel:
     """A stand-in for a different embedding model: another dimension and fingerprint."""
 
     name, dim, fingerprint, max_tokens = "other-model", 8, "0123456789abcdef", 128
+    backend = "fake"
 
     def embed_documents(self, texts):
         return np.ones((len(texts), self.dim), dtype=np.float32) / np.sqrt(self.dim)
@@ -70,11 +71,13 @@ def test_collection_names_follow_chromas_rules() -> None:
         Settings(collection="kb")
 
 
-def test_a_wrong_model_path_is_a_clear_error(tmp_path: Path) -> None:
-    from kb.embeddings import SentenceTransformerEmbedder
+@pytest.mark.parametrize("backend", ["onnx", "torch"])
+def test_a_wrong_model_path_is_a_clear_error(tmp_path: Path, backend: str) -> None:
+    from kb.embeddings import load_embedder
 
+    settings = Settings(model=str(tmp_path / "missing-model"), backend=backend)
     with pytest.raises(ConfigError, match="neither"):
-        SentenceTransformerEmbedder(str(tmp_path / "missing-model"))
+        load_embedder(settings)
 
 
 def test_a_failed_batch_rolls_back_new_and_restores_replaced(

@@ -11,6 +11,7 @@ def test_health_reports_count_model_and_store(cooking: FlaskClient, settings) ->
     assert health["documents"] == 4
     assert health["model"]["name"] == "sentence-transformers/all-MiniLM-L6-v2"
     assert health["model"]["dim"] == 384
+    assert health["model"]["backend"] == "onnx"
     assert health["store"] == {
         "mode": "embedded",
         "location": str(settings.chroma_path),

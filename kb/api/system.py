@@ -23,7 +23,10 @@ def health() -> tuple[Response, int]:
             version=__version__,
             documents=kb.count(),
             model=ModelInfo(
-                name=kb.embedder.name, dim=kb.embedder.dim, fingerprint=kb.embedder.fingerprint
+                name=kb.embedder.name,
+                backend=kb.embedder.backend,
+                dim=kb.embedder.dim,
+                fingerprint=kb.embedder.fingerprint,
             ),
             store=StoreInfo(mode=records.mode, location=records.location, collection=records.name),
         )

@@ -1,0 +1,1 @@
+"""Encoder backends behind the `kb.embeddings.Embedder` protocol: ONNX Runtime and torch."""

@@ -1,0 +1,104 @@
+"""The ONNX Runtime backend: the exported model, the Rust tokenizer, no torch at run time."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from kb.embeddings import model_fingerprint, resolve_model_path
+from kb.encoders.onnx_export import ensure_export
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+
+def cpu_count() -> int:
+    """Cores this process may run on (the affinity mask, not the machine's total)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+class OnnxEmbedder:
+    """Same vectors as the torch backend (within 1e-4), about twice as fast on a CPU.
+
+    Texts are tokenized in one call, sorted by length and batched, so a batch pads only to
+    its own longest text. Session runs and the tokenizers are safe to share between threads.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        cache: Path,
+        quantized: bool = False,
+        batch_size: int = 64,
+        threads: int = 0,
+    ) -> None:
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        self.name, self.path = resolve_model_path(model)
+        self.fingerprint = model_fingerprint(self.path)
+        self.backend = "onnx-int8" if quantized else "onnx"
+        self.batch_size = batch_size
+        export = ensure_export(self.path, self.fingerprint, cache, quantized=quantized)
+        self.dim = int(export.meta["dim"])
+        self.max_tokens = int(export.meta["max_tokens"])
+        self._pad_id = int(export.meta["pad_id"])
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or cpu_count()
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Idle pool threads would spin for work and take the cores the server's threads need.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.log_severity_level = 3
+        self._session = ort.InferenceSession(
+            str(export.model_file(quantized)), options, providers=["CPUExecutionProvider"]
+        )
+        self._inputs = [node.name for node in self._session.get_inputs()]
+
+        self._tokenizer = Tokenizer.from_file(str(export.tokenizer_file))
+        self._tokenizer.no_padding()
+        self._tokenizer.enable_truncation(max_length=self.max_tokens)
+        self._pieces = Tokenizer.from_file(str(export.tokenizer_file))  # untruncated spans
+        self._pieces.no_padding()
+        self._pieces.no_truncation()
+
+    def embed_documents(self, texts: Sequence[str]) -> np.ndarray:
+        return self._encode(texts)
+
+    def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
+        return self._encode(texts)
+
+    def token_offsets(self, text: str) -> list[tuple[int, int]]:
+        """Character spans of the word pieces the model reads (no special tokens)."""
+        return list(self._pieces.encode(text, add_special_tokens=False).offsets)
+
+    def _encode(self, texts: Sequence[str]) -> np.ndarray:
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        if not texts:
+            return out
+        ids = [encoding.ids for encoding in self._tokenizer.encode_batch(list(texts))]
+        order = np.argsort([len(row) for row in ids], kind="stable")
+        for start in range(0, len(order), self.batch_size):
+            rows = order[start : start + self.batch_size]
+            out[rows] = self._run([ids[row] for row in rows])
+        return out
+
+    def _run(self, ids: list[list[int]]) -> np.ndarray:
+        width = max(len(row) for row in ids)
+        input_ids = np.full((len(ids), width), self._pad_id, dtype=np.int64)
+        mask = np.zeros((len(ids), width), dtype=np.int64)
+        for i, row in enumerate(ids):
+            input_ids[i, : len(row)] = row
+            mask[i, : len(row)] = 1
+        types = np.zeros_like(mask)
+        feeds = {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": types}
+        return self._session.run(None, {name: feeds[name] for name in self._inputs})[0]

@@ -1,0 +1,173 @@
+"""Export a sentence-transformers model to ONNX once, into a cache keyed by its fingerprint.
+
+The whole model (transformer, pooling, normalization) is traced with torch's exporter, so
+the graph returns the sentence embedding itself. An export is checked against torch on
+probe texts before it is kept; a changed model has a new fingerprint and so a new export.
+Files are written under a temporary name and renamed, and a file lock keeps two processes
+from exporting the same model at once.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kb.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+# Bump when the exported graph or the files beside it change: old exports are then ignored.
+EXPORT_VERSION = 1
+OPSET = 17
+MODEL_FILE = "model.onnx"
+INT8_FILE = "model-int8.onnx"
+TOKENIZER_FILE = "tokenizer.json"
+META_FILE = "meta.json"
+MAX_ABS_DIFF = 1e-4
+PROBES = (
+    "hi",
+    "The quick brown fox jumps over the lazy dog near the riverbank at dawn.",
+    "Vector databases index embeddings for approximate nearest neighbour search. " * 40,
+)
+
+
+@dataclass(frozen=True)
+class Export:
+    """An exported model on disk: the graph, its tokenizer and what the runtime needs."""
+
+    directory: Path
+    meta: dict[str, Any]
+
+    def model_file(self, quantized: bool) -> Path:
+        return self.directory / (INT8_FILE if quantized else MODEL_FILE)
+
+    @property
+    def tokenizer_file(self) -> Path:
+        return self.directory / TOKENIZER_FILE
+
+
+def ensure_export(model_path: Path, fingerprint: str, cache: Path, *, quantized: bool) -> Export:
+    """The cached export of the model at `model_path`, made first if missing."""
+    directory = cache / f"{fingerprint}-v{EXPORT_VERSION}"
+    wanted = directory / (INT8_FILE if quantized else MODEL_FILE)
+    if (directory / META_FILE).is_file() and wanted.is_file():
+        return Export(directory, json.loads((directory / META_FILE).read_text()))
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        lock = (directory / ".lock").open("w")
+    except OSError as exc:
+        message = f"cannot write the ONNX cache at {directory} (KB_ONNX_CACHE): {exc}"
+        raise ConfigError(message) from exc
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another process may be exporting: wait for it
+        if not (directory / META_FILE).is_file():
+            log.info("exporting %s to ONNX in %s (once per model)", model_path, directory)
+            _export(model_path, directory)
+        if quantized and not wanted.is_file():
+            log.info("quantizing the ONNX export to int8")
+            _quantize(directory / MODEL_FILE, wanted)
+    return Export(directory, json.loads((directory / META_FILE).read_text()))
+
+
+def _export(model_path: Path, directory: Path) -> None:
+    try:
+        import torch
+        from sentence_transformers import SentenceTransformer
+    except ImportError as exc:
+        raise ConfigError(
+            "exporting the model to ONNX needs torch and sentence-transformers (make install), "
+            "or use KB_BACKEND=torch"
+        ) from exc
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    model = SentenceTransformer(str(model_path), device="cpu").eval()
+    tokenizer = model.tokenizer
+    sample = tokenizer(list(PROBES[:2]), padding=True, return_tensors="pt")
+    names = [name for name in ("input_ids", "attention_mask", "token_type_ids") if name in sample]
+    wrapper = _wrap(model, names)
+    axes = {name: {0: "batch", 1: "tokens"} for name in names} | {"embedding": {0: "batch"}}
+    temporary = directory / f"{MODEL_FILE}.{os.getpid()}.tmp"
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tracer's notes on shape checks it folds away
+        torch.onnx.export(
+            wrapper,
+            tuple(sample[name] for name in names),
+            str(temporary),
+            input_names=names,
+            output_names=["embedding"],
+            dynamic_axes=axes,
+            opset_version=OPSET,
+            dynamo=False,
+        )
+    _verify(model, temporary)
+    os.replace(temporary, directory / MODEL_FILE)
+    tokenizer.backend_tokenizer.save(str(directory / TOKENIZER_FILE))
+    meta = {
+        "model": str(model_path),
+        "dim": int(model.get_embedding_dimension()),
+        "max_tokens": int(model.max_seq_length),
+        "pad_id": int(tokenizer.pad_token_id or 0),
+        "inputs": names,
+        "torch": torch.__version__,
+        "opset": OPSET,
+    }
+    _write_atomic(directory / META_FILE, json.dumps(meta, indent=2))
+
+
+def _verify(model: Any, onnx_file: Path) -> None:
+    """Refuse an export whose vectors differ from torch's on the probe texts."""
+    import numpy as np
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    names = {node.name for node in session.get_inputs()}
+    for batch in (list(PROBES), [PROBES[1]]):
+        inputs = model.tokenizer(
+            batch,
+            padding=True,
+            truncation=True,
+            max_length=model.max_seq_length,
+            return_tensors="np",
+        )
+        got = session.run(None, {k: v.astype(np.int64) for k, v in inputs.items() if k in names})[0]
+        want = model.encode(batch, normalize_embeddings=True, convert_to_numpy=True)
+        diff = float(np.abs(got - want).max())
+        if diff > MAX_ABS_DIFF:
+            onnx_file.unlink(missing_ok=True)
+            raise ConfigError(f"the ONNX export differs from torch by {diff:.2e}; not kept")
+
+
+def _quantize(source: Path, target: Path) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    temporary = target.with_name(f"{target.name}.{os.getpid()}.tmp")
+    quantize_dynamic(str(source), str(temporary), weight_type=QuantType.QInt8, per_channel=True)
+    os.replace(temporary, target)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
+
+def _wrap(model: Any, names: list[str]) -> Any:
+    """A module taking positional tensors and returning the normalized sentence embedding."""
+    import torch
+
+    class SentenceEmbedding(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
+            features = dict(zip(names, tensors, strict=True))
+            embedding = self.model(features)["sentence_embedding"]
+            return torch.nn.functional.normalize(embedding, p=2.0, dim=-1)
+
+    return SentenceEmbedding().eval()

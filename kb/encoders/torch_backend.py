@@ -1,0 +1,72 @@
+"""The torch backend: sentence-transformers over a local model directory."""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from kb.embeddings import model_fingerprint, resolve_model_path
+from kb.errors import ConfigError
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+
+class SentenceTransformerEmbedder:
+    """The model as its authors run it; the reference the ONNX backend is checked against."""
+
+    backend = "torch"
+
+    def __init__(self, model: str, *, device: str = "cpu", batch_size: int = 64) -> None:
+        self.name, self.path = resolve_model_path(model)
+        self.fingerprint = model_fingerprint(self.path)
+        self.batch_size = batch_size
+        # Never reach for a hub: the weights are local, and the network is not ours to assume.
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        from sentence_transformers import SentenceTransformer
+
+        try:
+            self._model: Any = SentenceTransformer(str(self.path), device=device)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"could not load the model at {self.path}: {exc}") from exc
+        # HF fast tokenizers are not safe to call from several threads at once ("Already
+        # borrowed"); the server has many threads, so encoding is serialized.
+        self._lock = threading.Lock()
+        self.dim = int(self._model.get_embedding_dimension())
+        self.max_tokens = int(self._model.max_seq_length)
+        self._tokenizer = self._model.tokenizer
+
+    def _encode(self, texts: Sequence[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        with self._lock:  # sentence-transformers sorts by length before batching
+            vectors = self._model.encode(
+                list(texts),
+                batch_size=self.batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
+        return np.asarray(vectors, dtype=np.float32)
+
+    def embed_documents(self, texts: Sequence[str]) -> np.ndarray:
+        return self._encode(texts)
+
+    def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
+        return self._encode(texts)
+
+    def token_offsets(self, text: str) -> list[tuple[int, int]]:
+        """Character spans of the word pieces the model reads (no special tokens)."""
+        with self._lock:
+            encoded = self._tokenizer(
+                text,
+                add_special_tokens=False,
+                return_offsets_mapping=True,
+                truncation=False,
+                verbose=False,
+            )
+        return [tuple(span) for span in encoded["offset_mapping"]]

@@ -1,0 +1,148 @@
+"""The ONNX backend against the torch reference, and the export cache behind it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kb.config import Settings
+from kb.embeddings import Embedder, load_embedder, model_fingerprint, resolve_model_path
+from kb.encoders import onnx_export
+from kb.encoders.onnx_backend import OnnxEmbedder
+from kb.errors import ConfigError
+
+TEXTS = [
+    "hi",
+    "",
+    "The cat sat on the mat.",
+    "Café naïve façade — déjà vu, 東京 and emoji 🙂 are tokenized too.",
+    "Indexes speed up reads and slow down writes. " * 5,
+    "A document far longer than the model's window gets truncated by both backends. " * 60,
+    *[f"short note number {i} about vector search" for i in range(70)],  # crosses a batch
+]
+
+
+@pytest.fixture(scope="module")
+def torch_embedder() -> Embedder:
+    return load_embedder(Settings(backend="torch"))
+
+
+def test_onnx_vectors_match_torch(embedder: Embedder, torch_embedder: Embedder) -> None:
+    assert embedder.backend == "onnx"
+    assert torch_embedder.backend == "torch"
+    got, want = embedder.embed_documents(TEXTS), torch_embedder.embed_documents(TEXTS)
+    assert got.shape == want.shape == (len(TEXTS), 384)
+    assert float(np.abs(got - want).max()) < 1e-4
+    queries = ["how do I speed up reads", "q"]
+    diff = embedder.embed_queries(queries) - torch_embedder.embed_queries(queries)
+    assert float(np.abs(diff).max()) < 1e-4
+
+
+def test_both_backends_share_the_vector_space_identity(
+    embedder: Embedder, torch_embedder: Embedder
+) -> None:
+    assert embedder.fingerprint == torch_embedder.fingerprint
+    assert (embedder.name, embedder.dim, embedder.max_tokens) == (
+        torch_embedder.name,
+        torch_embedder.dim,
+        torch_embedder.max_tokens,
+    )
+
+
+def test_token_offsets_match_torch(embedder: Embedder, torch_embedder: Embedder) -> None:
+    for text in TEXTS[:6]:
+        assert embedder.token_offsets(text) == torch_embedder.token_offsets(text)
+
+
+def test_batching_by_length_keeps_the_input_order(embedder: Embedder) -> None:
+    texts = ["a much longer sentence about databases and their indexes", "cats", "dogs bark"]
+    together = embedder.embed_documents(texts)
+    alone = np.vstack([embedder.embed_documents([text]) for text in texts])
+    assert float(np.abs(together - alone).max()) < 1e-5
+
+
+def test_the_onnx_backend_runs_without_torch(embedder: Embedder) -> None:
+    """Cold start: with the export cached, serving never imports torch."""
+    code = (
+        "import sys; from kb.config import Settings; from kb.embeddings import load_embedder; "
+        "load_embedder(Settings()).embed_queries(['x']); "
+        "print(sorted({'torch', 'sentence_transformers', 'transformers'} & set(sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+# ------------------------------------------------------------------ the export cache
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real export into an empty cache, made once for this module."""
+    cache = tmp_path_factory.mktemp("onnx-cache")
+    _, path = resolve_model_path(Settings().model)
+    onnx_export.ensure_export(path, model_fingerprint(path), cache, quantized=False)
+    return cache
+
+
+def test_an_export_is_keyed_by_fingerprint_and_complete(exported: Path) -> None:
+    _, path = resolve_model_path(Settings().model)
+    (directory,) = exported.iterdir()
+    assert directory.name == f"{model_fingerprint(path)}-v{onnx_export.EXPORT_VERSION}"
+    meta = json.loads((directory / onnx_export.META_FILE).read_text())
+    assert meta["dim"] == 384
+    assert meta["max_tokens"] == 256
+    assert (directory / onnx_export.MODEL_FILE).stat().st_size > 10_000_000
+    assert (directory / onnx_export.TOKENIZER_FILE).is_file()
+    assert not list(directory.glob("*.tmp"))
+
+
+def test_a_cached_export_is_reused(exported: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_export(*args: object) -> None:
+        raise AssertionError("exported again")
+
+    monkeypatch.setattr(onnx_export, "_export", no_export)
+    embedder = OnnxEmbedder(Settings().model, cache=exported)
+    assert embedder.embed_queries(["still works"]).shape == (1, 384)
+
+
+def test_a_changed_model_is_exported_again(exported: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[Path] = []
+    monkeypatch.setattr(onnx_export, "_export", lambda path, directory: calls.append(directory))
+    _, path = resolve_model_path(Settings().model)
+    with pytest.raises(FileNotFoundError):  # the stand-in exporter wrote nothing
+        onnx_export.ensure_export(path, "0123456789abcdef", exported, quantized=False)
+    assert calls == [exported / f"0123456789abcdef-v{onnx_export.EXPORT_VERSION}"]
+
+
+def test_an_export_that_differs_from_torch_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(onnx_export, "MAX_ABS_DIFF", -1.0)
+    _, path = resolve_model_path(Settings().model)
+    with pytest.raises(ConfigError, match="differs from torch"):
+        onnx_export.ensure_export(path, model_fingerprint(path), tmp_path, quantized=False)
+    (directory,) = tmp_path.iterdir()
+    assert not list(directory.glob("*.onnx*"))
+    assert not (directory / "meta.json").exists()
+
+
+def test_int8_stays_close_to_fp32(exported: Path, embedder: Embedder) -> None:
+    int8 = OnnxEmbedder(Settings().model, cache=exported, quantized=True)
+    assert int8.backend == "onnx-int8"
+    assert int8.fingerprint == embedder.fingerprint
+    texts = TEXTS[2:8]
+    cosine = np.sum(int8.embed_documents(texts) * embedder.embed_documents(texts), axis=1)
+    assert float(cosine.min()) > 0.95
+    q = int8.embed_queries(["A feline rested on the rug"])[0]
+    cat, stocks = int8.embed_documents(["The cat sat on the mat", "stock market crash"])
+    assert float(q @ cat) > 0.5 > float(q @ stocks)
+
+
+def test_an_unknown_backend_is_a_settings_error() -> None:
+    with pytest.raises(ValueError, match="backend"):
+        Settings(backend="tensorflow")

@@ -17,6 +17,7 @@ from kb.errors import Conflict, NotFound, ValidationFailed, field_error
 from kb.filters import CompiledFilter, and_where
 from kb.keyword import KeywordIndex
 from kb.records import (
+    CHUNK,
     CHUNKS,
     HASH,
     HEADS,
@@ -109,8 +110,9 @@ class KnowledgeStore:
     # ------------------------------------------------------------ reads
 
     def count(self) -> int:
-        """Number of documents (not chunks)."""
-        return len(self.records.ids(CompiledFilter(where=HEADS)))
+        """Number of documents (not chunks): all records less the few later chunks."""
+        later = self.records.ids(CompiledFilter(where={CHUNK: {"$gt": 0}}))
+        return self.records.count() - len(later)
 
     def get(self, doc_id: str) -> Document:
         found = self.get_many([doc_id])
@@ -298,7 +300,8 @@ class KnowledgeStore:
         return records
 
     def chunk(self, text: str) -> list[Chunk]:
-        if not self.settings.chunking:
+        if not self.settings.chunking or (text.isascii() and len(text) <= self.window):
+            # Fits for sure: an ASCII character is at most one token. Skips a tokenizer pass.
             return [Chunk(0, text)]
         return split(text, self.embedder.token_offsets(text), self.window, self.overlap)
 

@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 
 .DEFAULT_GOAL := help
 SHARED_EVAL := $(patsubst %/corpus.jsonl,%,$(wildcard ../shared/eval/*/corpus.jsonl))
-.PHONY: help install seed serve test lint format eval calibrate reset-db clean
+.PHONY: help install seed serve test lint format eval calibrate bench bench-full reset-db clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -37,10 +37,16 @@ calibrate: install ## Threshold sweep on data/eval's labeled pairs and queries
 	$(BIN)/kb calibrate --pairs data/eval/pairs.jsonl --queries data/eval
 
 lint: install ## Check style with ruff
-	$(BIN)/ruff check kb tests && $(BIN)/ruff format --check kb tests
+	$(BIN)/ruff check kb tests bench && $(BIN)/ruff format --check kb tests bench
 
 format: install ## Format the code with ruff
-	$(BIN)/ruff format kb tests && $(BIN)/ruff check --fix kb tests
+	$(BIN)/ruff format kb tests bench && $(BIN)/ruff check --fix kb tests bench
+
+bench: install ## Ingest, query and start-up benchmarks vs a tutorial baseline (FULL=1 adds 100k)
+	$(BIN)/python -m bench $(if $(FULL),--full) $(BENCH_ARGS)
+
+bench-full: install ## make bench with the 100k-document cells (long: builds a 100k store)
+	$(BIN)/python -m bench --full $(BENCH_ARGS)
 
 reset-db: ## Delete the default store (needs FORCE=1)
 	@if [ "$(FORCE)" != "1" ]; then echo "refusing to delete $(STORE): run 'make reset-db FORCE=1'"; exit 1; fi

@@ -1,0 +1,60 @@
+"""The issue's targets, checked against one run's figures."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from bench.report import table
+
+FULL_SIZE = 100_000
+
+
+def evaluate(ingest: list[dict[str, Any]], query: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = []
+
+    def check(
+        name: str,
+        value: float | None,
+        target: str,
+        ok: Callable[[float], bool],
+        applies: bool = True,
+    ) -> None:
+        passed = None if value is None else ok(value)
+        found.append(
+            {"check": name, "value": value, "target": target, "ok": passed, "binding": applies}
+        )
+
+    for c in ingest:
+        for way, label in (("kb_load", "kb load"), ("post_add", "POST /add")):
+            where = f"{label} {c['kind']} {c['docs']}"
+            check(f"{where} vs baseline", c[way]["vs_baseline"], ">= 2x", lambda v: v >= 2)
+            check(f"{where} vs encoder", c[way]["vs_encoder"], ">= 0.75", lambda v: v >= 0.75)
+    for r in (r for r in query if "cells" in r):
+        binding = r["docs"] >= FULL_SIZE
+        for cell in r["cells"]:
+            where = f"{r['docs']} docs, filter {cell['filter']}, {cell['clients']} clients"
+            if cell["clients"] == 1:
+                limit = 10.0 if cell["filter"] == "none" else 25.0
+                check(
+                    f"{where}: p50 ms",
+                    cell["p50_ms"],
+                    f"<= {limit:g}",
+                    lambda v, limit=limit: v <= limit,
+                    binding,
+                )
+            if cell["clients"] == 16:
+                check(f"{where}: q/s", cell["qps"], ">= 150", lambda v: v >= 150)
+                check(f"{where}: errors", cell["errors"], "= 0", lambda v: v == 0)
+    return found
+
+
+def show(found: list[dict[str, Any]]) -> None:
+    def verdict(c: dict[str, Any]) -> str:
+        if c["ok"] is None:
+            return "n/a"
+        text = "ok" if c["ok"] else "MISSED"
+        return text if c["binding"] else f"{text} (target is for 100k)"
+
+    rows = [[c["check"], c["value"], c["target"], verdict(c)] for c in found]
+    table("Targets", ["check", "measured", "target", "verdict"], rows)

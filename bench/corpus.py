@@ -1,0 +1,135 @@
+"""Deterministic synthetic documents: the seed notes' sentences, recombined.
+
+`documents(kind, n)` is a prefix of `documents(kind, m)` for n < m, so every size of a kind
+holds the same first documents.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from collections.abc import Iterable, Sequence
+from datetime import date, timedelta
+from functools import cache
+from pathlib import Path
+from typing import Any, Literal
+
+from bench import ROOT
+
+CORPUS_VERSION = 1
+SEED = 20250101
+Kind = Literal["short", "paragraph"]
+KINDS: tuple[Kind, ...] = ("short", "paragraph")
+CATEGORIES = (
+    "machine-learning",
+    "deep-learning",
+    "nlp",
+    "databases",
+    "search",
+    "mlops",
+    "security",
+    "software-engineering",
+)
+DIFFICULTIES = ("beginner", "intermediate", "advanced")
+TAGS = (
+    "gradients", "training", "evaluation", "indexing", "latency", "caching", "testing",
+    "deployment", "privacy", "embeddings", "transactions", "scaling", "monitoring", "tokens",
+    "regularization", "queries", "refactoring", "encryption", "pipelines", "ranking",
+)  # fmt: skip
+_FIRST = ("Ada", "Ben", "Chloe", "Dev", "Elena", "Farid", "Grace", "Hugo", "Ines", "Jon")
+_LAST = ("Morgan", "Okafor", "Silva", "Tanaka", "Novak")
+AUTHORS = tuple(f"{first} {last}" for first in _FIRST for last in _LAST)
+FIRST_DAY = date(2019, 1, 1)
+DAYS = (date(2025, 12, 31) - FIRST_DAY).days
+
+# name -> (fields of a kb /query body, the equivalent Chroma `where` a tutorial would write)
+FILTERS: dict[str, tuple[dict[str, Any], dict[str, Any] | None]] = {
+    "none": ({}, None),
+    "selective": ({"filters": {"category": CATEGORIES[0]}}, {"category": CATEGORIES[0]}),
+    "broad": (
+        {"filters": {"difficulty": ["beginner", "intermediate"]}},
+        {"difficulty": {"$in": ["beginner", "intermediate"]}},
+    ),
+}
+
+_SPLIT = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9(])")
+
+
+@cache
+def sentences() -> tuple[str, ...]:
+    """Every distinct sentence of at least 6 words in data/seed/*.jsonl, in file order."""
+    found: list[str] = []
+    for path in sorted((ROOT / "data" / "seed").glob("*.jsonl")):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                text = json.loads(line)["text"]
+                found += [s.strip() for s in _SPLIT.split(text) if len(s.split()) >= 6]
+    return tuple(dict.fromkeys(found))
+
+
+def _finish(words: Sequence[str]) -> str:
+    text = " ".join(words).rstrip(",;:.!?")
+    return text[:1].upper() + text[1:] + "."
+
+
+def _short(rng: random.Random, pool: Sequence[str]) -> str:
+    """12-18 words: the start of one sentence continued by a piece of another."""
+    length = rng.randint(12, 18)
+    words = rng.choice(pool).split()
+    words = words[: rng.randint(min(6, len(words)), min(len(words), length))]
+    while len(words) < length:
+        other = rng.choice(pool).split()
+        start = rng.randrange(max(1, len(other) - 4))
+        words += other[start : start + length - len(words)]
+    return _finish(words)
+
+
+def _paragraph(rng: random.Random, pool: Sequence[str]) -> str:
+    """130-170 words of whole sentences, the last one cut to length."""
+    length = rng.randint(130, 170)
+    words: list[str] = []
+    while len(words) < length:
+        words += rng.choice(pool).split()
+    return _finish(words[:length])
+
+
+def _metadata(rng: random.Random) -> dict[str, Any]:
+    return {
+        "category": rng.choice(CATEGORIES),
+        "difficulty": rng.choice(DIFFICULTIES),
+        "author": rng.choice(AUTHORS),
+        "date": (FIRST_DAY + timedelta(days=rng.randrange(DAYS + 1))).isoformat(),
+        "tags": sorted(rng.sample(TAGS, rng.randint(1, 3))),
+    }
+
+
+def documents(kind: Kind, n: int) -> list[dict[str, Any]]:
+    """n documents {"id", "text", "metadata"} of one kind, unique texts, always the same."""
+    rng = random.Random(f"{SEED}-{kind}")
+    make = _short if kind == "short" else _paragraph
+    pool, seen, docs = sentences(), set[str](), []
+    while len(docs) < n:
+        text = make(rng, pool)
+        if text in seen:
+            continue
+        seen.add(text)
+        docs.append({"id": f"b-{kind}-{len(docs)}", "text": text, "metadata": _metadata(rng)})
+    return docs
+
+
+def write_jsonl(docs: Iterable[dict[str, Any]], path: Path) -> Path:
+    with path.open("w", encoding="utf-8") as out:
+        for doc in docs:
+            out.write(json.dumps(doc, ensure_ascii=False) + "\n")
+    return path
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+
+@cache
+def queries() -> tuple[str, ...]:
+    """The natural-language questions of data/eval/queries.jsonl (the `query` field)."""
+    return tuple(doc["query"] for doc in read_jsonl(ROOT / "data" / "eval" / "queries.jsonl"))

@@ -1,0 +1,213 @@
+"""Process plumbing shared by the benchmarks: kb subprocesses, servers, RSS, tables, results."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from bench import COLLECTION, ROOT
+
+NOTES: dict[str, dict[str, int]] = {}  # source -> warning/error line (digits as #) -> count
+_NOTEWORTHY = re.compile(r"warn|error|deprecat|traceback", re.IGNORECASE)
+_STAMP = re.compile(r"^\d{4}-\d\d-\d\d[ T][\d:,.]+\s*")
+KB = Path(sys.executable).with_name("kb")
+JSON_HEADERS = {"Content-Type": "application/json", "Connection": "keep-alive"}
+
+
+def kb_command(*args: str) -> list[str]:
+    """`kb ...` as a user runs it (the venv's script), with the running interpreter's kb."""
+    return [str(KB), *args] if KB.exists() else [sys.executable, "-m", "kb", *args]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def kb_env(store: Path, port: int | None = None) -> dict[str, str]:
+    """The inherited environment (KB_BACKEND included) pointed at one store, offline."""
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "ANONYMIZED_TELEMETRY": "False",
+        "PYTHONPATH": str(ROOT),
+        "KB_CHROMA_PATH": str(store),
+        "KB_COLLECTION": COLLECTION,
+        "KB_HOST": "127.0.0.1",
+    }
+    if port is not None:
+        env["KB_PORT"] = str(port)
+    return env
+
+
+@contextmanager
+def scratch(prefix: str = "kb-bench-") -> Iterator[Path]:
+    """A fresh directory under /tmp, removed afterwards."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def note(source: str, output: str) -> None:
+    """Remember the warnings and errors a subprocess printed, timestamps off, numbers as #."""
+    for line in output.splitlines():
+        if _NOTEWORTHY.search(line):
+            key = re.sub(r"\d+", "#", _STAMP.sub("", line.strip()))[:300]
+            seen = NOTES.setdefault(source, {})
+            seen[key] = seen.get(key, 0) + 1
+
+
+def _process_cpu(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _machine_cpu() -> float:
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")  # less idle, iowait
+
+
+class OtherLoad:
+    """The share of the machine's CPU that processes outside the benchmark used meanwhile:
+    this process, its waited-for children and the live `pids` are ours, the rest is not."""
+
+    def __init__(self, *pids: int) -> None:
+        self.pids = pids
+        self.start = self._sample()
+
+    def _sample(self) -> tuple[float, float, float]:
+        t = os.times()
+        ours = t.user + t.system + t.children_user + t.children_system
+        ours += sum(_process_cpu(pid) for pid in self.pids)
+        return time.perf_counter(), _machine_cpu(), ours
+
+    def share(self) -> float:
+        wall, machine, ours = (b - a for a, b in zip(self.start, self._sample(), strict=True))
+        return round(max(0.0, machine - ours) / (wall * (os.cpu_count() or 1)), 3)
+
+
+def run_worker(task: str, args: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
+    """Run bench.workers `task` in its own interpreter; its JSON answer."""
+    with scratch("kb-bench-worker-") as tmp:
+        (tmp / "args.json").write_text(json.dumps(args))
+        command = [sys.executable, "-m", "bench.workers", task, str(tmp / "args.json")]
+        done = subprocess.run(
+            [*command, str(tmp / "out.json")], env=env, cwd=ROOT, capture_output=True, text=True
+        )
+        note(f"worker {task}", done.stderr)
+        if done.returncode:
+            raise RuntimeError(f"worker {task} failed:\n{done.stderr[-3000:]}")
+        return dict(json.loads((tmp / "out.json").read_text()))
+
+
+def request(
+    conn: http.client.HTTPConnection, method: str, path: str, body: bytes | None = None
+) -> tuple[int, bytes]:
+    conn.request(method, path, body=body, headers=JSON_HEADERS)
+    response = conn.getresponse()
+    return response.status, response.read()
+
+
+class Server:
+    """`kb serve` on a free loopback port over one store; stopped on exit."""
+
+    def __init__(self, store: Path, log: Path) -> None:
+        self.port = free_port()
+        self.log = log
+        with log.open("wb") as sink:
+            self.proc = subprocess.Popen(
+                kb_command("serve"),
+                env=kb_env(store, self.port),
+                cwd=ROOT,
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+            )
+
+    def connect(self, timeout: float = 120.0) -> http.client.HTTPConnection:
+        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+
+    def wait(
+        self,
+        method: str = "GET",
+        path: str = "/health",
+        body: bytes | None = None,
+        timeout: float = 600.0,
+        interval: float = 0.05,
+    ) -> float:
+        """Poll until `path` answers 200; seconds waited. Raise if the server died."""
+        started = time.perf_counter()
+        while time.perf_counter() - started < timeout:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"kb serve exited:\n{self.log.read_text()[-3000:]}")
+            conn = self.connect(timeout=120)
+            try:
+                if request(conn, method, path, body)[0] == 200:
+                    return time.perf_counter() - started
+            except (OSError, http.client.HTTPException):
+                pass
+            finally:
+                conn.close()
+            time.sleep(interval)
+        raise RuntimeError(f"kb serve gave no 200 on {path} in {timeout:.0f} s")
+
+    def memory(self) -> dict[str, float]:
+        return memory(self.proc.pid)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        note("kb serve", self.log.read_text(errors="replace"))
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def memory(pid: int) -> dict[str, float]:
+    """Peak (VmHWM) and current (VmRSS) resident memory of a process, in MiB."""
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmHWM", "VmRSS"):
+            fields[key] = round(int(value.split()[0]) / 1024, 1)
+    return {"peak_rss_mib": fields["VmHWM"], "rss_mib": fields["VmRSS"]}
+
+
+def latency_summary(seconds: Sequence[float]) -> dict[str, float | int | None]:
+    """Count and p50/p95/p99/mean/max in milliseconds."""
+    if not seconds:
+        return {"n": 0, "p50_ms": None, "p95_ms": None, "p99_ms": None}
+    ms = [s * 1000 for s in seconds]
+    cuts = statistics.quantiles(ms, n=100, method="inclusive") if len(ms) > 1 else ms * 99
+    return {
+        "n": len(ms),
+        "p50_ms": round(cuts[49], 2),
+        "p95_ms": round(cuts[94], 2),
+        "p99_ms": round(cuts[98], 2),
+        "mean_ms": round(statistics.fmean(ms), 2),
+        "max_ms": round(max(ms), 2),
+    }

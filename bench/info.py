@@ -1,0 +1,90 @@
+"""What a result depends on: KB_BACKEND, kb's settings, the machine and library versions."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from bench import RESULTS, ROOT
+
+SETTINGS = (
+    "backend", "model", "device", "encoder_threads", "embed_batch_size", "chunking",
+    "chunk_tokens", "chunk_overlap", "search_mode", "fusion", "hybrid_depth", "min_score",
+    "top_k", "duplicate_score", "threads", "log_level",
+)  # fmt: skip
+PACKAGES = (
+    "kb", "chromadb", "onnxruntime", "torch", "sentence-transformers", "transformers",
+    "numpy", "waitress", "flask",
+)  # fmt: skip
+
+
+def kb_settings() -> dict[str, Any]:
+    """KB_BACKEND as inherited and the relevant fields of kb.config.Settings()."""
+    info: dict[str, Any] = {"KB_BACKEND": os.environ.get("KB_BACKEND")}
+    try:
+        from kb.config import Settings
+
+        dumped = Settings().model_dump(mode="json")
+        info.update({key: dumped[key] for key in SETTINGS if key in dumped})
+    except Exception as exc:  # a half-edited config must not hide the figures
+        info["error"] = f"{type(exc).__name__}: {exc}"
+    return info
+
+
+def _git() -> dict[str, Any]:
+    def run(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
+        return done.stdout.strip()
+
+    return {"commit": run("rev-parse", "HEAD"), "dirty": bool(run("status", "--porcelain"))}
+
+
+def machine() -> dict[str, Any]:
+    cpu = next(
+        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+         if line.startswith("model name")), platform.processor(),
+    )  # fmt: skip
+    versions = {}
+    for package in PACKAGES:
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            versions[package] = None
+    return {
+        "nproc": len(os.sched_getaffinity(0)),
+        "cpu_count": os.cpu_count(),
+        "cpu": cpu,
+        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "versions": versions,
+        "git": _git(),
+    }
+
+
+def header(settings: dict[str, Any], box: dict[str, Any]) -> str:
+    versions = ", ".join(f"{k} {v}" for k, v in box["versions"].items() if v)
+    shown = ", ".join(f"{k}={v}" for k, v in settings.items() if k != "KB_BACKEND")
+    return (
+        f"KB_BACKEND={settings.get('KB_BACKEND') or '(unset)'}; settings: {shown}\n"
+        f"machine: {box['nproc']} cores ({box['cpu']}), {box['memory_gib']} GiB, "
+        f"load {box['loadavg_at_start']}, python {box['python']}\n"
+        f"versions: {versions}; git {box['git']['commit'][:10]}"
+        f"{' (dirty)' if box['git']['dirty'] else ''}"
+    )
+
+
+def write(result: dict[str, Any], path: Path | None = None) -> Path:
+    """bench/results/bench-<UTC time>.json, or `path` again."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    path = path or RESULTS / f"bench-{stamp}.json"
+    path.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    return path

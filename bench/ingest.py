@@ -1,0 +1,117 @@
+"""Ingest: docs/s through `kb load` and `POST /add`, beside the encoder alone and a baseline."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from bench import COLLECTION, ROOT
+from bench.corpus import Kind, documents, write_jsonl
+from bench.harness import OtherLoad, Server, kb_command, kb_env, note, request, run_worker, scratch
+
+SUMMARY = re.compile(r"added (\d+), updated (\d+), skipped (\d+), failed (\d+) in ([\d.]+)s")
+ADD_BATCH = 256
+
+
+def kb_load(corpus: Path, store: Path, expected: int) -> dict[str, Any]:
+    """`kb load FILE --quiet` into a fresh store: its own ingest time and the wall time."""
+    started = time.perf_counter()
+    done = subprocess.run(
+        kb_command("load", str(corpus), "--quiet"),
+        env=kb_env(store),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    wall = time.perf_counter() - started
+    note("kb load", done.stderr)
+    found = SUMMARY.search(done.stderr)
+    if done.returncode or not found:
+        raise RuntimeError(f"kb load failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    added, _, skipped, failed = (int(found[i]) for i in range(1, 5))
+    if added != expected:
+        raise RuntimeError(f"kb load added {added} of {expected}: {found[0]}")
+    seconds = float(found[5])
+    return {
+        "summary": found[0],
+        "ingest_s": seconds,  # as kb prints it (0.1 s resolution), model and store open excluded
+        "wall_s": wall,
+        "docs_per_s": expected / max(seconds, 0.05),
+        "wall_docs_per_s": expected / wall,
+        "added": added,
+        "skipped": skipped,
+        "failed": failed,
+    }
+
+
+def post_add(docs: Sequence[dict[str, Any]], store: Path, log: Path) -> dict[str, Any]:
+    """Batches of 256 to POST /add over one keep-alive connection, first request to last reply."""
+    bodies = [
+        json.dumps({"documents": list(docs[i : i + ADD_BATCH]), "on_conflict": "error"}).encode()
+        for i in range(0, len(docs), ADD_BATCH)
+    ]
+    with Server(store, log) as server:
+        ready_s = server.wait()
+        conn = server.connect(timeout=600)
+        added, statuses = 0, []
+        started = time.perf_counter()
+        for body in bodies:
+            status, raw = request(conn, "POST", "/add", body)
+            statuses.append(status)
+            if status == 201:  # POST /add answers 201 Created
+                added += json.loads(raw)["added"]
+        seconds = time.perf_counter() - started
+        health = json.loads(request(conn, "GET", "/health")[1])
+        conn.close()
+        memory = server.memory()
+    bad = [s for s in statuses if s != 201]
+    if bad or added != len(docs) or health["documents"] != len(docs):
+        raise RuntimeError(
+            f"POST /add: statuses {sorted(set(statuses))}, added {added}, "
+            f"store holds {health['documents']} of {len(docs)}"
+        )
+    return {
+        "seconds": seconds,
+        "docs_per_s": len(docs) / seconds,
+        "requests": len(bodies),
+        "statuses": sorted(set(statuses)),
+        "server_ready_s": ready_s,
+        **memory,
+    }
+
+
+def run(kinds: Sequence[Kind], sizes: Sequence[int]) -> list[dict[str, Any]]:
+    cells = []
+    for kind in kinds:
+        for size in sizes:
+            print(f"ingest: {kind} x {size} ...", flush=True)
+            cells.append(cell(kind, size))
+    return cells
+
+
+def cell(kind: Kind, size: int) -> dict[str, Any]:
+    docs = documents(kind, size)
+    other = OtherLoad()
+    with scratch() as work:
+        corpus = write_jsonl(docs, work / f"{kind}-{size}.jsonl")
+        result: dict[str, Any] = {"kind": kind, "docs": size}
+        with scratch() as store:
+            args = {"corpus": str(corpus), "store": str(store), "collection": COLLECTION}
+            result["baseline"] = run_worker("baseline_ingest", args, kb_env(store))
+        with scratch() as store:
+            result["encoder"] = run_worker("encoder", {"corpus": str(corpus)}, kb_env(store))
+        with scratch() as store:
+            result["kb_load"] = kb_load(corpus, store / "db", size)
+        with scratch() as store:
+            result["post_add"] = post_add(docs, store / "db", work / "serve.log")
+    result["other_cpu"] = other.share()
+    base, enc = result["baseline"]["docs_per_s"], result["encoder"]["docs_per_s"]
+    for way in ("kb_load", "post_add"):
+        rate = result[way]["docs_per_s"]
+        result[way] |= {"vs_baseline": rate / base, "vs_encoder": rate / enc}
+    return result

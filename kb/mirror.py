@@ -1,0 +1,180 @@
+"""An in-memory copy of every record's vector and metadata, for exact filtered search.
+
+Chroma answers a filtered query by first listing, through SQLite, every record the filter
+matches; with 100k records and a broad filter that costs far more than scoring the matches.
+The mirror evaluates the same where-clauses on in-memory indexes (Chroma's semantics, checked
+by a differential test) and scores the matching rows exactly with one matrix product, so a
+filtered search is exact and its cost grows with the matches, not with SQLite round trips.
+
+Writers hold the store's lock and call `apply`; readers never lock: rows only grow, and a row
+that dies mid-query is dropped when its record is fetched.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+from kb.records import Record
+
+ValueKey = tuple[str, Any]
+RANGE_OPS = {"$gt": np.greater, "$gte": np.greater_equal, "$lt": np.less, "$lte": np.less_equal}
+
+
+def value_key(value: Any) -> ValueKey:
+    """Chroma's equality: 1 == 1.0, but True is not 1 and "1" is not 1."""
+    if isinstance(value, bool):
+        return ("b", value)
+    if isinstance(value, int | float):
+        return ("n", float(value))
+    return ("s", value)
+
+
+class Mirror:
+    """Rows of (record id, document id, metadata, vector); deleted rows are masked out."""
+
+    def __init__(self, dim: int, generation: int) -> None:
+        self.generation = generation  # the store write this copy has seen
+        self.size = 0
+        self.ids: list[str] = []
+        self.metadata: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self._vectors = np.zeros((1024, dim), dtype=np.float32)
+        self._alive = np.zeros(1024, dtype=bool)
+        self._row: dict[str, int] = {}
+        self._values: dict[str, dict[ValueKey, list[int]]] = {}  # key -> value -> rows
+        self._elements: dict[str, dict[ValueKey, list[int]]] = {}  # list items -> rows
+        self._cache: dict[tuple[Any, ...], np.ndarray] = {}  # per write: row arrays, columns
+
+    def __len__(self) -> int:
+        return len(self._row)
+
+    # ------------------------------------------------------------ writes
+
+    def apply(self, upserted: Sequence[Record], deleted: Iterable[str], generation: int) -> None:
+        with self._lock:
+            for record_id in [*deleted, *(r.id for r in upserted)]:
+                row = self._row.pop(record_id, None)
+                if row is not None:
+                    self._alive[row] = False
+            self._reserve(self.size + len(upserted))
+            for record in upserted:
+                self._append(record)
+            self._cache = {}
+            self.generation = generation
+
+    def _append(self, record: Record) -> None:
+        row = self.size
+        self._vectors[row] = np.asarray(record.embedding, dtype=np.float32)
+        self._alive[row] = True
+        self._row[record.id] = row
+        self.ids.append(record.id)
+        self.metadata.append(record.metadata)
+        for key, value in record.metadata.items():
+            if isinstance(value, list):
+                index = self._elements.setdefault(key, {})
+                for item in dict.fromkeys(value_key(v) for v in value):
+                    index.setdefault(item, []).append(row)
+            else:
+                self._values.setdefault(key, {}).setdefault(value_key(value), []).append(row)
+        self.size = row + 1
+
+    def _reserve(self, rows: int) -> None:
+        if rows <= len(self._alive):
+            return
+        capacity = max(rows, 2 * len(self._alive))
+        vectors = np.zeros((capacity, self._vectors.shape[1]), dtype=np.float32)
+        vectors[: self.size] = self._vectors[: self.size]
+        alive = np.zeros(capacity, dtype=bool)
+        alive[: self.size] = self._alive[: self.size]
+        self._vectors, self._alive = vectors, alive  # readers keep the arrays they took
+
+    # ------------------------------------------------------------ reads
+
+    def matches(self, where: dict[str, Any]) -> np.ndarray:
+        """Boolean mask over the rows: alive and matching the where-clause."""
+        size, alive, cache = self.size, self._alive, self._cache
+        return self._mask(where, size, cache) & alive[:size]
+
+    def nearest(self, vector: np.ndarray, n: int, mask: np.ndarray) -> list[tuple[Record, float]]:
+        """The n rows under `mask` most similar to `vector` (exact), best first; records
+        carry id and metadata, not text."""
+        rows = np.flatnonzero(mask)
+        if not rows.size:
+            return []
+        vectors = self._vectors
+        if rows.size * 3 > len(mask):  # broad: one pass over all rows beats gathering them
+            scores = (vectors[: len(mask)] @ vector)[rows]
+        else:
+            scores = vectors[rows] @ vector
+        top = np.argpartition(-scores, n - 1)[:n] if n < rows.size else np.arange(rows.size)
+        top = top[np.argsort(-scores[top], kind="stable")]
+        return [
+            (Record(self.ids[rows[i]], "", self.metadata[rows[i]]), float(scores[i])) for i in top
+        ]
+
+    def row(self, record_id: str) -> int | None:
+        return self._row.get(record_id)
+
+    def records(self, hits: Sequence[tuple[str, float]]) -> list[tuple[Record, float]]:
+        """(id, score) pairs as (record without text, score); ids it lacks are dropped."""
+        rows = [(self._row.get(record_id), score) for record_id, score in hits]
+        return [
+            (Record(self.ids[row], "", self.metadata[row]), score)
+            for row, score in rows
+            if row is not None
+        ]
+
+    def _mask(self, where: dict[str, Any], size: int, cache: dict) -> np.ndarray:
+        if "$and" in where:
+            masks = [self._mask(part, size, cache) for part in where["$and"]]
+            return np.logical_and.reduce(masks)
+        if "$or" in where:
+            masks = [self._mask(part, size, cache) for part in where["$or"]]
+            return np.logical_or.reduce(masks)
+        ((key, condition),) = where.items()
+        if not isinstance(condition, dict):
+            condition = {"$eq": condition}
+        ((op, arg),) = condition.items()
+        if op in RANGE_OPS:
+            with np.errstate(invalid="ignore"):
+                return RANGE_OPS[op](self._numbers(key, size, cache), float(arg))
+        values = self._elements if op in {"$contains", "$not_contains"} else self._values
+        wanted = arg if op in {"$in", "$nin"} else [arg]
+        found = self._rows(values, key, wanted, size, cache)
+        return ~found if op in {"$ne", "$nin", "$not_contains"} else found
+
+    def _rows(
+        self,
+        values: dict[str, dict[ValueKey, list[int]]],
+        key: str,
+        wanted: Sequence[Any],
+        size: int,
+        cache: dict,
+    ) -> np.ndarray:
+        mask = np.zeros(size, dtype=bool)
+        index = values.get(key, {})
+        for value in wanted:
+            item = value_key(value)
+            name = (id(values), key, item)
+            rows = cache.get(name)
+            if rows is None:
+                rows = cache[name] = np.asarray(index.get(item, ()), dtype=np.int64)
+            mask[rows[rows < size]] = True
+        return mask
+
+    def _numbers(self, key: str, size: int, cache: dict) -> np.ndarray:
+        """The key's numeric values by row; NaN where it is missing or not a number."""
+        name = ("numbers", key)
+        column = cache.get(name)
+        if column is None or len(column) < size:
+            column = np.full(size, np.nan)
+            for (kind, value), rows in list(self._values.get(key, {}).items()):
+                if kind == "n":
+                    rows_array = np.asarray(rows, dtype=np.int64)
+                    column[rows_array[rows_array < size]] = value
+            cache[name] = column
+        return column[:size]

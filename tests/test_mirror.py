@@ -1,0 +1,148 @@
+"""The in-memory mirror answers where-clauses exactly as Chroma does, and searches exactly."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import chromadb
+import numpy as np
+import pytest
+
+from kb.filters import compile_filter
+from kb.mirror import Mirror
+from kb.records import Record
+
+KEYS = ("a", "b", "tags")
+SCALARS: tuple[Any, ...] = (1, 2, 2.0, 3.5, True, False, "1", "x", "y", 0)
+
+
+def random_metadata(rng: random.Random) -> dict[str, Any]:
+    meta: dict[str, Any] = {"_kb_doc": "d"}
+    for key in ("a", "b"):
+        if rng.random() < 0.7:
+            meta[key] = rng.choice(SCALARS)
+    if rng.random() < 0.6:
+        meta["tags"] = rng.sample(["x", "y", "z", "w"], rng.randint(1, 3))
+    return meta
+
+
+def random_where(rng: random.Random, depth: int = 0) -> dict[str, Any]:
+    if depth < 2 and rng.random() < 0.3:
+        op = rng.choice(["$and", "$or"])
+        return {op: [random_where(rng, depth + 1) for _ in range(rng.randint(2, 3))]}
+    key = rng.choice(KEYS)
+    op = rng.choice(["$eq", "$ne", "$in", "$nin", "$gt", "$gte", "$lt", "$lte", "$contains"])
+    if op in {"$gt", "$gte", "$lt", "$lte"}:
+        # integral bounds only: Chroma truncates a fractional bound against integer metadata
+        # (it finds 2 >= 2.5); the mirror compares numbers as numbers (test below)
+        return {key: {op: rng.choice([0, 1, 2, 3, 2.0])}}
+    if op in {"$in", "$nin"}:
+        return {key: {op: rng.choice([[1, 2], [0, 2], [2.0, 3.5], ["x", "1"], [True]])}}
+    if op == "$contains":
+        return {"tags": {rng.choice(["$contains", "$not_contains"]): rng.choice("xyzw")}}
+    return {key: {op: rng.choice(SCALARS)}}
+
+
+@pytest.fixture(scope="module")
+def both() -> tuple[Any, Mirror, list[Record]]:
+    rng = random.Random(7)
+    vectors = np.random.default_rng(7).normal(size=(300, 8)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    records = [Record(f"r{i}", "", random_metadata(rng), vectors[i]) for i in range(300)]
+    collection = chromadb.EphemeralClient().get_or_create_collection(
+        "mirror_diff", metadata={"hnsw:space": "cosine"}
+    )
+    collection.add(
+        ids=[r.id for r in records],
+        metadatas=[r.metadata for r in records],
+        embeddings=vectors,
+    )
+    mirror = Mirror(8, generation=0)
+    mirror.apply(records[:200], [], 1)
+    mirror.apply(records[200:], [], 2)  # two batches: the arrays grow
+    return collection, mirror, records
+
+
+def test_filters_select_what_chroma_selects(both) -> None:
+    collection, mirror, _ = both
+    rng = random.Random(11)
+    for _ in range(300):
+        where = random_where(rng)
+        want = set(collection.get(where=where, include=[])["ids"])
+        got = {mirror.ids[row] for row in np.flatnonzero(mirror.matches(where))}
+        assert got == want, where
+
+
+def test_ranges_compare_numbers_as_numbers(both) -> None:
+    _, mirror, _ = both
+    rows = np.flatnonzero(mirror.matches({"a": {"$gte": 2.5}}))
+    assert rows.size
+    assert all(mirror.metadata[row]["a"] == 3.5 for row in rows)
+
+
+def test_filtered_search_is_exact(both) -> None:
+    _, mirror, records = both
+    query = np.asarray(records[0].embedding)
+    where = {"a": {"$in": [1, 2]}}
+    mask = mirror.matches(where)
+    hits = mirror.nearest(query, 5, mask)
+    allowed = [r for r in records if mask[int(r.id[1:])]]
+    scores = sorted((float(np.dot(r.embedding, query)) for r in allowed), reverse=True)[:5]
+    assert [round(score, 5) for _, score in hits] == [round(s, 5) for s in scores]
+
+
+def test_deleted_and_replaced_rows_are_masked(both) -> None:
+    _, _, records = both
+    mirror = Mirror(8, generation=0)
+    mirror.apply(records[:10], [], 1)
+    replaced = Record("r1", "", {"_kb_doc": "d", "a": "new"}, records[1].embedding)
+    mirror.apply([replaced], ["r2"], 2)
+    found = {mirror.ids[row] for row in np.flatnonzero(mirror.matches({"a": {"$ne": "zz"}}))}
+    assert "r2" not in found
+    assert len(found) == 9
+    new = {mirror.ids[row] for row in np.flatnonzero(mirror.matches({"a": "new"}))}
+    assert new == {"r1"}
+    assert len(mirror) == 9
+    assert mirror.generation == 2
+
+
+FILTERS = [
+    {"filters": {"category": "cooking"}},
+    {"filters": {"difficulty": ["beginner", "advanced"]}},
+    {"where": {"date": {"$gte": "2024-01-01"}}},
+    {"where": {"$or": [{"minutes": {"$lt": 60}}, {"category": "baking"}]}},
+    {"where": {"tags": {"$contains": "italian"}}},
+]
+
+
+@pytest.mark.parametrize("mode", ["dense", "hybrid"])
+def test_store_searches_agree_with_and_without_the_mirror(cooking, store, mode: str) -> None:
+    """The same filtered query through the mirror and through Chroma: same answers."""
+    store._loader.join()
+    assert store.mirror is not None
+    assert len(store.mirror) == 4
+
+    def ask(filters: dict[str, Any]) -> list[tuple[str, float]]:
+        body = {"query": "italian food to cook", "mode": mode, "min_score": -1, **filters}
+        result = cooking.post("/query", json=body).json
+        return [(m["id"], round(m["score"], 5)) for m in result["matches"]]
+
+    with_mirror = [ask(f) for f in FILTERS]
+    mirror, store.mirror = store.mirror, None
+    try:
+        without = [ask(f) for f in FILTERS]
+    finally:
+        store.mirror = mirror
+    assert with_mirror == without
+    assert all(with_mirror)
+
+
+def test_writes_reach_the_mirror(cooking, store) -> None:
+    store._loader.join()
+    cooking.post("/delete", json={"ids": ["pasta"]})
+    body = {"query": "pasta", "mode": "dense", "min_score": -1, "filters": {"category": "cooking"}}
+    assert store.mirror_for(store_filter := compile_filter({"category": "cooking"})) is not None
+    assert store_filter.where is not None
+    ids = [m["id"] for m in cooking.post("/query", json=body).json["matches"]]
+    assert ids == ["risotto"]

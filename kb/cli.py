@@ -15,7 +15,7 @@ from kb import __version__
 from kb.calibration import Row, recommend
 from kb.config import Settings
 from kb.errors import KBError
-from kb.ingest import Sink
+from kb.ingest import Prepare, Sink
 from kb.loader import FORMATS, Options, Problem, estimate, read, sources
 from kb.progress import Progress
 
@@ -107,7 +107,7 @@ def load(
     found = sources(paths, fmt)
     options = Options(settings, text_column=text_column, id_column=id_column)
     progress = Progress(estimate(found), enabled=not quiet and sys.stderr.isatty())
-    sink, close = _sink(settings, url, "upsert" if upsert else "skip", on_duplicate)
+    sink, prepare, close = _sink(settings, url, "upsert" if upsert else "skip", on_duplicate)
 
     def report(problem: Problem) -> None:
         progress.clear()
@@ -123,6 +123,7 @@ def load(
             strict=strict,
             on_problem=report,
             on_batch=progress.advance,
+            prepare=prepare,
         )
     except KBError as exc:
         progress.clear()
@@ -142,20 +143,22 @@ def load(
 
 def _sink(
     settings: Settings, url: str | None, mode: str, on_duplicate: str
-) -> tuple[Sink, Callable[[], None]]:
-    """Where loaded batches go: the REST API at `url`, or the store itself."""
+) -> tuple[Sink, Prepare | None, Callable[[], None]]:
+    """Where loaded batches go: the REST API at `url`, or the store itself (which embeds
+    the next batch while the previous one is written)."""
     if url:
         from kb.client import KBClient
 
         client = KBClient(url)
-        return (lambda docs: client.add(docs, mode, on_duplicate)), (lambda: None)  # type: ignore[arg-type]
+        return (lambda docs: client.add(docs, mode, on_duplicate)), None, (lambda: None)  # type: ignore[arg-type]
     from kb.store import KnowledgeStore, WriteMode
 
     try:
         store = KnowledgeStore.open(settings)
     except KBError as exc:
         _fail(exc.message)
-    return (lambda docs: store.add(docs, WriteMode(mode), on_duplicate)), store.close
+    prepare = lambda docs: store.prepare(docs, WriteMode(mode), on_duplicate)  # noqa: E731
+    return store.commit, prepare, store.close
 
 
 @main.command()

@@ -27,10 +27,15 @@ def nearest_stored(
     vectors = np.asarray([r.embedding for r in heads], dtype=np.float32)
     # Unfiltered: a filter on chunk 0 matches nearly every record, and Chroma's filtered
     # search is slow when a filter matches many; a few extra neighbours cover later chunks.
-    nearest = records.nearest(vectors, NEIGHBOURS, texts=False)
+    nearest = records.nearest_ids(vectors, NEIGHBOURS)
+    close = {rid for hits in nearest for rid, score in hits if score >= min_score}
+    stored = {r.id: r for r in records.get(sorted(close))} if close else {}
     for head, hits in zip(heads, nearest, strict=True):
-        for other, score in hits:
-            if other.chunk == 0 and other.doc_id != head.doc_id and score >= min_score:
+        for other_id, score in hits:
+            other = stored.get(other_id)
+            if score < min_score or other is None:
+                continue
+            if other.chunk == 0 and other.doc_id != head.doc_id:
                 found[head.doc_id] = (other.doc_id, score)
                 break
     return found

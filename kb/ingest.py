@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from typing import Literal
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Literal
 
 from kb.loader import Item, Problem, Summary
 from kb.records import derive_id
 from kb.schemas import AddResponse, DocumentIn
 
-Sink = Callable[[Sequence[DocumentIn]], AddResponse]
+Sink = Callable[[Any], AddResponse]
+Prepare = Callable[[Sequence[DocumentIn]], Any]
 
 
 def ingest(
@@ -20,25 +22,66 @@ def ingest(
     strict: bool = False,
     on_problem: Callable[[Problem], None] = lambda problem: None,
     on_batch: Callable[[int], None] = lambda count: None,
+    prepare: Prepare | None = None,
 ) -> Summary:
     """Write every good record through `sink`, batch by batch; collect the bad ones.
 
     A record repeating an earlier record's id is skipped when its content is the same and
     reported otherwise. With `strict`, the first bad record stops the load; the good records
     before it are written.
+
+    With `prepare` (the store's embedding half of an add), each batch is prepared here while
+    the previous one is committed by `sink` on a writer thread: encoder and store overlap.
     """
     summary = Summary()
     seen: dict[str, Item] = {}
     batch: list[Item] = []
+    writer = ThreadPoolExecutor(1, thread_name_prefix="kb-ingest") if prepare else None
+    pending: list[tuple[Future[AddResponse], int]] = []
+
+    def count(result: AddResponse, size: int) -> None:
+        summary.added += result.added
+        summary.updated += result.updated
+        summary.skipped += result.skipped
+        on_batch(size)
+
+    def settle() -> None:
+        while pending:
+            future, size = pending.pop()
+            count(future.result(), size)
 
     def flush() -> None:
-        if batch:
-            result = sink([item.doc for item in batch])
-            summary.added += result.added
-            summary.updated += result.updated
-            summary.skipped += result.skipped
-            on_batch(len(batch))
-            batch.clear()
+        if not batch:
+            return
+        docs = [item.doc for item in batch]
+        batch.clear()
+        if writer is None or prepare is None:
+            count(sink(docs), len(docs))
+            return
+        work = prepare(docs)
+        settle()  # the previous batch is written before this one goes
+        pending.append((writer.submit(sink, work), len(docs)))
+
+    try:
+        _feed(entries, batch, seen, summary, flush, batch_size, strict, on_problem)
+        flush()
+        settle()
+    finally:
+        if writer is not None:
+            writer.shutdown(wait=True)
+    return summary
+
+
+def _feed(
+    entries: Iterable[Item | Problem],
+    batch: list[Item],
+    seen: dict[str, Item],
+    summary: Summary,
+    flush: Callable[[], None],
+    batch_size: int,
+    strict: bool,
+    on_problem: Callable[[Problem], None],
+) -> None:
 
     for entry in entries:
         problem = entry
@@ -58,8 +101,6 @@ def ingest(
         on_problem(problem)
         if strict:
             break
-    flush()
-    return summary
 
 
 def _classify(item: Item, seen: dict[str, Item]) -> Literal["new", "same"] | Problem:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
@@ -218,35 +219,30 @@ class KnowledgeStore:
     ) -> AddResponse:
         """Write documents; `mode` decides about existing ids, `on_duplicate` about new
         documents nearly identical (KB_DUPLICATE_SCORE) to a stored one."""
+        return self.commit(self.prepare(docs, mode, on_duplicate))
+
+    def prepare(
+        self,
+        docs: Sequence[DocumentIn],
+        mode: WriteMode = WriteMode.ERROR,
+        on_duplicate: str = "allow",
+    ) -> PreparedAdd:
+        """The expensive half of `add`, without the write lock: check ids against the store
+        and embed what is to be written. A loader embeds one batch while the previous one is
+        committed; `commit` re-checks and embeds again only if the store changed meanwhile."""
         ids = [doc.id if doc.id is not None else derive_id(doc.text) for doc in docs]
         _reject_repeats(ids, docs)
+        return self._plan(docs, ids, mode, on_duplicate, self._heads(ids))
+
+    def commit(self, plan: PreparedAdd) -> AddResponse:
+        """Write a prepared add, all or nothing."""
         with self._lock:
-            heads = {r.id: r for r in self._heads(ids)}
-            if heads and mode is WriteMode.ERROR:
-                raise Conflict(
-                    f"{len(heads)} document id(s) already exist: {_names(list(heads))}; nothing "
-                    'was written (send "upsert": true to replace them)',
-                    details=[
-                        field_error(_id_field(i, docs), "already exists", "duplicate_id")
-                        for i, doc_id in enumerate(ids)
-                        if doc_id in heads
-                    ],
-                )
-            todo, replaced, skipped = [], [], 0
-            for doc_id, doc in zip(ids, docs, strict=True):
-                head = heads.get(doc_id)
-                if head is None:
-                    todo.append((doc_id, doc.text, doc.metadata))
-                elif mode is WriteMode.UPSERT and head.metadata.get(HASH) != content_hash(
-                    doc.text, doc.metadata
-                ):
-                    todo.append((doc_id, doc.text, doc.metadata))
-                    replaced.append(head)
-                else:
-                    skipped += 1
-            records = self._embedded(todo)
+            heads = self._heads(plan.ids)
+            if _seen(heads) != plan.seen:  # written to since `prepare`: plan again
+                plan = self._plan(plan.docs, plan.ids, plan.mode, plan.on_duplicate, heads)
+            records, replaced, skipped = plan.records, plan.replaced, plan.skipped
             near = nearest_stored(self.records, records, self.settings.duplicate_score)
-            if near and on_duplicate == "reject":
+            if near and plan.on_duplicate == "reject":
                 raise Conflict(
                     f"{len(near)} document(s) nearly duplicate stored ones: "
                     + ", ".join(
@@ -255,14 +251,14 @@ class KnowledgeStore:
                     + "; nothing was written",
                     details=[_duplicate(new, old, score) for new, (old, score) in near.items()],
                 )
-            if near and on_duplicate == "skip":
+            if near and plan.on_duplicate == "skip":
                 records = [r for r in records if r.doc_id not in near]
                 replaced = [h for h in replaced if h.id not in near]
                 skipped += len(near)
             self._write(records, self._all_chunks(replaced))
         written = len({r.doc_id for r in records})
         return AddResponse(
-            ids=ids,
+            ids=plan.ids,
             added=written - len(replaced),
             updated=len(replaced),
             skipped=skipped,
@@ -270,6 +266,40 @@ class KnowledgeStore:
                 Duplicate(id=new, existing=old, score=score) for new, (old, score) in near.items()
             ],
         )
+
+    def _plan(
+        self,
+        docs: Sequence[DocumentIn],
+        ids: list[str],
+        mode: WriteMode,
+        on_duplicate: str,
+        found: Sequence[Record],
+    ) -> PreparedAdd:
+        heads = {r.id: r for r in found}
+        if heads and mode is WriteMode.ERROR:
+            raise Conflict(
+                f"{len(heads)} document id(s) already exist: {_names(list(heads))}; nothing "
+                'was written (send "upsert": true to replace them)',
+                details=[
+                    field_error(_id_field(i, docs), "already exists", "duplicate_id")
+                    for i, doc_id in enumerate(ids)
+                    if doc_id in heads
+                ],
+            )
+        todo, replaced, skipped = [], [], 0
+        for doc_id, doc in zip(ids, docs, strict=True):
+            head = heads.get(doc_id)
+            if head is None:
+                todo.append((doc_id, doc.text, doc.metadata))
+            elif mode is WriteMode.UPSERT and head.metadata.get(HASH) != content_hash(
+                doc.text, doc.metadata
+            ):
+                todo.append((doc_id, doc.text, doc.metadata))
+                replaced.append(head)
+            else:
+                skipped += 1
+        records = self._embedded(todo)
+        return PreparedAdd(docs, ids, mode, on_duplicate, _seen(found), records, replaced, skipped)
 
     def update(self, doc_id: str, fields: UpdateFields) -> Document:
         with self._lock:
@@ -378,6 +408,24 @@ def _patched(
         else:
             merged[key] = value
     return merged or None
+
+
+@dataclass
+class PreparedAdd:
+    """An add with its ids checked and its records embedded, ready to commit."""
+
+    docs: Sequence[DocumentIn]
+    ids: list[str]
+    mode: WriteMode
+    on_duplicate: str
+    seen: dict[str, Any]  # stored head id -> content hash, as the plan found them
+    records: list[Record]
+    replaced: list[Record]
+    skipped: int
+
+
+def _seen(heads: Sequence[Record]) -> dict[str, Any]:
+    return {r.id: r.metadata.get(HASH) for r in heads}
 
 
 def _reject_repeats(ids: Sequence[str], docs: Sequence[DocumentIn]) -> None:

@@ -9,7 +9,7 @@ import pytest
 
 from kb.app import close_app, create_app
 from kb.config import Settings
-from kb.errors import ConfigError, ModelMismatch, StoreUnavailable
+from kb.errors import ConfigError, Conflict, ModelMismatch, StoreUnavailable
 from kb.schemas import DocumentIn, UpdateFields
 from kb.store import KnowledgeStore, WriteMode
 
@@ -216,3 +216,19 @@ def test_a_second_process_fails_fast_on_a_locked_store(settings: Settings, embed
     store.close()
     assert result.returncode != 0
     assert "kb load --url" in result.stderr
+
+
+def test_a_prepared_add_is_planned_again_if_the_store_changed(store: KnowledgeStore) -> None:
+    """The loader embeds a batch while the previous one is written; a write in between
+    must not be overwritten or duplicated by the batch prepared before it."""
+    docs = [DocumentIn(id="a", text="first text"), DocumentIn(id="b", text="second text")]
+    plan = store.prepare(docs, WriteMode.SKIP)
+    store.add([DocumentIn(id="a", text="written meanwhile")])
+    result = store.commit(plan)
+    assert (result.added, result.skipped) == (1, 1)
+    assert store.get("a").text == "written meanwhile"
+    assert store.count() == 2
+    strict = store.prepare([DocumentIn(id="c", text="third")], WriteMode.ERROR)
+    store.add([DocumentIn(id="c", text="third, elsewhere")])
+    with pytest.raises(Conflict):
+        store.commit(strict)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -146,3 +147,25 @@ def test_int8_stays_close_to_fp32(exported: Path, embedder: Embedder) -> None:
 def test_an_unknown_backend_is_a_settings_error() -> None:
     with pytest.raises(ValueError, match="backend"):
         Settings(backend="tensorflow")
+
+
+def test_concurrent_queries_share_runs_and_get_their_own_rows(embedder: Embedder) -> None:
+    texts = [f"question number {i} about databases" for i in range(24)]
+    alone = embedder.embed_queries(texts)
+    with ThreadPoolExecutor(8) as pool:
+        together = list(pool.map(lambda i: embedder.embed_queries([texts[i]])[0], range(24)))
+    assert float(np.abs(np.vstack(together) - alone).max()) < 1e-5
+
+
+def test_a_failed_shared_run_fails_every_caller() -> None:
+    from kb.encoders.batcher import Batcher
+
+    def broken(texts: object) -> np.ndarray:
+        raise RuntimeError("encoder down")
+
+    batcher = Batcher(broken)
+    with ThreadPoolExecutor(4) as pool:
+        futures = [pool.submit(batcher, ["q"]) for _ in range(8)]
+    for future in futures:
+        with pytest.raises(RuntimeError, match="encoder down"):
+            future.result()

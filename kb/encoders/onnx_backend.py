@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from kb.embeddings import model_fingerprint, resolve_model_path
+from kb.encoders.batcher import Batcher
 from kb.encoders.onnx_export import ensure_export
 
 if TYPE_CHECKING:
@@ -70,12 +71,14 @@ class OnnxEmbedder:
         self._pieces = Tokenizer.from_file(str(export.tokenizer_file))  # untruncated spans
         self._pieces.no_padding()
         self._pieces.no_truncation()
+        self._queries = Batcher(self._encode, max_texts=4 * batch_size)
 
     def embed_documents(self, texts: Sequence[str]) -> np.ndarray:
         return self._encode(texts)
 
     def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
-        return self._encode(texts)
+        """Concurrent queries share encoder runs (see Batcher)."""
+        return self._queries(texts) if texts else self._encode(texts)
 
     def token_offsets(self, text: str) -> list[tuple[int, int]]:
         """Character spans of the word pieces the model reads (no special tokens)."""

@@ -2,28 +2,36 @@
 
 from __future__ import annotations
 
-import logging
-
 from flask import Flask
 
+from kb import logs
 from kb.api import register_blueprints
 from kb.api.errors import register_error_handlers
+from kb.api.observability import register_observability
+from kb.api.security import register_security
 from kb.api.util import EXTENSION, KBState
+from kb.auth import KeyRing
 from kb.config import Settings
-from kb.embeddings import Embedder
+from kb.embeddings import Embedder, load_embedder
 from kb.store import KnowledgeStore
+from kb.telemetry import Telemetry
 
 
 def create_app(settings: Settings | None = None, *, embedder: Embedder | None = None) -> Flask:
     """A kb app over the configured store; pass `embedder` to share a loaded model."""
     settings = settings or Settings()
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logs.configure(settings.log_level, settings.log_format)
+    keys = KeyRing.parse(settings.api_keys.get_secret_value() if settings.api_keys else None)
+    telemetry = Telemetry()
+    encoder = telemetry.timed(embedder if embedder is not None else load_embedder(settings))
     app = Flask("kb", static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    app.extensions[EXTENSION] = KBState(settings, KnowledgeStore.open(settings, embedder))
+    store = KnowledgeStore.open(settings, encoder)
+    telemetry.count_documents(store.count)
+    app.extensions[EXTENSION] = KBState(settings, store, keys, telemetry)
+    register_observability(app)
+    register_security(app)
     register_error_handlers(app)
     register_blueprints(app)
     return app

@@ -7,10 +7,18 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PACKAGED_MODEL = "all-MiniLM-L6-v2"
+
+
+def cpu_count() -> int:
+    """Cores this process may run on (the affinity mask, not the machine's total)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 def default_cache() -> Path:
@@ -25,7 +33,13 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="KB_", extra="ignore", validate_default=True)
 
     # Store
-    chroma_path: Path = Field(Path("chroma_db"), description="Directory of the embedded store.")
+    chroma_path: Path = Field(
+        Path("chroma_db"),
+        description="Directory of the embedded store; with KB_CHROMA_URL, kb's local files.",
+    )
+    chroma_url: str | None = Field(
+        None, description="A Chroma server (http://host:port) to use instead of the directory."
+    )
     collection: str = Field("knowledge_base", description="Chroma collection name.")
 
     # Embedding
@@ -54,7 +68,7 @@ class Settings(BaseSettings):
     min_score: float = Field(
         0.40, ge=-1.0, le=1.0, description="Default similarity threshold (minimum cosine score)."
     )
-    top_k: int = Field(5, ge=1, le=100, description="Default number of matches per query.")
+    top_k: int = Field(5, ge=1, le=1000, description="Default number of matches per query.")
     search_mode: Literal["dense", "keyword", "hybrid"] = "hybrid"
     fusion: Literal["rrf", "score"] = "score"
     duplicate_score: float = Field(
@@ -67,12 +81,42 @@ class Settings(BaseSettings):
     max_documents_per_request: int = Field(10_000, ge=1)
     max_queries_per_request: int = Field(64, ge=1)
     max_text_chars: int = Field(200_000, ge=1)
+    max_top_k: int = Field(100, ge=1, le=1000, description="Largest top_k a query may ask.")
+    max_filter_depth: int = Field(8, ge=1, le=64, description="Nesting levels of a filter.")
+    max_filter_conditions: int = Field(64, ge=1, le=4096, description="Conditions per filter.")
+
+    # Security
+    api_keys: SecretStr | None = Field(
+        None, description="Comma-separated 'read:KEY' / 'write:KEY' entries; unset = open API."
+    )
+    cors_origins: str = Field(
+        "", description="Origins allowed to call the API from a browser ('*' or a comma list)."
+    )
 
     # Serving
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
-    threads: int = Field(8, ge=1, le=256, description="Worker threads of the WSGI server.")
+    threads: int = Field(0, ge=0, le=256, description="Threads per worker; 0 = 8 per core.")
+    workers: int = Field(1, ge=1, le=64, description="Worker processes (KB_CHROMA_URL only).")
     log_level: str = "INFO"
+    log_format: Literal["json", "text"] = Field("json", description="Log lines as JSON or text.")
+
+    def server_threads(self) -> int:
+        """Threads per worker: requests mostly wait on the encoder or the store, so a few per
+        core keep the cores busy and let concurrent queries share encoder runs."""
+        return self.threads or min(32, 8 * cpu_count())
+
+    def cors(self) -> list[str]:
+        return [origin.strip() for origin in self.cors_origins.split(",") if origin.strip()]
+
+    @field_validator("chroma_url")
+    @classmethod
+    def _chroma_url(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        if not re.fullmatch(r"https?://[^/:\s]+(:\d{1,5})?/?", value):
+            raise ValueError("KB_CHROMA_URL must look like http://host:port")
+        return value.rstrip("/")
 
     @field_validator("collection")
     @classmethod

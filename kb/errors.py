@@ -45,6 +45,20 @@ class ValidationFailed(KBError):
     code = "validation_error"
 
 
+class Unauthorized(KBError):
+    """No valid API key was presented."""
+
+    status = 401
+    code = "unauthorized"
+
+
+class Forbidden(KBError):
+    """The key is valid but its role does not allow this (a read-only key on a write)."""
+
+    status = 403
+    code = "forbidden"
+
+
 class NotFound(KBError):
     status = 404
     code = "not_found"

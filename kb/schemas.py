@@ -410,6 +410,19 @@ class Health(BaseModel):
     store: StoreInfo
 
 
+class Info(BaseModel):
+    """What a client (the search page) needs to know about this service and its key."""
+
+    auth_required: bool = Field(description="Whether routes other than /health need a key.")
+    role: Literal["read", "write"] | None = Field(
+        description="What the presented key may do (write when no keys are configured)."
+    )
+    threshold: Threshold = Field(description="The default similarity threshold.")
+    top_k: int = Field(description="Default matches per query.")
+    max_top_k: int
+    search_mode: SearchMode = Field(description="Default search mode.")
+
+
 class FieldStats(BaseModel):
     documents: int = Field(description="Documents that have this key.")
     distinct: int

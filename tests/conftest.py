@@ -86,6 +86,11 @@ def settings(tmp_path: Path) -> Settings:
     return Settings(chroma_path=tmp_path / "db", collection="kb_test")
 
 
+def changed(settings: Settings, **changes: object) -> Settings:
+    """A validated copy of `settings` with some fields changed."""
+    return Settings.model_validate({**settings.model_dump(), **changes})
+
+
 @pytest.fixture
 def app(settings: Settings, embedder: Embedder) -> Iterator[Flask]:
     app = create_app(settings, embedder=embedder)

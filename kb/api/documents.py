@@ -39,6 +39,7 @@ ID_ERRORS = (400, 404, 413, 422)
     response=AddResponse,
     status=201,
     errors=(400, 409, 413, 422),
+    access="write",
 )
 def add() -> tuple[Response, int]:
     req = body(AddRequest)
@@ -78,6 +79,7 @@ def list_documents() -> tuple[Response, int]:
     request=UpdateFields,
     response=Document,
     errors=ID_ERRORS,
+    access="write",
 )
 def patch_document(doc_id: str) -> tuple[Response, int]:
     return reply(store().update(doc_id, body(UpdateFields)))
@@ -85,7 +87,11 @@ def patch_document(doc_id: str) -> tuple[Response, int]:
 
 @bp.post("/update")
 @documented(
-    "Update a document (id in the body)", request=UpdateRequest, response=Document, errors=ID_ERRORS
+    "Update a document (id in the body)",
+    request=UpdateRequest,
+    response=Document,
+    errors=ID_ERRORS,
+    access="write",
 )
 def update() -> tuple[Response, int]:
     req = body(UpdateRequest)
@@ -93,7 +99,7 @@ def update() -> tuple[Response, int]:
 
 
 @bp.delete("/documents/<path:doc_id>")
-@documented("Delete one document", response=DeleteResponse, errors=(404,))
+@documented("Delete one document", response=DeleteResponse, errors=(404,), access="write")
 def delete_document(doc_id: str) -> tuple[Response, int]:
     return reply(store().delete([doc_id]))
 
@@ -104,6 +110,7 @@ def delete_document(doc_id: str) -> tuple[Response, int]:
     request=DeleteRequest,
     response=DeleteResponse,
     errors=ID_ERRORS,
+    access="write",
 )
 def delete() -> tuple[Response, int]:
     req = body(DeleteRequest)

@@ -30,7 +30,10 @@ def register_error_handlers(app: Flask) -> None:
     def kb_error(exc: KBError) -> Response:
         if exc.status >= 500:
             log.error("%s: %s", exc.code, exc.message)
-        return _render(exc.status, exc.code, exc.message, exc.details)
+        response = _render(exc.status, exc.code, exc.message, exc.details)
+        if exc.status == 401:
+            response.headers["WWW-Authenticate"] = 'Bearer realm="kb"'
+        return response
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Response:

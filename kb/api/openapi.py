@@ -18,14 +18,23 @@ Mode = Literal["validation", "serialization"]
 IGNORED_METHODS = {"HEAD", "OPTIONS"}
 
 
-def build_spec(app: Flask) -> dict[str, Any]:
+def build_spec(app: Flask, secured: bool = False) -> dict[str, Any]:
+    """The document; `secured` (KB_API_KEYS set) adds the bearer scheme and 401/403."""
     routes = _routes(app)
     keyed = _models(routes)
     refs_by_key, schemas = models_json_schema(keyed, ref_template=REF)
     refs = {model: refs_by_key[(model, mode)] for model, mode in keyed}
     paths: dict[str, dict[str, Any]] = {}
     for path, method, doc in routes:
-        paths.setdefault(path, {})[method.lower()] = _operation(path, doc, refs)
+        operation = _operation(path, doc, refs)
+        if secured and doc.access != "public":
+            operation["security"] = [{"bearer": []}]
+            for status in (401, 403) if doc.access == "write" else (401,):
+                operation["responses"][str(status)] = _error(refs)
+        paths.setdefault(path, {})[method.lower()] = operation
+    components: dict[str, Any] = {"schemas": schemas.get("$defs", {})}
+    if secured:
+        components["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
     return {
         "openapi": "3.1.0",
         "info": {
@@ -34,7 +43,7 @@ def build_spec(app: Flask) -> dict[str, Any]:
             "description": "A knowledge base: store text with metadata, search it by meaning.",
         },
         "paths": paths,
-        "components": {"schemas": schemas.get("$defs", {})},
+        "components": components,
     }
 
 
@@ -77,13 +86,16 @@ def _operation(path: str, doc: RouteDoc, refs: dict[type[BaseModel], Any]) -> di
     if doc.response is not None:
         options = [refs[m] for m in (doc.response, *doc.alternatives)]
         schema = options[0] if len(options) == 1 else {"oneOf": options}
-        content = {"application/json": {"schema": schema}}
+    elif doc.media_type == "application/json":
+        schema = {"type": "object"}
     else:
-        content = {"application/json": {"schema": {"type": "object"}}}
+        schema = {"type": "string"}
+    content = {doc.media_type.split(";")[0]: {"schema": schema}}
     op["responses"][str(doc.status)] = {"description": "Success", "content": content}
     for status in (*doc.errors, 500):
-        op["responses"][str(status)] = {
-            "description": "Error",
-            "content": {"application/json": {"schema": refs[ErrorBody]}},
-        }
+        op["responses"][str(status)] = _error(refs)
     return op
+
+
+def _error(refs: dict[type[BaseModel], Any]) -> dict[str, Any]:
+    return {"description": "Error", "content": {"application/json": {"schema": refs[ErrorBody]}}}

@@ -6,14 +6,19 @@ from flask import Blueprint, Response, current_app, jsonify
 
 from kb import __version__
 from kb.api.openapi import build_spec
-from kb.api.util import documented, reply, store
-from kb.schemas import Health, ModelInfo, Stats, StoreInfo
+from kb.api.security import presented_role
+from kb.api.util import documented, reply, state, store
+from kb.schemas import Health, Info, ModelInfo, Stats, StoreInfo
+from kb.search import resolve_threshold
+from kb.telemetry import CONTENT_TYPE
 
 bp = Blueprint("system", __name__)
 
 
 @bp.get("/health")
-@documented("Service status, document count, model and store", response=Health, errors=())
+@documented(
+    "Service status, document count, model and store", response=Health, errors=(), access="public"
+)
 def health() -> tuple[Response, int]:
     kb = store()
     records = kb.records
@@ -42,4 +47,27 @@ def stats() -> tuple[Response, int]:
 @bp.get("/openapi.json")
 @documented("This OpenAPI document", errors=())
 def openapi() -> Response:
-    return jsonify(build_spec(current_app))
+    return jsonify(build_spec(current_app, secured=state().keys.enabled))
+
+
+@bp.get("/info")
+@documented("Defaults, limits and what the presented key may do", response=Info, errors=())
+def info() -> tuple[Response, int]:
+    kb, settings = store(), state().settings
+    role = presented_role()
+    return reply(
+        Info(
+            auth_required=state().keys.enabled,
+            role=role.value if role is not None else None,
+            threshold=resolve_threshold(kb, None),
+            top_k=settings.top_k,
+            max_top_k=settings.max_top_k,
+            search_mode=settings.search_mode,
+        )
+    )
+
+
+@bp.get("/metrics")
+@documented("Prometheus metrics", errors=(), media_type=CONTENT_TYPE)
+def metrics() -> Response:
+    return Response(state().telemetry.scrape(), mimetype=CONTENT_TYPE)

@@ -5,25 +5,30 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from flask import Response, current_app, jsonify, request
 from pydantic import BaseModel, ValidationError
 
+from kb.auth import KeyRing
 from kb.config import Settings
 from kb.errors import BadRequest, ValidationFailed, field_error, field_errors
 from kb.store import KnowledgeStore
+from kb.telemetry import Telemetry
 
 M = TypeVar("M", bound=BaseModel)
 EXTENSION = "kb"
+Access = Literal["public", "read", "write"]
 
 
 @dataclass
 class KBState:
-    """What the app holds for the views: the settings and the open store."""
+    """What the app holds for the views: settings, the open store, keys and metrics."""
 
     settings: Settings
     store: KnowledgeStore
+    keys: KeyRing
+    telemetry: Telemetry
 
 
 def state() -> KBState:
@@ -84,6 +89,8 @@ class RouteDoc:
     status: int = 200
     errors: tuple[int, ...] = (400, 413, 422)
     query: list[dict[str, Any]] = field(default_factory=list)
+    access: Access = "read"  # what key the route needs when KB_API_KEYS is set
+    media_type: str = "application/json"
 
 
 def documented(summary: str, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:

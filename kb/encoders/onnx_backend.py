@@ -2,26 +2,18 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from kb.config import cpu_count
 from kb.embeddings import model_fingerprint, resolve_model_path
 from kb.encoders.batcher import Batcher
 from kb.encoders.onnx_export import ensure_export
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
-
-
-def cpu_count() -> int:
-    """Cores this process may run on (the affinity mask, not the machine's total)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 class OnnxEmbedder:

@@ -1,0 +1,69 @@
+"""API keys: read-only and read-write roles, checked in constant time, never logged."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass
+from enum import StrEnum
+
+from kb.errors import ConfigError
+
+
+class Role(StrEnum):
+    READ = "read"
+    WRITE = "write"
+
+    def allows(self, needed: Role) -> bool:
+        return self is Role.WRITE or needed is Role.READ
+
+
+ROLE_NAMES = {"read": Role.READ, "ro": Role.READ, "write": Role.WRITE, "rw": Role.WRITE}
+MIN_KEY_CHARS = 16
+
+
+def _digest(key: str) -> bytes:
+    # Comparing digests keeps the comparison's length fixed, whatever the key's length.
+    return hashlib.sha256(key.encode("utf-8")).digest()
+
+
+@dataclass(frozen=True)
+class KeyRing:
+    """The configured keys, as digests; empty means the API is open."""
+
+    entries: tuple[tuple[bytes, Role], ...] = ()
+
+    @classmethod
+    def parse(cls, spec: str | None) -> KeyRing:
+        """`role:key` entries separated by commas (KB_API_KEYS), role read/ro or write/rw."""
+        entries: list[tuple[bytes, Role]] = []
+        for position, raw in enumerate((spec or "").split(","), start=1):
+            entry = raw.strip()
+            if not entry:
+                continue
+            name, sep, key = entry.partition(":")
+            role = ROLE_NAMES.get(name.strip().lower())
+            # Messages name the entry's position only: a key must never reach a log.
+            if not sep or role is None:
+                raise ConfigError(f"KB_API_KEYS entry {position} is not 'read:KEY' or 'write:KEY'")
+            if len(key) < MIN_KEY_CHARS or key != key.strip():
+                raise ConfigError(
+                    f"KB_API_KEYS entry {position}: keys need at least {MIN_KEY_CHARS} "
+                    "characters and no surrounding spaces"
+                )
+            entries.append((_digest(key), role))
+        return cls(tuple(entries))
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.entries)
+
+    def role_of(self, presented: str) -> Role | None:
+        """The role of a presented key, or None; every configured key is compared, so the
+        time taken does not tell which key (or how much of one) matched."""
+        digest = _digest(presented)
+        found: Role | None = None
+        for known, role in self.entries:
+            if hmac.compare_digest(digest, known) and (found is None or role is Role.WRITE):
+                found = role
+        return found

@@ -1,0 +1,92 @@
+"""Request ids, structured access logs and the Prometheus metrics."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import re
+
+import pytest
+from flask.testing import FlaskClient
+
+from kb import logs
+
+
+def test_every_response_carries_a_request_id(client: FlaskClient) -> None:
+    ids = {
+        client.get("/health").headers["X-Request-ID"],
+        client.post("/query", json={"query": ""}).headers["X-Request-ID"],  # an error too
+        client.get("/no-such-route").headers["X-Request-ID"],
+    }
+    assert len(ids) == 3
+    assert all(re.fullmatch(r"[0-9a-f]{32}", rid) for rid in ids)
+
+
+def test_a_callers_request_id_is_kept_and_a_strange_one_replaced(client: FlaskClient) -> None:
+    kept = client.get("/health", headers={"X-Request-ID": "trace-42.a"})
+    assert kept.headers["X-Request-ID"] == "trace-42.a"
+    odd = client.get("/health", headers={"X-Request-ID": "a b\u00e9" * 3})
+    assert re.fullmatch(r"[0-9a-f]{32}", odd.headers["X-Request-ID"])
+
+
+def test_access_log_lines_are_json_with_the_request_id(
+    client: FlaskClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="kb.access"):
+        response = client.post("/query", json={"query": "bread"}, headers={"X-Request-ID": "r-1"})
+    record = next(r for r in caplog.records if r.name == "kb.access")
+    line = json.loads(logs.JsonFormatter().format(record))
+    assert response.status_code == 200
+    assert line["route"] == "/query"
+    assert line["status"] == 200
+    assert line["method"] == "POST"
+    assert line["duration_ms"] >= 0
+    assert line["level"] == "info"
+
+
+def test_the_json_formatter_adds_the_current_request_id() -> None:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logs.JsonFormatter())
+    logger = logging.getLogger("kb.test.formatter")
+    logger.addHandler(handler)
+    token = logs.request_id.set("abc")
+    try:
+        logger.warning("hello %s", "there", extra={"docs": 3})
+    finally:
+        logs.request_id.reset(token)
+        logger.removeHandler(handler)
+    line = json.loads(stream.getvalue())
+    assert (line["msg"], line["request_id"], line["docs"]) == ("hello there", "abc", 3)
+
+
+def scrape(client: FlaskClient) -> str:
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    assert response.mimetype == "text/plain"
+    return response.get_data(as_text=True)
+
+
+def sample(text: str, name: str, **labels: str) -> float:
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        found = dict(re.findall(r'(\w+)="([^"]*)"', line.split(" ")[0]))
+        if all(found.get(k) == v for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{name} {labels} not in the metrics")
+
+
+def test_metrics_count_requests_documents_and_encoder_time(cooking: FlaskClient) -> None:
+    cooking.post("/query", json={"query": "pasta"})
+    cooking.post("/query", json={"query": ""})
+    text = scrape(cooking)
+    assert sample(text, "kb_documents") == 4
+    assert sample(text, "kb_http_requests_total", route="/add", status="201") == 1
+    assert sample(text, "kb_http_requests_total", route="/query", status="200") == 1
+    assert sample(text, "kb_http_requests_total", route="/query", status="422") == 1
+    assert sample(text, "kb_http_request_duration_seconds_count", route="/query") == 2
+    assert sample(text, "kb_encoder_texts_total", kind="documents") == 4
+    assert sample(text, "kb_encoder_texts_total", kind="queries") == 1
+    assert sample(text, "kb_encoder_duration_seconds_sum", kind="documents") > 0

@@ -1,0 +1,170 @@
+"""API keys (read-only, read-write), their errors, and CORS."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from kb.app import close_app, create_app
+from kb.auth import KeyRing, Role
+from kb.config import Settings
+from kb.embeddings import Embedder
+from kb.errors import ConfigError
+from tests.conftest import changed
+
+WRITE_KEY = "rw-0123456789abcdef"
+READ_KEY = "ro-0123456789abcdef"
+KEYS = f"write:{WRITE_KEY}, read:{READ_KEY}"
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+@pytest.fixture
+def secured(settings: Settings, embedder: Embedder) -> Iterator[Flask]:
+    own = changed(settings, api_keys=KEYS, chroma_path=settings.chroma_path.with_name("secured"))
+    app = create_app(own, embedder=embedder)
+    yield app
+    close_app(app)
+
+
+@pytest.fixture
+def api(secured: Flask) -> FlaskClient:
+    return secured.test_client()
+
+
+def test_keyring_parses_roles_and_compares_every_key() -> None:
+    ring = KeyRing.parse(KEYS)
+    assert ring.enabled
+    assert ring.role_of(WRITE_KEY) is Role.WRITE
+    assert ring.role_of(READ_KEY) is Role.READ
+    assert ring.role_of(WRITE_KEY + "x") is None
+    assert ring.role_of("") is None
+    assert not KeyRing.parse("").enabled
+    assert KeyRing.parse(f"rw:{WRITE_KEY}").role_of(WRITE_KEY) is Role.WRITE
+
+
+@pytest.mark.parametrize(
+    "spec", ["admin:0123456789abcdef0", "0123456789abcdef0", "read:short", "write: spaced-key-0123"]
+)
+def test_bad_key_specs_are_refused_without_echoing_the_key(spec: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        KeyRing.parse(spec)
+    secret = spec.partition(":")[2].strip() or spec
+    assert secret not in caught.value.message
+
+
+def test_health_needs_no_key(api: FlaskClient) -> None:
+    assert api.get("/health").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("GET", "/stats", None),
+        ("GET", "/info", None),
+        ("GET", "/metrics", None),
+        ("GET", "/openapi.json", None),
+        ("GET", "/documents", None),
+        ("GET", "/documents/x", None),
+        ("POST", "/query", {"query": "bread"}),
+        ("POST", "/add", {"text": "bread"}),
+        ("POST", "/delete", {"ids": ["x"]}),
+        ("PATCH", "/documents/x", {"text": "bread"}),
+        ("DELETE", "/documents/x", None),
+    ],
+)
+def test_every_other_route_needs_a_key(
+    api: FlaskClient, method: str, path: str, body: dict | None
+) -> None:
+    for headers in ({}, bearer("not-a-key-0123456789"), {"Authorization": WRITE_KEY}):
+        response = api.open(path, method=method, json=body, headers=headers)
+        assert response.status_code == 401, (path, headers)
+        assert response.json["error"]["code"] == "unauthorized"
+        assert response.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+def test_a_read_key_reads_but_does_not_write(api: FlaskClient) -> None:
+    added = api.post("/add", json={"id": "b", "text": "Bread rises"}, headers=bearer(WRITE_KEY))
+    assert added.status_code == 201
+    assert api.post("/query", json={"query": "bread"}, headers=bearer(READ_KEY)).status_code == 200
+    assert api.get("/documents/b", headers=bearer(READ_KEY)).status_code == 200
+    for method, path, body in [
+        ("POST", "/add", {"text": "cake"}),
+        ("POST", "/update", {"id": "b", "text": "cake"}),
+        ("PATCH", "/documents/b", {"metadata": {"a": 1}}),
+        ("POST", "/delete", {"ids": ["b"]}),
+        ("DELETE", "/documents/b", None),
+    ]:
+        response = api.open(path, method=method, json=body, headers=bearer(READ_KEY))
+        assert response.status_code == 403, path
+        assert response.json["error"]["code"] == "forbidden"
+    assert api.get("/documents/b", headers=bearer(WRITE_KEY)).json["text"] == "Bread rises"
+
+
+def test_info_tells_the_role_of_the_key(api: FlaskClient, client: FlaskClient) -> None:
+    assert api.get("/info", headers=bearer(READ_KEY)).json["role"] == "read"
+    info = api.get("/info", headers=bearer(WRITE_KEY)).json
+    assert info["auth_required"] is True
+    assert info["role"] == "write"
+    assert info["threshold"] == {"min_score": 0.4, "source": "configured"}
+    assert client.get("/info").json["auth_required"] is False  # no keys: open, and writable
+    assert client.get("/info").json["role"] == "write"
+
+
+def test_the_spec_documents_the_bearer_scheme(api: FlaskClient) -> None:
+    spec = api.get("/openapi.json", headers=bearer(READ_KEY)).json
+    assert spec["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+    assert "security" not in spec["paths"]["/health"]["get"]
+    add = spec["paths"]["/add"]["post"]
+    assert add["security"] == [{"bearer": []}]
+    assert {"401", "403"} <= set(add["responses"])
+
+
+def test_keys_never_reach_the_log(api: FlaskClient, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.DEBUG):
+        api.get("/stats", headers=bearer(READ_KEY))
+        api.post("/add", json={"text": "x"}, headers=bearer(READ_KEY))
+        api.get("/stats", headers=bearer("wrong-key-0123456789"))
+    text = caplog.text + repr(api.application.extensions["kb"].settings)
+    assert READ_KEY not in text
+    assert "wrong-key-0123456789" not in text
+    assert WRITE_KEY not in text
+
+
+def test_cors_is_off_by_default(client: FlaskClient) -> None:
+    response = client.get("/health", headers={"Origin": "http://example.test"})
+    assert "Access-Control-Allow-Origin" not in response.headers
+
+
+def test_cors_allows_the_configured_origins(settings: Settings, embedder: Embedder) -> None:
+    cors = changed(settings, cors_origins="http://app.test", api_keys=KEYS)
+    app = create_app(cors, embedder=embedder)
+    try:
+        web = app.test_client()
+        preflight = web.options(
+            "/query",
+            headers={
+                "Origin": "http://app.test",
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "authorization, content-type",
+            },
+        )
+        assert preflight.status_code == 204  # before auth: browsers send no key here
+        assert preflight.headers["Access-Control-Allow-Origin"] == "http://app.test"
+        assert "Authorization" in preflight.headers["Access-Control-Allow-Headers"]
+        answer = web.post(
+            "/query",
+            json={"query": "x"},
+            headers={"Origin": "http://app.test", **bearer(READ_KEY)},
+        )
+        assert answer.headers["Access-Control-Allow-Origin"] == "http://app.test"
+        other = web.get("/health", headers={"Origin": "http://evil.test"})
+        assert "Access-Control-Allow-Origin" not in other.headers
+    finally:
+        close_app(app)

@@ -55,7 +55,7 @@ def serve(host: str | None, port: int | None, threads: int | None) -> None:
         err=True,
     )
     waitress.serve(
-        app, host=settings.host, port=settings.port, threads=settings.threads, ident="kb"
+        app, host=settings.host, port=settings.port, threads=settings.server_threads(), ident="kb"
     )
 
 

@@ -6,6 +6,7 @@ import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import numpy as np
 
@@ -38,14 +39,26 @@ def chroma_errors() -> Iterator[None]:
 
 
 def make_client(settings: Settings) -> Any:
+    """An embedded client on KB_CHROMA_PATH, or an HTTP client of the server at KB_CHROMA_URL."""
     import chromadb
     from chromadb.config import Settings as ChromaSettings
 
+    chroma_settings = ChromaSettings(anonymized_telemetry=False, allow_reset=False)
+    if settings.chroma_url:
+        url = urlsplit(settings.chroma_url)
+        try:
+            return chromadb.HttpClient(
+                host=url.hostname or "localhost",
+                port=url.port or (443 if url.scheme == "https" else 8000),
+                ssl=url.scheme == "https",
+                settings=chroma_settings,
+            )
+        except Exception as exc:  # refused, unreachable, not a Chroma server
+            raise StoreUnavailable(
+                f"cannot reach the Chroma server at {settings.chroma_url} (KB_CHROMA_URL): {exc}"
+            ) from exc
     settings.chroma_path.mkdir(parents=True, exist_ok=True)
-    return chromadb.PersistentClient(
-        path=str(settings.chroma_path),
-        settings=ChromaSettings(anonymized_telemetry=False, allow_reset=False),
-    )
+    return chromadb.PersistentClient(path=str(settings.chroma_path), settings=chroma_settings)
 
 
 class RecordCollection:
@@ -54,9 +67,11 @@ class RecordCollection:
     def __init__(self, settings: Settings, embedder: Embedder, client: Any | None = None) -> None:
         self.settings = settings
         self.name = settings.collection
-        self.location = str(settings.chroma_path)
-        self.mode = "embedded"
-        self._lock = StoreLock(settings.chroma_path) if client is None else None
+        self.mode = "server" if settings.chroma_url else "embedded"
+        self.location = settings.chroma_url or str(settings.chroma_path)
+        # One process per embedded store; a server takes any number of clients.
+        embedded = client is None and self.mode == "embedded"
+        self._lock = StoreLock(settings.chroma_path) if embedded else None
         try:
             self._client = client if client is not None else make_client(settings)
             self._open(embedder)
@@ -75,6 +90,20 @@ class RecordCollection:
             )
         self._check_space()
         self._check_model(embedder)
+
+    def side_collection(self, suffix: str) -> Any:
+        """A helper collection beside this one (kb's change log), created if missing."""
+        with chroma_errors():
+            return self._client.get_or_create_collection(
+                f"{self.name}-{suffix}", embedding_function=None
+            )
+
+    def drop(self) -> None:
+        """Delete this collection and its helpers from the store (tests, restore)."""
+        with chroma_errors():
+            for name in (self.name, f"{self.name}-kb-log"):
+                if name in [c.name for c in self._client.list_collections()]:
+                    self._client.delete_collection(name)
 
     def close(self) -> None:
         close = getattr(getattr(self, "_client", None), "close", None)

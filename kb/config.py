@@ -121,10 +121,11 @@ class Settings(BaseSettings):
     @field_validator("collection")
     @classmethod
     def _collection_name(cls, value: str) -> str:
-        # Chroma's rule: 3-512 chars of [a-zA-Z0-9._-], starting and ending alphanumeric.
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{1,510}[A-Za-z0-9]", value):
+        # Chroma's rule (3-512 chars of [a-zA-Z0-9._-], alphanumeric at both ends), less the
+        # room for kb's '-kb-log' helper collection.
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{1,503}[A-Za-z0-9]", value):
             raise ValueError(
-                "collection names need 3-512 characters of letters, digits, '.', '_' or '-', "
+                "collection names need 3-505 characters of letters, digits, '.', '_' or '-', "
                 "starting and ending with a letter or digit"
             )
         return value

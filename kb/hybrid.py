@@ -60,7 +60,7 @@ def _allowed(store: KnowledgeStore, flt: CompiledFilter) -> Callable[[str], bool
     can answer, else from the ids Chroma lists."""
     if flt.where is None and flt.where_document is None:
         return None
-    mirror = store.mirror_for(flt)
+    mirror = store.replica.mirror_for(flt)
     if mirror is None:
         return set(store.records.ids(flt)).__contains__
     mask = mirror.matches(flt.where or {})
@@ -109,8 +109,8 @@ def complete(store: KnowledgeStore, per_query: Sequence[Sequence[Hit]]) -> list[
 def _records(store: KnowledgeStore, ids: Sequence[str]) -> dict[str, Record]:
     """Records by id: from the mirror and the keyword index when both are current (no trip
     to Chroma), else from Chroma."""
-    mirror = store.current_mirror()
-    if mirror is None or store.keyword.generation != mirror.generation:
+    mirror = store.replica.current_mirror()
+    if mirror is None or not store.replica.consistent():
         return {r.id: r for r in store.records.get(ids)}
     texts = store.keyword.texts(ids)
     return {

@@ -33,6 +33,7 @@ def search(store: KnowledgeStore, request: QueryRequest) -> list[QueryResult]:
     top_k = request.top_k or store.settings.top_k
     threshold = resolve_threshold(store, request.min_score)
     texts = request.texts()
+    store.replica.catch_up()  # once per request: apply writes the local copies have not seen
     vectors = store.embedder.embed_queries(texts)
     if request.diversify:  # choose top_k from a deeper pool
         pool = candidates(store, request, texts, vectors, max(top_k * 4, 20), flt)
@@ -71,7 +72,6 @@ def candidates(
     if mode == "dense":
         return nearest_documents(store, vectors, top_k, flt)
     depth = max(top_k, store.settings.hybrid_depth)
-    store.sync_keyword()  # once per request: catch up if the index is behind the collection
     keyword = [
         keyword_documents(store, text, vector, depth, flt)
         for text, vector in zip(texts, vectors, strict=True)
@@ -99,7 +99,7 @@ def nearest_documents(
     widen the search until top_k documents are found or the candidates run out (`widen`).
     Without `texts`, hits carry ids, metadata and scores only (`complete` fetches the rest).
     """
-    mirror = store.current_mirror()
+    mirror = store.replica.current_mirror()
     unfiltered = flt.where is None and flt.where_document is None
     exact = mirror is not None and flt.where is not None and flt.where_document is None
     mask = mirror.matches(flt.where or {}) if mirror is not None and exact else None

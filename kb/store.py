@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 from kb.chunking import Chunk, split
@@ -17,7 +17,6 @@ from kb.embeddings import Embedder, load_embedder
 from kb.errors import Conflict, NotFound, ValidationFailed, field_error
 from kb.filters import CompiledFilter, and_where
 from kb.keyword import KeywordIndex
-from kb.mirror import Mirror
 from kb.records import (
     CHUNK,
     CHUNKS,
@@ -32,6 +31,7 @@ from kb.records import (
     derive_id,
     user_metadata,
 )
+from kb.replica import LocalReplica, Lock, Replica, SharedReplica
 from kb.schemas import (
     AddResponse,
     DeleteResponse,
@@ -44,7 +44,6 @@ from kb.schemas import (
 )
 from kb.stats import metadata_stats
 
-GENERATION_KEY = "kb_generation"
 log = logging.getLogger(__name__)
 
 
@@ -68,79 +67,25 @@ class KnowledgeStore:
         self.window = settings.chunk_tokens or embedder.max_tokens - 2  # minus [CLS] and [SEP]
         self.overlap = min(settings.chunk_overlap, self.window // 2)
         # Writes check ids and then write: serialize them so the check stays true.
-        self._lock = threading.RLock()
-        self.keyword = KeywordIndex(settings.chroma_path / f"{settings.collection}.keyword.sqlite3")
-        self.mirror: Mirror | None = None  # filtered searches use Chroma until it is loaded
-        self.sync_keyword()
-        self._loader = threading.Thread(target=self._load_mirror, name="kb-mirror", daemon=True)
-        self._loader.start()
+        self._lock = Lock(_write_lock_path(settings) if self.records.mode == "server" else None)
+        try:
+            self.replica = _replica(settings, self.records, embedder.dim, self._lock)
+            self.replica.start()
+        except BaseException:
+            self.records.close()  # releases the embedded store's lock
+            raise
 
     @classmethod
     def open(cls, settings: Settings, embedder: Embedder | None = None) -> KnowledgeStore:
         return cls(settings, embedder if embedder is not None else load_embedder(settings))
 
     def close(self) -> None:
-        self._loader.join()
-        self.keyword.close()
+        self.replica.close()
         self.records.close()
 
-    # ------------------------------------------------------------ the keyword index
-
-    def generation(self) -> int:
-        """How many writes the collection has seen (the keyword index follows it)."""
-        value = self.records.settings_value(GENERATION_KEY)
-        return int(value) if isinstance(value, int) else 0
-
-    def sync_keyword(self) -> None:
-        """Rebuild the keyword index from Chroma if it is missing or behind."""
-        if self.keyword.generation == self.generation():
-            return  # the common case: no lock, so searches never wait for a write
-        with self._lock:
-            generation = self.generation()
-            if self.keyword.generation == generation:
-                return
-            log.info("rebuilding the keyword index of '%s'", self.settings.collection)
-            self.keyword.rebuild(
-                (r for page in self.records.pages(size=2000, embeddings=True) for r in page),
-                generation,
-            )
-            if self.mirror is not None:
-                self._load_mirror()
-
-    def _load_mirror(self) -> None:
-        """Copy every record's vector and metadata into memory (from the keyword index's file,
-        which is faster to read than Chroma); writes wait meanwhile."""
-        with self._lock:
-            try:
-                records, generation = self.keyword.entries()
-                mirror = Mirror(self.embedder.dim, generation)
-                mirror.apply(records, [], generation)
-            except Exception:  # searches keep using Chroma's filtered path
-                log.exception("could not load the in-memory mirror")
-                return
-            self.mirror = mirror
-
-    def current_mirror(self) -> Mirror | None:
-        """The in-memory mirror, when it is loaded and has seen the latest write."""
-        mirror = self.mirror
-        return mirror if mirror is not None and mirror.generation == self.generation() else None
-
-    def mirror_for(self, flt: CompiledFilter) -> Mirror | None:
-        """The mirror, when it is current and can answer this filter (metadata only)."""
-        if flt.where is None or flt.where_document is not None:
-            return None
-        return self.current_mirror()
-
-    def _committed(self, upserted: Sequence[Record], deleted: Sequence[str]) -> None:
-        """Bump the write generation, then bring the keyword index to it."""
-        generation = self.generation() + 1
-        self.records.set_settings_value(GENERATION_KEY, generation)
-        try:
-            self.keyword.apply(upserted, deleted, generation)
-            if self.mirror is not None:
-                self.mirror.apply(upserted, deleted, generation)
-        except Exception:  # behind now: the next sync rebuilds the index and the mirror
-            log.exception("keyword index update failed")
+    @property
+    def keyword(self) -> KeywordIndex:
+        return self.replica.keyword
 
     # ------------------------------------------------------------ reads
 
@@ -370,16 +315,30 @@ class KnowledgeStore:
         return split(text, self.embedder.token_offsets(text), self.window, self.overlap)
 
     def _write(self, records: Sequence[Record], previous: Sequence[Record]) -> None:
-        self.records.upsert(records, previous)
         stale = sorted({r.id for r in previous} - {r.id for r in records})
-        if stale:
-            self.records.delete(stale)
-        self._committed(records, stale)
+        with self.replica.writing([*(r.id for r in records), *stale]) as applied:
+            self.records.upsert(records, previous)
+            if stale:
+                self.records.delete(stale)
+            applied(records, stale)
 
     def _remove(self, heads: Sequence[Record]) -> None:
         ids = _chunk_ids(heads)
-        self.records.delete(ids)
-        self._committed([], ids)
+        with self.replica.writing(ids) as applied:
+            self.records.delete(ids)
+            applied([], ids)
+
+
+def _replica(settings: Settings, records: RecordCollection, dim: int, lock: Lock) -> Replica:
+    if records.mode == "server":
+        return SharedReplica(records, dim, lock)
+    index = settings.chroma_path / f"{settings.collection}.keyword.sqlite3"
+    return LocalReplica(records, dim, index, lock)
+
+
+def _write_lock_path(settings: Settings) -> Path:
+    """Every kb process on this host that writes to the same server collection takes it."""
+    return settings.chroma_path / f".{settings.collection}.writes.lock"
 
 
 def _first_chunks(flt: CompiledFilter) -> CompiledFilter:

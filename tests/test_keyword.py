@@ -82,7 +82,7 @@ def test_store_writes_keep_the_index_in_step(store: KnowledgeStore) -> None:
     assert keyword_ids(store, "acceptors") == ["raft"]
     store.delete(["bm25"])
     assert keyword_ids(store, "saturates") == []
-    assert store.keyword.generation == store.generation()
+    assert store.keyword.generation == store.replica.generation()
 
 
 def test_a_missing_or_stale_index_is_rebuilt(settings: Settings, embedder) -> None:
@@ -93,9 +93,9 @@ def test_a_missing_or_stale_index_is_rebuilt(settings: Settings, embedder) -> No
     reopened = KnowledgeStore.open(settings, embedder)
     assert keyword_ids(reopened, "sourdough starter") == ["bread"]
     # a write the index did not see (a crash between the two writes, another process)
-    reopened.records.set_settings_value("kb_generation", reopened.generation() + 5)
+    reopened.records.set_settings_value("kb_generation", reopened.replica.generation() + 5)
     reopened.records.delete(["bread"])
-    reopened.sync_keyword()
+    reopened.replica.catch_up()
     assert keyword_ids(reopened, "sourdough starter") == []
     reopened.close()
 

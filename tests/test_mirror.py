@@ -119,9 +119,9 @@ FILTERS = [
 @pytest.mark.parametrize("mode", ["dense", "hybrid"])
 def test_store_searches_agree_with_and_without_the_mirror(cooking, store, mode: str) -> None:
     """The same filtered query through the mirror and through Chroma: same answers."""
-    store._loader.join()
-    assert store.mirror is not None
-    assert len(store.mirror) == 4
+    store.replica.wait_loaded()
+    assert store.replica.mirror is not None
+    assert len(store.replica.mirror) == 4
 
     def ask(filters: dict[str, Any]) -> list[tuple[str, float]]:
         body = {"query": "italian food to cook", "mode": mode, "min_score": -1, **filters}
@@ -129,20 +129,20 @@ def test_store_searches_agree_with_and_without_the_mirror(cooking, store, mode: 
         return [(m["id"], round(m["score"], 5)) for m in result["matches"]]
 
     with_mirror = [ask(f) for f in FILTERS]
-    mirror, store.mirror = store.mirror, None
+    mirror, store.replica.mirror = store.replica.mirror, None
     try:
         without = [ask(f) for f in FILTERS]
     finally:
-        store.mirror = mirror
+        store.replica.mirror = mirror
     assert with_mirror == without
     assert all(with_mirror)
 
 
 def test_writes_reach_the_mirror(cooking, store) -> None:
-    store._loader.join()
+    store.replica.wait_loaded()
     cooking.post("/delete", json={"ids": ["pasta"]})
     body = {"query": "pasta", "mode": "dense", "min_score": -1, "filters": {"category": "cooking"}}
-    assert store.mirror_for(store_filter := compile_filter({"category": "cooking"})) is not None
+    assert store.replica.mirror_for(store_filter := compile_filter({"category": "cooking"})) is not None
     assert store_filter.where is not None
     ids = [m["id"] for m in cooking.post("/query", json=body).json["matches"]]
     assert ids == ["risotto"]

@@ -67,7 +67,7 @@ def test_another_collection_on_the_same_path_may_use_another_model(
 
 
 def test_collection_names_follow_chromas_rules() -> None:
-    with pytest.raises(ValueError, match="3-512"):
+    with pytest.raises(ValueError, match="3-505"):
         Settings(collection="kb")
 
 

@@ -1,0 +1,119 @@
+"""A change log in the shared Chroma server, so every kb process sees the others' writes.
+
+Each write logs the record ids it touches, first as *pending* (before the write) and then as
+*done* (after it, with a fresh timestamp). A process polls for entries it has not seen and
+re-reads those ids' current state from Chroma, so entries may be applied in any order, twice,
+or late, and the copies still converge on what Chroma holds. A pending entry older than
+STALE_S belongs to a writer that died mid-write: the first reader to see it marks it done.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+MARGIN_US = 30_000_000  # re-read this far behind the newest entry: clock skew, late commits
+STALE_S = 120  # a pending entry this old lost its writer
+RETENTION_S = 3600  # entries older than this are pruned; a reader idle longer rebuilds
+PRUNE_EVERY = 200  # writes between prunes
+PENDING, DONE = "pending", "done"
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+class ChangeLog:
+    """The log collection beside the data collection: one entry per write."""
+
+    def __init__(self, collection: Any) -> None:
+        self._log = collection
+        self._origin = f"{socket.gethostname()}:{os.getpid()}"
+        self._lock = threading.Lock()
+        self._seen: dict[str, int] = {}  # entry id -> its ts, for entries inside the window
+        self._cursor = 0  # the newest ts seen
+        self._polled = time.monotonic()
+        self._writes = 0
+
+    def reset(self) -> None:
+        """Forget what was seen and start from now (after a full rebuild began)."""
+        with self._lock:
+            self._seen.clear()
+            self._cursor = now_us() - MARGIN_US
+            self._polled = time.monotonic()
+
+    def begin(self, ids: Sequence[str]) -> str:
+        entry = uuid.uuid4().hex
+        with self._lock:
+            self._seen[entry] = now_us()  # our own write: applied locally, never re-read
+        self._put(entry, ids, PENDING)
+        return entry
+
+    def end(self, entry: str, ids: Sequence[str]) -> None:
+        self._put(entry, ids, DONE)
+        self._writes += 1
+        if self._writes % PRUNE_EVERY == 0:
+            self.prune()
+
+    def _put(self, entry: str, ids: Sequence[str], state: str) -> None:
+        ts = now_us()
+        with self._lock:
+            self._seen[entry] = ts
+        self._log.upsert(
+            ids=[entry],
+            embeddings=[[1.0]],
+            documents=[json.dumps(list(ids))],
+            metadatas=[{"ts": ts, "state": state, "origin": self._origin}],
+        )
+
+    def changes(self) -> set[str] | None:
+        """Record ids other processes wrote since the last call; None if this process may
+        have missed entries (idle past the retention) and must rebuild."""
+        with self._lock:
+            if time.monotonic() - self._polled > RETENTION_S / 2:
+                return None
+            self._polled = time.monotonic()
+            since = self._cursor - MARGIN_US
+            got = self._log.get(
+                where={"$or": [{"ts": {"$gte": since}}, {"state": PENDING}]},
+                include=["metadatas"],
+            )
+            fresh, stale = [], []
+            for entry, meta in zip(got["ids"], got["metadatas"], strict=True):
+                ts = int(meta["ts"])
+                if meta["state"] == PENDING:
+                    if entry not in self._seen and ts < now_us() - STALE_S * 1_000_000:
+                        stale.append(entry)
+                    continue
+                self._cursor = max(self._cursor, ts)
+                if self._seen.get(entry) != ts:
+                    fresh.append(entry)
+                    self._seen[entry] = ts
+            self._seen = {e: ts for e, ts in self._seen.items() if ts >= since}
+        ids = self._ids(fresh + stale)
+        for entry in stale:  # so every reader applies it once, as a done entry
+            log.warning("change log entry %s was left pending by a dead writer", entry)
+            self._log.update(ids=[entry], metadatas=[{"ts": now_us(), "state": DONE}])
+        return ids
+
+    def _ids(self, entries: list[str]) -> set[str]:
+        if not entries:
+            return set()
+        got = self._log.get(ids=entries, include=["documents"])
+        return {rid for text in got["documents"] for rid in json.loads(text or "[]")}
+
+    def prune(self) -> None:
+        cutoff = now_us() - RETENTION_S * 1_000_000
+        try:
+            self._log.delete(where={"$and": [{"ts": {"$lt": cutoff}}, {"state": DONE}]})
+        except Exception:  # pruning is housekeeping: a failure must not fail the write
+            log.exception("could not prune the change log")

@@ -1,0 +1,229 @@
+"""Local copies of the collection's records, kept in step with Chroma: the keyword index
+(BM25, on disk) and the in-memory mirror (vectors and metadata, for exact filtered search).
+
+Chroma is the source of truth. An embedded store has one writer, this process: every write
+bumps a generation number in the collection *before* it touches Chroma, and the copies record
+the generation they applied, so a crash mid-write leaves them behind and the next open
+rebuilds them. Against a Chroma server, other processes write too: writes are announced in a
+change log (kb.changes) and each process re-reads what the others touched before it searches.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from kb.changes import ChangeLog
+from kb.collection import RecordCollection
+from kb.filters import CompiledFilter
+from kb.keyword import KeywordIndex
+from kb.mirror import Mirror
+from kb.records import Record
+
+log = logging.getLogger(__name__)
+
+GENERATION_KEY = "kb_generation"
+Apply = Callable[[Sequence[Record], Sequence[str]], None]
+
+
+class Replica:
+    """What both store modes share: the copies, their rebuild, and the mirror's loading."""
+
+    def __init__(self, records: RecordCollection, dim: int, index: Path, writes: Lock) -> None:
+        self.records = records
+        self.dim = dim
+        self.keyword = KeywordIndex(index)
+        self.mirror: Mirror | None = None  # filtered searches use Chroma until it is loaded
+        self._writes = writes  # the store's write lock: a rebuild must not race a write
+        self._lock = threading.RLock()  # applying to the copies
+        self._loader: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Bring the keyword index up to date now; load the mirror in the background."""
+        self.catch_up()
+        self._loader = threading.Thread(target=self._load_mirror, name="kb-mirror", daemon=True)
+        self._loader.start()
+
+    def wait_loaded(self) -> None:
+        if self._loader is not None:
+            self._loader.join()
+
+    def close(self) -> None:
+        self.wait_loaded()
+        self.keyword.close()
+
+    # ------------------------------------------------------------ what modes decide
+
+    def catch_up(self) -> None:
+        """Apply what the copies have not seen; called before every search."""
+        raise NotImplementedError
+
+    @contextmanager
+    def writing(self, ids: Sequence[str]) -> Iterator[Apply]:
+        """Around one write to Chroma of these record ids: yields the function that applies
+        the written records (and deleted ids) to the copies once Chroma has them."""
+        raise NotImplementedError
+        yield
+
+    def current_mirror(self) -> Mirror | None:
+        """The mirror, when it is loaded and has seen every write this process knows of."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------ shared
+
+    def mirror_for(self, flt: CompiledFilter) -> Mirror | None:
+        """The mirror, when it is current and can answer this filter (metadata only)."""
+        if flt.where is None or flt.where_document is not None:
+            return None
+        return self.current_mirror()
+
+    def consistent(self) -> bool:
+        """The keyword index and the mirror describe the same writes (texts from the one,
+        metadata from the other may be combined)."""
+        mirror = self.current_mirror()
+        return mirror is not None and mirror.generation == self.keyword.generation
+
+    def rebuild(self, generation: int) -> None:
+        with self._writes, self._lock:
+            log.info("rebuilding the keyword index of '%s'", self.records.name)
+            self.keyword.rebuild(
+                (r for page in self.records.pages(size=2000, embeddings=True) for r in page),
+                generation,
+            )
+            if self.mirror is not None:
+                self._load_mirror()
+
+    def apply(self, upserted: Sequence[Record], deleted: Sequence[str], generation: int) -> None:
+        with self._lock:
+            try:
+                self.keyword.apply(upserted, deleted, generation)
+                if self.mirror is not None:
+                    self.mirror.apply(upserted, deleted, generation)
+            except Exception:  # behind now: the next catch-up rebuilds the copies
+                log.exception("updating the keyword index and mirror failed")
+
+    def _load_mirror(self) -> None:
+        """Copy every record's vector and metadata into memory, from the keyword index's file
+        (faster to read than Chroma); writes to the copies wait meanwhile."""
+        with self._lock:
+            try:
+                records, generation = self.keyword.entries()
+                mirror = Mirror(self.dim, generation)
+                mirror.apply(records, [], generation)
+            except Exception:  # searches keep using Chroma's filtered path
+                log.exception("could not load the in-memory mirror")
+                return
+            self.mirror = mirror
+
+
+class Lock:
+    """The store's write lock: a re-entrant thread lock, plus (for a shared server) a file
+    lock that serializes the writes of every kb process on this host."""
+
+    def __init__(self, path: Path | None = None) -> None:
+        self._thread = threading.RLock()
+        self._path = path
+        self._file: object | None = None
+        self._depth = 0
+
+    def __enter__(self) -> Lock:
+        self._thread.acquire()
+        if self._path is not None and self._depth == 0:
+            import fcntl
+
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+            handle = self._path.open("a")
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            self._file = handle
+        self._depth += 1
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._depth -= 1
+        if self._depth == 0 and self._file is not None:
+            self._file.close()  # type: ignore[attr-defined]  # closing releases the flock
+            self._file = None
+        self._thread.release()
+
+
+class LocalReplica(Replica):
+    """Copies of an embedded store: a persistent index beside it, one writing process."""
+
+    def generation(self) -> int:
+        """How many writes the collection has seen (or begun)."""
+        value = self.records.settings_value(GENERATION_KEY)
+        return int(value) if isinstance(value, int) else 0
+
+    def catch_up(self) -> None:
+        if self.keyword.generation == self.generation():
+            return  # the common case: no lock, so searches never wait for a write
+        with self._writes:
+            generation = self.generation()
+            if self.keyword.generation != generation:
+                self.rebuild(generation)
+
+    @contextmanager
+    def writing(self, ids: Sequence[str]) -> Iterator[Apply]:
+        generation = self.generation() + 1
+        self.records.set_settings_value(GENERATION_KEY, generation)  # before: see the module
+        yield lambda upserted, deleted: self.apply(upserted, deleted, generation)
+
+    def current_mirror(self) -> Mirror | None:
+        mirror = self.mirror
+        return mirror if mirror is not None and mirror.generation == self.generation() else None
+
+
+class SharedReplica(Replica):
+    """Copies of a collection on a Chroma server that other processes write to: a private
+    index, rebuilt when the process starts and then kept in step through the change log."""
+
+    def __init__(self, records: RecordCollection, dim: int, writes: Lock) -> None:
+        self._scratch = Path(tempfile.mkdtemp(prefix="kb-replica-"))
+        super().__init__(records, dim, self._scratch / "keyword.sqlite3", writes)
+        self.changes = ChangeLog(records.side_collection("kb-log"))
+        self._polls = threading.Lock()
+        self._last_poll = -1.0  # when the newest poll began (monotonic)
+        self._built = False
+
+    def close(self) -> None:
+        super().close()
+        shutil.rmtree(self._scratch, ignore_errors=True)
+
+    def catch_up(self) -> None:
+        asked = time.monotonic()
+        with self._polls:
+            if self._last_poll >= asked:  # a poll that began after we asked has finished
+                return
+            self._last_poll = time.monotonic()
+            changed = self.changes.changes() if self._built else None
+            if changed is None:
+                self.changes.reset()  # before reading: writes during the rebuild are re-read
+                self.rebuild(0)
+                self._built = True
+            elif changed:
+                self._refresh(sorted(changed))
+
+    def _refresh(self, ids: list[str]) -> None:
+        """Copy these records' current state from Chroma (present: upsert, gone: delete).
+        Fetch and apply hold the lock, so a write of ours cannot land between them."""
+        with self._lock:
+            found = self.records.get(ids, embeddings=True)
+            present = {r.id for r in found}
+            self.apply(found, [i for i in ids if i not in present], 0)
+
+    @contextmanager
+    def writing(self, ids: Sequence[str]) -> Iterator[Apply]:
+        entry = self.changes.begin(ids)
+        try:
+            yield lambda upserted, deleted: self.apply(upserted, deleted, 0)
+        finally:  # a failed write is announced too: others re-read whatever it left
+            self.changes.end(entry, ids)
+
+    def current_mirror(self) -> Mirror | None:
+        return self.mirror

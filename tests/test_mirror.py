@@ -142,7 +142,8 @@ def test_writes_reach_the_mirror(cooking, store) -> None:
     store.replica.wait_loaded()
     cooking.post("/delete", json={"ids": ["pasta"]})
     body = {"query": "pasta", "mode": "dense", "min_score": -1, "filters": {"category": "cooking"}}
-    assert store.replica.mirror_for(store_filter := compile_filter({"category": "cooking"})) is not None
+    store_filter = compile_filter({"category": "cooking"})
+    assert store.replica.mirror_for(store_filter) is not None
     assert store_filter.where is not None
     ids = [m["id"] for m in cooking.post("/query", json=body).json["matches"]]
     assert ids == ["risotto"]

@@ -9,10 +9,12 @@ export HF_HUB_OFFLINE := 1
 
 .DEFAULT_GOAL := help
 SHARED_EVAL := $(patsubst %/corpus.jsonl,%,$(wildcard ../shared/eval/*/corpus.jsonl))
-.PHONY: help install seed serve test lint format eval calibrate bench bench-full reset-db clean
+CHROMIUM := /usr/bin/chromium
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+.PHONY: help install seed serve serve-cluster test test-ui lint format eval calibrate bench bench-full reset-db clean
 
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
 
 install: $(STAMP) ## Create .venv and install kb with its pinned dependencies (CPU torch)
 
@@ -27,8 +29,12 @@ seed: install ## Load data/seed into the default store (loading twice changes no
 serve: seed ## Serve the API on the default store (KB_HOST, KB_PORT, KB_CHROMA_PATH)
 	$(BIN)/kb serve
 
-test: install ## Run the test suite
-	$(BIN)/python -m pytest
+test: install ## Run the test suite (API tests on an embedded store and on a Chroma server)
+	$(BIN)/python -m pytest -m "not ui"
+
+test-ui: install ## Browser tests of the search page (installs Debian's chromium if missing)
+	@test -x $(CHROMIUM) || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium)
+	$(BIN)/python -m pytest -m ui
 
 eval: install ## Retrieval figures on data/eval and every dataset in ../shared/eval (minutes)
 	$(BIN)/kb eval data/eval $(SHARED_EVAL) --mode dense --mode keyword --mode hybrid --fusion rrf --fusion score

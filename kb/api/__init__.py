@@ -7,8 +7,9 @@ from flask import Flask
 from kb.api.documents import bp as documents_bp
 from kb.api.search import bp as search_bp
 from kb.api.system import bp as system_bp
+from kb.api.ui import bp as ui_bp
 
 
 def register_blueprints(app: Flask) -> None:
-    for blueprint in (documents_bp, search_bp, system_bp):
+    for blueprint in (documents_bp, search_bp, system_bp, ui_bp):
         app.register_blueprint(blueprint)

@@ -1,0 +1,46 @@
+"""The search page: GET / and its static assets from kb/web, public and free of data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from flask import Blueprint, Response, send_from_directory
+
+from kb.api.util import documented
+
+bp = Blueprint("ui", __name__)
+
+WEB = Path(__file__).resolve().parent.parent / "web"
+# The page loads only kb's own files and talks only to kb: a script injected through stored
+# text could neither load code from elsewhere nor send the API key away.
+PAGE_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+)
+
+
+def _static_headers(response: Response) -> Response:
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    # Revalidate every time (cheap with the ETag): a new kb version must not run stale JS.
+    response.headers["Cache-Control"] = "no-cache"
+    return response
+
+
+@bp.get("/")
+@documented(
+    "The search page (no data, needs no key)", errors=(), access="public", media_type="text/html"
+)
+def index() -> Response:
+    response = _static_headers(send_from_directory(WEB, "index.html", mimetype="text/html"))
+    response.headers["Content-Security-Policy"] = PAGE_POLICY
+    response.headers["Referrer-Policy"] = "no-referrer"
+    return response
+
+
+@bp.get("/static/<path:filename>")
+@documented(
+    "The search page's scripts and styles", errors=(404,), access="public", media_type="text/*"
+)
+def static(filename: str) -> Response:
+    # send_from_directory refuses paths that leave WEB (404), so no traversal check here.
+    return _static_headers(send_from_directory(WEB, filename))

@@ -1,0 +1,605 @@
+// kb search page: plain ES2020, no dependencies, no build step.
+// Data reaches the DOM only through textContent and attributes, never innerHTML, so a stored
+// document cannot inject markup. Paths are relative so the page also works under a prefix.
+"use strict";
+
+const KEY_STORAGE = "kb.apiKey";
+const TEXT_PREVIEW_CHARS = 1200;
+// What the page assumes of a server without GET /info (it predates API keys).
+const FALLBACK_INFO = Object.freeze({
+  auth_required: false,
+  role: "write",
+  threshold: { min_score: 0.4, source: "configured" },
+  top_k: 5,
+  max_top_k: 100,
+  search_mode: "hybrid",
+});
+const FILTER_KEYS = ["category", "difficulty"];
+const DATE_KEY = "date";
+
+const state = {
+  info: { ...FALLBACK_INFO },
+  infoLoaded: false,
+  stats: null,
+  lastRequest: null,
+  searchSeq: 0,
+  thresholdTouched: false,
+  topKTouched: false,
+};
+
+const $ = (id) => document.getElementById(id);
+
+function el(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+class ApiError extends Error {
+  constructor(status, code, message, details) {
+    super(message);
+    this.status = status;
+    this.code = code;
+    this.details = details;
+  }
+}
+
+// ------------------------------------------------------------------ the API key
+
+function storedKey() {
+  try {
+    return sessionStorage.getItem(KEY_STORAGE) || "";
+  } catch {
+    return ""; // storage disabled: the key then lives only as long as the field's value
+  }
+}
+
+function storeKey(key) {
+  try {
+    if (key) sessionStorage.setItem(KEY_STORAGE, key);
+    else sessionStorage.removeItem(KEY_STORAGE);
+  } catch {
+    // ignored: see storedKey
+  }
+}
+
+function currentKey() {
+  return storedKey() || $("api-key").value.trim();
+}
+
+async function api(path, { method = "GET", body } = {}) {
+  const headers = { Accept: "application/json" };
+  const key = currentKey();
+  if (key) headers.Authorization = `Bearer ${key}`;
+  const init = { method, headers, cache: "no-store" };
+  if (body !== undefined) {
+    headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
+  let response;
+  try {
+    response = await fetch(path, init);
+  } catch {
+    throw new ApiError(0, "network_error", "Could not reach the kb server. Is it running?", []);
+  }
+  let data = null;
+  try {
+    data = await response.json();
+  } catch {
+    data = null;
+  }
+  if (response.ok) return data;
+  const error = (data && data.error) || {};
+  const failure = new ApiError(
+    response.status,
+    error.code || "http_error",
+    error.message || `The server answered ${response.status} ${response.statusText}.`.trim(),
+    Array.isArray(error.details) ? error.details : [],
+  );
+  // The server is the authority on what this key may do: follow it, whatever /info said.
+  if (response.status === 401) {
+    state.info = { ...state.info, auth_required: true, role: null };
+    applyRole();
+  } else if (response.status === 403 && state.info.role === "write") {
+    state.info = { ...state.info, role: "read" };
+    applyRole();
+  }
+  throw failure;
+}
+
+function errorText(err) {
+  if (err.status === 401) {
+    return currentKey()
+      ? "The API key was not accepted. Check it and enter it again at the top of the page."
+      : "This server needs an API key: enter it at the top of the page.";
+  }
+  if (err.status === 403) {
+    return "This key is read-only: it can search, but adding and deleting need a read-write key.";
+  }
+  return err.message;
+}
+
+function showError(target, err) {
+  target.replaceChildren();
+  target.classList.add("error");
+  target.setAttribute("role", "alert");
+  target.append(el("p", "", errorText(err)));
+  // One detail repeats the message; several are worth listing field by field.
+  if (err.status !== 401 && err.status !== 403 && err.details && err.details.length > 1) {
+    const list = el("ul", "details");
+    for (const detail of err.details) {
+      list.append(el("li", "", `${detail.field}: ${detail.message}`));
+    }
+    target.append(list);
+  }
+  if (err.status === 401) $("api-key").focus();
+}
+
+function showMessage(target, text) {
+  target.classList.remove("error");
+  target.setAttribute("role", "status");
+  target.replaceChildren(el("p", "", text));
+}
+
+function updateKeyStatus() {
+  const { auth_required: authRequired, role } = state.info;
+  const key = currentKey();
+  let text;
+  if (!authRequired) {
+    text = key
+      ? "This server is open: no key is needed (the key is ignored)."
+      : "This server is open: no key is needed to search, add or delete.";
+  } else if (role === "write") {
+    text = "Read-write key: you can search, add and delete.";
+  } else if (role === "read") {
+    text = "Read-only key: you can search; adding and deleting need a read-write key.";
+  } else if (key) {
+    text = "The API key was not accepted. Check it and try again.";
+  } else {
+    text = "This server needs an API key. Enter it to search.";
+  }
+  $("key-status").textContent = text;
+}
+
+function applyRole() {
+  const canWrite = state.info.role === "write";
+  $("add-section").hidden = !canWrite;
+  for (const button of document.querySelectorAll(".delete-button")) button.hidden = !canWrite;
+  updateKeyStatus();
+}
+
+async function loadInfo() {
+  try {
+    const info = (await api("info")) || {};
+    state.info = {
+      ...FALLBACK_INFO,
+      ...info,
+      threshold: { ...FALLBACK_INFO.threshold, ...(info.threshold || {}) },
+    };
+  } catch (err) {
+    if (err.status === 404) {
+      state.info = { ...FALLBACK_INFO };
+    } else if (err.status === 401) {
+      state.info = { ...FALLBACK_INFO, auth_required: true, role: null };
+    } else {
+      state.info = { ...FALLBACK_INFO, role: null };
+      showError($("filters-note"), err);
+    }
+  }
+  state.infoLoaded = true;
+  applyInfo();
+}
+
+function applyInfo() {
+  const { threshold, top_k: topK, max_top_k: maxTopK } = state.info;
+  const slider = $("min-score");
+  slider.min = String(Math.min(0, threshold.min_score));
+  if (!state.thresholdTouched) slider.value = String(threshold.min_score);
+  $("min-score-default").textContent =
+    `Default ${threshold.min_score.toFixed(2)} (${threshold.source})`;
+  showThreshold();
+  const topKInput = $("top-k");
+  topKInput.max = String(maxTopK);
+  if (!state.topKTouched) topKInput.value = String(topK);
+  applyRole();
+}
+
+function showThreshold() {
+  const value = Number($("min-score").value);
+  const text = value.toFixed(2);
+  $("min-score-value").textContent = text;
+  $("min-score").setAttribute("aria-valuetext", text);
+}
+
+// ------------------------------------------------------------------ filters from /stats
+
+async function loadStats() {
+  try {
+    state.stats = await api("stats");
+    if (!$("filters-note").classList.contains("error")) $("filters-note").textContent = "";
+  } catch (err) {
+    state.stats = null;
+    if (err.status !== 401) showError($("filters-note"), err);
+  }
+  fillFilters();
+}
+
+function fieldStats(key) {
+  const metadata = (state.stats && state.stats.metadata) || {};
+  return metadata[key] || null;
+}
+
+function fillFilters() {
+  for (const key of FILTER_KEYS) {
+    const stats = fieldStats(key);
+    const values = stats ? Object.keys(stats.values).sort((a, b) => a.localeCompare(b)) : [];
+    const select = $(key);
+    const chosen = select.value;
+    const any = select.options[0];
+    select.replaceChildren(any);
+    for (const value of values) {
+      const option = el("option", "", `${value} (${stats.values[value]})`);
+      option.value = value;
+      select.append(option);
+    }
+    select.value = values.includes(chosen) ? chosen : "";
+    select.disabled = values.length === 0;
+    const list = $(`${key}-values`);
+    list.replaceChildren(
+      ...values.map((value) => {
+        const option = el("option");
+        option.value = value;
+        return option;
+      }),
+    );
+  }
+  const dates = fieldStats(DATE_KEY);
+  const hint = $("date-hint");
+  for (const id of ["date-from", "date-to"]) {
+    const input = $(id);
+    // /stats gives a range only when every value is a date; datetimes keep their day.
+    input.min = dates && typeof dates.min === "string" ? dates.min.slice(0, 10) : "";
+    input.max = dates && typeof dates.max === "string" ? dates.max.slice(0, 10) : "";
+  }
+  hint.textContent =
+    dates && typeof dates.min === "string"
+      ? `Documents are dated from ${dates.min.slice(0, 10)} to ${dates.max.slice(0, 10)}.`
+      : "";
+}
+
+// ------------------------------------------------------------------ search
+
+function buildRequest() {
+  const request = { query: $("query").value.trim() };
+  const filters = {};
+  for (const key of FILTER_KEYS) {
+    const value = $(key).value;
+    if (value) filters[key] = value;
+  }
+  if (Object.keys(filters).length) request.filters = filters;
+  const from = $("date-from").value;
+  const to = $("date-to").value;
+  if (from || to) {
+    const range = {};
+    if (from) range.$gte = from;
+    if (to) range.$lte = to; // a bare date as $lte covers that whole day
+    request.where = { [DATE_KEY]: range };
+  }
+  const topK = Number($("top-k").value);
+  if (Number.isInteger(topK)) request.top_k = topK;
+  // Unmoved, the slider sends nothing, so a calibrated default keeps applying.
+  if (state.thresholdTouched) request.min_score = Number($("min-score").value);
+  return request;
+}
+
+function checkRequest(request) {
+  if (!request.query) return ["query", "Type a question or keywords to search for."];
+  const { top_k: topK } = request;
+  const maxTopK = state.info.max_top_k;
+  if (!Number.isInteger(topK) || topK < 1 || topK > maxTopK) {
+    return ["top-k", `Results (top k) must be a whole number from 1 to ${maxTopK}.`];
+  }
+  const range = request.where && request.where[DATE_KEY];
+  if (range && range.$gte && range.$lte && range.$gte > range.$lte) {
+    return ["date-from", "The start date is after the end date."];
+  }
+  return null;
+}
+
+async function onSearch(event) {
+  event.preventDefault();
+  const request = buildRequest();
+  const problem = checkRequest(request);
+  if (problem) {
+    const [field, message] = problem;
+    showError($("search-status"), new ApiError(0, "invalid_input", message, []));
+    $(field).focus();
+    return;
+  }
+  const url = new URL(window.location.href);
+  url.searchParams.set("q", request.query);
+  window.history.replaceState(null, "", url);
+  await runSearch(request);
+}
+
+async function runSearch(request) {
+  const seq = ++state.searchSeq;
+  const results = $("results-section");
+  results.setAttribute("aria-busy", "true");
+  $("search-button").disabled = true;
+  showMessage($("search-status"), "Searching…");
+  try {
+    const result = await api("query", { method: "POST", body: request });
+    if (seq !== state.searchSeq) return; // a newer search has been sent meanwhile
+    state.lastRequest = request;
+    renderResult(result);
+  } catch (err) {
+    if (seq !== state.searchSeq) return;
+    clearResults();
+    showError($("search-status"), err);
+  } finally {
+    if (seq === state.searchSeq) {
+      results.removeAttribute("aria-busy");
+      $("search-button").disabled = false;
+    }
+  }
+}
+
+function clearResults() {
+  $("results").replaceChildren();
+  $("rejected").replaceChildren();
+  $("no-match").hidden = true;
+}
+
+function score(value) {
+  return value.toFixed(3);
+}
+
+function plural(count, one, many) {
+  return `${count} ${count === 1 ? one : many}`;
+}
+
+function renderResult(result) {
+  clearResults();
+  const threshold = result.threshold.min_score;
+  const limit = `${threshold.toFixed(2)} (${result.threshold.source})`;
+  if (result.status === "ok") {
+    let text = `${plural(result.matches.length, "match", "matches")} scored at least ${limit}.`;
+    if (result.rejected > 0) {
+      text += ` ${plural(result.rejected, "weaker candidate was", "weaker candidates were")} left out.`;
+    }
+    showMessage($("search-status"), text);
+    $("results").append(...result.matches.map((match) => renderMatch(match, threshold, true)));
+    return;
+  }
+  const panel = $("no-match");
+  panel.hidden = false;
+  $("show-rejected").hidden = true;
+  $("no-match-bar").replaceChildren();
+  if (result.status === "no_confident_match") {
+    showMessage($("search-status"), "No confident match.");
+    $("no-match-title").textContent = "No confident match";
+    const best = result.best_rejected_score;
+    $("no-match-text").textContent =
+      best === null
+        ? `No candidate reached the threshold of ${limit}.`
+        : `The best candidate scored ${score(best)}, below the threshold of ${limit}.`;
+    if (best !== null) {
+      $("no-match-bar").append(
+        scoreBar(best, threshold, `best score ${score(best)}, threshold ${threshold.toFixed(2)}`),
+      );
+    }
+    $("no-match-advice").textContent =
+      "Rephrase the question, remove filters, or lower the minimum score to see weaker matches.";
+    $("show-rejected").hidden = result.rejected === 0;
+  } else {
+    showMessage($("search-status"), "Nothing to search.");
+    $("no-match-title").textContent = "Nothing to search";
+    $("no-match-text").textContent =
+      "The knowledge base is empty, or no document passes the filters.";
+    $("no-match-advice").textContent = "Remove some filters, or add documents.";
+  }
+}
+
+async function showRejected() {
+  if (!state.lastRequest) return;
+  const button = $("show-rejected");
+  button.disabled = true;
+  try {
+    const result = await api("query", {
+      method: "POST",
+      body: { ...state.lastRequest, explain: true },
+    });
+    const threshold = result.threshold.min_score;
+    const misses = result.near_misses || [];
+    $("rejected").replaceChildren(...misses.map((match) => renderMatch(match, threshold, false)));
+    button.hidden = true;
+    if (misses.length) $("rejected").querySelector(".match-id").focus();
+  } catch (err) {
+    showError($("search-status"), err);
+  } finally {
+    button.disabled = false;
+  }
+}
+
+function scoreBar(value, threshold, label) {
+  const bar = el("div", "bar");
+  bar.setAttribute("role", "img");
+  bar.setAttribute("aria-label", label);
+  const fill = el("div", value >= threshold ? "bar-fill" : "bar-fill below");
+  const percent = (x) => `${Math.max(0, Math.min(1, x)) * 100}%`;
+  // CSSOM styles, not style attributes: the page's CSP allows only the former.
+  fill.style.width = percent(value);
+  const mark = el("div", "bar-mark");
+  mark.style.left = percent(threshold);
+  mark.title = `threshold ${threshold.toFixed(2)}`;
+  bar.append(fill, mark);
+  return bar;
+}
+
+function chipText(value) {
+  return Array.isArray(value) ? value.map(String).join(", ") : String(value);
+}
+
+function renderMatch(match, threshold, deletable) {
+  const card = $("match-template").content.firstElementChild.cloneNode(true);
+  const title = card.querySelector(".match-id");
+  title.textContent = match.id;
+  title.tabIndex = -1;
+  card.querySelector(".score").textContent = `score ${score(match.score)}`;
+  card
+    .querySelector(".bar-slot")
+    .append(
+      scoreBar(match.score, threshold, `score ${score(match.score)} of 1, threshold ${threshold.toFixed(2)}`),
+    );
+  const chips = card.querySelector(".chips");
+  for (const [key, value] of Object.entries(match.metadata || {})) {
+    const chip = el("li", "chip");
+    chip.append(el("span", "chip-key", `${key}: `), el("span", "chip-value", chipText(value)));
+    chips.append(chip);
+  }
+  chips.hidden = chips.childElementCount === 0;
+  const shown = (match.passage || match.text).trim();
+  card.querySelector(".passage-label").hidden = !match.passage;
+  const text = card.querySelector(".text");
+  if (shown.length > TEXT_PREVIEW_CHARS) {
+    text.textContent = `${shown.slice(0, TEXT_PREVIEW_CHARS)}…`;
+    const more = el("details", "more");
+    more.append(el("summary", "", `Show all ${shown.length} characters`), el("p", "text", shown));
+    text.after(more);
+  } else {
+    text.textContent = shown;
+  }
+  const button = card.querySelector(".delete-button");
+  if (deletable) {
+    button.setAttribute("aria-label", `Delete ${match.id}`);
+    button.hidden = state.info.role !== "write";
+    button.addEventListener("click", () => deleteDocument(match.id, card, button));
+  } else {
+    card.querySelector(".card-actions").remove();
+    card.classList.add("rejected-card");
+  }
+  return card;
+}
+
+// ------------------------------------------------------------------ writes
+
+async function deleteDocument(id, card, button) {
+  if (!window.confirm(`Delete the document "${id}"? This cannot be undone.`)) return;
+  button.disabled = true;
+  const status = $("search-status");
+  try {
+    const result = await api("delete", { method: "POST", body: { ids: [id] } });
+    card.remove();
+    const left = $("results").childElementCount;
+    const tail = left ? "" : " No results are left.";
+    showMessage(status, `Deleted "${result.ids[0] || id}".${tail}`);
+    status.focus(); // the focused button is gone: keep keyboard users in the results
+    loadStats();
+  } catch (err) {
+    button.disabled = false;
+    showError(status, err);
+  }
+}
+
+function addRequest() {
+  const value = (id) => $(id).value.trim();
+  const request = { text: $("add-text").value };
+  if (value("add-id")) request.id = value("add-id");
+  const metadata = {};
+  for (const key of ["category", "difficulty", "author", "date"]) {
+    if (value(`add-${key}`)) metadata[key] = value(`add-${key}`);
+  }
+  const tags = value("add-tags")
+    .split(",")
+    .map((tag) => tag.trim())
+    .filter(Boolean);
+  if (tags.length) metadata.tags = tags;
+  if (Object.keys(metadata).length) request.metadata = metadata;
+  if ($("add-upsert").checked) request.on_conflict = "upsert";
+  return request;
+}
+
+async function onAdd(event) {
+  event.preventDefault();
+  const status = $("add-status");
+  const request = addRequest();
+  if (!request.text.trim()) {
+    showError(status, new ApiError(0, "invalid_input", "The text must not be empty.", []));
+    $("add-text").focus();
+    return;
+  }
+  $("add-button").disabled = true;
+  showMessage(status, "Adding…");
+  try {
+    const result = await api("add", { method: "POST", body: request });
+    const id = result.ids[0];
+    let text;
+    if (result.added) text = `Added "${id}".`;
+    else if (result.updated) text = `Replaced "${id}".`;
+    else text = `Nothing written: "${id}" is already stored with this content.`;
+    for (const duplicate of result.duplicates || []) {
+      text += ` It nearly duplicates "${duplicate.existing}" (score ${score(duplicate.score)}).`;
+    }
+    showMessage(status, text);
+    $("add-form").reset();
+    loadStats();
+  } catch (err) {
+    showError(status, err);
+  } finally {
+    $("add-button").disabled = false;
+  }
+}
+
+// ------------------------------------------------------------------ start-up
+
+async function onKey(event) {
+  event.preventDefault();
+  storeKey($("api-key").value.trim());
+  await refresh();
+  if (state.lastRequest && state.info.role) await runSearch(state.lastRequest);
+}
+
+async function onForgetKey() {
+  storeKey("");
+  $("api-key").value = "";
+  await refresh();
+  $("api-key").focus();
+}
+
+async function refresh() {
+  await loadInfo();
+  await loadStats();
+}
+
+async function start() {
+  $("api-key").value = storedKey();
+  $("key-form").addEventListener("submit", onKey);
+  $("forget-key").addEventListener("click", onForgetKey);
+  $("search-form").addEventListener("submit", onSearch);
+  $("add-form").addEventListener("submit", onAdd);
+  $("show-rejected").addEventListener("click", showRejected);
+  $("min-score").addEventListener("input", () => {
+    state.thresholdTouched = Number($("min-score").value) !== state.info.threshold.min_score;
+    showThreshold();
+  });
+  $("reset-threshold").addEventListener("click", () => {
+    state.thresholdTouched = false;
+    $("min-score").value = String(state.info.threshold.min_score);
+    showThreshold();
+  });
+  $("top-k").addEventListener("input", () => {
+    state.topKTouched = true;
+  });
+  await refresh();
+  if (state.info.auth_required && !state.info.role) $("api-key").focus();
+  const query = new URLSearchParams(window.location.search).get("q");
+  if (query) {
+    $("query").value = query;
+    await runSearch(buildRequest());
+  }
+  document.body.dataset.ready = "true"; // lets tests wait for start-up to finish
+}
+
+start();

@@ -106,9 +106,9 @@ class RecordCollection:
                     self._client.delete_collection(name)
 
     def close(self) -> None:
-        close = getattr(getattr(self, "_client", None), "close", None)
-        if close is not None:
-            close()
+        client = getattr(self, "_client", None)
+        if client is not None:
+            _close_client(client)
         if self._lock is not None:
             self._lock.release()
             self._lock = None
@@ -286,6 +286,16 @@ class RecordCollection:
         for part in _batches(ids, self.max_batch):
             with chroma_errors():
                 self._col.delete(ids=list(part))
+
+
+def _close_client(client: Any) -> None:
+    """Close a Chroma client, and the HTTP connections of a server's client and of its admin
+    client, which chromadb 1.5.9 leaves open when it stops them."""
+    client.close()
+    for owner in (client, getattr(client, "_admin_client", None)):
+        session = getattr(getattr(owner, "_server", None), "_session", None)
+        if session is not None:
+            session.close()
 
 
 def _replacing(records: Sequence[Record], previous: Sequence[Record]) -> list[Record]:

@@ -56,3 +56,5 @@ def configure(level: str, fmt: str) -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
+    # The Chroma client logs every HTTP request it makes at INFO: noise beside kb's own lines.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, root.level))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +16,9 @@ from kb.config import Settings
 from kb.embeddings import Embedder, load_embedder
 from kb.store import KnowledgeStore
 
-pytest_plugins = ["tests.live"]
+pytest_plugins = ["tests.live", "tests.chroma_server"]
+# Modules whose tests run twice: on an embedded store and on a Chroma server.
+BOTH_MODES = ("tests.test_api_", "tests.test_system", "tests.test_security", "tests.test_replica")
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 
@@ -81,9 +84,51 @@ def embedder() -> Embedder:
     return load_embedder(Settings())
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--store-mode",
+        choices=["both", "embedded", "server"],
+        default="both",
+        help="store modes for the API tests (default both; the others always run embedded)",
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "store_mode" not in metafunc.fixturenames:
+        return
+    chosen = metafunc.config.getoption("--store-mode")
+    if not metafunc.module.__name__.startswith(BOTH_MODES):
+        modes = ["embedded"]
+    else:
+        modes = ["embedded", "server"] if chosen == "both" else [chosen]
+    metafunc.parametrize("store_mode", modes)
+
+
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    return Settings(chroma_path=tmp_path / "db", collection="kb_test")
+def settings(tmp_path: Path, store_mode: str, request: pytest.FixtureRequest) -> Iterator[Settings]:
+    """A fresh store: a directory, or (server mode) a new collection on the session's server."""
+    if store_mode == "embedded":
+        yield Settings(chroma_path=tmp_path / "db", collection="kb_test")
+        return
+    url = request.getfixturevalue("chroma_server")
+    name = f"kb-test-{uuid.uuid4().hex[:12]}"
+    yield Settings(chroma_path=tmp_path / "db", chroma_url=url, collection=name)
+    drop_collections(url, name)
+
+
+def drop_collections(url: str, name: str) -> None:
+    import chromadb
+
+    from kb.collection import _close_client
+
+    host, port = url.removeprefix("http://").split(":")
+    client = chromadb.HttpClient(host=host, port=int(port))
+    try:
+        for existing in client.list_collections():
+            if existing.name in {name, f"{name}-kb-log"}:
+                client.delete_collection(existing.name)
+    finally:
+        _close_client(client)
 
 
 def changed(settings: Settings, **changes: object) -> Settings:

@@ -13,9 +13,9 @@ def test_health_reports_count_model_and_store(cooking: FlaskClient, settings) ->
     assert health["model"]["dim"] == 384
     assert health["model"]["backend"] == "onnx"
     assert health["store"] == {
-        "mode": "embedded",
-        "location": str(settings.chroma_path),
-        "collection": "kb_test",
+        "mode": "server" if settings.chroma_url else "embedded",
+        "location": settings.chroma_url or str(settings.chroma_path),
+        "collection": settings.collection,
     }
 
 

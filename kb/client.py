@@ -13,7 +13,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Sequence
-from typing import Any, Literal, TypeVar
+from typing import IO, Any, Literal, TypeVar
 
 from pydantic import BaseModel
 
@@ -107,19 +107,28 @@ class KBClient:
     def stats(self) -> Stats:
         return self._call("GET", "/stats", None, Stats)
 
+    def backup(self) -> IO[bytes]:
+        """The service's consistent backup as a byte stream (close it when read)."""
+        return self._open("GET", "/backup", None, accept="application/gzip")
+
     # ------------------------------------------------------------ transport
 
     def _call(self, method: str, path: str, body: dict[str, Any] | None, model: type[M]) -> M:
+        with self._open(method, path, body) as response:
+            return model.model_validate_json(response.read())
+
+    def _open(
+        self, method: str, path: str, body: dict[str, Any] | None, accept: str = "application/json"
+    ) -> Any:
         data = json.dumps(body).encode("utf-8") if body is not None else None
         request = urllib.request.Request(self.url + path, data=data, method=method)
-        request.add_header("Accept", "application/json")
+        request.add_header("Accept", accept)
         if data is not None:
             request.add_header("Content-Type", "application/json")
         if self.api_key:
             request.add_header("Authorization", f"Bearer {self.api_key}")
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                return model.model_validate_json(response.read())
+            return urllib.request.urlopen(request, timeout=self.timeout)
         except urllib.error.HTTPError as exc:
             raise _service_error(exc) from exc
         except (urllib.error.URLError, OSError) as exc:

@@ -33,7 +33,8 @@ class StoreLock:
             self._file = None
             raise StoreLocked(
                 f"the store at {directory} is open in {holder}; an embedded store takes one "
-                "process at a time. Stop that process, or load through its API (kb load --url)."
+                "process at a time. Stop that process, or go through its API (kb load --url, "
+                "kb backup --url)."
             ) from None
         self._file.seek(0)
         self._file.truncate()

@@ -87,6 +87,11 @@ class KnowledgeStore:
     def keyword(self) -> KeywordIndex:
         return self.replica.keyword
 
+    def writes(self) -> Lock:
+        """The write lock: while it is held no write of this store (on a server: of any kb
+        process on this host) lands. Backups hold it to copy a consistent state."""
+        return self._lock
+
     # ------------------------------------------------------------ reads
 
     def count(self) -> int:
@@ -286,6 +291,22 @@ class KnowledgeStore:
             heads = self._heads(doc_ids)
             self._remove(heads)
         return DeleteResponse(deleted=len(heads), ids=[head.id for head in heads])
+
+    def clear(self) -> int:
+        """Delete every record (restore --replace); the number deleted."""
+        with self._lock:
+            ids = self.records.ids()
+            if ids:
+                with self.replica.writing(ids) as applied:
+                    self.records.delete(ids)
+                    applied([], ids)
+        return len(ids)
+
+    def restore_records(self, records: Sequence[Record]) -> None:
+        """Write records exactly as a backup holds them (vectors included)."""
+        if records:
+            with self._lock:
+                self._write(records, [])
 
     # ------------------------------------------------------------ helpers
 

@@ -18,7 +18,7 @@ from kb.store import KnowledgeStore
 
 pytest_plugins = ["tests.live", "tests.chroma_server"]
 # Modules whose tests run twice: on an embedded store and on a Chroma server.
-BOTH_MODES = ("tests.test_api_", "tests.test_system", "tests.test_security", "tests.test_replica")
+BOTH_MODES = ("tests.test_api_", "tests.test_system", "tests.test_security")
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 
@@ -109,11 +109,16 @@ def settings(tmp_path: Path, store_mode: str, request: pytest.FixtureRequest) ->
     """A fresh store: a directory, or (server mode) a new collection on the session's server."""
     if store_mode == "embedded":
         yield Settings(chroma_path=tmp_path / "db", collection="kb_test")
-        return
-    url = request.getfixturevalue("chroma_server")
+    else:
+        yield request.getfixturevalue("server_settings")
+
+
+@pytest.fixture
+def server_settings(tmp_path: Path, chroma_server: str) -> Iterator[Settings]:
+    """A new collection on the session's Chroma server, dropped afterwards."""
     name = f"kb-test-{uuid.uuid4().hex[:12]}"
-    yield Settings(chroma_path=tmp_path / "db", chroma_url=url, collection=name)
-    drop_collections(url, name)
+    yield Settings(chroma_path=tmp_path / "db", chroma_url=chroma_server, collection=name)
+    drop_collections(chroma_server, name)
 
 
 def drop_collections(url: str, name: str) -> None:

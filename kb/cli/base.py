@@ -1,0 +1,40 @@
+"""The `kb` command group and what its commands share."""
+
+from __future__ import annotations
+
+from typing import NoReturn
+
+import click
+
+from kb import __version__
+from kb.config import Settings
+from kb.errors import KBError
+from kb.store import KnowledgeStore
+
+API_KEY = click.option(
+    "--api-key",
+    envvar="KB_API_KEY",
+    default=None,
+    help="With --url: the key to send (KB_API_KEY); writes need a read-write key.",
+)
+
+
+@click.group()
+@click.version_option(__version__, prog_name="kb")
+def main() -> None:
+    """kb: a knowledge base that stores text with metadata and searches it by meaning.
+
+    Every option's default comes from a KB_* environment variable (see the README).
+    """
+
+
+def fail(message: str) -> NoReturn:
+    raise click.ClickException(message)
+
+
+def open_store(settings: Settings | None = None) -> KnowledgeStore:
+    """The configured store, or a clean exit naming what went wrong (locked, mismatched)."""
+    try:
+        return KnowledgeStore.open(settings or Settings())
+    except KBError as exc:
+        fail(exc.message)

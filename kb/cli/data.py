@@ -1,0 +1,202 @@
+"""Data in and out: `kb load`, `kb export`, `kb backup`, `kb restore`."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TextIO
+
+import click
+
+from kb.cli.base import API_KEY, fail, main, open_store
+from kb.config import Settings
+from kb.errors import KBError
+from kb.ingest import Prepare, Sink
+from kb.loader import FORMATS, Options, Problem, estimate, read, sources
+from kb.progress import Progress
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(FORMATS),
+    default=None,
+    help="Input format; default: from each file's suffix (JSONL otherwise).",
+)
+@click.option("--text-column", default="text", show_default=True, help="CSV: the text column.")
+@click.option("--id-column", default="id", show_default=True, help="CSV: the id column, if any.")
+@click.option("--batch-size", type=click.IntRange(1, 100_000), default=256, show_default=True)
+@click.option("--upsert", is_flag=True, help="Replace stored documents whose content changed.")
+@click.option("--strict", is_flag=True, help="Stop at the first bad record.")
+@click.option(
+    "--on-duplicate",
+    type=click.Choice(["allow", "skip", "reject"]),
+    default="allow",
+    show_default=True,
+    help="Records nearly identical to a stored document.",
+)
+@click.option("--url", default=None, help="Send batches to a running kb service instead.")
+@API_KEY
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def load(
+    paths: Sequence[str],
+    fmt: str | None,
+    text_column: str,
+    id_column: str,
+    batch_size: int,
+    upsert: bool,
+    strict: bool,
+    on_duplicate: str,
+    url: str | None,
+    api_key: str | None,
+    quiet: bool,
+) -> None:
+    """Load documents from files, folders or '-' (stdin).
+
+    JSONL/JSON records are {"id"?, "text", "metadata"?}; CSV rows give the text column and
+    metadata columns; Markdown/text files are one document each (YAML front matter is
+    metadata, the path inside the folder is the id). Records without an id get one derived
+    from their text, so loading the same input twice adds nothing.
+    """
+    from kb.ingest import ingest
+
+    settings = Settings()
+    found = sources(paths, fmt)
+    options = Options(settings, text_column=text_column, id_column=id_column)
+    progress = Progress(estimate(found), enabled=not quiet and sys.stderr.isatty())
+    mode = "upsert" if upsert else "skip"
+    sink, prepare, close = _sink(settings, url, api_key, mode, on_duplicate)
+
+    def report(problem: Problem) -> None:
+        progress.clear()
+        click.echo(f"error: {problem}", err=True)
+
+    entries = (entry for source in found for entry in read(source, options))
+    started = time.perf_counter()
+    try:
+        summary = ingest(
+            entries,
+            sink,
+            batch_size=batch_size,
+            strict=strict,
+            on_problem=report,
+            on_batch=progress.advance,
+            prepare=prepare,
+        )
+    except KBError as exc:
+        progress.clear()
+        fail(f"load stopped: {exc.message}")
+    finally:
+        close()
+    progress.clear()
+    elapsed = time.perf_counter() - started
+    click.echo(
+        f"added {summary.added}, updated {summary.updated}, skipped {summary.skipped}, "
+        f"failed {summary.failed} in {elapsed:.1f}s",
+        err=True,
+    )
+    if summary.failed:
+        sys.exit(1)
+
+
+def _sink(
+    settings: Settings, url: str | None, api_key: str | None, mode: str, on_duplicate: str
+) -> tuple[Sink, Prepare | None, Callable[[], None]]:
+    """Where loaded batches go: the REST API at `url`, or the store itself (which embeds
+    the next batch while the previous one is written)."""
+    if url:
+        from kb.client import KBClient
+
+        client = KBClient(url, api_key=api_key)
+        return (lambda docs: client.add(docs, mode, on_duplicate)), None, (lambda: None)  # type: ignore[arg-type]
+    from kb.store import WriteMode
+
+    store = open_store(settings)
+    prepare = lambda docs: store.prepare(docs, WriteMode(mode), on_duplicate)  # noqa: E731
+    return store.commit, prepare, store.close
+
+
+@main.command()
+@click.option("--where", "where", default=None, help="A JSON filter, as /query takes it.")
+@click.option(
+    "-o",
+    "--output",
+    type=click.File("w", encoding="utf-8"),
+    default="-",
+    help="File to write (default: standard output).",
+)
+def export(where: str | None, output: TextIO) -> None:
+    """Write documents as JSONL: id, text and metadata exactly as given (chunks joined)."""
+    from kb.filters import compile_filter
+
+    try:
+        flt = compile_filter(where=json.loads(where)) if where else compile_filter()
+    except ValueError as exc:
+        fail(f"--where is not valid JSON: {exc}")
+    except KBError as exc:
+        fail(exc.message)
+    store = open_store()
+    try:
+        count = 0
+        for doc in store.iter_documents(flt):
+            record = {"id": doc.id, "text": doc.text}
+            if doc.metadata is not None:
+                record["metadata"] = doc.metadata
+            output.write(json.dumps(record, ensure_ascii=False) + "\n")
+            count += 1
+    finally:
+        store.close()
+    click.echo(f"exported {count} documents", err=True)
+
+
+@main.command()
+@click.argument("dest", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--url", default=None, help="Back up a running kb service (its /backup route).")
+@API_KEY
+def backup(dest: Path, url: str | None, api_key: str | None) -> None:
+    """Write a consistent backup of the store to DEST (gzip JSON lines with the vectors).
+
+    While kb serve has the embedded store open, back up through it with --url: writes wait
+    while the copy is taken, searches go on.
+    """
+    from kb import backup as backups
+
+    started = time.perf_counter()
+    try:
+        if url:
+            from kb.client import KBClient
+
+            with KBClient(url, api_key=api_key, timeout=3600).backup() as stream:
+                count = backups.save_stream(stream, dest)["records"]
+        else:
+            store = open_store()
+            try:
+                count = backups.write_file(store, dest)
+            finally:
+                store.close()
+    except KBError as exc:
+        fail(f"backup failed: {exc.message}")
+    click.echo(f"backed up {count} records to {dest} in {time.perf_counter() - started:.1f}s")
+
+
+@main.command()
+@click.argument("source", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--replace", is_flag=True, help="Delete what the collection holds first.")
+def restore(source: Path, replace: bool) -> None:
+    """Load a backup into the configured store (stop kb serve on an embedded store first)."""
+    from kb import backup as backups
+
+    started = time.perf_counter()
+    store = open_store()
+    try:
+        count = backups.restore(store, source, replace=replace)
+    except KBError as exc:
+        fail(f"restore failed: {exc.message}")
+    finally:
+        store.close()
+    click.echo(f"restored {count} records from {source} in {time.perf_counter() - started:.1f}s")

@@ -1,0 +1,108 @@
+"""`kb serve`: the API under waitress (one process) or gunicorn (several, KB_CHROMA_URL)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from typing import Any
+
+import click
+from gunicorn.app.base import BaseApplication
+
+from kb import __version__
+from kb.cli.base import fail, main
+from kb.config import Settings
+from kb.errors import KBError
+
+
+@main.command()
+@click.option("--host", default=None, help="Interface to bind (KB_HOST).")
+@click.option("--port", type=int, default=None, help="Port (KB_PORT).")
+@click.option("--threads", type=int, default=None, help="Threads per worker (KB_THREADS).")
+@click.option(
+    "--workers", type=int, default=None, help="Worker processes (KB_WORKERS; KB_CHROMA_URL)."
+)
+def serve(host: str | None, port: int | None, threads: int | None, workers: int | None) -> None:
+    """Serve the REST API and the search page on the configured store."""
+    overrides = {"host": host, "port": port, "threads": threads, "workers": workers}
+    settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+    where = settings.chroma_url or settings.chroma_path
+    if settings.workers > 1 and not settings.chroma_url:
+        fail(
+            "several workers need a Chroma server (KB_CHROMA_URL): an embedded store is opened "
+            "by one process at a time. Use threads (KB_THREADS) or `make serve-cluster`."
+        )
+    click.echo(
+        f"kb {__version__} on http://{settings.host}:{settings.port} (store {where}, collection "
+        f"{settings.collection}, {settings.workers} worker(s) x {settings.server_threads()} "
+        "threads)",
+        err=True,
+    )
+    if settings.workers > 1:
+        _gunicorn(settings)
+    else:
+        _waitress(settings)
+
+
+def _waitress(settings: Settings) -> None:
+    import waitress
+
+    from kb.app import create_app
+
+    try:
+        app = create_app(settings)
+    except KBError as exc:
+        fail(exc.message)
+    waitress.serve(
+        app,
+        host=settings.host,
+        port=settings.port,
+        threads=settings.server_threads(),
+        ident="kb",
+        channel_timeout=120,
+    )
+
+
+def _gunicorn(settings: Settings) -> None:
+    """Worker processes sharing the Chroma server, and their metrics through files."""
+    metrics = tempfile.mkdtemp(prefix="kb-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics  # before any worker imports the client
+    try:
+        _Cluster(settings).run()
+    finally:
+        shutil.rmtree(metrics, ignore_errors=True)
+
+
+def _worker_exit(server: Any, worker: Any) -> None:
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+class _Cluster(BaseApplication):  # type: ignore[misc]
+    """gunicorn with kb's app factory: each worker builds its own app after the fork."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        super().__init__()
+
+    def load_config(self) -> None:
+        options = {
+            "bind": f"{self.settings.host}:{self.settings.port}",
+            "workers": self.settings.workers,
+            "threads": self.settings.server_threads(),
+            "worker_class": "gthread",
+            "timeout": 120,  # a worker's first start builds its local copies of the store
+            "graceful_timeout": 30,
+            "accesslog": None,  # kb logs every request itself, with its request id
+            "child_exit": _worker_exit,
+            "proc_name": "kb",
+        }
+        for key, value in options.items():
+            self.cfg.set(key, value)
+
+    def load(self) -> Any:
+        from kb.app import create_app
+
+        return create_app(self.settings)

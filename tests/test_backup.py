@@ -1,0 +1,167 @@
+"""kb backup and kb restore: a consistent copy of a running store, brought back exactly."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import threading
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from kb import backup
+from kb.cli import main
+from kb.config import Settings
+from kb.errors import Conflict, ModelMismatch, ValidationFailed
+from kb.filters import compile_filter
+from kb.schemas import DocumentIn, QueryRequest
+from kb.search import CALIBRATED_KEY, search
+from kb.store import KnowledgeStore
+from tests.conftest import COOKING
+from tests.live import Service, call
+
+LONG = " ".join(f"Sentence {i} about sourdough, hydration and the crumb." for i in range(120))
+
+
+def contents(store: KnowledgeStore) -> list[tuple[str, str, object]]:
+    return sorted((d.id, d.text, d.metadata) for d in store.iter_documents(compile_filter()))
+
+
+def top(store: KnowledgeStore, text: str, mode: str) -> list[tuple[str, float]]:
+    request = QueryRequest.model_validate({"query": text, "mode": mode, "min_score": -1})
+    return [(m.id, round(m.score, 5)) for m in search(store, request)[0].matches]
+
+
+@pytest.fixture
+def filled(settings: Settings, embedder) -> KnowledgeStore:
+    store = KnowledgeStore.open(settings, embedder)
+    store.add([DocumentIn.model_validate(doc) for doc in COOKING])
+    store.add([DocumentIn(id="long", text=LONG, metadata={"tags": []})])
+    store.records.set_settings_value(CALIBRATED_KEY, 0.37)
+    yield store
+    store.close()
+
+
+def test_backup_and_restore_reproduce_the_store(filled, tmp_path: Path, embedder) -> None:
+    dest = tmp_path / "copy.jsonl.gz"
+    assert backup.write_file(filled, dest) == filled.records.count()
+    assert filled.get("long").chunks > 1
+    target = KnowledgeStore.open(Settings(chroma_path=tmp_path / "other"), embedder)
+    try:
+        assert backup.restore(target, dest) == filled.records.count()
+        assert contents(target) == contents(filled)
+        for mode in ("dense", "keyword", "hybrid"):
+            assert top(target, "crumb hydration", mode) == top(filled, "crumb hydration", mode)
+        assert target.records.settings_value(CALIBRATED_KEY) == 0.37
+        with pytest.raises(Conflict, match="not empty"):
+            backup.restore(target, dest)
+        target.add([DocumentIn(id="extra", text="Something restore must remove")])
+        backup.restore(target, dest, replace=True)
+        assert contents(target) == contents(filled)
+    finally:
+        target.close()
+
+
+def test_a_truncated_or_foreign_backup_is_refused(filled, tmp_path: Path) -> None:
+    dest = tmp_path / "copy.jsonl.gz"
+    backup.write_file(filled, dest)
+    lines = gzip.decompress(dest.read_bytes()).splitlines(keepends=True)
+    cut = tmp_path / "cut.jsonl.gz"
+    cut.write_bytes(gzip.compress(b"".join(lines[:-2])))
+    with pytest.raises(ValidationFailed, match="holds"):
+        backup.verify(cut)
+    junk = tmp_path / "junk.jsonl.gz"
+    junk.write_bytes(b"not gzip at all")
+    with pytest.raises(ValidationFailed, match="not a readable kb backup"):
+        backup.verify(junk)
+    header = json.loads(lines[0]) | {"fingerprint": "0" * 16}
+    other = tmp_path / "other-model.jsonl.gz"
+    other.write_bytes(gzip.compress(json.dumps(header).encode() + b"\n" + b"".join(lines[1:])))
+    with pytest.raises(ModelMismatch):
+        backup.restore(filled, other, replace=True)
+    assert filled.count() == 5  # nothing was touched
+
+
+def test_backup_of_a_running_service_is_consistent(service: Service, tmp_path: Path) -> None:
+    """Batches keep landing while the backup is taken: it holds whole batches only, and
+    `kb restore` brings exactly that back."""
+    base = service.start().base
+    stop = threading.Event()
+    landed: list[int] = []
+
+    def writer() -> None:
+        n = 0
+        while not stop.is_set():
+            docs = [{"id": f"w{n}-{i}", "text": f"Batch {n} item {i} on tides"} for i in range(10)]
+            assert call(base, "/add", {"documents": docs})[0] == 201
+            landed.append(n)
+            n += 1
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        while len(landed) < 3:
+            thread.join(0.05)
+        dest = tmp_path / "live.jsonl.gz"
+        env = {"KB_CHROMA_PATH": str(tmp_path / "unused")}
+        done = CliRunner().invoke(main, ["backup", str(dest), "--url", base], env=env)
+        assert done.exit_code == 0, done.output
+    finally:
+        stop.set()
+        thread.join()
+    header = backup.verify(dest)
+    assert header["records"] % 10 == 0
+    assert header["records"] >= 30
+    restored = tmp_path / "restored"
+    env = {"KB_CHROMA_PATH": str(restored)}
+    done = CliRunner().invoke(main, ["restore", str(dest)], env=env)
+    assert done.exit_code == 0, done.output
+    assert f"restored {header['records']} records" in done.output
+    copy = Service(restored, tmp_path / "copy.log").start()
+    try:
+        ids = {d["id"] for d in call(copy.base, "/documents?limit=1000")[1]["documents"]}
+        batches = {rid.split("-")[0] for rid in ids}
+        assert len(ids) == header["records"] == 10 * len(batches)
+    finally:
+        copy.stop()
+
+
+def test_backup_without_url_of_a_store_in_use_says_what_to_do(live_server: str, service) -> None:
+    env = {"KB_CHROMA_PATH": str(service.store)}
+    done = CliRunner().invoke(main, ["backup", str(service.store.parent / "x.gz")], env=env)
+    assert done.exit_code == 1
+    assert "kb backup --url" in done.output
+
+
+def test_a_backup_taken_during_writes_holds_whole_writes(
+    settings: Settings, embedder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Small pages make the copy span many reads while batches land between them."""
+    monkeypatch.setattr(backup, "PAGE", 3)
+    store = KnowledgeStore.open(settings, embedder)
+    stop, landed = threading.Event(), []
+
+    def writer() -> None:
+        n = 0
+        while not stop.is_set():
+            store.add([DocumentIn(id=f"w{n}-{i}", text=f"Batch {n} item {i}") for i in range(7)])
+            landed.append(n)
+            n += 1
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        while len(landed) < 2:
+            thread.join(0.05)
+        dest = tmp_path / "during.jsonl.gz"
+        count = backup.write_file(store, dest)
+    finally:
+        stop.set()
+        thread.join()
+        store.close()
+    lines = gzip.decompress(dest.read_bytes()).decode().splitlines()[1:]
+    ids = [json.loads(line)["id"] for line in lines]
+    assert len(ids) == len(set(ids)) == count
+    assert count % 7 == 0
+    assert count >= 14

@@ -29,6 +29,9 @@ seed: install ## Load data/seed into the default store (loading twice changes no
 serve: seed ## Serve the API on the default store (KB_HOST, KB_PORT, KB_CHROMA_PATH)
 	$(BIN)/kb serve
 
+serve-cluster: install ## A local Chroma server (chroma_server_db/) and kb with several workers on it
+	$(BIN)/kb cluster --path chroma_server_db --seed data/seed
+
 test: install ## Run the test suite (API tests on an embedded store and on a Chroma server)
 	$(BIN)/python -m pytest -m "not ui"
 

@@ -1,0 +1,80 @@
+"""`kb cluster`: a Chroma server and several gunicorn workers sharing it, as make serve-cluster."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.live import call, free_port
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[str]:
+    """`kb cluster` with three workers; its log is tmp_path/cluster.log."""
+    port = free_port()
+    env = {**os.environ, "KB_PORT": str(port), "KB_CHROMA_PATH": str(tmp_path / "local")}
+    log = tmp_path / "cluster.log"
+    command = [sys.executable, "-m", "kb", "cluster", "--path", str(tmp_path / "chroma")]
+    command += ["--chroma-port", str(free_port()), "--workers", "3"]
+    with log.open("wb") as sink:
+        proc = subprocess.Popen(command, env=env, stdout=sink, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, log.read_text()[-3000:]
+        try:
+            if call(base, "/health")[0] == 200:
+                break
+        except OSError:
+            time.sleep(0.3)
+    else:
+        pytest.fail(f"kb cluster did not answer: {log.read_text()[-3000:]}")
+    yield base
+    proc.send_signal(signal.SIGTERM)  # gunicorn stops its workers, then kb stops Chroma
+    assert proc.wait(timeout=60) == 0, log.read_text()[-3000:]
+
+
+def answering_workers(log: Path, route: str) -> set[int]:
+    """The pids of the worker processes that logged answers on this route."""
+    lines = (json.loads(x) for x in log.read_text().splitlines() if x.startswith("{"))
+    return {x["pid"] for x in lines if x.get("logger") == "kb.access" and x["route"] == route}
+
+
+def test_workers_share_one_store_and_see_each_others_writes(cluster: str, tmp_path) -> None:
+    words = ["aurora", "basalt", "cirrus", "delta", "estuary", "fjord", "geyser", "hoodoo"]
+    for word in words:  # each request on a new connection: the workers take turns
+        status, _ = call(cluster, "/add", {"id": word, "text": f"A field note on the {word}."})
+        assert status == 201
+    for _ in range(3):  # any worker answers, and each sees every acknowledged write
+        for word in words:
+            body = {"query": word, "mode": "keyword", "min_score": -1}
+            assert [m["id"] for m in call(cluster, "/query", body)[1]["matches"]] == [word]
+    assert call(cluster, "/delete", {"ids": ["delta"]})[0] == 200
+    for _ in range(4):
+        body = {"query": "delta", "mode": "keyword", "min_score": -1}
+        assert call(cluster, "/query", body)[1]["matches"] == []
+    assert call(cluster, "/health")[1]["store"]["mode"] == "server"
+    status, conflict = call(cluster, "/add", {"id": "aurora", "text": "again"})
+    assert (status, conflict["error"]["code"]) == (409, "conflict")
+    assert len(answering_workers(tmp_path / "cluster.log", "/query")) >= 2
+
+
+def test_metrics_add_up_over_the_workers(cluster: str) -> None:
+    for i in range(12):
+        assert call(cluster, "/query", {"query": f"question {i}"})[0] == 200
+    with urllib.request.urlopen(f"{cluster}/metrics", timeout=30) as response:
+        text = response.read().decode()
+    line = next(
+        x for x in text.splitlines()
+        if x.startswith("kb_http_requests_total") and 'route="/query"' in x
+    )  # fmt: skip
+    assert float(line.rsplit(" ", 1)[1]) == 12

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, datetime
+from typing import IO
 
-from flask import Blueprint, Response, request
-from werkzeug.wsgi import wrap_file
+from flask import Blueprint, Response
 
 from kb.api.util import documented, store
 from kb.backup import snapshot
 
 bp = Blueprint("admin", __name__)
+BLOCK = 1 << 16
 
 
 @bp.get("/backup")
@@ -21,11 +23,15 @@ bp = Blueprint("admin", __name__)
     media_type="application/gzip",
 )
 def backup() -> Response:
-    # Written in full first (writes wait meanwhile, reads do not), then streamed and closed.
-    spool = snapshot(store())
+    # Written in full first (writes wait meanwhile, reads do not), then streamed.
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    response = Response(
-        wrap_file(request.environ, spool), mimetype="application/gzip", direct_passthrough=True
-    )
+    response = Response(_blocks(snapshot(store())), mimetype="application/gzip")
     response.headers["Content-Disposition"] = f'attachment; filename="kb-{stamp}.jsonl.gz"'
     return response
+
+
+def _blocks(spool: IO[bytes]) -> Iterator[bytes]:
+    """The file's bytes; it is closed once read to the end or when the client goes away."""
+    with spool:
+        while block := spool.read(BLOCK):
+            yield block

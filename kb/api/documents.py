@@ -24,9 +24,14 @@ from kb.store import WriteMode
 
 bp = Blueprint("documents", __name__)
 
+MAX_OFFSET = 2**31 - 1  # Chroma takes a 32-bit offset and fails (500) past it
 LIST_PARAMS = [
     {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
-    {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+    {
+        "name": "offset",
+        "in": "query",
+        "schema": {"type": "integer", "minimum": 0, "maximum": MAX_OFFSET},
+    },
     {"name": "where", "in": "query", "schema": {"type": "string"}, "description": "JSON filter"},
 ]
 ID_ERRORS = (400, 404, 413, 422)
@@ -62,7 +67,7 @@ def get_document(doc_id: str) -> tuple[Response, int]:
 )
 def list_documents() -> tuple[Response, int]:
     limit = _int_arg("limit", 20, 1, 1000)
-    offset = _int_arg("offset", 0, 0, None)
+    offset = _int_arg("offset", 0, 0, MAX_OFFSET)
     where = _json_arg("where")
     simple = {
         key: _typed(request.args.getlist(key))

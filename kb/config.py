@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PACKAGED_MODEL = "all-MiniLM-L6-v2"
@@ -108,6 +108,12 @@ class Settings(BaseSettings):
 
     def cors(self) -> list[str]:
         return [origin.strip() for origin in self.cors_origins.split(",") if origin.strip()]
+
+    @model_validator(mode="after")
+    def _defaults_within_limits(self) -> Settings:
+        if self.top_k > self.max_top_k:
+            raise ValueError(f"KB_TOP_K ({self.top_k}) exceeds KB_MAX_TOP_K ({self.max_top_k})")
+        return self
 
     @field_validator("chroma_url")
     @classmethod

@@ -11,10 +11,13 @@ import math
 import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kb.errors import ValidationFailed, field_error
 from kb.schemas import RESERVED_PREFIX, check_metadata_key, scalar_kind
+
+if TYPE_CHECKING:
+    from kb.config import Settings
 
 TWIN_PREFIX = f"{RESERVED_PREFIX}ts_"
 COMPARISON = {"$eq", "$ne"}
@@ -25,6 +28,19 @@ LOGICAL = {"$and", "$or"}
 DOCUMENT_OPS = {"$contains", "$not_contains", "$regex", "$not_regex"}
 MAX_DEPTH = 8
 MAX_CONDITIONS = 64
+
+
+@dataclass(frozen=True)
+class FilterLimits:
+    """How deep a filter may nest and how many conditions it may hold (KB_MAX_FILTER_*)."""
+
+    depth: int = MAX_DEPTH
+    conditions: int = MAX_CONDITIONS
+
+    @classmethod
+    def of(cls, settings: Settings) -> FilterLimits:
+        return cls(settings.max_filter_depth, settings.max_filter_conditions)
+
 
 _DATE_RE = re.compile(r"\d{4}-\d{2}-\d{2}")
 _DATETIME_RE = re.compile(
@@ -79,17 +95,18 @@ def compile_filter(
     filters: dict[str, Any] | None = None,
     where: dict[str, Any] | None = None,
     where_document: dict[str, Any] | None = None,
+    limits: FilterLimits = FilterLimits(),
 ) -> CompiledFilter:
     """Validate and translate the three user filter forms; raise ValidationFailed on errors."""
     errors: list[dict[str, Any]] = []
     clauses: list[dict[str, Any] | None] = []
     if filters is not None:
-        clauses.append(_Translator(errors).simple(filters))
+        clauses.append(_Translator(errors, limits).simple(filters))
     if where is not None:
-        clauses.append(_Translator(errors).where(where, "where", 0))
+        clauses.append(_Translator(errors, limits).where(where, "where", 0))
     document = None
     if where_document is not None:
-        document = _Translator(errors).document(where_document, "where_document", 0)
+        document = _Translator(errors, limits).document(where_document, "where_document", 0)
     if errors:
         first = errors[0]
         raise ValidationFailed(f"{first['field']}: {first['message']}", details=errors)
@@ -99,8 +116,9 @@ def compile_filter(
 class _Translator:
     """One pass over one filter tree; collects errors with the path to each."""
 
-    def __init__(self, errors: list[dict[str, Any]]) -> None:
+    def __init__(self, errors: list[dict[str, Any]], limits: FilterLimits) -> None:
         self.errors = errors
+        self.limits = limits
         self.conditions = 0
 
     def fail(self, path: str, message: str) -> None:
@@ -122,8 +140,8 @@ class _Translator:
         return and_where(*clauses)
 
     def where(self, node: Any, path: str, depth: int) -> dict[str, Any] | None:
-        if depth > MAX_DEPTH:
-            self.fail(path, f"filters may nest at most {MAX_DEPTH} levels")
+        if depth > self.limits.depth:
+            self.fail(path, f"filters may nest at most {self.limits.depth} levels")
             return None
         if not isinstance(node, dict) or not node:
             self.fail(path, "must be a non-empty object")
@@ -159,9 +177,9 @@ class _Translator:
 
     def field(self, key: str, value: Any, path: str) -> dict[str, Any] | None:
         self.conditions += 1
-        if self.conditions > MAX_CONDITIONS:
-            if self.conditions == MAX_CONDITIONS + 1:
-                self.fail(path, f"at most {MAX_CONDITIONS} conditions per filter")
+        if self.conditions > self.limits.conditions:
+            if self.conditions == self.limits.conditions + 1:
+                self.fail(path, f"at most {self.limits.conditions} conditions per filter")
             return None
         if not isinstance(value, dict):
             if isinstance(value, list):
@@ -223,8 +241,8 @@ class _Translator:
         return True
 
     def document(self, node: Any, path: str, depth: int) -> dict[str, Any] | None:
-        if depth > MAX_DEPTH:
-            self.fail(path, f"filters may nest at most {MAX_DEPTH} levels")
+        if depth > self.limits.depth:
+            self.fail(path, f"filters may nest at most {self.limits.depth} levels")
             return None
         if not isinstance(node, dict) or len(node) != 1:
             self.fail(path, "must be an object with exactly one operator")

@@ -193,7 +193,7 @@ class AddRequest(Model):
     )
 
     @model_validator(mode="after")
-    def _one_form(self, info: ValidationInfo) -> AddRequest:
+    def _one_form(self) -> AddRequest:
         single = self.text is not None or self.id is not None or self.metadata is not None
         if self.documents is not None and single:
             raise ValueError("send either 'documents' or a single document's fields, not both")
@@ -201,11 +201,20 @@ class AddRequest(Model):
             raise ValueError("'text' (one document) or 'documents' (a list) is required")
         if self.upsert and self.on_conflict not in (None, "upsert"):
             raise ValueError("'upsert': true contradicts 'on_conflict'")
+        return self
+
+    @field_validator("documents")
+    @classmethod
+    def _documents_limit(
+        cls, value: list[DocumentIn] | None, info: ValidationInfo
+    ) -> list[DocumentIn] | None:
         settings = (info.context or {}).get("settings")
         limit = settings.max_documents_per_request if settings else None
-        if limit and self.documents and len(self.documents) > limit:
-            raise ValueError(f"at most {limit} documents per request")
-        return self
+        if limit and value and len(value) > limit:
+            raise ValueError(
+                f"at most {limit} documents per request (KB_MAX_DOCUMENTS_PER_REQUEST)"
+            )
+        return value
 
     def conflict_mode(self) -> str:
         return "upsert" if self.upsert else self.on_conflict or "error"
@@ -296,7 +305,9 @@ class QueryRequest(Model):
     model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
     query: str | None = Field(None, description="One natural-language query.")
     queries: list[str] | None = Field(None, min_length=1, description="A batch of queries.")
-    top_k: int | None = Field(None, ge=1, le=100, description="Matches per query (default 5).")
+    top_k: int | None = Field(
+        None, ge=1, le=1000, description="Matches per query (default 5; at most KB_MAX_TOP_K)."
+    )
     filters: dict[str, Any] | None = Field(
         None, description="Simple filters: key -> value (equality) or list (any of)."
     )
@@ -314,6 +325,14 @@ class QueryRequest(Model):
         description="Diversify: 1 = relevance only, 0 = diversity only.",
     )
     fusion: Fusion | None = Field(None, description="Hybrid: rrf (rank) or score (min-max).")
+
+    @field_validator("top_k")
+    @classmethod
+    def _top_k(cls, value: int | None, info: ValidationInfo) -> int | None:
+        settings = (info.context or {}).get("settings")
+        if value is not None and settings is not None and value > settings.max_top_k:
+            raise ValueError(f"top_k may be at most {settings.max_top_k} (KB_MAX_TOP_K)")
+        return value
 
     @field_validator("query")
     @classmethod

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from kb.diversity import mmr
-from kb.filters import CompiledFilter, compile_filter
+from kb.filters import CompiledFilter, FilterLimits, compile_filter
 from kb.hybrid import Hit, complete, fuse, keyword_documents
 from kb.records import Record, user_metadata
 from kb.schemas import Document, Match, QueryRequest, QueryResult, QueryStatus, Threshold
@@ -29,7 +29,8 @@ def resolve_threshold(store: KnowledgeStore, requested: float | None) -> Thresho
 
 def search(store: KnowledgeStore, request: QueryRequest) -> list[QueryResult]:
     """Run every query of the request through the same pipeline; one result each."""
-    flt = compile_filter(request.filters, request.where, request.where_document)
+    limits = FilterLimits.of(store.settings)
+    flt = compile_filter(request.filters, request.where, request.where_document, limits)
     top_k = request.top_k or store.settings.top_k
     threshold = resolve_threshold(store, request.min_score)
     texts = request.texts()

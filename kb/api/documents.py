@@ -7,9 +7,9 @@ from typing import Any
 
 from flask import Blueprint, Response, request
 
-from kb.api.util import body, documented, reply, store
+from kb.api.util import body, documented, reply, state, store
 from kb.errors import ValidationFailed, field_error
-from kb.filters import compile_filter
+from kb.filters import FilterLimits, compile_filter
 from kb.schemas import (
     AddRequest,
     AddResponse,
@@ -74,7 +74,7 @@ def list_documents() -> tuple[Response, int]:
         for key in request.args
         if key not in {"limit", "offset", "where"}
     }
-    flt = compile_filter(simple or None, where)
+    flt = compile_filter(simple or None, where, limits=FilterLimits.of(state().settings))
     return reply(store().list(flt, limit, offset))
 
 
@@ -121,7 +121,8 @@ def delete() -> tuple[Response, int]:
     req = body(DeleteRequest)
     if req.ids is not None:
         return reply(store().delete(req.ids))
-    return reply(store().delete_where(compile_filter(req.filters, req.where)))
+    flt = compile_filter(req.filters, req.where, limits=FilterLimits.of(state().settings))
+    return reply(store().delete_where(flt))
 
 
 def _int_arg(name: str, default: int, low: int, high: int | None) -> int:

@@ -1,0 +1,86 @@
+"""Every limit is a clear 4xx that names the field, and a refused request changes nothing."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from kb.app import close_app, create_app
+from kb.config import Settings
+from kb.embeddings import Embedder
+from tests.conftest import changed
+
+LIMITS = {
+    "max_request_bytes": 4096,
+    "max_documents_per_request": 3,
+    "max_text_chars": 200,
+    "max_top_k": 10,
+    "max_queries_per_request": 2,
+    "max_filter_depth": 2,
+    "max_filter_conditions": 3,
+    "top_k": 5,
+}
+
+
+@pytest.fixture
+def tight(settings: Settings, embedder: Embedder) -> Iterator[Flask]:
+    app = create_app(changed(settings, **LIMITS), embedder=embedder)
+    yield app
+    close_app(app)
+
+
+@pytest.fixture
+def api(tight: Flask) -> FlaskClient:
+    client = tight.test_client()
+    assert client.post("/add", json={"id": "keep", "text": "A stored note."}).status_code == 201
+    return client
+
+
+def nested(depth: int) -> dict[str, Any]:
+    node: dict[str, Any] = {"a": 1}
+    for _ in range(depth):
+        node = {"$or": [node, {"b": 2}]}
+    return node
+
+
+CASES = [
+    ("/add", {"text": "x" * 5000}, 413, None),
+    ("/add", {"documents": [{"text": f"note {i}"} for i in range(4)]}, 422, "documents"),
+    ("/add", {"text": "y" * 201}, 422, "text"),
+    ("/add", {"documents": [{"text": "ok"}, {"text": "z" * 201}]}, 422, "documents.1.text"),
+    ("/query", {"query": "note", "top_k": 11}, 422, "top_k"),
+    ("/query", {"queries": ["a", "b", "c"]}, 422, "queries"),
+    ("/query", {"query": "note", "where": nested(3)}, 422, "where"),
+    ("/query", {"query": "note", "where": {"$and": [{"a": i} for i in range(4)]}}, 422, "where"),
+    ("/delete", {"where": nested(3)}, 422, "where"),
+]
+
+
+@pytest.mark.parametrize(("path", "body", "status", "field"), CASES)
+def test_each_limit_is_a_clear_error(
+    api: FlaskClient, path: str, body: dict, status: int, field: str | None
+) -> None:
+    response = api.post(path, json=body)
+    assert response.status_code == status, response.json
+    error = response.json["error"]
+    assert error["message"]
+    if field is not None:
+        assert any(d["field"].startswith(field) for d in error["details"]), error
+    assert api.get("/health").json["documents"] == 1  # nothing was written or deleted
+    assert api.get("/documents/keep").status_code == 200
+
+
+def test_within_the_limits_everything_works(api: FlaskClient) -> None:
+    assert api.post("/query", json={"query": "note", "top_k": 10}).status_code == 200
+    assert api.post("/query", json={"query": "note", "where": nested(2)}).status_code == 200
+    docs = [{"text": f"note {i}"} for i in range(3)]
+    assert api.post("/add", json={"documents": docs}).status_code == 201
+
+
+def test_a_default_above_its_limit_is_a_configuration_error() -> None:
+    with pytest.raises(ValueError, match="KB_MAX_TOP_K"):
+        Settings(top_k=50, max_top_k=10)

@@ -170,6 +170,12 @@ class RecordCollection:
             got = self._col.get(where=flt.where, where_document=flt.where_document, include=[])
         return list(got["ids"])
 
+    def metadatas(self, flt: CompiledFilter) -> list[dict[str, Any]]:
+        """The metadata of every record matching the filter (no texts, no vectors)."""
+        with chroma_errors():
+            got = self._col.get(where=flt.where, include=["metadatas"])
+        return [dict(meta or {}) for meta in got["metadatas"]]
+
     def get(
         self,
         ids: Sequence[str] | None = None,

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from kb.records import Record
+from kb.records import CHUNK, Record
 
 ValueKey = tuple[str, Any]
 RANGE_OPS = {"$gt": np.greater, "$gte": np.greater_equal, "$lt": np.less, "$lte": np.less_equal}
@@ -115,6 +115,12 @@ class Mirror:
         return [
             (Record(self.ids[rows[i]], "", self.metadata[rows[i]]), float(scores[i])) for i in top
         ]
+
+    def head_metadata(self) -> list[dict[str, Any]]:
+        """The metadata of every live document's first chunk."""
+        rows = self._values.get(CHUNK, {}).get(value_key(0), [])
+        alive = self._alive
+        return [self.metadata[row] for row in rows if row < self.size and alive[row]]
 
     def row(self, record_id: str) -> int | None:
         return self._row.get(record_id)

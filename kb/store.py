@@ -142,11 +142,19 @@ class KnowledgeStore:
         return [assemble(groups[head.doc_id]) for head in heads]
 
     def stats(self) -> Stats:
-        heads = self.records.get(flt=CompiledFilter(where=HEADS))
+        """Counts and metadata summaries, from the in-memory mirror when it is current (no
+        trip to Chroma), else from the first chunks' metadata in Chroma."""
+        mirror = self.replica.current_mirror()
+        if mirror is not None:
+            metadatas = mirror.head_metadata()
+            chunks = len(mirror)
+        else:
+            metadatas = self.records.metadatas(CompiledFilter(where=HEADS))
+            chunks = self.records.count()
         return Stats(
-            documents=len(heads),
-            chunks=self.records.count(),
-            metadata=metadata_stats(user_metadata(head.metadata) for head in heads),
+            documents=len(metadatas),
+            chunks=chunks,
+            metadata=metadata_stats(user_metadata(meta) for meta in metadatas),
         )
 
     def _chunks(self, heads: Sequence[Record], embeddings: bool = False) -> dict[str, list[Record]]:

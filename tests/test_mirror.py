@@ -147,3 +147,15 @@ def test_writes_reach_the_mirror(cooking, store) -> None:
     assert store_filter.where is not None
     ids = [m["id"] for m in cooking.post("/query", json=body).json["matches"]]
     assert ids == ["risotto"]
+
+
+def test_stats_from_the_mirror_equal_stats_from_chroma(cooking, store) -> None:
+    store.replica.wait_loaded()
+    cooking.post("/delete", json={"ids": ["bread"]})
+    from_mirror = store.stats()
+    mirror, store.replica.mirror = store.replica.mirror, None
+    try:
+        assert store.stats() == from_mirror
+    finally:
+        store.replica.mirror = mirror
+    assert from_mirror.documents == 3

@@ -128,12 +128,13 @@ def request(
 class Server:
     """`kb serve` on a free loopback port over one store; stopped on exit."""
 
-    def __init__(self, store: Path, log: Path) -> None:
+    def __init__(self, store: Path, log: Path, wrapper: Sequence[str] = ()) -> None:
+        """`wrapper` runs the server under another program (a profiler)."""
         self.port = free_port()
         self.log = log
         with log.open("wb") as sink:
             self.proc = subprocess.Popen(
-                kb_command("serve"),
+                [*wrapper, *kb_command("serve")],
                 env=kb_env(store, self.port),
                 cwd=ROOT,
                 stdout=sink,

@@ -52,8 +52,11 @@ class Service:
 
     def __init__(self, store: Path, log: Path, **env: str) -> None:
         self.store, self.log = store, log
+        # The shell's KB_* must not leak in (a module-scoped service starts before the
+        # per-test environment clean-up runs).
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith("KB_")}
         self.env = {
-            **os.environ,
+            **inherited,
             "KB_CHROMA_PATH": str(store),
             "KB_HOST": "127.0.0.1",
             "KB_THREADS": "8",

@@ -4,18 +4,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import click
 from gunicorn.app.base import BaseApplication
 
-from kb import __version__
+from kb import __version__, chroma_process
 from kb.cli.base import fail, main
 from kb.config import Settings, cpu_count
 from kb.errors import KBError
@@ -65,16 +61,12 @@ def serve(host: str | None, port: int | None, threads: int | None, workers: int 
 def cluster(data: Path, chroma_port: int, workers: int | None, seeds: tuple[str, ...]) -> None:
     """Start a local Chroma server and kb with several worker processes against it."""
     url = f"http://127.0.0.1:{chroma_port}"
-    data.mkdir(parents=True, exist_ok=True)
-    chroma = Path(sys.executable).with_name("chroma")
     log = data / "chroma.log"
-    command = [str(chroma), "run", "--path", str(data), "--host", "127.0.0.1"]
-    with log.open("ab") as sink:
-        server = subprocess.Popen(
-            [*command, "--port", str(chroma_port)], stdout=sink, stderr=subprocess.STDOUT
-        )
     try:
-        _wait_for_chroma(url, server, log)
+        server = chroma_process.start(data, chroma_port, log)
+    except KBError as exc:
+        fail(exc.message)
+    try:
         click.echo(f"Chroma server on {url} (data in {data}, log {log})", err=True)
         os.environ["KB_CHROMA_URL"] = url
         if seeds:
@@ -86,22 +78,7 @@ def cluster(data: Path, chroma_port: int, workers: int | None, seeds: tuple[str,
         click.echo(f"kb {__version__} on http://{settings.host}:{settings.port}, {count} workers")
         _gunicorn(settings)
     finally:
-        server.terminate()
-        server.wait(timeout=30)
-
-
-def _wait_for_chroma(url: str, server: subprocess.Popen, log: Path, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            fail(f"chroma run exited ({server.returncode}); see {log}")
-        try:
-            with urllib.request.urlopen(f"{url}/api/v2/heartbeat", timeout=2):
-                return
-        except OSError:
-            time.sleep(0.2)
-    server.terminate()
-    fail(f"the Chroma server on {url} did not answer within {timeout:.0f} s; see {log}")
+        chroma_process.stop(server)
 
 
 def _waitress(settings: Settings) -> None:

@@ -2,14 +2,7 @@
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from tests.live import free_port
+from tests.live import Service, call
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, ConsoleMessage, Page
@@ -127,23 +120,6 @@ SEED_DOCS: list[dict[str, Any]] = [
 # ------------------------------------------------------------------ kb serve
 
 
-def request_json(
-    base: str, path: str, body: dict[str, Any] | None = None, key: str | None = None
-) -> tuple[int, Any]:
-    data = json.dumps(body).encode() if body is not None else None
-    headers = {"Content-Type": "application/json"} if data else {}
-    if key:
-        headers["Authorization"] = f"Bearer {key}"
-    request = urllib.request.Request(
-        base + path, data=data, headers=headers, method="POST" if data else "GET"
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
-
-
 @dataclass
 class Server:
     base: str
@@ -151,56 +127,27 @@ class Server:
     key: str | None = None  # a write key, when the server has keys
 
     def call(self, path: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
-        return request_json(self.base, path, body, self.key)
+        return call(self.base, path, body, key=self.key)
 
 
 @contextmanager
 def kb_serve(
     root: Path, extra_env: dict[str, str] | None = None, key: str | None = None
 ) -> Iterator[Server]:
-    """A `kb serve` process on a free loopback port over its own store under `root`; like
-    tests/live.py's live_server, but with extra environment (KB_API_KEYS) and any scope."""
-    port = free_port()
-    # The shell's KB_* must not leak in: module-scoped servers start before _clean_env runs.
-    env = {name: value for name, value in os.environ.items() if not name.startswith("KB_")}
-    env.update(
-        {
-            "KB_CHROMA_PATH": str(root / "db"),
-            "KB_HOST": "127.0.0.1",
-            "KB_PORT": str(port),
-            "KB_THREADS": "4",
-            "KB_ENCODER_THREADS": "1",  # the machine's cores are shared; queries are tiny
-            "KB_LOG_FORMAT": "text",
-            **(extra_env or {}),
-        }
+    """A `kb serve` process over its own store under `root`, with extra environment
+    (KB_API_KEYS), for any fixture scope."""
+    service = Service(
+        root / "db",
+        root / "serve.log",
+        KB_THREADS="4",
+        KB_ENCODER_THREADS="1",  # the machine's cores are shared; queries are tiny
+        KB_LOG_FORMAT="text",
+        **(extra_env or {}),
     )
-    log = root / "serve.log"
-    with log.open("wb") as sink:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "kb", "serve"], env=env, stdout=sink, stderr=subprocess.STDOUT
-        )
-    base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"kb serve exited: {log.read_text()[-2000:]}")
-            try:
-                if request_json(base, "/health")[0] == 200:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail("kb serve did not answer /health within 120 s")
-            time.sleep(0.3)
-        yield Server(base, log, key)
+        yield Server(service.start().base, service.log, key)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        service.stop()
 
 
 def seed(server: Server) -> None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from kb.filters import CompiledFilter
+from kb.keyword import KeywordHit, query_tokens
 from kb.records import CHUNKS, DOC, Record
 from kb.store import KnowledgeStore
 
@@ -40,12 +41,11 @@ def keyword_documents(
 ) -> list[Hit]:
     """Up to `depth` documents by BM25 (best chunk each), with their cosine scores.
 
-    The index holds each chunk's vector, so no record is fetched here: the hits are ids and
+    Both indexes keep each chunk's vector, so no record is fetched here: the hits are ids and
     scores, and search fetches the few it shows.
     """
     best: dict[str, Hit] = {}
-    allowed = _allowed(store, flt)
-    for found in store.keyword.search(text, depth * 2, allowed):  # chunks: some share a doc
+    for found in _keyword_hits(store, text, depth * 2, flt):  # chunks: some share a doc
         if found.doc_id not in best:
             stub = Record(found.record_id, "", {DOC: found.doc_id})
             cosine = float(found.vector @ vector)
@@ -55,8 +55,20 @@ def keyword_documents(
     return list(best.values())
 
 
+def _keyword_hits(
+    store: KnowledgeStore, text: str, limit: int, flt: CompiledFilter
+) -> list[KeywordHit]:
+    """From the in-memory BM25 when the mirror is current (a metadata filter is its mask),
+    else from SQLite FTS5 (a filter then lists the ids it allows)."""
+    mirror = store.replica.current_mirror() if flt.where_document is None else None
+    if mirror is not None and store.replica.consistent():
+        mask = mirror.matches(flt.where) if flt.where is not None else None
+        return mirror.keyword(query_tokens(text), limit, mask)
+    return store.keyword.search(text, limit, _allowed(store, flt))
+
+
 def _allowed(store: KnowledgeStore, flt: CompiledFilter) -> Callable[[str], bool] | None:
-    """Which record ids the filter lets through: from the in-memory mirror's mask when it
+    """Which record ids the filter lets through (FTS5 path): from the mirror's mask when it
     can answer, else from the ids Chroma lists."""
     if flt.where is None and flt.where_document is None:
         return None

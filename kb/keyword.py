@@ -21,6 +21,7 @@ from typing import TypeVar
 
 import numpy as np
 
+from kb.bm25 import tokens
 from kb.records import Record
 
 STOPWORDS = frozenset(
@@ -45,6 +46,12 @@ def query_terms(text: str) -> list[str]:
     """The distinct non-stopword terms of a query, in order."""
     words = [w.lower() for w in TOKEN.findall(text)]
     return list(dict.fromkeys(w for w in words if w not in STOPWORDS))[:MAX_TERMS]
+
+
+def query_tokens(text: str) -> list[str]:
+    """The query's terms as the index holds them (folded and stemmed). Two words with one
+    stem stay two terms: FTS5 scores each phrase of an OR query, so both count."""
+    return [token for term in query_terms(text) for token in tokens(term)]
 
 
 @dataclass(frozen=True)
@@ -148,14 +155,17 @@ class KeywordIndex:
         self._db.executemany("INSERT INTO chunks (rowid, text) VALUES (?, ?)", rows)
 
     def entries(self) -> tuple[list[Record], int]:
-        """Every record (id, metadata, vector; no text) and the generation they are at."""
+        """Every record (id, text, metadata, vector) and the generation they are at."""
         with self._lock:
-            rows = self._db.execute("SELECT record_id, vector, metadata FROM entries").fetchall()
+            rows = self._db.execute(
+                "SELECT e.record_id, c.text, e.vector, e.metadata FROM entries AS e "
+                "JOIN chunks AS c ON c.rowid = e.rowid"
+            ).fetchall()
             found = self._db.execute("SELECT value FROM state WHERE key = 'generation'")
             generation = found.fetchone()
         records = [
-            Record(rid, "", json.loads(meta), np.frombuffer(vector, dtype=np.float32))
-            for rid, vector, meta in rows
+            Record(rid, text, json.loads(meta), np.frombuffer(vector, dtype=np.float32))
+            for rid, text, vector, meta in rows
         ]
         return records, int(generation[0]) if generation else -1
 

@@ -13,14 +13,18 @@ that dies mid-query is dropped when its record is fetched.
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
 
-from kb.records import CHUNK, Record
+from kb.bm25 import Bm25
+from kb.keyword import KeywordHit
+from kb.records import CHUNK, DOC, Record
 
 ValueKey = tuple[str, Any]
+BLOCK_BYTES = 256 * 1024 * 1024  # gathered vectors kept per filter, least recently used out
 RANGE_OPS = {"$gt": np.greater, "$gte": np.greater_equal, "$lt": np.less, "$lte": np.less_equal}
 
 
@@ -48,6 +52,8 @@ class Mirror:
         self._values: dict[str, dict[ValueKey, list[int]]] = {}  # key -> value -> rows
         self._elements: dict[str, dict[ValueKey, list[int]]] = {}  # list items -> rows
         self._cache: dict[tuple[Any, ...], np.ndarray] = {}  # per write: row arrays, columns
+        self._blocks: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self.bm25 = Bm25()  # the rows' texts, for keyword search; same row numbers
 
     def __len__(self) -> int:
         return len(self._row)
@@ -60,14 +66,17 @@ class Mirror:
                 row = self._row.pop(record_id, None)
                 if row is not None:
                     self._alive[row] = False
+                    self.bm25.remove(row)
             self._reserve(self.size + len(upserted))
             for record in upserted:
                 self._append(record)
             self._cache = {}
+            self._blocks = OrderedDict()
             self.generation = generation
 
     def _append(self, record: Record) -> None:
         row = self.size
+        self.bm25.add(row, record.text)
         self._vectors[row] = np.asarray(record.embedding, dtype=np.float32)
         self._alive[row] = True
         self._row[record.id] = row
@@ -99,21 +108,53 @@ class Mirror:
         size, alive, cache = self.size, self._alive, self._cache
         return self._mask(where, size, cache) & alive[:size]
 
-    def nearest(self, vector: np.ndarray, n: int, mask: np.ndarray) -> list[tuple[Record, float]]:
+    def nearest(
+        self, vector: np.ndarray, n: int, mask: np.ndarray, key: str | None = None
+    ) -> list[tuple[Record, float]]:
         """The n rows under `mask` most similar to `vector` (exact), best first; records
-        carry id and metadata, not text."""
-        rows = np.flatnonzero(mask)
+        carry id and metadata, not text. With `key` (the filter, as text), the rows' vectors
+        gathered for it are kept until the next write: the next query with the same filter
+        scores a contiguous block instead of gathering again (the gather is most of the cost).
+        """
+        rows, block = self._block(mask, key)
         if not rows.size:
             return []
-        vectors = self._vectors
-        if rows.size * 3 > len(mask):  # broad: one pass over all rows beats gathering them
-            scores = (vectors[: len(mask)] @ vector)[rows]
+        if block is not None:
+            scores = block @ vector
+        elif rows.size * 3 > len(mask):  # broad: one pass over all rows beats gathering them
+            scores = (self._vectors[: len(mask)] @ vector)[rows]
         else:
-            scores = vectors[rows] @ vector
+            scores = self._vectors[rows] @ vector
         top = np.argpartition(-scores, n - 1)[:n] if n < rows.size else np.arange(rows.size)
         top = top[np.argsort(-scores[top], kind="stable")]
         return [
             (Record(self.ids[rows[i]], "", self.metadata[rows[i]]), float(scores[i])) for i in top
+        ]
+
+    def _block(self, mask: np.ndarray, key: str | None) -> tuple[np.ndarray, np.ndarray | None]:
+        blocks = self._blocks  # replaced (not cleared) by writes: a reader keeps its own
+        if key is not None and key in blocks:
+            blocks.move_to_end(key)
+            return blocks[key]
+        rows = np.flatnonzero(mask)
+        row_bytes = self._vectors.itemsize * self._vectors.shape[1]
+        if key is None or not rows.size or rows.size * row_bytes > BLOCK_BYTES / 2:
+            return rows, None
+        block = self._vectors[rows]
+        with self._lock:
+            if blocks is self._blocks:
+                blocks[key] = (rows, block)
+                while sum(b.nbytes for _, b in blocks.values()) > BLOCK_BYTES and len(blocks) > 1:
+                    blocks.popitem(last=False)
+        return rows, block
+
+    def keyword(
+        self, terms: Sequence[str], limit: int, mask: np.ndarray | None = None
+    ) -> list[KeywordHit]:
+        """The `limit` best chunks by BM25 for these (folded) terms, under `mask` if given."""
+        return [
+            KeywordHit(self.ids[row], self.metadata[row][DOC], score, self._vectors[row])
+            for row, score in self.bm25.search(terms, limit, mask)
         ]
 
     def head_metadata(self) -> list[dict[str, Any]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
 import numpy as np
@@ -107,8 +108,9 @@ def nearest_documents(
     texts = texts and mirror is None
     n = top_k * 3 if widen else top_k
     while True:
-        if mirror is not None and mask is not None:  # exact search over the filter's matches
-            raw = [mirror.nearest(vector, n, mask) for vector in vectors]
+        if mirror is not None and mask is not None:
+            key = json.dumps(flt.where, sort_keys=True)  # exact search over the filter's rows
+            raw = [mirror.nearest(vector, n, mask, key) for vector in vectors]
         elif mirror is not None and unfiltered:  # Chroma's ANN for ids; metadata from memory
             raw = [mirror.records(hits) for hits in store.records.nearest_ids(vectors, n)]
         else:

@@ -159,3 +159,23 @@ def test_stats_from_the_mirror_equal_stats_from_chroma(cooking, store) -> None:
     finally:
         store.replica.mirror = mirror
     assert from_mirror.documents == 3
+
+
+def test_a_filters_gathered_vectors_are_reused_until_the_next_write(cooking, store) -> None:
+    store.replica.wait_loaded()
+    mirror = store.replica.current_mirror()
+    flt = compile_filter({"difficulty": ["intermediate", "advanced"]})
+    vector = store.embedder.embed_queries(["bread and rice"])[0]
+    first = mirror.nearest(vector, 5, mirror.matches(flt.where), "key")
+    assert [r.id for r, _ in first] in (["bread", "risotto"], ["risotto", "bread"])
+    assert "key" in mirror._blocks  # two of four rows: gathered, and kept
+    def same(hits: list) -> bool:
+        return [(r.id, round(x, 5)) for r, x in hits] == [(r.id, round(x, 5)) for r, x in first]
+
+    assert same(mirror.nearest(vector, 5, mirror.matches(flt.where), "key"))
+    assert same(mirror.nearest(vector, 5, mirror.matches(flt.where)))
+    cooking.post("/delete", json={"ids": ["risotto"]})
+    mirror = store.replica.current_mirror()
+    assert "key" not in mirror._blocks  # a write drops them
+    again = mirror.nearest(vector, 5, mirror.matches(flt.where), "key")
+    assert [r.id for r, _ in again] == ["bread"]

@@ -18,6 +18,7 @@ from bench.corpus import FILTERS, read_jsonl
 from bench.harness import OtherLoad, latency_summary
 
 WARMUP = 20
+CHROMA_EF_SEARCH = 100  # Chroma's default
 
 
 def _model() -> tuple[Any, float]:
@@ -94,7 +95,11 @@ def baseline_query(args: dict[str, Any]) -> dict[str, Any]:
     queries = args["queries"]
     model, load_s = _model()
     started = time.perf_counter()
-    collection = chromadb.PersistentClient(path=args["store"]).get_collection(args["collection"])
+    client = chromadb.PersistentClient(path=args["store"])
+    collection = client.get_collection(args["collection"])
+    # Chroma's default search breadth, as a tutorial has it (kb sets KB_HNSW_EF_SEARCH on open)
+    collection.modify(configuration={"hnsw": {"ef_search": CHROMA_EF_SEARCH}})
+    collection = client.get_collection(args["collection"])
     result: dict[str, Any] = {"model_load_s": load_s, "open_s": time.perf_counter() - started}
 
     def ask(i: int, where: dict[str, Any] | None) -> int:

@@ -84,12 +84,15 @@ class RecordCollection:
             self.max_batch = int(self._client.get_max_batch_size())
             self._col = self._client.get_or_create_collection(
                 self.name,
-                configuration={"hnsw": {"space": "cosine"}},
+                configuration={
+                    "hnsw": {"space": "cosine", "ef_search": self.settings.hnsw_ef_search}
+                },
                 metadata=_model_metadata(embedder),
                 embedding_function=None,
             )
         self._check_space()
         self._check_model(embedder)
+        self._tune_search()
 
     def side_collection(self, suffix: str) -> Any:
         """A helper collection beside this one (kb's change log), created if missing."""
@@ -145,6 +148,19 @@ class RecordCollection:
                 f"{embedder.fingerprint}). Mixing vector spaces would return wrong matches: "
                 "set KB_MODEL back, choose another KB_COLLECTION, or export and re-load."
             )
+
+    def _tune_search(self) -> None:
+        """Give an existing collection the configured ef_search (the one HNSW setting Chroma
+        lets change). Done before the first query, so it applies to this process's index."""
+        wanted = self.settings.hnsw_ef_search
+        if self.ef_search != wanted:
+            with chroma_errors():
+                self._col.modify(configuration={"hnsw": {"ef_search": wanted}})
+                self._col = self._client.get_collection(self.name, embedding_function=None)
+
+    @property
+    def ef_search(self) -> int | None:
+        return ((self._col.configuration or {}).get("hnsw") or {}).get("ef_search")
 
     # ------------------------------------------------------------ collection metadata
 

@@ -75,6 +75,13 @@ class Settings(BaseSettings):
         0.95, ge=-1.0, le=1.0, description="Cosine score from which documents are near-duplicates."
     )
     hybrid_depth: int = Field(100, ge=1, le=1000, description="Candidates per side to fuse.")
+    hnsw_ef_search: int = Field(
+        200,
+        ge=10,
+        le=10_000,
+        description="Candidates Chroma's HNSW search explores: recall against latency "
+        "(Chroma's default is 100; bench/recall.py measures both).",
+    )
 
     # Limits
     max_request_bytes: int = Field(16 * 1024 * 1024, ge=1024)

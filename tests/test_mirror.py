@@ -169,6 +169,7 @@ def test_a_filters_gathered_vectors_are_reused_until_the_next_write(cooking, sto
     first = mirror.nearest(vector, 5, mirror.matches(flt.where), "key")
     assert [r.id for r, _ in first] in (["bread", "risotto"], ["risotto", "bread"])
     assert "key" in mirror._blocks  # two of four rows: gathered, and kept
+
     def same(hits: list) -> bool:
         return [(r.id, round(x, 5)) for r, x in hits] == [(r.id, round(x, 5)) for r, x in first]
 

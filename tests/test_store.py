@@ -232,3 +232,23 @@ def test_a_prepared_add_is_planned_again_if_the_store_changed(store: KnowledgeSt
     store.add([DocumentIn(id="c", text="third, elsewhere")])
     with pytest.raises(Conflict):
         store.commit(strict)
+
+
+@pytest.mark.parametrize("mode", ["embedded", "server"])
+def test_the_configured_ef_search_is_given_to_new_and_existing_collections(
+    mode: str, settings: Settings, embedder, request: pytest.FixtureRequest
+) -> None:
+    if mode == "server":
+        settings = request.getfixturevalue("server_settings")
+    store = KnowledgeStore.open(settings.model_copy(update={"hnsw_ef_search": 123}), embedder)
+    store.add([DocumentIn(id="a", text="Vectors explored by the graph search")])
+    assert store.records.ef_search == 123
+    store.close()
+    store = KnowledgeStore.open(settings.model_copy(update={"hnsw_ef_search": 321}), embedder)
+    try:
+        assert store.records.ef_search == 321
+        assert store.get("a").text == "Vectors explored by the graph search"
+        hits = store.records.nearest_ids(embedder.embed_queries(["graph search"]), 1)
+        assert [rid for rid, _ in hits[0]] == [store.records.ids()[0]]
+    finally:
+        store.close()

@@ -51,8 +51,10 @@ def kb_load(corpus: Path, store: Path, expected: int) -> dict[str, Any]:
 
 def post_add(docs: Sequence[dict[str, Any]], store: Path, log: Path) -> dict[str, Any]:
     """Batches of 256 to POST /add over one keep-alive connection, first request to last reply."""
+    # a bulk load's request, as `kb load --url` sends it: no near-duplicate report
+    options = {"on_conflict": "error", "on_duplicate": "ignore"}
     bodies = [
-        json.dumps({"documents": list(docs[i : i + ADD_BATCH]), "on_conflict": "error"}).encode()
+        json.dumps({"documents": list(docs[i : i + ADD_BATCH]), **options}).encode()
         for i in range(0, len(docs), ADD_BATCH)
     ]
     with Server(store, log) as server:

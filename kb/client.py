@@ -26,6 +26,7 @@ from kb.schemas import (
     DocumentIn,
     DocumentList,
     Health,
+    OnDuplicate,
     QueryResult,
     Stats,
 )
@@ -51,7 +52,7 @@ class KBClient:
         self,
         docs: Sequence[DocumentIn],
         on_conflict: Conflict = "error",
-        on_duplicate: Literal["allow", "skip", "reject"] = "allow",
+        on_duplicate: OnDuplicate = "allow",
     ) -> AddResponse:
         payload = [doc.model_dump(exclude_none=True) for doc in docs]
         body = {"documents": payload, "on_conflict": on_conflict, "on_duplicate": on_duplicate}

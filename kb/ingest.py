@@ -43,6 +43,7 @@ def ingest(
         summary.added += result.added
         summary.updated += result.updated
         summary.skipped += result.skipped
+        summary.duplicates += len(result.duplicates)
         on_batch(size)
 
     def settle() -> None:

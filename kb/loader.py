@@ -76,6 +76,7 @@ class Summary:
     updated: int = 0
     skipped: int = 0
     failed: int = 0
+    duplicates: int = 0  # near-duplicates of stored documents found (allow: written; skip: not)
     problems: list[Problem] = field(default_factory=list)
 
 

@@ -158,6 +158,9 @@ Text = Annotated[
 ]
 
 
+OnDuplicate = Literal["allow", "skip", "reject", "ignore"]
+
+
 class Model(BaseModel):
     """Base for request bodies: unknown fields are an error, not silently dropped."""
 
@@ -181,10 +184,11 @@ class AddRequest(Model):
     text: Text | None = None
     metadata: Metadata | None = None
     upsert: bool = Field(False, description="Replace documents whose id exists instead of 409.")
-    on_duplicate: Literal["allow", "skip", "reject"] = Field(
+    on_duplicate: OnDuplicate = Field(
         "allow",
         description="New documents nearly identical to a stored one (KB_DUPLICATE_SCORE): "
-        "write them anyway (allow), leave them out (skip) or refuse the request (reject).",
+        "write them anyway and report them (allow), leave them out (skip), refuse the request "
+        "(reject), or do not look for them (ignore: a bulk load's fastest path).",
     )
     on_conflict: Literal["error", "skip", "upsert"] | None = Field(
         None,

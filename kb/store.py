@@ -199,7 +199,11 @@ class KnowledgeStore:
             if _seen(heads) != plan.seen:  # written to since `prepare`: plan again
                 plan = self._plan(plan.docs, plan.ids, plan.mode, plan.on_duplicate, heads)
             records, replaced, skipped = plan.records, plan.replaced, plan.skipped
-            near = nearest_stored(self.records, records, self.settings.duplicate_score)
+            near = (
+                {}
+                if plan.on_duplicate == "ignore"
+                else nearest_stored(self.records, records, self.settings.duplicate_score)
+            )
             if near and plan.on_duplicate == "reject":
                 raise Conflict(
                     f"{len(near)} document(s) nearly duplicate stored ones: "

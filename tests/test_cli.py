@@ -194,7 +194,10 @@ def test_duplicates_command_and_on_duplicate_skip(env, tmp_path: Path) -> None:
         env, "load", "--on-duplicate", "skip", str(write_jsonl(tmp_path / "b.jsonl", copy))
     )
     assert "added 0, updated 0, skipped 1" in skipped.output
-    run(env, "load", str(write_jsonl(tmp_path / "c.jsonl", copy)))
+    assert "1 near-duplicate(s) of stored ones" in skipped.output
+    again = run(env, "load", str(write_jsonl(tmp_path / "c.jsonl", copy)))  # ignore: not looked for
+    assert "added 1," in again.output
+    assert "near-duplicate" not in again.output
     listed = run(env, "duplicates")
     assert listed.exit_code == 0, listed.output
     assert "copy orig" in listed.stdout

@@ -1,4 +1,4 @@
-"""Near-duplicates: allow, skip or reject them on add; list the groups already stored."""
+"""Near-duplicates: allow, skip, reject or ignore them on add; list the groups already stored."""
 
 from __future__ import annotations
 
@@ -41,6 +41,18 @@ def test_reject_refuses_the_whole_request(client: FlaskClient) -> None:
     assert result["status"] == 409
     assert "'copy' ~ 'orig'" in result["error"]["message"]
     assert client.get("/health").json["documents"] == 1
+
+
+def test_ignore_writes_without_looking(client: FlaskClient, monkeypatch) -> None:
+    client.post("/add", json=ORIGINAL)
+
+    def never(*args: object) -> None:
+        raise AssertionError("on_duplicate=ignore must not search for duplicates")
+
+    monkeypatch.setattr("kb.store.nearest_stored", never)
+    result = add(client, "ignore")
+    assert (result["status"], result["added"], result["duplicates"]) == (201, 2, [])
+    assert client.get("/documents/copy").status_code == 200
 
 
 def test_distinct_documents_are_not_duplicates(client: FlaskClient) -> None:

@@ -35,10 +35,11 @@ from kb.progress import Progress
 @click.option("--strict", is_flag=True, help="Stop at the first bad record.")
 @click.option(
     "--on-duplicate",
-    type=click.Choice(["allow", "skip", "reject"]),
-    default="allow",
+    type=click.Choice(["ignore", "allow", "skip", "reject"]),
+    default="ignore",
     show_default=True,
-    help="Records nearly identical to a stored document.",
+    help="Records nearly identical to a stored document: not looked for (ignore), written "
+    "and counted (allow), left out (skip), or the load stops (reject).",
 )
 @click.option("--url", default=None, help="Send batches to a running kb service instead.")
 @API_KEY
@@ -95,9 +96,10 @@ def load(
         close()
     progress.clear()
     elapsed = time.perf_counter() - started
+    near = f", {summary.duplicates} near-duplicate(s) of stored ones" if summary.duplicates else ""
     click.echo(
         f"added {summary.added}, updated {summary.updated}, skipped {summary.skipped}, "
-        f"failed {summary.failed} in {elapsed:.1f}s",
+        f"failed {summary.failed} in {elapsed:.1f}s{near}",
         err=True,
     )
     if summary.failed:

@@ -15,8 +15,8 @@ from bench import RESULTS, ROOT
 
 SETTINGS = (
     "backend", "model", "device", "encoder_threads", "embed_batch_size", "chunking",
-    "chunk_tokens", "chunk_overlap", "search_mode", "fusion", "hybrid_depth", "min_score",
-    "top_k", "duplicate_score", "threads", "log_level",
+    "chunk_tokens", "chunk_overlap", "search_mode", "fusion", "hybrid_depth", "hnsw_ef_search",
+    "min_score", "top_k", "duplicate_score", "threads", "log_level",
 )  # fmt: skip
 PACKAGES = (
     "kb", "chromadb", "onnxruntime", "torch", "sentence-transformers", "transformers",

@@ -13,9 +13,10 @@ from typing import Any
 from bench import COLLECTION, ROOT
 from bench.corpus import Kind, documents, write_jsonl
 from bench.harness import OtherLoad, Server, kb_command, kb_env, note, request, run_worker, scratch
+from kb.ingest import BATCH_SIZE
 
 SUMMARY = re.compile(r"added (\d+), updated (\d+), skipped (\d+), failed (\d+) in ([\d.]+)s")
-ADD_BATCH = 256
+ADD_BATCH = BATCH_SIZE  # what kb load --url sends per request
 
 
 def kb_load(corpus: Path, store: Path, expected: int) -> dict[str, Any]:
@@ -50,7 +51,8 @@ def kb_load(corpus: Path, store: Path, expected: int) -> dict[str, Any]:
 
 
 def post_add(docs: Sequence[dict[str, Any]], store: Path, log: Path) -> dict[str, Any]:
-    """Batches of 256 to POST /add over one keep-alive connection, first request to last reply."""
+    """Batches of ADD_BATCH to POST /add over one keep-alive connection, first request to last
+    reply."""
     # a bulk load's request, as `kb load --url` sends it: no near-duplicate report
     options = {"on_conflict": "error", "on_duplicate": "ignore"}
     bodies = [

@@ -22,7 +22,7 @@ from pathlib import Path
 from kb.config import Settings
 from kb.embeddings import Embedder
 from kb.errors import ConfigError
-from kb.ingest import ingest
+from kb.ingest import BATCH_SIZE, ingest
 from kb.loader import Options, Source, read, sources
 from kb.metrics import Qrels, evaluate
 from kb.schemas import QueryRequest
@@ -94,7 +94,9 @@ def _labeled(folder: Path, corpus: Path) -> Dataset:
 @contextmanager
 def temporary_store(settings: Settings, embedder: Embedder) -> Iterator[KnowledgeStore]:
     with tempfile.TemporaryDirectory(prefix="kb-eval-") as tmp:
-        scratch = settings.model_copy(update={"chroma_path": Path(tmp), "collection": "kb_eval"})
+        # always embedded: an evaluation must not write into a configured Chroma server
+        update = {"chroma_path": Path(tmp), "chroma_url": None, "collection": "kb_eval"}
+        scratch = settings.model_copy(update=update)
         store = KnowledgeStore.open(scratch, embedder)
         try:
             yield store
@@ -102,7 +104,7 @@ def temporary_store(settings: Settings, embedder: Embedder) -> Iterator[Knowledg
             store.close()
 
 
-def load_corpus(store: KnowledgeStore, dataset: Dataset, batch_size: int = 256) -> int:
+def load_corpus(store: KnowledgeStore, dataset: Dataset, batch_size: int = BATCH_SIZE) -> int:
     """Load with the normal loader; returns how many documents failed (should be none)."""
     options = Options(store.settings)
     entries = (entry for source in dataset.corpus for entry in read(source, options))

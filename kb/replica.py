@@ -15,8 +15,9 @@ import shutil
 import tempfile
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 from kb.changes import ChangeLog
@@ -32,7 +33,7 @@ GENERATION_KEY = "kb_generation"
 Apply = Callable[[Sequence[Record], Sequence[str]], None]
 
 
-class Replica:
+class Replica(ABC):
     """What both store modes share: the copies, their rebuild, and the mirror's loading."""
 
     def __init__(self, records: RecordCollection, dim: int, index: Path, writes: Lock) -> None:
@@ -60,20 +61,18 @@ class Replica:
 
     # ------------------------------------------------------------ what modes decide
 
+    @abstractmethod
     def catch_up(self) -> None:
         """Apply what the copies have not seen; called before every search."""
-        raise NotImplementedError
 
-    @contextmanager
-    def writing(self, ids: Sequence[str]) -> Iterator[Apply]:
+    @abstractmethod
+    def writing(self, ids: Sequence[str]) -> AbstractContextManager[Apply]:
         """Around one write to Chroma of these record ids: yields the function that applies
         the written records (and deleted ids) to the copies once Chroma has them."""
-        raise NotImplementedError
-        yield
 
+    @abstractmethod
     def current_mirror(self) -> Mirror | None:
         """The mirror, when it is loaded and has seen every write this process knows of."""
-        raise NotImplementedError
 
     # ------------------------------------------------------------ shared
 

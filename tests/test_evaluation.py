@@ -69,3 +69,15 @@ def test_kb_format_dataset_uses_the_seed_corpus(tmp_path: Path) -> None:
     dataset = open_dataset(folder, corpus=Path(__file__).parent.parent / "data" / "seed")
     assert dataset.qrels == {"a": {"ml-001": 1}, "b": {}}
     assert len(dataset.corpus) == 4
+
+
+def test_an_evaluation_store_is_embedded_even_with_a_chroma_server_configured(
+    tmp_path: Path, embedder
+) -> None:
+    from kb.config import Settings
+    from kb.evaluation import temporary_store
+
+    configured = Settings(chroma_path=tmp_path / "db", chroma_url="http://127.0.0.1:9")
+    with temporary_store(configured, embedder) as store:  # :9 is never reached
+        assert store.records.mode == "embedded"
+        assert store.records.location != str(tmp_path / "db")

@@ -14,7 +14,7 @@ import click
 from kb.cli.base import API_KEY, fail, main, open_store
 from kb.config import Settings
 from kb.errors import KBError
-from kb.ingest import Prepare, Sink
+from kb.ingest import BATCH_SIZE, Prepare, Sink
 from kb.loader import FORMATS, Options, Problem, estimate, read, sources
 from kb.progress import Progress
 
@@ -30,7 +30,9 @@ from kb.progress import Progress
 )
 @click.option("--text-column", default="text", show_default=True, help="CSV: the text column.")
 @click.option("--id-column", default="id", show_default=True, help="CSV: the id column, if any.")
-@click.option("--batch-size", type=click.IntRange(1, 100_000), default=256, show_default=True)
+@click.option(
+    "--batch-size", type=click.IntRange(1, 100_000), default=BATCH_SIZE, show_default=True
+)
 @click.option("--upsert", is_flag=True, help="Replace stored documents whose content changed.")
 @click.option("--strict", is_flag=True, help="Stop at the first bad record.")
 @click.option(

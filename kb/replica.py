@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
+import numpy as np
+
 from kb.changes import ChangeLog
 from kb.collection import RecordCollection
 from kb.filters import CompiledFilter
@@ -46,10 +48,28 @@ class Replica(ABC):
         self._loader: threading.Thread | None = None
 
     def start(self) -> None:
-        """Bring the keyword index up to date now; load the mirror in the background."""
+        """Bring the keyword index up to date now; warm Chroma's vector index and load the
+        mirror in the background."""
         self.catch_up()
-        self._loader = threading.Thread(target=self._load_mirror, name="kb-mirror", daemon=True)
+        self._loader = threading.Thread(target=self._background, name="kb-mirror", daemon=True)
         self._loader.start()
+
+    def _background(self) -> None:
+        self._warm()
+        self._load_mirror()
+
+    def _warm(self) -> None:
+        """Chroma reads the HNSW index from disk on the first query (a second at 100k
+        records): ask one now, while the service is still starting, not in the first
+        user's request."""
+        if not self.records.count():
+            return
+        probe = np.zeros((1, self.dim), dtype=np.float32)
+        probe[0, 0] = 1.0
+        try:
+            self.records.nearest_ids(probe, 1)
+        except Exception:  # only a warm-up: the first search will say what is wrong
+            log.warning("could not warm the vector index", exc_info=True)
 
     def wait_loaded(self) -> None:
         if self._loader is not None:

@@ -46,6 +46,9 @@ def test_index_ranks_by_bm25_and_follows_updates(tmp_path: Path) -> None:
     assert index.generation == 2
     assert index.count() == 2
     index.close()
+    reopened = KeywordIndex(tmp_path / "k.sqlite3")
+    assert (reopened.generation, reopened.count()) == (2, 2)
+    reopened.close()
 
 
 def docs_about(store: KnowledgeStore) -> None:

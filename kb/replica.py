@@ -62,12 +62,11 @@ class Replica(ABC):
         """Chroma reads the HNSW index from disk on the first query (a second at 100k
         records): ask one now, while the service is still starting, not in the first
         user's request."""
-        if not self.records.count():
-            return
         probe = np.zeros((1, self.dim), dtype=np.float32)
         probe[0, 0] = 1.0
         try:
-            self.records.nearest_ids(probe, 1)
+            if self.records.count():
+                self.records.nearest_ids(probe, 1)
         except Exception:  # only a warm-up: the first search will say what is wrong
             log.warning("could not warm the vector index", exc_info=True)
 

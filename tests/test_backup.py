@@ -5,6 +5,8 @@ from __future__ import annotations
 import gzip
 import json
 import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -83,33 +85,50 @@ def test_a_truncated_or_foreign_backup_is_refused(filled, tmp_path: Path) -> Non
     assert filled.count() == 5  # nothing was touched
 
 
-def test_backup_of_a_running_service_is_consistent(service: Service, tmp_path: Path) -> None:
-    """Batches keep landing while the backup is taken: it holds whole batches only, and
-    `kb restore` brings exactly that back."""
-    base = service.start().base
-    stop = threading.Event()
-    landed: list[int] = []
+@contextmanager
+def batches_landing(write: Callable[[int], None], at_least: int) -> Iterator[None]:
+    """Call write(0), write(1), ... on a thread until the block ends; the block starts once
+    `at_least` batches have landed. A failed write fails the test."""
+    stop, landed, failed = threading.Event(), [], []
 
     def writer() -> None:
         n = 0
-        while not stop.is_set():
-            docs = [{"id": f"w{n}-{i}", "text": f"Batch {n} item {i} on tides"} for i in range(10)]
-            assert call(base, "/add", {"documents": docs})[0] == 201
-            landed.append(n)
-            n += 1
+        try:
+            while not stop.is_set():
+                write(n)
+                landed.append(n)
+                n += 1
+        except BaseException as exc:
+            failed.append(exc)
 
     thread = threading.Thread(target=writer)
     thread.start()
     try:
-        while len(landed) < 3:
+        while len(landed) < at_least and thread.is_alive():
             thread.join(0.05)
+        if len(landed) >= at_least:
+            yield
+    finally:
+        stop.set()
+        thread.join()
+    if failed:
+        raise failed[0]
+
+
+def test_backup_of_a_running_service_is_consistent(service: Service, tmp_path: Path) -> None:
+    """Batches keep landing while the backup is taken: it holds whole batches only, and
+    `kb restore` brings exactly that back."""
+    base = service.start().base
+
+    def write(n: int) -> None:
+        docs = [{"id": f"w{n}-{i}", "text": f"Batch {n} item {i} on tides"} for i in range(10)]
+        assert call(base, "/add", {"documents": docs})[0] == 201
+
+    with batches_landing(write, at_least=3):
         dest = tmp_path / "live.jsonl.gz"
         env = {"KB_CHROMA_PATH": str(tmp_path / "unused")}
         done = CliRunner().invoke(main, ["backup", str(dest), "--url", base], env=env)
         assert done.exit_code == 0, done.output
-    finally:
-        stop.set()
-        thread.join()
     header = backup.verify(dest)
     assert header["records"] % 10 == 0
     assert header["records"] >= 30
@@ -140,25 +159,15 @@ def test_a_backup_taken_during_writes_holds_whole_writes(
     """Small pages make the copy span many reads while batches land between them."""
     monkeypatch.setattr(backup, "PAGE", 3)
     store = KnowledgeStore.open(settings, embedder)
-    stop, landed = threading.Event(), []
 
-    def writer() -> None:
-        n = 0
-        while not stop.is_set():
-            store.add([DocumentIn(id=f"w{n}-{i}", text=f"Batch {n} item {i}") for i in range(7)])
-            landed.append(n)
-            n += 1
+    def write(n: int) -> None:
+        store.add([DocumentIn(id=f"w{n}-{i}", text=f"Batch {n} item {i}") for i in range(7)])
 
-    thread = threading.Thread(target=writer)
-    thread.start()
     try:
-        while len(landed) < 2:
-            thread.join(0.05)
-        dest = tmp_path / "during.jsonl.gz"
-        count = backup.write_file(store, dest)
+        with batches_landing(write, at_least=2):
+            dest = tmp_path / "during.jsonl.gz"
+            count = backup.write_file(store, dest)
     finally:
-        stop.set()
-        thread.join()
         store.close()
     lines = gzip.decompress(dest.read_bytes()).decode().splitlines()[1:]
     ids = [json.loads(line)["id"] for line in lines]

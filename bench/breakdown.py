@@ -1,0 +1,76 @@
+"""Where one request's time goes, timed directly (no sampler): the encoder and Chroma's
+vector search inside a hybrid and a dense /query, in-process through Flask's test client.
+
+    python -m bench.breakdown [--docs 100000] [--queries 200]
+
+Uses the query benchmark's cached store (no `kb serve` may hold it). Prints the median
+request time and the median time of each timed call per request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from bench import COLLECTION
+from bench.corpus import queries
+from bench.query import store_for
+from kb.api.util import EXTENSION
+from kb.app import close_app, create_app
+from kb.config import Settings
+
+WARMUP = 20
+
+
+def timed(obj: Any, name: str, into: dict[str, list[float]]) -> None:
+    """Wrap obj.name so that each call's seconds are appended to into[name]."""
+    call: Callable[..., Any] = getattr(obj, name)
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return call(*args, **kwargs)
+        finally:
+            into.setdefault(name, []).append(time.perf_counter() - started)
+
+    setattr(obj, name, wrapper)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.breakdown", description=__doc__)
+    parser.add_argument("--docs", type=int, default=100_000)
+    parser.add_argument("--queries", type=int, default=200)
+    args = parser.parse_args(argv)
+    path, _ = store_for(args.docs)
+    app = create_app(Settings(chroma_path=path, collection=COLLECTION, log_level="WARNING"))
+    try:
+        store = app.extensions[EXTENSION].store
+        store.replica.wait_loaded()
+        calls: dict[str, list[float]] = {}
+        timed(store.embedder, "embed_queries", calls)
+        timed(store.records, "nearest_ids", calls)
+        client, texts = app.test_client(), list(queries())
+        for mode in ("hybrid", "dense"):
+            for text in texts[:WARMUP]:
+                client.post("/query", json={"query": text, "mode": mode})
+            calls.clear()
+            seconds = []
+            for text in texts[WARMUP : WARMUP + args.queries]:
+                started = time.perf_counter()
+                response = client.post("/query", json={"query": text, "mode": mode})
+                seconds.append(time.perf_counter() - started)
+                assert response.status_code == 200, response.json
+            medians = {name: statistics.median(values) * 1000 for name, values in calls.items()}
+            parts = ", ".join(f"{name} {ms:.1f} ms" for name, ms in medians.items())
+            print(f"{mode:>6}: request p50 {statistics.median(seconds) * 1000:.1f} ms; {parts}")
+    finally:
+        close_app(app)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

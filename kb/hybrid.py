@@ -119,16 +119,12 @@ def complete(store: KnowledgeStore, per_query: Sequence[Sequence[Hit]]) -> list[
 
 
 def _records(store: KnowledgeStore, ids: Sequence[str]) -> dict[str, Record]:
-    """Records by id: from the mirror and the keyword index when both are current (no trip
-    to Chroma), else from Chroma."""
+    """Records by id: from the mirror when it is current (no trip to Chroma or SQLite on a
+    search), else from Chroma."""
     mirror = store.replica.current_mirror()
-    if mirror is None or not store.replica.consistent():
+    if mirror is None:
         return {r.id: r for r in store.records.get(ids)}
-    texts = store.keyword.texts(ids)
-    return {
-        record.id: Record(record.id, texts[record.id], record.metadata)
-        for record, _ in mirror.records([(i, 0.0) for i in ids if i in texts])
-    }
+    return {record.id: record for record, _ in mirror.records([(i, 0.0) for i in ids], True)}
 
 
 def _rrf(rankings: Sequence[Sequence[str]]) -> dict[str, float]:

@@ -178,20 +178,6 @@ class KeywordIndex:
         ]
         return records, generation
 
-    def texts(self, record_ids: Sequence[str]) -> dict[str, str]:
-        """The indexed text of these records, by id (the ones it has)."""
-        found: dict[str, str] = {}
-        with self._lock:
-            for part in _batched(record_ids, 500):
-                marks = ",".join("?" * len(part))
-                rows = self._db.execute(
-                    "SELECT e.record_id, c.text FROM entries AS e JOIN chunks AS c "
-                    f"ON c.rowid = e.rowid WHERE e.record_id IN ({marks})",
-                    part,
-                )
-                found.update(rows.fetchall())
-        return found
-
     def _set_generation(self, generation: int) -> None:
         self._db.execute(
             "INSERT INTO state (key, value) VALUES ('generation', ?) "

@@ -45,6 +45,7 @@ class Mirror:
         self.size = 0
         self.ids: list[str] = []
         self.metadata: list[dict[str, Any]] = []
+        self.texts: list[str] = []  # each row's chunk text (BM25's input; what a hit shows)
         self._lock = threading.Lock()
         self._vectors = np.zeros((1024, dim), dtype=np.float32)
         self._alive = np.zeros(1024, dtype=bool)
@@ -82,6 +83,7 @@ class Mirror:
         self._row[record.id] = row
         self.ids.append(record.id)
         self.metadata.append(record.metadata)
+        self.texts.append(record.text)
         for key, value in record.metadata.items():
             if isinstance(value, list):
                 index = self._elements.setdefault(key, {})
@@ -166,11 +168,14 @@ class Mirror:
     def row(self, record_id: str) -> int | None:
         return self._row.get(record_id)
 
-    def records(self, hits: Sequence[tuple[str, float]]) -> list[tuple[Record, float]]:
-        """(id, score) pairs as (record without text, score); ids it lacks are dropped."""
+    def records(
+        self, hits: Sequence[tuple[str, float]], texts: bool = False
+    ) -> list[tuple[Record, float]]:
+        """(id, score) pairs as (record, score), with the text only if asked; ids it lacks
+        are dropped."""
         rows = [(self._row.get(record_id), score) for record_id, score in hits]
         return [
-            (Record(self.ids[row], "", self.metadata[row]), score)
+            (Record(self.ids[row], self.texts[row] if texts else "", self.metadata[row]), score)
             for row, score in rows
             if row is not None
         ]

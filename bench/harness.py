@@ -168,6 +168,21 @@ class Server:
             time.sleep(interval)
         raise RuntimeError(f"kb serve gave no 200 on {path} in {timeout:.0f} s")
 
+    def wait_ready(self, timeout: float = 600.0, interval: float = 0.05) -> float:
+        """Poll /health until it says `ready` (the in-memory search copies are loaded, so
+        steady-state figures do not mix in the slower start); seconds waited."""
+        started = time.perf_counter()
+        conn = self.connect(timeout=120)
+        try:
+            while time.perf_counter() - started < timeout:
+                status, raw = request(conn, "GET", "/health")
+                if status == 200 and json.loads(raw).get("ready"):
+                    return time.perf_counter() - started
+                time.sleep(interval)
+        finally:
+            conn.close()
+        raise RuntimeError(f"kb serve was not ready in {timeout:.0f} s")
+
     def memory(self) -> dict[str, float]:
         return memory(self.proc.pid)
 

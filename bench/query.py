@@ -151,6 +151,7 @@ def run(
             result["baseline"] = run_worker("baseline_query", args, kb_env(store))
             with scratch() as work, Server(store, work / "serve.log") as server:
                 result["server_ready_s"] = server.wait()
+                result["search_ready_s"] = server.wait_ready()  # the mirror is loaded
                 conn = server.connect()
                 health = json.loads(request(conn, "GET", "/health")[1])
                 conn.close()

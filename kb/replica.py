@@ -74,6 +74,12 @@ class Replica(ABC):
         if self._loader is not None:
             self._loader.join()
 
+    @property
+    def ready(self) -> bool:
+        """Whether searches run on the in-memory copies (mirror and BM25). Until the mirror
+        is loaded they are answered, slower, by Chroma and the keyword index's SQLite file."""
+        return self.mirror is not None
+
     def close(self) -> None:
         self.wait_loaded()
         self.keyword.close()

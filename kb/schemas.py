@@ -427,6 +427,10 @@ class StoreInfo(BaseModel):
 
 class Health(BaseModel):
     status: Literal["ok"]
+    ready: bool = Field(
+        description="Whether the in-memory search copies are loaded (loaded in the background "
+        "after a start). Until then every request is answered, searches more slowly."
+    )
     version: str
     documents: int
     model: ModelInfo

@@ -25,6 +25,7 @@ def health() -> tuple[Response, int]:
     return reply(
         Health(
             status="ok",
+            ready=kb.replica.ready,
             version=__version__,
             documents=kb.count(),
             model=ModelInfo(

@@ -7,8 +7,10 @@ so the similarity threshold means the same thing everywhere; `keyword` is the BM
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from operator import itemgetter
 
 import numpy as np
 
@@ -21,9 +23,11 @@ RRF_K = 60  # the constant of Cormack et al.'s reciprocal rank fusion
 DENSE_WEIGHT = 0.5  # score fusion: the dense side's share after min-max normalization
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Hit:
-    """A document's best chunk for one query."""
+    """A document's best chunk for one query (never changed once made: `replace` makes a new
+    one; not frozen, because a frozen dataclass is slower to build and a query builds
+    hundreds)."""
 
     record: Record  # without text and user metadata while `complete` is False
     score: float  # cosine similarity of the query with this chunk
@@ -44,15 +48,20 @@ def keyword_documents(
     Both indexes keep each chunk's vector, so no record is fetched here: the hits are ids and
     scores, and search fetches the few it shows.
     """
-    best: dict[str, Hit] = {}
+    best: dict[str, KeywordHit] = {}
     for found in _keyword_hits(store, text, depth * 2, flt):  # chunks: some share a doc
         if found.doc_id not in best:
-            stub = Record(found.record_id, "", {DOC: found.doc_id})
-            cosine = float(found.vector @ vector)
-            best[found.doc_id] = Hit(stub, cosine, found.score, complete=False)
+            best[found.doc_id] = found
             if len(best) >= depth:
                 break
-    return list(best.values())
+    if not best:
+        return []
+    chosen = list(best.values())
+    cosines = np.stack([found.vector for found in chosen]) @ vector  # one product for all
+    return [
+        Hit(Record(found.record_id, "", {DOC: found.doc_id}), cosine, found.score, complete=False)
+        for found, cosine in zip(chosen, cosines.tolist(), strict=True)
+    ]
 
 
 def _keyword_hits(
@@ -84,23 +93,32 @@ def _allowed(store: KnowledgeStore, flt: CompiledFilter) -> Callable[[str], bool
     return allowed
 
 
-def fuse(dense: Sequence[Hit], keyword: Sequence[Hit], method: str) -> list[Hit]:
-    """One ranking from both sides, best first; a document in both keeps its dense chunk."""
-    by_doc = {hit.record.doc_id: hit for hit in keyword}
-    by_doc.update({hit.record.doc_id: hit for hit in dense})
-    bm25 = {hit.record.doc_id: hit.keyword for hit in keyword}
+def fuse(
+    dense: Sequence[Hit], keyword: Sequence[Hit], method: str, limit: int | None = None
+) -> list[Hit]:
+    """One ranking from both sides, best first (the best `limit` only, if given); a document
+    in both keeps its dense chunk."""
+    dense_ids = [hit.record.doc_id for hit in dense]
+    keyword_ids = [hit.record.doc_id for hit in keyword]
+    by_doc = dict(zip(keyword_ids, keyword, strict=True))
+    by_doc.update(zip(dense_ids, dense, strict=True))
+    bm25 = {doc_id: hit.keyword for doc_id, hit in zip(keyword_ids, keyword, strict=True)}
     if method == "rrf":
-        fused = _rrf([[h.record.doc_id for h in dense], [h.record.doc_id for h in keyword]])
+        fused = _rrf([dense_ids, keyword_ids])
     else:
         fused = _score_fusion(
-            {h.record.doc_id: h.score for h in dense},
-            {h.record.doc_id: h.keyword or 0.0 for h in keyword},
+            {doc_id: hit.score for doc_id, hit in zip(dense_ids, dense, strict=True)},
+            {doc_id: hit.keyword or 0.0 for doc_id, hit in zip(keyword_ids, keyword, strict=True)},
         )
+    if limit is None or limit >= len(fused):
+        ranked = sorted(fused.items(), key=itemgetter(1), reverse=True)
+    else:  # the same order as sorting all of them, without building the rest
+        ranked = heapq.nlargest(limit, fused.items(), key=itemgetter(1))
     merged = []
-    for doc_id, value in fused.items():
+    for doc_id, value in ranked:
         hit = by_doc[doc_id]
         merged.append(Hit(hit.record, hit.score, bm25.get(doc_id), value, hit.complete))
-    return sorted(merged, key=lambda hit: hit.fused or 0.0, reverse=True)
+    return merged
 
 
 def complete(store: KnowledgeStore, per_query: Sequence[Sequence[Hit]]) -> list[list[Hit]]:

@@ -83,7 +83,7 @@ def candidates(
     fusion = request.fusion or store.settings.fusion
     # Fusion needs only ids and scores: one round of `depth` chunks, no texts.
     dense = nearest_documents(store, vectors, depth, flt, texts=False, widen=False)
-    return [fuse(d, k, fusion) for d, k in zip(dense, keyword, strict=True)]
+    return [fuse(d, k, fusion, top_k) for d, k in zip(dense, keyword, strict=True)]
 
 
 def nearest_documents(
@@ -126,8 +126,9 @@ def nearest_documents(
 def _best_per_document(hits: Sequence[tuple[Record, float]], texts: bool) -> list[Hit]:
     best: dict[str, Hit] = {}
     for record, score in hits:
-        if record.doc_id not in best:
-            best[record.doc_id] = Hit(record, score, complete=texts)
+        doc_id = record.doc_id
+        if doc_id not in best:
+            best[doc_id] = Hit(record, score, complete=texts)
     return sorted(best.values(), key=lambda hit: hit.score, reverse=True)
 
 

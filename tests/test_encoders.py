@@ -158,7 +158,7 @@ def test_concurrent_queries_share_runs_and_get_their_own_rows(embedder: Embedder
 
 
 def test_a_failed_shared_run_fails_every_caller() -> None:
-    from kb.encoders.batcher import Batcher
+    from kb.batcher import Batcher
 
     def broken(texts: object) -> np.ndarray:
         raise RuntimeError("encoder down")

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import random
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import chromadb
@@ -180,3 +183,70 @@ def test_a_filters_gathered_vectors_are_reused_until_the_next_write(cooking, sto
     assert "key" not in mirror._blocks  # a write drops them
     again = mirror.nearest(vector, 5, mirror.matches(flt.where), "key")
     assert [r.id for r, _ in again] == ["bread"]
+
+
+def test_health_says_whether_the_mirror_is_loaded(cooking, store) -> None:
+    """/health is 200 from the start; `ready` turns true once searches run in memory."""
+    store.replica.wait_loaded()
+    assert cooking.get("/health").json["ready"] is True
+    mirror, store.replica.mirror = store.replica.mirror, None  # as before the load finishes
+    try:
+        health = cooking.get("/health")
+        assert health.status_code == 200
+        assert health.json["ready"] is False
+        body = {"query": "italian food", "min_score": -1}
+        assert cooking.post("/query", json=body).json["matches"]  # still answers
+    finally:
+        store.replica.mirror = mirror
+
+
+@pytest.mark.parametrize(
+    ("where", "key", "shared"),
+    [
+        ({"a": {"$ne": "zz"}}, None, True),  # most rows, no key: one pass over every row
+        ({"a": {"$ne": "zz"}}, "broad", True),  # most rows, kept as a block
+        ({"a": 1}, None, False),  # few rows, no key: gathered for each search
+    ],
+)
+def test_concurrent_searches_sharing_a_product_get_their_own_exact_answers(
+    both, monkeypatch, where: dict[str, Any], key: str | None, shared: bool
+) -> None:
+    """Searches that arrive together are scored in one matrix product; each must still get
+    what it gets alone."""
+    _, mirror, records = both
+    batches: list[int] = []
+    product = mirror._product
+
+    def slow_product(matrix: np.ndarray, vectors: list[np.ndarray]) -> np.ndarray:
+        batches.append(len(vectors))
+        time.sleep(0.01)  # long enough for the other searches to queue behind this one
+        return product(matrix, vectors)
+
+    monkeypatch.setattr(mirror, "_product", slow_product)
+    monkeypatch.setattr(mirror, "_blocks", type(mirror._blocks)())  # blocks use the patch
+    mask = mirror.matches(where)
+    queries = [np.asarray(r.embedding) for r in records[:48]]
+    alone = [[(r.id, round(s, 5)) for r, s in mirror.nearest(q, 5, mask, key)] for q in queries]
+    gate = threading.Barrier(16)
+
+    def ask(i: int) -> list[tuple[str, float]]:
+        if i < 16:
+            gate.wait()  # the first sixteen start at once
+        return [(r.id, round(s, 5)) for r, s in mirror.nearest(queries[i], 5, mask, key)]
+
+    with ThreadPoolExecutor(16) as pool:
+        together = list(pool.map(ask, range(len(queries))))
+    assert together == alone
+    assert all(alone)
+    together_sizes = batches[len(queries) :]  # the searches made alone came first
+    assert (max(together_sizes) > 1) == shared, together_sizes
+
+
+def test_a_shared_product_scores_more_vectors_at_once_the_same() -> None:
+    rng = np.random.default_rng(3)
+    mirror = Mirror(8, generation=0)
+    matrix = rng.normal(size=(50, 8)).astype(np.float32)
+    for count in (1, 3, 4, 20):  # one product each, then one matrix product
+        vectors = list(rng.normal(size=(count, 8)).astype(np.float32))
+        got = mirror._product(matrix, vectors)
+        assert np.allclose(got, np.stack([matrix @ v for v in vectors]), atol=1e-5)

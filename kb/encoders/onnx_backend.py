@@ -7,9 +7,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from kb.batcher import Batcher
 from kb.config import cpu_count
 from kb.embeddings import model_fingerprint, resolve_model_path
-from kb.encoders.batcher import Batcher
 from kb.encoders.onnx_export import ensure_export
 
 if TYPE_CHECKING:
@@ -63,7 +63,7 @@ class OnnxEmbedder:
         self._pieces = Tokenizer.from_file(str(export.tokenizer_file))  # untruncated spans
         self._pieces.no_padding()
         self._pieces.no_truncation()
-        self._queries = Batcher(self._encode, max_texts=4 * batch_size)
+        self._queries = Batcher(self._encode, max_items=4 * batch_size)
 
     def embed_documents(self, texts: Sequence[str]) -> np.ndarray:
         return self._encode(texts)

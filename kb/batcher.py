@@ -1,0 +1,76 @@
+"""Share one expensive run between concurrent callers: items that arrive while the run is busy
+go together into its next run. The encoder batches queries this way (sixteen clients cost a
+few batched runs, not sixteen), and the mirror batches the query vectors it scores against
+the same matrix (one matrix product instead of one pass over the vectors per query)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+Run = Callable[[Sequence[Any]], np.ndarray]  # items -> one row per item
+
+
+class _Slot:
+    def __init__(self, items: Sequence[Any]) -> None:
+        self.items = items
+        self.rows: np.ndarray | None = None
+        self.error: BaseException | None = None
+        self.done = False
+
+
+class Batcher:
+    """Whoever finds the run idle starts it for every waiting caller (itself included); the
+    others wait for their rows. Nobody waits for a timer: an idle run starts at once."""
+
+    def __init__(self, run: Run, max_items: int = 256) -> None:
+        self._run_items = run
+        self._max_items = max_items
+        self._waiting: list[_Slot] = []
+        self._busy = False
+        self._changed = threading.Condition()
+
+    def __call__(self, items: Sequence[Any]) -> np.ndarray:
+        slot = _Slot(items)
+        with self._changed:
+            self._waiting.append(slot)
+            while self._busy and not slot.done:
+                self._changed.wait()
+            if not slot.done:
+                batch = self._take()
+                self._busy = True
+        if not slot.done:
+            self._run(batch)
+        if slot.error is not None:
+            raise slot.error
+        assert slot.rows is not None
+        return slot.rows
+
+    def _take(self) -> list[_Slot]:
+        batch, size = [], 0
+        while self._waiting and (
+            not batch or size + len(self._waiting[0].items) <= self._max_items
+        ):
+            slot = self._waiting.pop(0)
+            batch.append(slot)
+            size += len(slot.items)
+        return batch
+
+    def _run(self, batch: list[_Slot]) -> None:
+        try:
+            rows = self._run_items([item for slot in batch for item in slot.items])
+            start = 0
+            for slot in batch:
+                slot.rows = rows[start : start + len(slot.items)]
+                start += len(slot.items)
+        except BaseException as exc:  # every caller of this run sees the failure
+            for slot in batch:
+                slot.error = exc
+        with self._changed:
+            for slot in batch:
+                slot.done = True
+            self._busy = False
+            self._changed.notify_all()

@@ -195,6 +195,11 @@ class Mirror:
             for row, score in self.bm25.search(terms, limit, mask)
         ]
 
+    def documents(self) -> int:
+        """How many live documents (first chunks) there are."""
+        rows = np.asarray(self._values.get(CHUNK, {}).get(value_key(0), ()), dtype=np.int64)
+        return int(self._alive[rows[rows < self.size]].sum())
+
     def head_metadata(self) -> list[dict[str, Any]]:
         """The metadata of every live document's first chunk."""
         rows = self._values.get(CHUNK, {}).get(value_key(0), [])

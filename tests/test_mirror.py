@@ -155,13 +155,14 @@ def test_writes_reach_the_mirror(cooking, store) -> None:
 def test_stats_from_the_mirror_equal_stats_from_chroma(cooking, store) -> None:
     store.replica.wait_loaded()
     cooking.post("/delete", json={"ids": ["bread"]})
-    from_mirror = store.stats()
+    from_mirror, count = store.stats(), store.count()
     mirror, store.replica.mirror = store.replica.mirror, None
     try:
         assert store.stats() == from_mirror
+        assert store.count() == count
     finally:
         store.replica.mirror = mirror
-    assert from_mirror.documents == 3
+    assert from_mirror.documents == count == 3
 
 
 def test_a_filters_gathered_vectors_are_reused_until_the_next_write(cooking, store) -> None:

@@ -1,7 +1,8 @@
 """Share one expensive run between concurrent callers: items that arrive while the run is busy
 go together into its next run. The encoder batches queries this way (sixteen clients cost a
-few batched runs, not sixteen), and the mirror batches the query vectors it scores against
-the same matrix (one matrix product instead of one pass over the vectors per query)."""
+few batched runs, not sixteen), the mirror batches the query vectors it scores against the
+same matrix (one matrix product instead of one pass over the vectors per query), and the
+collection batches its nearest-neighbour queries to Chroma."""
 
 from __future__ import annotations
 
@@ -9,15 +10,13 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import numpy as np
-
-Run = Callable[[Sequence[Any]], np.ndarray]  # items -> one row per item
+Run = Callable[[Sequence[Any]], Any]  # items -> one row per item (an array or a list)
 
 
 class _Slot:
     def __init__(self, items: Sequence[Any]) -> None:
         self.items = items
-        self.rows: np.ndarray | None = None
+        self.rows: Any = None  # this caller's rows of the run's answer
         self.error: BaseException | None = None
         self.done = False
 
@@ -33,7 +32,7 @@ class Batcher:
         self._busy = False
         self._changed = threading.Condition()
 
-    def __call__(self, items: Sequence[Any]) -> np.ndarray:
+    def __call__(self, items: Sequence[Any]) -> Any:
         slot = _Slot(items)
         with self._changed:
             self._waiting.append(slot)
@@ -46,7 +45,6 @@ class Batcher:
             self._run(batch)
         if slot.error is not None:
             raise slot.error
-        assert slot.rows is not None
         return slot.rows
 
     def _take(self) -> list[_Slot]:

@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from kb.batcher import Batcher
 from kb.config import Settings
 from kb.embeddings import Embedder
 from kb.errors import ConfigError, KBError, ModelMismatch, StoreUnavailable, ValidationFailed
@@ -72,6 +73,7 @@ class RecordCollection:
         # One process per embedded store; a server takes any number of clients.
         embedded = client is None and self.mode == "embedded"
         self._lock = StoreLock(settings.chroma_path) if embedded else None
+        self._nearest = Batcher(self._nearest_batch, max_items=64)
         try:
             self._client = client if client is not None else make_client(settings)
             self._open(embedder)
@@ -238,13 +240,23 @@ class RecordCollection:
 
     def nearest_ids(self, vectors: np.ndarray, n: int) -> list[list[tuple[str, float]]]:
         """For each query vector, up to n (record id, cosine score) pairs, best first: the
-        cheapest question to ask Chroma (no SQLite reads of metadata or texts)."""
-        with chroma_errors():
-            got = self._col.query(query_embeddings=vectors, n_results=n, include=["distances"])
-        return [
-            [(rid, 1.0 - float(d)) for rid, d in zip(ids, dists, strict=True)]
-            for ids, dists in zip(got["ids"], got["distances"], strict=True)
-        ]
+        cheapest question to ask Chroma (no SQLite reads of metadata or texts). Concurrent
+        callers share Chroma queries (one per distinct n), so sixteen searches cost one trip
+        into Chroma and back, not sixteen."""
+        if not len(vectors):
+            return []
+        return list(self._nearest([(vector, n) for vector in vectors]))
+
+    def _nearest_batch(self, items: Sequence[tuple[np.ndarray, int]]) -> list[Any]:
+        answers: list[Any] = [None] * len(items)
+        for n in dict.fromkeys(n for _, n in items):
+            at = [i for i, (_, wanted) in enumerate(items) if wanted == n]
+            vectors = np.stack([items[i][0] for i in at])
+            with chroma_errors():
+                got = self._col.query(query_embeddings=vectors, n_results=n, include=["distances"])
+            for i, ids, dists in zip(at, got["ids"], got["distances"], strict=True):
+                answers[i] = [(rid, 1.0 - float(d)) for rid, d in zip(ids, dists, strict=True)]
+        return answers
 
     def nearest(
         self, vectors: np.ndarray, n: int, flt: CompiledFilter | None = None, *, texts: bool = True

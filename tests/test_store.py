@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -259,3 +262,37 @@ def test_the_configured_ef_search_is_given_to_new_and_existing_collections(
         assert [rid for rid, _ in hits[0]] == [store.records.ids()[0]]
     finally:
         store.close()
+
+
+def test_concurrent_nearest_neighbour_queries_share_chroma_calls(
+    store: KnowledgeStore, monkeypatch
+) -> None:
+    """Searches that arrive together go to Chroma in one query per distinct n, and each gets
+    exactly what it would get alone."""
+    store.add([DocumentIn(id=f"d{i}", text=f"note {i} about topic {i % 7}") for i in range(40)])
+    vectors = store.embedder.embed_queries([f"topic {i % 7} notes" for i in range(24)])
+    sizes = [3 if i % 2 else 10 for i in range(24)]
+    alone = [store.records.nearest_ids(vectors[i : i + 1], sizes[i])[0] for i in range(24)]
+    calls: list[int] = []
+    query = store.records._col.query
+
+    def slow_query(**kwargs):
+        calls.append(len(kwargs["query_embeddings"]))
+        time.sleep(0.01)  # long enough for the other searches to queue behind this one
+        return query(**kwargs)
+
+    monkeypatch.setattr(store.records._col, "query", slow_query)
+    gate = threading.Barrier(12)
+
+    def ask(i: int) -> list[tuple[str, float]]:
+        if i < 12:
+            gate.wait()
+        return store.records.nearest_ids(vectors[i : i + 1], sizes[i])[0]
+
+    with ThreadPoolExecutor(12) as pool:
+        together = list(pool.map(ask, range(24)))
+    assert [[(rid, round(s, 5)) for rid, s in hits] for hits in together] == [
+        [(rid, round(s, 5)) for rid, s in hits] for hits in alone
+    ]
+    assert max(calls) > 1, calls  # some queries went to Chroma together
+    assert len(calls) < 24, calls

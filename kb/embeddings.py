@@ -85,5 +85,6 @@ def load_embedder(settings: Settings) -> Embedder:
         cache=settings.onnx_cache,
         quantized=settings.backend == "onnx-int8",
         batch_size=settings.embed_batch_size,
+        batch_tokens=settings.embed_batch_tokens,
         threads=settings.encoder_threads,
     )

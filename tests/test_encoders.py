@@ -14,7 +14,7 @@ import pytest
 from kb.config import Settings
 from kb.embeddings import Embedder, load_embedder, model_fingerprint, resolve_model_path
 from kb.encoders import onnx_export
-from kb.encoders.onnx_backend import OnnxEmbedder
+from kb.encoders.onnx_backend import OnnxEmbedder, token_batches
 from kb.errors import ConfigError
 
 TEXTS = [
@@ -169,3 +169,25 @@ def test_a_failed_shared_run_fails_every_caller() -> None:
     for future in futures:
         with pytest.raises(RuntimeError, match="encoder down"):
             future.result()
+
+
+def test_batches_hold_at_most_so_many_texts_and_padded_tokens() -> None:
+    lengths = [3, 250, 40, 12, 12, 300, 7, 200, 64, 5] * 9
+    order = np.argsort(lengths, kind="stable")
+    batches = list(token_batches(order, lengths, max_texts=8, max_tokens=512))
+    assert np.array_equal(np.concatenate(batches), order)  # every text once, in order
+    for batch in batches:
+        width = max(lengths[i] for i in batch)
+        assert len(batch) <= 8
+        assert len(batch) == 1 or len(batch) * width <= 512
+    assert [len(b) for b in batches if max(lengths[i] for i in b) == 300] == [1] * 9
+    assert max(len(b) for b in batches) == 8  # short texts still fill a batch
+
+
+def test_a_small_token_budget_changes_no_vector(embedder: Embedder) -> None:
+    assert isinstance(embedder, OnnxEmbedder)
+    small = OnnxEmbedder(
+        "all-MiniLM-L6-v2", cache=Settings().onnx_cache, batch_size=64, batch_tokens=300
+    )
+    got = small.embed_documents(TEXTS)
+    assert float(np.abs(got - embedder.embed_documents(TEXTS)).max()) < 1e-5

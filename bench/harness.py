@@ -13,7 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -151,37 +151,32 @@ class Server:
         body: bytes | None = None,
         timeout: float = 600.0,
         interval: float = 0.05,
+        accept: Callable[[bytes], bool] = lambda raw: True,
     ) -> float:
-        """Poll until `path` answers 200; seconds waited. Raise if the server died."""
+        """Poll until `path` answers 200 with a body `accept` takes; seconds waited. Raise if
+        the server died."""
         started = time.perf_counter()
         while time.perf_counter() - started < timeout:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"kb serve exited:\n{self.log.read_text()[-3000:]}")
             conn = self.connect(timeout=120)
             try:
-                if request(conn, method, path, body)[0] == 200:
+                status, raw = request(conn, method, path, body)
+                if status == 200 and accept(raw):
                     return time.perf_counter() - started
             except (OSError, http.client.HTTPException):
                 pass
             finally:
                 conn.close()
             time.sleep(interval)
-        raise RuntimeError(f"kb serve gave no 200 on {path} in {timeout:.0f} s")
+        raise RuntimeError(f"kb serve gave no accepted 200 on {path} in {timeout:.0f} s")
 
     def wait_ready(self, timeout: float = 600.0, interval: float = 0.05) -> float:
         """Poll /health until it says `ready` (the in-memory search copies are loaded, so
         steady-state figures do not mix in the slower start); seconds waited."""
-        started = time.perf_counter()
-        conn = self.connect(timeout=120)
-        try:
-            while time.perf_counter() - started < timeout:
-                status, raw = request(conn, "GET", "/health")
-                if status == 200 and json.loads(raw).get("ready"):
-                    return time.perf_counter() - started
-                time.sleep(interval)
-        finally:
-            conn.close()
-        raise RuntimeError(f"kb serve was not ready in {timeout:.0f} s")
+        return self.wait(
+            timeout=timeout, interval=interval, accept=lambda raw: bool(json.loads(raw)["ready"])
+        )
 
     def memory(self) -> dict[str, float]:
         return memory(self.proc.pid)

@@ -110,10 +110,8 @@ def fuse(
             {doc_id: hit.score for doc_id, hit in zip(dense_ids, dense, strict=True)},
             {doc_id: hit.keyword or 0.0 for doc_id, hit in zip(keyword_ids, keyword, strict=True)},
         )
-    if limit is None or limit >= len(fused):
-        ranked = sorted(fused.items(), key=itemgetter(1), reverse=True)
-    else:  # the same order as sorting all of them, without building the rest
-        ranked = heapq.nlargest(limit, fused.items(), key=itemgetter(1))
+    # nlargest is sorted(..., reverse=True)[:n], ties included, without sorting the rest
+    ranked = heapq.nlargest(len(fused) if limit is None else limit, fused.items(), itemgetter(1))
     merged = []
     for doc_id, value in ranked:
         hit = by_doc[doc_id]

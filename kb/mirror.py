@@ -196,15 +196,18 @@ class Mirror:
         ]
 
     def documents(self) -> int:
-        """How many live documents (first chunks) there are."""
-        rows = np.asarray(self._values.get(CHUNK, {}).get(value_key(0), ()), dtype=np.int64)
-        return int(self._alive[rows[rows < self.size]].sum())
+        """How many live documents there are."""
+        return len(self._head_rows())
 
     def head_metadata(self) -> list[dict[str, Any]]:
         """The metadata of every live document's first chunk."""
-        rows = self._values.get(CHUNK, {}).get(value_key(0), [])
-        alive = self._alive
-        return [self.metadata[row] for row in rows if row < self.size and alive[row]]
+        return [self.metadata[row] for row in self._head_rows().tolist()]
+
+    def _head_rows(self) -> np.ndarray:
+        """The rows of every live document's first chunk."""
+        rows = np.asarray(self._values.get(CHUNK, {}).get(value_key(0), ()), dtype=np.int64)
+        rows = rows[rows < self.size]
+        return rows[self._alive[rows]]
 
     def row(self, record_id: str) -> int | None:
         return self._row.get(record_id)

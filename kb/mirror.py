@@ -22,7 +22,7 @@ import numpy as np
 from kb.batcher import Batcher
 from kb.bm25 import Bm25
 from kb.keyword import KeywordHit
-from kb.records import CHUNK, DOC, Record
+from kb.records import DOC, HEADS, Record
 
 ValueKey = tuple[str, Any]
 BLOCK_BYTES = 256 * 1024 * 1024  # gathered vectors kept per filter, least recently used out
@@ -197,17 +197,11 @@ class Mirror:
 
     def documents(self) -> int:
         """How many live documents there are."""
-        return len(self._head_rows())
+        return int(self.matches(HEADS).sum())
 
     def head_metadata(self) -> list[dict[str, Any]]:
         """The metadata of every live document's first chunk."""
-        return [self.metadata[row] for row in self._head_rows().tolist()]
-
-    def _head_rows(self) -> np.ndarray:
-        """The rows of every live document's first chunk."""
-        rows = np.asarray(self._values.get(CHUNK, {}).get(value_key(0), ()), dtype=np.int64)
-        rows = rows[rows < self.size]
-        return rows[self._alive[rows]]
+        return [self.metadata[row] for row in np.flatnonzero(self.matches(HEADS)).tolist()]
 
     def row(self, record_id: str) -> int | None:
         return self._row.get(record_id)

@@ -1,0 +1,162 @@
+"""The component timings the README's Speed section explains its choices with, each measured
+here rather than quoted from a scratch script:
+
+    python -m bench.micro [--docs 100000] [--only encoder|products|chroma|health ...]
+
+- encoder: ONNX texts/s on twelve-word-piece texts, and on paragraphs with batches capped by
+  padded tokens (KB_EMBED_BATCH_TOKENS) and with batches of 64 texts alone.
+- products: one 100k x 384 matrix-vector product; 8 threads doing them at once (what numpy's
+  multi-threaded OpenBLAS did before the mirror serialized them); one product of k vectors.
+- chroma: one nearest-neighbour query (n=100) on the cached query store; 16 vectors in one
+  query; one query while another Python thread keeps busy (the GIL hand-back).
+- health: /health in-process, the count from the mirror and from Chroma.
+
+Opens the query benchmark's cached store (no `kb serve` may hold it). Writes
+bench/results/micro-<docs>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from bench import COLLECTION, RESULTS
+from bench.corpus import documents
+from bench.query import store_for
+from kb.config import Settings
+from kb.embeddings import load_embedder
+
+SECTIONS = ("encoder", "products", "chroma", "health")
+TWELVE = "the quick brown fox jumps over a lazy dog today"  # 12 word pieces with [CLS]/[SEP]
+
+
+def median_ms(call: Callable[[], Any], runs: int = 20) -> float:
+    call()
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times) * 1000
+
+
+def encoder() -> dict[str, float]:
+    capped = load_embedder(Settings())
+    uncapped = load_embedder(Settings(embed_batch_tokens=10**9))
+    paragraphs = [d["text"] for d in documents("paragraph", 400)]
+    twelve = [TWELVE] * 3000
+    seconds = median_ms(lambda: capped.embed_documents(twelve), 3) / 1000
+    out = {"twelve_tokens_per_s": len(twelve) / seconds}
+    for name, embedder in (("capped", capped), ("batches_of_64", uncapped)):
+        seconds = median_ms(lambda e=embedder: e.embed_documents(paragraphs), 3) / 1000
+        out[f"paragraphs_per_s_{name}"] = len(paragraphs) / seconds
+    return out
+
+
+def products() -> dict[str, float]:
+    rng = np.random.default_rng(0)
+    matrix = rng.random((100_000, 384), dtype=np.float32)
+    vector = rng.random(384, dtype=np.float32)
+    out = {"one_vector_ms": median_ms(lambda: matrix @ vector)}
+
+    def eight_at_once() -> None:
+        threads = [threading.Thread(target=lambda: [matrix @ vector for _ in range(10)])
+                   for _ in range(8)]  # fmt: skip
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+    out["eight_threads_ms_per_product"] = median_ms(eight_at_once, 3) / 80
+    for k in (4, 16):
+        batch = rng.random((k, 384), dtype=np.float32)
+        out[f"one_product_of_{k}_vectors_ms"] = median_ms(lambda b=batch: b @ matrix.T)
+    return out
+
+
+def chroma(docs: int) -> dict[str, float]:
+    from kb.collection import make_client
+
+    path, _ = store_for(docs)
+    # kb's client settings: the health section then opens the same store in this process
+    collection = make_client(Settings(chroma_path=path)).get_collection(COLLECTION)
+    sample = collection.get(limit=16, include=["embeddings"])["embeddings"]
+    vectors = np.asarray(sample, dtype=np.float32)
+
+    def ask(k: int) -> None:
+        collection.query(query_embeddings=vectors[:k], n_results=100, include=["distances"])
+
+    out = {"one_query_ms": median_ms(lambda: ask(1))}
+    out["sixteen_in_one_ms"] = median_ms(lambda: ask(16))
+    busy = [True]
+
+    def spin() -> None:
+        count = 0
+        while busy[0]:
+            count += 1
+
+    spinner = threading.Thread(target=spin)
+    spinner.start()
+    try:
+        out["one_query_beside_a_busy_thread_ms"] = median_ms(lambda: ask(1))
+    finally:
+        busy[0] = False
+        spinner.join()
+    return out
+
+
+def health(docs: int) -> dict[str, float]:
+    from kb.api.util import EXTENSION
+    from kb.app import close_app, create_app
+
+    path, _ = store_for(docs)
+    app = create_app(Settings(chroma_path=path, collection=COLLECTION, log_level="WARNING"))
+    try:
+        store = app.extensions[EXTENSION].store
+        store.replica.wait_loaded()
+        client = app.test_client()
+        out = {"health_ms": median_ms(lambda: client.get("/health")),
+               "count_from_mirror_ms": median_ms(store.count)}  # fmt: skip
+        mirror, store.replica.mirror = store.replica.mirror, None
+        try:
+            out["count_from_chroma_ms"] = median_ms(store.count)
+        finally:
+            store.replica.mirror = mirror
+    finally:
+        close_app(app)
+    return out
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.micro", description=__doc__)
+    parser.add_argument("--docs", type=int, default=100_000)
+    parser.add_argument("--only", action="append", choices=SECTIONS)
+    args = parser.parse_args(argv)
+    runs: dict[str, Callable[[], dict[str, float]]] = {
+        "encoder": encoder,
+        "products": products,
+        "chroma": lambda: chroma(args.docs),
+        "health": lambda: health(args.docs),
+    }
+    results = {}
+    for name in args.only or SECTIONS:
+        results[name] = runs[name]()
+        for key, value in results[name].items():
+            print(f"{name:>8}  {key:<36} {value:10.2f}", flush=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"micro-{args.docs}.json"
+    out.write_text(json.dumps(results, indent=2))
+    print(f"results in {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

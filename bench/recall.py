@@ -57,13 +57,20 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--ef-search", type=int, default=None, help="default: KB_HNSW_EF_SEARCH")
+    parser.add_argument("--nprobe", type=int, default=None, help="default: KB_ANN_NPROBE")
     args = parser.parse_args(argv)
 
     path, _ = store_for(args.size)
     settings = Settings(chroma_path=path, collection=COLLECTION)
     if args.ef_search is not None:
         settings = settings.model_copy(update={"hnsw_ef_search": args.ef_search})
-    print(f"{args.size:,} documents, HNSW ef_search {settings.hnsw_ef_search}", flush=True)
+    if args.nprobe is not None:
+        settings = settings.model_copy(update={"ann_nprobe": args.nprobe})
+    print(
+        f"{args.size:,} documents, Chroma's HNSW ef_search {settings.hnsw_ef_search}, kb's IVF "
+        f"nprobe {settings.ann_nprobe} (from {settings.ann_min_rows:,} chunks)",
+        flush=True,
+    )
     store = KnowledgeStore.open(settings, load_embedder(settings))
     try:
         store.replica.wait_loaded()

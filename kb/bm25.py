@@ -59,7 +59,8 @@ class Bm25:
         self._alive = array("b")
         self._live = 0
         self._total = 0.0  # summed length of the live rows
-        self._lock = threading.Lock()  # array buffers must not grow while a search reads
+        # Appending to an array fails while numpy views its buffer: searches copy under this.
+        self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return self._live
@@ -96,35 +97,44 @@ class Bm25:
     ) -> list[tuple[int, float]]:
         """The best `limit` rows for these (already folded) terms, as (row, score), best
         first; `mask` (over the rows) keeps only the rows a filter allows."""
-        with self._lock:
-            scores = self._scores(terms) if self._live else None
-        if scores is None:
+        found = self._postings_of(terms)
+        if not found:
             return []
+        rows = np.concatenate([part[0] for part in found])
+        weights = np.concatenate([part[1] for part in found])
+        scores = np.bincount(rows, weights=weights, minlength=self.size)
+        touched = np.zeros(len(scores), dtype=bool)  # live rows holding a term: score > 0
+        touched[rows[weights > 0]] = True
         if mask is not None:
-            allowed = np.zeros(len(scores), dtype=bool)
-            allowed[: len(mask)] = mask[: len(scores)]
-            scores *= allowed
-        hits = np.flatnonzero(scores)
+            touched[: len(mask)] &= mask[: len(touched)]
+            touched[len(mask) :] = False
+        hits = np.flatnonzero(touched)
         if hits.size > limit:
             hits = hits[np.argpartition(-scores[hits], limit - 1)[:limit]]
         ordered = hits[np.argsort(-scores[hits], kind="stable")]
-        return [(int(row), float(scores[row])) for row in ordered]
+        return list(zip(ordered.tolist(), scores[ordered].tolist(), strict=True))
 
-    def _scores(self, terms: Sequence[str]) -> np.ndarray | None:
-        lengths = np.frombuffer(self._lengths, dtype=np.float32)
-        alive = np.frombuffer(self._alive, dtype=np.int8)
-        norm = K1 * (1 - B + B * lengths / (self._total / self._live))
-        scores: np.ndarray | None = None
-        for term in terms:  # a repeated term counts again, as a repeated FTS5 phrase does
-            found = self._postings.get(term)
-            df = self._df.get(term, 0)
-            if found is None or df <= 0:
-                continue
+    def _postings_of(self, terms: Sequence[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Each known term's (rows, BM25 weight in each row); dead rows weigh 0."""
+        with self._lock:  # copies out under the lock, so appends never meet a reader's view
+            if not self._live:
+                return []
+            live, average = self._live, self._total / self._live
+            lengths = np.frombuffer(self._lengths, dtype=np.float32)
+            alive = np.frombuffer(self._alive, dtype=np.int8)
+            found = []
+            for term in terms:  # a repeated term counts again, as a repeated FTS5 phrase does
+                postings, df = self._postings.get(term), self._df.get(term, 0)
+                if postings is None or df <= 0:
+                    continue
+                rows = np.frombuffer(postings[0], dtype=np.int32).copy()
+                tfs = np.frombuffer(postings[1], dtype=np.float32).copy()
+                found.append((df, rows, tfs, lengths[rows], alive[rows]))
+            del lengths, alive  # release the buffers before the lock
+        out = []
+        for df, rows, tfs, length, alive_rows in found:
             # FTS5's idf, floored so that a term in most rows still counts a little
-            idf = max(math.log((self._live - df + 0.5) / (df + 0.5)), 1e-6)
-            rows = np.frombuffer(found[0], dtype=np.int32)
-            tfs = np.frombuffer(found[1], dtype=np.float32)
-            part = idf * tfs * (K1 + 1) / (tfs + norm[rows]) * alive[rows]
-            term_scores = np.bincount(rows, weights=part, minlength=self.size)
-            scores = term_scores if scores is None else scores + term_scores
-        return scores
+            idf = max(math.log((live - df + 0.5) / (df + 0.5)), 1e-6)
+            norm = K1 * (1 - B + B * length / average)
+            out.append((rows, idf * (K1 + 1) * tfs / (tfs + norm) * alive_rows))
+        return out

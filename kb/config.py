@@ -85,8 +85,21 @@ class Settings(BaseSettings):
         200,
         ge=10,
         le=10_000,
-        description="Candidates Chroma's HNSW search explores: recall against latency "
-        "(Chroma's default is 100; bench/recall.py measures both).",
+        description="Candidates Chroma's HNSW search explores (until kb's own index is built, "
+        "and for text filters): recall against latency (Chroma's default is 100).",
+    )
+    ann_min_rows: int = Field(
+        20_000,
+        ge=0,
+        description="Chunks from which kb builds its in-memory IVF index; smaller stores are "
+        "searched exactly.",
+    )
+    ann_nprobe: int = Field(
+        128,
+        ge=1,
+        le=65_536,
+        description="IVF lists an unfiltered search scans (of ~4 sqrt(chunks)): recall against "
+        "latency (bench/recall.py measures both).",
     )
 
     # Limits

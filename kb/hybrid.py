@@ -11,16 +11,18 @@ import heapq
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from operator import itemgetter
+from typing import TypeVar
 
 import numpy as np
 
 from kb.filters import CompiledFilter
-from kb.keyword import KeywordHit, query_tokens
+from kb.keyword import query_tokens
 from kb.records import CHUNKS, DOC, Record
 from kb.store import KnowledgeStore
 
 RRF_K = 60  # the constant of Cormack et al.'s reciprocal rank fusion
 DENSE_WEIGHT = 0.5  # score fusion: the dense side's share after min-max normalization
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -45,35 +47,44 @@ def keyword_documents(
 ) -> list[Hit]:
     """Up to `depth` documents by BM25 (best chunk each), with their cosine scores.
 
-    Both indexes keep each chunk's vector, so no record is fetched here: the hits are ids and
-    scores, and search fetches the few it shows.
+    From the in-memory BM25 when the mirror is current (a metadata filter is its mask), else
+    from SQLite FTS5 (a filter then lists the ids it allows). Both keep each chunk's vector,
+    so no record is fetched here: the hits are ids and scores, and search fetches the few it
+    shows.
     """
-    best: dict[str, KeywordHit] = {}
-    for found in _keyword_hits(store, text, depth * 2, flt):  # chunks: some share a doc
-        if found.doc_id not in best:
-            best[found.doc_id] = found
-            if len(best) >= depth:
-                break
-    if not best:
-        return []
-    chosen = list(best.values())
-    cosines = np.stack([found.vector for found in chosen]) @ vector  # one product for all
-    return [
-        Hit(Record(found.record_id, "", {DOC: found.doc_id}), cosine, found.score, complete=False)
-        for found, cosine in zip(chosen, cosines.tolist(), strict=True)
-    ]
-
-
-def _keyword_hits(
-    store: KnowledgeStore, text: str, limit: int, flt: CompiledFilter
-) -> list[KeywordHit]:
-    """From the in-memory BM25 when the mirror is current (a metadata filter is its mask),
-    else from SQLite FTS5 (a filter then lists the ids it allows)."""
     mirror = store.replica.current_mirror() if flt.where_document is None else None
     if mirror is not None and store.replica.consistent():
         mask = mirror.matches(flt.where) if flt.where is not None else None
-        return mirror.keyword(query_tokens(text), limit, mask)
-    return store.keyword.search(text, limit, _allowed(store, flt))
+        ranked = mirror.keyword(query_tokens(text), depth * 2, mask)  # chunks: some share a doc
+        chosen = _best_per_document(
+            [(mirror.ids[row], mirror.metadata[row][DOC], score, row) for row, score in ranked],
+            depth,
+        )
+        cosines = mirror.cosines([row for *_, row in chosen], vector)
+    else:
+        hits = store.keyword.search(text, depth * 2, _allowed(store, flt))
+        chosen = _best_per_document(
+            [(h.record_id, h.doc_id, h.score, h.vector) for h in hits], depth
+        )
+        cosines = (np.stack([v for *_, v in chosen]) @ vector).tolist() if chosen else []
+    return [
+        Hit(Record(record_id, "", {DOC: doc_id}), cosine, bm25, complete=False)
+        for (record_id, doc_id, bm25, _), cosine in zip(chosen, cosines, strict=True)
+    ]
+
+
+def _best_per_document(
+    ranked: Sequence[tuple[str, str, float, T]], depth: int
+) -> list[tuple[str, str, float, T]]:
+    """The first (best) chunk of each document in a ranking of (record id, document id,
+    score, vector or row), up to `depth` documents."""
+    best: dict[str, tuple[str, str, float, T]] = {}
+    for found in ranked:
+        if found[1] not in best:
+            best[found[1]] = found
+            if len(best) >= depth:
+                break
+    return list(best.values())
 
 
 def _allowed(store: KnowledgeStore, flt: CompiledFilter) -> Callable[[str], bool] | None:

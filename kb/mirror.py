@@ -1,17 +1,23 @@
-"""An in-memory copy of every record's vector and metadata, for exact filtered search.
+"""An in-memory copy of every record's vector, metadata and text: where searches run.
 
 Chroma answers a filtered query by first listing, through SQLite, every record the filter
 matches; with 100k records and a broad filter that costs far more than scoring the matches.
 The mirror evaluates the same where-clauses on in-memory indexes (Chroma's semantics, checked
-by a differential test) and scores the matching rows exactly with one matrix product, so a
-filtered search is exact and its cost grows with the matches, not with SQLite round trips.
+by a differential test). A search scores the rows a filter allows exactly (one matrix product
+over them) when they are few, and otherwise asks the IVF index (kb.ann) over every row, which
+probes as many lists as it takes to find that filter's rows: each search scans whichever is
+fewer vectors. Stores smaller than KB_ANN_MIN_ROWS are always scored exactly.
 
 Writers hold the store's lock and call `apply`; readers never lock: rows only grow, and a row
-that dies mid-query is dropped when its record is fetched.
+that dies mid-query is dropped when its record is fetched. The index is (re)built on a
+background thread when the rows first reach KB_ANN_MIN_ROWS and whenever they double, and
+catches up with the writes made meanwhile before it replaces the old one.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
@@ -19,10 +25,12 @@ from typing import Any
 
 import numpy as np
 
+from kb.ann import AnnConfig, AnnIndex
 from kb.batcher import Batcher
 from kb.bm25 import Bm25
-from kb.keyword import KeywordHit
-from kb.records import DOC, HEADS, Record
+from kb.records import HEADS, Record
+
+log = logging.getLogger(__name__)
 
 ValueKey = tuple[str, Any]
 BLOCK_BYTES = 256 * 1024 * 1024  # gathered vectors kept per filter, least recently used out
@@ -30,7 +38,11 @@ BLOCK_BYTES = 256 * 1024 * 1024  # gathered vectors kept per filter, least recen
 # product with a thin matrix (100k x 384 on 2 cores: 4 ms per vector; 12-14 ms for 4 to 16).
 SMALL_BATCH = 3
 SCAN_BATCH = 64  # query vectors per shared scan
+KEPT_MASKS = 64  # filters whose row masks are kept between writes
 Product = Callable[[np.ndarray, Sequence[np.ndarray]], np.ndarray]
+# Scoring a row's 8-bit code in an IVF list (its filter bit checked) costs about this many rows
+# of an exact product over a contiguous block (bench.recall times both paths).
+IVF_ROW_COST = 1.0
 RANGE_OPS = {"$gt": np.greater, "$gte": np.greater_equal, "$lt": np.less, "$lte": np.less_equal}
 
 
@@ -56,7 +68,7 @@ def value_key(value: Any) -> ValueKey:
 class Mirror:
     """Rows of (record id, document id, metadata, vector); deleted rows are masked out."""
 
-    def __init__(self, dim: int, generation: int) -> None:
+    def __init__(self, dim: int, generation: int, ann: AnnConfig | None = None) -> None:
         self.generation = generation  # the store write this copy has seen
         self.size = 0
         self.ids: list[str] = []
@@ -69,11 +81,15 @@ class Mirror:
         self._values: dict[str, dict[ValueKey, list[int]]] = {}  # key -> value -> rows
         self._elements: dict[str, dict[ValueKey, list[int]]] = {}  # list items -> rows
         self._cache: dict[tuple[Any, ...], np.ndarray] = {}  # per write: row arrays, columns
+        self._masks: dict[str, np.ndarray] = {}  # per write: the masks of recent filters
         self._blocks: OrderedDict[str, _Block] = OrderedDict()
         self.bm25 = Bm25()  # the rows' texts, for keyword search; same row numbers
         self._products = threading.Lock()
         # concurrent searches scanning every row share one pass (a matrix product)
         self._scan_all = Batcher(self._scan_all_rows, max_items=SCAN_BATCH)
+        self._ann = ann or AnnConfig()
+        self._index: AnnIndex | None = None
+        self._building: threading.Thread | None = None
 
     def __len__(self) -> int:
         return len(self._row)
@@ -82,17 +98,24 @@ class Mirror:
 
     def apply(self, upserted: Sequence[Record], deleted: Iterable[str], generation: int) -> None:
         with self._lock:
+            killed = []
             for record_id in [*deleted, *(r.id for r in upserted)]:
                 row = self._row.pop(record_id, None)
                 if row is not None:
                     self._alive[row] = False
                     self.bm25.remove(row)
+                    killed.append(row)
+            first = self.size
             self._reserve(self.size + len(upserted))
             for record in upserted:
                 self._append(record)
-            self._cache = {}
+            if self._index is not None:
+                self._index.remove(np.asarray(killed, dtype=np.int64))
+                self._index.add(np.arange(first, self.size), self._vectors[first : self.size])
+            self._cache, self._masks = {}, {}
             self._blocks = OrderedDict()
             self.generation = generation
+            self._build_if_due()
 
     def _append(self, record: Record) -> None:
         row = self.size
@@ -122,35 +145,124 @@ class Mirror:
         alive[: self.size] = self._alive[: self.size]
         self._vectors, self._alive = vectors, alive  # readers keep the arrays they took
 
+    # ------------------------------------------------------------ the IVF index
+
+    @property
+    def searches_all(self) -> bool:
+        """Whether an unfiltered search runs here: the index is built, or the rows are few
+        enough to score every one (until then the store asks Chroma)."""
+        return self._index is not None or len(self._row) < self._ann.min_rows
+
+    def wait_index(self) -> None:
+        """Wait for an index build in progress (tests, shutdown)."""
+        building = self._building
+        if building is not None:
+            building.join()
+
+    def _build_if_due(self) -> None:
+        """Start a build when the live rows reach the minimum, or twice what the index was
+        trained on (its lists were sized for fewer rows). Called with the lock held."""
+        live = len(self._row)
+        if self._building is not None or live < self._ann.min_rows:
+            return
+        if self._index is not None and live < 2 * self._index.trained_rows:
+            return
+        self._building = threading.Thread(target=self._build, name="kb-ann", daemon=True)
+        self._building.start()
+
+    def _build(self) -> None:
+        """Train an index on the live rows without the lock, then, with it, apply the writes
+        made meanwhile and put it in place."""
+        with self._lock:
+            size, vectors = self.size, self._vectors  # rows below `size` never change
+            rows = np.flatnonzero(self._alive[:size])
+        try:
+            index = AnnIndex.build(vectors[rows], rows, self._ann.nprobe)
+            with self._lock:
+                index.remove(rows[~self._alive[rows]])
+                later = np.arange(size, self.size)[self._alive[size : self.size]]
+                index.add(later, self._vectors[later])
+                self._index = index
+                self._building = None
+                self._build_if_due()
+        except Exception:  # searches keep scoring exactly, or asking Chroma
+            log.exception("could not build the vector index")
+            with self._lock:
+                self._building = None
+
     # ------------------------------------------------------------ reads
 
     def matches(self, where: dict[str, Any]) -> np.ndarray:
-        """Boolean mask over the rows: alive and matching the where-clause."""
-        size, alive, cache = self.size, self._alive, self._cache
-        return self._mask(where, size, cache) & alive[:size]
+        """Boolean mask over the rows: alive and matching the where-clause (read-only: the
+        masks of the last few filters are kept until the next write)."""
+        size, alive, cache, masks = self.size, self._alive, self._cache, self._masks
+        key = json.dumps(where, sort_keys=True, default=str)
+        mask = masks.get(key)
+        if mask is None or len(mask) != size:
+            mask = self._mask(where, size, cache) & alive[:size]
+            mask.flags.writeable = False
+            if len(masks) < KEPT_MASKS:
+                masks[key] = mask
+        return mask
 
     def nearest(
-        self, vector: np.ndarray, n: int, mask: np.ndarray, key: str | None = None
+        self, vector: np.ndarray, n: int, mask: np.ndarray | None = None, key: str | None = None
     ) -> list[tuple[Record, float]]:
-        """The n rows under `mask` most similar to `vector` (exact), best first; records
+        """The n rows (under `mask`, if given) most similar to `vector`, best first; records
         carry id and metadata, not text. With `key` (the filter, as text), the rows' vectors
         gathered for it are kept until the next write: the next query with the same filter
         scores a contiguous block instead of gathering again (the gather is most of the cost).
         """
+        rows, scores = self._nearest(vector, n, mask, key)
+        ids, metadata = self.ids, self.metadata
+        return [
+            (Record(ids[row], "", metadata[row]), score)
+            for row, score in zip(rows.tolist(), scores.tolist(), strict=True)
+        ]
+
+    def _nearest(
+        self, vector: np.ndarray, n: int, mask: np.ndarray | None, key: str | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        index = self._index
+        if mask is None:
+            if index is not None:
+                return self._ranked(vector, n, index.candidates(vector, n))
+            size, alive = self.size, self._alive
+            mask = alive[:size].copy()
+        allowed = int(np.count_nonzero(mask))
+        if index is not None and allowed:
+            share = allowed / max(len(index), 1)
+            if index.scanned(share) * IVF_ROW_COST < self._exact_cost(allowed, len(mask), key):
+                bits = np.packbits(mask, bitorder="little")
+                return self._ranked(vector, n, index.candidates(vector, n, bits, allowed))
+        return self._exact(vector, n, mask, key)
+
+    def _ranked(
+        self, vector: np.ndarray, n: int, rows: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The n best of these rows by exact cosine score, best first."""
+        scores = self._vectors[rows] @ vector
+        return _top(rows, scores, n)
+
+    def _exact_cost(self, allowed: int, rows: int, key: str | None) -> int:
+        """Vectors an exact search scores: the filter's own, or every row for a broad one."""
+        if key is not None and key in self._blocks:
+            return allowed
+        return rows if allowed * 3 > rows else allowed
+
+    def _exact(
+        self, vector: np.ndarray, n: int, mask: np.ndarray, key: str | None
+    ) -> tuple[np.ndarray, np.ndarray]:
         rows, block = self._block(mask, key)
         if not rows.size:
-            return []
+            return rows, np.zeros(0, dtype=np.float32)
         if block is not None:
             scores = block.scan([vector])[0]
         elif rows.size * 3 > len(mask):  # broad: one pass over all rows beats gathering them
             scores = self._scan_all([(vector, len(mask))])[0][: len(mask)][rows]
         else:
             scores = self._product(self._vectors[rows], [vector])[0]
-        top = np.argpartition(-scores, n - 1)[:n] if n < rows.size else np.arange(rows.size)
-        top = top[np.argsort(-scores[top], kind="stable")]
-        return [
-            (Record(self.ids[rows[i]], "", self.metadata[rows[i]]), float(scores[i])) for i in top
-        ]
+        return _top(rows, scores, n)
 
     def _block(self, mask: np.ndarray, key: str | None) -> tuple[np.ndarray, _Block | None]:
         blocks = self._blocks  # replaced (not cleared) by writes: a reader keeps its own
@@ -188,12 +300,16 @@ class Mirror:
 
     def keyword(
         self, terms: Sequence[str], limit: int, mask: np.ndarray | None = None
-    ) -> list[KeywordHit]:
-        """The `limit` best chunks by BM25 for these (folded) terms, under `mask` if given."""
-        return [
-            KeywordHit(self.ids[row], self.metadata[row][DOC], score, self._vectors[row])
-            for row, score in self.bm25.search(terms, limit, mask)
-        ]
+    ) -> list[tuple[int, float]]:
+        """The `limit` best rows by BM25 for these (folded) terms, under `mask` if given, as
+        (row, score), best first."""
+        return self.bm25.search(terms, limit, mask)
+
+    def cosines(self, rows: Sequence[int], vector: np.ndarray) -> list[float]:
+        """The cosine score of `vector` with each of these rows (one gather, one product)."""
+        if not rows:
+            return []
+        return (self._vectors[np.asarray(rows)] @ vector).tolist()
 
     def documents(self) -> int:
         """How many live documents there are."""
@@ -268,3 +384,10 @@ class Mirror:
                     column[rows_array[rows_array < size]] = value
             cache[name] = column
         return column[:size]
+
+
+def _top(rows: np.ndarray, scores: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The n highest-scoring rows and their scores, best first (ties in row order)."""
+    top = np.argpartition(-scores, n - 1)[:n] if n < rows.size else np.arange(rows.size)
+    top = top[np.argsort(-scores[top], kind="stable")]
+    return rows[top], scores[top]

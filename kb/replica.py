@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kb.ann import AnnConfig
 from kb.changes import ChangeLog
 from kb.collection import RecordCollection
 from kb.filters import CompiledFilter
@@ -47,10 +48,13 @@ class Replica(ABC):
         self._lock = threading.RLock()  # applying to the copies
         self._loader: threading.Thread | None = None
 
-    def start(self) -> None:
+    def start(self, in_memory: bool = True) -> None:
         """Bring the keyword index up to date now; warm Chroma's vector index and load the
-        mirror in the background."""
+        mirror in the background, unless the process will not search (`in_memory` false:
+        a bulk load, an export, a backup)."""
         self.catch_up()
+        if not in_memory:
+            return
         self._loader = threading.Thread(target=self._background, name="kb-mirror", daemon=True)
         self._loader.start()
 
@@ -71,14 +75,19 @@ class Replica(ABC):
             log.warning("could not warm the vector index", exc_info=True)
 
     def wait_loaded(self) -> None:
+        """Wait for the mirror's load and its vector index's build."""
         if self._loader is not None:
             self._loader.join()
+        mirror = self.mirror
+        if mirror is not None:
+            mirror.wait_index()
 
     @property
     def ready(self) -> bool:
-        """Whether searches run on the in-memory copies (mirror and BM25). Until the mirror
-        is loaded they are answered, slower, by Chroma and the keyword index's SQLite file."""
-        return self.mirror is not None
+        """Whether searches run on the in-memory copies (mirror, its vector index and BM25).
+        Until then they are answered, slower, by Chroma and the keyword index's SQLite file."""
+        mirror = self.mirror
+        return mirror is not None and mirror.searches_all
 
     def close(self) -> None:
         self.wait_loaded()
@@ -138,7 +147,7 @@ class Replica(ABC):
         with self._lock:
             try:
                 records, generation = self.keyword.entries()
-                mirror = Mirror(self.dim, generation)
+                mirror = Mirror(self.dim, generation, AnnConfig.of(self.records.settings))
                 mirror.apply(records, [], generation)
             except Exception:  # searches keep using Chroma's filtered path
                 log.exception("could not load the in-memory mirror")

@@ -101,20 +101,21 @@ def nearest_documents(
     widen the search until top_k documents are found or the candidates run out (`widen`).
     Without `texts`, hits carry ids, metadata and scores only (`complete` fetches the rest).
     """
-    mirror = store.replica.current_mirror()
-    unfiltered = flt.where is None and flt.where_document is None
-    exact = mirror is not None and flt.where is not None and flt.where_document is None
-    mask = mirror.matches(flt.where or {}) if mirror is not None and exact else None
+    mirror = store.replica.current_mirror() if flt.where_document is None else None
+    mask = key = None
+    if mirror is not None and flt.where is not None:
+        mask, key = mirror.matches(flt.where), json.dumps(flt.where, sort_keys=True)
+    # until the mirror's index is built, an unfiltered search asks Chroma's for ids
+    ids_from_chroma = mirror is not None and mask is None and not mirror.searches_all
     texts = texts and mirror is None
     n = top_k * 3 if widen else top_k
     while True:
-        if mirror is not None and mask is not None:
-            key = json.dumps(flt.where, sort_keys=True)  # exact search over the filter's rows
-            raw = [mirror.nearest(vector, n, mask, key) for vector in vectors]
-        elif mirror is not None and unfiltered:  # Chroma's ANN for ids; metadata from memory
-            raw = [mirror.records(hits) for hits in store.records.nearest_ids(vectors, n)]
-        else:
+        if mirror is None:
             raw = store.records.nearest(vectors, n, flt, texts=texts)
+        elif ids_from_chroma:
+            raw = [mirror.records(hits) for hits in store.records.nearest_ids(vectors, n)]
+        else:  # the mirror's index, or an exact search over its rows
+            raw = [mirror.nearest(vector, n, mask, key) for vector in vectors]
         grouped = [_best_per_document(hits, texts) for hits in raw]
         exhausted = all(len(hits) < n for hits in raw)
         enough = all(len(hits) >= top_k for hits in grouped)

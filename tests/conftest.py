@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ from flask.testing import FlaskClient
 from kb.app import close_app, create_app
 from kb.config import Settings
 from kb.embeddings import Embedder, load_embedder
+from kb.schemas import DocumentIn
 from kb.store import KnowledgeStore
 
 pytest_plugins = ["tests.live", "tests.chroma_server"]
@@ -82,6 +84,17 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 def embedder() -> Embedder:
     """The default backend (ONNX), exported into the user's cache on first use."""
     return load_embedder(Settings())
+
+
+@pytest.fixture(scope="session")
+def seed_docs() -> list[DocumentIn]:
+    """The seed knowledge base (data/seed), validated."""
+    return [
+        DocumentIn.model_validate(json.loads(line))
+        for path in sorted((DATA / "seed").glob("*.jsonl"))
+        for line in path.read_text().splitlines()
+        if line.strip()
+    ]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -1,0 +1,190 @@
+"""The IVF index over the mirror's rows: what it nominates, how it follows writes, and that
+searches through it find what exact search finds."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import numpy as np
+import pytest
+
+from kb.ann import AnnConfig, AnnIndex, list_count
+from kb.mirror import Mirror
+from kb.records import Record
+from kb.schemas import DocumentIn
+from kb.store import KnowledgeStore
+from tests.conftest import changed
+
+DIM = 16
+
+
+def clustered(n: int, seed: int = 0) -> np.ndarray:
+    """Normalized vectors around 20 centres: the shape real embeddings have."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(20, DIM))
+    vectors = centres[rng.integers(0, 20, n)] + 0.3 * rng.normal(size=(n, DIM))
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors.astype(np.float32)
+
+
+def exact(vectors: np.ndarray, query: np.ndarray, k: int, allowed: np.ndarray) -> list[int]:
+    scores = np.where(allowed, vectors @ query, -np.inf)
+    return [int(i) for i in np.argsort(-scores, kind="stable")[:k] if np.isfinite(scores[i])]
+
+
+@pytest.fixture(scope="module")
+def built() -> tuple[np.ndarray, AnnIndex]:
+    vectors = clustered(3000)
+    return vectors, AnnIndex.build(vectors, np.arange(len(vectors)), nprobe=32)
+
+
+def test_lists_grow_with_the_square_root_of_the_rows() -> None:
+    assert list_count(100_000) == 1265
+    assert list_count(10_000) == 256  # 39 rows a list to train on
+    assert list_count(1) == 1
+
+
+def test_candidates_hold_the_true_neighbours(built) -> None:
+    vectors, index = built
+    queries, everything = clustered(50, seed=1), np.ones(len(vectors), dtype=bool)
+    found = 0
+    for query in queries:
+        candidates = set(index.candidates(query, 10).tolist())
+        found += len(candidates & set(exact(vectors, query, 10, everything)))
+    assert found / (10 * len(queries)) > 0.9
+
+
+def test_a_filtered_search_nominates_allowed_rows_only_and_enough_of_them(built) -> None:
+    vectors, index = built
+    rng = np.random.default_rng(2)
+    for share in (0.5, 0.05, 0.002):  # the last allows 6 rows: every list gets probed
+        allowed = rng.random(len(vectors)) < share
+        bits = np.packbits(allowed, bitorder="little")
+        query = clustered(1, seed=3)[0]
+        rows = index.candidates(query, 10, bits, int(allowed.sum()))
+        assert allowed[rows].all()
+        assert len(rows) >= min(10, int(allowed.sum()))
+        if share < 0.01:
+            assert set(rows.tolist()) == set(np.flatnonzero(allowed).tolist())
+
+
+def test_added_rows_are_found_and_removed_rows_are_not() -> None:
+    vectors = clustered(2000)
+    index = AnnIndex.build(vectors[:1500], np.arange(1500), nprobe=16)
+    index.add(np.arange(1500, 2000), vectors[1500:])
+    index.remove(np.arange(0, 1500, 2))
+    assert len(index) == 1250
+    for row in (1501, 1999, 1):  # a vector is its own nearest neighbour
+        assert index.candidates(vectors[row], 1)[0] == row
+    assert not set(index.candidates(vectors[0], 50).tolist()) & set(range(0, 1500, 2))
+
+
+def records(vectors: np.ndarray, start: int = 0) -> list[Record]:
+    return [
+        Record(f"r{start + i}", f"text {start + i}", {"_kb_doc": f"r{start + i}", "n": i % 3}, v)
+        for i, v in enumerate(vectors)
+    ]
+
+
+def test_the_mirror_builds_its_index_from_the_minimum_and_searches_through_it() -> None:
+    vectors = clustered(1200)
+    mirror = Mirror(DIM, 0, AnnConfig(min_rows=1000, nprobe=64))
+    mirror.apply(records(vectors[:900]), [], 1)
+    mirror.wait_index()
+    assert mirror._index is None
+    assert mirror.searches_all
+    mirror.apply(records(vectors[900:], 900), [], 2)
+    mirror.wait_index()
+    assert mirror._index is not None
+    assert len(mirror._index) == 1200
+    query = clustered(1, seed=5)[0]
+    hits = mirror.nearest(query, 5)
+    want = exact(vectors, query, 5, np.ones(1200, dtype=bool))
+    assert [r.id for r, _ in hits] == [f"r{i}" for i in want]
+    assert np.allclose([s for _, s in hits], vectors[want] @ query)  # exact cosine scores
+
+
+def test_writes_during_a_build_reach_the_new_index(monkeypatch) -> None:
+    """The index is trained without the lock; writes landing meanwhile are applied to it
+    before it replaces the old one."""
+    vectors = clustered(1500)
+    mirror = Mirror(DIM, 0, AnnConfig(min_rows=1000, nprobe=1000))
+    started, release = threading.Event(), threading.Event()
+    build = AnnIndex.build
+
+    def slow_build(*args: Any, **kwargs: Any) -> AnnIndex:
+        started.set()
+        release.wait(10)
+        return build(*args, **kwargs)
+
+    monkeypatch.setattr(AnnIndex, "build", slow_build)
+    mirror.apply(records(vectors[:1200]), [], 1)
+    assert started.wait(10)
+    mirror.apply(records(vectors[1200:], 1200), [f"r{i}" for i in range(100)], 2)
+    release.set()
+    mirror.wait_index()
+    assert mirror._index is not None
+    assert len(mirror._index) == 1400
+    for row in (0, 1300):
+        found = {r.id for r, _ in mirror.nearest(vectors[row], 3)}
+        assert (f"r{row}" in found) == (row >= 100)
+
+
+def test_a_broad_filter_goes_to_the_index_and_a_narrow_one_is_scored_exactly() -> None:
+    vectors = clustered(3000)
+    mirror = Mirror(DIM, 0, AnnConfig(min_rows=1000, nprobe=8))
+    mirror.apply(records(vectors), [], 1)
+    mirror.wait_index()
+    calls: list[int] = []
+    index = mirror._index
+    assert index is not None
+    candidates = index.candidates
+
+    def counted(*args: Any, **kwargs: Any) -> np.ndarray:
+        calls.append(1)
+        return candidates(*args, **kwargs)
+
+    index.candidates = counted  # type: ignore[method-assign]
+    query = clustered(1, seed=9)[0]
+    broad = mirror.matches({"n": {"$ne": 0}})  # two thirds of the rows
+    narrow = mirror.matches({"_kb_doc": {"$in": ["r1", "r2", "r3"]}})
+    mirror.nearest(query, 5, broad)
+    assert calls == [1]
+    hits = mirror.nearest(query, 5, narrow)
+    assert calls == [1]
+    assert sorted(r.id for r, _ in hits) == ["r1", "r2", "r3"]
+
+
+@pytest.mark.parametrize("mode", ["dense", "hybrid"])
+def test_searches_through_the_index_agree_with_exact_searches(
+    settings, embedder, seed_docs: list[DocumentIn], mode: str
+) -> None:
+    """Probing every list is exhaustive: the same answers as the exact path, filtered or not."""
+    through_index = changed(settings, ann_min_rows=100, ann_nprobe=65_536)
+    answers = []
+    for config in (through_index, changed(settings, ann_min_rows=10**9)):
+        store = KnowledgeStore.open(config, embedder)
+        try:
+            if not store.count():
+                store.add(seed_docs)
+            store.replica.wait_loaded()
+            assert store.replica.ready
+            assert (store.replica.mirror._index is not None) == (config is through_index)
+            answers.append(ask(store, mode))
+        finally:
+            store.close()
+    assert answers[0] == answers[1]
+    assert all(answers[0])
+
+
+def ask(store: KnowledgeStore, mode: str) -> list[list[tuple[str, float]]]:
+    from kb.schemas import QueryRequest
+    from kb.search import search
+
+    out = []
+    for extra in ({}, {"filters": {"difficulty": ["beginner", "intermediate"]}}):
+        body = {"query": "how do indexes speed up queries", "mode": mode, "top_k": 8, **extra}
+        request = QueryRequest.model_validate({**body, "min_score": -1})
+        out.append([(m.id, round(m.score, 5)) for m in search(store, request)[0].matches])
+    return out

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
+import queue
 import sys
 from contextvars import ContextVar
 from datetime import UTC, datetime
+from logging.handlers import QueueHandler, QueueListener
 from typing import Any
 
 # Set by the HTTP layer for the duration of a request; every log line written meanwhile,
@@ -47,10 +50,39 @@ class TextFormatter(logging.Formatter):
         return f"{text} [request {rid}]" if rid is not None else text
 
 
+class _Writer:
+    """The thread that writes log lines. A request thread only formats its line (the request
+    id is its context's) and queues it: writing to stderr under the handler's lock, with
+    sixteen threads logging, made them queue for the lock behind a writer waiting for the GIL."""
+
+    listener: QueueListener | None = None
+
+    @classmethod
+    def restart(cls, formatter: logging.Formatter) -> QueueHandler:
+        cls.stop()
+        lines: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+        handler = QueueHandler(lines)
+        handler.setFormatter(formatter)  # QueueHandler.prepare formats in the caller's thread
+        out = logging.StreamHandler(sys.stderr)
+        out.setFormatter(logging.Formatter("%(message)s"))
+        cls.listener = QueueListener(lines, out)
+        cls.listener.start()
+        return handler
+
+    @classmethod
+    def stop(cls) -> None:
+        """Write what is queued and end the thread."""
+        if cls.listener is not None:
+            cls.listener.stop()
+            cls.listener = None
+
+
+atexit.register(_Writer.stop)
+
+
 def configure(level: str, fmt: str) -> None:
     """Route kb's and the server's logs to stderr in the chosen format (idempotent)."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler = _Writer.restart(JsonFormatter() if fmt == "json" else TextFormatter())
     handler.set_name("kb")
     root = logging.getLogger()
     for old in [h for h in root.handlers if h.get_name() == "kb"]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Sequence, Set
 from contextlib import contextmanager
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -287,17 +287,29 @@ class RecordCollection:
 
     # ------------------------------------------------------------ writes
 
-    def upsert(self, records: Sequence[Record], previous: Sequence[Record] = ()) -> None:
+    def upsert(
+        self,
+        records: Sequence[Record],
+        previous: Sequence[Record] = (),
+        new: Set[str] = frozenset(),
+    ) -> None:
         """Write records in batches Chroma accepts, all or nothing.
 
         `previous` holds the records (with embeddings) this write replaces; if a batch fails,
-        what the call wrote is removed and `previous` is written back.
+        what the call wrote is removed and `previous` is written back. Ids in `new` are known
+        not to be stored (the caller checked, under the write lock): they are added, which
+        costs Chroma less than an upsert (no lookup of the stored record first).
         """
         records = _replacing(records, previous)
+        fresh = [r for r in records if r.id in new]
+        rest = [r for r in records if r.id not in new] if fresh else records
         written: list[str] = []
         try:
-            for part in _batches(records, self.max_batch):
-                self._write(part)
+            for part, add in [
+                *((p, True) for p in _batches(fresh, self.max_batch)),
+                *((p, False) for p in _batches(rest, self.max_batch)),
+            ]:
+                self._write(part, add)
                 written.extend(r.id for r in part)
         except Exception:
             if written:
@@ -307,9 +319,9 @@ class RecordCollection:
                     self._write(part)
             raise
 
-    def _write(self, records: Sequence[Record]) -> None:
+    def _write(self, records: Sequence[Record], add: bool = False) -> None:
         with chroma_errors():
-            self._col.upsert(
+            (self._col.add if add else self._col.upsert)(
                 ids=[r.id for r in records],
                 documents=[r.text for r in records],
                 metadatas=[r.metadata for r in records],

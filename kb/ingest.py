@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from kb.loader import Item, Problem, Summary
 from kb.records import derive_id
@@ -15,6 +17,7 @@ Sink = Callable[[Any], AddResponse]
 # and less per record in bigger calls: 10k short documents load in 72 s at 256, 62 s at 1024.
 BATCH_SIZE = 1024
 Prepare = Callable[[Sequence[DocumentIn]], Any]
+T = TypeVar("T")
 
 
 def ingest(
@@ -33,12 +36,12 @@ def ingest(
     reported otherwise. With `strict`, the first bad record stops the load; the good records
     before it are written.
 
-    With `prepare` (the store's embedding half of an add), each batch is prepared here while
-    the previous one is committed by `sink` on a writer thread: encoder and store overlap.
+    With `prepare` (the store's embedding half of an add), the work runs in three stages on
+    three threads: the input is read and validated ahead, each batch is prepared (embedded)
+    here, and the previous batch is committed by `sink` on a writer thread, so the encoder
+    never waits for the parser or the store.
     """
     summary = Summary()
-    seen: dict[str, Item] = {}
-    batch: list[Item] = []
     writer = ThreadPoolExecutor(1, thread_name_prefix="kb-ingest") if prepare else None
     pending: list[tuple[Future[AddResponse], int]] = []
 
@@ -54,11 +57,8 @@ def ingest(
             future, size = pending.pop()
             count(future.result(), size)
 
-    def flush() -> None:
-        if not batch:
-            return
+    def flush(batch: list[Item]) -> None:
         docs = [item.doc for item in batch]
-        batch.clear()
         if writer is None or prepare is None:
             count(sink(docs), len(docs))
             return
@@ -66,9 +66,17 @@ def ingest(
         settle()  # the previous batch is written before this one goes
         pending.append((writer.submit(sink, work), len(docs)))
 
+    events = _events(entries, batch_size, strict)
     try:
-        _feed(entries, batch, seen, summary, flush, batch_size, strict, on_problem)
-        flush()
+        for event in _read_ahead(events) if prepare else events:
+            if event is None:  # the same document twice in the input
+                summary.skipped += 1
+            elif isinstance(event, Problem):
+                summary.failed += 1
+                summary.problems.append(event)
+                on_problem(event)
+            else:
+                flush(event)
         settle()
     finally:
         if writer is not None:
@@ -76,17 +84,13 @@ def ingest(
     return summary
 
 
-def _feed(
-    entries: Iterable[Item | Problem],
-    batch: list[Item],
-    seen: dict[str, Item],
-    summary: Summary,
-    flush: Callable[[], None],
-    batch_size: int,
-    strict: bool,
-    on_problem: Callable[[Problem], None],
-) -> None:
-
+def _events(
+    entries: Iterable[Item | Problem], batch_size: int, strict: bool
+) -> Iterator[list[Item] | Problem | None]:
+    """The input in order as batches of new records, problems, and None for each identical
+    repeat; with `strict`, nothing after the first problem but the batch before it."""
+    seen: dict[str, Item] = {}
+    batch: list[Item] = []
     for entry in entries:
         problem = entry
         if isinstance(entry, Item):
@@ -94,17 +98,61 @@ def _feed(
             if verdict == "new":
                 batch.append(entry)
                 if len(batch) >= batch_size:
-                    flush()
+                    yield batch
+                    batch = []
                 continue
-            if verdict == "same":  # the same document twice in the input
-                summary.skipped += 1
+            if verdict == "same":
+                yield None
                 continue
             problem = verdict
-        summary.failed += 1
-        summary.problems.append(problem)
-        on_problem(problem)
+        yield problem
         if strict:
             break
+    if batch:
+        yield batch
+
+
+def _read_ahead(events: Iterator[T], depth: int = 4) -> Iterator[T]:
+    """`events`, produced on another thread up to `depth` ahead: reading and validating the
+    input (Python, holding the GIL) overlaps the encoder and the store (native code that
+    releases it). An error on that thread is raised here, in order."""
+    ahead: queue.Queue[tuple[Any, BaseException | None]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def offer(item: tuple[Any, BaseException | None]) -> bool:
+        while not stop.is_set():
+            try:
+                ahead.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for event in events:
+                if not offer((event, None)):
+                    return
+            offer((_END, None))
+        except BaseException as exc:  # handed to the consumer, which raises it
+            offer((_END, exc))
+
+    reader = threading.Thread(target=produce, name="kb-read", daemon=True)
+    reader.start()
+    try:
+        while True:
+            event, error = ahead.get()
+            if event is _END:
+                if error is not None:
+                    raise error
+                return
+            yield event
+    finally:
+        stop.set()
+        reader.join(timeout=1)  # a reader blocked on stdin is a daemon: left behind
+
+
+_END = object()
 
 
 def _classify(item: Item, seen: dict[str, Item]) -> Literal["new", "same"] | Problem:

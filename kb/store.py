@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Sequence, Set
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -59,8 +59,15 @@ class KnowledgeStore:
     """Add, read, update and delete documents; every write is all-or-nothing."""
 
     def __init__(
-        self, settings: Settings, embedder: Embedder, records: RecordCollection | None = None
+        self,
+        settings: Settings,
+        embedder: Embedder,
+        records: RecordCollection | None = None,
+        *,
+        searching: bool = True,
     ) -> None:
+        """`searching` false: this process writes or reads documents but will not search, so
+        the in-memory copies searches run on (kb.mirror) are neither loaded nor kept."""
         self.settings = settings
         self.embedder = embedder
         self.records = records if records is not None else RecordCollection(settings, embedder)
@@ -70,14 +77,17 @@ class KnowledgeStore:
         self._lock = Lock(_write_lock_path(settings) if self.records.mode == "server" else None)
         try:
             self.replica = _replica(settings, self.records, embedder.dim, self._lock)
-            self.replica.start()
+            self.replica.start(in_memory=searching)
         except BaseException:
             self.records.close()  # releases the embedded store's lock
             raise
 
     @classmethod
-    def open(cls, settings: Settings, embedder: Embedder | None = None) -> KnowledgeStore:
-        return cls(settings, embedder if embedder is not None else load_embedder(settings))
+    def open(
+        cls, settings: Settings, embedder: Embedder | None = None, *, searching: bool = True
+    ) -> KnowledgeStore:
+        embedder = embedder if embedder is not None else load_embedder(settings)
+        return cls(settings, embedder, searching=searching)
 
     def close(self) -> None:
         self.replica.close()
@@ -222,7 +232,7 @@ class KnowledgeStore:
                 records = [r for r in records if r.doc_id not in near]
                 replaced = [h for h in replaced if h.id not in near]
                 skipped += len(near)
-            self._write(records, self._all_chunks(replaced))
+            self._write(records, self._all_chunks(replaced), _unstored(records, replaced))
         written = len({r.doc_id for r in records})
         return AddResponse(
             ids=plan.ids,
@@ -352,10 +362,13 @@ class KnowledgeStore:
             return [Chunk(0, text)]
         return split(text, self.embedder.token_offsets(text), self.window, self.overlap)
 
-    def _write(self, records: Sequence[Record], previous: Sequence[Record]) -> None:
+    def _write(
+        self, records: Sequence[Record], previous: Sequence[Record], new: Set[str] = frozenset()
+    ) -> None:
+        """Write records replacing `previous`; ids in `new` are known not to be stored."""
         stale = sorted({r.id for r in previous} - {r.id for r in records})
         with self.replica.writing([*(r.id for r in records), *stale]) as applied:
-            self.records.upsert(records, previous)
+            self.records.upsert(records, previous, new)
             if stale:
                 self.records.delete(stale)
             applied(records, stale)
@@ -382,6 +395,14 @@ def _write_lock_path(settings: Settings) -> Path:
 def _first_chunks(flt: CompiledFilter) -> CompiledFilter:
     """The filter restricted to chunk 0 of each document (one record per document)."""
     return CompiledFilter(and_where(flt.where, HEADS), flt.where_document)
+
+
+def _unstored(records: Sequence[Record], replaced: Sequence[Record]) -> set[str]:
+    """The ids of records that cannot be stored yet: the one record of a one-chunk document
+    whose id had no stored record when checked (a document's own id is its first chunk's).
+    Later chunks of new documents are not counted: a failed write may have left them."""
+    heads = {h.id for h in replaced}
+    return {r.id for r in records if r.doc_id not in heads and int(r.metadata[CHUNKS]) == 1}
 
 
 def _ordered(records: Sequence[Record]) -> list[Record]:

@@ -91,11 +91,11 @@ def test_a_failed_batch_rolls_back_new_and_restores_replaced(
     real = store.records._write
     calls = {"n": 0}
 
-    def flaky(records):
+    def flaky(records, add=False):
         calls["n"] += 1
         if calls["n"] == 2:
             raise StoreUnavailable("disk full")
-        real(records)
+        real(records, add)
 
     monkeypatch.setattr(store.records, "_write", flaky)
     docs = [DocumentIn(id="old", text="Replaced text", metadata={"v": 2})]
@@ -108,6 +108,31 @@ def test_a_failed_batch_rolls_back_new_and_restores_replaced(
     assert store.get("old").metadata == {"v": 1}
     hits = store.records.nearest(store.embedder.embed_queries(["Original text"]), 1)
     assert hits[0][0][1] == pytest.approx(1.0, abs=1e-5)  # the old vector is back too
+
+
+def test_new_one_chunk_documents_are_added_and_the_rest_upserted(
+    store: KnowledgeStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Chroma's add skips an existing id silently, so it is used only for records known not to
+    be stored: a new document's single chunk (its id was checked under the write lock)."""
+    real, calls = store.records._write, []
+
+    def spy(records, add=False):
+        calls.append((add, sorted(r.id for r in records)))
+        real(records, add)
+
+    monkeypatch.setattr(store.records, "_write", spy)
+    store.add([DocumentIn(id="a", text="first"), DocumentIn(id="long", text=long_text("x"))])
+    chunks = store.get("long").chunks
+    assert calls == [
+        (True, ["a"]),
+        (False, sorted(["long", *(f"long#chunk{i}" for i in range(1, chunks))])),
+    ]
+    calls.clear()
+    store.add([DocumentIn(id="a", text="second"), DocumentIn(id="b", text="b")], WriteMode.UPSERT)
+    assert calls == [(True, ["b"]), (False, ["a"])]
+    assert store.get("a").text == "second"
+    assert store.get("b").text == "b"
 
 
 def test_skip_mode_keeps_stored_documents(store: KnowledgeStore) -> None:

@@ -32,9 +32,10 @@ def fail(message: str) -> NoReturn:
     raise click.ClickException(message)
 
 
-def open_store(settings: Settings | None = None) -> KnowledgeStore:
-    """The configured store, or a clean exit naming what went wrong (locked, mismatched)."""
+def open_store(settings: Settings | None = None, *, searching: bool = True) -> KnowledgeStore:
+    """The configured store, or a clean exit naming what went wrong (locked, mismatched).
+    Commands that never search pass `searching=False`: no in-memory copies are loaded."""
     try:
-        return KnowledgeStore.open(settings or Settings())
+        return KnowledgeStore.open(settings or Settings(), searching=searching)
     except KBError as exc:
         fail(exc.message)

@@ -120,7 +120,7 @@ def _sink(
         return (lambda docs: client.add(docs, mode, on_duplicate)), None, (lambda: None)  # type: ignore[arg-type]
     from kb.store import WriteMode
 
-    store = open_store(settings)
+    store = open_store(settings, searching=False)
     prepare = lambda docs: store.prepare(docs, WriteMode(mode), on_duplicate)  # noqa: E731
     return store.commit, prepare, store.close
 
@@ -144,7 +144,7 @@ def export(where: str | None, output: TextIO) -> None:
         fail(f"--where is not valid JSON: {exc}")
     except KBError as exc:
         fail(exc.message)
-    store = open_store()
+    store = open_store(searching=False)
     try:
         count = 0
         for doc in store.iter_documents(flt):
@@ -178,7 +178,7 @@ def backup(dest: Path, url: str | None, api_key: str | None) -> None:
             with KBClient(url, api_key=api_key, timeout=3600).backup() as stream:
                 count = backups.save_stream(stream, dest)["records"]
         else:
-            store = open_store()
+            store = open_store(searching=False)
             try:
                 count = backups.write_file(store, dest)
             finally:
@@ -196,7 +196,7 @@ def restore(source: Path, replace: bool) -> None:
     from kb import backup as backups
 
     started = time.perf_counter()
-    store = open_store()
+    store = open_store(searching=False)
     try:
         count = backups.restore(store, source, replace=replace)
     except KBError as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Any
 from bench import COLLECTION, ROOT
 from bench.corpus import Kind, documents, write_jsonl
 from bench.harness import OtherLoad, Server, kb_command, kb_env, note, request, run_worker, scratch
+from kb.cli.data import URL_IN_FLIGHT
 from kb.ingest import BATCH_SIZE
 
 SUMMARY = re.compile(r"added (\d+), updated (\d+), skipped (\d+), failed (\d+) in ([\d.]+)s")
@@ -51,7 +53,8 @@ def kb_load(corpus: Path, store: Path, expected: int) -> dict[str, Any]:
 
 
 def post_add(docs: Sequence[dict[str, Any]], store: Path, log: Path) -> dict[str, Any]:
-    """Batches of ADD_BATCH to POST /add over one keep-alive connection, first request to last
+    """Batches of ADD_BATCH to POST /add as `kb load --url` sends them: URL_IN_FLIGHT
+    requests at a time, each over its own keep-alive connection; first request to last
     reply."""
     # a bulk load's request, as `kb load --url` sends it: no near-duplicate report
     options = {"on_conflict": "error", "on_duplicate": "ignore"}
@@ -61,17 +64,26 @@ def post_add(docs: Sequence[dict[str, Any]], store: Path, log: Path) -> dict[str
     ]
     with Server(store, log) as server:
         ready_s = server.wait()
-        conn = server.connect(timeout=600)
-        added, statuses = 0, []
+        conns = [server.connect(timeout=600) for _ in range(URL_IN_FLIGHT)]
+        replies: list[tuple[int, bytes]] = []
+
+        def send(sender: int) -> None:
+            for body in bodies[sender::URL_IN_FLIGHT]:
+                replies.append(request(conns[sender], "POST", "/add", body))
+
         started = time.perf_counter()
-        for body in bodies:
-            status, raw = request(conn, "POST", "/add", body)
-            statuses.append(status)
-            if status == 201:  # POST /add answers 201 Created
-                added += json.loads(raw)["added"]
+        senders = [threading.Thread(target=send, args=(n,)) for n in range(URL_IN_FLIGHT)]
+        for sender in senders:
+            sender.start()
+        for sender in senders:
+            sender.join()
         seconds = time.perf_counter() - started
-        health = json.loads(request(conn, "GET", "/health")[1])
-        conn.close()
+        statuses = [status for status, _ in replies]
+        # POST /add answers 201 Created
+        added = sum(json.loads(raw)["added"] for status, raw in replies if status == 201)
+        health = json.loads(request(conns[0], "GET", "/health")[1])
+        for conn in conns:
+            conn.close()
         memory = server.memory()
     bad = [s for s in statuses if s != 201]
     if bad or added != len(docs) or health["documents"] != len(docs):

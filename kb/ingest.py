@@ -29,6 +29,7 @@ def ingest(
     on_problem: Callable[[Problem], None] = lambda problem: None,
     on_batch: Callable[[int], None] = lambda count: None,
     prepare: Prepare | None = None,
+    in_flight: int = 1,
 ) -> Summary:
     """Write every good record through `sink`, batch by batch; collect the bad ones.
 
@@ -39,10 +40,11 @@ def ingest(
     With `prepare` (the store's embedding half of an add), the work runs in three stages on
     three threads: the input is read and validated ahead, each batch is prepared (embedded)
     here, and the previous batch is committed by `sink` on a writer thread, so the encoder
-    never waits for the parser or the store.
+    never waits for the parser or the store. `in_flight` sinks may run at once (a service
+    embeds one request while it writes another).
     """
     summary = Summary()
-    writer = ThreadPoolExecutor(1, thread_name_prefix="kb-ingest") if prepare else None
+    writer = ThreadPoolExecutor(in_flight, thread_name_prefix="kb-ingest") if prepare else None
     pending: list[tuple[Future[AddResponse], int]] = []
 
     def count(result: AddResponse, size: int) -> None:
@@ -52,9 +54,9 @@ def ingest(
         summary.duplicates += len(result.duplicates)
         on_batch(size)
 
-    def settle() -> None:
-        while pending:
-            future, size = pending.pop()
+    def settle(keep: int = 0) -> None:
+        while len(pending) > keep:
+            future, size = pending.pop(0)
             count(future.result(), size)
 
     def flush(batch: list[Item]) -> None:
@@ -63,7 +65,7 @@ def ingest(
             count(sink(docs), len(docs))
             return
         work = prepare(docs)
-        settle()  # the previous batch is written before this one goes
+        settle(in_flight - 1)  # the oldest batch is written before this one goes
         pending.append((writer.submit(sink, work), len(docs)))
 
     events = _events(entries, batch_size, strict)

@@ -18,6 +18,8 @@ from kb.ingest import BATCH_SIZE, Prepare, Sink
 from kb.loader import FORMATS, Options, Problem, estimate, read, sources
 from kb.progress import Progress
 
+URL_IN_FLIGHT = 2  # kb load --url: requests at a time
+
 
 @main.command()
 @click.argument("paths", nargs=-1, required=True)
@@ -74,6 +76,7 @@ def load(
     progress = Progress(estimate(found), enabled=not quiet and sys.stderr.isatty())
     mode = "upsert" if upsert else "skip"
     sink, prepare, close = _sink(settings, url, api_key, mode, on_duplicate)
+    in_flight = URL_IN_FLIGHT if url else 1
 
     def report(problem: Problem) -> None:
         progress.clear()
@@ -90,6 +93,7 @@ def load(
             on_problem=report,
             on_batch=progress.advance,
             prepare=prepare,
+            in_flight=in_flight,
         )
     except KBError as exc:
         progress.clear()
@@ -110,14 +114,16 @@ def load(
 
 def _sink(
     settings: Settings, url: str | None, api_key: str | None, mode: str, on_duplicate: str
-) -> tuple[Sink, Prepare | None, Callable[[], None]]:
-    """Where loaded batches go: the REST API at `url`, or the store itself (which embeds
-    the next batch while the previous one is written)."""
+) -> tuple[Sink, Prepare, Callable[[], None]]:
+    """Where loaded batches go: the REST API at `url` (URL_IN_FLIGHT requests at a time, so
+    the service embeds one while it writes another), or the store itself (which embeds the
+    next batch while the previous one is written)."""
     if url:
         from kb.client import KBClient
 
         client = KBClient(url, api_key=api_key)
-        return (lambda docs: client.add(docs, mode, on_duplicate)), None, (lambda: None)  # type: ignore[arg-type]
+        send = lambda docs: client.add(docs, mode, on_duplicate)  # type: ignore[arg-type]  # noqa: E731
+        return send, (lambda docs: docs), (lambda: None)
     from kb.store import WriteMode
 
     store = open_store(settings, searching=False)

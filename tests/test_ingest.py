@@ -1,0 +1,110 @@
+"""The load pipeline: batches, repeats and problems in order, the read-ahead thread, several
+writes in flight, and stores opened for loading only."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator, Sequence
+
+import pytest
+
+from kb.config import Settings
+from kb.embeddings import Embedder
+from kb.ingest import ingest
+from kb.loader import Item, Problem
+from kb.schemas import AddResponse, DocumentIn
+from kb.store import KnowledgeStore
+
+
+def items(count: int, start: int = 0) -> list[Item]:
+    return [
+        Item("input.jsonl", i + 1, DocumentIn(id=f"d{i}", text=f"text {i}"))
+        for i in range(start, start + count)
+    ]
+
+
+def recorder(delay: float = 0.0) -> tuple[list[list[str]], list[int], object]:
+    """A sink that records each batch's ids and the most sinks that ran at once."""
+    batches: list[list[str]] = []
+    most = [0]
+    running = [0]
+    lock = threading.Lock()
+
+    def sink(docs: Sequence[DocumentIn]) -> AddResponse:
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(delay)
+        with lock:
+            running[0] -= 1
+            batches.append([str(doc.id) for doc in docs])
+        return AddResponse(ids=[str(d.id) for d in docs], added=len(docs), updated=0, skipped=0)
+
+    return batches, most, sink
+
+
+@pytest.mark.parametrize("prepare", [None, list])
+def test_batches_repeats_and_problems_are_counted_in_order(prepare) -> None:
+    entries: list[Item | Problem] = [*items(5), items(1)[0], Problem("input.jsonl", 9, "bad")]
+    entries += items(2, start=5)
+    problems: list[Problem] = []
+    batches, _, sink = recorder()
+    summary = ingest(
+        entries,
+        sink,
+        batch_size=2,
+        on_problem=problems.append,
+        prepare=prepare,  # type: ignore[arg-type]
+    )
+    assert sorted(i for batch in batches for i in batch) == [f"d{i}" for i in range(7)]
+    assert (summary.added, summary.skipped, summary.failed) == (7, 1, 1)
+    assert [p.line for p in problems] == [9]
+
+
+def test_strict_stops_at_the_first_problem_after_writing_what_came_before() -> None:
+    entries: list[Item | Problem] = [*items(3), Problem("input.jsonl", 4, "bad"), *items(3, 3)]
+    batches, _, sink = recorder()
+    summary = ingest(entries, sink, batch_size=10, strict=True, prepare=list)  # type: ignore[arg-type]
+    assert batches == [["d0", "d1", "d2"]]
+    assert summary.failed == 1
+
+
+def test_an_error_while_reading_ahead_stops_the_load() -> None:
+    def entries() -> Iterator[Item]:
+        yield from items(4)
+        raise OSError("the disk went away")
+
+    _, _, sink = recorder()
+    with pytest.raises(OSError, match="went away"):
+        ingest(entries(), sink, batch_size=2, prepare=list)  # type: ignore[arg-type]
+
+
+def test_writes_in_flight_are_bounded() -> None:
+    batches, most, sink = recorder(delay=0.05)
+    summary = ingest(items(12), sink, batch_size=2, prepare=list, in_flight=2)  # type: ignore[arg-type]
+    assert summary.added == 12
+    assert len(batches) == 6
+    assert most[0] == 2
+
+
+def test_a_store_opened_for_loading_keeps_no_in_memory_copies(
+    settings: Settings, embedder: Embedder
+) -> None:
+    loading = KnowledgeStore.open(settings, embedder, searching=False)
+    try:
+        loading.add([DocumentIn(id="a", text="Sourdough needs a lively starter")])
+        loading.replica.wait_loaded()
+        assert loading.replica.mirror is None
+        assert not loading.replica.ready
+        assert loading.count() == 1
+    finally:
+        loading.close()
+    searching = KnowledgeStore.open(settings, embedder)
+    try:
+        searching.replica.wait_loaded()
+        assert searching.replica.mirror is not None
+        assert len(searching.replica.mirror) == 1
+        assert searching.keyword.count() == 1  # the keyword index followed the load
+    finally:
+        searching.close()

@@ -94,12 +94,12 @@ class Bm25:
 
     def search(
         self, terms: Sequence[str], limit: int, mask: np.ndarray | None = None
-    ) -> list[tuple[int, float]]:
-        """The best `limit` rows for these (already folded) terms, as (row, score), best
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The best `limit` rows for these (already folded) terms and their scores, best
         first; `mask` (over the rows) keeps only the rows a filter allows."""
         found = self._postings_of(terms)
         if not found:
-            return []
+            return np.zeros(0, dtype=np.int64), np.zeros(0)
         rows = np.concatenate([part[0] for part in found])
         weights = np.concatenate([part[1] for part in found])
         scores = np.bincount(rows, weights=weights, minlength=self.size)
@@ -112,7 +112,7 @@ class Bm25:
         if hits.size > limit:
             hits = hits[np.argpartition(-scores[hits], limit - 1)[:limit]]
         ordered = hits[np.argsort(-scores[hits], kind="stable")]
-        return list(zip(ordered.tolist(), scores[ordered].tolist(), strict=True))
+        return ordered, scores[ordered]
 
     def _postings_of(self, terms: Sequence[str]) -> list[tuple[np.ndarray, np.ndarray]]:
         """Each known term's (rows, BM25 weight in each row); dead rows weigh 0."""

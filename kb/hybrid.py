@@ -7,21 +7,19 @@ so the similarity threshold means the same thing everywhere; `keyword` is the BM
 
 from __future__ import annotations
 
-import heapq
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from operator import itemgetter
 from typing import TypeVar
 
 import numpy as np
 
+from kb import fusion
 from kb.filters import CompiledFilter
 from kb.keyword import query_tokens
+from kb.mirror import Mirror
 from kb.records import CHUNKS, DOC, Record
 from kb.store import KnowledgeStore
 
-RRF_K = 60  # the constant of Cormack et al.'s reciprocal rank fusion
-DENSE_WEIGHT = 0.5  # score fusion: the dense side's share after min-max normalization
 T = TypeVar("T")
 
 
@@ -56,11 +54,12 @@ def keyword_documents(
     if mirror is not None and store.replica.consistent():
         mask = mirror.matches(flt.where) if flt.where is not None else None
         ranked = mirror.keyword(query_tokens(text), depth * 2, mask)  # chunks: some share a doc
-        chosen = _best_per_document(
-            [(mirror.ids[row], mirror.metadata[row][DOC], score, row) for row, score in ranked],
-            depth,
-        )
-        cosines = mirror.cosines([row for *_, row in chosen], vector)
+        rows, scores, _ = mirror.first_per_document(*ranked, depth)
+        chosen = [
+            (mirror.ids[row], mirror.metadata[row][DOC], score, row)
+            for row, score in zip(rows.tolist(), scores.tolist(), strict=True)
+        ]
+        cosines = mirror.cosines(rows, vector).tolist()
     else:
         hits = store.keyword.search(text, depth * 2, _allowed(store, flt))
         chosen = _best_per_document(
@@ -107,27 +106,66 @@ def _allowed(store: KnowledgeStore, flt: CompiledFilter) -> Callable[[str], bool
 def fuse(
     dense: Sequence[Hit], keyword: Sequence[Hit], method: str, limit: int | None = None
 ) -> list[Hit]:
-    """One ranking from both sides, best first (the best `limit` only, if given); a document
-    in both keeps its dense chunk."""
-    dense_ids = [hit.record.doc_id for hit in dense]
-    keyword_ids = [hit.record.doc_id for hit in keyword]
-    by_doc = dict(zip(keyword_ids, keyword, strict=True))
-    by_doc.update(zip(dense_ids, dense, strict=True))
-    bm25 = {doc_id: hit.keyword for doc_id, hit in zip(keyword_ids, keyword, strict=True)}
-    if method == "rrf":
-        fused = _rrf([dense_ids, keyword_ids])
-    else:
-        fused = _score_fusion(
-            {doc_id: hit.score for doc_id, hit in zip(dense_ids, dense, strict=True)},
-            {doc_id: hit.keyword or 0.0 for doc_id, hit in zip(keyword_ids, keyword, strict=True)},
-        )
-    # nlargest is sorted(..., reverse=True)[:n], ties included, without sorting the rest
-    ranked = heapq.nlargest(len(fused) if limit is None else limit, fused.items(), itemgetter(1))
+    """One ranking from both sides' hits, best first (the best `limit` only, if given); a
+    document in both keeps its dense chunk."""
+    fused = fusion.fuse(
+        np.array([hit.record.doc_id for hit in dense], dtype=str),
+        np.array([hit.score for hit in dense]),
+        np.array([hit.record.doc_id for hit in keyword], dtype=str),
+        np.array([hit.keyword or 0.0 for hit in keyword]),
+        method,
+        limit,
+        shown=np.array([hit.score for hit in [*dense, *keyword]]),
+    )
     merged = []
-    for doc_id, value in ranked:
-        hit = by_doc[doc_id]
-        merged.append(Hit(hit.record, hit.score, bm25.get(doc_id), value, hit.complete))
+    for value, at_dense, at_keyword in zip(
+        fused.values.tolist(), fused.dense.tolist(), fused.keyword.tolist(), strict=True
+    ):
+        hit = dense[at_dense] if at_dense >= 0 else keyword[at_keyword]
+        bm25 = keyword[at_keyword].keyword if at_keyword >= 0 else None
+        merged.append(Hit(hit.record, hit.score, bm25, value, hit.complete))
     return merged
+
+
+def in_memory(
+    mirror: Mirror,
+    text: str,
+    vector: np.ndarray,
+    depth: int,
+    where: tuple[np.ndarray, str] | None,
+    method: str,
+    limit: int,
+) -> list[Hit]:
+    """Hybrid search on the mirror's rows: both sides and their fusion are array operations,
+    and hits are made only for the `limit` documents shown (`complete` fetches their texts).
+    `where` is a metadata filter's mask and key."""
+    mask, key = where if where is not None else (None, None)
+    rows, scores = mirror.nearest_rows(vector, depth, mask, key)
+    dense_rows, dense_scores, dense_docs = mirror.first_per_document(rows, scores, depth)
+    rows, scores = mirror.keyword(query_tokens(text), depth * 2, mask)  # chunks: some share
+    keyword_rows, bm25, keyword_docs = mirror.first_per_document(rows, scores, depth)
+    keyword_cosines = mirror.cosines(keyword_rows, vector)
+    fused = fusion.fuse(
+        dense_docs,
+        dense_scores,
+        keyword_docs,
+        bm25,
+        method,
+        limit,
+        shown=np.concatenate([dense_scores, keyword_cosines]),
+    )
+    hits = []
+    for value, at_dense, at_keyword in zip(
+        fused.values.tolist(), fused.dense.tolist(), fused.keyword.tolist(), strict=True
+    ):
+        if at_dense >= 0:
+            row, score = int(dense_rows[at_dense]), float(dense_scores[at_dense])
+        else:
+            row, score = int(keyword_rows[at_keyword]), float(keyword_cosines[at_keyword])
+        keyword_score = float(bm25[at_keyword]) if at_keyword >= 0 else None
+        record = Record(mirror.ids[row], "", mirror.metadata[row])
+        hits.append(Hit(record, score, keyword_score, value, complete=False))
+    return hits
 
 
 def complete(store: KnowledgeStore, per_query: Sequence[Sequence[Hit]]) -> list[list[Hit]]:
@@ -152,28 +190,3 @@ def _records(store: KnowledgeStore, ids: Sequence[str]) -> dict[str, Record]:
     if mirror is None:
         return {r.id: r for r in store.records.get(ids)}
     return {record.id: record for record, _ in mirror.records([(i, 0.0) for i in ids], True)}
-
-
-def _rrf(rankings: Sequence[Sequence[str]]) -> dict[str, float]:
-    fused: dict[str, float] = {}
-    for ranking in rankings:
-        for rank, doc_id in enumerate(ranking, start=1):
-            fused[doc_id] = fused.get(doc_id, 0.0) + 1.0 / (RRF_K + rank)
-    return fused
-
-
-def _score_fusion(dense: dict[str, float], keyword: dict[str, float]) -> dict[str, float]:
-    """Min-max normalize each side over its candidates; a side that lacks a document adds 0."""
-    left, right = _minmax(dense), _minmax(keyword)
-    return {
-        doc_id: DENSE_WEIGHT * left.get(doc_id, 0.0) + (1 - DENSE_WEIGHT) * right.get(doc_id, 0.0)
-        for doc_id in {*dense, *keyword}
-    }
-
-
-def _minmax(scores: dict[str, float]) -> dict[str, float]:
-    if not scores:
-        return {}
-    low, high = min(scores.values()), max(scores.values())
-    span = high - low
-    return {k: (v - low) / span if span else 1.0 for k, v in scores.items()}

@@ -28,7 +28,7 @@ import numpy as np
 from kb.ann import AnnConfig, AnnIndex
 from kb.batcher import Batcher
 from kb.bm25 import Bm25
-from kb.records import HEADS, Record
+from kb.records import DOC, HEADS, Record
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +78,8 @@ class Mirror:
         self._vectors = np.zeros((1024, dim), dtype=np.float32)
         self._alive = np.zeros(1024, dtype=bool)
         self._row: dict[str, int] = {}
+        self._docs = np.zeros(1024, dtype=np.int64)  # each row's document number
+        self._doc_numbers: dict[str, int] = {}
         self._values: dict[str, dict[ValueKey, list[int]]] = {}  # key -> value -> rows
         self._elements: dict[str, dict[ValueKey, list[int]]] = {}  # list items -> rows
         self._cache: dict[tuple[Any, ...], np.ndarray] = {}  # per write: row arrays, columns
@@ -122,6 +124,8 @@ class Mirror:
         self.bm25.add(row, record.text)
         self._vectors[row] = np.asarray(record.embedding, dtype=np.float32)
         self._alive[row] = True
+        numbers = self._doc_numbers
+        self._docs[row] = numbers.setdefault(record.metadata[DOC], len(numbers))
         self._row[record.id] = row
         self.ids.append(record.id)
         self.metadata.append(record.metadata)
@@ -143,7 +147,9 @@ class Mirror:
         vectors[: self.size] = self._vectors[: self.size]
         alive = np.zeros(capacity, dtype=bool)
         alive[: self.size] = self._alive[: self.size]
-        self._vectors, self._alive = vectors, alive  # readers keep the arrays they took
+        docs = np.zeros(capacity, dtype=np.int64)
+        docs[: self.size] = self._docs[: self.size]
+        self._vectors, self._alive, self._docs = vectors, alive, docs  # readers keep theirs
 
     # ------------------------------------------------------------ the IVF index
 
@@ -300,16 +306,29 @@ class Mirror:
 
     def keyword(
         self, terms: Sequence[str], limit: int, mask: np.ndarray | None = None
-    ) -> list[tuple[int, float]]:
-        """The `limit` best rows by BM25 for these (folded) terms, under `mask` if given, as
-        (row, score), best first."""
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The `limit` best rows by BM25 for these (folded) terms, under `mask` if given, and
+        their scores, best first."""
         return self.bm25.search(terms, limit, mask)
 
-    def cosines(self, rows: Sequence[int], vector: np.ndarray) -> list[float]:
+    def cosines(self, rows: np.ndarray, vector: np.ndarray) -> np.ndarray:
         """The cosine score of `vector` with each of these rows (one gather, one product)."""
-        if not rows:
-            return []
-        return (self._vectors[np.asarray(rows)] @ vector).tolist()
+        return self._vectors[rows] @ vector if len(rows) else np.zeros(0, dtype=np.float32)
+
+    def first_per_document(
+        self, rows: np.ndarray, scores: np.ndarray, limit: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """From rows ranked best first, each document's first (best) row, up to `limit`
+        documents: (rows, scores, document numbers), still best first."""
+        docs = self._docs[rows]
+        first = np.sort(np.unique(docs, return_index=True)[1])[:limit]
+        return rows[first], scores[first], docs[first]
+
+    def nearest_rows(
+        self, vector: np.ndarray, n: int, mask: np.ndarray | None = None, key: str | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """`nearest` as (rows, scores) arrays."""
+        return self._nearest(vector, n, mask, key)
 
     def documents(self) -> int:
         """How many live documents there are."""

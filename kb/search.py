@@ -9,7 +9,8 @@ import numpy as np
 
 from kb.diversity import mmr
 from kb.filters import CompiledFilter, FilterLimits, compile_filter
-from kb.hybrid import Hit, complete, fuse, keyword_documents
+from kb.hybrid import Hit, complete, fuse, in_memory, keyword_documents
+from kb.mirror import Mirror
 from kb.records import Record, user_metadata
 from kb.schemas import Document, Match, QueryRequest, QueryResult, QueryStatus, Threshold
 from kb.store import KnowledgeStore
@@ -74,16 +75,37 @@ def candidates(
     if mode == "dense":
         return nearest_documents(store, vectors, top_k, flt)
     depth = max(top_k, store.settings.hybrid_depth)
+    fusion = request.fusion or store.settings.fusion
+    mirror = _in_memory(store, flt)
+    if mode == "hybrid" and mirror is not None:
+        where = (mirror.matches(flt.where), _key(flt)) if flt.where is not None else None
+        return [
+            in_memory(mirror, text, vector, depth, where, fusion, top_k)
+            for text, vector in zip(texts, vectors, strict=True)
+        ]
     keyword = [
         keyword_documents(store, text, vector, depth, flt)
         for text, vector in zip(texts, vectors, strict=True)
     ]
     if mode == "keyword":
         return keyword
-    fusion = request.fusion or store.settings.fusion
     # Fusion needs only ids and scores: one round of `depth` chunks, no texts.
     dense = nearest_documents(store, vectors, depth, flt, texts=False, widen=False)
     return [fuse(d, k, fusion, top_k) for d, k in zip(dense, keyword, strict=True)]
+
+
+def _in_memory(store: KnowledgeStore, flt: CompiledFilter) -> Mirror | None:
+    """The mirror, when a search with this filter can run on it alone: it is current, the
+    filter is on metadata only, and (unfiltered) its vector index is built or not needed."""
+    mirror = store.replica.current_mirror()
+    if mirror is None or flt.where_document is not None:
+        return None
+    return mirror if flt.where is not None or mirror.searches_all else None
+
+
+def _key(flt: CompiledFilter) -> str:
+    """The filter as text: the key under which the mirror keeps what it gathered for it."""
+    return json.dumps(flt.where, sort_keys=True)
 
 
 def nearest_documents(
@@ -104,7 +126,7 @@ def nearest_documents(
     mirror = store.replica.current_mirror() if flt.where_document is None else None
     mask = key = None
     if mirror is not None and flt.where is not None:
-        mask, key = mirror.matches(flt.where), json.dumps(flt.where, sort_keys=True)
+        mask, key = mirror.matches(flt.where), _key(flt)
     # until the mirror's index is built, an unfiltered search asks Chroma's for ids
     ids_from_chroma = mirror is not None and mask is None and not mirror.searches_all
     texts = texts and mirror is None

@@ -1,0 +1,52 @@
+"""Rank fusion: the arithmetic of both methods, ties, and one-sided or empty rankings."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from kb.fusion import DENSE_WEIGHT, RRF_K, fuse
+
+
+def keys(*names: str) -> np.ndarray:
+    return np.array(names, dtype=str)
+
+
+def test_score_fusion_adds_min_max_normalized_sides() -> None:
+    fused = fuse(
+        keys("a", "b", "c"),
+        np.array([0.9, 0.7, 0.5]),
+        keys("c", "d"),
+        np.array([12.0, 4.0]),
+        "score",
+    )
+    # a: dense 1.0; c: dense 0.0 + keyword 1.0; b: dense 0.5; d: keyword 0.0
+    assert fused.values.tolist() == pytest.approx(
+        [DENSE_WEIGHT, 1 - DENSE_WEIGHT, DENSE_WEIGHT * 0.5, 0.0]
+    )
+    assert fused.dense.tolist() == [0, 2, 1, -1]
+    assert fused.keyword.tolist() == [-1, 0, -1, 1]
+
+
+def test_reciprocal_rank_fusion_rewards_agreement() -> None:
+    fused = fuse(keys("a", "b"), np.array([0.9, 0.8]), keys("b", "a"), np.array([5.0, 1.0]), "rrf")
+    both = 1 / (RRF_K + 1) + 1 / (RRF_K + 2)
+    assert fused.values.tolist() == pytest.approx([both, both])
+
+
+def test_ties_go_to_the_higher_shown_score_then_the_key() -> None:
+    # x tops the dense side, y the keyword side: equal fusion scores
+    shown = np.array([0.4, 0.6])
+    fused = fuse(keys("x"), np.array([0.4]), keys("y"), np.array([3.0]), "score", shown=shown)
+    assert fused.keyword.tolist() == [0, -1]  # y first: it shows 0.6
+    fused = fuse(keys("x"), np.array([0.4]), keys("y"), np.array([3.0]), "score")
+    assert fused.dense.tolist() == [0, -1]  # no shown scores: by key
+
+
+def test_one_side_empty_or_both_and_a_limit() -> None:
+    empty = np.zeros(0)
+    fused = fuse(keys("a", "b", "c"), np.array([3.0, 2.0, 1.0]), keys(), empty, "score", limit=2)
+    assert fused.dense.tolist() == [0, 1]
+    assert not len(fuse(keys(), empty, keys(), empty, "rrf").values)
+    same = fuse(keys("a", "b"), np.array([0.5, 0.5]), keys(), empty, "score")
+    assert same.values.tolist() == [DENSE_WEIGHT, DENSE_WEIGHT]  # no spread: both count fully

@@ -21,6 +21,7 @@ def create_app(settings: Settings | None = None, *, embedder: Embedder | None = 
     """A kb app over the configured store; pass `embedder` to share a loaded model."""
     settings = settings or Settings()
     logs.configure(settings.log_level, settings.log_format)
+    _one_blas_thread()
     keys = KeyRing.parse(settings.api_keys.get_secret_value() if settings.api_keys else None)
     telemetry = Telemetry()
     encoder = telemetry.timed(embedder if embedder is not None else load_embedder(settings))
@@ -35,6 +36,15 @@ def create_app(settings: Settings | None = None, *, embedder: Embedder | None = 
     register_error_handlers(app)
     register_blueprints(app)
     return app
+
+
+def _one_blas_thread() -> None:
+    """numpy's OpenBLAS gives every matrix product all the cores and then keeps its threads
+    spinning for more work; in a server whose requests already run on every core, that only
+    takes CPU from them. One thread per product (process-wide, numpy's and FAISS's)."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1, user_api="blas")
 
 
 def close_app(app: Flask) -> None:

@@ -27,10 +27,11 @@ from kb.rwlock import ReadWriteLock
 if TYPE_CHECKING:
     from kb.config import Settings
 
-TRAIN_POINTS_PER_LIST = 32  # k-means runs on a sample of this many rows per list
+TRAIN_POINTS_PER_LIST = 40  # k-means runs on a sample of this many rows a list (FAISS asks 39)
 OVERSAMPLE = 2  # candidates per wanted row, re-ranked exactly (8-bit codes misorder near ties)
 MIN_EXTRA = 16
 KMEANS_ITERATIONS = 10
+ADD_BLOCK = 16_384  # rows copied and added at a time
 SEED = 1234  # the same rows give the same lists: searches are reproducible
 
 
@@ -64,26 +65,28 @@ class AnnIndex:
 
     @classmethod
     def build(cls, vectors: np.ndarray, rows: np.ndarray, nprobe: int) -> AnnIndex:
-        """Train the lists on these vectors (a sample of them) and add them all."""
+        """Train the lists on a sample of these rows of `vectors`, then add them all, a block
+        at a time (the whole matrix is never copied)."""
         import faiss
 
         # Searches come one per request thread; OpenMP teams per search would only fight
         # over the 2 cores (this is FAISS's own thread pool, not numpy's or ONNX Runtime's).
         faiss.omp_set_num_threads(1)
-        dim = vectors.shape[1]
+        dim, nlist = vectors.shape[1], list_count(len(rows))
         index = faiss.IndexIVFScalarQuantizer(
-            faiss.IndexFlatIP(dim),
-            dim,
-            list_count(len(rows)),
-            faiss.ScalarQuantizer.QT_8bit,
+            faiss.IndexFlatIP(dim), dim, nlist, faiss.ScalarQuantizer.QT_8bit,
             faiss.METRIC_INNER_PRODUCT,
-        )
+        )  # fmt: skip
         index.cp.niter = KMEANS_ITERATIONS
         index.cp.seed = SEED
-        index.cp.max_points_per_centroid = TRAIN_POINTS_PER_LIST
-        data = np.ascontiguousarray(vectors, dtype=np.float32)
-        index.train(data)
-        index.add_with_ids(data, np.asarray(rows, dtype=np.int64))
+        sample = rows
+        if len(rows) > TRAIN_POINTS_PER_LIST * nlist:
+            chosen = np.random.default_rng(SEED).choice(len(rows), TRAIN_POINTS_PER_LIST * nlist)
+            sample = rows[np.unique(chosen)]
+        index.train(np.ascontiguousarray(vectors[sample], dtype=np.float32))
+        for start in range(0, len(rows), ADD_BLOCK):
+            part = rows[start : start + ADD_BLOCK]
+            index.add_with_ids(np.ascontiguousarray(vectors[part], dtype=np.float32), part)
         return cls(index, nprobe, len(rows))
 
     def __len__(self) -> int:

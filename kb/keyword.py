@@ -15,6 +15,7 @@ import re
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -164,19 +165,30 @@ class KeywordIndex:
             rows.append((cursor.lastrowid, record.text))
         self._db.executemany("INSERT INTO chunks (rowid, text) VALUES (?, ?)", rows)
 
-    def entries(self) -> tuple[list[Record], int]:
-        """Every record (id, text, metadata, vector) and the generation they are at."""
-        with self._lock:
-            rows = self._db.execute(
+    @contextmanager
+    def snapshot(self, page: int = 10_000) -> Iterator[tuple[int, Iterator[list[Record]]]]:
+        """The generation the index is at and every record (id, text, metadata, vector) as of
+        it, `page` at a time, read through a connection of its own in one read transaction:
+        the index stays usable meanwhile, and no more than a page is held at once."""
+        db = sqlite3.connect(self.path, isolation_level=None)
+        try:
+            db.execute("BEGIN")  # WAL: a consistent snapshot while writers go on
+            row = db.execute("SELECT value FROM state WHERE key = 'generation'").fetchone()
+            rows = db.execute(
                 "SELECT e.record_id, c.text, e.vector, e.metadata FROM entries AS e "
                 "JOIN chunks AS c ON c.rowid = e.rowid"
-            ).fetchall()
-            generation = self._generation
-        records = [
-            Record(rid, text, json.loads(meta), np.frombuffer(vector, dtype=np.float32))
-            for rid, text, vector, meta in rows
-        ]
-        return records, generation
+            )
+
+            def pages() -> Iterator[list[Record]]:
+                while batch := rows.fetchmany(page):
+                    yield [
+                        Record(rid, text, json.loads(meta), np.frombuffer(vector, np.float32))
+                        for rid, text, vector, meta in batch
+                    ]
+
+            yield (int(row[0]) if row else -1), pages()
+        finally:
+            db.close()
 
     def _set_generation(self, generation: int) -> None:
         self._db.execute(

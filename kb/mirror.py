@@ -98,7 +98,16 @@ class Mirror:
 
     # ------------------------------------------------------------ writes
 
-    def apply(self, upserted: Sequence[Record], deleted: Iterable[str], generation: int) -> None:
+    def apply(
+        self,
+        upserted: Sequence[Record],
+        deleted: Iterable[str],
+        generation: int,
+        *,
+        index: bool = True,
+    ) -> None:
+        """Apply one write. Without `index` (a load in pages), the vector index is left for
+        `build_index` to build once the load is done."""
         with self._lock:
             killed = []
             for record_id in [*deleted, *(r.id for r in upserted)]:
@@ -117,7 +126,8 @@ class Mirror:
             self._cache, self._masks = {}, {}
             self._blocks = OrderedDict()
             self.generation = generation
-            self._build_if_due()
+            if index:
+                self._build_if_due()
 
     def _append(self, record: Record) -> None:
         row = self.size
@@ -159,6 +169,11 @@ class Mirror:
         enough to score every one (until then the store asks Chroma)."""
         return self._index is not None or len(self._row) < self._ann.min_rows
 
+    def build_index(self) -> None:
+        """Start building the vector index if the rows call for one (after a load)."""
+        with self._lock:
+            self._build_if_due()
+
     def wait_index(self) -> None:
         """Wait for an index build in progress (tests, shutdown)."""
         building = self._building
@@ -183,7 +198,7 @@ class Mirror:
             size, vectors = self.size, self._vectors  # rows below `size` never change
             rows = np.flatnonzero(self._alive[:size])
         try:
-            index = AnnIndex.build(vectors[rows], rows, self._ann.nprobe)
+            index = AnnIndex.build(vectors, rows, self._ann.nprobe)
             with self._lock:
                 index.remove(rows[~self._alive[rows]])
                 later = np.arange(size, self.size)[self._alive[size : self.size]]

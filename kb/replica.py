@@ -142,17 +142,20 @@ class Replica(ABC):
                 log.exception("updating the keyword index and mirror failed")
 
     def _load_mirror(self) -> None:
-        """Copy every record's vector and metadata into memory, from the keyword index's file
-        (faster to read than Chroma); writes to the copies wait meanwhile."""
+        """Copy every record's vector, metadata and text into memory, from the keyword
+        index's file (faster to read than Chroma), a page at a time; writes to the copies
+        wait meanwhile. The vector index is built afterwards, on its own thread."""
         with self._lock:
             try:
-                records, generation = self.keyword.entries()
-                mirror = Mirror(self.dim, generation, AnnConfig.of(self.records.settings))
-                mirror.apply(records, [], generation)
+                with self.keyword.snapshot() as (generation, pages):
+                    mirror = Mirror(self.dim, generation, AnnConfig.of(self.records.settings))
+                    for page in pages:
+                        mirror.apply(page, [], generation, index=False)
             except Exception:  # searches keep using Chroma's filtered path
                 log.exception("could not load the in-memory mirror")
                 return
             self.mirror = mirror
+        mirror.build_index()
 
 
 class Lock:

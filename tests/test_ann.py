@@ -71,7 +71,7 @@ def test_a_filtered_search_nominates_allowed_rows_only_and_enough_of_them(built)
 
 def test_added_rows_are_found_and_removed_rows_are_not() -> None:
     vectors = clustered(2000)
-    index = AnnIndex.build(vectors[:1500], np.arange(1500), nprobe=16)
+    index = AnnIndex.build(vectors, np.arange(1500), nprobe=16)
     index.add(np.arange(1500, 2000), vectors[1500:])
     index.remove(np.arange(0, 1500, 2))
     assert len(index) == 1250

@@ -1,5 +1,6 @@
-"""Where one request's time goes, timed directly (no sampler): the encoder and Chroma's
-vector search inside a hybrid and a dense /query, in-process through Flask's test client.
+"""Where one request's time goes, timed directly (no sampler): the encoder, the vector search
+(the mirror's index, or an exact scan) and BM25 inside a hybrid and a dense /query,
+in-process through Flask's test client.
 
     python -m bench.breakdown [--docs 100000] [--queries 200]
 
@@ -50,9 +51,12 @@ def main(argv: list[str]) -> int:
     try:
         store = app.extensions[EXTENSION].store
         store.replica.wait_loaded()
+        mirror = store.replica.current_mirror()
+        assert mirror is not None, "the mirror did not load"
         calls: dict[str, list[float]] = {}
         timed(store.embedder, "embed_queries", calls)
-        timed(store.records, "nearest_ids", calls)
+        timed(mirror, "nearest_rows", calls)  # the vector search
+        timed(mirror, "keyword", calls)  # BM25
         client, texts = app.test_client(), list(queries())
         for mode in ("hybrid", "dense"):
             for text in texts[:WARMUP]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import queue
 import threading
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Literal, TypeVar
@@ -30,6 +31,7 @@ def ingest(
     on_batch: Callable[[int], None] = lambda count: None,
     prepare: Prepare | None = None,
     in_flight: int = 1,
+    ahead: int = 0,
 ) -> Summary:
     """Write every good record through `sink`, batch by batch; collect the bad ones.
 
@@ -41,7 +43,9 @@ def ingest(
     three threads: the input is read and validated ahead, each batch is prepared (embedded)
     here, and the previous batch is committed by `sink` on a writer thread, so the encoder
     never waits for the parser or the store. `in_flight` sinks may run at once (a service
-    embeds one request while it writes another).
+    embeds one request while it writes another). A `prepare` that returns a Future (an
+    encoder in another process) is given `ahead` more batches before the oldest is written,
+    so that encoder always has work queued.
     """
     summary = Summary()
     writer = ThreadPoolExecutor(in_flight, thread_name_prefix="kb-ingest") if prepare else None
@@ -59,14 +63,23 @@ def ingest(
             future, size = pending.pop(0)
             count(future.result(), size)
 
+    prepared: deque[tuple[Any, int]] = deque()  # prepared batches (or their futures)
+
     def flush(batch: list[Item]) -> None:
         docs = [item.doc for item in batch]
         if writer is None or prepare is None:
             count(sink(docs), len(docs))
             return
-        work = prepare(docs)
+        prepared.append((prepare(docs), len(docs)))
+        while len(prepared) > ahead:
+            write(*prepared.popleft())
+
+    def write(work: Any, size: int) -> None:
+        if isinstance(work, Future):
+            work = work.result()
+        assert writer is not None
         settle(in_flight - 1)  # the oldest batch is written before this one goes
-        pending.append((writer.submit(sink, work), len(docs)))
+        pending.append((writer.submit(sink, work), size))
 
     events = _events(entries, batch_size, strict)
     try:
@@ -79,6 +92,8 @@ def ingest(
                 on_problem(event)
             else:
                 flush(event)
+        while prepared:
+            write(*prepared.popleft())
         settle()
     finally:
         if writer is not None:

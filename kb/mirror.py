@@ -234,7 +234,7 @@ class Mirror:
         gathered for it are kept until the next write: the next query with the same filter
         scores a contiguous block instead of gathering again (the gather is most of the cost).
         """
-        rows, scores = self._nearest(vector, n, mask, key)
+        rows, scores = self.nearest_rows(vector, n, mask, key)
         ids, metadata = self.ids, self.metadata
         return [
             (Record(ids[row], "", metadata[row]), score)

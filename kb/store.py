@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence, Set
+from collections.abc import Callable, Iterator, Sequence, Set
+from concurrent.futures import Future
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from kb.chunking import Chunk, split
 from kb.collection import RecordCollection
@@ -203,6 +206,38 @@ class KnowledgeStore:
         """The expensive half of `add`, without the write lock: check ids against the store
         and embed what is to be written. A loader embeds one batch while the previous one is
         committed; `commit` re-checks and embeds again only if the store changed meanwhile."""
+        plan = self._planned(docs, mode, on_duplicate)
+        self._embed(plan.records)
+        return plan
+
+    def prepare_later(
+        self,
+        docs: Sequence[DocumentIn],
+        mode: WriteMode,
+        on_duplicate: str,
+        submit: Callable[[list[str]], Future[np.ndarray]],
+    ) -> Future[PreparedAdd]:
+        """`prepare` with the embedding queued on `submit` (an encoder process): the ids are
+        checked now, and the plan is done when its vectors come back."""
+        plan = self._planned(docs, mode, on_duplicate)
+        done: Future[PreparedAdd] = Future()
+        if not plan.records:
+            done.set_result(plan)
+            return done
+
+        def attach(vectors: Future[np.ndarray]) -> None:
+            try:
+                _attach(plan.records, vectors.result())
+                done.set_result(plan)
+            except BaseException as exc:
+                done.set_exception(exc)
+
+        submit([record.text for record in plan.records]).add_done_callback(attach)
+        return done
+
+    def _planned(
+        self, docs: Sequence[DocumentIn], mode: WriteMode, on_duplicate: str
+    ) -> PreparedAdd:
         ids = [doc.id if doc.id is not None else derive_id(doc.text) for doc in docs]
         _reject_repeats(ids, docs)
         return self._plan(docs, ids, mode, on_duplicate, self._heads(ids))
@@ -213,6 +248,7 @@ class KnowledgeStore:
             heads = self._heads(plan.ids)
             if _seen(heads) != plan.seen:  # written to since `prepare`: plan again
                 plan = self._plan(plan.docs, plan.ids, plan.mode, plan.on_duplicate, heads)
+                self._embed(plan.records)
             records, replaced, skipped = plan.records, plan.replaced, plan.skipped
             near = (
                 {}
@@ -275,7 +311,7 @@ class KnowledgeStore:
                 replaced.append(head)
             else:
                 skipped += 1
-        records = self._embedded(todo)
+        records = self._records(todo)  # embedded by the caller
         return PreparedAdd(docs, ids, mode, on_duplicate, _seen(found), records, replaced, skipped)
 
     def update(self, doc_id: str, fields: UpdateFields) -> Document:
@@ -294,7 +330,8 @@ class KnowledgeStore:
                 for record, before in zip(records, _ordered(old), strict=True):
                     record.embedding = before.embedding
             else:
-                records = self._embedded([(doc_id, text, metadata)])
+                records = self._records([(doc_id, text, metadata)])
+                self._embed(records)
             self._write(records, old)
             return assemble(records)
 
@@ -344,17 +381,18 @@ class KnowledgeStore:
         ids = _chunk_ids(heads)
         return self.records.get(ids, embeddings=True)
 
-    def _embedded(self, docs: Sequence[tuple[str, str, dict[str, Any] | None]]) -> list[Record]:
-        """Chunk and embed documents in one encoder call."""
-        records = [
+    def _records(self, docs: Sequence[tuple[str, str, dict[str, Any] | None]]) -> list[Record]:
+        """The chunk records of these documents, not yet embedded."""
+        return [
             record
             for doc_id, text, metadata in docs
             for record in build_records(doc_id, text, metadata, self.chunk(text))
         ]
-        vectors = self.embedder.embed_documents([record.text for record in records])
-        for record, vector in zip(records, vectors, strict=True):
-            record.embedding = vector
-        return records
+
+    def _embed(self, records: Sequence[Record]) -> None:
+        """Embed records in one encoder call."""
+        if records:
+            _attach(records, self.embedder.embed_documents([record.text for record in records]))
 
     def chunk(self, text: str) -> list[Chunk]:
         if not self.settings.chunking or (text.isascii() and len(text) <= self.window):
@@ -395,6 +433,11 @@ def _write_lock_path(settings: Settings) -> Path:
 def _first_chunks(flt: CompiledFilter) -> CompiledFilter:
     """The filter restricted to chunk 0 of each document (one record per document)."""
     return CompiledFilter(and_where(flt.where, HEADS), flt.where_document)
+
+
+def _attach(records: Sequence[Record], vectors: np.ndarray) -> None:
+    for record, vector in zip(records, vectors, strict=True):
+        record.embedding = vector
 
 
 def _unstored(records: Sequence[Record], replaced: Sequence[Record]) -> set[str]:

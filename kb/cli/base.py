@@ -8,6 +8,7 @@ import click
 
 from kb import __version__
 from kb.config import Settings
+from kb.embeddings import Embedder
 from kb.errors import KBError
 from kb.store import KnowledgeStore
 
@@ -32,10 +33,12 @@ def fail(message: str) -> NoReturn:
     raise click.ClickException(message)
 
 
-def open_store(settings: Settings | None = None, *, searching: bool = True) -> KnowledgeStore:
+def open_store(
+    settings: Settings | None = None, *, searching: bool = True, embedder: Embedder | None = None
+) -> KnowledgeStore:
     """The configured store, or a clean exit naming what went wrong (locked, mismatched).
     Commands that never search pass `searching=False`: no in-memory copies are loaded."""
     try:
-        return KnowledgeStore.open(settings or Settings(), searching=searching)
+        return KnowledgeStore.open(settings or Settings(), embedder, searching=searching)
     except KBError as exc:
         fail(exc.message)

@@ -6,8 +6,10 @@ import json
 import sys
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import click
 
@@ -17,6 +19,10 @@ from kb.errors import KBError
 from kb.ingest import BATCH_SIZE, Prepare, Sink
 from kb.loader import FORMATS, Options, Problem, estimate, read, sources
 from kb.progress import Progress
+
+if TYPE_CHECKING:
+    from kb.schemas import DocumentIn
+    from kb.store import PreparedAdd
 
 URL_IN_FLIGHT = 2  # kb load --url: requests at a time
 
@@ -75,8 +81,7 @@ def load(
     options = Options(settings, text_column=text_column, id_column=id_column)
     progress = Progress(estimate(found), enabled=not quiet and sys.stderr.isatty())
     mode = "upsert" if upsert else "skip"
-    sink, prepare, close = _sink(settings, url, api_key, mode, on_duplicate)
-    in_flight = URL_IN_FLIGHT if url else 1
+    target = _target(settings, url, api_key, mode, on_duplicate)
 
     def report(problem: Problem) -> None:
         progress.clear()
@@ -87,19 +92,20 @@ def load(
     try:
         summary = ingest(
             entries,
-            sink,
+            target.sink,
             batch_size=batch_size,
             strict=strict,
             on_problem=report,
             on_batch=progress.advance,
-            prepare=prepare,
-            in_flight=in_flight,
+            prepare=target.prepare,
+            in_flight=target.in_flight,
+            ahead=target.ahead,
         )
     except KBError as exc:
         progress.clear()
         fail(f"load stopped: {exc.message}")
     finally:
-        close()
+        target.close()
     progress.clear()
     elapsed = time.perf_counter() - started
     near = f", {summary.duplicates} near-duplicate(s) of stored ones" if summary.duplicates else ""
@@ -112,23 +118,56 @@ def load(
         sys.exit(1)
 
 
-def _sink(
+@dataclass
+class _Target:
+    """Where loaded batches go, and how many are prepared and written at a time."""
+
+    sink: Sink
+    prepare: Prepare
+    close: Callable[[], None]
+    in_flight: int = 1  # batches being written at once
+    ahead: int = 0  # batches queued on an encoder process beyond the one being written
+
+
+def _target(
     settings: Settings, url: str | None, api_key: str | None, mode: str, on_duplicate: str
-) -> tuple[Sink, Prepare, Callable[[], None]]:
-    """Where loaded batches go: the REST API at `url` (URL_IN_FLIGHT requests at a time, so
-    the service embeds one while it writes another), or the store itself (which embeds the
-    next batch while the previous one is written)."""
+) -> _Target:
+    """The REST API at `url` (URL_IN_FLIGHT requests at a time, so the service embeds one
+    while it writes another), or the store itself: an encoder process embeds the next
+    batches while this process writes (ONNX backends; torch embeds here, in turn)."""
     if url:
         from kb.client import KBClient
 
         client = KBClient(url, api_key=api_key)
         send = lambda docs: client.add(docs, mode, on_duplicate)  # type: ignore[arg-type]  # noqa: E731
-        return send, (lambda docs: docs), (lambda: None)
+        return _Target(send, lambda docs: docs, lambda: None, in_flight=URL_IN_FLIGHT)
     from kb.store import WriteMode
 
-    store = open_store(settings, searching=False)
-    prepare = lambda docs: store.prepare(docs, WriteMode(mode), on_duplicate)  # noqa: E731
-    return store.commit, prepare, store.close
+    write_mode = WriteMode(mode)
+    if settings.backend == "torch":
+        store = open_store(settings, searching=False)
+        prepare = lambda docs: store.prepare(docs, write_mode, on_duplicate)  # noqa: E731
+        return _Target(store.commit, prepare, store.close)
+    from kb.encoders.process import EncoderProcess
+
+    try:
+        encoder = EncoderProcess(settings)
+    except KBError as exc:
+        fail(exc.message)
+    try:
+        store = open_store(settings, searching=False, embedder=encoder)
+    except BaseException:
+        encoder.close()
+        raise
+
+    def close() -> None:
+        store.close()
+        encoder.close()
+
+    def prepare(docs: Sequence[DocumentIn]) -> Future[PreparedAdd]:
+        return store.prepare_later(docs, write_mode, on_duplicate, encoder.submit)
+
+    return _Target(store.commit, prepare, close, ahead=1)
 
 
 @main.command()

@@ -44,6 +44,7 @@ class OnnxEmbedder:
         self.batch_size = batch_size
         self.batch_tokens = batch_tokens
         export = ensure_export(self.path, self.fingerprint, cache, quantized=quantized)
+        self.tokenizer_file = export.tokenizer_file
         self.dim = int(export.meta["dim"])
         self.max_tokens = int(export.meta["max_tokens"])
         self._pad_id = int(export.meta["pad_id"])

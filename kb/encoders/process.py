@@ -1,0 +1,136 @@
+"""The ONNX encoder in a child process, for bulk loads.
+
+Chroma's add, upsert and delete keep the GIL for the whole write (about a second per 1,024
+short records here; `get` and `query` release it), so an encoder in the loading process
+cannot start its next batch while the store writes. In a process of its own it keeps going:
+the loader sends it each batch's texts as soon as the batch is planned and collects the
+vectors when the batch is due to be written. Same model, same code, same vectors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import threading
+from collections import deque
+from concurrent.futures import Future
+from multiprocessing.connection import Connection
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from kb.errors import ConfigError
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from kb.config import Settings
+
+READY_SECONDS = 300.0  # the first start exports the model
+
+
+def _serve(options: dict[str, Any], conn: Connection) -> None:
+    """The child: load the encoder, say what it is, then embed each batch sent, in order."""
+    from kb.config import Settings
+    from kb.embeddings import load_embedder
+
+    try:
+        encoder = load_embedder(Settings.model_validate(options))
+        tokenizer = str(encoder.tokenizer_file)  # type: ignore[attr-defined]
+        identity = ("name", "backend", "dim", "fingerprint", "max_tokens")
+        conn.send(("ready", {key: getattr(encoder, key) for key in identity}, tokenizer))
+    except BaseException as exc:  # the parent raises it
+        conn.send(("error", f"{type(exc).__name__}: {exc}", None))
+        return
+    while True:
+        try:
+            texts = conn.recv()
+        except (EOFError, OSError):  # the parent is gone
+            return
+        if texts is None:
+            return
+        try:
+            conn.send(("ok", encoder.embed_documents(texts), None))
+        except (BrokenPipeError, OSError):
+            return
+        except Exception as exc:
+            conn.send(("error", f"{type(exc).__name__}: {exc}", None))
+
+
+class EncoderProcess:
+    """An Embedder whose documents are embedded by a child process (`submit` queues a batch
+    and returns at once); token offsets for chunking come from the same tokenizer, here."""
+
+    def __init__(self, settings: Settings) -> None:
+        from tokenizers import Tokenizer
+
+        if settings.backend not in {"onnx", "onnx-int8"}:
+            raise ConfigError("an encoder process runs the ONNX backends only")
+        options = settings.model_dump(
+            include={"model", "backend", "onnx_cache", "encoder_threads"}
+            | {"embed_batch_size", "embed_batch_tokens"},
+            mode="json",
+        )
+        context = multiprocessing.get_context("spawn")  # no fork of a threaded process
+        self._conn, child = context.Pipe()
+        self._process = context.Process(
+            target=_serve, args=(options, child), name="kb-encoder", daemon=True
+        )
+        self._process.start()
+        child.close()
+        if not self._conn.poll(READY_SECONDS):
+            self.close()
+            raise ConfigError("the encoder process did not start")
+        status, identity, tokenizer = self._conn.recv()
+        if status != "ready":
+            self.close()
+            raise ConfigError(f"the encoder process failed to start: {identity}")
+        self.name, self.backend, self.dim = identity["name"], identity["backend"], identity["dim"]
+        self.fingerprint, self.max_tokens = identity["fingerprint"], identity["max_tokens"]
+        self._pieces = Tokenizer.from_file(tokenizer)
+        self._pieces.no_padding()
+        self._pieces.no_truncation()
+        self._waiting: deque[Future[np.ndarray]] = deque()  # answers come back in order
+        self._sending = threading.Lock()
+        self._receiver = threading.Thread(target=self._receive, name="kb-encoder-in", daemon=True)
+        self._receiver.start()
+
+    def submit(self, texts: Sequence[str]) -> Future[np.ndarray]:
+        future: Future[np.ndarray] = Future()
+        with self._sending:
+            if not self._process.is_alive():
+                raise ConfigError("the encoder process has stopped")
+            self._waiting.append(future)
+            self._conn.send(list(texts))
+        return future
+
+    def embed_documents(self, texts: Sequence[str]) -> np.ndarray:
+        return self.submit(texts).result()
+
+    def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
+        return self.embed_documents(texts)
+
+    def token_offsets(self, text: str) -> list[tuple[int, int]]:
+        return list(self._pieces.encode(text, add_special_tokens=False).offsets)
+
+    def _receive(self) -> None:
+        while True:
+            try:
+                status, payload, _ = self._conn.recv()
+            except (EOFError, OSError):  # the child is gone: fail whoever still waits
+                while self._waiting:
+                    self._waiting.popleft().set_exception(ConfigError("the encoder stopped"))
+                return
+            future = self._waiting.popleft()
+            if status == "ok":
+                future.set_result(payload)
+            else:
+                future.set_exception(ConfigError(f"the encoder process failed: {payload}"))
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self._conn.send(None)
+        self._process.join(timeout=10)
+        if self._process.is_alive():
+            self._process.kill()
+        self._conn.close()

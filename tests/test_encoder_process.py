@@ -1,0 +1,58 @@
+"""The encoder process bulk loads use: the same vectors and token spans as the encoder here,
+batches answered in order, and failures that reach the caller."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from kb.config import Settings
+from kb.embeddings import Embedder
+from kb.encoders.process import EncoderProcess
+from kb.errors import ConfigError
+
+TEXTS = [
+    "Knead the dough for ten minutes, then let it rise.",
+    "A B-tree keeps keys sorted so range scans stay cheap.",
+    "Naïve café — unicode survives the trip to the child process.",
+]
+
+
+@pytest.fixture(scope="module")
+def remote() -> Iterator[EncoderProcess]:
+    encoder = EncoderProcess(Settings())
+    yield encoder
+    encoder.close()
+
+
+def test_it_is_the_same_encoder(remote: EncoderProcess, embedder: Embedder) -> None:
+    assert (remote.name, remote.dim, remote.fingerprint, remote.max_tokens) == (
+        embedder.name, embedder.dim, embedder.fingerprint, embedder.max_tokens,
+    )  # fmt: skip
+    assert np.array_equal(remote.embed_documents(TEXTS), embedder.embed_documents(TEXTS))
+    for text in TEXTS:
+        assert remote.token_offsets(text) == embedder.token_offsets(text)
+
+
+def test_queued_batches_come_back_in_order(remote: EncoderProcess, embedder: Embedder) -> None:
+    futures = [remote.submit([text]) for text in TEXTS * 3]
+    got = np.vstack([future.result(timeout=60) for future in futures])
+    # one text a batch on both sides: a batch's padding moves the last float bits
+    assert np.array_equal(got, np.vstack([embedder.embed_documents([t]) for t in TEXTS * 3]))
+    assert remote.submit([]).result(timeout=60).shape == (0, remote.dim)
+
+
+def test_a_stopped_process_fails_its_callers() -> None:
+    encoder = EncoderProcess(Settings())
+    encoder._process.kill()
+    encoder._process.join()
+    with pytest.raises(ConfigError, match="stopped"):
+        encoder.submit(TEXTS).result(timeout=60)
+    encoder.close()
+
+
+def test_torch_stays_in_process() -> None:
+    with pytest.raises(ConfigError, match="ONNX"):
+        EncoderProcess(Settings(backend="torch"))

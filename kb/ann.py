@@ -81,8 +81,10 @@ class AnnIndex:
         index.cp.seed = SEED
         sample = rows
         if len(rows) > TRAIN_POINTS_PER_LIST * nlist:
-            chosen = np.random.default_rng(SEED).choice(len(rows), TRAIN_POINTS_PER_LIST * nlist)
-            sample = rows[np.unique(chosen)]
+            picked = np.random.default_rng(SEED).choice(
+                len(rows), TRAIN_POINTS_PER_LIST * nlist, replace=False
+            )
+            sample = rows[np.sort(picked)]
         index.train(np.ascontiguousarray(vectors[sample], dtype=np.float32))
         for start in range(0, len(rows), ADD_BLOCK):
             part = rows[start : start + ADD_BLOCK]

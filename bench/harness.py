@@ -74,7 +74,8 @@ def note(source: str, output: str) -> None:
             seen[key] = seen.get(key, 0) + 1
 
 
-def _process_cpu(pid: int) -> float:
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user and system, all threads) a live process has used."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
@@ -95,7 +96,7 @@ class OtherLoad:
     def _sample(self) -> tuple[float, float, float]:
         t = os.times()
         ours = t.user + t.system + t.children_user + t.children_system
-        ours += sum(_process_cpu(pid) for pid in self.pids)
+        ours += sum(process_cpu(pid) for pid in self.pids)
         return time.perf_counter(), _machine_cpu(), ours
 
     def share(self) -> float:

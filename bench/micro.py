@@ -10,6 +10,8 @@ here rather than quoted from a scratch script:
 - chroma: one nearest-neighbour query (n=100) on the cached query store; 16 vectors in one
   query; one query while another Python thread keeps busy (the GIL hand-back).
 - health: /health in-process, the count from the mirror and from Chroma.
+- gil: how fast another Python thread runs (share of its idle rate) while Chroma adds 1,024
+  records, gets them by id, and answers 50 queries, on a scratch store.
 
 Opens the query benchmark's cached store (no `kb serve` may hold it). Writes
 bench/results/micro-<docs>.json.
@@ -34,7 +36,7 @@ from bench.query import store_for
 from kb.config import Settings
 from kb.embeddings import load_embedder
 
-SECTIONS = ("encoder", "products", "chroma", "health")
+SECTIONS = ("encoder", "products", "chroma", "health", "gil")
 TWELVE = "the quick brown fox jumps over a lazy dog today"  # 12 word pieces with [CLS]/[SEP]
 
 
@@ -135,6 +137,60 @@ def health(docs: int) -> dict[str, float]:
     return out
 
 
+def gil() -> dict[str, float]:
+    from bench.harness import scratch
+    from kb.collection import make_client
+
+    docs = documents("short", 1024)
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(len(docs), 384)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    count, busy = [0], [True]
+
+    def spin() -> None:
+        while busy[0]:
+            count[0] += 1
+
+    def rate(call: Callable[[], Any]) -> tuple[float, float]:
+        before, started = count[0], time.perf_counter()
+        call()
+        seconds = time.perf_counter() - started
+        return (count[0] - before) / seconds, seconds * 1000
+
+    out = {}
+    spinner = threading.Thread(target=spin)
+    spinner.start()
+    try:
+        with scratch() as path:
+            client = make_client(Settings(chroma_path=path))
+            collection = client.create_collection(
+                "gil", configuration={"hnsw": {"space": "cosine"}}, embedding_function=None
+            )
+            idle, _ = rate(lambda: time.sleep(1))
+            ids = [d["id"] for d in docs]
+            calls = {
+                "add": lambda: collection.add(
+                    ids=ids,
+                    documents=[d["text"] for d in docs],
+                    metadatas=[d["metadata"] for d in docs],
+                    embeddings=vectors,
+                ),
+                "get": lambda: collection.get(ids=ids, include=["metadatas"]),
+                "query": lambda: [
+                    collection.query(query_embeddings=vectors[i : i + 1], n_results=10)
+                    for i in range(50)
+                ],
+            }
+            for name, call in calls.items():
+                speed, ms = rate(call)
+                out[f"{name}_ms"] = ms
+                out[f"other_thread_share_during_{name}"] = speed / idle
+    finally:
+        busy[0] = False
+        spinner.join()
+    return out
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.micro", description=__doc__)
     parser.add_argument("--docs", type=int, default=100_000)
@@ -145,6 +201,7 @@ def main(argv: list[str]) -> int:
         "products": products,
         "chroma": lambda: chroma(args.docs),
         "health": lambda: health(args.docs),
+        "gil": gil,
     }
     results = {}
     for name in args.only or SECTIONS:

@@ -24,7 +24,10 @@ from bench.harness import Server, scratch
 from bench.query import bodies, load, store_for
 
 PY_SPY = Path(sys.executable).with_name("py-spy")
-IDLE = ("wait (threading.py", "select (", "accept (", "_worker (", "handler_thread (")
+IDLE = (
+    "wait (threading.py", "select (", "accept (", "_worker (", "handler_thread (",
+    "dequeue (logging",  # the log writer waiting for lines
+)  # fmt: skip
 
 
 def summarize(raw: Path, top: int = 25) -> None:

@@ -20,6 +20,7 @@ from bench.harness import (
     Server,
     kb_env,
     latency_summary,
+    process_cpu,
     request,
     run_worker,
     scratch,
@@ -87,10 +88,11 @@ def load(
         thread.start()
     stop[0] = time.perf_counter() + duration
     gate.wait()
-    started = time.perf_counter()
+    started, server_cpu = time.perf_counter(), process_cpu(server.proc.pid)
     for thread in threads:
         thread.join()
     wall = time.perf_counter() - started
+    server_cpu = process_cpu(server.proc.pid) - server_cpu
     done = [x for per in latencies for x in per]
     failed: dict[str, int] = {}
     for per in errors:
@@ -99,6 +101,9 @@ def load(
     return {
         **latency_summary(done),
         "qps": len(done) / wall,
+        # CPU seconds kb serve used (all its threads): cores busy, and per answered query
+        "server_cores": server_cpu / wall,
+        "server_cpu_ms_per_query": server_cpu * 1000 / max(len(done), 1),
         "errors": sum(failed.values()),
         "error_kinds": failed,
         "other_cpu": other.share(),

@@ -65,20 +65,22 @@ def query(results: Sequence[dict[str, Any]]) -> None:
             single = cell["clients"] == 1
             ratio = f"{base['p50_ms'] / cell['p50_ms']:.2f}x" if single else ""
             head = [r["docs"], cell["filter"]]
+            cpu = [f"{cell['server_cores']:.2f}", f"{cell['server_cpu_ms_per_query']:.1f}"]
             rows.append([*head, "kb", cell["clients"], *(cell[k] for k in LATENCY),
-                         cell["errors"], ratio, f"{cell['other_cpu']:.0%}"])  # fmt: skip
+                         cell["errors"], ratio, *cpu, f"{cell['other_cpu']:.0%}"])  # fmt: skip
             if single:
-                rows.append([*head, "baseline", 1, *(base[k] for k in LATENCY), 0, "",
+                rows.append([*head, "baseline", 1, *(base[k] for k in LATENCY), 0, "", "", "",
                              f"{base['other_cpu']:.0%}"])  # fmt: skip
     if rows:
         headers = ["docs", "filter", "who", "clients", "p50 ms", "p95 ms", "p99 ms", "q/s",
-                   "errors", "base p50/kb p50", "other"]  # fmt: skip
+                   "errors", "base p50/kb p50", "server cores", "cpu ms/q", "other"]  # fmt: skip
         mode = results[0]["mode"] or "KB_SEARCH_MODE's"
         table(f"Query over loopback HTTP (top_k 5, {mode} mode)", headers, rows)
         print(
             "  baseline = SentenceTransformer.encode + Chroma query(n_results=5) in one process, "
             "no HTTP;\n  filters: selective = one category (~1/8 of docs), broad = 2 of 3 "
-            "difficulties (~2/3)"
+            "difficulties (~2/3);\n  server cores / cpu ms/q = CPU kb serve used during the cell "
+            "(all threads), in cores and per answered query"
         )
         warn_busy([c["other_cpu"] for r in results for c in [*r["cells"], *r["baseline"].values()]
                    if isinstance(c, dict)])  # fmt: skip

@@ -303,12 +303,11 @@ class RecordCollection:
         records = _replacing(records, previous)
         fresh = [r for r in records if r.id in new]
         rest = [r for r in records if r.id not in new] if fresh else records
+        parts = [(p, True) for p in _batches(fresh, self.max_batch)]
+        parts += [(p, False) for p in _batches(rest, self.max_batch)]
         written: list[str] = []
         try:
-            for part, add in [
-                *((p, True) for p in _batches(fresh, self.max_batch)),
-                *((p, False) for p in _batches(rest, self.max_batch)),
-            ]:
+            for part, add in parts:
                 self._write(part, add)
                 written.extend(r.id for r in part)
         except Exception:

@@ -50,16 +50,15 @@ def keyword_documents(
     so no record is fetched here: the hits are ids and scores, and search fetches the few it
     shows.
     """
-    mirror = store.replica.current_mirror() if flt.where_document is None else None
-    if mirror is not None and store.replica.consistent():
+    mirror = store.replica.mirror_for(flt)
+    if mirror is not None:
         mask = mirror.matches(flt.where) if flt.where is not None else None
-        ranked = mirror.keyword(query_tokens(text), depth * 2, mask)  # chunks: some share a doc
-        rows, scores, _ = mirror.first_per_document(*ranked, depth)
+        rows, scores, _, row_cosines = _keyword_rows(mirror, text, vector, depth, mask)
         chosen = [
             (mirror.ids[row], mirror.metadata[row][DOC], score, row)
             for row, score in zip(rows.tolist(), scores.tolist(), strict=True)
         ]
-        cosines = mirror.cosines(rows, vector).tolist()
+        cosines = row_cosines.tolist()
     else:
         hits = store.keyword.search(text, depth * 2, _allowed(store, flt))
         chosen = _best_per_document(
@@ -70,6 +69,16 @@ def keyword_documents(
         Hit(Record(record_id, "", {DOC: doc_id}), cosine, bm25, complete=False)
         for (record_id, doc_id, bm25, _), cosine in zip(chosen, cosines, strict=True)
     ]
+
+
+def _keyword_rows(
+    mirror: Mirror, text: str, vector: np.ndarray, depth: int, mask: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The mirror's BM25 side: up to `depth` documents' best rows, their BM25 scores, their
+    document numbers and their cosine scores with `vector`, best first."""
+    ranked = mirror.keyword(query_tokens(text), depth * 2, mask)  # chunks: some share a doc
+    rows, bm25, docs = mirror.first_per_document(*ranked, depth)
+    return rows, bm25, docs, mirror.cosines(rows, vector)
 
 
 def _best_per_document(
@@ -142,9 +151,9 @@ def in_memory(
     mask, key = where if where is not None else (None, None)
     rows, scores = mirror.nearest_rows(vector, depth, mask, key)
     dense_rows, dense_scores, dense_docs = mirror.first_per_document(rows, scores, depth)
-    rows, scores = mirror.keyword(query_tokens(text), depth * 2, mask)  # chunks: some share
-    keyword_rows, bm25, keyword_docs = mirror.first_per_document(rows, scores, depth)
-    keyword_cosines = mirror.cosines(keyword_rows, vector)
+    keyword_rows, bm25, keyword_docs, keyword_cosines = _keyword_rows(
+        mirror, text, vector, depth, mask
+    )
     fused = fusion.fuse(
         dense_docs,
         dense_scores,

@@ -40,9 +40,6 @@ SMALL_BATCH = 3
 SCAN_BATCH = 64  # query vectors per shared scan
 KEPT_MASKS = 64  # filters whose row masks are kept between writes
 Product = Callable[[np.ndarray, Sequence[np.ndarray]], np.ndarray]
-# Scoring a row's 8-bit code in an IVF list (its filter bit checked) costs about this many rows
-# of an exact product over a contiguous block (bench.recall times both paths).
-IVF_ROW_COST = 1.0
 RANGE_OPS = {"$gt": np.greater, "$gte": np.greater_equal, "$lt": np.less, "$lte": np.less_equal}
 
 
@@ -54,6 +51,12 @@ class _Block:
         self.rows = rows
         self.vectors = vectors
         self.scan = Batcher(lambda batch: product(vectors, batch), max_items=SCAN_BATCH)
+
+
+def filter_key(where: dict[str, Any]) -> str:
+    """A where-clause as text: the key under which the mirror keeps its mask and the vectors
+    gathered for it, until the next write."""
+    return json.dumps(where, sort_keys=True, default=str)
 
 
 def value_key(value: Any) -> ValueKey:
@@ -217,7 +220,7 @@ class Mirror:
         """Boolean mask over the rows: alive and matching the where-clause (read-only: the
         masks of the last few filters are kept until the next write)."""
         size, alive, cache, masks = self.size, self._alive, self._cache, self._masks
-        key = json.dumps(where, sort_keys=True, default=str)
+        key = filter_key(where)
         mask = masks.get(key)
         if mask is None or len(mask) != size:
             mask = self._mask(where, size, cache) & alive[:size]
@@ -241,9 +244,11 @@ class Mirror:
             for row, score in zip(rows.tolist(), scores.tolist(), strict=True)
         ]
 
-    def _nearest(
-        self, vector: np.ndarray, n: int, mask: np.ndarray | None, key: str | None
+    def nearest_rows(
+        self, vector: np.ndarray, n: int, mask: np.ndarray | None = None, key: str | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
+        """`nearest` as (rows, scores) arrays: through the index or exactly, whichever scores
+        fewer vectors for this filter."""
         index = self._index
         if mask is None:
             if index is not None:
@@ -253,7 +258,7 @@ class Mirror:
         allowed = int(np.count_nonzero(mask))
         if index is not None and allowed:
             share = allowed / max(len(index), 1)
-            if index.scanned(share) * IVF_ROW_COST < self._exact_cost(allowed, len(mask), key):
+            if index.scanned(share) < self._exact_cost(allowed, len(mask), key):
                 bits = np.packbits(mask, bitorder="little")
                 return self._ranked(vector, n, index.candidates(vector, n, bits, allowed))
         return self._exact(vector, n, mask, key)
@@ -269,7 +274,7 @@ class Mirror:
         """Vectors an exact search scores: the filter's own, or every row for a broad one."""
         if key is not None and key in self._blocks:
             return allowed
-        return rows if allowed * 3 > rows else allowed
+        return rows if _broad(allowed, rows) else allowed
 
     def _exact(
         self, vector: np.ndarray, n: int, mask: np.ndarray, key: str | None
@@ -279,7 +284,7 @@ class Mirror:
             return rows, np.zeros(0, dtype=np.float32)
         if block is not None:
             scores = block.scan([vector])[0]
-        elif rows.size * 3 > len(mask):  # broad: one pass over all rows beats gathering them
+        elif _broad(rows.size, len(mask)):
             scores = self._scan_all([(vector, len(mask))])[0][: len(mask)][rows]
         else:
             scores = self._product(self._vectors[rows], [vector])[0]
@@ -338,12 +343,6 @@ class Mirror:
         docs = self._docs[rows]
         first = np.sort(np.unique(docs, return_index=True)[1])[:limit]
         return rows[first], scores[first], docs[first]
-
-    def nearest_rows(
-        self, vector: np.ndarray, n: int, mask: np.ndarray | None = None, key: str | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """`nearest` as (rows, scores) arrays."""
-        return self._nearest(vector, n, mask, key)
 
     def documents(self) -> int:
         """How many live documents there are."""
@@ -418,6 +417,12 @@ class Mirror:
                     column[rows_array[rows_array < size]] = value
             cache[name] = column
         return column[:size]
+
+
+def _broad(allowed: int, rows: int) -> bool:
+    """Whether a filter allows so many rows that one pass over all of them beats gathering
+    its own (a third or more)."""
+    return allowed * 3 > rows
 
 
 def _top(rows: np.ndarray, scores: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:

@@ -111,16 +111,11 @@ class Replica(ABC):
     # ------------------------------------------------------------ shared
 
     def mirror_for(self, flt: CompiledFilter) -> Mirror | None:
-        """The mirror, when it is current and can answer this filter (metadata only)."""
-        if flt.where is None or flt.where_document is not None:
+        """The mirror, when it is current and can answer this filter: no filter, or one on
+        metadata only (a text filter is Chroma's). Every in-memory search path asks this."""
+        if flt.where_document is not None:
             return None
         return self.current_mirror()
-
-    def consistent(self) -> bool:
-        """The keyword index and the mirror describe the same writes (texts from the one,
-        metadata from the other may be combined)."""
-        mirror = self.current_mirror()
-        return mirror is not None and mirror.generation == self.keyword.generation
 
     def rebuild(self, generation: int) -> None:
         with self._writes, self._lock:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 
 import numpy as np
@@ -10,7 +9,7 @@ import numpy as np
 from kb.diversity import mmr
 from kb.filters import CompiledFilter, FilterLimits, compile_filter
 from kb.hybrid import Hit, complete, fuse, in_memory, keyword_documents
-from kb.mirror import Mirror
+from kb.mirror import Mirror, filter_key
 from kb.records import Record, user_metadata
 from kb.schemas import Document, Match, QueryRequest, QueryResult, QueryStatus, Threshold
 from kb.store import KnowledgeStore
@@ -78,7 +77,9 @@ def candidates(
     fusion = request.fusion or store.settings.fusion
     mirror = _in_memory(store, flt)
     if mode == "hybrid" and mirror is not None:
-        where = (mirror.matches(flt.where), _key(flt)) if flt.where is not None else None
+        where = None
+        if flt.where is not None:
+            where = (mirror.matches(flt.where), filter_key(flt.where))
         return [
             in_memory(mirror, text, vector, depth, where, fusion, top_k)
             for text, vector in zip(texts, vectors, strict=True)
@@ -95,17 +96,12 @@ def candidates(
 
 
 def _in_memory(store: KnowledgeStore, flt: CompiledFilter) -> Mirror | None:
-    """The mirror, when a search with this filter can run on it alone: it is current, the
-    filter is on metadata only, and (unfiltered) its vector index is built or not needed."""
-    mirror = store.replica.current_mirror()
-    if mirror is None or flt.where_document is not None:
+    """The mirror, when a dense search with this filter can run on it alone: it can answer
+    the filter, and (unfiltered) its vector index is built or not needed."""
+    mirror = store.replica.mirror_for(flt)
+    if mirror is None:
         return None
     return mirror if flt.where is not None or mirror.searches_all else None
-
-
-def _key(flt: CompiledFilter) -> str:
-    """The filter as text: the key under which the mirror keeps what it gathered for it."""
-    return json.dumps(flt.where, sort_keys=True)
 
 
 def nearest_documents(
@@ -123,10 +119,10 @@ def nearest_documents(
     widen the search until top_k documents are found or the candidates run out (`widen`).
     Without `texts`, hits carry ids, metadata and scores only (`complete` fetches the rest).
     """
-    mirror = store.replica.current_mirror() if flt.where_document is None else None
+    mirror = store.replica.mirror_for(flt)
     mask = key = None
     if mirror is not None and flt.where is not None:
-        mask, key = mirror.matches(flt.where), _key(flt)
+        mask, key = mirror.matches(flt.where), filter_key(flt.where)
     # until the mirror's index is built, an unfiltered search asks Chroma's for ids
     ids_from_chroma = mirror is not None and mask is None and not mirror.searches_all
     texts = texts and mirror is None

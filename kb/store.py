@@ -441,9 +441,9 @@ def _attach(records: Sequence[Record], vectors: np.ndarray) -> None:
 
 
 def _unstored(records: Sequence[Record], replaced: Sequence[Record]) -> set[str]:
-    """The ids of records that cannot be stored yet: the one record of a one-chunk document
-    whose id had no stored record when checked (a document's own id is its first chunk's).
-    Later chunks of new documents are not counted: a failed write may have left them."""
+    """The ids known not to be stored: the one record of each one-chunk document whose id
+    had no stored record when checked under the write lock (a document's own id is its first
+    chunk's). Later chunks of new documents are left out: a failed write may have left them."""
     heads = {h.id for h in replaced}
     return {r.id for r in records if r.doc_id not in heads and int(r.metadata[CHUNKS]) == 1}
 

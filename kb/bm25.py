@@ -18,7 +18,6 @@ import math
 import re
 import threading
 import unicodedata
-from array import array
 from collections import Counter
 from collections.abc import Sequence
 from functools import lru_cache
@@ -46,50 +45,83 @@ def tokens(text: str) -> list[str]:
     return [_fold(word) for word in WORD.findall(text)]
 
 
+class _Column:
+    """A growing numpy column with spare capacity. Cells below a reader's length never change
+    (except `alive`, set once to 0); growing copies into a new array, and readers keep the one
+    they took."""
+
+    def __init__(self, dtype: type, capacity: int = 4) -> None:
+        self.data = np.zeros(capacity, dtype=dtype)
+
+    def put(self, start: int, values: Sequence[float]) -> None:
+        """Write `values` from `start` on, growing if they do not fit."""
+        end = start + len(values)
+        if end > len(self.data):
+            grown = np.zeros(max(end, 2 * len(self.data)), dtype=self.data.dtype)
+            grown[:start] = self.data[:start]
+            self.data = grown  # readers holding the old array still see their rows
+        self.data[start:end] = values
+
+
 class Bm25:
     """Postings (rows, term frequencies) per term and each row's length. Rows are the
-    mirror's: added in order, never reused; a removed row is masked out."""
+    mirror's: added in order, never reused; a removed row is masked out.
+
+    Searches take no lock: a term's postings are published as one (rows, tfs, count) tuple
+    after the new posting is written past the readers' count, so a search sees each term
+    either before or after a write, never half of one. Writes are serialized by the mirror
+    (and by a lock here)."""
 
     def __init__(self) -> None:
         self.size = 0
-        self._postings: dict[str, tuple[array, array]] = {}  # term -> (rows, tfs)
+        self._postings: dict[str, tuple[_Column, _Column, int]] = {}  # term -> rows, tfs, n
         self._df: Counter[str] = Counter()  # live rows holding the term
         self._terms: list[tuple[str, ...]] = []  # each row's distinct terms, to undo df
-        self._lengths = array("f")
-        self._alive = array("b")
-        self._live = 0
-        self._total = 0.0  # summed length of the live rows
-        # Appending to an array fails while numpy views its buffer: searches copy under this.
-        self._lock = threading.Lock()
+        self._lengths = _Column(np.float32)
+        self._alive = _Column(np.int8)
+        self._stats = (0, 0.0)  # live rows and their summed length, published together
+        self._writes = threading.Lock()
 
     def __len__(self) -> int:
-        return self._live
+        return self._stats[0]
 
     def add(self, row: int, text: str) -> None:
-        counts = Counter(tokens(text))
-        length = float(sum(counts.values()))
-        with self._lock:
-            if row != self.size:
-                raise ValueError(f"rows are added in order: expected {self.size}, got {row}")
-            self.size += 1
-            self._lengths.append(length)
-            self._alive.append(1)
-            self._live += 1
-            self._total += length
-            self._terms.append(tuple(counts))
-            self._df.update(counts.keys())
+        self.add_many(row, [text])
+
+    def add_many(self, first: int, texts: Sequence[str]) -> None:
+        """Add rows first, first + 1, ... holding these texts (one publish per term)."""
+        counted = [Counter(tokens(text)) for text in texts]
+        lengths = [float(sum(counts.values())) for counts in counted]
+        postings: dict[str, tuple[list[int], list[int]]] = {}
+        for row, counts in enumerate(counted, first):
             for term, tf in counts.items():
-                rows, tfs = self._postings.setdefault(term, (array("i"), array("f")))
+                rows, tfs = postings.setdefault(term, ([], []))
                 rows.append(row)
                 tfs.append(tf)
+        with self._writes:
+            if first != self.size:
+                raise ValueError(f"rows are added in order: expected {self.size}, got {first}")
+            self._lengths.put(first, lengths)
+            self._alive.put(first, [1] * len(texts))
+            self._terms.extend(tuple(counts) for counts in counted)
+            for term, (rows, tfs) in postings.items():
+                old = self._postings.get(term)
+                row_column, tf_column, n = old or (_Column(np.int32), _Column(np.float32), 0)
+                row_column.put(n, rows)
+                tf_column.put(n, tfs)
+                self._postings[term] = (row_column, tf_column, n + len(rows))
+                self._df[term] += len(rows)
+            live, total = self._stats
+            self._stats = (live + len(texts), total + sum(lengths))
+            self.size = first + len(texts)
 
     def remove(self, row: int) -> None:
-        with self._lock:
-            if row >= self.size or not self._alive[row]:
+        with self._writes:
+            if row >= self.size or not self._alive.data[row]:
                 return
-            self._alive[row] = 0
-            self._live -= 1
-            self._total -= self._lengths[row]
+            self._alive.data[row] = 0
+            live, total = self._stats
+            self._stats = (live - 1, total - float(self._lengths.data[row]))
             self._df.subtract(self._terms[row])
 
     def search(
@@ -97,12 +129,13 @@ class Bm25:
     ) -> tuple[np.ndarray, np.ndarray]:
         """The best `limit` rows for these (already folded) terms and their scores, best
         first; `mask` (over the rows) keeps only the rows a filter allows."""
-        found = self._postings_of(terms)
+        size = self.size  # rows a concurrent add publishes later are left out
+        found = self._postings_of(terms, size)
         if not found:
             return np.zeros(0, dtype=np.int64), np.zeros(0)
         rows = np.concatenate([part[0] for part in found])
         weights = np.concatenate([part[1] for part in found])
-        scores = np.bincount(rows, weights=weights, minlength=self.size)
+        scores = np.bincount(rows, weights=weights, minlength=size)
         touched = np.zeros(len(scores), dtype=bool)  # live rows holding a term: score > 0
         touched[rows[weights > 0]] = True
         if mask is not None:
@@ -114,27 +147,26 @@ class Bm25:
         ordered = hits[np.argsort(-scores[hits], kind="stable")]
         return ordered, scores[ordered]
 
-    def _postings_of(self, terms: Sequence[str]) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Each known term's (rows, BM25 weight in each row); dead rows weigh 0."""
-        with self._lock:  # copies out under the lock, so appends never meet a reader's view
-            if not self._live:
-                return []
-            live, average = self._live, self._total / self._live
-            lengths = np.frombuffer(self._lengths, dtype=np.float32)
-            alive = np.frombuffer(self._alive, dtype=np.int8)
-            found = []
-            for term in terms:  # a repeated term counts again, as a repeated FTS5 phrase does
-                postings, df = self._postings.get(term), self._df.get(term, 0)
-                if postings is None or df <= 0:
-                    continue
-                rows = np.frombuffer(postings[0], dtype=np.int32).copy()
-                tfs = np.frombuffer(postings[1], dtype=np.float32).copy()
-                found.append((df, rows, tfs, lengths[rows], alive[rows]))
-            del lengths, alive  # release the buffers before the lock
+    def _postings_of(self, terms: Sequence[str], size: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Each known term's rows below `size` and its BM25 weight in each; dead rows weigh 0."""
+        live, total = self._stats
+        if not live:
+            return []
+        average = total / live
+        lengths, alive = self._lengths.data, self._alive.data  # taken once: growth swaps them
         out = []
-        for df, rows, tfs, length, alive_rows in found:
-            # FTS5's idf, floored so that a term in most rows still counts a little
+        for term in terms:  # a repeated term counts again, as a repeated FTS5 phrase does
+            postings, df = self._postings.get(term), self._df.get(term, 0)
+            if postings is None or df <= 0:
+                continue
+            rows, tfs = postings[0].data[: postings[2]], postings[1].data[: postings[2]]
+            if rows.size and rows[-1] >= size:  # written after this search began
+                keep = rows < size
+                rows, tfs = rows[keep], tfs[keep]
+            # FTS5's idf, floored so that a term in most rows still counts a little (a write
+            # meanwhile may have counted a term's new rows but not yet the rows: min)
+            df = min(df, live)
             idf = max(math.log((live - df + 0.5) / (df + 0.5)), 1e-6)
-            norm = K1 * (1 - B + B * length / average)
-            out.append((rows, idf * (K1 + 1) * tfs / (tfs + norm) * alive_rows))
+            norm = K1 * (1 - B + B * lengths[rows] / average)
+            out.append((rows, idf * (K1 + 1) * tfs / (tfs + norm) * alive[rows]))
         return out

@@ -121,6 +121,7 @@ class Mirror:
                     killed.append(row)
             first = self.size
             self._reserve(self.size + len(upserted))
+            self.bm25.add_many(first, [record.text for record in upserted])
             for record in upserted:
                 self._append(record)
             if self._index is not None:
@@ -134,7 +135,6 @@ class Mirror:
 
     def _append(self, record: Record) -> None:
         row = self.size
-        self.bm25.add(row, record.text)
         self._vectors[row] = np.asarray(record.embedding, dtype=np.float32)
         self._alive[row] = True
         numbers = self._doc_numbers

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 
 import numpy as np
 import pytest
@@ -63,3 +64,62 @@ def test_rankings_agree_with_fts5_on_the_seed_queries(seeded: KnowledgeStore) ->
         ]
     assert agree >= 0.95 * len(queries)
     assert max(gaps) < 0.01  # same formula, same statistics: scores match to within 1%
+
+
+def test_adding_in_batches_scores_as_adding_one_by_one() -> None:
+    texts = [f"row {i} {'apple ' * (i % 4)}pear {'plum' if i % 3 else ''}" for i in range(300)]
+    single, batched = Bm25(), Bm25()
+    for row, text in enumerate(texts):
+        single.add(row, text)
+    for first in range(0, len(texts), 64):
+        batched.add_many(first, texts[first : first + 64])
+    for row in (5, 77, 299):
+        single.remove(row)
+        batched.remove(row)
+    for query in ("apple", "plum pear", "row 12 apple"):
+        a_rows, a_scores = single.search(tokens(query), 50)
+        b_rows, b_scores = batched.search(tokens(query), 50)
+        assert a_rows.tolist() == b_rows.tolist()
+        np.testing.assert_allclose(a_scores, b_scores, rtol=1e-6)
+    with pytest.raises(ValueError, match="in order"):
+        batched.add_many(0, ["rows come in order"])
+
+
+def test_searches_during_writes_see_whole_rows_only() -> None:
+    """Searches take no lock: while rows are added (growing every column many times) and
+    removed, each search returns rows that existed, once each, with finite positive scores;
+    afterwards the index ranks as one built in one go."""
+    index, texts = Bm25(), [f"common {'rare ' * (i % 5)}word{i % 50}" for i in range(6000)]
+    problems: list[str] = []
+    done = threading.Event()
+
+    def search() -> None:
+        while not done.is_set():
+            size = index.size
+            rows, scores = index.search(tokens("common rare word7"), 40)
+            if rows.size and (rows.max() >= index.size or len(set(rows.tolist())) != rows.size):
+                problems.append(f"bad rows {rows.tolist()} at size {size}")
+            if not np.all(np.isfinite(scores)) or np.any(scores <= 0):
+                problems.append(f"bad scores {scores.tolist()}")
+
+    readers = [threading.Thread(target=search) for _ in range(2)]
+    for reader in readers:
+        reader.start()
+    try:
+        for first in range(0, len(texts), 7):
+            index.add_many(first, texts[first : first + 7])
+            if first % 70 == 0:
+                index.remove(first)
+    finally:
+        done.set()
+        for reader in readers:
+            reader.join()
+    assert not problems, problems[:3]
+    fresh = Bm25()
+    fresh.add_many(0, texts)
+    for row in range(0, len(texts), 70):
+        fresh.remove(row)
+    for query in ("common rare word7", "word49", "rare"):
+        got, want = index.search(tokens(query), 30), fresh.search(tokens(query), 30)
+        assert got[0].tolist() == want[0].tolist()
+        np.testing.assert_allclose(got[1], want[1], rtol=1e-6)

@@ -200,13 +200,44 @@ class Server:
 
 
 def memory(pid: int) -> dict[str, float]:
-    """Peak (VmHWM) and current (VmRSS) resident memory of a process, in MiB."""
+    """Peak (VmHWM) and current (VmRSS) resident memory of a process, in MiB, and the sum of
+    its live descendants' (kb serve's encoder process for large adds, multiprocessing's
+    resource tracker)."""
+    own = _status(pid)
+    children = [_status(child) for child in descendants(pid)]
+    return {
+        "peak_rss_mib": own["VmHWM"],
+        "rss_mib": own["VmRSS"],
+        "children_peak_rss_mib": round(sum(c.get("VmHWM", 0.0) for c in children), 1),
+        "children_rss_mib": round(sum(c.get("VmRSS", 0.0) for c in children), 1),
+    }
+
+
+def _status(pid: int) -> dict[str, float]:
     fields = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:  # gone meanwhile
+        return fields
+    for line in lines:
         key, _, value = line.partition(":")
         if key in ("VmHWM", "VmRSS"):
             fields[key] = round(int(value.split()[0]) / 1024, 1)
-    return {"peak_rss_mib": fields["VmHWM"], "rss_mib": fields["VmRSS"]}
+    return fields
+
+
+def descendants(pid: int) -> list[int]:
+    """The live descendants of a process."""
+    found, todo = [], [pid]
+    while todo:
+        for task in Path(f"/proc/{todo.pop()}/task").glob("*/children"):
+            try:
+                kids = [int(k) for k in task.read_text().split()]
+            except OSError:
+                continue
+            found += kids
+            todo += kids
+    return found
 
 
 def latency_summary(seconds: Sequence[float]) -> dict[str, float | int | None]:

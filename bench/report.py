@@ -42,19 +42,29 @@ def ingest(cells: Sequence[dict[str, Any]]) -> None:
             [c["kind"], c["docs"], c["baseline"]["docs_per_s"], c["encoder"]["docs_per_s"],
              load["docs_per_s"], f"{load['vs_baseline']:.2f}x", f"{load['vs_encoder']:.0%}",
              load["wall_docs_per_s"], add["docs_per_s"], f"{add['vs_baseline']:.2f}x",
-             f"{add['vs_encoder']:.0%}", c["baseline"]["over_window"], f"{c['other_cpu']:.0%}"]
+             f"{add['vs_encoder']:.0%}", _serve_rss(add), c["baseline"]["over_window"],
+             f"{c['other_cpu']:.0%}"]
         )  # fmt: skip
     headers = ["kind", "docs", "baseline/s", "encoder/s", "kb load/s", "vs base", "vs enc",
-               "load wall/s", "POST /add/s", "vs base", "vs enc", ">window", "other"]  # fmt: skip
+               "load wall/s", "POST /add/s", "vs base", "vs enc", "serve MiB", ">window",
+               "other"]  # fmt: skip
     table("Ingest (docs/s; targets: >= 2x baseline, >= 75% of the encoder alone)", headers, rows)
     print(
         "  baseline = SentenceTransformer.encode(batch 64) + Chroma add; encoder = kb's "
         "embed_documents alone;\n  kb load/s from the time kb prints (model load and store "
         "open excluded), load wall/s = the whole process;\n  >window = texts longer than the "
-        "model window (kb chunks them, the others truncate);\n  other = the share of the machine's "
-        "CPU used by processes outside the benchmark during the cell (it skews every figure)"
+        "model window (kb chunks them, the others truncate);\n  serve MiB = kb serve's peak RSS "
+        "after the POST /add run + its child processes' (the encoder process for large adds);"
+        "\n  other = the share of the machine's CPU used by processes outside the benchmark "
+        "during the cell (it skews every figure)"
     )
     warn_busy([c["other_cpu"] for c in cells])
+
+
+def _serve_rss(add: dict[str, Any]) -> str:
+    if "peak_rss_mib" not in add:
+        return "-"
+    return f"{add['peak_rss_mib']:,.0f} + {add.get('children_peak_rss_mib', 0):,.0f}"
 
 
 def query(results: Sequence[dict[str, Any]]) -> None:

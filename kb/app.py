@@ -13,6 +13,7 @@ from kb.api.util import EXTENSION, KBState
 from kb.auth import KeyRing
 from kb.config import Settings
 from kb.embeddings import Embedder, load_embedder
+from kb.encoders.bulk import BulkEncoder
 from kb.store import KnowledgeStore
 from kb.telemetry import Telemetry
 
@@ -24,18 +25,33 @@ def create_app(settings: Settings | None = None, *, embedder: Embedder | None = 
     _one_blas_thread()
     keys = KeyRing.parse(settings.api_keys.get_secret_value() if settings.api_keys else None)
     telemetry = Telemetry()
-    encoder = telemetry.timed(embedder if embedder is not None else load_embedder(settings))
+    inner = embedder if embedder is not None else load_embedder(settings)
+    bulk = _bulk_encoder(inner, settings)
+    encoder = telemetry.timed(bulk or inner)
     app = Flask("kb", static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    store = KnowledgeStore.open(settings, encoder)
+    try:
+        store = KnowledgeStore.open(settings, encoder)
+    except BaseException:
+        if bulk is not None:
+            bulk.close()
+        raise
     telemetry.count_documents(store.count)
-    app.extensions[EXTENSION] = KBState(settings, store, keys, telemetry)
+    app.extensions[EXTENSION] = KBState(settings, store, keys, telemetry, bulk)
     register_observability(app)
     register_security(app)
     register_error_handlers(app)
     register_blueprints(app)
     return app
+
+
+def _bulk_encoder(inner: Embedder, settings: Settings) -> BulkEncoder | None:
+    """Large adds embed in an encoder process (kb.encoders.bulk), when it can run the
+    backend and is not switched off."""
+    if settings.encoder_process_min_texts == 0 or inner.backend not in {"onnx", "onnx-int8"}:
+        return None
+    return BulkEncoder(inner, settings, settings.encoder_process_min_texts)
 
 
 def _one_blas_thread() -> None:
@@ -48,7 +64,10 @@ def _one_blas_thread() -> None:
 
 
 def close_app(app: Flask) -> None:
-    """Release the store (file handles, the embedded Chroma system)."""
+    """Stop the encoder process, release the store (file handles, the embedded Chroma
+    system)."""
     state: KBState | None = app.extensions.pop(EXTENSION, None)
     if state is not None:
+        if state.bulk is not None:
+            state.bulk.close()
         state.store.close()

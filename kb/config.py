@@ -62,6 +62,13 @@ class Settings(BaseSettings):
         description="ONNX: most padded tokens per encoder batch, so long texts go in smaller "
         "batches (200-token texts encoded ~20% faster 10 than 64 to a batch).",
     )
+    encoder_process_min_texts: int = Field(
+        256,
+        ge=0,
+        description="kb serve: adds with at least this many texts to embed are embedded by an "
+        "encoder process (started on first use, ONNX backends), which keeps encoding while "
+        "Chroma writes; 0 = always in-process.",
+    )
     chunking: bool = Field(
         True, description="Split long texts into chunks; off = the model truncates them."
     )

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ValidationError
 
 from kb.auth import KeyRing
 from kb.config import Settings
+from kb.encoders.bulk import BulkEncoder
 from kb.errors import BadRequest, ValidationFailed, field_error, field_errors
 from kb.store import KnowledgeStore
 from kb.telemetry import Telemetry
@@ -29,6 +30,7 @@ class KBState:
     store: KnowledgeStore
     keys: KeyRing
     telemetry: Telemetry
+    bulk: BulkEncoder | None = None  # large adds' encoder process, closed with the app
 
 
 def state() -> KBState:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -84,20 +85,29 @@ def cluster(data: Path, chroma_port: int, workers: int | None, seeds: tuple[str,
 def _waitress(settings: Settings) -> None:
     import waitress
 
-    from kb.app import create_app
+    from kb.app import close_app, create_app
 
     try:
         app = create_app(settings)
     except KBError as exc:
         fail(exc.message)
-    waitress.serve(
-        app,
-        host=settings.host,
-        port=settings.port,
-        threads=settings.server_threads(),
-        ident="kb",
-        channel_timeout=120,
-    )
+    # SIGTERM stops the server as Ctrl-C does, so the app is closed (its encoder process too)
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        waitress.serve(
+            app,
+            host=settings.host,
+            port=settings.port,
+            threads=settings.server_threads(),
+            ident="kb",
+            channel_timeout=120,
+        )
+    finally:
+        close_app(app)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _gunicorn(settings: Settings) -> None:

@@ -1,0 +1,114 @@
+"""Large document batches embedded by an encoder process in `kb serve`.
+
+Chroma's add, upsert and delete keep the GIL for the whole write (kb.encoders.process), so
+while one POST /add writes, another request's encoder in the same process cannot start its
+next batch. Requests with many texts go to a child process instead (started on first use),
+which keeps encoding while the parent writes; small adds, queries and chunking stay in-process,
+where there is no round trip.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import TYPE_CHECKING
+
+from kb.errors import ConfigError
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    import numpy as np
+
+    from kb.config import Settings
+    from kb.embeddings import Embedder
+    from kb.encoders.process import EncoderProcess
+
+log = logging.getLogger(__name__)
+
+
+class BulkEncoder:
+    """An Embedder: `embed_documents` with at least `min_texts` texts runs in an encoder
+    process, everything else in `inner`. The process starts in the background on the first
+    such call (which, like any call before it is ready, embeds in-process). If it cannot
+    start or stops, texts are embedded in-process (same model, same vectors) and no other
+    process is tried."""
+
+    def __init__(self, inner: Embedder, settings: Settings, min_texts: int) -> None:
+        self.inner = inner
+        self.name, self.backend, self.dim = inner.name, inner.backend, inner.dim
+        self.fingerprint, self.max_tokens = inner.fingerprint, inner.max_tokens
+        self.min_texts = min_texts
+        self._settings = settings
+        self._process: EncoderProcess | None = None
+        self._starter: threading.Thread | None = None
+        self._closed = False
+        self._lock = threading.Lock()
+
+    def embed_documents(self, texts: Sequence[str]) -> np.ndarray:
+        process = self._ready() if len(texts) >= self.min_texts else None
+        if process is not None:
+            try:
+                return process.embed_documents(texts)
+            except ConfigError as exc:
+                self._give_up(process, exc)
+        return self.inner.embed_documents(texts)
+
+    def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
+        return self.inner.embed_queries(texts)
+
+    def token_offsets(self, text: str) -> list[tuple[int, int]]:
+        return self.inner.token_offsets(text)
+
+    def wait_started(self, timeout: float | None = None) -> bool:
+        """Wait for a start begun by a large add; whether the process is up."""
+        starter = self._starter
+        if starter is not None:
+            starter.join(timeout)
+        return self._process is not None
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            process, self._process = self._process, None
+        if self._starter is not None:
+            self._starter.join()  # a process it starts now is closed by _start
+        if process is not None:
+            process.close()
+
+    def _ready(self) -> EncoderProcess | None:
+        if self._starter is None:
+            with self._lock:
+                if self._starter is None and not self._closed:
+                    self._starter = threading.Thread(
+                        target=self._start, name="kb-encoder-start", daemon=True
+                    )
+                    self._starter.start()
+        return self._process
+
+    def _start(self) -> None:
+        from kb.encoders.process import EncoderProcess
+
+        try:
+            process = EncoderProcess(self._settings)
+        except ConfigError as exc:
+            log.warning("no encoder process, large adds embed in-process: %s", exc.message)
+            return
+        if (process.fingerprint, process.backend) != (self.fingerprint, self.backend):
+            # another model or precision: never mix their vectors
+            log.warning("the encoder process loaded another model; large adds embed in-process")
+            process.close()
+            return
+        with self._lock:
+            if not self._closed:
+                self._process = process
+                log.info("encoder process started for adds of %d+ texts", self.min_texts)
+                return
+        process.close()  # the app closed while it started
+
+    def _give_up(self, process: EncoderProcess, exc: ConfigError) -> None:
+        log.error("the encoder process failed (%s); large adds embed in-process", exc.message)
+        with self._lock:
+            if self._process is process:
+                self._process = None
+        process.close()

@@ -1,0 +1,150 @@
+"""kb serve's large adds embed in an encoder process: the same vectors as in-process, small
+adds never start it, a process that dies leaves adds working, and closing the app stops it."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flask import Flask
+
+from kb.api.util import EXTENSION
+from kb.app import close_app, create_app
+from kb.config import Settings
+from kb.embeddings import Embedder
+from kb.encoders.bulk import BulkEncoder
+from tests.live import Service, call
+
+LARGE = 4  # texts from which an add goes to the process, in these tests
+
+
+def docs(prefix: str, n: int) -> list[dict[str, object]]:
+    return [
+        {"id": f"{prefix}-{i}", "text": f"{prefix} note {i}: how to proof bread dough overnight"}
+        for i in range(n)
+    ]
+
+
+@pytest.fixture
+def bulk_app(tmp_path: Path, embedder: Embedder) -> Iterator[Flask]:
+    settings = Settings(
+        chroma_path=tmp_path / "db", collection="kb_test", encoder_process_min_texts=LARGE
+    )
+    app = create_app(settings, embedder=embedder)
+    yield app
+    close_app(app)
+
+
+def bulk_of(app: Flask) -> BulkEncoder:
+    bulk = app.extensions[EXTENSION].bulk
+    assert isinstance(bulk, BulkEncoder)
+    return bulk
+
+
+def add(app: Flask, documents: list[dict[str, object]]) -> None:
+    response = app.test_client().post("/add", json={"documents": documents})
+    assert response.status_code == 201, response.json
+
+
+def stored_vectors(app: Flask, ids: list[str]) -> np.ndarray:
+    records = app.extensions[EXTENSION].store.records.get(ids, embeddings=True)
+    by_id = {record.id: record.embedding for record in records}
+    return np.array([by_id[i] for i in ids], dtype=np.float32)
+
+
+def test_large_adds_embed_in_the_process_with_the_same_vectors(
+    bulk_app: Flask, embedder: Embedder
+) -> None:
+    bulk = bulk_of(bulk_app)
+    add(bulk_app, docs("small", LARGE - 1))
+    assert not bulk.wait_started(0)  # a small add starts nothing
+    add(bulk_app, docs("first", LARGE))  # starts the process; embedded here meanwhile
+    assert bulk.wait_started(300)
+    process = bulk._process
+    assert process is not None
+    sent: list[int] = []
+    submit = process.submit
+    process.submit = lambda texts: sent.append(len(texts)) or submit(texts)  # type: ignore[method-assign]
+    batch = docs("second", LARGE + 2)
+    add(bulk_app, batch)
+    assert sent == [LARGE + 2]
+    ids = [str(doc["id"]) for doc in batch]
+    want = embedder.embed_documents([str(doc["text"]) for doc in batch])
+    assert np.abs(stored_vectors(bulk_app, ids) - want).max() < 1e-6
+    hits = bulk_app.test_client().post("/query", json={"query": "proof bread dough", "top_k": 3})
+    assert hits.status_code == 200, hits.json
+    assert hits.json["matches"], hits.json
+
+
+def test_a_dead_process_leaves_adds_in_process(
+    bulk_app: Flask, caplog: pytest.LogCaptureFixture
+) -> None:
+    bulk = bulk_of(bulk_app)
+    add(bulk_app, docs("first", LARGE))
+    assert bulk.wait_started(300)
+    process = bulk._process
+    assert process is not None
+    process._process.kill()
+    process._process.join()
+    add(bulk_app, docs("after", LARGE))  # still answered, embedded here
+    assert bulk._process is None
+    assert "encoder process failed" in caplog.text
+    add(bulk_app, docs("later", LARGE))  # no new process is tried
+    assert not bulk.wait_started(0)
+    count = bulk_app.test_client().get("/health").json
+    assert count["documents"] == 3 * LARGE, count
+
+
+def test_closing_the_app_stops_the_process(tmp_path: Path, embedder: Embedder) -> None:
+    app = create_app(
+        Settings(chroma_path=tmp_path / "db", collection="kb_test", encoder_process_min_texts=1),
+        embedder=embedder,
+    )
+    add(app, docs("one", 1))
+    bulk = bulk_of(app)
+    assert bulk.wait_started(300)
+    child = bulk._process._process  # type: ignore[union-attr]
+    close_app(app)
+    assert not child.is_alive()
+    assert bulk._process is None
+
+
+def test_switched_off_means_no_process(tmp_path: Path, embedder: Embedder) -> None:
+    app = create_app(
+        Settings(chroma_path=tmp_path / "db", collection="kb_test", encoder_process_min_texts=0),
+        embedder=embedder,
+    )
+    try:
+        assert app.extensions[EXTENSION].bulk is None
+    finally:
+        close_app(app)
+
+
+def children(pid: int) -> list[int]:
+    return [
+        int(child)
+        for task in Path(f"/proc/{pid}/task").glob("*/children")
+        for child in task.read_text().split()
+    ]
+
+
+def test_kb_serve_stops_its_encoder_process_on_sigterm(service: Service) -> None:
+    """A large POST /add starts the process; SIGTERM closes the app, which stops it."""
+    service.env["KB_ENCODER_PROCESS_MIN_TEXTS"] = "2"
+    base = service.start().base
+    assert service.proc is not None
+    status, body = call(base, "/add", {"documents": docs("live", 3)})
+    assert status == 201, body
+    deadline = time.monotonic() + 120
+    while not children(service.proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    spawned = {pid: Path(f"/proc/{pid}/cmdline").read_bytes() for pid in children(service.proc.pid)}
+    assert any(b"spawn_main" in cmdline for cmdline in spawned.values()), spawned
+    service.proc.terminate()
+    assert service.proc.wait(timeout=60) == 0, service.log.read_text()[-2000:]
+    # joined by close_app: gone (a zombie would still have its /proc entry, unreaped)
+    encoders = [pid for pid, cmdline in spawned.items() if b"spawn_main" in cmdline]
+    assert not [pid for pid in encoders if Path(f"/proc/{pid}").exists()]

@@ -15,7 +15,7 @@ from bench import COLLECTION, ROOT
 from bench.corpus import Kind, documents, write_jsonl
 from bench.harness import OtherLoad, Server, kb_command, kb_env, note, request, run_worker, scratch
 from kb.cli.data import URL_IN_FLIGHT
-from kb.ingest import BATCH_SIZE
+from kb.ingest import BATCH_SIZE, batch_limits
 
 SUMMARY = re.compile(r"added (\d+), updated (\d+), skipped (\d+), failed (\d+) in ([\d.]+)s")
 ADD_BATCH = BATCH_SIZE  # what kb load --url sends per request
@@ -53,15 +53,18 @@ def kb_load(corpus: Path, store: Path, expected: int) -> dict[str, Any]:
 
 
 def post_add(docs: Sequence[dict[str, Any]], store: Path, log: Path) -> dict[str, Any]:
-    """Batches of ADD_BATCH to POST /add as `kb load --url` sends them: URL_IN_FLIGHT
-    requests at a time, each over its own keep-alive connection; first request to last
-    reply."""
+    """Batches to POST /add as `kb load --url` sends them (FIRST_BATCH documents, doubling
+    up to ADD_BATCH): URL_IN_FLIGHT requests at a time, each over its own keep-alive
+    connection; first request to last reply."""
     # a bulk load's request, as `kb load --url` sends it: no near-duplicate report
     options = {"on_conflict": "error", "on_duplicate": "ignore"}
-    bodies = [
-        json.dumps({"documents": list(docs[i : i + ADD_BATCH]), **options}).encode()
-        for i in range(0, len(docs), ADD_BATCH)
-    ]
+    bodies, start = [], 0
+    for size in batch_limits(ADD_BATCH):  # kb load's batches: FIRST_BATCH, doubling
+        if start >= len(docs):
+            break
+        part = list(docs[start : start + size])
+        bodies.append(json.dumps({"documents": part, **options}).encode())
+        start += size
     with Server(store, log) as server:
         ready_s = server.wait()
         conns = [server.connect(timeout=600) for _ in range(URL_IN_FLIGHT)]

@@ -17,6 +17,10 @@ Sink = Callable[[Any], AddResponse]
 # Documents per batch. Chroma's HNSW insert costs a third of the encoder's time on short texts
 # and less per record in bigger calls: 10k short documents load in 72 s at 256, 62 s at 1024.
 BATCH_SIZE = 1024
+# A load's first batch holds this many documents, and each next one twice as many up to the
+# batch size: the store's first write then overlaps the encoder's next batch, even in a load
+# of one batch's worth (otherwise it is all encoding, then all writing).
+FIRST_BATCH = 128
 Prepare = Callable[[Sequence[DocumentIn]], Any]
 T = TypeVar("T")
 
@@ -108,15 +112,17 @@ def _events(
     repeat; with `strict`, nothing after the first problem but the batch before it."""
     seen: dict[str, Item] = {}
     batch: list[Item] = []
+    limits = batch_limits(batch_size)
+    limit = next(limits)
     for entry in entries:
         problem = entry
         if isinstance(entry, Item):
             verdict = _classify(entry, seen)
             if verdict == "new":
                 batch.append(entry)
-                if len(batch) >= batch_size:
+                if len(batch) >= limit:
                     yield batch
-                    batch = []
+                    batch, limit = [], next(limits)
                 continue
             if verdict == "same":
                 yield None
@@ -127,6 +133,14 @@ def _events(
             break
     if batch:
         yield batch
+
+
+def batch_limits(batch_size: int) -> Iterator[int]:
+    """The size of each batch of a load in turn: FIRST_BATCH, doubling up to batch_size."""
+    size = min(batch_size, FIRST_BATCH)
+    while True:
+        yield size
+        size = min(batch_size, 2 * size)
 
 
 def _read_ahead(events: Iterator[T], depth: int = 4) -> Iterator[T]:

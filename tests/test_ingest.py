@@ -6,12 +6,13 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from itertools import islice
 
 import pytest
 
 from kb.config import Settings
 from kb.embeddings import Embedder
-from kb.ingest import ingest
+from kb.ingest import FIRST_BATCH, batch_limits, ingest
 from kb.loader import Item, Problem
 from kb.schemas import AddResponse, DocumentIn
 from kb.store import KnowledgeStore
@@ -108,3 +109,12 @@ def test_a_store_opened_for_loading_keeps_no_in_memory_copies(
         assert searching.keyword.count() == 1  # the keyword index followed the load
     finally:
         searching.close()
+
+
+def test_a_load_starts_with_small_batches_and_doubles_to_the_batch_size() -> None:
+    assert list(islice(batch_limits(1024), 6)) == [FIRST_BATCH, 256, 512, 1024, 1024, 1024]
+    assert list(islice(batch_limits(50), 3)) == [50, 50, 50]
+    batches, _, sink = recorder()
+    summary = ingest(items(1000), sink, batch_size=300, prepare=list)  # type: ignore[arg-type]
+    assert [len(batch) for batch in batches] == [128, 256, 300, 300, 16]
+    assert summary.added == 1000

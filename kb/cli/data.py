@@ -16,7 +16,7 @@ import click
 from kb.cli.base import API_KEY, fail, main, open_store
 from kb.config import Settings
 from kb.errors import KBError
-from kb.ingest import BATCH_SIZE, Prepare, Sink
+from kb.ingest import BATCH_SIZE, FIRST_BATCH, Prepare, Sink
 from kb.loader import FORMATS, Options, Problem, estimate, read, sources
 from kb.progress import Progress
 
@@ -39,7 +39,11 @@ URL_IN_FLIGHT = 2  # kb load --url: requests at a time
 @click.option("--text-column", default="text", show_default=True, help="CSV: the text column.")
 @click.option("--id-column", default="id", show_default=True, help="CSV: the id column, if any.")
 @click.option(
-    "--batch-size", type=click.IntRange(1, 100_000), default=BATCH_SIZE, show_default=True
+    "--batch-size",
+    type=click.IntRange(1, 100_000),
+    default=BATCH_SIZE,
+    show_default=True,
+    help=f"Documents per batch (the first {FIRST_BATCH}, doubling up to this).",
 )
 @click.option("--upsert", is_flag=True, help="Replace stored documents whose content changed.")
 @click.option("--strict", is_flag=True, help="Stop at the first bad record.")

@@ -64,17 +64,19 @@ class _Column:
 
 
 class Bm25:
-    """Postings (rows, term frequencies) per term and each row's length. Rows are the
-    mirror's: added in order, never reused; a removed row is masked out.
+    """Postings (rows, term frequencies, the rows' lengths) per term. Rows are the mirror's:
+    added in order, never reused (a row's text never changes, so neither does its length);
+    a removed row is masked out.
 
-    Searches take no lock: a term's postings are published as one (rows, tfs, count) tuple
-    after the new posting is written past the readers' count, so a search sees each term
-    either before or after a write, never half of one. Writes are serialized by the mirror
-    (and by a lock here)."""
+    Searches take no lock: a term's postings are published as one (rows, tfs, lengths, count)
+    tuple after the new postings are written past the readers' count, so a search sees each
+    term either before or after a write, never half of one. Writes are serialized by the
+    mirror (and by a lock here)."""
 
     def __init__(self) -> None:
         self.size = 0
-        self._postings: dict[str, tuple[_Column, _Column, int]] = {}  # term -> rows, tfs, n
+        # term -> rows, tfs, the rows' lengths, how many
+        self._postings: dict[str, tuple[_Column, _Column, _Column, int]] = {}
         self._df: Counter[str] = Counter()  # live rows holding the term
         self._terms: list[tuple[str, ...]] = []  # each row's distinct terms, to undo df
         self._lengths = _Column(np.float32)
@@ -92,24 +94,27 @@ class Bm25:
         """Add rows first, first + 1, ... holding these texts (one publish per term)."""
         counted = [Counter(tokens(text)) for text in texts]
         lengths = [float(sum(counts.values())) for counts in counted]
-        postings: dict[str, tuple[list[int], list[int]]] = {}
-        for row, counts in enumerate(counted, first):
+        postings: dict[str, tuple[list[int], list[int], list[float]]] = {}
+        for (row, counts), length in zip(enumerate(counted, first), lengths, strict=True):
             for term, tf in counts.items():
-                rows, tfs = postings.setdefault(term, ([], []))
+                rows, tfs, lens = postings.setdefault(term, ([], [], []))
                 rows.append(row)
                 tfs.append(tf)
+                lens.append(length)
         with self._writes:
             if first != self.size:
                 raise ValueError(f"rows are added in order: expected {self.size}, got {first}")
             self._lengths.put(first, lengths)
             self._alive.put(first, [1] * len(texts))
             self._terms.extend(tuple(counts) for counts in counted)
-            for term, (rows, tfs) in postings.items():
-                old = self._postings.get(term)
-                row_column, tf_column, n = old or (_Column(np.int32), _Column(np.float32), 0)
-                row_column.put(n, rows)
-                tf_column.put(n, tfs)
-                self._postings[term] = (row_column, tf_column, n + len(rows))
+            for term, (rows, tfs, lens) in postings.items():
+                columns = self._postings.get(term)
+                if columns is None:
+                    columns = (_Column(np.int32), _Column(np.float32), _Column(np.float32), 0)
+                n = columns[3]
+                for column, values in zip(columns[:3], (rows, tfs, lens), strict=True):
+                    column.put(n, values)
+                self._postings[term] = (*columns[:3], n + len(rows))
                 self._df[term] += len(rows)
             live, total = self._stats
             self._stats = (live + len(texts), total + sum(lengths))
@@ -136,8 +141,9 @@ class Bm25:
         rows = np.concatenate([part[0] for part in found])
         weights = np.concatenate([part[1] for part in found])
         scores = np.bincount(rows, weights=weights, minlength=size)
-        touched = np.zeros(len(scores), dtype=bool)  # live rows holding a term: score > 0
-        touched[rows[weights > 0]] = True
+        touched = np.zeros(len(scores), dtype=bool)  # live rows holding a term
+        touched[rows] = True
+        touched &= self._alive.data[:size].view(bool)
         if mask is not None:
             touched[: len(mask)] &= mask[: len(touched)]
             touched[len(mask) :] = False
@@ -148,25 +154,31 @@ class Bm25:
         return ordered, scores[ordered]
 
     def _postings_of(self, terms: Sequence[str], size: int) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Each known term's rows below `size` and its BM25 weight in each; dead rows weigh 0."""
+        """Each known term's rows below `size` and its BM25 weight in each (dead rows too:
+        `search` masks them out)."""
         live, total = self._stats
         if not live:
             return []
-        average = total / live
-        lengths, alive = self._lengths.data, self._alive.data  # taken once: growth swaps them
+        # FTS5's bm25 as tf * (K1 + 1) / (tf + K1 * (1 - B) + K1 * B * length / average)
+        base, slope = K1 * (1 - B), K1 * B / (total / live)
         out = []
         for term in terms:  # a repeated term counts again, as a repeated FTS5 phrase does
             postings, df = self._postings.get(term), self._df.get(term, 0)
             if postings is None or df <= 0:
                 continue
-            rows, tfs = postings[0].data[: postings[2]], postings[1].data[: postings[2]]
+            n = postings[3]
+            rows, tfs, lengths = (column.data[:n] for column in postings[:3])
             if rows.size and rows[-1] >= size:  # written after this search began
                 keep = rows < size
-                rows, tfs = rows[keep], tfs[keep]
+                rows, tfs, lengths = rows[keep], tfs[keep], lengths[keep]
             # FTS5's idf, floored so that a term in most rows still counts a little (a write
             # meanwhile may have counted a term's new rows but not yet the rows: min)
             df = min(df, live)
             idf = max(math.log((live - df + 0.5) / (df + 0.5)), 1e-6)
-            norm = K1 * (1 - B + B * lengths[rows] / average)
-            out.append((rows, idf * (K1 + 1) * tfs / (tfs + norm) * alive[rows]))
+            weights = lengths * np.float32(slope)
+            weights += np.float32(base)
+            weights += tfs
+            np.divide(tfs, weights, out=weights)
+            weights *= np.float32(idf * (K1 + 1))
+            out.append((rows, weights))
         return out

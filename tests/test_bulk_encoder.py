@@ -1,5 +1,6 @@
 """kb serve's large adds embed in an encoder process: the same vectors as in-process, small
-adds never start it, a process that dies leaves adds working, and closing the app stops it."""
+adds never start it and large ones only once they have brought enough texts, a process that
+dies leaves adds working, and closing the app stops it."""
 
 from __future__ import annotations
 
@@ -15,10 +16,11 @@ from kb.api.util import EXTENSION
 from kb.app import close_app, create_app
 from kb.config import Settings
 from kb.embeddings import Embedder
-from kb.encoders.bulk import BulkEncoder
+from kb.encoders.bulk import STARTING_RUNS, BulkEncoder
 from tests.live import Service, call
 
 LARGE = 4  # texts from which an add goes to the process, in these tests
+ENOUGH = STARTING_RUNS * LARGE  # texts large adds bring before the process starts
 
 
 def docs(prefix: str, n: int) -> list[dict[str, object]]:
@@ -59,16 +61,19 @@ def test_large_adds_embed_in_the_process_with_the_same_vectors(
     bulk_app: Flask, embedder: Embedder
 ) -> None:
     bulk = bulk_of(bulk_app)
-    add(bulk_app, docs("small", LARGE - 1))
-    assert not bulk.wait_started(0)  # a small add starts nothing
-    add(bulk_app, docs("first", LARGE))  # starts the process; embedded here meanwhile
+    for n in range(3):
+        add(bulk_app, docs(f"small{n}", LARGE - 1))
+    assert not bulk.wait_started(0)  # small adds count for nothing
+    add(bulk_app, docs("first", ENOUGH - LARGE))
+    assert not bulk.wait_started(0)  # not enough yet
+    add(bulk_app, docs("second", LARGE))  # starts the process; embedded here meanwhile
     assert bulk.wait_started(300)
     process = bulk._process
     assert process is not None
     sent: list[int] = []
     submit = process.submit
     process.submit = lambda texts: sent.append(len(texts)) or submit(texts)  # type: ignore[method-assign]
-    batch = docs("second", LARGE + 2)
+    batch = docs("third", LARGE + 2)
     add(bulk_app, batch)
     assert sent == [LARGE + 2]
     ids = [str(doc["id"]) for doc in batch]
@@ -83,7 +88,7 @@ def test_a_dead_process_leaves_adds_in_process(
     bulk_app: Flask, caplog: pytest.LogCaptureFixture
 ) -> None:
     bulk = bulk_of(bulk_app)
-    add(bulk_app, docs("first", LARGE))
+    add(bulk_app, docs("first", ENOUGH))
     assert bulk.wait_started(300)
     process = bulk._process
     assert process is not None
@@ -95,7 +100,7 @@ def test_a_dead_process_leaves_adds_in_process(
     add(bulk_app, docs("later", LARGE))  # no new process is tried
     assert not bulk.wait_started(0)
     count = bulk_app.test_client().get("/health").json
-    assert count["documents"] == 3 * LARGE, count
+    assert count["documents"] == ENOUGH + 2 * LARGE, count
 
 
 def test_closing_the_app_stops_the_process(tmp_path: Path, embedder: Embedder) -> None:
@@ -103,7 +108,7 @@ def test_closing_the_app_stops_the_process(tmp_path: Path, embedder: Embedder) -
         Settings(chroma_path=tmp_path / "db", collection="kb_test", encoder_process_min_texts=1),
         embedder=embedder,
     )
-    add(app, docs("one", 1))
+    add(app, docs("one", STARTING_RUNS))
     bulk = bulk_of(app)
     assert bulk.wait_started(300)
     child = bulk._process._process  # type: ignore[union-attr]
@@ -136,7 +141,7 @@ def test_kb_serve_stops_its_encoder_process_on_sigterm(service: Service) -> None
     service.env["KB_ENCODER_PROCESS_MIN_TEXTS"] = "2"
     base = service.start().base
     assert service.proc is not None
-    status, body = call(base, "/add", {"documents": docs("live", 3)})
+    status, body = call(base, "/add", {"documents": docs("live", 2 * STARTING_RUNS)})
     assert status == 201, body
     deadline = time.monotonic() + 120
     while not children(service.proc.pid) and time.monotonic() < deadline:

@@ -5,6 +5,11 @@ while one POST /add writes, another request's encoder in the same process cannot
 next batch. Requests with many texts go to a child process instead (started on first use),
 which keeps encoding while the parent writes; small adds, queries and chunking stay in-process,
 where there is no round trip.
+
+Starting the process costs about a CPU-second and a half (a second interpreter loading the
+model), on the cores the adds need: it starts only once large adds have brought STARTING_RUNS
+times `min_texts` texts. A 1k-document load, over before the process would pay off, never
+starts it (starting at its first large add made it 8% slower, in alternating runs).
 """
 
 from __future__ import annotations
@@ -25,14 +30,15 @@ if TYPE_CHECKING:
     from kb.encoders.process import EncoderProcess
 
 log = logging.getLogger(__name__)
+STARTING_RUNS = 8
 
 
 class BulkEncoder:
     """An Embedder: `embed_documents` with at least `min_texts` texts runs in an encoder
-    process, everything else in `inner`. The process starts in the background on the first
-    such call (which, like any call before it is ready, embeds in-process). If it cannot
-    start or stops, texts are embedded in-process (same model, same vectors) and no other
-    process is tried."""
+    process, everything else in `inner`. The process starts in the background once such calls
+    have brought STARTING_RUNS * `min_texts` texts (calls before it is ready embed
+    in-process). If it cannot start or stops, texts are embedded in-process (same model, same
+    vectors) and no other process is tried."""
 
     def __init__(self, inner: Embedder, settings: Settings, min_texts: int) -> None:
         self.inner = inner
@@ -44,9 +50,10 @@ class BulkEncoder:
         self._starter: threading.Thread | None = None
         self._closed = False
         self._lock = threading.Lock()
+        self._texts = 0  # brought by large calls before the process was started
 
     def embed_documents(self, texts: Sequence[str]) -> np.ndarray:
-        process = self._ready() if len(texts) >= self.min_texts else None
+        process = self._ready(len(texts)) if len(texts) >= self.min_texts else None
         if process is not None:
             try:
                 return process.embed_documents(texts)
@@ -76,10 +83,12 @@ class BulkEncoder:
         if process is not None:
             process.close()
 
-    def _ready(self) -> EncoderProcess | None:
+    def _ready(self, texts: int) -> EncoderProcess | None:
         if self._starter is None:
             with self._lock:
-                if self._starter is None and not self._closed:
+                self._texts += texts
+                due = self._texts >= STARTING_RUNS * self.min_texts
+                if due and self._starter is None and not self._closed:
                     self._starter = threading.Thread(
                         target=self._start, name="kb-encoder-start", daemon=True
                     )

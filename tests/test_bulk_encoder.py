@@ -16,18 +16,29 @@ from kb.api.util import EXTENSION
 from kb.app import close_app, create_app
 from kb.config import Settings
 from kb.embeddings import Embedder
-from kb.encoders.bulk import STARTING_RUNS, BulkEncoder
+from kb.encoders.bulk import STARTING_CHARS, BulkEncoder
 from tests.live import Service, call
 
 LARGE = 4  # texts from which an add goes to the process, in these tests
-ENOUGH = STARTING_RUNS * LARGE  # texts large adds bring before the process starts
 
 
 def docs(prefix: str, n: int) -> list[dict[str, object]]:
+    """Texts of one length (TEXT characters), all different."""
     return [
-        {"id": f"{prefix}-{i}", "text": f"{prefix} note {i}: how to proof bread dough overnight"}
+        {"id": f"{prefix}-{i}", "text": f"{prefix:<8.8} note {i:04d}: proof bread dough overnight"}
         for i in range(n)
     ]
+
+
+TEXT = len(str(docs("x", 1)[0]["text"]))
+
+
+def enough(min_texts: int) -> int:
+    """How many texts large adds bring before the process starts."""
+    return -(-STARTING_CHARS * min_texts // TEXT)
+
+
+ENOUGH = enough(LARGE)
 
 
 @pytest.fixture
@@ -108,7 +119,7 @@ def test_closing_the_app_stops_the_process(tmp_path: Path, embedder: Embedder) -
         Settings(chroma_path=tmp_path / "db", collection="kb_test", encoder_process_min_texts=1),
         embedder=embedder,
     )
-    add(app, docs("one", STARTING_RUNS))
+    add(app, docs("one", enough(1)))
     bulk = bulk_of(app)
     assert bulk.wait_started(300)
     child = bulk._process._process  # type: ignore[union-attr]
@@ -141,7 +152,7 @@ def test_kb_serve_stops_its_encoder_process_on_sigterm(service: Service) -> None
     service.env["KB_ENCODER_PROCESS_MIN_TEXTS"] = "2"
     base = service.start().base
     assert service.proc is not None
-    status, body = call(base, "/add", {"documents": docs("live", 2 * STARTING_RUNS)})
+    status, body = call(base, "/add", {"documents": docs("live", enough(2))})
     assert status == 201, body
     deadline = time.monotonic() + 120
     while not children(service.proc.pid) and time.monotonic() < deadline:

@@ -7,9 +7,11 @@ which keeps encoding while the parent writes; small adds, queries and chunking s
 where there is no round trip.
 
 Starting the process costs about a CPU-second and a half (a second interpreter loading the
-model), on the cores the adds need: it starts only once large adds have brought STARTING_RUNS
-times `min_texts` texts. A 1k-document load, over before the process would pay off, never
-starts it (starting at its first large add made it 8% slower, in alternating runs).
+model), on the cores the adds need: it starts only once large adds have brought
+STARTING_CHARS characters of text for each text of `min_texts` (200k at the default 256:
+several seconds of encoding, about 2,000 short documents or 200 paragraphs). A load of 1,000
+short documents, over before the process would pay off, never starts it (starting at its
+first large add made it 8% slower, in alternating runs).
 """
 
 from __future__ import annotations
@@ -30,13 +32,13 @@ if TYPE_CHECKING:
     from kb.encoders.process import EncoderProcess
 
 log = logging.getLogger(__name__)
-STARTING_RUNS = 8
+STARTING_CHARS = 800  # x min_texts
 
 
 class BulkEncoder:
     """An Embedder: `embed_documents` with at least `min_texts` texts runs in an encoder
     process, everything else in `inner`. The process starts in the background once such calls
-    have brought STARTING_RUNS * `min_texts` texts (calls before it is ready embed
+    have brought STARTING_CHARS * `min_texts` characters (calls before it is ready embed
     in-process). If it cannot start or stops, texts are embedded in-process (same model, same
     vectors) and no other process is tried."""
 
@@ -50,10 +52,10 @@ class BulkEncoder:
         self._starter: threading.Thread | None = None
         self._closed = False
         self._lock = threading.Lock()
-        self._texts = 0  # brought by large calls before the process was started
+        self._chars = 0  # brought by large calls before the process was started
 
     def embed_documents(self, texts: Sequence[str]) -> np.ndarray:
-        process = self._ready(len(texts)) if len(texts) >= self.min_texts else None
+        process = self._ready(texts) if len(texts) >= self.min_texts else None
         if process is not None:
             try:
                 return process.embed_documents(texts)
@@ -83,11 +85,11 @@ class BulkEncoder:
         if process is not None:
             process.close()
 
-    def _ready(self, texts: int) -> EncoderProcess | None:
+    def _ready(self, texts: Sequence[str]) -> EncoderProcess | None:
         if self._starter is None:
             with self._lock:
-                self._texts += texts
-                due = self._texts >= STARTING_RUNS * self.min_texts
+                self._chars += sum(len(text) for text in texts)
+                due = self._chars >= STARTING_CHARS * self.min_texts
                 if due and self._starter is None and not self._closed:
                     self._starter = threading.Thread(
                         target=self._start, name="kb-encoder-start", daemon=True

@@ -1,4 +1,5 @@
 """python -m bench [--full] [--sizes N ...] [--query-sizes N ...] [--only SECTION] [--duration S]
+[--repeat N]
 
 Every measurement that loads a model or opens a store runs in its own process on a fresh store
 under /tmp (the query stores are kept in bench/results/stores/ and reused). One JSON per run
@@ -50,6 +51,12 @@ def parse(argv: list[str]) -> argparse.Namespace:
         help="send this search mode (default: none sent, kb's KB_SEARCH_MODE)",
     )
     parser.add_argument("--rebuild", action="store_true", help="rebuild the cached query stores")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="ingest: rounds of each cell's parts, in rotating order; medians are reported",
+    )
     args = parser.parse_args(argv)
     if args.full:
         args.sizes = sorted({*args.sizes, FULL})
@@ -74,7 +81,7 @@ def main(argv: list[str]) -> int:
     started = time.perf_counter()
     try:
         if "ingest" in sections:
-            result["ingest"] = ingest.run(args.kinds, args.sizes)
+            result["ingest"] = ingest.run(args.kinds, args.sizes, args.repeat)
         if sections & {"query", "startup"}:
             result["query"] = query.run(
                 args.query_sizes, args.clients, args.duration, args.mode, sections, args.rebuild

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import statistics
 import subprocess
 import threading
 import time
@@ -104,33 +105,54 @@ def post_add(docs: Sequence[dict[str, Any]], store: Path, log: Path) -> dict[str
     }
 
 
-def run(kinds: Sequence[Kind], sizes: Sequence[int]) -> list[dict[str, Any]]:
+def run(kinds: Sequence[Kind], sizes: Sequence[int], repeat: int = 1) -> list[dict[str, Any]]:
     cells = []
     for kind in kinds:
         for size in sizes:
             print(f"ingest: {kind} x {size} ...", flush=True)
-            cells.append(cell(kind, size))
+            cells.append(cell(kind, size, repeat))
     return cells
 
 
-def cell(kind: Kind, size: int) -> dict[str, Any]:
+PARTS = ("baseline", "encoder", "kb_load", "post_add")
+
+
+def cell(kind: Kind, size: int, repeat: int = 1) -> dict[str, Any]:
+    """The four parts, `repeat` rounds of them, each round starting one part later (the
+    machine's speed drifts over minutes): each part's median run, and each way's median ratio
+    to the baseline and to the encoder of the same round."""
     docs = documents(kind, size)
     other = OtherLoad()
+    rounds: list[dict[str, dict[str, Any]]] = []
     with scratch() as work:
         corpus = write_jsonl(docs, work / f"{kind}-{size}.jsonl")
-        result: dict[str, Any] = {"kind": kind, "docs": size}
-        with scratch() as store:
-            args = {"corpus": str(corpus), "store": str(store), "collection": COLLECTION}
-            result["baseline"] = run_worker("baseline_ingest", args, kb_env(store))
-        with scratch() as store:
-            result["encoder"] = run_worker("encoder", {"corpus": str(corpus)}, kb_env(store))
-        with scratch() as store:
-            result["kb_load"] = kb_load(corpus, store / "db", size)
-        with scratch() as store:
-            result["post_add"] = post_add(docs, store / "db", work / "serve.log")
+        for turn in range(repeat):
+            order = PARTS[turn % len(PARTS) :] + PARTS[: turn % len(PARTS)]
+            rounds.append({part: _part(part, docs, corpus, work) for part in order})
+    result: dict[str, Any] = {"kind": kind, "docs": size, "rounds": repeat}
     result["other_cpu"] = other.share()
-    base, enc = result["baseline"]["docs_per_s"], result["encoder"]["docs_per_s"]
+    for part in PARTS:
+        runs = sorted((one[part] for one in rounds), key=lambda run: run["docs_per_s"])
+        result[part] = runs[(len(runs) - 1) // 2] | {
+            "runs_docs_per_s": [one[part]["docs_per_s"] for one in rounds]
+        }
     for way in ("kb_load", "post_add"):
-        rate = result[way]["docs_per_s"]
-        result[way] |= {"vs_baseline": rate / base, "vs_encoder": rate / enc}
+        result[way] |= {
+            f"vs_{part}": statistics.median(
+                one[way]["docs_per_s"] / one[part]["docs_per_s"] for one in rounds
+            )
+            for part in ("baseline", "encoder")
+        }
     return result
+
+
+def _part(part: str, docs: Sequence[dict[str, Any]], corpus: Path, work: Path) -> dict[str, Any]:
+    with scratch() as store:
+        if part == "baseline":
+            args = {"corpus": str(corpus), "store": str(store), "collection": COLLECTION}
+            return run_worker("baseline_ingest", args, kb_env(store))
+        if part == "encoder":
+            return run_worker("encoder", {"corpus": str(corpus)}, kb_env(store))
+        if part == "kb_load":
+            return kb_load(corpus, store / "db", len(docs))
+        return post_add(docs, store / "db", work / "serve.log")

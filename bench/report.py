@@ -58,6 +58,12 @@ def ingest(cells: Sequence[dict[str, Any]]) -> None:
         "\n  other = the share of the machine's CPU used by processes outside the benchmark "
         "during the cell (it skews every figure)"
     )
+    rounds = max(c.get("rounds", 1) for c in cells)
+    if rounds > 1:
+        print(
+            f"  {rounds} rounds of each cell's parts in rotating order: each rate is the "
+            "part's median, each ratio the median of the ratios within a round"
+        )
     warn_busy([c["other_cpu"] for c in cells])
 
 

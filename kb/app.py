@@ -14,6 +14,7 @@ from kb.auth import KeyRing
 from kb.config import Settings
 from kb.embeddings import Embedder, load_embedder
 from kb.encoders.bulk import BulkEncoder
+from kb.encoders.process import BACKENDS as PROCESS_BACKENDS
 from kb.store import KnowledgeStore
 from kb.telemetry import Telemetry
 
@@ -49,7 +50,7 @@ def create_app(settings: Settings | None = None, *, embedder: Embedder | None = 
 def _bulk_encoder(inner: Embedder, settings: Settings) -> BulkEncoder | None:
     """Large adds embed in an encoder process (kb.encoders.bulk), when it can run the
     backend and is not switched off."""
-    if settings.encoder_process_min_texts == 0 or inner.backend not in {"onnx", "onnx-int8"}:
+    if settings.encoder_process_min_texts == 0 or inner.backend not in PROCESS_BACKENDS:
         return None
     return BulkEncoder(inner, settings, settings.encoder_process_min_texts)
 

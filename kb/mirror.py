@@ -53,7 +53,7 @@ class _Block:
         self.scan = Batcher(lambda batch: product(vectors, batch), max_items=SCAN_BATCH)
 
 
-def filter_key(where: dict[str, Any]) -> str:
+def _filter_key(where: dict[str, Any]) -> str:
     """A where-clause as text: the key under which the mirror keeps its mask and the vectors
     gathered for it, until the next write."""
     return json.dumps(where, sort_keys=True, default=str)
@@ -219,15 +219,20 @@ class Mirror:
     def matches(self, where: dict[str, Any]) -> np.ndarray:
         """Boolean mask over the rows: alive and matching the where-clause (read-only: the
         masks of the last few filters are kept until the next write)."""
+        return self.selection(where)[0]
+
+    def selection(self, where: dict[str, Any]) -> tuple[np.ndarray, str]:
+        """The where-clause's mask (as `matches`) and its key, as `nearest_rows` takes them:
+        the key names what the mirror keeps for the filter until the next write."""
         size, alive, cache, masks = self.size, self._alive, self._cache, self._masks
-        key = filter_key(where)
+        key = _filter_key(where)
         mask = masks.get(key)
         if mask is None or len(mask) != size:
             mask = self._mask(where, size, cache) & alive[:size]
             mask.flags.writeable = False
             if len(masks) < KEPT_MASKS:
                 masks[key] = mask
-        return mask
+        return mask, key
 
     def nearest(
         self, vector: np.ndarray, n: int, mask: np.ndarray | None = None, key: str | None = None

@@ -9,7 +9,7 @@ import numpy as np
 from kb.diversity import mmr
 from kb.filters import CompiledFilter, FilterLimits, compile_filter
 from kb.hybrid import Hit, complete, fuse, in_memory, keyword_documents
-from kb.mirror import Mirror, filter_key
+from kb.mirror import Mirror
 from kb.records import Record, user_metadata
 from kb.schemas import Document, Match, QueryRequest, QueryResult, QueryStatus, Threshold
 from kb.store import KnowledgeStore
@@ -77,9 +77,7 @@ def candidates(
     fusion = request.fusion or store.settings.fusion
     mirror = _in_memory(store, flt)
     if mode == "hybrid" and mirror is not None:
-        where = None
-        if flt.where is not None:
-            where = (mirror.matches(flt.where), filter_key(flt.where))
+        where = mirror.selection(flt.where) if flt.where is not None else None
         return [
             in_memory(mirror, text, vector, depth, where, fusion, top_k)
             for text, vector in zip(texts, vectors, strict=True)
@@ -122,7 +120,7 @@ def nearest_documents(
     mirror = store.replica.mirror_for(flt)
     mask = key = None
     if mirror is not None and flt.where is not None:
-        mask, key = mirror.matches(flt.where), filter_key(flt.where)
+        mask, key = mirror.selection(flt.where)
     # until the mirror's index is built, an unfiltered search asks Chroma's for ids
     ids_from_chroma = mirror is not None and mask is None and not mirror.searches_all
     texts = texts and mirror is None

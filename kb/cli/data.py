@@ -145,15 +145,15 @@ def _target(
         client = KBClient(url, api_key=api_key)
         send = lambda docs: client.add(docs, mode, on_duplicate)  # type: ignore[arg-type]  # noqa: E731
         return _Target(send, lambda docs: docs, lambda: None, in_flight=URL_IN_FLIGHT)
+    from kb.encoders.process import BACKENDS as PROCESS_BACKENDS
+    from kb.encoders.process import EncoderProcess
     from kb.store import WriteMode
 
     write_mode = WriteMode(mode)
-    if settings.backend == "torch":
+    if settings.backend not in PROCESS_BACKENDS:
         store = open_store(settings, searching=False)
         prepare = lambda docs: store.prepare(docs, write_mode, on_duplicate)  # noqa: E731
         return _Target(store.commit, prepare, store.close)
-    from kb.encoders.process import EncoderProcess
-
     try:
         encoder = EncoderProcess(settings)
     except KBError as exc:

@@ -15,6 +15,8 @@ from kb.encoders.onnx_export import ensure_export
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
 
+    from tokenizers import Tokenizer
+
 
 class OnnxEmbedder:
     """Same vectors as the torch backend (within 1e-4), about twice as fast on a CPU.
@@ -65,9 +67,7 @@ class OnnxEmbedder:
         self._tokenizer = Tokenizer.from_file(str(export.tokenizer_file))
         self._tokenizer.no_padding()
         self._tokenizer.enable_truncation(max_length=self.max_tokens)
-        self._pieces = Tokenizer.from_file(str(export.tokenizer_file))  # untruncated spans
-        self._pieces.no_padding()
-        self._pieces.no_truncation()
+        self._pieces = span_tokenizer(export.tokenizer_file)
         self._queries = Batcher(self._encode, max_items=4 * batch_size)
 
     def embed_documents(self, texts: Sequence[str]) -> np.ndarray:
@@ -102,6 +102,17 @@ class OnnxEmbedder:
         types = np.zeros_like(mask)
         feeds = {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": types}
         return self._session.run(None, {name: feeds[name] for name in self._inputs})[0]
+
+
+def span_tokenizer(path: str | Path) -> Tokenizer:
+    """The model's tokenizer for character spans (`token_offsets`): no padding, no
+    truncation, so a long text's every word piece is seen (chunking needs them all)."""
+    from tokenizers import Tokenizer
+
+    pieces = Tokenizer.from_file(str(path))
+    pieces.no_padding()
+    pieces.no_truncation()
+    return pieces
 
 
 def token_batches(

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from kb.config import Settings
 
 READY_SECONDS = 300.0  # the first start exports the model
+BACKENDS = frozenset({"onnx", "onnx-int8"})  # the backends a child process runs
 
 
 def _serve(options: dict[str, Any], conn: Connection) -> None:
@@ -62,9 +63,9 @@ class EncoderProcess:
     and returns at once); token offsets for chunking come from the same tokenizer, here."""
 
     def __init__(self, settings: Settings) -> None:
-        from tokenizers import Tokenizer
+        from kb.encoders.onnx_backend import span_tokenizer
 
-        if settings.backend not in {"onnx", "onnx-int8"}:
+        if settings.backend not in BACKENDS:
             raise ConfigError("an encoder process runs the ONNX backends only")
         options = settings.model_dump(
             include={"model", "backend", "onnx_cache", "encoder_threads"}
@@ -87,9 +88,7 @@ class EncoderProcess:
             raise ConfigError(f"the encoder process failed to start: {identity}")
         self.name, self.backend, self.dim = identity["name"], identity["backend"], identity["dim"]
         self.fingerprint, self.max_tokens = identity["fingerprint"], identity["max_tokens"]
-        self._pieces = Tokenizer.from_file(tokenizer)
-        self._pieces.no_padding()
-        self._pieces.no_truncation()
+        self._pieces = span_tokenizer(tokenizer)
         self._waiting: deque[Future[np.ndarray]] = deque()  # answers come back in order
         self._sending = threading.Lock()
         self._receiver = threading.Thread(target=self._receive, name="kb-encoder-in", daemon=True)

@@ -1,12 +1,10 @@
 """An in-memory copy of every record's vector, metadata and text: where searches run.
 
-Chroma answers a filtered query by first listing, through SQLite, every record the filter
-matches; with 100k records and a broad filter that costs far more than scoring the matches.
-The mirror evaluates the same where-clauses on in-memory indexes (Chroma's semantics, checked
-by a differential test). A search scores the rows a filter allows exactly (one matrix product
-over them) when they are few, and otherwise asks the IVF index (kb.ann) over every row, which
-probes as many lists as it takes to find that filter's rows: each search scans whichever is
-fewer vectors. Stores smaller than KB_ANN_MIN_ROWS are always scored exactly.
+Filters are evaluated on in-memory metadata indexes (kb.metadata_index). A search scores the
+rows a filter allows exactly (one matrix product over them) when they are few, and otherwise
+asks the IVF index (kb.ann) over every row, which probes as many lists as it takes to find
+that filter's rows: each search scans whichever is fewer vectors. Stores smaller than
+KB_ANN_MIN_ROWS are always scored exactly.
 
 Writers hold the store's lock and call `apply`; readers never lock: rows only grow, and a row
 that dies mid-query is dropped when its record is fetched. The index is (re)built on a
@@ -28,11 +26,11 @@ import numpy as np
 from kb.ann import AnnConfig, AnnIndex
 from kb.batcher import Batcher
 from kb.bm25 import Bm25
+from kb.metadata_index import MetadataIndex
 from kb.records import DOC, HEADS, Record
 
 log = logging.getLogger(__name__)
 
-ValueKey = tuple[str, Any]
 BLOCK_BYTES = 256 * 1024 * 1024  # gathered vectors kept per filter, least recently used out
 # Up to this many query vectors, one matrix-vector product each is faster than OpenBLAS's
 # product with a thin matrix (100k x 384 on 2 cores: 4 ms per vector; 12-14 ms for 4 to 16).
@@ -40,7 +38,6 @@ SMALL_BATCH = 3
 SCAN_BATCH = 64  # query vectors per shared scan
 KEPT_MASKS = 64  # filters whose row masks are kept between writes
 Product = Callable[[np.ndarray, Sequence[np.ndarray]], np.ndarray]
-RANGE_OPS = {"$gt": np.greater, "$gte": np.greater_equal, "$lt": np.less, "$lte": np.less_equal}
 
 
 class _Block:
@@ -59,15 +56,6 @@ def _filter_key(where: dict[str, Any]) -> str:
     return json.dumps(where, sort_keys=True, default=str)
 
 
-def value_key(value: Any) -> ValueKey:
-    """Chroma's equality: 1 == 1.0, but True is not 1 and "1" is not 1."""
-    if isinstance(value, bool):
-        return ("b", value)
-    if isinstance(value, int | float):
-        return ("n", float(value))
-    return ("s", value)
-
-
 class Mirror:
     """Rows of (record id, document id, metadata, vector); deleted rows are masked out."""
 
@@ -83,9 +71,7 @@ class Mirror:
         self._row: dict[str, int] = {}
         self._docs = np.zeros(1024, dtype=np.int64)  # each row's document number
         self._doc_numbers: dict[str, int] = {}
-        self._values: dict[str, dict[ValueKey, list[int]]] = {}  # key -> value -> rows
-        self._elements: dict[str, dict[ValueKey, list[int]]] = {}  # list items -> rows
-        self._cache: dict[tuple[Any, ...], np.ndarray] = {}  # per write: row arrays, columns
+        self._where = MetadataIndex()
         self._masks: dict[str, np.ndarray] = {}  # per write: the masks of recent filters
         self._blocks: OrderedDict[str, _Block] = OrderedDict()
         self.bm25 = Bm25()  # the rows' texts, for keyword search; same row numbers
@@ -127,7 +113,8 @@ class Mirror:
             if self._index is not None:
                 self._index.remove(np.asarray(killed, dtype=np.int64))
                 self._index.add(np.arange(first, self.size), self._vectors[first : self.size])
-            self._cache, self._masks = {}, {}
+            self._where.written()
+            self._masks = {}
             self._blocks = OrderedDict()
             self.generation = generation
             if index:
@@ -143,13 +130,7 @@ class Mirror:
         self.ids.append(record.id)
         self.metadata.append(record.metadata)
         self.texts.append(record.text)
-        for key, value in record.metadata.items():
-            if isinstance(value, list):
-                index = self._elements.setdefault(key, {})
-                for item in dict.fromkeys(value_key(v) for v in value):
-                    index.setdefault(item, []).append(row)
-            else:
-                self._values.setdefault(key, {}).setdefault(value_key(value), []).append(row)
+        self._where.add(row, record.metadata)
         self.size = row + 1
 
     def _reserve(self, rows: int) -> None:
@@ -224,11 +205,11 @@ class Mirror:
     def selection(self, where: dict[str, Any]) -> tuple[np.ndarray, str]:
         """The where-clause's mask (as `matches`) and its key, as `nearest_rows` takes them:
         the key names what the mirror keeps for the filter until the next write."""
-        size, alive, cache, masks = self.size, self._alive, self._cache, self._masks
+        size, alive, masks = self.size, self._alive, self._masks
         key = _filter_key(where)
         mask = masks.get(key)
         if mask is None or len(mask) != size:
-            mask = self._mask(where, size, cache) & alive[:size]
+            mask = self._where.mask(where, size) & alive[:size]
             mask.flags.writeable = False
             if len(masks) < KEPT_MASKS:
                 masks[key] = mask
@@ -371,57 +352,6 @@ class Mirror:
             for row, score in rows
             if row is not None
         ]
-
-    def _mask(self, where: dict[str, Any], size: int, cache: dict) -> np.ndarray:
-        if "$and" in where:
-            masks = [self._mask(part, size, cache) for part in where["$and"]]
-            return np.logical_and.reduce(masks)
-        if "$or" in where:
-            masks = [self._mask(part, size, cache) for part in where["$or"]]
-            return np.logical_or.reduce(masks)
-        ((key, condition),) = where.items()
-        if not isinstance(condition, dict):
-            condition = {"$eq": condition}
-        ((op, arg),) = condition.items()
-        if op in RANGE_OPS:
-            with np.errstate(invalid="ignore"):
-                return RANGE_OPS[op](self._numbers(key, size, cache), float(arg))
-        values = self._elements if op in {"$contains", "$not_contains"} else self._values
-        wanted = arg if op in {"$in", "$nin"} else [arg]
-        found = self._rows(values, key, wanted, size, cache)
-        return ~found if op in {"$ne", "$nin", "$not_contains"} else found
-
-    def _rows(
-        self,
-        values: dict[str, dict[ValueKey, list[int]]],
-        key: str,
-        wanted: Sequence[Any],
-        size: int,
-        cache: dict,
-    ) -> np.ndarray:
-        mask = np.zeros(size, dtype=bool)
-        index = values.get(key, {})
-        for value in wanted:
-            item = value_key(value)
-            name = (id(values), key, item)
-            rows = cache.get(name)
-            if rows is None:
-                rows = cache[name] = np.asarray(index.get(item, ()), dtype=np.int64)
-            mask[rows[rows < size]] = True
-        return mask
-
-    def _numbers(self, key: str, size: int, cache: dict) -> np.ndarray:
-        """The key's numeric values by row; NaN where it is missing or not a number."""
-        name = ("numbers", key)
-        column = cache.get(name)
-        if column is None or len(column) < size:
-            column = np.full(size, np.nan)
-            for (kind, value), rows in list(self._values.get(key, {}).items()):
-                if kind == "n":
-                    rows_array = np.asarray(rows, dtype=np.int64)
-                    column[rows_array[rows_array < size]] = value
-            cache[name] = column
-        return column[:size]
 
 
 def _broad(allowed: int, rows: int) -> bool:

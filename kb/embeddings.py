@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+IDENTITY = ("name", "backend", "dim", "fingerprint", "max_tokens")  # what makes its vectors
 
 
 @runtime_checkable
@@ -36,6 +37,36 @@ class Embedder(Protocol):
     def embed_queries(self, texts: Sequence[str]) -> np.ndarray: ...
 
     def token_offsets(self, text: str) -> list[tuple[int, int]]: ...
+
+
+def identity(embedder: Embedder) -> dict[str, Any]:
+    """An embedder's IDENTITY fields: equal identities give the same vectors."""
+    return {key: getattr(embedder, key) for key in IDENTITY}
+
+
+class WrappedEmbedder:
+    """An embedder that hands every call to `inner` and has its identity; subclasses change
+    what they need (timing, where documents are embedded)."""
+
+    name: str
+    backend: str
+    dim: int
+    fingerprint: str
+    max_tokens: int
+
+    def __init__(self, inner: Embedder) -> None:
+        self.inner = inner
+        for key, value in identity(inner).items():
+            setattr(self, key, value)
+
+    def embed_documents(self, texts: Sequence[str]) -> np.ndarray:
+        return self.inner.embed_documents(texts)
+
+    def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
+        return self.inner.embed_queries(texts)
+
+    def token_offsets(self, text: str) -> list[tuple[int, int]]:
+        return self.inner.token_offsets(text)
 
 
 def resolve_model_path(model: str) -> tuple[str, Path]:

@@ -16,6 +16,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from kb.embeddings import WrappedEmbedder
+
 if TYPE_CHECKING:
     import numpy as np
     from prometheus_client.core import Metric
@@ -100,13 +102,11 @@ class Telemetry:
         return TimedEmbedder(embedder, self)
 
 
-class TimedEmbedder:
+class TimedEmbedder(WrappedEmbedder):
     """An embedder that records its encoder time and text counts; otherwise the same."""
 
     def __init__(self, inner: Embedder, telemetry: Telemetry) -> None:
-        self.inner = inner
-        self.name, self.backend, self.dim = inner.name, inner.backend, inner.dim
-        self.fingerprint, self.max_tokens = inner.fingerprint, inner.max_tokens
+        super().__init__(inner)
         self._telemetry = telemetry
 
     def _timed(self, kind: str, call: Callable[[Sequence[str]], np.ndarray], texts: Sequence[str]):
@@ -122,6 +122,3 @@ class TimedEmbedder:
 
     def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
         return self._timed("queries", self.inner.embed_queries, texts)
-
-    def token_offsets(self, text: str) -> list[tuple[int, int]]:
-        return self.inner.token_offsets(text)

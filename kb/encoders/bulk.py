@@ -20,6 +20,7 @@ import logging
 import threading
 from typing import TYPE_CHECKING
 
+from kb.embeddings import Embedder, WrappedEmbedder, identity
 from kb.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -28,14 +29,13 @@ if TYPE_CHECKING:
     import numpy as np
 
     from kb.config import Settings
-    from kb.embeddings import Embedder
     from kb.encoders.process import EncoderProcess
 
 log = logging.getLogger(__name__)
 STARTING_CHARS = 800  # x min_texts
 
 
-class BulkEncoder:
+class BulkEncoder(WrappedEmbedder):
     """An Embedder: `embed_documents` with at least `min_texts` texts runs in an encoder
     process, everything else in `inner`. The process starts in the background once such calls
     have brought STARTING_CHARS * `min_texts` characters (calls before it is ready embed
@@ -43,9 +43,7 @@ class BulkEncoder:
     vectors) and no other process is tried."""
 
     def __init__(self, inner: Embedder, settings: Settings, min_texts: int) -> None:
-        self.inner = inner
-        self.name, self.backend, self.dim = inner.name, inner.backend, inner.dim
-        self.fingerprint, self.max_tokens = inner.fingerprint, inner.max_tokens
+        super().__init__(inner)
         self.min_texts = min_texts
         self._settings = settings
         self._process: EncoderProcess | None = None
@@ -62,12 +60,6 @@ class BulkEncoder:
             except ConfigError as exc:
                 self._give_up(process, exc)
         return self.inner.embed_documents(texts)
-
-    def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
-        return self.inner.embed_queries(texts)
-
-    def token_offsets(self, text: str) -> list[tuple[int, int]]:
-        return self.inner.token_offsets(text)
 
     def wait_started(self, timeout: float | None = None) -> bool:
         """Wait for a start begun by a large add; whether the process is up."""
@@ -105,7 +97,7 @@ class BulkEncoder:
         except ConfigError as exc:
             log.warning("no encoder process, large adds embed in-process: %s", exc.message)
             return
-        if (process.fingerprint, process.backend) != (self.fingerprint, self.backend):
+        if identity(process) != identity(self):
             # another model or precision: never mix their vectors
             log.warning("the encoder process loaded another model; large adds embed in-process")
             process.close()

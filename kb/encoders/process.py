@@ -33,13 +33,12 @@ BACKENDS = frozenset({"onnx", "onnx-int8"})  # the backends a child process runs
 def _serve(options: dict[str, Any], conn: Connection) -> None:
     """The child: load the encoder, say what it is, then embed each batch sent, in order."""
     from kb.config import Settings
-    from kb.embeddings import load_embedder
+    from kb.embeddings import identity, load_embedder
 
     try:
         encoder = load_embedder(Settings.model_validate(options))
         tokenizer = str(encoder.tokenizer_file)  # type: ignore[attr-defined]
-        identity = ("name", "backend", "dim", "fingerprint", "max_tokens")
-        conn.send(("ready", {key: getattr(encoder, key) for key in identity}, tokenizer))
+        conn.send(("ready", identity(encoder), tokenizer))
     except BaseException as exc:  # the parent raises it
         conn.send(("error", f"{type(exc).__name__}: {exc}", None))
         return
@@ -82,12 +81,12 @@ class EncoderProcess:
         if not self._conn.poll(READY_SECONDS):
             self.close()
             raise ConfigError("the encoder process did not start")
-        status, identity, tokenizer = self._conn.recv()
+        status, fields, tokenizer = self._conn.recv()
         if status != "ready":
             self.close()
-            raise ConfigError(f"the encoder process failed to start: {identity}")
-        self.name, self.backend, self.dim = identity["name"], identity["backend"], identity["dim"]
-        self.fingerprint, self.max_tokens = identity["fingerprint"], identity["max_tokens"]
+            raise ConfigError(f"the encoder process failed to start: {fields}")
+        self.name, self.backend, self.dim = fields["name"], fields["backend"], fields["dim"]
+        self.fingerprint, self.max_tokens = fields["fingerprint"], fields["max_tokens"]
         self._pieces = span_tokenizer(tokenizer)
         self._waiting: deque[Future[np.ndarray]] = deque()  # answers come back in order
         self._sending = threading.Lock()

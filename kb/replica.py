@@ -47,6 +47,7 @@ class Replica(ABC):
         self._writes = writes  # the store's write lock: a rebuild must not race a write
         self._lock = threading.RLock()  # applying to the copies
         self._loader: threading.Thread | None = None
+        self._closing = threading.Event()  # a load in progress stops at its next page
 
     def start(self, in_memory: bool = True) -> None:
         """Bring the keyword index up to date now; warm Chroma's vector index and load the
@@ -59,7 +60,8 @@ class Replica(ABC):
         self._loader.start()
 
     def _background(self) -> None:
-        self._warm()
+        if not self._closing.is_set():
+            self._warm()
         self._load_mirror()
 
     def _warm(self) -> None:
@@ -90,6 +92,9 @@ class Replica(ABC):
         return mirror is not None and mirror.searches_all
 
     def close(self) -> None:
+        """Stop a mirror load in progress (a SIGTERM soon after start need not wait for it),
+        wait for the threads, close the keyword index."""
+        self._closing.set()
         self.wait_loaded()
         self.keyword.close()
 
@@ -145,6 +150,9 @@ class Replica(ABC):
                 with self.keyword.snapshot() as (generation, pages):
                     mirror = Mirror(self.dim, generation, AnnConfig.of(self.records.settings))
                     for page in pages:
+                        if self._closing.is_set():
+                            log.info("closing: the in-memory mirror's load stopped")
+                            return
                         mirror.apply(page, [], generation, index=False)
             except Exception:  # searches keep using Chroma's filtered path
                 log.exception("could not load the in-memory mirror")

@@ -3,6 +3,7 @@ share one Chroma server."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -11,6 +12,8 @@ from kb import changes
 from kb.chunking import Chunk
 from kb.config import Settings
 from kb.embeddings import Embedder
+from kb.keyword import KeywordIndex
+from kb.mirror import Mirror
 from kb.records import Record, build_records
 from kb.schemas import DocumentIn, QueryRequest, UpdateFields
 from kb.search import search
@@ -80,3 +83,46 @@ def test_an_embedded_write_cut_off_before_its_index_update_is_redone(
         assert found(reopened, "tides moon", "keyword") == ["late"]
     finally:
         reopened.close()
+
+
+def test_closing_stops_a_mirror_load_in_progress(
+    tmp_path, embedder: Embedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store closed while its mirror loads (a SIGTERM soon after start) does not wait for
+    the rest of the load: it stops at the next page."""
+    settings = Settings(chroma_path=tmp_path / "db", collection="kb_test")
+    writer = KnowledgeStore.open(settings, embedder, searching=False)
+    writer.add([DocumentIn(id=f"d{i}", text=f"note {i} on page loads") for i in range(12)])
+    writer.close()
+
+    snapshot = KeywordIndex.snapshot
+    monkeypatch.setattr(KeywordIndex, "snapshot", lambda self: snapshot(self, page=2))
+    loading, release = threading.Event(), threading.Event()
+    pages: list[int] = []
+    apply = Mirror.apply
+
+    def slow_apply(self: Mirror, upserted, deleted, generation, **options) -> None:
+        pages.append(len(upserted))
+        loading.set()
+        release.wait(10)  # each page waits for the test
+        apply(self, upserted, deleted, generation, **options)
+
+    monkeypatch.setattr(Mirror, "apply", slow_apply)
+    store = KnowledgeStore.open(settings, embedder)
+    assert loading.wait(10), "the mirror's load did not start"
+    waiting = threading.Event()  # close has asked the load to stop, and waits for it
+    wait_loaded = store.replica.wait_loaded
+
+    def signalled_wait() -> None:
+        waiting.set()
+        wait_loaded()
+
+    monkeypatch.setattr(store.replica, "wait_loaded", signalled_wait)
+    closer = threading.Thread(target=store.close)
+    closer.start()
+    assert waiting.wait(10)
+    release.set()
+    closer.join(10)
+    assert not closer.is_alive()
+    assert pages == [2]  # six pages in all: the load stopped after the one in progress
+    assert store.replica.mirror is None

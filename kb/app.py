@@ -52,7 +52,9 @@ def _bulk_encoder(inner: Embedder, settings: Settings) -> BulkEncoder | None:
     backend and is not switched off."""
     if settings.encoder_process_min_texts == 0 or inner.backend not in PROCESS_BACKENDS:
         return None
-    return BulkEncoder(inner, settings, settings.encoder_process_min_texts)
+    return BulkEncoder(
+        inner, settings, settings.encoder_process_min_texts, settings.encoder_process_idle_s
+    )
 
 
 def _one_blas_thread() -> None:

@@ -70,6 +70,12 @@ class Settings(BaseSettings):
         "once such adds have brought 800 characters per text of this setting (200k at 256); "
         "0 = always in-process.",
     )
+    encoder_process_idle_s: float = Field(
+        120.0,
+        gt=0,
+        description="kb serve: the encoder process stops after this many seconds without a "
+        "large add (and starts again by the same rule).",
+    )
     chunking: bool = Field(
         True, description="Split long texts into chunks; off = the model truncates them."
     )

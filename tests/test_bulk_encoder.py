@@ -128,6 +128,56 @@ def test_closing_the_app_stops_the_process(tmp_path: Path, embedder: Embedder) -
     assert bulk._process is None
 
 
+def test_an_idle_process_stops_and_large_adds_start_another(
+    tmp_path: Path, embedder: Embedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Unused for KB_ENCODER_PROCESS_IDLE_S, the process stops (its memory is given back);
+    while an add is embedding in it, it is in use however long that takes; the next large
+    adds start another by the same rule."""
+    idle = 0.4
+    app = create_app(
+        Settings(
+            chroma_path=tmp_path / "db",
+            collection="kb_test",
+            encoder_process_min_texts=LARGE,
+            encoder_process_idle_s=idle,
+        ),
+        embedder=embedder,
+    )
+    try:
+        bulk = bulk_of(app)
+        add(app, docs("first", ENOUGH))
+        assert bulk.wait_started(300)
+        process = bulk._process
+        assert process is not None
+        embed, kept = process.embed_documents, []
+
+        def slow(texts: list[str]) -> np.ndarray:
+            time.sleep(idle * 5)  # in use longer than the idle time
+            kept.append(bulk._process is process)
+            return embed(texts)
+
+        monkeypatch.setattr(process, "embed_documents", slow)
+        add(app, docs("slow", LARGE))
+        assert kept == [True]  # not stopped while in use
+        child = process._process
+        deadline = time.monotonic() + 30
+        while bulk._process is not None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert bulk._process is None  # stopped once idle
+        child.join(10)
+        assert not child.is_alive()
+        add(app, docs("small", LARGE))  # embedded here; counts towards a new start
+        assert not bulk.wait_started(0)
+        add(app, docs("again", ENOUGH))
+        assert bulk.wait_started(300)
+        assert bulk._process is not None
+        assert bulk._process is not process
+        assert app.test_client().get("/health").json["documents"] == 2 * ENOUGH + 2 * LARGE
+    finally:
+        close_app(app)
+
+
 def test_switched_off_means_no_process(tmp_path: Path, embedder: Embedder) -> None:
     app = create_app(
         Settings(chroma_path=tmp_path / "db", collection="kb_test", encoder_process_min_texts=0),

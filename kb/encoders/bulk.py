@@ -12,12 +12,17 @@ STARTING_CHARS characters of text for each text of `min_texts` (200k at the defa
 several seconds of encoding, about 2,000 short documents or 200 paragraphs). A load of 1,000
 short documents, over before the process would pay off, never starts it (starting at its
 first large add made it 8% slower, in alternating runs).
+
+The process stops when no large add has used it for KB_ENCODER_PROCESS_IDLE_S seconds, so a
+service that had one bulk load does not keep its memory (about 270 MiB) for good; the next
+large adds start it again by the same rule.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import TYPE_CHECKING
 
 from kb.embeddings import Embedder, WrappedEmbedder, identity
@@ -39,26 +44,36 @@ class BulkEncoder(WrappedEmbedder):
     """An Embedder: `embed_documents` with at least `min_texts` texts runs in an encoder
     process, everything else in `inner`. The process starts in the background once such calls
     have brought STARTING_CHARS * `min_texts` characters (calls before it is ready embed
-    in-process). If it cannot start or stops, texts are embedded in-process (same model, same
-    vectors) and no other process is tried."""
+    in-process), and stops after `idle_s` seconds unused. If it cannot start or fails, texts
+    are embedded in-process (same model, same vectors) and no other process is tried."""
 
-    def __init__(self, inner: Embedder, settings: Settings, min_texts: int) -> None:
+    def __init__(
+        self, inner: Embedder, settings: Settings, min_texts: int, idle_s: float = 120.0
+    ) -> None:
         super().__init__(inner)
         self.min_texts = min_texts
+        self.idle_s = idle_s
         self._settings = settings
         self._process: EncoderProcess | None = None
         self._starter: threading.Thread | None = None
-        self._closed = False
+        self._closed = threading.Event()
         self._lock = threading.Lock()
         self._chars = 0  # brought by large calls before the process was started
+        self._using = 0  # calls embedding in the process now
+        self._used = 0.0  # when the last of them ended (time.monotonic)
+        self._reaper: threading.Thread | None = None  # stops the process when idle
 
     def embed_documents(self, texts: Sequence[str]) -> np.ndarray:
-        process = self._ready(texts) if len(texts) >= self.min_texts else None
+        process = self._take(texts) if len(texts) >= self.min_texts else None
         if process is not None:
             try:
                 return process.embed_documents(texts)
             except ConfigError as exc:
                 self._give_up(process, exc)
+            finally:
+                with self._lock:
+                    self._using -= 1
+                    self._used = time.monotonic()
         return self.inner.embed_documents(texts)
 
     def wait_started(self, timeout: float | None = None) -> bool:
@@ -70,24 +85,31 @@ class BulkEncoder(WrappedEmbedder):
 
     def close(self) -> None:
         with self._lock:
-            self._closed = True
+            self._closed.set()
             process, self._process = self._process, None
-        if self._starter is not None:
-            self._starter.join()  # a process it starts now is closed by _start
+            starter, reaper = self._starter, self._reaper
+        if starter is not None:
+            starter.join()  # a process it starts now is closed by _start
+        if reaper is not None:
+            reaper.join()  # it may be closing an idle process
         if process is not None:
             process.close()
 
-    def _ready(self, texts: Sequence[str]) -> EncoderProcess | None:
-        if self._starter is None:
-            with self._lock:
+    def _take(self, texts: Sequence[str]) -> EncoderProcess | None:
+        """The process, counted as in use, if it is up (the caller ends the use); else None,
+        after counting these texts towards its start."""
+        with self._lock:
+            if self._process is not None:
+                self._using += 1
+                return self._process
+            if self._starter is None:
                 self._chars += sum(len(text) for text in texts)
-                due = self._chars >= STARTING_CHARS * self.min_texts
-                if due and self._starter is None and not self._closed:
+                if self._chars >= STARTING_CHARS * self.min_texts and not self._closed.is_set():
                     self._starter = threading.Thread(
                         target=self._start, name="kb-encoder-start", daemon=True
                     )
                     self._starter.start()
-        return self._process
+            return None
 
     def _start(self) -> None:
         from kb.encoders.process import EncoderProcess
@@ -103,11 +125,29 @@ class BulkEncoder(WrappedEmbedder):
             process.close()
             return
         with self._lock:
-            if not self._closed:
-                self._process = process
+            if not self._closed.is_set():
+                self._process, self._used = process, time.monotonic()
                 log.info("encoder process started for adds of %d+ texts", self.min_texts)
+                self._reaper = threading.Thread(
+                    target=self._stop_when_idle, args=(process,), name="kb-idle", daemon=True
+                )
+                self._reaper.start()
                 return
         process.close()  # the app closed while it started
+
+    def _stop_when_idle(self, process: EncoderProcess) -> None:
+        """Close `process` once it has been unused for `idle_s` seconds; the next large adds
+        start another by the same rule. Ends when the process is closed or replaced."""
+        while not self._closed.wait(min(self.idle_s / 4, 5.0)):
+            with self._lock:
+                if self._process is not process:
+                    return
+                if self._using or time.monotonic() - self._used < self.idle_s:
+                    continue
+                self._process, self._starter, self._chars = None, None, 0
+            log.info("encoder process stopped after %.0f s unused", self.idle_s)
+            process.close()
+            return
 
     def _give_up(self, process: EncoderProcess, exc: ConfigError) -> None:
         log.error("the encoder process failed (%s); large adds embed in-process", exc.message)

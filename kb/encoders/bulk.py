@@ -2,7 +2,7 @@
 
 Chroma's add, upsert and delete keep the GIL for the whole write (kb.encoders.process), so
 while one POST /add writes, another request's encoder in the same process cannot start its
-next batch. Requests with many texts go to a child process instead (started on first use),
+next batch. Requests with many texts go to a child process instead (started as below),
 which keeps encoding while the parent writes; small adds, queries and chunking stay in-process,
 where there is no round trip.
 

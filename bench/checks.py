@@ -8,6 +8,7 @@ from typing import Any
 from bench.report import table
 
 FULL_SIZE = 100_000
+RSS_LIMIT_MIB = 1.5e9 / 2**20  # the 1.5 GB
 
 
 def evaluate(ingest: list[dict[str, Any]], query: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -30,9 +31,25 @@ def evaluate(ingest: list[dict[str, Any]], query: list[dict[str, Any]]) -> list[
             where = f"{label} {c['kind']} {c['docs']}"
             check(f"{where} vs baseline", c[way]["vs_baseline"], ">= 2x", lambda v: v >= 2)
             check(f"{where} vs encoder", c[way]["vs_encoder"], ">= 0.75", lambda v: v >= 0.75)
-    for r in (r for r in query if "cells" in r):
+    for r in query:
         binding = r["docs"] >= FULL_SIZE
-        for cell in r["cells"]:
+        if "memory_after_load" in r:
+            check(
+                f"{r['docs']} docs: kb serve peak RSS MiB after the query load",
+                r["memory_after_load"]["peak_rss_mib"],
+                f"<= {RSS_LIMIT_MIB:,.0f}",
+                lambda v: v <= RSS_LIMIT_MIB,
+                binding,
+            )
+        if "cold_start" in r:
+            check(
+                f"{r['docs']} docs: cold start s",
+                r["cold_start"]["median_s"],
+                "<= 5",
+                lambda v: v <= 5,
+                binding,
+            )
+        for cell in r.get("cells", []):
             where = f"{r['docs']} docs, filter {cell['filter']}, {cell['clients']} clients"
             if cell["clients"] == 1:
                 limit = 10.0 if cell["filter"] == "none" else 25.0

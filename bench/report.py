@@ -26,7 +26,7 @@ def fmt(value: Any) -> str:
 
 def table(title: str, headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     cells = [[fmt(v) if not isinstance(v, str) else v for v in row] for row in rows]
-    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
+    widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]
     print(f"\n{title}")
     print("  ".join(h.rjust(w) for h, w in zip(headers, widths, strict=True)))
     print("  ".join("-" * w for w in widths))
@@ -73,6 +73,13 @@ def _serve_rss(add: dict[str, Any]) -> str:
     return f"{add['peak_rss_mib']:,.0f} + {add.get('children_peak_rss_mib', 0):,.0f}"
 
 
+def _stop(result: dict[str, Any]) -> str:
+    start = result.get("cold_start", {})
+    if "stop_s" not in start:
+        return "-"
+    return f"{start['stop_s']:.2f}" + (" (loading)" if start["stop_while_loading"] else " (ready)")
+
+
 def query(results: Sequence[dict[str, Any]]) -> None:
     rows = []
     for r in (r for r in results if "cells" in r):
@@ -104,14 +111,14 @@ def query(results: Sequence[dict[str, Any]]) -> None:
         [r["docs"], r.get("cold_start", {}).get("median_s"),
          r.get("cold_start", {}).get("ready_median_s"),
          r.get("memory_after_load", {}).get("peak_rss_mib"),
-         r.get("cold_start", {}).get("peak_rss_mib_after_first_query")]
+         r.get("cold_start", {}).get("peak_rss_mib_after_first_query"), _stop(r)]
         for r in results
     ]  # fmt: skip
     headers = ["docs", "cold start s (median of 3)", "ready s", "peak RSS MiB after query load",
-               "peak RSS MiB after 1st query"]  # fmt: skip
+               "peak RSS MiB after 1st query", "SIGTERM to exit s"]  # fmt: skip
     table(
         "Memory and start-up (cold start: spawning kb serve to its first answer; ready: to "
-        "/health saying ready, the in-memory copies loaded)",
+        "/health saying ready, the in-memory copies loaded; SIGTERM sent at the first answer)",
         headers,
         rows,
     )

@@ -129,14 +129,22 @@ def request(
 class Server:
     """`kb serve` on a free loopback port over one store; stopped on exit."""
 
-    def __init__(self, store: Path, log: Path, wrapper: Sequence[str] = ()) -> None:
-        """`wrapper` runs the server under another program (a profiler)."""
+    def __init__(
+        self,
+        store: Path,
+        log: Path,
+        wrapper: Sequence[str] = (),
+        env: dict[str, Any] | None = None,
+    ) -> None:
+        """`wrapper` runs the server under another program (a profiler); `env` adds
+        variables (KB_* settings)."""
         self.port = free_port()
         self.log = log
+        extra = {key: str(value) for key, value in (env or {}).items()}
         with log.open("wb") as sink:
             self.proc = subprocess.Popen(
                 [*wrapper, *kb_command("serve")],
-                env=kb_env(store, self.port),
+                env=kb_env(store, self.port) | extra,
                 cwd=ROOT,
                 stdout=sink,
                 stderr=subprocess.STDOUT,
@@ -178,6 +186,15 @@ class Server:
         return self.wait(
             timeout=timeout, interval=interval, accept=lambda raw: bool(json.loads(raw)["ready"])
         )
+
+    def ready(self) -> bool:
+        """Whether /health says `ready` now."""
+        conn = self.connect()
+        try:
+            status, raw = request(conn, "GET", "/health")
+        finally:
+            conn.close()
+        return status == 200 and bool(json.loads(raw)["ready"])
 
     def memory(self) -> dict[str, float]:
         return memory(self.proc.pid)

@@ -1,8 +1,9 @@
-"""Where one request's time goes, timed directly (no sampler): the encoder, the vector search
-(the mirror's index, or an exact scan) and BM25 inside a hybrid and a dense /query,
-in-process through Flask's test client.
+"""Where one request's time goes, timed directly (no sampler): the encoder, the metadata
+filter's mask, the vector search (the mirror's index, or an exact scan) and BM25 inside a
+hybrid and a dense /query, in-process through Flask's test client; "rest" is the request's
+median less the parts' (Flask, validation, fusion, the response).
 
-    python -m bench.breakdown [--docs 100000] [--queries 200]
+    python -m bench.breakdown [--docs 100000] [--queries 200] [--filter none|selective|broad]
 
 Uses the query benchmark's cached store (no `kb serve` may hold it). Prints the median
 request time and the median time of each timed call per request.
@@ -18,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bench import COLLECTION
-from bench.corpus import queries
+from bench.corpus import FILTERS, queries
 from bench.query import store_for
 from kb.api.util import EXTENSION
 from kb.app import close_app, create_app
@@ -45,6 +46,7 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.breakdown", description=__doc__)
     parser.add_argument("--docs", type=int, default=100_000)
     parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--filter", choices=list(FILTERS), default="none")
     args = parser.parse_args(argv)
     path, _ = store_for(args.docs)
     app = create_app(Settings(chroma_path=path, collection=COLLECTION, log_level="WARNING"))
@@ -57,20 +59,25 @@ def main(argv: list[str]) -> int:
         timed(store.embedder, "embed_queries", calls)
         timed(mirror, "nearest_rows", calls)  # the vector search
         timed(mirror, "keyword", calls)  # BM25
+        timed(mirror, "selection", calls)  # the filter's mask
         client, texts = app.test_client(), list(queries())
+        extra = FILTERS[args.filter][0]
+        print(f"filter {args.filter}: {extra or 'none'}")
         for mode in ("hybrid", "dense"):
             for text in texts[:WARMUP]:
-                client.post("/query", json={"query": text, "mode": mode})
+                client.post("/query", json={"query": text, "mode": mode, **extra})
             calls.clear()
             seconds = []
             for text in texts[WARMUP : WARMUP + args.queries]:
                 started = time.perf_counter()
-                response = client.post("/query", json={"query": text, "mode": mode})
+                response = client.post("/query", json={"query": text, "mode": mode, **extra})
                 seconds.append(time.perf_counter() - started)
                 assert response.status_code == 200, response.json
             medians = {name: statistics.median(values) * 1000 for name, values in calls.items()}
-            parts = ", ".join(f"{name} {ms:.1f} ms" for name, ms in medians.items())
-            print(f"{mode:>6}: request p50 {statistics.median(seconds) * 1000:.1f} ms; {parts}")
+            request = statistics.median(seconds) * 1000
+            parts = ", ".join(f"{name} {ms:.2f} ms" for name, ms in medians.items())
+            rest = request - sum(medians.values())
+            print(f"{mode:>6}: request p50 {request:.1f} ms; {parts}; rest {rest:.1f} ms")
     finally:
         close_app(app)
     return 0

@@ -21,9 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import RESULTS
 from bench.corpus import documents
-from bench.harness import Server, descendants, request, scratch
+from bench.harness import Server, descendants, request, save_results, scratch
 from bench.query import store_for
 from kb.ingest import BATCH_SIZE
 
@@ -94,9 +93,7 @@ def main(argv: list[str]) -> int:
         f"(idle setting {args.idle:g} s); then kb serve {after['rss_mib']:,.0f} MiB, "
         f"children {after['children_rss_mib']:,.0f} MiB",
     )  # fmt: skip
-    out = RESULTS / f"bulk-memory-{args.docs}.json"
-    out.write_text(json.dumps(result, indent=2))
-    print(f"results in {out}")
+    save_results(f"bulk-memory-{args.docs}", result)
     return 0
 
 

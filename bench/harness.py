@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from bench import COLLECTION, ROOT
+from bench import COLLECTION, RESULTS, ROOT
 
 NOTES: dict[str, dict[str, int]] = {}  # source -> warning/error line (digits as #) -> count
 _NOTEWORTHY = re.compile(r"warn|error|deprecat|traceback", re.IGNORECASE)
@@ -53,6 +53,15 @@ def kb_env(store: Path, port: int | None = None) -> dict[str, str]:
     if port is not None:
         env["KB_PORT"] = str(port)
     return env
+
+
+def save_results(name: str, figures: Any) -> Path:
+    """Write a script's figures as bench/results/<name>.json and say where."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"{name}.json"
+    out.write_text(json.dumps(figures, indent=2) + "\n")
+    print(f"results in {out}")
+    return out
 
 
 @contextmanager

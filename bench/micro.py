@@ -20,7 +20,6 @@ bench/results/micro-<docs>.json.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import threading
@@ -30,8 +29,9 @@ from typing import Any
 
 import numpy as np
 
-from bench import COLLECTION, RESULTS
+from bench import COLLECTION
 from bench.corpus import documents
+from bench.harness import save_results, scratch
 from bench.query import store_for
 from kb.config import Settings
 from kb.embeddings import load_embedder
@@ -138,7 +138,6 @@ def health(docs: int) -> dict[str, float]:
 
 
 def gil() -> dict[str, float]:
-    from bench.harness import scratch
     from kb.collection import make_client
 
     docs = documents("short", 1024)
@@ -208,10 +207,7 @@ def main(argv: list[str]) -> int:
         results[name] = runs[name]()
         for key, value in results[name].items():
             print(f"{name:>8}  {key:<36} {value:10.2f}", flush=True)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"micro-{args.docs}.json"
-    out.write_text(json.dumps(results, indent=2))
-    print(f"results in {out}")
+    save_results(f"micro-{args.docs}", results)
     return 0
 
 

@@ -14,15 +14,15 @@ store keeps it until kb next opens it with another). Writes bench/results/recall
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from typing import Any
 
 import numpy as np
 
-from bench import COLLECTION, RESULTS
+from bench import COLLECTION
 from bench.corpus import FILTERS, queries
+from bench.harness import save_results
 from bench.query import store_for
 from kb.config import Settings
 from kb.embeddings import load_embedder
@@ -122,10 +122,8 @@ def main(argv: list[str]) -> int:
             )
     finally:
         store.close()
-    out = RESULTS / f"recall-{args.size}-ef{settings.hnsw_ef_search}.json"
     figures = {"size": args.size, "k": args.k, "ef_search": settings.hnsw_ef_search, "rows": rows}
-    out.write_text(json.dumps(figures, indent=2) + "\n")
-    print(f"results in {out}")
+    save_results(f"recall-{args.size}-ef{settings.hnsw_ef_search}", figures)
     return 0
 
 

@@ -7,8 +7,10 @@ directory, starts `kb serve` on the copy (KB_ENCODER_PROCESS_IDLE_S=`--idle`), w
 `ready`, then POSTs `--batches` requests of 1,024 new short documents one after another, as
 `kb load --url` sends its full batches. After each: the request's seconds, kb serve's peak RSS
 and its children's (the encoder process, multiprocessing's resource tracker). Then it waits
-for the encoder process to stop for want of work and reports how long that took and what
-memory is left. Writes bench/results/bulk-memory-<docs>.json.
+for the encoder process to stop for want of work and reports how long that took after the
+last add's answer (the idle time runs from the end of that add's embedding, which comes
+before its write, so this is less than the setting by about the write), and what memory is
+left. Writes bench/results/bulk-memory-<docs>.json.
 """
 
 from __future__ import annotations
@@ -88,8 +90,8 @@ def main(argv: list[str]) -> int:
     stopped = result["encoder_stopped_after_s"]
     after = result["after_idle_stop"]
     print(
-        f"encoder process stopped {stopped:.1f} s after the last add" if stopped is not None
-        else "encoder process still running",
+        "encoder process still running" if stopped is None
+        else f"encoder process stopped {stopped:.1f} s after the last add's answer",
         f"(idle setting {args.idle:g} s); then kb serve {after['rss_mib']:,.0f} MiB, "
         f"children {after['children_rss_mib']:,.0f} MiB",
     )  # fmt: skip

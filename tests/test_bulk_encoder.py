@@ -165,7 +165,10 @@ def test_an_idle_process_stops_and_large_adds_start_another(
         while bulk._process is not None and time.monotonic() < deadline:
             time.sleep(0.05)
         assert bulk._process is None  # stopped once idle
-        child.join(10)
+        reaper = bulk._reaper
+        assert reaper is not None
+        reaper.join(60)  # it closes the process (joining it: a second join here would race)
+        assert not reaper.is_alive()
         assert not child.is_alive()
         add(app, docs("small", LARGE))  # embedded here; counts towards a new start
         assert not bulk.wait_started(0)

@@ -131,4 +131,5 @@ class EncoderProcess:
         self._process.join(timeout=10)
         if self._process.is_alive():
             self._process.kill()
+            self._process.join(timeout=10)  # reaped: no zombie left behind
         self._conn.close()

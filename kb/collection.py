@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 MODEL_KEY, DIM_KEY, FINGERPRINT_KEY = "kb_model", "kb_dim", "kb_fingerprint"
 RECORD_FIELDS = ["documents", "metadatas"]
+METADATA_PAGE = 10_000  # records per metadata-only get (Chroma fails one of ~32k or more)
 
 
 @contextmanager
@@ -188,11 +189,19 @@ class RecordCollection:
             got = self._col.get(where=flt.where, where_document=flt.where_document, include=[])
         return list(got["ids"])
 
-    def metadatas(self, flt: CompiledFilter) -> list[dict[str, Any]]:
-        """The metadata of every record matching the filter (no texts, no vectors)."""
-        with chroma_errors():
-            got = self._col.get(where=flt.where, include=["metadatas"])
-        return [dict(meta or {}) for meta in got["metadatas"]]
+    def metadatas(self, flt: CompiledFilter, page: int = METADATA_PAGE) -> list[dict[str, Any]]:
+        """The metadata of every record matching the filter (no texts, no vectors), `page`
+        records a request: Chroma fails a `get` of more than about 32k records' metadata
+        ("too many SQL variables")."""
+        found: list[dict[str, Any]] = []
+        while True:
+            with chroma_errors():
+                got = self._col.get(
+                    where=flt.where, limit=page, offset=len(found), include=["metadatas"]
+                )
+            found.extend(dict(meta or {}) for meta in got["metadatas"])
+            if len(got["ids"]) < page:
+                return found
 
     def get(
         self,

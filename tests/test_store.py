@@ -13,6 +13,8 @@ import pytest
 from kb.app import close_app, create_app
 from kb.config import Settings
 from kb.errors import ConfigError, Conflict, ModelMismatch, StoreUnavailable
+from kb.filters import CompiledFilter
+from kb.records import HEADS
 from kb.schemas import DocumentIn, UpdateFields
 from kb.store import KnowledgeStore, WriteMode
 
@@ -321,3 +323,15 @@ def test_concurrent_nearest_neighbour_queries_share_chroma_calls(
     ]
     assert max(calls) > 1, calls  # some queries went to Chroma together
     assert len(calls) < 24, calls
+
+
+def test_metadatas_are_read_a_page_at_a_time(store: KnowledgeStore) -> None:
+    """Chroma fails one `get` of ~32k records' metadata; kb asks for pages of them."""
+    docs = [
+        DocumentIn(id=f"d{i}", text=f"document number {i}", metadata={"n": i}) for i in range(7)
+    ]
+    store.add(docs)
+    heads = CompiledFilter(where=HEADS)
+    for page in (3, 7, 100):
+        found = store.records.metadatas(heads, page=page)
+        assert sorted(meta["n"] for meta in found) == list(range(7))

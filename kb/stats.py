@@ -16,23 +16,30 @@ def metadata_stats(metadatas: Iterable[dict[str, Any] | None]) -> dict[str, Fiel
     """Per metadata key: document count, distinct values, the most common ones, and a range
     for keys whose values are all numbers or all ISO dates."""
     present: Counter[str] = Counter()
-    values: dict[str, Counter[str]] = {}
-    raw: dict[str, list[Any]] = {}
+    items: dict[str, list[Any]] = {}  # per key, every value (list items one by one)
     for metadata in metadatas:
         for key, value in (metadata or {}).items():
             present[key] += 1
-            items = value if isinstance(value, list) else [value]
-            values.setdefault(key, Counter()).update(_label(item) for item in items)
-            raw.setdefault(key, []).extend(items)
-    return {
-        key: FieldStats(
+            found = items.get(key)
+            if found is None:
+                found = items[key] = []
+            if isinstance(value, list):
+                found.extend(value)
+            else:
+                found.append(value)
+    stats = {}
+    for key in sorted(present):
+        values = items[key]
+        labels = Counter(map(_label, values))
+        # one of each value, told apart by type (True == 1 == 1.0 in a set)
+        distinct = [v for _, v in dict.fromkeys(zip(map(type, values), values, strict=True))]
+        stats[key] = FieldStats(
             documents=present[key],
-            distinct=len(values[key]),
-            values=dict(values[key].most_common(TOP_VALUES)),
-            **_range(raw[key]),
+            distinct=len(labels),
+            values=dict(labels.most_common(TOP_VALUES)),
+            **_range(distinct),
         )
-        for key in sorted(present)
-    }
+    return stats
 
 
 def _label(value: Any) -> str:

@@ -55,7 +55,7 @@ def keyword_documents(
         mask = mirror.matches(flt.where) if flt.where is not None else None
         rows, scores, _, row_cosines = _keyword_rows(mirror, text, vector, depth, mask)
         chosen = [
-            (mirror.ids[row], mirror.metadata[row][DOC], score, row)
+            (mirror.ids[row], mirror.doc_id(row), score, row)
             for row, score in zip(rows.tolist(), scores.tolist(), strict=True)
         ]
         cosines = row_cosines.tolist()
@@ -172,8 +172,7 @@ def in_memory(
         else:
             row, score = int(keyword_rows[at_keyword]), float(keyword_cosines[at_keyword])
         keyword_score = float(bm25[at_keyword]) if at_keyword >= 0 else None
-        record = Record(mirror.ids[row], "", mirror.metadata[row])
-        hits.append(Hit(record, score, keyword_score, value, complete=False))
+        hits.append(Hit(mirror.record(row), score, keyword_score, value, complete=False))
     return hits
 
 

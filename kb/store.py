@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Sequence, Set
+from collections.abc import Callable, Iterable, Iterator, Sequence, Set
 from concurrent.futures import Future
 from dataclasses import dataclass
 from enum import StrEnum
@@ -163,14 +163,16 @@ class KnowledgeStore:
         """Counts and metadata summaries, from the in-memory mirror when it is current (no
         trip to Chroma), else from the first chunks' metadata in Chroma."""
         mirror = self.replica.current_mirror()
+        metadatas: Iterable[dict[str, Any]]
         if mirror is not None:
-            metadatas = mirror.head_metadata()
+            documents, metadatas = mirror.head_metadata()
             chunks = len(mirror)
         else:
-            metadatas = self.records.metadatas(CompiledFilter(where=HEADS))
+            listed = self.records.metadatas(CompiledFilter(where=HEADS))
+            documents, metadatas = len(listed), listed
             chunks = self.records.count()
         return Stats(
-            documents=len(metadatas),
+            documents=documents,
             chunks=chunks,
             metadata=metadata_stats(user_metadata(meta) for meta in metadatas),
         )

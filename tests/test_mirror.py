@@ -81,7 +81,7 @@ def test_ranges_compare_numbers_as_numbers(both) -> None:
     _, mirror, _ = both
     rows = np.flatnonzero(mirror.matches({"a": {"$gte": 2.5}}))
     assert rows.size
-    assert all(mirror.metadata[row]["a"] == 3.5 for row in rows)
+    assert all(mirror.record(row).metadata["a"] == 3.5 for row in rows)
 
 
 def test_filtered_search_is_exact(both) -> None:

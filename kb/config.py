@@ -76,6 +76,12 @@ class Settings(BaseSettings):
         description="kb serve: the encoder process stops after this many seconds without a "
         "large add (and starts again by the same rule).",
     )
+    malloc_arenas: int = Field(
+        2,
+        ge=0,
+        description="kb serve: the most glibc malloc arenas its threads share "
+        "(MALLOC_ARENA_MAX); 0 = glibc's default, 8 per core, which holds more memory.",
+    )
     chunking: bool = Field(
         True, description="Split long texts into chunks; off = the model truncates them."
     )

@@ -27,6 +27,7 @@ import orjson
 from kb.ann import AnnConfig, AnnIndex
 from kb.batcher import Batcher
 from kb.bm25 import Bm25
+from kb.memory import release_freed_memory
 from kb.metadata_index import MetadataIndex
 from kb.records import DOC, HEADS, Record
 
@@ -198,6 +199,7 @@ class Mirror:
                 self._index = index
                 self._building = None
                 self._build_if_due()
+            release_freed_memory()
         except Exception:  # searches keep scoring exactly, or asking Chroma
             log.exception("could not build the vector index")
             with self._lock:

@@ -16,6 +16,7 @@ from kb import __version__, chroma_process
 from kb.cli.base import fail, main
 from kb.config import Settings, cpu_count
 from kb.errors import KBError
+from kb.memory import limit_malloc_arenas
 
 
 @main.command()
@@ -41,6 +42,7 @@ def serve(host: str | None, port: int | None, threads: int | None, workers: int 
         "threads)",
         err=True,
     )
+    limit_malloc_arenas(settings.malloc_arenas)  # before the server's threads start
     if settings.workers > 1:
         _gunicorn(settings)
     else:
@@ -76,6 +78,7 @@ def cluster(data: Path, chroma_port: int, workers: int | None, seeds: tuple[str,
             click.get_current_context().invoke(load, paths=seeds, quiet=True)
         count = workers or max(2, 2 * cpu_count())
         settings = Settings(chroma_url=url, workers=count)
+        limit_malloc_arenas(settings.malloc_arenas)
         click.echo(f"kb {__version__} on http://{settings.host}:{settings.port}, {count} workers")
         _gunicorn(settings)
     finally:

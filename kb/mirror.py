@@ -66,8 +66,10 @@ class Mirror:
         self.size = 0
         self.ids: list[str] = []
         # each row's metadata as JSON: a fifth of the memory of the dicts (at 100k short
-        # documents, 30 MB instead of 160); a hit's is decoded when it is shown
-        self._metadata: list[bytes] = []
+        # documents, 30 MB instead of 160); a hit's is decoded when it is shown. Written by
+        # json (orjson's output buffers, shrunk after, left 350 MB of fragments), read by
+        # orjson (4x faster).
+        self._metadata: list[str] = []
         self.texts: list[str] = []  # each row's chunk text (BM25's input; what a hit shows)
         self._lock = threading.Lock()
         self._vectors = np.zeros((1024, dim), dtype=np.float32)
@@ -137,7 +139,7 @@ class Mirror:
         self._docs[row] = number
         self._row[record.id] = row
         self.ids.append(record.id)
-        self._metadata.append(orjson.dumps(record.metadata))
+        self._metadata.append(json.dumps(record.metadata, separators=(",", ":")))
         self.texts.append(record.text)
         self._where.add(row, record.metadata)
         self.size = row + 1

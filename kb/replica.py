@@ -27,6 +27,7 @@ from kb.changes import ChangeLog
 from kb.collection import RecordCollection
 from kb.filters import CompiledFilter
 from kb.keyword import KeywordIndex
+from kb.memory import release_freed_memory
 from kb.mirror import Mirror
 from kb.records import Record
 
@@ -158,6 +159,7 @@ class Replica(ABC):
                 log.exception("could not load the in-memory mirror")
                 return
             self.mirror = mirror
+        release_freed_memory()  # the pages read, before the index's build needs more
         mirror.build_index()
 
 

@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 MODEL_KEY, DIM_KEY, FINGERPRINT_KEY = "kb_model", "kb_dim", "kb_fingerprint"
 RECORD_FIELDS = ["documents", "metadatas"]
-METADATA_PAGE = 10_000  # records per metadata-only get (Chroma fails one of ~32k or more)
+READ_PAGE = 10_000  # records a get without ids or limit asks for at a time
 
 
 @contextmanager
@@ -65,6 +65,8 @@ def make_client(settings: Settings) -> Any:
 
 class RecordCollection:
     """One Chroma collection in cosine space, holding vectors from exactly one model."""
+
+    read_page = READ_PAGE
 
     def __init__(self, settings: Settings, embedder: Embedder, client: Any | None = None) -> None:
         self.settings = settings
@@ -189,19 +191,9 @@ class RecordCollection:
             got = self._col.get(where=flt.where, where_document=flt.where_document, include=[])
         return list(got["ids"])
 
-    def metadatas(self, flt: CompiledFilter, page: int = METADATA_PAGE) -> list[dict[str, Any]]:
-        """The metadata of every record matching the filter (no texts, no vectors), `page`
-        records a request: Chroma fails a `get` of more than about 32k records' metadata
-        ("too many SQL variables")."""
-        found: list[dict[str, Any]] = []
-        while True:
-            with chroma_errors():
-                got = self._col.get(
-                    where=flt.where, limit=page, offset=len(found), include=["metadatas"]
-                )
-            found.extend(dict(meta or {}) for meta in got["metadatas"])
-            if len(got["ids"]) < page:
-                return found
+    def metadatas(self, flt: CompiledFilter) -> list[dict[str, Any]]:
+        """The metadata of every record matching the filter."""
+        return [record.metadata for record in self.get(flt=flt)]
 
     def get(
         self,
@@ -212,12 +204,22 @@ class RecordCollection:
         offset: int | None = None,
         embeddings: bool = False,
     ) -> list[Record]:
+        """Records by id and/or filter. Without ids or a limit, every match is read
+        `read_page` records at a time: Chroma fails a single `get` of ~32k or more records'
+        documents or metadata ("too many SQL variables")."""
         flt = flt or CompiledFilter()
         include = RECORD_FIELDS + (["embeddings"] if embeddings else [])
         if ids is not None and not ids:
             return []
         if ids is not None and len(ids) > self.max_batch:
-            return [r for part in _batches(ids, self.max_batch) for r in self.get(part, flt)]
+            return [
+                r
+                for part in _batches(ids, self.max_batch)
+                for r in self.get(part, flt, embeddings=embeddings)
+            ]
+        if ids is None and limit is None:
+            start = offset or 0
+            return [r for page in self.pages(flt, self.read_page, embeddings, start) for r in page]
         with chroma_errors():
             got = self._col.get(
                 ids=list(ids) if ids is not None else None,
@@ -239,10 +241,14 @@ class RecordCollection:
         ]
 
     def pages(
-        self, flt: CompiledFilter | None = None, size: int = 1000, embeddings: bool = False
+        self,
+        flt: CompiledFilter | None = None,
+        size: int = 1000,
+        embeddings: bool = False,
+        offset: int = 0,
     ) -> Iterator[list[Record]]:
-        """Every record matching the filter, in storage order, `size` at a time."""
-        offset = 0
+        """Every record matching the filter (after the first `offset`), in storage order,
+        `size` at a time."""
         while batch := self.get(flt=flt, limit=size, offset=offset, embeddings=embeddings):
             yield batch
             offset += len(batch)

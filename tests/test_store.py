@@ -325,13 +325,26 @@ def test_concurrent_nearest_neighbour_queries_share_chroma_calls(
     assert len(calls) < 24, calls
 
 
-def test_metadatas_are_read_a_page_at_a_time(store: KnowledgeStore) -> None:
-    """Chroma fails one `get` of ~32k records' metadata; kb asks for pages of them."""
+def test_reads_of_every_match_go_a_page_at_a_time(store: KnowledgeStore) -> None:
+    """Chroma fails one `get` of ~32k records' documents or metadata; reads without ids or a
+    limit (stats without the mirror, delete by filter) ask for pages of them."""
     docs = [
         DocumentIn(id=f"d{i}", text=f"document number {i}", metadata={"n": i}) for i in range(7)
     ]
     store.add(docs)
     heads = CompiledFilter(where=HEADS)
-    for page in (3, 7, 100):
-        found = store.records.metadatas(heads, page=page)
-        assert sorted(meta["n"] for meta in found) == list(range(7))
+    store.records.read_page = 3
+    assert sorted(meta["n"] for meta in store.records.metadatas(heads)) == list(range(7))
+    assert len(store.records.get(flt=heads, offset=2)) == 5
+    assert all(r.embedding is not None for r in store.records.get(flt=heads, embeddings=True))
+    deleted = store.delete_where(CompiledFilter(where={"n": {"$gte": 1}}))
+    assert deleted.deleted == 6
+    assert [r.id for r in store.records.get(flt=heads)] == ["d0"]
+
+
+def test_a_get_of_more_ids_than_a_batch_keeps_the_embeddings(store: KnowledgeStore) -> None:
+    store.add([DocumentIn(id=f"d{i}", text=f"document number {i}") for i in range(5)])
+    store.records.max_batch = 2
+    got = store.records.get([f"d{i}" for i in range(5)], embeddings=True)
+    assert len(got) == 5
+    assert all(r.embedding is not None for r in got)

@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import logging
 from typing import Any
-
-log = logging.getLogger(__name__)
 
 M_ARENA_MAX = -8  # mallopt's parameter number (malloc.h)
 

@@ -32,12 +32,12 @@ def metadata_stats(metadatas: Iterable[dict[str, Any] | None]) -> dict[str, Fiel
         values = items[key]
         labels = Counter(map(_label, values))
         # one of each value, told apart by type (True == 1 == 1.0 in a set)
-        distinct = [v for _, v in dict.fromkeys(zip(map(type, values), values, strict=True))]
+        unique = [v for _, v in dict.fromkeys(zip(map(type, values), values, strict=True))]
         stats[key] = FieldStats(
             documents=present[key],
             distinct=len(labels),
             values=dict(labels.most_common(TOP_VALUES)),
-            **_range(distinct),
+            **_range(unique),
         )
     return stats
 

@@ -22,12 +22,24 @@ RECORDS = 1500
 
 
 def stored_records(db: Path) -> int:
-    """Rows Chroma has committed, read from its SQLite file without opening the store."""
+    """Rows in Chroma's record table, read from its SQLite file without opening the store.
+
+    A lower bound while a writer runs: Chroma commits a write to its log (embeddings_queue)
+    first and copies it into this table in a later step, replaying the log when opened."""
     try:
         with sqlite3.connect(f"file:{db / 'chroma.sqlite3'}?mode=ro", uri=True, timeout=1) as con:
             return int(con.execute("SELECT count(*) FROM embeddings").fetchone()[0])
     except sqlite3.Error:
         return 0
+
+
+def committed_ids(db: Path, embedder) -> list[str]:
+    """The ids a reopened store holds: everything Chroma committed, its log replayed."""
+    store = KnowledgeStore.open(Settings(chroma_path=db), embedder)
+    try:
+        return store.records.ids(CompiledFilter())
+    finally:
+        store.close()
 
 
 def test_kill_midway_and_rerun(tmp_path: Path, embedder) -> None:
@@ -48,7 +60,11 @@ def test_kill_midway_and_rerun(tmp_path: Path, embedder) -> None:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    written = stored_records(db)
+    # Count what a reopened store holds, not the record table: a kill between Chroma's
+    # log commit and its copy into that table leaves the table a batch behind (seen: 200
+    # rows, 250 records after the replay)
+    written = len(committed_ids(db, embedder))
+    assert stored_records(db) <= written
     assert 0 < written < RECORDS, "the kill should land midway"
 
     rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
@@ -57,10 +73,10 @@ def test_kill_midway_and_rerun(tmp_path: Path, embedder) -> None:
     assert int(skipped) == written  # what the killed run committed is kept, not redone
     assert int(added) + int(skipped) == RECORDS
 
-    store = KnowledgeStore.open(Settings(chroma_path=db), embedder)
-    ids = store.records.ids(CompiledFilter())
+    ids = committed_ids(db, embedder)
     assert len(ids) == RECORDS
     assert sorted(ids) == sorted(f"r{i}" for i in range(RECORDS))
+    store = KnowledgeStore.open(Settings(chroma_path=db), embedder)
     assert store.get("r1499").text.startswith("Record 1499")
     store.close()
 

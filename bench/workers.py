@@ -69,13 +69,14 @@ def baseline_ingest(args: dict[str, Any]) -> dict[str, Any]:
 
 
 def encoder(args: dict[str, Any]) -> dict[str, Any]:
-    """kb's configured embedder alone: embed_documents(texts) in one call."""
+    """kb's embedder alone, as bulk loads run it (its lanes, KB_ENCODER_LANES):
+    embed_documents(texts) in one call."""
     from kb.config import Settings
     from kb.embeddings import load_embedder
 
     texts = [d["text"] for d in read_jsonl(Path(args["corpus"]))]
     started = time.perf_counter()
-    embedder = load_embedder(Settings())
+    embedder = load_embedder(Settings(), bulk=True)
     loaded = time.perf_counter()
     vectors = embedder.embed_documents(texts)
     done = time.perf_counter()

@@ -54,6 +54,14 @@ class Settings(BaseSettings):
         default_factory=default_cache, description="Where the ONNX export of the model is kept."
     )
     encoder_threads: int = Field(0, ge=0, description="ONNX Runtime threads; 0 = one per core.")
+    encoder_lanes: int = Field(
+        0,
+        ge=0,
+        description="Bulk encoding (kb load, large adds' encoder process): batches run side by "
+        "side on this many one-thread ONNX Runtime lanes, which lose less than one session of "
+        "several threads when the store's writes take a core; 0 = one per core, 1 = one "
+        "session of KB_ENCODER_THREADS threads.",
+    )
     device: str = Field("cpu", description="Torch device (KB_BACKEND=torch).")
     embed_batch_size: int = Field(64, ge=1, le=4096)
     embed_batch_tokens: int = Field(

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from kb.config import PACKAGED_MODEL, Settings
+from kb.config import PACKAGED_MODEL, Settings, cpu_count
 from kb.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -101,8 +101,10 @@ def model_fingerprint(path: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def load_embedder(settings: Settings) -> Embedder:
-    """The configured encoder (KB_BACKEND); the single place a backend is chosen."""
+def load_embedder(settings: Settings, *, bulk: bool = False) -> Embedder:
+    """The configured encoder (KB_BACKEND); the single place a backend is chosen. `bulk`:
+    for an encoder that embeds large batches only (the encoder process), whose ONNX batches
+    run on KB_ENCODER_LANES single-thread lanes; queries want one run on every core."""
     if settings.backend == "torch":
         from kb.encoders.torch_backend import SentenceTransformerEmbedder
 
@@ -118,4 +120,5 @@ def load_embedder(settings: Settings) -> Embedder:
         batch_size=settings.embed_batch_size,
         batch_tokens=settings.embed_batch_tokens,
         threads=settings.encoder_threads,
+        lanes=(settings.encoder_lanes or cpu_count()) if bulk else 1,
     )

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kb.config import Settings
+from kb.config import Settings, cpu_count
 from kb.embeddings import Embedder, load_embedder, model_fingerprint, resolve_model_path
 from kb.encoders import onnx_export
 from kb.encoders.onnx_backend import OnnxEmbedder, token_batches
@@ -191,3 +191,26 @@ def test_a_small_token_budget_changes_no_vector(embedder: Embedder) -> None:
     )
     got = small.embed_documents(TEXTS)
     assert float(np.abs(got - embedder.embed_documents(TEXTS)).max()) < 1e-5
+
+
+def test_lanes_give_every_text_its_own_vector(embedder: Embedder) -> None:
+    """Bulk encoding on one-thread lanes: batches run side by side, rows land in input order,
+    vectors as one session's (texts of many lengths, so there are many batches)."""
+    assert isinstance(embedder, OnnxEmbedder)
+    lanes = OnnxEmbedder("all-MiniLM-L6-v2", cache=Settings().onnx_cache, batch_size=4, lanes=2)
+    assert lanes.lanes == 2
+    texts = [f"note {i}: " + "about glaciers and fjords " * (i % 23) for i in range(97)]
+    got = lanes.embed_documents(texts)
+    assert float(np.abs(got - embedder.embed_documents(texts)).max()) < 1e-5
+    assert np.allclose(got[41], embedder.embed_documents([texts[41]])[0], atol=1e-5)
+
+
+def test_bulk_encoders_get_one_lane_per_core_unless_set() -> None:
+    settings = Settings()
+    bulk = load_embedder(settings, bulk=True)
+    assert isinstance(bulk, OnnxEmbedder)
+    assert bulk.lanes == cpu_count()
+    assert load_embedder(settings.model_copy(update={"encoder_lanes": 1}), bulk=True).lanes == 1
+    single = load_embedder(settings)  # queries: one session on every core
+    assert isinstance(single, OnnxEmbedder)
+    assert single.lanes == 1

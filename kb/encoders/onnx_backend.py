@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,6 +26,11 @@ class OnnxEmbedder:
     its own longest text; a batch holds at most `batch_size` texts and `batch_tokens` padded
     tokens, so long texts go in smaller batches (whose attention scores stay in the caches).
     Session runs and the tokenizers are safe to share between threads.
+
+    With `lanes` > 1 (bulk encoding) the session runs one thread per call and the batches of
+    a call go side by side, one per lane: no lane waits for another at each operator, so when
+    other work takes a core (the store's writes) the lanes lose only that core's share, where
+    one session of two threads stalls at every operator whose second thread is descheduled.
     """
 
     def __init__(
@@ -36,6 +42,7 @@ class OnnxEmbedder:
         batch_size: int = 64,
         batch_tokens: int = 2048,
         threads: int = 0,
+        lanes: int = 1,
     ) -> None:
         import onnxruntime as ort
         from tokenizers import Tokenizer
@@ -52,7 +59,8 @@ class OnnxEmbedder:
         self._pad_id = int(export.meta["pad_id"])
 
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or cpu_count()
+        self.lanes = max(1, lanes)
+        options.intra_op_num_threads = 1 if self.lanes > 1 else (threads or cpu_count())
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -69,6 +77,11 @@ class OnnxEmbedder:
         self._tokenizer.enable_truncation(max_length=self.max_tokens)
         self._pieces = span_tokenizer(export.tokenizer_file)
         self._queries = Batcher(self._encode, max_items=4 * batch_size)
+        self._lanes = (
+            ThreadPoolExecutor(self.lanes, thread_name_prefix="kb-encoder-lane")
+            if self.lanes > 1
+            else None
+        )
 
     def embed_documents(self, texts: Sequence[str]) -> np.ndarray:
         return self._encode(texts)
@@ -88,8 +101,16 @@ class OnnxEmbedder:
         ids = [encoding.ids for encoding in self._tokenizer.encode_batch(list(texts))]
         lengths = [len(row) for row in ids]
         order = np.argsort(lengths, kind="stable")
-        for rows in token_batches(order, lengths, self.batch_size, self.batch_tokens):
+        batches = list(token_batches(order, lengths, self.batch_size, self.batch_tokens))
+
+        def encode(rows: np.ndarray) -> None:
             out[rows] = self._run([ids[row] for row in rows])
+
+        if self._lanes is None or len(batches) == 1:
+            for rows in batches:
+                encode(rows)
+        else:  # each lane takes the next batch when it is free; rows do not overlap
+            list(self._lanes.map(encode, batches))  # raises a lane's failure
         return out
 
     def _run(self, ids: list[list[int]]) -> np.ndarray:

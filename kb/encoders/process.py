@@ -37,7 +37,7 @@ def _serve(options: dict[str, Any], conn: Connection) -> None:
     from kb.embeddings import identity, load_embedder
 
     try:
-        encoder = load_embedder(Settings.model_validate(options))
+        encoder = load_embedder(Settings.model_validate(options), bulk=True)
         tokenizer = str(encoder.tokenizer_file)  # type: ignore[attr-defined]
         conn.send(("ready", identity(encoder), tokenizer))
     except BaseException as exc:  # the parent raises it
@@ -68,7 +68,7 @@ class EncoderProcess:
         if settings.backend not in BACKENDS:
             raise ConfigError("an encoder process runs the ONNX backends only")
         options = settings.model_dump(
-            include={"model", "backend", "onnx_cache", "encoder_threads"}
+            include={"model", "backend", "onnx_cache", "encoder_threads", "encoder_lanes"}
             | {"embed_batch_size", "embed_batch_tokens"},
             mode="json",
         )

@@ -43,7 +43,7 @@ def kb_load(corpus: Path, store: Path, expected: int) -> dict[str, Any]:
     seconds = float(found[5])
     return {
         "summary": found[0],
-        "ingest_s": seconds,  # as kb prints it (0.1 s resolution), model and store open excluded
+        "ingest_s": seconds,  # as kb prints it (10 ms resolution), model and store open excluded
         "wall_s": wall,
         "docs_per_s": expected / max(seconds, 0.05),
         "wall_docs_per_s": expected / wall,

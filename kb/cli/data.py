@@ -115,7 +115,7 @@ def load(
     near = f", {summary.duplicates} near-duplicate(s) of stored ones" if summary.duplicates else ""
     click.echo(
         f"added {summary.added}, updated {summary.updated}, skipped {summary.skipped}, "
-        f"failed {summary.failed} in {elapsed:.1f}s{near}",
+        f"failed {summary.failed} in {elapsed:.2f}s{near}",
         err=True,
     )
     if summary.failed:

@@ -22,8 +22,6 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 MODEL_KEY, DIM_KEY, FINGERPRINT_KEY = "kb_model", "kb_dim", "kb_fingerprint"
-RECORD_FIELDS = ["documents", "metadatas"]
-READ_PAGE = 10_000  # records a get without ids or limit asks for at a time
 
 
 @contextmanager
@@ -66,7 +64,7 @@ def make_client(settings: Settings) -> Any:
 class RecordCollection:
     """One Chroma collection in cosine space, holding vectors from exactly one model."""
 
-    read_page = READ_PAGE
+    read_page = 10_000  # records a get without ids or a limit asks Chroma for at a time
 
     def __init__(self, settings: Settings, embedder: Embedder, client: Any | None = None) -> None:
         self.settings = settings
@@ -192,8 +190,8 @@ class RecordCollection:
         return list(got["ids"])
 
     def metadatas(self, flt: CompiledFilter) -> list[dict[str, Any]]:
-        """The metadata of every record matching the filter."""
-        return [record.metadata for record in self.get(flt=flt)]
+        """The metadata of every record matching the filter (no texts read)."""
+        return [record.metadata for record in self.get(flt=flt, texts=False)]
 
     def get(
         self,
@@ -203,23 +201,26 @@ class RecordCollection:
         limit: int | None = None,
         offset: int | None = None,
         embeddings: bool = False,
+        texts: bool = True,
     ) -> list[Record]:
-        """Records by id and/or filter. Without ids or a limit, every match is read
-        `read_page` records at a time: Chroma fails a single `get` of ~32k or more records'
-        documents or metadata ("too many SQL variables")."""
+        """Records by id and/or filter; without `texts` their texts are left empty (cheaper).
+        Without ids or a limit, every match is read `read_page` records at a time: Chroma
+        fails a single `get` of ~32k or more records' documents or metadata ("too many SQL
+        variables")."""
         flt = flt or CompiledFilter()
-        include = RECORD_FIELDS + (["embeddings"] if embeddings else [])
+        include = (["documents"] if texts else []) + ["metadatas"]
+        include += ["embeddings"] if embeddings else []
         if ids is not None and not ids:
             return []
         if ids is not None and len(ids) > self.max_batch:
             return [
                 r
                 for part in _batches(ids, self.max_batch)
-                for r in self.get(part, flt, embeddings=embeddings)
+                for r in self.get(part, flt, embeddings=embeddings, texts=texts)
             ]
         if ids is None and limit is None:
-            start = offset or 0
-            return [r for page in self.pages(flt, self.read_page, embeddings, start) for r in page]
+            pages = self.pages(flt, self.read_page, embeddings, offset or 0, texts=texts)
+            return [r for page in pages for r in page]
         with chroma_errors():
             got = self._col.get(
                 ids=list(ids) if ids is not None else None,
@@ -233,7 +234,7 @@ class RecordCollection:
         return [
             Record(
                 id=rid,
-                text=got["documents"][i] or "",
+                text=(got["documents"][i] or "") if texts else "",
                 metadata=dict(got["metadatas"][i] or {}),
                 embedding=vectors[i] if vectors is not None else None,
             )
@@ -246,10 +247,14 @@ class RecordCollection:
         size: int = 1000,
         embeddings: bool = False,
         offset: int = 0,
+        *,
+        texts: bool = True,
     ) -> Iterator[list[Record]]:
         """Every record matching the filter (after the first `offset`), in storage order,
         `size` at a time."""
-        while batch := self.get(flt=flt, limit=size, offset=offset, embeddings=embeddings):
+        while batch := self.get(
+            flt=flt, limit=size, offset=offset, embeddings=embeddings, texts=texts
+        ):
             yield batch
             offset += len(batch)
 

@@ -337,6 +337,9 @@ def test_reads_of_every_match_go_a_page_at_a_time(store: KnowledgeStore) -> None
     assert sorted(meta["n"] for meta in store.records.metadatas(heads)) == list(range(7))
     assert len(store.records.get(flt=heads, offset=2)) == 5
     assert all(r.embedding is not None for r in store.records.get(flt=heads, embeddings=True))
+    bare = store.records.get(flt=heads, texts=False)  # metadata only: what stats reads
+    assert [r.text for r in bare] == [""] * 7
+    assert sorted(r.metadata["n"] for r in bare) == list(range(7))
     deleted = store.delete_where(CompiledFilter(where={"n": {"$gte": 1}}))
     assert deleted.deleted == 6
     assert [r.id for r in store.records.get(flt=heads)] == ["d0"]

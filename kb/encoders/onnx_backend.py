@@ -77,7 +77,7 @@ class OnnxEmbedder:
         self._tokenizer.enable_truncation(max_length=self.max_tokens)
         self._pieces = span_tokenizer(export.tokenizer_file)
         self._queries = Batcher(self._encode, max_items=4 * batch_size)
-        self._lanes = (
+        self._lane_pool = (
             ThreadPoolExecutor(self.lanes, thread_name_prefix="kb-encoder-lane")
             if self.lanes > 1
             else None
@@ -106,11 +106,11 @@ class OnnxEmbedder:
         def encode(rows: np.ndarray) -> None:
             out[rows] = self._run([ids[row] for row in rows])
 
-        if self._lanes is None or len(batches) == 1:
+        if self._lane_pool is None or len(batches) == 1:
             for rows in batches:
                 encode(rows)
         else:  # each lane takes the next batch when it is free; rows do not overlap
-            list(self._lanes.map(encode, batches))  # raises a lane's failure
+            list(self._lane_pool.map(encode, batches))  # raises a lane's failure
         return out
 
     def _run(self, ids: list[list[int]]) -> np.ndarray:

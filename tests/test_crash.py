@@ -11,6 +11,8 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from kb.config import Settings
@@ -33,11 +35,12 @@ def stored_records(db: Path) -> int:
         return 0
 
 
-def committed_ids(db: Path, embedder) -> list[str]:
-    """The ids a reopened store holds: everything Chroma committed, its log replayed."""
+@contextmanager
+def reopened(db: Path, embedder) -> Iterator[KnowledgeStore]:
+    """The store as a new process sees it: everything Chroma committed, its log replayed."""
     store = KnowledgeStore.open(Settings(chroma_path=db), embedder)
     try:
-        return store.records.ids(CompiledFilter())
+        yield store
     finally:
         store.close()
 
@@ -63,7 +66,8 @@ def test_kill_midway_and_rerun(tmp_path: Path, embedder) -> None:
     # Count what a reopened store holds, not the record table: a kill between Chroma's
     # log commit and its copy into that table leaves the table a batch behind (seen: 200
     # rows, 250 records after the replay)
-    written = len(committed_ids(db, embedder))
+    with reopened(db, embedder) as store:
+        written = len(store.records.ids(CompiledFilter()))
     assert stored_records(db) <= written
     assert 0 < written < RECORDS, "the kill should land midway"
 
@@ -73,12 +77,11 @@ def test_kill_midway_and_rerun(tmp_path: Path, embedder) -> None:
     assert int(skipped) == written  # what the killed run committed is kept, not redone
     assert int(added) + int(skipped) == RECORDS
 
-    ids = committed_ids(db, embedder)
+    with reopened(db, embedder) as store:
+        ids = store.records.ids(CompiledFilter())
+        assert store.get("r1499").text.startswith("Record 1499")
     assert len(ids) == RECORDS
     assert sorted(ids) == sorted(f"r{i}" for i in range(RECORDS))
-    store = KnowledgeStore.open(Settings(chroma_path=db), embedder)
-    assert store.get("r1499").text.startswith("Record 1499")
-    store.close()
 
 
 def test_acknowledged_writes_survive_a_sigkill(service: Service) -> None:

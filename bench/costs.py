@@ -1,0 +1,213 @@
+"""What ingest and a query pay besides the model's own work, each measured here rather than
+quoted from a scratch script:
+
+    python -m bench.costs [--docs 100000] [--only lanes|writes|caches|hooks ...]
+
+- lanes: bulk encoding of 6,000 short texts by one session of every core's threads
+  (KB_ENCODER_LANES=1) and by one-thread lanes (the default), quiet and beside a process busy
+  70% of each 10 ms (as the store's writes keep a core during a load): docs/s and CPU-ms a text.
+- writes: the CPU (all threads) of Chroma's `add` of 1,024 short records with random unit
+  vectors into a scratch collection growing to 10,240, at Chroma's default ef_construction
+  (100) and at 40; and a `get` of 1,024 ids that are not stored (a load's id check).
+- caches: three GET /health through Flask's test client right after a 48 MB sweep through
+  memory (as an encoder run reads 42 MB of weights) and right after the same work.
+- hooks: `kb serve` on the query benchmark's store; per request kind, the client's p50 over
+  loopback HTTP and the p50 of the server's own time between its first and last request hook
+  (the access log's duration_ms): what HTTP, waitress and Flask add outside kb's code.
+
+Writes bench/results/costs-<docs>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.corpus import documents, queries
+from bench.harness import Server, request, save_results, scratch
+from bench.micro import median_ms
+from bench.query import store_for
+from kb.config import Settings
+from kb.embeddings import load_embedder
+
+SECTIONS = ("lanes", "writes", "caches", "hooks")
+# Busy for 7 ms of every 10 ms: a rival for the cores, as Chroma's writes are during a load.
+RIVAL = "import time\nwhile True:\n t = time.perf_counter()\n while time.perf_counter() - t < 0.007: pass\n time.sleep(0.003)"  # noqa: E501
+ROUNDS = 2
+HNSW: dict[str, dict[str, int]] = {
+    "ef_construction_100": {},
+    "ef_construction_40": {"ef_construction": 40},
+}
+
+
+def lanes() -> dict[str, float]:
+    texts = [d["text"] for d in documents("short", 6000)]
+    encoders = {
+        "one_session": load_embedder(Settings(encoder_lanes=1), bulk=True),
+        "lanes": load_embedder(Settings(), bulk=True),
+    }
+    for encoder in encoders.values():
+        encoder.embed_documents(texts[:256])  # warm
+    out: dict[str, float] = {}
+    for setting in ("quiet", "beside_a_busy_process"):
+        rival = subprocess.Popen([sys.executable, "-c", RIVAL]) if setting != "quiet" else None
+        try:
+            rates: dict[str, list[tuple[float, float]]] = {name: [] for name in encoders}
+            for _ in range(ROUNDS):  # alternating, the machine's speed drifts
+                for name, encoder in encoders.items():
+                    cpu, started = time.process_time(), time.perf_counter()
+                    encoder.embed_documents(texts)
+                    wall, cpu = time.perf_counter() - started, time.process_time() - cpu
+                    rates[name].append((len(texts) / wall, cpu * 1000 / len(texts)))
+        finally:
+            if rival is not None:
+                rival.kill()
+                rival.wait()
+        for name, runs in rates.items():
+            out[f"{setting}_{name}_docs_per_s"] = statistics.median(r for r, _ in runs)
+            out[f"{setting}_{name}_cpu_ms_per_doc"] = statistics.median(c for _, c in runs)
+    return out
+
+
+def writes() -> dict[str, float]:
+    from kb.collection import make_client
+
+    batch, rounds = 1024, 10
+    docs = documents("short", batch * rounds)
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(len(docs), 384)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    out: dict[str, float] = {}
+    with scratch() as path:
+        client = make_client(Settings(chroma_path=path))
+        for name, hnsw in HNSW.items():
+            collection = client.create_collection(
+                name, configuration={"hnsw": {"space": "cosine", **hnsw}}, embedding_function=None
+            )
+            cpu = []
+            for i in range(rounds):
+                part = slice(i * batch, (i + 1) * batch)
+                started = time.process_time()
+                collection.add(
+                    ids=[d["id"] for d in docs[part]],
+                    documents=[d["text"] for d in docs[part]],
+                    metadatas=[d["metadata"] for d in docs[part]],
+                    embeddings=vectors[part],
+                )
+                cpu.append(time.process_time() - started)
+            out[f"add_1024_cpu_s_{name}"] = statistics.median(cpu)
+        absent = [f"absent-{i}" for i in range(batch)]
+        out["get_1024_absent_ids_ms"] = median_ms(
+            lambda: collection.get(ids=absent, include=["documents", "metadatas"])
+        )
+    return out
+
+
+def caches() -> dict[str, float]:
+    from kb.app import close_app, create_app
+
+    with scratch() as path:
+        app = create_app(Settings(chroma_path=path, log_level="WARNING"))
+        try:
+            client = app.test_client()
+            sweep = np.ones(48 * 2**20 // 8)  # 48 MB, more than the L3 cache
+
+            def work() -> float:
+                started = time.perf_counter()
+                for _ in range(3):
+                    client.get("/health")
+                return time.perf_counter() - started
+
+            for _ in range(50):
+                work()
+            cold, warm = [], []
+            for _ in range(300):
+                sweep.sum()
+                cold.append(work())
+                warm.append(work())
+        finally:
+            close_app(app)
+    return {
+        "three_health_after_a_48mb_sweep_ms": statistics.median(cold) * 1000,
+        "three_health_after_the_same_work_ms": statistics.median(warm) * 1000,
+    }
+
+
+def hooks(docs: int) -> dict[str, float]:
+    path, _ = store_for(docs)
+    texts = queries()
+
+    def query(**extra: Any) -> Callable[[int], bytes]:
+        return lambda i: json.dumps({"query": texts[i % len(texts)], **extra}).encode()
+
+    kinds: dict[str, tuple[str, str, Callable[[int], bytes | None]]] = {
+        "health": ("GET", "/health", lambda i: None),
+        "query_refused_422": ("POST", "/query", query(top_k=0)),
+        "query_top_5": ("POST", "/query", query(top_k=5)),
+        "query_top_1": ("POST", "/query", query(top_k=1)),
+        "query_no_match": ("POST", "/query", query(top_k=5, min_score=0.99)),
+    }
+    per_kind = 250
+    client: dict[str, list[float]] = {name: [] for name in kinds}
+    with scratch() as work:
+        log = work / "serve.log"
+        with Server(path, log) as server:
+            server.wait_ready()
+            conn = server.connect()
+            for i in range(40):
+                request(conn, "POST", "/query", query(top_k=5)(i))
+            for _ in range(ROUNDS):
+                for name, (method, route, body) in kinds.items():
+                    for i in range(per_kind):
+                        payload, started = body(i), time.perf_counter()
+                        request(conn, method, route, payload)
+                        client[name].append(time.perf_counter() - started)
+            time.sleep(1)  # the log's writer thread
+        logged = _access_durations(log)[-ROUNDS * len(kinds) * per_kind :]
+    server: dict[str, list[float]] = {name: [] for name in kinds}
+    for i, name in enumerate(list(kinds) * ROUNDS):  # the log's lines in the requests' order
+        server[name] += logged[i * per_kind : (i + 1) * per_kind]
+    out: dict[str, float] = {}
+    for name in kinds:
+        out[f"{name}_client_ms"] = statistics.median(client[name]) * 1000
+        out[f"{name}_server_ms"] = statistics.median(server[name])
+        out[f"{name}_outside_ms"] = out[f"{name}_client_ms"] - out[f"{name}_server_ms"]
+    return out
+
+
+def _access_durations(log: Path) -> list[float]:
+    lines = (json.loads(line) for line in log.read_text().splitlines() if line.startswith("{"))
+    return [line["duration_ms"] for line in lines if line.get("logger") == "kb.access"]
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.costs", description=__doc__)
+    parser.add_argument("--docs", type=int, default=100_000)
+    parser.add_argument("--only", action="append", choices=SECTIONS)
+    args = parser.parse_args(argv)
+    runs: dict[str, Callable[[], dict[str, float]]] = {
+        "lanes": lanes,
+        "writes": writes,
+        "caches": caches,
+        "hooks": lambda: hooks(args.docs),
+    }
+    results = {}
+    for name in args.only or SECTIONS:
+        results[name] = runs[name]()
+        for key, value in results[name].items():
+            print(f"{name:>7}  {key:<48} {value:10.3f}", flush=True)
+    save_results(f"costs-{args.docs}", results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

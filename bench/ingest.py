@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import resource
 import statistics
 import subprocess
 import threading
@@ -23,8 +24,9 @@ ADD_BATCH = BATCH_SIZE  # what kb load --url sends per request
 
 
 def kb_load(corpus: Path, store: Path, expected: int) -> dict[str, Any]:
-    """`kb load FILE --quiet` into a fresh store: its own ingest time and the wall time."""
-    started = time.perf_counter()
+    """`kb load FILE --quiet` into a fresh store: its own ingest time, the wall time, and the
+    CPU it and its encoder process used (start-up included)."""
+    started, cpu = time.perf_counter(), _children_cpu()
     done = subprocess.run(
         kb_command("load", str(corpus), "--quiet"),
         env=kb_env(store),
@@ -32,7 +34,7 @@ def kb_load(corpus: Path, store: Path, expected: int) -> dict[str, Any]:
         capture_output=True,
         text=True,
     )
-    wall = time.perf_counter() - started
+    wall, cpu = time.perf_counter() - started, _children_cpu() - cpu
     note("kb load", done.stderr)
     found = SUMMARY.search(done.stderr)
     if done.returncode or not found:
@@ -47,10 +49,18 @@ def kb_load(corpus: Path, store: Path, expected: int) -> dict[str, Any]:
         "wall_s": wall,
         "docs_per_s": expected / max(seconds, 0.05),
         "wall_docs_per_s": expected / wall,
+        "cpu_s": cpu,  # kb load and its encoder process, start-up included
+        "cores": cpu / wall,
         "added": added,
         "skipped": skipped,
         "failed": failed,
     }
+
+
+def _children_cpu() -> float:
+    """CPU seconds of this process's finished children (and theirs), user and system."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def post_add(docs: Sequence[dict[str, Any]], store: Path, log: Path) -> dict[str, Any]:

@@ -4,7 +4,9 @@ here rather than quoted from a scratch script:
     python -m bench.micro [--docs 100000] [--only encoder|products|chroma|health ...]
 
 - encoder: ONNX texts/s on twelve-word-piece texts, and on paragraphs with batches capped by
-  padded tokens (KB_EMBED_BATCH_TOKENS) and with batches of 64 texts alone.
+  padded tokens (KB_EMBED_BATCH_TOKENS) and with batches of 64 texts alone; one query at a
+  time (the bench's 86 labeled queries, the median of each one's median) on every core's
+  threads and on one thread.
 - products: one 100k x 384 matrix-vector product; 8 threads doing them at once (what numpy's
   multi-threaded OpenBLAS did before the mirror serialized them); one product of k vectors.
 - chroma: one nearest-neighbour query (n=100) on the cached query store; 16 vectors in one
@@ -30,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from bench import COLLECTION
-from bench.corpus import documents
+from bench.corpus import documents, queries
 from bench.harness import save_results, scratch
 from bench.query import store_for
 from kb.config import Settings
@@ -60,6 +62,10 @@ def encoder() -> dict[str, float]:
     for name, embedder in (("capped", capped), ("batches_of_64", uncapped)):
         seconds = median_ms(lambda e=embedder: e.embed_documents(paragraphs), 3) / 1000
         out[f"paragraphs_per_s_{name}"] = len(paragraphs) / seconds
+    one_thread = load_embedder(Settings(encoder_threads=1))
+    for name, embedder in (("every_core", capped), ("one_thread", one_thread)):
+        times = [median_ms(lambda e=embedder, q=q: e.embed_queries([q]), 5) for q in queries()]
+        out[f"one_query_ms_{name}"] = statistics.median(times)
     return out
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -214,3 +215,24 @@ def test_bulk_encoders_get_one_lane_per_core_unless_set() -> None:
     single = load_embedder(settings)  # queries: one session on every core
     assert isinstance(single, OnnxEmbedder)
     assert single.lanes == 1
+
+
+def test_a_first_load_exports_in_its_encoder_process_and_exits_cleanly(tmp_path: Path) -> None:
+    """With nothing cached, kb load's encoder process exports the model, then stops without
+    the interpreter's teardown: what it made (tqdm's lock during the export) is released,
+    so nothing is reported leaked, and the export is there for the next run."""
+    source = tmp_path / "docs.jsonl"
+    source.write_text("".join(json.dumps({"text": f"note {i} on fjords"}) + "\n" for i in range(5)))
+    env = {"KB_ONNX_CACHE": str(tmp_path / "cache"), "KB_CHROMA_PATH": str(tmp_path / "db")}
+    done = subprocess.run(
+        [sys.executable, "-m", "kb", "load", "--quiet", str(source)],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "added 5" in done.stderr
+    assert "leaked" not in done.stderr, done.stderr
+    assert "Loading weights" not in done.stderr  # no progress bars in kb's output
+    assert list((tmp_path / "cache").glob("*/model.onnx"))

@@ -79,12 +79,14 @@ def _export(model_path: Path, directory: Path) -> None:
     try:
         import torch
         from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as hf_logging
     except ImportError as exc:
         raise ConfigError(
             "exporting the model to ONNX needs torch and sentence-transformers (make install), "
             "or use KB_BACKEND=torch"
         ) from exc
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    hf_logging.disable_progress_bar()  # no "Loading weights" bar in kb's output
     # Eager attention traces to plain MatMul/Softmax, which ONNX Runtime runs ~15% faster on
     # long inputs than the traced scaled_dot_product_attention.
     model = SentenceTransformer(

@@ -48,14 +48,25 @@ def _serve(options: dict[str, Any], conn: Connection) -> None:
             texts = conn.recv()
         except (EOFError, OSError):  # the parent is gone
             return
-        if texts is None:  # done: skip the interpreter's teardown (150 ms that a load
-            os._exit(0)  # waited for); the child holds nothing that needs flushing
+        if texts is None:  # done
+            _exit_now()
         try:
             conn.send(("ok", encoder.embed_documents(texts), None))
         except (BrokenPipeError, OSError):
             return
         except Exception as exc:
             conn.send(("error", f"{type(exc).__name__}: {exc}", None))
+
+
+def _exit_now() -> None:
+    """Exit without the interpreter's teardown of ONNX Runtime (150 ms that a load waited
+    for). multiprocessing's own finalizers still run: they release the semaphores libraries
+    made here (tqdm's lock, when a first run exported the model in this process), which the
+    resource tracker would otherwise report as leaked."""
+    from multiprocessing import util
+
+    util._run_finalizers()  # what a normal exit runs (no public name for it)
+    os._exit(0)
 
 
 class EncoderProcess:

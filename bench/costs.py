@@ -20,7 +20,6 @@ Writes bench/results/costs-<docs>.json.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import subprocess
@@ -33,13 +32,12 @@ from typing import Any
 import numpy as np
 
 from bench.corpus import documents, queries
-from bench.harness import Server, request, save_results, scratch
-from bench.micro import median_ms
+from bench.harness import Server, request, scratch
+from bench.micro import Section, median_ms, run_sections
 from bench.query import store_for
 from kb.config import Settings
 from kb.embeddings import load_embedder
 
-SECTIONS = ("lanes", "writes", "caches", "hooks")
 # Busy for 7 ms of every 10 ms: a rival for the cores, as Chroma's writes are during a load.
 RIVAL = "import time\nwhile True:\n t = time.perf_counter()\n while time.perf_counter() - t < 0.007: pass\n time.sleep(0.003)"  # noqa: E501
 ROUNDS = 2
@@ -190,23 +188,13 @@ def _access_durations(log: Path) -> list[float]:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.costs", description=__doc__)
-    parser.add_argument("--docs", type=int, default=100_000)
-    parser.add_argument("--only", action="append", choices=SECTIONS)
-    args = parser.parse_args(argv)
-    runs: dict[str, Callable[[], dict[str, float]]] = {
-        "lanes": lanes,
-        "writes": writes,
-        "caches": caches,
-        "hooks": lambda: hooks(args.docs),
+    runs: dict[str, Section] = {
+        "lanes": lambda docs: lanes(),
+        "writes": lambda docs: writes(),
+        "caches": lambda docs: caches(),
+        "hooks": hooks,
     }
-    results = {}
-    for name in args.only or SECTIONS:
-        results[name] = runs[name]()
-        for key, value in results[name].items():
-            print(f"{name:>7}  {key:<48} {value:10.3f}", flush=True)
-    save_results(f"costs-{args.docs}", results)
-    return 0
+    return run_sections("python -m bench.costs", __doc__, runs, argv)
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ from bench.query import store_for
 from kb.config import Settings
 from kb.embeddings import load_embedder
 
-SECTIONS = ("encoder", "products", "chroma", "health", "gil")
+Section = Callable[[int], dict[str, float]]  # the store's size -> named figures
 TWELVE = "the quick brown fox jumps over a lazy dog today"  # 12 word pieces with [CLS]/[SEP]
 
 
@@ -196,25 +196,34 @@ def gil() -> dict[str, float]:
     return out
 
 
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.micro", description=__doc__)
+def run_sections(
+    prog: str, description: str | None, runs: dict[str, Section], argv: list[str]
+) -> int:
+    """The command line of a script of timed sections: --only picks sections (all by
+    default), --docs the query benchmark's store; prints each figure and writes
+    bench/results/<script>-<docs>.json."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--docs", type=int, default=100_000)
-    parser.add_argument("--only", action="append", choices=SECTIONS)
+    parser.add_argument("--only", action="append", choices=list(runs))
     args = parser.parse_args(argv)
-    runs: dict[str, Callable[[], dict[str, float]]] = {
-        "encoder": encoder,
-        "products": products,
-        "chroma": lambda: chroma(args.docs),
-        "health": lambda: health(args.docs),
-        "gil": gil,
-    }
     results = {}
-    for name in args.only or SECTIONS:
-        results[name] = runs[name]()
+    for name in args.only or runs:
+        results[name] = runs[name](args.docs)
         for key, value in results[name].items():
-            print(f"{name:>8}  {key:<36} {value:10.2f}", flush=True)
-    save_results(f"micro-{args.docs}", results)
+            print(f"{name:>8}  {key:<48} {value:10.3f}", flush=True)
+    save_results(f"{prog.rsplit('.', 1)[-1]}-{args.docs}", results)
     return 0
+
+
+def main(argv: list[str]) -> int:
+    runs: dict[str, Section] = {
+        "encoder": lambda docs: encoder(),
+        "products": lambda docs: products(),
+        "chroma": chroma,
+        "health": health,
+        "gil": lambda docs: gil(),
+    }
+    return run_sections("python -m bench.micro", __doc__, runs, argv)
 
 
 if __name__ == "__main__":

@@ -44,6 +44,16 @@ def test_queued_batches_come_back_in_order(remote: EncoderProcess, embedder: Emb
     assert remote.submit([]).result(timeout=60).shape == (0, remote.dim)
 
 
+def test_a_failed_batch_fails_its_caller_and_the_next_one_is_answered(
+    remote: EncoderProcess, embedder: Embedder
+) -> None:
+    broken = remote.submit([None])  # type: ignore[list-item]  # the child cannot tokenize it
+    after = remote.submit(TEXTS)
+    with pytest.raises(ConfigError, match="encoder process failed"):
+        broken.result(timeout=60)
+    assert float(np.abs(after.result(timeout=60) - embedder.embed_documents(TEXTS)).max()) < 1e-5
+
+
 def test_a_stopped_process_fails_its_callers() -> None:
     encoder = EncoderProcess(Settings())
     encoder._process.kill()

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -204,6 +205,43 @@ def test_lanes_give_every_text_its_own_vector(embedder: Embedder) -> None:
     got = lanes.embed_documents(texts)
     assert float(np.abs(got - embedder.embed_documents(texts)).max()) < 1e-5
     assert np.allclose(got[41], embedder.embed_documents([texts[41]])[0], atol=1e-5)
+
+
+def test_submitted_batches_share_the_lanes(embedder: Embedder) -> None:
+    """Each call's batches queue behind the previous call's, so two one-batch calls run side
+    by side (the encoder process submits each batch a load sends as it arrives): both runs
+    must be inside `_run` at once to pass the barrier."""
+    lanes = OnnxEmbedder("all-MiniLM-L6-v2", cache=Settings().onnx_cache, lanes=2)
+    both = threading.Barrier(2, timeout=30)
+    run = lanes._run
+
+    def meeting(ids: list[list[int]]) -> np.ndarray:
+        both.wait()
+        return run(ids)
+
+    lanes._run = meeting  # type: ignore[method-assign]
+    first, second = lanes.submit_documents(["one call"]), lanes.submit_documents(["another"])
+    got = np.vstack([first.result(timeout=60), second.result(timeout=60)])
+    assert float(np.abs(got - embedder.embed_documents(["one call", "another"])).max()) < 1e-5
+
+
+def test_a_failed_batch_fails_its_own_call_only(embedder: Embedder) -> None:
+    lanes = OnnxEmbedder("all-MiniLM-L6-v2", cache=Settings().onnx_cache, batch_size=2, lanes=2)
+    run = lanes._run
+    broken = lanes._tokenizer.encode("the broken one").ids
+
+    def failing(ids: list[list[int]]) -> np.ndarray:
+        if broken in ids:
+            raise RuntimeError("this batch failed")
+        return run(ids)
+
+    lanes._run = failing  # type: ignore[method-assign]
+    texts = [f"a good text, number {i}" for i in range(7)]
+    bad = lanes.submit_documents([*texts[:3], "the broken one", *texts[3:]])
+    good = lanes.submit_documents(texts)
+    with pytest.raises(RuntimeError, match="this batch failed"):
+        bad.result(timeout=60)
+    assert float(np.abs(good.result(timeout=60) - embedder.embed_documents(texts)).max()) < 1e-5
 
 
 def test_bulk_encoders_get_one_lane_per_core_unless_set() -> None:

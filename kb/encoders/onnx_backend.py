@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -14,7 +15,7 @@ from kb.embeddings import model_fingerprint, resolve_model_path
 from kb.encoders.onnx_export import ensure_export
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Sequence
+    from collections.abc import Callable, Iterator, Sequence
 
     from tokenizers import Tokenizer
 
@@ -94,24 +95,58 @@ class OnnxEmbedder:
         """Character spans of the word pieces the model reads (no special tokens)."""
         return list(self._pieces.encode(text, add_special_tokens=False).offsets)
 
+    def submit_documents(self, texts: Sequence[str]) -> Future[np.ndarray]:
+        """Embed texts on the lanes behind the batches already queued there, and return at
+        once. An encoder process submits each batch a load sends as it arrives, so the lanes
+        go from one batch to the next without waiting at the end of each for the slowest
+        lane, or for the next batch's tokenizing (done here, while the lanes run)."""
+        if self._lane_pool is None:
+            return _settled(self._encode, texts)
+        out, ids, batches = self._plan(texts)
+        future: Future[np.ndarray] = Future()
+        if not batches:
+            future.set_result(out)
+            return future
+        left = len(batches)
+        lock = threading.Lock()
+
+        def encode(rows: np.ndarray) -> None:
+            nonlocal left
+            if future.done():  # an earlier batch of this call failed
+                return
+            try:
+                out[rows] = self._run([ids[row] for row in rows])
+            except BaseException as exc:
+                with lock:
+                    if not future.done():
+                        future.set_exception(exc)
+                return
+            with lock:
+                left -= 1
+                if left == 0 and not future.done():
+                    future.set_result(out)
+
+        for rows in batches:
+            self._lane_pool.submit(encode, rows)
+        return future
+
     def _encode(self, texts: Sequence[str]) -> np.ndarray:
+        if self._lane_pool is not None:
+            return self.submit_documents(texts).result()
+        out, ids, batches = self._plan(texts)
+        for rows in batches:
+            out[rows] = self._run([ids[row] for row in rows])
+        return out
+
+    def _plan(self, texts: Sequence[str]) -> tuple[np.ndarray, list[list[int]], list[np.ndarray]]:
+        """The output array, each text's token ids, and the batches of rows (by length)."""
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         if not texts:
-            return out
+            return out, [], []
         ids = [encoding.ids for encoding in self._tokenizer.encode_batch(list(texts))]
         lengths = [len(row) for row in ids]
         order = np.argsort(lengths, kind="stable")
-        batches = list(token_batches(order, lengths, self.batch_size, self.batch_tokens))
-
-        def encode(rows: np.ndarray) -> None:
-            out[rows] = self._run([ids[row] for row in rows])
-
-        if self._lane_pool is None or len(batches) == 1:
-            for rows in batches:
-                encode(rows)
-        else:  # each lane takes the next batch when it is free; rows do not overlap
-            list(self._lane_pool.map(encode, batches))  # raises a lane's failure
-        return out
+        return out, ids, list(token_batches(order, lengths, self.batch_size, self.batch_tokens))
 
     def _run(self, ids: list[list[int]]) -> np.ndarray:
         width = max(len(row) for row in ids)
@@ -123,6 +158,18 @@ class OnnxEmbedder:
         types = np.zeros_like(mask)
         feeds = {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": types}
         return self._session.run(None, {name: feeds[name] for name in self._inputs})[0]
+
+
+def _settled(
+    work: Callable[[Sequence[str]], np.ndarray], texts: Sequence[str]
+) -> Future[np.ndarray]:
+    """The future of work done now."""
+    future: Future[np.ndarray] = Future()
+    try:
+        future.set_result(work(texts))
+    except Exception as exc:
+        future.set_exception(exc)
+    return future
 
 
 def span_tokenizer(path: str | Path) -> Tokenizer:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
+import queue
 import threading
 from collections import deque
 from concurrent.futures import Future
@@ -32,7 +33,9 @@ BACKENDS = frozenset({"onnx", "onnx-int8"})  # the backends a child process runs
 
 
 def _serve(options: dict[str, Any], conn: Connection) -> None:
-    """The child: load the encoder, say what it is, then embed each batch sent, in order."""
+    """The child: load the encoder, say what it is, then embed each batch sent. Batches are
+    queued on the encoder's lanes as they arrive (`submit_documents`), so the lanes never wait
+    between two batches; a thread sends the vectors back in the order the batches came."""
     from kb.config import Settings
     from kb.embeddings import identity, load_embedder
 
@@ -43,19 +46,37 @@ def _serve(options: dict[str, Any], conn: Connection) -> None:
     except BaseException as exc:  # the parent raises it
         conn.send(("error", f"{type(exc).__name__}: {exc}", None))
         return
+    answers: queue.SimpleQueue[Future[np.ndarray] | None] = queue.SimpleQueue()
+    sender = threading.Thread(target=_answer, args=(answers, conn), name="kb-encoder-out")
+    sender.start()
     while True:
         try:
             texts = conn.recv()
         except (EOFError, OSError):  # the parent is gone
-            return
-        if texts is None:  # done
+            texts = None
+        if texts is None:  # done (or no one to answer): send what is queued, then go
+            answers.put(None)
+            sender.join()
             _exit_now()
         try:
-            conn.send(("ok", encoder.embed_documents(texts), None))
-        except (BrokenPipeError, OSError):
-            return
+            answer = encoder.submit_documents(texts)  # type: ignore[attr-defined]
+        except Exception as exc:  # its tokenizing failed
+            answer = Future()
+            answer.set_exception(exc)
+        answers.put(answer)
+
+
+def _answer(answers: queue.SimpleQueue[Future[np.ndarray] | None], conn: Connection) -> None:
+    """Send each batch's vectors, or its failure, in order; stop at None."""
+    while (future := answers.get()) is not None:
+        try:
+            reply = ("ok", future.result(), None)
         except Exception as exc:
-            conn.send(("error", f"{type(exc).__name__}: {exc}", None))
+            reply = ("error", f"{type(exc).__name__}: {exc}", None)
+        try:
+            conn.send(reply)
+        except (BrokenPipeError, OSError):  # the parent is gone
+            return
 
 
 def _exit_now() -> None:

@@ -75,7 +75,8 @@ class Settings(BaseSettings):
         ge=0,
         description="kb serve: adds with at least this many texts to embed are embedded by an "
         "encoder process (ONNX backends), which keeps encoding while Chroma writes; it starts "
-        "once such adds have brought 800 characters per text of this setting (200k at 256); "
+        "once such adds have brought 800 characters per text of this setting (200k at 256). "
+        "kb load: an input file of fewer bytes than that embeds in-process. "
         "0 = always in-process.",
     )
     encoder_process_idle_s: float = Field(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import json
+import os
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -109,6 +110,19 @@ def estimate(found: Iterable[Source]) -> int | None:
                 return None
             total += lines - 1 if source.fmt == "csv" else lines
         else:
+            return None
+    return total
+
+
+def input_bytes(found: Iterable[Source]) -> int | None:
+    """The sources' total size in bytes; None when one is standard input."""
+    total = 0
+    for source in found:
+        if source.path == "-":
+            return None
+        try:
+            total += os.path.getsize(source.path)
+        except OSError:
             return None
     return total
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner, Result
 
@@ -51,6 +52,53 @@ def test_load_jsonl_then_again_adds_nothing(env, tmp_path: Path, embedder) -> No
     assert store.count() == 3
     assert store.get("a").metadata == {"n": 1}
     store.close()
+
+
+@pytest.fixture
+def encoder_processes(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """The encoder processes kb load starts (recorded, then started as usual)."""
+    from kb.encoders import process
+
+    started: list[object] = []
+
+    class Recorded(process.EncoderProcess):
+        def __init__(self, settings: Settings) -> None:
+            started.append(self)
+            super().__init__(settings)
+
+    monkeypatch.setattr(process, "EncoderProcess", Recorded)
+    return started
+
+
+def test_a_small_load_embeds_in_process_and_a_large_one_in_an_encoder_process(
+    env, tmp_path: Path, embedder, encoder_processes: list[object]
+) -> None:
+    """Under 800 bytes per KB_ENCODER_PROCESS_MIN_TEXTS (kb serve's starting rule) the load is
+    over before a second interpreter would have loaded the model; above it, or from standard
+    input (size unknown), an encoder process embeds while the load writes; with the setting
+    at 0, never. Same vectors."""
+    docs = [{"id": f"d{i}", "text": f"note {i} on indexes and their write cost"} for i in range(40)]
+    source = write_jsonl(tmp_path / "docs.jsonl", docs)
+    assert 800 < source.stat().st_size < 800 * Settings().encoder_process_min_texts
+    assert run(env, "load", str(source)).exit_code == 0
+    assert encoder_processes == []
+    large = {**env, "KB_COLLECTION": "cli_large", "KB_ENCODER_PROCESS_MIN_TEXTS": "1"}
+    assert run(large, "load", str(source)).exit_code == 0
+    assert len(encoder_processes) == 1
+    piped = {**env, "KB_COLLECTION": "cli_piped"}
+    assert run(piped, "load", "-", stdin=source.read_text()).exit_code == 0
+    assert len(encoder_processes) == 2
+    never = {**env, "KB_COLLECTION": "cli_never", "KB_ENCODER_PROCESS_MIN_TEXTS": "0"}
+    assert run(never, "load", "-", stdin=source.read_text()).exit_code == 0
+    assert len(encoder_processes) == 2
+    vectors = []
+    for collection in ("cli_test", "cli_large", "cli_piped"):
+        store = stored({**env, "KB_COLLECTION": collection}, embedder)
+        assert store.count() == len(docs)
+        vectors.append(store.records.get(["d7"], embeddings=True)[0].embedding)
+        store.close()
+    assert np.abs(np.asarray(vectors[0]) - np.asarray(vectors[1])).max() < 1e-5
+    assert np.abs(np.asarray(vectors[0]) - np.asarray(vectors[2])).max() < 1e-5
 
 
 def test_bad_records_are_reported_with_line_numbers_and_skipped(

@@ -17,7 +17,7 @@ from kb.cli.base import API_KEY, fail, main, open_store
 from kb.config import Settings
 from kb.errors import KBError
 from kb.ingest import BATCH_SIZE, FIRST_BATCH, Prepare, Sink
-from kb.loader import FORMATS, Options, Problem, estimate, read, sources
+from kb.loader import FORMATS, Options, Problem, estimate, input_bytes, read, sources
 from kb.progress import Progress
 
 if TYPE_CHECKING:
@@ -85,7 +85,7 @@ def load(
     options = Options(settings, text_column=text_column, id_column=id_column)
     progress = Progress(estimate(found), enabled=not quiet and sys.stderr.isatty())
     mode = "upsert" if upsert else "skip"
-    target = _target(settings, url, api_key, mode, on_duplicate)
+    target = _target(settings, url, api_key, mode, on_duplicate, input_bytes(found))
 
     def report(problem: Problem) -> None:
         progress.clear()
@@ -134,11 +134,20 @@ class _Target:
 
 
 def _target(
-    settings: Settings, url: str | None, api_key: str | None, mode: str, on_duplicate: str
+    settings: Settings,
+    url: str | None,
+    api_key: str | None,
+    mode: str,
+    on_duplicate: str,
+    size: int | None = None,
 ) -> _Target:
     """The REST API at `url` (URL_IN_FLIGHT requests at a time, so the service embeds one
     while it writes another), or the store itself: an encoder process embeds the next
-    batches while this process writes (ONNX backends; torch embeds here, in turn)."""
+    batches while this process writes (ONNX backends; torch embeds here, in turn). An input
+    of known `size` under the text kb serve's encoder process waits for (STARTING_CHARS per
+    text of KB_ENCODER_PROCESS_MIN_TEXTS, 200 kB by default) embeds here too: it is over
+    before a second interpreter would have loaded the model; so does every load when that
+    setting is 0."""
     if url:
         from kb.client import KBClient
 
@@ -150,7 +159,11 @@ def _target(
     from kb.store import WriteMode
 
     write_mode = WriteMode(mode)
-    if settings.backend not in PROCESS_BACKENDS:
+    from kb.encoders.bulk import STARTING_CHARS
+
+    least = settings.encoder_process_min_texts  # 0: never an encoder process
+    small = not least or (size is not None and size < STARTING_CHARS * least)
+    if settings.backend not in PROCESS_BACKENDS or small:
         store = open_store(settings, searching=False)
         prepare = lambda docs: store.prepare(docs, write_mode, on_duplicate)  # noqa: E731
         return _Target(store.commit, prepare, store.close)

@@ -89,5 +89,9 @@ def configure(level: str, fmt: str) -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
-    # The Chroma client logs every HTTP request it makes at INFO: noise beside kb's own lines.
-    logging.getLogger("httpx").setLevel(max(logging.WARNING, root.level))
+    # Noise beside kb's own lines: the Chroma client logs every HTTP request it makes at INFO,
+    # and faiss's loader says at INFO, on every start, that it found no AVX-512 or AVX2 build:
+    # the one it loads picks those instructions at run time (faiss.get_compile_options():
+    # "DD AVX2 AVX512 ...").
+    for noisy in ("httpx", "faiss.loader"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

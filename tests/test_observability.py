@@ -90,3 +90,13 @@ def test_metrics_count_requests_documents_and_encoder_time(cooking: FlaskClient)
     assert sample(text, "kb_encoder_texts_total", kind="documents") == 4
     assert sample(text, "kb_encoder_texts_total", kind="queries") == 1
     assert sample(text, "kb_encoder_duration_seconds_sum", kind="documents") > 0
+
+
+def test_libraries_info_noise_is_kept_out_of_the_log() -> None:
+    """The Chroma client's per-request lines and faiss's loader lines stay out at INFO; their
+    warnings, and kb's own INFO lines, still go through."""
+    logs.configure("INFO", "json")
+    for noisy in ("httpx", "faiss.loader"):
+        assert not logging.getLogger(noisy).isEnabledFor(logging.INFO)
+        assert logging.getLogger(noisy).isEnabledFor(logging.WARNING)
+    assert logging.getLogger("kb.access").isEnabledFor(logging.INFO)

@@ -17,7 +17,13 @@ from kb.store import KnowledgeStore
 
 @pytest.fixture
 def env(tmp_path: Path) -> dict[str, str]:
-    return {"KB_CHROMA_PATH": str(tmp_path / "db"), "KB_COLLECTION": "cli_test"}
+    """A store of its own; loads of any size embed in an encoder process, as large ones do
+    (the path most loads take)."""
+    return {
+        "KB_CHROMA_PATH": str(tmp_path / "db"),
+        "KB_COLLECTION": "cli_test",
+        "KB_ENCODER_PROCESS_MIN_TEXTS": "1",
+    }
 
 
 def run(env: dict[str, str], *args: str, stdin: str | None = None) -> Result:
@@ -80,12 +86,13 @@ def test_a_small_load_embeds_in_process_and_a_large_one_in_an_encoder_process(
     docs = [{"id": f"d{i}", "text": f"note {i} on indexes and their write cost"} for i in range(40)]
     source = write_jsonl(tmp_path / "docs.jsonl", docs)
     assert 800 < source.stat().st_size < 800 * Settings().encoder_process_min_texts
-    assert run(env, "load", str(source)).exit_code == 0
+    small = {**env, "KB_ENCODER_PROCESS_MIN_TEXTS": str(Settings().encoder_process_min_texts)}
+    assert run(small, "load", str(source)).exit_code == 0
     assert encoder_processes == []
-    large = {**env, "KB_COLLECTION": "cli_large", "KB_ENCODER_PROCESS_MIN_TEXTS": "1"}
+    large = {**env, "KB_COLLECTION": "cli_large"}  # KB_ENCODER_PROCESS_MIN_TEXTS=1
     assert run(large, "load", str(source)).exit_code == 0
     assert len(encoder_processes) == 1
-    piped = {**env, "KB_COLLECTION": "cli_piped"}
+    piped = {**small, "KB_COLLECTION": "cli_piped"}
     assert run(piped, "load", "-", stdin=source.read_text()).exit_code == 0
     assert len(encoder_processes) == 2
     never = {**env, "KB_COLLECTION": "cli_never", "KB_ENCODER_PROCESS_MIN_TEXTS": "0"}

@@ -195,6 +195,36 @@ def test_a_small_token_budget_changes_no_vector(embedder: Embedder) -> None:
     assert float(np.abs(got - embedder.embed_documents(TEXTS)).max()) < 1e-5
 
 
+def test_one_text_alone_runs_on_the_spinning_session(embedder: Embedder) -> None:
+    """A lone query's run has threads spinning between its operators (not woken at each);
+    batches run on the session whose idle threads sleep. Neither spins after a run; both
+    give the same vectors."""
+    two = OnnxEmbedder("all-MiniLM-L6-v2", cache=Settings().onnx_cache, threads=2)
+    assert two._single is not None
+
+    def config(session: object, key: str) -> str:
+        return session.get_session_options().get_session_config_entry(key)  # type: ignore[attr-defined]
+
+    assert config(two._single, "session.intra_op.allow_spinning") == "1"
+    assert config(two._session, "session.intra_op.allow_spinning") == "0"
+    for session in (two._single, two._session):
+        assert config(session, "session.force_spinning_stop") == "1"
+    runs: list[str] = []
+    for name in ("_single", "_session"):
+        session = getattr(two, name)
+        run = session.run
+        session.run = lambda *args, _name=name, _run=run: runs.append(_name) or _run(*args)
+    texts = ["which index makes reads fast?", "slow writes"]
+    alone = two.embed_queries(texts[:1])
+    assert runs == ["_single"]
+    together = two.embed_queries(texts)
+    assert runs == ["_single", "_session"]
+    assert float(np.abs(alone[0] - together[0]).max()) < 1e-5
+    assert float(np.abs(together - embedder.embed_queries(texts)).max()) < 1e-5
+    lanes = OnnxEmbedder("all-MiniLM-L6-v2", cache=Settings().onnx_cache, lanes=2)
+    assert lanes._single is None  # one-thread lanes have no threads to wake
+
+
 def test_lanes_give_every_text_its_own_vector(embedder: Embedder) -> None:
     """Bulk encoding on one-thread lanes: batches run side by side, rows land in input order,
     vectors as one session's (texts of many lengths, so there are many batches)."""

@@ -16,7 +16,7 @@ import pytest
 from kb.config import Settings, cpu_count
 from kb.embeddings import Embedder, load_embedder, model_fingerprint, resolve_model_path
 from kb.encoders import onnx_export
-from kb.encoders.onnx_backend import OnnxEmbedder, token_batches
+from kb.encoders.onnx_backend import SPIN_US, OnnxEmbedder, token_batches
 from kb.errors import ConfigError
 
 TEXTS = [
@@ -207,6 +207,7 @@ def test_one_text_alone_runs_on_the_spinning_session(embedder: Embedder) -> None
 
     assert config(two._single, "session.intra_op.allow_spinning") == "1"
     assert config(two._session, "session.intra_op.allow_spinning") == "0"
+    assert config(two._single, "session.intra_op.spin_duration_us") == str(SPIN_US)
     for session in (two._single, two._session):
         assert config(session, "session.force_spinning_stop") == "1"
     runs: list[str] = []

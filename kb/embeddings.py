@@ -121,4 +121,5 @@ def load_embedder(settings: Settings, *, bulk: bool = False) -> Embedder:
         batch_tokens=settings.embed_batch_tokens,
         threads=settings.encoder_threads,
         lanes=(settings.encoder_lanes or cpu_count()) if bulk else 1,
+        spin_session=settings.encoder_spin_session and not bulk,
     )

@@ -226,6 +226,25 @@ def test_one_text_alone_runs_on_the_spinning_session(embedder: Embedder) -> None
     assert lanes._single is None  # one-thread lanes have no threads to wake
 
 
+@pytest.mark.skipif(cpu_count() < 2, reason="one thread per session: no second session")
+def test_the_spinning_session_is_a_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    """KB_ENCODER_SPIN_SESSION=false keeps one session (its memory saved); the encoder
+    process's embedder, which embeds batches, never opens one, even as one session."""
+    queries = load_embedder(Settings())
+    assert isinstance(queries, OnnxEmbedder)
+    assert queries._single is not None
+    monkeypatch.setenv("KB_ENCODER_SPIN_SESSION", "false")
+    off = load_embedder(Settings())
+    assert isinstance(off, OnnxEmbedder)
+    assert off._single is None
+    bulk = load_embedder(Settings(encoder_lanes=1, encoder_spin_session=True), bulk=True)
+    assert isinstance(bulk, OnnxEmbedder)
+    assert bulk.lanes == 1
+    assert bulk._single is None
+    texts = ["which index makes reads fast?"]
+    assert float(np.abs(off.embed_queries(texts) - queries.embed_queries(texts)).max()) < 1e-5
+
+
 def test_lanes_give_every_text_its_own_vector(embedder: Embedder) -> None:
     """Bulk encoding on one-thread lanes: batches run side by side, rows land in input order,
     vectors as one session's (texts of many lengths, so there are many batches)."""

@@ -45,6 +45,7 @@ class OnnxEmbedder:
         batch_tokens: int = 2048,
         threads: int = 0,
         lanes: int = 1,
+        spin_session: bool = True,
     ) -> None:
         from tokenizers import Tokenizer
 
@@ -67,8 +68,10 @@ class OnnxEmbedder:
         # threads spin briefly between the run's operators instead of sleeping and being
         # woken at each one (about 1 ms less of a 4-5 ms query run here, for 96 MiB). Under
         # load, queries share runs and take the first session, whose idle threads leave the
-        # cores to the server's.
-        self._single = _open_session(model_file, threads, spin=True) if threads > 1 else None
+        # cores to the server's. `spin_session=False` (KB_ENCODER_SPIN_SESSION) saves the
+        # memory; one-thread sessions (lanes) have no thread to wake and never get one.
+        single = spin_session and threads > 1
+        self._single = _open_session(model_file, threads, spin=True) if single else None
         self._inputs = [node.name for node in self._session.get_inputs()]
 
         self._tokenizer = Tokenizer.from_file(str(export.tokenizer_file))

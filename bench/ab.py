@@ -1,0 +1,118 @@
+"""Two kb serve configurations side by side, in alternating query cells:
+
+    python -m bench.ab --a KB_X=1 --b KB_X=0 [--docs 100000] [--rounds 4] [--seconds 6]
+        [--cell none:1 --cell broad:1 --cell none:16]
+
+Each side is a `kb serve` on its own copy of the query benchmark's cached store of `--docs`
+short documents, started with its KB_* variables (none: the defaults); both run at once and
+wait for `ready`. A round runs every cell (`filter:clients`, filters as in the query
+benchmark) on both sides back to back, the side going first alternating between rounds, so
+the machine's drifts (other tenants, the caches) fall on both alike: compare within a pair,
+not across runs. Prints each cell and the medians per side; writes bench/results/ab-<utc>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import sys
+import time
+from typing import Any
+
+from bench.corpus import FILTERS
+from bench.harness import Server, save_results, scratch
+from bench.query import WARMUP, bodies, load, store_for
+
+FIGURES = ("p50_ms", "p95_ms", "qps", "server_cpu_ms_per_query", "errors")
+
+
+def variables(pairs: list[str]) -> dict[str, str]:
+    """KEY=VALUE arguments as an environment; keys must be kb's settings."""
+    env = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.startswith("KB_"):
+            raise SystemExit(f"expected KB_NAME=VALUE, got {pair!r}")
+        env[key] = value
+    return env
+
+
+def cell(text: str) -> tuple[str, int]:
+    name, _, clients = text.partition(":")
+    if name not in FILTERS or not clients.isdigit() or int(clients) < 1:
+        raise argparse.ArgumentTypeError(f"expected FILTER:CLIENTS, FILTER one of {list(FILTERS)}")
+    return name, int(clients)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.ab", description=__doc__)
+    parser.add_argument("--a", nargs="*", default=[], metavar="KB_NAME=VALUE")
+    parser.add_argument("--b", nargs="*", default=[], metavar="KB_NAME=VALUE")
+    parser.add_argument("--docs", type=int, default=100_000)
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--seconds", type=float, default=6.0)
+    parser.add_argument("--cell", type=cell, action="append", dest="cells")
+    args = parser.parse_args(argv)
+    sides = {"a": variables(args.a), "b": variables(args.b)}
+    cells = args.cells or [("none", 1), ("broad", 1), ("none", 16)]
+    source, _ = store_for(args.docs)
+    runs: list[dict[str, Any]] = []
+    with scratch("kb-bench-ab-") as work:
+        servers = {}
+        try:
+            for side, env in sides.items():
+                shutil.copytree(source, work / side)
+                servers[side] = Server(work / side, work / f"{side}.log", env=env)
+            for server in servers.values():
+                server.wait_ready()
+                load(server, bodies("none", None)[:WARMUP], 1, 1.0)
+            for round_ in range(args.rounds):
+                order = ["a", "b"] if round_ % 2 == 0 else ["b", "a"]
+                for filter_name, clients in cells:
+                    payloads = bodies(filter_name, None)
+                    for side in order:
+                        out = load(servers[side], payloads, clients, args.seconds)
+                        runs.append(
+                            {
+                                "round": round_,
+                                "side": side,
+                                "filter": filter_name,
+                                "clients": clients,
+                                **{k: out[k] for k in FIGURES},
+                            }
+                        )
+                        print(
+                            f"round {round_} {side}  {filter_name:>9} x{clients:<2} "
+                            f"p50 {out['p50_ms']} ms  p95 {out['p95_ms']} ms  "
+                            f"{out['qps']:.1f} q/s  {out['server_cpu_ms_per_query']:.2f} "
+                            f"CPU-ms/q  errors {out['errors']}",
+                            flush=True,
+                        )
+        finally:
+            for server in servers.values():
+                server.proc.terminate()
+                server.proc.wait(timeout=60)
+    print(
+        f"\nmedians of {args.rounds} rounds; a = {sides['a'] or 'defaults'}, "
+        f"b = {sides['b'] or 'defaults'}"
+    )
+    for filter_name, clients in cells:
+        for side in sides:
+            mine = [
+                r
+                for r in runs
+                if (r["side"], r["filter"], r["clients"]) == (side, filter_name, clients)
+            ]
+            p50, p95, qps, cpu = (statistics.median(r[k] for r in mine) for k in FIGURES[:4])
+            print(
+                f"{side}  {filter_name:>9} x{clients:<2} p50 {p50:.2f} ms  p95 {p95:.2f} ms  "
+                f"{qps:.1f} q/s  {cpu:.2f} CPU-ms/q  errors {sum(r['errors'] for r in mine)}"
+            )
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    save_results(f"ab-{stamp}", {"sides": sides, "docs": args.docs, "runs": runs})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

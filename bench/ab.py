@@ -17,12 +17,12 @@ import argparse
 import shutil
 import statistics
 import sys
-import time
+from contextlib import ExitStack
 from typing import Any
 
 from bench.corpus import FILTERS
-from bench.harness import Server, save_results, scratch
-from bench.query import WARMUP, bodies, load, store_for
+from bench.harness import Server, save_results, scratch, utc_stamp
+from bench.query import bodies, check_answers, load, store_for
 
 FIGURES = ("p50_ms", "p95_ms", "qps", "server_cpu_ms_per_query", "errors")
 
@@ -58,41 +58,36 @@ def main(argv: list[str]) -> int:
     cells = args.cells or [("none", 1), ("broad", 1), ("none", 16)]
     source, _ = store_for(args.docs)
     runs: list[dict[str, Any]] = []
-    with scratch("kb-bench-ab-") as work:
+    with scratch("kb-bench-ab-") as work, ExitStack() as stack:
         servers = {}
-        try:
-            for side, env in sides.items():
-                shutil.copytree(source, work / side)
-                servers[side] = Server(work / side, work / f"{side}.log", env=env)
-            for server in servers.values():
-                server.wait_ready()
-                load(server, bodies("none", None)[:WARMUP], 1, 1.0)
-            for round_ in range(args.rounds):
-                order = ["a", "b"] if round_ % 2 == 0 else ["b", "a"]
-                for filter_name, clients in cells:
-                    payloads = bodies(filter_name, None)
-                    for side in order:
-                        out = load(servers[side], payloads, clients, args.seconds)
-                        runs.append(
-                            {
-                                "round": round_,
-                                "side": side,
-                                "filter": filter_name,
-                                "clients": clients,
-                                **{k: out[k] for k in FIGURES},
-                            }
-                        )
-                        print(
-                            f"round {round_} {side}  {filter_name:>9} x{clients:<2} "
-                            f"p50 {out['p50_ms']} ms  p95 {out['p95_ms']} ms  "
-                            f"{out['qps']:.1f} q/s  {out['server_cpu_ms_per_query']:.2f} "
-                            f"CPU-ms/q  errors {out['errors']}",
-                            flush=True,
-                        )
-        finally:
-            for server in servers.values():
-                server.proc.terminate()
-                server.proc.wait(timeout=60)
+        for side, env in sides.items():
+            shutil.copytree(source, work / side)
+            servers[side] = stack.enter_context(Server(work / side, work / f"{side}.log", env=env))
+        for server in servers.values():
+            server.wait_ready()
+            check_answers(server, None)  # warms up; a side whose answers break a filter stops here
+        for round_ in range(args.rounds):
+            order = ["a", "b"] if round_ % 2 == 0 else ["b", "a"]
+            for filter_name, clients in cells:
+                payloads = bodies(filter_name, None)
+                for side in order:
+                    out = load(servers[side], payloads, clients, args.seconds)
+                    runs.append(
+                        {
+                            "round": round_,
+                            "side": side,
+                            "filter": filter_name,
+                            "clients": clients,
+                            **{k: out[k] for k in FIGURES},
+                        }
+                    )
+                    print(
+                        f"round {round_} {side}  {filter_name:>9} x{clients:<2} "
+                        f"p50 {out['p50_ms']} ms  p95 {out['p95_ms']} ms  "
+                        f"{out['qps']:.1f} q/s  {out['server_cpu_ms_per_query']:.2f} "
+                        f"CPU-ms/q  errors {out['errors']}",
+                        flush=True,
+                    )
     print(
         f"\nmedians of {args.rounds} rounds; a = {sides['a'] or 'defaults'}, "
         f"b = {sides['b'] or 'defaults'}"
@@ -109,8 +104,7 @@ def main(argv: list[str]) -> int:
                 f"{side}  {filter_name:>9} x{clients:<2} p50 {p50:.2f} ms  p95 {p95:.2f} ms  "
                 f"{qps:.1f} q/s  {cpu:.2f} CPU-ms/q  errors {sum(r['errors'] for r in mine)}"
             )
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    save_results(f"ab-{stamp}", {"sides": sides, "docs": args.docs, "runs": runs})
+    save_results(f"ab-{utc_stamp()}", {"sides": sides, "docs": args.docs, "runs": runs})
     return 0
 
 

@@ -55,6 +55,11 @@ def kb_env(store: Path, port: int | None = None) -> dict[str, str]:
     return env
 
 
+def utc_stamp() -> str:
+    """The time now as results' file names carry it (20261204T061832Z)."""
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+
+
 def save_results(name: str, figures: Any) -> Path:
     """Write a script's figures as bench/results/<name>.json and say where."""
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -6,12 +6,12 @@ import json
 import os
 import platform
 import subprocess
-from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 from bench import RESULTS, ROOT
+from bench.harness import utc_stamp
 
 SETTINGS = (
     "backend", "model", "device", "encoder_threads", "embed_batch_size", "chunking",
@@ -84,7 +84,6 @@ def header(settings: dict[str, Any], box: dict[str, Any]) -> str:
 def write(result: dict[str, Any], path: Path | None = None) -> Path:
     """bench/results/bench-<UTC time>.json, or `path` again."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    path = path or RESULTS / f"bench-{stamp}.json"
+    path = path or RESULTS / f"bench-{utc_stamp()}.json"
     path.write_text(json.dumps(result, indent=2, default=str) + "\n")
     return path

@@ -227,12 +227,13 @@ def test_one_text_alone_runs_on_the_spinning_session(embedder: Embedder) -> None
 
 
 @pytest.mark.skipif(cpu_count() < 2, reason="one thread per session: no second session")
-def test_the_spinning_session_is_a_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_spinning_session_is_a_setting(
+    embedder: Embedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """KB_ENCODER_SPIN_SESSION=false keeps one session (its memory saved); the encoder
     process's embedder, which embeds batches, never opens one, even as one session."""
-    queries = load_embedder(Settings())
-    assert isinstance(queries, OnnxEmbedder)
-    assert queries._single is not None
+    assert isinstance(embedder, OnnxEmbedder)  # the default settings'
+    assert embedder._single is not None
     monkeypatch.setenv("KB_ENCODER_SPIN_SESSION", "false")
     off = load_embedder(Settings())
     assert isinstance(off, OnnxEmbedder)
@@ -242,7 +243,7 @@ def test_the_spinning_session_is_a_setting(monkeypatch: pytest.MonkeyPatch) -> N
     assert bulk.lanes == 1
     assert bulk._single is None
     texts = ["which index makes reads fast?"]
-    assert float(np.abs(off.embed_queries(texts) - queries.embed_queries(texts)).max()) < 1e-5
+    assert float(np.abs(off.embed_queries(texts) - embedder.embed_queries(texts)).max()) < 1e-5
 
 
 def test_lanes_give_every_text_its_own_vector(embedder: Embedder) -> None:

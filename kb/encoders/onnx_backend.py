@@ -181,6 +181,9 @@ def _open_session(model_file: Path, threads: int, *, spin: bool) -> InferenceSes
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # No memory pattern: ONNX Runtime would keep an allocation plan for each input shape it
+    # sees (texts of every length and batch size, here), growing with the shapes seen.
+    options.enable_mem_pattern = False
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     options.add_session_config_entry("session.intra_op.spin_duration_us", str(SPIN_US))
     options.add_session_config_entry("session.force_spinning_stop", "1")

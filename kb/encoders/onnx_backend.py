@@ -42,7 +42,7 @@ class OnnxEmbedder:
         cache: Path,
         quantized: bool = False,
         batch_size: int = 64,
-        batch_tokens: int = 2048,
+        batch_tokens: int = 1024,
         threads: int = 0,
         lanes: int = 1,
         spin_session: bool = True,

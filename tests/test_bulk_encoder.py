@@ -1,9 +1,11 @@
 """kb serve's large adds embed in an encoder process: the same vectors as in-process, small
-adds never start it and large ones only once they have brought enough texts, a process that
-dies leaves adds working, and closing the app stops it."""
+adds never start it and large ones only once they have brought enough texts, an add during its
+start hands the rest of its texts over once it is up, a process that dies leaves adds
+working, and closing the app stops it."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +18,10 @@ from kb.api.util import EXTENSION
 from kb.app import close_app, create_app
 from kb.config import Settings
 from kb.embeddings import Embedder
+from kb.encoders import bulk as bulk_module
+from kb.encoders import process as process_module
 from kb.encoders.bulk import STARTING_CHARS, BulkEncoder
+from kb.errors import ConfigError
 from tests.live import Service, call
 
 LARGE = 4  # texts from which an add goes to the process, in these tests
@@ -93,6 +98,67 @@ def test_large_adds_embed_in_the_process_with_the_same_vectors(
     hits = bulk_app.test_client().post("/query", json={"query": "proof bread dough", "top_k": 3})
     assert hits.status_code == 200, hits.json
     assert hits.json["matches"], hits.json
+
+
+class HeldStart:
+    """Holds the encoder process's start until `go` is set; then starts it, or fails."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, fail: bool) -> None:
+        self.go = threading.Event()
+        real = process_module.EncoderProcess
+
+        def start(settings: Settings) -> process_module.EncoderProcess:
+            assert self.go.wait(60)
+            if fail:
+                raise ConfigError("no encoder process here")
+            return real(settings)
+
+        monkeypatch.setattr(process_module, "EncoderProcess", start)
+
+
+class Steps:
+    """The in-process embedder, recording each call's size; the first call lets the start
+    go on and waits for its outcome, as if the process came up during that step."""
+
+    def __init__(self, bulk: BulkEncoder, start: HeldStart) -> None:
+        self.inner, self.bulk, self.start = bulk.inner, bulk, start
+        self.sizes: list[int] = []
+        self.sent: list[int] = []  # texts sent to the process, per call
+
+    def embed_documents(self, texts: list[str]) -> np.ndarray:
+        self.sizes.append(len(texts))
+        if len(self.sizes) == 1:
+            self.start.go.set()
+            if self.bulk.wait_started(300):
+                process = self.bulk._process
+                assert process is not None
+                submit = process.submit
+                process.submit = lambda t: self.sent.append(len(t)) or submit(t)  # type: ignore[method-assign]
+        return self.inner.embed_documents(texts)
+
+
+@pytest.mark.parametrize("starts", [True, False], ids=["process-up", "start-fails"])
+def test_an_add_during_the_start_hands_its_other_texts_over(
+    bulk_app: Flask, embedder: Embedder, monkeypatch: pytest.MonkeyPatch, starts: bool
+) -> None:
+    """While the process starts, a large add embeds here a step of texts at a time and sends
+    the rest to the process once it is up (if the start fails, it embeds them here): each
+    stored vector is its own text's."""
+    monkeypatch.setattr(bulk_module, "HANDOFF_CHARS", 2 * TEXT)  # two texts a step
+    bulk = bulk_of(bulk_app)
+    steps = Steps(bulk, HeldStart(monkeypatch, fail=not starts))
+    monkeypatch.setattr(bulk, "inner", steps)
+    batch = docs("during", ENOUGH + 5)  # enough to start the process on its own
+    add(bulk_app, batch)
+    if starts:
+        assert (steps.sizes, steps.sent) == ([2], [ENOUGH + 3])
+        assert bulk._using == 0  # the use ended: the idle stop can come
+    else:
+        assert (steps.sizes, steps.sent) == ([2, ENOUGH + 3], [])
+        assert bulk._process is None
+    ids = [str(doc["id"]) for doc in batch]
+    want = embedder.embed_documents([str(doc["text"]) for doc in batch])
+    assert np.abs(stored_vectors(bulk_app, ids) - want).max() < 1e-6
 
 
 def test_a_dead_process_leaves_adds_in_process(

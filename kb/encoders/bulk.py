@@ -13,6 +13,12 @@ several seconds of encoding, about 2,000 short documents or 200 paragraphs). A l
 short documents, over before the process would pay off, never starts it (starting at its
 first large add made it 8% slower, in alternating runs).
 
+A large add that comes while the process is starting embeds its texts here a step of about
+HANDOFF_CHARS characters at a time and sends the rest to the process as soon as it is up:
+otherwise an add of many long texts begun before the process was ready would embed them all
+here, however long that takes, while the process that started for it waits unused (and at
+KB_ENCODER_PROCESS_IDLE_S is stopped as idle, never having embedded a text).
+
 The process stops when no large add has used it for KB_ENCODER_PROCESS_IDLE_S seconds, so a
 service that had one bulk load does not keep its memory (about 270 MiB) for good; the next
 large adds start it again by the same rule.
@@ -25,19 +31,20 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from kb.embeddings import Embedder, WrappedEmbedder, identity
 from kb.errors import ConfigError
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    import numpy as np
-
     from kb.config import Settings
     from kb.encoders.process import EncoderProcess
 
 log = logging.getLogger(__name__)
 STARTING_CHARS = 800  # x min_texts
+HANDOFF_CHARS = 25_000  # while the process starts: about half a second of embedding here
 
 
 class BulkEncoder(WrappedEmbedder):
@@ -64,16 +71,34 @@ class BulkEncoder(WrappedEmbedder):
         self._reaper: threading.Thread | None = None  # stops the process when idle
 
     def embed_documents(self, texts: Sequence[str]) -> np.ndarray:
-        process = self._take(texts) if len(texts) >= self.min_texts else None
-        if process is not None:
-            try:
-                return process.embed_documents(texts)
-            except ConfigError as exc:
-                self._give_up(process, exc)
-            finally:
-                with self._lock:
-                    self._using -= 1
-                    self._used = time.monotonic()
+        if len(texts) < self.min_texts:
+            return self.inner.embed_documents(texts)
+        process = self._take(texts)
+        parts, done = [], 0
+        while process is None and done < len(texts) and self._starting():
+            end = _step_end(texts, done, HANDOFF_CHARS)
+            parts.append(self.inner.embed_documents(texts[done:end]))
+            done = end
+            if done < len(texts):
+                process = self._use()
+        rest = texts[done:]
+        if rest:
+            parts.append(
+                self._embed_in(process, rest) if process else self.inner.embed_documents(rest)
+            )
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def _embed_in(self, process: EncoderProcess, texts: Sequence[str]) -> np.ndarray:
+        """`texts` embedded by `process` (counted as in use by the caller; the use ends
+        here), or here if it fails."""
+        try:
+            return process.embed_documents(texts)
+        except ConfigError as exc:
+            self._give_up(process, exc)
+        finally:
+            with self._lock:
+                self._using -= 1
+                self._used = time.monotonic()
         return self.inner.embed_documents(texts)
 
     def wait_started(self, timeout: float | None = None) -> bool:
@@ -99,17 +124,26 @@ class BulkEncoder(WrappedEmbedder):
         """The process, counted as in use, if it is up (the caller ends the use); else None,
         after counting these texts towards its start."""
         with self._lock:
-            if self._process is not None:
-                self._using += 1
-                return self._process
-            if self._starter is None:
+            if self._process is None and self._starter is None:
                 self._chars += sum(len(text) for text in texts)
                 if self._chars >= STARTING_CHARS * self.min_texts and not self._closed.is_set():
                     self._starter = threading.Thread(
                         target=self._start, name="kb-encoder-start", daemon=True
                     )
                     self._starter.start()
-            return None
+        return self._use()
+
+    def _use(self) -> EncoderProcess | None:
+        """The process, counted as in use (the caller ends the use), if it is up."""
+        with self._lock:
+            if self._process is not None:
+                self._using += 1
+            return self._process
+
+    def _starting(self) -> bool:
+        """Whether a start is under way (the process neither up nor given up yet)."""
+        starter = self._starter
+        return self._process is None and starter is not None and starter.is_alive()
 
     def _start(self) -> None:
         from kb.encoders.process import EncoderProcess
@@ -155,3 +189,12 @@ class BulkEncoder(WrappedEmbedder):
             if self._process is process:
                 self._process = None
         process.close()
+
+
+def _step_end(texts: Sequence[str], start: int, chars: int) -> int:
+    """The end of the step from `start`: texts up to about `chars` characters (one at least)."""
+    end, total = start, 0
+    while end < len(texts) and (end == start or total < chars):
+        total += len(texts[end])
+        end += 1
+    return end

@@ -1,16 +1,17 @@
 """Memory during a bulk load into a large store, and the encoder process's idle stop:
 
-    python -m bench.bulk_memory [--docs 100000] [--batches 6] [--idle 10]
+    python -m bench.bulk_memory [--docs 100000] [--batches 6] [--idle 10] [--kind short]
 
 Copies the query benchmark's cached store of `--docs` short documents to a scratch
 directory, starts `kb serve` on the copy (KB_ENCODER_PROCESS_IDLE_S=`--idle`), waits for
-`ready`, then POSTs `--batches` requests of 1,024 new short documents one after another, as
+`ready`, then POSTs `--batches` requests of 1,024 new documents (short, or paragraphs with
+`--kind paragraph`: longer texts, larger encoder batches) one after another, as
 `kb load --url` sends its full batches. After each: the request's seconds, kb serve's peak RSS
 and its children's (the encoder process, multiprocessing's resource tracker). Then it waits
 for the encoder process to stop for want of work and reports how long that took after the
 last add's answer (the idle time runs from the end of that add's embedding, which comes
 before its write, so this is less than the setting by about the write), and what memory is
-left. Writes bench/results/bulk-memory-<docs>.json.
+left. Writes bench/results/bulk-memory-<docs>.json (bulk-memory-<docs>-paragraph.json).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.corpus import documents
+from bench.corpus import KINDS, documents
 from bench.harness import Server, descendants, request, save_results, scratch
 from bench.query import store_for
 from kb.ingest import BATCH_SIZE
@@ -49,10 +50,16 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--docs", type=int, default=100_000)
     parser.add_argument("--batches", type=int, default=6)
     parser.add_argument("--idle", type=float, default=10.0, help="KB_ENCODER_PROCESS_IDLE_S")
+    parser.add_argument("--kind", choices=KINDS, default="short", help="the documents added")
     args = parser.parse_args(argv)
     source, _ = store_for(args.docs)
-    new = documents("short", args.docs + args.batches * BATCH_SIZE)[args.docs :]
-    result: dict[str, Any] = {"docs": args.docs, "idle_s": args.idle, "batches": []}
+    count = args.batches * BATCH_SIZE
+    if args.kind == "short":  # the store holds the first `docs` of them
+        new = documents("short", args.docs + count)[args.docs :]
+    else:
+        new = documents(args.kind, count)
+    result: dict[str, Any] = {"docs": args.docs, "kind": args.kind, "idle_s": args.idle}
+    result["batches"] = []
     with scratch() as work:
         store = work / "store"
         shutil.copytree(source, store)
@@ -95,7 +102,8 @@ def main(argv: list[str]) -> int:
         f"(idle setting {args.idle:g} s); then kb serve {after['rss_mib']:,.0f} MiB, "
         f"children {after['children_rss_mib']:,.0f} MiB",
     )  # fmt: skip
-    save_results(f"bulk-memory-{args.docs}", result)
+    suffix = "" if args.kind == "short" else f"-{args.kind}"
+    save_results(f"bulk-memory-{args.docs}{suffix}", result)
     return 0
 
 

@@ -33,6 +33,10 @@ class OnnxEmbedder:
     a call go side by side, one per lane: no lane waits for another at each operator, so when
     other work takes a core (the store's writes) the lanes lose only that core's share, where
     one session of two threads stalls at every operator whose second thread is descheduled.
+    Each lane's batches hold its share of `batch_tokens` (divided by `lanes`), as each thread
+    of a session on every core works on its share of a batch: a one-thread run on a batch of
+    the whole cap keeps less of its work in the core's caches, and takes more memory (README,
+    Batching).
     """
 
     def __init__(
@@ -53,14 +57,14 @@ class OnnxEmbedder:
         self.fingerprint = model_fingerprint(self.path)
         self.backend = "onnx-int8" if quantized else "onnx"
         self.batch_size = batch_size
-        self.batch_tokens = batch_tokens
+        self.lanes = max(1, lanes)
+        self.batch_tokens = max(64, batch_tokens // self.lanes)
         export = ensure_export(self.path, self.fingerprint, cache, quantized=quantized)
         self.tokenizer_file = export.tokenizer_file
         self.dim = int(export.meta["dim"])
         self.max_tokens = int(export.meta["max_tokens"])
         self._pad_id = int(export.meta["pad_id"])
 
-        self.lanes = max(1, lanes)
         threads = 1 if self.lanes > 1 else (threads or cpu_count())
         model_file = export.model_file(quantized)
         self._session = _open_session(model_file, threads, spin=False)

@@ -1,11 +1,14 @@
 """What ingest and a query pay besides the model's own work, each measured here rather than
 quoted from a scratch script:
 
-    python -m bench.costs [--docs 100000] [--only lanes|writes|caches|hooks ...]
+    python -m bench.costs [--docs 100000] [--only lanes|caps|writes|caches|hooks ...]
 
 - lanes: bulk encoding of 6,000 short texts by one session of every core's threads
   (KB_ENCODER_LANES=1) and by one-thread lanes (the default), quiet and beside a process busy
   70% of each 10 ms (as the store's writes keep a core during a load): docs/s and CPU-ms a text.
+- caps: KB_EMBED_BATCH_TOKENS at 512, 1,024 and 2,048, for the bulk encoder's lanes (which
+  batch cap / lanes tokens) and for the query encoder's session of every core's threads:
+  docs/s of 3,072 short texts and of 300 paragraphs, the caps alternating over three rounds.
 - writes: the CPU (all threads) of Chroma's `add` of 1,024 short records with random unit
   vectors into a scratch collection growing to 10,240, at Chroma's default ef_construction
   (100) and at 40; and a `get` of 1,024 ids that are not stored (a load's id check).
@@ -73,6 +76,32 @@ def lanes() -> dict[str, float]:
         for name, runs in rates.items():
             out[f"{setting}_{name}_docs_per_s"] = statistics.median(r for r, _ in runs)
             out[f"{setting}_{name}_cpu_ms_per_doc"] = statistics.median(c for _, c in runs)
+    return out
+
+
+CAPS = (512, 1024, 2048)
+
+
+def caps() -> dict[str, float]:
+    kinds = {
+        "short": [d["text"] for d in documents("short", 3072)],
+        "paragraph": [d["text"] for d in documents("paragraph", 300)],
+    }
+    out: dict[str, float] = {}
+    for who, bulk in (("lanes", True), ("session", False)):
+        encoders = {cap: load_embedder(Settings(embed_batch_tokens=cap), bulk=bulk) for cap in CAPS}
+        for encoder in encoders.values():  # warm
+            encoder.embed_documents(kinds["short"][:200] + kinds["paragraph"][:20])
+        rates: dict[tuple[int, str], list[float]] = {}
+        for _ in range(3):  # alternating, the machine's speed drifts
+            for cap, encoder in encoders.items():
+                for kind, texts in kinds.items():
+                    started = time.perf_counter()
+                    encoder.embed_documents(texts)
+                    rate = len(texts) / (time.perf_counter() - started)
+                    rates.setdefault((cap, kind), []).append(rate)
+        for (cap, kind), runs in rates.items():
+            out[f"{who}_cap_{cap}_{kind}_docs_per_s"] = statistics.median(runs)
     return out
 
 
@@ -190,6 +219,7 @@ def _access_durations(log: Path) -> list[float]:
 def main(argv: list[str]) -> int:
     runs: dict[str, Section] = {
         "lanes": lambda docs: lanes(),
+        "caps": lambda docs: caps(),
         "writes": lambda docs: writes(),
         "caches": lambda docs: caches(),
         "hooks": hooks,

@@ -58,8 +58,12 @@ def main(argv: list[str]) -> int:
         new = documents("short", args.docs + count)[args.docs :]
     else:
         new = documents(args.kind, count)
-    result: dict[str, Any] = {"docs": args.docs, "kind": args.kind, "idle_s": args.idle}
-    result["batches"] = []
+    result: dict[str, Any] = {
+        "docs": args.docs,
+        "kind": args.kind,
+        "idle_s": args.idle,
+        "batches": [],
+    }
     with scratch() as work:
         store = work / "store"
         shutil.copytree(source, store)

@@ -17,6 +17,7 @@ from bench import COLLECTION, ROOT
 from bench.corpus import Kind, documents, write_jsonl
 from bench.harness import OtherLoad, Server, kb_command, kb_env, note, request, run_worker, scratch
 from kb.cli.data import URL_IN_FLIGHT
+from kb.config import cpu_count
 from kb.ingest import BATCH_SIZE, batch_limits
 
 SUMMARY = re.compile(r"added (\d+), updated (\d+), skipped (\d+), failed (\d+) in ([\d.]+)s")
@@ -146,6 +147,7 @@ def cell(kind: Kind, size: int, repeat: int = 1) -> dict[str, Any]:
         result[part] = runs[(len(runs) - 1) // 2] | {
             "runs_docs_per_s": [one[part]["docs_per_s"] for one in rounds]
         }
+    result["bound"] = _bound(size, rounds)
     for way in ("kb_load", "post_add"):
         result[way] |= {
             f"vs_{part}": statistics.median(
@@ -154,6 +156,26 @@ def cell(kind: Kind, size: int, repeat: int = 1) -> dict[str, Any]:
             for part in ("baseline", "encoder")
         }
     return result
+
+
+def _bound(size: int, rounds: Sequence[dict[str, dict[str, Any]]]) -> dict[str, float]:
+    """The most docs/s any pipeline of this model and store could reach on this machine: the
+    CPU of the encoder alone (kb's, the fastest measured) and of the baseline's Chroma adds
+    (kb's store writes the same records and more), spread over every core without an idle
+    moment. Its ratio to the baseline caps what "vs base" can reach in this run."""
+    cores = cpu_count()
+    rates = [
+        size * cores / (one["encoder"]["cpu_s"] + one["baseline"]["add_cpu_s"]) for one in rounds
+    ]
+    return {
+        "cores": cores,
+        "docs_per_s": statistics.median(rates),
+        "vs_baseline": statistics.median(
+            rate / one["baseline"]["docs_per_s"] for rate, one in zip(rates, rounds, strict=True)
+        ),
+        "encoder_cpu_s": statistics.median(one["encoder"]["cpu_s"] for one in rounds),
+        "add_cpu_s": statistics.median(one["baseline"]["add_cpu_s"] for one in rounds),
+    }
 
 
 def _part(part: str, docs: Sequence[dict[str, Any]], corpus: Path, work: Path) -> dict[str, Any]:

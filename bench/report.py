@@ -64,7 +64,29 @@ def ingest(cells: Sequence[dict[str, Any]]) -> None:
             f"  {rounds} rounds of each cell's parts in rotating order: each rate is the "
             "part's median, each ratio the median of the ratios within a round"
         )
+    _bounds([c for c in cells if "bound" in c])
     warn_busy([c["other_cpu"] for c in cells])
+
+
+def _bounds(cells: Sequence[dict[str, Any]]) -> None:
+    if not cells:
+        return
+    rows = [
+        [c["kind"], c["docs"], c["bound"]["encoder_cpu_s"], c["bound"]["add_cpu_s"],
+         c["bound"]["docs_per_s"], f"{c['bound']['vs_baseline']:.2f}x",
+         f"{c['kb_load']['docs_per_s'] / c['bound']['docs_per_s']:.0%}",
+         f"{c['post_add']['docs_per_s'] / c['bound']['docs_per_s']:.0%}"]
+        for c in cells
+    ]  # fmt: skip
+    headers = ["kind", "docs", "encoder CPU s", "Chroma add CPU s", "bound/s", "vs base",
+               "kb load", "POST /add"]  # fmt: skip
+    table("CPU bound (docs/s no pipeline of this model and store can pass here)", headers, rows)
+    print(
+        f"  bound = docs x {cells[0]['bound']['cores']} cores / (the encoder alone's CPU + the "
+        "baseline's Chroma add CPU): every core busy, nothing but the model and the store;"
+        "\n  vs base = the highest ratio to the baseline possible in this run; kb load and "
+        "POST /add = their rates as a share of the bound"
+    )
 
 
 def _serve_rss(add: dict[str, Any]) -> str:

@@ -6,8 +6,9 @@ next batch. Requests with many texts go to a child process instead (started as b
 which keeps encoding while the parent writes; small adds, queries and chunking stay in-process,
 where there is no round trip.
 
-Starting the process costs about a CPU-second and a half (a second interpreter loading the
-model), on the cores the adds need: it starts only once large adds have brought
+Starting the process costs half a CPU-second to a CPU-second (a second interpreter loading
+the model: 0.45 s and 0.6 CPU-s on the Intel machine of the README's 2026-12-04 figures), on
+the cores the adds need: it starts only once large adds have brought
 STARTING_CHARS characters of text for each text of `min_texts` (200k at the default 256:
 several seconds of encoding, about 2,000 short documents or 200 paragraphs). A load of 1,000
 short documents, over before the process would pay off, never starts it (starting at its

@@ -64,7 +64,7 @@ def ingest(cells: Sequence[dict[str, Any]]) -> None:
             f"  {rounds} rounds of each cell's parts in rotating order: each rate is the "
             "part's median, each ratio the median of the ratios within a round"
         )
-    _bounds([c for c in cells if "bound" in c])
+    _bounds(cells)
     warn_busy([c["other_cpu"] for c in cells])
 
 

@@ -130,8 +130,9 @@ PARTS = ("baseline", "encoder", "kb_load", "post_add")
 
 def cell(kind: Kind, size: int, repeat: int = 1) -> dict[str, Any]:
     """The four parts, `repeat` rounds of them, each round starting one part later (the
-    machine's speed drifts over minutes): each part's median run, and each way's median ratio
-    to the baseline and to the encoder of the same round."""
+    machine's speed drifts over minutes), and each round's CPU bound: each part's median run,
+    and each way's median ratio to the baseline, to the encoder and to the bound of the same
+    round."""
     docs = documents(kind, size)
     other = OtherLoad()
     rounds: list[dict[str, dict[str, Any]]] = []
@@ -139,42 +140,38 @@ def cell(kind: Kind, size: int, repeat: int = 1) -> dict[str, Any]:
         corpus = write_jsonl(docs, work / f"{kind}-{size}.jsonl")
         for turn in range(repeat):
             order = PARTS[turn % len(PARTS) :] + PARTS[: turn % len(PARTS)]
-            rounds.append({part: _part(part, docs, corpus, work) for part in order})
+            one = {part: _part(part, docs, corpus, work) for part in order}
+            rounds.append(one | {"bound": _bound(size, one)})
     result: dict[str, Any] = {"kind": kind, "docs": size, "rounds": repeat}
     result["other_cpu"] = other.share()
-    for part in PARTS:
+    for part in (*PARTS, "bound"):
         runs = sorted((one[part] for one in rounds), key=lambda run: run["docs_per_s"])
         result[part] = runs[(len(runs) - 1) // 2] | {
             "runs_docs_per_s": [one[part]["docs_per_s"] for one in rounds]
         }
-    result["bound"] = _bound(size, rounds)
-    for way in ("kb_load", "post_add"):
+    for way in ("kb_load", "post_add", "bound"):
         result[way] |= {
             f"vs_{part}": statistics.median(
                 one[way]["docs_per_s"] / one[part]["docs_per_s"] for one in rounds
             )
-            for part in ("baseline", "encoder")
+            for part in ("baseline", "encoder", "bound")
+            if part != way
         }
     return result
 
 
-def _bound(size: int, rounds: Sequence[dict[str, dict[str, Any]]]) -> dict[str, float]:
-    """The most docs/s any pipeline of this model and store could reach on this machine: the
+def _bound(size: int, parts: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """The most docs/s any pipeline of this model and store could reach in this round: the
     CPU of the encoder alone (kb's, the fastest measured) and of the baseline's Chroma adds
     (kb's store writes the same records and more), spread over every core without an idle
-    moment. Its ratio to the baseline caps what "vs base" can reach in this run."""
+    moment. Its ratio to the baseline caps what "vs base" can reach."""
     cores = cpu_count()
-    rates = [
-        size * cores / (one["encoder"]["cpu_s"] + one["baseline"]["add_cpu_s"]) for one in rounds
-    ]
+    encoder_cpu, add_cpu = parts["encoder"]["cpu_s"], parts["baseline"]["add_cpu_s"]
     return {
+        "docs_per_s": size * cores / (encoder_cpu + add_cpu),
         "cores": cores,
-        "docs_per_s": statistics.median(rates),
-        "vs_baseline": statistics.median(
-            rate / one["baseline"]["docs_per_s"] for rate, one in zip(rates, rounds, strict=True)
-        ),
-        "encoder_cpu_s": statistics.median(one["encoder"]["cpu_s"] for one in rounds),
-        "add_cpu_s": statistics.median(one["baseline"]["add_cpu_s"] for one in rounds),
+        "encoder_cpu_s": encoder_cpu,
+        "add_cpu_s": add_cpu,
     }
 
 

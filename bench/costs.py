@@ -6,8 +6,8 @@ quoted from a scratch script:
 - lanes: bulk encoding of 6,000 short texts by one session of every core's threads
   (KB_ENCODER_LANES=1) and by one-thread lanes (the default), quiet and beside a process busy
   70% of each 10 ms (as the store's writes keep a core during a load): docs/s and CPU-ms a text.
-- caps: KB_EMBED_BATCH_TOKENS at 512, 1,024 and 2,048, for the bulk encoder's lanes (which
-  batch cap / lanes tokens) and for the query encoder's session of every core's threads:
+- caps: KB_EMBED_BATCH_TOKENS at 512, 1,024 and 2,048, for the lanes (which batch cap /
+  lanes tokens) and for one session of every core's threads (KB_ENCODER_LANES=1):
   docs/s of 3,072 short texts and of 300 paragraphs, the caps alternating over three rounds.
 - writes: the CPU (all threads) of Chroma's `add` of 1,024 short records with random unit
   vectors into a scratch collection growing to 10,240, at Chroma's default ef_construction
@@ -88,8 +88,11 @@ def caps() -> dict[str, float]:
         "paragraph": [d["text"] for d in documents("paragraph", 300)],
     }
     out: dict[str, float] = {}
-    for who, bulk in (("lanes", True), ("session", False)):
-        encoders = {cap: load_embedder(Settings(embed_batch_tokens=cap), bulk=bulk) for cap in CAPS}
+    for who, lanes in (("lanes", 0), ("session", 1)):  # 0: one per core; 1: one session
+        encoders = {
+            cap: load_embedder(Settings(embed_batch_tokens=cap, encoder_lanes=lanes), bulk=True)
+            for cap in CAPS
+        }
         for encoder in encoders.values():  # warm
             encoder.embed_documents(kinds["short"][:200] + kinds["paragraph"][:20])
         rates: dict[tuple[int, str], list[float]] = {}

@@ -53,20 +53,24 @@ class Settings(BaseSettings):
     onnx_cache: Path = Field(
         default_factory=default_cache, description="Where the ONNX export of the model is kept."
     )
-    encoder_threads: int = Field(0, ge=0, description="ONNX Runtime threads; 0 = one per core.")
+    encoder_threads: int = Field(
+        0,
+        ge=0,
+        description="ONNX Runtime threads of a run of one text (and of every run with "
+        "KB_ENCODER_LANES=1); 0 = one per core.",
+    )
     encoder_lanes: int = Field(
         0,
         ge=0,
-        description="Bulk encoding (kb load, large adds' encoder process): batches run side by "
-        "side on this many one-thread ONNX Runtime lanes, which lose less than one session of "
-        "several threads when the store's writes take a core; 0 = one per core, 1 = one "
-        "session of KB_ENCODER_THREADS threads.",
+        description="ONNX: a call's batches run side by side on this many one-thread lanes, "
+        "which lose less than one session of several threads when the store's writes take a "
+        "core; 0 = one per core, 1 = one session of KB_ENCODER_THREADS threads.",
     )
     encoder_spin_session: bool = Field(
         True,
-        description="ONNX: a query run of one text takes a second session whose threads spin "
-        "up to 50 us between operators (1-2 ms less a lone query on 2 cores, 96 MiB more RSS); "
-        "false = every run on the one session whose idle threads sleep.",
+        description="ONNX: a run of one text (a lone query) takes a second session on "
+        "KB_ENCODER_THREADS threads that spin up to 50 us between operators (1-2 ms less a "
+        "lone query on 2 cores, 96 MiB more RSS); false = it runs on one lane.",
     )
     device: str = Field("cpu", description="Torch device (KB_BACKEND=torch).")
     embed_batch_size: int = Field(64, ge=1, le=4096)

@@ -102,9 +102,9 @@ def model_fingerprint(path: Path) -> str:
 
 
 def load_embedder(settings: Settings, *, bulk: bool = False) -> Embedder:
-    """The configured encoder (KB_BACKEND); the single place a backend is chosen. `bulk`:
-    for an encoder that embeds large batches only (the encoder process), whose ONNX batches
-    run on KB_ENCODER_LANES single-thread lanes; queries want one run on every core."""
+    """The configured encoder (KB_BACKEND); the single place a backend is chosen. ONNX
+    batches run on KB_ENCODER_LANES single-thread lanes. `bulk`: for an encoder that embeds
+    large batches only (the encoder process), which needs no session for lone queries."""
     if settings.backend == "torch":
         from kb.encoders.torch_backend import SentenceTransformerEmbedder
 
@@ -120,6 +120,6 @@ def load_embedder(settings: Settings, *, bulk: bool = False) -> Embedder:
         batch_size=settings.embed_batch_size,
         batch_tokens=settings.embed_batch_tokens,
         threads=settings.encoder_threads,
-        lanes=(settings.encoder_lanes or cpu_count()) if bulk else 1,
+        lanes=settings.encoder_lanes or cpu_count(),
         spin_session=settings.encoder_spin_session and not bulk,
     )

@@ -222,8 +222,35 @@ def test_one_text_alone_runs_on_the_spinning_session(embedder: Embedder) -> None
     assert runs == ["_single", "_session"]
     assert float(np.abs(alone[0] - together[0]).max()) < 1e-5
     assert float(np.abs(together - embedder.embed_queries(texts)).max()) < 1e-5
-    lanes = OnnxEmbedder("all-MiniLM-L6-v2", cache=Settings().onnx_cache, lanes=2)
-    assert lanes._single is None  # one-thread lanes have no threads to wake
+
+
+@pytest.mark.skipif(cpu_count() < 2, reason="one lane per core")
+def test_with_lanes_one_text_spins_and_a_few_texts_share_the_lanes(embedder: Embedder) -> None:
+    """On lanes, a lone query still runs on the spinning session of every core's threads,
+    and a call of two texts runs one on each lane at once (both runs must be inside `_run`
+    to pass the barrier), not both in one batch on one lane."""
+    lanes = OnnxEmbedder("all-MiniLM-L6-v2", cache=Settings().onnx_cache, lanes=2, threads=2)
+    assert lanes._single is not None
+    runs: list[str] = []
+    single_run = lanes._single.run
+    lanes._single.run = lambda *args: runs.append("_single") or single_run(*args)  # type: ignore[method-assign]
+    both = threading.Barrier(2, timeout=30)
+    run = lanes._run
+
+    def meeting(ids: list[list[int]], session: object = None) -> np.ndarray:
+        if session is None:
+            both.wait()
+            runs.append(f"lane of {len(ids)}")
+        return run(ids, session)  # type: ignore[arg-type]
+
+    lanes._run = meeting  # type: ignore[method-assign]
+    texts = ["which index makes reads fast?", "slow writes"]
+    alone = lanes.embed_queries(texts[:1])
+    assert runs == ["_single"]
+    together = lanes.embed_queries(texts)
+    assert runs == ["_single", "lane of 1", "lane of 1"]
+    assert float(np.abs(alone[0] - together[0]).max()) < 1e-5
+    assert float(np.abs(together - embedder.embed_queries(texts)).max()) < 1e-5
 
 
 @pytest.mark.skipif(cpu_count() < 2, reason="one thread per session: no second session")
@@ -295,15 +322,18 @@ def test_a_failed_batch_fails_its_own_call_only(embedder: Embedder) -> None:
     assert float(np.abs(good.result(timeout=60) - embedder.embed_documents(texts)).max()) < 1e-5
 
 
-def test_bulk_encoders_get_one_lane_per_core_unless_set() -> None:
+def test_encoders_get_one_lane_per_core_unless_set() -> None:
+    """The service's encoder and the encoder process's alike; KB_ENCODER_LANES=1 gives one
+    session of every core's threads."""
     settings = Settings()
-    bulk = load_embedder(settings, bulk=True)
-    assert isinstance(bulk, OnnxEmbedder)
-    assert bulk.lanes == cpu_count()
-    assert load_embedder(settings.model_copy(update={"encoder_lanes": 1}), bulk=True).lanes == 1
-    single = load_embedder(settings)  # queries: one session on every core
-    assert isinstance(single, OnnxEmbedder)
-    assert single.lanes == 1
+    for bulk in (False, True):
+        encoder = load_embedder(settings, bulk=bulk)
+        assert isinstance(encoder, OnnxEmbedder)
+        assert encoder.lanes == cpu_count()
+        one = load_embedder(settings.model_copy(update={"encoder_lanes": 1}), bulk=bulk)
+        assert isinstance(one, OnnxEmbedder)
+        assert one.lanes == 1
+        assert one._lane_pool is None
 
 
 def test_a_first_load_exports_in_its_encoder_process_and_exits_cleanly(tmp_path: Path) -> None:

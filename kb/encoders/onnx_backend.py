@@ -29,10 +29,11 @@ class OnnxEmbedder:
     tokens, so long texts go in smaller batches (whose attention scores stay in the caches).
     Session runs and the tokenizers are safe to share between threads.
 
-    With `lanes` > 1 (bulk encoding) the session runs one thread per call and the batches of
-    a call go side by side, one per lane: no lane waits for another at each operator, so when
-    other work takes a core (the store's writes) the lanes lose only that core's share, where
-    one session of two threads stalls at every operator whose second thread is descheduled.
+    With `lanes` > 1 (the default: one per core) the session runs one thread per call and the
+    batches of a call go side by side, one per lane: no lane waits for another at each
+    operator, so when other work takes a core (the store's writes) the lanes lose only that
+    core's share, where one session of two threads stalls at every operator whose second
+    thread is descheduled. A call of a few texts is split so that every lane gets some.
     Each lane's batches hold its share of `batch_tokens` (divided by `lanes`), as each thread
     of a session on every core works on its share of a batch: a one-thread run on a batch of
     the whole cap keeps less of its work in the core's caches, and takes more memory (README,
@@ -65,15 +66,16 @@ class OnnxEmbedder:
         self.max_tokens = int(export.meta["max_tokens"])
         self._pad_id = int(export.meta["pad_id"])
 
-        threads = 1 if self.lanes > 1 else (threads or cpu_count())
+        threads = threads or cpu_count()
         model_file = export.model_file(quantized)
-        self._session = _open_session(model_file, threads, spin=False)
-        # One text alone (a query while no other waits) runs on a second session whose
-        # threads spin briefly between the run's operators instead of sleeping and being
-        # woken at each one (about 1 ms less of a 4-5 ms query run here, for 96 MiB). Under
-        # load, queries share runs and take the first session, whose idle threads leave the
-        # cores to the server's. `spin_session=False` (KB_ENCODER_SPIN_SESSION) saves the
-        # memory; one-thread sessions (lanes) have no thread to wake and never get one.
+        self._session = _open_session(model_file, 1 if self.lanes > 1 else threads, spin=False)
+        # One text alone (a query while no other waits) runs on a second session, on every
+        # core, whose threads spin briefly between the run's operators instead of sleeping
+        # and being woken at each one (about 1 ms less of a 4-5 ms query run here, for 96
+        # MiB). Under load, queries share runs and take the first session (its lanes, or its
+        # threads, which sleep when idle and leave the cores to the server's).
+        # `spin_session=False` (KB_ENCODER_SPIN_SESSION) saves the memory; then one text runs
+        # on one lane.
         single = spin_session and threads > 1
         self._single = _open_session(model_file, threads, spin=True) if single else None
         self._inputs = [node.name for node in self._session.get_inputs()]
@@ -136,6 +138,8 @@ class OnnxEmbedder:
         return future
 
     def _encode(self, texts: Sequence[str]) -> np.ndarray:
+        if len(texts) == 1 and self._single is not None:
+            return self._run(self._plan(texts)[1], self._single)
         if self._lane_pool is not None:
             return self.submit_documents(texts).result()
         out, ids, batches = self._plan(texts)
@@ -151,9 +155,10 @@ class OnnxEmbedder:
         ids = [encoding.ids for encoding in self._tokenizer.encode_batch(list(texts))]
         lengths = [len(row) for row in ids]
         order = np.argsort(lengths, kind="stable")
-        return out, ids, list(token_batches(order, lengths, self.batch_size, self.batch_tokens))
+        most = min(self.batch_size, -(-len(texts) // self.lanes))  # a few texts: some a lane
+        return out, ids, list(token_batches(order, lengths, most, self.batch_tokens))
 
-    def _run(self, ids: list[list[int]]) -> np.ndarray:
+    def _run(self, ids: list[list[int]], session: InferenceSession | None = None) -> np.ndarray:
         width = max(len(row) for row in ids)
         input_ids = np.full((len(ids), width), self._pad_id, dtype=np.int64)
         mask = np.zeros((len(ids), width), dtype=np.int64)
@@ -162,7 +167,7 @@ class OnnxEmbedder:
             mask[i, : len(row)] = 1
         types = np.zeros_like(mask)
         feeds = {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": types}
-        session = self._single if len(ids) == 1 and self._single else self._session
+        session = session or self._session
         return session.run(None, {name: feeds[name] for name in self._inputs})[0]
 
 

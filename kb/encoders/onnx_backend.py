@@ -138,8 +138,10 @@ class OnnxEmbedder:
         return future
 
     def _encode(self, texts: Sequence[str]) -> np.ndarray:
+        """A call of one text runs on the spinning session, if there is one; any other on
+        the lanes, or on the one session's threads."""
         if len(texts) == 1 and self._single is not None:
-            return self._run(self._plan(texts)[1], self._single)
+            return self._run(self._ids(texts), self._single)
         if self._lane_pool is not None:
             return self.submit_documents(texts).result()
         out, ids, batches = self._plan(texts)
@@ -152,11 +154,14 @@ class OnnxEmbedder:
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         if not texts:
             return out, [], []
-        ids = [encoding.ids for encoding in self._tokenizer.encode_batch(list(texts))]
+        ids = self._ids(texts)
         lengths = [len(row) for row in ids]
         order = np.argsort(lengths, kind="stable")
         most = min(self.batch_size, -(-len(texts) // self.lanes))  # a few texts: some a lane
         return out, ids, list(token_batches(order, lengths, most, self.batch_tokens))
+
+    def _ids(self, texts: Sequence[str]) -> list[list[int]]:
+        return [encoding.ids for encoding in self._tokenizer.encode_batch(list(texts))]
 
     def _run(self, ids: list[list[int]], session: InferenceSession | None = None) -> np.ndarray:
         width = max(len(row) for row in ids)

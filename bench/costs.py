@@ -1,7 +1,7 @@
 """What ingest and a query pay besides the model's own work, each measured here rather than
 quoted from a scratch script:
 
-    python -m bench.costs [--docs 100000] [--only lanes|caps|writes|caches|hooks ...]
+    python -m bench.costs [--docs 100000] [--only lanes|caps|writes|overhead|caches|hooks ...]
 
 - lanes: bulk encoding of 6,000 short texts by one session of every core's threads
   (KB_ENCODER_LANES=1) and by one-thread lanes (the default), quiet and beside a process busy
@@ -9,9 +9,14 @@ quoted from a scratch script:
 - caps: KB_EMBED_BATCH_TOKENS at 512, 1,024 and 2,048, for the lanes (which batch cap /
   lanes tokens) and for one session of every core's threads (KB_ENCODER_LANES=1):
   docs/s of 3,072 short texts and of 300 paragraphs, the caps alternating over three rounds.
-- writes: the CPU (all threads) of Chroma's `add` of 1,024 short records with random unit
-  vectors into a scratch collection growing to 10,240, at Chroma's default ef_construction
-  (100) and at 40; and a `get` of 1,024 ids that are not stored (a load's id check).
+- writes: the CPU (all threads) of Chroma's `add` of 1,024 short records, kb's encoder's
+  vectors, into a scratch collection growing to 30,720, at Chroma's default ef_construction
+  (100) and at 40: CPU-ms a record over the first and the last third, and the recall@10 and
+  @100 of Chroma's search (kb's ef_search) against exact search for the bench's queries; and
+  a `get` of 1,024 ids that are not stored (a load's id check).
+- overhead: POST /add of 1k and 10k short documents as `kb load --url` sends them, through
+  Flask's test client, the encoder replaced by a look-up of its vectors: the CPU a document,
+  Chroma's writes and the rest (kb's own: validation, planning, the search copies).
 - caches: three GET /health through Flask's test client right after a 48 MB sweep through
   memory (as an encoder run reads 42 MB of weights) and right after the same work.
 - hooks: `kb serve` on the query benchmark's store; per request kind, the client's p50 over
@@ -28,7 +33,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,14 +41,16 @@ import numpy as np
 
 from bench.corpus import documents, queries
 from bench.harness import Server, request, scratch
+from bench.ingest import add_bodies
 from bench.micro import Section, median_ms, run_sections
 from bench.query import store_for
 from kb.config import Settings
-from kb.embeddings import load_embedder
+from kb.embeddings import Embedder, WrappedEmbedder, load_embedder
 
 # Busy for 7 ms of every 10 ms: a rival for the cores, as Chroma's writes are during a load.
 RIVAL = "import time\nwhile True:\n t = time.perf_counter()\n while time.perf_counter() - t < 0.007: pass\n time.sleep(0.003)"  # noqa: E501
 ROUNDS = 2
+WRITE_BATCH, WRITE_ROUNDS = 1024, 30
 HNSW: dict[str, dict[str, int]] = {
     "ef_construction_100": {},
     "ef_construction_40": {"ef_construction": 40},
@@ -111,35 +118,102 @@ def caps() -> dict[str, float]:
 def writes() -> dict[str, float]:
     from kb.collection import make_client
 
-    batch, rounds = 1024, 10
-    docs = documents("short", batch * rounds)
-    rng = np.random.default_rng(0)
-    vectors = rng.normal(size=(len(docs), 384)).astype(np.float32)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    settings = Settings()
+    docs = documents("short", WRITE_BATCH * WRITE_ROUNDS)
+    encoder = load_embedder(settings, bulk=True)
+    vectors = encoder.embed_documents([d["text"] for d in docs])
+    asked = encoder.embed_queries(list(queries()))
+    ranked = np.argsort(-(asked @ vectors.T), axis=1)  # exact search
+    ids = np.array([d["id"] for d in docs])
     out: dict[str, float] = {}
     with scratch() as path:
         client = make_client(Settings(chroma_path=path))
         for name, hnsw in HNSW.items():
+            hnsw = {"space": "cosine", "ef_search": settings.hnsw_ef_search, **hnsw}
             collection = client.create_collection(
-                name, configuration={"hnsw": {"space": "cosine", **hnsw}}, embedding_function=None
+                name, configuration={"hnsw": hnsw}, embedding_function=None
             )
             cpu = []
-            for i in range(rounds):
-                part = slice(i * batch, (i + 1) * batch)
+            for start in range(0, len(docs), WRITE_BATCH):
+                part = slice(start, start + WRITE_BATCH)
                 started = time.process_time()
                 collection.add(
-                    ids=[d["id"] for d in docs[part]],
+                    ids=list(ids[part]),
                     documents=[d["text"] for d in docs[part]],
                     metadatas=[d["metadata"] for d in docs[part]],
                     embeddings=vectors[part],
                 )
                 cpu.append(time.process_time() - started)
-            out[f"add_1024_cpu_s_{name}"] = statistics.median(cpu)
-        absent = [f"absent-{i}" for i in range(batch)]
+            third = len(cpu) // 3
+            for label, runs in (("first_third", cpu[:third]), ("last_third", cpu[-third:])):
+                out[f"{name}_add_cpu_ms_per_record_{label}"] = (
+                    statistics.median(runs) * 1000 / WRITE_BATCH
+                )
+            out[f"{name}_add_cpu_s_all"] = sum(cpu)
+            for k in (10, 100):
+                found = collection.query(query_embeddings=asked, n_results=k, include=[])["ids"]
+                out[f"{name}_recall_at_{k}"] = statistics.mean(
+                    len(set(got) & set(ids[best[:k]])) / k
+                    for got, best in zip(found, ranked, strict=True)
+                )
+        absent = [f"absent-{i}" for i in range(WRITE_BATCH)]
         out["get_1024_absent_ids_ms"] = median_ms(
             lambda: collection.get(ids=absent, include=["documents", "metadatas"])
         )
     return out
+
+
+class _Precomputed(WrappedEmbedder):
+    """An encoder that looks its vectors up: what is left of an add is kb's and Chroma's."""
+
+    def __init__(self, inner: Embedder, vectors: dict[str, np.ndarray]) -> None:
+        super().__init__(inner)
+        self.vectors = vectors
+
+    def embed_documents(self, texts: Sequence[str]) -> np.ndarray:
+        return np.stack([self.vectors[text] for text in texts])
+
+
+def overhead() -> dict[str, float]:
+    out: dict[str, float] = {}
+    for size in (1000, 10000):
+        cpu, chroma = _add_cpu(documents("short", size))
+        out[f"add_{size}_cpu_ms_per_doc"] = cpu * 1000 / size
+        out[f"add_{size}_chroma_write_cpu_ms_per_doc"] = chroma * 1000 / size
+        out[f"add_{size}_kb_cpu_ms_per_doc"] = (cpu - chroma) * 1000 / size
+    return out
+
+
+def _add_cpu(docs: Sequence[dict[str, Any]]) -> tuple[float, float]:
+    """CPU seconds of POST /add of `docs` into a fresh store with their vectors known, and of
+    Chroma's writes among them."""
+    from kb.app import close_app, create_app
+
+    texts = [d["text"] for d in docs]
+    with scratch() as path:
+        app = create_app(Settings(chroma_path=path, log_level="WARNING"))
+        try:
+            store = app.extensions["kb"].store
+            vectors = store.embedder.embed_documents(texts)
+            store.embedder = _Precomputed(store.embedder, dict(zip(texts, vectors, strict=True)))
+            write, chroma = store.records._write, 0.0
+
+            def timed(records: Any, add: bool = False) -> None:
+                nonlocal chroma
+                started = time.process_time()
+                write(records, add)
+                chroma += time.process_time() - started
+
+            store.records._write = timed
+            client = app.test_client()
+            started = time.process_time()
+            for body in add_bodies(docs):
+                reply = client.post("/add", data=body, content_type="application/json")
+                if reply.status_code != 201:
+                    raise RuntimeError(f"POST /add: {reply.status_code} {reply.data[:300]!r}")
+            return time.process_time() - started, chroma
+        finally:
+            close_app(app)
 
 
 def caches() -> dict[str, float]:
@@ -224,6 +298,7 @@ def main(argv: list[str]) -> int:
         "lanes": lambda docs: lanes(),
         "caps": lambda docs: caps(),
         "writes": lambda docs: writes(),
+        "overhead": lambda docs: overhead(),
         "caches": lambda docs: caches(),
         "hooks": hooks,
     }

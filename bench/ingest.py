@@ -68,15 +68,7 @@ def post_add(docs: Sequence[dict[str, Any]], store: Path, log: Path) -> dict[str
     """Batches to POST /add as `kb load --url` sends them (FIRST_BATCH documents, doubling
     up to ADD_BATCH): URL_IN_FLIGHT requests at a time, each over its own keep-alive
     connection; first request to last reply."""
-    # a bulk load's request, as `kb load --url` sends it: no near-duplicate report
-    options = {"on_conflict": "error", "on_duplicate": "ignore"}
-    bodies, start = [], 0
-    for size in batch_limits(ADD_BATCH):  # kb load's batches: FIRST_BATCH, doubling
-        if start >= len(docs):
-            break
-        part = list(docs[start : start + size])
-        bodies.append(json.dumps({"documents": part, **options}).encode())
-        start += size
+    bodies = add_bodies(docs)
     with Server(store, log) as server:
         ready_s = server.wait()
         conns = [server.connect(timeout=600) for _ in range(URL_IN_FLIGHT)]
@@ -114,6 +106,20 @@ def post_add(docs: Sequence[dict[str, Any]], store: Path, log: Path) -> dict[str
         "server_ready_s": ready_s,
         **memory,
     }
+
+
+def add_bodies(docs: Sequence[dict[str, Any]]) -> list[bytes]:
+    """The POST /add bodies `kb load --url` sends for these documents: batches of FIRST_BATCH
+    documents, doubling up to ADD_BATCH, as a bulk load asks (no near-duplicate report)."""
+    options = {"on_conflict": "error", "on_duplicate": "ignore"}
+    bodies, start = [], 0
+    for size in batch_limits(ADD_BATCH):
+        if start >= len(docs):
+            break
+        part = list(docs[start : start + size])
+        bodies.append(json.dumps({"documents": part, **options}).encode())
+        start += size
+    return bodies
 
 
 def run(kinds: Sequence[Kind], sizes: Sequence[int], repeat: int = 1) -> list[dict[str, Any]]:

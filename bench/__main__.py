@@ -1,5 +1,5 @@
 """python -m bench [--full] [--sizes N ...] [--query-sizes N ...] [--only SECTION] [--duration S]
-[--repeat N]
+[--repeat N] [--parts PART ...]
 
 Every measurement that loads a model or opens a store runs in its own process on a fresh store
 under /tmp (the query stores are kept in bench/results/stores/ and reused). One JSON per run
@@ -41,6 +41,14 @@ def parse(argv: list[str]) -> argparse.Namespace:
         help="query/start-up store sizes (default 10000)",
     )
     parser.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS))
+    parser.add_argument(
+        "--parts",
+        nargs="+",
+        choices=ingest.PARTS,
+        default=list(ingest.PARTS),
+        help="ingest: the parts of each cell to run (default all; ratios and the CPU bound "
+        "need the parts they compare)",
+    )
     parser.add_argument("--only", action="append", choices=SECTIONS, help="repeatable")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per query cell")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
@@ -81,7 +89,7 @@ def main(argv: list[str]) -> int:
     started = time.perf_counter()
     try:
         if "ingest" in sections:
-            result["ingest"] = ingest.run(args.kinds, args.sizes, args.repeat)
+            result["ingest"] = ingest.run(args.kinds, args.sizes, args.repeat, args.parts)
         if sections & {"query", "startup"}:
             result["query"] = query.run(
                 args.query_sizes, args.clients, args.duration, args.mode, sections, args.rebuild

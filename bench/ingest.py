@@ -122,47 +122,55 @@ def add_bodies(docs: Sequence[dict[str, Any]]) -> list[bytes]:
     return bodies
 
 
-def run(kinds: Sequence[Kind], sizes: Sequence[int], repeat: int = 1) -> list[dict[str, Any]]:
+def run(
+    kinds: Sequence[Kind], sizes: Sequence[int], repeat: int = 1, parts: Sequence[str] = ()
+) -> list[dict[str, Any]]:
     cells = []
     for kind in kinds:
         for size in sizes:
             print(f"ingest: {kind} x {size} ...", flush=True)
-            cells.append(cell(kind, size, repeat))
+            cells.append(cell(kind, size, repeat, parts or PARTS))
     return cells
 
 
 PARTS = ("baseline", "encoder", "kb_load", "post_add")
+WAYS = ("kb_load", "post_add")  # kb's; the others are what they are measured against
 
 
-def cell(kind: Kind, size: int, repeat: int = 1) -> dict[str, Any]:
-    """The four parts, `repeat` rounds of them, each round starting one part later (the
-    machine's speed drifts over minutes), and each round's CPU bound: each part's median run,
-    and each way's median ratio to the baseline, to the encoder and to the bound of the same
-    round."""
+def cell(kind: Kind, size: int, repeat: int = 1, parts: Sequence[str] = PARTS) -> dict[str, Any]:
+    """The parts (all four unless asked: a 100k paragraph cell takes hours), `repeat` rounds
+    of them, each round starting one part later (the machine's speed drifts over minutes), and
+    each round's CPU bound when the baseline and the encoder ran: each part's median run, and
+    each way's median ratio to the baseline, to the encoder and to the bound of the same
+    round, where both ran."""
     docs = documents(kind, size)
     other = OtherLoad()
+    chosen = tuple(part for part in PARTS if part in parts)
     rounds: list[dict[str, dict[str, Any]]] = []
     with scratch() as work:
         corpus = write_jsonl(docs, work / f"{kind}-{size}.jsonl")
         for turn in range(repeat):
-            order = PARTS[turn % len(PARTS) :] + PARTS[: turn % len(PARTS)]
+            order = chosen[turn % len(chosen) :] + chosen[: turn % len(chosen)]
             one = {part: _part(part, docs, corpus, work) for part in order}
-            rounds.append(one | {"bound": _bound(size, one)})
+            if {"baseline", "encoder"} <= one.keys():
+                one["bound"] = _bound(size, one)
+            rounds.append(one)
     result: dict[str, Any] = {"kind": kind, "docs": size, "rounds": repeat}
     result["other_cpu"] = other.share()
-    for part in (*PARTS, "bound"):
+    for part in rounds[0]:
         runs = sorted((one[part] for one in rounds), key=lambda run: run["docs_per_s"])
         result[part] = runs[(len(runs) - 1) // 2] | {
             "runs_docs_per_s": [one[part]["docs_per_s"] for one in rounds]
         }
-    for way in ("kb_load", "post_add", "bound"):
-        result[way] |= {
-            f"vs_{part}": statistics.median(
-                one[way]["docs_per_s"] / one[part]["docs_per_s"] for one in rounds
-            )
-            for part in ("baseline", "encoder", "bound")
-            if part != way
-        }
+    for way in (*WAYS, "bound"):
+        if way in result:
+            result[way] |= {
+                f"vs_{part}": statistics.median(
+                    one[way]["docs_per_s"] / one[part]["docs_per_s"] for one in rounds
+                )
+                for part in ("baseline", "encoder", "bound")
+                if part != way and part in result
+            }
     return result
 
 

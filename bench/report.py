@@ -37,13 +37,14 @@ def table(title: str, headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> 
 def ingest(cells: Sequence[dict[str, Any]]) -> None:
     rows = []
     for c in cells:
-        load, add = c["kb_load"], c["post_add"]
+        load, add = c.get("kb_load", {}), c.get("post_add", {})
         rows.append(
-            [c["kind"], c["docs"], c["baseline"]["docs_per_s"], c["encoder"]["docs_per_s"],
-             load["docs_per_s"], f"{load['vs_baseline']:.2f}x", f"{load['vs_encoder']:.0%}",
-             load["wall_docs_per_s"], add["docs_per_s"], f"{add['vs_baseline']:.2f}x",
-             f"{add['vs_encoder']:.0%}", _serve_rss(add), c["baseline"]["over_window"],
-             f"{c['other_cpu']:.0%}"]
+            [c["kind"], c["docs"], _rate(c, "baseline"), _rate(c, "encoder"),
+             _rate(c, "kb_load"), _ratio(load, "vs_baseline", "x"),
+             _ratio(load, "vs_encoder", "%"), load.get("wall_docs_per_s"),
+             _rate(c, "post_add"), _ratio(add, "vs_baseline", "x"),
+             _ratio(add, "vs_encoder", "%"), _serve_rss(add),
+             c.get("baseline", {}).get("over_window"), f"{c['other_cpu']:.0%}"]
         )  # fmt: skip
     headers = ["kind", "docs", "baseline/s", "encoder/s", "kb load/s", "vs base", "vs enc",
                "load wall/s", "POST /add/s", "vs base", "vs enc", "serve MiB", ">window",
@@ -69,12 +70,14 @@ def ingest(cells: Sequence[dict[str, Any]]) -> None:
 
 
 def _bounds(cells: Sequence[dict[str, Any]]) -> None:
+    cells = [c for c in cells if "bound" in c]  # the baseline and the encoder ran
     if not cells:
         return
     rows = [
         [c["kind"], c["docs"], c["bound"]["encoder_cpu_s"], c["bound"]["add_cpu_s"],
          c["bound"]["docs_per_s"], f"{c['bound']['vs_baseline']:.2f}x",
-         f"{c['kb_load']['vs_bound']:.0%}", f"{c['post_add']['vs_bound']:.0%}"]
+         _ratio(c.get("kb_load", {}), "vs_bound", "%"),
+         _ratio(c.get("post_add", {}), "vs_bound", "%")]
         for c in cells
     ]  # fmt: skip
     headers = ["kind", "docs", "encoder CPU s", "Chroma add CPU s", "bound/s", "vs base",
@@ -86,6 +89,17 @@ def _bounds(cells: Sequence[dict[str, Any]]) -> None:
         "\n  vs base = the highest ratio to the baseline possible in this run; kb load and "
         "POST /add = their rates as a share of the bound (medians of the ratios within a round)"
     )
+
+
+def _rate(cell: dict[str, Any], part: str) -> float | None:
+    return cell[part]["docs_per_s"] if part in cell else None
+
+
+def _ratio(way: dict[str, Any], key: str, unit: str) -> str:
+    """A ratio as 1.23x or 45%; '-' when a part it compares was not run."""
+    if key not in way:
+        return "-"
+    return f"{way[key]:.2f}x" if unit == "x" else f"{way[key]:.0%}"
 
 
 def _serve_rss(add: dict[str, Any]) -> str:

@@ -1,7 +1,7 @@
 """The component timings the README's Speed section explains its choices with, each measured
 here rather than quoted from a scratch script:
 
-    python -m bench.micro [--docs 100000] [--only encoder|products|chroma|health ...]
+    python -m bench.micro [--docs 100000] [--only encoder|products|chroma|health|keyword ...]
 
 - encoder: ONNX texts/s on twelve-word-piece texts, and on paragraphs with batches capped by
   padded tokens (KB_EMBED_BATCH_TOKENS) and with batches of 64 texts alone; one query at a
@@ -14,6 +14,10 @@ here rather than quoted from a scratch script:
 - health: /health in-process, the count from the mirror and from Chroma.
 - gil: how fast another Python thread runs (share of its idle rate) while Chroma adds 1,024
   records, gets them by id, and answers 50 queries, on a scratch store.
+- keyword: the in-memory BM25 index (kb.bm25) of `--docs` short and `--docs` paragraph texts,
+  each built in a fresh process: its memory (the process's RSS growth; the texts are loaded
+  first), and the p50 of a search (the bench's queries, 50 hits) before and after 1% of the
+  rows are removed.
 
 Opens the query benchmark's cached store (no `kb serve` may hold it). Writes
 bench/results/micro-<docs>.json.
@@ -22,6 +26,7 @@ bench/results/micro-<docs>.json.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import threading
@@ -32,8 +37,8 @@ from typing import Any
 import numpy as np
 
 from bench import COLLECTION
-from bench.corpus import documents, queries
-from bench.harness import save_results, scratch
+from bench.corpus import KINDS, Kind, documents, queries
+from bench.harness import memory, save_results, scratch
 from bench.query import store_for
 from kb.config import Settings
 from kb.embeddings import load_embedder
@@ -196,6 +201,42 @@ def gil() -> dict[str, float]:
     return out
 
 
+def keyword(docs: int) -> dict[str, float]:
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    out = {}
+    for kind in KINDS:  # a fresh process each: memory freed by one would serve the next
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(1, mp_context=context) as pool:
+            cell = pool.submit(_keyword_cell, kind, docs).result()
+        out.update({f"{kind}_{name}": value for name, value in cell.items()})
+    return out
+
+
+def _keyword_cell(kind: Kind, docs: int) -> dict[str, float]:
+    from kb.bm25 import Bm25
+    from kb.keyword import query_tokens
+
+    texts = [d["text"] for d in documents(kind, docs)]
+    before = memory(os.getpid())["rss_mib"]
+    index = Bm25()
+    for first in range(0, docs, 1024):  # as kb.mirror adds a load's batches
+        index.add_many(first, texts[first : first + 1024])
+    out = {"bm25_mib": memory(os.getpid())["rss_mib"] - before}
+    terms = [query_tokens(text) for text in queries()]
+
+    def search_all() -> None:
+        for query in terms:
+            index.search(query, 50)
+
+    out["search_ms"] = median_ms(search_all, 5) / len(terms)
+    for row in np.random.default_rng(0).choice(docs, docs // 100, replace=False):
+        index.remove(int(row))
+    out["search_after_removals_ms"] = median_ms(search_all, 5) / len(terms)
+    return out
+
+
 def run_sections(
     prog: str, description: str | None, runs: dict[str, Section], argv: list[str]
 ) -> int:
@@ -222,6 +263,7 @@ def main(argv: list[str]) -> int:
         "chroma": chroma,
         "health": health,
         "gil": lambda docs: gil(),
+        "keyword": keyword,
     }
     return run_sections("python -m bench.micro", __doc__, runs, argv)
 

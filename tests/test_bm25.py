@@ -8,7 +8,7 @@ import threading
 import numpy as np
 import pytest
 
-from kb.bm25 import Bm25, tokens
+from kb.bm25 import TF_CAP, Bm25, tokens
 from kb.keyword import query_tokens
 from kb.schemas import DocumentIn
 from kb.store import KnowledgeStore
@@ -35,6 +35,41 @@ def test_scores_removals_and_masks() -> None:
     assert not index.search(tokens("nothing"), 10)[0].size
     with pytest.raises(ValueError, match="in order"):
         index.add(7, "rows come in order")
+
+
+def test_removed_rows_leave_the_statistics_of_an_index_built_without_them() -> None:
+    """Document frequencies, the live count and the average length are the live rows' only:
+    after removals (and after adds that follow them) every live row scores as it does in an
+    index that never held the removed rows."""
+    texts = [f"t{i} {'oak ' * (1 + i % 3)}{'elm ' if i % 4 else 'fir '}ash" for i in range(80)]
+    more = [f"m{i} oak fir {'elm' * (i % 2)}" for i in range(20)]
+    gone = {3, 8, 40, 41, 79}
+    index = Bm25()
+    index.add_many(0, texts)
+    for row in sorted(gone):
+        index.remove(row)
+    queries = ("oak", "fir elm", "ash t7 oak")
+    for query in queries:  # counted once, then from the per-term count kept
+        index.search(tokens(query), 100)
+    index.add_many(len(texts), more)  # new postings: counted again
+    index.remove(81)  # a removal: counted again
+    kept = [row for row in range(len(texts) + len(more)) if row not in gone | {81}]
+    fresh = Bm25()
+    fresh.add_many(0, [(texts + more)[row] for row in kept])
+    for query in queries:
+        rows, scores = index.search(tokens(query), 100)
+        want_rows, want_scores = fresh.search(tokens(query), 100)
+        assert rows.tolist() == [kept[row] for row in want_rows]
+        np.testing.assert_allclose(scores, want_scores, rtol=1e-6)
+
+
+def test_a_term_frequency_above_the_cap_counts_as_the_cap() -> None:
+    capped, exact = Bm25(), Bm25()
+    capped.add_many(0, ["x " * (TF_CAP + 4465), "x y"])
+    exact.add_many(0, ["x " * TF_CAP + "y " * 4465, "x y"])
+    got, want = capped.search(["x"], 2), exact.search(["x"], 2)
+    assert got[0].tolist() == want[0].tolist() == [0, 1]
+    np.testing.assert_allclose(got[1], want[1], rtol=1e-6)
 
 
 @pytest.fixture

@@ -180,26 +180,37 @@ def test_a_dead_process_leaves_adds_in_process(
     assert count["documents"] == ENOUGH + 2 * LARGE, count
 
 
+def has_query_session(embedder: Embedder) -> bool:
+    """Whether the in-process ONNX encoder holds its session for lone texts."""
+    return bool(embedder.has_query_session)  # type: ignore[attr-defined]
+
+
 def test_closing_the_app_stops_the_process(tmp_path: Path, embedder: Embedder) -> None:
+    """...and gives the shared in-process encoder back its session for lone texts, which it
+    released while the process ran."""
     app = create_app(
         Settings(chroma_path=tmp_path / "db", collection="kb_test", encoder_process_min_texts=1),
         embedder=embedder,
     )
+    assert has_query_session(embedder)
     add(app, docs("one", enough(1)))
     bulk = bulk_of(app)
     assert bulk.wait_started(300)
+    assert not has_query_session(embedder)
     child = bulk._process._process  # type: ignore[union-attr]
     close_app(app)
     assert not child.is_alive()
     assert bulk._process is None
+    assert has_query_session(embedder)
 
 
 def test_an_idle_process_stops_and_large_adds_start_another(
     tmp_path: Path, embedder: Embedder, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Unused for KB_ENCODER_PROCESS_IDLE_S, the process stops (its memory is given back);
-    while an add is embedding in it, it is in use however long that takes; the next large
-    adds start another by the same rule."""
+    """Unused for KB_ENCODER_PROCESS_IDLE_S, the process stops (its memory is given back,
+    and the in-process encoder opens its session for lone texts again); while an add is
+    embedding in it, it is in use however long that takes; the next large adds start another
+    by the same rule."""
     idle = 0.4
     app = create_app(
         Settings(
@@ -216,6 +227,7 @@ def test_an_idle_process_stops_and_large_adds_start_another(
         assert bulk.wait_started(300)
         process = bulk._process
         assert process is not None
+        assert not has_query_session(embedder)
         embed, kept = process.embed_documents, []
 
         def slow(texts: list[str]) -> np.ndarray:
@@ -236,12 +248,17 @@ def test_an_idle_process_stops_and_large_adds_start_another(
         reaper.join(60)  # it closes the process (joining it: a second join here would race)
         assert not reaper.is_alive()
         assert not child.is_alive()
+        assert has_query_session(embedder)
+        hits = app.test_client().post("/query", json={"query": "proof bread", "top_k": 1})
+        assert hits.status_code == 200, hits.json
+        assert hits.json["matches"], hits.json
         add(app, docs("small", LARGE))  # embedded here; counts towards a new start
         assert not bulk.wait_started(0)
         add(app, docs("again", ENOUGH))
         assert bulk.wait_started(300)
         assert bulk._process is not None
         assert bulk._process is not process
+        assert not has_query_session(embedder)
         assert app.test_client().get("/health").json["documents"] == 2 * ENOUGH + 2 * LARGE
     finally:
         close_app(app)

@@ -271,6 +271,28 @@ def test_the_spinning_session_is_a_setting(
     assert bulk._single is None
     texts = ["which index makes reads fast?"]
     assert float(np.abs(off.embed_queries(texts) - embedder.embed_queries(texts)).max()) < 1e-5
+    off.hold_query_session(True)  # not configured: nothing to open
+    assert not off.has_query_session
+
+
+@pytest.mark.skipif(cpu_count() < 2, reason="one thread per session: no second session")
+def test_the_spinning_session_can_be_released_and_opened_again(embedder: Embedder) -> None:
+    """Released (while kb serve's encoder process runs), a lone text runs on a lane, with
+    the same vector; opened again, on the spinning session."""
+    encoder = OnnxEmbedder("all-MiniLM-L6-v2", cache=Settings().onnx_cache, lanes=2, threads=2)
+    texts = ["which index makes reads fast?"]
+    want = embedder.embed_queries(texts)
+    encoder.hold_query_session(False)
+    assert not encoder.has_query_session
+    runs: list[object] = []
+    run = encoder._run
+    encoder._run = lambda ids, session=None: runs.append(session) or run(ids, session)  # type: ignore[method-assign]
+    assert float(np.abs(encoder.embed_queries(texts) - want).max()) < 1e-5
+    assert runs == [None]  # a lane's run on the batch session
+    encoder.hold_query_session(True)
+    assert encoder.has_query_session
+    assert float(np.abs(encoder.embed_queries(texts) - want).max()) < 1e-5
+    assert runs[1] is encoder._single
 
 
 def test_lanes_give_every_text_its_own_vector(embedder: Embedder) -> None:

@@ -13,6 +13,7 @@ from kb.batcher import Batcher
 from kb.config import cpu_count
 from kb.embeddings import model_fingerprint, resolve_model_path
 from kb.encoders.onnx_export import ensure_export
+from kb.memory import release_freed_memory
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
@@ -76,8 +77,10 @@ class OnnxEmbedder:
         # threads, which sleep when idle and leave the cores to the server's).
         # `spin_session=False` (KB_ENCODER_SPIN_SESSION) saves the memory; then one text runs
         # on one lane.
-        single = spin_session and threads > 1
-        self._single = _open_session(model_file, threads, spin=True) if single else None
+        self._model_file, self._threads = model_file, threads
+        self._spin = spin_session and threads > 1
+        self._single = _open_session(model_file, threads, spin=True) if self._spin else None
+        self._single_lock = threading.Lock()
         self._inputs = [node.name for node in self._session.get_inputs()]
 
         self._tokenizer = Tokenizer.from_file(str(export.tokenizer_file))
@@ -93,6 +96,22 @@ class OnnxEmbedder:
 
     def embed_documents(self, texts: Sequence[str]) -> np.ndarray:
         return self._encode(texts)
+
+    @property
+    def has_query_session(self) -> bool:
+        """Whether lone texts run on the spinning session now."""
+        return self._single is not None
+
+    def hold_query_session(self, held: bool) -> None:
+        """Release the spinning session (`held` false: about 110 MiB back; a lone text then
+        runs as batches do), or open it again if it is configured. kb serve releases it
+        while its encoder process runs (kb.encoders.bulk)."""
+        with self._single_lock:
+            if not held:
+                self._single = None  # a run on it keeps it until that run ends
+                release_freed_memory()
+            elif self._spin and self._single is None:
+                self._single = _open_session(self._model_file, self._threads, spin=True)
 
     def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
         """Concurrent queries share encoder runs (see Batcher)."""
@@ -140,8 +159,9 @@ class OnnxEmbedder:
     def _encode(self, texts: Sequence[str]) -> np.ndarray:
         """A call of one text runs on the spinning session, if there is one; any other on
         the lanes, or on the one session's threads."""
-        if len(texts) == 1 and self._single is not None:
-            return self._run(self._ids(texts), self._single)
+        single = self._single
+        if len(texts) == 1 and single is not None:
+            return self._run(self._ids(texts), single)
         if self._lane_pool is not None:
             return self.submit_documents(texts).result()
         out, ids, batches = self._plan(texts)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
@@ -39,6 +40,10 @@ BLOCK_BYTES = 256 * 1024 * 1024  # gathered vectors kept per filter, least recen
 SMALL_BATCH = 3
 SCAN_BATCH = 64  # query vectors per shared scan
 KEPT_MASKS = 64  # filters whose row masks are kept between writes
+# Texts of at least this many characters are kept zlib-compressed: at 100k paragraphs 96 MiB
+# of texts become about 55 (ratio 0.53-0.58 on the bench's paragraphs and on SciFact), for
+# 22 us a text as it is added or loaded and 9 us for each hit whose text is shown.
+PACKED_CHARS = 256
 Product = Callable[[np.ndarray, Sequence[np.ndarray]], np.ndarray]
 
 
@@ -70,7 +75,7 @@ class Mirror:
         # json (orjson's output buffers, shrunk after, left 350 MB of fragments), read by
         # orjson (4x faster).
         self._metadata: list[str] = []
-        self.texts: list[str] = []  # each row's chunk text (BM25's input; what a hit shows)
+        self._texts: list[str | bytes] = []  # each row's chunk text, what a hit shows (packed)
         self._lock = threading.Lock()
         self._vectors = np.zeros((1024, dim), dtype=np.float32)
         self._alive = np.zeros(1024, dtype=bool)
@@ -140,7 +145,7 @@ class Mirror:
         self._row[record.id] = row
         self.ids.append(record.id)
         self._metadata.append(json.dumps(record.metadata, separators=(",", ":")))
-        self.texts.append(record.text)
+        self._texts.append(_pack(record.text))
         self._where.add(row, record.metadata)
         self.size = row + 1
 
@@ -359,7 +364,7 @@ class Mirror:
         """A row as a record (metadata decoded afresh: the caller's to change), text if
         asked."""
         metadata = orjson.loads(self._metadata[row])
-        return Record(self.ids[row], self.texts[row] if text else "", metadata)
+        return Record(self.ids[row], _unpack(self._texts[row]) if text else "", metadata)
 
     def doc_id(self, row: int) -> str:
         """The id of the document a row is a chunk of."""
@@ -372,6 +377,18 @@ class Mirror:
         are dropped."""
         rows = [(self._row.get(record_id), score) for record_id, score in hits]
         return [(self.record(row, texts), score) for row, score in rows if row is not None]
+
+
+def _pack(text: str) -> str | bytes:
+    """A text as the mirror keeps it: compressed if long enough for that to pay."""
+    if len(text) < PACKED_CHARS:
+        return text
+    packed = zlib.compress(text.encode(), 1)
+    return packed if len(packed) < len(text) else text
+
+
+def _unpack(text: str | bytes) -> str:
+    return text if isinstance(text, str) else zlib.decompress(text).decode()
 
 
 def _broad(allowed: int, rows: int) -> bool:

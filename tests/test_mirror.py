@@ -110,6 +110,25 @@ def test_deleted_and_replaced_rows_are_masked(both) -> None:
     assert mirror.generation == 2
 
 
+def test_hits_show_their_texts_as_added_long_ones_kept_compressed() -> None:
+    long = "Sourdough starters need feeding; naïve bakers forget. " * 12  # 648 characters
+    odd = "".join(chr(0x4E00 + i) for i in range(300))  # long, but compresses to more bytes
+    texts = [long, "a short note", odd, ""]
+    vector = [1.0] + [0.0] * 7
+    mirror = Mirror(8, generation=0)
+    mirror.apply(
+        [Record(f"t{i}", text, {"_kb_doc": f"t{i}"}, vector) for i, text in enumerate(texts)],
+        [],
+        1,
+    )
+    shown = mirror.records([(f"t{i}", 1.0) for i in range(len(texts))], texts=True)
+    assert [record.text for record, _ in shown] == texts
+    assert [record.text for record, _ in mirror.records([("t0", 1.0)])] == [""]  # not asked
+    kept = [len(mirror._texts[mirror.row(f"t{i}")]) for i in range(len(texts))]  # type: ignore[arg-type]
+    assert kept[0] < len(long) / 2  # packed
+    assert kept[1:] == [len(text) for text in texts[1:]]  # as they were
+
+
 FILTERS = [
     {"filters": {"category": "cooking"}},
     {"filters": {"difficulty": ["beginner", "advanced"]}},

@@ -163,18 +163,17 @@ class BulkEncoder(WrappedEmbedder):
             process.close()
             return
         with self._lock:
-            started = not self._closed.is_set()
-            if started:
+            if not self._closed.is_set():
                 self._process, self._used = process, time.monotonic()
                 log.info("encoder process started for adds of %d+ texts", self.min_texts)
+                # released before the reaper exists, which opens it again when it stops this
+                self._hold_query_session(False)
                 self._reaper = threading.Thread(
                     target=self._stop_when_idle, args=(process,), name="kb-idle", daemon=True
                 )
                 self._reaper.start()
-        if started:
-            self._hold_query_session(False)
-        else:
-            process.close()  # the app closed while it started
+                return
+        process.close()  # the app closed while it started
 
     def _stop_when_idle(self, process: EncoderProcess) -> None:
         """Close `process` once it has been unused for `idle_s` seconds; the next large adds

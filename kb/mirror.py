@@ -40,9 +40,10 @@ BLOCK_BYTES = 256 * 1024 * 1024  # gathered vectors kept per filter, least recen
 SMALL_BATCH = 3
 SCAN_BATCH = 64  # query vectors per shared scan
 KEPT_MASKS = 64  # filters whose row masks are kept between writes
-# Texts of at least this many characters are kept zlib-compressed: at 100k paragraphs 96 MiB
-# of texts become about 55 (ratio 0.53-0.58 on the bench's paragraphs and on SciFact), for
-# 22 us a text as it is added or loaded and 9 us for each hit whose text is shown.
+# Texts of at least this many characters are kept zlib-compressed (ratio 0.53-0.58 on the
+# bench's paragraphs and on SciFact): kb serve held 70-90 MiB less at ready on a store of
+# 100k paragraphs (README, Memory), for 22 us a text as it is added or loaded and 9 us for
+# each hit whose text is shown.
 PACKED_CHARS = 256
 Product = Callable[[np.ndarray, Sequence[np.ndarray]], np.ndarray]
 

@@ -96,10 +96,11 @@ def _rate(cell: dict[str, Any], part: str) -> float | None:
 
 
 def _ratio(way: dict[str, Any], key: str, unit: str) -> str:
-    """A ratio as 1.23x or 45%; '-' when a part it compares was not run."""
+    """A ratio as 1.23x or 45.6% (a tenth, so 74.8% is not shown as 75%); '-' when a part it
+    compares was not run."""
     if key not in way:
         return "-"
-    return f"{way[key]:.2f}x" if unit == "x" else f"{way[key]:.0%}"
+    return f"{way[key]:.2f}x" if unit == "x" else f"{way[key]:.1%}"
 
 
 def _serve_rss(add: dict[str, Any]) -> str:

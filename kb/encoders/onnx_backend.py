@@ -37,8 +37,8 @@ class OnnxEmbedder:
     thread is descheduled. A call of a few texts is split so that every lane gets some.
     Each lane's batches hold its share of `batch_tokens` (divided by `lanes`), as each thread
     of a session on every core works on its share of a batch: a one-thread run on a batch of
-    the whole cap keeps less of its work in the core's caches, and takes more memory (README,
-    Batching).
+    the whole cap keeps less of its work in the core's caches, and takes more memory
+    (bench/HISTORY.md, Batching: the alternating runs that measured both).
     """
 
     def __init__(

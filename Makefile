@@ -20,7 +20,7 @@ install: $(STAMP) ## Create .venv and install kb with its pinned dependencies (C
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet torch==2.13.0 -e '.[dev]'
+	$(BIN)/pip install --quiet torch==2.13.0 -e '.[dev,openvino]'
 	touch $(STAMP)
 
 seed: install ## Load data/seed into the default store (loading twice changes nothing)

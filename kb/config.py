@@ -47,8 +47,10 @@ class Settings(BaseSettings):
         PACKAGED_MODEL,
         description="'all-MiniLM-L6-v2' (the packaged model) or a local sentence-transformers dir.",
     )
-    backend: Literal["onnx", "onnx-int8", "torch"] = Field(
-        "onnx", description="Encoder: ONNX Runtime (fp32 or int8 weights) or torch."
+    backend: Literal["onnx", "onnx-int8", "openvino-bf16", "torch"] = Field(
+        "onnx",
+        description="Encoder: ONNX Runtime (fp32 or int8 weights), OpenVINO in bfloat16 "
+        "(CPUs with AMX or AVX512-BF16), or torch.",
     )
     onnx_cache: Path = Field(
         default_factory=default_cache, description="Where the ONNX export of the model is kept."

@@ -102,9 +102,10 @@ def model_fingerprint(path: Path) -> str:
 
 
 def load_embedder(settings: Settings, *, bulk: bool = False) -> Embedder:
-    """The configured encoder (KB_BACKEND); the single place a backend is chosen. ONNX
-    batches run on KB_ENCODER_LANES single-thread lanes. `bulk`: for an encoder that embeds
-    large batches only (the encoder process), which needs no session for lone queries."""
+    """The configured encoder (KB_BACKEND); the single place a backend is chosen. ONNX (and
+    OpenVINO) batches run on KB_ENCODER_LANES single-thread lanes. `bulk`: for an encoder
+    that embeds large batches only (the encoder process), which needs no session for lone
+    queries."""
     if settings.backend == "torch":
         from kb.encoders.torch_backend import SentenceTransformerEmbedder
 
@@ -117,6 +118,7 @@ def load_embedder(settings: Settings, *, bulk: bool = False) -> Embedder:
         settings.model,
         cache=settings.onnx_cache,
         quantized=settings.backend == "onnx-int8",
+        bf16=settings.backend == "openvino-bf16",
         batch_size=settings.embed_batch_size,
         batch_tokens=settings.embed_batch_tokens,
         threads=settings.encoder_threads,

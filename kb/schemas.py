@@ -414,7 +414,9 @@ class BatchQueryResult(BaseModel):
 
 class ModelInfo(BaseModel):
     name: str
-    backend: str = Field(description="The encoder running the model: onnx, onnx-int8 or torch.")
+    backend: str = Field(
+        description="The encoder running the model: onnx, onnx-int8, openvino-bf16 or torch."
+    )
     dim: int
     fingerprint: str
 

@@ -1,1 +1,2 @@
-"""Encoder backends behind the `kb.embeddings.Embedder` protocol: ONNX Runtime and torch."""
+"""Encoder backends behind the `kb.embeddings.Embedder` protocol: ONNX Runtime
+(or OpenVINO) and torch."""

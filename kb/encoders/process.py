@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from kb.config import Settings
 
 READY_SECONDS = 300.0  # the first start exports the model
-BACKENDS = frozenset({"onnx", "onnx-int8"})  # the backends a child process runs
+BACKENDS = frozenset({"onnx", "onnx-int8", "openvino-bf16"})  # the backends a child process runs
 
 
 def _serve(options: dict[str, Any], conn: Connection) -> None:

@@ -19,8 +19,8 @@ SETTINGS = (
     "min_score", "top_k", "duplicate_score", "threads", "log_level",
 )  # fmt: skip
 PACKAGES = (
-    "kb", "chromadb", "onnxruntime", "torch", "sentence-transformers", "transformers",
-    "numpy", "waitress", "flask",
+    "kb", "chromadb", "onnxruntime", "openvino", "torch", "sentence-transformers",
+    "transformers", "numpy", "waitress", "flask",
 )  # fmt: skip
 
 

@@ -117,8 +117,7 @@ def load_embedder(settings: Settings, *, bulk: bool = False) -> Embedder:
     return OnnxEmbedder(
         settings.model,
         cache=settings.onnx_cache,
-        quantized=settings.backend == "onnx-int8",
-        bf16=settings.backend == "openvino-bf16",
+        backend=settings.backend,
         batch_size=settings.embed_batch_size,
         batch_tokens=settings.embed_batch_tokens,
         threads=settings.encoder_threads,

@@ -135,7 +135,7 @@ def test_an_export_that_differs_from_torch_is_refused(
 
 
 def test_int8_stays_close_to_fp32(exported: Path, embedder: Embedder) -> None:
-    int8 = OnnxEmbedder(Settings().model, cache=exported, quantized=True)
+    int8 = OnnxEmbedder(Settings().model, cache=exported, backend="onnx-int8")
     assert int8.backend == "onnx-int8"
     assert int8.fingerprint == embedder.fingerprint
     texts = TEXTS[2:8]

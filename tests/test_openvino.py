@@ -57,6 +57,10 @@ def test_bf16_lanes_and_concurrent_queries_keep_their_own_rows(
     than bf16's error)."""
     assert isinstance(bf16, OnnxEmbedder)
     assert bf16.lanes == cpu_count()
+    assert int(bf16._session._model.get_property("NUM_STREAMS")) == bf16.lanes  # a stream a lane
+    if bf16._single is not None:  # one text on every core
+        assert int(bf16._single._model.get_property("NUM_STREAMS")) == 1
+        assert int(bf16._single._model.get_property("INFERENCE_NUM_THREADS")) == cpu_count()
     assert bf16.has_query_session == (cpu_count() > 1)
     want = embedder.embed_documents(TEXTS)
     assert float(cosines(bf16.embed_documents(TEXTS), want).min()) > 0.999
@@ -90,9 +94,9 @@ def test_a_cpu_without_bf16_units_is_refused() -> None:
         check_bf16(["FP32", "INT8"])
 
 
-def test_bf16_and_int8_are_not_combined() -> None:
-    with pytest.raises(ValueError, match="pick one"):
-        OnnxEmbedder("all-MiniLM-L6-v2", cache=Settings().onnx_cache, quantized=True, bf16=True)
+def test_the_onnx_embedder_refuses_a_backend_it_does_not_run() -> None:
+    with pytest.raises(ValueError, match="'torch' is none of onnx, onnx-int8, openvino-bf16"):
+        OnnxEmbedder("all-MiniLM-L6-v2", cache=Settings().onnx_cache, backend="torch")
 
 
 def test_without_openvino_installed_the_backend_names_the_extra(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -21,10 +21,22 @@ if TYPE_CHECKING:
     from onnxruntime import InferenceSession
     from tokenizers import Tokenizer
 
+BACKENDS = ("onnx", "onnx-int8", "openvino-bf16")  # the backends this class runs
+
+
+class Session(Protocol):
+    """What the embedder needs of a session: ONNX Runtime's `InferenceSession`, or
+    kb.encoders.openvino_session's look-alike."""
+
+    def get_inputs(self) -> Sequence[Any]: ...
+
+    def run(self, output_names: Any, input_feed: dict[str, np.ndarray]) -> Sequence[Any]: ...
+
 
 class OnnxEmbedder:
-    """Same vectors as the torch backend (within 1e-4), about twice as fast on a CPU; with
-    `quantized` (int8 weights) or `bf16` (OpenVINO's bfloat16 runs) faster and approximate.
+    """Same vectors as the torch backend (within 1e-4), about twice as fast on a CPU; the
+    `onnx-int8` (int8 weights) and `openvino-bf16` (OpenVINO's bfloat16 runs) backends are
+    faster and approximate.
 
     Texts are tokenized in one call, sorted by length and batched, so a batch pads only to
     its own longest text; a batch holds at most `batch_size` texts and `batch_tokens` padded
@@ -47,8 +59,7 @@ class OnnxEmbedder:
         model: str,
         *,
         cache: Path,
-        quantized: bool = False,
-        bf16: bool = False,
+        backend: str = "onnx",
         batch_size: int = 64,
         batch_tokens: int = 1024,
         threads: int = 0,
@@ -59,10 +70,10 @@ class OnnxEmbedder:
 
         self.name, self.path = resolve_model_path(model)
         self.fingerprint = model_fingerprint(self.path)
-        if quantized and bf16:
-            raise ValueError("int8 weights and bf16 runs are two variants; pick one")
-        self.backend = "onnx-int8" if quantized else "openvino-bf16" if bf16 else "onnx"
-        self._bf16 = bf16
+        if backend not in BACKENDS:
+            raise ValueError(f"backend {backend!r} is none of {', '.join(BACKENDS)}")
+        self.backend = backend
+        quantized = backend == "onnx-int8"
         self.batch_size = batch_size
         self.lanes = max(1, lanes)
         self.batch_tokens = max(64, batch_tokens // self.lanes)
@@ -74,7 +85,11 @@ class OnnxEmbedder:
 
         threads = threads or cpu_count()
         model_file = export.model_file(quantized)
-        self._session = self._open(model_file, 1 if self.lanes > 1 else threads, spin=False)
+        self._session = (
+            self._open(model_file, 1, spin=False, runs=self.lanes)
+            if self.lanes > 1
+            else self._open(model_file, threads, spin=False)
+        )
         # One text alone (a query while no other waits) runs on a second session, on every
         # core, whose threads spin briefly between the run's operators instead of sleeping
         # and being woken at each one (about 1 ms less of a 4-5 ms query run here, for 96
@@ -161,14 +176,13 @@ class OnnxEmbedder:
             self._lane_pool.submit(encode, rows)
         return future
 
-    def _open(self, model_file: Path, threads: int, *, spin: bool) -> InferenceSession:
-        """A session of `threads` threads a run; the lanes' session (one thread a run while
-        there are lanes) takes runs from every lane at once."""
-        if self._bf16:
+    def _open(self, model_file: Path, threads: int, *, spin: bool, runs: int = 1) -> Session:
+        """A session of `threads` threads a run that takes `runs` runs at once (the lanes').
+        ONNX Runtime's takes any number of runs at once; OpenVINO's gets a stream for each."""
+        if self.backend == "openvino-bf16":
             from kb.encoders.openvino_session import OpenVinoSession
 
-            lanes = self.lanes if threads == 1 and not spin else 1
-            return OpenVinoSession(model_file, threads=threads, streams=lanes)  # type: ignore[return-value]
+            return OpenVinoSession(model_file, threads=threads, streams=runs)
         return _open_session(model_file, threads, spin=spin)
 
     def _encode(self, texts: Sequence[str]) -> np.ndarray:
@@ -198,7 +212,7 @@ class OnnxEmbedder:
     def _ids(self, texts: Sequence[str]) -> list[list[int]]:
         return [encoding.ids for encoding in self._tokenizer.encode_batch(list(texts))]
 
-    def _run(self, ids: list[list[int]], session: InferenceSession | None = None) -> np.ndarray:
+    def _run(self, ids: list[list[int]], session: Session | None = None) -> np.ndarray:
         width = max(len(row) for row in ids)
         input_ids = np.full((len(ids), width), self._pad_id, dtype=np.int64)
         mask = np.zeros((len(ids), width), dtype=np.int64)

@@ -1,8 +1,9 @@
 """The exported model run by OpenVINO in bfloat16 (`KB_BACKEND=openvino-bf16`).
 
 On a CPU with bf16 matrix units (Intel AMX, AVX512-BF16) OpenVINO runs the fp32 export's
-matrix products in bfloat16, 3-4x the speed of ONNX Runtime's fp32 on batches, with vectors
-about 1e-3 from fp32's (cosine above 0.999; int8's are further off). The session here looks
+matrix products in bfloat16, about 3x the speed of ONNX Runtime's fp32 on batches (README,
+The encoder), with vectors about 1e-3 from fp32's (cosine above 0.999; int8's are further
+off). The session here looks
 like ONNX Runtime's to OnnxEmbedder (`get_inputs`, `run`), so tokenizing, batching, lanes and
 the encoder process are the same code for every backend.
 """

@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from kb.encoders.onnx_backend import BACKENDS as ONNX_BACKENDS
+from kb.encoders.onnx_backend import span_tokenizer
 from kb.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -29,7 +31,7 @@ if TYPE_CHECKING:
     from kb.config import Settings
 
 READY_SECONDS = 300.0  # the first start exports the model
-BACKENDS = frozenset({"onnx", "onnx-int8", "openvino-bf16"})  # the backends a child process runs
+BACKENDS = frozenset(ONNX_BACKENDS)  # the backends a child process runs: OnnxEmbedder's
 
 
 def _serve(options: dict[str, Any], conn: Connection) -> None:
@@ -95,8 +97,6 @@ class EncoderProcess:
     and returns at once); token offsets for chunking come from the same tokenizer, here."""
 
     def __init__(self, settings: Settings) -> None:
-        from kb.encoders.onnx_backend import span_tokenizer
-
         if settings.backend not in BACKENDS:
             raise ConfigError("an encoder process runs the ONNX backends only")
         options = settings.model_dump(

@@ -1,12 +1,15 @@
 """The component timings the README's Speed section explains its choices with, each measured
 here rather than quoted from a scratch script:
 
-    python -m bench.micro [--docs 100000] [--only encoder|products|chroma|health|keyword ...]
+    python -m bench.micro [--docs 100000] [--only encoder|encoder_memory|products|chroma|...]
 
 - encoder: ONNX texts/s on twelve-word-piece texts, and on paragraphs with batches capped by
   padded tokens (KB_EMBED_BATCH_TOKENS) and with batches of 64 texts alone; one query at a
   time (the bench's 86 labeled queries, the median of each one's median) on every core's
   threads and on one thread.
+- encoder_memory: the configured encoder's (KB_BACKEND) RSS growth, in a fresh process each,
+  with and without its one-text session (KB_ENCODER_SPIN_SESSION): at load, then after 500
+  short documents, then after 2,000 queries from 16 threads.
 - products: one 100k x 384 matrix-vector product; 8 threads doing them at once (what numpy's
   multi-threaded OpenBLAS did before the mirror serialized them); one product of k vectors.
 - chroma: one nearest-neighbour query (n=100) on the cached query store; 16 vectors in one
@@ -71,6 +74,34 @@ def encoder() -> dict[str, float]:
     for name, embedder in (("every_core", capped), ("one_thread", one_thread)):
         times = [median_ms(lambda e=embedder, q=q: e.embed_queries([q]), 5) for q in queries()]
         out[f"one_query_ms_{name}"] = statistics.median(times)
+    return out
+
+
+def encoder_memory() -> dict[str, float]:
+    out = {}
+    for spin in (True, False):
+        cell = fresh(_encoder_memory_cell, spin)
+        out.update(
+            {f"{name}_{'with' if spin else 'without'}_session": v for name, v in cell.items()}
+        )
+    return out
+
+
+def _encoder_memory_cell(spin: bool) -> dict[str, float]:
+    from concurrent.futures import ThreadPoolExecutor
+
+    def grown() -> float:
+        return memory(os.getpid())["rss_mib"] - before
+
+    before = memory(os.getpid())["rss_mib"]  # kb's modules are imported
+    encoder = load_embedder(Settings(encoder_spin_session=spin))
+    out = {"load_mib": grown()}
+    encoder.embed_documents([d["text"] for d in documents("short", 500)])
+    out["after_documents_mib"] = grown()
+    asked = list(queries())
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda i: encoder.embed_queries([asked[i % len(asked)]]), range(2000)))
+    out["after_queries_mib"] = grown()
     return out
 
 
@@ -202,16 +233,21 @@ def gil() -> dict[str, float]:
 
 
 def keyword(docs: int) -> dict[str, float]:
+    out = {}
+    for kind in KINDS:
+        cell = fresh(_keyword_cell, kind, docs)
+        out.update({f"{kind}_{name}": value for name, value in cell.items()})
+    return out
+
+
+def fresh(cell: Callable[..., dict[str, float]], *args: Any) -> dict[str, float]:
+    """`cell(*args)` in a fresh process: memory freed by one cell would serve the next."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    out = {}
-    for kind in KINDS:  # a fresh process each: memory freed by one would serve the next
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(1, mp_context=context) as pool:
-            cell = pool.submit(_keyword_cell, kind, docs).result()
-        out.update({f"{kind}_{name}": value for name, value in cell.items()})
-    return out
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(1, mp_context=context) as pool:
+        return pool.submit(cell, *args).result()
 
 
 def _keyword_cell(kind: Kind, docs: int) -> dict[str, float]:
@@ -251,7 +287,7 @@ def run_sections(
     for name in args.only or runs:
         results[name] = runs[name](args.docs)
         for key, value in results[name].items():
-            print(f"{name:>8}  {key:<48} {value:10.3f}", flush=True)
+            print(f"{name:>14}  {key:<48} {value:10.3f}", flush=True)
     save_results(f"{prog.rsplit('.', 1)[-1]}-{args.docs}", results)
     return 0
 
@@ -259,6 +295,7 @@ def run_sections(
 def main(argv: list[str]) -> int:
     runs: dict[str, Section] = {
         "encoder": lambda docs: encoder(),
+        "encoder_memory": lambda docs: encoder_memory(),
         "products": lambda docs: products(),
         "chroma": chroma,
         "health": health,

@@ -6,7 +6,8 @@ here rather than quoted from a scratch script:
 - encoder: ONNX texts/s on twelve-word-piece texts, and on paragraphs with batches capped by
   padded tokens (KB_EMBED_BATCH_TOKENS) and with batches of 64 texts alone; one query at a
   time (the bench's 86 labeled queries, the median of each one's median) on every core's
-  threads and on one thread.
+  threads and on one thread; for another backend than onnx, how far its vectors are from
+  onnx's on the bench's queries, paragraphs and short texts.
 - encoder_memory: the configured encoder's (KB_BACKEND) RSS growth, in a fresh process each,
   with and without its one-text session (KB_ENCODER_SPIN_SESSION): at load, then after 500
   short documents, then after 2,000 queries from 16 threads.
@@ -74,6 +75,12 @@ def encoder() -> dict[str, float]:
     for name, embedder in (("every_core", capped), ("one_thread", one_thread)):
         times = [median_ms(lambda e=embedder, q=q: e.embed_queries([q]), 5) for q in queries()]
         out[f"one_query_ms_{name}"] = statistics.median(times)
+    if capped.backend != "onnx":  # an approximate backend: how far from fp32's vectors
+        texts = [*queries(), *paragraphs, *(d["text"] for d in documents("short", 400))]
+        got = capped.embed_documents(texts)
+        want = load_embedder(Settings(backend="onnx")).embed_documents(texts)
+        out["max_abs_diff_vs_onnx"] = float(np.abs(got - want).max())
+        out["min_cosine_vs_onnx"] = float(np.sum(got * want, axis=1).min())
     return out
 
 
@@ -287,7 +294,7 @@ def run_sections(
     for name in args.only or runs:
         results[name] = runs[name](args.docs)
         for key, value in results[name].items():
-            print(f"{name:>14}  {key:<48} {value:10.3f}", flush=True)
+            print(f"{name:>14}  {key:<48} {value:12.6g}", flush=True)
     save_results(f"{prog.rsplit('.', 1)[-1]}-{args.docs}", results)
     return 0
 

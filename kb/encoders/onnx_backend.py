@@ -85,11 +85,8 @@ class OnnxEmbedder:
 
         threads = threads or cpu_count()
         model_file = export.model_file(quantized)
-        self._session = (
-            self._open(model_file, 1, spin=False, runs=self.lanes)
-            if self.lanes > 1
-            else self._open(model_file, threads, spin=False)
-        )
+        one_run = 1 if self.lanes > 1 else threads
+        self._session = self._open(model_file, one_run, spin=False, runs=self.lanes)
         # One text alone (a query while no other waits) runs on a second session, on every
         # core, whose threads spin briefly between the run's operators instead of sleeping
         # and being woken at each one (about 1 ms less of a 4-5 ms query run here, for 96

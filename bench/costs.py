@@ -23,7 +23,7 @@ quoted from a scratch script:
   loopback HTTP and the p50 of the server's own time between its first and last request hook
   (the access log's duration_ms): what HTTP, waitress and Flask add outside kb's code.
 
-Writes bench/results/costs-<docs>.json.
+Writes bench/results/costs-<docs>-<UTC time>.json, with the settings and machine it ran on.
 """
 
 from __future__ import annotations

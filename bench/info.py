@@ -14,7 +14,8 @@ from bench import RESULTS, ROOT
 from bench.harness import utc_stamp
 
 SETTINGS = (
-    "backend", "model", "device", "encoder_threads", "embed_batch_size", "chunking",
+    "backend", "model", "device", "encoder_threads", "encoder_lanes", "encoder_spin_session",
+    "embed_batch_size", "embed_batch_tokens", "chunking",
     "chunk_tokens", "chunk_overlap", "search_mode", "fusion", "hybrid_depth", "hnsw_ef_search",
     "min_score", "top_k", "duplicate_score", "threads", "log_level",
 )  # fmt: skip

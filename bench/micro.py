@@ -24,25 +24,27 @@ here rather than quoted from a scratch script:
   rows are removed.
 
 Opens the query benchmark's cached store (no `kb serve` may hold it). Writes
-bench/results/micro-<docs>.json.
+bench/results/micro-<docs>-<UTC time>.json, with the settings and machine it ran on.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import statistics
 import sys
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 
-from bench import COLLECTION
+from bench import COLLECTION, info
 from bench.corpus import KINDS, Kind, documents, queries
-from bench.harness import memory, save_results, scratch
+from bench.harness import memory, save_results, scratch, utc_stamp
 from bench.query import store_for
 from kb.config import Settings
 from kb.embeddings import load_embedder
@@ -284,18 +286,28 @@ def run_sections(
     prog: str, description: str | None, runs: dict[str, Section], argv: list[str]
 ) -> int:
     """The command line of a script of timed sections: --only picks sections (all by
-    default), --docs the query benchmark's store; prints each figure and writes
-    bench/results/<script>-<docs>.json."""
+    default), --docs the query benchmark's store; prints what the figures depend on
+    (KB_BACKEND, kb's settings, the machine, the commit), then each figure, and writes them
+    all to bench/results/<script>-<docs>-<UTC time>.json (a run never overwrites another's)."""
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--docs", type=int, default=100_000)
     parser.add_argument("--only", action="append", choices=list(runs))
     args = parser.parse_args(argv)
-    results = {}
+    command = shlex.join([sys.executable, "-m", prog.rsplit(" ", 1)[-1], *argv])
+    settings, machine = info.kb_settings(), info.machine()
+    print(f"$ {command}\n{info.header(settings, machine)}", flush=True)
+    run: dict[str, Any] = {
+        "command": command,
+        "started": datetime.now(UTC).isoformat(timespec="seconds"),
+        "settings": settings,
+        "machine": machine,
+        "sections": {},
+    }
     for name in args.only or runs:
-        results[name] = runs[name](args.docs)
-        for key, value in results[name].items():
+        run["sections"][name] = figures = runs[name](args.docs)
+        for key, value in figures.items():
             print(f"{name:>14}  {key:<48} {value:12.6g}", flush=True)
-    save_results(f"{prog.rsplit('.', 1)[-1]}-{args.docs}", results)
+    save_results(f"{prog.rsplit('.', 1)[-1]}-{args.docs}-{utc_stamp()}", run)
     return 0
 
 

@@ -66,7 +66,8 @@ class Settings(BaseSettings):
         ge=0,
         description="ONNX: a call's batches run side by side on this many one-thread lanes, "
         "which lose less than one session of several threads when the store's writes take a "
-        "core; 0 = one per core, 1 = one session of KB_ENCODER_THREADS threads.",
+        "core; 0 = as many as KB_ENCODER_THREADS (one per core when that is 0 too), "
+        "1 = one session of KB_ENCODER_THREADS threads.",
     )
     encoder_spin_session: bool = Field(
         True,

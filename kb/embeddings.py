@@ -103,9 +103,10 @@ def model_fingerprint(path: Path) -> str:
 
 def load_embedder(settings: Settings, *, bulk: bool = False) -> Embedder:
     """The configured encoder (KB_BACKEND); the single place a backend is chosen. ONNX (and
-    OpenVINO) batches run on KB_ENCODER_LANES single-thread lanes. `bulk`: for an encoder
-    that embeds large batches only (the encoder process), which needs no session for lone
-    queries."""
+    OpenVINO) batches run on KB_ENCODER_LANES single-thread lanes, by default as many as
+    KB_ENCODER_THREADS (so that setting alone caps the encoder's cores), or one per core when
+    neither is set. `bulk`: for an encoder that embeds large batches only (the encoder
+    process), which needs no session for lone queries."""
     if settings.backend == "torch":
         from kb.encoders.torch_backend import SentenceTransformerEmbedder
 
@@ -121,6 +122,6 @@ def load_embedder(settings: Settings, *, bulk: bool = False) -> Embedder:
         batch_size=settings.embed_batch_size,
         batch_tokens=settings.embed_batch_tokens,
         threads=settings.encoder_threads,
-        lanes=settings.encoder_lanes or cpu_count(),
+        lanes=settings.encoder_lanes or settings.encoder_threads or cpu_count(),
         spin_session=settings.encoder_spin_session and not bulk,
     )

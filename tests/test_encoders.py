@@ -358,6 +358,18 @@ def test_encoders_get_one_lane_per_core_unless_set() -> None:
         assert one._lane_pool is None
 
 
+def test_encoder_threads_alone_caps_the_lanes_too() -> None:
+    """KB_ENCODER_THREADS=1 keeps the whole encoder on one core (one lane of one thread),
+    and KB_ENCODER_LANES, when set, still wins."""
+    capped = load_embedder(Settings(encoder_threads=1), bulk=True)
+    assert isinstance(capped, OnnxEmbedder)
+    assert capped.lanes == 1
+    assert capped._lane_pool is None
+    both = load_embedder(Settings(encoder_threads=1, encoder_lanes=3), bulk=True)
+    assert isinstance(both, OnnxEmbedder)
+    assert both.lanes == 3
+
+
 def test_a_first_load_exports_in_its_encoder_process_and_exits_cleanly(tmp_path: Path) -> None:
     """With nothing cached, kb load's encoder process exports the model, then stops without
     the interpreter's teardown: what it made (tqdm's lock during the export) is released,

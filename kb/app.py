@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from flask import Flask
 
 from kb import logs
@@ -11,18 +13,25 @@ from kb.api.observability import register_observability
 from kb.api.security import register_security
 from kb.api.util import EXTENSION, KBState
 from kb.auth import KeyRing
-from kb.config import Settings
+from kb.config import Settings, unknown_variables
 from kb.embeddings import Embedder, load_embedder
 from kb.encoders.bulk import BulkEncoder
 from kb.encoders.process import BACKENDS as PROCESS_BACKENDS
 from kb.store import KnowledgeStore
 from kb.telemetry import Telemetry
 
+log = logging.getLogger(__name__)
+
 
 def create_app(settings: Settings | None = None, *, embedder: Embedder | None = None) -> Flask:
-    """A kb app over the configured store; pass `embedder` to share a loaded model."""
+    """A kb app over the configured store; pass `embedder` to share a loaded model. Built
+    from the environment (no `settings`), it logs the KB_* variables no setting reads (the
+    CLI warns of them itself)."""
+    from_environment = settings is None
     settings = settings or Settings()
     logs.configure(settings.log_level, settings.log_format)
+    for warning in unknown_variables() if from_environment else ():
+        log.warning(warning)
     _one_blas_thread()
     keys = KeyRing.parse(settings.api_keys.get_secret_value() if settings.api_keys else None)
     telemetry = Telemetry()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -11,6 +13,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PACKAGED_MODEL = "all-MiniLM-L6-v2"
+CLIENT_VARIABLES = frozenset({"KB_API_KEY"})  # read by the CLI's --url commands, not Settings
 
 
 def cpu_count() -> int:
@@ -203,3 +206,17 @@ class Settings(BaseSettings):
                 "starting and ending with a letter or digit"
             )
         return value
+
+
+def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:
+    """A warning for each KB_* variable no setting reads, naming the nearest setting when one
+    is close: a misspelt variable (KB_ENCODER_LANE) is otherwise ignored without a word."""
+    known = {f"KB_{name.upper()}" for name in Settings.model_fields} | CLIENT_VARIABLES
+    warnings = []
+    for name in sorted(os.environ if environ is None else environ):
+        upper = name.upper()  # pydantic-settings reads names in any case
+        if upper.startswith("KB_") and upper not in known:
+            near = difflib.get_close_matches(upper, known, n=1, cutoff=0.8)
+            hint = f" (did you mean {near[0]}?)" if near else ""
+            warnings.append(f"{name} is not a kb setting and is ignored{hint}")
+    return warnings

@@ -7,7 +7,7 @@ from typing import NoReturn
 import click
 
 from kb import __version__
-from kb.config import Settings
+from kb.config import Settings, unknown_variables
 from kb.embeddings import Embedder
 from kb.errors import KBError
 from kb.store import KnowledgeStore
@@ -27,6 +27,8 @@ def main() -> None:
 
     Every option's default comes from a KB_* environment variable (see the README).
     """
+    for warning in unknown_variables():
+        click.echo(f"kb: warning: {warning}", err=True)
 
 
 def fail(message: str) -> NoReturn:

@@ -1,0 +1,65 @@
+"""Settings from the environment: a KB_* variable no setting reads is warned of, not dropped
+without a word."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from kb.app import close_app, create_app
+from kb.cli import main
+from kb.config import Settings, unknown_variables
+from kb.embeddings import Embedder
+
+
+def test_unknown_variables_name_the_nearest_setting() -> None:
+    environ = {
+        "KB_ENCODER_LANE": "1",  # misspelt: the nearest setting is named
+        "kb_backend": "onnx",  # a setting in another case is read, so not reported
+        "KB_CHROMA_PATH": "db",
+        "KB_API_KEY": "k",  # the CLI's --api-key reads it
+        "KB_SOMETHING_ELSE": "x",  # nothing near
+        "PATH": "/bin",
+        "MY_KB_THING": "y",
+    }
+    assert unknown_variables(environ) == [
+        "KB_ENCODER_LANE is not a kb setting and is ignored (did you mean KB_ENCODER_LANES?)",
+        "KB_SOMETHING_ELSE is not a kb setting and is ignored",
+    ]
+    assert unknown_variables({f"KB_{name.upper()}": "" for name in Settings.model_fields}) == []
+
+
+def test_the_cli_warns_of_a_misspelt_variable_and_goes_on(tmp_path: Path) -> None:
+    env = {"KB_CHROMA_PATH": str(tmp_path / "db"), "KB_COLECTION": "mine"}
+    result = CliRunner().invoke(main, ["export"], env=env)
+    assert result.exit_code == 0, result.output
+    assert (
+        "kb: warning: KB_COLECTION is not a kb setting and is ignored "
+        "(did you mean KB_COLLECTION?)" in result.stderr
+    )
+    assert "exported 0 documents" in result.stderr
+
+
+def test_an_app_built_from_the_environment_logs_them(
+    tmp_path: Path,
+    embedder: Embedder,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setenv("KB_CHROMA_PATH", str(tmp_path / "db"))
+    monkeypatch.setenv("KB_MIN_SCORES", "0.9")
+    with caplog.at_level(logging.WARNING, logger="kb.app"):
+        app = create_app(embedder=embedder)
+        close_app(app)
+    warned = [r.getMessage() for r in caplog.records if r.name == "kb.app"]
+    assert warned == [
+        "KB_MIN_SCORES is not a kb setting and is ignored (did you mean KB_MIN_SCORE?)"
+    ]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="kb.app"):  # settings given: the caller's
+        app = create_app(Settings(chroma_path=tmp_path / "db2"), embedder=embedder)
+        close_app(app)
+    assert not [r for r in caplog.records if r.name == "kb.app"]

@@ -1,7 +1,7 @@
 """What ingest and a query pay besides the model's own work, each measured here rather than
 quoted from a scratch script:
 
-    python -m bench.costs [--docs 100000] [--only lanes|caps|writes|overhead|caches|hooks ...]
+    python -m bench.costs [--docs 100000] [--only lanes|caps|writes|shapes|overhead|caches|hooks]
 
 - lanes: bulk encoding of 6,000 short texts by one session of every core's threads
   (KB_ENCODER_LANES=1) and by one-thread lanes (the default), quiet and beside a process busy
@@ -14,6 +14,11 @@ quoted from a scratch script:
   (100) and at 40: CPU-ms a record over the first and the last third, and the recall@10 and
   @100 of Chroma's search (kb's ef_search) against exact search for the bench's queries; and
   a `get` of 1,024 ids that are not stored (a load's id check).
+- shapes: the CPU (all threads) of Chroma's `add` a record by what the records hold: vectors
+  only; with documents; with the bench's scalar metadata (category, difficulty, author, date);
+  with its `tags` list too; with `tags` joined into one string; and as kb stores them (its
+  internal fields added): 10,240 short records a shape, each into a store of its own, the
+  shapes in turn, twice (the mean).
 - overhead: POST /add of 1k and 10k short documents as `kb load --url` sends them, through
   Flask's test client, the encoder replaced by a look-up of its vectors: the CPU a document,
   Chroma's writes and the rest (kb's own: validation, planning, the search copies).
@@ -50,7 +55,7 @@ from kb.embeddings import Embedder, WrappedEmbedder, load_embedder
 # Busy for 7 ms of every 10 ms: a rival for the cores, as Chroma's writes are during a load.
 RIVAL = "import time\nwhile True:\n t = time.perf_counter()\n while time.perf_counter() - t < 0.007: pass\n time.sleep(0.003)"  # noqa: E501
 ROUNDS = 2
-WRITE_BATCH, WRITE_ROUNDS = 1024, 30
+WRITE_BATCH, WRITE_ROUNDS, SHAPE_ROUNDS = 1024, 30, 10
 HNSW: dict[str, dict[str, int]] = {
     "ef_construction_100": {},
     "ef_construction_40": {"ef_construction": 40},
@@ -172,6 +177,52 @@ class _Precomputed(WrappedEmbedder):
 
     def embed_documents(self, texts: Sequence[str]) -> np.ndarray:
         return np.stack([self.vectors[text] for text in texts])
+
+
+def shapes() -> dict[str, float]:
+    """Chroma's add CPU a record by what the record holds, each shape into its own new
+    collection, the same 10,240 short documents and vectors."""
+    from kb.chunking import Chunk
+    from kb.collection import make_client
+    from kb.records import build_records
+
+    docs = documents("short", WRITE_BATCH * SHAPE_ROUNDS)
+    vectors = load_embedder(Settings(), bulk=True).embed_documents([d["text"] for d in docs])
+    scalars = [{k: v for k, v in d["metadata"].items() if not isinstance(v, list)} for d in docs]
+    joined = [{**d["metadata"], "tags": ",".join(d["metadata"]["tags"])} for d in docs]
+    kb = [
+        build_records(d["id"], d["text"], d["metadata"], [Chunk(0, d["text"])])[0].metadata
+        for d in docs
+    ]
+    texts = [d["text"] for d in docs]
+    shaped: dict[str, dict[str, list[Any]]] = {
+        "vectors_only": {},
+        "with_documents": {"documents": texts},
+        "with_scalar_metadata": {"documents": texts, "metadatas": scalars},
+        "with_tags_list": {"documents": texts, "metadatas": [d["metadata"] for d in docs]},
+        "with_tags_joined": {"documents": texts, "metadatas": joined},
+        "as_kb_stores_it": {"documents": texts, "metadatas": kb},
+    }
+    cpu: dict[str, list[float]] = {name: [] for name in shaped}
+    for _ in range(ROUNDS):
+        for name, fields in shaped.items():
+            with scratch() as path:  # a store of its own: the tables are shared by collections
+                collection = make_client(Settings(chroma_path=path)).create_collection(
+                    name, configuration={"hnsw": {"space": "cosine"}}, embedding_function=None
+                )
+                started = time.process_time()
+                for first in range(0, len(docs), WRITE_BATCH):
+                    part = slice(first, first + WRITE_BATCH)
+                    collection.add(
+                        ids=[d["id"] for d in docs[part]],
+                        embeddings=vectors[part],
+                        **{key: values[part] for key, values in fields.items()},
+                    )
+                cpu[name].append(time.process_time() - started)
+    out: dict[str, float] = {"scalar_keys": len(scalars[0]), "kb_keys": len(kb[0])}
+    for name, seconds in cpu.items():
+        out[f"{name}_cpu_ms_per_record"] = statistics.mean(seconds) * 1000 / len(docs)
+    return out
 
 
 def overhead() -> dict[str, float]:
@@ -300,6 +351,7 @@ def main(argv: list[str]) -> int:
         "lanes": lambda docs: lanes(),
         "caps": lambda docs: caps(),
         "writes": lambda docs: writes(),
+        "shapes": lambda docs: shapes(),
         "overhead": lambda docs: overhead(),
         "caches": lambda docs: caches(),
         "hooks": hooks,

@@ -50,10 +50,11 @@ class Settings(BaseSettings):
         PACKAGED_MODEL,
         description="'all-MiniLM-L6-v2' (the packaged model) or a local sentence-transformers dir.",
     )
-    backend: Literal["onnx", "onnx-int8", "openvino-bf16", "torch"] = Field(
+    backend: Literal["onnx", "onnx-int8", "openvino-bf16", "torch", "auto"] = Field(
         "onnx",
         description="Encoder: ONNX Runtime (fp32 or int8 weights), OpenVINO in bfloat16 "
-        "(CPUs with AMX or AVX512-BF16), or torch.",
+        "(CPUs with AMX or AVX512-BF16), or torch; auto = openvino-bf16 where it can run "
+        "(the openvino package and a CPU with bfloat16 units), else onnx.",
     )
     onnx_cache: Path = Field(
         default_factory=default_cache, description="Where the ONNX export of the model is kept."
@@ -185,6 +186,17 @@ class Settings(BaseSettings):
         if self.top_k > self.max_top_k:
             raise ValueError(f"KB_TOP_K ({self.top_k}) exceeds KB_MAX_TOP_K ({self.max_top_k})")
         return self
+
+    @field_validator("backend")
+    @classmethod
+    def _concrete_backend(cls, value: str) -> str:
+        """`auto` becomes the backend it picks here, so every reader (the encoder process,
+        /health, the bench's records) sees what runs."""
+        if value != "auto":
+            return value
+        from kb.encoders.openvino_session import bf16_available
+
+        return "openvino-bf16" if bf16_available() else "onnx"
 
     @field_validator("chroma_url")
     @classmethod

@@ -1,9 +1,10 @@
 """Settings from the environment: a KB_* variable no setting reads is warned of, not dropped
-without a word."""
+without a word; KB_BACKEND=auto becomes the backend it picks."""
 
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from kb.app import close_app, create_app
 from kb.cli import main
 from kb.config import Settings, unknown_variables
 from kb.embeddings import Embedder
+from kb.encoders import openvino_session
 
 
 def test_unknown_variables_name_the_nearest_setting() -> None:
@@ -63,3 +65,32 @@ def test_an_app_built_from_the_environment_logs_them(
         app = create_app(Settings(chroma_path=tmp_path / "db2"), embedder=embedder)
         close_app(app)
     assert not [r for r in caplog.records if r.name == "kb.app"]
+
+
+@pytest.mark.parametrize(("available", "picked"), [(True, "openvino-bf16"), (False, "onnx")])
+def test_auto_backend_becomes_what_it_picks(
+    available: bool, picked: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """KB_BACKEND=auto: bf16 where it can run, else fp32 ONNX; every reader sees the pick."""
+    monkeypatch.setattr(openvino_session, "bf16_available", lambda: available)
+    monkeypatch.setenv("KB_BACKEND", "auto")
+    assert Settings().backend == picked
+    assert Settings(backend="auto").backend == picked
+    assert Settings(backend="onnx-int8").backend == "onnx-int8"  # a named one is kept
+
+
+def test_bf16_is_unavailable_without_the_openvino_package(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino raises ImportError
+    openvino_session.bf16_available.cache_clear()
+    try:
+        assert openvino_session.bf16_available() is False
+    finally:
+        openvino_session.bf16_available.cache_clear()
+
+
+def test_auto_picks_bf16_here_exactly_when_openvino_finds_bf16_units() -> None:
+    ov = pytest.importorskip("openvino")
+    capable = "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    assert Settings(backend="auto").backend == ("openvino-bf16" if capable else "onnx")

@@ -10,6 +10,7 @@ the encoder process are the same code for every backend.
 
 from __future__ import annotations
 
+import functools
 import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -66,6 +67,17 @@ class OpenVinoSession:
             request = self._local.request = self._model.create_infer_request()
         result = request.infer(feeds, share_inputs=True, share_outputs=False)
         return list(result.to_tuple())
+
+
+@functools.cache
+def bf16_available() -> bool:
+    """Whether this backend can run here: the openvino package is installed and OpenVINO finds
+    bfloat16 units on the CPU (KB_BACKEND=auto asks; a fact of the machine, so asked once)."""
+    try:
+        import openvino as ov
+    except ImportError:
+        return False
+    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
 def check_bf16(capabilities: list[str]) -> None:

@@ -82,8 +82,9 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(scope="session")
 def embedder() -> Embedder:
-    """The default backend (ONNX), exported into the user's cache on first use."""
-    return load_embedder(Settings())
+    """The exact backend (fp32 ONNX, the default), exported into the user's cache on first
+    use; named, so the tests that hold it to torch's vectors stay on it whatever the default."""
+    return load_embedder(Settings(backend="onnx"))
 
 
 @pytest.fixture(scope="session")

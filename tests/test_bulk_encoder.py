@@ -38,6 +38,12 @@ def docs(prefix: str, n: int) -> list[dict[str, object]]:
 TEXT = len(str(docs("x", 1)[0]["text"]))
 
 
+def app_settings(tmp_path: Path, **fields: object) -> Settings:
+    """A store on tmp_path and the session embedder's backend, named: the encoder process
+    loads `backend` and is used only if it is the same encoder as the app's."""
+    return Settings(chroma_path=tmp_path / "db", collection="kb_test", backend="onnx", **fields)
+
+
 def enough(min_texts: int) -> int:
     """How many texts large adds bring before the process starts."""
     return -(-STARTING_CHARS * min_texts // TEXT)
@@ -48,10 +54,7 @@ ENOUGH = enough(LARGE)
 
 @pytest.fixture
 def bulk_app(tmp_path: Path, embedder: Embedder) -> Iterator[Flask]:
-    settings = Settings(
-        chroma_path=tmp_path / "db", collection="kb_test", encoder_process_min_texts=LARGE
-    )
-    app = create_app(settings, embedder=embedder)
+    app = create_app(app_settings(tmp_path, encoder_process_min_texts=LARGE), embedder=embedder)
     yield app
     close_app(app)
 
@@ -189,7 +192,7 @@ def test_closing_the_app_stops_the_process(tmp_path: Path, embedder: Embedder) -
     """...and gives the shared in-process encoder back its session for lone texts, which it
     released while the process ran."""
     app = create_app(
-        Settings(chroma_path=tmp_path / "db", collection="kb_test", encoder_process_min_texts=1),
+        app_settings(tmp_path, encoder_process_min_texts=1),
         embedder=embedder,
     )
     assert has_query_session(embedder) == (cpu_count() > 1)  # one thread: no such session
@@ -213,12 +216,7 @@ def test_an_idle_process_stops_and_large_adds_start_another(
     by the same rule."""
     idle = 0.4
     app = create_app(
-        Settings(
-            chroma_path=tmp_path / "db",
-            collection="kb_test",
-            encoder_process_min_texts=LARGE,
-            encoder_process_idle_s=idle,
-        ),
+        app_settings(tmp_path, encoder_process_min_texts=LARGE, encoder_process_idle_s=idle),
         embedder=embedder,
     )
     try:
@@ -266,7 +264,7 @@ def test_an_idle_process_stops_and_large_adds_start_another(
 
 def test_switched_off_means_no_process(tmp_path: Path, embedder: Embedder) -> None:
     app = create_app(
-        Settings(chroma_path=tmp_path / "db", collection="kb_test", encoder_process_min_texts=0),
+        app_settings(tmp_path, encoder_process_min_texts=0),
         embedder=embedder,
     )
     try:

@@ -22,7 +22,7 @@ TEXTS = [
 
 @pytest.fixture(scope="module")
 def remote() -> Iterator[EncoderProcess]:
-    encoder = EncoderProcess(Settings())
+    encoder = EncoderProcess(Settings(backend="onnx"))
     yield encoder
     encoder.close()
 
@@ -55,7 +55,7 @@ def test_a_failed_batch_fails_its_caller_and_the_next_one_is_answered(
 
 
 def test_a_stopped_process_fails_its_callers() -> None:
-    encoder = EncoderProcess(Settings())
+    encoder = EncoderProcess(Settings(backend="onnx"))
     encoder._process.kill()
     encoder._process.join()
     with pytest.raises(ConfigError, match="stopped"):

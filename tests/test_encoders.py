@@ -259,13 +259,15 @@ def test_the_spinning_session_is_a_setting(
 ) -> None:
     """KB_ENCODER_SPIN_SESSION=false keeps one session (its memory saved); the encoder
     process's embedder, which embeds batches, never opens one, even as one session."""
-    assert isinstance(embedder, OnnxEmbedder)  # the default settings'
+    assert isinstance(embedder, OnnxEmbedder)  # the session's: backend=onnx
     assert embedder._single is not None
     monkeypatch.setenv("KB_ENCODER_SPIN_SESSION", "false")
-    off = load_embedder(Settings())
+    off = load_embedder(Settings(backend="onnx"))
     assert isinstance(off, OnnxEmbedder)
     assert off._single is None
-    bulk = load_embedder(Settings(encoder_lanes=1, encoder_spin_session=True), bulk=True)
+    bulk = load_embedder(
+        Settings(backend="onnx", encoder_lanes=1, encoder_spin_session=True), bulk=True
+    )
     assert isinstance(bulk, OnnxEmbedder)
     assert bulk.lanes == 1
     assert bulk._single is None

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     import numpy as np
 
 PRECISION = "bf16"
+BF16 = "BF16"  # bfloat16 units, among OpenVINO's CPU capabilities
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,7 @@ class OpenVinoSession:
                 "(pip install -e '.[openvino]'; make install does)"
             ) from exc
         core = ov.Core()
-        check_bf16(core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+        check_bf16(cpu_capabilities(core))
         self._model = core.compile_model(
             str(model_file),
             "CPU",
@@ -77,13 +78,18 @@ def bf16_available() -> bool:
         import openvino as ov
     except ImportError:
         return False
-    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    return BF16 in cpu_capabilities(ov.Core())
+
+
+def cpu_capabilities(core: Any) -> list[str]:
+    """What OpenVINO finds the CPU can compute in (FP32, INT8, BF16, ...)."""
+    return list(core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
 
 
 def check_bf16(capabilities: list[str]) -> None:
     """Refuse a CPU without bfloat16 units: OpenVINO would run fp32 there, slower than ONNX
     Runtime, under a backend name that says bf16."""
-    if "BF16" not in capabilities:
+    if BF16 not in capabilities:
         raise ConfigError(
             "KB_BACKEND=openvino-bf16 needs a CPU with bfloat16 units (Intel AMX or "
             f"AVX512-BF16); this one offers {', '.join(capabilities)}. Use onnx or onnx-int8."

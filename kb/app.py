@@ -30,8 +30,9 @@ def create_app(settings: Settings | None = None, *, embedder: Embedder | None = 
     from_environment = settings is None
     settings = settings or Settings()
     logs.configure(settings.log_level, settings.log_format)
-    for warning in unknown_variables() if from_environment else ():
-        log.warning(warning)
+    if from_environment:
+        for warning in unknown_variables():
+            log.warning(warning)
     _one_blas_thread()
     keys = KeyRing.parse(settings.api_keys.get_secret_value() if settings.api_keys else None)
     telemetry = Telemetry()

@@ -13,6 +13,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PACKAGED_MODEL = "all-MiniLM-L6-v2"
+ENV_PREFIX = "KB_"  # of every setting's variable, read in any case
 CLIENT_VARIABLES = frozenset({"KB_API_KEY"})  # read by the CLI's --url commands, not Settings
 
 
@@ -33,7 +34,7 @@ def default_cache() -> Path:
 class Settings(BaseSettings):
     """Configuration for one kb process; read from KB_* variables, overridable in code."""
 
-    model_config = SettingsConfigDict(env_prefix="KB_", extra="ignore", validate_default=True)
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", validate_default=True)
 
     # Store
     chroma_path: Path = Field(
@@ -223,11 +224,11 @@ class Settings(BaseSettings):
 def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:
     """A warning for each KB_* variable no setting reads, naming the nearest setting when one
     is close: a misspelt variable (KB_ENCODER_LANE) is otherwise ignored without a word."""
-    known = {f"KB_{name.upper()}" for name in Settings.model_fields} | CLIENT_VARIABLES
+    known = {f"{ENV_PREFIX}{name}".upper() for name in Settings.model_fields} | CLIENT_VARIABLES
     warnings = []
     for name in sorted(os.environ if environ is None else environ):
         upper = name.upper()  # pydantic-settings reads names in any case
-        if upper.startswith("KB_") and upper not in known:
+        if upper.startswith(ENV_PREFIX) and upper not in known:
             near = difflib.get_close_matches(upper, known, n=1, cutoff=0.8)
             hint = f" (did you mean {near[0]}?)" if near else ""
             warnings.append(f"{name} is not a kb setting and is ignored{hint}")

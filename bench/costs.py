@@ -120,6 +120,21 @@ def caps() -> dict[str, float]:
     return out
 
 
+def timed_adds(
+    collection: Any, ids: list[str], vectors: np.ndarray, **fields: list[Any]
+) -> list[float]:
+    """Chroma's add of the records, WRITE_BATCH at a time: each add's CPU seconds (all
+    threads). `fields`: documents and metadatas, a value a record."""
+    cpu = []
+    for first in range(0, len(ids), WRITE_BATCH):
+        part = slice(first, first + WRITE_BATCH)
+        batch = {key: values[part] for key, values in fields.items()}
+        started = time.process_time()
+        collection.add(ids=ids[part], embeddings=vectors[part], **batch)
+        cpu.append(time.process_time() - started)
+    return cpu
+
+
 def writes() -> dict[str, float]:
     from kb.collection import make_client
 
@@ -138,17 +153,13 @@ def writes() -> dict[str, float]:
             collection = client.create_collection(
                 name, configuration={"hnsw": hnsw}, embedding_function=None
             )
-            cpu = []
-            for start in range(0, len(docs), WRITE_BATCH):
-                part = slice(start, start + WRITE_BATCH)
-                started = time.process_time()
-                collection.add(
-                    ids=list(ids[part]),
-                    documents=[d["text"] for d in docs[part]],
-                    metadatas=[d["metadata"] for d in docs[part]],
-                    embeddings=vectors[part],
-                )
-                cpu.append(time.process_time() - started)
+            cpu = timed_adds(
+                collection,
+                list(ids),
+                vectors,
+                documents=[d["text"] for d in docs],
+                metadatas=[d["metadata"] for d in docs],
+            )
             third = len(cpu) // 3
             for label, runs in (("first_third", cpu[:third]), ("last_third", cpu[-third:])):
                 out[f"{name}_add_cpu_ms_per_record_{label}"] = (
@@ -194,7 +205,7 @@ def shapes() -> dict[str, float]:
         build_records(d["id"], d["text"], d["metadata"], [Chunk(0, d["text"])])[0].metadata
         for d in docs
     ]
-    texts = [d["text"] for d in docs]
+    texts, ids = [d["text"] for d in docs], [d["id"] for d in docs]
     shaped: dict[str, dict[str, list[Any]]] = {
         "vectors_only": {},
         "with_documents": {"documents": texts},
@@ -210,15 +221,7 @@ def shapes() -> dict[str, float]:
                 collection = make_client(Settings(chroma_path=path)).create_collection(
                     name, configuration={"hnsw": {"space": "cosine"}}, embedding_function=None
                 )
-                started = time.process_time()
-                for first in range(0, len(docs), WRITE_BATCH):
-                    part = slice(first, first + WRITE_BATCH)
-                    collection.add(
-                        ids=[d["id"] for d in docs[part]],
-                        embeddings=vectors[part],
-                        **{key: values[part] for key, values in fields.items()},
-                    )
-                cpu[name].append(time.process_time() - started)
+                cpu[name].append(sum(timed_adds(collection, ids, vectors, **fields)))
     out: dict[str, float] = {"scalar_keys": len(scalars[0]), "kb_keys": len(kb[0])}
     for name, seconds in cpu.items():
         out[f"{name}_cpu_ms_per_record"] = statistics.mean(seconds) * 1000 / len(docs)

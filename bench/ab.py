@@ -23,7 +23,7 @@ from typing import Any
 from bench.corpus import FILTERS
 from bench.harness import Server, save_results, scratch, utc_stamp
 from bench.query import bodies, check_answers, load, store_for
-from kb.config import unknown_variables
+from kb.config import ENV_PREFIX, unknown_variables
 
 FIGURES = ("p50_ms", "p95_ms", "qps", "server_cpu_ms_per_query", "errors")
 
@@ -33,7 +33,7 @@ def variables(pairs: list[str]) -> dict[str, str]:
     env = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
-        if not sep or not key.startswith("KB_"):
+        if not sep or not key.startswith(ENV_PREFIX):
             raise SystemExit(f"expected KB_NAME=VALUE, got {pair!r}")
         env[key] = value
     if unknown := unknown_variables(env):  # a misspelt side would measure the defaults

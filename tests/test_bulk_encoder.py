@@ -22,6 +22,7 @@ from kb.encoders import bulk as bulk_module
 from kb.encoders import process as process_module
 from kb.encoders.bulk import STARTING_CHARS, BulkEncoder
 from kb.errors import ConfigError
+from tests.conftest import changed
 from tests.live import Service, call
 
 LARGE = 4  # texts from which an add goes to the process, in these tests
@@ -38,12 +39,6 @@ def docs(prefix: str, n: int) -> list[dict[str, object]]:
 TEXT = len(str(docs("x", 1)[0]["text"]))
 
 
-def app_settings(tmp_path: Path, **fields: object) -> Settings:
-    """A store on tmp_path and the session embedder's backend, named: the encoder process
-    loads `backend` and is used only if it is the same encoder as the app's."""
-    return Settings(chroma_path=tmp_path / "db", collection="kb_test", backend="onnx", **fields)
-
-
 def enough(min_texts: int) -> int:
     """How many texts large adds bring before the process starts."""
     return -(-STARTING_CHARS * min_texts // TEXT)
@@ -53,8 +48,8 @@ ENOUGH = enough(LARGE)
 
 
 @pytest.fixture
-def bulk_app(tmp_path: Path, embedder: Embedder) -> Iterator[Flask]:
-    app = create_app(app_settings(tmp_path, encoder_process_min_texts=LARGE), embedder=embedder)
+def bulk_app(settings: Settings, embedder: Embedder) -> Iterator[Flask]:
+    app = create_app(changed(settings, encoder_process_min_texts=LARGE), embedder=embedder)
     yield app
     close_app(app)
 
@@ -101,6 +96,62 @@ def test_large_adds_embed_in_the_process_with_the_same_vectors(
     hits = bulk_app.test_client().post("/query", json={"query": "proof bread dough", "top_k": 3})
     assert hits.status_code == 200, hits.json
     assert hits.json["matches"], hits.json
+
+
+def test_the_process_runs_the_apps_encoder_not_the_settings_backend(
+    settings: Settings, embedder: Embedder
+) -> None:
+    """An app given a loaded encoder (here the session's fp32 ONNX) under settings naming
+    another backend: its process loads the app's encoder, so large adds use it (a process
+    loading the settings' backend would be refused as another encoder, and never used)."""
+    other = "onnx-int8" if embedder.backend != "onnx-int8" else "onnx"
+    app = create_app(
+        changed(settings, backend=other, encoder_process_min_texts=LARGE), embedder=embedder
+    )
+    try:
+        bulk = bulk_of(app)
+        add(app, docs("first", ENOUGH))
+        assert bulk.wait_started(300)
+        process = bulk._process
+        assert process is not None
+        assert (process.backend, process.fingerprint) == (embedder.backend, embedder.fingerprint)
+        batch = docs("then", LARGE)
+        add(app, batch)
+        ids = [str(doc["id"]) for doc in batch]
+        want = embedder.embed_documents([str(doc["text"]) for doc in batch])
+        assert np.abs(stored_vectors(app, ids) - want).max() < 1e-6
+    finally:
+        close_app(app)
+
+
+def test_a_process_with_another_encoder_is_never_used(
+    bulk_app: Flask, embedder: Embedder, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    """A process whose encoder is not the app's (another export of the model, say) is
+    closed unused: mixing their vectors in one store would corrupt its scores."""
+    real = process_module.EncoderProcess
+    started: list[process_module.EncoderProcess] = []
+
+    def another(settings: Settings) -> process_module.EncoderProcess:
+        process = real(settings)
+        process.fingerprint = "another export"
+        started.append(process)
+        return process
+
+    monkeypatch.setattr(process_module, "EncoderProcess", another)
+    bulk = bulk_of(bulk_app)
+    add(bulk_app, docs("first", ENOUGH))
+    assert not bulk.wait_started(300)
+    assert "loaded another model" in caplog.text
+    assert len(started) == 1
+    assert not started[0]._process.is_alive()
+    batch = docs("after", LARGE)
+    add(bulk_app, batch)  # embedded here, as ever
+    assert not bulk.wait_started(0)  # no other process is tried
+    ids = [str(doc["id"]) for doc in batch]
+    want = embedder.embed_documents([str(doc["text"]) for doc in batch])
+    assert np.abs(stored_vectors(bulk_app, ids) - want).max() < 1e-6
 
 
 class HeldStart:
@@ -188,13 +239,10 @@ def has_query_session(embedder: Embedder) -> bool:
     return bool(embedder.has_query_session)  # type: ignore[attr-defined]
 
 
-def test_closing_the_app_stops_the_process(tmp_path: Path, embedder: Embedder) -> None:
+def test_closing_the_app_stops_the_process(settings: Settings, embedder: Embedder) -> None:
     """...and gives the shared in-process encoder back its session for lone texts, which it
     released while the process ran."""
-    app = create_app(
-        app_settings(tmp_path, encoder_process_min_texts=1),
-        embedder=embedder,
-    )
+    app = create_app(changed(settings, encoder_process_min_texts=1), embedder=embedder)
     assert has_query_session(embedder) == (cpu_count() > 1)  # one thread: no such session
     add(app, docs("one", enough(1)))
     bulk = bulk_of(app)
@@ -208,7 +256,7 @@ def test_closing_the_app_stops_the_process(tmp_path: Path, embedder: Embedder) -
 
 
 def test_an_idle_process_stops_and_large_adds_start_another(
-    tmp_path: Path, embedder: Embedder, monkeypatch: pytest.MonkeyPatch
+    settings: Settings, embedder: Embedder, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Unused for KB_ENCODER_PROCESS_IDLE_S, the process stops (its memory is given back,
     and the in-process encoder opens its session for lone texts again); while an add is
@@ -216,7 +264,7 @@ def test_an_idle_process_stops_and_large_adds_start_another(
     by the same rule."""
     idle = 0.4
     app = create_app(
-        app_settings(tmp_path, encoder_process_min_texts=LARGE, encoder_process_idle_s=idle),
+        changed(settings, encoder_process_min_texts=LARGE, encoder_process_idle_s=idle),
         embedder=embedder,
     )
     try:
@@ -262,11 +310,8 @@ def test_an_idle_process_stops_and_large_adds_start_another(
         close_app(app)
 
 
-def test_switched_off_means_no_process(tmp_path: Path, embedder: Embedder) -> None:
-    app = create_app(
-        app_settings(tmp_path, encoder_process_min_texts=0),
-        embedder=embedder,
-    )
+def test_switched_off_means_no_process(settings: Settings, embedder: Embedder) -> None:
+    app = create_app(changed(settings, encoder_process_min_texts=0), embedder=embedder)
     try:
         assert app.extensions[EXTENSION].bulk is None
     finally:

@@ -63,7 +63,9 @@ class BulkEncoder(WrappedEmbedder):
         super().__init__(inner)
         self.min_texts = min_texts
         self.idle_s = idle_s
-        self._settings = settings
+        # the process runs the encoder it stands in for, which may not be the one `settings`
+        # name (an app given a loaded embedder); the model is checked when it starts
+        self._settings = settings.model_copy(update={"backend": inner.backend})
         self._process: EncoderProcess | None = None
         self._starter: threading.Thread | None = None
         self._closed = threading.Event()

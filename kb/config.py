@@ -221,14 +221,19 @@ class Settings(BaseSettings):
         return value
 
 
+def is_kb_variable(name: str) -> bool:
+    """Whether the settings would read `name`: KB_ in any case, as pydantic-settings reads."""
+    return name.upper().startswith(ENV_PREFIX)
+
+
 def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:
     """A warning for each KB_* variable no setting reads, naming the nearest setting when one
     is close: a misspelt variable (KB_ENCODER_LANE) is otherwise ignored without a word."""
     known = {f"{ENV_PREFIX}{name}".upper() for name in Settings.model_fields} | CLIENT_VARIABLES
     warnings = []
     for name in sorted(os.environ if environ is None else environ):
-        upper = name.upper()  # pydantic-settings reads names in any case
-        if upper.startswith(ENV_PREFIX) and upper not in known:
+        upper = name.upper()
+        if is_kb_variable(name) and upper not in known:
             near = difflib.get_close_matches(upper, known, n=1, cutoff=0.8)
             hint = f" (did you mean {near[0]}?)" if near else ""
             warnings.append(f"{name} is not a kb setting and is ignored{hint}")

@@ -13,7 +13,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from kb.app import close_app, create_app
-from kb.config import Settings
+from kb.config import Settings, is_kb_variable
 from kb.embeddings import Embedder, load_embedder
 from kb.schemas import DocumentIn
 from kb.store import KnowledgeStore
@@ -74,9 +74,10 @@ COOKING = [
 
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Tests build their own settings; a KB_* variable from the shell must not leak in."""
+    """Tests build their own settings; a KB_* variable from the shell (in any case) must
+    not leak in."""
     for name in list(os.environ):
-        if name.startswith("KB_"):
+        if is_kb_variable(name):
             monkeypatch.delenv(name)
 
 

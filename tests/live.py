@@ -17,6 +17,8 @@ from typing import Any
 
 import pytest
 
+from kb.config import is_kb_variable
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -54,7 +56,7 @@ class Service:
         self.store, self.log = store, log
         # The shell's KB_* must not leak in (a module-scoped service starts before the
         # per-test environment clean-up runs).
-        inherited = {k: v for k, v in os.environ.items() if not k.startswith("KB_")}
+        inherited = {k: v for k, v in os.environ.items() if not is_kb_variable(k)}
         self.env = {
             **inherited,
             "KB_CHROMA_PATH": str(store),

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from kb.app import close_app, create_app
 from kb.cli import main
-from kb.config import Settings, unknown_variables
+from kb.config import Settings, is_kb_variable, unknown_variables
 from kb.embeddings import Embedder
 from kb.encoders import openvino_session
 
@@ -32,6 +32,17 @@ def test_unknown_variables_name_the_nearest_setting() -> None:
         "KB_SOMETHING_ELSE is not a kb setting and is ignored",
     ]
     assert unknown_variables({f"KB_{name.upper()}": "" for name in Settings.model_fields}) == []
+
+
+def test_a_kb_variable_is_one_the_settings_read_in_any_case(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The test suite's and live services' clean-up drop what this matches, so it must match
+    what pydantic-settings reads: a lowercase kb_top_k sets top_k."""
+    monkeypatch.setenv("kb_top_k", "1")
+    assert Settings().top_k == 1
+    assert [is_kb_variable(name) for name in ("kb_top_k", "KB_TOP_K", "Kb_x")] == [True] * 3
+    assert not any(is_kb_variable(name) for name in ("KBTOP_K", "XKB_TOP_K", "PYTHONPATH"))
 
 
 def test_the_cli_warns_of_a_misspelt_variable_and_goes_on(tmp_path: Path) -> None:

@@ -14,7 +14,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PACKAGED_MODEL = "all-MiniLM-L6-v2"
 ENV_PREFIX = "KB_"  # of every setting's variable, read in any case
-CLIENT_VARIABLES = frozenset({"KB_API_KEY"})  # read by the CLI's --url commands, not Settings
+API_KEY_VARIABLE = f"{ENV_PREFIX}API_KEY"  # the CLI's --api-key for --url commands, not a setting
+CLIENT_VARIABLES = frozenset({API_KEY_VARIABLE})  # KB_* variables read outside Settings
 
 
 def cpu_count() -> int:

@@ -7,16 +7,16 @@ from typing import NoReturn
 import click
 
 from kb import __version__
-from kb.config import Settings, unknown_variables
+from kb.config import API_KEY_VARIABLE, Settings, unknown_variables
 from kb.embeddings import Embedder
 from kb.errors import KBError
 from kb.store import KnowledgeStore
 
 API_KEY = click.option(
     "--api-key",
-    envvar="KB_API_KEY",
+    envvar=API_KEY_VARIABLE,
     default=None,
-    help="With --url: the key to send (KB_API_KEY); writes need a read-write key.",
+    help=f"With --url: the key to send ({API_KEY_VARIABLE}); writes need a read-write key.",
 )
 
 

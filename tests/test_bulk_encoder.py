@@ -71,6 +71,23 @@ def stored_vectors(app: Flask, ids: list[str]) -> np.ndarray:
     return np.array([by_id[i] for i in ids], dtype=np.float32)
 
 
+def up(bulk: BulkEncoder) -> process_module.EncoderProcess:
+    """The process, once the start a large add began has brought it up."""
+    assert bulk.wait_started(300)
+    process = bulk._process
+    assert process is not None
+    return process
+
+
+def assert_stored_as_embedded(
+    app: Flask, embedder: Embedder, batch: list[dict[str, object]]
+) -> None:
+    """Each stored vector is its own text's, as the in-process encoder embeds it."""
+    ids = [str(doc["id"]) for doc in batch]
+    want = embedder.embed_documents([str(doc["text"]) for doc in batch])
+    assert np.abs(stored_vectors(app, ids) - want).max() < 1e-6
+
+
 def test_large_adds_embed_in_the_process_with_the_same_vectors(
     bulk_app: Flask, embedder: Embedder
 ) -> None:
@@ -81,18 +98,14 @@ def test_large_adds_embed_in_the_process_with_the_same_vectors(
     add(bulk_app, docs("first", ENOUGH - LARGE))
     assert not bulk.wait_started(0)  # not enough yet
     add(bulk_app, docs("second", LARGE))  # starts the process; embedded here meanwhile
-    assert bulk.wait_started(300)
-    process = bulk._process
-    assert process is not None
+    process = up(bulk)
     sent: list[int] = []
     submit = process.submit
     process.submit = lambda texts: sent.append(len(texts)) or submit(texts)  # type: ignore[method-assign]
     batch = docs("third", LARGE + 2)
     add(bulk_app, batch)
     assert sent == [LARGE + 2]
-    ids = [str(doc["id"]) for doc in batch]
-    want = embedder.embed_documents([str(doc["text"]) for doc in batch])
-    assert np.abs(stored_vectors(bulk_app, ids) - want).max() < 1e-6
+    assert_stored_as_embedded(bulk_app, embedder, batch)
     hits = bulk_app.test_client().post("/query", json={"query": "proof bread dough", "top_k": 3})
     assert hits.status_code == 200, hits.json
     assert hits.json["matches"], hits.json
@@ -111,15 +124,11 @@ def test_the_process_runs_the_apps_encoder_not_the_settings_backend(
     try:
         bulk = bulk_of(app)
         add(app, docs("first", ENOUGH))
-        assert bulk.wait_started(300)
-        process = bulk._process
-        assert process is not None
+        process = up(bulk)
         assert (process.backend, process.fingerprint) == (embedder.backend, embedder.fingerprint)
         batch = docs("then", LARGE)
         add(app, batch)
-        ids = [str(doc["id"]) for doc in batch]
-        want = embedder.embed_documents([str(doc["text"]) for doc in batch])
-        assert np.abs(stored_vectors(app, ids) - want).max() < 1e-6
+        assert_stored_as_embedded(app, embedder, batch)
     finally:
         close_app(app)
 
@@ -149,9 +158,7 @@ def test_a_process_with_another_encoder_is_never_used(
     batch = docs("after", LARGE)
     add(bulk_app, batch)  # embedded here, as ever
     assert not bulk.wait_started(0)  # no other process is tried
-    ids = [str(doc["id"]) for doc in batch]
-    want = embedder.embed_documents([str(doc["text"]) for doc in batch])
-    assert np.abs(stored_vectors(bulk_app, ids) - want).max() < 1e-6
+    assert_stored_as_embedded(bulk_app, embedder, batch)
 
 
 class HeldStart:
@@ -210,9 +217,7 @@ def test_an_add_during_the_start_hands_its_other_texts_over(
     else:
         assert (steps.sizes, steps.sent) == ([2, ENOUGH + 3], [])
         assert bulk._process is None
-    ids = [str(doc["id"]) for doc in batch]
-    want = embedder.embed_documents([str(doc["text"]) for doc in batch])
-    assert np.abs(stored_vectors(bulk_app, ids) - want).max() < 1e-6
+    assert_stored_as_embedded(bulk_app, embedder, batch)
 
 
 def test_a_dead_process_leaves_adds_in_process(
@@ -220,9 +225,7 @@ def test_a_dead_process_leaves_adds_in_process(
 ) -> None:
     bulk = bulk_of(bulk_app)
     add(bulk_app, docs("first", ENOUGH))
-    assert bulk.wait_started(300)
-    process = bulk._process
-    assert process is not None
+    process = up(bulk)
     process._process.kill()
     process._process.join()
     add(bulk_app, docs("after", LARGE))  # still answered, embedded here
@@ -246,9 +249,8 @@ def test_closing_the_app_stops_the_process(settings: Settings, embedder: Embedde
     assert has_query_session(embedder) == (cpu_count() > 1)  # one thread: no such session
     add(app, docs("one", enough(1)))
     bulk = bulk_of(app)
-    assert bulk.wait_started(300)
+    child = up(bulk)._process
     assert not has_query_session(embedder)
-    child = bulk._process._process  # type: ignore[union-attr]
     close_app(app)
     assert not child.is_alive()
     assert bulk._process is None
@@ -270,9 +272,7 @@ def test_an_idle_process_stops_and_large_adds_start_another(
     try:
         bulk = bulk_of(app)
         add(app, docs("first", ENOUGH))
-        assert bulk.wait_started(300)
-        process = bulk._process
-        assert process is not None
+        process = up(bulk)
         assert not has_query_session(embedder)
         embed, kept = process.embed_documents, []
 
@@ -301,9 +301,7 @@ def test_an_idle_process_stops_and_large_adds_start_another(
         add(app, docs("small", LARGE))  # embedded here; counts towards a new start
         assert not bulk.wait_started(0)
         add(app, docs("again", ENOUGH))
-        assert bulk.wait_started(300)
-        assert bulk._process is not None
-        assert bulk._process is not process
+        assert up(bulk) is not process
         assert not has_query_session(embedder)
         assert app.test_client().get("/health").json["documents"] == 2 * ENOUGH + 2 * LARGE
     finally:

@@ -11,7 +11,9 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import json
+import math
 import os
+import re
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -22,7 +24,7 @@ from pydantic import ValidationError
 
 from kb.config import Settings
 from kb.errors import field_errors
-from kb.schemas import DocumentIn
+from kb.schemas import INT64, DocumentIn
 
 FORMATS = ("jsonl", "json", "csv", "md", "beir")
 SUFFIXES = {
@@ -34,6 +36,8 @@ SUFFIXES = {
     ".markdown": "md",
     ".txt": "md",
 }
+# A CSV cell spelt as a JSON number (4, -0.5, 1e-3); groups: fraction, exponent.
+NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(\.[0-9]+)?([eE][-+]?[0-9]+)?")
 
 
 @dataclass(frozen=True)
@@ -229,13 +233,20 @@ def _csv(stream: IO[str], name: str, source: Source, options: Options) -> Iterat
 
 
 def _typed(value: str) -> Any:
-    """CSV cells that are numbers become numbers; everything else stays text."""
-    for kind in (int, float):
-        try:
-            return kind(value)
-        except ValueError:
-            continue
-    return value
+    """CSV cells spelt as JSON numbers become numbers; everything else stays text as written.
+
+    Python's int() and float() would also take "02134" (a zip code losing its zero), "1_000",
+    " 7", "NaN" and "Inf" (an author called Nan, then refused as not finite); an integer
+    beyond 64 bits or a float that overflows stays text too, since metadata cannot hold it.
+    """
+    match = NUMBER.fullmatch(value)
+    if match is None:
+        return value
+    if match.group(1) is None and match.group(2) is None:
+        integer = int(value)
+        return integer if -INT64 <= integer < INT64 else value
+    number = float(value)
+    return number if math.isfinite(number) else value
 
 
 def _text(stream: IO[str], name: str, source: Source, options: Options) -> Iterator[Item | Problem]:

@@ -37,6 +37,38 @@ def test_csv_text_column_and_typed_metadata(tmp_path: Path) -> None:
     assert [e.line for e in entries] == [2, 3, 5]
 
 
+def test_csv_cells_become_numbers_only_when_spelt_as_json_numbers(tmp_path: Path) -> None:
+    path = tmp_path / "people.csv"
+    path.write_text(
+        "text,author,zip,count,big,score,tiny,huge,spaced,plus\n"
+        "A note,Nan,02134,1_000,12345678901234567890,-2.5e3,-0,1e999, 7,+5\n"
+        "Another,Inf,0,-12,9223372036854775807,0.25,1E-2,Infinity,7 ,5\n"
+    )
+    first, second = (entry.doc.metadata for entry in read_all(path))  # type: ignore[union-attr]
+    assert first == {
+        "author": "Nan",
+        "zip": "02134",
+        "count": "1_000",
+        "big": "12345678901234567890",
+        "score": -2500.0,
+        "tiny": 0,
+        "huge": "1e999",
+        "spaced": " 7",
+        "plus": "+5",
+    }
+    assert second == {
+        "author": "Inf",
+        "zip": 0,
+        "count": -12,
+        "big": 2**63 - 1,
+        "score": 0.25,
+        "tiny": 0.01,
+        "huge": "Infinity",
+        "spaced": "7 ",
+        "plus": 5,
+    }
+
+
 def test_csv_without_the_text_column_is_one_problem(tmp_path: Path) -> None:
     path = tmp_path / "bad.csv"
     path.write_text("a,b\n1,2\n")

@@ -11,9 +11,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import json
-import math
 import os
-import re
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -24,7 +22,7 @@ from pydantic import ValidationError
 
 from kb.config import Settings
 from kb.errors import field_errors
-from kb.schemas import INT64, DocumentIn
+from kb.schemas import DocumentIn, number_or_text
 
 FORMATS = ("jsonl", "json", "csv", "md", "beir")
 SUFFIXES = {
@@ -36,8 +34,6 @@ SUFFIXES = {
     ".markdown": "md",
     ".txt": "md",
 }
-# A CSV cell spelt as a JSON number (4, -0.5, 1e-3); groups: fraction, exponent.
-NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(\.[0-9]+)?([eE][-+]?[0-9]+)?")
 
 
 @dataclass(frozen=True)
@@ -218,7 +214,7 @@ def _csv(stream: IO[str], name: str, source: Source, options: Options) -> Iterat
         if row.get(options.id_column):
             data["id"] = row[options.id_column]
         metadata = {
-            key: _typed(value)
+            key: number_or_text(value)
             for key, value in row.items()
             if key not in {options.text_column, options.id_column}
             and key
@@ -230,23 +226,6 @@ def _csv(stream: IO[str], name: str, source: Source, options: Options) -> Iterat
             data["metadata"] = metadata or None
             yield validate(data, name, line + 1, options, unit="row")
         line = reader.line_num
-
-
-def _typed(value: str) -> Any:
-    """CSV cells spelt as JSON numbers become numbers; everything else stays text as written.
-
-    Python's int() and float() would also take "02134" (a zip code losing its zero), "1_000",
-    " 7", "NaN" and "Inf" (an author called Nan, then refused as not finite); an integer
-    beyond 64 bits or a float that overflows stays text too, since metadata cannot hold it.
-    """
-    match = NUMBER.fullmatch(value)
-    if match is None:
-        return value
-    if match.group(1) is None and match.group(2) is None:
-        integer = int(value)
-        return integer if -INT64 <= integer < INT64 else value
-    number = float(value)
-    return number if math.isfinite(number) else value
 
 
 def _text(stream: IO[str], name: str, source: Source, options: Options) -> Iterator[Item | Problem]:

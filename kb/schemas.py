@@ -21,6 +21,8 @@ RESERVED_PREFIX = "_kb_"
 CHUNK_ID_RE = re.compile(r"#chunk\d+$")
 INT64 = 2**63
 MAX_KEY_CHARS = 128
+# Text spelt as a JSON number (4, -0.5, 1e-3); groups: fraction, exponent.
+JSON_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(\.[0-9]+)?([eE][-+]?[0-9]+)?")
 
 Scalar = str | int | float | bool
 SearchMode = Literal["dense", "keyword", "hybrid"]
@@ -47,6 +49,24 @@ def _check_scalar(key: str, value: Any) -> None:
         f"metadata '{key}': values must be a string, number, boolean or a list of them "
         f"(got {kind}; nested objects are not supported, flatten them into keys)"
     )
+
+
+def number_or_text(text: str) -> str | int | float:
+    """Text spelt as a JSON number, as the number; anything else as the text it is.
+
+    For CSV cells and query-string values. Python's int() and float() would also take
+    "02134" (a zip code losing its zero), "1_000", " 7", "NaN" and "Inf" (an author called
+    Nan, then refused as not finite); an integer beyond 64 bits or a float that overflows
+    stays text too, since metadata cannot hold it.
+    """
+    match = JSON_NUMBER.fullmatch(text)
+    if match is None:
+        return text
+    if match.group(1) is None and match.group(2) is None:
+        integer = int(text)
+        return integer if -INT64 <= integer < INT64 else text
+    number = float(text)
+    return number if math.isfinite(number) else text
 
 
 def check_metadata_key(key: Any) -> None:

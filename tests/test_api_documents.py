@@ -50,6 +50,22 @@ def test_list_with_simple_and_where_filters(cooking: FlaskClient) -> None:
     assert ids_of(cooking, where='{"date": {"$gte": "2024-06-01"}}') == ["cake", "risotto"]
 
 
+def test_query_string_values_are_numbers_only_when_spelt_as_json_numbers(
+    client: FlaskClient,
+) -> None:
+    docs = [
+        {"id": "nan", "text": "An author called NaN", "metadata": {"author": "NaN", "zip": 2134}},
+        {"id": "inf", "text": "By an author called Infinity", "metadata": {"author": "Infinity"}},
+        {"id": "zip", "text": "Filed under a zip code", "metadata": {"zip": "02134", "ok": True}},
+    ]
+    assert client.post("/add", json={"documents": docs}).status_code == 201
+    assert ids_of(client, author="NaN") == ["nan"]
+    assert ids_of(client, author="Infinity") == ["inf"]
+    assert ids_of(client, zip="02134") == ["zip"]
+    assert ids_of(client, zip="2134") == ["nan"]
+    assert ids_of(client, ok="true") == ["zip"]
+
+
 def test_missing_id_is_derived_from_content_and_readding_is_a_conflict(
     client: FlaskClient,
 ) -> None:

@@ -19,6 +19,7 @@ from kb.schemas import (
     DocumentList,
     UpdateFields,
     UpdateRequest,
+    number_or_text,
 )
 from kb.store import WriteMode
 
@@ -156,14 +157,13 @@ def _json_arg(name: str) -> dict[str, Any] | None:
 
 
 def _typed(values: list[str]) -> Any:
-    """Query-string values: numbers and booleans typed as JSON would; repeated = any of."""
+    """Query-string values: numbers (spelt as JSON spells them) and true/false typed, anything
+    else text (so ?author=NaN finds an author called NaN); repeated = any of."""
     typed = [_scalar(value) for value in values]
     return typed[0] if len(typed) == 1 else typed
 
 
 def _scalar(value: str) -> Any:
-    try:
-        parsed = json.loads(value)
-    except ValueError:
-        return value
-    return parsed if isinstance(parsed, int | float | bool) else value
+    if value in ("true", "false"):
+        return value == "true"
+    return number_or_text(value)

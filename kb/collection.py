@@ -312,13 +312,16 @@ class RecordCollection:
         records: Sequence[Record],
         previous: Sequence[Record] = (),
         new: Set[str] = frozenset(),
+        stale: Sequence[str] = (),
     ) -> None:
-        """Write records in batches Chroma accepts, all or nothing.
+        """Write records in batches Chroma accepts, then delete the `stale` ids (the chunks a
+        shrunk document no longer has), all or nothing.
 
-        `previous` holds the records (with embeddings) this write replaces; if a batch fails,
-        what the call wrote is removed and `previous` is written back. Ids in `new` are known
-        not to be stored (the caller checked, under the write lock): they are added, which
-        costs Chroma less than an upsert (no lookup of the stored record first).
+        `previous` holds the records (with embeddings) this write replaces, the stale ones
+        included; if a batch or the delete fails, what the call wrote is removed and
+        `previous` is written back. Ids in `new` are known not to be stored (the caller
+        checked, under the write lock): they are added, which costs Chroma less than an
+        upsert (no lookup of the stored record first).
         """
         records = _replacing(records, previous)
         fresh = [r for r in records if r.id in new]
@@ -330,13 +333,24 @@ class RecordCollection:
             for part, add in parts:
                 self._write(part, add)
                 written.extend(r.id for r in part)
+            self.delete(stale)
         except Exception:
-            if written:
+            if written or stale:  # a part of the delete may have gone through
                 log.error("write failed after %d records; rolling back", len(written))
-                self.delete(written)
-                for part in _batches(previous, self.max_batch):
-                    self._write(part)
+                self._roll_back(written, previous, records)
             raise
+
+    def _roll_back(
+        self, written: Sequence[str], previous: Sequence[Record], records: Sequence[Record]
+    ) -> None:
+        """Write `previous` back over what a failed write left, then delete the written ids
+        that were not stored before. The replaced records are restored by an upsert (with
+        the keys the failed write added nulled out), not deleted and added again: a delete
+        that is failing, as when the stale chunks' delete failed, cannot block the restore."""
+        for part in _batches(_replacing(previous, records), self.max_batch):
+            self._write(part)
+        before = {r.id for r in previous}
+        self.delete([rid for rid in written if rid not in before])
 
     def _write(self, records: Sequence[Record], add: bool = False) -> None:
         with chroma_errors():

@@ -23,6 +23,7 @@ from kb.keyword import KeywordIndex
 from kb.records import (
     CHUNK,
     CHUNKS,
+    DOC,
     HASH,
     HEADS,
     START,
@@ -48,6 +49,9 @@ from kb.schemas import (
 from kb.stats import metadata_stats
 
 log = logging.getLogger(__name__)
+# Document ids per Chroma lookup of their chunks by `_kb_doc` (a where-$in; SQLite limits the
+# number of values a query may bind).
+DOC_IDS_PER_LOOKUP = 1000
 
 
 class WriteMode(StrEnum):
@@ -380,8 +384,18 @@ class KnowledgeStore:
         """Every chunk record of these documents, with embeddings (to restore on failure)."""
         if not heads:
             return []
-        ids = _chunk_ids(heads)
-        return self.records.get(ids, embeddings=True)
+        return self.records.get(self._stored_chunk_ids(heads), embeddings=True)
+
+    def _stored_chunk_ids(self, heads: Sequence[Record]) -> list[str]:
+        """The ids of every stored chunk of these documents: those their first chunks count,
+        and any left over from a longer version of the document (which the first chunk no
+        longer counts), found by the document id every chunk carries."""
+        ids = dict.fromkeys(_chunk_ids(heads))
+        doc_ids = [head.doc_id for head in heads]
+        for start in range(0, len(doc_ids), DOC_IDS_PER_LOOKUP):
+            part = doc_ids[start : start + DOC_IDS_PER_LOOKUP]
+            ids.update(dict.fromkeys(self.records.ids(CompiledFilter(where={DOC: {"$in": part}}))))
+        return list(ids)
 
     def _records(self, docs: Sequence[tuple[str, str, dict[str, Any] | None]]) -> list[Record]:
         """The chunk records of these documents, not yet embedded."""
@@ -408,13 +422,14 @@ class KnowledgeStore:
         """Write records replacing `previous`; ids in `new` are known not to be stored."""
         stale = sorted({r.id for r in previous} - {r.id for r in records})
         with self.replica.writing([*(r.id for r in records), *stale]) as applied:
-            self.records.upsert(records, previous, new)
-            if stale:
-                self.records.delete(stale)
+            self.records.upsert(records, previous, new, stale)  # the deletes roll back too
             applied(records, stale)
 
     def _remove(self, heads: Sequence[Record]) -> None:
-        ids = _chunk_ids(heads)
+        # First chunks last: a delete failing part-way leaves each document findable by its
+        # id, so deleting it again removes the rest.
+        first = {head.id for head in heads}
+        ids = sorted(self._stored_chunk_ids(heads), key=lambda rid: rid in first)
         with self.replica.writing(ids) as applied:
             self.records.delete(ids)
             applied([], ids)

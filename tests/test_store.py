@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 
 from kb.app import close_app, create_app
+from kb.chunking import Chunk
 from kb.config import Settings
 from kb.errors import ConfigError, Conflict, ModelMismatch, StoreUnavailable
 from kb.filters import CompiledFilter
-from kb.records import HEADS
+from kb.records import DOC, HEADS, build_records
 from kb.schemas import DocumentIn, UpdateFields
 from kb.store import KnowledgeStore, WriteMode
 
@@ -203,6 +204,82 @@ def test_updating_and_deleting_a_chunked_document(store: KnowledgeStore) -> None
     store.update("long", UpdateFields(text="Now it is short."))
     assert store.get("long").chunks == 1
     assert store.records.count() == 1
+    store.delete(["long"])
+    assert store.records.count() == 0
+
+
+def keyword_ids(store: KnowledgeStore, text: str) -> list[str]:
+    """The record ids the keyword index (a copy kept in step with Chroma) finds for text."""
+    store.replica.catch_up()
+    return sorted({hit.record_id for hit in store.keyword.search(text, 50)})
+
+
+def test_a_failed_delete_of_a_shrunk_documents_chunks_rolls_the_update_back(
+    store: KnowledgeStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An update that shortens a document deletes its extra chunks in the same
+    all-or-nothing write: if that delete fails, the new first chunk is not left beside the
+    old later ones."""
+    text = long_text("The fact.")
+    store.add([DocumentIn(id="long", text=text, metadata={"v": 1})])
+    chunks = store.get("long").chunks
+    indexed = keyword_ids(store, "gradient descent")
+
+    def failing(**kwargs) -> None:
+        raise RuntimeError("delete failed")
+
+    monkeypatch.setattr(store.records._col, "delete", failing)
+    with pytest.raises(StoreUnavailable):
+        store.update("long", UpdateFields(text="Now it is short.", metadata={"w": 2}))
+    monkeypatch.undo()
+    assert store.get("long").text == text
+    assert store.get("long").metadata == {"v": 1}
+    assert store.records.count() == chunks
+    assert keyword_ids(store, "short") == []  # the copies agree with Chroma
+    assert keyword_ids(store, "gradient descent") == indexed
+    store.delete(["long"])
+    assert store.records.count() == 0
+
+
+def test_rewriting_or_deleting_a_document_removes_chunks_it_no_longer_counts(
+    store: KnowledgeStore,
+) -> None:
+    """Chunks a failed write left behind (the first chunk counts fewer) are found by the
+    document id every chunk carries."""
+    for doc_id in ("a", "b"):
+        store.add([DocumentIn(id=doc_id, text=long_text(f"Fact {doc_id}."))])
+        (head,) = build_records(doc_id, "Short.", None, [Chunk(0, "Short.")])
+        head.embedding = store.embedder.embed_documents(["Short."])[0]
+        store.records.upsert([head])  # the later chunks are orphans now
+    orphans = store.records.count() - 2
+    assert orphans > 0
+    store.update("a", UpdateFields(text="Rewritten."))
+    assert store.records.ids(CompiledFilter(where={DOC: "a"})) == ["a"]
+    store.delete(["a", "b"])
+    assert store.records.count() == 0
+    assert keyword_ids(store, "gradient descent") == []
+
+
+def test_a_delete_failing_part_way_can_be_repeated(
+    store: KnowledgeStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first chunk goes last: a delete cut off leaves the document's id, so deleting it
+    again removes the rest."""
+    store.add([DocumentIn(id="long", text=long_text("End."))])
+    store.records.max_batch = 2
+    real, calls = store.records._col.delete, []
+
+    def flaky(**kwargs) -> None:
+        calls.append(kwargs["ids"])
+        if len(calls) == 2:
+            raise RuntimeError("connection reset")
+        real(**kwargs)
+
+    monkeypatch.setattr(store.records._col, "delete", flaky)
+    with pytest.raises(StoreUnavailable):
+        store.delete(["long"])
+    monkeypatch.undo()
+    assert "long" not in calls[0]
     store.delete(["long"])
     assert store.records.count() == 0
 

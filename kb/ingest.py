@@ -10,7 +10,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Literal, TypeVar
 
 from kb.loader import Item, Problem, Summary
-from kb.records import derive_id
+from kb.records import derive_id, same_content
 from kb.schemas import AddResponse, DocumentIn
 
 Sink = Callable[[Any], AddResponse]
@@ -192,6 +192,8 @@ def _classify(item: Item, seen: dict[str, Item]) -> Literal["new", "same"] | Pro
     first = seen.setdefault(doc_id, item)
     if first is item:
         return "new"
-    if first.doc == item.doc:
+    if first.doc.id == item.doc.id and same_content(
+        first.doc.text, first.doc.metadata, item.doc.text, item.doc.metadata
+    ):
         return "same"
     return Problem(item.source, item.line, f"id '{doc_id}' repeats {first.source}:{first.line}")

@@ -53,8 +53,24 @@ def derive_id(text: str) -> str:
 
 
 def content_hash(text: str, metadata: dict[str, Any] | None) -> str:
-    payload = json.dumps([text, metadata or {}], sort_keys=True, ensure_ascii=False)
-    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:32]
+    return hashlib.sha256(_content(text, metadata).encode("utf-8")).hexdigest()[:32]
+
+
+def same_content(
+    text: str,
+    metadata: dict[str, Any] | None,
+    other_text: str,
+    other_metadata: dict[str, Any] | None,
+) -> bool:
+    """Whether two documents' texts and metadata are equal, values' types included: Python's
+    == takes True == 1 == 1.0 and [1, 0] == [True, False], which are different metadata (a
+    filter on `true` matches only the first)."""
+    return _content(text, metadata) == _content(other_text, other_metadata)
+
+
+def _content(text: str, metadata: dict[str, Any] | None) -> str:
+    """A document's content as JSON, where true, 1 and 1.0 are spelt apart."""
+    return json.dumps([text, metadata or {}], sort_keys=True, ensure_ascii=False)
 
 
 def build_records(

@@ -33,6 +33,7 @@ from kb.records import (
     chunk_id,
     content_hash,
     derive_id,
+    same_content,
     user_metadata,
 )
 from kb.replica import LocalReplica, Lock, Replica, SharedReplica
@@ -328,7 +329,7 @@ class KnowledgeStore:
             current = assemble(old)
             metadata = _patched(current.metadata, fields.metadata, fields.replace_metadata)
             text = fields.text if fields.text is not None else current.text
-            if text == current.text and metadata == current.metadata:
+            if same_content(text, metadata, current.text, current.metadata):
                 return current
             if text == current.text:  # metadata only: keep the vectors
                 chunks = [Chunk(int(r.metadata[START]), r.text) for r in _ordered(old)]

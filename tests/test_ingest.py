@@ -63,6 +63,21 @@ def test_batches_repeats_and_problems_are_counted_in_order(prepare) -> None:
     assert [p.line for p in problems] == [9]
 
 
+@pytest.mark.parametrize(("first", "again"), [(True, 1), (1, 1.0), ([0, 1], [False, True])])
+def test_a_repeat_differing_only_in_a_values_type_is_reported(first, again) -> None:
+    """True, 1 and 1.0 are equal to Python, not as metadata: the repeat is a conflict."""
+    entries = [
+        Item("input.jsonl", line, DocumentIn(id="x", text="t", metadata={"flag": value}))
+        for line, value in ((1, first), (2, again), (3, first))
+    ]
+    problems: list[Problem] = []
+    batches, _, sink = recorder()
+    summary = ingest(entries, sink, batch_size=10, on_problem=problems.append)
+    assert batches == [["x"]]
+    assert (summary.added, summary.skipped, summary.failed) == (1, 1, 1)
+    assert [(p.line, p.message) for p in problems] == [(2, "id 'x' repeats input.jsonl:1")]
+
+
 def test_strict_stops_at_the_first_problem_after_writing_what_came_before() -> None:
     entries: list[Item | Problem] = [*items(3), Problem("input.jsonl", 4, "bad"), *items(3, 3)]
     batches, _, sink = recorder()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -206,6 +207,23 @@ def test_updating_and_deleting_a_chunked_document(store: KnowledgeStore) -> None
     assert store.records.count() == 1
     store.delete(["long"])
     assert store.records.count() == 0
+
+
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [(True, 1), (1, 1.0), (0.0, False), ([1, 0], [True, False]), ([2.0], [2])],
+)
+def test_an_update_changing_only_a_values_type_is_written(
+    store: KnowledgeStore, before: object, after: object
+) -> None:
+    """True, 1 and 1.0 are equal to Python but not as metadata (a filter on true matches
+    only true): an update to another type is a change."""
+    store.add([DocumentIn(id="a", text="some text", metadata={"x": before})])
+    updated = store.update("a", UpdateFields(metadata={"x": after}))
+    for document in (updated, store.get("a")):
+        assert json.dumps(document.metadata) == json.dumps({"x": after})
+    (stored,) = store.records.get(["a"])
+    assert json.dumps(stored.metadata["x"]) == json.dumps(after)
 
 
 def keyword_ids(store: KnowledgeStore, text: str) -> list[str]:

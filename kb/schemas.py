@@ -87,11 +87,22 @@ def check_metadata_value(key: str, value: Any) -> None:
             _check_scalar(key, item)
             if isinstance(item, list):
                 raise ValueError(f"metadata '{key}': lists may not contain lists")
-        kinds = {scalar_kind(item) for item in value}
+        kinds = {_list_item_kind(item) for item in value}
+        if kinds == {"int", "float"}:
+            raise ValueError(
+                f"metadata '{key}': list items must all be integers or all decimals "
+                "(write 1.0 for 1 beside decimals)"
+            )
         if len(kinds) > 1:
             raise ValueError(f"metadata '{key}': list items must all have one type")
         return
     _check_scalar(key, value)
+
+
+def _list_item_kind(value: Scalar) -> str:
+    """A metadata list item's type as Chroma tells them apart: it refuses a list mixing
+    integers and decimals (or booleans and integers), so [1, 2.5] must be [1.0, 2.5]."""
+    return "bool" if isinstance(value, bool) else type(value).__name__
 
 
 def scalar_kind(value: Scalar) -> str:

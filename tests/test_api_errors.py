@@ -109,6 +109,32 @@ def test_bad_input_is_a_clear_json_error_and_changes_nothing(
 
 
 @pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        ("/add", {"text": "ok", "metadata": {"scores": [1, 2.5]}}, "metadata"),
+        (
+            "/add",
+            {"documents": [{"text": "a"}, {"text": "b", "metadata": {"scores": [2.5, 1]}}]},
+            "documents.1.metadata",
+        ),
+        ("/update", {"id": "pasta", "metadata": {"scores": [3, 0.5]}}, "metadata"),
+    ],
+)
+def test_a_list_mixing_integers_and_decimals_is_refused_naming_the_key(
+    cooking: FlaskClient, path: str, body: Any, field: str
+) -> None:
+    """Chroma refuses [1, 2.5]: kb says so itself, naming the key, before the store is
+    asked (which would fail the whole batch)."""
+    before = cooking.get("/documents?limit=100").json
+    error = assert_error_shape(cooking.post(path, json=body), 422)
+    (detail,) = error["details"]
+    assert detail["field"].startswith(field), error
+    assert "'scores'" in error["message"]
+    assert "integers or all decimals" in error["message"]
+    assert cooking.get("/documents?limit=100").json == before
+
+
+@pytest.mark.parametrize(
     ("method", "path"),
     [
         ("post", "/add"),

@@ -129,6 +129,22 @@ def test_bad_records_are_reported_with_line_numbers_and_skipped(
     store.close()
 
 
+def test_a_list_mixing_integers_and_decimals_fails_its_record_only(
+    env, tmp_path: Path, embedder
+) -> None:
+    """Chroma refuses [1, 2.5] for the whole batch it is in: kb reports the record itself
+    and loads the rest of the batch."""
+    records = [GOOD[0], {"id": "mixed", "text": "Scores", "metadata": {"s": [1, 2.5]}}, GOOD[1]]
+    result = run(env, "load", str(write_jsonl(tmp_path / "in.jsonl", records)))
+    assert result.exit_code == 1
+    assert "in.jsonl:2: metadata" in result.output
+    assert "integers or all decimals" in result.output
+    assert "added 2, updated 0, skipped 0, failed 1" in result.output
+    store = stored(env, embedder)
+    assert sorted(store.get_many(["a", "b", "mixed"])) == ["a", "b"]
+    store.close()
+
+
 def test_strict_stops_at_the_first_bad_record(env, tmp_path: Path, embedder) -> None:
     records = [GOOD[0], {"id": "bad"}, GOOD[1]]
     result = run(env, "load", "--strict", str(write_jsonl(tmp_path / "s.jsonl", records)))

@@ -3,8 +3,10 @@
 Each write logs the record ids it touches, first as *pending* (before the write) and then as
 *done* (after it, with a fresh timestamp). A process polls for entries it has not seen and
 re-reads those ids' current state from Chroma, so entries may be applied in any order, twice,
-or late, and the copies still converge on what Chroma holds. A pending entry older than
-STALE_S belongs to a writer that died mid-write: the first reader to see it marks it done.
+or late, and the copies still converge on what Chroma holds. Entries count as seen only once
+their records were re-read (`seen`): a re-read that fails is tried again at the next poll. A
+pending entry older than STALE_S belongs to a writer that died mid-write: the first reader to
+see it marks it done.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import threading
 import time
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -30,6 +33,18 @@ PENDING, DONE = "pending", "done"
 
 def now_us() -> int:
     return time.time_ns() // 1000
+
+
+@dataclass
+class Poll:
+    """What one poll of the log found: the record ids to re-read, and what `seen` records
+    once they have been."""
+
+    ids: set[str]
+    fresh: dict[str, int]  # done entries not seen before -> their ts
+    newest: int  # the newest done entry's ts (the cursor's next value)
+    since: int  # the window the poll read: entries seen before it are forgotten
+    polled: float  # when the poll began (monotonic)
 
 
 class ChangeLog:
@@ -58,8 +73,13 @@ class ChangeLog:
         self._put(entry, ids, PENDING)
         return entry
 
-    def end(self, entry: str, ids: Sequence[str]) -> None:
+    def end(self, entry: str, ids: Sequence[str], *, reread: bool = False) -> None:
+        """Mark the write done; with `reread` (our write failed, and the copies may not hold
+        what it left in Chroma) this process re-reads its ids at the next poll too."""
         self._put(entry, ids, DONE)
+        if reread:
+            with self._lock:
+                self._seen.pop(entry, None)
         self._writes += 1
         if self._writes % PRUNE_EVERY == 0:
             self.prune()
@@ -75,35 +95,42 @@ class ChangeLog:
             metadatas=[{"ts": ts, "state": state, "origin": self._origin}],
         )
 
-    def changes(self) -> set[str] | None:
-        """Record ids other processes wrote since the last call; None if this process may
-        have missed entries (idle past the retention) and must rebuild."""
+    def changes(self) -> Poll | None:
+        """The record ids other processes wrote since the last poll that was `seen`; None if
+        this process may have missed entries (idle past the retention) and must rebuild."""
         with self._lock:
-            if time.monotonic() - self._polled > RETENTION_S / 2:
+            polled = time.monotonic()
+            if polled - self._polled > RETENTION_S / 2:
                 return None
-            self._polled = time.monotonic()
             since = self._cursor - MARGIN_US
             got = self._log.get(
                 where={"$or": [{"ts": {"$gte": since}}, {"state": PENDING}]},
                 include=["metadatas"],
             )
-            fresh, stale = [], []
+            fresh: dict[str, int] = {}
+            stale, newest = [], self._cursor
             for entry, meta in zip(got["ids"], got["metadatas"], strict=True):
                 ts = int(meta["ts"])
                 if meta["state"] == PENDING:
                     if entry not in self._seen and ts < now_us() - STALE_S * 1_000_000:
                         stale.append(entry)
                     continue
-                self._cursor = max(self._cursor, ts)
+                newest = max(newest, ts)
                 if self._seen.get(entry) != ts:
-                    fresh.append(entry)
-                    self._seen[entry] = ts
-            self._seen = {e: ts for e, ts in self._seen.items() if ts >= since}
-        ids = self._ids(fresh + stale)
+                    fresh[entry] = ts
+        ids = self._ids([*fresh, *stale])
         for entry in stale:  # so every reader applies it once, as a done entry
             log.warning("change log entry %s was left pending by a dead writer", entry)
             self._log.update(ids=[entry], metadatas=[{"ts": now_us(), "state": DONE}])
-        return ids
+        return Poll(ids, fresh, newest, since, polled)
+
+    def seen(self, poll: Poll) -> None:
+        """Mark a poll's entries seen, now that the records they name have been re-read."""
+        with self._lock:
+            self._polled = poll.polled
+            self._cursor = max(self._cursor, poll.newest)
+            self._seen.update(poll.fresh)
+            self._seen = {e: ts for e, ts in self._seen.items() if ts >= poll.since}
 
     def _ids(self, entries: list[str]) -> set[str]:
         if not entries:

@@ -49,6 +49,7 @@ class Replica(ABC):
         self._lock = threading.RLock()  # applying to the copies
         self._loader: threading.Thread | None = None
         self._closing = threading.Event()  # a load in progress stops at its next page
+        self._behind = False  # an update of the copies failed: the next catch-up rebuilds
 
     def start(self, in_memory: bool = True) -> None:
         """Bring the keyword index up to date now; warm Chroma's vector index and load the
@@ -132,6 +133,7 @@ class Replica(ABC):
             )
             if self.mirror is not None:
                 self._load_mirror()
+            self._behind = False
 
     def apply(self, upserted: Sequence[Record], deleted: Sequence[str], generation: int) -> None:
         with self._lock:
@@ -139,8 +141,9 @@ class Replica(ABC):
                 self.keyword.apply(upserted, deleted, generation)
                 if self.mirror is not None:
                     self.mirror.apply(upserted, deleted, generation)
-            except Exception:  # behind now: the next catch-up rebuilds the copies
-                log.exception("updating the keyword index and mirror failed")
+            except Exception:  # the write stands in Chroma; the copies are rebuilt from it
+                log.exception("updating the keyword index and mirror failed; rebuilding them")
+                self._behind = True
 
     def _load_mirror(self) -> None:
         """Copy every record's vector, metadata and text into memory, from the keyword
@@ -155,8 +158,9 @@ class Replica(ABC):
                             log.info("closing: the in-memory mirror's load stopped")
                             return
                         mirror.apply(page, [], generation, index=False)
-            except Exception:  # searches keep using Chroma's filtered path
+            except Exception:  # searches use Chroma's filtered path, not a stale mirror
                 log.exception("could not load the in-memory mirror")
+                self.mirror = None
                 return
             self.mirror = mirror
         release_freed_memory()  # the pages read, before the index's build needs more
@@ -202,11 +206,11 @@ class LocalReplica(Replica):
         return int(value) if isinstance(value, int) else 0
 
     def catch_up(self) -> None:
-        if self.keyword.generation == self.generation():
+        if self.keyword.generation == self.generation() and not self._behind:
             return  # the common case: no lock, so searches never wait for a write
         with self._writes:
             generation = self.generation()
-            if self.keyword.generation != generation:
+            if self.keyword.generation != generation or self._behind:
                 self.rebuild(generation)
 
     @contextmanager
@@ -241,14 +245,23 @@ class SharedReplica(Replica):
         with self._polls:
             if self._last_poll >= asked:  # a poll that began after we asked has finished
                 return
-            self._last_poll = time.monotonic()
-            changed = self.changes.changes() if self._built else None
-            if changed is None:
-                self.changes.reset()  # before reading: writes during the rebuild are re-read
-                self.rebuild(0)
-                self._built = True
-            elif changed:
-                self._refresh(sorted(changed))
+            before, self._last_poll = self._last_poll, time.monotonic()
+            try:
+                self._poll()
+            except BaseException:  # callers waiting for this poll poll again
+                self._last_poll = before
+                raise
+
+    def _poll(self) -> None:
+        poll = self.changes.changes() if self._built and not self._behind else None
+        if poll is None:
+            self.changes.reset()  # before reading: writes during the rebuild are re-read
+            self.rebuild(0)
+            self._built = True
+            return
+        if poll.ids:
+            self._refresh(sorted(poll.ids))
+        self.changes.seen(poll)  # only now: a failed re-read is tried again next time
 
     def _refresh(self, ids: list[str]) -> None:
         """Copy these records' current state from Chroma (present: upsert, gone: delete).
@@ -261,10 +274,12 @@ class SharedReplica(Replica):
     @contextmanager
     def writing(self, ids: Sequence[str]) -> Iterator[Apply]:
         entry = self.changes.begin(ids)
+        failed = True
         try:
             yield lambda upserted, deleted: self.apply(upserted, deleted, 0)
-        finally:  # a failed write is announced too: others re-read whatever it left
-            self.changes.end(entry, ids)
+            failed = False
+        finally:  # a failed write is announced too: every process re-reads whatever it left
+            self.changes.end(entry, ids, reread=failed)
 
     def current_mirror(self) -> Mirror | None:
         return self.mirror

@@ -4,7 +4,7 @@ share one Chroma server."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -12,6 +12,7 @@ from kb import changes
 from kb.chunking import Chunk
 from kb.config import Settings
 from kb.embeddings import Embedder
+from kb.errors import StoreUnavailable
 from kb.keyword import KeywordIndex
 from kb.mirror import Mirror
 from kb.records import Record, build_records
@@ -68,6 +69,79 @@ def test_a_writer_that_died_mid_write_is_caught_up(two: tuple, monkeypatch) -> N
     assert found(second, "lighthouses", "keyword") == []  # a live writer may still finish
     monkeypatch.setattr(changes, "STALE_S", 0)
     assert found(second, "lighthouses", "keyword") == ["orphan"]
+
+
+def once(error: Exception, then: Callable[..., object]) -> Callable[..., object]:
+    """A stand-in that raises `error` on its first call and then calls `then`."""
+    calls = []
+
+    def flaky(*args: object, **kwargs: object) -> object:
+        calls.append(args)
+        if len(calls) == 1:
+            raise error
+        return then(*args, **kwargs)
+
+    return flaky
+
+
+def test_a_failed_re_read_of_anothers_writes_is_tried_again(two: tuple, monkeypatch) -> None:
+    """The change log's entries count as seen only once their records were re-read: a
+    transient failure must not leave a deleted document in the copies for good."""
+    first, second = two
+    first.add([DocumentIn(id="gone", text="The vault code is alpha bravo.")])
+    assert found(second, "vault code", "keyword") == ["gone"]
+    first.delete(["gone"])
+    monkeypatch.setattr(second.records, "get", once(StoreUnavailable("reset"), second.records.get))
+    with pytest.raises(StoreUnavailable):
+        second.replica.catch_up()
+    assert found(second, "vault code", "keyword") == []
+    assert found(second, "vault code", "dense") == []
+
+
+@pytest.mark.parametrize("copy", ["keyword", "mirror"])
+def test_a_failed_update_of_a_servers_copies_rebuilds_them(
+    two: tuple, monkeypatch, copy: str
+) -> None:
+    first, second = two
+    first.add([DocumentIn(id="gone", text="The vault code is alpha bravo.")])
+    assert found(second, "vault code", "dense") == ["gone"]
+    first.delete(["gone"])
+    target = getattr(second.replica, copy)
+    monkeypatch.setattr(target, "apply", once(OSError("disk full"), target.apply))
+    second.replica.catch_up()  # logged; the copies are behind Chroma now
+    assert found(second, "vault code", "keyword") == []
+    assert found(second, "vault code", "dense") == []
+
+
+def test_a_failed_write_of_ours_is_re_read_from_the_server(two: tuple) -> None:
+    """A write that failed (its rollback too) may have left records in Chroma that the
+    writer's own copies never got: the writer re-reads its ids like another's."""
+    first, _ = two
+    records = embedded(first, "late", "Tides follow the moon's pull on the oceans.")
+
+    def cut_off() -> None:
+        with first.replica.writing([r.id for r in records]):
+            first.records.upsert(records)
+            raise StoreUnavailable("cut off before the copies were updated")
+
+    with pytest.raises(StoreUnavailable):
+        cut_off()
+    assert found(first, "tides moon", "keyword") == ["late"]
+
+
+def test_an_embedded_mirror_that_failed_an_update_is_rebuilt(
+    settings: Settings, embedder: Embedder, monkeypatch
+) -> None:
+    store = KnowledgeStore.open(settings, embedder)
+    try:
+        store.replica.wait_loaded()
+        mirror = store.replica.mirror
+        monkeypatch.setattr(mirror, "apply", once(OSError("out of memory"), mirror.apply))
+        store.add([DocumentIn(id="late", text="Tides follow the moon's pull on the oceans.")])
+        assert found(store, "tides moon", "dense") == ["late"]
+        assert store.replica.current_mirror() is not None  # searches run in memory again
+    finally:
+        store.close()
 
 
 def test_an_embedded_write_cut_off_before_its_index_update_is_redone(

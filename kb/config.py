@@ -158,6 +158,9 @@ class Settings(BaseSettings):
     max_top_k: int = Field(100, ge=1, le=1000, description="Largest top_k a query may ask.")
     max_filter_depth: int = Field(8, ge=1, le=64, description="Nesting levels of a filter.")
     max_filter_conditions: int = Field(64, ge=1, le=4096, description="Conditions per filter.")
+    max_filter_values: int = Field(
+        1000, ge=1, le=10_000, description="Values in a filter's $in/$nin lists, in all."
+    )
 
     # Security
     api_keys: SecretStr | None = Field(

@@ -28,18 +28,26 @@ LOGICAL = {"$and", "$or"}
 DOCUMENT_OPS = {"$contains", "$not_contains", "$regex", "$not_regex"}
 MAX_DEPTH = 8
 MAX_CONDITIONS = 64
+# Chroma binds each $in/$nin value as one SQLite variable, and a statement holds at most
+# 32,766 of them ("too many SQL variables" beyond, a 503); a filter's lists stay far below.
+MAX_VALUES = 1000
+INT64 = 2**63
 
 
 @dataclass(frozen=True)
 class FilterLimits:
-    """How deep a filter may nest and how many conditions it may hold (KB_MAX_FILTER_*)."""
+    """How deep a filter may nest, how many conditions it may hold and how many values its
+    lists may hold in all (KB_MAX_FILTER_*)."""
 
     depth: int = MAX_DEPTH
     conditions: int = MAX_CONDITIONS
+    values: int = MAX_VALUES
 
     @classmethod
     def of(cls, settings: Settings) -> FilterLimits:
-        return cls(settings.max_filter_depth, settings.max_filter_conditions)
+        return cls(
+            settings.max_filter_depth, settings.max_filter_conditions, settings.max_filter_values
+        )
 
 
 _DATE_RE = re.compile(r"\d{4}-\d{2}-\d{2}")
@@ -120,6 +128,7 @@ class _Translator:
         self.errors = errors
         self.limits = limits
         self.conditions = 0
+        self.values = 0
 
     def fail(self, path: str, message: str) -> None:
         self.errors.append(field_error(path, message, "filter_error"))
@@ -208,7 +217,7 @@ class _Translator:
 
     def range(self, key: str, op: str, arg: Any, path: str) -> dict[str, Any] | None:
         if isinstance(arg, int | float) and not isinstance(arg, bool):
-            return {key: {op: arg}}
+            return {key: {op: arg}} if self.scalar_ok(arg, path) else None
         if isinstance(arg, str):
             stamp = parse_iso(arg)
             if stamp is None:
@@ -223,15 +232,24 @@ class _Translator:
         return None
 
     def scalar_ok(self, arg: Any, path: str) -> bool:
-        finite = not isinstance(arg, float) or math.isfinite(arg)
-        if isinstance(arg, str | int | float | bool) and finite:
+        if isinstance(arg, float) and not math.isfinite(arg):
+            self.fail(path, "numbers must be finite")
+        elif isinstance(arg, int) and not -INT64 <= arg < INT64:
+            # Chroma refuses such a value as an invalid where clause (a 503, were it sent)
+            self.fail(path, "integer out of the 64-bit range")
+        elif isinstance(arg, str | int | float | bool):
             return True
-        self.fail(path, "needs a string, number or boolean")
+        else:
+            self.fail(path, "needs a string, number or boolean")
         return False
 
     def list_ok(self, arg: Any, path: str) -> bool:
         if not isinstance(arg, list) or not arg:
             self.fail(path, "needs a non-empty list of values")
+            return False
+        self.values += len(arg)
+        if self.values > self.limits.values:
+            self.fail(path, f"at most {self.limits.values} values in a filter's lists in all")
             return False
         if not all(self.scalar_ok(item, path) for item in arg):
             return False

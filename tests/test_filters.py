@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from kb.errors import ValidationFailed
-from kb.filters import TWIN_PREFIX, compile_filter, date_twins, parse_iso
+from kb.filters import TWIN_PREFIX, FilterLimits, compile_filter, date_twins, parse_iso
 
 DAY = 86_400.0
 
@@ -76,6 +76,13 @@ def test_numbers_stay_numbers_in_ranges() -> None:
         ({"$not": {"a": 1}}, "where.$not"),
         ({"_kb_doc": "x"}, "where._kb_doc"),
         ({"a": {"$eq": float("nan")}}, "where.a.$eq"),
+        # Chroma refuses these as an invalid where clause: a 503 when they reached it
+        ({"minutes": {"$lt": float("inf")}}, "where.minutes.$lt"),
+        ({"minutes": {"$gte": float("-inf")}}, "where.minutes.$gte"),
+        ({"minutes": {"$gt": float("nan")}}, "where.minutes.$gt"),
+        ({"a": {"$gte": 2**63}}, "where.a.$gte"),
+        ({"a": {"$eq": 2**63}}, "where.a.$eq"),
+        ({"a": {"$in": [1, -(2**63) - 1]}}, "where.a.$in"),
     ],
 )
 def test_errors_name_the_path(where: dict, path: str) -> None:
@@ -94,6 +101,29 @@ def test_nesting_and_size_are_limited() -> None:
     wide = {"$or": [{"k": i} for i in range(100)]}
     with pytest.raises(ValidationFailed, match="at most"):
         compile_filter(where=wide)
+
+
+def test_bounds_at_the_ends_of_the_64_bit_range_are_kept() -> None:
+    where = {"$and": [{"a": {"$gte": -(2**63)}}, {"a": {"$lte": 2**63 - 1}}]}
+    assert compile_filter(where=where).where == where
+
+
+def test_values_in_lists_are_limited_in_all() -> None:
+    limits = FilterLimits(values=10)
+    assert compile_filter(where={"a": {"$in": list(range(10))}}, limits=limits).where
+    split = {"$or": [{"a": {"$in": list(range(6))}}, {"b": {"$nin": list(range(5))}}]}
+    with pytest.raises(ValidationFailed, match="at most 10 values") as caught:
+        compile_filter(where=split, limits=limits)
+    assert caught.value.details[0]["field"] == "where.$or.1.b.$nin"
+    with pytest.raises(ValidationFailed) as caught:
+        compile_filter(filters={"tag": [str(i) for i in range(11)]}, limits=limits)
+    assert caught.value.details[0]["field"] == "filters.tag.$in"
+
+
+def test_the_default_limit_of_values_holds_far_below_chromas() -> None:
+    """32,763 values were a 503 ("too many SQL variables") from Chroma."""
+    with pytest.raises(ValidationFailed, match="at most 1000 values"):
+        compile_filter(where={"id": {"$in": list(range(32_763))}})
 
 
 def test_where_document_operators() -> None:

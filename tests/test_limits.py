@@ -22,6 +22,7 @@ LIMITS = {
     "max_queries_per_request": 2,
     "max_filter_depth": 2,
     "max_filter_conditions": 3,
+    "max_filter_values": 3,
     "top_k": 5,
 }
 
@@ -57,6 +58,8 @@ CASES = [
     ("/query", {"query": "note", "where": nested(3)}, 422, "where"),
     ("/query", {"query": "note", "where": {"$and": [{"a": i} for i in range(4)]}}, 422, "where"),
     ("/delete", {"where": nested(3)}, 422, "where"),
+    ("/delete", {"where": {"a": {"$nin": [1, 2, 3, 4]}}}, 422, "where.a.$nin"),
+    ("/query", {"query": "note", "filters": {"a": ["1", "2", "3", "4"]}}, 422, "filters.a"),
 ]
 
 
@@ -84,3 +87,19 @@ def test_within_the_limits_everything_works(api: FlaskClient) -> None:
 def test_a_default_above_its_limit_is_a_configuration_error() -> None:
     with pytest.raises(ValueError, match="KB_MAX_TOP_K"):
         Settings(top_k=50, max_top_k=10)
+
+
+INFINITE = '"where": {"minutes": {"$lt": 1e400}}'
+TEXT = '"where_document": {"$contains": "note"}'
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [("/delete", f"{{{INFINITE}}}"), ("/query", f'{{"query": "note", {INFINITE}, {TEXT}}}')],
+)
+def test_a_bound_beyond_floats_is_a_clear_error(api: FlaskClient, path: str, body: str) -> None:
+    """1e400 parses as infinity, which Chroma refused as an invalid where clause (a 503)."""
+    response = api.post(path, data=body, content_type="application/json")
+    assert response.status_code == 422, response.json
+    assert response.json["error"]["details"][0]["field"] == "where.minutes.$lt"
+    assert api.get("/health").json["documents"] == 1

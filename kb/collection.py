@@ -31,11 +31,20 @@ def chroma_errors() -> Iterator[None]:
         yield
     except KBError:
         raise
-    except ValueError as exc:  # Chroma's own validation: a request kb let through
-        raise ValidationFailed(f"the store rejected the request: {exc}") from exc
     except Exception as exc:
+        if _refused(exc):  # Chroma's own validation: a request kb let through
+            raise ValidationFailed(f"the store rejected the request: {exc}") from exc
         log.exception("store operation failed")
         raise StoreUnavailable(f"the store failed: {type(exc).__name__}: {exc}") from exc
+
+
+def _refused(exc: Exception) -> bool:
+    """Whether Chroma refused the request as invalid (a bad where clause, a regex its engine
+    cannot parse) rather than failed: its client raises ValueError, its engine (embedded or
+    over HTTP) InvalidArgumentError, which is no ValueError."""
+    from chromadb.errors import InvalidArgumentError
+
+    return isinstance(exc, ValueError | InvalidArgumentError)
 
 
 def make_client(settings: Settings) -> Any:

@@ -7,6 +7,9 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 
+from kb.errors import ValidationFailed
+from kb.filters import CompiledFilter
+
 NESTED = {"author": {"name": "Ada"}}
 
 BAD_REQUESTS = [
@@ -207,3 +210,17 @@ def test_error_shape_on_path_and_query_errors(
 ) -> None:
     kwargs = {"json": {"text": "x"}} if method == "patch" else {}
     assert_error_shape(getattr(cooking, method)(path, **kwargs), status)
+
+
+@pytest.mark.parametrize(
+    "flt",
+    [
+        CompiledFilter(where={"minutes": {"$lt": float("inf")}}),
+        CompiledFilter(where_document={"$regex": "(?<!x)a"}),
+    ],
+)
+def test_a_filter_chroma_refuses_is_a_validation_error(store, flt: CompiledFilter) -> None:
+    """Past kb's own checks (built here directly), Chroma's InvalidArgumentError is a 422
+    saying what the store refused, not a 503 "store unavailable"."""
+    with pytest.raises(ValidationFailed, match="the store rejected the request"):
+        store.records.ids(flt)

@@ -281,10 +281,25 @@ class _Translator:
         if not isinstance(arg, str) or not arg:
             self.fail(sub, f"{op} needs a non-empty string")
             return None
-        if "regex" in op:
-            try:
-                re.compile(arg)
-            except re.error as exc:
-                self.fail(sub, f"invalid regular expression: {exc}")
-                return None
+        if "regex" in op and (problem := regex_problem(arg)) is not None:
+            self.fail(sub, f"invalid regular expression for Chroma's engine: {problem}")
+            return None
         return {op: arg}
+
+
+def regex_problem(pattern: str) -> str | None:
+    """Why Chroma's engine refuses a $regex pattern, or None if it takes it.
+
+    Chroma parses and compiles patterns with Rust's regex crate: no look-around, atomic groups
+    or backreferences, but \\p{L}, \\z and (?<name>...), and a compiled size of at most 10 MiB
+    (a{1000000} is refused). Python's re differs both ways; flpc binds that crate.
+    """
+    import flpc  # loaded on the first $regex only
+
+    try:
+        flpc.compile(pattern)
+    except ValueError as exc:
+        return str(exc).strip().splitlines()[-1].removeprefix("error: ")
+    finally:
+        flpc.purge()  # flpc keeps every compiled pattern (megabytes each) until purged
+    return None

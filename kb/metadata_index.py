@@ -12,7 +12,8 @@ it started with (a write replaces the cache; it never changes one a reader may h
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -20,15 +21,37 @@ import numpy as np
 ValueKey = tuple[str, Any]
 RANGE_OPS = {"$gt": np.greater, "$gte": np.greater_equal, "$lt": np.less, "$lte": np.less_equal}
 NEGATIONS = {"$ne", "$nin", "$not_contains"}
+INT64 = 2**63
+EXACT = 2**53  # integers up to this size are exact as float64
+KINDS = {"i": ("i",), "f": ("f",), "n": ("i", "f")}  # numeric columns: what each holds
+# A decimal bound as the integer threshold it sets integer metadata: x > 2.5 is x > 2 and
+# x >= 2.5 is x >= 3 (Chroma truncates the bound, finding 2 >= 2.5; kb compares numbers as
+# numbers); an integer bound is its own threshold.
+THRESHOLD = {"$gt": math.floor, "$gte": math.ceil, "$lt": math.ceil, "$lte": math.floor}
 
 
 def value_key(value: Any) -> ValueKey:
-    """Chroma's equality: 1 == 1.0, but True is not 1 and "1" is not 1."""
+    """A metadata value or list item as Chroma tells them apart: True is not 1, "1" is not 1,
+    and 1 is not 1.0 (though they are equal, see `equal_keys`)."""
     if isinstance(value, bool):
         return ("b", value)
-    if isinstance(value, int | float):
-        return ("n", float(value))
+    if isinstance(value, int):
+        return ("i", value)
+    if isinstance(value, float):
+        return ("f", value)
     return ("s", value)
+
+
+def equal_keys(value: Any) -> list[ValueKey]:
+    """The keys of the values Chroma's $eq finds for this one: 1 finds 1 and 1.0. An integer
+    finds integers exactly (2**53 + 1 is not 2**53) and decimals as the float it rounds to,
+    as Chroma compares them; a decimal finds the integer it is, if it is one."""
+    key = value_key(value)
+    if key[0] == "i":
+        return [key, ("f", float(value))]
+    if key[0] == "f" and value.is_integer() and -INT64 <= value < INT64:
+        return [key, ("i", int(value))]
+    return [key]
 
 
 class MetadataIndex:
@@ -68,11 +91,12 @@ class MetadataIndex:
             condition = {"$eq": condition}
         ((op, arg),) = condition.items()
         if op in RANGE_OPS:
-            with np.errstate(invalid="ignore"):
-                return RANGE_OPS[op](self._numbers(key, size, cache), float(arg))
-        values = self._elements if op in {"$contains", "$not_contains"} else self._values
-        wanted = arg if op in {"$in", "$nin"} else [arg]
-        found = self._rows(values, key, wanted, size, cache)
+            return self._range(key, op, arg, size, cache)
+        if op in {"$contains", "$not_contains"}:  # list items: 1 is not 1.0, as in Chroma
+            found = self._rows(self._elements, key, [arg], size, cache, lambda v: [value_key(v)])
+        else:
+            wanted = arg if op in {"$in", "$nin"} else [arg]
+            found = self._rows(self._values, key, wanted, size, cache, equal_keys)
         return ~found if op in NEGATIONS else found
 
     def _rows(
@@ -82,11 +106,13 @@ class MetadataIndex:
         wanted: Sequence[Any],
         size: int,
         cache: dict,
+        keys: Callable[[Any], list[ValueKey]],
     ) -> np.ndarray:
         mask = np.zeros(size, dtype=bool)
         index = values.get(key, {})
-        for value in wanted:
-            item = value_key(value)
+        for item in (item for value in wanted for item in keys(value)):
+            if item not in index:  # most often the float twin of an integer: no rows
+                continue
             name = (id(values), key, item)
             rows = cache.get(name)
             if rows is None:
@@ -94,15 +120,77 @@ class MetadataIndex:
             mask[rows[rows < size]] = True
         return mask
 
-    def _numbers(self, key: str, size: int, cache: dict) -> np.ndarray:
-        """The key's numeric values by row; NaN where it is missing or not a number."""
-        name = ("numbers", key)
-        column = cache.get(name)
-        if column is None or len(column) < size:
-            column = np.full(size, np.nan)
-            for (kind, value), rows in list(self._values.get(key, {}).items()):
-                if kind == "n":
-                    rows_array = np.asarray(rows, dtype=np.int64)
-                    column[rows_array[rows_array < size]] = value
-            cache[name] = column
+    def _range(self, key: str, op: str, bound: float, size: int, cache: dict) -> np.ndarray:
+        """Rows whose number compares so with the bound: decimals as floats (an integer bound
+        as the float it rounds to, as Chroma compares them), integers exactly, never through
+        a float (which cannot tell 2**53 + 1 from 2**53)."""
+        if abs(bound) <= EXACT and (numbers := self._column(key, "n", size, cache)) is not None:
+            # the usual case: every number and the bound exact as floats, one comparison
+            with np.errstate(invalid="ignore"):  # NaN: no number in that row
+                return RANGE_OPS[op](numbers, float(bound))
+        floats = self._column(key, "f", size, cache)
+        with np.errstate(invalid="ignore"):  # NaN: no decimal in that row
+            found = RANGE_OPS[op](floats, float(bound)) if floats is not None else None
+        ints = self._column(key, "i", size, cache)
+        hits = _int_range(ints, op, bound) if ints is not None else None
+        if hits is None:
+            return found if found is not None else np.zeros(size, dtype=bool)
+        return hits if found is None else hits | found
+
+    def _column(self, key: str, kind: str, size: int, cache: dict) -> Any:
+        """The key's numbers of one kind by row, or None if no row holds one: decimals ("f")
+        as float64 (NaN where absent), integers ("i") as two int64 columns (`_int_range`),
+        both ("n") as float64 if every integer is exact as a float."""
+        name = ("numbers", kind, key)
+        built = cache.get(name)
+        if built is None or built[0] < size:
+            entries = list(self._values.get(key, {}).items())
+            found = [(value, rows) for (k, value), rows in entries if k in KINDS[kind]]
+            if kind == "n" and any(type(v) is int and abs(v) > EXACT for v, _ in found):
+                found = []
+            built = cache[name] = (size, _column(found, kind, size) if found else None)
+        column = built[1]
+        if column is None:
+            return None
+        if kind == "i":
+            return column[0][:size], column[1][:size]
         return column[:size]
+
+
+def _int_range(ints: tuple[np.ndarray, np.ndarray], op: str, bound: float) -> np.ndarray:
+    """Rows whose integer compares so with the bound, exactly. Rows without one hold the
+    lowest int64 in `low` and the highest in `high`, so that one comparison (as fast as
+    the float one) leaves them out, unless the threshold is an end of int64."""
+    low, high = ints
+    threshold = bound if isinstance(bound, int) else THRESHOLD[op](bound)
+    upward = op in {"$gt", "$gte"}
+    column = low if upward else high
+    if -INT64 < threshold < INT64 - 1:
+        return RANGE_OPS[op](column, threshold)
+    if -INT64 <= threshold < INT64:
+        return RANGE_OPS[op](column, threshold) & (low == high)
+    if (threshold < 0) == upward:  # beyond every int64: all integers pass, or none
+        return low == high
+    return np.zeros(len(low), dtype=bool)
+
+
+def _column(found: list[tuple[Any, list[int]]], kind: str, size: int) -> Any:
+    """One kind's values in the rows holding them: for integers, two int64 columns holding
+    the lowest and the highest int64 elsewhere; otherwise float64 with NaN elsewhere."""
+    if kind == "i":
+        low = np.full(size, -INT64, dtype=np.int64)
+        for value, rows in found:
+            rows_array = np.asarray(rows, dtype=np.int64)
+            low[rows_array[rows_array < size]] = value
+        high = low.copy()
+        high[low == -INT64] = INT64 - 1
+        for value, rows in found:  # rows holding the lowest int64 itself
+            if value == -INT64:
+                rows_array = np.asarray(rows, dtype=np.int64)
+                high[rows_array[rows_array < size]] = value
+        return low, high
+    values = np.full(size, np.nan)
+    for value, rows in found:
+        rows_array = np.asarray(rows, dtype=np.int64)
+        values[rows_array[rows_array < size]] = value
+    return values

@@ -18,6 +18,7 @@ from kb.records import Record
 
 KEYS = ("a", "b", "tags")
 SCALARS: tuple[Any, ...] = (1, 2, 2.0, 3.5, True, False, "1", "x", "y", 0)
+THRESHOLDS = ("$gt", "$gte", "$lt", "$lte")
 
 
 def random_metadata(rng: random.Random) -> dict[str, Any]:
@@ -82,6 +83,59 @@ def test_ranges_compare_numbers_as_numbers(both) -> None:
     rows = np.flatnonzero(mirror.matches({"a": {"$gte": 2.5}}))
     assert rows.size
     assert all(mirror.record(row).metadata["a"] == 3.5 for row in rows)
+
+
+BIG = 1_700_000_000_000_000_001  # a snowflake id: above 2**53, where floats skip integers
+NUMBERS: tuple[Any, ...] = (
+    *(BIG - 1, BIG, BIG + 1, float(BIG), 2**53, 2**53 + 1, float(2**53), 2**63 - 1, -(2**63)),
+    *(1, 2, 1.0, 2.0, 2.5, -2, 0),
+)
+LISTS: tuple[list[Any], ...] = ([1, 2], [1.0, 2.5], [2.0], [BIG], [BIG + 1], [float(BIG)])
+# whole bounds only: Chroma truncates a fractional one against integers (see random_where)
+BOUNDS = tuple(n for n in (*NUMBERS, 1.7e18, 2.0**62, -(2.0**63)) if float(n).is_integer())
+
+
+def test_large_integers_are_compared_exactly_as_chroma_does() -> None:
+    """Integers beyond 2**53 (ids, nanosecond stamps) were compared as float64 in memory:
+    BIG matched BIG - 1 and BIG + 1, and $ne or $gt on it found nothing."""
+    metadatas = [{"_kb_doc": "d", "n": value} for value in NUMBERS]
+    metadatas += [{"_kb_doc": "d", "n": items} for items in LISTS] + [{"_kb_doc": "d"}]
+    records = [
+        Record(f"r{i}", "", meta, np.eye(1, 8, i % 8, dtype=np.float32)[0])
+        for i, meta in enumerate(metadatas)
+    ]
+    collection = chromadb.EphemeralClient().get_or_create_collection("mirror_big")
+    collection.add(
+        ids=[r.id for r in records],
+        metadatas=[r.metadata for r in records],
+        embeddings=np.stack([r.embedding for r in records]),
+    )
+    mirror = Mirror(8, generation=0)
+    mirror.apply(records, [], 1)
+    wheres = [{"n": {op: bound}} for op in ("$eq", "$ne", *THRESHOLDS) for bound in BOUNDS]
+    wheres += [{"n": {op: [BIG, 2]}} for op in ("$in", "$nin")]
+    wheres += [{"n": {op: item}} for op in ("$contains", "$not_contains") for item in NUMBERS]
+    for where in wheres:
+        want = set(collection.get(where=where, include=[])["ids"])
+        got = {mirror.ids[row] for row in np.flatnonzero(mirror.matches(where))}
+        assert got == want, where
+
+
+def test_bounds_beyond_64_bits_pass_every_integer_or_none() -> None:
+    values = [-(2**63), -1, 0, 2**63 - 1, 0.5]
+    records = [Record(f"r{i}", "", {"_kb_doc": "d", "n": v}, [1.0]) for i, v in enumerate(values)]
+    mirror = Mirror(1, generation=0)
+    mirror.apply([*records, Record("none", "", {"_kb_doc": "d"}, [1.0])], [], 1)
+
+    def found(where: dict[str, Any]) -> list[Any]:
+        return [values[row] for row in np.flatnonzero(mirror.matches(where))]
+
+    assert found({"n": {"$lt": 1e19}}) == values
+    assert found({"n": {"$gte": -1e19}}) == values
+    assert found({"n": {"$gt": 1e19}}) == found({"n": {"$lte": -1e19}}) == []
+    assert found({"n": {"$gte": 2**63 - 1}}) == [2**63 - 1]
+    assert found({"n": {"$lte": -(2**63)}}) == [-(2**63)]
+    assert found({"n": {"$lt": 2**63 - 1}}) == [-(2**63), -1, 0, 0.5]
 
 
 def test_filtered_search_is_exact(both) -> None:

@@ -59,16 +59,34 @@ class Batcher:
 
     def _run(self, batch: list[_Slot]) -> None:
         try:
-            rows = self._run_items([item for slot in batch for item in slot.items])
-            start = 0
-            for slot in batch:
-                slot.rows = rows[start : start + len(slot.items)]
-                start += len(slot.items)
-        except BaseException as exc:  # every caller of this run sees the failure
+            self._answer(batch)
+        except Exception as exc:
+            self._each_alone(batch, exc)
+        except BaseException as exc:  # an interrupt: nobody's rows are coming
             for slot in batch:
                 slot.error = exc
-        with self._changed:
-            for slot in batch:
-                slot.done = True
-            self._busy = False
-            self._changed.notify_all()
+        finally:
+            with self._changed:
+                for slot in batch:
+                    slot.done = True
+                self._busy = False
+                self._changed.notify_all()
+
+    def _answer(self, batch: list[_Slot]) -> None:
+        rows = self._run_items([item for slot in batch for item in slot.items])
+        start = 0
+        for slot in batch:
+            slot.rows = rows[start : start + len(slot.items)]
+            start += len(slot.items)
+
+    def _each_alone(self, batch: list[_Slot], exc: Exception) -> None:
+        """After a shared run failed: one caller's bad item (a text the tokenizer refuses)
+        must not fail the others, so each runs alone and only the culprit sees an error."""
+        if len(batch) == 1:
+            batch[0].error = exc
+            return
+        for slot in batch:
+            try:
+                self._answer([slot])
+            except BaseException as own:
+                slot.error = own

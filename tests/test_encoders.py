@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -171,6 +172,40 @@ def test_a_failed_shared_run_fails_every_caller() -> None:
     for future in futures:
         with pytest.raises(RuntimeError, match="encoder down"):
             future.result()
+
+
+def test_one_callers_bad_item_fails_only_that_caller_of_a_shared_run() -> None:
+    """A query the tokenizer refused failed every query sharing its run (110 of 145
+    concurrent good queries answered 500); the run is retried caller by caller."""
+    from kb.batcher import Batcher
+
+    runs: list[list[str]] = []
+    release = threading.Event()
+
+    def encode(texts: list[str]) -> list[str]:
+        runs.append(list(texts))
+        if len(runs) == 1:
+            release.wait(30)  # hold the first run: the others queue for one shared run
+        if "bad" in texts:
+            raise ValueError("cannot encode 'bad'")
+        return [text.upper() for text in texts]
+
+    batcher = Batcher(encode)
+    with ThreadPoolExecutor(6) as pool:
+        first = pool.submit(batcher, ["first"])
+        while not runs:
+            time.sleep(0.001)
+        others = {text: pool.submit(batcher, [text]) for text in ["a", "bad", "b", "c"]}
+        while len(batcher._waiting) < len(others):
+            time.sleep(0.001)
+        release.set()
+        assert first.result() == ["FIRST"]
+        with pytest.raises(ValueError, match="'bad'"):
+            others.pop("bad").result()
+        assert {text: future.result() for text, future in others.items()} == {
+            text: [text.upper()] for text in others
+        }
+    assert sorted(runs[1]) == ["a", "b", "bad", "c"]  # they did share a run
 
 
 def test_batches_hold_at_most_so_many_texts_and_padded_tokens() -> None:

@@ -11,7 +11,7 @@ from kb.api import register_blueprints
 from kb.api.errors import register_error_handlers
 from kb.api.observability import register_observability
 from kb.api.security import register_security
-from kb.api.util import EXTENSION, KBState
+from kb.api.util import EXTENSION, DocIdConverter, KBState
 from kb.auth import KeyRing
 from kb.config import Settings, unknown_variables
 from kb.embeddings import Embedder, load_embedder
@@ -40,6 +40,10 @@ def create_app(settings: Settings | None = None, *, embedder: Embedder | None = 
     bulk = _bulk_encoder(inner, settings)
     encoder = telemetry.timed(bulk or inner)
     app = Flask("kb", static_folder=None)
+    # Ids may start with "/" or hold "//": merged slashes would send /documents/%2Fa (the
+    # id "/a") to the document "a". Set before any route is added: rules read it then.
+    app.url_map.merge_slashes = False
+    app.url_map.converters["doc_id"] = DocIdConverter
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
     try:

@@ -59,7 +59,10 @@ class KBClient:
         return self._call("POST", "/add", body, AddResponse)
 
     def get(self, doc_id: str) -> Document:
-        return self._call("GET", f"/documents/{urllib.parse.quote(doc_id)}", None, Document)
+        # safe="": "/a" sent as /documents//a was read as another path than the id's
+        return self._call(
+            "GET", f"/documents/{urllib.parse.quote(doc_id, safe='')}", None, Document
+        )
 
     def list(
         self, *, limit: int = 20, offset: int = 0, where: dict[str, Any] | None = None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import quote
+
 from flask.testing import FlaskClient
 
 from tests.conftest import COOKING
@@ -205,6 +207,32 @@ def test_ids_with_slashes_and_spaces_work_in_paths(client: FlaskClient) -> None:
     client.post("/add", json={"id": "notes/ml/intro page.md", "text": "Intro"})
     assert client.get("/documents/notes/ml/intro%20page.md").json["text"] == "Intro"
     assert client.delete("/documents/notes/ml/intro%20page.md").status_code == 200
+
+
+SLASHED = ["a", "/a", "a//b", "a/b", "a/", "//x"]
+
+
+def test_ids_with_leading_or_repeated_slashes_address_only_their_own_document(
+    client: FlaskClient,
+) -> None:
+    """werkzeug merged repeated slashes: /documents/%2Fa (the id "/a") was redirected to
+    /documents/a, and a DELETE that followed it deleted "a"."""
+    for doc_id in SLASHED:
+        assert client.post("/add", json={"id": doc_id, "text": f"Note {doc_id}"}).status_code == 201
+    for doc_id in SLASHED:
+        path = f"/documents/{quote(doc_id, safe='')}"
+        got = client.get(path)
+        assert (got.status_code, got.json["id"]) == (200, doc_id), got.get_data(as_text=True)
+        patched = client.patch(path, json={"text": f"Patched {doc_id}"})
+        assert (patched.status_code, patched.json["id"]) == (200, doc_id)
+    for doc_id in SLASHED:
+        got = client.get(f"/documents/{quote(doc_id, safe='')}")
+        assert got.json["text"] == f"Patched {doc_id}"
+    assert client.get("/documents//a").json["id"] == "/a"  # unencoded slashes, same id
+    for done, doc_id in enumerate(SLASHED, start=1):
+        deleted = client.delete(f"/documents/{quote(doc_id, safe='')}")
+        assert deleted.json == {"deleted": 1, "ids": [doc_id]}
+        assert ids_of(client) == sorted(SLASHED[done:])
 
 
 def test_on_conflict_skip_keeps_stored_documents(cooking: FlaskClient) -> None:

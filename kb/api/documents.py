@@ -53,7 +53,7 @@ def add() -> tuple[Response, int]:
     return reply(result, 201)
 
 
-@bp.get("/documents/<path:doc_id>")
+@bp.get("/documents/<doc_id:doc_id>")
 @documented("Get one document", response=Document, errors=(404,))
 def get_document(doc_id: str) -> tuple[Response, int]:
     return reply(store().get(doc_id))
@@ -79,7 +79,7 @@ def list_documents() -> tuple[Response, int]:
     return reply(store().list(flt, limit, offset))
 
 
-@bp.patch("/documents/<path:doc_id>")
+@bp.patch("/documents/<doc_id:doc_id>")
 @documented(
     "Update a document's text and/or metadata",
     request=UpdateFields,
@@ -104,7 +104,7 @@ def update() -> tuple[Response, int]:
     return reply(store().update(req.id, req))
 
 
-@bp.delete("/documents/<path:doc_id>")
+@bp.delete("/documents/<doc_id:doc_id>")
 @documented("Delete one document", response=DeleteResponse, errors=(404,), access="write")
 def delete_document(doc_id: str) -> tuple[Response, int]:
     return reply(store().delete([doc_id]))

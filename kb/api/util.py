@@ -9,6 +9,7 @@ from typing import Any, Literal, TypeVar
 
 from flask import Response, current_app, jsonify, request
 from pydantic import BaseModel, ValidationError
+from werkzeug.routing import PathConverter
 
 from kb.auth import KeyRing
 from kb.config import Settings
@@ -74,6 +75,14 @@ def validation_failed(exc: ValidationError) -> ValidationFailed:
     first = details[0]
     more = f" (and {len(details) - 1} more)" if len(details) > 1 else ""
     return ValidationFailed(f"{first['field']}: {first['message']}{more}", details=details)
+
+
+class DocIdConverter(PathConverter):
+    """A document id in a path: any text, "/" included, even first ("/documents/%2Fa" is the
+    id "/a"; werkzeug's path converter cannot start with "/")."""
+
+    regex = ".+?"
+    part_isolating = False
 
 
 def reply(model: BaseModel, status: int = 200) -> tuple[Response, int]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
-import json
 import os
 import sys
 from collections.abc import Callable, Iterable, Iterator
@@ -20,6 +19,7 @@ from typing import IO, Any
 
 from pydantic import ValidationError
 
+from kb import json_input
 from kb.config import Settings
 from kb.errors import field_errors
 from kb.schemas import DocumentIn, number_or_text
@@ -149,6 +149,10 @@ def validate(
     if not isinstance(data, dict):
         return Problem(name, line, f"each {unit} must be a JSON object with a 'text' field")
     try:
+        json_input.check(data)
+    except json_input.UnusableJSON as exc:
+        return Problem(name, line, f"{exc.path or 'record'}: {exc.message}")
+    try:
         doc = DocumentIn.model_validate(data, context={"settings": options.settings})
     except ValidationError as exc:
         errors = field_errors(exc, root="record")
@@ -163,7 +167,7 @@ def _jsonl(
         if not line.strip():
             continue
         try:
-            data = json.loads(line)
+            data = json_input.parse(line)
         except ValueError as exc:
             yield Problem(name, number, f"invalid JSON: {exc}")
             continue
@@ -176,7 +180,7 @@ def _beir(stream: IO[str], name: str, source: Source, options: Options) -> Itera
         if not line.strip():
             continue
         try:
-            data = json.loads(line)
+            data = json_input.parse(line)
             title, body = str(data.get("title") or "").strip(), str(data.get("text") or "")
             record = {"id": str(data["_id"]), "text": f"{title} {body}".strip()}
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
@@ -189,7 +193,7 @@ def _beir(stream: IO[str], name: str, source: Source, options: Options) -> Itera
 
 def _json(stream: IO[str], name: str, source: Source, options: Options) -> Iterator[Item | Problem]:
     try:
-        data = json.loads(stream.read())
+        data = json_input.parse(stream.read())
     except ValueError as exc:
         yield Problem(name, getattr(exc, "lineno", 1), f"invalid JSON: {exc}")
         return

@@ -83,6 +83,27 @@ BAD_REQUESTS = [
     ("post", "/update", {"id": "pasta", "metadata": NESTED}, 422, "metadata"),
     ("patch", "/documents/pasta", {"text": ""}, 422, "text"),
     ("patch", "/documents/pasta", {}, 422, "body"),
+    # Lone surrogates: JSON's "\ud800" escapes parse, but no UTF-8 encoder takes them.
+    ("post", "/add", {"text": "lone \ud800"}, 422, "text"),
+    ("post", "/add", {"text": "ok", "id": "s\ud800"}, 422, "id"),
+    ("post", "/add", {"text": "ok", "metadata": {"k\ud800": "v"}}, 422, "metadata"),
+    ("post", "/add", {"text": "ok", "metadata": {"k": ["v", "\udc00"]}}, 422, "metadata.k.1"),
+    ("post", "/add", {"documents": [{"text": "ok"}, {"text": "\udfff"}]}, 422, "documents.1.text"),
+    ("post", "/query", {"query": "lone \ud800"}, 422, "query"),
+    ("post", "/query", {"queries": ["ok", "\ud800"]}, 422, "queries.1"),
+    ("post", "/query", {"query": "x", "filters": {"k": "\ud800"}}, 422, "filters.k"),
+    ("post", "/query", {"query": "x", "where": {"a": "\ud800"}}, 422, "where.a"),
+    (
+        "post",
+        "/query",
+        {"query": "x", "where_document": {"$contains": "\ud800"}},
+        422,
+        "where_document.$contains",
+    ),
+    ("post", "/update", {"id": "pasta", "text": "t \ud800"}, 422, "text"),
+    ("post", "/update", {"id": "pasta", "metadata": {"a": "\ud800"}}, 422, "metadata.a"),
+    ("post", "/delete", {"ids": ["pasta", "\ud800"]}, 422, "ids.1"),
+    ("patch", "/documents/pasta", {"text": "\ud800"}, 422, "text"),
 ]
 
 
@@ -156,6 +177,72 @@ def test_malformed_json_is_400_on_every_body_route(
         assert "JSON" in error["message"]
     response = getattr(cooking, method)(path, json=["not", "an", "object"])
     assert_error_shape(response, 422)
+
+
+def nested_and(levels: int, leaf: str = '{"a": 1}') -> str:
+    return '{"$and": [' * levels + leaf + "]}" * levels
+
+
+@pytest.mark.parametrize(
+    ("path", "raw"),
+    [
+        ("/add", "[" * 100_000 + "]" * 100_000),
+        ("/add", '{"text": "x", "metadata": {"a": ' + "[" * 2000 + "]" * 2000 + "}}"),
+        ("/add", '{"text": "x", "metadata": {"a": ' + "[" * 300 + "]" * 300 + "}}"),
+        ("/query", '{"query": "x", "where": ' + nested_and(500) + "}"),
+        ("/query", '{"query": "x", "filters": {"a": ' + '{"b": ' * 2000 + "1" + "}" * 2000 + "}}"),
+        ("/delete", '{"where": ' + nested_and(3000) + "}"),
+    ],
+)
+def test_json_nested_too_deep_is_422_naming_the_body(
+    cooking: FlaskClient, path: str, raw: str
+) -> None:
+    """json.loads recurses once per level: thousands of levels were a RecursionError (500)."""
+    before = cooking.get("/documents?limit=100").json
+    response = cooking.post(path, data=raw, content_type="application/json")
+    error = assert_error_shape(response, 422)
+    assert error["details"][0]["field"] == "body"
+    assert "deeper than 200 levels" in error["message"]
+    assert cooking.get("/documents?limit=100").json == before
+
+
+@pytest.mark.parametrize(
+    ("where", "field", "message"),
+    [
+        (nested_and(3000), "where", "deeper than 200 levels"),
+        (nested_and(150), "where", "deeper than 200 levels"),
+        (nested_and(20), "where.$and.0", "nest at most 8 levels"),
+        ('{"a": "\\ud800"}', "where.a", "lone UTF-16 surrogate (\\ud800)"),
+        ('{"$or": [{"a": 1}, {"b\\udc00": 2}]}', "where.$or.1", "key 'b\\udc00'"),
+    ],
+)
+def test_where_parameter_too_deep_or_with_a_surrogate_is_422_naming_it(
+    cooking: FlaskClient, where: str, field: str, message: str
+) -> None:
+    response = cooking.get("/documents", query_string={"where": where})
+    error = assert_error_shape(response, 422)
+    assert error["details"][0]["field"].startswith(field), error
+    assert message in error["message"]
+
+
+def test_the_deepest_filter_settings_allow_is_refused_by_the_filter_limit(
+    settings, embedder
+) -> None:
+    """The JSON bound sits past KB_MAX_FILTER_DEPTH's maximum, so a filter one level too deep
+    is told the filter's limit, not a generic nesting error."""
+    from kb.app import close_app, create_app
+    from kb.config import Settings
+
+    rules = Settings.model_fields["max_filter_depth"].metadata
+    deepest = next(rule.le for rule in rules if hasattr(rule, "le"))
+    app = create_app(settings.model_copy(update={"max_filter_depth": deepest}), embedder=embedder)
+    try:
+        raw = '{"query": "x", "where": ' + nested_and(deepest + 1, '{"a": {"$in": [1]}}') + "}"
+        response = app.test_client().post("/query", data=raw, content_type="application/json")
+        error = assert_error_shape(response, 422)
+        assert f"nest at most {deepest} levels" in error["message"]
+    finally:
+        close_app(app)
 
 
 def test_oversize_request_is_413(settings, embedder) -> None:

@@ -229,6 +229,19 @@ def test_export_with_a_filter(env, tmp_path: Path) -> None:
     assert "where.n.$oops" in bad.output
 
 
+@pytest.mark.parametrize(
+    ("where", "message"),
+    [
+        ('{"$and": [' * 3000 + '{"n": 1}' + "]}" * 3000, "deeper than 200 levels"),
+        ('{"n": "\\ud800"}', "n: holds a lone UTF-16 surrogate"),
+    ],
+)
+def test_export_refuses_a_where_too_deep_or_with_a_surrogate(env, where: str, message: str) -> None:
+    result = run(env, "export", "--where", where)
+    assert result.exit_code != 0
+    assert message in result.output, result.output
+
+
 def test_load_through_the_api_with_url(live_server: str, tmp_path: Path) -> None:
     from kb.client import KBClient
 

@@ -143,3 +143,27 @@ def test_format_flag_overrides_the_suffix(tmp_path: Path, fmt: str) -> None:
     (item,) = read_all(path, fmt)
     assert isinstance(item, Item)
     assert item.doc.text.strip() == "x"
+
+
+def test_lone_surrogates_and_deep_nesting_are_problems_of_their_record(tmp_path: Path) -> None:
+    """json.loads takes "\\ud800" (the tokenizer then failed the whole load) and recurses once
+    per level (thousands of brackets were a RecursionError)."""
+    lines = [
+        '{"id": "one", "text": "fine"}',
+        '{"id": "two", "text": "x \\ud800"}',
+        '{"id": "three", "text": "ok", "metadata": {"k": ["v", "\\udc00"]}}',
+        "[" * 5000 + "]" * 5000,
+        '{"id": "four", "text": "ok \\ud83d\\ude00"}',  # a pair is one character: fine
+    ]
+    (tmp_path / "docs.jsonl").write_text("\n".join(lines) + "\n")
+    one, two, three, deep, four = read_all(tmp_path / "docs.jsonl")
+    assert [one.doc.id, four.doc.text] == ["one", "ok \U0001f600"]  # type: ignore[union-attr]
+    assert str(two) == (
+        f"{tmp_path / 'docs.jsonl'}:2: text: holds a lone UTF-16 surrogate (\\ud800), "
+        "which is not a character"
+    )
+    assert "docs.jsonl:3: metadata.k.1: holds a lone UTF-16 surrogate" in str(three)
+    assert "docs.jsonl:4: invalid JSON: nests arrays and objects deeper than" in str(deep)
+    (tmp_path / "note.md").write_text('---\ntitle: "x\\ud800"\n---\nBody\n')
+    (front,) = read_all(tmp_path / "note.md")
+    assert "note.md:1: metadata.title: holds a lone UTF-16 surrogate" in str(front)

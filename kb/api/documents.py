@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from flask import Blueprint, Response, request
 
-from kb.api.util import body, documented, reply, state, store
+from kb import json_input
+from kb.api.util import body, documented, reply, state, store, unusable
 from kb.errors import ValidationFailed, field_error
 from kb.filters import FilterLimits, compile_filter
 from kb.schemas import (
@@ -148,7 +148,10 @@ def _json_arg(name: str) -> dict[str, Any] | None:
     if raw is None:
         return None
     try:
-        value = json.loads(raw)
+        value = json_input.parse(raw)
+        json_input.check(value)
+    except json_input.UnusableJSON as exc:
+        raise unusable(exc, name) from exc
     except ValueError as exc:
         raise ValidationFailed(
             f"{name}: not valid JSON ({exc})", details=[field_error(name, "not valid JSON")]

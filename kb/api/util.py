@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
@@ -11,6 +10,7 @@ from flask import Response, current_app, jsonify, request
 from pydantic import BaseModel, ValidationError
 from werkzeug.routing import PathConverter
 
+from kb import json_input
 from kb.auth import KeyRing
 from kb.config import Settings
 from kb.encoders.bulk import BulkEncoder
@@ -52,7 +52,10 @@ def body(model: type[M]) -> M:
     if not raw.strip():
         raise BadRequest("the request needs a JSON body")
     try:
-        data = json.loads(raw, parse_constant=_no_constants)
+        data = json_input.parse(raw, parse_constant=_no_constants)
+        json_input.check(data)
+    except json_input.UnusableJSON as exc:
+        raise unusable(exc, "body") from exc
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest(f"the request body is not valid JSON: {exc}") from exc
     if not isinstance(data, dict):
@@ -61,6 +64,14 @@ def body(model: type[M]) -> M:
             details=[field_error("body", "expected an object", "type_error")],
         )
     return validate(model, data)
+
+
+def unusable(exc: json_input.UnusableJSON, root: str) -> ValidationFailed:
+    """422 naming the field of JSON that parsed but cannot be served; paths inside the body
+    are named as pydantic names them ("documents.0.text"), inside a parameter after it."""
+    prefix = "" if root == "body" else f"{root}."
+    name = f"{prefix}{exc.path}" if exc.path else root
+    return ValidationFailed(f"{name}: {exc.message}", details=[field_error(name, exc.message)])
 
 
 def validate(model: type[M], data: Any) -> M:

@@ -198,10 +198,13 @@ def _target(
 )
 def export(where: str | None, output: TextIO) -> None:
     """Write documents as JSONL: id, text and metadata exactly as given (chunks joined)."""
+    from kb import json_input
     from kb.filters import compile_filter
 
     try:
-        flt = compile_filter(where=json.loads(where)) if where else compile_filter()
+        parsed = json_input.parse(where) if where else None
+        json_input.check(parsed)
+        flt = compile_filter(where=parsed)
     except ValueError as exc:
         fail(f"--where is not valid JSON: {exc}")
     except KBError as exc:

@@ -1,0 +1,83 @@
+"""JSON from outside (request bodies, the `where` parameter, files to load): parsed with a
+bound on nesting, and refused where a string holds a lone UTF-16 surrogate.
+
+json.loads takes "\\ud800" escapes and returns strings no UTF-8 encoder (the tokenizer,
+Chroma, SQLite) can take, so they failed far from the input, as 500s; and it recurses once
+per nesting level, so a few thousand brackets raised RecursionError.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+# Past the deepest filter the settings allow (64 levels, two JSON levels each), so a filter
+# too deep is refused by the filter's own, clearer limit first.
+MAX_DEPTH = 200
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+Trail = tuple["Trail", str | int] | None  # (parent, key): one pair per value, joined on error
+
+
+class UnusableJSON(ValueError):
+    """Parsed JSON the service cannot take: `path` to the value (dotted, "" for the whole
+    document) and what is wrong with it."""
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(f"{path}: {message}" if path else message)
+        self.path = path
+        self.message = message
+
+
+def parse(raw: str | bytes, **options: Any) -> Any:
+    """json.loads(raw, **options); nesting too deep for it is an UnusableJSON, not a
+    RecursionError. ValueError (UnusableJSON among them) when `raw` is not usable JSON."""
+    try:
+        return json.loads(raw, **options)
+    except RecursionError:
+        raise UnusableJSON("", _too_deep()) from None
+
+
+def check(data: Any) -> None:
+    """Raise UnusableJSON for nesting deeper than MAX_DEPTH, or for the first string (a value
+    or a key) holding a lone surrogate. Iterative, so deep data cannot make it recurse."""
+    stack: list[tuple[Any, int, Trail]] = [(data, 0, None)]
+    while stack:
+        value, depth, path = stack.pop()
+        if isinstance(value, str):
+            _check_text(value, path)
+        elif isinstance(value, dict | list):
+            if depth == MAX_DEPTH:
+                raise UnusableJSON("", _too_deep())
+            if isinstance(value, dict):
+                for key in value:
+                    _check_text(key, path, key=True)
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            for key, item in reversed(list(items)):  # popped in document order
+                stack.append((item, depth + 1, (path, key)))
+
+
+def _check_text(text: str, path: Trail, key: bool = False) -> None:
+    if text.isascii() or (found := _SURROGATE.search(text)) is None:
+        return
+    code = f"\\u{ord(found.group()):04x}"
+    what = f"key '{_printable(text)}' holds" if key else "holds"
+    message = f"{what} a lone UTF-16 surrogate ({code}), which is not a character"
+    raise UnusableJSON(_dotted(path), message)
+
+
+def _printable(text: str) -> str:
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _dotted(path: Trail) -> str:
+    parts: list[str] = []
+    while path is not None:
+        path, key = path
+        parts.append(str(key))
+    return ".".join(reversed(parts))
+
+
+def _too_deep() -> str:
+    return f"nests arrays and objects deeper than {MAX_DEPTH} levels"

@@ -21,6 +21,7 @@ from kb.records import CHUNKS, DOC, Record
 from kb.store import KnowledgeStore
 
 T = TypeVar("T")
+MAX_CANDIDATES = 10_000  # chunks a search reads at most to find its documents
 
 
 @dataclass(slots=True)
@@ -38,6 +39,24 @@ class Hit:
     @property
     def chunked(self) -> bool:
         return int(self.record.metadata.get(CHUNKS, 1)) > 1
+
+
+def widen(
+    search: Callable[[int], Sequence[tuple[T, int, int]]], wanted: int, first: int
+) -> list[T]:
+    """Each query's documents from its best chunks, however many chunks share a document.
+
+    `search(n)` reads the best n chunks of each query and answers (result, documents in it,
+    chunks read). Ask for `first` chunks, then four times more each round, until every query
+    has `wanted` documents or got fewer chunks than asked (no more match), or MAX_CANDIDATES.
+    """
+    n = min(first, MAX_CANDIDATES)
+    while True:
+        found = search(n)
+        done = all(documents >= wanted or chunks < n for _, documents, chunks in found)
+        if done or n >= MAX_CANDIDATES:
+            return [result for result, _, _ in found]
+        n = min(n * 4, MAX_CANDIDATES)
 
 
 def keyword_documents(
@@ -60,10 +79,7 @@ def keyword_documents(
         ]
         cosines = row_cosines.tolist()
     else:
-        hits = store.keyword.search(text, depth * 2, _allowed(store, flt))
-        chosen = _best_per_document(
-            [(h.record_id, h.doc_id, h.score, h.vector) for h in hits], depth
-        )
+        chosen = _fts_documents(store, text, depth, flt)
         cosines = (np.stack([v for *_, v in chosen]) @ vector).tolist() if chosen else []
     return [
         Hit(Record(record_id, "", {DOC: doc_id}), cosine, bm25, complete=False)
@@ -71,14 +87,50 @@ def keyword_documents(
     ]
 
 
+def _fts_documents(
+    store: KnowledgeStore, text: str, depth: int, flt: CompiledFilter
+) -> list[tuple[str, str, float, np.ndarray]]:
+    """FTS5's side: up to `depth` documents' best chunks (id, document, BM25, vector)."""
+    allowed = _allowed(store, flt)  # once: it may list the filter's ids from Chroma
+
+    def search(n: int) -> list[tuple[list[tuple[str, str, float, np.ndarray]], int, int]]:
+        hits = store.keyword.search(text, n, allowed)
+        chosen = _best_per_document(
+            [(h.record_id, h.doc_id, h.score, h.vector) for h in hits], depth
+        )
+        return [(chosen, len(chosen), len(hits))]
+
+    return widen(search, depth, depth * 2)[0]
+
+
 def _keyword_rows(
     mirror: Mirror, text: str, vector: np.ndarray, depth: int, mask: np.ndarray | None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The mirror's BM25 side: up to `depth` documents' best rows, their BM25 scores, their
     document numbers and their cosine scores with `vector`, best first."""
-    ranked = mirror.keyword(query_tokens(text), depth * 2, mask)  # chunks: some share a doc
-    rows, bm25, docs = mirror.first_per_document(*ranked, depth)
+    terms = query_tokens(text)
+
+    def search(n: int) -> list[tuple[tuple[np.ndarray, np.ndarray, np.ndarray], int, int]]:
+        ranked = mirror.keyword(terms, n, mask)
+        first = mirror.first_per_document(*ranked, depth)
+        return [(first, len(first[0]), len(ranked[0]))]
+
+    ((rows, bm25, docs),) = widen(search, depth, depth * 2)
     return rows, bm25, docs, mirror.cosines(rows, vector)
+
+
+def _dense_rows(
+    mirror: Mirror, vector: np.ndarray, depth: int, mask: np.ndarray | None, key: str | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The mirror's dense side: up to `depth` documents' best rows, their cosine scores and
+    their document numbers, best first."""
+
+    def search(n: int) -> list[tuple[tuple[np.ndarray, np.ndarray, np.ndarray], int, int]]:
+        rows, scores = mirror.nearest_rows(vector, n, mask, key)
+        first = mirror.first_per_document(rows, scores, depth)
+        return [(first, len(first[0]), len(rows))]
+
+    return widen(search, depth, depth)[0]
 
 
 def _best_per_document(
@@ -149,8 +201,7 @@ def in_memory(
     and hits are made only for the `limit` documents shown (`complete` fetches their texts).
     `where` is a metadata filter's mask and key."""
     mask, key = where if where is not None else (None, None)
-    rows, scores = mirror.nearest_rows(vector, depth, mask, key)
-    dense_rows, dense_scores, dense_docs = mirror.first_per_document(rows, scores, depth)
+    dense_rows, dense_scores, dense_docs = _dense_rows(mirror, vector, depth, mask, key)
     keyword_rows, bm25, keyword_docs, keyword_cosines = _keyword_rows(
         mirror, text, vector, depth, mask
     )

@@ -8,14 +8,13 @@ import numpy as np
 
 from kb.diversity import mmr
 from kb.filters import CompiledFilter, FilterLimits, compile_filter
-from kb.hybrid import Hit, complete, fuse, in_memory, keyword_documents
+from kb.hybrid import Hit, complete, fuse, in_memory, keyword_documents, widen
 from kb.mirror import Mirror
 from kb.records import Record, user_metadata
 from kb.schemas import Document, Match, QueryRequest, QueryResult, QueryStatus, Threshold
 from kb.store import KnowledgeStore
 
 CALIBRATED_KEY = "kb_min_score"
-MAX_CANDIDATES = 10_000
 
 
 def resolve_threshold(store: KnowledgeStore, requested: float | None) -> Threshold:
@@ -88,8 +87,8 @@ def candidates(
     ]
     if mode == "keyword":
         return keyword
-    # Fusion needs only ids and scores: one round of `depth` chunks, no texts.
-    dense = nearest_documents(store, vectors, depth, flt, texts=False, widen=False)
+    # Fusion needs only ids and scores: no texts.
+    dense = nearest_documents(store, vectors, depth, flt, texts=False)
     return [fuse(d, k, fusion, top_k) for d, k in zip(dense, keyword, strict=True)]
 
 
@@ -109,12 +108,11 @@ def nearest_documents(
     flt: CompiledFilter,
     *,
     texts: bool = True,
-    widen: bool = True,
 ) -> list[list[Hit]]:
     """For each vector, at least top_k distinct documents (if there are that many), best first.
 
     Chroma returns chunks; several may belong to one document, so ask for more than top_k and
-    widen the search until top_k documents are found or the candidates run out (`widen`).
+    widen the search until top_k documents are found or the candidates run out.
     Without `texts`, hits carry ids, metadata and scores only (`complete` fetches the rest).
     """
     mirror = store.replica.mirror_for(flt)
@@ -124,8 +122,8 @@ def nearest_documents(
     # until the mirror's index is built, an unfiltered search asks Chroma's for ids
     ids_from_chroma = mirror is not None and mask is None and not mirror.searches_all
     texts = texts and mirror is None
-    n = top_k * 3 if widen else top_k
-    while True:
+
+    def read(n: int) -> list[tuple[list[Hit], int, int]]:
         if mirror is None:
             raw = store.records.nearest(vectors, n, flt, texts=texts)
         elif ids_from_chroma:
@@ -133,11 +131,9 @@ def nearest_documents(
         else:  # the mirror's index, or an exact search over its rows
             raw = [mirror.nearest(vector, n, mask, key) for vector in vectors]
         grouped = [_best_per_document(hits, texts) for hits in raw]
-        exhausted = all(len(hits) < n for hits in raw)
-        enough = all(len(hits) >= top_k for hits in grouped)
-        if not widen or enough or exhausted or n >= MAX_CANDIDATES:
-            return grouped
-        n = min(n * 4, MAX_CANDIDATES)
+        return [(hits, len(hits), len(chunks)) for hits, chunks in zip(grouped, raw, strict=True)]
+
+    return widen(read, top_k, top_k * 3)
 
 
 def _best_per_document(hits: Sequence[tuple[Record, float]], texts: bool) -> list[Hit]:

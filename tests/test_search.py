@@ -1,0 +1,73 @@
+"""The query pipeline (kb.search) in every mode, on the mirror and as before it is loaded."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+
+from kb.config import Settings
+from kb.embeddings import Embedder
+from kb.schemas import DocumentIn, QueryRequest, QueryResult
+from kb.search import search
+from kb.store import KnowledgeStore
+from tests.conftest import changed
+
+MODES = ["dense", "keyword", "hybrid"]
+
+
+@pytest.fixture
+def small_chunks(settings: Settings, embedder: Embedder) -> Iterator[KnowledgeStore]:
+    """A store cutting texts into 16-token chunks: a few sentences make a chunked document."""
+    store = KnowledgeStore.open(changed(settings, chunk_tokens=16, hybrid_depth=10), embedder)
+    yield store
+    store.close()
+
+
+@contextmanager
+def mirror_state(store: KnowledgeStore, loaded: bool) -> Iterator[None]:
+    """Search on the loaded mirror, or as before it is loaded (Chroma and FTS5)."""
+    store.replica.wait_loaded()
+    mirror = store.replica.mirror
+    assert mirror is not None
+    if not loaded:
+        store.replica.mirror = None
+    try:
+        yield
+    finally:
+        store.replica.mirror = mirror
+
+
+def ask(store: KnowledgeStore, **body: Any) -> QueryResult:
+    (result,) = search(store, QueryRequest.model_validate({"min_score": -1, **body}))
+    return result
+
+
+def ids(result: QueryResult) -> list[str]:
+    return [match.id for match in result.matches]
+
+
+@pytest.mark.parametrize("loaded", [True, False], ids=["mirror", "chroma"])
+@pytest.mark.parametrize("mode", MODES)
+def test_every_mode_returns_top_k_documents_when_chunks_crowd_the_candidates(
+    small_chunks: KnowledgeStore, mode: str, loaded: bool
+) -> None:
+    """Eight documents of many chunks each rank first on both sides; with top_k and the
+    hybrid depth at 10, keyword and hybrid searches read 10 or 20 chunks, found those eight
+    documents only, and answered fewer than top_k although sixteen documents match."""
+    remark = "Overfitting: dropout and early stopping reduce overfitting of a model."
+    long = [
+        DocumentIn(id=f"long-{j}", text=" ".join([remark] * 6) + f" Variant {j}.") for j in range(8)
+    ]
+    short = [
+        DocumentIn(id=f"short-{j}", text=f"Note {j}: boil pasta in salted water (overfitting).")
+        for j in range(8)
+    ]
+    small_chunks.add([*long, *short])
+    assert small_chunks.get("long-0").chunks > 4
+    with mirror_state(small_chunks, loaded):
+        result = ask(small_chunks, query="overfitting", mode=mode, top_k=10)
+    assert len(result.matches) == result.candidates == 10
+    assert {f"long-{j}" for j in range(8)} <= set(ids(result))

@@ -15,6 +15,7 @@ from kb.schemas import Document, Match, QueryRequest, QueryResult, QueryStatus, 
 from kb.store import KnowledgeStore
 
 CALIBRATED_KEY = "kb_min_score"
+POOL_FACTOR = 4  # diversify: MMR picks top_k from the best POOL_FACTOR x top_k documents
 
 
 def resolve_threshold(store: KnowledgeStore, requested: float | None) -> Threshold:
@@ -36,14 +37,7 @@ def search(store: KnowledgeStore, request: QueryRequest) -> list[QueryResult]:
     texts = request.texts()
     store.replica.catch_up()  # once per request: apply writes the local copies have not seen
     vectors = store.embedder.embed_queries(texts)
-    if request.diversify:  # choose top_k from a deeper pool
-        pool = candidates(store, request, texts, vectors, max(top_k * 4, 20), flt)
-        per_query = [
-            mmr(store, vector, hits, top_k, request.mmr_lambda)
-            for vector, hits in zip(vectors, pool, strict=True)
-        ]
-    else:
-        per_query = candidates(store, request, texts, vectors, top_k, flt)
+    per_query = _ranked(store, request, texts, vectors, top_k, flt)
     per_query = complete(store, [hits[:top_k] for hits in per_query])
     filtered = flt.where is not None or flt.where_document is not None
     shown = [
@@ -57,6 +51,26 @@ def search(store: KnowledgeStore, request: QueryRequest) -> list[QueryResult]:
     return [
         _result(text, hits, threshold, filtered, full, request.explain)
         for text, hits in zip(texts, per_query, strict=True)
+    ]
+
+
+def _ranked(
+    store: KnowledgeStore,
+    request: QueryRequest,
+    texts: Sequence[str],
+    vectors: np.ndarray,
+    top_k: int,
+    flt: CompiledFilter,
+) -> list[list[Hit]]:
+    """Each query's documents, best first: the mode's ranking, or (`diversify`) MMR's
+    choice of top_k among the ranking's best POOL_FACTOR x top_k."""
+    if not request.diversify:
+        return candidates(store, request, texts, vectors, top_k, flt)
+    size = top_k * POOL_FACTOR
+    pool = candidates(store, request, texts, vectors, size, flt)
+    return [
+        mmr(store, vector, hits[:size], top_k, request.mmr_lambda)
+        for vector, hits in zip(vectors, pool, strict=True)
     ]
 
 

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import numpy as np
 import pytest
 
 from kb.config import Settings
@@ -71,3 +72,45 @@ def test_every_mode_returns_top_k_documents_when_chunks_crowd_the_candidates(
         result = ask(small_chunks, query="overfitting", mode=mode, top_k=10)
     assert len(result.matches) == result.candidates == 10
     assert {f"long-{j}" for j in range(8)} <= set(ids(result))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_diversify_picks_from_the_best_four_times_top_k_documents(
+    store: KnowledgeStore, mode: str
+) -> None:
+    """MMR over exactly the mode's best 4 x top_k documents; with pure diversity (lambda 0)
+    a larger pool lets a far-ranked, unrelated document in."""
+    texts = [f"Espresso brewing tip {i}: grind the coffee beans finely." for i in range(8)]
+    texts += [
+        "Coffee beans grow on shrubs in Ethiopia and Colombia.",
+        "Coffee prices rose on the commodity markets this year.",
+        "A coffee table made of oak wood for the living room.",
+        "The coffee shop down the street hosts a chess club.",
+    ]
+    store.add([DocumentIn(id=f"doc-{i}", text=text) for i, text in enumerate(texts)])
+    store.replica.wait_loaded()
+    top_k, lam = 2, 0.0
+    body = {"query": "how to brew espresso coffee", "mode": mode}
+    pool = ask(store, **body, top_k=4 * top_k).matches
+    assert len(pool) == 4 * top_k
+    got = ask(store, **body, top_k=top_k, diversify=True, **{"lambda": lam})
+    assert ids(got) == oracle_mmr(store, body["query"], [m.id for m in pool], top_k, lam)
+
+
+def oracle_mmr(store: KnowledgeStore, query: str, pool: list[str], k: int, lam: float) -> list[str]:
+    """Maximal marginal relevance, written out, over one-chunk documents' vectors."""
+    found = {r.id: r.embedding for r in store.records.get(pool, embeddings=True)}
+    vectors = np.array([found[doc] for doc in pool], dtype=np.float32)
+    relevance = vectors @ store.embedder.embed_queries([query])[0]
+    chosen: list[int] = []
+    for _ in range(k):
+        best, best_gain = -1, -np.inf
+        for i in range(len(pool)):
+            if i in chosen:
+                continue
+            closest = max((float(vectors[i] @ vectors[j]) for j in chosen), default=0.0)
+            gain = lam * relevance[i] - (1 - lam) * closest
+            if gain > best_gain:
+                best, best_gain = i, gain
+        chosen.append(best)
+    return [pool[i] for i in chosen]

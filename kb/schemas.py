@@ -400,7 +400,7 @@ class QueryRequest(Model):
 
 
 ThresholdSource = Literal["request", "calibrated", "configured"]
-QueryStatus = Literal["ok", "no_confident_match", "no_candidates"]
+QueryStatus = Literal["ok", "no_confident_match", "no_keyword_match", "no_candidates"]
 
 
 class Match(BaseModel):

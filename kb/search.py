@@ -9,6 +9,7 @@ import numpy as np
 from kb.diversity import mmr
 from kb.filters import CompiledFilter, FilterLimits, compile_filter
 from kb.hybrid import Hit, complete, fuse, in_memory, keyword_documents, widen
+from kb.keyword import query_terms
 from kb.mirror import Mirror
 from kb.records import Record, user_metadata
 from kb.schemas import Document, Match, QueryRequest, QueryResult, QueryStatus, Threshold
@@ -32,6 +33,7 @@ def search(store: KnowledgeStore, request: QueryRequest) -> list[QueryResult]:
     """Run every query of the request through the same pipeline; one result each."""
     limits = FilterLimits.of(store.settings)
     flt = compile_filter(request.filters, request.where, request.where_document, limits)
+    filtered = flt.where is not None or flt.where_document is not None
     top_k = request.top_k or store.settings.top_k
     threshold = resolve_threshold(store, request.min_score)
     texts = request.texts()
@@ -39,7 +41,6 @@ def search(store: KnowledgeStore, request: QueryRequest) -> list[QueryResult]:
     vectors = store.embedder.embed_queries(texts)
     per_query = _ranked(store, request, texts, vectors, top_k, flt)
     per_query = complete(store, [hits[:top_k] for hits in per_query])
-    filtered = flt.where is not None or flt.where_document is not None
     shown = [
         hit
         for hits in per_query
@@ -48,9 +49,17 @@ def search(store: KnowledgeStore, request: QueryRequest) -> list[QueryResult]:
     ]
     # chunked documents are shown whole: fetch them for the whole batch in one call
     full = store.documents_of([hit.record for hit in shown if hit.chunked])
+    mode = request.mode or store.settings.search_mode
     return [
-        _result(text, hits, threshold, filtered, full, request.explain)
-        for text, hits in zip(texts, per_query, strict=True)
+        _result(
+            text,
+            hits,
+            threshold,
+            full,
+            request.explain,
+            _no_candidates(store, mode, text, vector, flt, filtered) if not hits else None,
+        )
+        for text, vector, hits in zip(texts, vectors, per_query, strict=True)
     ]
 
 
@@ -179,15 +188,16 @@ def _result(
     query: str,
     hits: list[Hit],
     threshold: Threshold,
-    filtered: bool,
     full: dict[str, Document],
     explain: bool,
+    nothing: tuple[QueryStatus, str] | None,
 ) -> QueryResult:
+    """The query's answer; `nothing` says why there was no candidate, when there was none."""
     kept = [hit for hit in hits if hit.score >= threshold.min_score]
     rejected = [hit for hit in hits if hit.score < threshold.min_score]
     matches = _matches(kept, full)
     best_rejected = max((hit.score for hit in rejected), default=None)
-    status, message = _verdict(len(hits), matches, best_rejected, threshold, filtered)
+    status, message = nothing or _verdict(matches, best_rejected, threshold)
     return QueryResult(
         query=query,
         status=status,
@@ -201,17 +211,32 @@ def _result(
     )
 
 
-def _verdict(
-    candidates: int,
-    matches: list[Match],
-    best_rejected: float | None,
-    threshold: Threshold,
+def _no_candidates(
+    store: KnowledgeStore,
+    mode: str,
+    text: str,
+    vector: np.ndarray,
+    flt: CompiledFilter,
     filtered: bool,
 ) -> tuple[QueryStatus, str]:
-    if not candidates:
-        if filtered:
-            return "no_candidates", "No document matches the filters."
-        return "no_candidates", "The knowledge base is empty."
+    """Why a query found no candidate: a keyword search that found none of its terms in the
+    documents the filters allow (if any: one dense look finds out), no document passing the
+    filters, or an empty store."""
+    if mode == "keyword" and nearest_documents(store, vector[None], 1, flt)[0]:
+        if not query_terms(text):
+            return "no_keyword_match", (
+                "The query has no searchable terms: keyword search ignores punctuation and "
+                "English stop words such as 'the', 'of' and 'and'."
+            )
+        return "no_keyword_match", "No document contains any of the query's terms."
+    if filtered:
+        return "no_candidates", "No document matches the filters."
+    return "no_candidates", "The knowledge base is empty."
+
+
+def _verdict(
+    matches: list[Match], best_rejected: float | None, threshold: Threshold
+) -> tuple[QueryStatus, str]:
     if not matches:
         return "no_confident_match", (
             f"No confident match: the best score, {best_rejected:.3f}, is below the threshold "

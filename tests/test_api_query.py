@@ -158,6 +158,27 @@ def test_filters_that_exclude_everything(cooking: FlaskClient) -> None:
     assert "filters" in result["message"]
 
 
+def test_a_keyword_search_finding_none_of_its_terms_says_so(cooking: FlaskClient) -> None:
+    """Not "the knowledge base is empty" nor "no document matches the filters": documents
+    pass the filters, none holds a term of the query (or it has no terms but stop words)."""
+    for text, says in [("xyzzy", "contains any of the query's terms"), ("the of and", "stop")]:
+        for filters in [None, {"category": "baking"}]:
+            body = {"query": text, "mode": "keyword", "filters": filters}
+            result = cooking.post("/query", json=body).json
+            assert (result["status"], result["candidates"]) == ("no_keyword_match", 0), body
+            assert says in result["message"]
+    nothing = {"query": "xyzzy", "mode": "keyword", "filters": {"category": "none"}}
+    result = cooking.post("/query", json=nothing).json
+    assert result["status"] == "no_candidates"
+    assert "filters" in result["message"]
+
+
+def test_a_keyword_search_of_an_empty_store(client: FlaskClient) -> None:
+    result = client.post("/query", json={"query": "xyzzy", "mode": "keyword"}).json
+    assert result["status"] == "no_candidates"
+    assert "empty" in result["message"]
+
+
 def test_top_k_limits_matches(cooking: FlaskClient) -> None:
     assert len(query(cooking, query="kitchen", top_k=3)["matches"]) == 3
     assert len(query(cooking, query="kitchen")["matches"]) == 4  # default 5, only 4 stored

@@ -393,6 +393,11 @@ function renderResult(result) {
     $("no-match-advice").textContent =
       "Rephrase the question, remove filters, or lower the minimum score to see weaker matches.";
     $("show-rejected").hidden = result.rejected === 0;
+  } else if (result.status === "no_keyword_match") {
+    showMessage($("search-status"), "No keyword match.");
+    $("no-match-title").textContent = "No keyword match";
+    $("no-match-text").textContent = result.message;
+    $("no-match-advice").textContent = "Use other words, or search in hybrid or dense mode.";
   } else {
     showMessage($("search-status"), "Nothing to search.");
     $("no-match-title").textContent = "Nothing to search";

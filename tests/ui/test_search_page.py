@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from tests.ui.conftest import READ_KEY, WRITE_KEY, Server
+from tests.ui.conftest import READ_KEY, WRITE_KEY, Server, kb_serve, seed
 
 if TYPE_CHECKING:
     from playwright.sync_api import Locator, Page
@@ -119,6 +119,19 @@ def test_an_unrelated_query_shows_no_confident_match(
     expect(page.locator("#rejected > li").first.locator(".score")).to_have_text(f"score {best}")
     expect(page.locator("#rejected .delete-button")).to_have_count(0)
     page.screenshot(path=artifacts / "search-page-no-match.png", full_page=True)
+
+
+def test_a_keyword_search_finding_no_term_says_so(page: Page, tmp_path: Path, expect: Any) -> None:
+    """Not "the knowledge base is empty": the server's message, under its own heading."""
+    with kb_serve(tmp_path, {"KB_SEARCH_MODE": "keyword"}) as server:
+        seed(server)
+        status, answer = server.call("/query", {"query": "xyzzy"})
+        assert (status, answer["status"]) == (200, "no_keyword_match")
+        open_page(page, server)
+        search(page, "xyzzy")
+        panel = page.locator("#no-match")
+        expect(panel.get_by_role("heading")).to_have_text("No keyword match")
+        expect(page.locator("#no-match-text")).to_have_text(answer["message"])
 
 
 def test_the_threshold_slider_changes_what_counts_as_a_match(

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from kb.diversity import mmr
+from kb.document_filter import by_document
 from kb.filters import CompiledFilter, FilterLimits, compile_filter
 from kb.hybrid import Hit, complete, fuse, in_memory, keyword_documents, widen
 from kb.keyword import query_terms
@@ -39,7 +40,13 @@ def search(store: KnowledgeStore, request: QueryRequest) -> list[QueryResult]:
     texts = request.texts()
     store.replica.catch_up()  # once per request: apply writes the local copies have not seen
     vectors = store.embedder.embed_queries(texts)
-    per_query = _ranked(store, request, texts, vectors, top_k, flt)
+    # a text filter is decided per document, once for the batch: then it is a metadata filter
+    passing = by_document(flt, store.records.ids)
+    per_query = (
+        _ranked(store, request, texts, vectors, top_k, passing)
+        if passing is not None
+        else [[] for _ in texts]
+    )
     per_query = complete(store, [hits[:top_k] for hits in per_query])
     shown = [
         hit
@@ -57,7 +64,7 @@ def search(store: KnowledgeStore, request: QueryRequest) -> list[QueryResult]:
             threshold,
             full,
             request.explain,
-            _no_candidates(store, mode, text, vector, flt, filtered) if not hits else None,
+            _no_candidates(store, mode, text, vector, passing, filtered) if not hits else None,
         )
         for text, vector, hits in zip(texts, vectors, per_query, strict=True)
     ]
@@ -216,13 +223,13 @@ def _no_candidates(
     mode: str,
     text: str,
     vector: np.ndarray,
-    flt: CompiledFilter,
+    flt: CompiledFilter | None,
     filtered: bool,
 ) -> tuple[QueryStatus, str]:
     """Why a query found no candidate: a keyword search that found none of its terms in the
     documents the filters allow (if any: one dense look finds out), no document passing the
-    filters, or an empty store."""
-    if mode == "keyword" and nearest_documents(store, vector[None], 1, flt)[0]:
+    filters, or an empty store. `flt` is None when no document passes its text filter."""
+    if mode == "keyword" and flt is not None and nearest_documents(store, vector[None], 1, flt)[0]:
         if not query_terms(text):
             return "no_keyword_match", (
                 "The query has no searchable terms: keyword search ignores punctuation and "

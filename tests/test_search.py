@@ -114,3 +114,50 @@ def oracle_mmr(store: KnowledgeStore, query: str, pool: list[str], k: int, lam: 
                 best, best_gain = i, gain
         chosen.append(best)
     return [pool[i] for i in chosen]
+
+
+GAN_LAST = DocumentIn(
+    id="long",
+    text="Gradient descent trains the network. "
+    + " ".join(f"Step {i} cooks pasta in tomato sauce." for i in range(8))
+    + " Finally a GAN generator is mentioned.",
+)
+SHORT = [
+    DocumentIn(id="short-a", text="Gradient descent updates the weights step by step."),
+    DocumentIn(id="short-b", text="A GAN pits a generator against a discriminator."),
+    DocumentIn(id="short-c", text="Creme brulee needs a blowtorch and sugar."),
+]
+SHORT_IDS = [doc.id for doc in SHORT if doc.id is not None]
+TEXT_FILTERS = [
+    ({"$not_contains": "GAN"}, ["short-a", "short-c"]),
+    ({"$not_regex": "G[A-Z]N"}, ["short-a", "short-c"]),
+    ({"$and": [{"$contains": "Gradient"}, {"$contains": "GAN"}]}, ["long"]),
+    ({"$and": [{"$contains": "Gradient"}, {"$not_contains": "GAN"}]}, ["short-a"]),
+    ({"$and": [{"$not_contains": "Gradient"}, {"$not_contains": "GAN"}]}, ["short-c"]),
+    (
+        {"$or": [{"$contains": "GAN"}, {"$not_contains": "Gradient"}]},
+        ["long", "short-b", "short-c"],
+    ),
+    ({"$or": [{"$not_contains": "GAN"}, {"$not_contains": "Gradient"}]}, SHORT_IDS),
+    ({"$contains": "GAN generator is"}, ["long"]),
+    ({"$and": [{"$contains": "GAN"}, {"$contains": "brulee"}]}, []),
+]
+
+
+@pytest.mark.parametrize("loaded", [True, False], ids=["mirror", "chroma"])
+@pytest.mark.parametrize("mode", MODES)
+def test_text_filters_apply_to_the_whole_document(
+    small_chunks: KnowledgeStore, mode: str, loaded: bool
+) -> None:
+    """ "GAN" is only in the last chunk of 'long', "Gradient" only in its first: a document
+    passes $not_contains when no chunk contains the text, and $and/$or combine documents."""
+    small_chunks.add([GAN_LAST, *SHORT])
+    assert small_chunks.get("long").chunks > 2
+    query = "gradient descent pasta GAN blowtorch"
+    with mirror_state(small_chunks, loaded):
+        for where_document, expected in TEXT_FILTERS:
+            result = ask(small_chunks, query=query, mode=mode, where_document=where_document)
+            assert sorted(ids(result)) == expected, where_document
+            if not expected:
+                assert result.status == "no_candidates"
+                assert result.message == "No document matches the filters."

@@ -113,13 +113,6 @@ class RecordCollection:
                 f"{self.name}-{suffix}", embedding_function=None
             )
 
-    def drop(self) -> None:
-        """Delete this collection and its helpers from the store (tests, restore)."""
-        with chroma_errors():
-            for name in (self.name, f"{self.name}-kb-log"):
-                if name in [c.name for c in self._client.list_collections()]:
-                    self._client.delete_collection(name)
-
     def close(self) -> None:
         client = getattr(self, "_client", None)
         if client is not None:

@@ -146,6 +146,11 @@ def drop_collections(url: str, name: str) -> None:
     try:
         for existing in client.list_collections():
             if existing.name in {name, f"{name}-kb-log"}:
+                # empty it first: Chroma 1.5's delete_collection leaves list-valued metadata
+                # behind, which the next collection's records then carry (chroma #7594)
+                collection = client.get_collection(existing.name)
+                while ids := collection.get(limit=5000, include=[])["ids"]:
+                    collection.delete(ids=ids)
                 client.delete_collection(existing.name)
     finally:
         _close_client(client)

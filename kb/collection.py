@@ -14,13 +14,16 @@ from kb.batcher import Batcher
 from kb.config import Settings
 from kb.embeddings import Embedder
 from kb.errors import ConfigError, KBError, ModelMismatch, StoreUnavailable, ValidationFailed
-from kb.filters import CompiledFilter
+from kb.filters import CompiledFilter, and_where
 from kb.lock import StoreLock
-from kb.records import Record
+from kb.records import DOC, Record
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+# Document ids one where-clause binds: SQLite binds at most 32,766 values a statement, and a
+# user's filter may bind up to 10,000 more (KB_MAX_FILTER_VALUES' ceiling).
+ID_LIST_CAP = 15_000
 MODEL_KEY, DIM_KEY, FINGERPRINT_KEY = "kb_model", "kb_dim", "kb_fingerprint"
 
 
@@ -187,9 +190,12 @@ class RecordCollection:
     def ids(self, flt: CompiledFilter | None = None) -> list[str]:
         """Every record id matching the filter (ids only, cheap)."""
         flt = flt or CompiledFilter()
-        with chroma_errors():
-            got = self._col.get(where=flt.where, where_document=flt.where_document, include=[])
-        return list(got["ids"])
+        found: list[str] = []
+        for where in split_id_lists(flt.where):
+            with chroma_errors():
+                got = self._col.get(where=where, where_document=flt.where_document, include=[])
+            found += got["ids"]
+        return found
 
     def metadatas(self, flt: CompiledFilter) -> list[dict[str, Any]]:
         """The metadata of every record matching the filter (no texts read)."""
@@ -284,15 +290,35 @@ class RecordCollection:
         self, vectors: np.ndarray, n: int, flt: CompiledFilter | None = None, *, texts: bool = True
     ) -> list[list[tuple[Record, float]]]:
         """For each query vector, up to n (record, cosine score) pairs, best first; without
-        `texts` the records' texts are left empty (cheaper)."""
+        `texts` the records' texts are left empty (cheaper). A where-clause listing more
+        document ids than one statement binds is asked in parts, their answers merged."""
         flt = flt or CompiledFilter()
+        parts = [
+            self._query(vectors, n, where, flt.where_document, texts)
+            for where in split_id_lists(flt.where)
+        ]
+        if len(parts) == 1:
+            return parts[0]
+        return [
+            sorted((pair for part in parts for pair in part[q]), key=lambda p: -p[1])[:n]
+            for q in range(len(vectors))
+        ]
+
+    def _query(
+        self,
+        vectors: np.ndarray,
+        n: int,
+        where: dict[str, Any] | None,
+        where_document: dict[str, Any] | None,
+        texts: bool,
+    ) -> list[list[tuple[Record, float]]]:
         include: list[Any] = ["metadatas", "distances"] + (["documents"] if texts else [])
         with chroma_errors():
             got = self._col.query(
                 query_embeddings=vectors,
                 n_results=n,
-                where=flt.where,
-                where_document=flt.where_document,
+                where=where,
+                where_document=where_document,
                 include=include,
             )
         results = []
@@ -367,6 +393,25 @@ class RecordCollection:
         for part in _batches(ids, self.max_batch):
             with chroma_errors():
                 self._col.delete(ids=list(part))
+
+
+def split_id_lists(where: dict[str, Any] | None) -> list[dict[str, Any] | None]:
+    """`where` as where-clauses whose matches together are its matches, each listing at most
+    ID_LIST_CAP document ids: a text filter decided per document (kb.document_filter) lists
+    the passing documents, on a large store more than one SQLite statement binds."""
+    if where is None:
+        return [None]
+    clauses = where["$and"] if set(where) == {"$and"} else [where]
+    for i, clause in enumerate(clauses):
+        listed = clause.get(DOC)
+        ids = listed.get("$in") if len(clause) == 1 and isinstance(listed, dict) else None
+        if ids is not None and len(ids) > ID_LIST_CAP:
+            rest = clauses[:i] + clauses[i + 1 :]
+            return [
+                and_where(*rest, {DOC: {"$in": ids[at : at + ID_LIST_CAP]}})
+                for at in range(0, len(ids), ID_LIST_CAP)
+            ]
+    return [where]
 
 
 def _close_client(client: Any) -> None:

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from kb import collection
 from kb.filters import CompiledFilter, and_where
 from kb.records import DOC
 from kb.schemas import CHUNK_ID_RE
@@ -52,6 +53,9 @@ def by_document(
     if flt.where_document is None:
         return flt
     passing = _evaluate(flt.where_document, ids)
+    if passing.negated and len(passing.ids) > collection.ID_LIST_CAP:
+        # a $nin cannot be asked in parts (RecordCollection's split): list who passes instead
+        passing = Documents(_documents(ids(CompiledFilter())) - passing.ids)
     if not passing.ids:
         return None if not passing.negated else CompiledFilter(flt.where)
     op = "$nin" if passing.negated else "$in"
@@ -68,5 +72,10 @@ def _evaluate(node: dict[str, Any], ids: Callable[[CompiledFilter], list[str]]) 
         return combined
     if op in POSITIVE:  # no chunk matches: every document but those with a chunk that does
         return ~_evaluate({POSITIVE[op]: arg}, ids)
-    # a chunk's id is its document's id, plus '#chunk<N>' after the first
-    return Documents(frozenset(CHUNK_ID_RE.sub("", rid) for rid in ids(CompiledFilter(None, node))))
+    return Documents(_documents(ids(CompiledFilter(None, node))))
+
+
+def _documents(record_ids: list[str]) -> frozenset[str]:
+    """The documents of these records: a chunk's id is its document's id, plus '#chunk<N>'
+    after the first."""
+    return frozenset(CHUNK_ID_RE.sub("", rid) for rid in record_ids)

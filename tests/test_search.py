@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from kb import collection
 from kb.config import Settings
 from kb.embeddings import Embedder
 from kb.schemas import DocumentIn, QueryRequest, QueryResult
@@ -142,6 +143,38 @@ TEXT_FILTERS = [
     ({"$contains": "GAN generator is"}, ["long"]),
     ({"$and": [{"$contains": "GAN"}, {"$contains": "brulee"}]}, []),
 ]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_text_filters_passing_more_documents_than_one_statement_binds(
+    small_chunks: KnowledgeStore, mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before the mirror loads, the passing documents' ids go to Chroma in a where-clause;
+    SQLite binds ~32k values a statement, so a longer list is asked in parts and the answers
+    merged (here with a cap of one id, against the same searches unsplit)."""
+    small_chunks.add([GAN_LAST, *SHORT])
+    query = "gradient descent pasta GAN blowtorch"
+    parts: list[int] = []
+    split = collection.split_id_lists
+
+    def counted(where: Any) -> Any:
+        parts.append(len(split(where)))
+        return split(where)
+
+    monkeypatch.setattr(collection, "split_id_lists", counted)
+    with mirror_state(small_chunks, False):
+        whole = [
+            ask(small_chunks, query=query, mode=mode, where_document=w) for w, _ in TEXT_FILTERS
+        ]
+        assert max(parts) == 1
+        monkeypatch.setattr(collection, "ID_LIST_CAP", 1)
+        for (where_document, expected), before in zip(TEXT_FILTERS, whole, strict=True):
+            result = ask(small_chunks, query=query, mode=mode, where_document=where_document)
+            assert sorted(ids(result)) == expected, where_document
+            assert [(m.id, m.score) for m in result.matches] == [
+                (m.id, m.score) for m in before.matches
+            ]
+    assert max(parts) > 1
 
 
 @pytest.mark.parametrize("loaded", [True, False], ids=["mirror", "chroma"])

@@ -14,7 +14,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from kb.errors import ValidationFailed, field_error
-from kb.schemas import RESERVED_PREFIX, check_metadata_key, scalar_kind
+from kb.schemas import RESERVED_PREFIX, check_metadata_key, list_item_kind
 
 if TYPE_CHECKING:
     from kb.config import Settings
@@ -253,7 +253,11 @@ class _Translator:
             return False
         if not all(self.scalar_ok(item, path) for item in arg):
             return False
-        if len({scalar_kind(item) for item in arg}) > 1:
+        kinds = {list_item_kind(item) for item in arg}
+        if kinds == {"int", "float"}:
+            self.fail(path, "list values must all be integers or all decimals (write 1.0 for 1)")
+            return False
+        if len(kinds) > 1:
             self.fail(path, "list values must all have one type")
             return False
         return True

@@ -87,7 +87,7 @@ def check_metadata_value(key: str, value: Any) -> None:
             _check_scalar(key, item)
             if isinstance(item, list):
                 raise ValueError(f"metadata '{key}': lists may not contain lists")
-        kinds = {_list_item_kind(item) for item in value}
+        kinds = {list_item_kind(item) for item in value}
         if kinds == {"int", "float"}:
             raise ValueError(
                 f"metadata '{key}': list items must all be integers or all decimals "
@@ -99,16 +99,11 @@ def check_metadata_value(key: str, value: Any) -> None:
     _check_scalar(key, value)
 
 
-def _list_item_kind(value: Scalar) -> str:
-    """A metadata list item's type as Chroma tells them apart: it refuses a list mixing
-    integers and decimals (or booleans and integers), so [1, 2.5] must be [1.0, 2.5]."""
+def list_item_kind(value: Scalar) -> str:
+    """A list item's type as Chroma tells them apart: it refuses a list mixing integers and
+    decimals (or booleans and integers), so [1, 2.5] must be [1.0, 2.5], in metadata and in
+    a filter's $in / $nin alike."""
     return "bool" if isinstance(value, bool) else type(value).__name__
-
-
-def scalar_kind(value: Scalar) -> str:
-    if isinstance(value, bool):
-        return "bool"
-    return "number" if isinstance(value, int | float) else "str"
 
 
 def _validate_metadata(value: Any) -> Any:

@@ -92,6 +92,9 @@ def test_numbers_stay_numbers_in_ranges() -> None:
         ({"a": {"$gte": 2**63}}, "where.a.$gte"),
         ({"a": {"$eq": 2**63}}, "where.a.$eq"),
         ({"a": {"$in": [1, -(2**63) - 1]}}, "where.a.$in"),
+        # Chroma refuses lists mixing these (the in-memory copy answered them: 200 or 422 by path)
+        ({"a": {"$in": [12, 2.5]}}, "where.a.$in"),
+        ({"a": {"$nin": [True, 1]}}, "where.a.$nin"),
     ],
 )
 def test_errors_name_the_path(where: dict, path: str) -> None:
@@ -99,6 +102,13 @@ def test_errors_name_the_path(where: dict, path: str) -> None:
         compile_filter(where=where)
     assert caught.value.details[0]["field"] == path
     assert caught.value.message.startswith(path)
+
+
+def test_a_list_of_decimals_may_hold_whole_numbers_written_as_decimals() -> None:
+    assert compile_filter(where={"a": {"$in": [1.0, 2.5]}}).where == {"a": {"$in": [1.0, 2.5]}}
+    with pytest.raises(ValidationFailed, match="all be integers or all decimals") as caught:
+        compile_filter(filters={"a": [1, 2.5]})
+    assert caught.value.details[0]["field"] == "filters.a.$in"
 
 
 def test_nesting_and_size_are_limited() -> None:

@@ -64,7 +64,7 @@ def test_the_json_formatter_adds_the_current_request_id() -> None:
 def scrape(client: FlaskClient) -> str:
     response = client.get("/metrics")
     assert response.status_code == 200
-    assert response.mimetype == "text/plain"
+    assert response.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
     return response.get_data(as_text=True)
 
 

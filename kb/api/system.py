@@ -71,4 +71,4 @@ def info() -> tuple[Response, int]:
 @bp.get("/metrics")
 @documented("Prometheus metrics", errors=(), media_type=CONTENT_TYPE)
 def metrics() -> Response:
-    return Response(state().telemetry.scrape(), mimetype=CONTENT_TYPE)
+    return Response(state().telemetry.scrape(), content_type=CONTENT_TYPE)

@@ -130,9 +130,9 @@ def _int_arg(name: str, default: int, low: int, high: int | None) -> int:
     raw = request.args.get(name)
     if raw is None:
         return default
-    try:
-        value = int(raw)
-    except ValueError:
+    # spelt as JSON spells an integer: int() would also take "1_0", " 1" and "+1"
+    value = number_or_text(raw)
+    if not isinstance(value, int):
         value = low - 1
     if value < low or (high is not None and value > high):
         bounds = f"{low}..{high}" if high is not None else f">= {low}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -166,11 +167,26 @@ DocId = Annotated[
 ]
 
 
+INVISIBLE = frozenset({"Cc", "Cf", "Zs", "Zl", "Zp"})  # Unicode categories no reader sees
+
+
+def _visible(text: str) -> bool:
+    """Whether a reader would see any of the text: a text of only zero-width spaces, marks
+    and the like would be stored and found as a near-duplicate of every other such text.
+    Stops at the first visible character, so ordinary text costs one lookup."""
+    return any(unicodedata.category(char) not in INVISIBLE for char in text)
+
+
 def _validate_text(value: Any, info: ValidationInfo) -> Any:
     if not isinstance(value, str):
         raise ValueError("text must be a string")
     if not value.strip():
         raise ValueError("text must not be empty")
+    if not _visible(value):
+        raise ValueError(
+            "text must hold a visible character, not only spaces and invisible ones "
+            "(zero-width spaces, byte-order marks, control characters)"
+        )
     settings = (info.context or {}).get("settings")
     if settings is not None and len(value) > settings.max_text_chars:
         raise ValueError(f"text is longer than the limit of {settings.max_text_chars} characters")

@@ -7,14 +7,13 @@ bound given as an ISO string is translated to a comparison on that twin.
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from kb.errors import ValidationFailed, field_error
-from kb.schemas import RESERVED_PREFIX, check_metadata_key, list_item_kind
+from kb.schemas import RESERVED_PREFIX, check_metadata_key, list_kinds_problem, number_problem
 
 if TYPE_CHECKING:
     from kb.config import Settings
@@ -31,7 +30,6 @@ MAX_CONDITIONS = 64
 # Chroma binds each $in/$nin value as one SQLite variable, and a statement holds at most
 # 32,766 of them ("too many SQL variables" beyond, a 503); a filter's lists stay far below.
 MAX_VALUES = 1000
-INT64 = 2**63
 
 
 @dataclass(frozen=True)
@@ -232,15 +230,13 @@ class _Translator:
         return None
 
     def scalar_ok(self, arg: Any, path: str) -> bool:
-        if isinstance(arg, float) and not math.isfinite(arg):
-            self.fail(path, "numbers must be finite")
-        elif isinstance(arg, int) and not -INT64 <= arg < INT64:
-            # Chroma refuses such a value as an invalid where clause (a 503, were it sent)
-            self.fail(path, "integer out of the 64-bit range")
-        elif isinstance(arg, str | int | float | bool):
-            return True
-        else:
+        if not isinstance(arg, str | int | float | bool):
             self.fail(path, "needs a string, number or boolean")
+        elif (problem := number_problem(arg)) is not None:
+            # Chroma refuses such a value as an invalid where clause (a 503, were it sent)
+            self.fail(path, problem)
+        else:
+            return True
         return False
 
     def list_ok(self, arg: Any, path: str) -> bool:
@@ -253,12 +249,8 @@ class _Translator:
             return False
         if not all(self.scalar_ok(item, path) for item in arg):
             return False
-        kinds = {list_item_kind(item) for item in arg}
-        if kinds == {"int", "float"}:
-            self.fail(path, "list values must all be integers or all decimals (write 1.0 for 1)")
-            return False
-        if len(kinds) > 1:
-            self.fail(path, "list values must all have one type")
+        if (problem := list_kinds_problem(arg)) is not None:
+            self.fail(path, problem)
             return False
         return True
 

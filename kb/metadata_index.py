@@ -18,10 +18,11 @@ from typing import Any
 
 import numpy as np
 
+from kb.schemas import INT64
+
 ValueKey = tuple[str, Any]
 RANGE_OPS = {"$gt": np.greater, "$gte": np.greater_equal, "$lt": np.less, "$lte": np.less_equal}
 NEGATIONS = {"$ne", "$nin", "$not_contains"}
-INT64 = 2**63
 EXACT = 2**53  # integers up to this size are exact as float64
 KINDS = {"i": ("i",), "f": ("f",), "n": ("i", "f")}  # numeric columns: what each holds
 # A decimal bound as the integer threshold it sets integer metadata: x > 2.5 is x > 2 and

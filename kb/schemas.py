@@ -32,16 +32,22 @@ ScalarSchema = {"anyOf": [{"type": "string"}, {"type": "number"}, {"type": "bool
 MetadataValueSchema = {"anyOf": [*ScalarSchema["anyOf"], {"type": "array", "items": ScalarSchema}]}
 
 
+def number_problem(value: Any) -> str | None:
+    """Why Chroma cannot hold or compare this number (metadata, filter values, typed text),
+    or None: integers must fit in 64 bits and decimals be finite."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int) and not -INT64 <= value < INT64:
+        return "integer out of the 64-bit range"
+    if isinstance(value, float) and not math.isfinite(value):
+        return "numbers must be finite"
+    return None
+
+
 def _check_scalar(key: str, value: Any) -> None:
-    if isinstance(value, bool | str):
-        return
-    if isinstance(value, int):
-        if not -INT64 <= value < INT64:
-            raise ValueError(f"metadata '{key}': integer out of the 64-bit range")
-        return
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise ValueError(f"metadata '{key}': numbers must be finite")
+    if isinstance(value, bool | str | int | float):
+        if (problem := number_problem(value)) is not None:
+            raise ValueError(f"metadata '{key}': {problem}")
         return
     kind = (
         "object" if isinstance(value, dict) else "null" if value is None else type(value).__name__
@@ -63,11 +69,8 @@ def number_or_text(text: str) -> str | int | float:
     match = JSON_NUMBER.fullmatch(text)
     if match is None:
         return text
-    if match.group(1) is None and match.group(2) is None:
-        integer = int(text)
-        return integer if -INT64 <= integer < INT64 else text
-    number = float(text)
-    return number if math.isfinite(number) else text
+    number = int(text) if match.group(1) is None and match.group(2) is None else float(text)
+    return number if number_problem(number) is None else text
 
 
 def check_metadata_key(key: Any) -> None:
@@ -88,23 +91,22 @@ def check_metadata_value(key: str, value: Any) -> None:
             _check_scalar(key, item)
             if isinstance(item, list):
                 raise ValueError(f"metadata '{key}': lists may not contain lists")
-        kinds = {list_item_kind(item) for item in value}
-        if kinds == {"int", "float"}:
-            raise ValueError(
-                f"metadata '{key}': list items must all be integers or all decimals "
-                "(write 1.0 for 1 beside decimals)"
-            )
-        if len(kinds) > 1:
-            raise ValueError(f"metadata '{key}': list items must all have one type")
+        if (problem := list_kinds_problem(value)) is not None:
+            raise ValueError(f"metadata '{key}': {problem}")
         return
     _check_scalar(key, value)
 
 
-def list_item_kind(value: Scalar) -> str:
-    """A list item's type as Chroma tells them apart: it refuses a list mixing integers and
-    decimals (or booleans and integers), so [1, 2.5] must be [1.0, 2.5], in metadata and in
-    a filter's $in / $nin alike."""
-    return "bool" if isinstance(value, bool) else type(value).__name__
+def list_kinds_problem(items: list[Any]) -> str | None:
+    """Why Chroma refuses this list (in metadata, or as a filter's $in / $nin), or None: its
+    items must have one type as Chroma tells them apart, so [1, 2.5] must be [1.0, 2.5] and
+    [True, 1] is refused too."""
+    kinds = {"bool" if isinstance(item, bool) else type(item).__name__ for item in items}
+    if kinds == {"int", "float"}:
+        return "list items must all be integers or all decimals (write 1.0 for 1 beside decimals)"
+    if len(kinds) > 1:
+        return "list items must all have one type"
+    return None
 
 
 def _validate_metadata(value: Any) -> Any:

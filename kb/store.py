@@ -50,9 +50,6 @@ from kb.schemas import (
 from kb.stats import metadata_stats
 
 log = logging.getLogger(__name__)
-# Document ids per Chroma lookup of their chunks by `_kb_doc` (a where-$in; SQLite limits the
-# number of values a query may bind).
-DOC_IDS_PER_LOOKUP = 1000
 
 
 class WriteMode(StrEnum):
@@ -392,10 +389,9 @@ class KnowledgeStore:
         and any left over from a longer version of the document (which the first chunk no
         longer counts), found by the document id every chunk carries."""
         ids = dict.fromkeys(_chunk_ids(heads))
-        doc_ids = [head.doc_id for head in heads]
-        for start in range(0, len(doc_ids), DOC_IDS_PER_LOOKUP):
-            part = doc_ids[start : start + DOC_IDS_PER_LOOKUP]
-            ids.update(dict.fromkeys(self.records.ids(CompiledFilter(where={DOC: {"$in": part}}))))
+        # a long list is asked in parts SQLite can bind (RecordCollection.ids)
+        by_doc = CompiledFilter(where={DOC: {"$in": [head.doc_id for head in heads]}})
+        ids.update(dict.fromkeys(self.records.ids(by_doc)))
         return list(ids)
 
     def _records(self, docs: Sequence[tuple[str, str, dict[str, Any] | None]]) -> list[Record]:

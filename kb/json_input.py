@@ -39,6 +39,14 @@ def parse(raw: str | bytes, **options: Any) -> Any:
         raise UnusableJSON("", _too_deep()) from None
 
 
+def loads(raw: str | bytes, **options: Any) -> Any:
+    """`parse` then `check`: JSON the service can take, or a ValueError (UnusableJSON among
+    them) saying why not."""
+    data = parse(raw, **options)
+    check(data)
+    return data
+
+
 def check(data: Any) -> None:
     """Raise UnusableJSON for nesting deeper than MAX_DEPTH, or for the first string (a value
     or a key) holding a lone surrogate. Iterative, so deep data cannot make it recurse."""

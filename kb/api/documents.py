@@ -148,8 +148,7 @@ def _json_arg(name: str) -> dict[str, Any] | None:
     if raw is None:
         return None
     try:
-        value = json_input.parse(raw)
-        json_input.check(value)
+        value = json_input.loads(raw)
     except json_input.UnusableJSON as exc:
         raise unusable(exc, name) from exc
     except ValueError as exc:

@@ -52,8 +52,7 @@ def body(model: type[M]) -> M:
     if not raw.strip():
         raise BadRequest("the request needs a JSON body")
     try:
-        data = json_input.parse(raw, parse_constant=_no_constants)
-        json_input.check(data)
+        data = json_input.loads(raw, parse_constant=_no_constants)
     except json_input.UnusableJSON as exc:
         raise unusable(exc, "body") from exc
     except (ValueError, UnicodeDecodeError) as exc:

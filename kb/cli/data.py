@@ -202,9 +202,7 @@ def export(where: str | None, output: TextIO) -> None:
     from kb.filters import compile_filter
 
     try:
-        parsed = json_input.parse(where) if where else None
-        json_input.check(parsed)
-        flt = compile_filter(where=parsed)
+        flt = compile_filter(where=json_input.loads(where) if where else None)
     except ValueError as exc:
         fail(f"--where is not valid JSON: {exc}")
     except KBError as exc:

@@ -388,6 +388,8 @@ class KnowledgeStore:
         """The ids of every stored chunk of these documents: those their first chunks count,
         and any left over from a longer version of the document (which the first chunk no
         longer counts), found by the document id every chunk carries."""
+        if not heads:  # Chroma refuses an empty $in
+            return []
         ids = dict.fromkeys(_chunk_ids(heads))
         # a long list is asked in parts SQLite can bind (RecordCollection.ids)
         by_doc = CompiledFilter(where={DOC: {"$in": [head.doc_id for head in heads]}})

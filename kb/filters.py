@@ -13,6 +13,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from kb.errors import ValidationFailed, field_error
+from kb.regex_check import regex_problem
 from kb.schemas import RESERVED_PREFIX, check_metadata_key, list_kinds_problem, number_problem
 
 if TYPE_CHECKING:
@@ -281,21 +282,3 @@ class _Translator:
             self.fail(sub, f"invalid regular expression for Chroma's engine: {problem}")
             return None
         return {op: arg}
-
-
-def regex_problem(pattern: str) -> str | None:
-    """Why Chroma's engine refuses a $regex pattern, or None if it takes it.
-
-    Chroma parses and compiles patterns with Rust's regex crate: no look-around, atomic groups
-    or backreferences, but \\p{L}, \\z and (?<name>...), and a compiled size of at most 10 MiB
-    (a{1000000} is refused). Python's re differs both ways; flpc binds that crate.
-    """
-    import flpc  # loaded on the first $regex only
-
-    try:
-        flpc.compile(pattern)
-    except ValueError as exc:
-        return str(exc).strip().splitlines()[-1].removeprefix("error: ")
-    finally:
-        flpc.purge()  # flpc keeps every compiled pattern (megabytes each) until purged
-    return None

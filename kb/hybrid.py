@@ -59,6 +59,18 @@ def widen(
         n = min(n * 4, MAX_CANDIDATES)
 
 
+def shown(scores: Sequence[float] | np.ndarray, top_k: int, min_score: float) -> int:
+    """How many entries of a ranking a result takes: through its top_k-th score at or above
+    the threshold (a result holds top_k passing documents whenever that many were found, even
+    where hybrid or keyword order ranks weaker ones above them), and at least top_k (those
+    below the threshold are its rejected candidates, the near misses `explain` shows)."""
+    passing = np.flatnonzero(np.asarray(scores, dtype=np.float64) >= min_score)
+    if len(passing) >= top_k:
+        return int(passing[top_k - 1]) + 1
+    last = int(passing[-1]) + 1 if len(passing) else 0
+    return max(min(top_k, len(scores)), last)
+
+
 def keyword_documents(
     store: KnowledgeStore, text: str, vector: np.ndarray, depth: int, flt: CompiledFilter
 ) -> list[Hit]:
@@ -80,11 +92,14 @@ def keyword_documents(
         cosines = row_cosines.tolist()
     else:
         chosen = _fts_documents(store, text, depth, flt)
-        cosines = (np.stack([v for *_, v in chosen]) @ vector).tolist() if chosen else []
-    return [
+        vectors = np.stack([v for *_, v in chosen]) if chosen else np.zeros((0, len(vector)))
+        cosines = np.clip(vectors @ vector, -1.0, 1.0).tolist()
+    hits = [
         Hit(Record(record_id, "", {DOC: doc_id}), cosine, bm25, complete=False)
         for (record_id, doc_id, bm25, _), cosine in zip(chosen, cosines, strict=True)
     ]
+    # equal BM25 scores by id: FTS5 and the mirror list ties in different orders
+    return sorted(hits, key=lambda hit: (-(hit.keyword or 0.0), hit.record.doc_id))
 
 
 def _fts_documents(
@@ -195,28 +210,36 @@ def in_memory(
     depth: int,
     where: tuple[np.ndarray, str] | None,
     method: str,
-    limit: int,
+    top_k: int,
+    min_score: float,
 ) -> list[Hit]:
     """Hybrid search on the mirror's rows: both sides and their fusion are array operations,
-    and hits are made only for the `limit` documents shown (`complete` fetches their texts).
-    `where` is a metadata filter's mask and key."""
+    and hits are made only for the documents a result takes (`shown`; `complete` fetches their
+    texts). `where` is a metadata filter's mask and key."""
     mask, key = where if where is not None else (None, None)
     dense_rows, dense_scores, dense_docs = _dense_rows(mirror, vector, depth, mask, key)
     keyword_rows, bm25, keyword_docs, keyword_cosines = _keyword_rows(
         mirror, text, vector, depth, mask
     )
     fused = fusion.fuse(
-        dense_docs,
+        mirror.doc_ids_of(dense_docs),  # ids, not numbers: ties fall as on Chroma's path
         dense_scores,
-        keyword_docs,
+        mirror.doc_ids_of(keyword_docs),
         bm25,
         method,
-        limit,
         shown=np.concatenate([dense_scores, keyword_cosines]),
     )
+    in_dense = fused.dense >= 0  # a document on both sides shows its dense chunk
+    cosines = np.empty(len(fused.values))
+    cosines[in_dense] = dense_scores[fused.dense[in_dense]]
+    cosines[~in_dense] = keyword_cosines[fused.keyword[~in_dense]]
+    end = shown(cosines, top_k, min_score)
     hits = []
     for value, at_dense, at_keyword in zip(
-        fused.values.tolist(), fused.dense.tolist(), fused.keyword.tolist(), strict=True
+        fused.values[:end].tolist(),
+        fused.dense[:end].tolist(),
+        fused.keyword[:end].tolist(),
+        strict=True,
     ):
         if at_dense >= 0:
             row, score = int(dense_rows[at_dense]), float(dense_scores[at_dense])

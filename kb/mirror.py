@@ -336,7 +336,9 @@ class Mirror:
 
     def cosines(self, rows: np.ndarray, vector: np.ndarray) -> np.ndarray:
         """The cosine score of `vector` with each of these rows (one gather, one product)."""
-        return self._vectors[rows] @ vector if len(rows) else np.zeros(0, dtype=np.float32)
+        if not len(rows):
+            return np.zeros(0, dtype=np.float32)
+        return np.clip(self._vectors[rows] @ vector, -1.0, 1.0)
 
     def first_per_document(
         self, rows: np.ndarray, scores: np.ndarray, limit: int
@@ -366,6 +368,10 @@ class Mirror:
         asked."""
         metadata = orjson.loads(self._metadata[row])
         return Record(self.ids[row], _unpack(self._texts[row]) if text else "", metadata)
+
+    def doc_ids_of(self, numbers: np.ndarray) -> np.ndarray:
+        """Document numbers (as `first_per_document` gives them) as an array of their ids."""
+        return np.array([self._doc_ids[n] for n in numbers.tolist()], dtype=str)
 
     def doc_id(self, row: int) -> str:
         """The id of the document a row is a chunk of."""
@@ -402,4 +408,4 @@ def _top(rows: np.ndarray, scores: np.ndarray, n: int) -> tuple[np.ndarray, np.n
     """The n highest-scoring rows and their scores, best first (ties in row order)."""
     top = np.argpartition(-scores, n - 1)[:n] if n < rows.size else np.arange(rows.size)
     top = top[np.argsort(-scores[top], kind="stable")]
-    return rows[top], scores[top]
+    return rows[top], np.clip(scores[top], -1.0, 1.0)  # float32 rounding: up to 1.0000007

@@ -9,7 +9,7 @@ import numpy as np
 from kb.diversity import mmr
 from kb.document_filter import by_document
 from kb.filters import CompiledFilter, FilterLimits, compile_filter
-from kb.hybrid import Hit, complete, fuse, in_memory, keyword_documents, widen
+from kb.hybrid import Hit, complete, fuse, in_memory, keyword_documents, shown, widen
 from kb.keyword import query_terms
 from kb.mirror import Mirror
 from kb.records import Record, user_metadata
@@ -42,20 +42,20 @@ def search(store: KnowledgeStore, request: QueryRequest) -> list[QueryResult]:
     vectors = store.embedder.embed_queries(texts)
     # a text filter is decided per document, once for the batch: then it is a metadata filter
     passing = by_document(flt, store.records.ids)
+    min_score = threshold.min_score
     per_query = (
-        _ranked(store, request, texts, vectors, top_k, passing)
+        _ranked(store, request, texts, vectors, top_k, min_score, passing)
         if passing is not None
         else [[] for _ in texts]
     )
-    per_query = complete(store, [hits[:top_k] for hits in per_query])
-    shown = [
-        hit
-        for hits in per_query
-        for hit in hits
-        if request.explain or hit.score >= threshold.min_score
+    per_query = complete(
+        store, [hits[: shown([h.score for h in hits], top_k, min_score)] for hits in per_query]
+    )
+    visible = [
+        hit for hits in per_query for hit in hits if request.explain or hit.score >= min_score
     ]
     # chunked documents are shown whole: fetch them for the whole batch in one call
-    full = store.documents_of([hit.record for hit in shown if hit.chunked])
+    full = store.documents_of([hit.record for hit in visible if hit.chunked])
     mode = request.mode or store.settings.search_mode
     return [
         _result(
@@ -76,18 +76,22 @@ def _ranked(
     texts: Sequence[str],
     vectors: np.ndarray,
     top_k: int,
+    min_score: float,
     flt: CompiledFilter,
 ) -> list[list[Hit]]:
     """Each query's documents, best first: the mode's ranking, or (`diversify`) MMR's
-    choice of top_k among the ranking's best POOL_FACTOR x top_k."""
+    choice of top_k among the ranking's best POOL_FACTOR x top_k passing the threshold, then
+    the pool's rejected ones."""
     if not request.diversify:
-        return candidates(store, request, texts, vectors, top_k, flt)
+        return candidates(store, request, texts, vectors, top_k, min_score, flt)
     size = top_k * POOL_FACTOR
-    pool = candidates(store, request, texts, vectors, size, flt)
-    return [
-        mmr(store, vector, hits[:size], top_k, request.mmr_lambda)
-        for vector, hits in zip(vectors, pool, strict=True)
-    ]
+    pool = candidates(store, request, texts, vectors, size, min_score, flt)
+    chosen = []
+    for vector, hits in zip(vectors, pool, strict=True):
+        passing = [hit for hit in hits if hit.score >= min_score][:size]
+        rejected = [hit for hit in hits[:size] if hit.score < min_score]
+        chosen.append(mmr(store, vector, passing, top_k, request.mmr_lambda) + rejected)
+    return chosen
 
 
 def candidates(
@@ -96,9 +100,12 @@ def candidates(
     texts: Sequence[str],
     vectors: np.ndarray,
     top_k: int,
+    min_score: float,
     flt: CompiledFilter,
 ) -> list[list[Hit]]:
-    """Each query's documents, best first, by the request's mode."""
+    """Each query's documents, best first, by the request's mode: at least top_k, and in
+    keyword and hybrid order enough for top_k passing `min_score` where there are that many
+    (`shown` cuts the ranking)."""
     mode = request.mode or store.settings.search_mode
     if mode == "dense":
         return nearest_documents(store, vectors, top_k, flt)
@@ -108,7 +115,7 @@ def candidates(
     if mode == "hybrid" and mirror is not None:
         where = mirror.selection(flt.where) if flt.where is not None else None
         return [
-            in_memory(mirror, text, vector, depth, where, fusion, top_k)
+            in_memory(mirror, text, vector, depth, where, fusion, top_k, min_score)
             for text, vector in zip(texts, vectors, strict=True)
         ]
     keyword = [
@@ -117,9 +124,10 @@ def candidates(
     ]
     if mode == "keyword":
         return keyword
-    # Fusion needs only ids and scores: no texts.
+    # Fusion needs only ids and scores: no texts. Each side is cut to the same depth as the
+    # mirror's (the widened read may hold more), or score fusion normalizes over another set.
     dense = nearest_documents(store, vectors, depth, flt, texts=False)
-    return [fuse(d, k, fusion, top_k) for d, k in zip(dense, keyword, strict=True)]
+    return [fuse(d[:depth], k, fusion) for d, k in zip(dense, keyword, strict=True)]
 
 
 def _in_memory(store: KnowledgeStore, flt: CompiledFilter) -> Mirror | None:
@@ -172,7 +180,8 @@ def _best_per_document(hits: Sequence[tuple[Record, float]], texts: bool) -> lis
         doc_id = record.doc_id
         if doc_id not in best:
             best[doc_id] = Hit(record, score, complete=texts)
-    return sorted(best.values(), key=lambda hit: hit.score, reverse=True)
+    # equal scores (identical texts) by id: the order is the same on every search path
+    return sorted(best.values(), key=lambda hit: (-hit.score, hit.record.doc_id))
 
 
 def _matches(hits: list[Hit], full: dict[str, Document]) -> list[Match]:
@@ -204,6 +213,8 @@ def _result(
     rejected = [hit for hit in hits if hit.score < threshold.min_score]
     matches = _matches(kept, full)
     best_rejected = max((hit.score for hit in rejected), default=None)
+    if not matches and best_rejected is None:  # every match deleted while the search ran
+        nothing = nothing or ("no_candidates", "The documents found were deleted meanwhile.")
     status, message = nothing or _verdict(matches, best_rejected, threshold)
     return QueryResult(
         query=query,
@@ -211,7 +222,7 @@ def _result(
         message=message,
         matches=matches,
         threshold=threshold,
-        candidates=len(hits),
+        candidates=len(matches) + len(rejected),
         rejected=len(rejected),
         best_rejected_score=best_rejected,
         near_misses=_matches(rejected, full) if explain else None,

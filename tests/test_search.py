@@ -194,3 +194,113 @@ def test_text_filters_apply_to_the_whole_document(
             if not expected:
                 assert result.status == "no_candidates"
                 assert result.message == "No document matches the filters."
+
+
+@pytest.fixture
+def shallow(settings: Settings, embedder: Embedder) -> Iterator[KnowledgeStore]:
+    """A store fusing 10 documents a side, holding 40 one-chunk documents (of different
+    lengths: no two tie on BM25, whose ties FTS5 and the mirror order differently)."""
+    store = KnowledgeStore.open(changed(settings, hybrid_depth=10), embedder)
+    topics = ["pasta", "bread", "coffee", "tea", "rice", "soup", "salad", "cake"]
+    texts = [
+        f"Tip {i}: cook {topics[i % 8]} {'really ' * (i % 5)}well, step {i}." for i in range(40)
+    ]
+    store.add([DocumentIn(id=f"d{i:02}", text=text) for i, text in enumerate(texts)])
+    yield store
+    store.close()
+
+
+@pytest.mark.parametrize("fusion", ["score", "rrf"])
+def test_hybrid_fuses_the_same_candidates_before_the_mirror_loads(
+    shallow: KnowledgeStore, fusion: str
+) -> None:
+    """Both sides are cut to KB_HYBRID_DEPTH documents on every path: before the mirror
+    loaded, the dense side kept its widened read (30 documents, not 10), so score fusion
+    normalized over another set and the fused scores (and order) differed."""
+    body = {"query": "pasta", "mode": "hybrid", "fusion": fusion, "top_k": 10}
+    answers = []
+    for loaded in (True, False):
+        with mirror_state(shallow, loaded):
+            answers.append(ask(shallow, **body).matches)
+    assert [m.id for m in answers[0]] == [m.id for m in answers[1]]
+    # Chroma's distances and the mirror's products round differently in the last float bits
+    fused = [[m.fused_score for m in answer] for answer in answers]
+    assert fused[0] == pytest.approx(fused[1], rel=1e-4)
+
+
+@pytest.mark.parametrize("loaded", [True, False], ids=["mirror", "chroma"])
+@pytest.mark.parametrize("mode", ["keyword", "hybrid"])
+def test_the_threshold_picks_before_top_k_cuts(
+    shallow: KnowledgeStore, mode: str, loaded: bool
+) -> None:
+    """Keyword and hybrid order are not cosine order: a result holds the best-ranked top_k
+    documents that pass the threshold (it answered 'no confident match' when the first-ranked
+    one failed, though the next passed)."""
+    # short, so first by BM25; about tax forms, so below the recipes by cosine
+    shallow.add([DocumentIn(id="tax", text="Tax form 1040, line pasta.")])
+    body = {"query": "line pasta", "mode": mode}
+    with mirror_state(shallow, loaded):
+        ranking = ask(shallow, **body, top_k=10).matches  # 10: the depth at top_k 1 and 2
+        scores = [m.score for m in ranking]
+        later = next(i for i in range(1, len(scores)) if scores[i] > scores[0])
+        threshold = (scores[0] + scores[later]) / 2
+        passing = [m.id for m in ranking if m.score >= threshold]
+        for top_k in (1, 2):
+            result = ask(shallow, **body, top_k=top_k, min_score=threshold)
+            assert ids(result) == passing[:top_k]
+            assert result.status == "ok"
+        explained = ask(shallow, **body, top_k=1, min_score=threshold, explain=True)
+        assert [m.id for m in explained.near_misses or []] == [m.id for m in ranking[:later]]
+        assert explained.candidates == later + 1
+
+
+@pytest.mark.parametrize("loaded", [True, False], ids=["mirror", "chroma"])
+@pytest.mark.parametrize("mode", MODES)
+def test_equal_scores_are_ordered_by_id_on_every_path(
+    store: KnowledgeStore, mode: str, loaded: bool
+) -> None:
+    """Two documents with the same text tie on every side; the tie falls by id, whichever
+    was added first (the mirror broke hybrid ties by its document numbers: insertion order)."""
+    text = "Sourdough needs a lively starter and a long, cool proof."
+    store.add([DocumentIn(id="zz-first", text=text), DocumentIn(id="aa-second", text=text)])
+    store.add([DocumentIn(id="other", text="Espresso wants finely ground coffee.")])
+    with mirror_state(store, loaded):
+        result = ask(store, query="sourdough starter proof", mode=mode, top_k=1)
+    assert ids(result) == ["aa-second"]
+
+
+@pytest.mark.parametrize("loaded", [True, False], ids=["mirror", "chroma"])
+@pytest.mark.parametrize("mode", MODES)
+def test_scores_stay_within_minus_one_and_one(
+    store: KnowledgeStore, seed_docs: list[DocumentIn], mode: str, loaded: bool
+) -> None:
+    """A text's score against itself came out up to 1.0000007 (float32 rounding)."""
+    docs = seed_docs[:40]
+    store.add(docs)
+    with mirror_state(store, loaded):
+        results = search(
+            store,
+            QueryRequest(queries=[doc.text for doc in docs], mode=mode, top_k=1, min_score=-1),
+        )
+    scores = [m.score for result in results for m in result.matches]
+    assert len(scores) == len(docs)
+    assert max(scores) <= 1.0
+
+
+def test_a_chunked_document_deleted_during_the_search_is_left_out(
+    small_chunks: KnowledgeStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The whole texts of chunked hits are fetched after the ranking; a document deleted in
+    between is left out of the answer (a 500 'NoneType.__format__' when it was the only one)."""
+    small_chunks.add([GAN_LAST])
+    fetch = small_chunks.documents_of
+
+    def deleted_first(records: Any) -> Any:
+        small_chunks.delete(["long"])
+        return fetch(records)
+
+    monkeypatch.setattr(small_chunks, "documents_of", deleted_first)
+    result = ask(small_chunks, query="gradient descent")
+    assert result.matches == []
+    assert (result.status, result.candidates) == ("no_candidates", 0)
+    assert result.message == "The documents found were deleted meanwhile."

@@ -17,7 +17,7 @@ from kb.collection import RecordCollection
 from kb.config import Settings
 from kb.duplicates import nearest_stored
 from kb.embeddings import Embedder, load_embedder
-from kb.errors import Conflict, NotFound, ValidationFailed, field_error
+from kb.errors import ConfigError, Conflict, NotFound, ValidationFailed, field_error
 from kb.filters import CompiledFilter, and_where
 from kb.keyword import KeywordIndex
 from kb.records import (
@@ -75,8 +75,8 @@ class KnowledgeStore:
         the in-memory copies searches run on (kb.mirror) are neither loaded nor kept."""
         self.settings = settings
         self.embedder = embedder
+        self.window = _window(settings, embedder)
         self.records = records if records is not None else RecordCollection(settings, embedder)
-        self.window = settings.chunk_tokens or embedder.max_tokens - 2  # minus [CLS] and [SEP]
         self.overlap = min(settings.chunk_overlap, self.window // 2)
         # Writes check ids and then write: serialize them so the check stays true.
         self._lock = Lock(_write_lock_path(settings) if self.records.mode == "server" else None)
@@ -439,6 +439,18 @@ def _replica(settings: Settings, records: RecordCollection, dim: int, lock: Lock
         return SharedReplica(records, dim, lock)
     index = settings.chroma_path / f"{settings.collection}.keyword.sqlite3"
     return LocalReplica(records, dim, index, lock)
+
+
+def _window(settings: Settings, embedder: Embedder) -> int:
+    """Tokens per chunk: KB_CHUNK_TOKENS, at most what the model reads (its window minus
+    [CLS] and [SEP]; beyond it a chunk's end would be stored but never embedded)."""
+    readable = embedder.max_tokens - 2
+    if settings.chunk_tokens is not None and settings.chunk_tokens > readable:
+        raise ConfigError(
+            f"KB_CHUNK_TOKENS is {settings.chunk_tokens}, but {embedder.name} reads at most "
+            f"{readable} tokens of a chunk: the rest would never be embedded"
+        )
+    return settings.chunk_tokens or readable
 
 
 def _write_lock_path(settings: Settings) -> Path:

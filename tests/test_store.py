@@ -19,6 +19,7 @@ from kb.filters import CompiledFilter
 from kb.records import DOC, HEADS, build_records
 from kb.schemas import DocumentIn, UpdateFields
 from kb.store import KnowledgeStore, WriteMode
+from tests.conftest import changed
 
 
 class OtherModel:
@@ -321,6 +322,16 @@ def test_chunking_can_be_switched_off(settings: Settings, embedder) -> None:
     store = KnowledgeStore.open(settings.model_copy(update={"chunking": False}), embedder)
     store.add([DocumentIn(id="long", text=long_text("End."))])
     assert store.get("long").chunks == 1
+    store.close()
+
+
+def test_chunks_longer_than_the_model_reads_are_refused(settings: Settings, embedder) -> None:
+    """KB_CHUNK_TOKENS 1000 made a 458-token document one chunk, and the encoder cut it at
+    256 tokens: the rest was stored and shown but never embedded, so never found."""
+    with pytest.raises(ConfigError, match=r"KB_CHUNK_TOKENS is 1000, .* at most 254 tokens"):
+        KnowledgeStore.open(changed(settings, chunk_tokens=1000), embedder)
+    store = KnowledgeStore.open(changed(settings, chunk_tokens=254), embedder)  # the limit
+    assert store.window == 254
     store.close()
 
 

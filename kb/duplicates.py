@@ -1,14 +1,15 @@
-"""Near-duplicate detection: documents whose first chunks are almost the same vector."""
+"""Near-duplicate detection: documents whose first chunks (and, when they are chunked, last
+chunks and chunk counts) are almost the same."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Sequence, Set
 
 import numpy as np
 
 from kb.collection import RecordCollection
 from kb.filters import CompiledFilter
-from kb.records import HEADS, Record
+from kb.records import CHUNKS, HEADS, Record, chunk_id
 
 FIRST_CHUNKS = CompiledFilter(where=HEADS)
 BATCH = 256
@@ -16,10 +17,15 @@ NEIGHBOURS = 4
 
 
 def nearest_stored(
-    records: RecordCollection, new: Sequence[Record], min_score: float
+    records: RecordCollection,
+    new: Sequence[Record],
+    min_score: float,
+    replaced: Set[str] = frozenset(),
 ) -> dict[str, tuple[str, float]]:
     """For each new document (by its chunk-0 record), the most similar other stored document
-    scoring at least `min_score`: new id -> (existing id, score)."""
+    scoring at least `min_score`: new id -> (existing id, score), compared whole (`_confirmed`:
+    a shared preamble does not make two documents duplicates). Documents in `replaced` are
+    being rewritten by the same write, so their stored text is no match."""
     heads = [r for r in new if r.chunk == 0]
     if not heads or not records.count():
         return {}
@@ -30,15 +36,56 @@ def nearest_stored(
     nearest = records.nearest_ids(vectors, NEIGHBOURS)
     close = {rid for hits in nearest for rid, score in hits if score >= min_score}
     stored = {r.id: r for r in records.get(sorted(close))} if close else {}
-    for head, hits in zip(heads, nearest, strict=True):
-        for other_id, score in hits:
-            other = stored.get(other_id)
-            if score < min_score or other is None:
-                continue
-            if other.chunk == 0 and other.doc_id != head.doc_id:
-                found[head.doc_id] = (other.doc_id, score)
-                break
+    pairs = [
+        (head, other, score)
+        for head, hits in zip(heads, nearest, strict=True)
+        for other_id, score in hits
+        if score >= min_score
+        and (other := stored.get(other_id)) is not None
+        and other.chunk == 0
+        and other.doc_id not in replaced | {head.doc_id}
+    ]
+    lasts = {r.doc_id: r for r in new if r.chunk == _chunks(r) - 1}  # not stored yet
+    for head, other, score in _confirmed(pairs, records, min_score, lasts):
+        if head.doc_id not in found or score > found[head.doc_id][1]:
+            found[head.doc_id] = (other.doc_id, score)
     return found
+
+
+def _confirmed(
+    pairs: Sequence[tuple[Record, Record, float]],
+    records: RecordCollection,
+    min_score: float,
+    known: dict[str, Record],
+) -> list[tuple[Record, Record, float]]:
+    """The pairs of first chunks that stay near-duplicates when their documents are compared
+    whole: as many chunks each and, when chunked, last chunks scoring `min_score` too (the
+    lower score counts). Last chunks come from `known` or the store."""
+    alike = [(a, b, score) for a, b, score in pairs if _chunks(a) == _chunks(b)]
+    chunked = {h.doc_id: h for a, b, _ in alike if _chunks(a) > 1 for h in (a, b)}
+    ends = {**_last_chunks([h for d, h in chunked.items() if d not in known], records), **known}
+    kept = []
+    for a, b, score in alike:
+        if _chunks(a) > 1:
+            end_a, end_b = ends.get(a.doc_id), ends.get(b.doc_id)
+            if end_a is None or end_b is None:  # deleted meanwhile
+                continue
+            score = min(score, float(np.dot(end_a.embedding, end_b.embedding)))
+        if score >= min_score:
+            kept.append((a, b, score))
+    return kept
+
+
+def _chunks(record: Record) -> int:
+    return int(record.metadata.get(CHUNKS, 1))
+
+
+def _last_chunks(heads: Sequence[Record], records: RecordCollection) -> dict[str, Record]:
+    """The stored last chunk (with its vector) of each of these documents, by document id."""
+    if not heads:
+        return {}
+    ids = [chunk_id(head.doc_id, _chunks(head) - 1) for head in heads]
+    return {r.doc_id: r for r in records.get(ids, embeddings=True)}
 
 
 def groups(records: RecordCollection, min_score: float, neighbours: int = 5) -> list[list[str]]:
@@ -53,12 +100,15 @@ def groups(records: RecordCollection, min_score: float, neighbours: int = 5) -> 
 
     for batch in records.pages(FIRST_CHUNKS, BATCH, embeddings=True):
         vectors = np.asarray([r.embedding for r in batch], dtype=np.float32)
-        for head, hits in zip(
-            batch, records.nearest(vectors, neighbours + 1, FIRST_CHUNKS), strict=True
-        ):
-            for other, score in hits:
-                if other.doc_id != head.doc_id and score >= min_score:
-                    parent[root(other.doc_id)] = root(head.doc_id)
+        nearest = records.nearest(vectors, neighbours + 1, FIRST_CHUNKS)
+        pairs = [
+            (head, other, score)
+            for head, hits in zip(batch, nearest, strict=True)
+            for other, score in hits
+            if other.doc_id != head.doc_id and score >= min_score
+        ]
+        for head, other, _ in _confirmed(pairs, records, min_score, {}):
+            parent[root(other.doc_id)] = root(head.doc_id)
     members: dict[str, list[str]] = {}
     for doc in parent:
         members.setdefault(root(doc), []).append(doc)

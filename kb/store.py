@@ -257,7 +257,12 @@ class KnowledgeStore:
             near = (
                 {}
                 if plan.on_duplicate == "ignore"
-                else nearest_stored(self.records, records, self.settings.duplicate_score)
+                else nearest_stored(
+                    self.records,
+                    records,
+                    self.settings.duplicate_score,
+                    replaced={head.doc_id for head in replaced},
+                )
             )
             if near and plan.on_duplicate == "reject":
                 raise Conflict(

@@ -64,3 +64,42 @@ def test_groups_lists_stored_near_duplicates(client: FlaskClient, store: Knowled
     third = {"id": "third", "text": "Gradient descent updates the weights against the gradient!"}
     client.post("/add", json={"documents": [ORIGINAL, COPY, OTHER, third]})
     assert groups(store.records, 0.95) == [["copy", "orig", "third"]]
+
+
+PREAMBLE = " ".join(
+    f"Standard disclaimer clause {i}: this document is provided as is, without warranty."
+    for i in range(20)
+)
+PENGUINS = PREAMBLE + "\n\nThis report is about the migration of penguins across Antarctica."
+REVENUE = PREAMBLE + "\n\nThis report is about the quarterly revenue of a software firm in Ohio."
+
+
+def test_long_documents_sharing_only_a_preamble_are_not_duplicates(client: FlaskClient) -> None:
+    """Only the first chunks were compared: two reports behind the same 20-clause disclaimer
+    scored 1.0, and with "skip" the second was never stored."""
+    client.post("/add", json={"id": "penguins", "text": PENGUINS})
+    assert client.get("/documents/penguins").json["chunks"] > 1
+    result = client.post(
+        "/add", json={"id": "revenue", "text": REVENUE, "on_duplicate": "skip"}
+    ).json
+    assert (result["added"], result["duplicates"]) == (1, [])
+    copy = client.post("/add", json={"id": "copy", "text": PENGUINS, "on_duplicate": "skip"}).json
+    assert (copy["skipped"], copy["duplicates"][0]["existing"]) == (1, "penguins")
+
+
+def test_kb_duplicates_compares_long_documents_whole(store: KnowledgeStore, client) -> None:
+    for doc_id, text in [("penguins", PENGUINS), ("revenue", REVENUE), ("copy", PENGUINS)]:
+        client.post("/add", json={"id": doc_id, "text": text})
+    assert groups(store.records, 0.95) == [["copy", "penguins"]]
+
+
+def test_a_document_the_same_write_rewrites_is_no_match(client: FlaskClient) -> None:
+    """X gets new text and a new Y takes X's old text in one upsert: after it no two stored
+    documents are alike, but Y was refused (409) as a duplicate of X's old text."""
+    client.post("/add", json={"id": "X", "text": ORIGINAL["text"]})
+    documents = [{"id": "X", "text": OTHER["text"]}, {"id": "Y", "text": ORIGINAL["text"]}]
+    response = client.post(
+        "/add", json={"documents": documents, "upsert": True, "on_duplicate": "reject"}
+    )
+    assert response.status_code == 201, response.json
+    assert (response.json["added"], response.json["updated"]) == (1, 1)

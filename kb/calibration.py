@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from kb.embeddings import Embedder
+from kb.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -28,15 +30,35 @@ class Row:
 
 
 def read_pairs(path: str | Path) -> list[Pair]:
+    """Labeled pairs, one JSON object a line; blank lines skipped, a bad line a ConfigError
+    naming it."""
     pairs = []
-    with open(path, encoding="utf-8") as stream:
-        for number, line in enumerate(stream, start=1):
-            if line.strip():
-                data = json.loads(line)
-                if data.get("label") not in (0, 1):
-                    raise ValueError(f"{path}:{number}: label must be 0 or 1")
-                pairs.append(Pair(str(data["a"]), str(data["b"]), int(data["label"])))
+    for where, data in json_lines(Path(path)):
+        a, b, label = data.get("a"), data.get("b"), data.get("label")
+        if not isinstance(a, str) or not isinstance(b, str):
+            raise ConfigError(f"{where}: 'a' and 'b' must be strings (the two texts)")
+        if isinstance(label, bool) or label not in (0, 1):  # 1.0 is 1; true is not
+            raise ConfigError(f"{where}: label must be 0 or 1 (got {json.dumps(label)})")
+        pairs.append(Pair(a, b, int(label)))
     return pairs
+
+
+def json_lines(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Each non-blank line's object with its 'file:line'; a line that is not one is a
+    ConfigError naming it (also for kb eval's queries)."""
+    with path.open(encoding="utf-8") as stream:
+        for number, line in enumerate(stream, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{number}"
+            try:
+                data = json.loads(line)
+            except json.JSONDecodeError as exc:  # its "line 1" is the record's, not the file's
+                message = f"{where}: not valid JSON ({exc.msg}, column {exc.colno})"
+                raise ConfigError(message) from None
+            if not isinstance(data, dict):
+                raise ConfigError(f"{where}: not a JSON object")
+            yield where, data
 
 
 def pair_scores(embedder: Embedder, pairs: Sequence[Pair]) -> list[float]:

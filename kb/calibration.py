@@ -84,12 +84,18 @@ def sweep(scores: Sequence[float], labels: Sequence[int], step: float = 0.01) ->
 
 
 def recommend(rows: Sequence[Row], min_precision: float | None = None) -> Row:
-    """Max F1 (the highest threshold among ties), or the lowest reaching min_precision."""
+    """Max F1 (the highest threshold among ties), or the lowest reaching min_precision; when
+    none reaches it, max F1 again (check with `reaches`)."""
     if min_precision is not None:
         for row in rows:
-            if row.precision >= min_precision and row.recall > 0:
+            if reaches(row, min_precision):
                 return row
     return max(reversed(rows), key=lambda row: row.f1)
+
+
+def reaches(row: Row, min_precision: float) -> bool:
+    """Whether this threshold gives the precision asked for while still keeping something."""
+    return row.precision >= min_precision and row.recall > 0
 
 
 def match_labels(

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from kb.calibration import read_pairs, recommend, sweep
+from kb.calibration import reaches, read_pairs, recommend, sweep
 from kb.cli import main
 from kb.errors import ConfigError
 from kb.lock import StoreLock
@@ -63,9 +63,31 @@ def test_blank_lines_and_integral_labels_are_read(tmp_path: Path) -> None:
     assert [p.label for p in read_pairs(path)] == [1, 0]
 
 
+def test_a_precision_no_threshold_reaches_is_said() -> None:
+    rows = sweep([1.0, 0.6, 0.1], [0, 1, 0])  # the best score is a negative
+    best = recommend(rows, min_precision=1.0)
+    assert not reaches(best, 1.0)
+    assert reaches(recommend(rows, min_precision=0.5), 0.5)
+
+
 def calibrate(tmp_path: Path, *args: str) -> Result:
     env = {"KB_CHROMA_PATH": str(tmp_path / "db")}
     return CliRunner().invoke(main, ["calibrate", *args], env=env)
+
+
+def test_calibrate_write_refuses_a_threshold_missing_the_precision(tmp_path: Path) -> None:
+    """It recommended max F1 instead, silently, and --write stored it."""
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(
+        '{"a": "the cat sat on the mat", "b": "the cat sat on the mat", "label": 0}\n'
+        '{"a": "dogs bark loudly", "b": "a canine barking", "label": 1}\n'
+        '{"a": "stock prices fell", "b": "quantum chromodynamics", "label": 0}\n'
+    )
+    result = calibrate(tmp_path, "--pairs", str(pairs), "--precision", "1", "--write")
+    assert result.exit_code == 1
+    assert "no threshold reaches precision 1.000" in result.output
+    assert "not written" in result.output
+    assert not (tmp_path / "db").exists()
 
 
 def test_calibrate_errors_are_messages(tmp_path: Path) -> None:

@@ -43,7 +43,8 @@ def calibrate(pairs: str | None, queries: str | None, precision: float | None, w
     """Sweep the similarity threshold over labeled data and recommend one.
 
     With --queries the recommendation comes from the queries (the threshold's real task:
-    dropping shown matches that do not answer), otherwise from the pairs.
+    dropping shown matches that do not answer), otherwise from the pairs. With --precision,
+    a target no threshold reaches is said, and --write then stores nothing (exit 1).
     """
     from kb.embeddings import load_embedder
 
@@ -61,7 +62,7 @@ def calibrate(pairs: str | None, queries: str | None, precision: float | None, w
         fail(exc.message)
     assert best is not None
     if write:
-        _write_threshold(settings, embedder, best)
+        _write_threshold(settings, embedder, best, precision)
 
 
 def _from_pairs(embedder: Embedder, path: str, precision: float | None) -> Row:
@@ -102,9 +103,16 @@ def _from_queries(
     return best
 
 
-def _write_threshold(settings: Settings, embedder: Embedder, best: Row) -> None:
+def _write_threshold(
+    settings: Settings, embedder: Embedder, best: Row, precision: float | None
+) -> None:
+    """Store the recommendation, unless it misses the precision asked for: a default that
+    quietly lets through more noise than the user said they accept is worse than none."""
+    from kb.calibration import reaches
     from kb.search import CALIBRATED_KEY
 
+    if precision is not None and not reaches(best, precision):
+        fail(f"not written: no threshold reaches precision {precision:.3f}")
     store = open_store(settings, searching=False, embedder=embedder)  # locked: a message
     try:
         store.records.set_settings_value(CALIBRATED_KEY, round(best.threshold, 4))
@@ -117,11 +125,19 @@ def _write_threshold(settings: Settings, embedder: Embedder, best: Row) -> None:
 
 
 def _table(rows: Sequence[Row], precision: float | None) -> Row:
+    from kb.calibration import reaches
+
     click.echo(f"{'threshold':>9} {'precision':>9} {'recall':>7} {'f1':>6}")
     shown = [row for row in rows if row.threshold >= 0 and round(row.threshold * 100) % 5 == 0]
     for row in shown:  # negative thresholds keep everything: not worth a line
         click.echo(f"{row.threshold:>9.2f} {row.precision:>9.3f} {row.recall:>7.3f} {row.f1:>6.3f}")
     best = recommend(rows, precision)
+    if precision is not None and not reaches(best, precision):
+        click.echo(
+            f"warning: no threshold reaches precision {precision:.3f} with any recall; "
+            "recommending the best F1 instead",
+            err=True,
+        )
     click.echo(
         f"recommended threshold: {best.threshold:.2f} (precision {best.precision:.3f}, "
         f"recall {best.recall:.3f}, f1 {best.f1:.3f})"

@@ -237,7 +237,7 @@ def duplicates(min_score: float | None) -> None:
 
     settings = Settings()
     threshold = settings.duplicate_score if min_score is None else min_score
-    store = open_store(settings)
+    store = open_store(settings, existing=True)
     try:
         found = groups(store.records, threshold)
     finally:

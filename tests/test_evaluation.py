@@ -154,3 +154,15 @@ def test_kb_eval_names_a_corpus_record_that_fails(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert isinstance(result.exception, SystemExit)  # a message, not a traceback
     assert f"could not be loaded: {folder / 'corpus.jsonl'}:5: text" in result.output
+
+
+@pytest.mark.parametrize("command", ["eval", "calibrate"])
+def test_a_model_that_does_not_load_is_a_message(tmp_path: Path, command: str) -> None:
+    """Was a ConfigError traceback."""
+    folder = beir_folder(tmp_path / "tiny")
+    args = [str(folder)] if command == "eval" else ["--queries", str(folder)]
+    env = {"KB_CHROMA_PATH": str(tmp_path / "untouched"), "KB_MODEL": str(tmp_path / "none")}
+    result = CliRunner().invoke(main, [command, *args], env=env)
+    assert result.exit_code == 1
+    assert isinstance(result.exception, SystemExit)
+    assert "KB_MODEL=" in result.output

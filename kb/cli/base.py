@@ -9,7 +9,7 @@ import click
 
 from kb import __version__
 from kb.config import API_KEY_VARIABLE, Settings, unknown_variables
-from kb.embeddings import Embedder
+from kb.embeddings import Embedder, load_embedder
 from kb.errors import KBError
 from kb.store import KnowledgeStore
 
@@ -55,6 +55,14 @@ def open_store(
         _require_store(settings.chroma_path)
     try:
         return KnowledgeStore.open(settings, embedder, searching=searching)
+    except KBError as exc:
+        fail(exc.message)
+
+
+def open_embedder(settings: Settings) -> Embedder:
+    """The configured model, or a clean exit naming what is wrong with KB_MODEL."""
+    try:
+        return load_embedder(settings)
     except KBError as exc:
         fail(exc.message)
 

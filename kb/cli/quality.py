@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import click
 
 from kb.calibration import Row, recommend
-from kb.cli.base import fail, main, open_store
+from kb.cli.base import fail, main, open_embedder, open_store
 from kb.config import Settings
 from kb.errors import KBError
 
@@ -46,12 +46,10 @@ def calibrate(pairs: str | None, queries: str | None, precision: float | None, w
     dropping shown matches that do not answer), otherwise from the pairs. With --precision,
     a target no threshold reaches is said, and --write then stores nothing (exit 1).
     """
-    from kb.embeddings import load_embedder
-
     if not pairs and not queries:
         fail("give --pairs FILE and/or --queries FOLDER")
     settings = Settings()
-    embedder = load_embedder(settings)
+    embedder = open_embedder(settings)
     best = None
     try:
         if pairs:
@@ -192,11 +190,10 @@ def eval_(
     """Load each dataset into a temporary store and score the search pipeline on it."""
     from dataclasses import asdict
 
-    from kb.embeddings import load_embedder
     from kb.evaluation import open_dataset, run_eval, temporary_store, variants
 
     settings = Settings()
-    embedder = load_embedder(settings)
+    embedder = open_embedder(settings)
     searches = variants(modes or [settings.search_mode], fusions or [settings.fusion])
     reports = []
     click.echo(

@@ -178,7 +178,7 @@ def _record(line: str, dim: int, where: str) -> Record:
     try:
         raw = json.loads(line)
     except json.JSONDecodeError as exc:  # its "line 1" would be the record's, not the file's
-        raise ValidationFailed(f"{where}: not valid JSON ({exc.msg}, column {exc.colno})") from None
+        raise ValidationFailed(f"{where}: not valid JSON ({_json_problem(exc)})") from None
     if not isinstance(raw, dict):
         raise ValidationFailed(f"{where}: not a JSON object")
     missing = [key for key in RECORD_KEYS if key not in raw]
@@ -253,3 +253,8 @@ def _lines(path: Path) -> Iterator[Iterator[tuple[int, str]]]:
             yield ((n, line) for n, line in enumerate(handle, start=1) if line.strip())
     except (OSError, EOFError, zlib.error, UnicodeDecodeError) as exc:  # not gzip, cut off
         raise ValidationFailed(f"{path} is not a readable kb backup: {exc}") from exc
+
+
+def _json_problem(exc: json.JSONDecodeError) -> str:
+    """The decoder's message with the column only: its "line 1" counts the record's lines."""
+    return f"{exc.msg.removesuffix(' at')} at column {exc.colno}"

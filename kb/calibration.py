@@ -54,7 +54,7 @@ def json_lines(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
             try:
                 data = json.loads(line)
             except json.JSONDecodeError as exc:  # its "line 1" is the record's, not the file's
-                message = f"{where}: not valid JSON ({exc.msg}, column {exc.colno})"
+                message = f"{where}: not valid JSON ({_json_problem(exc)})"
                 raise ConfigError(message) from None
             if not isinstance(data, dict):
                 raise ConfigError(f"{where}: not a JSON object")
@@ -142,3 +142,8 @@ def query_sweep(
                 kept += any(doc in wanted for doc in shown)
         rows.append(QueryRow(t, leaked, kept))
     return rows
+
+
+def _json_problem(exc: json.JSONDecodeError) -> str:
+    """The decoder's message with the column only: its "line 1" counts the record's lines."""
+    return f"{exc.msg.removesuffix(' at')} at column {exc.colno}"

@@ -13,6 +13,7 @@ import gzip
 import json
 import shutil
 import tempfile
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,12 +23,15 @@ import numpy as np
 
 from kb import __version__
 from kb.errors import Conflict, ModelMismatch, ValidationFailed
-from kb.records import Record
+from kb.records import CHUNK, CHUNKS, DOC, Record, chunk_id
+from kb.schemas import check_metadata_value
 from kb.store import KnowledgeStore
 
 FORMAT = "kb-backup/1"
 CALIBRATED_KEY = "kb_min_score"  # kb.search's key: copied over with the records
 PAGE = 2000
+RECORD_KEYS = ("id", "text", "metadata", "vector")
+HEADER_KEYS = {"model": str, "dim": int, "fingerprint": str, "records": int}
 
 
 def dump(store: KnowledgeStore, out: IO[bytes]) -> int:
@@ -89,36 +93,43 @@ def save_stream(stream: IO[bytes], dest: Path) -> dict[str, Any]:
 
 
 def verify(path: Path) -> dict[str, Any]:
-    """The header of a complete, readable backup; raises on a truncated or foreign file."""
+    """The header of a complete backup whose every record line is well-formed; raises
+    ValidationFailed naming the first bad line (truncated, foreign, missing a key, a vector
+    of another length than the header's dim, a repeated id). One streaming pass: only the
+    ids are kept (to find repeats), not the records."""
     with _lines(path) as lines:
-        header = _header(next(lines, None), path)
-        count = sum(1 for _ in lines)
-    if count != header["records"]:
-        raise ValidationFailed(f"{path}: holds {count} of {header['records']} records")
+        first = next(lines, None)
+        header = _header(first[1] if first else None, path)
+        seen: set[str] = set()
+        for number, line in lines:
+            record = _record(line, header["dim"], f"{path}:{number}")
+            if record.id in seen:
+                raise ValidationFailed(f"{path}:{number}: id '{record.id}' appears twice")
+            seen.add(record.id)
+    if len(seen) != header["records"]:
+        raise ValidationFailed(f"{path}: holds {len(seen)} of {header['records']} records")
     return header
 
 
 def restore(store: KnowledgeStore, path: Path, *, replace: bool = False) -> int:
-    """Load a backup into the store's collection, which must be empty (or `replace`)."""
+    """Load a backup into the store's collection, which must be empty (or `replace`).
+
+    The whole file is checked first (model, then every line): --replace deletes the
+    collection's records only once the backup is known to load, so a bad file changes
+    nothing. The records are then read a second time as they are written, rather than
+    held in memory between the passes (a backup can be larger than memory)."""
+    _check_model(_read_header(path), store, path)
+    _check_empty(store, replace)  # before the long check; again under the lock below
     header = verify(path)
-    if header["fingerprint"] != store.embedder.fingerprint or header["dim"] != store.embedder.dim:
-        raise ModelMismatch(
-            f"{path} holds vectors of {header['model']} (fingerprint {header['fingerprint']}); "
-            f"the configured model is {store.embedder.name} ({store.embedder.fingerprint})"
-        )
     with store.writes():
-        if store.records.count() and not replace:
-            raise Conflict(
-                f"collection '{store.records.name}' is not empty; restore into an empty one "
-                "or pass --replace to delete what it holds first"
-            )
+        _check_empty(store, replace)
         if replace:
             store.clear()
         with _lines(path) as lines:
             next(lines)
             batch: list[Record] = []
-            for line in lines:
-                batch.append(_record(line))
+            for number, line in lines:
+                batch.append(_record(line, header["dim"], f"{path}:{number}"))
                 if len(batch) >= PAGE:
                     store.restore_records(batch)
                     batch = []
@@ -126,6 +137,28 @@ def restore(store: KnowledgeStore, path: Path, *, replace: bool = False) -> int:
         if isinstance(header.get("min_score"), int | float):
             store.records.set_settings_value(CALIBRATED_KEY, header["min_score"])
     return int(header["records"])
+
+
+def _read_header(path: Path) -> dict[str, Any]:
+    with _lines(path) as lines:
+        first = next(lines, None)
+        return _header(first[1] if first else None, path)
+
+
+def _check_model(header: dict[str, Any], store: KnowledgeStore, path: Path) -> None:
+    if header["fingerprint"] != store.embedder.fingerprint or header["dim"] != store.embedder.dim:
+        raise ModelMismatch(
+            f"{path} holds vectors of {header['model']} (fingerprint {header['fingerprint']}); "
+            f"the configured model is {store.embedder.name} ({store.embedder.fingerprint})"
+        )
+
+
+def _check_empty(store: KnowledgeStore, replace: bool) -> None:
+    if store.records.count() and not replace:
+        raise Conflict(
+            f"collection '{store.records.name}' is not empty; restore into an empty one "
+            "or pass --replace to delete what it holds first"
+        )
 
 
 def _line(record: Record) -> dict[str, Any]:
@@ -138,10 +171,62 @@ def _line(record: Record) -> dict[str, Any]:
     }
 
 
-def _record(line: str) -> Record:
-    raw = json.loads(line)
-    vector = np.frombuffer(base64.b64decode(raw["vector"]), dtype="<f4")
-    return Record(raw["id"], raw["text"], raw["metadata"], vector)
+def _record(line: str, dim: int, where: str) -> Record:
+    """One record line as a Record, or ValidationFailed naming `where` (file:line) and the
+    problem: everything the store relies on when it writes the record is checked here, so
+    that a restore never stops half-way on a line it could have refused up front."""
+    try:
+        raw = json.loads(line)
+    except json.JSONDecodeError as exc:  # its "line 1" would be the record's, not the file's
+        raise ValidationFailed(f"{where}: not valid JSON ({_json_problem(exc)})") from None
+    if not isinstance(raw, dict):
+        raise ValidationFailed(f"{where}: not a JSON object")
+    missing = [key for key in RECORD_KEYS if key not in raw]
+    if missing:
+        raise ValidationFailed(f"{where}: no {', '.join(missing)}")
+    record_id, text, metadata = raw["id"], raw["text"], raw["metadata"]
+    if not isinstance(record_id, str) or not record_id:
+        raise ValidationFailed(f"{where}: id must be a non-empty string")
+    if not isinstance(text, str):
+        raise ValidationFailed(f"{where}: text must be a string")
+    problem = _metadata_problem(record_id, metadata)
+    if problem:
+        raise ValidationFailed(f"{where}: {problem}")
+    return Record(record_id, text, metadata, _vector(raw["vector"], dim, where))
+
+
+def _metadata_problem(record_id: str, metadata: Any) -> str | None:
+    """Why the store could not hold this record's metadata, or None. The internal fields
+    tie a chunk to its document: the id must be the one they give (kb.records.chunk_id)."""
+    if not isinstance(metadata, dict):
+        return "metadata must be an object"
+    doc, chunk, chunks = metadata.get(DOC), metadata.get(CHUNK), metadata.get(CHUNKS)
+    if not isinstance(doc, str) or not _count(chunk) or not _count(chunks):
+        return f"metadata must hold {DOC} (a string), {CHUNK} and {CHUNKS} (integers)"
+    if chunk_id(doc, chunk) != record_id or chunk >= max(chunks, 1):
+        return f"id '{record_id}' is not chunk {chunk} of {chunks} of document '{doc}'"
+    for key, value in metadata.items():
+        try:
+            check_metadata_value(str(key), value)
+        except ValueError as exc:
+            return str(exc)
+    return None
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _vector(value: Any, dim: int, where: str) -> np.ndarray:
+    try:
+        vector = np.frombuffer(base64.b64decode(value, validate=True), dtype="<f4")
+    except (TypeError, ValueError) as exc:  # not a string, not base64, not whole floats
+        raise ValidationFailed(f"{where}: vector is not base64 float32 ({exc})") from None
+    if vector.shape != (dim,):
+        raise ValidationFailed(f"{where}: vector has {vector.size} dimensions, not {dim}")
+    if not np.isfinite(vector).all():
+        raise ValidationFailed(f"{where}: vector holds a NaN or infinite value")
+    return vector
 
 
 def _header(line: str | None, path: Path) -> dict[str, Any]:
@@ -151,13 +236,25 @@ def _header(line: str | None, path: Path) -> dict[str, Any]:
         header = None
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise ValidationFailed(f"{path} is not a kb backup ({FORMAT})")
+    for key, kind in HEADER_KEYS.items():
+        if not isinstance(header.get(key), kind) or isinstance(header.get(key), bool):
+            raise ValidationFailed(
+                f"{path}: the header's {key} is missing or not a {kind.__name__}"
+            )
     return header
 
 
 @contextmanager
-def _lines(path: Path) -> Iterator[Iterator[str]]:
+def _lines(path: Path) -> Iterator[Iterator[tuple[int, str]]]:
+    """The file's non-blank lines with their line numbers (counted from 1, as an editor
+    would show them after gunzip)."""
     try:
         with gzip.open(path, "rt", encoding="utf-8") as handle:
-            yield (line for line in handle if line.strip())
-    except (OSError, EOFError) as exc:  # not gzip, or cut off
+            yield ((n, line) for n, line in enumerate(handle, start=1) if line.strip())
+    except (OSError, EOFError, zlib.error, UnicodeDecodeError) as exc:  # not gzip, cut off
         raise ValidationFailed(f"{path} is not a readable kb backup: {exc}") from exc
+
+
+def _json_problem(exc: json.JSONDecodeError) -> str:
+    """The decoder's message with the column only: its "line 1" counts the record's lines."""
+    return f"{exc.msg.removesuffix(' at')} at column {exc.colno}"

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from kb.embeddings import Embedder
+from kb.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -28,15 +30,35 @@ class Row:
 
 
 def read_pairs(path: str | Path) -> list[Pair]:
+    """Labeled pairs, one JSON object a line; blank lines skipped, a bad line a ConfigError
+    naming it."""
     pairs = []
-    with open(path, encoding="utf-8") as stream:
-        for number, line in enumerate(stream, start=1):
-            if line.strip():
-                data = json.loads(line)
-                if data.get("label") not in (0, 1):
-                    raise ValueError(f"{path}:{number}: label must be 0 or 1")
-                pairs.append(Pair(str(data["a"]), str(data["b"]), int(data["label"])))
+    for where, data in json_lines(Path(path)):
+        a, b, label = data.get("a"), data.get("b"), data.get("label")
+        if not isinstance(a, str) or not isinstance(b, str):
+            raise ConfigError(f"{where}: 'a' and 'b' must be strings (the two texts)")
+        if isinstance(label, bool) or label not in (0, 1):  # 1.0 is 1; true is not
+            raise ConfigError(f"{where}: label must be 0 or 1 (got {json.dumps(label)})")
+        pairs.append(Pair(a, b, int(label)))
     return pairs
+
+
+def json_lines(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Each non-blank line's object with its 'file:line'; a line that is not one is a
+    ConfigError naming it (also for kb eval's queries)."""
+    with path.open(encoding="utf-8") as stream:
+        for number, line in enumerate(stream, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{number}"
+            try:
+                data = json.loads(line)
+            except json.JSONDecodeError as exc:  # its "line 1" is the record's, not the file's
+                message = f"{where}: not valid JSON ({_json_problem(exc)})"
+                raise ConfigError(message) from None
+            if not isinstance(data, dict):
+                raise ConfigError(f"{where}: not a JSON object")
+            yield where, data
 
 
 def pair_scores(embedder: Embedder, pairs: Sequence[Pair]) -> list[float]:
@@ -62,12 +84,18 @@ def sweep(scores: Sequence[float], labels: Sequence[int], step: float = 0.01) ->
 
 
 def recommend(rows: Sequence[Row], min_precision: float | None = None) -> Row:
-    """Max F1 (the highest threshold among ties), or the lowest reaching min_precision."""
+    """Max F1 (the highest threshold among ties), or the lowest reaching min_precision; when
+    none reaches it, max F1 again (check with `reaches`)."""
     if min_precision is not None:
         for row in rows:
-            if row.precision >= min_precision and row.recall > 0:
+            if reaches(row, min_precision):
                 return row
     return max(reversed(rows), key=lambda row: row.f1)
+
+
+def reaches(row: Row, min_precision: float) -> bool:
+    """Whether this threshold gives the precision asked for while still keeping something."""
+    return row.precision >= min_precision and row.recall > 0
 
 
 def match_labels(
@@ -114,3 +142,8 @@ def query_sweep(
                 kept += any(doc in wanted for doc in shown)
         rows.append(QueryRow(t, leaked, kept))
     return rows
+
+
+def _json_problem(exc: json.JSONDecodeError) -> str:
+    """The decoder's message with the column only: its "line 1" counts the record's lines."""
+    return f"{exc.msg.removesuffix(' at')} at column {exc.colno}"

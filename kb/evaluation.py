@@ -11,14 +11,16 @@ Two dataset layouts are understood:
 from __future__ import annotations
 
 import csv
-import json
+import math
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from kb.calibration import json_lines
 from kb.config import Settings
 from kb.embeddings import Embedder
 from kb.errors import ConfigError
@@ -30,6 +32,7 @@ from kb.search import search
 from kb.store import KnowledgeStore, WriteMode
 
 QUERY_BATCH = 64
+SHOWN_PROBLEMS = 3  # bad corpus records named in the error
 
 
 @dataclass
@@ -38,6 +41,7 @@ class Dataset:
     corpus: list[Source]
     queries: dict[str, str]  # query id -> text, in file order
     qrels: dict[str, dict[str, int]] = field(default_factory=dict)
+    unmatched: list[str] = field(default_factory=list)  # judged ids queries.jsonl lacks
 
 
 @dataclass
@@ -64,30 +68,63 @@ def _beir(folder: Path, split: str) -> Dataset:
     qrels_file = folder / "qrels" / f"{split}.tsv"
     if not qrels_file.is_file():
         raise ConfigError(f"no qrels for split '{split}' ({qrels_file})")
+    qrels = _read_qrels(qrels_file)
+    queries = {}
+    for where, data in json_lines(folder / "queries.jsonl"):
+        query_id, text = _field(data, "_id", where), _field(data, "text", where)
+        if query_id in qrels:
+            queries[query_id] = text
+    # a judged query missing from queries.jsonl cannot be asked: scoring it as a miss
+    # (nDCG 0) would lower the figures while the queries column left it out
+    unmatched = [query_id for query_id in qrels if query_id not in queries]
+    judged = {query_id: qrels[query_id] for query_id in queries}
+    corpus = [Source(str(folder / "corpus.jsonl"), "beir")]
+    return Dataset(f"{folder.name}/{split}", corpus, queries, judged, unmatched)
+
+
+def _read_qrels(path: Path) -> dict[str, dict[str, int]]:
+    """BEIR's qrels TSV (a header, then query-id, corpus-id, score); blank lines skipped."""
     qrels: dict[str, dict[str, int]] = {}
-    with qrels_file.open(encoding="utf-8") as stream:
+    with path.open(encoding="utf-8", newline="") as stream:
         rows = csv.reader(stream, delimiter="\t")
         next(rows, None)  # header
-        for query_id, doc_id, score in rows:
-            qrels.setdefault(query_id, {})[doc_id] = int(score)
-    queries = {}
-    with (folder / "queries.jsonl").open(encoding="utf-8") as stream:
-        for line in stream:
-            data = json.loads(line)
-            if data["_id"] in qrels:
-                queries[data["_id"]] = data["text"]
-    corpus = [Source(str(folder / "corpus.jsonl"), "beir")]
-    return Dataset(f"{folder.name}/{split}", corpus, queries, qrels)
+        for row in rows:
+            if not any(cell.strip() for cell in row):
+                continue
+            where = f"{path}:{rows.line_num}"
+            if len(row) != 3:
+                raise ConfigError(f"{where}: expected query-id, corpus-id and score (got {row})")
+            query_id, doc_id, score = row
+            qrels.setdefault(query_id, {})[doc_id] = _grade(score, where)
+    return qrels
+
+
+def _grade(score: str, where: str) -> int:
+    """A relevance grade: an integer, also written as a decimal (1.0, as some exports do)."""
+    try:
+        grade = float(score)
+    except ValueError:
+        grade = math.nan
+    if not grade.is_integer():
+        raise ConfigError(f"{where}: score must be an integer grade (got '{score}')")
+    return int(grade)
+
+
+def _field(data: dict[str, Any], key: str, where: str) -> str:
+    value = data.get(key)
+    if not isinstance(value, str):
+        raise ConfigError(f"{where}: '{key}' must be a string")
+    return value
 
 
 def _labeled(folder: Path, corpus: Path) -> Dataset:
     queries, qrels = {}, {}
-    with (folder / "queries.jsonl").open(encoding="utf-8") as stream:
-        for line in stream:
-            if line.strip():
-                data = json.loads(line)
-                queries[data["id"]] = data["query"]
-                qrels[data["id"]] = dict.fromkeys(data["relevant"], 1)
+    for where, data in json_lines(folder / "queries.jsonl"):
+        query_id, relevant = _field(data, "id", where), data.get("relevant")
+        if not isinstance(relevant, list) or not all(isinstance(r, str) for r in relevant):
+            raise ConfigError(f"{where}: 'relevant' must be a list of document ids")
+        queries[query_id] = _field(data, "query", where)
+        qrels[query_id] = dict.fromkeys(relevant, 1)
     return Dataset(folder.name, sources([str(corpus)]), queries, qrels)
 
 
@@ -104,12 +141,19 @@ def temporary_store(settings: Settings, embedder: Embedder) -> Iterator[Knowledg
             store.close()
 
 
-def load_corpus(store: KnowledgeStore, dataset: Dataset, batch_size: int = BATCH_SIZE) -> int:
-    """Load with the normal loader; returns how many documents failed (should be none)."""
+def load_corpus(store: KnowledgeStore, dataset: Dataset, batch_size: int = BATCH_SIZE) -> None:
+    """Load with the normal loader; a record that fails is a ConfigError naming it (figures
+    over part of the corpus would be misleading)."""
     options = Options(store.settings)
     entries = (entry for source in dataset.corpus for entry in read(source, options))
     summary = ingest(entries, lambda docs: store.add(docs, WriteMode.SKIP), batch_size=batch_size)
-    return summary.failed
+    if summary.failed:
+        named = "; ".join(str(problem) for problem in summary.problems[:SHOWN_PROBLEMS])
+        more = summary.failed - min(len(summary.problems), SHOWN_PROBLEMS)
+        named += f"; and {more} more" if more else ""
+        raise ConfigError(
+            f"{summary.failed} corpus record(s) of {dataset.name} could not be loaded: {named}"
+        )
 
 
 def rank(
@@ -154,9 +198,7 @@ def run_eval(
 ) -> list[Report]:
     """Load the corpus once, then rank every query with each search variant and score it."""
     started = time.perf_counter()
-    failed = load_corpus(store, dataset)
-    if failed:
-        raise ConfigError(f"{failed} corpus records of {dataset.name} could not be loaded")
+    load_corpus(store, dataset)
     load_seconds = time.perf_counter() - started
     ids = list(dataset.queries)
     reports = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import gzip
 import json
 import threading
@@ -174,3 +175,81 @@ def test_a_backup_taken_during_writes_holds_whole_writes(
     assert len(ids) == len(set(ids)) == count
     assert count % 7 == 0
     assert count >= 14
+
+
+def _edit(lines: list[bytes], number: int, change: Callable[[dict], object]) -> list[bytes]:
+    """The backup's lines with line `number` (1-based) replaced by change(its record)."""
+    record = json.loads(lines[number - 1])
+    changed = change(record)
+    text = changed if isinstance(changed, bytes) else json.dumps(changed).encode() + b"\n"
+    return [*lines[: number - 1], text, *lines[number:]]
+
+
+BAD_LINES = {
+    "cut off": lambda r: json.dumps(r).encode()[:60] + b"\n",
+    "no vector": lambda r: {k: v for k, v in r.items() if k != "vector"},
+    "short vector": lambda r: r | {"vector": base64.b64encode(b"\0" * 16).decode()},
+    "not base64": lambda r: r | {"vector": "@@@"},
+    "NaN vector": lambda r: r | {"vector": base64.b64encode(b"\0\0\xc0\x7f" * 384).decode()},
+    "text a number": lambda r: r | {"text": 7},
+    "nested metadata": lambda r: r | {"metadata": r["metadata"] | {"x": {"y": 1}}},
+    "id not its chunk": lambda r: r | {"id": r["id"] + "-renamed"},
+    "no chunk fields": lambda r: r | {"metadata": {"a": 1}},
+}
+
+
+@pytest.mark.parametrize("problem", BAD_LINES)
+def test_a_bad_record_line_is_refused_before_the_store_changes(
+    filled, tmp_path: Path, problem: str
+) -> None:
+    """--replace emptied the store and then stopped on the bad line (JSONDecodeError,
+    KeyError): a backup with one bad line lost everything. Now the file is read whole first."""
+    dest = tmp_path / "copy.jsonl.gz"
+    backup.write_file(filled, dest)
+    lines = gzip.decompress(dest.read_bytes()).splitlines(keepends=True)
+    bad = tmp_path / "bad.jsonl.gz"
+    bad.write_bytes(gzip.compress(b"".join(_edit(lines, 4, BAD_LINES[problem]))))
+    before = contents(filled)
+    with pytest.raises(ValidationFailed, match=f"{bad}:4: "):
+        backup.restore(filled, bad, replace=True)
+    assert contents(filled) == before
+
+
+def test_a_repeated_id_is_refused_and_an_empty_store_stays_empty(
+    filled, tmp_path: Path, embedder
+) -> None:
+    dest = tmp_path / "copy.jsonl.gz"
+    backup.write_file(filled, dest)
+    lines = gzip.decompress(dest.read_bytes()).splitlines(keepends=True)
+    header = json.loads(lines[0])
+    twice = [json.dumps(header | {"records": header["records"] + 1}).encode() + b"\n"]
+    bad = tmp_path / "twice.jsonl.gz"
+    bad.write_bytes(gzip.compress(b"".join([*twice, *lines[1:], lines[2]])))
+    target = KnowledgeStore.open(Settings(chroma_path=tmp_path / "other"), embedder)
+    try:
+        with pytest.raises(ValidationFailed, match=f"{bad}:{len(lines) + 1}: id .* twice"):
+            backup.restore(target, bad)
+        assert target.records.count() == 0  # nothing half-restored
+    finally:
+        target.close()
+
+
+def test_kb_restore_of_a_bad_backup_names_the_line_and_keeps_the_store(
+    filled, tmp_path: Path, settings: Settings
+) -> None:
+    dest = tmp_path / "copy.jsonl.gz"
+    backup.write_file(filled, dest)
+    lines = gzip.decompress(dest.read_bytes()).splitlines(keepends=True)
+    bad = tmp_path / "bad.jsonl.gz"
+    bad.write_bytes(gzip.compress(b"".join([*lines[:-1], lines[-1][:50]])))
+    filled.close()
+    env = {"KB_CHROMA_PATH": str(settings.chroma_path), "KB_COLLECTION": settings.collection}
+    done = CliRunner().invoke(main, ["restore", str(bad), "--replace"], env=env)
+    assert done.exit_code == 1
+    assert isinstance(done.exception, SystemExit)  # a message, not a traceback
+    assert f"restore failed: {bad}:{len(lines)}: not valid JSON" in done.output
+    store = KnowledgeStore.open(settings, filled.embedder)
+    try:
+        assert store.count() == 5
+    finally:
+        store.close()

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
-import pytest
+import re
+from pathlib import Path
 
-from kb.calibration import recommend, sweep
+import pytest
+from click.testing import CliRunner, Result
+
+from kb.calibration import reaches, read_pairs, recommend, sweep
+from kb.cli import main
+from kb.errors import ConfigError
+from kb.lock import StoreLock
 
 
 def test_sweep_counts_precision_and_recall() -> None:
@@ -31,3 +38,91 @@ def test_query_sweep_counts_leaks_and_kept_answers() -> None:
     low, high = query_sweep(runs, wanted, k=2, thresholds=[0.1, 0.6])
     assert (low.leaked, low.kept) == (1, 2)
     assert (high.leaked, high.kept) == (0, 1)
+
+
+BAD_PAIRS = {
+    "no b": ('{"a": "x", "label": 1}\n', ":1: 'a' and 'b' must be strings"),
+    "broken line 2": ('{"a": "x", "b": "y", "label": 1}\n{bad\n', ":2: not valid JSON"),
+    "label as text": ('\n{"a": "x", "b": "y", "label": "1"}\n', ':2: label must be 0 or 1 (got "'),
+}
+
+
+@pytest.mark.parametrize("problem", BAD_PAIRS)
+def test_a_bad_pair_line_is_a_config_error_naming_it(tmp_path: Path, problem: str) -> None:
+    """Were KeyError, a JSONDecodeError naming 'line 1 column 2' for line 2, a ValueError."""
+    text, message = BAD_PAIRS[problem]
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=re.escape(f"{path}{message}")):
+        read_pairs(path)
+
+
+def test_blank_lines_and_integral_labels_are_read(tmp_path: Path) -> None:
+    path = tmp_path / "pairs.jsonl"
+    path.write_text('\n{"a": "x", "b": "y", "label": 1.0}\n\n{"a": "x", "b": "z", "label": 0}\n\n')
+    assert [p.label for p in read_pairs(path)] == [1, 0]
+
+
+def test_a_precision_no_threshold_reaches_is_said() -> None:
+    rows = sweep([1.0, 0.6, 0.1], [0, 1, 0])  # the best score is a negative
+    best = recommend(rows, min_precision=1.0)
+    assert not reaches(best, 1.0)
+    assert reaches(recommend(rows, min_precision=0.5), 0.5)
+
+
+def calibrate(tmp_path: Path, *args: str) -> Result:
+    env = {"KB_CHROMA_PATH": str(tmp_path / "db")}
+    return CliRunner().invoke(main, ["calibrate", *args], env=env)
+
+
+def test_calibrate_write_refuses_a_threshold_missing_the_precision(tmp_path: Path) -> None:
+    """It recommended max F1 instead, silently, and --write stored it."""
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(
+        '{"a": "the cat sat on the mat", "b": "the cat sat on the mat", "label": 0}\n'
+        '{"a": "dogs bark loudly", "b": "a canine barking", "label": 1}\n'
+        '{"a": "stock prices fell", "b": "quantum chromodynamics", "label": 0}\n'
+    )
+    result = calibrate(tmp_path, "--pairs", str(pairs), "--precision", "1", "--write")
+    assert result.exit_code == 1
+    assert "no threshold reaches precision 1.000" in result.output
+    assert "not written" in result.output
+    assert not (tmp_path / "db").exists()
+
+
+def test_calibrate_errors_are_messages(tmp_path: Path) -> None:
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text('{"a": "x", "label": 1}\n')
+    result = calibrate(tmp_path, "--pairs", str(pairs))
+    assert result.exit_code == 1
+    assert isinstance(result.exception, SystemExit)  # no traceback
+    assert f"Error: {pairs}:1: 'a' and 'b' must be strings" in result.output
+
+
+def test_calibrate_write_on_a_store_in_use_is_a_message(tmp_path: Path) -> None:
+    """Was a StoreLocked traceback."""
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text('{"a": "dogs bark", "b": "a dog barking", "label": 1}\n')
+    held = StoreLock(tmp_path / "db")
+    try:
+        result = calibrate(tmp_path, "--pairs", str(pairs), "--write")
+    finally:
+        held.release()
+    assert result.exit_code == 1
+    assert isinstance(result.exception, SystemExit)
+    assert "an embedded store takes one process at a time" in result.output
+
+
+def test_calibrate_queries_refuses_a_corpus_record_that_fails(tmp_path: Path) -> None:
+    """Such records were left out silently (kb eval refuses the same corpus)."""
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "seed").mkdir()
+    (tmp_path / "eval" / "queries.jsonl").write_text(
+        '{"id": "q", "query": "barking", "relevant": ["d"]}\n'
+    )
+    corpus = tmp_path / "seed" / "docs.jsonl"
+    corpus.write_text('{"id": "d", "text": "Dogs bark."}\n{"id": "e", "text": ""}\n')
+    result = calibrate(tmp_path, "--queries", str(tmp_path / "eval"))
+    assert result.exit_code == 1
+    assert isinstance(result.exception, SystemExit)
+    assert f"could not be loaded: {corpus}:2: text" in result.output

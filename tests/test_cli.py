@@ -326,3 +326,30 @@ def test_progress_bar_shows_share_and_rate() -> None:
     silent = io.StringIO()
     Progress(10, enabled=False, stream=silent).advance(5)
     assert silent.getvalue() == ""
+
+
+@pytest.mark.parametrize(
+    "command", [["export"], ["backup", "out.jsonl.gz"], ["duplicates"]], ids=lambda c: c[0]
+)
+def test_reading_commands_refuse_a_store_that_does_not_exist(
+    tmp_path: Path, command: list[str]
+) -> None:
+    """A mistyped KB_CHROMA_PATH created a new empty store there and exported or backed up
+    0 documents with rc 0 (an empty backup could then feed restore --replace)."""
+    missing, empty = tmp_path / "typo", tmp_path / "empty"
+    empty.mkdir()
+    args = [str(tmp_path / arg) if arg.endswith(".gz") else arg for arg in command]
+    for path, why in ((missing, "does not exist"), (empty, "holds no chroma.sqlite3")):
+        result = run({"KB_CHROMA_PATH": str(path)}, *args)
+        assert result.exit_code == 1
+        assert f"no store at {path} (KB_CHROMA_PATH): the directory {why}" in result.output
+    assert not missing.exists()
+    assert list(empty.iterdir()) == []
+    assert not (tmp_path / "out.jsonl.gz").exists()
+
+
+def test_reading_commands_read_an_existing_store(env, tmp_path: Path) -> None:
+    run(env, "load", str(write_jsonl(tmp_path / "src.jsonl", GOOD)))
+    result = run(env, "backup", str(tmp_path / "b.jsonl.gz"))
+    assert result.exit_code == 0, result.output
+    assert "backed up 3 records" in result.output

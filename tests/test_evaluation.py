@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -81,3 +82,87 @@ def test_an_evaluation_store_is_embedded_even_with_a_chroma_server_configured(
     with temporary_store(configured, embedder) as store:  # :9 is never reached
         assert store.records.mode == "embedded"
         assert store.records.location != str(tmp_path / "db")
+
+
+def test_decimal_scores_and_blank_lines_are_read(tmp_path: Path) -> None:
+    """Crashed with ValueError (int('1.0')), an unpack error (a blank qrels line) and a
+    JSONDecodeError (a blank queries line)."""
+    folder = beir_folder(tmp_path / "tiny")
+    (folder / "qrels" / "test.tsv").write_text(
+        "query-id\tcorpus-id\tscore\nq1\td1\t1.0\n\nq2\td3\t2\n\n"
+    )
+    (folder / "queries.jsonl").write_text(
+        "\n".join(json.dumps(q) for q in QUERIES[:1]) + "\n\n" + json.dumps(QUERIES[1]) + "\n"
+    )
+    dataset = open_dataset(folder, split="test")
+    assert dataset.qrels == {"q1": {"d1": 1}, "q2": {"d3": 2}}
+    assert list(dataset.queries) == ["q1", "q2"]
+
+
+BAD_FILES = {
+    "decimal grade": ("qrels/test.tsv", "query-id\tcorpus-id\tscore\nq1\td1\t0.5\n", ":2: score"),
+    "two columns": ("qrels/test.tsv", "query-id\tcorpus-id\tscore\n\nq1\td1\n", ":3: expected"),
+    "broken query": ("queries.jsonl", '{"_id": "q1", "text": "a"}\n{bad\n', ":2: not valid JSON"),
+    "query no text": ("queries.jsonl", '{"_id": "q1"}\n', ":1: 'text' must be a string"),
+}
+
+
+@pytest.mark.parametrize("problem", BAD_FILES)
+def test_a_bad_line_is_a_config_error_naming_it(tmp_path: Path, problem: str) -> None:
+    name, text, message = BAD_FILES[problem]
+    folder = beir_folder(tmp_path / "tiny")
+    (folder / name).write_text(text)
+    with pytest.raises(ConfigError, match=re.escape(f"{folder / name}{message}")):
+        open_dataset(folder, split="test")
+
+
+def test_a_bad_kb_format_query_line_is_named(tmp_path: Path) -> None:
+    folder = tmp_path / "eval"
+    folder.mkdir()
+    (folder / "queries.jsonl").write_text('\n{"id": "a", "query": "x", "relevant": "ml-001"}\n')
+    with pytest.raises(ConfigError, match=r"queries\.jsonl:2: 'relevant' must be a list"):
+        open_dataset(folder, corpus=tmp_path)
+
+
+def test_judged_queries_missing_from_queries_are_left_out_and_counted(tmp_path: Path) -> None:
+    """They were ranked as misses: nDCG fell from 1.0 to 0.5 while 'queries' still said 2."""
+    folder = beir_folder(tmp_path / "tiny")
+    qrels = folder / "qrels" / "test.tsv"
+    qrels.write_text(qrels.read_text() + "q8\td2\t1\nq9\td4\t1\n")
+    dataset = open_dataset(folder, split="test")
+    assert set(dataset.qrels) == set(dataset.queries) == {"q1", "q2"}
+    assert dataset.unmatched == ["q8", "q9"]
+    env = {"KB_CHROMA_PATH": str(tmp_path / "untouched")}
+    out = tmp_path / "figures.json"
+    result = CliRunner().invoke(
+        main, ["eval", str(folder), "--split", "test", "--json", str(out)], env=env
+    )
+    assert result.exit_code == 0, result.output
+    assert "2 judged queries are not in queries.jsonl and left out (q8, q9)" in result.output
+    (report,) = json.loads(out.read_text())
+    assert report["queries"] == 2
+    assert report["figures"]["ndcg@10"] == pytest.approx(1.0)
+
+
+def test_kb_eval_names_a_corpus_record_that_fails(tmp_path: Path) -> None:
+    """A ConfigError traceback naming no record: run_eval ran outside the command's try."""
+    folder = beir_folder(tmp_path / "tiny")
+    with (folder / "corpus.jsonl").open("a") as corpus:
+        corpus.write(json.dumps({"_id": "d5", "title": "", "text": ""}) + "\n")
+    env = {"KB_CHROMA_PATH": str(tmp_path / "untouched")}
+    result = CliRunner().invoke(main, ["eval", str(folder), "--split", "test"], env=env)
+    assert result.exit_code == 1
+    assert isinstance(result.exception, SystemExit)  # a message, not a traceback
+    assert f"could not be loaded: {folder / 'corpus.jsonl'}:5: text" in result.output
+
+
+@pytest.mark.parametrize("command", ["eval", "calibrate"])
+def test_a_model_that_does_not_load_is_a_message(tmp_path: Path, command: str) -> None:
+    """Was a ConfigError traceback."""
+    folder = beir_folder(tmp_path / "tiny")
+    args = [str(folder)] if command == "eval" else ["--queries", str(folder)]
+    env = {"KB_CHROMA_PATH": str(tmp_path / "untouched"), "KB_MODEL": str(tmp_path / "none")}
+    result = CliRunner().invoke(main, [command, *args], env=env)
+    assert result.exit_code == 1
+    assert isinstance(result.exception, SystemExit)
+    assert "KB_MODEL=" in result.output

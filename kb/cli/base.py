@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import NoReturn
 
 import click
 
 from kb import __version__
 from kb.config import API_KEY_VARIABLE, Settings, unknown_variables
-from kb.embeddings import Embedder
+from kb.embeddings import Embedder, load_embedder
 from kb.errors import KBError
 from kb.store import KnowledgeStore
+
+CHROMA_FILE = "chroma.sqlite3"  # what an embedded Chroma store always holds
 
 API_KEY = click.option(
     "--api-key",
@@ -36,11 +39,36 @@ def fail(message: str) -> NoReturn:
 
 
 def open_store(
-    settings: Settings | None = None, *, searching: bool = True, embedder: Embedder | None = None
+    settings: Settings | None = None,
+    *,
+    searching: bool = True,
+    embedder: Embedder | None = None,
+    existing: bool = False,
 ) -> KnowledgeStore:
     """The configured store, or a clean exit naming what went wrong (locked, mismatched).
-    Commands that never search pass `searching=False`: no in-memory copies are loaded."""
+    Commands that never search pass `searching=False`: no in-memory copies are loaded.
+    Commands that only read pass `existing=True`: opening creates a missing store, so a
+    mistyped KB_CHROMA_PATH would be read as an empty knowledge base (an export or a backup
+    of 0 documents, rc 0) and leave a new directory behind."""
+    settings = settings or Settings()
+    if existing and not settings.chroma_url:
+        _require_store(settings.chroma_path)
     try:
-        return KnowledgeStore.open(settings or Settings(), embedder, searching=searching)
+        return KnowledgeStore.open(settings, embedder, searching=searching)
     except KBError as exc:
         fail(exc.message)
+
+
+def open_embedder(settings: Settings) -> Embedder:
+    """The configured model, or a clean exit naming what is wrong with KB_MODEL."""
+    try:
+        return load_embedder(settings)
+    except KBError as exc:
+        fail(exc.message)
+
+
+def _require_store(path: Path) -> None:
+    if not path.is_dir():
+        fail(f"no store at {path} (KB_CHROMA_PATH): the directory does not exist")
+    if not (path / CHROMA_FILE).is_file():
+        fail(f"no store at {path} (KB_CHROMA_PATH): the directory holds no {CHROMA_FILE}")

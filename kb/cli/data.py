@@ -207,7 +207,7 @@ def export(where: str | None, output: TextIO) -> None:
         fail(f"--where is not valid JSON: {exc}")
     except KBError as exc:
         fail(exc.message)
-    store = open_store(searching=False)
+    store = open_store(searching=False, existing=True)
     try:
         count = 0
         for doc in store.iter_documents(flt):
@@ -241,7 +241,7 @@ def backup(dest: Path, url: str | None, api_key: str | None) -> None:
             with KBClient(url, api_key=api_key, timeout=3600).backup() as stream:
                 count = backups.save_stream(stream, dest)["records"]
         else:
-            store = open_store(searching=False)
+            store = open_store(searching=False, existing=True)
             try:
                 count = backups.write_file(store, dest)
             finally:

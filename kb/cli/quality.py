@@ -5,13 +5,18 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from kb.calibration import Row, recommend
-from kb.cli.base import fail, main, open_store
+from kb.cli.base import fail, main, open_embedder, open_store
 from kb.config import Settings
 from kb.errors import KBError
+
+if TYPE_CHECKING:
+    from kb.embeddings import Embedder
+    from kb.evaluation import Dataset
 
 
 @main.command()
@@ -38,68 +43,115 @@ def calibrate(pairs: str | None, queries: str | None, precision: float | None, w
     """Sweep the similarity threshold over labeled data and recommend one.
 
     With --queries the recommendation comes from the queries (the threshold's real task:
-    dropping shown matches that do not answer), otherwise from the pairs.
+    dropping shown matches that do not answer), otherwise from the pairs. With --precision,
+    a target no threshold reaches is said, and --write then stores nothing (exit 1).
     """
-    from kb.calibration import match_labels, pair_scores, query_sweep, read_pairs, sweep
-    from kb.embeddings import load_embedder
-
     if not pairs and not queries:
         fail("give --pairs FILE and/or --queries FOLDER")
     settings = Settings()
-    embedder = load_embedder(settings)
+    embedder = open_embedder(settings)
     best = None
-    if pairs:
-        labeled = read_pairs(pairs)
-        click.echo(f"pairs: {len(labeled)}, {sum(p.label for p in labeled)} similar")
-        best = _table(sweep(pair_scores(embedder, labeled), [p.label for p in labeled]), precision)
-    if queries:
-        from kb.evaluation import load_corpus, open_dataset, rank, temporary_store
-
-        dataset = open_dataset(queries)
-        with temporary_store(settings, embedder) as store:
-            load_corpus(store, dataset)
-            ranked = rank(store, list(dataset.queries.values()), top_k=settings.top_k)
-        wanted = [set(dataset.qrels[q]) for q in dataset.queries]
-        scores, labels = match_labels([(r.ids, r.scores) for r in ranked], wanted, settings.top_k)
-        unanswerable = sum(not w for w in wanted)
-        click.echo(
-            f"queries: {len(wanted)} ({unanswerable} with no answer), top {settings.top_k} "
-            f"matches each: {len(labels)} matches, {sum(labels)} relevant"
-        )
-        best = _table(sweep(scores, labels), precision)
-        runs = [(r.ids, r.scores) for r in ranked]
-        click.echo(f"{'threshold':>9} {'unanswerable still matched':>27} {'answers kept':>13}")
-        answerable = len(wanted) - unanswerable
-        for row in query_sweep(runs, wanted, settings.top_k, [0.3, 0.35, 0.4, 0.45, 0.5]):
-            click.echo(
-                f"{row.threshold:>9.2f} {row.leaked:>20} of {unanswerable:<4} "
-                f"{row.kept:>6} of {answerable}"
-            )
+    try:
+        if pairs:
+            best = _from_pairs(embedder, pairs, precision)
+        if queries:
+            best = _from_queries(settings, embedder, queries, precision)
+    except KBError as exc:
+        fail(exc.message)
     assert best is not None
     if write:
-        from kb.search import CALIBRATED_KEY
-        from kb.store import KnowledgeStore
+        _write_threshold(settings, embedder, best, precision)
 
-        store = KnowledgeStore.open(settings, embedder)
-        store.records.set_settings_value(CALIBRATED_KEY, round(best.threshold, 4))
-        store.close()
+
+def _from_pairs(embedder: Embedder, path: str, precision: float | None) -> Row:
+    from kb.calibration import pair_scores, read_pairs, sweep
+
+    labeled = read_pairs(path)
+    click.echo(f"pairs: {len(labeled)}, {sum(p.label for p in labeled)} similar")
+    return _table(sweep(pair_scores(embedder, labeled), [p.label for p in labeled]), precision)
+
+
+def _from_queries(
+    settings: Settings, embedder: Embedder, folder: str, precision: float | None
+) -> Row:
+    from kb.calibration import match_labels, query_sweep, sweep
+    from kb.evaluation import load_corpus, open_dataset, rank, temporary_store
+
+    dataset = open_dataset(folder)
+    _warn_unmatched(dataset)
+    with temporary_store(settings, embedder) as store:
+        load_corpus(store, dataset)  # a record that fails stops here, as in kb eval
+        ranked = rank(store, list(dataset.queries.values()), top_k=settings.top_k)
+    wanted = [set(dataset.qrels[q]) for q in dataset.queries]
+    scores, labels = match_labels([(r.ids, r.scores) for r in ranked], wanted, settings.top_k)
+    unanswerable = sum(not w for w in wanted)
+    click.echo(
+        f"queries: {len(wanted)} ({unanswerable} with no answer), top {settings.top_k} "
+        f"matches each: {len(labels)} matches, {sum(labels)} relevant"
+    )
+    best = _table(sweep(scores, labels), precision)
+    runs = [(r.ids, r.scores) for r in ranked]
+    click.echo(f"{'threshold':>9} {'unanswerable still matched':>27} {'answers kept':>13}")
+    answerable = len(wanted) - unanswerable
+    for row in query_sweep(runs, wanted, settings.top_k, [0.3, 0.35, 0.4, 0.45, 0.5]):
         click.echo(
-            f"stored {best.threshold:.2f} as the default threshold of collection "
-            f"'{settings.collection}' in {settings.chroma_path}"
+            f"{row.threshold:>9.2f} {row.leaked:>20} of {unanswerable:<4} "
+            f"{row.kept:>6} of {answerable}"
         )
+    return best
+
+
+def _write_threshold(
+    settings: Settings, embedder: Embedder, best: Row, precision: float | None
+) -> None:
+    """Store the recommendation, unless it misses the precision asked for: a default that
+    quietly lets through more noise than the user said they accept is worse than none."""
+    from kb.calibration import reaches
+    from kb.search import CALIBRATED_KEY
+
+    if precision is not None and not reaches(best, precision):
+        fail(f"not written: no threshold reaches precision {precision:.3f}")
+    store = open_store(settings, searching=False, embedder=embedder)  # locked: a message
+    try:
+        store.records.set_settings_value(CALIBRATED_KEY, round(best.threshold, 4))
+    finally:
+        store.close()
+    click.echo(
+        f"stored {best.threshold:.2f} as the default threshold of collection "
+        f"'{settings.collection}' in {settings.chroma_path}"
+    )
 
 
 def _table(rows: Sequence[Row], precision: float | None) -> Row:
+    from kb.calibration import reaches
+
     click.echo(f"{'threshold':>9} {'precision':>9} {'recall':>7} {'f1':>6}")
     shown = [row for row in rows if row.threshold >= 0 and round(row.threshold * 100) % 5 == 0]
     for row in shown:  # negative thresholds keep everything: not worth a line
         click.echo(f"{row.threshold:>9.2f} {row.precision:>9.3f} {row.recall:>7.3f} {row.f1:>6.3f}")
     best = recommend(rows, precision)
+    if precision is not None and not reaches(best, precision):
+        click.echo(
+            f"warning: no threshold reaches precision {precision:.3f} with any recall; "
+            "recommending the best F1 instead",
+            err=True,
+        )
     click.echo(
         f"recommended threshold: {best.threshold:.2f} (precision {best.precision:.3f}, "
         f"recall {best.recall:.3f}, f1 {best.f1:.3f})"
     )
     return best
+
+
+def _warn_unmatched(dataset: Dataset) -> None:
+    if dataset.unmatched:
+        shown = ", ".join(dataset.unmatched[:5]) + (", ..." if len(dataset.unmatched) > 5 else "")
+        click.echo(
+            f"warning: {dataset.name}: {len(dataset.unmatched)} judged quer"
+            f"{'y is' if len(dataset.unmatched) == 1 else 'ies are'} not in queries.jsonl "
+            f"and left out ({shown})",
+            err=True,
+        )
 
 
 @main.command("eval")
@@ -138,11 +190,10 @@ def eval_(
     """Load each dataset into a temporary store and score the search pipeline on it."""
     from dataclasses import asdict
 
-    from kb.embeddings import load_embedder
     from kb.evaluation import open_dataset, run_eval, temporary_store, variants
 
     settings = Settings()
-    embedder = load_embedder(settings)
+    embedder = open_embedder(settings)
     searches = variants(modes or [settings.search_mode], fusions or [settings.fusion])
     reports = []
     click.echo(
@@ -152,18 +203,20 @@ def eval_(
     for path in datasets:
         try:
             dataset = open_dataset(path, split, corpus)
-        except KBError as exc:
+            _warn_unmatched(dataset)
+            with temporary_store(settings, embedder) as store:
+                found = run_eval(store, dataset, searches)
+        except KBError as exc:  # a bad corpus record too: named, not a traceback
             fail(exc.message)
-        with temporary_store(settings, embedder) as store:
-            for report in run_eval(store, dataset, searches):
-                f = report.figures
-                click.echo(
-                    f"{report.dataset:<16} {report.mode:<12} {report.documents:>6} "
-                    f"{report.queries:>7} {f['ndcg@10']:>8.3f} {f['mrr@10']:>7.3f} "
-                    f"{f['recall@10']:>6.3f} {f['recall@100']:>6.3f} "
-                    f"{report.load_seconds:>7.1f} {report.query_seconds:>7.1f}"
-                )
-                reports.append(asdict(report))
+        for report in found:
+            f = report.figures
+            click.echo(
+                f"{report.dataset:<16} {report.mode:<12} {report.documents:>6} "
+                f"{report.queries:>7} {f['ndcg@10']:>8.3f} {f['mrr@10']:>7.3f} "
+                f"{f['recall@10']:>6.3f} {f['recall@100']:>6.3f} "
+                f"{report.load_seconds:>7.1f} {report.query_seconds:>7.1f}"
+            )
+            reports.append(asdict(report))
     if json_out:
         Path(json_out).write_text(json.dumps(reports, indent=2) + "\n")
 
@@ -181,7 +234,7 @@ def duplicates(min_score: float | None) -> None:
 
     settings = Settings()
     threshold = settings.duplicate_score if min_score is None else min_score
-    store = open_store(settings)
+    store = open_store(settings, existing=True)
     try:
         found = groups(store.records, threshold)
     finally:

@@ -98,22 +98,38 @@ def reaches(row: Row, min_precision: float) -> bool:
     return row.precision >= min_precision and row.recall > 0
 
 
-def match_labels(
-    rankings: Sequence[tuple[Sequence[str], Sequence[float]]],
-    relevant: Sequence[set[str]],
-    k: int,
-) -> tuple[list[float], list[int]]:
-    """(score, is-relevant) for every match a query would show in its top k.
+Ranking = tuple[Sequence[str], Sequence[float]]  # a query's document ids and scores, best first
 
-    This is the threshold's real job: drop the shown matches that do not answer the query.
-    A query with no relevant document contributes only negatives.
-    """
-    scores, labels = [], []
-    for (ids, values), wanted in zip(rankings, relevant, strict=True):
-        for doc_id, score in zip(ids[:k], values[:k], strict=True):
-            scores.append(float(score))
-            labels.append(int(doc_id in wanted))
-    return scores, labels
+
+def shown(ranking: Ranking, k: int, threshold: float) -> list[str]:
+    """What a search shows: the first k documents of the ranking scoring at least the
+    threshold (kb.search picks before top_k cuts)."""
+    ids, values = ranking
+    return [doc for doc, score in zip(ids, values, strict=True) if score >= threshold][:k]
+
+
+def shown_sweep(
+    rankings: Sequence[Ranking], relevant: Sequence[set[str]], k: int, step: float = 0.01
+) -> list[Row]:
+    """Precision of the matches a search shows at each threshold t from -1 to 1, and their
+    recall of the relevant documents the rankings hold (each ranking as deep as the search
+    looks, so a relevant document below the first k counts once the threshold lifts it in).
+    This is the threshold's real job: drop the shown matches that do not answer the query;
+    a query with no relevant document contributes only negatives."""
+    pairs = zip(rankings, relevant, strict=True)
+    findable = sum(len(set(ids) & wanted) for (ids, _), wanted in pairs)
+    rows = []
+    for t in np.round(np.arange(-1.0, 1.0 + step / 2, step), 4):
+        hits = shown_count = 0
+        for ranking, wanted in zip(rankings, relevant, strict=True):
+            docs = shown(ranking, k, float(t))
+            shown_count += len(docs)
+            hits += sum(doc in wanted for doc in docs)
+        precision = hits / shown_count if shown_count else 1.0
+        recall = hits / findable if findable else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        rows.append(Row(float(t), precision, recall, f1))
+    return rows
 
 
 @dataclass(frozen=True)
@@ -124,22 +140,22 @@ class QueryRow:
 
 
 def query_sweep(
-    rankings: Sequence[tuple[Sequence[str], Sequence[float]]],
+    rankings: Sequence[Ranking],
     relevant: Sequence[set[str]],
     k: int,
     thresholds: Sequence[float],
 ) -> list[QueryRow]:
     """Per query, not per match: does an unanswerable query still get an answer, and does an
-    answerable one keep a relevant document among its top k, at each threshold?"""
+    answerable one show a relevant document, at each threshold?"""
     rows = []
     for t in thresholds:
         leaked = kept = 0
-        for (ids, values), wanted in zip(rankings, relevant, strict=True):
-            shown = [doc for doc, score in zip(ids[:k], values[:k], strict=True) if score >= t]
+        for ranking, wanted in zip(rankings, relevant, strict=True):
+            docs = shown(ranking, k, t)
             if not wanted:
-                leaked += bool(shown)
+                leaked += bool(docs)
             else:
-                kept += any(doc in wanted for doc in shown)
+                kept += any(doc in wanted for doc in docs)
         rows.append(QueryRow(t, leaked, kept))
     return rows
 

@@ -40,6 +40,22 @@ def test_query_sweep_counts_leaks_and_kept_answers() -> None:
     assert (high.leaked, high.kept) == (0, 1)
 
 
+def test_the_sweeps_pick_before_top_k_cuts() -> None:
+    """As the service does: a relevant document ranked below k is shown once the threshold
+    drops the ones above it (hybrid order is not score order)."""
+    from kb.calibration import query_sweep, shown, shown_sweep
+
+    runs = [(["x", "y", "a"], [0.3, 0.2, 0.5]), (["b", "z"], [0.9, 0.1])]
+    wanted = [{"a"}, {"b"}]
+    assert shown(runs[0], 1, 0.4) == ["a"]
+    (row,) = query_sweep(runs, wanted, k=1, thresholds=[0.4])
+    assert row.kept == 2
+    rows = {round(r.threshold, 2): r for r in shown_sweep(runs, wanted, k=1)}
+    assert (rows[0.0].precision, rows[0.0].recall) == (0.5, 0.5)  # x and b shown
+    assert (rows[0.4].precision, rows[0.4].recall) == (1.0, 1.0)  # a and b
+    assert (rows[0.6].precision, rows[0.6].recall) == (1.0, 0.5)  # b
+
+
 BAD_PAIRS = {
     "no b": ('{"a": "x", "label": 1}\n', ":1: 'a' and 'b' must be strings"),
     "broken line 2": ('{"a": "x", "b": "y", "label": 1}\n{bad\n', ":2: not valid JSON"),

@@ -74,23 +74,26 @@ def _from_pairs(embedder: Embedder, path: str, precision: float | None) -> Row:
 def _from_queries(
     settings: Settings, embedder: Embedder, folder: str, precision: float | None
 ) -> Row:
-    from kb.calibration import match_labels, query_sweep, sweep
+    from kb.calibration import query_sweep, shown_sweep
     from kb.evaluation import load_corpus, open_dataset, rank, temporary_store
 
     dataset = open_dataset(folder)
     _warn_unmatched(dataset)
+    # as deep as a search looks (hybrid and keyword read KB_HYBRID_DEPTH a side): the
+    # threshold picks each query's top_k from this ranking, as the service does
+    depth = max(settings.top_k, settings.hybrid_depth)
     with temporary_store(settings, embedder) as store:
         load_corpus(store, dataset)  # a record that fails stops here, as in kb eval
-        ranked = rank(store, list(dataset.queries.values()), top_k=settings.top_k)
+        ranked = rank(store, list(dataset.queries.values()), top_k=depth)
     wanted = [set(dataset.qrels[q]) for q in dataset.queries]
-    scores, labels = match_labels([(r.ids, r.scores) for r in ranked], wanted, settings.top_k)
+    runs = [(r.ids, r.scores) for r in ranked]
     unanswerable = sum(not w for w in wanted)
     click.echo(
-        f"queries: {len(wanted)} ({unanswerable} with no answer), top {settings.top_k} "
-        f"matches each: {len(labels)} matches, {sum(labels)} relevant"
+        f"queries: {len(wanted)} ({unanswerable} with no answer), up to {settings.top_k} "
+        f"matches each from the best {depth} (precision: of the matches shown; recall: of "
+        "the relevant documents in those rankings)"
     )
-    best = _table(sweep(scores, labels), precision)
-    runs = [(r.ids, r.scores) for r in ranked]
+    best = _table(shown_sweep(runs, wanted, settings.top_k), precision)
     click.echo(f"{'threshold':>9} {'unanswerable still matched':>27} {'answers kept':>13}")
     answerable = len(wanted) - unanswerable
     for row in query_sweep(runs, wanted, settings.top_k, [0.3, 0.35, 0.4, 0.45, 0.5]):

@@ -196,4 +196,4 @@ def _classify(item: Item, seen: dict[str, Item]) -> Literal["new", "same"] | Pro
         first.doc.text, first.doc.metadata, item.doc.text, item.doc.metadata
     ):
         return "same"
-    return Problem(item.source, item.line, f"id '{doc_id}' repeats {first.source}:{first.line}")
+    return Problem(item.source, item.line, f"id '{doc_id}' repeats {first.where}", item.unit)

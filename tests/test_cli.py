@@ -11,6 +11,7 @@ from click.testing import CliRunner, Result
 
 from kb.cli import main
 from kb.config import Settings
+from kb.filters import compile_filter
 from kb.schemas import DocumentIn
 from kb.store import KnowledgeStore
 
@@ -176,6 +177,32 @@ def test_json_array_folder_and_stdin(env, tmp_path: Path, embedder) -> None:
     store = stored(env, embedder)
     assert store.count() == 4
     store.close()
+
+
+def test_markdown_documents_from_stdin_get_ids_of_their_own(env, embedder) -> None:
+    """Every stdin document had the id "-": the second load skipped its new document."""
+    assert "added 1," in run(env, "load", "--format", "md", "-", stdin="First note\n").output
+    second = run(env, "load", "--format", "md", "-", stdin="\ufeff---\ntitle: B\n---\nSecond\n")
+    assert "added 1," in second.output
+    named = run(env, "load", "--format", "md", "-", stdin="---\nid: n3\n---\nThird\n")
+    assert "added 1," in named.output
+    store = stored(env, embedder)
+    assert store.count() == 3
+    assert store.get("n3").text == "Third\n"
+    second_docs = store.iter_documents(compile_filter(where={"title": "B"}))
+    assert [d.text for d in second_docs] == ["Second\n"]
+    store.close()
+
+
+def test_stdin_bytes_that_are_not_utf8_fail_their_line(env) -> None:
+    result = CliRunner().invoke(
+        main,
+        ["load", "-"],
+        env=env,
+        input=b'\xef\xbb\xbf{"text": "one"}\n{"text": "caf\xe9"}\n{"text": "three"}\n',
+    )
+    assert "<stdin>:2: not UTF-8 text: byte 0xe9" in result.output
+    assert "added 2, updated 0, skipped 0, failed 1" in result.output
 
 
 def test_repeated_ids_in_one_file(env, tmp_path: Path) -> None:

@@ -287,6 +287,24 @@ def test_load_through_the_api_with_url(live_server: str, tmp_path: Path) -> None
     assert not (tmp_path / "unused").exists()
 
 
+def test_load_through_the_api_keeps_each_request_under_the_body_limit(tmp_path: Path) -> None:
+    """Batches were cut by count only: texts of 140k characters made one request past the
+    service's body limit, refused with 413, and nothing loaded. Scaled down here: a 64 kB
+    limit on both sides and texts of 20k characters."""
+    from tests.live import Service
+
+    limit = {"KB_MAX_REQUEST_BYTES": "65536"}
+    service = Service(tmp_path / "db", tmp_path / "serve.log", **limit).start()
+    try:
+        records = [{"id": f"big{i}", "text": f"Note {i} " + "word " * 4000} for i in range(12)]
+        source = write_jsonl(tmp_path / "big.jsonl", records)
+        result = run(limit, "load", "--url", service.base, str(source))
+        assert result.exit_code == 0, result.output
+        assert "added 12, updated 0, skipped 0, failed 0" in result.output
+    finally:
+        service.stop()
+
+
 def test_url_that_does_not_answer_is_a_clear_error(tmp_path: Path) -> None:
     source = write_jsonl(tmp_path / "docs.jsonl", GOOD)
     result = run({}, "load", "--url", "http://127.0.0.1:9", str(source))

@@ -2,7 +2,7 @@
 
 Formats: JSONL and JSON arrays of {"id"?, "text", "metadata"?}; CSV with a text column (other
 columns become metadata, numbers typed); Markdown or text files, one document each, with YAML
-front matter as metadata and the path relative to the folder given as the default id; BEIR
+front matter as metadata and the path inside the folder given (or --root) as the default id; BEIR
 corpus files ({"_id", "title", "text"}).
 """
 
@@ -99,8 +99,12 @@ class Summary:
     problems: list[Problem] = field(default_factory=list)
 
 
-def sources(paths: Iterable[str], fmt: str | None = None) -> list[Source]:
-    """What to read: files as given, folders as the files of known formats inside them."""
+def sources(paths: Iterable[str], fmt: str | None = None, root: Path | None = None) -> list[Source]:
+    """What to read: files as given, folders as the files of known formats inside them.
+
+    A text file's id is its path inside `root` when given, else inside the folder named (a
+    file named itself: its own folder, so its name); `root` lets one file of a folder be
+    loaded again under the id the folder's load gave it."""
     found: list[Source] = []
     for path in paths:
         folder = Path(path)
@@ -108,9 +112,10 @@ def sources(paths: Iterable[str], fmt: str | None = None) -> list[Source]:
             for file in sorted(folder.rglob("*")):
                 kind = fmt or SUFFIXES.get(file.suffix.lower())
                 if file.is_file() and kind and not file.name.startswith("."):
-                    found.append(Source(str(file), kind, folder))
+                    found.append(Source(str(file), kind, root or folder))
         else:
-            found.append(Source(path, fmt or SUFFIXES.get(folder.suffix.lower(), "jsonl")))
+            kind = fmt or SUFFIXES.get(folder.suffix.lower(), "jsonl")
+            found.append(Source(path, kind, root if path != "-" else None))
     return found
 
 
@@ -367,17 +372,26 @@ def _text(stream: IO[str], name: str, source: Source, options: Options) -> Itera
         except ValueError as exc:
             yield Problem(name, 1, f"front matter: {exc}")
             return
-    doc_id = (metadata or {}).pop("id", _default_id(source))
+    try:
+        default_id = _default_id(source)
+    except ValueError:
+        yield Problem(name, 1, f"not inside the --root folder {source.root}: no id for it")
+        return
+    doc_id = (metadata or {}).pop("id", default_id)
     yield validate({"id": doc_id, "text": content, "metadata": metadata or None}, name, 1, options)
 
 
 def _default_id(source: Source) -> str | None:
-    """The path inside the folder given, the name of a file given; none for standard input
-    (every document read from it would share one id), so the id is derived from the text."""
+    """The path inside the root folder, the name of a file given alone; none for standard
+    input (every document read from it would share one id): the id is derived from the text."""
     if source.path == "-":
         return None
     path = Path(source.path)
-    return path.relative_to(source.root).as_posix() if source.root else path.name
+    if source.root is None:
+        return path.name
+    # absolute without resolving links: a linked file inside the folder keeps its path there
+    absolute = Path(os.path.abspath(path))
+    return absolute.relative_to(os.path.abspath(source.root)).as_posix()
 
 
 def _front_matter(text: str) -> dict[str, Any]:

@@ -304,3 +304,24 @@ def test_front_matter_values_stay_as_written_unless_plainly_typed(tmp_path: Path
         "when": "2024-03-01",
         "tags": ["a", "07", "b"],
     }
+
+
+def test_root_gives_a_file_named_alone_the_id_its_folders_load_gives(tmp_path: Path) -> None:
+    """notes/sub/s.md was "sub/s.md" loaded with its folder but "s.md" named alone: the same
+    file stored twice. --root names the folder ids are relative to."""
+    root = tmp_path / "notes"
+    (root / "sub").mkdir(parents=True)
+    (root / "sub" / "s.md").write_text("Body\n")
+    (tmp_path / "elsewhere.md").write_text("Other\n")
+    opts = Options(Settings())
+
+    def ids(paths: list[str], root_dir: Path | None) -> list[str]:
+        found = sources(paths, None, root_dir)
+        return [str(e.doc.id if isinstance(e, Item) else e) for s in found for e in read(s, opts)]
+
+    assert ids([str(root)], None) == ["sub/s.md"]
+    assert ids([str(root / "sub" / "s.md")], None) == ["s.md"]
+    assert ids([str(root / "sub" / "s.md")], root) == ["sub/s.md"]
+    assert ids([str(root / "sub")], root) == ["sub/s.md"]
+    (outside,) = ids([str(tmp_path / "elsewhere.md")], root)
+    assert outside.endswith(f"elsewhere.md:1: not inside the --root folder {root}: no id for it")

@@ -55,6 +55,13 @@ URL_IN_FLIGHT = 2  # kb load --url: requests at a time
     help="Records nearly identical to a stored document: not looked for (ignore), written "
     "and counted (allow), left out (skip), or the load stops (reject).",
 )
+@click.option(
+    "--root",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="Markdown/text ids are paths inside this folder (default: inside the folder "
+    "named; a file named alone: its name).",
+)
 @click.option("--url", default=None, help="Send batches to a running kb service instead.")
 @API_KEY
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
@@ -67,6 +74,7 @@ def load(
     upsert: bool,
     strict: bool,
     on_duplicate: str,
+    root: Path | None,
     url: str | None,
     api_key: str | None,
     quiet: bool,
@@ -75,13 +83,14 @@ def load(
 
     JSONL/JSON records are {"id"?, "text", "metadata"?}; CSV rows give the text column and
     metadata columns; Markdown/text files are one document each (YAML front matter is
-    metadata, the path inside the folder is the id). Records without an id get one derived
-    from their text, so loading the same input twice adds nothing.
+    metadata, the path inside the folder named or --root is the id; a file named alone, its
+    name; from stdin, derived). Records without an id get one derived from their text, so
+    loading the same input twice adds nothing.
     """
     from kb.ingest import ingest
 
     settings = Settings()
-    found = sources(paths, fmt)
+    found = sources(paths, fmt, root)
     options = Options(settings, text_column=text_column, id_column=id_column)
     progress = Progress(estimate(found), enabled=not quiet and sys.stderr.isatty())
     mode = "upsert" if upsert else "skip"

@@ -370,7 +370,7 @@ def _text(stream: IO[str], name: str, source: Source, options: Options) -> Itera
         try:
             metadata = _front_matter(found.group(1))
         except ValueError as exc:
-            yield Problem(name, 1, f"front matter: {exc}")
+            yield Problem(name, getattr(exc, "line", 1), f"front matter: {exc}")
             return
     try:
         default_id = _default_id(source)
@@ -399,11 +399,22 @@ def _front_matter(text: str) -> dict[str, Any]:
 
     try:
         data = yaml.load(text, Loader=_yaml_loader()) or {}  # a SafeLoader subclass
+    except yaml.MarkedYAMLError as exc:
+        raise _yaml_problem(exc) from exc
     except yaml.YAMLError as exc:
         raise ValueError(f"invalid YAML: {exc}") from exc
     if not isinstance(data, dict):
         raise ValueError("must be a mapping of key: value")
     return {str(key): _plain(value) for key, value in data.items()}
+
+
+def _yaml_problem(exc: Any) -> ValueError:
+    """YAML's error on one line, with `line` its line in the file (its own count starts after
+    the opening "---"): a problem is one line of kb load's output."""
+    mark = exc.problem_mark or exc.context_mark
+    problem = ValueError(f"invalid YAML: {exc.problem or exc.context or 'cannot be read'}")
+    problem.line = mark.line + 2 if mark is not None else 1  # type: ignore[attr-defined]
+    return problem
 
 
 # YAML 1.1's implicit types that change what was written: 02134 (octal 1116), 12:30

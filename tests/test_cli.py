@@ -301,6 +301,15 @@ def test_load_through_the_api_keeps_each_request_under_the_body_limit(tmp_path: 
         result = run(limit, "load", "--url", service.base, str(source))
         assert result.exit_code == 0, result.output
         assert "added 12, updated 0, skipped 0, failed 0" in result.output
+        # a refused request (this side not told the limit): the one sent after it was
+        # written too, and said so; nothing after it was sent
+        small = [{"id": f"s{i}", "text": f"Small note number {i}"} for i in range(6)]
+        small.insert(3, {"id": "huge", "text": "word " * 20_000})
+        mixed = write_jsonl(tmp_path / "mixed.jsonl", small)
+        stopped = run({}, "load", "--url", service.base, "--batch-size", "1", str(mixed))
+        assert stopped.exit_code == 1
+        assert "load stopped: the request body is larger than the limit" in stopped.output
+        assert "added 4, updated 0, skipped 0, failed 0" in stopped.output
     finally:
         service.stop()
 

@@ -33,6 +33,14 @@ from kb.schemas import (
 
 M = TypeVar("M", bound=BaseModel)
 Conflict = Literal["error", "skip", "upsert"]
+# An add() body beyond its documents: {"documents": [], "on_conflict": ..., "on_duplicate": ...}
+ADD_OVERHEAD = 128
+
+
+def add_bytes(doc: DocumentIn) -> int:
+    """The bytes `doc` adds to an add() request body, encoded as add() encodes it (and the
+    ", " before it), so a caller can keep a request under the service's body limit."""
+    return len(json.dumps(doc.model_dump(exclude_none=True)).encode("utf-8")) + 2
 
 
 class KBClientError(KBError):

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Literal, TypeVar
 
+from kb.errors import KBError
 from kb.loader import Item, Problem, Summary
 from kb.records import derive_id, same_content
 from kb.schemas import AddResponse, DocumentIn
@@ -25,6 +26,16 @@ Prepare = Callable[[Sequence[DocumentIn]], Any]
 T = TypeVar("T")
 
 
+class LoadStopped(KBError):
+    """A write failed and the load stopped; `summary` counts what was written before it and
+    by the batches already in flight when it failed."""
+
+    def __init__(self, error: KBError, summary: Summary) -> None:
+        super().__init__(error.message, code=error.code, status=error.status)
+        self.error = error
+        self.summary = summary
+
+
 def ingest(
     entries: Iterable[Item | Problem],
     sink: Sink,
@@ -36,6 +47,8 @@ def ingest(
     prepare: Prepare | None = None,
     in_flight: int = 1,
     ahead: int = 0,
+    weigh: Callable[[DocumentIn], int] | None = None,
+    max_weight: int | None = None,
 ) -> Summary:
     """Write every good record through `sink`, batch by batch; collect the bad ones.
 
@@ -85,7 +98,16 @@ def ingest(
         settle(in_flight - 1)  # the oldest batch is written before this one goes
         pending.append((writer.submit(sink, work), size))
 
-    events = _events(entries, batch_size, strict)
+    def drain() -> None:
+        """Wait for the batches in flight after a failed one; count those written."""
+        while pending:
+            future, size = pending.pop(0)
+            try:
+                count(future.result(), size)
+            except Exception:  # its own failure: the first one is reported
+                continue
+
+    events = _events(entries, batch_size, strict, _Weights(weigh, max_weight))
     try:
         for event in _read_ahead(events) if prepare else events:
             if event is None:  # the same document twice in the input
@@ -99,14 +121,35 @@ def ingest(
         while prepared:
             write(*prepared.popleft())
         settle()
+    except KBError as exc:
+        drain()
+        raise LoadStopped(exc, summary) from exc
     finally:
         if writer is not None:
             writer.shutdown(wait=True)
     return summary
 
 
+class _Weights:
+    """A batch's running weight against the most one request may carry (none: unbounded)."""
+
+    def __init__(self, weigh: Callable[[DocumentIn], int] | None, most: int | None) -> None:
+        self.weigh, self.most, self.total = weigh, most, 0
+
+    def fits(self, item: Item, batch: list[Item]) -> bool:
+        """Whether `item` can join `batch` (counted in if so; an empty batch takes it)."""
+        if self.weigh is None or self.most is None:
+            return True
+        weight = self.weigh(item.doc)
+        if batch and self.total + weight > self.most:
+            self.total = weight  # it starts the next batch
+            return False
+        self.total = weight if not batch else self.total + weight
+        return True
+
+
 def _events(
-    entries: Iterable[Item | Problem], batch_size: int, strict: bool
+    entries: Iterable[Item | Problem], batch_size: int, strict: bool, weights: _Weights
 ) -> Iterator[list[Item] | Problem | None]:
     """The input in order as batches of new records, problems, and None for each identical
     repeat; with `strict`, nothing after the first problem but the batch before it."""
@@ -119,6 +162,9 @@ def _events(
         if isinstance(entry, Item):
             verdict = _classify(entry, seen)
             if verdict == "new":
+                if not weights.fits(entry, batch):
+                    yield batch
+                    batch, limit = [], next(limits)
                 batch.append(entry)
                 if len(batch) >= limit:
                     yield batch
@@ -196,4 +242,4 @@ def _classify(item: Item, seen: dict[str, Item]) -> Literal["new", "same"] | Pro
         first.doc.text, first.doc.metadata, item.doc.text, item.doc.metadata
     ):
         return "same"
-    return Problem(item.source, item.line, f"id '{doc_id}' repeats {first.source}:{first.line}")
+    return Problem(item.source, item.line, f"id '{doc_id}' repeats {first.where}", item.unit)

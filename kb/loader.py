@@ -2,7 +2,7 @@
 
 Formats: JSONL and JSON arrays of {"id"?, "text", "metadata"?}; CSV with a text column (other
 columns become metadata, numbers typed); Markdown or text files, one document each, with YAML
-front matter as metadata and the path relative to the folder given as the default id; BEIR
+front matter as metadata and the path inside the folder given (or --root) as the default id; BEIR
 corpus files ({"_id", "title", "text"}).
 """
 
@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import io
 import os
+import re
 import sys
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -43,9 +46,14 @@ class Problem:
     source: str
     line: int
     message: str
+    unit: str = "line"  # "item": `line` counts the items of a JSON array, not lines
+
+    @property
+    def where(self) -> str:
+        return _where(self.source, self.line, self.unit)
 
     def __str__(self) -> str:
-        return f"{self.source}:{self.line}: {self.message}"
+        return f"{self.where}: {self.message}"
 
 
 @dataclass(frozen=True)
@@ -53,6 +61,16 @@ class Item:
     source: str
     line: int
     doc: DocumentIn
+    unit: str = "line"
+
+    @property
+    def where(self) -> str:
+        return _where(self.source, self.line, self.unit)
+
+
+def _where(source: str, line: int, unit: str) -> str:
+    """file:line, or "file item N" where N counts a JSON array's items, not its lines."""
+    return f"{source}:{line}" if unit == "line" else f"{source} {unit} {line}"
 
 
 @dataclass(frozen=True)
@@ -81,8 +99,12 @@ class Summary:
     problems: list[Problem] = field(default_factory=list)
 
 
-def sources(paths: Iterable[str], fmt: str | None = None) -> list[Source]:
-    """What to read: files as given, folders as the files of known formats inside them."""
+def sources(paths: Iterable[str], fmt: str | None = None, root: Path | None = None) -> list[Source]:
+    """What to read: files as given, folders as the files of known formats inside them.
+
+    A text file's id is its path inside `root` when given, else inside the folder named (a
+    file named itself: its own folder, so its name); `root` lets one file of a folder be
+    loaded again under the id the folder's load gave it."""
     found: list[Source] = []
     for path in paths:
         folder = Path(path)
@@ -90,9 +112,10 @@ def sources(paths: Iterable[str], fmt: str | None = None) -> list[Source]:
             for file in sorted(folder.rglob("*")):
                 kind = fmt or SUFFIXES.get(file.suffix.lower())
                 if file.is_file() and kind and not file.name.startswith("."):
-                    found.append(Source(str(file), kind, folder))
+                    found.append(Source(str(file), kind, root or folder))
         else:
-            found.append(Source(path, fmt or SUFFIXES.get(folder.suffix.lower(), "jsonl")))
+            kind = fmt or SUFFIXES.get(folder.suffix.lower(), "jsonl")
+            found.append(Source(path, kind, root if path != "-" else None))
     return found
 
 
@@ -131,33 +154,68 @@ def read(source: Source, options: Options) -> Iterator[Item | Problem]:
     """Items and problems from one source, in file order."""
     reader = READERS[source.fmt]
     if source.path == "-":
-        yield from reader(sys.stdin, "<stdin>", source, options)
+        with _decoded(getattr(sys.stdin, "buffer", None), detach=True) as stream:
+            yield from reader(stream or sys.stdin, "<stdin>", source, options)
         return
     try:
-        with open(source.path, encoding="utf-8", newline="") as stream:
-            yield from reader(stream, source.path, source, options)
+        with open(source.path, "rb") as raw, _decoded(raw) as stream:
+            yield from reader(stream or raw, source.path, source, options)  # type: ignore[arg-type]
     except OSError as exc:
         yield Problem(source.path, 0, f"cannot read: {exc.strerror or exc}")
-    except UnicodeDecodeError as exc:
-        yield Problem(source.path, 0, f"not UTF-8 text: {exc.reason}")
+
+
+@contextmanager
+def _decoded(raw: IO[bytes] | None, detach: bool = False) -> Iterator[IO[str] | None]:
+    """`raw` as text: a leading byte-order mark dropped (a BOM made a CSV's first column
+    "\ufeffid" and hid Markdown front matter), and bytes that are not UTF-8 kept as
+    U+DC80..U+DCFF (surrogateescape), so the record holding one is reported, with its line,
+    and the others load. `detach` leaves `raw` open (standard input)."""
+    if raw is None:
+        yield None
+        return
+    stream = io.TextIOWrapper(raw, encoding="utf-8-sig", errors="surrogateescape", newline="")
+    try:
+        yield stream
+    finally:
+        if detach:
+            stream.detach()
+
+
+_BAD_BYTE = re.compile("[\udc80-\udcff]")
+
+
+def _undecodable(text: str) -> str | None:
+    """What is wrong when `text` holds a byte that was not UTF-8 (see _decoded), else None."""
+    if text.isascii() or (found := _BAD_BYTE.search(text)) is None:
+        return None
+    return f"not UTF-8 text: byte 0x{ord(found.group()) - 0xDC00:02x}"
+
+
+def _bad_line(text: str) -> int:
+    """The line (from 1) of `text`'s first byte that was not UTF-8."""
+    found = _BAD_BYTE.search(text)
+    return text.count("\n", 0, found.start()) + 1 if found else 1
 
 
 def validate(
     data: Any, name: str, line: int, options: Options, unit: str = "line"
 ) -> Item | Problem:
     """One record as a DocumentIn, or the problem with it (fields named, as the API does)."""
+    where = "item" if unit == "item" else "line"  # a CSV row is still cited by its line
     if not isinstance(data, dict):
-        return Problem(name, line, f"each {unit} must be a JSON object with a 'text' field")
+        message = f"each {unit} must be a JSON object with a 'text' field"
+        return Problem(name, line, message, where)
     try:
         json_input.check(data)
     except json_input.UnusableJSON as exc:
-        return Problem(name, line, f"{exc.path or 'record'}: {exc.message}")
+        return Problem(name, line, f"{exc.path or 'record'}: {exc.message}", where)
     try:
         doc = DocumentIn.model_validate(data, context={"settings": options.settings})
     except ValidationError as exc:
         errors = field_errors(exc, root="record")
-        return Problem(name, line, "; ".join(f"{e['field']}: {e['message']}" for e in errors))
-    return Item(name, line, doc)
+        message = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+        return Problem(name, line, message, where)
+    return Item(name, line, doc, where)
 
 
 def _jsonl(
@@ -165,6 +223,9 @@ def _jsonl(
 ) -> Iterator[Item | Problem]:
     for number, line in enumerate(stream, start=1):
         if not line.strip():
+            continue
+        if bad := _undecodable(line):
+            yield Problem(name, number, bad)
             continue
         try:
             data = json_input.parse(line)
@@ -179,6 +240,9 @@ def _beir(stream: IO[str], name: str, source: Source, options: Options) -> Itera
     for number, line in enumerate(stream, start=1):
         if not line.strip():
             continue
+        if bad := _undecodable(line):
+            yield Problem(name, number, bad)
+            continue
         try:
             data = json_input.parse(line)
             title, body = str(data.get("title") or "").strip(), str(data.get("text") or "")
@@ -192,8 +256,12 @@ def _beir(stream: IO[str], name: str, source: Source, options: Options) -> Itera
 
 
 def _json(stream: IO[str], name: str, source: Source, options: Options) -> Iterator[Item | Problem]:
+    content = stream.read()
+    if bad := _undecodable(content):  # one JSON value: no record around it can be told apart
+        yield Problem(name, _bad_line(content), f"{bad}; the file is not read")
+        return
     try:
-        data = json_input.parse(stream.read())
+        data = json_input.parse(content)
     except ValueError as exc:
         yield Problem(name, getattr(exc, "lineno", 1), f"invalid JSON: {exc}")
         return
@@ -207,57 +275,188 @@ def _json(stream: IO[str], name: str, source: Source, options: Options) -> Itera
 
 
 def _csv(stream: IO[str], name: str, source: Source, options: Options) -> Iterator[Item | Problem]:
-    reader = csv.DictReader(stream)
-    columns = reader.fieldnames or []
-    if options.text_column not in columns:
-        yield Problem(name, 1, f"no '{options.text_column}' column (columns: {', '.join(columns)})")
-        return
-    line = 1
-    for row in reader:
-        data: dict[str, Any] = {"text": row.get(options.text_column)}
-        if row.get(options.id_column):
-            data["id"] = row[options.id_column]
-        metadata = {
-            key: number_or_text(value)
-            for key, value in row.items()
-            if key not in {options.text_column, options.id_column}
-            and key
-            and value not in ("", None)
-        }
-        if None in row:
-            yield Problem(name, line + 1, "more fields than the header has columns")
-        else:
-            data["metadata"] = metadata or None
-            yield validate(data, name, line + 1, options, unit="row")
-        line = reader.line_num
+    """Rows after the header, each cited by the line it starts on (blank lines counted)."""
+    _allow_long_cells(options.settings)
+    # strict: a quote left open is an error at the end of the file, not one record
+    # silently swallowing every later row
+    reader = csv.reader(stream, strict=True)
+    header: list[str] | None = None
+    while True:
+        start = reader.line_num + 1
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            yield Problem(name, start, f"{_csv_error(exc)}; the rest of the file is not read")
+            return
+        if not row:  # a blank line
+            continue
+        if header is None:
+            if problem := _header_problem(row, options):
+                yield Problem(name, start, problem)
+                return
+            header = row
+            continue
+        yield _csv_record(header, row, name, start, options)
+
+
+def _allow_long_cells(settings: Settings) -> None:
+    """Let a cell hold twice the longest text (csv's own limit, 131,072, is below the text
+    limit): a text a little too long is that row's problem, and the limit still stops a
+    runaway field before it holds a whole large file."""
+    csv.field_size_limit(max(csv.field_size_limit(), 2 * settings.max_text_chars))
+
+
+def _csv_error(exc: csv.Error) -> str:
+    if "unexpected end of data" in str(exc):
+        return "a quoted field opened in this row is never closed"
+    if "field larger than field limit" in str(exc):
+        return f"a cell is longer than {csv.field_size_limit():,} characters"
+    return f"invalid CSV: {exc}"
+
+
+def _header_problem(header: list[str], options: Options) -> str | None:
+    if bad := _undecodable(",".join(header)):
+        return f"header: {bad}"
+    if options.text_column not in header:
+        return f"no '{options.text_column}' column (columns: {', '.join(header)})"
+    named = [column for column in header if column]
+    if repeated := sorted({column for column in named if named.count(column) > 1}):
+        # a dict of the row keeps only the last of them: the others' cells would be lost
+        return f"column names repeated in the header: {', '.join(repeated)}"
+    return None
+
+
+def _csv_record(
+    header: list[str], row: list[str], name: str, line: int, options: Options
+) -> Item | Problem:
+    if len(row) > len(header):
+        return Problem(name, line, "more fields than the header has columns")
+    if bad := _undecodable("".join(row)):
+        return Problem(name, line, bad)
+    unnamed = [
+        n for n, (key, value) in enumerate(zip(header, row, strict=False), 1) if not key and value
+    ]
+    if unnamed:
+        return Problem(
+            name, line, f"a value in column {unnamed[0]}, which the header leaves unnamed"
+        )
+    cells = dict(zip(header, row, strict=False))
+    data: dict[str, Any] = {"text": cells.get(options.text_column)}
+    if cells.get(options.id_column):
+        data["id"] = cells[options.id_column]
+    metadata = {
+        key: number_or_text(value)
+        for key, value in cells.items()
+        if key not in {options.text_column, options.id_column} and key and value != ""
+    }
+    data["metadata"] = metadata or None
+    return validate(data, name, line, options, unit="row")
+
+
+# Front matter: "---" lines (trailing blanks allowed, LF or CRLF) around YAML, at the start
+_FRONT = re.compile(r"\A---[ \t]*\r?\n(.*?)^---[ \t]*(?:\r?\n|\Z)", re.DOTALL | re.MULTILINE)
 
 
 def _text(stream: IO[str], name: str, source: Source, options: Options) -> Iterator[Item | Problem]:
     content = stream.read()
+    if bad := _undecodable(content):
+        yield Problem(name, _bad_line(content), bad)
+        return
     metadata: dict[str, Any] | None = None
-    if content.startswith("---\n") and (end := content.find("\n---", 4)) != -1:
-        front, content = content[4:end], content[end + 4 :].lstrip("\n")
+    if found := _FRONT.match(content):
+        content = content[found.end() :].lstrip("\r\n")
         try:
-            metadata = _front_matter(front)
+            metadata = _front_matter(found.group(1))
         except ValueError as exc:
-            yield Problem(name, 1, f"front matter: {exc}")
+            yield Problem(name, getattr(exc, "line", 1), f"front matter: {exc}")
             return
-    path = Path(source.path)
-    default_id = path.relative_to(source.root).as_posix() if source.root else path.name
+    try:
+        default_id = _default_id(source)
+    except ValueError:
+        yield Problem(name, 1, f"not inside the --root folder {source.root}: no id for it")
+        return
     doc_id = (metadata or {}).pop("id", default_id)
     yield validate({"id": doc_id, "text": content, "metadata": metadata or None}, name, 1, options)
+
+
+def _default_id(source: Source) -> str | None:
+    """The path inside the root folder, the name of a file given alone; none for standard
+    input (every document read from it would share one id): the id is derived from the text."""
+    if source.path == "-":
+        return None
+    path = Path(source.path)
+    if source.root is None:
+        return path.name
+    # absolute without resolving links: a linked file inside the folder keeps its path there
+    absolute = Path(os.path.abspath(path))
+    return absolute.relative_to(os.path.abspath(source.root)).as_posix()
 
 
 def _front_matter(text: str) -> dict[str, Any]:
     import yaml
 
     try:
-        data = yaml.safe_load(text) or {}
+        data = yaml.load(text, Loader=_yaml_loader()) or {}  # a SafeLoader subclass
+    except yaml.MarkedYAMLError as exc:
+        raise _yaml_problem(exc) from exc
     except yaml.YAMLError as exc:
         raise ValueError(f"invalid YAML: {exc}") from exc
     if not isinstance(data, dict):
         raise ValueError("must be a mapping of key: value")
     return {str(key): _plain(value) for key, value in data.items()}
+
+
+def _yaml_problem(exc: Any) -> ValueError:
+    """YAML's error on one line, with `line` its line in the file (its own count starts after
+    the opening "---"): a problem is one line of kb load's output."""
+    mark = exc.problem_mark or exc.context_mark
+    problem = ValueError(f"invalid YAML: {exc.problem or exc.context or 'cannot be read'}")
+    problem.line = mark.line + 2 if mark is not None else 1  # type: ignore[attr-defined]
+    return problem
+
+
+# YAML 1.1's implicit types that change what was written: 02134 (octal 1116), 12:30
+# (sexagesimal 750), NO/yes/on (booleans), 1.10 (1.1); replaced by the spellings below.
+_DROPPED_TAGS = {"tag:yaml.org,2002:bool", "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"}
+_SCALARS = (
+    ("tag:yaml.org,2002:bool", r"^(?:true|True|TRUE|false|False|FALSE)$", "tTfF"),
+    ("tag:yaml.org,2002:int", r"^-?(?:0|[1-9][0-9]*)$", "-0123456789"),
+    # a decimal is a number only when no written digit would be lost (1.10 stays text)
+    (
+        "tag:yaml.org,2002:float",
+        r"^-?(?:0|[1-9][0-9]*)(?:\.[0-9]*[1-9])?(?:[eE][-+]?[0-9]+)?$",
+        "-0123456789",
+    ),
+)
+_LOADER: type | None = None
+
+
+def _yaml_loader() -> type:
+    """A SafeLoader typing scalars as JSON spells them (true/false, integers without leading
+    zeros, decimals) plus ISO dates; everything else stays the text written. Keys are always
+    that text ("null:" is the key "null", not None)."""
+    global _LOADER
+    if _LOADER is not None:
+        return _LOADER
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            for key, _ in node.value:
+                if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
+                    key.tag = "tag:yaml.org,2002:str"
+            return super().construct_mapping(node, deep)
+
+    Loader.yaml_implicit_resolvers = {
+        first: [(tag, pattern) for tag, pattern in resolvers if tag not in _DROPPED_TAGS]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+    for tag, pattern, first in _SCALARS:
+        Loader.add_implicit_resolver(tag, re.compile(pattern), list(first))
+    _LOADER = Loader
+    return Loader
 
 
 def _plain(value: Any) -> Any:

@@ -11,6 +11,7 @@ from click.testing import CliRunner, Result
 
 from kb.cli import main
 from kb.config import Settings
+from kb.filters import compile_filter
 from kb.schemas import DocumentIn
 from kb.store import KnowledgeStore
 
@@ -178,6 +179,32 @@ def test_json_array_folder_and_stdin(env, tmp_path: Path, embedder) -> None:
     store.close()
 
 
+def test_markdown_documents_from_stdin_get_ids_of_their_own(env, embedder) -> None:
+    """Every stdin document had the id "-": the second load skipped its new document."""
+    assert "added 1," in run(env, "load", "--format", "md", "-", stdin="First note\n").output
+    second = run(env, "load", "--format", "md", "-", stdin="\ufeff---\ntitle: B\n---\nSecond\n")
+    assert "added 1," in second.output
+    named = run(env, "load", "--format", "md", "-", stdin="---\nid: n3\n---\nThird\n")
+    assert "added 1," in named.output
+    store = stored(env, embedder)
+    assert store.count() == 3
+    assert store.get("n3").text == "Third\n"
+    second_docs = store.iter_documents(compile_filter(where={"title": "B"}))
+    assert [d.text for d in second_docs] == ["Second\n"]
+    store.close()
+
+
+def test_stdin_bytes_that_are_not_utf8_fail_their_line(env) -> None:
+    result = CliRunner().invoke(
+        main,
+        ["load", "-"],
+        env=env,
+        input=b'\xef\xbb\xbf{"text": "one"}\n{"text": "caf\xe9"}\n{"text": "three"}\n',
+    )
+    assert "<stdin>:2: not UTF-8 text: byte 0xe9" in result.output
+    assert "added 2, updated 0, skipped 0, failed 1" in result.output
+
+
 def test_repeated_ids_in_one_file(env, tmp_path: Path) -> None:
     records = [GOOD[0], GOOD[0], {"id": "a", "text": "Different text"}]
     result = run(env, "load", str(write_jsonl(tmp_path / "rep.jsonl", records)))
@@ -258,6 +285,33 @@ def test_load_through_the_api_with_url(live_server: str, tmp_path: Path) -> None
     assert client.get("a").metadata == {"n": 1}
     assert client.query("alpha", top_k=1).matches[0].id == "a"
     assert not (tmp_path / "unused").exists()
+
+
+def test_load_through_the_api_keeps_each_request_under_the_body_limit(tmp_path: Path) -> None:
+    """Batches were cut by count only: texts of 140k characters made one request past the
+    service's body limit, refused with 413, and nothing loaded. Scaled down here: a 64 kB
+    limit on both sides and texts of 20k characters."""
+    from tests.live import Service
+
+    limit = {"KB_MAX_REQUEST_BYTES": "65536"}
+    service = Service(tmp_path / "db", tmp_path / "serve.log", **limit).start()
+    try:
+        records = [{"id": f"big{i}", "text": f"Note {i} " + "word " * 4000} for i in range(12)]
+        source = write_jsonl(tmp_path / "big.jsonl", records)
+        result = run(limit, "load", "--url", service.base, str(source))
+        assert result.exit_code == 0, result.output
+        assert "added 12, updated 0, skipped 0, failed 0" in result.output
+        # a refused request (this side not told the limit): the one sent after it was
+        # written too, and said so; nothing after it was sent
+        small = [{"id": f"s{i}", "text": f"Small note number {i}"} for i in range(6)]
+        small.insert(3, {"id": "huge", "text": "word " * 20_000})
+        mixed = write_jsonl(tmp_path / "mixed.jsonl", small)
+        stopped = run({}, "load", "--url", service.base, "--batch-size", "1", str(mixed))
+        assert stopped.exit_code == 1
+        assert "load stopped: the request body is larger than the limit" in stopped.output
+        assert "added 4, updated 0, skipped 0, failed 0" in stopped.output
+    finally:
+        service.stop()
 
 
 def test_url_that_does_not_answer_is_a_clear_error(tmp_path: Path) -> None:

@@ -133,3 +133,40 @@ def test_a_load_starts_with_small_batches_and_doubles_to_the_batch_size() -> Non
     summary = ingest(items(1000), sink, batch_size=300, prepare=list)  # type: ignore[arg-type]
     assert [len(batch) for batch in batches] == [128, 256, 300, 300, 16]
     assert summary.added == 1000
+
+
+def test_a_failed_write_waits_for_the_batches_in_flight_and_counts_them() -> None:
+    """With two writes in flight, the batch sent after a refused one was stored too, and the
+    load stopped with no counts: nothing said it had been written."""
+    from kb.errors import KBError
+    from kb.ingest import LoadStopped
+
+    written: list[list[str]] = []
+
+    def sink(docs: Sequence[DocumentIn]) -> AddResponse:
+        ids = [str(doc.id) for doc in docs]
+        if "d2" in ids:
+            raise KBError("refused", status=413)
+        written.append(ids)
+        return AddResponse(ids=ids, added=len(ids))
+
+    with pytest.raises(LoadStopped) as stopped:
+        ingest(items(10), sink, batch_size=2, prepare=list, in_flight=2)  # type: ignore[arg-type]
+    assert stopped.value.message == "refused"
+    assert sorted(written) == [["d0", "d1"], ["d4", "d5"]]  # the third batch was in flight
+    assert stopped.value.summary.added == 4
+
+
+def test_batches_end_before_their_weight_passes_the_limit() -> None:
+    """Batches were cut by count only: a request of heavy documents passed the body limit."""
+    batches, _, sink = recorder()
+    weights = {f"d{i}": w for i, w in enumerate([40, 40, 30, 90, 150, 10, 10])}
+    summary = ingest(
+        items(7),
+        sink,
+        batch_size=5,
+        weigh=lambda doc: weights[str(doc.id)],
+        max_weight=100,
+    )
+    assert batches == [["d0", "d1"], ["d2"], ["d3"], ["d4"], ["d5", "d6"]]
+    assert summary.added == 7

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import pytest
@@ -103,7 +104,9 @@ def test_markdown_folder_front_matter_and_relative_ids(tmp_path: Path) -> None:
     assert intro.doc.metadata == {"title": "Intro", "date": "2024-03-01", "tags": ["ml", "basics"]}
     assert entries["plain.txt"].doc.id == "plain.txt"  # type: ignore[union-attr]
     assert entries["custom.md"].doc.id == "my-id"  # type: ignore[union-attr]
-    assert "front matter: invalid YAML" in str(entries["broken.md"])
+    assert str(entries["broken.md"]).endswith(
+        "broken.md:3: front matter: invalid YAML: expected ',' or ']', but got '<stream end>'"
+    )
 
 
 def test_json_array_and_documents_object(tmp_path: Path) -> None:
@@ -111,7 +114,8 @@ def test_json_array_and_documents_object(tmp_path: Path) -> None:
     (tmp_path / "b.json").write_text('{"documents": [{"text": "two"}]}')
     entries = read_all(tmp_path / "a.json") + read_all(tmp_path / "b.json")
     assert [isinstance(e, Item) for e in entries] == [True, False, True]
-    assert "a.json:2: text: text must not be empty" in str(entries[1])
+    # the item's place in the array: citing it as a line pointed at the wrong line
+    assert "a.json item 2: text: text must not be empty" in str(entries[1])
 
 
 def test_unreadable_and_non_utf8_files_are_problems(tmp_path: Path) -> None:
@@ -167,3 +171,159 @@ def test_lone_surrogates_and_deep_nesting_are_problems_of_their_record(tmp_path:
     (tmp_path / "note.md").write_text('---\ntitle: "x\\ud800"\n---\nBody\n')
     (front,) = read_all(tmp_path / "note.md")
     assert "note.md:1: metadata.title: holds a lone UTF-16 surrogate" in str(front)
+
+
+def test_csv_unclosed_quote_is_a_problem_at_the_row_it_opens_in(tmp_path: Path) -> None:
+    """The quote swallowed every later row into one record, and the load said nothing."""
+    path = tmp_path / "q.csv"
+    path.write_text(
+        'id,text,cat\nr0,fine,a\nr1,"He said ""hi"" then,a\nr2,second row text,b\nr3,third,c\n'
+    )
+    good, problem = read_all(path)
+    assert isinstance(good, Item)
+    assert good.doc.id == "r0"
+    assert str(problem) == (
+        f"{path}:3: a quoted field opened in this row is never closed; the rest of the file "
+        "is not read"
+    )
+
+
+def test_csv_cell_longer_than_csvs_own_limit_loads(tmp_path: Path) -> None:
+    """A 140k-character text (under KB_MAX_TEXT_CHARS) raised _csv.Error: nothing loaded."""
+    path = tmp_path / "long.csv"
+    path.write_text(f"id,text\nlong,{'x' * 140_000}\nshort,ok\n")
+    long, short = read_all(path)
+    assert isinstance(long, Item)
+    assert len(long.doc.text) == 140_000
+    assert isinstance(short, Item)
+    path.write_text(f"id,text\nfine,ok\nhuge,{'x' * (csv.field_size_limit() + 1)}\nlater,ok\n")
+    fine, huge = read_all(path)
+    assert isinstance(fine, Item)
+    assert str(huge).startswith(f"{path}:3: a cell is longer than ")
+
+
+def test_csv_line_numbers_count_blank_lines(tmp_path: Path) -> None:
+    path = tmp_path / "q.csv"
+    path.write_text("id,text\nq1,ok one\n\nq2,\n")
+    _, problem = read_all(path)
+    assert str(problem).startswith(f"{path}:4: text:")  # it said 3
+
+
+def test_a_byte_that_is_not_utf8_fails_its_line_only(tmp_path: Path) -> None:
+    """The whole file was dropped, reported as line 0."""
+    path = tmp_path / "u.jsonl"
+    path.write_bytes(b'{"text": "one"}\n{"text": "caf\xe9"}\n{"text": "three"}\n')
+    one, bad, three = read_all(path)
+    assert str(bad) == f"{path}:2: not UTF-8 text: byte 0xe9"
+    assert isinstance(one, Item)
+    assert isinstance(three, Item)
+    csv_path = tmp_path / "u.csv"
+    csv_path.write_bytes(b"id,text\na,caf\xe9\nb,fine\n")
+    bad, fine = read_all(csv_path)
+    assert str(bad) == f"{csv_path}:2: not UTF-8 text: byte 0xe9"
+    assert isinstance(fine, Item)
+    md = tmp_path / "u.md"
+    md.write_bytes(b"---\ntitle: x\n---\nline\nbad \xff\n")
+    (problem,) = read_all(md)
+    assert str(problem) == f"{md}:5: not UTF-8 text: byte 0xff"
+
+
+def test_a_byte_order_mark_is_dropped(tmp_path: Path) -> None:
+    """The CSV's id column became the metadata key "\\ufeffid"; front matter was text."""
+    bom = "\ufeff"
+    (tmp_path / "b.csv").write_text(f"{bom}id,text,cat\nr1,hello,a\n")
+    (tmp_path / "b.md").write_text(f"{bom}---\ntitle: T\n---\nBody\n")
+    (tmp_path / "b.jsonl").write_text(f'{bom}{{"id": "j", "text": "x"}}\n')
+    row, record, note = (e.doc for e in read_all(tmp_path))  # type: ignore[union-attr]
+    assert (row.id, row.metadata) == ("r1", {"cat": "a"})
+    assert (note.text, note.metadata) == ("Body\n", {"title": "T"})
+    assert record.id == "j"
+
+
+@pytest.mark.parametrize("header", ["id,text,tag,tag", "id,text,,"])
+def test_csv_columns_that_would_lose_cells_are_reported(tmp_path: Path, header: str) -> None:
+    """Only the last of two 'tag' columns was kept; a cell under no name was dropped."""
+    path = tmp_path / "d.csv"
+    path.write_text(f"{header}\nr1,hello,one,two\n")
+    (problem,) = read_all(path)
+    expected = (
+        f"{path}:1: column names repeated in the header: tag"
+        if "tag" in header
+        else f"{path}:2: a value in column 3, which the header leaves unnamed"
+    )
+    assert str(problem) == expected
+
+
+def test_csv_unnamed_empty_columns_are_harmless(tmp_path: Path) -> None:
+    path = tmp_path / "t.csv"
+    path.write_text("id,text,\nr1,hello,\n")
+    (item,) = read_all(path)
+    assert isinstance(item, Item)
+    assert item.doc.metadata is None
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "---\r\ntitle: T\r\n---\r\nBody\r\n",
+        "---  \ntitle: T\n---\t\nBody\r\n",
+    ],
+)
+def test_front_matter_delimiters_are_whole_lines_lf_or_crlf(tmp_path: Path, content: str) -> None:
+    path = tmp_path / "n.md"
+    path.write_bytes(content.encode())
+    (item,) = read_all(path)
+    assert (item.doc.metadata, item.doc.text) == ({"title": "T"}, "Body\r\n")  # type: ignore[union-attr]
+
+
+def test_empty_front_matter_and_a_longer_dash_line(tmp_path: Path) -> None:
+    (tmp_path / "empty.md").write_text("---\n---\nBody\n")
+    (tmp_path / "dash.md").write_text("---\ntitle: T\nnote: |\n  ----\n  x\n---\nBody\n")
+    dash, empty = (e.doc for e in read_all(tmp_path))  # type: ignore[union-attr]
+    assert (empty.text, empty.metadata) == ("Body\n", None)
+    assert (dash.text, dash.metadata) == ("Body\n", {"title": "T", "note": "----\nx\n"})
+
+
+def test_front_matter_values_stay_as_written_unless_plainly_typed(tmp_path: Path) -> None:
+    """YAML 1.1 made 02134 octal 1116, 12:30 the number 750, NO false, 1.10 1.1, null: None."""
+    (tmp_path / "y.md").write_text(
+        "---\nzip: 02134\ntime: 12:30\ncountry: NO\nversion: 1.10\nnull: x\nyes: on\n"
+        "draft: false\ncount: 12\nratio: 0.25\nbig: 1e3\nwhen: 2024-03-01\n"
+        "tags: [a, 07, b]\n---\nBody\n"
+    )
+    (item,) = read_all(tmp_path / "y.md")
+    assert item.doc.metadata == {  # type: ignore[union-attr]
+        "zip": "02134",
+        "time": "12:30",
+        "country": "NO",
+        "version": "1.10",
+        "null": "x",
+        "yes": "on",
+        "draft": False,
+        "count": 12,
+        "ratio": 0.25,
+        "big": 1000.0,
+        "when": "2024-03-01",
+        "tags": ["a", "07", "b"],
+    }
+
+
+def test_root_gives_a_file_named_alone_the_id_its_folders_load_gives(tmp_path: Path) -> None:
+    """notes/sub/s.md was "sub/s.md" loaded with its folder but "s.md" named alone: the same
+    file stored twice. --root names the folder ids are relative to."""
+    root = tmp_path / "notes"
+    (root / "sub").mkdir(parents=True)
+    (root / "sub" / "s.md").write_text("Body\n")
+    (tmp_path / "elsewhere.md").write_text("Other\n")
+    opts = Options(Settings())
+
+    def ids(paths: list[str], root_dir: Path | None) -> list[str]:
+        found = sources(paths, None, root_dir)
+        return [str(e.doc.id if isinstance(e, Item) else e) for s in found for e in read(s, opts)]
+
+    assert ids([str(root)], None) == ["sub/s.md"]
+    assert ids([str(root / "sub" / "s.md")], None) == ["s.md"]
+    assert ids([str(root / "sub" / "s.md")], root) == ["sub/s.md"]
+    assert ids([str(root / "sub")], root) == ["sub/s.md"]
+    (outside,) = ids([str(tmp_path / "elsewhere.md")], root)
+    assert outside.endswith(f"elsewhere.md:1: not inside the --root folder {root}: no id for it")

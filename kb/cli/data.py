@@ -16,8 +16,8 @@ import click
 from kb.cli.base import API_KEY, fail, main, open_store
 from kb.config import Settings
 from kb.errors import KBError
-from kb.ingest import BATCH_SIZE, FIRST_BATCH, Prepare, Sink
-from kb.loader import FORMATS, Options, Problem, estimate, input_bytes, read, sources
+from kb.ingest import BATCH_SIZE, FIRST_BATCH, LoadStopped, Prepare, Sink
+from kb.loader import FORMATS, Options, Problem, Summary, estimate, input_bytes, read, sources
 from kb.progress import Progress
 
 if TYPE_CHECKING:
@@ -55,6 +55,13 @@ URL_IN_FLIGHT = 2  # kb load --url: requests at a time
     help="Records nearly identical to a stored document: not looked for (ignore), written "
     "and counted (allow), left out (skip), or the load stops (reject).",
 )
+@click.option(
+    "--root",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="Markdown/text ids are paths inside this folder (default: inside the folder "
+    "named; a file named alone: its name).",
+)
 @click.option("--url", default=None, help="Send batches to a running kb service instead.")
 @API_KEY
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
@@ -67,6 +74,7 @@ def load(
     upsert: bool,
     strict: bool,
     on_duplicate: str,
+    root: Path | None,
     url: str | None,
     api_key: str | None,
     quiet: bool,
@@ -75,13 +83,14 @@ def load(
 
     JSONL/JSON records are {"id"?, "text", "metadata"?}; CSV rows give the text column and
     metadata columns; Markdown/text files are one document each (YAML front matter is
-    metadata, the path inside the folder is the id). Records without an id get one derived
-    from their text, so loading the same input twice adds nothing.
+    metadata, the path inside the folder named or --root is the id; a file named alone, its
+    name; from stdin, derived). Records without an id get one derived from their text, so
+    loading the same input twice adds nothing.
     """
     from kb.ingest import ingest
 
     settings = Settings()
-    found = sources(paths, fmt)
+    found = sources(paths, fmt, root)
     options = Options(settings, text_column=text_column, id_column=id_column)
     progress = Progress(estimate(found), enabled=not quiet and sys.stderr.isatty())
     mode = "upsert" if upsert else "skip"
@@ -97,29 +106,40 @@ def load(
         summary = ingest(
             entries,
             target.sink,
-            batch_size=batch_size,
+            batch_size=min(batch_size, target.most_docs),
             strict=strict,
             on_problem=report,
             on_batch=progress.advance,
             prepare=target.prepare,
             in_flight=target.in_flight,
             ahead=target.ahead,
+            weigh=target.weigh,
+            max_weight=target.max_weight,
         )
+    except LoadStopped as stop:
+        # what was written before the failure, and by batches already in flight, is counted
+        progress.clear()
+        click.echo(f"Error: load stopped: {stop.message}", err=True)
+        _summarize(stop.summary, time.perf_counter() - started)
+        sys.exit(1)
     except KBError as exc:
         progress.clear()
         fail(f"load stopped: {exc.message}")
     finally:
         target.close()
     progress.clear()
-    elapsed = time.perf_counter() - started
+    _summarize(summary, time.perf_counter() - started)
+    if summary.failed:
+        sys.exit(1)
+
+
+def _summarize(summary: Summary, elapsed: float) -> None:
     near = f", {summary.duplicates} near-duplicate(s) of stored ones" if summary.duplicates else ""
     click.echo(
         f"added {summary.added}, updated {summary.updated}, skipped {summary.skipped}, "
         f"failed {summary.failed} in {elapsed:.2f}s{near}",
         err=True,
     )
-    if summary.failed:
-        sys.exit(1)
 
 
 @dataclass
@@ -131,6 +151,9 @@ class _Target:
     close: Callable[[], None]
     in_flight: int = 1  # batches being written at once
     ahead: int = 0  # batches queued on an encoder process beyond the one being written
+    most_docs: int = 100_000  # documents per batch at most (a service's per-request limit)
+    weigh: Callable[[DocumentIn], int] | None = None  # a document's share of a request body
+    max_weight: int | None = None  # the most a batch's documents may weigh together
 
 
 def _target(
@@ -147,13 +170,26 @@ def _target(
     of known `size` under the text kb serve's encoder process waits for (STARTING_CHARS per
     text of KB_ENCODER_PROCESS_MIN_TEXTS, 200 kB by default) embeds here too: it is over
     before a second interpreter would have loaded the model; so does every load when that
-    setting is 0."""
+    setting is 0.
+
+    Requests to a service stay under its limits, taken as this side's KB_MAX_REQUEST_BYTES
+    and KB_MAX_DOCUMENTS_PER_REQUEST (GET /info does not report them): a batch ends before
+    its encoded body would pass the byte limit (130 texts of 140k characters were one 18 MB
+    request, refused whole with 413)."""
     if url:
-        from kb.client import KBClient
+        from kb.client import ADD_OVERHEAD, KBClient, add_bytes
 
         client = KBClient(url, api_key=api_key)
         send = lambda docs: client.add(docs, mode, on_duplicate)  # type: ignore[arg-type]  # noqa: E731
-        return _Target(send, lambda docs: docs, lambda: None, in_flight=URL_IN_FLIGHT)
+        return _Target(
+            send,
+            lambda docs: docs,
+            lambda: None,
+            in_flight=URL_IN_FLIGHT,
+            most_docs=settings.max_documents_per_request,
+            weigh=add_bytes,
+            max_weight=settings.max_request_bytes - ADD_OVERHEAD,
+        )
     from kb.encoders.process import BACKENDS as PROCESS_BACKENDS
     from kb.encoders.process import EncoderProcess
     from kb.store import WriteMode

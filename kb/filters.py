@@ -104,16 +104,18 @@ def compile_filter(
     where_document: dict[str, Any] | None = None,
     limits: FilterLimits = FilterLimits(),
 ) -> CompiledFilter:
-    """Validate and translate the three user filter forms; raise ValidationFailed on errors."""
+    """Validate and translate the three user filter forms; raise ValidationFailed on errors.
+    The condition and value limits hold for the three together (a request's whole filter)."""
     errors: list[dict[str, Any]] = []
     clauses: list[dict[str, Any] | None] = []
+    translator = _Translator(errors, limits)
     if filters is not None:
-        clauses.append(_Translator(errors, limits).simple(filters))
+        clauses.append(translator.simple(filters))
     if where is not None:
-        clauses.append(_Translator(errors, limits).where(where, "where", 0))
+        clauses.append(translator.where(where, "where", 0))
     document = None
     if where_document is not None:
-        document = _Translator(errors, limits).document(where_document, "where_document", 0)
+        document = translator.document(where_document, "where_document", 0)
     if errors:
         first = errors[0]
         raise ValidationFailed(f"{first['field']}: {first['message']}", details=errors)
@@ -183,11 +185,17 @@ class _Translator:
             return False
         return True
 
-    def field(self, key: str, value: Any, path: str) -> dict[str, Any] | None:
+    def counted(self, path: str) -> bool:
+        """Count one condition; False (reported once) past the limit."""
         self.conditions += 1
         if self.conditions > self.limits.conditions:
             if self.conditions == self.limits.conditions + 1:
                 self.fail(path, f"at most {self.limits.conditions} conditions per filter")
+            return False
+        return True
+
+    def field(self, key: str, value: Any, path: str) -> dict[str, Any] | None:
+        if not self.counted(path):
             return None
         if not isinstance(value, dict):
             if isinstance(value, list):
@@ -274,6 +282,8 @@ class _Translator:
         if op not in DOCUMENT_OPS:
             known = ", ".join(sorted(DOCUMENT_OPS | LOGICAL))
             self.fail(sub, f"unknown operator '{op}' (known: {known})")
+            return None
+        if not self.counted(sub):  # each one a scan of Chroma's texts (kb.document_filter)
             return None
         if not isinstance(arg, str) or not arg:
             self.fail(sub, f"{op} needs a non-empty string")

@@ -155,6 +155,12 @@ class Settings(BaseSettings):
     max_documents_per_request: int = Field(10_000, ge=1)
     max_queries_per_request: int = Field(64, ge=1)
     max_text_chars: int = Field(200_000, ge=1)
+    max_query_chars: int = Field(
+        10_000,
+        ge=1,
+        description="Characters per query text (the model reads its first 256 word pieces; "
+        "keyword search every term).",
+    )
     max_top_k: int = Field(100, ge=1, le=1000, description="Largest top_k a query may ask.")
     max_filter_depth: int = Field(8, ge=1, le=64, description="Nesting levels of a filter.")
     max_filter_conditions: int = Field(64, ge=1, le=4096, description="Conditions per filter.")

@@ -20,6 +20,7 @@ LIMITS = {
     "max_text_chars": 200,
     "max_top_k": 10,
     "max_queries_per_request": 2,
+    "max_query_chars": 100,
     "max_filter_depth": 2,
     "max_filter_conditions": 3,
     "max_filter_values": 3,
@@ -55,6 +56,14 @@ CASES = [
     ("/add", {"documents": [{"text": "ok"}, {"text": "z" * 201}]}, 422, "documents.1.text"),
     ("/query", {"query": "note", "top_k": 11}, 422, "top_k"),
     ("/query", {"queries": ["a", "b", "c"]}, 422, "queries"),
+    ("/query", {"query": "q" * 101}, 422, "query"),
+    ("/query", {"queries": ["ok", "q" * 101]}, 422, "queries"),
+    (
+        "/query",
+        {"query": "note", "where_document": {"$or": [{"$contains": "n"}] * 4}},
+        422,
+        "where_document",
+    ),
     ("/query", {"query": "note", "where": nested(3)}, 422, "where"),
     ("/query", {"query": "note", "where": {"$and": [{"a": i} for i in range(4)]}}, 422, "where"),
     ("/delete", {"where": nested(3)}, 422, "where"),
@@ -80,6 +89,7 @@ def test_each_limit_is_a_clear_error(
 def test_within_the_limits_everything_works(api: FlaskClient) -> None:
     assert api.post("/query", json={"query": "note", "top_k": 10}).status_code == 200
     assert api.post("/query", json={"query": "note", "where": nested(2)}).status_code == 200
+    assert api.post("/query", json={"query": "n" * 100}).status_code == 200
     docs = [{"text": f"note {i}"} for i in range(3)]
     assert api.post("/add", json={"documents": docs}).status_code == 201
 

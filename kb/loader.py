@@ -9,7 +9,6 @@ corpus files ({"_id", "title", "text"}).
 from __future__ import annotations
 
 import csv
-import datetime as dt
 import io
 import os
 import re
@@ -22,7 +21,7 @@ from typing import IO, Any
 
 from pydantic import ValidationError
 
-from kb import json_input
+from kb import front_matter, json_input
 from kb.config import Settings
 from kb.errors import field_errors
 from kb.schemas import DocumentIn, number_or_text
@@ -355,23 +354,16 @@ def _csv_record(
     return validate(data, name, line, options, unit="row")
 
 
-# Front matter: "---" lines (trailing blanks allowed, LF or CRLF) around YAML, at the start
-_FRONT = re.compile(r"\A---[ \t]*\r?\n(.*?)^---[ \t]*(?:\r?\n|\Z)", re.DOTALL | re.MULTILINE)
-
-
 def _text(stream: IO[str], name: str, source: Source, options: Options) -> Iterator[Item | Problem]:
     content = stream.read()
     if bad := _undecodable(content):
         yield Problem(name, _bad_line(content), bad)
         return
-    metadata: dict[str, Any] | None = None
-    if found := _FRONT.match(content):
-        content = content[found.end() :].lstrip("\r\n")
-        try:
-            metadata = _front_matter(found.group(1))
-        except ValueError as exc:
-            yield Problem(name, getattr(exc, "line", 1), f"front matter: {exc}")
-            return
+    try:
+        metadata, content = front_matter.split(content)
+    except front_matter.FrontMatterError as exc:
+        yield Problem(name, exc.line, f"front matter: {exc}")
+        return
     try:
         default_id = _default_id(source)
     except ValueError:
@@ -392,80 +384,6 @@ def _default_id(source: Source) -> str | None:
     # absolute without resolving links: a linked file inside the folder keeps its path there
     absolute = Path(os.path.abspath(path))
     return absolute.relative_to(os.path.abspath(source.root)).as_posix()
-
-
-def _front_matter(text: str) -> dict[str, Any]:
-    import yaml
-
-    try:
-        data = yaml.load(text, Loader=_yaml_loader()) or {}  # a SafeLoader subclass
-    except yaml.MarkedYAMLError as exc:
-        raise _yaml_problem(exc) from exc
-    except yaml.YAMLError as exc:
-        raise ValueError(f"invalid YAML: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ValueError("must be a mapping of key: value")
-    return {str(key): _plain(value) for key, value in data.items()}
-
-
-def _yaml_problem(exc: Any) -> ValueError:
-    """YAML's error on one line, with `line` its line in the file (its own count starts after
-    the opening "---"): a problem is one line of kb load's output."""
-    mark = exc.problem_mark or exc.context_mark
-    problem = ValueError(f"invalid YAML: {exc.problem or exc.context or 'cannot be read'}")
-    problem.line = mark.line + 2 if mark is not None else 1  # type: ignore[attr-defined]
-    return problem
-
-
-# YAML 1.1's implicit types that change what was written: 02134 (octal 1116), 12:30
-# (sexagesimal 750), NO/yes/on (booleans), 1.10 (1.1); replaced by the spellings below.
-_DROPPED_TAGS = {"tag:yaml.org,2002:bool", "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"}
-_SCALARS = (
-    ("tag:yaml.org,2002:bool", r"^(?:true|True|TRUE|false|False|FALSE)$", "tTfF"),
-    ("tag:yaml.org,2002:int", r"^-?(?:0|[1-9][0-9]*)$", "-0123456789"),
-    # a decimal is a number only when no written digit would be lost (1.10 stays text)
-    (
-        "tag:yaml.org,2002:float",
-        r"^-?(?:0|[1-9][0-9]*)(?:\.[0-9]*[1-9])?(?:[eE][-+]?[0-9]+)?$",
-        "-0123456789",
-    ),
-)
-_LOADER: type | None = None
-
-
-def _yaml_loader() -> type:
-    """A SafeLoader typing scalars as JSON spells them (true/false, integers without leading
-    zeros, decimals) plus ISO dates; everything else stays the text written. Keys are always
-    that text ("null:" is the key "null", not None)."""
-    global _LOADER
-    if _LOADER is not None:
-        return _LOADER
-    import yaml
-
-    class Loader(yaml.SafeLoader):
-        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
-            for key, _ in node.value:
-                if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
-                    key.tag = "tag:yaml.org,2002:str"
-            return super().construct_mapping(node, deep)
-
-    Loader.yaml_implicit_resolvers = {
-        first: [(tag, pattern) for tag, pattern in resolvers if tag not in _DROPPED_TAGS]
-        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-    }
-    for tag, pattern, first in _SCALARS:
-        Loader.add_implicit_resolver(tag, re.compile(pattern), list(first))
-    _LOADER = Loader
-    return Loader
-
-
-def _plain(value: Any) -> Any:
-    """YAML dates become ISO strings, as a JSON record would carry them."""
-    if isinstance(value, dt.date | dt.datetime):
-        return value.isoformat()
-    if isinstance(value, list):
-        return [_plain(item) for item in value]
-    return value
 
 
 Reader = Callable[[IO[str], str, Source, Options], Iterator[Item | Problem]]

@@ -21,7 +21,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from kb import __version__
+from kb import __version__, json_input
 from kb.errors import Conflict, ModelMismatch, ValidationFailed
 from kb.records import CHUNK, CHUNKS, DOC, Record, chunk_id
 from kb.schemas import check_metadata_value
@@ -177,8 +177,9 @@ def _record(line: str, dim: int, where: str) -> Record:
     that a restore never stops half-way on a line it could have refused up front."""
     try:
         raw = json.loads(line)
-    except json.JSONDecodeError as exc:  # its "line 1" would be the record's, not the file's
-        raise ValidationFailed(f"{where}: not valid JSON ({_json_problem(exc)})") from None
+    except json.JSONDecodeError as exc:
+        problem = json_input.line_problem(exc)
+        raise ValidationFailed(f"{where}: not valid JSON ({problem})") from None
     if not isinstance(raw, dict):
         raise ValidationFailed(f"{where}: not a JSON object")
     missing = [key for key in RECORD_KEYS if key not in raw]

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from kb import json_input
 from kb.embeddings import Embedder
 from kb.errors import ConfigError
 
@@ -54,7 +55,7 @@ def json_lines(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
             try:
                 data = json.loads(line)
             except json.JSONDecodeError as exc:  # its "line 1" is the record's, not the file's
-                message = f"{where}: not valid JSON ({_json_problem(exc)})"
+                message = f"{where}: not valid JSON ({json_input.line_problem(exc)})"
                 raise ConfigError(message) from None
             if not isinstance(data, dict):
                 raise ConfigError(f"{where}: not a JSON object")

@@ -39,6 +39,12 @@ def parse(raw: str | bytes, **options: Any) -> Any:
         raise UnusableJSON("", _too_deep()) from None
 
 
+def line_problem(exc: json.JSONDecodeError) -> str:
+    """The decoder's message for one line of a file, with the column only: its "line 1"
+    counts the record's lines, not the file's."""
+    return f"{exc.msg.removesuffix(' at')} at column {exc.colno}"
+
+
 def loads(raw: str | bytes, **options: Any) -> Any:
     """`parse` then `check`: JSON the service can take, or a ValueError (UnusableJSON among
     them) saying why not."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import signal
@@ -86,8 +87,6 @@ def cluster(data: Path, chroma_port: int, workers: int | None, seeds: tuple[str,
 
 
 def _waitress(settings: Settings) -> None:
-    import waitress
-
     from kb.app import close_app, create_app
 
     try:
@@ -97,7 +96,20 @@ def _waitress(settings: Settings) -> None:
     # SIGTERM stops the server as Ctrl-C does, so the app is closed (its encoder process too)
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        waitress.serve(
+        server = _listen(app, settings)
+        server.print_listen("Serving on http://{}:{}")
+        server.run()
+    finally:
+        close_app(app)
+
+
+def _listen(app: Any, settings: Settings) -> Any:
+    """waitress's server, bound to KB_HOST:KB_PORT; a port in use or an address that is not
+    this host's is a one-line error (it was a 39-line OSError traceback)."""
+    import waitress
+
+    try:
+        return waitress.create_server(
             app,
             host=settings.host,
             port=settings.port,
@@ -105,8 +117,12 @@ def _waitress(settings: Settings) -> None:
             ident="kb",
             channel_timeout=120,
         )
-    finally:
-        close_app(app)
+    except OSError as exc:
+        busy = " (another process is listening on it)" if exc.errno == errno.EADDRINUSE else ""
+        fail(
+            f"cannot listen on {settings.host}:{settings.port} (KB_HOST, KB_PORT): "
+            f"{exc.strerror or exc}{busy}"
+        )
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from kb.config import is_kb_variable
-from tests.live import call
+from tests.live import Service, call
 
 
 def test_serve_answers_over_http(live_server: str) -> None:
@@ -39,3 +39,26 @@ def test_a_port_in_use_is_a_one_line_error(tmp_path: Path) -> None:
         f"Error: cannot listen on 127.0.0.1:{port} (KB_HOST, KB_PORT): Address already in use "
         "(another process is listening on it)"
     )
+
+
+def raw_post(base: str, head: str, body: bytes = b"") -> bytes:
+    """Send a POST's head (and body) over a socket; the response as read until closed."""
+    host, port = base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=60) as sock:
+        sock.sendall(f"POST /add HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{head}\r\n".encode())
+        sock.sendall(body)
+        return b"".join(iter(lambda: sock.recv(65536), b""))
+
+
+def test_waitress_refuses_a_huge_body_from_its_headers(service: Service) -> None:
+    """Waitress read bodies up to 1 GiB (to disk) before the app's KB_MAX_REQUEST_BYTES 413.
+    Now past twice the limit it answers from the Content-Length without waiting for a byte;
+    a body a little over the limit still gets the app's JSON error."""
+    service.env["KB_MAX_REQUEST_BYTES"] = "4096"
+    base = service.start().base
+    huge = raw_post(base, "Content-Type: application/json\r\nContent-Length: 300000000\r\n")
+    assert huge.startswith(b"HTTP/1.1 413 ")
+    assert b"text/plain" in huge
+    status, error = call(base, "/add", {"id": "a", "text": "x" * 5000})
+    assert status == 413
+    assert error["error"]["code"] == "payload_too_large"

@@ -116,6 +116,7 @@ def _listen(app: Any, settings: Settings) -> Any:
             threads=settings.server_threads(),
             ident="kb",
             channel_timeout=120,
+            max_request_body_size=body_cap(settings.max_request_bytes),
         )
     except OSError as exc:
         busy = " (another process is listening on it)" if exc.errno == errno.EADDRINUSE else ""
@@ -123,6 +124,15 @@ def _listen(app: Any, settings: Settings) -> Any:
             f"cannot listen on {settings.host}:{settings.port} (KB_HOST, KB_PORT): "
             f"{exc.strerror or exc}{busy}"
         )
+
+
+def body_cap(limit: int) -> int:
+    """The largest body waitress reads for the app: twice the app's KB_MAX_REQUEST_BYTES.
+    Waitress reads (and spools to disk) a whole body before the app runs, 1 GiB by default;
+    past its cap it answers a plain-text 413 from the headers, reading nothing. Bodies up
+    to the cap still reach the app, whose 413 is kb's JSON error naming the limit: what a
+    client that is a little over (a bulk load's batch) gets."""
+    return 2 * limit
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -14,6 +14,7 @@ import click
 from gunicorn.app.base import BaseApplication
 
 from kb import __version__, chroma_process
+from kb.auth import KeyRing
 from kb.cli.base import fail, main
 from kb.config import Settings, cpu_count
 from kb.errors import KBError
@@ -32,6 +33,7 @@ def serve(host: str | None, port: int | None, threads: int | None, workers: int 
     overrides = {"host": host, "port": port, "threads": threads, "workers": workers}
     settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
     where = settings.chroma_url or settings.chroma_path
+    _check_keys(settings)
     if settings.workers > 1 and not settings.chroma_url:
         fail(
             "several workers need a Chroma server (KB_CHROMA_URL): an embedded store is opened "
@@ -84,6 +86,15 @@ def cluster(data: Path, chroma_port: int, workers: int | None, seeds: tuple[str,
         _gunicorn(settings)
     finally:
         chroma_process.stop(server)
+
+
+def _check_keys(settings: Settings) -> None:
+    """Refuse a bad KB_API_KEYS before the model loads; under gunicorn each worker would
+    fail to boot with a traceback of its own."""
+    try:
+        KeyRing.parse(settings.api_keys.get_secret_value() if settings.api_keys else None)
+    except KBError as exc:
+        fail(exc.message)
 
 
 def _waitress(settings: Settings) -> None:

@@ -302,5 +302,8 @@ class SharedReplica(Replica):
         # running poll's rebuild may be waiting for (waiting here would deadlock them).
         if self.mirror is None:  # not loaded (or not kept): the caller reads Chroma itself
             return None
-        self.catch_up(wait=False)
+        try:
+            self.catch_up(wait=False)
+        except Exception:  # /metrics must still answer while the server is away: stale counts
+            log.warning("could not read the change log; counts may be behind", exc_info=True)
         return self.mirror

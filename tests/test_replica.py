@@ -218,6 +218,19 @@ def test_counts_and_stats_follow_the_others_writes_without_a_search(two: tuple) 
     assert (second.count(), second.stats().documents) == (0, 0)
 
 
+def test_counts_still_answer_while_the_change_log_cannot_be_read(
+    two: tuple, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A scrape of /metrics must not fail because the server is away: the count is behind."""
+    first, second = two
+    first.add([DocumentIn(id="raft", text="Raft elects a leader.")])
+    log = second.replica.changes
+    monkeypatch.setattr(log, "changes", once(OSError("server gone"), log.changes))
+    assert second.count() == 0
+    assert "could not read the change log" in caplog.text
+    assert second.count() == 1  # the next read catches up
+
+
 def test_a_backups_header_counts_the_others_writes(two: tuple) -> None:
     """dump counts documents holding the write lock: the count catches up without waiting."""
     first, second = two

@@ -35,6 +35,7 @@ def create_app(settings: Settings | None = None, *, embedder: Embedder | None = 
             log.warning(warning)
     _one_blas_thread()
     keys = KeyRing.parse(settings.api_keys.get_secret_value() if settings.api_keys else None)
+    log.info(keys.describe())  # so an API left open by mistake shows at start-up
     telemetry = Telemetry()
     inner = embedder if embedder is not None else load_embedder(settings)
     bulk = _bulk_encoder(inner, settings)

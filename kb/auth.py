@@ -35,9 +35,21 @@ class KeyRing:
 
     @classmethod
     def parse(cls, spec: str | None) -> KeyRing:
-        """`role:key` entries separated by commas (KB_API_KEYS), role read/ro or write/rw."""
+        """`role:key` entries separated by commas (KB_API_KEYS), role read/ro or write/rw.
+        None or "" is no keys (an open API); a value with no entries (",", " ") is refused:
+        whoever set it meant to require keys, and it left the API open without a word."""
+        entries = cls._entries(spec or "")
+        if spec and not entries:
+            raise ConfigError(
+                "KB_API_KEYS is set but holds no 'read:KEY' or 'write:KEY' entry; "
+                "unset it for an open API"
+            )
+        return cls(tuple(entries))
+
+    @staticmethod
+    def _entries(spec: str) -> list[tuple[bytes, Role]]:
         entries: list[tuple[bytes, Role]] = []
-        for position, raw in enumerate((spec or "").split(","), start=1):
+        for position, raw in enumerate(spec.split(","), start=1):
             entry = raw.strip()
             if not entry:
                 continue
@@ -52,11 +64,21 @@ class KeyRing:
                     "characters and no surrounding spaces"
                 )
             entries.append((_digest(key), role))
-        return cls(tuple(entries))
+        return entries
 
     @property
     def enabled(self) -> bool:
         return bool(self.entries)
+
+    def describe(self) -> str:
+        """What the start-up log says of authorization (counts only, never a key)."""
+        if not self.enabled:
+            return "API keys: none (KB_API_KEYS unset): every route is open to every caller"
+        writers = sum(role is Role.WRITE for _, role in self.entries)
+        return (
+            f"API keys: {writers} read-write, {len(self.entries) - writers} read-only; "
+            "every route but /health needs one"
+        )
 
     def role_of(self, presented: str) -> Role | None:
         """The role of a presented key, or None; every configured key is compared, so the

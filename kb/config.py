@@ -9,13 +9,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PACKAGED_MODEL = "all-MiniLM-L6-v2"
 ENV_PREFIX = "KB_"  # of every setting's variable, read in any case
 API_KEY_VARIABLE = f"{ENV_PREFIX}API_KEY"  # the CLI's --api-key for --url commands, not a setting
 CLIENT_VARIABLES = frozenset({API_KEY_VARIABLE})  # KB_* variables read outside Settings
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 def cpu_count() -> int:
@@ -181,7 +182,7 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535)
     threads: int = Field(0, ge=0, le=256, description="Threads per worker; 0 = 8 per core.")
     workers: int = Field(1, ge=1, le=64, description="Worker processes (KB_CHROMA_URL only).")
-    log_level: str = "INFO"
+    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING, ERROR or CRITICAL.")
     log_format: Literal["json", "text"] = Field("json", description="Log lines as JSON or text.")
 
     def server_threads(self) -> int:
@@ -208,6 +209,16 @@ class Settings(BaseSettings):
         from kb.encoders.openvino_session import bf16_available
 
         return "openvino-bf16" if bf16_available() else "onnx"
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, value: str) -> str:
+        # Checked here: an unknown name otherwise passed, and failed in logging.setLevel once
+        # kb serve had started (a traceback after the banner).
+        level = value.strip().upper()
+        if level not in LOG_LEVELS:
+            raise ValueError(f"must be one of {', '.join(LOG_LEVELS)} (in any case)")
+        return level
 
     @field_validator("chroma_url")
     @classmethod
@@ -248,3 +259,15 @@ def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:
             hint = f" (did you mean {near[0]}?)" if near else ""
             warnings.append(f"{name} is not a kb setting and is ignored{hint}")
     return warnings
+
+
+def settings_problems(error: ValidationError) -> list[str]:
+    """One 'KB_FIELD: message' line per problem of an invalid Settings, for a person. The
+    value given is left out: it may be a key (KB_API_KEYS)."""
+    lines = []
+    for problem in error.errors(include_url=False, include_input=False):
+        message = problem["msg"].removeprefix("Value error, ")
+        fields = [str(part) for part in problem["loc"]]
+        # a check of several settings (model-level) names them in its message
+        lines.append(f"{ENV_PREFIX}{fields[0].upper()}: {message}" if fields else message)
+    return lines

@@ -115,6 +115,11 @@ class Replica(ABC):
     def current_mirror(self) -> Mirror | None:
         """The mirror, when it is loaded and has seen every write this process knows of."""
 
+    def mirror_to_read(self) -> Mirror | None:
+        """The mirror for a read outside search (counts, stats), after applying the writes
+        other processes made; searches call catch_up once per request and current_mirror."""
+        return self.current_mirror()
+
     # ------------------------------------------------------------ shared
 
     def mirror_for(self, flt: CompiledFilter) -> Mirror | None:
@@ -240,9 +245,14 @@ class SharedReplica(Replica):
         super().close()
         shutil.rmtree(self._scratch, ignore_errors=True)
 
-    def catch_up(self) -> None:
+    def catch_up(self, wait: bool = True) -> None:
+        """Poll the change log (one small read of it) and re-read what others wrote. Callers
+        share a poll: one that began after they asked answers them all. Without `wait`, a
+        poll already running is enough and nothing is awaited."""
         asked = time.monotonic()
-        with self._polls:
+        if not self._polls.acquire(blocking=wait):
+            return
+        try:
             if self._last_poll >= asked:  # a poll that began after we asked has finished
                 return
             before, self._last_poll = self._last_poll, time.monotonic()
@@ -251,6 +261,8 @@ class SharedReplica(Replica):
             except BaseException:  # callers waiting for this poll poll again
                 self._last_poll = before
                 raise
+        finally:
+            self._polls.release()
 
     def _poll(self) -> None:
         poll = self.changes.changes() if self._built and not self._behind else None
@@ -282,4 +294,16 @@ class SharedReplica(Replica):
             self.changes.end(entry, ids, reread=failed)
 
     def current_mirror(self) -> Mirror | None:
+        return self.mirror
+
+    def mirror_to_read(self) -> Mirror | None:
+        # Only searches polled the log, so a worker that never searched reported its start-up
+        # counts forever. No wait: a backup reads the count holding the write lock, which a
+        # running poll's rebuild may be waiting for (waiting here would deadlock them).
+        if self.mirror is None:  # not loaded (or not kept): the caller reads Chroma itself
+            return None
+        try:
+            self.catch_up(wait=False)
+        except Exception:  # /metrics must still answer while the server is away: stale counts
+            log.warning("could not read the change log; counts may be behind", exc_info=True)
         return self.mirror

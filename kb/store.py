@@ -112,8 +112,9 @@ class KnowledgeStore:
     def count(self) -> int:
         """Number of documents (not chunks): from the mirror when it is current (/health and
         /metrics ask often; Chroma's count and filtered listing take milliseconds at 10k
-        records), else all of Chroma's records less the later chunks."""
-        mirror = self.replica.current_mirror()
+        records), else all of Chroma's records less the later chunks. On a server the mirror
+        first applies other processes' writes (one read of the change log)."""
+        mirror = self.replica.mirror_to_read()
         if mirror is not None:
             return mirror.documents()
         later = self.records.ids(CompiledFilter(where={CHUNK: {"$gt": 0}}))
@@ -164,7 +165,7 @@ class KnowledgeStore:
     def stats(self) -> Stats:
         """Counts and metadata summaries, from the in-memory mirror when it is current (no
         trip to Chroma), else from the first chunks' metadata in Chroma."""
-        mirror = self.replica.current_mirror()
+        mirror = self.replica.mirror_to_read()
         metadatas: Iterable[dict[str, Any]]
         if mirror is not None:
             documents, metadatas = mirror.head_metadata()

@@ -15,6 +15,7 @@ from kb.cli import main
 from kb.config import Settings, is_kb_variable, unknown_variables
 from kb.embeddings import Embedder
 from kb.encoders import openvino_session
+from kb.store import KnowledgeStore
 
 
 def test_unknown_variables_name_the_nearest_setting() -> None:
@@ -45,7 +46,10 @@ def test_a_kb_variable_is_one_the_settings_read_in_any_case(
     assert not any(is_kb_variable(name) for name in ("KBTOP_K", "XKB_TOP_K", "PYTHONPATH"))
 
 
-def test_the_cli_warns_of_a_misspelt_variable_and_goes_on(tmp_path: Path) -> None:
+def test_the_cli_warns_of_a_misspelt_variable_and_goes_on(
+    tmp_path: Path, embedder: Embedder
+) -> None:
+    KnowledgeStore.open(Settings(chroma_path=tmp_path / "db"), embedder).close()  # export reads
     env = {"KB_CHROMA_PATH": str(tmp_path / "db"), "KB_COLECTION": "mine"}
     result = CliRunner().invoke(main, ["load", "-"], input='{"text": "A note."}\n', env=env)
     assert result.exit_code == 0, result.output
@@ -105,3 +109,39 @@ def test_auto_picks_bf16_here_exactly_when_openvino_finds_bf16_units() -> None:
     ov = pytest.importorskip("openvino")
     capable = "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
     assert Settings(backend="auto").backend == ("openvino-bf16" if capable else "onnx")
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"KB_PORT": "abc"}, "KB_PORT: Input should be a valid integer"),
+        ({"KB_MAX_TOP_K": "5000"}, "KB_MAX_TOP_K: Input should be less than or equal to 1000"),
+        ({"KB_LOG_LEVEL": "verbose"}, "KB_LOG_LEVEL: must be one of DEBUG, INFO, WARNING"),
+        ({"KB_TOP_K": "50", "KB_MAX_TOP_K": "10"}, "KB_TOP_K (50) exceeds KB_MAX_TOP_K (10)"),
+    ],
+)
+@pytest.mark.parametrize("command", [["serve"], ["export"], ["load", "-"], ["duplicates"]])
+def test_an_invalid_setting_is_one_error_line_for_every_command(
+    tmp_path: Path, env: dict[str, str], message: str, command: list[str]
+) -> None:
+    """Not pydantic's 31-line traceback (nor, for the log level, a ValueError once serving)."""
+    env = {"KB_CHROMA_PATH": str(tmp_path / "db"), **env}
+    result = CliRunner().invoke(main, command, env=env, input="")
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"Error: {message}")
+    assert result.stderr.count("\n") == 1  # one line, no traceback
+    assert not (tmp_path / "db").exists()  # refused before any store was opened
+
+
+def test_a_settings_error_never_shows_the_value_given() -> None:
+    """A value may be a key: KB_API_KEYS is invalid beside a bad KB_PORT, its value unsaid."""
+    env = {"KB_PORT": "abc", "KB_API_KEYS": "write:secretsecretsecret1", "KB_TOP_K": "x"}
+    result = CliRunner().invoke(main, ["export"], env=env)
+    assert result.exit_code == 1
+    assert "secretsecret" not in result.output
+    assert "abc" not in result.output
+
+
+def test_log_levels_are_the_standard_names_in_any_case() -> None:
+    assert Settings(log_level=" warning").log_level == "WARNING"
+    assert Settings(log_level="Debug").log_level == "DEBUG"

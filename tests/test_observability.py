@@ -100,3 +100,18 @@ def test_libraries_info_noise_is_kept_out_of_the_log() -> None:
         assert not logging.getLogger(noisy).isEnabledFor(logging.INFO)
         assert logging.getLogger(noisy).isEnabledFor(logging.WARNING)
     assert logging.getLogger("kb.access").isEnabledFor(logging.INFO)
+
+
+def test_metric_labels_stay_bounded_whatever_the_request_line_says(client: FlaskClient) -> None:
+    """Label values are series kept forever: a made-up method or path must not add one each."""
+    for i in range(3):
+        assert client.open(f"/nope{i}", method=f"X{i:06d}").status_code in (404, 405)
+        client.open("/health", method=f"Y{i}")
+        client.get(f"/nope{i}")
+    client.delete("/health")  # a real method the route does not take: 405, no rule matched
+    text = scrape(client)
+    methods = set(re.findall(r'kb_http_requests_total\{[^}]*method="([^"]*)"', text))
+    routes = set(re.findall(r'kb_http_requests_total\{[^}]*route="([^"]*)"', text))
+    assert methods == {"other", "GET", "DELETE"}
+    assert routes == {"<unmatched>"}
+    assert sample(text, "kb_http_requests_total", method="other", route="<unmatched>") > 0

@@ -3,12 +3,15 @@ share one Chroma server."""
 
 from __future__ import annotations
 
+import gzip
+import io
+import json
 import threading
 from collections.abc import Callable, Iterator
 
 import pytest
 
-from kb import changes
+from kb import backup, changes
 from kb.chunking import Chunk
 from kb.config import Settings
 from kb.embeddings import Embedder
@@ -200,3 +203,39 @@ def test_closing_stops_a_mirror_load_in_progress(
     assert not closer.is_alive()
     assert pages == [2]  # six pages in all: the load stopped after the one in progress
     assert store.replica.mirror is None
+
+
+def test_counts_and_stats_follow_the_others_writes_without_a_search(two: tuple) -> None:
+    """A worker that only answers /health, /metrics and /stats must not report its start-up
+    counts forever: those reads catch up with the change log too, not only searches."""
+    first, second = two
+    assert second.count() == 0
+    first.add([DocumentIn(id="raft", text="Raft elects a leader.", metadata={"topic": "c"})])
+    assert second.count() == 1
+    assert second.stats().documents == 1
+    assert second.stats().metadata["topic"].values == {"c": 1}
+    first.delete(["raft"])
+    assert (second.count(), second.stats().documents) == (0, 0)
+
+
+def test_counts_still_answer_while_the_change_log_cannot_be_read(
+    two: tuple, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A scrape of /metrics must not fail because the server is away: the count is behind."""
+    first, second = two
+    first.add([DocumentIn(id="raft", text="Raft elects a leader.")])
+    log = second.replica.changes
+    monkeypatch.setattr(log, "changes", once(OSError("server gone"), log.changes))
+    assert second.count() == 0
+    assert "could not read the change log" in caplog.text
+    assert second.count() == 1  # the next read catches up
+
+
+def test_a_backups_header_counts_the_others_writes(two: tuple) -> None:
+    """dump counts documents holding the write lock: the count catches up without waiting."""
+    first, second = two
+    first.add([DocumentIn(id="raft", text="Raft elects a leader.")])
+    out = io.BytesIO()
+    assert backup.dump(second, out) == 1
+    header = json.loads(gzip.decompress(out.getvalue()).splitlines()[0])
+    assert (header["records"], header["documents"]) == (1, 1)

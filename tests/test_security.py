@@ -6,11 +6,13 @@ import logging
 from collections.abc import Iterator
 
 import pytest
+from click.testing import CliRunner
 from flask import Flask
 from flask.testing import FlaskClient
 
 from kb.app import close_app, create_app
 from kb.auth import KeyRing, Role
+from kb.cli import main
 from kb.config import Settings
 from kb.embeddings import Embedder
 from kb.errors import ConfigError
@@ -47,6 +49,34 @@ def test_keyring_parses_roles_and_compares_every_key() -> None:
     assert ring.role_of("") is None
     assert not KeyRing.parse("").enabled
     assert KeyRing.parse(f"rw:{WRITE_KEY}").role_of(WRITE_KEY) is Role.WRITE
+
+
+@pytest.mark.parametrize("spec", [",", " ", " , ,"])
+def test_keys_set_to_no_entries_are_refused_not_an_open_api(spec: str) -> None:
+    with pytest.raises(ConfigError, match="KB_API_KEYS is set but holds no"):
+        KeyRing.parse(spec)
+
+
+def test_kb_serve_refuses_keys_with_no_entries_before_it_starts(tmp_path) -> None:
+    env = {"KB_CHROMA_PATH": str(tmp_path / "db"), "KB_API_KEYS": " , "}
+    # --workers 2 without a Chroma server is refused too, after the keys: never serves here
+    result = CliRunner().invoke(main, ["serve", "--workers", "2"], env=env)
+    assert result.exit_code == 1
+    assert result.stderr.startswith("Error: KB_API_KEYS is set but holds no")
+
+
+def test_the_start_up_log_says_whether_keys_are_needed(
+    settings: Settings, embedder: Embedder, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="kb.app"):
+        close_app(create_app(settings, embedder=embedder))
+        close_app(create_app(changed(settings, api_keys=KEYS), embedder=embedder))
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("API keys")]
+    assert said == [
+        "API keys: none (KB_API_KEYS unset): every route is open to every caller",
+        "API keys: 1 read-write, 1 read-only; every route but /health needs one",
+    ]
+    assert WRITE_KEY not in caplog.text
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,17 @@ from kb.api.util import state
 
 log = logging.getLogger("kb.access")
 INCOMING_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+# Each label value is a new series kept for the life of the process; the method comes from
+# the request line, so anything else would let anyone grow /metrics without bound.
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+UNMATCHED = "<unmatched>"
+
+
+def _labels() -> tuple[str, str]:
+    """The (route, method) metric labels: the route pattern, never the path (both bounded)."""
+    route = request.url_rule.rule if request.url_rule is not None else UNMATCHED
+    method = request.method if request.method in KNOWN_METHODS else "other"
+    return route, method
 
 
 def _start() -> None:
@@ -30,8 +41,8 @@ def _finish(response: Response) -> Response:
         return response
     response.headers["X-Request-ID"] = rid
     seconds = time.perf_counter() - g.kb_started
-    route = request.url_rule.rule if request.url_rule is not None else "<unmatched>"
-    state().telemetry.observe_request(route, request.method, response.status_code, seconds)
+    route, method = _labels()
+    state().telemetry.observe_request(route, method, response.status_code, seconds)
     # The Authorization header and bodies never reach the log.
     log.info(
         "%s %s %s",
@@ -39,7 +50,7 @@ def _finish(response: Response) -> Response:
         request.path,
         response.status_code,
         extra={
-            "method": request.method,
+            "method": request.method,  # the log keeps what was sent, to find who sent it
             "route": route,
             "path": request.path,
             "status": response.status_code,

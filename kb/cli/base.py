@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import click
+from pydantic import ValidationError
 
 from kb import __version__
-from kb.config import API_KEY_VARIABLE, Settings, unknown_variables
+from kb.config import API_KEY_VARIABLE, Settings, settings_problems, unknown_variables
 from kb.embeddings import Embedder, load_embedder
 from kb.errors import KBError
 from kb.store import KnowledgeStore
@@ -23,7 +24,20 @@ API_KEY = click.option(
 )
 
 
-@click.group()
+class _Commands(click.Group):
+    """The group: an invalid KB_* setting, wherever a command reads the settings, is one
+    'Error: KB_FIELD: message' line per problem (exit 1), not pydantic's traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ValidationError as exc:
+            if exc.title != Settings.__name__:  # a document's or a request's: not ours to say
+                raise
+            raise click.ClickException("\n".join(settings_problems(exc))) from None
+
+
+@click.group(cls=_Commands)
 @click.version_option(__version__, prog_name="kb")
 def main() -> None:
     """kb: a knowledge base that stores text with metadata and searches it by meaning.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import signal
@@ -13,6 +14,7 @@ import click
 from gunicorn.app.base import BaseApplication
 
 from kb import __version__, chroma_process
+from kb.auth import KeyRing
 from kb.cli.base import fail, main
 from kb.config import Settings, cpu_count
 from kb.errors import KBError
@@ -31,6 +33,7 @@ def serve(host: str | None, port: int | None, threads: int | None, workers: int 
     overrides = {"host": host, "port": port, "threads": threads, "workers": workers}
     settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
     where = settings.chroma_url or settings.chroma_path
+    _check_keys(settings)
     if settings.workers > 1 and not settings.chroma_url:
         fail(
             "several workers need a Chroma server (KB_CHROMA_URL): an embedded store is opened "
@@ -85,9 +88,16 @@ def cluster(data: Path, chroma_port: int, workers: int | None, seeds: tuple[str,
         chroma_process.stop(server)
 
 
-def _waitress(settings: Settings) -> None:
-    import waitress
+def _check_keys(settings: Settings) -> None:
+    """Refuse a bad KB_API_KEYS before the model loads; under gunicorn each worker would
+    fail to boot with a traceback of its own."""
+    try:
+        KeyRing.parse(settings.api_keys.get_secret_value() if settings.api_keys else None)
+    except KBError as exc:
+        fail(exc.message)
 
+
+def _waitress(settings: Settings) -> None:
     from kb.app import close_app, create_app
 
     try:
@@ -97,16 +107,43 @@ def _waitress(settings: Settings) -> None:
     # SIGTERM stops the server as Ctrl-C does, so the app is closed (its encoder process too)
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        waitress.serve(
+        server = _listen(app, settings)
+        server.print_listen("Serving on http://{}:{}")
+        server.run()
+    finally:
+        close_app(app)
+
+
+def _listen(app: Any, settings: Settings) -> Any:
+    """waitress's server, bound to KB_HOST:KB_PORT; a port in use or an address that is not
+    this host's is a one-line error (it was a 39-line OSError traceback)."""
+    import waitress
+
+    try:
+        return waitress.create_server(
             app,
             host=settings.host,
             port=settings.port,
             threads=settings.server_threads(),
             ident="kb",
             channel_timeout=120,
+            max_request_body_size=body_cap(settings.max_request_bytes),
         )
-    finally:
-        close_app(app)
+    except OSError as exc:
+        busy = " (another process is listening on it)" if exc.errno == errno.EADDRINUSE else ""
+        fail(
+            f"cannot listen on {settings.host}:{settings.port} (KB_HOST, KB_PORT): "
+            f"{exc.strerror or exc}{busy}"
+        )
+
+
+def body_cap(limit: int) -> int:
+    """The largest body waitress reads for the app: twice the app's KB_MAX_REQUEST_BYTES.
+    Waitress reads (and spools to disk) a whole body before the app runs, 1 GiB by default;
+    past its cap it answers a plain-text 413 from the headers, reading nothing. Bodies up
+    to the cap still reach the app, whose 413 is kb's JSON error naming the limit: what a
+    client that is a little over (a bulk load's batch) gets."""
+    return 2 * limit
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -176,10 +176,12 @@ def _record(line: str, dim: int, where: str) -> Record:
     problem: everything the store relies on when it writes the record is checked here, so
     that a restore never stops half-way on a line it could have refused up front."""
     try:
-        raw = json.loads(line)
+        raw = json_input.loads(line)  # also refuses lone surrogates, which Chroma cannot store
     except json.JSONDecodeError as exc:
         problem = json_input.line_problem(exc)
         raise ValidationFailed(f"{where}: not valid JSON ({problem})") from None
+    except json_input.UnusableJSON as exc:
+        raise ValidationFailed(f"{where}: {exc}") from None
     if not isinstance(raw, dict):
         raise ValidationFailed(f"{where}: not a JSON object")
     missing = [key for key in RECORD_KEYS if key not in raw]
@@ -232,8 +234,8 @@ def _vector(value: Any, dim: int, where: str) -> np.ndarray:
 
 def _header(line: str | None, path: Path) -> dict[str, Any]:
     try:
-        header = json.loads(line or "")
-    except ValueError:
+        header = json_input.loads(line or "")
+    except ValueError:  # not JSON, or JSON kb cannot take
         header = None
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise ValidationFailed(f"{path} is not a kb backup ({FORMAT})")
@@ -254,8 +256,3 @@ def _lines(path: Path) -> Iterator[Iterator[tuple[int, str]]]:
             yield ((n, line) for n, line in enumerate(handle, start=1) if line.strip())
     except (OSError, EOFError, zlib.error, UnicodeDecodeError) as exc:  # not gzip, cut off
         raise ValidationFailed(f"{path} is not a readable kb backup: {exc}") from exc
-
-
-def _json_problem(exc: json.JSONDecodeError) -> str:
-    """The decoder's message with the column only: its "line 1" counts the record's lines."""
-    return f"{exc.msg.removesuffix(' at')} at column {exc.colno}"

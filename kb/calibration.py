@@ -159,8 +159,3 @@ def query_sweep(
                 kept += any(doc in wanted for doc in docs)
         rows.append(QueryRow(t, leaked, kept))
     return rows
-
-
-def _json_problem(exc: json.JSONDecodeError) -> str:
-    """The decoder's message with the column only: its "line 1" counts the record's lines."""
-    return f"{exc.msg.removesuffix(' at')} at column {exc.colno}"

@@ -195,6 +195,11 @@ BAD_LINES = {
     "nested metadata": lambda r: r | {"metadata": r["metadata"] | {"x": {"y": 1}}},
     "id not its chunk": lambda r: r | {"id": r["id"] + "-renamed"},
     "no chunk fields": lambda r: r | {"metadata": {"a": 1}},
+    # json.loads takes both; Chroma cannot store the first, json recursed on the second
+    "lone surrogate": lambda r: (
+        json.dumps(r | {"text": "x"}).encode().replace(b'"x"', b'"\\ud800"') + b"\n"
+    ),
+    "nested 100k deep": lambda r: b"[" * 100_000 + b"]" * 100_000 + b"\n",
 }
 
 

@@ -1,9 +1,9 @@
-"""Near-duplicate detection: documents whose first chunks (and, when they are chunked, last
-chunks and chunk counts) are almost the same."""
+"""Near-duplicate detection: documents whose chunks are almost the same vectors, one by one
+(found through their first chunks)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence, Set
+from collections.abc import Iterable, Sequence, Set
 
 import numpy as np
 
@@ -45,32 +45,41 @@ def nearest_stored(
         and other.chunk == 0
         and other.doc_id not in replaced | {head.doc_id}
     ]
-    lasts = {r.doc_id: r for r in new if r.chunk == _chunks(r) - 1}  # not stored yet
-    for head, other, score in _confirmed(pairs, records, min_score, lasts):
+    paired = {head.doc_id for head, _, _ in pairs}
+    known = _vectors_by_chunk(r for r in new if r.doc_id in paired)  # not stored yet
+    for head, other, score in _confirmed(pairs, records, min_score, known):
         if head.doc_id not in found or score > found[head.doc_id][1]:
             found[head.doc_id] = (other.doc_id, score)
     return found
+
+
+Vectors = dict[str, dict[int, np.ndarray]]  # document id -> chunk number -> vector
 
 
 def _confirmed(
     pairs: Sequence[tuple[Record, Record, float]],
     records: RecordCollection,
     min_score: float,
-    known: dict[str, Record],
+    known: Vectors,
 ) -> list[tuple[Record, Record, float]]:
-    """The pairs of first chunks that stay near-duplicates when their documents are compared
-    whole: as many chunks each and, when chunked, last chunks scoring `min_score` too (the
-    lower score counts). Last chunks come from `known` or the store."""
+    """The pairs of first chunks whose documents are near-duplicates compared whole: as many
+    chunks each, and every chunk scoring `min_score` with its counterpart (the lowest score
+    counts), so a shared preamble or footer around different bodies makes no duplicate.
+    Chunks come from `known` or the store (pairs are rare: only candidates are fetched)."""
     alike = [(a, b, score) for a, b, score in pairs if _chunks(a) == _chunks(b)]
     chunked = {h.doc_id: h for a, b, _ in alike if _chunks(a) > 1 for h in (a, b)}
-    ends = {**_last_chunks([h for d, h in chunked.items() if d not in known], records), **known}
+    vectors = _stored_chunks([h for d, h in chunked.items() if d not in known], records)
+    vectors.update(known)
     kept = []
     for a, b, score in alike:
-        if _chunks(a) > 1:
-            end_a, end_b = ends.get(a.doc_id), ends.get(b.doc_id)
-            if end_a is None or end_b is None:  # deleted meanwhile
-                continue
-            score = min(score, float(np.dot(end_a.embedding, end_b.embedding)))
+        for n in range(1, _chunks(a)):
+            va, vb = vectors.get(a.doc_id, {}).get(n), vectors.get(b.doc_id, {}).get(n)
+            if va is None or vb is None:  # deleted meanwhile
+                score = -1.0
+                break
+            score = min(score, float(np.dot(va, vb)))
+            if score < min_score:
+                break
         if score >= min_score:
             kept.append((a, b, score))
     return kept
@@ -80,12 +89,17 @@ def _chunks(record: Record) -> int:
     return int(record.metadata.get(CHUNKS, 1))
 
 
-def _last_chunks(heads: Sequence[Record], records: RecordCollection) -> dict[str, Record]:
-    """The stored last chunk (with its vector) of each of these documents, by document id."""
-    if not heads:
-        return {}
-    ids = [chunk_id(head.doc_id, _chunks(head) - 1) for head in heads]
-    return {r.doc_id: r for r in records.get(ids, embeddings=True)}
+def _stored_chunks(heads: Sequence[Record], records: RecordCollection) -> Vectors:
+    """The stored later chunks' vectors of these documents."""
+    ids = [chunk_id(head.doc_id, n) for head in heads for n in range(1, _chunks(head))]
+    return _vectors_by_chunk(records.get(ids, embeddings=True) if ids else [])
+
+
+def _vectors_by_chunk(found: Iterable[Record]) -> Vectors:
+    vectors: Vectors = {}
+    for record in found:
+        vectors.setdefault(record.doc_id, {})[record.chunk] = np.asarray(record.embedding)
+    return vectors
 
 
 def groups(records: RecordCollection, min_score: float, neighbours: int = 5) -> list[list[str]]:

@@ -87,6 +87,25 @@ def test_long_documents_sharing_only_a_preamble_are_not_duplicates(client: Flask
     assert (copy["skipped"], copy["duplicates"][0]["existing"]) == (1, "penguins")
 
 
+FOOTER = " ".join(
+    f"Footer clause {i}: all rights reserved, no part may be copied." for i in range(20)
+)
+
+
+def test_long_documents_sharing_a_preamble_and_a_footer_are_not_duplicates(
+    client: FlaskClient,
+) -> None:
+    """First and last chunks alike, the bodies between them not: every chunk is compared."""
+    penguins = " ".join(f"Penguin fact {i}: emperor penguins huddle in winter." for i in range(20))
+    revenue = " ".join(f"Revenue fact {i}: the Ohio firm sold more licences." for i in range(20))
+    first = {"id": "first", "text": f"{PREAMBLE}\n\n{penguins}\n\n{FOOTER}"}
+    assert client.post("/add", json=first).status_code == 201
+    assert client.get("/documents/first").json["chunks"] >= 4
+    second = {"id": "second", "text": f"{PREAMBLE}\n\n{revenue}\n\n{FOOTER}"}
+    result = client.post("/add", json={**second, "on_duplicate": "skip"}).json
+    assert (result["added"], result["duplicates"]) == (1, [])
+
+
 def test_kb_duplicates_compares_long_documents_whole(store: KnowledgeStore, client) -> None:
     for doc_id, text in [("penguins", PENGUINS), ("revenue", REVENUE), ("copy", PENGUINS)]:
         client.post("/add", json={"id": doc_id, "text": text})

@@ -179,18 +179,15 @@ def _allowed(store: KnowledgeStore, flt: CompiledFilter) -> Callable[[str], bool
     return allowed
 
 
-def fuse(
-    dense: Sequence[Hit], keyword: Sequence[Hit], method: str, limit: int | None = None
-) -> list[Hit]:
-    """One ranking from both sides' hits, best first (the best `limit` only, if given); a
-    document in both keeps its dense chunk."""
+def fuse(dense: Sequence[Hit], keyword: Sequence[Hit], method: str) -> list[Hit]:
+    """One ranking from both sides' hits (each in (score, id) order), best first; a document
+    in both keeps its dense chunk."""
     fused = fusion.fuse(
         np.array([hit.record.doc_id for hit in dense], dtype=str),
         np.array([hit.score for hit in dense]),
         np.array([hit.record.doc_id for hit in keyword], dtype=str),
         np.array([hit.keyword or 0.0 for hit in keyword]),
         method,
-        limit,
         shown=np.array([hit.score for hit in [*dense, *keyword]]),
     )
     merged = []
@@ -221,10 +218,18 @@ def in_memory(
     keyword_rows, bm25, keyword_docs, keyword_cosines = _keyword_rows(
         mirror, text, vector, depth, mask
     )
+    # ids, not document numbers, and each side in (score, id) order: ties (rank ties too,
+    # which RRF scores) fall as on Chroma's path, not in insertion order
+    dense_ids, keyword_ids = mirror.doc_ids_of(dense_docs), mirror.doc_ids_of(keyword_docs)
+    first = np.lexsort((dense_ids, -dense_scores))
+    dense_rows, dense_scores, dense_ids = dense_rows[first], dense_scores[first], dense_ids[first]
+    first = np.lexsort((keyword_ids, -bm25))
+    keyword_rows, bm25, keyword_ids = keyword_rows[first], bm25[first], keyword_ids[first]
+    keyword_cosines = keyword_cosines[first]
     fused = fusion.fuse(
-        mirror.doc_ids_of(dense_docs),  # ids, not numbers: ties fall as on Chroma's path
+        dense_ids,
         dense_scores,
-        mirror.doc_ids_of(keyword_docs),
+        keyword_ids,
         bm25,
         method,
         shown=np.concatenate([dense_scores, keyword_cosines]),

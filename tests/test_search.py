@@ -255,9 +255,11 @@ def test_the_threshold_picks_before_top_k_cuts(
 
 
 @pytest.mark.parametrize("loaded", [True, False], ids=["mirror", "chroma"])
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize(
+    ("mode", "fusion"), [("dense", None), ("keyword", None), ("hybrid", "score"), ("hybrid", "rrf")]
+)
 def test_equal_scores_are_ordered_by_id_on_every_path(
-    store: KnowledgeStore, mode: str, loaded: bool
+    store: KnowledgeStore, mode: str, fusion: str | None, loaded: bool
 ) -> None:
     """Two documents with the same text tie on every side; the tie falls by id, whichever
     was added first (the mirror broke hybrid ties by its document numbers: insertion order)."""
@@ -265,7 +267,7 @@ def test_equal_scores_are_ordered_by_id_on_every_path(
     store.add([DocumentIn(id="zz-first", text=text), DocumentIn(id="aa-second", text=text)])
     store.add([DocumentIn(id="other", text="Espresso wants finely ground coffee.")])
     with mirror_state(store, loaded):
-        result = ask(store, query="sourdough starter proof", mode=mode, top_k=1)
+        result = ask(store, query="sourdough starter proof", mode=mode, fusion=fusion, top_k=1)
     assert ids(result) == ["aa-second"]
 
 

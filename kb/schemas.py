@@ -453,11 +453,14 @@ class QueryResult(BaseModel):
     message: str
     matches: list[Match]
     threshold: Threshold
-    candidates: int = Field(description="Documents considered (the top_k nearest).")
+    candidates: int = Field(
+        description="Documents considered: the ranking down to the last match (at least top_k)."
+    )
     rejected: int = Field(description="Candidates dropped for scoring below the threshold.")
     best_rejected_score: float | None
     near_misses: list[Match] | None = Field(
-        None, description='With "explain": the rejected candidates and their scores, best first.'
+        None,
+        description='With "explain": the top_k best-scored rejected candidates, best first.',
     )
 
 

@@ -48,26 +48,34 @@ def search(store: KnowledgeStore, request: QueryRequest) -> list[QueryResult]:
         if passing is not None
         else [[] for _ in texts]
     )
-    per_query = complete(
-        store, [hits[: shown([h.score for h in hits], top_k, min_score)] for hits in per_query]
-    )
-    visible = [
-        hit for hits in per_query for hit in hits if request.explain or hit.score >= min_score
-    ]
+    windows = [hits[: shown([h.score for h in hits], top_k, min_score)] for hits in per_query]
+    # only what a result shows is fetched: its matches, and with explain its near misses
+    showing = complete(store, [_to_show(w, min_score, top_k, request.explain) for w in windows])
     # chunked documents are shown whole: fetch them for the whole batch in one call
-    full = store.documents_of([hit.record for hit in visible if hit.chunked])
+    full = store.documents_of([hit.record for hits in showing for hit in hits if hit.chunked])
     mode = request.mode or store.settings.search_mode
     return [
         _result(
             text,
-            hits,
+            window,
+            shows,
             threshold,
             full,
             request.explain,
-            _no_candidates(store, mode, text, vector, passing, filtered) if not hits else None,
+            _no_candidates(store, mode, text, vector, passing, filtered) if not window else None,
         )
-        for text, vector, hits in zip(texts, vectors, per_query, strict=True)
+        for text, vector, window, shows in zip(texts, vectors, windows, showing, strict=True)
     ]
+
+
+def _to_show(hits: list[Hit], min_score: float, top_k: int, explain: bool) -> list[Hit]:
+    """The hits passing the threshold (in ranking order), then with `explain` the top_k
+    best-scored of those below it: the near misses."""
+    kept = [hit for hit in hits if hit.score >= min_score]
+    if not explain:
+        return kept
+    near = sorted((hit for hit in hits if hit.score < min_score), key=lambda h: -h.score)
+    return kept + near[:top_k]
 
 
 def _ranked(
@@ -202,20 +210,23 @@ def _matches(hits: list[Hit], full: dict[str, Document]) -> list[Match]:
 
 def _result(
     query: str,
-    hits: list[Hit],
+    window: list[Hit],
+    shows: list[Hit],
     threshold: Threshold,
     full: dict[str, Document],
     explain: bool,
     nothing: tuple[QueryStatus, str] | None,
 ) -> QueryResult:
-    """The query's answer; `nothing` says why there was no candidate, when there was none."""
-    kept = [hit for hit in hits if hit.score >= threshold.min_score]
-    rejected = [hit for hit in hits if hit.score < threshold.min_score]
-    matches = _matches(kept, full)
-    best_rejected = max((hit.score for hit in rejected), default=None)
+    """The query's answer from its ranking down to the last match (`window`) and the hits
+    fetched to be shown (`shows`); `nothing` says why there was no candidate."""
+    min_score = threshold.min_score
+    matches = _matches([hit for hit in shows if hit.score >= min_score], full)
+    rejected = [hit.score for hit in window if hit.score < min_score]
+    best_rejected = max(rejected, default=None)
     if not matches and best_rejected is None:  # every match deleted while the search ran
         nothing = nothing or ("no_candidates", "The documents found were deleted meanwhile.")
     status, message = nothing or _verdict(matches, best_rejected, threshold)
+    near = [hit for hit in shows if hit.score < min_score]
     return QueryResult(
         query=query,
         status=status,
@@ -225,7 +236,7 @@ def _result(
         candidates=len(matches) + len(rejected),
         rejected=len(rejected),
         best_rejected_score=best_rejected,
-        near_misses=_matches(rejected, full) if explain else None,
+        near_misses=_matches(near, full) if explain else None,
     )
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from kb import collection
+from kb import collection, hybrid
 from kb.config import Settings
 from kb.embeddings import Embedder
 from kb.schemas import DocumentIn, QueryRequest, QueryResult
@@ -250,8 +250,9 @@ def test_the_threshold_picks_before_top_k_cuts(
             assert ids(result) == passing[:top_k]
             assert result.status == "ok"
         explained = ask(shallow, **body, top_k=1, min_score=threshold, explain=True)
-        assert [m.id for m in explained.near_misses or []] == [m.id for m in ranking[:later]]
-        assert explained.candidates == later + 1
+        best_miss = max(ranking[:later], key=lambda m: m.score)
+        assert [m.id for m in explained.near_misses or []] == [best_miss.id]  # top_k of them
+        assert (explained.candidates, explained.rejected) == (later + 1, later)
 
 
 @pytest.mark.parametrize("loaded", [True, False], ids=["mirror", "chroma"])
@@ -287,6 +288,37 @@ def test_scores_stay_within_minus_one_and_one(
     scores = [m.score for result in results for m in result.matches]
     assert len(scores) == len(docs)
     assert max(scores) <= 1.0
+
+
+def test_only_what_a_result_shows_is_fetched(
+    shallow: KnowledgeStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rejected candidates above the last match are counted, not fetched (43 records
+    with their texts were read for one match of a keyword search)."""
+    fetched: list[int] = []
+    records = hybrid._records
+    monkeypatch.setattr(
+        hybrid, "_records", lambda s, ids: fetched.append(len(ids)) or records(s, ids)
+    )
+    shallow.replica.wait_loaded()
+    # BM25 order d00 0.589, d16 0.542, d32 0.529, d08 0.552 (cosine): two pass 0.545
+    result = ask(shallow, query="line pasta", mode="keyword", top_k=2, min_score=0.545)
+    assert (ids(result), result.rejected) == (["d00", "d08"], 2)
+    assert fetched == [2]
+
+
+@pytest.mark.parametrize("loaded", [True, False], ids=["mirror", "chroma"])
+def test_a_document_deleted_during_the_search_is_said_to_be(
+    store: KnowledgeStore, monkeypatch: pytest.MonkeyPatch, loaded: bool
+) -> None:
+    """Hits found by id are fetched after the ranking; when all are gone by then the answer
+    said 'The knowledge base is empty.' though it was not."""
+    store.add([DocumentIn(id="one", text="Sourdough needs a lively starter.")])
+    monkeypatch.setattr("kb.hybrid._records", lambda store, ids: {})  # deleted meanwhile
+    with mirror_state(store, loaded):
+        result = ask(store, query="sourdough", mode="keyword")
+    assert (result.status, result.matches) == ("no_candidates", [])
+    assert result.message == "The documents found were deleted meanwhile."
 
 
 def test_a_chunked_document_deleted_during_the_search_is_left_out(

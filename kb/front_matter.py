@@ -8,6 +8,8 @@ import re
 from functools import cache
 from typing import Any
 
+from kb.schemas import JSON_NUMBER, number_or_text
+
 # "---" lines (trailing blanks allowed, LF or CRLF) around YAML, at the start of the file
 _FRONT = re.compile(r"\A---[ \t]*\r?\n(.*?)^---[ \t]*(?:\r?\n|\Z)", re.DOTALL | re.MULTILINE)
 
@@ -51,24 +53,17 @@ def _yaml_problem(exc: Any) -> FrontMatterError:
 
 
 # YAML 1.1's implicit types that change what was written: 02134 (octal 1116), 12:30
-# (sexagesimal 750), NO/yes/on (booleans), 1.10 (1.1); replaced by the spellings below.
+# (sexagesimal 750), NO/yes/on (booleans); replaced by JSON's spellings, which CSV cells and
+# query strings follow too (kb.schemas.number_or_text).
 _DROPPED_TAGS = {"tag:yaml.org,2002:bool", "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"}
-_SCALARS = (
-    ("tag:yaml.org,2002:bool", r"^(?:true|True|TRUE|false|False|FALSE)$", "tTfF"),
-    ("tag:yaml.org,2002:int", r"^-?(?:0|[1-9][0-9]*)$", "-0123456789"),
-    # a decimal is a number only when no written digit would be lost (1.10 stays text)
-    (
-        "tag:yaml.org,2002:float",
-        r"^-?(?:0|[1-9][0-9]*)(?:\.[0-9]*[1-9])?(?:[eE][-+]?[0-9]+)?$",
-        "-0123456789",
-    ),
-)
+_BOOL = re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$")
+_NUMBER_TAG = "tag:kb,2026:number"
 
 
 @cache
 def _yaml_loader() -> type:
-    """A SafeLoader typing scalars as JSON spells them (true/false, integers without leading
-    zeros, decimals) plus ISO dates; everything else stays the text written. Keys are always
+    """A SafeLoader typing scalars as JSON would (true/false, numbers spelt as JSON spells
+    them) plus ISO dates; everything else stays the text written. Keys are always
     that text ("null:" is the key "null", not None)."""
     import yaml
 
@@ -83,8 +78,11 @@ def _yaml_loader() -> type:
         first: [(tag, pattern) for tag, pattern in resolvers if tag not in _DROPPED_TAGS]
         for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
     }
-    for tag, pattern, first in _SCALARS:
-        Loader.add_implicit_resolver(tag, re.compile(pattern), list(first))
+    Loader.add_implicit_resolver("tag:yaml.org,2002:bool", _BOOL, list("tTfF"))
+    number = re.compile(f"^(?:{JSON_NUMBER.pattern})$")
+    Loader.add_implicit_resolver(_NUMBER_TAG, number, list("-0123456789"))
+    # as a CSV cell: a number beyond what metadata holds (1e999, 20 digits) stays its text
+    Loader.add_constructor(_NUMBER_TAG, lambda loader, node: number_or_text(node.value))
     return Loader
 
 

@@ -285,11 +285,13 @@ def test_empty_front_matter_and_a_longer_dash_line(tmp_path: Path) -> None:
 
 
 def test_front_matter_values_stay_as_written_unless_plainly_typed(tmp_path: Path) -> None:
-    """YAML 1.1 made 02134 octal 1116, 12:30 the number 750, NO false, 1.10 1.1, null: None."""
+    """YAML 1.1 made 02134 octal 1116, 12:30 the number 750, NO false, null: None; numbers
+    follow JSON's spelling as in CSV cells (a number metadata cannot hold stays text: the
+    whole document was refused), and a quoted one stays text."""
     (tmp_path / "y.md").write_text(
-        "---\nzip: 02134\ntime: 12:30\ncountry: NO\nversion: 1.10\nnull: x\nyes: on\n"
+        "---\nzip: 02134\ntime: 12:30\ncountry: NO\nversion: '1.10'\nnull: x\nyes: on\n"
         "draft: false\ncount: 12\nratio: 0.25\nbig: 1e3\nwhen: 2024-03-01\n"
-        "tags: [a, 07, b]\n---\nBody\n"
+        "tags: [a, 07, b]\nprice: 2.50\nisbn: 97803064061570000000\nhuge: 1e999\n---\nBody\n"
     )
     (item,) = read_all(tmp_path / "y.md")
     assert item.doc.metadata == {  # type: ignore[union-attr]
@@ -305,6 +307,9 @@ def test_front_matter_values_stay_as_written_unless_plainly_typed(tmp_path: Path
         "big": 1000.0,
         "when": "2024-03-01",
         "tags": ["a", "07", "b"],
+        "price": 2.5,
+        "isbn": "97803064061570000000",
+        "huge": "1e999",
     }
 
 

@@ -8,6 +8,7 @@ arrays, so a query costs a few vector operations however deep the candidate list
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,12 +35,14 @@ def fuse(
     method: str,
     limit: int | None = None,
     shown: np.ndarray | None = None,
+    names: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> Fused:
     """Fuse two rankings of document keys (each best first, one entry per document).
 
     Equal fusion scores are ordered by `shown` (one value per entry of both rankings: the
-    score a result will show, higher first), then by key, so the order does not depend on
-    how the candidates were found.
+    score a result will show, higher first), then by key, or by `names(keys)` when given
+    (keys that are numbers standing for ids: asked only when there is such a tie), so the
+    order does not depend on how the candidates were found.
     """
     count = len(dense_keys)
     keys, where = np.unique(np.concatenate([dense_keys, keyword_keys]), return_inverse=True)
@@ -60,8 +63,16 @@ def fuse(
         shown = np.asarray(shown, dtype=np.float64)
         tiebreak[where[count:]] = shown[count:]
         tiebreak[where[:count]] = shown[:count]
-    order = np.lexsort((np.arange(len(keys)), -tiebreak, -values))[:limit]
+    order = np.lexsort((np.arange(len(keys)), -tiebreak, -values))
+    if names is not None and _tied(values[order], tiebreak[order]):
+        order = np.lexsort((names(keys), -tiebreak, -values))
+    order = order[:limit]
     return Fused(values[order], dense_at[order], keyword_at[order])
+
+
+def _tied(values: np.ndarray, tiebreak: np.ndarray) -> bool:
+    """Whether two neighbours of an ordering are equal in both: only their keys order them."""
+    return bool(np.any((values[1:] == values[:-1]) & (tiebreak[1:] == tiebreak[:-1])))
 
 
 def _reciprocal(count: int) -> np.ndarray:

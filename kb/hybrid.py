@@ -218,21 +218,22 @@ def in_memory(
     keyword_rows, bm25, keyword_docs, keyword_cosines = _keyword_rows(
         mirror, text, vector, depth, mask
     )
-    # ids, not document numbers, and each side in (score, id) order: ties (rank ties too,
-    # which RRF scores) fall as on Chroma's path, not in insertion order
-    dense_ids, keyword_ids = mirror.doc_ids_of(dense_docs), mirror.doc_ids_of(keyword_docs)
-    first = np.lexsort((dense_ids, -dense_scores))
-    dense_rows, dense_scores, dense_ids = dense_rows[first], dense_scores[first], dense_ids[first]
-    first = np.lexsort((keyword_ids, -bm25))
-    keyword_rows, bm25, keyword_ids = keyword_rows[first], bm25[first], keyword_ids[first]
+    # equal scores in id order, not in insertion order (the document numbers'), as on
+    # Chroma's path: on each side (its ranks are what RRF scores) and in the fusion; the
+    # ids are looked up only where there is a tie
+    first = _ties_by_id(mirror, dense_scores, dense_docs)
+    dense_rows, dense_scores, dense_docs = dense_rows[first], dense_scores[first], dense_docs[first]
+    first = _ties_by_id(mirror, bm25, keyword_docs)
+    keyword_rows, bm25, keyword_docs = keyword_rows[first], bm25[first], keyword_docs[first]
     keyword_cosines = keyword_cosines[first]
     fused = fusion.fuse(
-        dense_ids,
+        dense_docs,
         dense_scores,
-        keyword_ids,
+        keyword_docs,
         bm25,
         method,
         shown=np.concatenate([dense_scores, keyword_cosines]),
+        names=mirror.doc_ids_of,
     )
     in_dense = fused.dense >= 0  # a document on both sides shows its dense chunk
     cosines = np.empty(len(fused.values))
@@ -253,6 +254,14 @@ def in_memory(
         keyword_score = float(bm25[at_keyword]) if at_keyword >= 0 else None
         hits.append(Hit(mirror.record(row), score, keyword_score, value, complete=False))
     return hits
+
+
+def _ties_by_id(mirror: Mirror, scores: np.ndarray, docs: np.ndarray) -> slice | np.ndarray:
+    """The order putting a side's equal scores (it comes best first) in document id order:
+    all of it when no two scores are equal, the common case."""
+    if not np.any(scores[1:] == scores[:-1]):
+        return slice(None)
+    return np.lexsort((mirror.doc_ids_of(docs), -scores))
 
 
 def complete(store: KnowledgeStore, per_query: Sequence[Sequence[Hit]]) -> list[list[Hit]]:

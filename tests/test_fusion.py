@@ -50,3 +50,36 @@ def test_one_side_empty_or_both_and_a_limit() -> None:
     assert not len(fuse(keys(), empty, keys(), empty, "rrf").values)
     same = fuse(keys("a", "b"), np.array([0.5, 0.5]), keys(), empty, "score")
     assert same.values.tolist() == [DENSE_WEIGHT, DENSE_WEIGHT]  # no spread: both count fully
+
+
+def test_names_order_ties_that_keys_standing_for_ids_would_order_otherwise() -> None:
+    """Document numbers as keys: a tie falls by the ids `names` gives, asked only then."""
+    ids = {7: "a-doc", 3: "z-doc", 5: "m-doc"}
+    asked: list[list[int]] = []
+
+    def names(numbers: np.ndarray) -> np.ndarray:
+        asked.append(numbers.tolist())
+        return np.array([ids[n] for n in numbers.tolist()], dtype=str)
+
+    tie = fuse(
+        np.array([3, 7]),
+        np.array([0.5, 0.5]),
+        np.array([], dtype=int),
+        np.zeros(0),
+        "score",
+        shown=np.array([0.5, 0.5]),
+        names=names,
+    )
+    assert tie.dense.tolist() == [1, 0]  # a-doc (7) before z-doc (3), though 3 < 7
+    assert asked == [[3, 7]]
+    asked.clear()
+    fuse(
+        np.array([3, 5]),
+        np.array([0.9, 0.5]),
+        np.array([], dtype=int),
+        np.zeros(0),
+        "score",
+        shown=np.array([0.9, 0.5]),
+        names=names,
+    )
+    assert asked == []  # no tie: no ids looked up

@@ -219,13 +219,17 @@ def in_memory(
         mirror, text, vector, depth, mask
     )
     # equal scores in id order, not in insertion order (the document numbers'), as on
-    # Chroma's path: on each side (its ranks are what RRF scores) and in the fusion; the
-    # ids are looked up only where there is a tie
-    first = _ties_by_id(mirror, dense_scores, dense_docs)
-    dense_rows, dense_scores, dense_docs = dense_rows[first], dense_scores[first], dense_docs[first]
-    first = _ties_by_id(mirror, bm25, keyword_docs)
-    keyword_rows, bm25, keyword_docs = keyword_rows[first], bm25[first], keyword_docs[first]
-    keyword_cosines = keyword_cosines[first]
+    # Chroma's path: in the fusion, and for RRF on each side too (ranks are what it adds;
+    # BM25 ties are common); ids are looked up only where there is a tie
+    if method == "rrf":
+        first = _ties_by_id(mirror, dense_scores, dense_docs)
+        dense_rows, dense_scores, dense_docs = (
+            a[first] for a in (dense_rows, dense_scores, dense_docs)
+        )
+        first = _ties_by_id(mirror, bm25, keyword_docs)
+        keyword_rows, bm25, keyword_docs, keyword_cosines = (
+            a[first] for a in (keyword_rows, bm25, keyword_docs, keyword_cosines)
+        )
     fused = fusion.fuse(
         dense_docs,
         dense_scores,

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -34,7 +33,7 @@ def read_pairs(path: str | Path) -> list[Pair]:
     """Labeled pairs, one JSON object a line; blank lines skipped, a bad line a ConfigError
     naming it."""
     pairs = []
-    for where, data in json_lines(Path(path)):
+    for where, data in json_input.objects(Path(path)):
         a, b, label = data.get("a"), data.get("b"), data.get("label")
         if not isinstance(a, str) or not isinstance(b, str):
             raise ConfigError(f"{where}: 'a' and 'b' must be strings (the two texts)")
@@ -42,24 +41,6 @@ def read_pairs(path: str | Path) -> list[Pair]:
             raise ConfigError(f"{where}: label must be 0 or 1 (got {json.dumps(label)})")
         pairs.append(Pair(a, b, int(label)))
     return pairs
-
-
-def json_lines(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Each non-blank line's object with its 'file:line'; a line that is not one is a
-    ConfigError naming it (also for kb eval's queries)."""
-    with path.open(encoding="utf-8") as stream:
-        for number, line in enumerate(stream, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                data = json.loads(line)
-            except json.JSONDecodeError as exc:  # its "line 1" is the record's, not the file's
-                message = f"{where}: not valid JSON ({json_input.line_problem(exc)})"
-                raise ConfigError(message) from None
-            if not isinstance(data, dict):
-                raise ConfigError(f"{where}: not a JSON object")
-            yield where, data
 
 
 def pair_scores(embedder: Embedder, pairs: Sequence[Pair]) -> list[float]:

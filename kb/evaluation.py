@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kb.calibration import json_lines
+from kb import json_input
 from kb.config import Settings
 from kb.embeddings import Embedder
 from kb.errors import ConfigError
@@ -70,7 +70,7 @@ def _beir(folder: Path, split: str) -> Dataset:
         raise ConfigError(f"no qrels for split '{split}' ({qrels_file})")
     qrels = _read_qrels(qrels_file)
     queries = {}
-    for where, data in json_lines(folder / "queries.jsonl"):
+    for where, data in json_input.objects(folder / "queries.jsonl"):
         query_id, text = _field(data, "_id", where), _field(data, "text", where)
         if query_id in qrels:
             queries[query_id] = text
@@ -119,7 +119,7 @@ def _field(data: dict[str, Any], key: str, where: str) -> str:
 
 def _labeled(folder: Path, corpus: Path) -> Dataset:
     queries, qrels = {}, {}
-    for where, data in json_lines(folder / "queries.jsonl"):
+    for where, data in json_input.objects(folder / "queries.jsonl"):
         query_id, relevant = _field(data, "id", where), data.get("relevant")
         if not isinstance(relevant, list) or not all(isinstance(r, str) for r in relevant):
             raise ConfigError(f"{where}: 'relevant' must be a list of document ids")

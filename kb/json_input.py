@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
+
+from kb.errors import ConfigError
 
 # Past the deepest filter the settings allow (64 levels, two JSON levels each), so a filter
 # too deep is refused by the filter's own, clearer limit first.
@@ -43,6 +47,25 @@ def line_problem(exc: json.JSONDecodeError) -> str:
     """The decoder's message for one line of a file, with the column only: its "line 1"
     counts the record's lines, not the file's."""
     return f"{exc.msg.removesuffix(' at')} at column {exc.colno}"
+
+
+def objects(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Each non-blank line's object of a JSON-lines file (a byte-order mark skipped) with its
+    'file:line'; a line that is not one, or that `check` refuses, is a ConfigError naming it."""
+    with path.open(encoding="utf-8-sig") as stream:
+        for number, line in enumerate(stream, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{number}"
+            try:
+                data = loads(line)
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"{where}: not valid JSON ({line_problem(exc)})") from None
+            except UnusableJSON as exc:
+                raise ConfigError(f"{where}: {exc}") from None
+            if not isinstance(data, dict):
+                raise ConfigError(f"{where}: not a JSON object")
+            yield where, data
 
 
 def loads(raw: str | bytes, **options: Any) -> Any:

@@ -142,3 +142,16 @@ def test_calibrate_queries_refuses_a_corpus_record_that_fails(tmp_path: Path) ->
     assert result.exit_code == 1
     assert isinstance(result.exception, SystemExit)
     assert f"could not be loaded: {corpus}:2: text" in result.output
+
+
+def test_pairs_may_start_with_a_byte_order_mark_and_may_not_hold_lone_surrogates(
+    tmp_path: Path,
+) -> None:
+    """Notepad's UTF-8 files start with a BOM (the loader skips it; pairs were 'not valid
+    JSON'); a "\\ud800" escape reached the tokenizer."""
+    path = tmp_path / "pairs.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"a": "x", "b": "y", "label": 1}\n')
+    assert [p.label for p in read_pairs(path)] == [1]
+    path.write_text('{"a": "x", "b": "\\ud800", "label": 1}\n')
+    with pytest.raises(ConfigError, match=re.escape(f"{path}:1: b: holds a lone UTF-16")):
+        read_pairs(path)

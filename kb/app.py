@@ -34,7 +34,7 @@ def create_app(settings: Settings | None = None, *, embedder: Embedder | None = 
         for warning in unknown_variables():
             log.warning(warning)
     _one_blas_thread()
-    keys = KeyRing.parse(settings.api_keys.get_secret_value() if settings.api_keys else None)
+    keys = KeyRing.of(settings)
     log.info(keys.describe())  # so an API left open by mistake shows at start-up
     telemetry = Telemetry()
     inner = embedder if embedder is not None else load_embedder(settings)

@@ -6,8 +6,12 @@ import hashlib
 import hmac
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 from kb.errors import ConfigError
+
+if TYPE_CHECKING:
+    from kb.config import Settings
 
 
 class Role(StrEnum):
@@ -32,6 +36,11 @@ class KeyRing:
     """The configured keys, as digests; empty means the API is open."""
 
     entries: tuple[tuple[bytes, Role], ...] = ()
+
+    @classmethod
+    def of(cls, settings: Settings) -> KeyRing:
+        """The keys KB_API_KEYS configures."""
+        return cls.parse(settings.api_keys.get_secret_value() if settings.api_keys else None)
 
     @classmethod
     def parse(cls, spec: str | None) -> KeyRing:

@@ -215,7 +215,9 @@ class Settings(BaseSettings):
     def _log_level(cls, value: str) -> str:
         # Checked here: an unknown name otherwise passed, and failed in logging.setLevel once
         # kb serve had started (a traceback after the banner).
-        level = value.strip().upper()
+        level = {"WARN": "WARNING", "FATAL": "CRITICAL"}.get(
+            value.strip().upper(), value.strip().upper()
+        )
         if level not in LOG_LEVELS:
             raise ValueError(f"must be one of {', '.join(LOG_LEVELS)} (in any case)")
         return level

@@ -32,6 +32,7 @@ from kb.mirror import Mirror
 from kb.records import Record
 
 log = logging.getLogger(__name__)
+WARN_EVERY_S = 60.0  # a change log that cannot be read is logged at most this often
 
 GENERATION_KEY = "kb_generation"
 Apply = Callable[[Sequence[Record], Sequence[str]], None]
@@ -239,6 +240,7 @@ class SharedReplica(Replica):
         self.changes = ChangeLog(records.side_collection("kb-log"))
         self._polls = threading.Lock()
         self._last_poll = -1.0  # when the newest poll began (monotonic)
+        self._warned = -WARN_EVERY_S  # when a failed read for counts was last logged
         self._built = False
 
     def close(self) -> None:
@@ -305,5 +307,7 @@ class SharedReplica(Replica):
         try:
             self.catch_up(wait=False)
         except Exception:  # /metrics must still answer while the server is away: stale counts
-            log.warning("could not read the change log; counts may be behind", exc_info=True)
+            if time.monotonic() - self._warned >= WARN_EVERY_S:  # not once per scrape
+                self._warned = time.monotonic()
+                log.warning("could not read the change log; counts may be behind", exc_info=True)
         return self.mirror

@@ -141,3 +141,4 @@ def test_a_settings_error_never_shows_the_value_given() -> None:
 def test_log_levels_are_the_standard_names_in_any_case() -> None:
     assert Settings(log_level=" warning").log_level == "WARNING"
     assert Settings(log_level="Debug").log_level == "DEBUG"
+    assert Settings(log_level="warn").log_level == "WARNING"  # the alias logging takes

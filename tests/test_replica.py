@@ -229,6 +229,10 @@ def test_counts_still_answer_while_the_change_log_cannot_be_read(
     assert second.count() == 0
     assert "could not read the change log" in caplog.text
     assert second.count() == 1  # the next read catches up
+    caplog.clear()
+    monkeypatch.setattr(log, "changes", once(OSError("still gone"), log.changes))
+    assert second.count() == 1
+    assert "could not read" not in caplog.text  # a minute's scrapes: one warning, not each
 
 
 def test_a_backups_header_counts_the_others_writes(two: tuple) -> None:

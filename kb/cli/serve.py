@@ -92,7 +92,7 @@ def _check_keys(settings: Settings) -> None:
     """Refuse a bad KB_API_KEYS before the model loads; under gunicorn each worker would
     fail to boot with a traceback of its own."""
     try:
-        KeyRing.parse(settings.api_keys.get_secret_value() if settings.api_keys else None)
+        KeyRing.of(settings)
     except KBError as exc:
         fail(exc.message)
 

@@ -8,23 +8,19 @@ corpus files ({"_id", "title", "text"}).
 
 from __future__ import annotations
 
-import csv
-import io
 import os
-import re
 import sys
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 from pydantic import ValidationError
 
-from kb import front_matter, json_input
+from kb import csv_input, front_matter, json_input, text_input
 from kb.config import Settings
 from kb.errors import field_errors
-from kb.schemas import DocumentIn, number_or_text
+from kb.schemas import DocumentIn
 
 FORMATS = ("jsonl", "json", "csv", "md", "beir")
 SUFFIXES = {
@@ -153,47 +149,14 @@ def read(source: Source, options: Options) -> Iterator[Item | Problem]:
     """Items and problems from one source, in file order."""
     reader = READERS[source.fmt]
     if source.path == "-":
-        with _decoded(getattr(sys.stdin, "buffer", None), detach=True) as stream:
+        with text_input.decoded(getattr(sys.stdin, "buffer", None), detach=True) as stream:
             yield from reader(stream or sys.stdin, "<stdin>", source, options)
         return
     try:
-        with open(source.path, "rb") as raw, _decoded(raw) as stream:
+        with open(source.path, "rb") as raw, text_input.decoded(raw) as stream:
             yield from reader(stream or raw, source.path, source, options)  # type: ignore[arg-type]
     except OSError as exc:
         yield Problem(source.path, 0, f"cannot read: {exc.strerror or exc}")
-
-
-@contextmanager
-def _decoded(raw: IO[bytes] | None, detach: bool = False) -> Iterator[IO[str] | None]:
-    """`raw` as text: a leading byte-order mark dropped (a BOM made a CSV's first column
-    "\ufeffid" and hid Markdown front matter), and bytes that are not UTF-8 kept as
-    U+DC80..U+DCFF (surrogateescape), so the record holding one is reported, with its line,
-    and the others load. `detach` leaves `raw` open (standard input)."""
-    if raw is None:
-        yield None
-        return
-    stream = io.TextIOWrapper(raw, encoding="utf-8-sig", errors="surrogateescape", newline="")
-    try:
-        yield stream
-    finally:
-        if detach:
-            stream.detach()
-
-
-_BAD_BYTE = re.compile("[\udc80-\udcff]")
-
-
-def _undecodable(text: str) -> str | None:
-    """What is wrong when `text` holds a byte that was not UTF-8 (see _decoded), else None."""
-    if text.isascii() or (found := _BAD_BYTE.search(text)) is None:
-        return None
-    return f"not UTF-8 text: byte 0x{ord(found.group()) - 0xDC00:02x}"
-
-
-def _bad_line(text: str) -> int:
-    """The line (from 1) of `text`'s first byte that was not UTF-8."""
-    found = _BAD_BYTE.search(text)
-    return text.count("\n", 0, found.start()) + 1 if found else 1
 
 
 def validate(
@@ -223,7 +186,7 @@ def _jsonl(
     for number, line in enumerate(stream, start=1):
         if not line.strip():
             continue
-        if bad := _undecodable(line):
+        if bad := text_input.undecodable(line):
             yield Problem(name, number, bad)
             continue
         try:
@@ -239,7 +202,7 @@ def _beir(stream: IO[str], name: str, source: Source, options: Options) -> Itera
     for number, line in enumerate(stream, start=1):
         if not line.strip():
             continue
-        if bad := _undecodable(line):
+        if bad := text_input.undecodable(line):
             yield Problem(name, number, bad)
             continue
         try:
@@ -256,8 +219,9 @@ def _beir(stream: IO[str], name: str, source: Source, options: Options) -> Itera
 
 def _json(stream: IO[str], name: str, source: Source, options: Options) -> Iterator[Item | Problem]:
     content = stream.read()
-    if bad := _undecodable(content):  # one JSON value: no record around it can be told apart
-        yield Problem(name, _bad_line(content), f"{bad}; the file is not read")
+    # one JSON value: no record around a bad byte can be told apart
+    if bad := text_input.undecodable(content):
+        yield Problem(name, text_input.bad_line(content), f"{bad}; the file is not read")
         return
     try:
         data = json_input.parse(content)
@@ -274,90 +238,18 @@ def _json(stream: IO[str], name: str, source: Source, options: Options) -> Itera
 
 
 def _csv(stream: IO[str], name: str, source: Source, options: Options) -> Iterator[Item | Problem]:
-    """Rows after the header, each cited by the line it starts on (blank lines counted)."""
-    _allow_long_cells(options.settings)
-    # strict: a quote left open is an error at the end of the file, not one record
-    # silently swallowing every later row
-    reader = csv.reader(stream, strict=True)
-    header: list[str] | None = None
-    while True:
-        start = reader.line_num + 1
-        try:
-            row = next(reader)
-        except StopIteration:
-            return
-        except csv.Error as exc:
-            yield Problem(name, start, f"{_csv_error(exc)}; the rest of the file is not read")
-            return
-        if not row:  # a blank line
-            continue
-        if header is None:
-            if problem := _header_problem(row, options):
-                yield Problem(name, start, problem)
-                return
-            header = row
-            continue
-        yield _csv_record(header, row, name, start, options)
-
-
-def _allow_long_cells(settings: Settings) -> None:
-    """Let a cell hold twice the longest text (csv's own limit, 131,072, is below the text
-    limit): a text a little too long is that row's problem, and the limit still stops a
-    runaway field before it holds a whole large file."""
-    csv.field_size_limit(max(csv.field_size_limit(), 2 * settings.max_text_chars))
-
-
-def _csv_error(exc: csv.Error) -> str:
-    if "unexpected end of data" in str(exc):
-        return "a quoted field opened in this row is never closed"
-    if "field larger than field limit" in str(exc):
-        return f"a cell is longer than {csv.field_size_limit():,} characters"
-    return f"invalid CSV: {exc}"
-
-
-def _header_problem(header: list[str], options: Options) -> str | None:
-    if bad := _undecodable(",".join(header)):
-        return f"header: {bad}"
-    if options.text_column not in header:
-        return f"no '{options.text_column}' column (columns: {', '.join(header)})"
-    named = [column for column in header if column]
-    if repeated := sorted({column for column in named if named.count(column) > 1}):
-        # a dict of the row keeps only the last of them: the others' cells would be lost
-        return f"column names repeated in the header: {', '.join(repeated)}"
-    return None
-
-
-def _csv_record(
-    header: list[str], row: list[str], name: str, line: int, options: Options
-) -> Item | Problem:
-    if len(row) > len(header):
-        return Problem(name, line, "more fields than the header has columns")
-    if bad := _undecodable("".join(row)):
-        return Problem(name, line, bad)
-    unnamed = [
-        n for n, (key, value) in enumerate(zip(header, row, strict=False), 1) if not key and value
-    ]
-    if unnamed:
-        return Problem(
-            name, line, f"a value in column {unnamed[0]}, which the header leaves unnamed"
-        )
-    cells = dict(zip(header, row, strict=False))
-    data: dict[str, Any] = {"text": cells.get(options.text_column)}
-    if cells.get(options.id_column):
-        data["id"] = cells[options.id_column]
-    metadata = {
-        key: number_or_text(value)
-        for key, value in cells.items()
-        if key not in {options.text_column, options.id_column} and key and value != ""
-    }
-    data["metadata"] = metadata or None
-    return validate(data, name, line, options, unit="row")
+    columns = (options.text_column, options.id_column)
+    for row in csv_input.rows(stream, *columns, options.settings.max_text_chars):
+        if row.problem is not None:
+            yield Problem(name, row.line, row.problem)
+        else:
+            yield validate(row.fields, name, row.line, options, unit="row")
 
 
 def _text(stream: IO[str], name: str, source: Source, options: Options) -> Iterator[Item | Problem]:
     content = stream.read()
-    if bad := _undecodable(content):
-        yield Problem(name, _bad_line(content), bad)
+    if bad := text_input.undecodable(content):
+        yield Problem(name, text_input.bad_line(content), bad)
         return
     try:
         metadata, content = front_matter.split(content)

@@ -1,0 +1,101 @@
+"""CSV files as records: a text column, an optional id column, every other non-empty cell a
+metadata value (numbers typed as JSON spells them); each row cited by the line it starts on."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import IO, Any
+
+from kb.schemas import number_or_text
+from kb.text_input import undecodable
+
+
+@dataclass(frozen=True)
+class Row:
+    """A row's record fields, or what is wrong with it, at the line the row starts on."""
+
+    line: int
+    fields: dict[str, Any]
+    problem: str | None = None
+
+
+def rows(stream: IO[str], text_column: str, id_column: str, max_text_chars: int) -> Iterator[Row]:
+    """The rows after the header (blank lines counted in the line numbers, not read). A
+    file that cannot be read on (a header without the text column, a quote never closed)
+    ends with a problem row."""
+    _allow_long_cells(max_text_chars)
+    # strict: a quote left open is an error at the end of the file, not one record
+    # silently swallowing every later row
+    reader = csv.reader(stream, strict=True)
+    header: list[str] | None = None
+    while True:
+        start = reader.line_num + 1
+        try:
+            cells = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            yield Row(start, {}, f"{_csv_error(exc)}; the rest of the file is not read")
+            return
+        if not cells:  # a blank line
+            continue
+        if header is None:
+            if problem := _header_problem(cells, text_column):
+                yield Row(start, {}, problem)
+                return
+            header = cells
+            continue
+        yield _record(header, cells, start, text_column, id_column)
+
+
+def _allow_long_cells(max_text_chars: int) -> None:
+    """Let a cell hold twice the longest text (csv's own limit, 131,072, is below the text
+    limit): a text a little too long is that row's problem, and the limit still stops a
+    runaway field before it holds a whole large file. The limit is the process's."""
+    csv.field_size_limit(max(csv.field_size_limit(), 2 * max_text_chars))
+
+
+def _csv_error(exc: csv.Error) -> str:
+    if "unexpected end of data" in str(exc):
+        return "a quoted field opened in this row is never closed"
+    if "field larger than field limit" in str(exc):
+        return f"a cell is longer than {csv.field_size_limit():,} characters"
+    return f"invalid CSV: {exc}"
+
+
+def _header_problem(header: list[str], text_column: str) -> str | None:
+    if bad := undecodable(",".join(header)):
+        return f"header: {bad}"
+    if text_column not in header:
+        return f"no '{text_column}' column (columns: {', '.join(header)})"
+    named = [column for column in header if column]
+    if repeated := sorted({column for column in named if named.count(column) > 1}):
+        # a dict of the row keeps only the last of them: the others' cells would be lost
+        return f"column names repeated in the header: {', '.join(repeated)}"
+    return None
+
+
+def _record(
+    header: list[str], cells: list[str], line: int, text_column: str, id_column: str
+) -> Row:
+    if len(cells) > len(header):
+        return Row(line, {}, "more fields than the header has columns")
+    if bad := undecodable("".join(cells)):
+        return Row(line, {}, bad)
+    pairs = list(zip(header, cells, strict=False))
+    unnamed = [n for n, (key, value) in enumerate(pairs, 1) if not key and value]
+    if unnamed:
+        return Row(line, {}, f"a value in column {unnamed[0]}, which the header leaves unnamed")
+    by_column = dict(pairs)
+    fields: dict[str, Any] = {"text": by_column.get(text_column)}
+    if by_column.get(id_column):
+        fields["id"] = by_column[id_column]
+    metadata = {
+        key: number_or_text(value)
+        for key, value in by_column.items()
+        if key not in {text_column, id_column} and key and value != ""
+    }
+    fields["metadata"] = metadata or None
+    return Row(line, fields)

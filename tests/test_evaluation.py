@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -43,16 +44,22 @@ def test_open_beir_dataset_keeps_judged_queries(tmp_path: Path) -> None:
         open_dataset(tmp_path / "tiny", split="dev")
 
 
-def test_kb_eval_prints_and_writes_the_figures(tmp_path: Path) -> None:
-    folder = beir_folder(tmp_path / "tiny")
+def eval_cli(folder: Path, tmp_path: Path) -> tuple[Any, dict[str, Any]]:
+    """`kb eval FOLDER --split test --json FILE`: its result (exit code 0) and its one report."""
     out = tmp_path / "figures.json"
     env = {"KB_CHROMA_PATH": str(tmp_path / "untouched")}
     result = CliRunner().invoke(
         main, ["eval", str(folder), "--split", "test", "--json", str(out)], env=env
     )
     assert result.exit_code == 0, result.output
-    assert "tiny/test" in result.output
     (report,) = json.loads(out.read_text())
+    return result, report
+
+
+def test_kb_eval_prints_and_writes_the_figures(tmp_path: Path) -> None:
+    folder = beir_folder(tmp_path / "tiny")
+    result, report = eval_cli(folder, tmp_path)
+    assert "tiny/test" in result.output
     assert report["documents"] == 4
     assert report["queries"] == 2
     assert report["figures"]["ndcg@10"] == pytest.approx(1.0)
@@ -132,14 +139,8 @@ def test_judged_queries_missing_from_queries_are_left_out_and_counted(tmp_path: 
     dataset = open_dataset(folder, split="test")
     assert set(dataset.qrels) == set(dataset.queries) == {"q1", "q2"}
     assert dataset.unmatched == ["q8", "q9"]
-    env = {"KB_CHROMA_PATH": str(tmp_path / "untouched")}
-    out = tmp_path / "figures.json"
-    result = CliRunner().invoke(
-        main, ["eval", str(folder), "--split", "test", "--json", str(out)], env=env
-    )
-    assert result.exit_code == 0, result.output
+    result, report = eval_cli(folder, tmp_path)
     assert "2 judged queries are not in queries.jsonl and left out (q8, q9)" in result.output
-    (report,) = json.loads(out.read_text())
     assert report["queries"] == 2
     assert report["figures"]["ndcg@10"] == pytest.approx(1.0)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -30,6 +31,22 @@ def resolve_threshold(store: KnowledgeStore, requested: float | None) -> Thresho
     return Threshold(min_score=store.settings.min_score, source="configured")
 
 
+@dataclass(frozen=True)
+class _Asked:
+    """One request's queries, embedded, with what every step of the pipeline reads."""
+
+    store: KnowledgeStore
+    request: QueryRequest
+    texts: Sequence[str]
+    vectors: np.ndarray
+    min_score: float
+    flt: CompiledFilter  # the metadata filter (a text filter is decided per document first)
+
+    @property
+    def mode(self) -> str:
+        return self.request.mode or self.store.settings.search_mode
+
+
 def search(store: KnowledgeStore, request: QueryRequest) -> list[QueryResult]:
     """Run every query of the request through the same pipeline; one result each."""
     limits = FilterLimits.of(store.settings)
@@ -37,23 +54,19 @@ def search(store: KnowledgeStore, request: QueryRequest) -> list[QueryResult]:
     filtered = flt.where is not None or flt.where_document is not None
     top_k = request.top_k or store.settings.top_k
     threshold = resolve_threshold(store, request.min_score)
+    min_score = threshold.min_score
     texts = request.texts()
     store.replica.catch_up()  # once per request: apply writes the local copies have not seen
     vectors = store.embedder.embed_queries(texts)
     # a text filter is decided per document, once for the batch: then it is a metadata filter
     passing = by_document(flt, store.records.ids)
-    min_score = threshold.min_score
-    per_query = (
-        _ranked(store, request, texts, vectors, top_k, min_score, passing)
-        if passing is not None
-        else [[] for _ in texts]
-    )
+    asked = _Asked(store, request, texts, vectors, min_score, passing if passing else flt)
+    per_query = _ranked(asked, top_k) if passing is not None else [[] for _ in texts]
     windows = [hits[: shown([h.score for h in hits], top_k, min_score)] for hits in per_query]
     # only what a result shows is fetched: its matches, and with explain its near misses
     showing = complete(store, [_to_show(w, min_score, top_k, request.explain) for w in windows])
     # chunked documents are shown whole: fetch them for the whole batch in one call
     full = store.documents_of([hit.record for hits in showing for hit in hits if hit.chunked])
-    mode = request.mode or store.settings.search_mode
     return [
         _result(
             text,
@@ -62,7 +75,9 @@ def search(store: KnowledgeStore, request: QueryRequest) -> list[QueryResult]:
             threshold,
             full,
             request.explain,
-            _no_candidates(store, mode, text, vector, passing, filtered) if not window else None,
+            _no_candidates(store, asked.mode, text, vector, passing, filtered)
+            if not window
+            else None,
         )
         for text, vector, window, shows in zip(texts, vectors, windows, showing, strict=True)
     ]
@@ -78,59 +93,43 @@ def _to_show(hits: list[Hit], min_score: float, top_k: int, explain: bool) -> li
     return kept + near[:top_k]
 
 
-def _ranked(
-    store: KnowledgeStore,
-    request: QueryRequest,
-    texts: Sequence[str],
-    vectors: np.ndarray,
-    top_k: int,
-    min_score: float,
-    flt: CompiledFilter,
-) -> list[list[Hit]]:
+def _ranked(asked: _Asked, top_k: int) -> list[list[Hit]]:
     """Each query's documents, best first: the mode's ranking, or (`diversify`) MMR's
     choice of top_k among the ranking's best POOL_FACTOR x top_k passing the threshold, then
     the pool's rejected ones."""
-    if not request.diversify:
-        return candidates(store, request, texts, vectors, top_k, min_score, flt)
+    if not asked.request.diversify:
+        return candidates(asked, top_k)
     size = top_k * POOL_FACTOR
-    pool = candidates(store, request, texts, vectors, size, min_score, flt)
     chosen = []
-    for vector, hits in zip(vectors, pool, strict=True):
-        passing = [hit for hit in hits if hit.score >= min_score][:size]
-        rejected = [hit for hit in hits[:size] if hit.score < min_score]
-        chosen.append(mmr(store, vector, passing, top_k, request.mmr_lambda) + rejected)
+    for vector, hits in zip(asked.vectors, candidates(asked, size), strict=True):
+        passing = [hit for hit in hits if hit.score >= asked.min_score][:size]
+        rejected = [hit for hit in hits[:size] if hit.score < asked.min_score]
+        lam = asked.request.mmr_lambda
+        chosen.append(mmr(asked.store, vector, passing, top_k, lam) + rejected)
     return chosen
 
 
-def candidates(
-    store: KnowledgeStore,
-    request: QueryRequest,
-    texts: Sequence[str],
-    vectors: np.ndarray,
-    top_k: int,
-    min_score: float,
-    flt: CompiledFilter,
-) -> list[list[Hit]]:
+def candidates(asked: _Asked, top_k: int) -> list[list[Hit]]:
     """Each query's documents, best first, by the request's mode: at least top_k, and in
-    keyword and hybrid order enough for top_k passing `min_score` where there are that many
-    (`shown` cuts the ranking)."""
-    mode = request.mode or store.settings.search_mode
-    if mode == "dense":
+    keyword and hybrid order enough for top_k passing the threshold where there are that
+    many (`shown` cuts the ranking)."""
+    store, texts, vectors, flt = asked.store, asked.texts, asked.vectors, asked.flt
+    if asked.mode == "dense":
         return nearest_documents(store, vectors, top_k, flt)
     depth = max(top_k, store.settings.hybrid_depth)
-    fusion = request.fusion or store.settings.fusion
+    fusion = asked.request.fusion or store.settings.fusion
     mirror = _in_memory(store, flt)
-    if mode == "hybrid" and mirror is not None:
+    if asked.mode == "hybrid" and mirror is not None:
         where = mirror.selection(flt.where) if flt.where is not None else None
         return [
-            in_memory(mirror, text, vector, depth, where, fusion, top_k, min_score)
+            in_memory(mirror, text, vector, depth, where, fusion, top_k, asked.min_score)
             for text, vector in zip(texts, vectors, strict=True)
         ]
     keyword = [
         keyword_documents(store, text, vector, depth, flt)
         for text, vector in zip(texts, vectors, strict=True)
     ]
-    if mode == "keyword":
+    if asked.mode == "keyword":
         return keyword
     # Fusion needs only ids and scores: no texts. Each side is cut to the same depth as the
     # mirror's (the widened read may hold more), or score fusion normalizes over another set.

@@ -43,7 +43,8 @@ def nearest_stored(
         if score >= min_score
         and (other := stored.get(other_id)) is not None
         and other.chunk == 0
-        and other.doc_id not in replaced | {head.doc_id}
+        and other.doc_id != head.doc_id
+        and other.doc_id not in replaced
     ]
     paired = {head.doc_id for head, _, _ in pairs}
     known = _vectors_by_chunk(r for r in new if r.doc_id in paired)  # not stored yet

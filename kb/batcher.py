@@ -25,9 +25,14 @@ class Batcher:
     """Whoever finds the run idle starts it for every waiting caller (itself included); the
     others wait for their rows. Nobody waits for a timer: an idle run starts at once."""
 
-    def __init__(self, run: Run, max_items: int = 256) -> None:
+    def __init__(self, run: Run, max_items: int = 256, *, isolate: bool = False) -> None:
+        """`isolate`: after a shared run fails, run each caller alone, so one caller's bad
+        item fails only that caller (the encoder: a text its tokenizer refuses). Not for runs
+        that fail for everyone when they fail (Chroma away: each retry would wait its own
+        timeout while every new caller queues behind them)."""
         self._run_items = run
         self._max_items = max_items
+        self._isolate = isolate
         self._waiting: list[_Slot] = []
         self._busy = False
         self._changed = threading.Condition()
@@ -80,10 +85,11 @@ class Batcher:
             start += len(slot.items)
 
     def _each_alone(self, batch: list[_Slot], exc: Exception) -> None:
-        """After a shared run failed: one caller's bad item (a text the tokenizer refuses)
-        must not fail the others, so each runs alone and only the culprit sees an error."""
-        if len(batch) == 1:
-            batch[0].error = exc
+        """After a shared run failed: with `isolate` each caller runs alone and only the
+        culprit sees an error; otherwise every caller sees the run's."""
+        if len(batch) == 1 or not self._isolate:
+            for slot in batch:
+                slot.error = exc
             return
         for slot in batch:
             try:

@@ -174,9 +174,12 @@ def test_a_failed_shared_run_fails_every_caller() -> None:
             future.result()
 
 
-def test_one_callers_bad_item_fails_only_that_caller_of_a_shared_run() -> None:
+@pytest.mark.parametrize("isolate", [True, False])
+def test_one_callers_bad_item_fails_only_that_caller_of_a_shared_run(isolate: bool) -> None:
     """A query the tokenizer refused failed every query sharing its run (110 of 145
-    concurrent good queries answered 500); the run is retried caller by caller."""
+    concurrent good queries answered 500): with `isolate` (the encoder's) the run is retried
+    caller by caller. Without it (Chroma's queries: a failure is everyone's, and each retry
+    would wait out its own timeout) every caller of the run gets its error, in one run."""
     from kb.batcher import Batcher
 
     runs: list[list[str]] = []
@@ -190,7 +193,7 @@ def test_one_callers_bad_item_fails_only_that_caller_of_a_shared_run() -> None:
             raise ValueError("cannot encode 'bad'")
         return [text.upper() for text in texts]
 
-    batcher = Batcher(encode)
+    batcher = Batcher(encode, isolate=isolate)
     with ThreadPoolExecutor(6) as pool:
         first = pool.submit(batcher, ["first"])
         while not runs:
@@ -202,10 +205,16 @@ def test_one_callers_bad_item_fails_only_that_caller_of_a_shared_run() -> None:
         assert first.result() == ["FIRST"]
         with pytest.raises(ValueError, match="'bad'"):
             others.pop("bad").result()
-        assert {text: future.result() for text, future in others.items()} == {
-            text: [text.upper()] for text in others
-        }
+        if isolate:
+            assert {text: future.result() for text, future in others.items()} == {
+                text: [text.upper()] for text in others
+            }
+        else:
+            for future in others.values():
+                with pytest.raises(ValueError, match="'bad'"):
+                    future.result()
     assert sorted(runs[1]) == ["a", "b", "bad", "c"]  # they did share a run
+    assert len(runs) == (6 if isolate else 2)  # then each of the four alone, or not
 
 
 def test_batches_hold_at_most_so_many_texts_and_padded_tokens() -> None:

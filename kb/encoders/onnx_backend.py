@@ -104,7 +104,7 @@ class OnnxEmbedder:
         self._tokenizer.no_padding()
         self._tokenizer.enable_truncation(max_length=self.max_tokens)
         self._pieces = span_tokenizer(export.tokenizer_file)
-        self._queries = Batcher(self._encode, max_items=4 * batch_size)
+        self._queries = Batcher(self._encode, max_items=4 * batch_size, isolate=True)
         self._lane_pool = (
             ThreadPoolExecutor(self.lanes, thread_name_prefix="kb-encoder-lane")
             if self.lanes > 1

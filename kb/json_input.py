@@ -51,21 +51,28 @@ def line_problem(exc: json.JSONDecodeError) -> str:
 
 def objects(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     """Each non-blank line's object of a JSON-lines file (a byte-order mark skipped) with its
-    'file:line'; a line that is not one, or that `check` refuses, is a ConfigError naming it."""
+    'file:line'; a line `line_object` refuses is a ConfigError naming it."""
     with path.open(encoding="utf-8-sig") as stream:
         for number, line in enumerate(stream, start=1):
             if not line.strip():
                 continue
             where = f"{path}:{number}"
             try:
-                data = loads(line)
-            except json.JSONDecodeError as exc:
-                raise ConfigError(f"{where}: not valid JSON ({line_problem(exc)})") from None
-            except UnusableJSON as exc:
+                yield where, line_object(line)
+            except ValueError as exc:
                 raise ConfigError(f"{where}: {exc}") from None
-            if not isinstance(data, dict):
-                raise ConfigError(f"{where}: not a JSON object")
-            yield where, data
+
+
+def line_object(line: str) -> dict[str, Any]:
+    """One line of a JSON-lines file as its object (`loads`: checked too), or a ValueError
+    saying what is wrong, for the caller to cite with the file's line."""
+    try:
+        data = loads(line)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not valid JSON ({line_problem(exc)})") from None
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    return data
 
 
 def loads(raw: str | bytes, **options: Any) -> Any:

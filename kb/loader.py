@@ -8,6 +8,7 @@ corpus files ({"_id", "title", "text"}).
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Callable, Iterable, Iterator
@@ -190,9 +191,12 @@ def _jsonl(
             yield Problem(name, number, bad)
             continue
         try:
-            data = json_input.parse(line)
-        except ValueError as exc:
-            yield Problem(name, number, f"invalid JSON: {exc}")
+            data = json_input.parse(line)  # checked by validate, which names the field
+        except json.JSONDecodeError as exc:
+            yield Problem(name, number, f"not valid JSON ({json_input.line_problem(exc)})")
+            continue
+        except ValueError as exc:  # nested too deep
+            yield Problem(name, number, f"not valid JSON: {exc}")
             continue
         yield validate(data, name, number, options)
 

@@ -167,7 +167,7 @@ def test_lone_surrogates_and_deep_nesting_are_problems_of_their_record(tmp_path:
         "which is not a character"
     )
     assert "docs.jsonl:3: metadata.k.1: holds a lone UTF-16 surrogate" in str(three)
-    assert "docs.jsonl:4: invalid JSON: nests arrays and objects deeper than" in str(deep)
+    assert "docs.jsonl:4: not valid JSON: nests arrays and objects deeper than" in str(deep)
     (tmp_path / "note.md").write_text('---\ntitle: "x\\ud800"\n---\nBody\n')
     (front,) = read_all(tmp_path / "note.md")
     assert "note.md:1: metadata.title: holds a lone UTF-16 surrogate" in str(front)

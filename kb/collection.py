@@ -16,6 +16,7 @@ from kb.embeddings import Embedder
 from kb.errors import ConfigError, KBError, ModelMismatch, StoreUnavailable, ValidationFailed
 from kb.filters import CompiledFilter, and_where
 from kb.lock import StoreLock
+from kb.ranking import cosine_of_distance
 from kb.records import DOC, Record
 
 log = logging.getLogger(__name__)
@@ -283,7 +284,9 @@ class RecordCollection:
             with chroma_errors():
                 got = self._col.query(query_embeddings=vectors, n_results=n, include=["distances"])
             for i, ids, dists in zip(at, got["ids"], got["distances"], strict=True):
-                answers[i] = [(rid, cosine(d)) for rid, d in zip(ids, dists, strict=True)]
+                answers[i] = [
+                    (rid, cosine_of_distance(d)) for rid, d in zip(ids, dists, strict=True)
+                ]
         return answers
 
     def nearest(
@@ -327,7 +330,7 @@ class RecordCollection:
             metas, dists = got["metadatas"][q], got["distances"][q]
             results.append(
                 [
-                    (Record(rid, docs[i] or "", dict(metas[i] or {})), cosine(dists[i]))
+                    (Record(rid, docs[i] or "", dict(metas[i] or {})), cosine_of_distance(dists[i]))
                     for i, rid in enumerate(ids)
                 ]
             )
@@ -442,9 +445,3 @@ def _model_metadata(embedder: Embedder) -> dict[str, Any]:
 def _batches(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
-
-
-def cosine(distance: float) -> float:
-    """Chroma's cosine distance as the cosine score, within [-1, 1]: float32 rounding puts a
-    text's score against itself at up to 1.0000007."""
-    return min(1.0, max(-1.0, 1.0 - float(distance)))

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from kb.hybrid import Hit
+from kb.ranking import Hit
 from kb.store import KnowledgeStore
 
 

@@ -8,7 +8,7 @@ so the similarity threshold means the same thing everywhere; `keyword` is the BM
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import TypeVar
 
 import numpy as np
@@ -17,58 +17,11 @@ from kb import fusion
 from kb.filters import CompiledFilter
 from kb.keyword import query_tokens
 from kb.mirror import Mirror
-from kb.records import CHUNKS, DOC, Record
+from kb.ranking import Hit, clamp_cosines, shown, widen
+from kb.records import DOC, Record
 from kb.store import KnowledgeStore
 
 T = TypeVar("T")
-MAX_CANDIDATES = 10_000  # chunks a search reads at most to find its documents
-
-
-@dataclass(slots=True)
-class Hit:
-    """A document's best chunk for one query (never changed once made: `replace` makes a new
-    one; not frozen, because a frozen dataclass is slower to build and a query builds
-    hundreds)."""
-
-    record: Record  # without text and user metadata while `complete` is False
-    score: float  # cosine similarity of the query with this chunk
-    keyword: float | None = None  # BM25 of this document's best chunk, when it has one
-    fused: float | None = None  # hybrid ordering score
-    complete: bool = True  # False: only the ids are known; search fetches what it shows
-
-    @property
-    def chunked(self) -> bool:
-        return int(self.record.metadata.get(CHUNKS, 1)) > 1
-
-
-def widen(
-    search: Callable[[int], Sequence[tuple[T, int, int]]], wanted: int, first: int
-) -> list[T]:
-    """Each query's documents from its best chunks, however many chunks share a document.
-
-    `search(n)` reads the best n chunks of each query and answers (result, documents in it,
-    chunks read). Ask for `first` chunks, then four times more each round, until every query
-    has `wanted` documents or got fewer chunks than asked (no more match), or MAX_CANDIDATES.
-    """
-    n = min(first, MAX_CANDIDATES)
-    while True:
-        found = search(n)
-        done = all(documents >= wanted or chunks < n for _, documents, chunks in found)
-        if done or n >= MAX_CANDIDATES:
-            return [result for result, _, _ in found]
-        n = min(n * 4, MAX_CANDIDATES)
-
-
-def shown(scores: Sequence[float] | np.ndarray, top_k: int, min_score: float) -> int:
-    """How many entries of a ranking a result takes: through its top_k-th score at or above
-    the threshold (a result holds top_k passing documents whenever that many were found, even
-    where hybrid or keyword order ranks weaker ones above them), and at least top_k (those
-    below the threshold are its rejected candidates, the near misses `explain` shows)."""
-    passing = np.flatnonzero(np.asarray(scores, dtype=np.float64) >= min_score)
-    if len(passing) >= top_k:
-        return int(passing[top_k - 1]) + 1
-    last = int(passing[-1]) + 1 if len(passing) else 0
-    return max(min(top_k, len(scores)), last)
 
 
 def keyword_documents(
@@ -93,7 +46,7 @@ def keyword_documents(
     else:
         chosen = _fts_documents(store, text, depth, flt)
         vectors = np.stack([v for *_, v in chosen]) if chosen else np.zeros((0, len(vector)))
-        cosines = np.clip(vectors @ vector, -1.0, 1.0).tolist()
+        cosines = clamp_cosines(vectors @ vector).tolist()
     hits = [
         Hit(Record(record_id, "", {DOC: doc_id}), cosine, bm25, complete=False)
         for (record_id, doc_id, bm25, _), cosine in zip(chosen, cosines, strict=True)
@@ -115,7 +68,7 @@ def _fts_documents(
         )
         return [(chosen, len(chosen), len(hits))]
 
-    return widen(search, depth, depth * 2)[0]
+    return widen(search, depth)[0]
 
 
 def _keyword_rows(
@@ -130,7 +83,7 @@ def _keyword_rows(
         first = mirror.first_per_document(*ranked, depth)
         return [(first, len(first[0]), len(ranked[0]))]
 
-    ((rows, bm25, docs),) = widen(search, depth, depth * 2)
+    ((rows, bm25, docs),) = widen(search, depth)
     return rows, bm25, docs, mirror.cosines(rows, vector)
 
 
@@ -145,7 +98,7 @@ def _dense_rows(
         first = mirror.first_per_document(rows, scores, depth)
         return [(first, len(first[0]), len(rows))]
 
-    return widen(search, depth, depth)[0]
+    return widen(search, depth)[0]
 
 
 def _best_per_document(

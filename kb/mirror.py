@@ -30,6 +30,7 @@ from kb.batcher import Batcher
 from kb.bm25 import Bm25
 from kb.memory import release_freed_memory
 from kb.metadata_index import MetadataIndex
+from kb.ranking import clamp_cosines
 from kb.records import DOC, HEADS, Record
 
 log = logging.getLogger(__name__)
@@ -338,7 +339,7 @@ class Mirror:
         """The cosine score of `vector` with each of these rows (one gather, one product)."""
         if not len(rows):
             return np.zeros(0, dtype=np.float32)
-        return np.clip(self._vectors[rows] @ vector, -1.0, 1.0)
+        return clamp_cosines(self._vectors[rows] @ vector)
 
     def first_per_document(
         self, rows: np.ndarray, scores: np.ndarray, limit: int
@@ -405,7 +406,8 @@ def _broad(allowed: int, rows: int) -> bool:
 
 
 def _top(rows: np.ndarray, scores: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """The n highest-scoring rows and their scores, best first (ties in row order)."""
+    """The n highest-scoring rows and their cosine scores (clamped), best first (ties in row
+    order)."""
     top = np.argpartition(-scores, n - 1)[:n] if n < rows.size else np.arange(rows.size)
     top = top[np.argsort(-scores[top], kind="stable")]
-    return rows[top], np.clip(scores[top], -1.0, 1.0)  # float32 rounding: up to 1.0000007
+    return rows[top], clamp_cosines(scores[top])

@@ -10,9 +10,10 @@ import numpy as np
 from kb.diversity import mmr
 from kb.document_filter import by_document
 from kb.filters import CompiledFilter, FilterLimits, compile_filter
-from kb.hybrid import Hit, complete, fuse, in_memory, keyword_documents, shown, widen
+from kb.hybrid import complete, fuse, in_memory, keyword_documents
 from kb.keyword import query_terms
 from kb.mirror import Mirror
+from kb.ranking import Hit, shown, widen
 from kb.records import Record, user_metadata
 from kb.schemas import Document, Match, QueryRequest, QueryResult, QueryStatus, Threshold
 from kb.store import KnowledgeStore
@@ -178,7 +179,7 @@ def nearest_documents(
         grouped = [_best_per_document(hits, texts) for hits in raw]
         return [(hits, len(hits), len(chunks)) for hits, chunks in zip(grouped, raw, strict=True)]
 
-    return widen(read, top_k, top_k * 3)
+    return widen(read, top_k)
 
 
 def _best_per_document(hits: Sequence[tuple[Record, float]], texts: bool) -> list[Hit]:

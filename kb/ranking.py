@@ -1,0 +1,81 @@
+"""What every search mode shares: a hit, widening a read of chunks until it holds enough
+documents, the cut of a ranking the threshold makes, and cosine scores kept in [-1, 1].
+
+Whatever the mode, a hit's `score` is the cosine similarity of the query with the chunk shown,
+so the similarity threshold means the same thing everywhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+import numpy as np
+
+from kb.records import CHUNKS, Record
+
+T = TypeVar("T")
+MAX_CANDIDATES = 10_000  # chunks a search reads at most to find its documents
+FIRST_READ = 3  # chunks read first for each document wanted
+
+
+def clamp_cosines(scores: np.ndarray) -> np.ndarray:
+    """Cosine scores within [-1, 1]: float32 rounding puts a text's score against itself at
+    up to 1.0000007."""
+    return np.clip(scores, -1.0, 1.0)
+
+
+def cosine_of_distance(distance: float) -> float:
+    """Chroma's cosine distance as the cosine score, within [-1, 1] (see clamp_cosines)."""
+    return min(1.0, max(-1.0, 1.0 - float(distance)))
+
+
+MAX_CANDIDATES = 10_000  # chunks a search reads at most to find its documents
+
+
+@dataclass(slots=True)
+class Hit:
+    """A document's best chunk for one query (never changed once made: `replace` makes a new
+    one; not frozen, because a frozen dataclass is slower to build and a query builds
+    hundreds)."""
+
+    record: Record  # without text and user metadata while `complete` is False
+    score: float  # cosine similarity of the query with this chunk
+    keyword: float | None = None  # BM25 of this document's best chunk, when it has one
+    fused: float | None = None  # hybrid ordering score
+    complete: bool = True  # False: only the ids are known; search fetches what it shows
+
+    @property
+    def chunked(self) -> bool:
+        return int(self.record.metadata.get(CHUNKS, 1)) > 1
+
+
+def widen(search: Callable[[int], Sequence[tuple[T, int, int]]], wanted: int) -> list[T]:
+    """Each query's documents from its best chunks, however many chunks share a document.
+
+    `search(n)` reads the best n chunks of each query and answers (result, documents in it,
+    chunks read). Ask for FIRST_READ chunks a document wanted, then four times more each
+    round, until every query has `wanted` documents or got fewer chunks than asked (no more
+    match), or MAX_CANDIDATES. One rule for every search: Chroma, FTS5 and the mirror (which
+    scores anew each round, so a first read too small costs a whole second search).
+    """
+    n = min(wanted * FIRST_READ, MAX_CANDIDATES)
+    while True:
+        found = search(n)
+        done = all(documents >= wanted or chunks < n for _, documents, chunks in found)
+        if done or n >= MAX_CANDIDATES:
+            return [result for result, _, _ in found]
+        n = min(n * 4, MAX_CANDIDATES)
+
+
+def shown(scores: Sequence[float] | np.ndarray, top_k: int, min_score: float) -> int:
+    """How many entries of a ranking a result takes: through its top_k-th score at or above
+    the threshold (a result holds top_k passing documents whenever that many were found, even
+    where hybrid or keyword order ranks weaker ones above them), and at least top_k (those
+    below the threshold are its rejected candidates, the near misses `explain` shows)."""
+    passing = np.flatnonzero(np.asarray(scores, dtype=np.float64) >= min_score)
+    if len(passing) >= top_k:
+        return int(passing[top_k - 1]) + 1
+    last = int(passing[-1]) + 1 if len(passing) else 0
+    return max(min(top_k, len(scores)), last)

@@ -40,7 +40,12 @@ ADD_OVERHEAD = 128
 def add_bytes(doc: DocumentIn) -> int:
     """The bytes `doc` adds to an add() request body, encoded as add() encodes it (and the
     ", " before it), so a caller can keep a request under the service's body limit."""
-    return len(json.dumps(doc.model_dump(exclude_none=True)).encode("utf-8")) + 2
+    return len(json.dumps(_payload(doc)).encode("utf-8")) + 2
+
+
+def _payload(doc: DocumentIn) -> dict[str, Any]:
+    """A document as add() sends it (and add_bytes weighs it)."""
+    return doc.model_dump(exclude_none=True)
 
 
 class KBClientError(KBError):
@@ -62,7 +67,7 @@ class KBClient:
         on_conflict: Conflict = "error",
         on_duplicate: OnDuplicate = "allow",
     ) -> AddResponse:
-        payload = [doc.model_dump(exclude_none=True) for doc in docs]
+        payload = [_payload(doc) for doc in docs]
         body = {"documents": payload, "on_conflict": on_conflict, "on_duplicate": on_duplicate}
         return self._call("POST", "/add", body, AddResponse)
 

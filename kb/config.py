@@ -12,6 +12,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from kb.errors import field_errors
+
 PACKAGED_MODEL = "all-MiniLM-L6-v2"
 ENV_PREFIX = "KB_"  # of every setting's variable, read in any case
 API_KEY_VARIABLE = f"{ENV_PREFIX}API_KEY"  # the CLI's --api-key for --url commands, not a setting
@@ -264,12 +266,12 @@ def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:
 
 
 def settings_problems(error: ValidationError) -> list[str]:
-    """One 'KB_FIELD: message' line per problem of an invalid Settings, for a person. The
-    value given is left out: it may be a key (KB_API_KEYS)."""
-    lines = []
-    for problem in error.errors(include_url=False, include_input=False):
-        message = problem["msg"].removeprefix("Value error, ")
-        fields = [str(part) for part in problem["loc"]]
-        # a check of several settings (model-level) names them in its message
-        lines.append(f"{ENV_PREFIX}{fields[0].upper()}: {message}" if fields else message)
-    return lines
+    """One 'KB_FIELD: message' line per problem of an invalid Settings, for a person; the
+    value given is left out (it may be a key). A check of several settings (model-level)
+    names them in its message."""
+    return [
+        f"{ENV_PREFIX}{e['field'].split('.')[0].upper()}: {e['message']}"
+        if e["field"]
+        else e["message"]
+        for e in field_errors(error, root="")
+    ]

@@ -11,7 +11,6 @@ Two dataset layouts are understood:
 from __future__ import annotations
 
 import csv
-import math
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -27,7 +26,7 @@ from kb.errors import ConfigError
 from kb.ingest import BATCH_SIZE, ingest
 from kb.loader import Options, Source, read, sources
 from kb.metrics import Qrels, evaluate
-from kb.schemas import QueryRequest
+from kb.schemas import QueryRequest, number_or_text
 from kb.search import search
 from kb.store import KnowledgeStore, WriteMode
 
@@ -100,12 +99,10 @@ def _read_qrels(path: Path) -> dict[str, dict[str, int]]:
 
 
 def _grade(score: str, where: str) -> int:
-    """A relevance grade: an integer, also written as a decimal (1.0, as some exports do)."""
-    try:
-        grade = float(score)
-    except ValueError:
-        grade = math.nan
-    if not grade.is_integer():
+    """A relevance grade: an integer, also written as a decimal (1.0, as some exports do),
+    spelt as JSON spells numbers (float() also took '1_0' and ' 1')."""
+    grade = number_or_text(score)
+    if isinstance(grade, str) or not float(grade).is_integer():
         raise ConfigError(f"{where}: score must be an integer grade (got '{score}')")
     return int(grade)
 

@@ -268,6 +268,7 @@ def test_export_refuses_a_where_too_deep_or_with_a_surrogate(env, where: str, me
     result = run(env, "export", "--where", where)
     assert result.exit_code != 0
     assert message in result.output, result.output
+    assert "not valid JSON" not in result.output  # it is JSON, one kb cannot take
 
 
 def test_load_through_the_api_with_url(live_server: str, tmp_path: Path) -> None:

@@ -108,6 +108,8 @@ def test_decimal_scores_and_blank_lines_are_read(tmp_path: Path) -> None:
 
 BAD_FILES = {
     "decimal grade": ("qrels/test.tsv", "query-id\tcorpus-id\tscore\nq1\td1\t0.5\n", ":2: score"),
+    # float() took these
+    "grade 1_0": ("qrels/test.tsv", "query-id\tcorpus-id\tscore\nq1\td1\t1_0\n", ":2: score"),
     "two columns": ("qrels/test.tsv", "query-id\tcorpus-id\tscore\n\nq1\td1\n", ":3: expected"),
     "broken query": ("queries.jsonl", '{"_id": "q1", "text": "a"}\n{bad\n', ":2: not valid JSON"),
     "query no text": ("queries.jsonl", '{"_id": "q1"}\n', ":1: 'text' must be a string"),

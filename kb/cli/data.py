@@ -239,6 +239,8 @@ def export(where: str | None, output: TextIO) -> None:
 
     try:
         flt = compile_filter(where=json_input.loads(where) if where else None)
+    except json_input.UnusableJSON as exc:  # JSON, but not JSON kb can take
+        fail(f"--where: {exc}")
     except ValueError as exc:
         fail(f"--where is not valid JSON: {exc}")
     except KBError as exc:

@@ -55,14 +55,22 @@ def sweep(scores: Sequence[float], labels: Sequence[int], step: float = 0.01) ->
     s = np.asarray(scores, dtype=np.float64)
     y = np.asarray(labels, dtype=bool)
     rows = []
-    for t in np.round(np.arange(-1.0, 1.0 + step / 2, step), 4):
+    for t in _thresholds(step):
         predicted = s >= t
-        tp = int((predicted & y).sum())
-        precision = tp / int(predicted.sum()) if predicted.any() else 1.0
-        recall = tp / int(y.sum()) if y.any() else 0.0
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        rows.append(Row(float(t), precision, recall, f1))
+        rows.append(_row(t, int((predicted & y).sum()), int(predicted.sum()), int(y.sum())))
     return rows
+
+
+def _thresholds(step: float) -> list[float]:
+    return [float(t) for t in np.round(np.arange(-1.0, 1.0 + step / 2, step), 4)]
+
+
+def _row(threshold: float, hits: int, predicted: int, positives: int) -> Row:
+    """Precision (1 when nothing is predicted), recall and F1 at one threshold."""
+    precision = hits / predicted if predicted else 1.0
+    recall = hits / positives if positives else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return Row(threshold, precision, recall, f1)
 
 
 def recommend(rows: Sequence[Row], min_precision: float | None = None) -> Row:
@@ -101,16 +109,13 @@ def shown_sweep(
     pairs = zip(rankings, relevant, strict=True)
     findable = sum(len(set(ids) & wanted) for (ids, _), wanted in pairs)
     rows = []
-    for t in np.round(np.arange(-1.0, 1.0 + step / 2, step), 4):
+    for t in _thresholds(step):
         hits = shown_count = 0
         for ranking, wanted in zip(rankings, relevant, strict=True):
-            docs = shown(ranking, k, float(t))
+            docs = shown(ranking, k, t)
             shown_count += len(docs)
             hits += sum(doc in wanted for doc in docs)
-        precision = hits / shown_count if shown_count else 1.0
-        recall = hits / findable if findable else 0.0
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        rows.append(Row(float(t), precision, recall, f1))
+        rows.append(_row(t, hits, shown_count, findable))
     return rows
 
 

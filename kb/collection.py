@@ -221,6 +221,10 @@ class RecordCollection:
         include += ["embeddings"] if embeddings else []
         if ids is not None and not ids:
             return []
+        if len(parts := _parts(flt, limit, offset)) > 1:
+            return [
+                r for part in parts for r in self.get(ids, part, embeddings=embeddings, texts=texts)
+            ]
         if ids is not None and len(ids) > self.max_batch:
             return [
                 r
@@ -261,6 +265,10 @@ class RecordCollection:
     ) -> Iterator[list[Record]]:
         """Every record matching the filter (after the first `offset`), in storage order,
         `size` at a time."""
+        if len(parts := _parts(flt or CompiledFilter(), None, offset)) > 1:
+            for part in parts:
+                yield from self.pages(part, size, embeddings, texts=texts)
+            return
         while batch := self.get(
             flt=flt, limit=size, offset=offset, embeddings=embeddings, texts=texts
         ):
@@ -415,6 +423,16 @@ def split_id_lists(where: dict[str, Any] | None) -> list[dict[str, Any] | None]:
                 for at in range(0, len(ids), ID_LIST_CAP)
             ]
     return [where]
+
+
+def _parts(flt: CompiledFilter, limit: int | None, offset: int | None) -> list[CompiledFilter]:
+    """The filter as `split_id_lists` parts, for a read that asks each and joins the answers
+    (every filtered read does: a where-clause listing more ids than SQLite binds was a 503).
+    A page (limit, offset) of a filter in parts has no order to take it from: refused."""
+    wheres = split_id_lists(flt.where)
+    if len(wheres) > 1 and (limit is not None or offset):
+        raise ValueError("a page of a where-clause listing more ids than one statement binds")
+    return [CompiledFilter(where, flt.where_document) for where in wheres]
 
 
 def _close_client(client: Any) -> None:

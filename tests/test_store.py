@@ -457,3 +457,33 @@ def test_a_get_of_more_ids_than_a_batch_keeps_the_embeddings(store: KnowledgeSto
     got = store.records.get([f"d{i}" for i in range(5)], embeddings=True)
     assert len(got) == 5
     assert all(r.embedding is not None for r in got)
+
+
+def test_every_filtered_read_asks_a_long_id_list_in_parts(
+    store: KnowledgeStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A where-clause listing more document ids than one SQLite statement binds (a text
+    filter passing most of a large store) was split for ids() and nearest() only; get(),
+    pages() and metadatas() sent it whole (503 "too many SQL variables")."""
+    from kb import collection
+
+    store.add([DocumentIn(id=name, text=f"Note {name}.") for name in "abcd"])
+    monkeypatch.setattr(collection, "ID_LIST_CAP", 2)
+    sent: list[int] = []
+    chroma_get = store.records._col.get
+
+    def counted(*args: object, **kwargs: object) -> object:
+        where = kwargs.get("where") or {}
+        listed = [len(c[DOC]["$in"]) for c in where.get("$and", [where]) if DOC in c]  # type: ignore[attr-defined]
+        sent.extend(listed)
+        return chroma_get(*args, **kwargs)
+
+    monkeypatch.setattr(store.records._col, "get", counted)
+    flt = CompiledFilter(where={DOC: {"$in": list("abcd")}})
+    assert sorted(r.id for r in store.records.get(flt=flt)) == list("abcd")
+    assert sorted(r.id for page in store.records.pages(flt, size=1) for r in page) == list("abcd")
+    assert len(store.records.metadatas(flt)) == 4
+    assert sent
+    assert max(sent) <= 2
+    with pytest.raises(ValueError, match="a page of a where-clause"):
+        store.records.get(flt=flt, limit=2)

@@ -98,7 +98,10 @@ def _dense_rows(
         first = mirror.first_per_document(rows, scores, depth)
         return [(first, len(first[0]), len(rows))]
 
-    return widen(search, depth)[0]
+    # one chunk a document first: each row more costs every query (the index re-ranks twice
+    # as many candidates: +0.2 ms of 1.3 at 100k for 300 rows, not 100), and a second pass
+    # only the queries whose top rows hold several chunks of one document
+    return widen(search, depth, first=depth)[0]
 
 
 def _best_per_document(

@@ -51,16 +51,17 @@ class Hit:
         return int(self.record.metadata.get(CHUNKS, 1)) > 1
 
 
-def widen(search: Callable[[int], Sequence[tuple[T, int, int]]], wanted: int) -> list[T]:
+def widen(
+    search: Callable[[int], Sequence[tuple[T, int, int]]], wanted: int, first: int | None = None
+) -> list[T]:
     """Each query's documents from its best chunks, however many chunks share a document.
 
     `search(n)` reads the best n chunks of each query and answers (result, documents in it,
-    chunks read). Ask for FIRST_READ chunks a document wanted, then four times more each
-    round, until every query has `wanted` documents or got fewer chunks than asked (no more
-    match), or MAX_CANDIDATES. One rule for every search: Chroma, FTS5 and the mirror (which
-    scores anew each round, so a first read too small costs a whole second search).
+    chunks read). Ask for `first` chunks (FIRST_READ a document wanted unless given), then
+    four times more each round, until every query has `wanted` documents or got fewer chunks
+    than asked (no more match), or MAX_CANDIDATES.
     """
-    n = min(wanted * FIRST_READ, MAX_CANDIDATES)
+    n = min(first if first is not None else wanted * FIRST_READ, MAX_CANDIDATES)
     while True:
         found = search(n)
         done = all(documents >= wanted or chunks < n for _, documents, chunks in found)

@@ -88,10 +88,10 @@ def reaches(row: Row, min_precision: float) -> bool:
     return row.precision >= min_precision and row.recall > 0
 
 
-Ranking = tuple[Sequence[str], Sequence[float]]  # a query's document ids and scores, best first
+Run = tuple[Sequence[str], Sequence[float]]  # a query's document ids and scores, best first
 
 
-def shown(ranking: Ranking, k: int, threshold: float) -> list[str]:
+def shown(ranking: Run, k: int, threshold: float) -> list[str]:
     """What a search shows: the first k documents of the ranking scoring at least the
     threshold (kb.search picks before top_k cuts)."""
     ids, values = ranking
@@ -99,7 +99,7 @@ def shown(ranking: Ranking, k: int, threshold: float) -> list[str]:
 
 
 def shown_sweep(
-    rankings: Sequence[Ranking], relevant: Sequence[set[str]], k: int, step: float = 0.01
+    rankings: Sequence[Run], relevant: Sequence[set[str]], k: int, step: float = 0.01
 ) -> list[Row]:
     """Precision of the matches a search shows at each threshold t from -1 to 1, and their
     recall of the relevant documents the rankings hold (each ranking as deep as the search
@@ -127,7 +127,7 @@ class QueryRow:
 
 
 def query_sweep(
-    rankings: Sequence[Ranking],
+    rankings: Sequence[Run],
     relevant: Sequence[set[str]],
     k: int,
     thresholds: Sequence[float],

@@ -17,7 +17,7 @@ from kb import fusion
 from kb.filters import CompiledFilter
 from kb.keyword import query_tokens
 from kb.mirror import Mirror
-from kb.ranking import Hit, clamp_cosines, shown, widen
+from kb.ranking import Hit, Ranking, best_scored, clamp_cosines, widen
 from kb.records import DOC, Record
 from kb.store import KnowledgeStore
 
@@ -165,10 +165,10 @@ def in_memory(
     method: str,
     top_k: int,
     min_score: float,
-) -> list[Hit]:
+) -> Ranking:
     """Hybrid search on the mirror's rows: both sides and their fusion are array operations,
-    and hits are made only for the documents a result takes (`shown`; `complete` fetches their
-    texts). `where` is a metadata filter's mask and key."""
+    and hits are made only for the documents a result takes (its matches and near misses;
+    `complete` fetches their texts). `where` is a metadata filter's mask and key."""
     mask, key = where if where is not None else (None, None)
     dense_rows, dense_scores, dense_docs = _dense_rows(mirror, vector, depth, mask, key)
     keyword_rows, bm25, keyword_docs, keyword_cosines = _keyword_rows(
@@ -199,21 +199,32 @@ def in_memory(
     cosines = np.empty(len(fused.values))
     cosines[in_dense] = dense_scores[fused.dense[in_dense]]
     cosines[~in_dense] = keyword_cosines[fused.keyword[~in_dense]]
-    end = shown(cosines, top_k, min_score)
-    hits = []
-    for value, at_dense, at_keyword in zip(
-        fused.values[:end].tolist(),
-        fused.dense[:end].tolist(),
-        fused.keyword[:end].tolist(),
-        strict=True,
-    ):
+    # the top_k best-ranked passing the threshold, and the top_k best-scored below it (with
+    # any tied at the cut: ties go by id) are the only documents made into hits
+    passing = np.flatnonzero(cosines >= min_score)[:top_k]
+    below = np.flatnonzero(cosines < min_score)
+    if len(below) > top_k:
+        kth = np.partition(cosines[below], len(below) - top_k)[len(below) - top_k]
+        below_best = below[cosines[below] >= kth]
+    else:
+        below_best = below
+
+    def hit(at: int) -> Hit:
+        at_dense, at_keyword = int(fused.dense[at]), int(fused.keyword[at])
         if at_dense >= 0:
             row, score = int(dense_rows[at_dense]), float(dense_scores[at_dense])
         else:
             row, score = int(keyword_rows[at_keyword]), float(keyword_cosines[at_keyword])
         keyword_score = float(bm25[at_keyword]) if at_keyword >= 0 else None
-        hits.append(Hit(mirror.record(row), score, keyword_score, value, complete=False))
-    return hits
+        value = float(fused.values[at])
+        return Hit(mirror.record(row), score, keyword_score, value, complete=False)
+
+    return Ranking(
+        [hit(at) for at in passing.tolist()],
+        len(cosines),
+        len(below),
+        best_scored([hit(at) for at in below_best.tolist()], top_k),
+    )
 
 
 def _ties_by_id(mirror: Mirror, scores: np.ndarray, docs: np.ndarray) -> slice | np.ndarray:

@@ -1,5 +1,5 @@
 """What every search mode shares: a hit, widening a read of chunks until it holds enough
-documents, the cut of a ranking the threshold makes, and cosine scores kept in [-1, 1].
+documents, what a result takes from a ranking, and cosine scores kept in [-1, 1].
 
 Whatever the mode, a hit's `score` is the cosine similarity of the query with the chunk shown,
 so the similarity threshold means the same thing everywhere.
@@ -7,7 +7,7 @@ so the similarity threshold means the same thing everywhere.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -29,9 +29,6 @@ def clamp_cosines(scores: np.ndarray) -> np.ndarray:
 def cosine_of_distance(distance: float) -> float:
     """Chroma's cosine distance as the cosine score, within [-1, 1] (see clamp_cosines)."""
     return min(1.0, max(-1.0, 1.0 - float(distance)))
-
-
-MAX_CANDIDATES = 10_000  # chunks a search reads at most to find its documents
 
 
 @dataclass(slots=True)
@@ -70,13 +67,31 @@ def widen(
         n = min(n * 4, MAX_CANDIDATES)
 
 
-def shown(scores: Sequence[float] | np.ndarray, top_k: int, min_score: float) -> int:
-    """How many entries of a ranking a result takes: through its top_k-th score at or above
-    the threshold (a result holds top_k passing documents whenever that many were found, even
-    where hybrid or keyword order ranks weaker ones above them), and at least top_k (those
-    below the threshold are its rejected candidates, the near misses `explain` shows)."""
-    passing = np.flatnonzero(np.asarray(scores, dtype=np.float64) >= min_score)
-    if len(passing) >= top_k:
-        return int(passing[top_k - 1]) + 1
-    last = int(passing[-1]) + 1 if len(passing) else 0
-    return max(min(top_k, len(scores)), last)
+@dataclass(frozen=True, slots=True)
+class Ranking:
+    """What a query's result takes from its ranking: the matches, and what the threshold
+    dropped from the whole ranking (every mode reads its ranking alike, so the counts and
+    near misses mean the same in each)."""
+
+    matches: list[Hit]  # the best-ranked top_k scoring at least the threshold, ranking order
+    candidates: int  # documents ranked: top_k in dense order, up to a side's depth in others
+    rejected: int  # candidates scoring below the threshold
+    misses: list[Hit]  # the top_k best-scored of those, best first: the near misses
+
+    @classmethod
+    def of(cls, hits: Sequence[Hit], top_k: int, min_score: float) -> Ranking:
+        """A ranking's reading. The threshold picks before top_k cuts: keyword and hybrid
+        order are not cosine order, so a weaker document ranked above passing ones is
+        rejected, not shown in their place."""
+        below = [hit for hit in hits if hit.score < min_score]
+        passing = [hit for hit in hits if hit.score >= min_score]
+        return cls(passing[:top_k], len(hits), len(below), best_scored(below, top_k))
+
+    @property
+    def best_rejected(self) -> float | None:
+        return self.misses[0].score if self.misses else None
+
+
+def best_scored(hits: Iterable[Hit], top_k: int) -> list[Hit]:
+    """The top_k hits by score, best first; equal scores in id order, as everywhere."""
+    return sorted(hits, key=lambda hit: (-hit.score, hit.record.doc_id))[:top_k]

@@ -454,10 +454,13 @@ class QueryResult(BaseModel):
     matches: list[Match]
     threshold: Threshold
     candidates: int = Field(
-        description="Documents considered: the ranking down to the last match (at least top_k)."
+        description="Documents the search ranked: the top_k nearest in dense mode, up to "
+        "KB_HYBRID_DEPTH a side in keyword and hybrid mode."
     )
     rejected: int = Field(description="Candidates dropped for scoring below the threshold.")
-    best_rejected_score: float | None
+    best_rejected_score: float | None = Field(
+        description="The best score among the rejected candidates (how close the best came)."
+    )
     near_misses: list[Match] | None = Field(
         None,
         description='With "explain": the top_k best-scored rejected candidates, best first.',

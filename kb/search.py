@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -13,7 +13,7 @@ from kb.filters import CompiledFilter, FilterLimits, compile_filter
 from kb.hybrid import complete, fuse, in_memory, keyword_documents
 from kb.keyword import query_terms
 from kb.mirror import Mirror
-from kb.ranking import Hit, shown, widen
+from kb.ranking import Hit, Ranking, widen
 from kb.records import Record, user_metadata
 from kb.schemas import Document, Match, QueryRequest, QueryResult, QueryStatus, Threshold
 from kb.store import KnowledgeStore
@@ -62,68 +62,61 @@ def search(store: KnowledgeStore, request: QueryRequest) -> list[QueryResult]:
     # a text filter is decided per document, once for the batch: then it is a metadata filter
     passing = by_document(flt, store.records.ids)
     asked = _Asked(store, request, texts, vectors, min_score, passing if passing else flt)
-    per_query = _ranked(asked, top_k) if passing is not None else [[] for _ in texts]
-    windows = [hits[: shown([h.score for h in hits], top_k, min_score)] for hits in per_query]
+    none = Ranking([], 0, 0, [])
+    rankings = _ranked(asked, top_k) if passing is not None else [none for _ in texts]
     # only what a result shows is fetched: its matches, and with explain its near misses
-    showing = complete(store, [_to_show(w, min_score, top_k, request.explain) for w in windows])
+    showing = complete(store, [r.matches + (r.misses if request.explain else []) for r in rankings])
     # chunked documents are shown whole: fetch them for the whole batch in one call
     full = store.documents_of([hit.record for hits in showing for hit in hits if hit.chunked])
     return [
         _result(
             text,
-            window,
+            ranking,
             shows,
             threshold,
             full,
             request.explain,
             _no_candidates(store, asked.mode, text, vector, passing, filtered)
-            if not window
+            if not ranking.candidates
             else None,
         )
-        for text, vector, window, shows in zip(texts, vectors, windows, showing, strict=True)
+        for text, vector, ranking, shows in zip(texts, vectors, rankings, showing, strict=True)
     ]
 
 
-def _to_show(hits: list[Hit], min_score: float, top_k: int, explain: bool) -> list[Hit]:
-    """The hits passing the threshold (in ranking order), then with `explain` the top_k
-    best-scored of those below it: the near misses."""
-    kept = [hit for hit in hits if hit.score >= min_score]
-    if not explain:
-        return kept
-    near = sorted((hit for hit in hits if hit.score < min_score), key=lambda h: -h.score)
-    return kept + near[:top_k]
-
-
-def _ranked(asked: _Asked, top_k: int) -> list[list[Hit]]:
-    """Each query's documents, best first: the mode's ranking, or (`diversify`) MMR's
-    choice of top_k among the ranking's best POOL_FACTOR x top_k passing the threshold, then
-    the pool's rejected ones."""
+def _ranked(asked: _Asked, top_k: int) -> list[Ranking]:
+    """Each query's reading of its ranking by the request's mode, or (`diversify`) MMR's
+    choice of top_k among the best POOL_FACTOR x top_k passing the threshold."""
     if not asked.request.diversify:
         return candidates(asked, top_k)
     size = top_k * POOL_FACTOR
-    chosen = []
-    for vector, hits in zip(asked.vectors, candidates(asked, size), strict=True):
-        passing = [hit for hit in hits if hit.score >= asked.min_score][:size]
-        rejected = [hit for hit in hits[:size] if hit.score < asked.min_score]
-        lam = asked.request.mmr_lambda
-        chosen.append(mmr(asked.store, vector, passing, top_k, lam) + rejected)
-    return chosen
+    lam = asked.request.mmr_lambda
+    return [
+        replace(
+            ranking,
+            matches=mmr(asked.store, vector, ranking.matches, top_k, lam),
+            misses=ranking.misses[:top_k],
+        )
+        for vector, ranking in zip(asked.vectors, candidates(asked, size), strict=True)
+    ]
 
 
-def candidates(asked: _Asked, top_k: int) -> list[list[Hit]]:
-    """Each query's documents, best first, by the request's mode: at least top_k, and in
-    keyword and hybrid order enough for top_k passing the threshold where there are that
-    many (`shown` cuts the ranking)."""
+def candidates(asked: _Asked, top_k: int) -> list[Ranking]:
+    """Each query's ranking by the request's mode, read for top_k matches: dense order is
+    cosine order, so its top_k are its candidates; keyword and hybrid rank KB_HYBRID_DEPTH
+    documents a side, and the threshold picks the top_k passing among them."""
     store, texts, vectors, flt = asked.store, asked.texts, asked.vectors, asked.flt
+    min_score = asked.min_score
     if asked.mode == "dense":
-        return nearest_documents(store, vectors, top_k, flt)
+        dense = nearest_documents(store, vectors, top_k, flt)
+        return [Ranking.of(hits[:top_k], top_k, min_score) for hits in dense]
     depth = max(top_k, store.settings.hybrid_depth)
     fusion = asked.request.fusion or store.settings.fusion
     mirror = _in_memory(store, flt)
     if asked.mode == "hybrid" and mirror is not None:
         where = mirror.selection(flt.where) if flt.where is not None else None
         return [
-            in_memory(mirror, text, vector, depth, where, fusion, top_k, asked.min_score)
+            in_memory(mirror, text, vector, depth, where, fusion, top_k, min_score)
             for text, vector in zip(texts, vectors, strict=True)
         ]
     keyword = [
@@ -131,11 +124,12 @@ def candidates(asked: _Asked, top_k: int) -> list[list[Hit]]:
         for text, vector in zip(texts, vectors, strict=True)
     ]
     if asked.mode == "keyword":
-        return keyword
+        return [Ranking.of(hits, top_k, min_score) for hits in keyword]
     # Fusion needs only ids and scores: no texts. Each side is cut to the same depth as the
     # mirror's (the widened read may hold more), or score fusion normalizes over another set.
     dense = nearest_documents(store, vectors, depth, flt, texts=False)
-    return [fuse(d[:depth], k, fusion) for d, k in zip(dense, keyword, strict=True)]
+    fused = [fuse(d[:depth], k, fusion) for d, k in zip(dense, keyword, strict=True)]
+    return [Ranking.of(hits, top_k, min_score) for hits in fused]
 
 
 def _in_memory(store: KnowledgeStore, flt: CompiledFilter) -> Mirror | None:
@@ -210,19 +204,19 @@ def _matches(hits: list[Hit], full: dict[str, Document]) -> list[Match]:
 
 def _result(
     query: str,
-    window: list[Hit],
+    ranking: Ranking,
     shows: list[Hit],
     threshold: Threshold,
     full: dict[str, Document],
     explain: bool,
     nothing: tuple[QueryStatus, str] | None,
 ) -> QueryResult:
-    """The query's answer from its ranking down to the last match (`window`) and the hits
-    fetched to be shown (`shows`); `nothing` says why there was no candidate."""
+    """The query's answer from the reading of its ranking and the hits fetched to be shown
+    (`shows`: its matches, then with explain its near misses); `nothing` says why there was
+    no candidate."""
     min_score = threshold.min_score
     matches = _matches([hit for hit in shows if hit.score >= min_score], full)
-    rejected = [hit.score for hit in window if hit.score < min_score]
-    best_rejected = max(rejected, default=None)
+    best_rejected = ranking.best_rejected
     if not matches and best_rejected is None:  # every match deleted while the search ran
         nothing = nothing or ("no_candidates", "The documents found were deleted meanwhile.")
     status, message = nothing or _verdict(matches, best_rejected, threshold)
@@ -233,8 +227,8 @@ def _result(
         message=message,
         matches=matches,
         threshold=threshold,
-        candidates=len(matches) + len(rejected),
-        rejected=len(rejected),
+        candidates=ranking.candidates,
+        rejected=ranking.rejected,
         best_rejected_score=best_rejected,
         near_misses=_matches(near, full) if explain else None,
     )

@@ -26,7 +26,7 @@ def test_matches_carry_id_text_metadata_and_cosine_score(cooking: FlaskClient) -
     assert best["text"].startswith("Boil the pasta")
     assert best["metadata"]["tags"] == ["pasta", "italian"]
     assert -1.0 <= result["matches"][1]["score"] <= best["score"] <= 1.0
-    assert result["candidates"] == 2
+    assert (result["candidates"], result["rejected"]) == (4, 0)  # hybrid ranks all four
 
 
 def test_score_is_one_minus_the_cosine_distance(cooking: FlaskClient, embedder) -> None:

@@ -74,12 +74,24 @@ def make_client(settings: Settings) -> Any:
     return chromadb.PersistentClient(path=str(settings.chroma_path), settings=chroma_settings)
 
 
+SHOWN_NAMES = 10  # collections a "no collection" error lists
+
+
 class RecordCollection:
     """One Chroma collection in cosine space, holding vectors from exactly one model."""
 
     read_page = 10_000  # records a get without ids or a limit asks Chroma for at a time
 
-    def __init__(self, settings: Settings, embedder: Embedder, client: Any | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        embedder: Embedder,
+        client: Any | None = None,
+        *,
+        existing: bool = False,
+    ) -> None:
+        """`existing`: the collection must be there already (commands that only read: one
+        created for a mistyped KB_COLLECTION would read as an empty knowledge base)."""
         self.settings = settings
         self.name = settings.collection
         self.mode = "server" if settings.chroma_url else "embedded"
@@ -90,10 +102,29 @@ class RecordCollection:
         self._nearest = Batcher(self._nearest_batch, max_items=64)
         try:
             self._client = client if client is not None else make_client(settings)
+            if existing:
+                self._require()
             self._open(embedder)
         except BaseException:
             self.close()
             raise
+
+    def _require(self) -> None:
+        from chromadb.errors import NotFoundError
+
+        with chroma_errors():
+            try:
+                self._client.get_collection(self.name, embedding_function=None)
+                return
+            except NotFoundError:
+                names = sorted(collection.name for collection in self._client.list_collections())
+        held = ", ".join(f"'{name}'" for name in names[:SHOWN_NAMES]) or "none"
+        if len(names) > SHOWN_NAMES:
+            held += f" and {len(names) - SHOWN_NAMES} more"
+        raise ConfigError(
+            f"no collection '{self.name}' (KB_COLLECTION) in {self.location}; "
+            f"its collections: {held}"
+        )
 
     def _open(self, embedder: Embedder) -> None:
         with chroma_errors():

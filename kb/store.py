@@ -70,13 +70,17 @@ class KnowledgeStore:
         records: RecordCollection | None = None,
         *,
         searching: bool = True,
+        existing: bool = False,
     ) -> None:
         """`searching` false: this process writes or reads documents but will not search, so
-        the in-memory copies searches run on (kb.mirror) are neither loaded nor kept."""
+        the in-memory copies searches run on (kb.mirror) are neither loaded nor kept.
+        `existing`: the collection must exist (a ConfigError names the ones there)."""
         self.settings = settings
         self.embedder = embedder
         self.window = _window(settings, embedder)
-        self.records = records if records is not None else RecordCollection(settings, embedder)
+        if records is None:
+            records = RecordCollection(settings, embedder, existing=existing)
+        self.records = records
         self.overlap = min(settings.chunk_overlap, self.window // 2)
         # Writes check ids and then write: serialize them so the check stays true.
         self._lock = Lock(_write_lock_path(settings) if self.records.mode == "server" else None)
@@ -89,10 +93,15 @@ class KnowledgeStore:
 
     @classmethod
     def open(
-        cls, settings: Settings, embedder: Embedder | None = None, *, searching: bool = True
+        cls,
+        settings: Settings,
+        embedder: Embedder | None = None,
+        *,
+        searching: bool = True,
+        existing: bool = False,
     ) -> KnowledgeStore:
         embedder = embedder if embedder is not None else load_embedder(settings)
-        return cls(settings, embedder, searching=searching)
+        return cls(settings, embedder, searching=searching, existing=existing)
 
     def close(self) -> None:
         self.replica.close()

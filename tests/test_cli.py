@@ -404,6 +404,23 @@ def test_reading_commands_refuse_a_store_that_does_not_exist(
     assert not (tmp_path / "out.jsonl.gz").exists()
 
 
+@pytest.mark.parametrize(
+    "command", [["export"], ["backup", "out.jsonl.gz"], ["duplicates"]], ids=lambda c: c[0]
+)
+def test_reading_commands_refuse_a_collection_that_does_not_exist(
+    env, tmp_path: Path, command: list[str]
+) -> None:
+    """A mistyped KB_COLLECTION was created and read as an empty knowledge base (rc 0)."""
+    run(env, "load", str(write_jsonl(tmp_path / "src.jsonl", GOOD)))
+    args = [str(tmp_path / arg) if arg.endswith(".gz") else arg for arg in command]
+    result = run({**env, "KB_COLLECTION": "cli_tset"}, *args)
+    assert result.exit_code == 1
+    assert "no collection 'cli_tset' (KB_COLLECTION) in " in result.output
+    assert "its collections: 'cli_test'" in result.output
+    assert not (tmp_path / "out.jsonl.gz").exists()
+    assert run({**env, "KB_COLLECTION": "cli_tset"}, *args).exit_code == 1  # none created
+
+
 def test_reading_commands_read_an_existing_store(env, tmp_path: Path) -> None:
     run(env, "load", str(write_jsonl(tmp_path / "src.jsonl", GOOD)))
     result = run(env, "backup", str(tmp_path / "b.jsonl.gz"))

@@ -79,6 +79,36 @@ def test_collection_names_follow_chromas_rules() -> None:
         Settings(collection="kb")
 
 
+@pytest.mark.parametrize("mode", ["embedded", "server"])
+def test_a_store_opened_to_read_needs_its_collection(
+    tmp_path: Path, embedder, mode: str, request: pytest.FixtureRequest
+) -> None:
+    """Reading commands (export, backup, duplicates) on a mistyped KB_COLLECTION created it
+    and read an empty knowledge base (rc 0): opening with `existing` names the collections
+    there and creates none; on a Chroma server too."""
+    if mode == "server":
+        settings = request.getfixturevalue("server_settings")
+    else:
+        settings = Settings(chroma_path=tmp_path / "db", collection="kb_test")
+    store = KnowledgeStore.open(settings, embedder, searching=False)
+    store.add([DocumentIn(id="a", text="Something stored.")])
+    store.close()  # an embedded store takes one opener at a time
+    typo = changed(settings, collection=f"{settings.collection}-typo")
+    with pytest.raises(ConfigError) as raised:
+        KnowledgeStore.open(typo, embedder, searching=False, existing=True)
+    message = raised.value.message
+    assert message.startswith(f"no collection '{typo.collection}' (KB_COLLECTION) in ")
+    if mode == "embedded":  # the session's server holds other tests' collections too
+        assert message.endswith("; its collections: 'kb_test'")
+    store = KnowledgeStore.open(settings, embedder, searching=False, existing=True)
+    try:
+        assert store.get("a").text == "Something stored."
+        names = [c.name for c in store.records._client.list_collections()]
+        assert typo.collection not in names
+    finally:
+        store.close()
+
+
 @pytest.mark.parametrize("backend", ["onnx", "torch"])
 def test_a_wrong_model_path_is_a_clear_error(tmp_path: Path, backend: str) -> None:
     from kb.embeddings import load_embedder

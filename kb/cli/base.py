@@ -61,14 +61,15 @@ def open_store(
 ) -> KnowledgeStore:
     """The configured store, or a clean exit naming what went wrong (locked, mismatched).
     Commands that never search pass `searching=False`: no in-memory copies are loaded.
-    Commands that only read pass `existing=True`: opening creates a missing store, so a
-    mistyped KB_CHROMA_PATH would be read as an empty knowledge base (an export or a backup
-    of 0 documents, rc 0) and leave a new directory behind."""
+    Commands that only read pass `existing=True`: opening creates a missing store or
+    collection, so a mistyped KB_CHROMA_PATH or KB_COLLECTION would be read as an empty
+    knowledge base (an export or a backup of 0 documents, rc 0) and leave a new directory or
+    collection behind."""
     settings = settings or Settings()
     if existing and not settings.chroma_url:
         _require_store(settings.chroma_path)
     try:
-        return KnowledgeStore.open(settings, embedder, searching=searching)
+        return KnowledgeStore.open(settings, embedder, searching=searching, existing=existing)
     except KBError as exc:
         fail(exc.message)
 

@@ -26,6 +26,7 @@ from kb.schemas import (
     DocumentIn,
     DocumentList,
     Health,
+    Info,
     OnDuplicate,
     QueryResult,
     Stats,
@@ -123,6 +124,10 @@ class KBClient:
 
     def stats(self) -> Stats:
         return self._call("GET", "/stats", None, Stats)
+
+    def info(self) -> Info:
+        """Defaults, request limits and what this client's key may do."""
+        return self._call("GET", "/info", None, Info)
 
     def backup(self) -> IO[bytes]:
         """The service's consistent backup as a byte stream (close it when read)."""

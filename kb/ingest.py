@@ -135,16 +135,33 @@ class _Weights:
 
     def __init__(self, weigh: Callable[[DocumentIn], int] | None, most: int | None) -> None:
         self.weigh, self.most, self.total = weigh, most, 0
+        self.weight = 0  # the last item weighed
 
-    def fits(self, item: Item, batch: list[Item]) -> bool:
-        """Whether `item` can join `batch` (counted in if so; an empty batch takes it)."""
+    def too_heavy(self, item: Item) -> Problem | None:
+        """Weigh `item`: a problem when no request can carry it (a request holding it alone
+        would be refused, and the load stop there)."""
+        if self.weigh is None or self.most is None:
+            return None
+        self.weight = self.weigh(item.doc)
+        if self.weight <= self.most:
+            return None
+        return Problem(
+            item.source,
+            item.line,
+            f"the document is {self.weight:,} bytes as JSON; a request may carry "
+            f"{self.most:,} bytes of documents (the service's KB_MAX_REQUEST_BYTES)",
+            item.unit,
+        )
+
+    def fits(self, batch: list[Item]) -> bool:
+        """Whether the item last weighed can join `batch` (counted in if so; an empty batch
+        takes it)."""
         if self.weigh is None or self.most is None:
             return True
-        weight = self.weigh(item.doc)
-        if batch and self.total + weight > self.most:
-            self.total = weight  # it starts the next batch
+        if batch and self.total + self.weight > self.most:
+            self.total = self.weight  # it starts the next batch
             return False
-        self.total = weight if not batch else self.total + weight
+        self.total = self.weight if not batch else self.total + self.weight
         return True
 
 
@@ -162,7 +179,9 @@ def _events(
         if isinstance(entry, Item):
             verdict = _classify(entry, seen)
             if verdict == "new":
-                if not weights.fits(entry, batch):
+                verdict = weights.too_heavy(entry) or verdict
+            if verdict == "new":
+                if not weights.fits(batch):
                     yield batch
                     batch, limit = [], next(limits)
                 batch.append(entry)

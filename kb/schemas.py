@@ -501,8 +501,19 @@ class Health(BaseModel):
     store: StoreInfo
 
 
+class Limits(BaseModel):
+    """The request limits of the service (its KB_MAX_* settings): `kb load --url` cuts its
+    batches and checks its documents by them."""
+
+    max_request_bytes: int = Field(ge=1, description="Largest request body, in bytes.")
+    max_documents_per_request: int = Field(ge=1, description="Most documents one /add takes.")
+    max_text_chars: int = Field(ge=1, description="Longest document text, in characters.")
+    max_query_chars: int = Field(ge=1, description="Longest query text, in characters.")
+
+
 class Info(BaseModel):
-    """What a client (the search page) needs to know about this service and its key."""
+    """What a client (the search page, kb load --url) needs to know about this service and
+    its key."""
 
     auth_required: bool = Field(description="Whether routes other than /health need a key.")
     role: Literal["read", "write"] | None = Field(
@@ -512,6 +523,7 @@ class Info(BaseModel):
     top_k: int = Field(description="Default matches per query.")
     max_top_k: int
     search_mode: SearchMode = Field(description="Default search mode.")
+    limits: Limits
 
 
 class FieldStats(BaseModel):

@@ -289,26 +289,43 @@ def test_load_through_the_api_with_url(live_server: str, tmp_path: Path) -> None
     assert not (tmp_path / "unused").exists()
 
 
-def test_load_through_the_api_keeps_each_request_under_the_body_limit(tmp_path: Path) -> None:
+def test_load_through_the_api_keeps_each_request_under_the_body_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Batches were cut by count only: texts of 140k characters made one request past the
     service's body limit, refused with 413, and nothing loaded. Scaled down here: a 64 kB
-    limit on both sides and texts of 20k characters."""
+    limit on the service, which this side learns from GET /info with its text limit (it used
+    its own settings': 16 MB and 200k characters here), and texts of 20k characters."""
     from tests.live import Service
 
-    limit = {"KB_MAX_REQUEST_BYTES": "65536"}
-    service = Service(tmp_path / "db", tmp_path / "serve.log", **limit).start()
+    limits = {"KB_MAX_REQUEST_BYTES": "65536", "KB_MAX_TEXT_CHARS": "25000"}
+    service = Service(tmp_path / "db", tmp_path / "serve.log", **limits).start()
     try:
         records = [{"id": f"big{i}", "text": f"Note {i} " + "word " * 4000} for i in range(12)]
         source = write_jsonl(tmp_path / "big.jsonl", records)
-        result = run(limit, "load", "--url", service.base, str(source))
+        result = run({}, "load", "--url", service.base, str(source))
         assert result.exit_code == 0, result.output
         assert "added 12, updated 0, skipped 0, failed 0" in result.output
-        # a refused request (this side not told the limit): the one sent after it was
-        # written too, and said so; nothing after it was sent
-        small = [{"id": f"s{i}", "text": f"Small note number {i}"} for i in range(6)]
-        small.insert(3, {"id": "huge", "text": "word " * 20_000})
-        mixed = write_jsonl(tmp_path / "mixed.jsonl", small)
-        stopped = run({}, "load", "--url", service.base, "--batch-size", "1", str(mixed))
+
+        def mixed(name: str) -> Path:
+            small = [{"id": f"{name}{i}", "text": f"Small note number {i}"} for i in range(6)]
+            small.insert(3, {"id": f"{name}-huge", "text": "é" * 12_000})  # \u00e9 in JSON
+            small.insert(5, {"id": f"{name}-long", "text": "word " * 5_200})
+            return write_jsonl(tmp_path / f"{name}.jsonl", small)
+
+        # documents no request can carry, or the service takes, are failed records; the
+        # load goes on (each stopped it: 413 and 422 for the whole batch)
+        result = run({}, "load", "--url", service.base, "--batch-size", "1", str(mixed("m")))
+        assert result.exit_code == 1
+        assert "m.jsonl:4: the document is 72,0" in result.output
+        assert "m.jsonl:6: text: text is longer than the limit of 25000 characters" in (
+            result.output
+        )
+        assert "added 6, updated 0, skipped 0, failed 2" in result.output
+        # a service that does not tell its limits: the refused request stops the load; the
+        # one sent after it was written too, and said so; nothing after it was sent
+        monkeypatch.setattr("kb.cli.data._with_service_limits", lambda settings, *_: settings)
+        stopped = run({}, "load", "--url", service.base, "--batch-size", "1", str(mixed("s")))
         assert stopped.exit_code == 1
         assert "load stopped: the request body is larger than the limit" in stopped.output
         assert "added 4, updated 0, skipped 0, failed 0" in stopped.output

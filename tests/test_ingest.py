@@ -158,7 +158,9 @@ def test_a_failed_write_waits_for_the_batches_in_flight_and_counts_them() -> Non
 
 
 def test_batches_end_before_their_weight_passes_the_limit() -> None:
-    """Batches were cut by count only: a request of heavy documents passed the body limit."""
+    """Batches were cut by count only: a request of heavy documents passed the body limit.
+    A document heavier than any request may be is a failed record (sent alone, it was
+    refused and stopped the load)."""
     batches, _, sink = recorder()
     weights = {f"d{i}": w for i, w in enumerate([40, 40, 30, 90, 150, 10, 10])}
     summary = ingest(
@@ -168,5 +170,9 @@ def test_batches_end_before_their_weight_passes_the_limit() -> None:
         weigh=lambda doc: weights[str(doc.id)],
         max_weight=100,
     )
-    assert batches == [["d0", "d1"], ["d2"], ["d3"], ["d4"], ["d5", "d6"]]
-    assert summary.added == 7
+    assert batches == [["d0", "d1"], ["d2"], ["d3", "d5"], ["d6"]]
+    assert (summary.added, summary.failed) == (6, 1)
+    assert [str(problem) for problem in summary.problems] == [
+        "input.jsonl:5: the document is 150 bytes as JSON; a request may carry 100 bytes of "
+        "documents (the service's KB_MAX_REQUEST_BYTES)"
+    ]

@@ -42,6 +42,17 @@ def api(tight: Flask) -> FlaskClient:
     return client
 
 
+def test_info_tells_the_request_limits(api: FlaskClient) -> None:
+    """`kb load --url` cuts its batches by them (it used its own settings' values)."""
+    limits = api.get("/info").json["limits"]
+    assert limits == {
+        "max_request_bytes": 4096,
+        "max_documents_per_request": 3,
+        "max_text_chars": 200,
+        "max_query_chars": 100,
+    }
+
+
 def nested(depth: int) -> dict[str, Any]:
     node: dict[str, Any] = {"a": 1}
     for _ in range(depth):

@@ -8,7 +8,7 @@ from kb import __version__
 from kb.api.openapi import build_spec
 from kb.api.security import presented_role
 from kb.api.util import documented, reply, state, store
-from kb.schemas import Health, Info, ModelInfo, Stats, StoreInfo
+from kb.schemas import Health, Info, Limits, ModelInfo, Stats, StoreInfo
 from kb.search import resolve_threshold
 from kb.telemetry import CONTENT_TYPE
 
@@ -64,6 +64,7 @@ def info() -> tuple[Response, int]:
             top_k=settings.top_k,
             max_top_k=settings.max_top_k,
             search_mode=settings.search_mode,
+            limits=Limits(**settings.model_dump(include=set(Limits.model_fields))),
         )
     )
 

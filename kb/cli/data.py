@@ -90,6 +90,8 @@ def load(
     from kb.ingest import ingest
 
     settings = Settings()
+    if url:  # documents are checked and requests cut by the service's limits
+        settings = _with_service_limits(settings, url, api_key)
     found = sources(paths, fmt, root)
     options = Options(settings, text_column=text_column, id_column=id_column)
     progress = Progress(estimate(found), enabled=not quiet and sys.stderr.isatty())
@@ -156,6 +158,20 @@ class _Target:
     max_weight: int | None = None  # the most a batch's documents may weigh together
 
 
+def _with_service_limits(settings: Settings, url: str, api_key: str | None) -> Settings:
+    """`settings` with the request limits of the service at `url` (GET /info), or as they
+    are when it does not tell them: the first request then reports what is wrong."""
+    from pydantic import ValidationError
+
+    from kb.client import KBClient
+
+    try:
+        limits = KBClient(url, api_key=api_key).info().limits
+    except (KBError, ValidationError):  # unreachable, a key it refuses, an older service
+        return settings
+    return settings.model_copy(update=limits.model_dump())
+
+
 def _target(
     settings: Settings,
     url: str | None,
@@ -172,10 +188,10 @@ def _target(
     before a second interpreter would have loaded the model; so does every load when that
     setting is 0.
 
-    Requests to a service stay under its limits, taken as this side's KB_MAX_REQUEST_BYTES
-    and KB_MAX_DOCUMENTS_PER_REQUEST (GET /info does not report them): a batch ends before
-    its encoded body would pass the byte limit (130 texts of 140k characters were one 18 MB
-    request, refused whole with 413)."""
+    Requests to a service stay under its limits (`settings` carries them, see
+    _with_service_limits): a batch ends before its encoded body would pass the byte limit
+    (130 texts of 140k characters were one 18 MB request, refused whole with 413), and a
+    document too large for any request is a failed record, not a request refused."""
     if url:
         from kb.client import ADD_OVERHEAD, KBClient, add_bytes
 

@@ -24,12 +24,15 @@ def test_serve_answers_over_http(live_server: str) -> None:
 
 
 def test_a_port_in_use_is_a_one_line_error(tmp_path: Path) -> None:
+    """Said before the model loads and the store opens (a model that cannot load here: it
+    was found only after both)."""
     env = {k: v for k, v in os.environ.items() if not is_kb_variable(k)}
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
         env |= {"KB_CHROMA_PATH": str(tmp_path / "db"), "KB_PORT": str(port)}
+        env |= {"KB_MODEL": str(tmp_path / "no-model")}
         done = subprocess.run(
             [sys.executable, "-m", "kb", "serve"], env=env, capture_output=True, text=True
         )
@@ -39,6 +42,7 @@ def test_a_port_in_use_is_a_one_line_error(tmp_path: Path) -> None:
         f"Error: cannot listen on 127.0.0.1:{port} (KB_HOST, KB_PORT): Address already in use "
         "(another process is listening on it)"
     )
+    assert not (tmp_path / "db").exists()
 
 
 def raw_post(base: str, head: str, body: bytes = b"") -> bytes:

@@ -100,18 +100,31 @@ def _check_keys(settings: Settings) -> None:
 def _waitress(settings: Settings) -> None:
     from kb.app import close_app, create_app
 
+    # the port first: a busy one is said before the model loads and the store is opened
+    late = _LateApp()
+    server = _listen(late, settings)
     try:
-        app = create_app(settings)
+        late.app = create_app(settings)
     except KBError as exc:
+        server.close()
         fail(exc.message)
     # SIGTERM stops the server as Ctrl-C does, so the app is closed (its encoder process too)
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        server = _listen(app, settings)
         server.print_listen("Serving on http://{}:{}")
         server.run()
     finally:
-        close_app(app)
+        close_app(late.app)
+
+
+class _LateApp:
+    """The WSGI app waitress is bound with before kb's app exists (set before the server
+    runs: no request reaches it earlier)."""
+
+    app: Any = None
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        return self.app(environ, start_response)
 
 
 def _listen(app: Any, settings: Settings) -> Any:

@@ -7,9 +7,12 @@ bound given as an ISO string is translated to a comparison on that twin.
 
 from __future__ import annotations
 
+import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from operator import eq, ge, gt, le, lt, ne
 from typing import TYPE_CHECKING, Any
 
 from kb.errors import ValidationFailed, field_error
@@ -96,6 +99,40 @@ def and_where(*clauses: dict[str, Any] | None) -> dict[str, Any] | None:
     if not present:
         return None
     return present[0] if len(present) == 1 else {"$and": present}
+
+
+_HOLDS: dict[str, Callable[[Any, Any], bool]] = {
+    "$eq": eq,
+    "$ne": ne,
+    "$gt": gt,
+    "$gte": ge,
+    "$lt": lt,
+    "$lte": le,
+}
+
+
+def exact_numbers(key: str, op: str, arg: Any) -> dict[str, Any]:
+    """`{key: {op: arg}}` as Chroma answers it right for numbers. Chroma compares a stored
+    integer with a fractional bound truncated toward zero ($gte 2.5 and $eq 2.5 match 2,
+    $lt 2.5 misses it; floats compare exactly), so a delete by such a filter removed
+    documents it did not name. Only the integers on either side of a fractional bound can
+    be misjudged: each is named, kept out with $ne or let in with $eq (a float equal to one
+    belongs where the integer does)."""
+    clause = {key: {op: arg}}
+    values = arg if op in MEMBERSHIP else [arg]
+    bounds = [v for v in values if isinstance(v, float) and not v.is_integer()]
+    if not bounds:
+        return clause
+    near = sorted({math.floor(b) for b in bounds} | {math.ceil(b) for b in bounds})
+    if op in MEMBERSHIP:
+        listed = set(values)
+        holds = [(n in listed) == (op == "$in") for n in near]
+    else:
+        holds = [_HOLDS[op](n, arg) for n in near]
+    kept_out = [{key: {"$ne": n}} for n, belongs in zip(near, holds, strict=True) if not belongs]
+    let_in = [{key: {"$eq": n}} for n, belongs in zip(near, holds, strict=True) if belongs]
+    exact = and_where(clause, *kept_out) or clause
+    return {"$or": [exact, *let_in]} if let_in else exact
 
 
 def compile_filter(
@@ -209,12 +246,15 @@ class _Translator:
         return and_where(*clauses)
 
     def operator(self, key: str, op: str, arg: Any, path: str) -> dict[str, Any] | None:
-        if op in COMPARISON or op in CONTAINS:
+        if op in CONTAINS:  # list items: Chroma matches 2 and 2.0 as different values
             if self.scalar_ok(arg, path):
                 return {key: {op: arg}}
+        elif op in COMPARISON:
+            if self.scalar_ok(arg, path):
+                return exact_numbers(key, op, arg)
         elif op in MEMBERSHIP:
             if self.list_ok(arg, path):
-                return {key: {op: arg}}
+                return exact_numbers(key, op, arg)
         elif op in RANGE:
             return self.range(key, op, arg, path)
         else:
@@ -224,7 +264,7 @@ class _Translator:
 
     def range(self, key: str, op: str, arg: Any, path: str) -> dict[str, Any] | None:
         if isinstance(arg, int | float) and not isinstance(arg, bool):
-            return {key: {op: arg}} if self.scalar_ok(arg, path) else None
+            return exact_numbers(key, op, arg) if self.scalar_ok(arg, path) else None
         if isinstance(arg, str):
             stamp = parse_iso(arg)
             if stamp is None:

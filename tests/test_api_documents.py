@@ -197,6 +197,21 @@ def test_delete_by_filter(cooking: FlaskClient) -> None:
     assert by_date.json["ids"] == ["risotto"]
 
 
+def test_a_fractional_bound_deletes_no_whole_number_it_does_not_name(client: FlaskClient) -> None:
+    """Chroma compared integer metadata with 2.5 as with 2: deleting "version 2.5" deleted
+    version 2 too, and listing "before 2.5" left version 2 out."""
+    versions = {"v2": 2, "v2.5": 2.5, "v3": 3}
+    docs = [
+        {"id": i, "text": f"Release notes {i}", "metadata": {"v": v}} for i, v in versions.items()
+    ]
+    assert client.post("/add", json={"documents": docs}).status_code == 201
+    listed = client.get('/documents?where={"v": {"$lt": 2.5}}').json["documents"]
+    assert [doc["id"] for doc in listed] == ["v2"]
+    deleted = client.post("/delete", json={"where": {"v": {"$eq": 2.5}}}).json
+    assert deleted == {"deleted": 1, "ids": ["v2.5"]}
+    assert ids_of(client) == ["v2", "v3"]
+
+
 def test_delete_that_matches_nothing_deletes_nothing(cooking: FlaskClient) -> None:
     response = cooking.post("/delete", json={"where": {"category": "astronomy"}})
     assert response.json == {"deleted": 0, "ids": []}

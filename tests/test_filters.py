@@ -65,7 +65,18 @@ def test_date_twins_only_for_date_strings() -> None:
 
 
 def test_numbers_stay_numbers_in_ranges() -> None:
-    assert compile_filter(where={"n": {"$lt": 2.5}}).where == {"n": {"$lt": 2.5}}
+    assert compile_filter(where={"n": {"$lt": 3}}).where == {"n": {"$lt": 3}}
+    assert compile_filter(where={"n": {"$lt": 2.0}}).where == {"n": {"$lt": 2.0}}
+
+
+def test_a_fractional_bound_names_the_whole_numbers_beside_it() -> None:
+    """Chroma compares stored integers with 2.5 as with 2 (test_mirror has the proof)."""
+    assert compile_filter(where={"n": {"$lt": 2.5}}).where == {
+        "$or": [{"$and": [{"n": {"$lt": 2.5}}, {"n": {"$ne": 3}}]}, {"n": {"$eq": 2}}]
+    }
+    assert compile_filter(where={"n": {"$eq": -0.5}}).where == {
+        "$and": [{"n": {"$eq": -0.5}}, {"n": {"$ne": -1}}, {"n": {"$ne": 0}}]
+    }
 
 
 @pytest.mark.parametrize(
@@ -102,7 +113,9 @@ def test_errors_name_the_path(where: dict, path: str) -> None:
 
 
 def test_a_list_of_decimals_may_hold_whole_numbers_written_as_decimals() -> None:
-    assert compile_filter(where={"a": {"$in": [1.0, 2.5]}}).where == {"a": {"$in": [1.0, 2.5]}}
+    where = compile_filter(where={"a": {"$in": [1.0, 2.5]}}).where
+    assert where is not None
+    assert where["$and"][0] == {"a": {"$in": [1.0, 2.5]}}
     with pytest.raises(ValidationFailed, match="all be integers or all decimals") as caught:
         compile_filter(filters={"a": [1, 2.5]})
     assert caught.value.details[0]["field"] == "filters.a.$in"

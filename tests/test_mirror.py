@@ -85,6 +85,53 @@ def test_ranges_compare_numbers_as_numbers(both) -> None:
     assert all(mirror.record(row).metadata["a"] == 3.5 for row in rows)
 
 
+FRACTIONS = (2.5, -2.5, 0.5, -0.5, 2.7, -0.2)
+HOLDS = {
+    "$eq": lambda v, b: v == b,
+    "$ne": lambda v, b: v != b,
+    "$gt": lambda v, b: v > b,
+    "$gte": lambda v, b: v >= b,
+    "$lt": lambda v, b: v < b,
+    "$lte": lambda v, b: v <= b,
+    "$in": lambda v, b: v in b,
+    "$nin": lambda v, b: v not in b,
+}
+
+
+def test_fractional_bounds_select_numbers_as_numbers_in_chroma_too() -> None:
+    """Chroma compares stored integers with a fractional bound truncated toward zero:
+    {"n": {"$eq": 2.5}} matched n = 2, so a delete by that filter removed it. The compiled
+    filter names the integers beside the bound; Chroma, the mirror and Python then agree
+    (documents without the key: whatever Chroma says, the mirror says too)."""
+    values: list[Any] = [*range(-4, 5), *(float(n) for n in range(-4, 5))]
+    values += FRACTIONS
+    metadatas = [{"_kb_doc": "d", "n": value} for value in values] + [{"_kb_doc": "d"}]
+    records = [
+        Record(f"r{i}", "", meta, np.eye(1, 8, i % 8, dtype=np.float32)[0])
+        for i, meta in enumerate(metadatas)
+    ]
+    collection = chromadb.EphemeralClient().get_or_create_collection("mirror_fractions")
+    collection.add(
+        ids=[r.id for r in records],
+        metadatas=[r.metadata for r in records],
+        embeddings=np.stack([r.embedding for r in records]),
+    )
+    mirror = Mirror(8, generation=0)
+    mirror.apply(records, [], 1)
+    bounds: list[Any] = [*FRACTIONS, [2.5], [2.5, 3.0], [-0.5, 0.5, 1.0], [0.2, 2.0]]
+    for op, holds in HOLDS.items():
+        for bound in bounds:
+            if (op in {"$in", "$nin"}) != isinstance(bound, list):
+                continue
+            where = compile_filter(where={"n": {op: bound}}).where
+            assert where is not None
+            chroma = set(collection.get(where=where, include=[])["ids"])
+            memory = {mirror.ids[row] for row in np.flatnonzero(mirror.matches(where))}
+            numbers = {f"r{i}" for i, value in enumerate(values) if holds(value, bound)}
+            assert chroma - {"r" + str(len(values))} == numbers, (op, bound)
+            assert memory == chroma, (op, bound)
+
+
 BIG = 1_700_000_000_000_000_001  # a snowflake id: above 2**53, where floats skip integers
 NUMBERS: tuple[Any, ...] = (
     *(BIG - 1, BIG, BIG + 1, float(BIG), 2**53, 2**53 + 1, float(2**53), 2**63 - 1, -(2**63)),

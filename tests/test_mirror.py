@@ -85,6 +85,23 @@ def test_ranges_compare_numbers_as_numbers(both) -> None:
     assert all(mirror.record(row).metadata["a"] == 3.5 for row in rows)
 
 
+def held_by_both(name: str, metadatas: list[dict[str, Any]]) -> tuple[Any, Mirror]:
+    """A Chroma collection and a mirror holding records r0, r1, ... with these metadatas."""
+    records = [
+        Record(f"r{i}", "", meta, np.eye(1, 8, i % 8, dtype=np.float32)[0])
+        for i, meta in enumerate(metadatas)
+    ]
+    collection = chromadb.EphemeralClient().get_or_create_collection(name)
+    collection.add(
+        ids=[r.id for r in records],
+        metadatas=[r.metadata for r in records],
+        embeddings=np.stack([r.embedding for r in records]),
+    )
+    mirror = Mirror(8, generation=0)
+    mirror.apply(records, [], 1)
+    return collection, mirror
+
+
 FRACTIONS = (2.5, -2.5, 0.5, -0.5, 2.7, -0.2)
 HOLDS = {
     "$eq": lambda v, b: v == b,
@@ -106,18 +123,7 @@ def test_fractional_bounds_select_numbers_as_numbers_in_chroma_too() -> None:
     values: list[Any] = [*range(-4, 5), *(float(n) for n in range(-4, 5))]
     values += FRACTIONS
     metadatas = [{"_kb_doc": "d", "n": value} for value in values] + [{"_kb_doc": "d"}]
-    records = [
-        Record(f"r{i}", "", meta, np.eye(1, 8, i % 8, dtype=np.float32)[0])
-        for i, meta in enumerate(metadatas)
-    ]
-    collection = chromadb.EphemeralClient().get_or_create_collection("mirror_fractions")
-    collection.add(
-        ids=[r.id for r in records],
-        metadatas=[r.metadata for r in records],
-        embeddings=np.stack([r.embedding for r in records]),
-    )
-    mirror = Mirror(8, generation=0)
-    mirror.apply(records, [], 1)
+    collection, mirror = held_by_both("mirror_fractions", metadatas)
     bounds: list[Any] = [*FRACTIONS, [2.5], [2.5, 3.0], [-0.5, 0.5, 1.0], [0.2, 2.0]]
     for op, holds in HOLDS.items():
         for bound in bounds:
@@ -147,18 +153,7 @@ def test_large_integers_are_compared_exactly_as_chroma_does() -> None:
     BIG matched BIG - 1 and BIG + 1, and $ne or $gt on it found nothing."""
     metadatas = [{"_kb_doc": "d", "n": value} for value in NUMBERS]
     metadatas += [{"_kb_doc": "d", "n": items} for items in LISTS] + [{"_kb_doc": "d"}]
-    records = [
-        Record(f"r{i}", "", meta, np.eye(1, 8, i % 8, dtype=np.float32)[0])
-        for i, meta in enumerate(metadatas)
-    ]
-    collection = chromadb.EphemeralClient().get_or_create_collection("mirror_big")
-    collection.add(
-        ids=[r.id for r in records],
-        metadatas=[r.metadata for r in records],
-        embeddings=np.stack([r.embedding for r in records]),
-    )
-    mirror = Mirror(8, generation=0)
-    mirror.apply(records, [], 1)
+    collection, mirror = held_by_both("mirror_big", metadatas)
     wheres = [{"n": {op: bound}} for op in ("$eq", "$ne", *THRESHOLDS) for bound in BOUNDS]
     wheres += [{"n": {op: [BIG, 2]}} for op in ("$in", "$nin")]
     wheres += [{"n": {op: item}} for op in ("$contains", "$not_contains") for item in NUMBERS]

@@ -111,19 +111,22 @@ _HOLDS: dict[str, Callable[[Any, Any], bool]] = {
 }
 
 
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
 def exact_numbers(key: str, op: str, arg: Any) -> dict[str, Any]:
     """`{key: {op: arg}}` as Chroma answers it right for numbers. Chroma compares a stored
     integer with a fractional bound truncated toward zero ($gte 2.5 and $eq 2.5 match 2,
-    $lt 2.5 misses it; floats compare exactly), so a delete by such a filter removed
-    documents it did not name. Only the integers on either side of a fractional bound can
-    be misjudged: each is named, kept out with $ne or let in with $eq (a float equal to one
-    belongs where the integer does)."""
+    $lt 2.5 misses it), and with a bound beyond 64 bits clamped to the 64-bit end ($lt 1e19
+    misses 2**63 - 1); floats compare exactly. So a delete by such a filter removed
+    documents it did not name. Only the integer(s) beside such a bound can be misjudged:
+    each is named, kept out with $ne or let in with $eq (a float equal to one belongs where
+    the integer does)."""
     clause = {key: {op: arg}}
     values = arg if op in MEMBERSHIP else [arg]
-    bounds = [v for v in values if isinstance(v, float) and not v.is_integer()]
-    if not bounds:
+    near = sorted({n for v in values if isinstance(v, float) for n in _misjudged(v)})
+    if not near:
         return clause
-    near = sorted({math.floor(b) for b in bounds} | {math.ceil(b) for b in bounds})
     if op in MEMBERSHIP:
         listed = set(values)
         holds = [(n in listed) == (op == "$in") for n in near]
@@ -133,6 +136,17 @@ def exact_numbers(key: str, op: str, arg: Any) -> dict[str, Any]:
     let_in = [{key: {"$eq": n}} for n, belongs in zip(near, holds, strict=True) if belongs]
     exact = and_where(clause, *kept_out) or clause
     return {"$or": [exact, *let_in]} if let_in else exact
+
+
+def _misjudged(bound: float) -> tuple[int, ...]:
+    """The stored integers Chroma may compare wrongly with a float bound."""
+    if bound > INT64_MAX:
+        return (INT64_MAX,)
+    if bound < INT64_MIN:
+        return (INT64_MIN,)
+    if bound.is_integer():
+        return ()
+    return (math.floor(bound), math.ceil(bound))
 
 
 def compile_filter(

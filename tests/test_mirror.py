@@ -103,6 +103,8 @@ def held_by_both(name: str, metadatas: list[dict[str, Any]]) -> tuple[Any, Mirro
 
 
 FRACTIONS = (2.5, -2.5, 0.5, -0.5, 2.7, -0.2)
+BEYOND_64_BITS = (1e19, -1e19, 9.3e18, 2.0**63)
+ENDS_OF_64_BITS = (2**63 - 1, 2**63 - 2, -(2**63), -(2**63) + 1)
 HOLDS = {
     "$eq": lambda v, b: v == b,
     "$ne": lambda v, b: v != b,
@@ -117,14 +119,17 @@ HOLDS = {
 
 def test_fractional_bounds_select_numbers_as_numbers_in_chroma_too() -> None:
     """Chroma compares stored integers with a fractional bound truncated toward zero:
-    {"n": {"$eq": 2.5}} matched n = 2, so a delete by that filter removed it. The compiled
-    filter names the integers beside the bound; Chroma, the mirror and Python then agree
-    (documents without the key: whatever Chroma says, the mirror says too)."""
+    {"n": {"$eq": 2.5}} matched n = 2, so a delete by that filter removed it (and a bound
+    beyond 64 bits clamped: $eq 1e19 matched 2**63 - 1). The compiled filter names the
+    integers beside the bound; Chroma, the mirror and Python then agree (documents without
+    the key: whatever Chroma says, the mirror says too)."""
     values: list[Any] = [*range(-4, 5), *(float(n) for n in range(-4, 5))]
-    values += FRACTIONS
+    # (not 2.0**63 itself: Chroma does not find a stored 2.0**63 equal to the bound 2.0**63)
+    values += [*FRACTIONS, 1e19, -1e19, 9.3e18, *ENDS_OF_64_BITS]
     metadatas = [{"_kb_doc": "d", "n": value} for value in values] + [{"_kb_doc": "d"}]
     collection, mirror = held_by_both("mirror_fractions", metadatas)
-    bounds: list[Any] = [*FRACTIONS, [2.5], [2.5, 3.0], [-0.5, 0.5, 1.0], [0.2, 2.0]]
+    bounds: list[Any] = [*FRACTIONS, *BEYOND_64_BITS, [2.5], [2.5, 3.0], [-0.5, 0.5, 1.0]]
+    bounds += [[0.2, 2.0], [1e19, 1.0]]
     for op, holds in HOLDS.items():
         for bound in bounds:
             if (op in {"$in", "$nin"}) != isinstance(bound, list):

@@ -16,8 +16,7 @@ from typing import Any
 
 from kb import collection
 from kb.filters import CompiledFilter, and_where
-from kb.records import DOC
-from kb.schemas import CHUNK_ID_RE
+from kb.records import DOC, doc_id_of
 
 POSITIVE = {"$not_contains": "$contains", "$not_regex": "$regex"}  # negation -> its opposite
 
@@ -78,4 +77,4 @@ def _evaluate(node: dict[str, Any], ids: Callable[[CompiledFilter], list[str]]) 
 def _documents(record_ids: list[str]) -> frozenset[str]:
     """The documents of these records: a chunk's id is its document's id, plus '#chunk<N>'
     after the first."""
-    return frozenset(CHUNK_ID_RE.sub("", rid) for rid in record_ids)
+    return frozenset(doc_id_of(rid) for rid in record_ids)

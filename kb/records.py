@@ -14,7 +14,7 @@ from typing import Any
 
 from kb.chunking import Chunk, join
 from kb.filters import TWIN_PREFIX, date_twins
-from kb.schemas import RESERVED_PREFIX, Document
+from kb.schemas import CHUNK_ID_RE, RESERVED_PREFIX, Document
 
 DOC = f"{RESERVED_PREFIX}doc"
 CHUNK = f"{RESERVED_PREFIX}chunk"
@@ -45,6 +45,11 @@ class Record:
 
 def chunk_id(doc_id: str, index: int) -> str:
     return doc_id if index == 0 else f"{doc_id}#chunk{index}"
+
+
+def doc_id_of(record_id: str) -> str:
+    """The id of the document a record (chunk) id belongs to."""
+    return CHUNK_ID_RE.sub("", record_id)
 
 
 def derive_id(text: str) -> str:

@@ -17,7 +17,15 @@ from kb.collection import RecordCollection
 from kb.config import Settings
 from kb.duplicates import nearest_stored
 from kb.embeddings import Embedder, load_embedder
-from kb.errors import ConfigError, Conflict, NotFound, ValidationFailed, field_error
+from kb.errors import (
+    ConfigError,
+    Conflict,
+    KBError,
+    NotFound,
+    StoreUnavailable,
+    ValidationFailed,
+    field_error,
+)
 from kb.filters import CompiledFilter, and_where
 from kb.keyword import KeywordIndex
 from kb.records import (
@@ -33,6 +41,7 @@ from kb.records import (
     chunk_id,
     content_hash,
     derive_id,
+    doc_id_of,
     same_content,
     user_metadata,
 )
@@ -380,9 +389,7 @@ class KnowledgeStore:
         with self._lock:
             ids = self.records.ids()
             if ids:
-                with self.replica.writing(ids) as applied:
-                    self.records.delete(ids)
-                    applied([], ids)
+                self._delete_whole(ids)
         return len(ids)
 
     def restore_records(self, records: Sequence[Record]) -> None:
@@ -440,13 +447,50 @@ class KnowledgeStore:
             applied(records, stale)
 
     def _remove(self, heads: Sequence[Record]) -> None:
-        # First chunks last: a delete failing part-way leaves each document findable by its
-        # id, so deleting it again removes the rest.
-        first = {head.id for head in heads}
-        ids = sorted(self._stored_chunk_ids(heads), key=lambda rid: rid in first)
+        self._delete_whole(self._stored_chunk_ids(heads))
+
+    def _delete_whole(self, ids: Sequence[str]) -> None:
+        """Delete these records, each document whole. Chroma takes max_batch ids a call, so
+        the calls are cut between documents: a store error part-way leaves documents deleted
+        or kept whole (cut anywhere, a first chunk stayed with some of its chunks, and GET
+        and search showed the document with its middle gone), and the error says how far
+        the delete got."""
+        parts = _whole_documents(ids, self.records.max_batch)
         with self.replica.writing(ids) as applied:
-            self.records.delete(ids)
+            deleted: list[str] = []
+            try:
+                for part in parts:
+                    self.records.delete(part)
+                    deleted.extend(part)
+            except KBError as exc:
+                if not deleted:
+                    raise
+                applied([], deleted)
+                gone = len({doc_id_of(record_id) for record_id in deleted})
+                every = len({doc_id_of(record_id) for record_id in ids})
+                raise StoreUnavailable(
+                    f"the delete stopped part-way: {gone} of {every} documents were deleted "
+                    f"(whole) before the store failed ({exc.message}); deleting again "
+                    "deletes the rest"
+                ) from exc
             applied([], ids)
+
+
+def _whole_documents(ids: Sequence[str], most: int) -> list[list[str]]:
+    """Record ids in parts of at most `most` (one Chroma call each), a document's chunks
+    never split between two parts. A document of more chunks than that (a store taking
+    very small batches) is cut with its first chunk last, so it stays findable by its id
+    and deleting it again removes the rest."""
+    chunks: dict[str, list[str]] = {}
+    for record_id in ids:
+        chunks.setdefault(doc_id_of(record_id), []).append(record_id)
+    parts: list[list[str]] = [[]]
+    for doc_id, group in chunks.items():
+        group.sort(key=lambda record_id: record_id == doc_id)
+        if parts[-1] and len(parts[-1]) + len(group) > most:
+            parts.append([])
+        parts[-1].extend(group)
+    return [part for part in parts if part]
 
 
 def _replica(settings: Settings, records: RecordCollection, dim: int, lock: Lock) -> Replica:

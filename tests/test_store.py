@@ -17,7 +17,8 @@ from kb.config import Settings
 from kb.errors import ConfigError, Conflict, ModelMismatch, StoreUnavailable
 from kb.filters import CompiledFilter
 from kb.records import DOC, HEADS, build_records
-from kb.schemas import DocumentIn, UpdateFields
+from kb.schemas import DocumentIn, QueryRequest, UpdateFields
+from kb.search import search
 from kb.store import KnowledgeStore, WriteMode
 from tests.conftest import changed
 
@@ -143,6 +144,45 @@ def test_a_failed_batch_rolls_back_new_and_restores_replaced(
     assert store.get("old").metadata == {"v": 1}
     hits = store.records.nearest(store.embedder.embed_queries(["Original text"]), 1)
     assert hits[0][0][1] == pytest.approx(1.0, abs=1e-5)  # the old vector is back too
+
+
+@pytest.mark.parametrize("loaded", [True, False], ids=["mirror", "chroma"])
+def test_a_delete_failing_part_way_deletes_or_keeps_each_document_whole(
+    store: KnowledgeStore, monkeypatch: pytest.MonkeyPatch, loaded: bool
+) -> None:
+    """Chroma takes max_batch ids a call. The calls cut documents (first chunks last): a
+    store error between two calls left a first chunk with some of its chunks, served by GET
+    and search with the middle gone, and a metadata update then made that permanent."""
+    texts = {name: long_text(name) for name in ("alpha", "beta")}
+    store.add([DocumentIn(id=name, text=text) for name, text in texts.items()])
+    store.add([DocumentIn(id="short", text="A short note about otters.")])
+    chunks = store.get("alpha").chunks
+    assert chunks == store.get("beta").chunks > 2
+    if loaded:
+        store.replica.wait_loaded()
+    store.records.max_batch = chunks + 1  # one document a call
+    real, calls = store.records._col.delete, []
+
+    def flaky(**kwargs: object) -> None:
+        calls.append(kwargs)
+        if len(calls) == 2:
+            raise RuntimeError("transient store error")
+        real(**kwargs)
+
+    monkeypatch.setattr(store.records._col, "delete", flaky)
+    with pytest.raises(StoreUnavailable) as raised:
+        store.delete(["alpha", "beta"])
+    monkeypatch.setattr(store.records._col, "delete", real)
+    kept = "beta" if store.get_many(["beta"]) else "alpha"
+    assert store.get_many(["alpha", "beta"]).keys() == {kept}
+    assert store.get(kept).text == texts[kept]
+    assert "the delete stopped part-way: 1 of 2 documents were deleted" in raised.value.message
+    assert store.count() == 2
+    assert len(store.records.ids()) == chunks + 1  # no chunk of the deleted one is left
+    ask = QueryRequest(query=texts[kept][:200], mode="hybrid", min_score=-1, top_k=5)
+    assert {m.id for m in search(store, ask)[0].matches} == {kept, "short"}
+    store.delete([kept])  # the rest, deleted again
+    assert store.count() == 1
 
 
 def test_new_one_chunk_documents_are_added_and_the_rest_upserted(

@@ -296,7 +296,7 @@ class KnowledgeStore:
                 records = [r for r in records if r.doc_id not in near]
                 replaced = [h for h in replaced if h.id not in near]
                 skipped += len(near)
-            self._write(records, self._all_chunks(replaced), _unstored(records, replaced))
+            self._write(records, self._all_chunks(replaced), self._unstored(records, replaced))
         written = len({r.doc_id for r in records})
         return AddResponse(
             ids=plan.ids,
@@ -437,6 +437,18 @@ class KnowledgeStore:
             return [Chunk(0, text)]
         return split(text, self.embedder.token_offsets(text), self.window, self.overlap)
 
+    def _unstored(self, records: Sequence[Record], replaced: Sequence[Record]) -> set[str]:
+        """The ids known not to be stored, which Chroma's add (faster than upsert) may write:
+        the one record of each one-chunk document whose id had no stored record when checked
+        under the write lock (a document's own id is its first chunk's). Later chunks of new
+        documents are left out: a failed write may have left them. None on a Chroma server:
+        the lock holds for this host's processes, and Chroma's add ignores an id another
+        host wrote since the check (acknowledged, never stored; last write must win)."""
+        if self.records.mode == "server":
+            return set()
+        heads = {h.id for h in replaced}
+        return {r.id for r in records if r.doc_id not in heads and int(r.metadata[CHUNKS]) == 1}
+
     def _write(
         self, records: Sequence[Record], previous: Sequence[Record], new: Set[str] = frozenset()
     ) -> None:
@@ -525,14 +537,6 @@ def _first_chunks(flt: CompiledFilter) -> CompiledFilter:
 def _attach(records: Sequence[Record], vectors: np.ndarray) -> None:
     for record, vector in zip(records, vectors, strict=True):
         record.embedding = vector
-
-
-def _unstored(records: Sequence[Record], replaced: Sequence[Record]) -> set[str]:
-    """The ids known not to be stored: the one record of each one-chunk document whose id
-    had no stored record when checked under the write lock (a document's own id is its first
-    chunk's). Later chunks of new documents are left out: a failed write may have left them."""
-    heads = {h.id for h in replaced}
-    return {r.id for r in records if r.doc_id not in heads and int(r.metadata[CHUNKS]) == 1}
 
 
 def _ordered(records: Sequence[Record]) -> list[Record]:

@@ -185,6 +185,34 @@ def test_a_delete_failing_part_way_deletes_or_keeps_each_document_whole(
     assert store.count() == 1
 
 
+def test_two_hosts_adding_one_id_at_once_end_with_the_last_write(
+    server_settings: Settings, tmp_path: Path, embedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two hosts share no write lock: host B checked that X was new, host A wrote X, then
+    B wrote it with Chroma's add, which ignores an existing id: B answered 'added' and its
+    text was never stored (its own copies kept it, so B's keyword search found it)."""
+    host_a = KnowledgeStore.open(changed(server_settings, chroma_path=tmp_path / "a"), embedder)
+    host_b = KnowledgeStore.open(changed(server_settings, chroma_path=tmp_path / "b"), embedder)
+    try:
+        write = host_b.records._write
+
+        def after_host_a(records, add=False):
+            host_a.add([DocumentIn(id="X", text="Version from host A: apples.")])
+            monkeypatch.setattr(host_b.records, "_write", write)
+            write(records, add)
+
+        monkeypatch.setattr(host_b.records, "_write", after_host_a)
+        host_b.add([DocumentIn(id="X", text="Version from host B: bananas.")])
+        for host in (host_a, host_b):
+            assert host.get("X").text == "Version from host B: bananas."
+            host.replica.catch_up()
+            found = search(host, QueryRequest(query="apples", mode="keyword", min_score=-1))
+            assert found[0].matches == []
+    finally:
+        host_a.close()
+        host_b.close()
+
+
 def test_new_one_chunk_documents_are_added_and_the_rest_upserted(
     store: KnowledgeStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -22,6 +22,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from kb.collection import chroma_errors
+
 log = logging.getLogger(__name__)
 
 MARGIN_US = 30_000_000  # re-read this far behind the newest entry: clock skew, late commits
@@ -67,16 +69,33 @@ class ChangeLog:
             self._polled = time.monotonic()
 
     def begin(self, ids: Sequence[str]) -> str:
+        """Log a write about to begin; a log that cannot be written fails it (the store's
+        503) before anything is written."""
         entry = uuid.uuid4().hex
         with self._lock:
             self._seen[entry] = now_us()  # our own write: applied locally, never re-read
-        self._put(entry, ids, PENDING)
+        with chroma_errors():
+            self._put(entry, ids, PENDING)
         return entry
 
     def end(self, entry: str, ids: Sequence[str], *, reread: bool = False) -> None:
         """Mark the write done; with `reread` (our write failed, and the copies may not hold
-        what it left in Chroma) this process re-reads its ids at the next poll too."""
-        self._put(entry, ids, DONE)
+        what it left in Chroma) this process re-reads its ids at the next poll too. Marking
+        is tried twice, then given up with an error logged, not raised: the write stands in
+        Chroma (a client told it failed would write again), and the other processes re-read
+        its ids once the pending entry is STALE_S old."""
+        for attempt in (1, 2):
+            try:
+                self._put(entry, ids, DONE)
+                break
+            except Exception:
+                if attempt == 2:
+                    log.exception(
+                        "could not mark change log entry %s done; the other processes "
+                        "see its write within %d s",
+                        entry,
+                        STALE_S,
+                    )
         if reread:
             with self._lock:
                 self._seen.pop(entry, None)

@@ -74,6 +74,32 @@ def test_a_writer_that_died_mid_write_is_caught_up(two: tuple, monkeypatch) -> N
     assert found(second, "lighthouses", "keyword") == ["orphan"]
 
 
+def test_a_change_log_that_fails_around_a_write_is_no_500(two: tuple, monkeypatch) -> None:
+    """Logging a write to the change log was outside the store's error mapping: a failure
+    before the write was a 500, one after it (the write stood) a 500 too, and the other
+    processes missed the write until its pending entry was STALE_S old."""
+    first, second = two
+    log, put = first.replica.changes._log, first.replica.changes._log.upsert
+
+    def failing(state: str) -> Callable[..., object]:
+        def upsert(**kwargs: object) -> object:
+            if kwargs["metadatas"][0]["state"] == state:  # type: ignore[index]
+                raise RuntimeError("connection reset")
+            return put(**kwargs)
+
+        return upsert
+
+    monkeypatch.setattr(log, "upsert", failing(changes.PENDING))
+    with pytest.raises(StoreUnavailable):  # before the write: nothing written
+        first.add([DocumentIn(id="never", text="Never written.")])
+    assert first.get_many(["never"]) == {}
+    monkeypatch.setattr(log, "upsert", failing(changes.DONE))
+    first.add([DocumentIn(id="kept", text="Penguins huddle against the cold.")])  # no error
+    assert first.get("kept").text == "Penguins huddle against the cold."
+    monkeypatch.setattr(changes, "STALE_S", 0)  # the others take it as a dead writer's
+    assert found(second, "penguins", "keyword") == ["kept"]
+
+
 def once(error: Exception, then: Callable[..., object]) -> Callable[..., object]:
     """A stand-in that raises `error` on its first call and then calls `then`."""
     calls = []

@@ -146,7 +146,7 @@ class KnowledgeStore:
 
     def get_many(self, ids: Sequence[str]) -> dict[str, Document]:
         """The documents with these ids that exist, by id."""
-        groups = self._chunks(self._heads(ids))
+        groups = self._whole(self._chunks(self._heads(ids)), ids)
         return {doc_id: assemble(chunks) for doc_id, chunks in groups.items()}
 
     def documents_of(self, records: Sequence[Record]) -> dict[str, Document]:
@@ -156,7 +156,21 @@ class KnowledgeStore:
         groups: dict[str, list[Record]] = {}
         for record in self.records.get(list(dict.fromkeys(ids))):
             groups.setdefault(record.doc_id, []).append(record)
+        groups = self._whole(groups, list(wanted))
         return {doc_id: assemble(chunks) for doc_id, chunks in groups.items()}
+
+    def _whole(
+        self, groups: dict[str, list[Record]], doc_ids: Sequence[str]
+    ) -> dict[str, list[Record]]:
+        """`groups` (chunk records by document) when every document in them was read whole,
+        else the documents `doc_ids` read again under the write lock. Reads take no lock, so
+        a write landing between two of them tore a document: an old first chunk joined to
+        the new later chunks (a GET during an update answered a text never stored), or a new
+        version cut at the old one's chunk count (a search's match)."""
+        if all(_is_whole(chunks) for chunks in groups.values()):
+            return groups
+        with self._lock:
+            return self._chunks(self._heads(doc_ids))
 
     def _heads(self, ids: Sequence[str]) -> list[Record]:
         """The chunk-0 records of these document ids (a lookup by id is Chroma's fast path)."""
@@ -172,13 +186,15 @@ class KnowledgeStore:
     def iter_documents(self, flt: CompiledFilter, page: int = 500) -> Iterator[Document]:
         """Every document matching the filter, in storage order, a page at a time."""
         for heads in self.records.pages(_first_chunks(flt), page):
-            groups = self._chunks(heads)
-            yield from (assemble(groups[head.doc_id]) for head in heads)
+            yield from self._assembled(heads)
 
     def _page(self, heads_filter: CompiledFilter, limit: int, offset: int) -> list[Document]:
-        heads = self.records.get(flt=heads_filter, limit=limit, offset=offset)
-        groups = self._chunks(heads)
-        return [assemble(groups[head.doc_id]) for head in heads]
+        return self._assembled(self.records.get(flt=heads_filter, limit=limit, offset=offset))
+
+    def _assembled(self, heads: Sequence[Record]) -> list[Document]:
+        """The documents of these first chunks, in their order (one deleted since: left out)."""
+        groups = self._whole(self._chunks(heads), [head.doc_id for head in heads])
+        return [assemble(groups[head.doc_id]) for head in heads if head.doc_id in groups]
 
     def stats(self) -> Stats:
         """Counts and metadata summaries, from the in-memory mirror when it is current (no
@@ -537,6 +553,20 @@ def _first_chunks(flt: CompiledFilter) -> CompiledFilter:
 def _attach(records: Sequence[Record], vectors: np.ndarray) -> None:
     for record, vector in zip(records, vectors, strict=True):
         record.embedding = vector
+
+
+def _is_whole(chunks: Sequence[Record]) -> bool:
+    """Whether these are all the chunks of one version of a document: every index its first
+    chunk counts, once, each carrying the first chunk's content hash."""
+    head = next((record for record in chunks if record.chunk == 0), None)
+    if head is None:
+        return False
+    count, version = int(head.metadata[CHUNKS]), head.metadata.get(HASH)
+    return (
+        len(chunks) == count
+        and {record.chunk for record in chunks} == set(range(count))
+        and all(record.metadata.get(HASH) == version for record in chunks)
+    )
 
 
 def _ordered(records: Sequence[Record]) -> list[Record]:

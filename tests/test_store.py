@@ -213,6 +213,54 @@ def test_two_hosts_adding_one_id_at_once_end_with_the_last_write(
         host_b.close()
 
 
+def test_a_read_torn_by_an_update_is_read_again_whole(
+    store: KnowledgeStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reads take no lock: an update landing between the read of a document's first chunk
+    and of the rest joined the old first chunk (and metadata) to the new chunks, a text
+    never stored; listing and export the same."""
+    old, new = long_text("Zebras gallop."), long_text("Horses canter.").replace("descent", "ascent")
+    store.add([DocumentIn(id="L", text=old, metadata={"v": 1})])
+    read_rest = store._chunks
+
+    def update_first(heads, embeddings=False):
+        monkeypatch.setattr(store, "_chunks", read_rest)
+        store.update("L", UpdateFields(text=new, metadata={"v": 2}))
+        return read_rest(heads, embeddings)
+
+    for read in (
+        lambda: store.get("L"),
+        lambda: store.list(CompiledFilter(), limit=10, offset=0).documents[0],
+        lambda: next(store.iter_documents(CompiledFilter())),
+    ):
+        store.update("L", UpdateFields(text=old, metadata={"v": 1}))
+        monkeypatch.setattr(store, "_chunks", update_first)
+        document = read()
+        assert (document.text, document.metadata) == (new, {"v": 2})
+
+
+def test_a_match_updated_during_the_search_is_shown_whole(
+    store: KnowledgeStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A chunked match's whole text is fetched after the ranking, by the chunk count the
+    ranking saw: an update lengthening the document in between showed the new text cut at
+    the old count (neither version)."""
+    short, longer = long_text("Zebras gallop."), long_text("Zebras gallop.") * 3
+    store.add([DocumentIn(id="L", text=short)])
+    assert store.get("L").chunks < 2 * 3
+    fetch = store.documents_of
+
+    def update_first(records):
+        monkeypatch.setattr(store, "documents_of", fetch)
+        store.update("L", UpdateFields(text=longer))
+        return fetch(records)
+
+    monkeypatch.setattr(store, "documents_of", update_first)
+    ask = QueryRequest(query="zebras gallop", mode="dense", min_score=-1, top_k=1)
+    (match,) = search(store, ask)[0].matches
+    assert match.text == longer
+
+
 def test_new_one_chunk_documents_are_added_and_the_rest_upserted(
     store: KnowledgeStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:

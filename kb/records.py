@@ -74,8 +74,18 @@ def same_content(
 
 
 def _content(text: str, metadata: dict[str, Any] | None) -> str:
-    """A document's content as JSON, where true, 1 and 1.0 are spelt apart."""
-    return json.dumps([text, metadata or {}], sort_keys=True, ensure_ascii=False)
+    """A document's content as JSON, where true, 1 and 1.0 are spelt apart, and -0.0 as 0.0
+    (Chroma stores it so: an export of it, loaded again, is the same document)."""
+    plain = {key: _signless(value) for key, value in (metadata or {}).items()}
+    return json.dumps([text, plain], sort_keys=True, ensure_ascii=False)
+
+
+def _signless(value: Any) -> Any:
+    if isinstance(value, float) and value == 0.0:
+        return 0.0
+    if isinstance(value, list):
+        return [_signless(item) for item in value]
+    return value
 
 
 def build_records(

@@ -261,6 +261,19 @@ def test_a_match_updated_during_the_search_is_shown_whole(
     assert match.text == longer
 
 
+def test_negative_zero_is_the_zero_chroma_gives_back(store: KnowledgeStore) -> None:
+    """Chroma reads -0.0 back as 0.0, but the content hash kept the sign: loading an export
+    again with upsert counted the document as updated and rewrote it."""
+    given = {"x": -0.0, "xs": [-0.0, 1.5]}
+    store.add([DocumentIn(id="z", text="Zero degrees.", metadata=given)])
+    exported = store.get("z").metadata
+    assert exported == {"x": 0.0, "xs": [0.0, 1.5]}
+    again = store.add(
+        [DocumentIn(id="z", text="Zero degrees.", metadata=exported)], WriteMode.UPSERT
+    )
+    assert (again.updated, again.skipped) == (0, 1)
+
+
 def test_new_one_chunk_documents_are_added_and_the_rest_upserted(
     store: KnowledgeStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:

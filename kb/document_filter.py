@@ -15,10 +15,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from kb import collection
+from kb.errors import ValidationFailed, field_error
 from kb.filters import CompiledFilter, and_where
 from kb.records import DOC, doc_id_of
 
 POSITIVE = {"$not_contains": "$contains", "$not_regex": "$regex"}  # negation -> its opposite
+NEVER_MATCHES = (
+    " (Chroma's answer to a pattern that can never match, such as the empty classes [a&&b] "
+    "and [^\\s\\S])"
+)
 
 
 @dataclass(frozen=True)
@@ -61,17 +66,37 @@ def by_document(
     return CompiledFilter(and_where(flt.where, {DOC: {op: sorted(passing.ids)}}))
 
 
-def _evaluate(node: dict[str, Any], ids: Callable[[CompiledFilter], list[str]]) -> Documents:
+def _evaluate(
+    node: dict[str, Any], ids: Callable[[CompiledFilter], list[str]], path: str = "where_document"
+) -> Documents:
     ((op, arg),) = node.items()
+    path = f"{path}.{op}"
     if op in ("$and", "$or"):
-        parts = [_evaluate(part, ids) for part in arg]
+        parts = [_evaluate(part, ids, f"{path}.{i}") for i, part in enumerate(arg)]
         combined = parts[0]
         for part in parts[1:]:
             combined = combined & part if op == "$and" else combined | part
         return combined
     if op in POSITIVE:  # no chunk matches: every document but those with a chunk that does
-        return ~_evaluate({POSITIVE[op]: arg}, ids)
-    return Documents(_documents(ids(CompiledFilter(None, node))))
+        return ~_matching({POSITIVE[op]: arg}, ids, path)
+    return _matching(node, ids, path)
+
+
+def _matching(
+    node: dict[str, Any], ids: Callable[[CompiledFilter], list[str]], path: str
+) -> Documents:
+    """The documents with a chunk matching one text condition (at `path` in the request)."""
+    try:
+        return Documents(_documents(ids(CompiledFilter(None, node))))
+    except ValidationFailed as exc:  # Chroma refused the condition: name it
+        if exc.details:
+            raise
+        message = exc.message
+        if "Byte pattern" in message:
+            message += NEVER_MATCHES
+        raise ValidationFailed(
+            f"{path}: {message}", details=[field_error(path, message, "filter_error")]
+        ) from exc
 
 
 def _documents(record_ids: list[str]) -> frozenset[str]:

@@ -110,6 +110,27 @@ def test_where_document_contains_and_not_contains(cooking: FlaskClient) -> None:
     ) == ["bread", "cake", "pasta"]
 
 
+@pytest.mark.parametrize(
+    ("where_document", "field"),
+    [
+        ({"$regex": "[a&&b]"}, "where_document.$regex"),
+        (
+            {"$and": [{"$contains": "a"}, {"$not_regex": "[^\\s\\S]"}]},
+            "where_document.$and.1.$not_regex",
+        ),
+    ],
+)
+def test_a_pattern_that_can_never_match_is_a_422_naming_it(
+    cooking: FlaskClient, where_document: dict, field: str
+) -> None:
+    """Chroma refuses such a pattern as a 'byte pattern': the 422 named no field."""
+    response = cooking.post("/query", json={"query": "food", "where_document": where_document})
+    assert response.status_code == 422
+    (detail,) = response.json["error"]["details"]
+    assert detail["field"] == field
+    assert "can never match" in detail["message"]
+
+
 def test_threshold_drops_an_unrelated_query_and_says_so(cooking: FlaskClient, settings) -> None:
     result = cooking.post("/query", json={"query": "stock market crash"}).json
     assert result["matches"] == []

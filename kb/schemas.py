@@ -455,7 +455,8 @@ class QueryResult(BaseModel):
     threshold: Threshold
     candidates: int = Field(
         description="Documents the search ranked: the top_k nearest in dense mode, up to "
-        "KB_HYBRID_DEPTH a side in keyword and hybrid mode."
+        "max(top_k, KB_HYBRID_DEPTH) a side in keyword and hybrid mode (4 x top_k with "
+        "diversify, when more)."
     )
     rejected: int = Field(description="Candidates dropped for scoring below the threshold.")
     best_rejected_score: float | None = Field(

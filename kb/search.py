@@ -86,19 +86,26 @@ def search(store: KnowledgeStore, request: QueryRequest) -> list[QueryResult]:
 
 def _ranked(asked: _Asked, top_k: int) -> list[Ranking]:
     """Each query's reading of its ranking by the request's mode, or (`diversify`) MMR's
-    choice of top_k among the best POOL_FACTOR x top_k passing the threshold."""
+    choice of top_k among the best POOL_FACTOR x top_k passing the threshold; the counts
+    and near misses stay those of the top_k reading (lambda 1 answers as no diversify)."""
     if not asked.request.diversify:
         return candidates(asked, top_k)
     size = top_k * POOL_FACTOR
     lam = asked.request.mmr_lambda
-    return [
-        replace(
-            ranking,
-            matches=mmr(asked.store, vector, ranking.matches, top_k, lam),
-            misses=ranking.misses[:top_k],
-        )
-        for vector, ranking in zip(asked.vectors, candidates(asked, size), strict=True)
-    ]
+    chosen = []
+    for vector, pool in zip(asked.vectors, candidates(asked, size), strict=True):
+        reading = _top_k_of_dense(pool, top_k) if asked.mode == "dense" else pool
+        picked = mmr(asked.store, vector, pool.matches, top_k, lam)
+        chosen.append(replace(reading, matches=picked, misses=reading.misses[:top_k]))
+    return chosen
+
+
+def _top_k_of_dense(pool: Ranking, top_k: int) -> Ranking:
+    """A dense pool read as its first top_k: in cosine order the passing come first, then
+    the best-scored rejected (the pool's first misses)."""
+    candidates = min(top_k, pool.candidates)
+    rejected = candidates - min(len(pool.matches), candidates)
+    return Ranking(pool.matches[:top_k], candidates, rejected, pool.misses[:rejected])
 
 
 def candidates(asked: _Asked, top_k: int) -> list[Ranking]:

@@ -98,6 +98,19 @@ def test_diversify_picks_from_the_best_four_times_top_k_documents(
     assert ids(got) == oracle_mmr(store, body["query"], [m.id for m in pool], top_k, lam)
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_diversify_with_lambda_one_answers_as_no_diversify(
+    store: KnowledgeStore, seed_docs: list[DocumentIn], mode: str
+) -> None:
+    """Lambda 1 is relevance only. In dense mode the counts and near misses described MMR's
+    4 x top_k pool: candidates 4 and a near miss where the plain search had none."""
+    store.add(seed_docs[:60])
+    for query in ("how do I stop my model overfitting", "best beaches in Portugal"):
+        body = {"query": query, "mode": mode, "top_k": 2, "explain": True}
+        plain, relevant = ask(store, **body), ask(store, **body, diversify=True, **{"lambda": 1})
+        assert relevant.model_dump() == plain.model_dump()
+
+
 def oracle_mmr(store: KnowledgeStore, query: str, pool: list[str], k: int, lam: float) -> list[str]:
     """Maximal marginal relevance, written out, over one-chunk documents' vectors."""
     found = {r.id: r.embedding for r in store.records.get(pool, embeddings=True)}

@@ -4,8 +4,8 @@ SQLite FTS5 ranks an OR query by scoring every chunk that holds any of its terms
 a time, and with a metadata filter kb had to walk all of them: tens of milliseconds at 100k
 chunks, a hundred with a filter. Here each term's postings are arrays, a query's scores are
 one `bincount` over the postings of its terms, and a filter is a boolean mask over the rows.
-Tokens are FTS5's (`unicode61 remove_diacritics 2`, then the Porter stemmer), and the scores
-are FTS5's bm25 (k1 1.2, b 0.75), so both paths rank alike; the FTS5 table stays the
+Tokens are FTS5's (kb.tokens), and the scores are FTS5's bm25 (k1 1.2, b 0.75), so both
+paths rank alike; the FTS5 table stays the
 persistent copy and answers until this index is loaded.
 
 The rows are kb.mirror's (it owns this index), so a metadata filter's mask over the mirror's
@@ -15,35 +15,16 @@ rows applies here as it is.
 from __future__ import annotations
 
 import math
-import re
 import threading
-import unicodedata
 from collections import Counter
 from collections.abc import Sequence
-from functools import lru_cache
 
 import numpy as np
-import Stemmer
+
+from kb.tokens import tokens
 
 K1, B = 1.2, 0.75
 TF_CAP = 65_535  # term frequencies are kept as uint16; a higher one counts as this
-WORD = re.compile(r"[^\W_]+")  # unicode61: letters and digits; everything else separates
-_stemmer = Stemmer.Stemmer("porter")  # the algorithm FTS5's porter tokenizer implements
-_stem_lock = threading.Lock()  # a Stemmer object is not safe to share between threads
-
-
-@lru_cache(maxsize=200_000)
-def _fold(word: str) -> str:
-    """Lower case, diacritics off (remove_diacritics 2), then the Porter stem."""
-    if not word.isascii():
-        decomposed = unicodedata.normalize("NFKD", word)
-        word = "".join(ch for ch in decomposed if not unicodedata.combining(ch))
-    with _stem_lock:
-        return _stemmer.stemWord(word.lower())
-
-
-def tokens(text: str) -> list[str]:
-    return [_fold(word) for word in WORD.findall(text)]
 
 
 class _Column:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import re
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -22,8 +21,8 @@ from typing import TypeVar
 
 import numpy as np
 
-from kb.bm25 import tokens
 from kb.records import Record
+from kb.tokens import TOKENIZER, tokens, words
 
 STOPWORDS = frozenset(
     """
@@ -37,16 +36,16 @@ STOPWORDS = frozenset(
     you your yours yourself yourselves
     """.split()  # noqa: SIM905 (a word list reads better as text)
 )
-TOKEN = re.compile(r"\w+", re.UNICODE)
 MAX_TERMS = 64
 T = TypeVar("T")
 SCHEMA = 3  # bump when the tables change: an older index is dropped and rebuilt from Chroma
 
 
 def query_terms(text: str) -> list[str]:
-    """The distinct non-stopword terms of a query, in order."""
-    words = [w.lower() for w in TOKEN.findall(text)]
-    return list(dict.fromkeys(w for w in words if w not in STOPWORDS))[:MAX_TERMS]
+    """The distinct non-stopword words of a query, in order, each one token of the index
+    (kb.tokens.words: `snake_case` is two, so FTS5 ORs them as the in-memory index does,
+    where it read one phrase)."""
+    return list(dict.fromkeys(w for w in words(text) if w not in STOPWORDS))[:MAX_TERMS]
 
 
 def query_tokens(text: str) -> list[str]:
@@ -91,7 +90,7 @@ class KeywordIndex:
             self._db.executescript(
                 f"""
                 CREATE VIRTUAL TABLE IF NOT EXISTS chunks USING fts5(
-                    text, tokenize = 'porter unicode61 remove_diacritics 2');
+                    text, tokenize = '{TOKENIZER}');
                 CREATE TABLE IF NOT EXISTS entries (
                     rowid INTEGER PRIMARY KEY,
                     record_id TEXT NOT NULL UNIQUE,

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
+import random
+import sqlite3
 import threading
 
 import numpy as np
 import pytest
 
-from kb.bm25 import TF_CAP, Bm25, tokens
-from kb.keyword import query_tokens
+from kb.bm25 import TF_CAP, Bm25
+from kb.keyword import query_terms, query_tokens
 from kb.schemas import DocumentIn
 from kb.store import KnowledgeStore
+from kb.tokens import TOKENIZER, tokens
 from tests.conftest import DATA
 
 
@@ -19,6 +22,43 @@ def test_tokens_fold_case_and_diacritics_and_stem_like_fts5() -> None:
     assert tokens("Running Naïve CAFÉS, re-indexing e_mail!") == [
         "run", "naiv", "cafe", "re", "index", "e", "mail",
     ]  # fmt: skip
+
+
+def fts5_tokens(texts: list[str]) -> list[list[str]]:
+    """Each text's tokens as an FTS5 table with the keyword index's tokenizer holds them."""
+    db = sqlite3.connect(":memory:")
+    db.execute(f"CREATE VIRTUAL TABLE t USING fts5(x, tokenize = '{TOKENIZER}')")
+    db.execute("CREATE VIRTUAL TABLE v USING fts5vocab(t, 'instance')")
+    db.executemany("INSERT INTO t (rowid, x) VALUES (?, ?)", enumerate(texts, 1))
+    found: list[list[str]] = [[] for _ in texts]
+    for doc, term in db.execute("SELECT doc, term FROM v ORDER BY doc, offset"):
+        found[doc - 1].append(term)
+    return found
+
+
+# each was tokenized otherwise in memory than by FTS5: 2-letter words (stemmed: js -> j),
+# Porter's C rules (methodology -> methodolog; the Snowball porter stops at methodologi),
+# compatibility characters (NFKD made file of the ligature), byte-wise stems of non-ASCII
+TRICKY = [
+    "JS", "vs", "us", "OS", "eed", "a" * 70 + "ing", "methodology", "possibly", "analogies",
+    "x86_64", "snake_case", "ﬁle", "x²", "\uff27\uff30\uff35", "café", "cafe\u0301",
+    "nai\u0308ve", "Straße",
+    "İstanbul", "µs", "Ωmega", "ÆON", "œuvre", "Łódź", "½", "①", "日本語", "Привет", "ά",
+    "don't", "U.S.A.", "co-operate", "a\u200bb", "mañana", "©x", "\ue000abc",
+]  # fmt: skip
+
+
+def test_tokens_are_the_fts5_tables() -> None:
+    rng = random.Random(3)
+    alphabet = "abcdefyzABXYZ019 _-'.,éüßøłñÆœﬁ²½µΩάПрй日\u0301\u0308\u200b\u00a0©—"
+    texts = TRICKY + ["".join(rng.choices(alphabet, k=rng.randint(1, 30))) for _ in range(3000)]
+    assert [tokens(text) for text in texts] == fts5_tokens(texts)
+
+
+def test_query_terms_are_single_tokens() -> None:
+    """`snake_case` was one query term: a phrase to FTS5, two OR terms in memory."""
+    assert query_terms("is_valid snake_case JS") == ["valid", "snake", "case", "js"]
+    assert query_tokens("Straße methodology") == ["straß", "methodolog"]
 
 
 def test_scores_removals_and_masks() -> None:

@@ -297,6 +297,30 @@ def test_the_best_rejected_score_is_the_best_of_the_whole_ranking(
         assert (result.near_misses or [])[0].score == best
 
 
+def test_keyword_search_answers_alike_before_and_after_the_mirror_loads(
+    store: KnowledgeStore,
+) -> None:
+    """The in-memory index tokenized otherwise than FTS5: 'js' matched the note about the
+    letter J (both stemmed to 'j' in memory), and 'snake_case' matched any document with
+    'snake' or 'case' in memory but only the phrase in FTS5."""
+    notes = {
+        "node": "Node.js runs JS on the server.",
+        "letter": "The letter J comes after I.",
+        "naming": "Python names variables in snake_case.",
+        "zoo": "The zoo keeps a snake in a glass case.",
+        "stats": "Methodology of the analogies study.",
+    }
+    store.add([DocumentIn(id=key, text=text) for key, text in notes.items()])
+    for query in ("js", "snake_case", "methodologies", "analogy"):
+        answers = []
+        for loaded in (True, False):
+            with mirror_state(store, loaded):
+                result = ask(store, query=query, mode="keyword", min_score=-1)
+            answers.append((sorted(ids(result)), result.candidates))
+        assert answers[0] == answers[1], query
+        assert "letter" not in answers[0][0]
+
+
 @pytest.mark.parametrize("loaded", [True, False], ids=["mirror", "chroma"])
 @pytest.mark.parametrize(
     ("mode", "fusion"), [("dense", None), ("keyword", None), ("hybrid", "score"), ("hybrid", "rrf")]

@@ -120,7 +120,9 @@ class Bm25:
         self, terms: Sequence[str], limit: int, mask: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """The best `limit` rows for these (already folded) terms and their scores, best
-        first; `mask` (over the rows) keeps only the rows a filter allows."""
+        first, with any more tied with the last of them (equal BM25 scores are common: the
+        caller decides ties by id); `mask` (over the rows) keeps only the rows a filter
+        allows."""
         size = self.size  # rows a concurrent add publishes later are left out
         found = self._postings_of(terms, size)
         if not found:
@@ -135,8 +137,9 @@ class Bm25:
             touched[: len(mask)] &= mask[: len(touched)]
             touched[len(mask) :] = False
         hits = np.flatnonzero(touched)
-        if hits.size > limit:
-            hits = hits[np.argpartition(-scores[hits], limit - 1)[:limit]]
+        if hits.size > limit:  # the best `limit`, and every row tied with the last of them
+            last = scores[hits[np.argpartition(-scores[hits], limit - 1)[limit - 1]]]
+            hits = hits[scores[hits] >= last]
         ordered = hits[np.argsort(-scores[hits], kind="stable")]
         return ordered, scores[ordered]
 

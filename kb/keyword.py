@@ -207,13 +207,15 @@ class KeywordIndex:
         if not terms:
             return []
         match = " OR ".join('"' + term.replace('"', '""') + '"' for term in terms)
+        # equal scores by document id, as the in-memory index orders them at its cut
         ranked = (
-            "SELECT rowid, -bm25(chunks) AS score FROM chunks WHERE chunks MATCH ? "
-            "ORDER BY bm25(chunks)"
+            "SELECT c.rowid, -bm25(chunks) AS score, e.doc_id FROM chunks AS c "
+            "JOIN entries AS e ON e.rowid = c.rowid WHERE chunks MATCH ? "
+            "ORDER BY bm25(chunks), e.doc_id"
         )
         sql = (
             f"SELECT e.record_id, e.doc_id, r.score, e.vector FROM ({ranked} {{limit}}) AS r "
-            "JOIN entries AS e ON e.rowid = r.rowid ORDER BY r.score DESC"
+            "JOIN entries AS e ON e.rowid = r.rowid ORDER BY r.score DESC, r.doc_id"
         )
         with self._lock:
             if allowed is None:

@@ -345,9 +345,15 @@ class Mirror:
         self, rows: np.ndarray, scores: np.ndarray, limit: int
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """From rows ranked best first, each document's first (best) row, up to `limit`
-        documents: (rows, scores, document numbers), still best first."""
+        documents: (rows, scores, document numbers), still best first. Documents tied on
+        the score of the last one taken are taken in id order (in row order, which of them
+        made the cut depended on the order they were added in)."""
         docs = self._docs[rows]
-        first = np.sort(np.unique(docs, return_index=True)[1])[:limit]
+        first = np.sort(np.unique(docs, return_index=True)[1])
+        if len(first) > limit and scores[first[limit - 1]] == scores[first[limit]]:
+            tied = np.flatnonzero(scores[first] == scores[first[limit - 1]])
+            first[tied] = first[tied][np.argsort(self.doc_ids_of(docs[first[tied]]))]
+        first = first[:limit]
         return rows[first], scores[first], docs[first]
 
     def documents(self) -> int:

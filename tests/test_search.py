@@ -297,6 +297,29 @@ def test_the_best_rejected_score_is_the_best_of_the_whole_ranking(
         assert (result.near_misses or [])[0].score == best
 
 
+@pytest.mark.parametrize("loaded", [True, False], ids=["mirror", "fts5"])
+def test_equal_bm25_scores_at_the_depth_cut_are_taken_in_id_order(
+    settings: Settings, embedder: Embedder, loaded: bool
+) -> None:
+    """Four notes score alike on 'kafka'; with two a side, which two made the cut depended
+    on the order they were added in (rows), so two stores loaded alike could differ."""
+    store = KnowledgeStore.open(changed(settings, hybrid_depth=2), embedder)
+    try:
+        notes = {
+            "k1": "kafka topics hold ordered records",
+            "k2": "kafka brokers replicate the partitions",
+            "k3": "kafka consumers commit their offsets",
+            "k4": "kafka producers batch small messages",
+        }
+        store.add([DocumentIn(id=key, text=notes[key]) for key in ("k4", "k3", "k2", "k1")])
+        store.add([DocumentIn(id=f"f{i}", text=f"filler note {i} on cooking") for i in range(6)])
+        with mirror_state(store, loaded):
+            result = ask(store, query="kafka", mode="keyword", top_k=2, min_score=-1)
+        assert ids(result) == ["k1", "k2"]
+    finally:
+        store.close()
+
+
 def test_keyword_search_answers_alike_before_and_after_the_mirror_loads(
     store: KnowledgeStore,
 ) -> None:

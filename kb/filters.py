@@ -120,8 +120,8 @@ def exact_numbers(key: str, op: str, arg: Any) -> dict[str, Any]:
     $lt 2.5 misses it), and with a bound beyond 64 bits clamped to the 64-bit end ($lt 1e19
     misses 2**63 - 1); floats compare exactly. So a delete by such a filter removed
     documents it did not name. Only the integer(s) beside such a bound can be misjudged:
-    each is named, kept out with $ne or let in with $eq (a float equal to one belongs where
-    the integer does)."""
+    they are named, kept out with $nin or let in with $in (a float equal to one belongs
+    where the integer does)."""
     clause = {key: {op: arg}}
     values = arg if op in MEMBERSHIP else [arg]
     near = sorted({n for v in values if isinstance(v, float) for n in _misjudged(v)})
@@ -132,10 +132,11 @@ def exact_numbers(key: str, op: str, arg: Any) -> dict[str, Any]:
         holds = [(n in listed) == (op == "$in") for n in near]
     else:
         holds = [_HOLDS[op](n, arg) for n in near]
-    kept_out = [{key: {"$ne": n}} for n, belongs in zip(near, holds, strict=True) if not belongs]
-    let_in = [{key: {"$eq": n}} for n, belongs in zip(near, holds, strict=True) if belongs]
-    exact = and_where(clause, *kept_out) or clause
-    return {"$or": [exact, *let_in]} if let_in else exact
+    outs = [n for n, belongs in zip(near, holds, strict=True) if not belongs]
+    ins = [n for n, belongs in zip(near, holds, strict=True) if belongs]
+    # one clause each way, however many values a list has (two a value as $ne / $eq)
+    exact = and_where(clause, {key: {"$nin": outs}} if outs else None) or clause
+    return {"$or": [exact, {key: {"$in": ins}}]} if ins else exact
 
 
 def _misjudged(bound: float) -> tuple[int, ...]:

@@ -72,11 +72,19 @@ def test_numbers_stay_numbers_in_ranges() -> None:
 def test_a_fractional_bound_names_the_whole_numbers_beside_it() -> None:
     """Chroma compares stored integers with 2.5 as with 2 (test_mirror has the proof)."""
     assert compile_filter(where={"n": {"$lt": 2.5}}).where == {
-        "$or": [{"$and": [{"n": {"$lt": 2.5}}, {"n": {"$ne": 3}}]}, {"n": {"$eq": 2}}]
+        "$or": [{"$and": [{"n": {"$lt": 2.5}}, {"n": {"$nin": [3]}}]}, {"n": {"$in": [2]}}]
     }
     assert compile_filter(where={"n": {"$eq": -0.5}}).where == {
-        "$and": [{"n": {"$eq": -0.5}}, {"n": {"$ne": -1}}, {"n": {"$ne": 0}}]
+        "$and": [{"n": {"$eq": -0.5}}, {"n": {"$nin": [-1, 0]}}]
     }
+
+
+def test_a_list_of_fractions_grows_by_two_clauses_at_most() -> None:
+    """Each value's integers were a clause of their own: 1,000 values, 2,000 clauses."""
+    where = compile_filter(where={"n": {"$in": [i + 0.5 for i in range(1000)]}}).where
+    assert where is not None
+    assert len(where["$and"]) == 2
+    assert where["$and"][1]["n"]["$nin"] == list(range(1001))
 
 
 @pytest.mark.parametrize(

@@ -22,6 +22,7 @@ TOKENIZER = "porter unicode61 remove_diacritics 2"  # the FTS5 table's, and this
 UNSTEMMED = "unicode61 remove_diacritics 2"  # a query's words before stemming
 RUN = re.compile(r"[A-Za-z0-9\u0080-\U0010ffff]+")  # other ASCII separates; FTS5 the rest
 REMEMBERED = 500_000  # runs kept with their tokens (then forgotten, all)
+KEPT_CHARS = 64  # longer runs (CJK sentences, words joined by dashes) are asked each time
 
 
 class _Fts5:
@@ -29,6 +30,10 @@ class _Fts5:
 
     def __init__(self, tokenizer: str) -> None:
         self._db = sqlite3.connect(":memory:", check_same_thread=False)
+        # FTS5's Porter stemmer works on bytes and can cut a character in two ('a丸ed'):
+        # such a token is read as its bytes, undecodable ones kept as surrogates, the same
+        # for documents and queries
+        self._db.text_factory = lambda raw: raw.decode("utf-8", "surrogateescape")
         self._db.execute(f"CREATE VIRTUAL TABLE t USING fts5(x, tokenize = '{tokenizer}')")
         self._db.execute("CREATE VIRTUAL TABLE v USING fts5vocab(t, 'instance')")
         self._lock = threading.Lock()
@@ -46,7 +51,7 @@ class _Fts5:
             asked = {run: found[run] if run in found else known[run] for run in runs}
             if len(known) + len(found) > REMEMBERED:
                 known = {}
-            known.update(found)
+            known.update((run, tokens) for run, tokens in found.items() if len(run) <= KEPT_CHARS)
             self._known = known
             return asked
 

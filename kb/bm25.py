@@ -5,8 +5,8 @@ a time, and with a metadata filter kb had to walk all of them: tens of milliseco
 chunks, a hundred with a filter. Here each term's postings are arrays, a query's scores are
 one `bincount` over the postings of its terms, and a filter is a boolean mask over the rows.
 Tokens are FTS5's (kb.tokens), and the scores are FTS5's bm25 (k1 1.2, b 0.75), so both
-paths rank alike; the FTS5 table stays the
-persistent copy and answers until this index is loaded.
+paths rank alike; the FTS5 table stays the persistent copy and answers until this index is
+loaded.
 
 The rows are kb.mirror's (it owns this index), so a metadata filter's mask over the mirror's
 rows applies here as it is.

@@ -17,6 +17,7 @@ import re
 import sqlite3
 import threading
 from collections.abc import Iterable
+from functools import cache
 
 TOKENIZER = "porter unicode61 remove_diacritics 2"  # the FTS5 table's, and this module's
 UNSTEMMED = "unicode61 remove_diacritics 2"  # a query's words before stemming
@@ -51,7 +52,7 @@ class _Fts5:
             asked = {run: found[run] if run in found else known[run] for run in runs}
             if len(known) + len(found) > REMEMBERED:
                 known = {}
-            known.update((run, tokens) for run, tokens in found.items() if len(run) <= KEPT_CHARS)
+            known.update((run, found[run]) for run in found if len(run) <= KEPT_CHARS)
             self._known = known
             return asked
 
@@ -67,19 +68,22 @@ class _Fts5:
         return {run: tuple(found) for run, found in zip(runs, tokens, strict=True)}
 
 
-_stemmed = _Fts5(TOKENIZER)
-_unstemmed = _Fts5(UNSTEMMED)
+@cache
+def _fts5(tokenizer: str) -> _Fts5:
+    """The process's table for a tokenizer, made on first use (not on import: every kb
+    command imports this module, few tokenize)."""
+    return _Fts5(tokenizer)
 
 
 def tokens(text: str) -> list[str]:
     """The text's tokens as the FTS5 table holds them, in order."""
-    return _split(text, _stemmed)
+    return _split(text, _fts5(TOKENIZER))
 
 
 def words(text: str) -> list[str]:
     """The text's words as FTS5 splits and folds them, before stemming: each is one token
     of the FTS5 table, so a query of them ORs the same tokens on both keyword paths."""
-    return _split(text, _unstemmed)
+    return _split(text, _fts5(UNSTEMMED))
 
 
 def _split(text: str, fts5: _Fts5) -> list[str]:

@@ -137,7 +137,11 @@ class KBClient:
 
     def _call(self, method: str, path: str, body: dict[str, Any] | None, model: type[M]) -> M:
         with self._open(method, path, body) as response:
-            return model.model_validate_json(response.read())
+            try:
+                raw = response.read()
+            except OSError as exc:  # a timeout or reset after the headers
+                raise _unreachable(self.url, exc) from exc
+        return model.model_validate_json(raw)
 
     def _open(
         self, method: str, path: str, body: dict[str, Any] | None, accept: str = "application/json"
@@ -154,10 +158,12 @@ class KBClient:
         except urllib.error.HTTPError as exc:
             raise _service_error(exc) from exc
         except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise KBClientError(
-                f"cannot reach {self.url}: {reason}", status=0, code="unreachable"
-            ) from exc
+            raise _unreachable(self.url, exc) from exc
+
+
+def _unreachable(url: str, exc: OSError) -> KBClientError:
+    reason = getattr(exc, "reason", exc)
+    return KBClientError(f"cannot reach {url}: {reason}", status=0, code="unreachable")
 
 
 def _service_error(exc: urllib.error.HTTPError) -> KBClientError:

@@ -149,7 +149,7 @@ class _Weights:
             item.source,
             item.line,
             f"the document is {self.weight:,} bytes as JSON; a request may carry "
-            f"{self.most:,} bytes of documents (the service's KB_MAX_REQUEST_BYTES)",
+            f"{self.most:,} bytes of documents (KB_MAX_REQUEST_BYTES)",
             item.unit,
         )
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import socket
+import threading
+import time
+
 import pytest
 
 from kb.client import KBClient, KBClientError
@@ -23,3 +27,27 @@ def test_ids_with_slashes_and_reserved_characters_round_trip(live_server: str) -
     with pytest.raises(KBClientError) as missing:
         client.get("/a")
     assert missing.value.status == 404
+
+
+def test_a_service_that_stalls_after_its_headers_is_unreachable_not_a_traceback() -> None:
+    """The body was read outside the client's error mapping: a read timeout after the
+    headers escaped as a bare TimeoutError (`kb load --url` asking GET /info crashed)."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+
+        def stall() -> None:
+            conn, _ = server.accept()
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n")
+            conn.sendall(b"Content-Length: 100\r\n\r\n{")
+            time.sleep(2)
+            conn.close()
+
+        thread = threading.Thread(target=stall)
+        thread.start()
+        with pytest.raises(KBClientError) as raised:
+            KBClient(f"http://127.0.0.1:{port}", timeout=0.5).info()
+        thread.join()
+    assert (raised.value.status, raised.value.code) == (0, "unreachable")

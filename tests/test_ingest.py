@@ -174,5 +174,5 @@ def test_batches_end_before_their_weight_passes_the_limit() -> None:
     assert (summary.added, summary.failed) == (6, 1)
     assert [str(problem) for problem in summary.problems] == [
         "input.jsonl:5: the document is 150 bytes as JSON; a request may carry 100 bytes of "
-        "documents (the service's KB_MAX_REQUEST_BYTES)"
+        "documents (KB_MAX_REQUEST_BYTES)"
     ]

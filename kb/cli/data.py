@@ -21,6 +21,7 @@ from kb.loader import FORMATS, Options, Problem, Summary, estimate, input_bytes,
 from kb.progress import Progress
 
 if TYPE_CHECKING:
+    from kb.client import KBClient
     from kb.schemas import DocumentIn
     from kb.store import PreparedAdd
 
@@ -90,13 +91,14 @@ def load(
     from kb.ingest import ingest
 
     settings = Settings()
-    if url:  # documents are checked and requests cut by the service's limits
-        settings = _with_service_limits(settings, url, api_key)
+    client = _client(url, api_key)
+    if client is not None:  # documents are checked and requests cut by the service's limits
+        settings = _with_service_limits(settings, client)
     found = sources(paths, fmt, root)
     options = Options(settings, text_column=text_column, id_column=id_column)
     progress = Progress(estimate(found), enabled=not quiet and sys.stderr.isatty())
     mode = "upsert" if upsert else "skip"
-    target = _target(settings, url, api_key, mode, on_duplicate, input_bytes(found))
+    target = _target(settings, client, mode, on_duplicate, input_bytes(found))
 
     def report(problem: Problem) -> None:
         progress.clear()
@@ -158,15 +160,20 @@ class _Target:
     max_weight: int | None = None  # the most a batch's documents may weigh together
 
 
-def _with_service_limits(settings: Settings, url: str, api_key: str | None) -> Settings:
-    """`settings` with the request limits of the service at `url` (GET /info), or as they
+def _client(url: str | None, api_key: str | None) -> KBClient | None:
+    """The client of the service at `url` a load sends to, if any."""
+    from kb.client import KBClient
+
+    return KBClient(url, api_key=api_key) if url else None
+
+
+def _with_service_limits(settings: Settings, client: KBClient) -> Settings:
+    """`settings` with the request limits of the client's service (GET /info), or as they
     are when it does not tell them: the first request then reports what is wrong."""
     from pydantic import ValidationError
 
-    from kb.client import KBClient
-
     try:
-        limits = KBClient(url, api_key=api_key).info().limits
+        limits = client.info().limits
     except (KBError, ValidationError):  # unreachable, a key it refuses, an older service
         return settings
     return settings.model_copy(update=limits.model_dump())
@@ -174,13 +181,12 @@ def _with_service_limits(settings: Settings, url: str, api_key: str | None) -> S
 
 def _target(
     settings: Settings,
-    url: str | None,
-    api_key: str | None,
+    client: KBClient | None,
     mode: str,
     on_duplicate: str,
     size: int | None = None,
 ) -> _Target:
-    """The REST API at `url` (URL_IN_FLIGHT requests at a time, so the service embeds one
+    """The service behind `client` (URL_IN_FLIGHT requests at a time, so it embeds one
     while it writes another), or the store itself: an encoder process embeds the next
     batches while this process writes (ONNX backends; torch embeds here, in turn). An input
     of known `size` under the text kb serve's encoder process waits for (STARTING_CHARS per
@@ -192,10 +198,9 @@ def _target(
     _with_service_limits): a batch ends before its encoded body would pass the byte limit
     (130 texts of 140k characters were one 18 MB request, refused whole with 413), and a
     document too large for any request is a failed record, not a request refused."""
-    if url:
-        from kb.client import ADD_OVERHEAD, KBClient, add_bytes
+    if client is not None:
+        from kb.client import ADD_OVERHEAD, add_bytes
 
-        client = KBClient(url, api_key=api_key)
         send = lambda docs: client.add(docs, mode, on_duplicate)  # type: ignore[arg-type]  # noqa: E731
         return _Target(
             send,

@@ -91,6 +91,7 @@ class KnowledgeStore:
             records = RecordCollection(settings, embedder, existing=existing)
         self.records = records
         self.overlap = min(settings.chunk_overlap, self.window // 2)
+        self._damaged: set[str] = set()  # documents found torn under the write lock (logged)
         # Writes check ids and then write: serialize them so the check stays true.
         self._lock = Lock(_write_lock_path(settings) if self.records.mode == "server" else None)
         try:
@@ -170,7 +171,16 @@ class KnowledgeStore:
         if all(_is_whole(chunks) for chunks in groups.values()):
             return groups
         with self._lock:
-            return self._chunks(self._heads(doc_ids))
+            groups = self._chunks(self._heads(doc_ids))
+        damaged = {doc for doc, chunks in groups.items() if not _is_whole(chunks)}
+        if damaged - self._damaged:  # not a write in between: chunks are missing for good
+            self._damaged |= damaged
+            log.warning(
+                "document(s) %s lack chunks their first chunk counts (re-add or delete them); "
+                "every read of them reads twice",
+                _names(sorted(damaged)),
+            )
+        return groups
 
     def _heads(self, ids: Sequence[str]) -> list[Record]:
         """The chunk-0 records of these document ids (a lookup by id is Chroma's fast path)."""

@@ -239,6 +239,21 @@ def test_a_read_torn_by_an_update_is_read_again_whole(
         assert (document.text, document.metadata) == (new, {"v": 2})
 
 
+def test_a_document_missing_chunks_for_good_is_reported_once(
+    store: KnowledgeStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A torn read is read again under the write lock; a document torn for good (chunks
+    lost, as an old partial delete left them) was re-read on every read, silently."""
+    store.add([DocumentIn(id="L", text=long_text("Zebras gallop."))])
+    store.records.delete(["L#chunk1"])
+    with caplog.at_level("WARNING", logger="kb.store"):
+        store.get("L")
+        store.get("L")
+    warned = [r for r in caplog.records if "lack chunks" in r.getMessage()]
+    assert len(warned) == 1
+    assert "'L'" in warned[0].getMessage()
+
+
 def test_a_match_updated_during_the_search_is_shown_whole(
     store: KnowledgeStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 MARGIN_US = 30_000_000  # re-read this far behind the newest entry: clock skew, late commits
 STALE_S = 120  # a pending entry this old lost its writer
+RETRY_S = 0.2  # before marking a write done again
 RETENTION_S = 3600  # entries older than this are pruned; a reader idle longer rebuilds
 PRUNE_EVERY = 200  # writes between prunes
 PENDING, DONE = "pending", "done"
@@ -89,7 +90,9 @@ class ChangeLog:
                 self._put(entry, ids, DONE)
                 break
             except Exception:
-                if attempt == 2:
+                if attempt == 1:
+                    time.sleep(RETRY_S)  # a reset connection is often back by then
+                else:
                     log.exception(
                         "could not mark change log entry %s done; the other processes "
                         "see its write within %d s",

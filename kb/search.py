@@ -87,7 +87,9 @@ def search(store: KnowledgeStore, request: QueryRequest) -> list[QueryResult]:
 def _ranked(asked: _Asked, top_k: int) -> list[Ranking]:
     """Each query's reading of its ranking by the request's mode, or (`diversify`) MMR's
     choice of top_k among the best POOL_FACTOR x top_k passing the threshold; the counts
-    and near misses stay those of the top_k reading (lambda 1 answers as no diversify)."""
+    and near misses stay those of the top_k reading (so lambda 1 answers as no diversify,
+    in keyword and hybrid mode while POOL_FACTOR x top_k is within KB_HYBRID_DEPTH: a deeper
+    pool ranks more documents a side)."""
     if not asked.request.diversify:
         return candidates(asked, top_k)
     size = top_k * POOL_FACTOR

@@ -101,6 +101,7 @@ def _waitress(settings: Settings) -> None:
     from kb.app import close_app, create_app
 
     # the port first: a busy one is said before the model loads and the store is opened
+    # (waitress listens at once, so a client connecting meanwhile waits, it is not refused)
     late = _LateApp()
     server = _listen(late, settings)
     try:

@@ -17,7 +17,7 @@ from kb import fusion
 from kb.filters import CompiledFilter
 from kb.keyword import query_tokens
 from kb.mirror import Mirror
-from kb.ranking import Hit, Ranking, best_scored, clamp_cosines, widen
+from kb.ranking import Hit, Ranking, best_scored, cosines, widen
 from kb.records import DOC, Record
 from kb.store import KnowledgeStore
 
@@ -37,19 +37,19 @@ def keyword_documents(
     mirror = store.replica.mirror_for(flt)
     if mirror is not None:
         mask = mirror.matches(flt.where) if flt.where is not None else None
-        rows, scores, _, row_cosines = _keyword_rows(mirror, text, vector, depth, mask)
+        rows, bm25, _, row_cosines = _keyword_rows(mirror, text, vector, depth, mask)
         chosen = [
             (mirror.ids[row], mirror.doc_id(row), score, row)
-            for row, score in zip(rows.tolist(), scores.tolist(), strict=True)
+            for row, score in zip(rows.tolist(), bm25.tolist(), strict=True)
         ]
-        cosines = row_cosines.tolist()
+        shown = row_cosines.tolist()
     else:
         chosen = _fts_documents(store, text, depth, flt)
         vectors = np.stack([v for *_, v in chosen]) if chosen else np.zeros((0, len(vector)))
-        cosines = clamp_cosines(vectors @ vector).tolist()
+        shown = cosines(vectors, vector).tolist()
     hits = [
-        Hit(Record(record_id, "", {DOC: doc_id}), cosine, bm25, complete=False)
-        for (record_id, doc_id, bm25, _), cosine in zip(chosen, cosines, strict=True)
+        Hit(Record(record_id, "", {DOC: doc_id}), cosine, keyword, complete=False)
+        for (record_id, doc_id, keyword, _), cosine in zip(chosen, shown, strict=True)
     ]
     # equal BM25 scores by id: FTS5 and the mirror list ties in different orders
     return sorted(hits, key=lambda hit: (-(hit.keyword or 0.0), hit.record.doc_id))
@@ -196,16 +196,16 @@ def in_memory(
         names=mirror.doc_ids_of,
     )
     in_dense = fused.dense >= 0  # a document on both sides shows its dense chunk
-    cosines = np.empty(len(fused.values))
-    cosines[in_dense] = dense_scores[fused.dense[in_dense]]
-    cosines[~in_dense] = keyword_cosines[fused.keyword[~in_dense]]
+    shown = np.empty(len(fused.values))
+    shown[in_dense] = dense_scores[fused.dense[in_dense]]
+    shown[~in_dense] = keyword_cosines[fused.keyword[~in_dense]]
     # the top_k best-ranked passing the threshold, and the top_k best-scored below it (with
     # any tied at the cut: ties go by id) are the only documents made into hits
-    passing = np.flatnonzero(cosines >= min_score)[:top_k]
-    below = np.flatnonzero(cosines < min_score)
+    passing = np.flatnonzero(shown >= min_score)[:top_k]
+    below = np.flatnonzero(shown < min_score)
     if len(below) > top_k:
-        kth = np.partition(cosines[below], len(below) - top_k)[len(below) - top_k]
-        below_best = below[cosines[below] >= kth]
+        kth = np.partition(shown[below], len(below) - top_k)[len(below) - top_k]
+        below_best = below[shown[below] >= kth]
     else:
         below_best = below
 
@@ -221,7 +221,7 @@ def in_memory(
 
     return Ranking(
         [hit(at) for at in passing.tolist()],
-        len(cosines),
+        len(shown),
         len(below),
         best_scored([hit(at) for at in below_best.tolist()], top_k),
     )

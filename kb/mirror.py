@@ -30,7 +30,7 @@ from kb.batcher import Batcher
 from kb.bm25 import Bm25
 from kb.memory import release_freed_memory
 from kb.metadata_index import MetadataIndex
-from kb.ranking import clamp_cosines
+from kb.ranking import cosines
 from kb.records import DOC, HEADS, Record
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,9 @@ BLOCK_BYTES = 256 * 1024 * 1024  # gathered vectors kept per filter, least recen
 SMALL_BATCH = 3
 SCAN_BATCH = 64  # query vectors per shared scan
 KEPT_MASKS = 64  # filters whose row masks are kept between writes
+# rows within this of the n-th best float32 product are scored again exactly: a float32 product
+# of two unit vectors of 384 terms is off by at most about 2.3e-5 (384 x 2**-24)
+TIE_SPAN = 1e-4
 # Texts of at least this many characters are kept zlib-compressed (ratio 0.53-0.58 on the
 # bench's paragraphs and on SciFact): kb serve held 70-90 MiB less at ready on a store of
 # 100k paragraphs (README, Memory), for 22 us a text as it is added or loaded and 9 us for
@@ -237,10 +240,11 @@ class Mirror:
     def nearest(
         self, vector: np.ndarray, n: int, mask: np.ndarray | None = None, key: str | None = None
     ) -> list[tuple[Record, float]]:
-        """The n rows (under `mask`, if given) most similar to `vector`, best first; records
-        carry id and metadata, not text. With `key` (the filter, as text), the rows' vectors
-        gathered for it are kept until the next write: the next query with the same filter
-        scores a contiguous block instead of gathering again (the gather is most of the cost).
+        """The n rows (under `mask`, if given) most similar to `vector`, best first, and any
+        tied with the last of them; records carry id and metadata, not text. With `key` (the
+        filter, as text), the rows' vectors gathered for it are kept until the next write: the
+        next query with the same filter scores a contiguous block instead of gathering again
+        (the gather is most of the cost).
         """
         rows, scores = self.nearest_rows(vector, n, mask, key)
         return [
@@ -270,9 +274,8 @@ class Mirror:
     def _ranked(
         self, vector: np.ndarray, n: int, rows: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
-        """The n best of these rows by exact cosine score, best first."""
-        scores = self._vectors[rows] @ vector
-        return _top(rows, scores, n)
+        """The n best of these rows by exact cosine score, best first (see `_top`)."""
+        return self._top(rows, self._vectors[rows] @ vector, n, vector)
 
     def _exact_cost(self, allowed: int, rows: int, key: str | None) -> int:
         """Vectors an exact search scores: the filter's own, or every row for a broad one."""
@@ -292,7 +295,24 @@ class Mirror:
             scores = self._scan_all([(vector, len(mask))])[0][: len(mask)][rows]
         else:
             scores = self._product(self._vectors[rows], [vector])[0]
-        return _top(rows, scores, n)
+        return self._top(rows, scores, n, vector)
+
+    def _top(
+        self, rows: np.ndarray, scores: np.ndarray, n: int, vector: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The n best of `rows` by cosine score, best first, and every row tied with the last
+        of them (callers order equal scores by id, so which of a tie made the cut must not
+        depend on the rows' order). `scores` are the rows' float32 products, which give equal
+        vectors scores a few ulps apart: the rows within TIE_SPAN of the n-th are scored again
+        by `ranking.cosines`, so identical texts tie wherever they sit."""
+        if n < rows.size:
+            nth = np.partition(scores, rows.size - n)[rows.size - n]
+            rows = rows[scores >= nth - TIE_SPAN]
+        exact = cosines(self._vectors[rows], vector)
+        order = np.argsort(-exact, kind="stable")
+        if n < order.size:
+            order = order[: n + int(np.count_nonzero(exact[order[n:]] == exact[order[n - 1]]))]
+        return rows[order], exact[order]
 
     def _block(self, mask: np.ndarray, key: str | None) -> tuple[np.ndarray, _Block | None]:
         blocks = self._blocks  # replaced (not cleared) by writes: a reader keeps its own
@@ -339,7 +359,7 @@ class Mirror:
         """The cosine score of `vector` with each of these rows (one gather, one product)."""
         if not len(rows):
             return np.zeros(0, dtype=np.float32)
-        return clamp_cosines(self._vectors[rows] @ vector)
+        return cosines(self._vectors[rows], vector)
 
     def first_per_document(
         self, rows: np.ndarray, scores: np.ndarray, limit: int
@@ -409,11 +429,3 @@ def _broad(allowed: int, rows: int) -> bool:
     """Whether a filter allows so many rows that one pass over all of them beats gathering
     its own (a third or more)."""
     return allowed * 3 > rows
-
-
-def _top(rows: np.ndarray, scores: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """The n highest-scoring rows and their cosine scores (clamped), best first (ties in row
-    order)."""
-    top = np.argpartition(-scores, n - 1)[:n] if n < rows.size else np.arange(rows.size)
-    top = top[np.argsort(-scores[top], kind="stable")]
-    return rows[top], clamp_cosines(scores[top])

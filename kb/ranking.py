@@ -1,5 +1,6 @@
 """What every search mode shares: a hit, widening a read of chunks until it holds enough
-documents, what a result takes from a ranking, and cosine scores kept in [-1, 1].
+documents, what a result takes from a ranking, and cosine scores kept in [-1, 1] (and equal
+for equal vectors).
 
 Whatever the mode, a hit's `score` is the cosine similarity of the query with the chunk shown,
 so the similarity threshold means the same thing everywhere.
@@ -24,6 +25,15 @@ def clamp_cosines(scores: np.ndarray) -> np.ndarray:
     """Cosine scores within [-1, 1]: float32 rounding puts a text's score against itself at
     up to 1.0000007."""
     return np.clip(scores, -1.0, 1.0)
+
+
+def cosines(vectors: np.ndarray, vector: np.ndarray) -> np.ndarray:
+    """The cosine score of `vector` with each row of `vectors` (float32, clamped), the same
+    for equal rows wherever they sit: a float32 matrix product (BLAS) gives identical vectors
+    scores a few ulps apart by their place in its blocks, so identical texts would never tie
+    and be ordered by id. Each row is summed alone in float64 and rounded to float32."""
+    exact = np.einsum("ij,j->i", vectors, vector, dtype=np.float64)
+    return clamp_cosines(exact.astype(np.float32))
 
 
 def cosine_of_distance(distance: float) -> float:

@@ -170,6 +170,7 @@ def nearest_documents(
         mask, key = mirror.selection(flt.where)
     # until the mirror's index is built, an unfiltered search asks Chroma's for ids
     ids_from_chroma = mirror is not None and mask is None and not mirror.searches_all
+    from_chroma = mirror is None or ids_from_chroma  # the mirror answers a tie whole
     texts = texts and mirror is None
 
     def read(n: int) -> list[tuple[list[Hit], int, int]]:
@@ -180,9 +181,26 @@ def nearest_documents(
         else:  # the mirror's index, or an exact search over its rows
             raw = [mirror.nearest(vector, n, mask, key) for vector in vectors]
         grouped = [_best_per_document(hits, texts) for hits in raw]
-        return [(hits, len(hits), len(chunks)) for hits, chunks in zip(grouped, raw, strict=True)]
+        return [
+            (hits, _settled(hits, chunks, n, top_k) if from_chroma else len(hits), len(chunks))
+            for hits, chunks in zip(grouped, raw, strict=True)
+        ]
 
     return widen(read, top_k)
+
+
+def _settled(
+    hits: Sequence[Hit], chunks: Sequence[tuple[Record, float]], n: int, top_k: int
+) -> int:
+    """How many documents a read of n chunks from Chroma holds for sure: all of them, unless
+    the read was full and its last chunk ties with the top_k-th document; then only those
+    scoring above that tie, since more of it may lie beyond the read and ties go by id."""
+    if len(chunks) < n or len(hits) < top_k:
+        return len(hits)
+    last = min(score for _, score in chunks)
+    if hits[top_k - 1].score > last:
+        return len(hits)
+    return sum(hit.score > last for hit in hits)
 
 
 def _best_per_document(hits: Sequence[tuple[Record, float]], texts: bool) -> list[Hit]:

@@ -361,6 +361,47 @@ def test_equal_scores_are_ordered_by_id_on_every_path(
     assert ids(result) == ["aa-second"]
 
 
+TWINS = [
+    DocumentIn(id=f"twin-{i:02d}", text="Sourdough needs a lively starter and a long, cool proof.")
+    for i in range(6)
+]
+
+
+@pytest.mark.parametrize("path", ["mirror", "index", "chroma"])
+@pytest.mark.parametrize(
+    ("mode", "fusion"), [("dense", None), ("keyword", None), ("hybrid", "score"), ("hybrid", "rrf")]
+)
+def test_identical_texts_tie_at_every_top_k_on_every_path(
+    settings: Settings,
+    embedder: Embedder,
+    seed_docs: list[DocumentIn],
+    path: str,
+    mode: str,
+    fusion: str | None,
+) -> None:
+    """Six documents with one text score alike and fall in id order, whatever top_k cuts the
+    tie. A float32 matrix product scored them a few ulps apart by their rows (the mirror
+    answered twin-04, twin-05, twin-00 for top_k 3), and Chroma's path read 3 x top_k chunks
+    and ordered the tie within that read only."""
+    config = changed(settings, ann_min_rows=100, ann_nprobe=65_536) if path == "index" else settings
+    store = KnowledgeStore.open(config, embedder)
+    try:
+        store.add([*TWINS, DocumentIn(id="other", text="Espresso wants finely ground coffee.")])
+        if path == "index":
+            store.add(seed_docs)
+        store.replica.wait_loaded()
+        assert (store.replica.mirror._index is not None) == (path == "index")
+        with mirror_state(store, path != "chroma"):
+            for top_k in (1, 2, 3, 5):
+                result = ask(
+                    store, query="sourdough starter proof", mode=mode, fusion=fusion, top_k=top_k
+                )
+                assert ids(result) == [twin.id for twin in TWINS[:top_k]], top_k
+                assert len({match.score for match in result.matches}) == 1
+    finally:
+        store.close()
+
+
 @pytest.mark.parametrize("loaded", [True, False], ids=["mirror", "chroma"])
 @pytest.mark.parametrize("mode", MODES)
 def test_scores_stay_within_minus_one_and_one(

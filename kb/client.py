@@ -9,6 +9,7 @@ result = kb.query("a feline on a rug", filters={"category": "pets"})
 from __future__ import annotations
 
 import json
+import socket
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -52,6 +53,10 @@ def _payload(doc: DocumentIn) -> dict[str, Any]:
 class KBClientError(KBError):
     """An error answered by the service (status, code, message and details as it sent them),
     or status 0 when it could not be reached."""
+
+    # whether the request may have reached the service and been carried out (unanswered: the
+    # connection broke or timed out after it was sent; a refused connection took nothing)
+    may_have_landed = False
 
 
 class KBClient:
@@ -163,7 +168,9 @@ class KBClient:
 
 def _unreachable(url: str, exc: OSError) -> KBClientError:
     reason = getattr(exc, "reason", exc)
-    return KBClientError(f"cannot reach {url}: {reason}", status=0, code="unreachable")
+    error = KBClientError(f"cannot reach {url}: {reason}", status=0, code="unreachable")
+    error.may_have_landed = not isinstance(reason, ConnectionRefusedError | socket.gaierror)
+    return error
 
 
 def _service_error(exc: urllib.error.HTTPError) -> KBClientError:

@@ -338,6 +338,35 @@ def test_url_that_does_not_answer_is_a_clear_error(tmp_path: Path) -> None:
     result = run({}, "load", "--url", "http://127.0.0.1:9", str(source))
     assert result.exit_code != 0
     assert "cannot reach http://127.0.0.1:9" in result.output
+    assert "may have been written" not in result.output  # refused: nothing was sent
+
+
+def test_a_service_gone_while_it_held_a_request_is_said_to_have_maybe_written_it(
+    tmp_path: Path,
+) -> None:
+    """A kb serve killed mid-request: the load said "added 384" while the 1,024 documents of
+    the request in flight were stored too."""
+    import socket
+    import threading
+
+    from tests.test_client import hang_up_server
+
+    source = write_jsonl(tmp_path / "docs.jsonl", GOOD)
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        stop = threading.Event()
+        thread = threading.Thread(target=hang_up_server, args=(server, stop))
+        thread.start()
+        try:
+            url = f"http://127.0.0.1:{server.getsockname()[1]}"
+            result = run({}, "load", "--url", url, str(source))
+        finally:
+            stop.set()
+            thread.join()
+    assert result.exit_code == 1
+    assert "load stopped: cannot reach" in result.output
+    assert "may have been written before the service went away" in result.output
 
 
 def test_duplicates_command_and_on_duplicate_skip(env, tmp_path: Path) -> None:

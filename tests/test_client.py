@@ -51,3 +51,38 @@ def test_a_service_that_stalls_after_its_headers_is_unreachable_not_a_traceback(
             KBClient(f"http://127.0.0.1:{port}", timeout=0.5).info()
         thread.join()
     assert (raised.value.status, raised.value.code) == (0, "unreachable")
+
+
+def hang_up_server(server: socket.socket, stop: threading.Event) -> None:
+    """Reads each request and closes the connection without an answer (a service killed
+    while it held the request)."""
+    server.settimeout(0.2)
+    while not stop.is_set():
+        try:
+            conn, _ = server.accept()
+        except TimeoutError:
+            continue
+        with conn:
+            conn.recv(1 << 20)
+
+
+def test_whether_an_unanswered_request_may_have_landed() -> None:
+    """A request sent and left unanswered may have been carried out; a refused connection
+    took nothing (kb load --url says which)."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        stop = threading.Event()
+        thread = threading.Thread(target=hang_up_server, args=(server, stop))
+        thread.start()
+        try:
+            with pytest.raises(KBClientError) as unanswered:
+                KBClient(f"http://127.0.0.1:{port}", timeout=5).stats()
+        finally:
+            stop.set()
+            thread.join()
+    with pytest.raises(KBClientError) as refused:
+        KBClient(f"http://127.0.0.1:{port}", timeout=5).stats()  # closed: nothing listens
+    assert (unanswered.value.code, unanswered.value.may_have_landed) == ("unreachable", True)
+    assert (refused.value.code, refused.value.may_have_landed) == ("unreachable", False)

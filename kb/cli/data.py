@@ -124,6 +124,13 @@ def load(
         # what was written before the failure, and by batches already in flight, is counted
         progress.clear()
         click.echo(f"Error: load stopped: {stop.message}", err=True)
+        if getattr(stop.error, "may_have_landed", False):  # KBClientError: the service went away
+            click.echo(
+                "The documents of the request that failed may have been written before the "
+                "service went away (they are not counted below): run the same load again to "
+                "finish it; what is stored is skipped.",
+                err=True,
+            )
         _summarize(stop.summary, time.perf_counter() - started)
         sys.exit(1)
     except KBError as exc:

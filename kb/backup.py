@@ -116,8 +116,8 @@ def restore(store: KnowledgeStore, path: Path, *, replace: bool = False) -> int:
 
     The whole file is checked first (model, then every line): --replace deletes the
     collection's records only once the backup is known to load, so a bad file changes
-    nothing. The records are then read a second time as they are written, rather than
-    held in memory between the passes (a backup can be larger than memory)."""
+    nothing. The records are then read again as they are written (twice: later chunks,
+    then first chunks), rather than held in memory (a backup can be larger than memory)."""
     _check_model(_read_header(path), store, path)
     _check_empty(store, replace)  # before the long check; again under the lock below
     header = verify(path)
@@ -125,15 +125,22 @@ def restore(store: KnowledgeStore, path: Path, *, replace: bool = False) -> int:
         _check_empty(store, replace)
         if replace:
             store.clear()
-        with _lines(path) as lines:
-            next(lines)
-            batch: list[Record] = []
-            for number, line in lines:
-                batch.append(_record(line, header["dim"], f"{path}:{number}"))
-                if len(batch) >= PAGE:
-                    store.restore_records(batch)
-                    batch = []
-            store.restore_records(batch)
+        # every later chunk first, then the first chunks: killed part-way, the store holds
+        # whole documents and chunks without a first chunk, which kb.repair removes when it
+        # next opens (pages of the file's order split documents: first chunks were left
+        # counting chunks never written)
+        for heads in (False, True):
+            with _lines(path) as lines:
+                next(lines)
+                batch: list[Record] = []
+                for number, line in lines:
+                    record = _record(line, header["dim"], f"{path}:{number}")
+                    if (record.chunk == 0) is heads:
+                        batch.append(record)
+                    if len(batch) >= PAGE:
+                        store.restore_records(batch)
+                        batch = []
+                store.restore_records(batch)
         if isinstance(header.get("min_score"), int | float):
             store.records.set_settings_value(CALIBRATED_KEY, header["min_score"])
     return int(header["records"])

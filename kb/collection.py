@@ -17,7 +17,7 @@ from kb.errors import ConfigError, KBError, ModelMismatch, StoreUnavailable, Val
 from kb.filters import CompiledFilter, and_where
 from kb.lock import StoreLock
 from kb.ranking import cosine_of_distance
-from kb.records import DOC, Record
+from kb.records import DOC, Record, whole_documents
 
 log = logging.getLogger(__name__)
 
@@ -385,7 +385,8 @@ class RecordCollection:
         stale: Sequence[str] = (),
     ) -> None:
         """Write records in batches Chroma accepts, then delete the `stale` ids (the chunks a
-        shrunk document no longer has), all or nothing.
+        shrunk document no longer has), all or nothing. A batch holds whole documents (see
+        `records.whole_documents`): the process killed between two calls, no rollback runs.
 
         `previous` holds the records (with embeddings) this write replaces, the stale ones
         included; if a batch or the delete fails, what the call wrote is removed and
@@ -396,8 +397,8 @@ class RecordCollection:
         records = _replacing(records, previous)
         fresh = [r for r in records if r.id in new]
         rest = [r for r in records if r.id not in new] if fresh else records
-        parts = [(p, True) for p in _batches(fresh, self.max_batch)]
-        parts += [(p, False) for p in _batches(rest, self.max_batch)]
+        parts = [(p, True) for p in whole_documents(fresh, self.max_batch, _record_id)]
+        parts += [(p, False) for p in whole_documents(rest, self.max_batch, _record_id)]
         written: list[str] = []
         try:
             for part, add in parts:
@@ -417,7 +418,7 @@ class RecordCollection:
         that were not stored before. The replaced records are restored by an upsert (with
         the keys the failed write added nulled out), not deleted and added again: a delete
         that is failing, as when the stale chunks' delete failed, cannot block the restore."""
-        for part in _batches(_replacing(previous, records), self.max_batch):
+        for part in whole_documents(_replacing(previous, records), self.max_batch, _record_id):
             self._write(part)
         before = {r.id for r in previous}
         self.delete([rid for rid in written if rid not in before])
@@ -489,6 +490,10 @@ def _replacing(records: Sequence[Record], previous: Sequence[Record]) -> list[Re
 
 def _model_metadata(embedder: Embedder) -> dict[str, Any]:
     return {MODEL_KEY: embedder.name, DIM_KEY: embedder.dim, FINGERPRINT_KEY: embedder.fingerprint}
+
+
+def _record_id(record: Record) -> str:
+    return record.id
 
 
 def _batches(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from kb.chunking import Chunk, join
 from kb.filters import TWIN_PREFIX, date_twins
@@ -23,6 +23,8 @@ START = f"{RESERVED_PREFIX}start"
 HASH = f"{RESERVED_PREFIX}hash"
 EMPTY_LISTS = f"{RESERVED_PREFIX}empty"
 HEADS = {CHUNK: 0}  # where-clause for the first chunk of every document: one record each
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -50,6 +52,34 @@ def chunk_id(doc_id: str, index: int) -> str:
 def doc_id_of(record_id: str) -> str:
     """The id of the document a record (chunk) id belongs to."""
     return CHUNK_ID_RE.sub("", record_id)
+
+
+def whole_documents(items: Sequence[T], most: int, record_id: Callable[[T], str]) -> list[list[T]]:
+    """Records (or record ids) in parts of at most `most`, one Chroma call each, a document's
+    chunks never split between two parts: a process killed between two calls then leaves
+    each document as it was or as written, never a first chunk with part of its chunks. A
+    document of more chunks than that is cut with its first chunk last: killed part-way, an
+    add leaves chunks without a first chunk (kb.repair removes them), a delete leaves the
+    document findable by its id, and deleting it again removes the rest."""
+    chunks: dict[str, list[T]] = {}
+    for item in items:
+        chunks.setdefault(doc_id_of(record_id(item)), []).append(item)
+    parts: list[list[T]] = [[]]
+    for doc_id, group in chunks.items():
+        group.sort(key=lambda item: record_id(item) == doc_id)
+        if parts[-1] and len(parts[-1]) + len(group) > most:
+            parts.append([])
+        for start in range(0, len(group), most):
+            if start:
+                parts.append([])
+            parts[-1].extend(group[start : start + most])
+    return [part for part in parts if part]
+
+
+def named(ids: Sequence[str], limit: int = 10) -> str:
+    """Ids for a message: the first `limit`, quoted, and how many more."""
+    shown = ", ".join(f"'{i}'" for i in ids[:limit])
+    return shown + (f" and {len(ids) - limit} more" if len(ids) > limit else "")
 
 
 def derive_id(text: str) -> str:

@@ -30,6 +30,7 @@ from kb.keyword import KeywordIndex
 from kb.memory import release_freed_memory
 from kb.mirror import Mirror
 from kb.records import Record
+from kb.repair import sweep
 
 log = logging.getLogger(__name__)
 WARN_EVERY_S = 60.0  # a change log that cannot be read is logged at most this often
@@ -216,6 +217,8 @@ class LocalReplica(Replica):
             return  # the common case: no lock, so searches never wait for a write
         with self._writes:
             generation = self.generation()
+            if self.keyword.generation != generation:  # a write began and was not applied:
+                sweep(self.records)  # killed part-way, perhaps (kb.repair)
             if self.keyword.generation != generation or self._behind:
                 self.rebuild(generation)
 

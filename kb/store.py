@@ -42,8 +42,10 @@ from kb.records import (
     content_hash,
     derive_id,
     doc_id_of,
+    named,
     same_content,
     user_metadata,
+    whole_documents,
 )
 from kb.replica import LocalReplica, Lock, Replica, SharedReplica
 from kb.schemas import (
@@ -178,7 +180,7 @@ class KnowledgeStore:
             log.warning(
                 "document(s) %s lack chunks their first chunk counts (re-add or delete them); "
                 "every read of them reads twice",
-                _names(sorted(damaged)),
+                named(sorted(damaged)),
             )
         return groups
 
@@ -345,7 +347,7 @@ class KnowledgeStore:
         heads = {r.id: r for r in found}
         if heads and mode is WriteMode.ERROR:
             raise Conflict(
-                f"{len(heads)} document id(s) already exist: {_names(list(heads))}; nothing "
+                f"{len(heads)} document id(s) already exist: {named(list(heads))}; nothing "
                 'was written (send "upsert": true to replace them)',
                 details=[
                     field_error(_id_field(i, docs), "already exists", "duplicate_id")
@@ -373,15 +375,22 @@ class KnowledgeStore:
             old = self._all_chunks(self._heads([doc_id]))
             if not old:
                 raise NotFound(f"no document with id '{doc_id}'", details=[_missing("id", doc_id)])
-            current = assemble(old)
+            version = _ordered(_version(old))  # `old` also holds any left-over chunks
+            if fields.text is None and not _is_whole(version):  # would keep what is left
+                raise Conflict(
+                    f"document '{doc_id}' lacks chunks its first chunk counts (a write "
+                    "interrupted part-way): send its whole text, or delete it",
+                    details=[field_error("text", "the stored text is incomplete", "damaged")],
+                )
+            current = assemble(version)
             metadata = _patched(current.metadata, fields.metadata, fields.replace_metadata)
             text = fields.text if fields.text is not None else current.text
             if same_content(text, metadata, current.text, current.metadata):
                 return current
             if text == current.text:  # metadata only: keep the vectors
-                chunks = [Chunk(int(r.metadata[START]), r.text) for r in _ordered(old)]
+                chunks = [Chunk(int(r.metadata[START]), r.text) for r in version]
                 records = build_records(doc_id, text, metadata, chunks)
-                for record, before in zip(records, _ordered(old), strict=True):
+                for record, before in zip(records, version, strict=True):
                     record.embedding = before.embedding
             else:
                 records = self._records([(doc_id, text, metadata)])
@@ -396,7 +405,7 @@ class KnowledgeStore:
             missing = [doc_id for doc_id in unique if doc_id not in {h.id for h in heads}]
             if missing:
                 raise NotFound(
-                    f"{len(missing)} id(s) not found: {_names(missing)}; nothing was deleted",
+                    f"{len(missing)} id(s) not found: {named(missing)}; nothing was deleted",
                     details=[_missing("ids", doc_id) for doc_id in missing],
                 )
             self._remove(heads)
@@ -404,9 +413,13 @@ class KnowledgeStore:
 
     def delete_where(self, flt: CompiledFilter) -> DeleteResponse:
         with self._lock:
-            matched = self.records.get(flt=flt)
-            doc_ids = list(dict.fromkeys(record.doc_id for record in matched))
-            heads = self._heads(doc_ids)
+            matched = self.records.get(flt=flt, texts=False)
+            heads = self._heads(list(dict.fromkeys(record.doc_id for record in matched)))
+            # a document matches by a chunk of its own version, not by one a killed write
+            # left behind (kb.repair) with an older version's metadata
+            mine = {head.doc_id: head for head in heads}
+            ours = {r.doc_id for r in matched if r.doc_id in mine and _of(mine[r.doc_id], r)}
+            heads = [head for head in heads if head.doc_id in ours]
             self._remove(heads)
         return DeleteResponse(deleted=len(heads), ids=[head.id for head in heads])
 
@@ -493,7 +506,7 @@ class KnowledgeStore:
         or kept whole (cut anywhere, a first chunk stayed with some of its chunks, and GET
         and search showed the document with its middle gone), and the error says how far
         the delete got."""
-        parts = _whole_documents(ids, self.records.max_batch)
+        parts = whole_documents(ids, self.records.max_batch, str)
         with self.replica.writing(ids) as applied:
             deleted: list[str] = []
             try:
@@ -512,23 +525,6 @@ class KnowledgeStore:
                     "deletes the rest"
                 ) from exc
             applied([], ids)
-
-
-def _whole_documents(ids: Sequence[str], most: int) -> list[list[str]]:
-    """Record ids in parts of at most `most` (one Chroma call each), a document's chunks
-    never split between two parts. A document of more chunks than that (a store taking
-    very small batches) is cut with its first chunk last, so it stays findable by its id
-    and deleting it again removes the rest."""
-    chunks: dict[str, list[str]] = {}
-    for record_id in ids:
-        chunks.setdefault(doc_id_of(record_id), []).append(record_id)
-    parts: list[list[str]] = [[]]
-    for doc_id, group in chunks.items():
-        group.sort(key=lambda record_id: record_id == doc_id)
-        if parts[-1] and len(parts[-1]) + len(group) > most:
-            parts.append([])
-        parts[-1].extend(group)
-    return [part for part in parts if part]
 
 
 def _replica(settings: Settings, records: RecordCollection, dim: int, lock: Lock) -> Replica:
@@ -571,12 +567,24 @@ def _is_whole(chunks: Sequence[Record]) -> bool:
     head = next((record for record in chunks if record.chunk == 0), None)
     if head is None:
         return False
-    count, version = int(head.metadata[CHUNKS]), head.metadata.get(HASH)
+    count = int(head.metadata[CHUNKS])
     return (
         len(chunks) == count
         and {record.chunk for record in chunks} == set(range(count))
-        and all(record.metadata.get(HASH) == version for record in chunks)
+        and all(_of(head, record) for record in chunks)
     )
+
+
+def _of(head: Record, record: Record) -> bool:
+    """Whether a chunk record belongs to the version of the document its first chunk is."""
+    count, version = int(head.metadata[CHUNKS]), head.metadata.get(HASH)
+    return record.chunk < count and record.metadata.get(HASH) == version
+
+
+def _version(chunks: Sequence[Record]) -> list[Record]:
+    """The chunks of the version their first chunk is, without any a killed write left."""
+    head = next(record for record in chunks if record.chunk == 0)
+    return [record for record in chunks if _of(head, record)]
 
 
 def _ordered(records: Sequence[Record]) -> list[Record]:
@@ -650,8 +658,3 @@ def _duplicate(new: str, old: str, score: float) -> dict[str, Any]:
 
 def _missing(field: str, doc_id: str) -> dict[str, Any]:
     return field_error(field, f"'{doc_id}' does not exist", "not_found")
-
-
-def _names(ids: Sequence[str], limit: int = 10) -> str:
-    shown = ", ".join(f"'{i}'" for i in ids[:limit])
-    return shown + (f" and {len(ids) - limit} more" if len(ids) > limit else "")

@@ -1,0 +1,92 @@
+"""What a write killed part-way leaves in an embedded store, found when the store next opens.
+
+Chroma has no transaction across calls, and some writes take several: an update that shrinks
+a document upserts its new chunks, then deletes the chunks the new version no longer has; a
+document of more chunks than one call takes is written in parts, its first chunk last. A
+process killed between two such calls runs no rollback. What it leaves is recognisable:
+chunks their document's first chunk does not count (the old version's tail, with its old
+text, metadata and content hash), or chunks with no first chunk at all (a new document never
+finished). GET reads a document by its first chunk and ignores them, but search matched
+them, a delete by filter on their old metadata deleted the document, and an update built the
+document's text from them. They are removed here.
+
+When to look: every write sets the collection's write generation before it touches Chroma,
+and the keyword index records it once the write is applied (kb.replica), so an index behind
+the collection is exactly what a write that never finished leaves. The store then sweeps its
+records (metadata only, one pass) before rebuilding the index from them.
+
+A document whose first chunk counts chunks that are missing or of another version cannot be
+mended here (its text is gone): it is named in the log, as reads name it (kb.store).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from kb.collection import RecordCollection
+from kb.records import CHUNKS, HASH, Record, doc_id_of, named
+
+log = logging.getLogger(__name__)
+
+PAGE = 5000  # records read a call (metadata only)
+
+
+@dataclass
+class Found:
+    """One pass's findings: record ids to delete, and documents that cannot be mended."""
+
+    leftovers: list[str] = field(default_factory=list)
+    damaged: list[str] = field(default_factory=list)
+
+
+def survey(records: Iterable[Record]) -> Found:
+    """Classify every record of a collection (metadata is enough)."""
+    heads: dict[str, tuple[int, object]] = {}  # document -> its chunk count and content hash
+    later: dict[str, list[tuple[str, int, object]]] = {}  # document -> (id, index, hash)
+    for record in records:
+        if record.chunk == 0:
+            heads[record.doc_id] = (int(record.metadata[CHUNKS]), record.metadata.get(HASH))
+        else:
+            later.setdefault(record.doc_id, []).append(
+                (record.id, record.chunk, record.metadata.get(HASH))
+            )
+    found = Found()
+    for doc_id, chunks in later.items():
+        head = heads.get(doc_id)
+        if head is None:  # a document whose first chunk was never written
+            found.leftovers.extend(record_id for record_id, _, _ in chunks)
+            continue
+        count, version = head
+        kept = [(index, digest) for record_id, index, digest in chunks if index < count]
+        found.leftovers.extend(record_id for record_id, index, _ in chunks if index >= count)
+        if len(kept) != count - 1 or any(digest != version for _, digest in kept):
+            found.damaged.append(doc_id)
+    found.damaged.extend(
+        doc_id for doc_id, (count, _) in heads.items() if count > 1 and doc_id not in later
+    )
+    return found
+
+
+def sweep(records: RecordCollection) -> Found:
+    """Delete what a killed write left in the collection; say what was done and what is
+    damaged beyond repair. The caller holds the write lock."""
+    found = survey(record for page in records.pages(size=PAGE, texts=False) for record in page)
+    if found.leftovers:
+        records.delete(found.leftovers)
+        documents = sorted({doc_id_of(record_id) for record_id in found.leftovers})
+        log.warning(
+            "a write to '%s' was interrupted: removed %d chunk(s) it left behind, of %s",
+            records.name,
+            len(found.leftovers),
+            named(documents),
+        )
+    if found.damaged:
+        log.warning(
+            "document(s) %s of '%s' lack chunks their first chunk counts (an interrupted "
+            "write of a document too long for one call, or an older kb); re-add or delete them",
+            named(sorted(found.damaged)),
+            records.name,
+        )
+    return found

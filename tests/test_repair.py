@@ -1,0 +1,237 @@
+"""Writes killed between two Chroma calls (no rollback runs): what they leave, how the store
+finds and removes it when it opens again, and what reads and writes do with it meanwhile."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kb import backup
+from kb.collection import RecordCollection
+from kb.config import Settings
+from kb.embeddings import Embedder
+from kb.errors import Conflict
+from kb.filters import CompiledFilter
+from kb.records import CHUNK, DOC, Record, whole_documents
+from kb.repair import survey
+from kb.schemas import DocumentIn, QueryRequest, UpdateFields
+from kb.search import search
+from kb.store import KnowledgeStore, WriteMode
+from tests.conftest import changed
+
+LONG = (
+    "Glaciers carve valleys into a U shape as they grind slowly downhill. Moraines mark "
+    "where the ice stopped and dropped the rock it carried. Erratic boulders lie far from "
+    "the bedrock they broke from. Meltwater sorts sand and gravel into outwash plains."
+)
+
+
+class Killed(BaseException):
+    """The process dying: not an Exception, so no rollback catches it."""
+
+
+@pytest.fixture
+def opened(settings: Settings, embedder: Embedder) -> Iterator[Callable[[], KnowledgeStore]]:
+    """Opens the store (16-token chunks) as a new process would; closes what it opened."""
+    stores: list[KnowledgeStore] = []
+
+    def open_store() -> KnowledgeStore:
+        for store in stores:
+            store.close()
+        stores.clear()
+        stores.append(KnowledgeStore.open(changed(settings, chunk_tokens=16), embedder))
+        stores[-1].replica.wait_loaded()
+        return stores[-1]
+
+    yield open_store
+    for store in stores:
+        store.close()
+
+
+def kill_on(monkeypatch: pytest.MonkeyPatch, method: str, call: int) -> None:
+    """RecordCollection.`method`'s `call`-th call (from 1) dies before it reaches Chroma."""
+    real = getattr(RecordCollection, method)
+    calls = []
+
+    def dying(self: RecordCollection, *args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == call:
+            raise Killed
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(RecordCollection, method, dying)
+
+
+def stored(store: KnowledgeStore) -> dict[str, tuple[str, int]]:
+    """Every record in Chroma: id -> (document id, chunk index)."""
+    return {r.id: (r.doc_id, r.chunk) for r in store.records.get(texts=False)}
+
+
+def shrunk_and_killed(opened: Callable[[], KnowledgeStore], monkeypatch: pytest.MonkeyPatch):
+    """A chunked document updated to one chunk, the process killed between the upsert of the
+    new version and the delete of the old version's later chunks."""
+    store = opened()
+    store.add(
+        [
+            DocumentIn(id="ice", text=LONG, metadata={"era": "old"}),
+            DocumentIn(id="sea", text="Tides follow the moon.", metadata={"era": "now"}),
+        ]
+    )
+    assert store.get("ice").chunks > 2
+    kill_on(monkeypatch, "delete", 1)
+    with pytest.raises(Killed):
+        store.update("ice", UpdateFields(text="Ice is frozen water.", metadata={"era": "new"}))
+    monkeypatch.undo()
+    return store
+
+
+def test_left_over_chunks_match_no_delete_and_no_update_reads_them(
+    opened: Callable[[], KnowledgeStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before the store is opened again: a delete by the old version's metadata deleted the
+    document, and a metadata update wrote the old version's text back into it."""
+    store = shrunk_and_killed(opened, monkeypatch)
+    assert sum(doc == "ice" for doc, _ in stored(store).values()) > 1  # the tail is there
+    assert store.delete_where(CompiledFilter(where={"era": "old"})).deleted == 0
+    updated = store.update("ice", UpdateFields(metadata={"checked": True}))
+    assert updated.text == "Ice is frozen water."
+    assert [key for key, (doc, _) in stored(store).items() if doc == "ice"] == ["ice"]
+
+
+def test_a_store_opened_after_a_killed_write_removes_what_it_left(
+    opened: Callable[[], KnowledgeStore],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    shrunk_and_killed(opened, monkeypatch)
+    with caplog.at_level(logging.WARNING, logger="kb.repair"):
+        store = opened()
+    assert sorted(stored(store)) == ["ice", "sea"]
+    assert "removed" in caplog.text
+    assert "'ice'" in caplog.text
+    assert store.get("ice").text == "Ice is frozen water."
+    assert store.stats().chunks == 2
+    for mode in ("dense", "keyword", "hybrid"):
+        body = {"query": "moraines glaciers", "where": {"era": "old"}, "mode": mode}
+        (result,) = search(store, QueryRequest.model_validate({**body, "min_score": -1}))
+        assert result.matches == [], mode
+
+
+def test_a_batch_holds_whole_documents_so_a_kill_between_calls_tears_none(
+    opened: Callable[[], KnowledgeStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An add of more records than one Chroma call takes was cut every max_batch records:
+    killed after the first call, a document kept its first chunk and part of its chunks,
+    and a second load skipped it (its first chunk was there)."""
+    store = opened()
+    docs = [
+        DocumentIn(id=f"d{i}", text=LONG.replace("Glaciers", f"Glaciers {i}")) for i in range(3)
+    ]
+    chunks = len(store.chunk(docs[0].text))
+    store.records.max_batch = chunks + 1  # one document a call, and one chunk of the next
+    kill_on(monkeypatch, "_write", 2)
+    with pytest.raises(Killed):
+        store.add(docs)
+    monkeypatch.undo()
+    store = opened()
+    assert {doc for doc, _ in stored(store).values()} == {"d0"}
+    assert len(stored(store)) == chunks
+    store.records.max_batch = chunks + 1
+    assert store.add(docs, WriteMode.UPSERT).added == 2  # a rerun writes the rest
+    assert all(store.get(doc.id).text == doc.text for doc in docs)
+
+
+def test_a_document_longer_than_a_call_is_written_first_chunk_last(
+    opened: Callable[[], KnowledgeStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Killed part-way, a new document is chunks without a first chunk: removed on open, so
+    the document is absent, not served cut short."""
+    store = opened()
+    store.records.max_batch = 2
+    kill_on(monkeypatch, "_write", 2)
+    with pytest.raises(Killed):
+        store.add([DocumentIn(id="ice", text=LONG)])
+    monkeypatch.undo()
+    assert "ice" not in stored(store)
+    assert stored(store)  # later chunks only
+    assert stored(opened()) == {}
+
+
+def test_a_restore_killed_part_way_leaves_whole_documents_only(
+    opened: Callable[[], KnowledgeStore],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """Restore wrote the file's pages in order, so a kill left first chunks counting chunks
+    in pages never written (served cut short, and nothing said a restore had stopped)."""
+    store = opened()
+    docs = [DocumentIn(id=f"d{i}", text=LONG.replace("ice", f"ice {i}")) for i in range(4)]
+    store.add(docs)
+    backup.write_file(store, tmp_path / "kb.backup")
+    store.delete([doc.id for doc in docs])
+    monkeypatch.setattr(backup, "PAGE", 3)
+    kill_on(monkeypatch, "_write", 4)
+    with pytest.raises(Killed):
+        backup.restore(store, tmp_path / "kb.backup")
+    monkeypatch.undo()
+    assert stored(store)
+    store = opened()
+    assert stored(store) == {}  # later chunks only were written: removed
+    backup.restore(store, tmp_path / "kb.backup")
+    assert all(store.get(doc.id).text == doc.text for doc in docs)
+
+
+def test_a_metadata_update_of_a_document_missing_chunks_is_refused(
+    opened: Callable[[], KnowledgeStore],
+) -> None:
+    """It would store what is left as the whole text, and the loss would no longer show."""
+    store = opened()
+    store.add([DocumentIn(id="ice", text=LONG)])
+    store.records.delete(["ice#chunk1"])  # as an interrupted write of an older kb left it
+    with pytest.raises(Conflict, match="lacks chunks"):
+        store.update("ice", UpdateFields(metadata={"checked": True}))
+    store.update("ice", UpdateFields(text=LONG, metadata={"checked": True}))  # whole: fine
+    assert store.get("ice").text == LONG
+
+
+def record(doc_id: str, index: int, chunks: int = 1, version: str = "v1") -> Record:
+    rid = doc_id if index == 0 else f"{doc_id}#chunk{index}"
+    meta = {DOC: doc_id, CHUNK: index, "_kb_chunks": chunks, "_kb_hash": version}
+    return Record(rid, "", meta)
+
+
+def test_survey_tells_left_overs_from_damage() -> None:
+    found = survey(
+        [
+            *(record("whole", i, 3) for i in range(3)),
+            record("shrunk", 0, 1, "v2"),
+            record("shrunk", 1, 3),  # the old version's tail
+            record("shrunk", 2, 3),
+            record("orphan", 1, 2),  # no first chunk: never finished
+            record("torn", 0, 3),
+            record("torn", 2, 3),  # chunk 1 missing
+            record("mixed", 0, 2, "v2"),
+            record("mixed", 1, 2),  # of another version
+            record("bare", 0, 2),  # counts a chunk it does not have
+        ]
+    )
+    assert sorted(found.leftovers) == ["orphan#chunk1", "shrunk#chunk1", "shrunk#chunk2"]
+    assert sorted(found.damaged) == ["bare", "mixed", "torn"]
+
+
+def test_whole_documents_keeps_documents_in_one_part_and_a_long_one_first_chunk_last() -> None:
+    ids = ["a", "a#chunk1", "b", "b#chunk1", "b#chunk2", "c#chunk1", "c", "c#chunk2"]
+    ids += ["d#chunk1", "d", "d#chunk2", "d#chunk3", "d#chunk4"]
+    parts = whole_documents(ids, 4, str)
+    assert parts == [
+        ["a#chunk1", "a"],
+        ["b#chunk1", "b#chunk2", "b"],
+        ["c#chunk1", "c#chunk2", "c"],
+        ["d#chunk1", "d#chunk2", "d#chunk3", "d#chunk4"],
+        ["d"],
+    ]
+    assert all(len(part) <= 4 for part in parts)

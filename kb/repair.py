@@ -12,8 +12,9 @@ document's text from them. They are removed here.
 
 When to look: every write sets the collection's write generation before it touches Chroma,
 and the keyword index records it once the write is applied (kb.replica), so an index behind
-the collection is exactly what a write that never finished leaves. The store then sweeps its
-records (metadata only, one pass) before rebuilding the index from them.
+the collection is exactly what a write that never finished leaves. The index is then rebuilt
+from every record (kb.replica), which this module watches go by; what it finds is deleted as
+any write deletes, after the rebuild.
 
 A document whose first chunk counts chunks that are missing or of another version cannot be
 mended here (its text is gone): it is named in the log, as reads name it (kb.store).
@@ -25,60 +26,72 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from kb.collection import RecordCollection
 from kb.records import CHUNKS, HASH, Record, doc_id_of, named
 
 log = logging.getLogger(__name__)
 
-PAGE = 5000  # records read a call (metadata only)
-
 
 @dataclass
 class Found:
-    """One pass's findings: record ids to delete, and documents that cannot be mended."""
+    """What a pass over a collection found: record ids to delete, and documents that cannot
+    be mended."""
 
     leftovers: list[str] = field(default_factory=list)
     damaged: list[str] = field(default_factory=list)
 
 
-def survey(records: Iterable[Record]) -> Found:
-    """Classify every record of a collection (metadata is enough)."""
-    heads: dict[str, tuple[int, object]] = {}  # document -> its chunk count and content hash
-    later: dict[str, list[tuple[str, int, object]]] = {}  # document -> (id, index, hash)
-    for record in records:
+class Survey:
+    """Watches every record of a collection go by (the keyword index's rebuild reads them
+    all), keeping what tells leftovers from documents: ids, chunk indexes and versions."""
+
+    def __init__(self) -> None:
+        self._heads: dict[str, tuple[int, object]] = {}  # document -> chunk count, hash
+        self._later: dict[str, list[tuple[str, int, object]]] = {}  # document -> id, index, hash
+
+    def see(self, record: Record) -> Record:
         if record.chunk == 0:
-            heads[record.doc_id] = (int(record.metadata[CHUNKS]), record.metadata.get(HASH))
+            self._heads[record.doc_id] = (int(record.metadata[CHUNKS]), record.metadata.get(HASH))
         else:
-            later.setdefault(record.doc_id, []).append(
+            self._later.setdefault(record.doc_id, []).append(
                 (record.id, record.chunk, record.metadata.get(HASH))
             )
-    found = Found()
-    for doc_id, chunks in later.items():
-        head = heads.get(doc_id)
-        if head is None:  # a document whose first chunk was never written
-            found.leftovers.extend(record_id for record_id, _, _ in chunks)
-            continue
-        count, version = head
-        kept = [(index, digest) for record_id, index, digest in chunks if index < count]
-        found.leftovers.extend(record_id for record_id, index, _ in chunks if index >= count)
-        if len(kept) != count - 1 or any(digest != version for _, digest in kept):
-            found.damaged.append(doc_id)
-    found.damaged.extend(
-        doc_id for doc_id, (count, _) in heads.items() if count > 1 and doc_id not in later
-    )
-    return found
+        return record
+
+    def found(self) -> Found:
+        found = Found()
+        for doc_id, chunks in self._later.items():
+            head = self._heads.get(doc_id)
+            if head is None:  # a document whose first chunk was never written
+                found.leftovers.extend(record_id for record_id, _, _ in chunks)
+                continue
+            count, version = head
+            kept = [(index, digest) for _, index, digest in chunks if index < count]
+            found.leftovers.extend(record_id for record_id, index, _ in chunks if index >= count)
+            if len(kept) != count - 1 or any(digest != version for _, digest in kept):
+                found.damaged.append(doc_id)
+        found.damaged.extend(
+            doc_id
+            for doc_id, (count, _) in self._heads.items()
+            if count > 1 and doc_id not in self._later
+        )
+        return found
 
 
-def sweep(records: RecordCollection) -> Found:
-    """Delete what a killed write left in the collection; say what was done and what is
-    damaged beyond repair. The caller holds the write lock."""
-    found = survey(record for page in records.pages(size=PAGE, texts=False) for record in page)
+def survey(records: Iterable[Record]) -> Found:
+    """What a collection holding these records holds that a killed write left."""
+    seen = Survey()
+    for record in records:
+        seen.see(record)
+    return seen.found()
+
+
+def report(found: Found, collection: str) -> None:
+    """Say what was removed, and which documents cannot be mended."""
     if found.leftovers:
-        records.delete(found.leftovers)
         documents = sorted({doc_id_of(record_id) for record_id in found.leftovers})
         log.warning(
             "a write to '%s' was interrupted: removed %d chunk(s) it left behind, of %s",
-            records.name,
+            collection,
             len(found.leftovers),
             named(documents),
         )
@@ -87,6 +100,5 @@ def sweep(records: RecordCollection) -> Found:
             "document(s) %s of '%s' lack chunks their first chunk counts (an interrupted "
             "write of a document too long for one call, or an older kb); re-add or delete them",
             named(sorted(found.damaged)),
-            records.name,
+            collection,
         )
-    return found

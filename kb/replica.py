@@ -30,7 +30,7 @@ from kb.keyword import KeywordIndex
 from kb.memory import release_freed_memory
 from kb.mirror import Mirror
 from kb.records import Record
-from kb.repair import sweep
+from kb.repair import Found, Survey, report
 
 log = logging.getLogger(__name__)
 WARN_EVERY_S = 60.0  # a change log that cannot be read is logged at most this often
@@ -131,16 +131,24 @@ class Replica(ABC):
             return None
         return self.current_mirror()
 
-    def rebuild(self, generation: int) -> None:
+    def rebuild(self, generation: int) -> Found:
+        """Rebuild the copies from every record in Chroma; what a killed write left among
+        them (kb.repair) is returned, not removed."""
+        seen = Survey()
         with self._writes, self._lock:
             log.info("rebuilding the keyword index of '%s'", self.records.name)
             self.keyword.rebuild(
-                (r for page in self.records.pages(size=2000, embeddings=True) for r in page),
+                (
+                    seen.see(r)
+                    for page in self.records.pages(size=2000, embeddings=True)
+                    for r in page
+                ),
                 generation,
             )
             if self.mirror is not None:
                 self._load_mirror()
             self._behind = False
+        return seen.found()
 
     def apply(self, upserted: Sequence[Record], deleted: Sequence[str], generation: int) -> None:
         with self._lock:
@@ -217,10 +225,15 @@ class LocalReplica(Replica):
             return  # the common case: no lock, so searches never wait for a write
         with self._writes:
             generation = self.generation()
-            if self.keyword.generation != generation:  # a write began and was not applied:
-                sweep(self.records)  # killed part-way, perhaps (kb.repair)
-            if self.keyword.generation != generation or self._behind:
-                self.rebuild(generation)
+            unfinished = self.keyword.generation != generation  # a write was not applied
+            if unfinished or self._behind:
+                found = self.rebuild(generation)
+                if unfinished:  # killed part-way, perhaps: remove what it left (kb.repair)
+                    if found.leftovers:
+                        with self.writing(found.leftovers) as applied:
+                            self.records.delete(found.leftovers)
+                            applied([], found.leftovers)
+                    report(found, self.records.name)
 
     @contextmanager
     def writing(self, ids: Sequence[str]) -> Iterator[Apply]:

@@ -19,7 +19,7 @@ import threading
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from kb.collection import chroma_errors
@@ -48,6 +48,7 @@ class Poll:
     newest: int  # the newest done entry's ts (the cursor's next value)
     since: int  # the window the poll read: entries seen before it are forgotten
     polled: float  # when the poll began (monotonic)
+    abandoned: set[str] = field(default_factory=set)  # ids of writes whose writer died
 
 
 class ChangeLog:
@@ -140,11 +141,12 @@ class ChangeLog:
                 newest = max(newest, ts)
                 if self._seen.get(entry) != ts:
                     fresh[entry] = ts
-        ids = self._ids([*fresh, *stale])
+        abandoned = self._ids(stale)
+        ids = self._ids(list(fresh)) | abandoned
         for entry in stale:  # so every reader applies it once, as a done entry
             log.warning("change log entry %s was left pending by a dead writer", entry)
             self._log.update(ids=[entry], metadatas=[{"ts": now_us(), "state": DONE}])
-        return Poll(ids, fresh, newest, since, polled)
+        return Poll(ids, fresh, newest, since, polled, abandoned)
 
     def seen(self, poll: Poll) -> None:
         """Mark a poll's entries seen, now that the records they name have been re-read."""

@@ -36,7 +36,8 @@ class Found:
     """What a pass over a collection found: record ids to delete, and documents that cannot
     be mended."""
 
-    leftovers: list[str] = field(default_factory=list)
+    leftovers: list[str] = field(default_factory=list)  # chunks their first chunk disowns
+    orphans: list[str] = field(default_factory=list)  # chunks of no first chunk
     damaged: list[str] = field(default_factory=list)
 
 
@@ -62,7 +63,7 @@ class Survey:
         for doc_id, chunks in self._later.items():
             head = self._heads.get(doc_id)
             if head is None:  # a document whose first chunk was never written
-                found.leftovers.extend(record_id for record_id, _, _ in chunks)
+                found.orphans.extend(record_id for record_id, _, _ in chunks)
                 continue
             count, version = head
             kept = [(index, digest) for _, index, digest in chunks if index < count]
@@ -85,14 +86,14 @@ def survey(records: Iterable[Record]) -> Found:
     return seen.found()
 
 
-def report(found: Found, collection: str) -> None:
+def report(found: Found, removed: list[str], collection: str) -> None:
     """Say what was removed, and which documents cannot be mended."""
-    if found.leftovers:
-        documents = sorted({doc_id_of(record_id) for record_id in found.leftovers})
+    if removed:
+        documents = sorted({doc_id_of(record_id) for record_id in removed})
         log.warning(
             "a write to '%s' was interrupted: removed %d chunk(s) it left behind, of %s",
             collection,
-            len(found.leftovers),
+            len(removed),
             named(documents),
         )
     if found.damaged:

@@ -29,8 +29,8 @@ from kb.filters import CompiledFilter
 from kb.keyword import KeywordIndex
 from kb.memory import release_freed_memory
 from kb.mirror import Mirror
-from kb.records import Record
-from kb.repair import Found, Survey, report
+from kb.records import DOC, Record, doc_id_of
+from kb.repair import Found, Survey, report, survey
 
 log = logging.getLogger(__name__)
 WARN_EVERY_S = 60.0  # a change log that cannot be read is logged at most this often
@@ -131,6 +131,14 @@ class Replica(ABC):
             return None
         return self.current_mirror()
 
+    def _remove(self, found: Found, ids: list[str]) -> None:
+        """Delete what a killed write left (kb.repair), as a write deletes, and say so."""
+        if ids:
+            with self._writes, self.writing(ids) as applied:
+                self.records.delete(ids)
+                applied([], ids)
+        report(found, ids, self.records.name)
+
     def rebuild(self, generation: int) -> Found:
         """Rebuild the copies from every record in Chroma; what a killed write left among
         them (kb.repair) is returned, not removed."""
@@ -229,11 +237,7 @@ class LocalReplica(Replica):
             if unfinished or self._behind:
                 found = self.rebuild(generation)
                 if unfinished:  # killed part-way, perhaps: remove what it left (kb.repair)
-                    if found.leftovers:
-                        with self.writing(found.leftovers) as applied:
-                            self.records.delete(found.leftovers)
-                            applied([], found.leftovers)
-                    report(found, self.records.name)
+                    self._remove(found, [*found.leftovers, *found.orphans])
 
     @contextmanager
     def writing(self, ids: Sequence[str]) -> Iterator[Apply]:
@@ -291,7 +295,18 @@ class SharedReplica(Replica):
             return
         if poll.ids:
             self._refresh(sorted(poll.ids))
+        if poll.abandoned:
+            self._repair(poll.abandoned)
         self.changes.seen(poll)  # only now: a failed re-read is tried again next time
+
+    def _repair(self, ids: set[str]) -> None:
+        """The documents a dead writer was writing (its change log entry left pending):
+        delete the chunks their first chunk no longer counts (kb.repair). Chunks without a
+        first chunk stay: another host may be writing that document in parts right now."""
+        by_doc = CompiledFilter(where={DOC: {"$in": sorted({doc_id_of(i) for i in ids})}})
+        with self._writes:
+            found = survey(self.records.get(flt=by_doc, texts=False))
+            self._remove(found, found.leftovers)
 
     def _refresh(self, ids: list[str]) -> None:
         """Copy these records' current state from Chroma (present: upsert, gone: delete).

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from kb import backup
+from kb import backup, changes
 from kb.collection import RecordCollection
 from kb.config import Settings
 from kb.embeddings import Embedder
@@ -198,6 +198,34 @@ def test_a_metadata_update_of_a_document_missing_chunks_is_refused(
     assert store.get("ice").text == LONG
 
 
+def test_on_a_server_the_first_to_see_a_dead_writers_entry_removes_what_it_left(
+    server_settings: Settings, embedder: Embedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another host's process died between a shrinking update's two calls: no store opens
+    again to sweep, so the process that takes its change-log entry as a dead writer's
+    (STALE_S old) removes the tail, and its searches stop matching the old metadata."""
+    settings = changed(server_settings, chunk_tokens=16)
+    writer, reader = (KnowledgeStore.open(settings, embedder) for _ in range(2))
+    try:
+        writer.add([DocumentIn(id="ice", text=LONG, metadata={"era": "old"})])
+        reader.replica.wait_loaded()
+        kill_on(monkeypatch, "delete", 1)
+        monkeypatch.setattr(changes.ChangeLog, "end", lambda *args, **kwargs: None)  # dead
+        with pytest.raises(Killed):
+            writer.update("ice", UpdateFields(text="Ice is frozen water.", metadata={"era": "new"}))
+        monkeypatch.undo()
+        assert len(stored(reader)) > 1
+        monkeypatch.setattr(changes, "STALE_S", 0)
+        body = {"query": "moraines glaciers", "where": {"era": "old"}, "min_score": -1}
+        (result,) = search(reader, QueryRequest.model_validate(body))
+        assert result.matches == []
+        assert stored(reader) == {"ice": ("ice", 0)}
+        assert reader.get("ice").text == "Ice is frozen water."
+    finally:
+        writer.close()
+        reader.close()
+
+
 def record(doc_id: str, index: int, chunks: int = 1, version: str = "v1") -> Record:
     rid = doc_id if index == 0 else f"{doc_id}#chunk{index}"
     meta = {DOC: doc_id, CHUNK: index, "_kb_chunks": chunks, "_kb_hash": version}
@@ -219,7 +247,8 @@ def test_survey_tells_left_overs_from_damage() -> None:
             record("bare", 0, 2),  # counts a chunk it does not have
         ]
     )
-    assert sorted(found.leftovers) == ["orphan#chunk1", "shrunk#chunk1", "shrunk#chunk2"]
+    assert sorted(found.leftovers) == ["shrunk#chunk1", "shrunk#chunk2"]
+    assert found.orphans == ["orphan#chunk1"]
     assert sorted(found.damaged) == ["bare", "mixed", "torn"]
 
 

@@ -24,6 +24,7 @@ import numpy as np
 from kb import __version__, json_input
 from kb.errors import Conflict, ModelMismatch, ValidationFailed
 from kb.records import CHUNK, CHUNKS, DOC, Record, chunk_id
+from kb.replica import RESTORING_KEY
 from kb.schemas import check_metadata_value
 from kb.store import KnowledgeStore
 
@@ -123,6 +124,7 @@ def restore(store: KnowledgeStore, path: Path, *, replace: bool = False) -> int:
     header = verify(path)
     with store.writes():
         _check_empty(store, replace)
+        store.records.set_settings_value(RESTORING_KEY, True)  # until every record is in
         if replace:
             store.clear()
         # every later chunk first, then the first chunks: killed part-way, the store holds
@@ -143,6 +145,7 @@ def restore(store: KnowledgeStore, path: Path, *, replace: bool = False) -> int:
                 store.restore_records(batch)
         if isinstance(header.get("min_score"), int | float):
             store.records.set_settings_value(CALIBRATED_KEY, header["min_score"])
+        store.records.set_settings_value(RESTORING_KEY, False)
     return int(header["records"])
 
 

@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 WARN_EVERY_S = 60.0  # a change log that cannot be read is logged at most this often
 
 GENERATION_KEY = "kb_generation"
+RESTORING_KEY = "kb_restoring"  # true while kb restore writes (kb.backup)
 Apply = Callable[[Sequence[Record], Sequence[str]], None]
 
 
@@ -228,16 +229,35 @@ class LocalReplica(Replica):
         value = self.records.settings_value(GENERATION_KEY)
         return int(value) if isinstance(value, int) else 0
 
+    _restore_left = False  # opened with kb restore's mark still set: it was killed
+
     def catch_up(self) -> None:
-        if self.keyword.generation == self.generation() and not self._behind:
+        if self.keyword.generation == self.generation() and not (
+            self._behind or self._restore_left
+        ):
             return  # the common case: no lock, so searches never wait for a write
         with self._writes:
             generation = self.generation()
-            unfinished = self.keyword.generation != generation  # a write was not applied
+            # a write was not applied, or a restore never finished: killed part-way, perhaps
+            unfinished = self.keyword.generation != generation or self._restore_left
             if unfinished or self._behind:
                 found = self.rebuild(generation)
-                if unfinished:  # killed part-way, perhaps: remove what it left (kb.repair)
+                if unfinished:  # remove what it left (kb.repair)
                     self._remove(found, [*found.leftovers, *found.orphans])
+            if self._restore_left:
+                log.warning(
+                    "a restore into '%s' was interrupted: what it left part-written is "
+                    "removed; run kb restore --replace for the rest",
+                    self.records.name,
+                )
+                self.records.set_settings_value(RESTORING_KEY, False)
+                self._restore_left = False
+
+    def start(self, in_memory: bool = True) -> None:
+        """As Replica.start; a store left mid-restore (each page of a restore is a write of
+        its own, so the generation does not show it) is swept as after a killed write."""
+        self._restore_left = bool(self.records.settings_value(RESTORING_KEY))
+        super().start(in_memory)
 
     @contextmanager
     def writing(self, ids: Sequence[str]) -> Iterator[Apply]:

@@ -161,20 +161,34 @@ def test_a_document_longer_than_a_call_is_written_first_chunk_last(
     assert stored(opened()) == {}
 
 
+@pytest.mark.parametrize("when", ["in a write", "between pages"])
 def test_a_restore_killed_part_way_leaves_whole_documents_only(
     opened: Callable[[], KnowledgeStore],
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
+    when: str,
 ) -> None:
     """Restore wrote the file's pages in order, so a kill left first chunks counting chunks
-    in pages never written (served cut short, and nothing said a restore had stopped)."""
+    in pages never written (served cut short, and nothing said a restore had stopped). Each
+    page is a whole write, so a kill between two (reading the file) left no unfinished write
+    for the store's next open to find: restore marks the collection until it is done."""
     store = opened()
     docs = [DocumentIn(id=f"d{i}", text=LONG.replace("ice", f"ice {i}")) for i in range(4)]
     store.add(docs)
     backup.write_file(store, tmp_path / "kb.backup")
     store.delete([doc.id for doc in docs])
     monkeypatch.setattr(backup, "PAGE", 3)
-    kill_on(monkeypatch, "_write", 4)
+    if when == "in a write":
+        kill_on(monkeypatch, "_write", 4)
+    else:  # before the first page of first chunks, every later chunk written
+        restore_records = KnowledgeStore.restore_records
+
+        def dying(self: KnowledgeStore, records: list[Record]) -> None:
+            if records and all(record.chunk == 0 for record in records):
+                raise Killed
+            restore_records(self, records)
+
+        monkeypatch.setattr(KnowledgeStore, "restore_records", dying)
     with pytest.raises(Killed):
         backup.restore(store, tmp_path / "kb.backup")
     monkeypatch.undo()

@@ -44,6 +44,7 @@ KEPT_MASKS = 64  # filters whose row masks are kept between writes
 # rows within this of the n-th best float32 product are scored again exactly: a float32 product
 # of two unit vectors of 384 terms is off by at most about 2.3e-5 (384 x 2**-24)
 TIE_SPAN = 1e-4
+RESCORED = 1024  # rows scored again at most (20k near-identical chunks took 16 ms, not 0.2)
 # Texts of at least this many characters are kept zlib-compressed (ratio 0.53-0.58 on the
 # bench's paragraphs and on SciFact): kb serve held 70-90 MiB less at ready on a store of
 # 100k paragraphs (README, Memory), for 22 us a text as it is added or loaded and 9 us for
@@ -260,7 +261,9 @@ class Mirror:
         index = self._index
         if mask is None:
             if index is not None:
-                return self._ranked(vector, n, index.candidates(vector, n))
+                ranked = self._ranked(vector, n, index.candidates(vector, n))
+                if ranked is not None:
+                    return ranked
             size, alive = self.size, self._alive
             mask = alive[:size].copy()
         allowed = int(np.count_nonzero(mask))
@@ -268,14 +271,23 @@ class Mirror:
             share = allowed / max(len(index), 1)
             if index.scanned(share) < self._exact_cost(allowed, len(mask), key):
                 bits = np.packbits(mask, bitorder="little")
-                return self._ranked(vector, n, index.candidates(vector, n, bits, allowed))
+                candidates = index.candidates(vector, n, bits, allowed)
+                ranked = self._ranked(vector, n, candidates)
+                if ranked is not None:
+                    return ranked
         return self._exact(vector, n, mask, key)
 
     def _ranked(
         self, vector: np.ndarray, n: int, rows: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """The n best of these rows by exact cosine score, best first (see `_top`)."""
-        return self._top(rows, self._vectors[rows] @ vector, n, vector)
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """The n best of the index's candidates by exact cosine score, best first (see
+        `_top`); None when the candidates end inside a tie with the n-th: identical vectors
+        share their 8-bit codes and FAISS keeps any of them, so more of the tie may lie past
+        the candidates (the caller then scores every row)."""
+        scores = self._vectors[rows] @ vector
+        if n < rows.size and scores.min() >= _nth(scores, n) - TIE_SPAN:
+            return None
+        return self._top(rows, scores, n, vector)
 
     def _exact_cost(self, allowed: int, rows: int, key: str | None) -> int:
         """Vectors an exact search scores: the filter's own, or every row for a broad one."""
@@ -304,10 +316,14 @@ class Mirror:
         of them (callers order equal scores by id, so which of a tie made the cut must not
         depend on the rows' order). `scores` are the rows' float32 products, which give equal
         vectors scores a few ulps apart: the rows within TIE_SPAN of the n-th are scored again
-        by `ranking.cosines`, so identical texts tie wherever they sit."""
+        by `ranking.cosines`, so identical texts tie wherever they sit (up to RESCORED rows:
+        past that, a crowd of near-identical rows keeps the float32 order)."""
         if n < rows.size:
-            nth = np.partition(scores, rows.size - n)[rows.size - n]
-            rows = rows[scores >= nth - TIE_SPAN]
+            near = np.flatnonzero(scores >= _nth(scores, n) - TIE_SPAN)
+            most = max(RESCORED, 2 * n)
+            if near.size > most:  # a crowd of near-identical rows: its best by float32 only
+                near = near[np.argpartition(-scores[near], most - 1)[:most]]
+            rows = rows[near]
         exact = cosines(self._vectors[rows], vector)
         order = np.argsort(-exact, kind="stable")
         if n < order.size:
@@ -423,6 +439,11 @@ def _pack(text: str) -> str | bytes:
 
 def _unpack(text: str | bytes) -> str:
     return text if isinstance(text, str) else zlib.decompress(text).decode()
+
+
+def _nth(scores: np.ndarray, n: int) -> float:
+    """The n-th highest of the scores (n < len(scores))."""
+    return float(np.partition(scores, scores.size - n)[scores.size - n])
 
 
 def _broad(allowed: int, rows: int) -> bool:

@@ -402,6 +402,27 @@ def test_identical_texts_tie_at_every_top_k_on_every_path(
         store.close()
 
 
+@pytest.mark.parametrize("mode", ["dense", "hybrid"])
+def test_a_tie_larger_than_the_index_candidates_falls_in_id_order(
+    settings: Settings, embedder: Embedder, seed_docs: list[DocumentIn], mode: str
+) -> None:
+    """The IVF index nominates 2n + 16 candidates, and 120 identical documents share their
+    8-bit codes: FAISS kept any of them (twin-098 for top_k 1). A candidate list ending in a
+    tie is set aside for an exact search."""
+    store = KnowledgeStore.open(changed(settings, ann_min_rows=100), embedder)
+    try:
+        text = TWINS[0].text
+        store.add(seed_docs)
+        store.add([DocumentIn(id=f"twin-{i:03d}", text=text) for i in reversed(range(120))])
+        store.replica.wait_loaded()
+        assert store.replica.mirror._index is not None
+        for top_k in (1, 3, 5):
+            result = ask(store, query="sourdough starter proof", mode=mode, top_k=top_k)
+            assert ids(result) == [f"twin-{i:03d}" for i in range(top_k)], top_k
+    finally:
+        store.close()
+
+
 @pytest.mark.parametrize("loaded", [True, False], ids=["mirror", "chroma"])
 @pytest.mark.parametrize("mode", MODES)
 def test_scores_stay_within_minus_one_and_one(

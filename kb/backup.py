@@ -96,20 +96,28 @@ def save_stream(stream: IO[bytes], dest: Path) -> dict[str, Any]:
 def verify(path: Path) -> dict[str, Any]:
     """The header of a complete backup whose every record line is well-formed; raises
     ValidationFailed naming the first bad line (truncated, foreign, missing a key, a vector
-    of another length than the header's dim, a repeated id). One streaming pass: only the
-    ids are kept (to find repeats), not the records."""
+    of another length than the header's dim, a repeated id)."""
+    return _verified(path)[0]
+
+
+def _verified(path: Path) -> tuple[dict[str, Any], set[int]]:
+    """`verify`, and the numbers of the lines holding first chunks (restore writes them
+    last). One streaming pass: only the ids are kept (to find repeats), not the records."""
     with _lines(path) as lines:
         first = next(lines, None)
         header = _header(first[1] if first else None, path)
         seen: set[str] = set()
+        heads: set[int] = set()
         for number, line in lines:
             record = _record(line, header["dim"], f"{path}:{number}")
             if record.id in seen:
                 raise ValidationFailed(f"{path}:{number}: id '{record.id}' appears twice")
             seen.add(record.id)
+            if record.chunk == 0:
+                heads.add(number)
     if len(seen) != header["records"]:
         raise ValidationFailed(f"{path}: holds {len(seen)} of {header['records']} records")
-    return header
+    return header, heads
 
 
 def restore(store: KnowledgeStore, path: Path, *, replace: bool = False) -> int:
@@ -117,11 +125,12 @@ def restore(store: KnowledgeStore, path: Path, *, replace: bool = False) -> int:
 
     The whole file is checked first (model, then every line): --replace deletes the
     collection's records only once the backup is known to load, so a bad file changes
-    nothing. The records are then read again as they are written (twice: later chunks,
-    then first chunks), rather than held in memory (a backup can be larger than memory)."""
+    nothing. The file is then read twice more as it is written, later chunks, then first
+    chunks, each line parsed in the pass that writes it, rather than held in memory (a
+    backup can be larger than memory)."""
     _check_model(_read_header(path), store, path)
     _check_empty(store, replace)  # before the long check; again under the lock below
-    header = verify(path)
+    header, heads = _verified(path)
     with store.writes():
         _check_empty(store, replace)
         store.records.set_settings_value(RESTORING_KEY, True)  # until every record is in
@@ -131,14 +140,13 @@ def restore(store: KnowledgeStore, path: Path, *, replace: bool = False) -> int:
         # whole documents and chunks without a first chunk, which kb.repair removes when it
         # next opens (pages of the file's order split documents: first chunks were left
         # counting chunks never written)
-        for heads in (False, True):
+        for firsts in (False, True):  # each pass parses only the lines it writes
             with _lines(path) as lines:
                 next(lines)
                 batch: list[Record] = []
                 for number, line in lines:
-                    record = _record(line, header["dim"], f"{path}:{number}")
-                    if (record.chunk == 0) is heads:
-                        batch.append(record)
+                    if (number in heads) is firsts:
+                        batch.append(_record(line, header["dim"], f"{path}:{number}"))
                     if len(batch) >= PAGE:
                         store.restore_records(batch)
                         batch = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from pydantic import ValidationError
@@ -91,6 +92,12 @@ class ModelMismatch(ConfigError):
 class StoreUnavailable(KBError):
     status = 503
     code = "store_unavailable"
+
+
+def named(ids: Sequence[str], limit: int = 10) -> str:
+    """Ids for a message: the first `limit`, quoted, and how many more."""
+    shown = ", ".join(f"'{i}'" for i in ids[:limit])
+    return shown + (f" and {len(ids) - limit} more" if len(ids) > limit else "")
 
 
 def field_error(field: str, message: str, kind: str = "value_error") -> dict[str, Any]:

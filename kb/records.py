@@ -76,12 +76,6 @@ def whole_documents(items: Sequence[T], most: int, record_id: Callable[[T], str]
     return [part for part in parts if part]
 
 
-def named(ids: Sequence[str], limit: int = 10) -> str:
-    """Ids for a message: the first `limit`, quoted, and how many more."""
-    shown = ", ".join(f"'{i}'" for i in ids[:limit])
-    return shown + (f" and {len(ids) - limit} more" if len(ids) > limit else "")
-
-
 def derive_id(text: str) -> str:
     """The id of a document given without one: a hash of its text, so re-adding is detected."""
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]

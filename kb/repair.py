@@ -26,7 +26,8 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from kb.records import CHUNKS, HASH, Record, doc_id_of, named
+from kb.errors import named
+from kb.records import CHUNKS, HASH, Record, doc_id_of
 
 log = logging.getLogger(__name__)
 

@@ -25,6 +25,7 @@ from kb.errors import (
     StoreUnavailable,
     ValidationFailed,
     field_error,
+    named,
 )
 from kb.filters import CompiledFilter, and_where
 from kb.keyword import KeywordIndex
@@ -42,7 +43,6 @@ from kb.records import (
     content_hash,
     derive_id,
     doc_id_of,
-    named,
     same_content,
     user_metadata,
     whole_documents,

@@ -54,6 +54,60 @@ def list_count(rows: int) -> int:
     return max(1, min(65_536, round(4 * math.sqrt(rows)), rows // 39))
 
 
+def training_sample(rows: int) -> np.ndarray:
+    """Which of `rows` rows (by position, ascending) the lists of an index over them are
+    trained on: TRAIN_POINTS_PER_LIST a list, picked with a fixed seed, or every row."""
+    wanted = TRAIN_POINTS_PER_LIST * list_count(rows)
+    if rows <= wanted:
+        return np.arange(rows)
+    return np.sort(np.random.default_rng(SEED).choice(rows, wanted, replace=False))
+
+
+@dataclass(frozen=True)
+class Lists:
+    """An empty IVF index, trained (its lists and its 8-bit codes' ranges) for `rows` rows."""
+
+    index: Any
+    rows: int
+
+    def suits(self, rows: int) -> bool:
+        """Whether these lists are sized for an index over this many rows (a build trains
+        anew past twice the rows, so these would be replaced at once)."""
+        return self.rows / 2 < rows < 2 * self.rows
+
+
+def train(sample: np.ndarray, rows: int) -> Lists:
+    """Lists for an index over `rows` rows, trained on `sample`, their vectors at
+    `training_sample(rows)` (on the calling thread, with the GIL released)."""
+    faiss = _one_thread()
+    dim, nlist = sample.shape[1], list_count(rows)
+    index = faiss.IndexIVFScalarQuantizer(
+        faiss.IndexFlatIP(dim), dim, nlist, faiss.ScalarQuantizer.QT_8bit,
+        faiss.METRIC_INNER_PRODUCT,
+    )  # fmt: skip
+    index.cp.niter = KMEANS_ITERATIONS
+    index.cp.seed = SEED
+    # The lists (k-means on the sample, into the quantizer), then the 8-bit codes' ranges
+    # from the residuals of part of the sample (FAISS's train skips a trained quantizer): its
+    # train alone would hold the whole sample's residuals beside the sample, 74 MiB more at
+    # 100k rows, the peak of kb serve's start-up.
+    clustering = faiss.Clustering(dim, nlist, index.cp)
+    clustering.train(np.ascontiguousarray(sample, dtype=np.float32), index.quantizer)
+    codes = sample[:: max(1, len(sample) // CODE_TRAIN_ROWS)]
+    index.train(np.ascontiguousarray(codes, dtype=np.float32))
+    return Lists(index, rows)
+
+
+def _one_thread() -> Any:
+    """FAISS, set to one OpenMP thread for the calling thread's calls (the setting is per
+    thread): a build shares the 2 cores with requests, or with the mirror's load at
+    start-up. Searches run one query each, which FAISS does not split across threads."""
+    import faiss
+
+    faiss.omp_set_num_threads(1)
+    return faiss
+
+
 class AnnIndex:
     """An IVF index of 8-bit codes whose ids are the mirror's row numbers."""
 
@@ -65,39 +119,19 @@ class AnnIndex:
         self._lock = ReadWriteLock()
 
     @classmethod
-    def build(cls, vectors: np.ndarray, rows: np.ndarray, nprobe: int) -> AnnIndex:
-        """Train the lists on a sample of these rows of `vectors`, then add them all, a block
-        at a time (the whole matrix is never copied)."""
-        import faiss
-
-        # Searches come one per request thread; OpenMP teams per search would only fight
-        # over the 2 cores (this is FAISS's own thread pool, not numpy's or ONNX Runtime's).
-        faiss.omp_set_num_threads(1)
-        dim, nlist = vectors.shape[1], list_count(len(rows))
-        index = faiss.IndexIVFScalarQuantizer(
-            faiss.IndexFlatIP(dim), dim, nlist, faiss.ScalarQuantizer.QT_8bit,
-            faiss.METRIC_INNER_PRODUCT,
-        )  # fmt: skip
-        index.cp.niter = KMEANS_ITERATIONS
-        index.cp.seed = SEED
-        sample = rows
-        if len(rows) > TRAIN_POINTS_PER_LIST * nlist:
-            picked = np.random.default_rng(SEED).choice(
-                len(rows), TRAIN_POINTS_PER_LIST * nlist, replace=False
-            )
-            sample = rows[np.sort(picked)]
-        # The lists (k-means on the sample, into the quantizer), then the 8-bit codes' ranges
-        # from the residuals of part of the sample (FAISS's train skips a trained
-        # quantizer): its train alone would hold the whole sample's residuals beside the
-        # sample, 74 MiB more at 100k rows, the peak of kb serve's start-up.
-        clustering = faiss.Clustering(dim, nlist, index.cp)
-        clustering.train(np.ascontiguousarray(vectors[sample], dtype=np.float32), index.quantizer)
-        codes_sample = sample[:: max(1, len(sample) // CODE_TRAIN_ROWS)]
-        index.train(np.ascontiguousarray(vectors[codes_sample], dtype=np.float32))
+    def build(
+        cls, vectors: np.ndarray, rows: np.ndarray, nprobe: int, lists: Lists | None = None
+    ) -> AnnIndex:
+        """Add these rows of `vectors` to `lists` (trained here, on a sample of the rows, when
+        not given), a block at a time: the whole matrix is never copied."""
+        if lists is None:
+            lists = train(vectors[rows[training_sample(len(rows))]], len(rows))
+        _one_thread()
+        index = lists.index
         for start in range(0, len(rows), ADD_BLOCK):
             part = rows[start : start + ADD_BLOCK]
             index.add_with_ids(np.ascontiguousarray(vectors[part], dtype=np.float32), part)
-        return cls(index, nprobe, len(rows))
+        return cls(index, nprobe, lists.rows)
 
     def __len__(self) -> int:
         return int(self._index.ntotal)

@@ -38,6 +38,7 @@ STOPWORDS = frozenset(
 )
 MAX_TERMS = 64
 T = TypeVar("T")
+SAMPLE_PAGE = 10_000  # rows a query of `sample` reads
 SCHEMA = 3  # bump when the tables change: an older index is dropped and rebuilt from Chroma
 
 
@@ -186,6 +187,34 @@ class KeywordIndex:
                     ]
 
             yield (int(row[0]) if row else -1), pages()
+        finally:
+            db.close()
+
+    def sample(self, pick: Callable[[int], np.ndarray], dim: int) -> tuple[int, np.ndarray]:
+        """How many records the index holds, and the vectors of those at the positions `pick`
+        chooses for that many (ascending, in rowid order), read through a connection of its
+        own in one read transaction, as `snapshot` reads (read-only: a thread still reading
+        after the store closed creates no file)."""
+        db = sqlite3.connect(
+            f"{self.path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None
+        )
+        try:
+            db.execute("BEGIN")
+            rowids = np.array(
+                [rowid for (rowid,) in db.execute("SELECT rowid FROM entries ORDER BY rowid")],
+                dtype=np.int64,
+            )
+            wanted = rowids[pick(len(rowids))]
+            blobs = []
+            for start in range(0, len(wanted), SAMPLE_PAGE):
+                part = json.dumps(wanted[start : start + SAMPLE_PAGE].tolist())
+                rows = db.execute(
+                    "SELECT vector FROM entries WHERE rowid IN (SELECT value FROM json_each(?)) "
+                    "ORDER BY rowid",
+                    (part,),
+                )
+                blobs.append(b"".join(vector for (vector,) in rows))
+            return len(rowids), np.frombuffer(b"".join(blobs), np.float32).reshape(-1, dim)
         finally:
             db.close()
 

@@ -20,12 +20,13 @@ import threading
 import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future
 from typing import Any
 
 import numpy as np
 import orjson
 
-from kb.ann import AnnConfig, AnnIndex
+from kb.ann import AnnConfig, AnnIndex, Lists
 from kb.batcher import Batcher
 from kb.bm25 import Bm25
 from kb.memory import release_freed_memory
@@ -61,6 +62,19 @@ class _Block:
         self.rows = rows
         self.vectors = vectors
         self.scan = Batcher(lambda batch: product(vectors, batch), max_items=SCAN_BATCH)
+
+
+def _trained(lists: Future[Lists | None] | None, rows: int) -> Lists | None:
+    """The lists trained beside a load, once done, if they suit an index over `rows` rows
+    (writes during the load may have changed the count); else None, and the build trains."""
+    if lists is None:
+        return None
+    try:
+        trained = lists.result()
+    except Exception:  # the build trains its own
+        log.warning("training the vector index beside the load failed", exc_info=True)
+        return None
+    return trained if trained is not None and trained.suits(rows) else None
 
 
 def _filter_key(where: dict[str, Any]) -> str:
@@ -99,6 +113,7 @@ class Mirror:
         self._ann = ann or AnnConfig()
         self._index: AnnIndex | None = None
         self._building: threading.Thread | None = None
+        self._lists: Future[Lists | None] | None = None  # trained for the next build
 
     def __len__(self) -> int:
         return len(self._row)
@@ -175,9 +190,12 @@ class Mirror:
         enough to score every one (until then the store asks Chroma)."""
         return self._index is not None or len(self._row) < self._ann.min_rows
 
-    def build_index(self) -> None:
-        """Start building the vector index if the rows call for one (after a load)."""
+    def build_index(self, lists: Future[Lists | None] | None = None) -> None:
+        """Start building the vector index if the rows call for one (after a load). `lists`,
+        when given, are being trained meanwhile on a sample of the same records (kb.replica
+        trains them while the mirror loads): the build waits for them instead of training."""
         with self._lock:
+            self._lists = lists
             self._build_if_due()
 
     def wait_index(self) -> None:
@@ -203,8 +221,9 @@ class Mirror:
         with self._lock:
             size, vectors = self.size, self._vectors  # rows below `size` never change
             rows = np.flatnonzero(self._alive[:size])
+            pending, self._lists = self._lists, None
         try:
-            index = AnnIndex.build(vectors, rows, self._ann.nprobe)
+            index = AnnIndex.build(vectors, rows, self._ann.nprobe, _trained(pending, len(rows)))
             with self._lock:
                 index.remove(rows[~self._alive[rows]])
                 later = np.arange(size, self.size)[self._alive[size : self.size]]

@@ -4,12 +4,15 @@ searches through it find what exact search finds."""
 from __future__ import annotations
 
 import threading
+from concurrent.futures import Future
 from typing import Any
 
 import numpy as np
 import pytest
 
+from kb import ann, replica
 from kb.ann import AnnConfig, AnnIndex, list_count
+from kb.keyword import KeywordIndex
 from kb.mirror import Mirror
 from kb.records import Record
 from kb.schemas import DocumentIn
@@ -154,6 +157,84 @@ def test_a_broad_filter_goes_to_the_index_and_a_narrow_one_is_scored_exactly() -
     hits = mirror.nearest(query, 5, narrow)
     assert calls == [1]
     assert sorted(r.id for r, _ in hits) == ["r1", "r2", "r3"]
+
+
+def centroids(index: AnnIndex) -> np.ndarray:
+    quantizer = index._index.quantizer
+    return quantizer.reconstruct_n(0, quantizer.ntotal)
+
+
+def test_a_loads_index_is_trained_beside_it_as_the_build_would_train_it(
+    settings, embedder, seed_docs: list[DocumentIn], monkeypatch
+) -> None:
+    """At start-up the lists are trained on the keyword index's vectors while the mirror
+    loads; the build only fills them, and they are the lists it would have trained."""
+    config = changed(settings, ann_min_rows=100)
+    store = KnowledgeStore.open(config, embedder)
+    store.add(seed_docs)
+    store.close()
+    trained: list[str] = []
+    real = ann.train
+
+    def watched(sample: np.ndarray, rows: int) -> ann.Lists:
+        trained.append(threading.current_thread().name)
+        return real(sample, rows)
+
+    monkeypatch.setattr(ann, "train", watched)  # the build's
+    monkeypatch.setattr(replica, "train", watched)  # the load's
+    store = KnowledgeStore.open(config, embedder)
+    try:
+        store.replica.wait_loaded()
+        mirror = store.replica.mirror
+        assert mirror is not None
+        assert mirror._index is not None
+        assert trained == ["kb-ann-lists"]  # not trained again by the build
+        rows = np.flatnonzero(mirror._alive[: mirror.size])
+        assert len(rows) > ann.training_sample(len(rows)).size  # a sample, not every row
+        again = AnnIndex.build(mirror._vectors, rows, 8)
+        assert np.array_equal(centroids(mirror._index), centroids(again))
+        assert len(mirror._index) == len(rows)
+        assert ask(store, "dense")[0]
+    finally:
+        store.close()
+
+
+def test_an_index_whose_training_beside_the_load_failed_is_trained_by_the_build(
+    settings, embedder, seed_docs: list[DocumentIn], monkeypatch
+) -> None:
+    config = changed(settings, ann_min_rows=100)
+    store = KnowledgeStore.open(config, embedder)
+    store.add(seed_docs)
+    store.close()
+
+    def broken(*args: Any) -> None:
+        raise OSError("the keyword index could not be read")
+
+    monkeypatch.setattr(KeywordIndex, "sample", broken)
+    store = KnowledgeStore.open(config, embedder)
+    try:
+        store.replica.wait_loaded()
+        assert store.replica.mirror._index is not None
+        assert store.replica.ready
+    finally:
+        store.close()
+
+
+def test_lists_trained_for_another_row_count_are_not_used() -> None:
+    vectors = clustered(3000)
+    few = ann.train(vectors[:1000], 1000)
+    assert few.suits(1500)
+    assert not few.suits(3000)
+    assert not few.suits(500)
+    given: Future[ann.Lists | None] = Future()
+    given.set_result(few)
+    mirror = Mirror(DIM, 0, AnnConfig(min_rows=1000, nprobe=8))
+    mirror.apply(records(vectors), [], 1, index=False)
+    mirror.build_index(given)
+    mirror.wait_index()
+    assert mirror._index is not None
+    assert mirror._index.nlist == list_count(3000) != few.index.nlist
+    assert mirror._index.trained_rows == 3000
 
 
 @pytest.mark.parametrize("mode", ["dense", "hybrid"])

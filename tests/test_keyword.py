@@ -51,6 +51,28 @@ def test_index_ranks_by_bm25_and_follows_updates(tmp_path: Path) -> None:
     reopened.close()
 
 
+def test_a_sample_reads_the_picked_positions_in_rowid_order(tmp_path: Path) -> None:
+    index = KeywordIndex(tmp_path / "k.sqlite3")
+    made = [record(f"r{i}", f"text {i}") for i in range(30)]
+    for i, r in enumerate(made):
+        r.embedding = np.full(4, i, dtype=np.float32)
+    index.apply(made, [], 1)
+    index.apply([], [f"r{i}" for i in range(0, 30, 3)], 2)  # gaps in the rowids
+    asked: list[int] = []
+
+    def pick(rows: int) -> np.ndarray:
+        asked.append(rows)
+        return np.array([0, 1, 5, 19])
+
+    rows, vectors = index.sample(pick, 4)
+    assert rows == asked[0] == 20
+    kept = [i for i in range(30) if i % 3]  # positions 0, 1, 5, 19 of what is left
+    assert vectors.tolist() == [[float(kept[p])] * 4 for p in (0, 1, 5, 19)]
+    rows, vectors = index.sample(lambda rows: np.arange(0), 4)
+    assert (rows, vectors.shape) == (20, (0, 4))
+    index.close()
+
+
 def docs_about(store: KnowledgeStore) -> None:
     store.add(
         [

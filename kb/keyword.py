@@ -205,16 +205,19 @@ class KeywordIndex:
                 dtype=np.int64,
             )
             wanted = rowids[pick(len(rowids))]
-            blobs = []
+            vectors = np.empty((len(wanted), dim), dtype=np.float32)  # filled a page at a time
             for start in range(0, len(wanted), SAMPLE_PAGE):
-                part = json.dumps(wanted[start : start + SAMPLE_PAGE].tolist())
+                part = wanted[start : start + SAMPLE_PAGE]
                 rows = db.execute(
                     "SELECT vector FROM entries WHERE rowid IN (SELECT value FROM json_each(?)) "
                     "ORDER BY rowid",
-                    (part,),
+                    (json.dumps(part.tolist()),),
                 )
-                blobs.append(b"".join(vector for (vector,) in rows))
-            return len(rowids), np.frombuffer(b"".join(blobs), np.float32).reshape(-1, dim)
+                page = b"".join(vector for (vector,) in rows)
+                vectors[start : start + len(part)] = np.frombuffer(page, np.float32).reshape(
+                    -1, dim
+                )
+            return len(rowids), vectors
         finally:
             db.close()
 

@@ -54,6 +54,13 @@ def doc_id_of(record_id: str) -> str:
     return CHUNK_ID_RE.sub("", record_id)
 
 
+def of_version(count: int, version: object, index: int, digest: object) -> bool:
+    """Whether a chunk (its index and content hash) belongs to the version of its document
+    that the first chunk is (the chunks it counts and its content hash). Chunks a killed
+    write left carry an index past the count, or another version's hash (kb.repair)."""
+    return index < count and digest == version
+
+
 def whole_documents(items: Sequence[T], most: int, record_id: Callable[[T], str]) -> list[list[T]]:
     """Records (or record ids) in parts of at most `most`, one Chroma call each, a document's
     chunks never split between two parts: a process killed between two calls then leaves

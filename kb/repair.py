@@ -27,7 +27,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from kb.errors import named
-from kb.records import CHUNKS, HASH, Record, doc_id_of
+from kb.records import CHUNKS, HASH, Record, doc_id_of, of_version
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +67,10 @@ class Survey:
                 found.orphans.extend(record_id for record_id, _, _ in chunks)
                 continue
             count, version = head
-            kept = [(index, digest) for _, index, digest in chunks if index < count]
             found.leftovers.extend(record_id for record_id, index, _ in chunks if index >= count)
-            if len(kept) != count - 1 or any(digest != version for _, digest in kept):
+            # a chunk within the count but of another version holds its place: not removable
+            kept = sum(of_version(count, version, index, digest) for _, index, digest in chunks)
+            if kept != count - 1:
                 found.damaged.append(doc_id)
         found.damaged.extend(
             doc_id

@@ -43,6 +43,7 @@ from kb.records import (
     content_hash,
     derive_id,
     doc_id_of,
+    of_version,
     same_content,
     user_metadata,
     whole_documents,
@@ -578,7 +579,7 @@ def _is_whole(chunks: Sequence[Record]) -> bool:
 def _of(head: Record, record: Record) -> bool:
     """Whether a chunk record belongs to the version of the document its first chunk is."""
     count, version = int(head.metadata[CHUNKS]), head.metadata.get(HASH)
-    return record.chunk < count and record.metadata.get(HASH) == version
+    return of_version(count, version, record.chunk, record.metadata.get(HASH))
 
 
 def _version(chunks: Sequence[Record]) -> list[Record]:

@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 from kb.chunking import Chunk
-from kb.records import assemble, build_records, chunk_id, derive_id, user_metadata
+from kb.records import (
+    assemble,
+    build_records,
+    chunk_id,
+    derive_id,
+    of_version,
+    user_metadata,
+)
 
 
 def test_metadata_reads_back_exactly_as_given() -> None:
@@ -35,3 +42,10 @@ def test_derived_ids_depend_on_text_only() -> None:
     assert derive_id("same") == derive_id("same")
     assert derive_id("same") != derive_id("other")
     assert chunk_id("x", 0) == "x"
+
+
+def test_a_chunk_belongs_to_its_first_chunks_version_by_index_and_hash() -> None:
+    assert of_version(3, "h1", 2, "h1")
+    assert not of_version(3, "h1", 3, "h1")  # past the count: a shrunk document's old tail
+    assert not of_version(3, "h1", 1, "h0")  # another version's chunk in its place
+    assert of_version(2, None, 1, None)  # stored before content hashes: compared as they are

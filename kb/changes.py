@@ -6,7 +6,8 @@ re-reads those ids' current state from Chroma, so entries may be applied in any 
 or late, and the copies still converge on what Chroma holds. Entries count as seen only once
 their records were re-read (`seen`): a re-read that fails is tried again at the next poll. A
 pending entry older than STALE_S belongs to a writer that died mid-write: the first reader to
-see it marks it done.
+see it removes what that write left (kb.replica) and then marks it done (`settle`), so a
+removal that fails is tried again at the next poll.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ class Poll:
     since: int  # the window the poll read: entries seen before it are forgotten
     polled: float  # when the poll began (monotonic)
     abandoned: set[str] = field(default_factory=set)  # ids of writes whose writer died
+    stale: list[str] = field(default_factory=list)  # those writes' entries, for `settle`
 
 
 class ChangeLog:
@@ -143,10 +145,15 @@ class ChangeLog:
                     fresh[entry] = ts
         abandoned = self._ids(stale)
         ids = self._ids(list(fresh)) | abandoned
-        for entry in stale:  # so every reader applies it once, as a done entry
+        return Poll(ids, fresh, newest, since, polled, abandoned, stale)
+
+    def settle(self, poll: Poll) -> None:
+        """Mark the entries a poll found left pending by dead writers done, with a fresh ts,
+        so every reader re-reads their ids once, as after any write. Called once what those
+        writes left has been removed: until then they stay pending and are found again."""
+        for entry in poll.stale:
             log.warning("change log entry %s was left pending by a dead writer", entry)
             self._log.update(ids=[entry], metadatas=[{"ts": now_us(), "state": DONE}])
-        return Poll(ids, fresh, newest, since, polled, abandoned)
 
     def seen(self, poll: Poll) -> None:
         """Mark a poll's entries seen, now that the records they name have been re-read."""

@@ -341,7 +341,8 @@ class SharedReplica(Replica):
             self._refresh(sorted(poll.ids))
         if poll.abandoned:
             self._repair(poll.abandoned)
-        self.changes.seen(poll)  # only now: a failed re-read is tried again next time
+        self.changes.settle(poll)  # only now: a failed repair is tried again next time
+        self.changes.seen(poll)  # and a failed re-read
 
     def _repair(self, ids: set[str]) -> None:
         """The documents a dead writer was writing (its change log entry left pending):

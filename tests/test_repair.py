@@ -240,6 +240,43 @@ def test_on_a_server_the_first_to_see_a_dead_writers_entry_removes_what_it_left(
         reader.close()
 
 
+def test_on_a_server_a_repair_that_failed_is_tried_again_at_the_next_poll(
+    server_settings: Settings, embedder: Embedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The dead writer's entry is marked done only once its leftovers are removed: a removal
+    that fails (the server away a moment) leaves it pending, and the next poll repairs."""
+    settings = changed(server_settings, chunk_tokens=16)
+    writer, reader = (KnowledgeStore.open(settings, embedder) for _ in range(2))
+    try:
+        writer.add([DocumentIn(id="ice", text=LONG, metadata={"era": "old"})])
+        reader.replica.wait_loaded()
+        kill_on(monkeypatch, "delete", 1)
+        monkeypatch.setattr(changes.ChangeLog, "end", lambda *args, **kwargs: None)  # dead
+        with pytest.raises(Killed):
+            writer.update("ice", UpdateFields(text="Ice is frozen water.", metadata={"era": "new"}))
+        monkeypatch.undo()
+        monkeypatch.setattr(changes, "STALE_S", 0)
+        real, failed = RecordCollection.delete, []
+
+        def away(self: RecordCollection, *args: Any, **kwargs: Any) -> Any:
+            if not failed:  # the repair's delete fails, once
+                failed.append(1)
+                raise ConnectionError("the server is away")
+            return real(self, *args, **kwargs)
+
+        monkeypatch.setattr(RecordCollection, "delete", away)
+        body = {"query": "moraines glaciers", "where": {"era": "old"}, "min_score": -1}
+        with pytest.raises(ConnectionError):
+            search(reader, QueryRequest.model_validate(body))
+        assert len(stored(reader)) > 1
+        (result,) = search(reader, QueryRequest.model_validate(body))
+        assert result.matches == []
+        assert stored(reader) == {"ice": ("ice", 0)}
+    finally:
+        writer.close()
+        reader.close()
+
+
 def record(doc_id: str, index: int, chunks: int = 1, version: str = "v1") -> Record:
     rid = doc_id if index == 0 else f"{doc_id}#chunk{index}"
     meta = {DOC: doc_id, CHUNK: index, "_kb_chunks": chunks, "_kb_hash": version}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -212,12 +213,12 @@ def test_a_metadata_update_of_a_document_missing_chunks_is_refused(
     assert store.get("ice").text == LONG
 
 
-def test_on_a_server_the_first_to_see_a_dead_writers_entry_removes_what_it_left(
+@contextmanager
+def reader_after_a_dead_writer(
     server_settings: Settings, embedder: Embedder, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Another host's process died between a shrinking update's two calls: no store opens
-    again to sweep, so the process that takes its change-log entry as a dead writer's
-    (STALE_S old) removes the tail, and its searches stop matching the old metadata."""
+) -> Iterator[KnowledgeStore]:
+    """Two stores on one server collection: the writer's process dies between a shrinking
+    update's two calls, its change-log entry left pending. Yields the other, the reader."""
     settings = changed(server_settings, chunk_tokens=16)
     writer, reader = (KnowledgeStore.open(settings, embedder) for _ in range(2))
     try:
@@ -229,15 +230,27 @@ def test_on_a_server_the_first_to_see_a_dead_writers_entry_removes_what_it_left(
             writer.update("ice", UpdateFields(text="Ice is frozen water.", metadata={"era": "new"}))
         monkeypatch.undo()
         assert len(stored(reader)) > 1
-        monkeypatch.setattr(changes, "STALE_S", 0)
-        body = {"query": "moraines glaciers", "where": {"era": "old"}, "min_score": -1}
-        (result,) = search(reader, QueryRequest.model_validate(body))
-        assert result.matches == []
-        assert stored(reader) == {"ice": ("ice", 0)}
-        assert reader.get("ice").text == "Ice is frozen water."
+        yield reader
     finally:
         writer.close()
         reader.close()
+
+
+OLD_ERA = {"query": "moraines glaciers", "where": {"era": "old"}, "min_score": -1}
+
+
+def test_on_a_server_the_first_to_see_a_dead_writers_entry_removes_what_it_left(
+    server_settings: Settings, embedder: Embedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No store opens again to sweep, so the process that takes the dead writer's change-log
+    entry as abandoned (STALE_S old) removes the tail, and its searches stop matching the
+    old metadata."""
+    with reader_after_a_dead_writer(server_settings, embedder, monkeypatch) as reader:
+        monkeypatch.setattr(changes, "STALE_S", 0)
+        (result,) = search(reader, QueryRequest.model_validate(OLD_ERA))
+        assert result.matches == []
+        assert stored(reader) == {"ice": ("ice", 0)}
+        assert reader.get("ice").text == "Ice is frozen water."
 
 
 def test_on_a_server_a_repair_that_failed_is_tried_again_at_the_next_poll(
@@ -245,16 +258,7 @@ def test_on_a_server_a_repair_that_failed_is_tried_again_at_the_next_poll(
 ) -> None:
     """The dead writer's entry is marked done only once its leftovers are removed: a removal
     that fails (the server away a moment) leaves it pending, and the next poll repairs."""
-    settings = changed(server_settings, chunk_tokens=16)
-    writer, reader = (KnowledgeStore.open(settings, embedder) for _ in range(2))
-    try:
-        writer.add([DocumentIn(id="ice", text=LONG, metadata={"era": "old"})])
-        reader.replica.wait_loaded()
-        kill_on(monkeypatch, "delete", 1)
-        monkeypatch.setattr(changes.ChangeLog, "end", lambda *args, **kwargs: None)  # dead
-        with pytest.raises(Killed):
-            writer.update("ice", UpdateFields(text="Ice is frozen water.", metadata={"era": "new"}))
-        monkeypatch.undo()
+    with reader_after_a_dead_writer(server_settings, embedder, monkeypatch) as reader:
         monkeypatch.setattr(changes, "STALE_S", 0)
         real, failed = RecordCollection.delete, []
 
@@ -265,16 +269,12 @@ def test_on_a_server_a_repair_that_failed_is_tried_again_at_the_next_poll(
             return real(self, *args, **kwargs)
 
         monkeypatch.setattr(RecordCollection, "delete", away)
-        body = {"query": "moraines glaciers", "where": {"era": "old"}, "min_score": -1}
         with pytest.raises(ConnectionError):
-            search(reader, QueryRequest.model_validate(body))
+            search(reader, QueryRequest.model_validate(OLD_ERA))
         assert len(stored(reader)) > 1
-        (result,) = search(reader, QueryRequest.model_validate(body))
+        (result,) = search(reader, QueryRequest.model_validate(OLD_ERA))
         assert result.matches == []
         assert stored(reader) == {"ice": ("ice", 0)}
-    finally:
-        writer.close()
-        reader.close()
 
 
 def record(doc_id: str, index: int, chunks: int = 1, version: str = "v1") -> Record:

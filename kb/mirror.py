@@ -71,7 +71,7 @@ def _trained(lists: Future[Lists | None] | None, rows: int) -> Lists | None:
         return None
     try:
         trained = lists.result()
-    except Exception:  # the build trains its own
+    except BaseException:  # raised on the training's thread, not this one: the build trains
         log.warning("training the vector index beside the load failed", exc_info=True)
         return None
     return trained if trained is not None and trained.suits(rows) else None

@@ -198,7 +198,7 @@ class Replica(ABC):
         """Train the vector index's lists on a sample of the keyword index's vectors, on a
         thread of its own (FAISS releases the GIL, which the mirror's load holds), for the
         build after the load: at 100k records k-means takes 4-5 s, most of a load's time.
-        None when the records are too few for an index."""
+        Its result is None when the records are too few for an index, or the store closes."""
         lists: Future[Lists | None] = Future()
 
         def pick(rows: int) -> np.ndarray:
@@ -207,7 +207,8 @@ class Replica(ABC):
         def run() -> None:
             try:
                 rows, sample = self.keyword.sample(pick, self.dim)
-                lists.set_result(train(sample, rows) if len(sample) else None)
+                wanted = len(sample) and not self._closing.is_set()
+                lists.set_result(train(sample, rows) if wanted else None)
             except BaseException as exc:  # the build trains its own (kb.mirror)
                 lists.set_exception(exc)
 

@@ -60,7 +60,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--rate", type=int, default=200, help="samples per second")
     parser.add_argument("--settle", type=float, default=15.0, help="seconds before sampling")
     args = parser.parse_args(argv)
-    if not PY_SPY.exists() and shutil.which("py-spy") is None:
+    py_spy = str(PY_SPY) if PY_SPY.exists() else shutil.which("py-spy")
+    if py_spy is None:
         print("needs py-spy: .venv/bin/pip install py-spy", file=sys.stderr)
         return 2
     store, _ = store_for(args.docs)
@@ -68,7 +69,7 @@ def main(argv: list[str]) -> int:
     with scratch() as work, Server(store, work / "serve.log") as server:
         server.wait("POST", "/query", bodies(args.filter, args.mode)[0])
         time.sleep(args.settle)  # the mirror loads in the background after start
-        spy = [str(PY_SPY), "record", "--format", "raw", "--rate", str(args.rate)]
+        spy = [py_spy, "record", "--format", "raw", "--rate", str(args.rate)]
         spy += ["--duration", str(int(args.seconds)), "-o", str(out), "--pid"]
         sampler = subprocess.Popen([*spy, str(server.proc.pid)], stdout=subprocess.DEVNULL)
         result = load(server, bodies(args.filter, args.mode), args.clients, args.seconds)

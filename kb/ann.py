@@ -90,7 +90,7 @@ def train(sample: np.ndarray, rows: int) -> Lists:
     # The lists (k-means on the sample, into the quantizer), then the 8-bit codes' ranges
     # from the residuals of part of the sample (FAISS's train skips a trained quantizer): its
     # train alone would hold the whole sample's residuals beside the sample, 74 MiB more at
-    # 100k rows, the peak of kb serve's start-up.
+    # 100k rows, during kb serve's start-up, where its memory peaks.
     clustering = faiss.Clustering(dim, nlist, index.cp)
     clustering.train(np.ascontiguousarray(sample, dtype=np.float32), index.quantizer)
     codes = sample[:: max(1, len(sample) // CODE_TRAIN_ROWS)]

@@ -193,8 +193,8 @@ class KeywordIndex:
     def sample(self, pick: Callable[[int], np.ndarray], dim: int) -> tuple[int, np.ndarray]:
         """How many records the index holds, and the vectors of those at the positions `pick`
         chooses for that many (ascending, in rowid order), read through a connection of its
-        own in one read transaction, as `snapshot` reads (read-only: a thread still reading
-        after the store closed creates no file)."""
+        own in one read transaction, as `snapshot` reads (read-only: it never changes the
+        index, and a missing file is an error, not a new empty index)."""
         db = sqlite3.connect(
             f"{self.path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None
         )

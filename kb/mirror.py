@@ -190,13 +190,19 @@ class Mirror:
         enough to score every one (until then the store asks Chroma)."""
         return self._index is not None or len(self._row) < self._ann.min_rows
 
-    def build_index(self, lists: Future[Lists | None] | None = None) -> None:
-        """Start building the vector index if the rows call for one (after a load). `lists`,
-        when given, are being trained meanwhile on a sample of the same records (kb.replica
-        trains them while the mirror loads): the build waits for them instead of training."""
+    def expect_lists(self, lists: Future[Lists | None]) -> None:
+        """Lists being trained on a sample of these rows (kb.replica trains them while the
+        mirror loads): the next build waits for them instead of training its own."""
         with self._lock:
             self._lists = lists
+
+    def build_index(self) -> None:
+        """Start building the vector index if the rows call for one (after a load); lists
+        expected for a build that is not due are dropped (they would only go stale)."""
+        with self._lock:
             self._build_if_due()
+            if self._building is None:
+                self._lists = None
 
     def wait_index(self) -> None:
         """Wait for an index build in progress (tests, shutdown)."""

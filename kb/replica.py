@@ -176,29 +176,36 @@ class Replica(ABC):
         wait meanwhile. The vector index's lists are trained meanwhile, on the other core,
         and its build fills them once the load is done."""
         ann = AnnConfig.of(self.records.settings)
+        unwanted = threading.Event()  # the load ended without a mirror: skip the k-means
         with self._lock:
-            lists = self._train_lists(ann)
+            lists = self._train_lists(ann, unwanted)
             try:
                 with self.keyword.snapshot() as (generation, pages):
                     mirror = Mirror(self.dim, generation, ann)
                     for page in pages:
                         if self._closing.is_set():
                             log.info("closing: the in-memory mirror's load stopped")
+                            unwanted.set()
                             return
                         mirror.apply(page, [], generation, index=False)
             except Exception:  # searches use Chroma's filtered path, not a stale mirror
                 log.exception("could not load the in-memory mirror")
+                unwanted.set()
                 self.mirror = None
                 return
+            # before the mirror is seen: a write waiting for the lock may start the build
+            mirror.expect_lists(lists)
             self.mirror = mirror
         release_freed_memory()  # the pages read, before the index's build needs more
-        mirror.build_index(lists)
+        mirror.build_index()
 
-    def _train_lists(self, ann: AnnConfig) -> Future[Lists | None]:
+    def _train_lists(self, ann: AnnConfig, unwanted: threading.Event) -> Future[Lists | None]:
         """Train the vector index's lists on a sample of the keyword index's vectors, on a
         thread of its own (FAISS releases the GIL, which the mirror's load holds), for the
         build after the load: at 100k records k-means takes 4-5 s, most of a load's time.
-        Its result is None when the records are too few for an index, or the store closes."""
+        Its result is None when the records are too few for an index, or when the store
+        closes or the load fails before the k-means begins (a k-means begun runs to its end,
+        a few seconds; nothing waits for it)."""
         lists: Future[Lists | None] = Future()
 
         def pick(rows: int) -> np.ndarray:
@@ -207,7 +214,7 @@ class Replica(ABC):
         def run() -> None:
             try:
                 rows, sample = self.keyword.sample(pick, self.dim)
-                wanted = len(sample) and not self._closing.is_set()
+                wanted = len(sample) and not (self._closing.is_set() or unwanted.is_set())
                 lists.set_result(train(sample, rows) if wanted else None)
             except BaseException as exc:  # the build trains its own (kb.mirror)
                 lists.set_exception(exc)

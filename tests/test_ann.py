@@ -199,6 +199,47 @@ def test_a_loads_index_is_trained_beside_it_as_the_build_would_train_it(
         store.close()
 
 
+def test_a_write_landing_as_the_load_ends_builds_with_the_lists_trained_beside_it(
+    settings, embedder, seed_docs: list[DocumentIn], monkeypatch
+) -> None:
+    """A write waiting for the copies' lock during the load gets it once the mirror is
+    published, before the loader starts the build: the build that write starts must take
+    the lists being trained, not train a second time (both on the 2 cores at once)."""
+    config = changed(settings, ann_min_rows=100)
+    store = KnowledgeStore.open(config, embedder)
+    store.add(seed_docs)
+    store.close()
+    trained: list[str] = []
+    real = ann.train
+
+    def watched(sample: np.ndarray, rows: int) -> ann.Lists:
+        trained.append(threading.current_thread().name)
+        return real(sample, rows)
+
+    monkeypatch.setattr(ann, "train", watched)
+    monkeypatch.setattr(replica, "train", watched)
+    opened: list[KnowledgeStore] = []
+    is_open = threading.Event()
+
+    def a_write_first() -> None:  # runs between the mirror's publication and build_index
+        assert is_open.wait(30)
+        opened[0].add([DocumentIn(id="late", text="Written while the mirror was loading.")])
+
+    monkeypatch.setattr(replica, "release_freed_memory", a_write_first)
+    opened.append(KnowledgeStore.open(config, embedder))
+    is_open.set()
+    try:
+        opened[0].replica.wait_loaded()
+        mirror = opened[0].replica.mirror
+        assert mirror is not None
+        assert mirror._index is not None
+        assert trained == ["kb-ann-lists"]
+        assert mirror._lists is None  # taken, not left for a later build
+        assert opened[0].get("late").text.startswith("Written")
+    finally:
+        opened[0].close()
+
+
 def test_an_index_whose_training_beside_the_load_failed_is_trained_by_the_build(
     settings, embedder, seed_docs: list[DocumentIn], monkeypatch
 ) -> None:
@@ -220,6 +261,45 @@ def test_an_index_whose_training_beside_the_load_failed_is_trained_by_the_build(
         store.close()
 
 
+def test_a_load_that_failed_skips_the_k_means_beside_it(
+    settings, embedder, seed_docs: list[DocumentIn], monkeypatch
+) -> None:
+    config = changed(settings, ann_min_rows=100)
+    store = KnowledgeStore.open(config, embedder)
+    store.add(seed_docs)
+    store.close()
+    trained: list[int] = []
+    monkeypatch.setattr(replica, "train", lambda sample, rows: trained.append(rows))
+    opened: list[KnowledgeStore] = []
+    is_open = threading.Event()
+
+    def unreadable(*args: Any, **kwargs: Any) -> None:
+        raise OSError("the keyword index could not be read")
+
+    sample = KeywordIndex.sample
+
+    def after_the_load(self: KeywordIndex, *args: Any) -> Any:
+        assert is_open.wait(30)
+        loader = opened[0].replica._loader
+        assert loader is not None
+        loader.join(30)  # the load has failed and returned
+        return sample(self, *args)
+
+    monkeypatch.setattr(KeywordIndex, "snapshot", unreadable)
+    monkeypatch.setattr(KeywordIndex, "sample", after_the_load)
+    opened.append(KnowledgeStore.open(config, embedder))
+    is_open.set()
+    try:
+        opened[0].replica.wait_loaded()
+        assert opened[0].replica.mirror is None
+        for thread in threading.enumerate():  # the training thread, done with its sample
+            if thread.name == "kb-ann-lists":
+                thread.join(30)
+        assert trained == []
+    finally:
+        opened[0].close()
+
+
 def test_lists_trained_for_another_row_count_are_not_used() -> None:
     vectors = clustered(3000)
     few = ann.train(vectors[:1000], 1000)
@@ -230,7 +310,8 @@ def test_lists_trained_for_another_row_count_are_not_used() -> None:
     given.set_result(few)
     mirror = Mirror(DIM, 0, AnnConfig(min_rows=1000, nprobe=8))
     mirror.apply(records(vectors), [], 1, index=False)
-    mirror.build_index(given)
+    mirror.expect_lists(given)
+    mirror.build_index()
     mirror.wait_index()
     assert mirror._index is not None
     assert mirror._index.nlist == list_count(3000) != few.index.nlist

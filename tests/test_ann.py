@@ -12,6 +12,7 @@ import pytest
 
 from kb import ann, replica
 from kb.ann import AnnConfig, AnnIndex, list_count
+from kb.config import Settings
 from kb.keyword import KeywordIndex
 from kb.mirror import Mirror
 from kb.records import Record
@@ -164,15 +165,19 @@ def centroids(index: AnnIndex) -> np.ndarray:
     return quantizer.reconstruct_n(0, quantizer.ntotal)
 
 
-def test_a_loads_index_is_trained_beside_it_as_the_build_would_train_it(
-    settings, embedder, seed_docs: list[DocumentIn], monkeypatch
-) -> None:
-    """At start-up the lists are trained on the keyword index's vectors while the mirror
-    loads; the build only fills them, and they are the lists it would have trained."""
+@pytest.fixture
+def seeded(settings, embedder, seed_docs: list[DocumentIn]) -> Settings:
+    """Settings of a store holding the seed documents, closed, with an index from 100 rows."""
     config = changed(settings, ann_min_rows=100)
     store = KnowledgeStore.open(config, embedder)
     store.add(seed_docs)
     store.close()
+    return config
+
+
+@pytest.fixture
+def trainings(monkeypatch) -> list[str]:
+    """The threads that trained lists (the load's training and the build's), in order."""
     trained: list[str] = []
     real = ann.train
 
@@ -182,13 +187,45 @@ def test_a_loads_index_is_trained_beside_it_as_the_build_would_train_it(
 
     monkeypatch.setattr(ann, "train", watched)  # the build's
     monkeypatch.setattr(replica, "train", watched)  # the load's
-    store = KnowledgeStore.open(config, embedder)
+    return trained
+
+
+class Opening:
+    """A store being opened, for hooks that run on its loader thread and need the store."""
+
+    def __init__(self) -> None:
+        self.store: KnowledgeStore | None = None
+        self._open = threading.Event()
+
+    def open(self, config: Settings, embedder: Any) -> KnowledgeStore:
+        self.store = KnowledgeStore.open(config, embedder)
+        self._open.set()
+        return self.store
+
+    def wait(self) -> KnowledgeStore:
+        assert self._open.wait(30)
+        assert self.store is not None
+        return self.store
+
+
+def indexed(store: KnowledgeStore) -> Mirror:
+    """The store's mirror once loaded, with its vector index built."""
+    store.replica.wait_loaded()
+    mirror = store.replica.mirror
+    assert mirror is not None
+    assert mirror._index is not None
+    return mirror
+
+
+def test_a_loads_index_is_trained_beside_it_as_the_build_would_train_it(
+    seeded: Settings, embedder, trainings: list[str]
+) -> None:
+    """At start-up the lists are trained on the keyword index's vectors while the mirror
+    loads; the build only fills them, and they are the lists it would have trained."""
+    store = KnowledgeStore.open(seeded, embedder)
     try:
-        store.replica.wait_loaded()
-        mirror = store.replica.mirror
-        assert mirror is not None
-        assert mirror._index is not None
-        assert trained == ["kb-ann-lists"]  # not trained again by the build
+        mirror = indexed(store)
+        assert trainings == ["kb-ann-lists"]  # not trained again by the build
         rows = np.flatnonzero(mirror._alive[: mirror.size])
         assert len(rows) > ann.training_sample(len(rows)).size  # a sample, not every row
         again = AnnIndex.build(mirror._vectors, rows, 8)
@@ -200,59 +237,35 @@ def test_a_loads_index_is_trained_beside_it_as_the_build_would_train_it(
 
 
 def test_a_write_landing_as_the_load_ends_builds_with_the_lists_trained_beside_it(
-    settings, embedder, seed_docs: list[DocumentIn], monkeypatch
+    seeded: Settings, embedder, trainings: list[str], monkeypatch
 ) -> None:
     """A write waiting for the copies' lock during the load gets it once the mirror is
     published, before the loader starts the build: the build that write starts must take
     the lists being trained, not train a second time (both on the 2 cores at once)."""
-    config = changed(settings, ann_min_rows=100)
-    store = KnowledgeStore.open(config, embedder)
-    store.add(seed_docs)
-    store.close()
-    trained: list[str] = []
-    real = ann.train
-
-    def watched(sample: np.ndarray, rows: int) -> ann.Lists:
-        trained.append(threading.current_thread().name)
-        return real(sample, rows)
-
-    monkeypatch.setattr(ann, "train", watched)
-    monkeypatch.setattr(replica, "train", watched)
-    opened: list[KnowledgeStore] = []
-    is_open = threading.Event()
+    opening = Opening()
 
     def a_write_first() -> None:  # runs between the mirror's publication and build_index
-        assert is_open.wait(30)
-        opened[0].add([DocumentIn(id="late", text="Written while the mirror was loading.")])
+        opening.wait().add([DocumentIn(id="late", text="Written while the mirror was loading.")])
 
     monkeypatch.setattr(replica, "release_freed_memory", a_write_first)
-    opened.append(KnowledgeStore.open(config, embedder))
-    is_open.set()
+    store = opening.open(seeded, embedder)
     try:
-        opened[0].replica.wait_loaded()
-        mirror = opened[0].replica.mirror
-        assert mirror is not None
-        assert mirror._index is not None
-        assert trained == ["kb-ann-lists"]
+        mirror = indexed(store)
+        assert trainings == ["kb-ann-lists"]
         assert mirror._lists is None  # taken, not left for a later build
-        assert opened[0].get("late").text.startswith("Written")
+        assert store.get("late").text.startswith("Written")
     finally:
-        opened[0].close()
+        store.close()
 
 
 def test_an_index_whose_training_beside_the_load_failed_is_trained_by_the_build(
-    settings, embedder, seed_docs: list[DocumentIn], monkeypatch
+    seeded: Settings, embedder, monkeypatch
 ) -> None:
-    config = changed(settings, ann_min_rows=100)
-    store = KnowledgeStore.open(config, embedder)
-    store.add(seed_docs)
-    store.close()
-
     def broken(*args: Any) -> None:
         raise OSError("the keyword index could not be read")
 
     monkeypatch.setattr(KeywordIndex, "sample", broken)
-    store = KnowledgeStore.open(config, embedder)
+    store = KnowledgeStore.open(seeded, embedder)
     try:
         store.replica.wait_loaded()
         assert store.replica.mirror._index is not None
@@ -262,42 +275,32 @@ def test_an_index_whose_training_beside_the_load_failed_is_trained_by_the_build(
 
 
 def test_a_load_that_failed_skips_the_k_means_beside_it(
-    settings, embedder, seed_docs: list[DocumentIn], monkeypatch
+    seeded: Settings, embedder, trainings: list[str], monkeypatch
 ) -> None:
-    config = changed(settings, ann_min_rows=100)
-    store = KnowledgeStore.open(config, embedder)
-    store.add(seed_docs)
-    store.close()
-    trained: list[int] = []
-    monkeypatch.setattr(replica, "train", lambda sample, rows: trained.append(rows))
-    opened: list[KnowledgeStore] = []
-    is_open = threading.Event()
+    opening = Opening()
+    sample = KeywordIndex.sample
 
     def unreadable(*args: Any, **kwargs: Any) -> None:
         raise OSError("the keyword index could not be read")
 
-    sample = KeywordIndex.sample
-
     def after_the_load(self: KeywordIndex, *args: Any) -> Any:
-        assert is_open.wait(30)
-        loader = opened[0].replica._loader
+        loader = opening.wait().replica._loader
         assert loader is not None
         loader.join(30)  # the load has failed and returned
         return sample(self, *args)
 
     monkeypatch.setattr(KeywordIndex, "snapshot", unreadable)
     monkeypatch.setattr(KeywordIndex, "sample", after_the_load)
-    opened.append(KnowledgeStore.open(config, embedder))
-    is_open.set()
+    store = opening.open(seeded, embedder)
     try:
-        opened[0].replica.wait_loaded()
-        assert opened[0].replica.mirror is None
+        store.replica.wait_loaded()
+        assert store.replica.mirror is None
         for thread in threading.enumerate():  # the training thread, done with its sample
             if thread.name == "kb-ann-lists":
                 thread.join(30)
-        assert trained == []
+        assert trainings == []
     finally:
-        opened[0].close()
+        store.close()
 
 
 def test_lists_trained_for_another_row_count_are_not_used() -> None:

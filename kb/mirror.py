@@ -310,9 +310,12 @@ class Mirror:
         share their 8-bit codes and FAISS keeps any of them, so more of the tie may lie past
         the candidates (the caller then scores every row)."""
         scores = self._vectors[rows] @ vector
-        if n < rows.size and scores.min() >= _nth(scores, n) - TIE_SPAN:
+        if n >= rows.size:
+            return self._top(rows, scores, n, vector)
+        nth = _nth(scores, n)
+        if scores.min() >= nth - TIE_SPAN:
             return None
-        return self._top(rows, scores, n, vector)
+        return self._top(rows, scores, n, vector, nth)
 
     def _exact_cost(self, allowed: int, rows: int, key: str | None) -> int:
         """Vectors an exact search scores: the filter's own, or every row for a broad one."""
@@ -335,16 +338,23 @@ class Mirror:
         return self._top(rows, scores, n, vector)
 
     def _top(
-        self, rows: np.ndarray, scores: np.ndarray, n: int, vector: np.ndarray
+        self,
+        rows: np.ndarray,
+        scores: np.ndarray,
+        n: int,
+        vector: np.ndarray,
+        nth: float | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """The n best of `rows` by cosine score, best first, and every row tied with the last
         of them (callers order equal scores by id, so which of a tie made the cut must not
         depend on the rows' order). `scores` are the rows' float32 products, which give equal
         vectors scores a few ulps apart: the rows within TIE_SPAN of the n-th are scored again
         by `ranking.cosines`, so identical texts tie wherever they sit (up to RESCORED rows:
-        past that, a crowd of near-identical rows keeps the float32 order)."""
+        past that, a crowd of near-identical rows keeps the float32 order). `nth`, the n-th
+        best of `scores`, when the caller has it already."""
         if n < rows.size:
-            near = np.flatnonzero(scores >= _nth(scores, n) - TIE_SPAN)
+            nth = _nth(scores, n) if nth is None else nth
+            near = np.flatnonzero(scores >= nth - TIE_SPAN)
             most = max(RESCORED, 2 * n)
             if near.size > most:  # a crowd of near-identical rows: its best by float32 only
                 near = near[np.argpartition(-scores[near], most - 1)[:most]]

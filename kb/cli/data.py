@@ -124,7 +124,9 @@ def load(
         # what was written before the failure, and by batches already in flight, is counted
         progress.clear()
         click.echo(f"Error: load stopped: {stop.message}", err=True)
-        if getattr(stop.error, "may_have_landed", False):  # KBClientError: the service went away
+        from kb.client import KBClientError  # only a load by --url raises one
+
+        if isinstance(stop.error, KBClientError) and stop.error.may_have_landed:
             click.echo(
                 "The documents of the request that failed may have been written before the "
                 "service went away (they are not counted below): run the same load again to "

@@ -24,7 +24,6 @@ import numpy as np
 from kb import __version__, json_input
 from kb.errors import Conflict, ModelMismatch, ValidationFailed
 from kb.records import CHUNK, CHUNKS, DOC, Record, chunk_id
-from kb.replica import RESTORING_KEY
 from kb.schemas import check_metadata_value
 from kb.store import KnowledgeStore
 
@@ -133,27 +132,26 @@ def restore(store: KnowledgeStore, path: Path, *, replace: bool = False) -> int:
     header, heads = _verified(path)
     with store.writes():
         _check_empty(store, replace)
-        store.records.set_settings_value(RESTORING_KEY, True)  # until every record is in
-        if replace:
-            store.clear()
-        # every later chunk first, then the first chunks: killed part-way, the store holds
-        # whole documents and chunks without a first chunk, which kb.repair removes when it
-        # next opens (pages of the file's order split documents: first chunks were left
-        # counting chunks never written)
-        for firsts in (False, True):  # each pass parses only the lines it writes
-            with _lines(path) as lines:
-                next(lines)
-                batch: list[Record] = []
-                for number, line in lines:
-                    if (number in heads) is firsts:
-                        batch.append(_record(line, header["dim"], f"{path}:{number}"))
-                    if len(batch) >= PAGE:
-                        store.restore_records(batch)
-                        batch = []
-                store.restore_records(batch)
-        if isinstance(header.get("min_score"), int | float):
-            store.records.set_settings_value(CALIBRATED_KEY, header["min_score"])
-        store.records.set_settings_value(RESTORING_KEY, False)
+        with store.replica.restoring():
+            if replace:
+                store.clear()
+            # every later chunk first, then the first chunks: killed part-way, the store
+            # holds whole documents and chunks without a first chunk, which kb.repair removes
+            # when it next opens (pages of the file's order split documents: first chunks
+            # were left counting chunks never written)
+            for firsts in (False, True):  # each pass parses only the lines it writes
+                with _lines(path) as lines:
+                    next(lines)
+                    batch: list[Record] = []
+                    for number, line in lines:
+                        if (number in heads) is firsts:
+                            batch.append(_record(line, header["dim"], f"{path}:{number}"))
+                        if len(batch) >= PAGE:
+                            store.restore_records(batch)
+                            batch = []
+                    store.restore_records(batch)
+            if isinstance(header.get("min_score"), int | float):
+                store.records.set_settings_value(CALIBRATED_KEY, header["min_score"])
     return int(header["records"])
 
 

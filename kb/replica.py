@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 WARN_EVERY_S = 60.0  # a change log that cannot be read is logged at most this often
 
 GENERATION_KEY = "kb_generation"
-RESTORING_KEY = "kb_restoring"  # true while kb restore writes (kb.backup)
+RESTORING_KEY = "kb_restoring"  # true while kb restore writes (Replica.restoring)
 Apply = Callable[[Sequence[Record], Sequence[str]], None]
 
 
@@ -132,6 +132,17 @@ class Replica(ABC):
         if flt.where_document is not None:
             return None
         return self.current_mirror()
+
+    @contextmanager
+    def restoring(self) -> Iterator[None]:
+        """Around kb restore's writes (kb.backup). Each page of a restore is a write of its
+        own, so the write generation cannot show a restore cut short: a mark in the
+        collection does, set first and cleared once every record is in. It stays set if the
+        restore fails or is killed, and an embedded store that opens with it set removes
+        what the restore left (LocalReplica.start)."""
+        self.records.set_settings_value(RESTORING_KEY, True)
+        yield
+        self.records.set_settings_value(RESTORING_KEY, False)
 
     def _remove(self, found: Found, ids: list[str]) -> None:
         """Delete what a killed write left (kb.repair), as a write deletes, and say so."""

@@ -168,11 +168,9 @@ class KeywordIndex:
     @contextmanager
     def snapshot(self, page: int = 10_000) -> Iterator[tuple[int, Iterator[list[Record]]]]:
         """The generation the index is at and every record (id, text, metadata, vector) as of
-        it, `page` at a time, read through a connection of its own in one read transaction:
-        the index stays usable meanwhile, and no more than a page is held at once."""
-        db = sqlite3.connect(self.path, isolation_level=None)
-        try:
-            db.execute("BEGIN")  # WAL: a consistent snapshot while writers go on
+        it, `page` at a time, read in one read transaction (`_reading`): the index stays
+        usable meanwhile, and no more than a page is held at once."""
+        with self._reading() as db:
             row = db.execute("SELECT value FROM state WHERE key = 'generation'").fetchone()
             rows = db.execute(
                 "SELECT e.record_id, c.text, e.vector, e.metadata FROM entries AS e "
@@ -187,19 +185,12 @@ class KeywordIndex:
                     ]
 
             yield (int(row[0]) if row else -1), pages()
-        finally:
-            db.close()
 
     def sample(self, pick: Callable[[int], np.ndarray], dim: int) -> tuple[int, np.ndarray]:
         """How many records the index holds, and the vectors of those at the positions `pick`
-        chooses for that many (ascending, in rowid order), read through a connection of its
-        own in one read transaction, as `snapshot` reads (read-only: it never changes the
-        index, and a missing file is an error, not a new empty index)."""
-        db = sqlite3.connect(
-            f"{self.path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None
-        )
-        try:
-            db.execute("BEGIN")
+        chooses for that many (ascending, in rowid order), read in one read transaction
+        (`_reading`)."""
+        with self._reading() as db:
             rowids = np.array(
                 [rowid for (rowid,) in db.execute("SELECT rowid FROM entries ORDER BY rowid")],
                 dtype=np.int64,
@@ -218,6 +209,17 @@ class KeywordIndex:
                     -1, dim
                 )
             return len(rowids), vectors
+
+    @contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        """A read transaction on a connection of its own (WAL: a consistent view while the
+        index's own connection writes), read-only: it never changes the index, and a missing
+        file is an error, not a new empty index."""
+        uri = f"{self.path.resolve().as_uri()}?mode=ro"
+        db = sqlite3.connect(uri, uri=True, isolation_level=None)
+        try:
+            db.execute("BEGIN")
+            yield db
         finally:
             db.close()
 

@@ -1,4 +1,4 @@
-"""What a write killed part-way leaves in an embedded store, found when the store next opens.
+"""What a write killed part-way leaves in a collection, and how to tell it from documents.
 
 Chroma has no transaction across calls, and some writes take several: an update that shrinks
 a document upserts its new chunks, then deletes the chunks the new version no longer has; a
@@ -14,7 +14,9 @@ When to look: every write sets the collection's write generation before it touch
 and the keyword index records it once the write is applied (kb.replica), so an index behind
 the collection is exactly what a write that never finished leaves. The index is then rebuilt
 from every record (kb.replica), which this module watches go by; what it finds is deleted as
-any write deletes, after the rebuild.
+any write deletes, after the rebuild. On a Chroma server no store re-opens after a writer on
+another host dies: the first reader to find its change-log entry abandoned surveys the
+documents it names and deletes their tails only (kb.replica.SharedReplica).
 
 A document whose first chunk counts chunks that are missing or of another version cannot be
 mended here (its text is gone): it is named in the log, as reads name it (kb.store).

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from kb.ann import AnnConfig, Lists, train, training_sample
-from kb.changes import ChangeLog
+from kb.changes import ChangeLog, Poll
 from kb.collection import RecordCollection
 from kb.filters import CompiledFilter
 from kb.keyword import KeywordIndex
@@ -35,6 +35,7 @@ from kb.repair import Found, Survey, report, survey
 
 log = logging.getLogger(__name__)
 WARN_EVERY_S = 60.0  # a change log that cannot be read is logged at most this often
+REPAIR_WAIT_S = (1.0, 60.0)  # after a failed repair, the pause before the next (doubling)
 
 GENERATION_KEY = "kb_generation"
 RESTORING_KEY = "kb_restoring"  # true while kb restore writes (Replica.restoring)
@@ -325,6 +326,8 @@ class SharedReplica(Replica):
         self._last_poll = -1.0  # when the newest poll began (monotonic)
         self._warned = -WARN_EVERY_S  # when a failed read for counts was last logged
         self._built = False
+        self._repair_after = 0.0  # no repair before this (monotonic): one failed
+        self._repair_failures = 0  # in a row
 
     def close(self) -> None:
         super().close()
@@ -358,10 +361,35 @@ class SharedReplica(Replica):
             return
         if poll.ids:
             self._refresh(sorted(poll.ids))
-        if poll.abandoned:
-            self._repair(poll.abandoned)
-        self.changes.settle(poll)  # only now: a failed repair is tried again next time
-        self.changes.seen(poll)  # and a failed re-read
+        if poll.stale:
+            self._settle(poll)
+        self.changes.seen(poll)  # only now: a failed re-read is tried again next time
+
+    def _settle(self, poll: Poll) -> None:
+        """Remove what dead writers left, then mark their entries done. This is housekeeping
+        the search does not need (a tail stays matchable meanwhile, as during STALE_S), so a
+        failure fails no search: it is logged, the entries stay pending, and the repair is
+        tried again at the first poll after a pause that doubles with each failure."""
+        if time.monotonic() < self._repair_after:
+            return
+        try:
+            if poll.abandoned:
+                self._repair(poll.abandoned)
+            self.changes.settle(poll)
+        except Exception:
+            low, high = REPAIR_WAIT_S
+            wait = min(low * 2 ** min(self._repair_failures, 16), high)
+            self._repair_failures += 1
+            self._repair_after = time.monotonic() + wait
+            log.warning(
+                "could not remove what a dead writer left in %d document(s); trying again in "
+                "%.0f s",
+                len({doc_id_of(i) for i in poll.abandoned}),
+                wait,
+                exc_info=True,
+            )
+            return
+        self._repair_failures = 0
 
     def _repair(self, ids: set[str]) -> None:
         """The documents a dead writer was writing (its change log entry left pending):

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from kb import backup, changes
+from kb import backup, changes, replica
 from kb.collection import RecordCollection
 from kb.config import Settings
 from kb.embeddings import Embedder
@@ -253,28 +253,57 @@ def test_on_a_server_the_first_to_see_a_dead_writers_entry_removes_what_it_left(
         assert reader.get("ice").text == "Ice is frozen water."
 
 
-def test_on_a_server_a_repair_that_failed_is_tried_again_at_the_next_poll(
-    server_settings: Settings, embedder: Embedder, monkeypatch: pytest.MonkeyPatch
+def failing_deletes(monkeypatch: pytest.MonkeyPatch, times: int) -> list[int]:
+    """RecordCollection.delete fails `times` times (the server away), then works; the list
+    grows by one for each call that failed."""
+    real, failed = RecordCollection.delete, []
+
+    def away(self: RecordCollection, *args: Any, **kwargs: Any) -> Any:
+        if len(failed) < times:
+            failed.append(1)
+            raise ConnectionError("the server is away")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(RecordCollection, "delete", away)
+    return failed
+
+
+def test_on_a_server_a_repair_that_failed_fails_no_search_and_is_tried_again(
+    server_settings: Settings,
+    embedder: Embedder,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """The dead writer's entry is marked done only once its leftovers are removed: a removal
-    that fails (the server away a moment) leaves it pending, and the next poll repairs."""
+    that fails (the server away a moment) is logged, fails no search (the repair is
+    housekeeping), and leaves the entry pending, so a later poll repairs."""
     with reader_after_a_dead_writer(server_settings, embedder, monkeypatch) as reader:
         monkeypatch.setattr(changes, "STALE_S", 0)
-        real, failed = RecordCollection.delete, []
-
-        def away(self: RecordCollection, *args: Any, **kwargs: Any) -> Any:
-            if not failed:  # the repair's delete fails, once
-                failed.append(1)
-                raise ConnectionError("the server is away")
-            return real(self, *args, **kwargs)
-
-        monkeypatch.setattr(RecordCollection, "delete", away)
-        with pytest.raises(ConnectionError):
-            search(reader, QueryRequest.model_validate(OLD_ERA))
+        monkeypatch.setattr(replica, "REPAIR_WAIT_S", (0.0, 0.0))
+        failed = failing_deletes(monkeypatch, 1)
+        with caplog.at_level(logging.WARNING, logger="kb.replica"):
+            search(reader, QueryRequest.model_validate(OLD_ERA))  # answers
+        assert failed == [1]
+        assert "could not remove what a dead writer left in 1 document" in caplog.text
         assert len(stored(reader)) > 1
         (result,) = search(reader, QueryRequest.model_validate(OLD_ERA))
         assert result.matches == []
         assert stored(reader) == {"ice": ("ice", 0)}
+
+
+def test_on_a_server_a_repair_that_keeps_failing_is_tried_once_a_pause(
+    server_settings: Settings, embedder: Embedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Searches go on answering while the repair fails, and do not each try it: after a
+    failure the next try waits for REPAIR_WAIT_S's pause."""
+    with reader_after_a_dead_writer(server_settings, embedder, monkeypatch) as reader:
+        monkeypatch.setattr(changes, "STALE_S", 0)
+        monkeypatch.setattr(replica, "REPAIR_WAIT_S", (3600.0, 3600.0))
+        failed = failing_deletes(monkeypatch, 1_000)
+        for _ in range(3):
+            search(reader, QueryRequest.model_validate(OLD_ERA))
+        assert failed == [1]
+        assert len(stored(reader)) > 1
 
 
 def record(doc_id: str, index: int, chunks: int = 1, version: str = "v1") -> Record:

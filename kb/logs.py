@@ -5,8 +5,12 @@ from __future__ import annotations
 import atexit
 import json
 import logging
+import math
 import queue
 import sys
+import threading
+import time
+from collections.abc import Callable
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from logging.handlers import QueueHandler, QueueListener
@@ -48,6 +52,33 @@ class TextFormatter(logging.Formatter):
         text = super().format(record)
         rid = request_id.get()
         return f"{text} [request {rid}]" if rid is not None else text
+
+
+class Thinned(logging.Filter):
+    """Passes a logger's first record, then at most one every `every` seconds, which says how
+    many it stands for."""
+
+    def __init__(self, every: float, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self.every = every
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._passed = -math.inf  # when a record last passed
+        self._held = 0  # records dropped since
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        now = self._clock()
+        with self._lock:
+            if now - self._passed < self.every:
+                self._held += 1
+                return False
+            held, self._held, self._passed = self._held, 0, now
+        if held:
+            record.msg = f"{record.msg} ({held} more such line(s) in the last {self.every:.0f} s)"
+        return True
+
+
+QUEUE_WARNINGS_EVERY_S = 60.0  # waitress's "Task queue depth" lines: at most one a minute
 
 
 class _Writer:
@@ -95,3 +126,10 @@ def configure(level: str, fmt: str) -> None:
     # "DD AVX2 AVX512 ...").
     for noisy in ("httpx", "faiss.loader"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    # Waitress warns of its task queue's depth each time a request finds every thread busy,
+    # from inside the lock its threads take tasks under: under load, a line a request (351 in
+    # one run of the query bench), each formatted while the other threads waited.
+    waiting = logging.getLogger("waitress.queue")
+    for old_filter in [f for f in waiting.filters if isinstance(f, Thinned)]:
+        waiting.removeFilter(old_filter)
+    waiting.addFilter(Thinned(QUEUE_WARNINGS_EVERY_S))

@@ -102,6 +102,53 @@ def test_libraries_info_noise_is_kept_out_of_the_log() -> None:
     assert logging.getLogger("kb.access").isEnabledFor(logging.INFO)
 
 
+class Kept(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+def test_thinned_passes_one_record_a_period_saying_how_many_it_stands_for() -> None:
+    clock = [100.0]
+    thinned = logs.Thinned(60, clock=lambda: clock[0])
+    logger, kept = logging.getLogger("kb.test.thinned"), Kept()
+    logger.addFilter(thinned)
+    logger.addHandler(kept)
+    try:
+        for depth in range(1, 51):  # one a second: the first period
+            logger.warning("Task queue depth is %d", depth)
+            clock[0] += 1.0
+        clock[0] = 160.0  # 60 s after the first line
+        logger.warning("Task queue depth is %d", 7)
+        clock[0] += 30.0
+        logger.warning("Task queue depth is %d", 8)
+    finally:
+        logger.removeFilter(thinned)
+        logger.removeHandler(kept)
+    assert kept.lines == [
+        "Task queue depth is 1",
+        "Task queue depth is 7 (49 more such line(s) in the last 60 s)",
+    ]
+
+
+def test_waitress_queue_depth_warnings_are_thinned_once_however_often_logs_are_configured() -> None:
+    """Under load waitress warns on every request that waits for a thread."""
+    logs.configure("INFO", "json")
+    logs.configure("INFO", "json")
+    waiting, kept = logging.getLogger("waitress.queue"), Kept()
+    assert sum(isinstance(f, logs.Thinned) for f in waiting.filters) == 1
+    waiting.addHandler(kept)
+    try:
+        for depth in range(20):
+            waiting.warning("Task queue depth is %d", depth)
+    finally:
+        waiting.removeHandler(kept)
+    assert kept.lines == ["Task queue depth is 0"]
+
+
 def test_metric_labels_stay_bounded_whatever_the_request_line_says(client: FlaskClient) -> None:
     """Label values are series kept forever: a made-up method or path must not add one each."""
     for i in range(3):

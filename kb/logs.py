@@ -72,9 +72,10 @@ class Thinned(logging.Filter):
             if now - self._passed < self.every:
                 self._held += 1
                 return False
-            held, self._held, self._passed = self._held, 0, now
+            held, since = self._held, now - self._passed
+            self._held, self._passed = 0, now
         if held:
-            record.msg = f"{record.msg} ({held} more such line(s) in the last {self.every:.0f} s)"
+            record.msg = f"{record.msg} ({held} more such line(s) in the last {since:.0f} s)"
         return True
 
 

@@ -125,12 +125,15 @@ def test_thinned_passes_one_record_a_period_saying_how_many_it_stands_for() -> N
         logger.warning("Task queue depth is %d", 7)
         clock[0] += 30.0
         logger.warning("Task queue depth is %d", 8)
+        clock[0] = 400.0
+        logger.warning("Task queue depth is %d", 9)
     finally:
         logger.removeFilter(thinned)
         logger.removeHandler(kept)
     assert kept.lines == [
         "Task queue depth is 1",
         "Task queue depth is 7 (49 more such line(s) in the last 60 s)",
+        "Task queue depth is 9 (1 more such line(s) in the last 240 s)",
     ]
 
 

@@ -56,7 +56,7 @@ class TextFormatter(logging.Formatter):
 
 class Thinned(logging.Filter):
     """Passes a logger's first record, then at most one every `every` seconds, which says how
-    many it stands for."""
+    many it stands for. `take` does the same for one call site's lines."""
 
     def __init__(self, every: float, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__()
@@ -66,17 +66,24 @@ class Thinned(logging.Filter):
         self._passed = -math.inf  # when a record last passed
         self._held = 0  # records dropped since
 
-    def filter(self, record: logging.LogRecord) -> bool:
+    def take(self) -> str | None:
+        """Whether a line may be written now: None if not (it is counted as held back), else
+        what to add to it, how many were held back since the last and over how long ('' when
+        none were)."""
         now = self._clock()
         with self._lock:
             if now - self._passed < self.every:
                 self._held += 1
-                return False
+                return None
             held, since = self._held, now - self._passed
             self._held, self._passed = 0, now
-        if held:
-            record.msg = f"{record.msg} ({held} more such line(s) in the last {since:.0f} s)"
-        return True
+        return f" ({held} more such line(s) in the last {since:.0f} s)" if held else ""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        added = self.take()
+        if added:
+            record.msg = f"{record.msg}{added}"
+        return added is not None
 
 
 QUEUE_WARNINGS_EVERY_S = 60.0  # waitress's "Task queue depth" lines: at most one a minute

@@ -28,6 +28,7 @@ from kb.changes import ChangeLog, Poll
 from kb.collection import RecordCollection
 from kb.filters import CompiledFilter
 from kb.keyword import KeywordIndex
+from kb.logs import Thinned
 from kb.memory import release_freed_memory
 from kb.mirror import Mirror
 from kb.records import DOC, Record, doc_id_of
@@ -324,7 +325,7 @@ class SharedReplica(Replica):
         self.changes = ChangeLog(records.side_collection("kb-log"))
         self._polls = threading.Lock()
         self._last_poll = -1.0  # when the newest poll began (monotonic)
-        self._warned = -WARN_EVERY_S  # when a failed read for counts was last logged
+        self._counts_warnings = Thinned(WARN_EVERY_S)  # a failed read for counts: not per scrape
         self._built = False
         self._repair_after = 0.0  # no repair before this (monotonic): one failed
         self._repair_failures = 0  # in a row
@@ -430,7 +431,9 @@ class SharedReplica(Replica):
         try:
             self.catch_up(wait=False)
         except Exception:  # /metrics must still answer while the server is away: stale counts
-            if time.monotonic() - self._warned >= WARN_EVERY_S:  # not once per scrape
-                self._warned = time.monotonic()
-                log.warning("could not read the change log; counts may be behind", exc_info=True)
+            added = self._counts_warnings.take()
+            if added is not None:
+                log.warning(
+                    "could not read the change log; counts may be behind%s", added, exc_info=True
+                )
         return self.mirror

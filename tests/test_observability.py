@@ -137,6 +137,18 @@ def test_thinned_passes_one_record_a_period_saying_how_many_it_stands_for() -> N
     ]
 
 
+def test_a_call_site_thinned_by_take_is_told_what_to_add_to_its_line() -> None:
+    clock = [0.0]
+    thinned = logs.Thinned(60, clock=lambda: clock[0])
+    assert thinned.take() == ""  # the first line passes as it is
+    clock[0] = 10.0
+    assert thinned.take() is None
+    assert thinned.take() is None
+    clock[0] = 75.0
+    assert thinned.take() == " (2 more such line(s) in the last 75 s)"
+    assert thinned.take() is None
+
+
 def test_waitress_queue_depth_warnings_are_thinned_once_however_often_logs_are_configured() -> None:
     """Under load waitress warns on every request that waits for a thread."""
     logs.configure("INFO", "json")

@@ -56,9 +56,13 @@ Product = Callable[[np.ndarray, Sequence[np.ndarray]], np.ndarray]
 
 class _Block:
     """The vectors of one filter's rows, gathered contiguously, and the batcher that scores
-    concurrent queries with that filter in one product."""
+    concurrent queries with that filter in one product. It serves the mask it was gathered
+    for, the one the mirror keeps for the filter until the next write."""
 
-    def __init__(self, rows: np.ndarray, vectors: np.ndarray, product: Product) -> None:
+    def __init__(
+        self, mask: np.ndarray, rows: np.ndarray, vectors: np.ndarray, product: Product
+    ) -> None:
+        self.mask = mask
         self.rows = rows
         self.vectors = vectors
         self.scan = Batcher(lambda batch: product(vectors, batch), max_items=SCAN_BATCH)
@@ -367,15 +371,17 @@ class Mirror:
 
     def _block(self, mask: np.ndarray, key: str | None) -> tuple[np.ndarray, _Block | None]:
         blocks = self._blocks  # replaced (not cleared) by writes: a reader keeps its own
-        if key is not None and key in blocks:
+        found = blocks.get(key) if key is not None else None
+        # only for its own mask: a search that took a mask before a write may gather after
+        # it, and its block must not serve the searches that take the write's new mask
+        if key is not None and found is not None and found.mask is mask:
             blocks.move_to_end(key)
-            found = blocks[key]
             return found.rows, found
         rows = np.flatnonzero(mask)
         row_bytes = self._vectors.itemsize * self._vectors.shape[1]
         if key is None or not rows.size or rows.size * row_bytes > BLOCK_BYTES / 2:
             return rows, None
-        block = _Block(rows, self._vectors[rows], self._product)
+        block = _Block(mask, rows, self._vectors[rows], self._product)
         with self._lock:
             if blocks is self._blocks:
                 blocks[key] = block

@@ -374,3 +374,19 @@ def test_a_shared_product_scores_more_vectors_at_once_the_same() -> None:
         vectors = list(rng.normal(size=(count, 8)).astype(np.float32))
         got = mirror._product(matrix, vectors)
         assert np.allclose(got, np.stack([matrix @ v for v in vectors]), atol=1e-5)
+
+
+def test_vectors_gathered_for_a_mask_from_before_a_write_serve_no_later_search() -> None:
+    """A search that took a filter's mask before a write and gathered its rows' vectors after
+    it must not leave them for the searches after the write: they would still find the rows
+    the write deleted."""
+    mirror = Mirror(dim=2, generation=0)
+    vectors = [np.array([1.0, 0.0], dtype=np.float32), np.array([0.8, 0.6], dtype=np.float32)]
+    records = [Record(f"r{i}", "", {"_kb_doc": f"r{i}", "a": 1}, v) for i, v in enumerate(vectors)]
+    mirror.apply(records, [], 1)
+    where = {"a": 1}
+    before, key = mirror.selection(where)  # a search takes its mask ...
+    mirror.apply([], ["r0"], 2)  # ... a write deletes r0 ...
+    assert [r.id for r, _ in mirror.nearest(vectors[0], 2, before, key)] == ["r0", "r1"]
+    after, key = mirror.selection(where)  # the next search, after the write
+    assert [r.id for r, _ in mirror.nearest(vectors[0], 2, after, key)] == ["r1"]

@@ -3,20 +3,30 @@
 Chroma applies a text filter to each record, and a long document is several records: its
 chunks. A search returns whole documents, so a document passes `$contains` / `$regex` when
 any of its chunks matches and `$not_contains` / `$not_regex` when none does, and `$and` /
-`$or` combine those document verdicts. Each condition is one ids-only `get` from Chroma; the
-result is a where-clause on the document id, which every search path (the mirror's masks,
-FTS5's allowed ids, Chroma's query) already applies.
+`$or` combine those document verdicts.
+
+On the mirror (the in-memory copy searches use), the verdicts are masks: over the document
+numbers, then over the rows of the documents passing, which the mirror's search paths apply
+as they apply a metadata filter's mask. A `$contains` is tested on the mirror's texts while
+few of them are kept compressed; a `$regex` (Chroma's dialect, not Python's) and a
+`$contains` over compressed texts are one ids-only `get` from Chroma each. Without the
+mirror, each condition is such a `get`, and the result is a where-clause listing the
+passing documents' ids, which FTS5's allowed ids and Chroma's query apply.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, Self, TypeVar
+
+import numpy as np
 
 from kb import collection
 from kb.errors import ValidationFailed, field_error
-from kb.filters import CompiledFilter, and_where
+from kb.filters import CompiledFilter, TextRows, and_where
+from kb.mirror import Mirror
 from kb.records import DOC, doc_id_of
 
 POSITIVE = {"$not_contains": "$contains", "$not_regex": "$regex"}  # negation -> its opposite
@@ -24,6 +34,21 @@ NEVER_MATCHES = (
     " (Chroma's answer to a pattern that can never match, such as the empty classes [a&&b] "
     "and [^\\s\\S])"
 )
+
+
+class Verdicts(Protocol):
+    """Which documents pass, combined as sets are: `Documents`, or a mask over the mirror's
+    document numbers."""
+
+    def __and__(self, other: Self, /) -> Self: ...
+
+    def __or__(self, other: Self, /) -> Self: ...
+
+    def __invert__(self) -> Self: ...
+
+
+V = TypeVar("V", bound=Verdicts)
+Ids = Callable[[CompiledFilter], list[str]]
 
 
 @dataclass(frozen=True)
@@ -49,14 +74,18 @@ class Documents:
 
 
 def by_document(
-    flt: CompiledFilter, ids: Callable[[CompiledFilter], list[str]]
+    flt: CompiledFilter, ids: Ids, mirror: Mirror | None = None
 ) -> CompiledFilter | None:
-    """`flt` with its text filter replaced by the documents that pass it (a where-clause on
-    the document id); None when no document can pass. `ids` lists the record ids a filter
-    matches (RecordCollection.ids)."""
+    """`flt` with its text filter replaced by the documents that pass it: their rows on the
+    mirror, if given (it must be current), else a where-clause on the document id; None when
+    no document can pass. `ids` lists the record ids a filter matches (RecordCollection.ids)."""
     if flt.where_document is None:
         return flt
-    passing = _evaluate(flt.where_document, ids)
+    if mirror is not None:
+        return _on_mirror(flt.where, flt.where_document, ids, mirror)
+    passing = _evaluate(
+        flt.where_document, lambda node, path: Documents(_documents(_listed(node, ids, path)))
+    )
     if passing.negated and len(passing.ids) > collection.ID_LIST_CAP:
         # a $nin cannot be asked in parts (RecordCollection's split): list who passes instead
         passing = Documents(_documents(ids(CompiledFilter())) - passing.ids)
@@ -66,28 +95,56 @@ def by_document(
     return CompiledFilter(and_where(flt.where, {DOC: {op: sorted(passing.ids)}}))
 
 
+def _on_mirror(
+    where: dict[str, Any] | None, where_document: dict[str, Any], ids: Ids, mirror: Mirror
+) -> CompiledFilter | None:
+    """The filter with its text filter decided on the mirror, as of its rows now (a row added
+    meanwhile passes no text filter), and kept there until the next write; None when no
+    document can pass."""
+
+    def decide() -> np.ndarray:
+        size, documents = mirror.extent()
+
+        def matching(node: dict[str, Any], path: str) -> np.ndarray:
+            ((op, arg),) = node.items()
+            if op == "$contains" and mirror.scans_texts:
+                rows = mirror.rows_containing(arg, size)
+            else:
+                rows = mirror.rows_of(_listed(node, ids, path), size)
+            return mirror.documents_with(rows, documents)
+
+        return mirror.rows_of_documents(_evaluate(where_document, matching), size)
+
+    rows = mirror.kept(f"text {json.dumps(where_document, sort_keys=True)}", decide)
+    if not rows.any():
+        return None
+    return CompiledFilter(where, text_rows=TextRows(mirror, rows))
+
+
 def _evaluate(
-    node: dict[str, Any], ids: Callable[[CompiledFilter], list[str]], path: str = "where_document"
-) -> Documents:
+    node: dict[str, Any],
+    matching: Callable[[dict[str, Any], str], V],
+    path: str = "where_document",
+) -> V:
+    """The documents passing a text filter, from `matching`: those with a chunk matching
+    one condition (at `path` in the request)."""
     ((op, arg),) = node.items()
     path = f"{path}.{op}"
     if op in ("$and", "$or"):
-        parts = [_evaluate(part, ids, f"{path}.{i}") for i, part in enumerate(arg)]
+        parts = [_evaluate(part, matching, f"{path}.{i}") for i, part in enumerate(arg)]
         combined = parts[0]
         for part in parts[1:]:
             combined = combined & part if op == "$and" else combined | part
         return combined
     if op in POSITIVE:  # no chunk matches: every document but those with a chunk that does
-        return ~_matching({POSITIVE[op]: arg}, ids, path)
-    return _matching(node, ids, path)
+        return ~matching({POSITIVE[op]: arg}, path)
+    return matching(node, path)
 
 
-def _matching(
-    node: dict[str, Any], ids: Callable[[CompiledFilter], list[str]], path: str
-) -> Documents:
-    """The documents with a chunk matching one text condition (at `path` in the request)."""
+def _listed(node: dict[str, Any], ids: Ids, path: str) -> list[str]:
+    """The records matching one text condition (at `path` in the request), from Chroma."""
     try:
-        return Documents(_documents(ids(CompiledFilter(None, node))))
+        return ids(CompiledFilter(None, node))
     except ValidationFailed as exc:  # Chroma refused the condition: name it
         if exc.details:
             raise

@@ -20,7 +20,10 @@ from kb.regex_check import regex_problem
 from kb.schemas import RESERVED_PREFIX, check_metadata_key, list_kinds_problem, number_problem
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from kb.config import Settings
+    from kb.mirror import Mirror
 
 TWIN_PREFIX = f"{RESERVED_PREFIX}ts_"
 COMPARISON = {"$eq", "$ne"}
@@ -59,11 +62,23 @@ _DATETIME_RE = re.compile(
 
 
 @dataclass(frozen=True)
+class TextRows:
+    """A text filter decided on one in-memory copy of the store (kb.document_filter): which
+    of its rows belong to a document passing the filter, below the rows it held then."""
+
+    mirror: Mirror
+    rows: np.ndarray
+
+
+@dataclass(frozen=True)
 class CompiledFilter:
-    """Chroma-ready clauses; None where there is no condition."""
+    """Chroma-ready clauses; None where there is no condition. `text_rows` is a text filter
+    already decided on the mirror (`where_document` is then None): only the mirror's search
+    paths read it, and a filter holding it is answered on that mirror."""
 
     where: dict[str, Any] | None = None
     where_document: dict[str, Any] | None = None
+    text_rows: TextRows | None = None
 
 
 def parse_iso(value: str) -> float | None:

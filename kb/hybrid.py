@@ -36,7 +36,8 @@ def keyword_documents(
     """
     mirror = store.replica.mirror_for(flt)
     if mirror is not None:
-        mask = mirror.matches(flt.where) if flt.where is not None else None
+        selected = mirror.filtered(flt)
+        mask = selected[0] if selected is not None else None
         rows, bm25, _, row_cosines = _keyword_rows(mirror, text, vector, depth, mask)
         chosen = [
             (mirror.ids[row], mirror.doc_id(row), score, row)
@@ -121,12 +122,15 @@ def _best_per_document(
 def _allowed(store: KnowledgeStore, flt: CompiledFilter) -> Callable[[str], bool] | None:
     """Which record ids the filter lets through (FTS5 path): from the mirror's mask when it
     can answer, else from the ids Chroma lists."""
-    if flt.where is None and flt.where_document is None:
-        return None
     mirror = store.replica.mirror_for(flt)
     if mirror is None:
+        if flt.where is None and flt.where_document is None:
+            return None
         return set(store.records.ids(flt)).__contains__
-    mask = mirror.matches(flt.where or {})
+    selected = mirror.filtered(flt)
+    if selected is None:
+        return None
+    mask = selected[0]
 
     def allowed(record_id: str) -> bool:
         row = mirror.row(record_id)
@@ -161,14 +165,14 @@ def in_memory(
     text: str,
     vector: np.ndarray,
     depth: int,
-    where: tuple[np.ndarray, str] | None,
+    where: tuple[np.ndarray, str | None] | None,
     method: str,
     top_k: int,
     min_score: float,
 ) -> Ranking:
     """Hybrid search on the mirror's rows: both sides and their fusion are array operations,
     and hits are made only for the documents a result takes (its matches and near misses;
-    `complete` fetches their texts). `where` is a metadata filter's mask and key."""
+    `complete` fetches their texts). `where` is the filters' mask and key (Mirror.filtered)."""
     mask, key = where if where is not None else (None, None)
     dense_rows, dense_scores, dense_docs = _dense_rows(mirror, vector, depth, mask, key)
     keyword_rows, bm25, keyword_docs, keyword_cosines = _keyword_rows(

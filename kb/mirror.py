@@ -21,7 +21,7 @@ import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
@@ -33,6 +33,9 @@ from kb.memory import release_freed_memory
 from kb.metadata_index import MetadataIndex
 from kb.ranking import cosines
 from kb.records import DOC, HEADS, Record
+
+if TYPE_CHECKING:
+    from kb.filters import CompiledFilter
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +54,11 @@ RESCORED = 1024  # rows scored again at most (20k near-identical chunks took 16 
 # 100k paragraphs (README, Memory), for 22 us a text as it is added or loaded and 9 us for
 # each hit whose text is shown.
 PACKED_CHARS = 256
+# A text filter's substring test runs over the rows' texts while at most one in this many is
+# kept compressed: a text kept as is is tested in about 0.1 us, a compressed one is unpacked
+# first (about 6 us), and Chroma's own test of every record (about 0.2 us each, 17 ms at 100k
+# short ones, plus 1.5-2 us for each match it lists) is cheaper than unpacking many.
+SCANNED_PACKED_SHARE = 32
 Product = Callable[[np.ndarray, Sequence[np.ndarray]], np.ndarray]
 
 
@@ -100,6 +108,7 @@ class Mirror:
         # orjson (4x faster).
         self._metadata: list[str] = []
         self._texts: list[str | bytes] = []  # each row's chunk text, what a hit shows (packed)
+        self._packed = 0  # how many of them are compressed
         self._lock = threading.Lock()
         self._vectors = np.zeros((1024, dim), dtype=np.float32)
         self._alive = np.zeros(1024, dtype=bool)
@@ -170,7 +179,9 @@ class Mirror:
         self._row[record.id] = row
         self.ids.append(record.id)
         self._metadata.append(json.dumps(record.metadata, separators=(",", ":")))
-        self._texts.append(_pack(record.text))
+        text = _pack(record.text)
+        self._packed += isinstance(text, bytes)
+        self._texts.append(text)
         self._where.add(row, record.metadata)
         self.size = row + 1
 
@@ -266,6 +277,20 @@ class Mirror:
             if len(masks) < KEPT_MASKS:
                 masks[key] = mask
         return mask, key
+
+    def filtered(self, flt: CompiledFilter) -> tuple[np.ndarray, str | None] | None:
+        """The filter's mask and key, as `selection` gives them; None without a condition.
+        A text filter decided on this mirror (`flt.text_rows`) narrows the metadata's mask
+        into a mask made for this search alone, so without a key: no vectors are gathered
+        and kept for it (a block serves only the mask it was gathered for)."""
+        text = flt.text_rows
+        if text is None:
+            return None if flt.where is None else self.selection(flt.where)
+        mask = self.selection(flt.where)[0] if flt.where is not None else self._alive[: self.size]
+        both = np.zeros(len(mask), dtype=bool)
+        shared = min(len(mask), len(text.rows))
+        both[:shared] = mask[:shared] & text.rows[:shared]
+        return both, None
 
     def nearest(
         self, vector: np.ndarray, n: int, mask: np.ndarray | None = None, key: str | None = None
@@ -432,6 +457,60 @@ class Mirror:
             first[tied] = first[tied][np.argsort(self.doc_ids_of(docs[first[tied]]))]
         first = first[:limit]
         return rows[first], scores[first], docs[first]
+
+    # ------------------------------------------------------------ text filters
+
+    @property
+    def scans_texts(self) -> bool:
+        """Whether a substring test of every row's text is cheap: few texts are compressed."""
+        return self._packed * SCANNED_PACKED_SHARE <= self.size
+
+    def kept(self, key: str, decide: Callable[[], np.ndarray]) -> np.ndarray:
+        """The mask `decide` gives (a text filter's rows), kept under `key` until the next
+        write, as `selection` keeps a where-clause's (the key must not be a where-clause's)."""
+        masks = self._masks  # first: a write replaces it after changing the rows decide reads
+        mask = masks.get(key)
+        if mask is None:
+            mask = decide()
+            mask.flags.writeable = False
+            if len(masks) < KEPT_MASKS:
+                masks[key] = mask
+        return mask
+
+    def extent(self) -> tuple[int, int]:
+        """How many rows and documents there are now: a text filter is decided below both."""
+        size = self.size  # first: the documents of these rows are numbered by then
+        return size, len(self._doc_ids)
+
+    def rows_containing(self, text: str, size: int) -> np.ndarray:
+        """Mask of the live rows below `size` whose text contains `text` (case-sensitive,
+        as Chroma's $contains)."""
+        found = np.fromiter(
+            (text in (t if isinstance(t, str) else _unpack(t)) for t in self._texts[:size]),
+            dtype=bool,
+            count=size,
+        )
+        return found & self._alive[:size]
+
+    def rows_of(self, record_ids: Iterable[str], size: int) -> np.ndarray:
+        """Mask of the live rows below `size` holding these records (ids it lacks: none)."""
+        rows = np.fromiter(
+            (row for row in map(self._row.get, record_ids) if row is not None and row < size),
+            dtype=np.int64,
+        )
+        mask = np.zeros(size, dtype=bool)
+        mask[rows] = True
+        return mask & self._alive[:size]
+
+    def documents_with(self, rows: np.ndarray, documents: int) -> np.ndarray:
+        """Mask of the document numbers below `documents` with one of the rows masked."""
+        found = np.zeros(documents, dtype=bool)
+        found[self._docs[: len(rows)][rows]] = True
+        return found
+
+    def rows_of_documents(self, documents: np.ndarray, size: int) -> np.ndarray:
+        """Mask of the live rows below `size` of the documents masked (by number)."""
+        return documents[self._docs[:size]] & self._alive[:size]
 
     def documents(self) -> int:
         """How many live documents there are."""

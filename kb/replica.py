@@ -130,9 +130,13 @@ class Replica(ABC):
 
     def mirror_for(self, flt: CompiledFilter) -> Mirror | None:
         """The mirror, when it is current and can answer this filter: no filter, or one on
-        metadata only (a text filter is Chroma's). Every in-memory search path asks this."""
+        metadata, or a text filter decided on it (that mirror, current or not: the request
+        is answered on the copy it began on). A text filter not yet decided is Chroma's.
+        Every in-memory search path asks this."""
         if flt.where_document is not None:
             return None
+        if flt.text_rows is not None:
+            return flt.text_rows.mirror
         return self.current_mirror()
 
     @contextmanager

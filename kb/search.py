@@ -59,8 +59,10 @@ def search(store: KnowledgeStore, request: QueryRequest) -> list[QueryResult]:
     texts = request.texts()
     store.replica.catch_up()  # once per request: apply writes the local copies have not seen
     vectors = store.embedder.embed_queries(texts)
-    # a text filter is decided per document, once for the batch: then it is a metadata filter
-    passing = by_document(flt, store.records.ids)
+    # a text filter is decided per document, once for the batch: on the mirror, the rows of
+    # the documents passing it; else a metadata filter listing them
+    mirror = store.replica.mirror_for(CompiledFilter(flt.where))
+    passing = by_document(flt, store.records.ids, mirror)
     asked = _Asked(store, request, texts, vectors, min_score, passing if passing else flt)
     none = Ranking([], 0, 0, [])
     rankings = _ranked(asked, top_k) if passing is not None else [none for _ in texts]
@@ -123,7 +125,7 @@ def candidates(asked: _Asked, top_k: int) -> list[Ranking]:
     fusion = asked.request.fusion or store.settings.fusion
     mirror = _in_memory(store, flt)
     if asked.mode == "hybrid" and mirror is not None:
-        where = mirror.selection(flt.where) if flt.where is not None else None
+        where = mirror.filtered(flt)
         return [
             in_memory(mirror, text, vector, depth, where, fusion, top_k, min_score)
             for text, vector in zip(texts, vectors, strict=True)
@@ -147,7 +149,8 @@ def _in_memory(store: KnowledgeStore, flt: CompiledFilter) -> Mirror | None:
     mirror = store.replica.mirror_for(flt)
     if mirror is None:
         return None
-    return mirror if flt.where is not None or mirror.searches_all else None
+    filtered = flt.where is not None or flt.text_rows is not None
+    return mirror if filtered or mirror.searches_all else None
 
 
 def nearest_documents(
@@ -165,9 +168,8 @@ def nearest_documents(
     Without `texts`, hits carry ids, metadata and scores only (`complete` fetches the rest).
     """
     mirror = store.replica.mirror_for(flt)
-    mask = key = None
-    if mirror is not None and flt.where is not None:
-        mask, key = mirror.selection(flt.where)
+    selected = mirror.filtered(flt) if mirror is not None else None
+    mask, key = selected if selected is not None else (None, None)
     # until the mirror's index is built, an unfiltered search asks Chroma's for ids
     ids_from_chroma = mirror is not None and mask is None and not mirror.searches_all
     from_chroma = mirror is None or ids_from_chroma  # the mirror answers a tie whole

@@ -123,10 +123,12 @@ def check_answers(server: Server, mode: str | None) -> dict[str, float]:
             matches = json.loads(raw)["matches"]
             total += len(matches)
             wanted = FILTERS[name][0].get("filters", {})
+            text = FILTERS[name][0].get("where_document", {}).get("$contains")
             for match in matches:
                 for key, value in wanted.items():
                     allowed = value if isinstance(value, list) else [value]
                     assert match["metadata"][key] in allowed, (name, match)
+                assert text is None or text in match["text"], (name, match)
         shown[name] = total / WARMUP
     conn.close()
     return shown

@@ -91,17 +91,23 @@ def main(argv: list[str]) -> int:
         vectors = store.embedder.embed_queries(texts)
         rows = []
         for name, (body, _) in FILTERS.items():
-            where = compile_filter(body.get("filters")).where
+            flt = compile_filter(body.get("filters"), None, body.get("where_document"))
+            where, where_document = flt.where, flt.where_document
             allowed = (
-                np.isin(ids, col.get(where=where, include=[])["ids"])
-                if where
+                np.isin(ids, col.get(where=where, where_document=where_document, include=[])["ids"])
+                if where or where_document
                 else np.ones(len(ids), dtype=bool)
             )
             truth = [exact_top(matrix, docs, allowed, v, args.k) for v in vectors]
             row: dict[str, Any] = {"filter": name, "matching": int(allowed.sum())}
             chroma, start = [], time.perf_counter()
             for vector in vectors:  # one query per call, as a service asks
-                got = col.query(query_embeddings=vector[None], n_results=args.k, where=where)
+                got = col.query(
+                    query_embeddings=vector[None],
+                    n_results=args.k,
+                    where=where,
+                    where_document=where_document,
+                )
                 chroma.append([doc_of[rid] for rid in got["ids"][0]])
             row["chroma_ms"] = (time.perf_counter() - start) * 1000 / len(texts)
             row["chroma_recall"] = recall(chroma, truth)

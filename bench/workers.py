@@ -106,9 +106,9 @@ def baseline_query(args: dict[str, Any]) -> dict[str, Any]:
     collection = client.get_collection(args["collection"])
     result: dict[str, Any] = {"model_load_s": load_s, "open_s": time.perf_counter() - started}
 
-    def ask(i: int, where: dict[str, Any] | None) -> int:
+    def ask(i: int, where: dict[str, Any]) -> int:
         vector = model.encode([queries[i % len(queries)]], normalize_embeddings=True)
-        got = collection.query(query_embeddings=vector, n_results=5, where=where)
+        got = collection.query(query_embeddings=vector, n_results=5, **where)
         return len(got["ids"][0])
 
     for name in args["filters"]:

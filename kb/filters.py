@@ -353,7 +353,7 @@ class _Translator:
             known = ", ".join(sorted(DOCUMENT_OPS | LOGICAL))
             self.fail(sub, f"unknown operator '{op}' (known: {known})")
             return None
-        if not self.counted(sub):  # each one a scan of Chroma's texts (kb.document_filter)
+        if not self.counted(sub):  # each one a scan of every text (kb.document_filter)
             return None
         if not isinstance(arg, str) or not arg:
             self.fail(sub, f"{op} needs a non-empty string")

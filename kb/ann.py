@@ -173,7 +173,9 @@ class AnnIndex:
         query = np.ascontiguousarray(vector, dtype=np.float32).reshape(1, -1)
         selector = None
         if allowed is not None:
-            selector = faiss.IDSelectorBitmap(len(allowed) * 8, faiss.swig_ptr(allowed))
+            # n is the bitmap's size in bytes: FAISS selects an id iff id // 8 < n and its bit
+            # is set, so rows past the bitmap (added since the filter's mask) are left out
+            selector = faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(allowed))
         nprobe = self.probes(total / max(len(self), 1))
         while True:
             params = faiss.SearchParametersIVF(nprobe=nprobe, sel=selector)

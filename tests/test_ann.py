@@ -73,6 +73,24 @@ def test_a_filtered_search_nominates_allowed_rows_only_and_enough_of_them(built)
             assert set(rows.tolist()) == set(np.flatnonzero(allowed).tolist())
 
 
+def test_rows_past_a_filters_bitmap_are_never_nominated(built) -> None:
+    """A filter's mask covers the rows there were when it was taken; rows the index holds past
+    it (a write landing during the search) are not allowed, whatever memory follows the
+    bitmap. FAISS read the bitmap's size in bytes, and was given its size in bits: it read up
+    to eight times past the end, here into bytes whose bits are all set."""
+    vectors, index = built
+    allowed = np.zeros(len(vectors) // 2, dtype=bool)
+    allowed[:40] = True
+    bits = np.packbits(allowed, bitorder="little")
+    backing = np.full(len(bits) * 8, 0xFF, dtype=np.uint8)
+    backing[: len(bits)] = bits
+    for seed in range(5):
+        query = clustered(1, seed=10 + seed)[0]
+        rows = index.candidates(query, 10, backing[: len(bits)], int(allowed.sum()))
+        assert rows.max() < len(allowed)
+        assert allowed[rows].all()
+
+
 def test_added_rows_are_found_and_removed_rows_are_not() -> None:
     vectors = clustered(2000)
     index = AnnIndex.build(vectors, np.arange(1500), nprobe=16)

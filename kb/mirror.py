@@ -65,7 +65,7 @@ Product = Callable[[np.ndarray, Sequence[np.ndarray]], np.ndarray]
 class _Block:
     """The vectors of one filter's rows, gathered contiguously, and the batcher that scores
     concurrent queries with that filter in one product. It serves the mask it was gathered
-    for, the one the mirror keeps for the filter until the next write."""
+    for (or an equal one)."""
 
     def __init__(
         self, mask: np.ndarray, rows: np.ndarray, vectors: np.ndarray, product: Product
@@ -397,9 +397,10 @@ class Mirror:
     def _block(self, mask: np.ndarray, key: str | None) -> tuple[np.ndarray, _Block | None]:
         blocks = self._blocks  # replaced (not cleared) by writes: a reader keeps its own
         found = blocks.get(key) if key is not None else None
-        # only for its own mask: a search that took a mask before a write may gather after
-        # it, and its block must not serve the searches that take the write's new mask
-        if key is not None and found is not None and found.mask is mask:
+        # only for its own rows: a search that took a mask before a write may gather after
+        # it, and its block must not serve the searches that take the write's new mask (the
+        # same object while the mirror keeps it; past KEPT_MASKS filters, an equal one)
+        if key is not None and found is not None and _same(found.mask, mask):
             blocks.move_to_end(key)
             return found.rows, found
         rows = np.flatnonzero(mask)
@@ -559,6 +560,10 @@ def _pack(text: str) -> str | bytes:
 
 def _unpack(text: str | bytes) -> str:
     return text if isinstance(text, str) else zlib.decompress(text).decode()
+
+
+def _same(kept: np.ndarray, mask: np.ndarray) -> bool:
+    return kept is mask or np.array_equal(kept, mask)
 
 
 def _nth(scores: np.ndarray, n: int) -> float:

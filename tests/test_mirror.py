@@ -12,6 +12,7 @@ import chromadb
 import numpy as np
 import pytest
 
+from kb import mirror as mirror_module
 from kb.filters import compile_filter
 from kb.mirror import Mirror
 from kb.records import Record
@@ -390,3 +391,33 @@ def test_vectors_gathered_for_a_mask_from_before_a_write_serve_no_later_search()
     assert [r.id for r, _ in mirror.nearest(vectors[0], 2, before, key)] == ["r0", "r1"]
     after, key = mirror.selection(where)  # the next search, after the write
     assert [r.id for r, _ in mirror.nearest(vectors[0], 2, after, key)] == ["r1"]
+
+
+def test_vectors_gathered_for_a_filter_are_reused_past_the_kept_masks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Past KEPT_MASKS filters in one write's time, a filter's mask is made afresh for each
+    search: its gathered vectors still serve the next search with an equal mask."""
+    mirror = Mirror(dim=4, generation=0)
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(2000, 4)).astype(np.float32)
+    mirror.apply(
+        [Record(f"r{i}", "", {"_kb_doc": f"r{i}", "k": i % 100}, v) for i, v in enumerate(vectors)],
+        [],
+        1,
+    )
+    gathered: list[int] = []
+
+    class Counted(mirror_module._Block):
+        def __init__(self, mask: np.ndarray, rows: np.ndarray, *rest: Any) -> None:
+            gathered.append(len(rows))
+            super().__init__(mask, rows, *rest)
+
+    monkeypatch.setattr(mirror_module, "_Block", Counted)
+    for k in range(mirror_module.KEPT_MASKS):  # fill this write's kept masks
+        mirror.selection({"k": k})
+    masks = [mirror.selection({"k": 99}) for _ in range(4)]
+    assert masks[0][0] is not masks[1][0]
+    found = [mirror.nearest_rows(vectors[0], 3, mask, key)[0].tolist() for mask, key in masks]
+    assert gathered == [20]
+    assert found == [found[0]] * 4

@@ -109,6 +109,7 @@ class Mirror:
         self._metadata: list[str] = []
         self._texts: list[str | bytes] = []  # each row's chunk text, what a hit shows (packed)
         self._packed = 0  # how many of them are compressed
+        self._cut: list[int] = []  # rows whose text holds a NUL (see rows_containing)
         self._lock = threading.Lock()
         self._vectors = np.zeros((1024, dim), dtype=np.float32)
         self._alive = np.zeros(1024, dtype=bool)
@@ -182,6 +183,8 @@ class Mirror:
         text = _pack(record.text)
         self._packed += isinstance(text, bytes)
         self._texts.append(text)
+        if "\x00" in record.text:
+            self._cut.append(row)
         self._where.add(row, record.metadata)
         self.size = row + 1
 
@@ -485,12 +488,15 @@ class Mirror:
 
     def rows_containing(self, text: str, size: int) -> np.ndarray:
         """Mask of the live rows below `size` whose text contains `text` (case-sensitive,
-        as Chroma's $contains)."""
+        as Chroma's $contains, which also reads a text only up to its first NUL)."""
         found = np.fromiter(
             (text in (t if isinstance(t, str) else _unpack(t)) for t in self._texts[:size]),
             dtype=bool,
             count=size,
         )
+        for row in self._cut[:]:
+            if row < size:
+                found[row] = text in _unpack(self._texts[row]).partition("\x00")[0]
         return found & self._alive[:size]
 
     def rows_of(self, record_ids: Iterable[str], size: int) -> np.ndarray:

@@ -22,16 +22,17 @@ from kb.store import KnowledgeStore, WriteMode
 from tests.conftest import changed
 
 # words that tell Chroma's substring test from near misses: case, accents and their folds,
-# LIKE's wildcards, escapes, quotes, other scripts, a newline
+# LIKE's wildcards, escapes, quotes, other scripts, a newline, a NUL (Chroma's test reads a
+# text only up to its first)
 WORDS = (
     "the", "The", "THE", "then", "café", "Café", "CAFÉ", "cafe", "straße", "STRASSE",
     "naïve", "50%", "a_b", "a%b", "back\\slash", '"quoted"', "it's", "日本語", "smile🙂",
-    "x.y", "[br]", "new\nline", "GAN", "gan",
+    "x.y", "[br]", "new\nline", "GAN", "gan", "nul\x00byte",
 )  # fmt: skip
 PATTERNS = (
     "the", "The", "THE", "he", "e t", "the ", "café", "Café", "CAFÉ", "afé", "é", "É", "ß",
     "SS", "ï", "%", "_", "a%", "a_b", "\\", '"', "'", "日本", "🙂", ".", "[", "\n", "GAN",
-    "gan", "zzyzx",
+    "gan", "zzyzx", "byte", "nul",
 )  # fmt: skip
 REGEXES = ("[Cc]af", "^the", "é$", "\\d+%", "G[A-Z]N", "(?i)gan")
 

@@ -6,7 +6,7 @@ re-reads those ids' current state from Chroma, so entries may be applied in any 
 or late, and the copies still converge on what Chroma holds. Entries count as seen only once
 their records were re-read (`seen`): a re-read that fails is tried again at the next poll. A
 pending entry older than STALE_S belongs to a writer that died mid-write: the first reader to
-see it removes what that write left (kb.replica) and then marks it done (`settle`), so a
+see it removes what that write left (kb.shared_replica) and then marks it done (`settle`), so a
 removal that fails is tried again at a later poll.
 """
 

@@ -1,9 +1,11 @@
-"""One process per embedded store: an exclusive file lock on its directory."""
+"""The store's locks: one process per embedded store (an exclusive file lock on its
+directory), and the write lock that serializes a store's writes."""
 
 from __future__ import annotations
 
 import fcntl
 import os
+import threading
 from pathlib import Path
 from typing import TextIO
 
@@ -46,3 +48,31 @@ class StoreLock:
             fcntl.flock(self._file, fcntl.LOCK_UN)
             self._file.close()
             self._file = None
+
+
+class WriteLock:
+    """The store's write lock: a re-entrant thread lock, plus (for a shared server) a file
+    lock that serializes the writes of every kb process on this host."""
+
+    def __init__(self, path: Path | None = None) -> None:
+        self._thread = threading.RLock()
+        self._path = path
+        self._file: object | None = None
+        self._depth = 0
+
+    def __enter__(self) -> WriteLock:
+        self._thread.acquire()
+        if self._path is not None and self._depth == 0:
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+            handle = self._path.open("a")
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            self._file = handle
+        self._depth += 1
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._depth -= 1
+        if self._depth == 0 and self._file is not None:
+            self._file.close()  # type: ignore[attr-defined]  # closing releases the flock
+            self._file = None
+        self._thread.release()

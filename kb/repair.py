@@ -16,7 +16,7 @@ the collection is exactly what a write that never finished leaves. The index is 
 from every record (kb.replica), which this module watches go by; what it finds is deleted as
 any write deletes, after the rebuild. On a Chroma server no store re-opens after a writer on
 another host dies: the first reader to find its change-log entry abandoned surveys the
-documents it names and deletes their tails only (kb.replica.SharedReplica).
+documents it names and deletes their tails only (kb.shared_replica).
 
 A document whose first chunk counts chunks that are missing or of another version cannot be
 mended here (its text is gone): it is named in the log, as reads name it (kb.store).

@@ -5,16 +5,14 @@ Chroma is the source of truth. An embedded store has one writer, this process: e
 bumps a generation number in the collection *before* it touches Chroma, and the copies record
 the generation they applied, so a crash mid-write leaves them behind and the next open
 rebuilds them. Against a Chroma server, other processes write too: writes are announced in a
-change log (kb.changes) and each process re-reads what the others touched before it searches.
+change log (kb.changes) and each process re-reads what the others touched before it searches
+(kb.shared_replica).
 """
 
 from __future__ import annotations
 
 import logging
-import shutil
-import tempfile
 import threading
-import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
@@ -24,19 +22,16 @@ from pathlib import Path
 import numpy as np
 
 from kb.ann import AnnConfig, Lists, train, training_sample
-from kb.changes import ChangeLog, Poll
 from kb.collection import RecordCollection
 from kb.filters import CompiledFilter
 from kb.keyword import KeywordIndex
-from kb.logs import Thinned
+from kb.lock import WriteLock
 from kb.memory import release_freed_memory
 from kb.mirror import Mirror
-from kb.records import DOC, Record, doc_id_of
-from kb.repair import Found, Survey, report, survey
+from kb.records import Record
+from kb.repair import Found, Survey, report
 
 log = logging.getLogger(__name__)
-WARN_EVERY_S = 60.0  # a change log that cannot be read is logged at most this often
-REPAIR_WAIT_S = (1.0, 60.0)  # after a failed repair, the pause before the next (doubling)
 
 GENERATION_KEY = "kb_generation"
 RESTORING_KEY = "kb_restoring"  # true while kb restore writes (Replica.restoring)
@@ -46,7 +41,7 @@ Apply = Callable[[Sequence[Record], Sequence[str]], None]
 class Replica(ABC):
     """What both store modes share: the copies, their rebuild, and the mirror's loading."""
 
-    def __init__(self, records: RecordCollection, dim: int, index: Path, writes: Lock) -> None:
+    def __init__(self, records: RecordCollection, dim: int, index: Path, writes: WriteLock) -> None:
         self.records = records
         self.dim = dim
         self.keyword = KeywordIndex(index)
@@ -240,36 +235,6 @@ class Replica(ABC):
         return lists
 
 
-class Lock:
-    """The store's write lock: a re-entrant thread lock, plus (for a shared server) a file
-    lock that serializes the writes of every kb process on this host."""
-
-    def __init__(self, path: Path | None = None) -> None:
-        self._thread = threading.RLock()
-        self._path = path
-        self._file: object | None = None
-        self._depth = 0
-
-    def __enter__(self) -> Lock:
-        self._thread.acquire()
-        if self._path is not None and self._depth == 0:
-            import fcntl
-
-            self._path.parent.mkdir(parents=True, exist_ok=True)
-            handle = self._path.open("a")
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            self._file = handle
-        self._depth += 1
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._depth -= 1
-        if self._depth == 0 and self._file is not None:
-            self._file.close()  # type: ignore[attr-defined]  # closing releases the flock
-            self._file = None
-        self._thread.release()
-
-
 class LocalReplica(Replica):
     """Copies of an embedded store: a persistent index beside it, one writing process."""
 
@@ -317,127 +282,3 @@ class LocalReplica(Replica):
     def current_mirror(self) -> Mirror | None:
         mirror = self.mirror
         return mirror if mirror is not None and mirror.generation == self.generation() else None
-
-
-class SharedReplica(Replica):
-    """Copies of a collection on a Chroma server that other processes write to: a private
-    index, rebuilt when the process starts and then kept in step through the change log."""
-
-    def __init__(self, records: RecordCollection, dim: int, writes: Lock) -> None:
-        self._scratch = Path(tempfile.mkdtemp(prefix="kb-replica-"))
-        super().__init__(records, dim, self._scratch / "keyword.sqlite3", writes)
-        self.changes = ChangeLog(records.side_collection("kb-log"))
-        self._polls = threading.Lock()
-        self._last_poll = -1.0  # when the newest poll began (monotonic)
-        self._counts_warnings = Thinned(WARN_EVERY_S)  # a failed read for counts: not per scrape
-        self._built = False
-        self._repair_after = 0.0  # no repair before this (monotonic): one failed
-        self._repair_failures = 0  # in a row
-
-    def close(self) -> None:
-        super().close()
-        shutil.rmtree(self._scratch, ignore_errors=True)
-
-    def catch_up(self, wait: bool = True) -> None:
-        """Poll the change log (one small read of it) and re-read what others wrote. Callers
-        share a poll: one that began after they asked answers them all. Without `wait`, a
-        poll already running is enough and nothing is awaited."""
-        asked = time.monotonic()
-        if not self._polls.acquire(blocking=wait):
-            return
-        try:
-            if self._last_poll >= asked:  # a poll that began after we asked has finished
-                return
-            before, self._last_poll = self._last_poll, time.monotonic()
-            try:
-                self._poll()
-            except BaseException:  # callers waiting for this poll poll again
-                self._last_poll = before
-                raise
-        finally:
-            self._polls.release()
-
-    def _poll(self) -> None:
-        poll = self.changes.changes() if self._built and not self._behind else None
-        if poll is None:
-            self.changes.reset()  # before reading: writes during the rebuild are re-read
-            self.rebuild(0)
-            self._built = True
-            return
-        if poll.ids:
-            self._refresh(sorted(poll.ids))
-        if poll.stale:
-            self._settle(poll)
-        self.changes.seen(poll)  # only now: a failed re-read is tried again next time
-
-    def _settle(self, poll: Poll) -> None:
-        """Remove what dead writers left, then mark their entries done. This is housekeeping
-        the search does not need (a tail stays matchable meanwhile, as during STALE_S), so a
-        failure fails no search: it is logged, the entries stay pending, and the repair is
-        tried again at the first poll after a pause that doubles with each failure."""
-        if time.monotonic() < self._repair_after:
-            return
-        try:
-            if poll.abandoned:
-                self._repair(poll.abandoned)
-            self.changes.settle(poll)
-        except Exception:
-            low, high = REPAIR_WAIT_S
-            wait = min(low * 2 ** min(self._repair_failures, 16), high)
-            self._repair_failures += 1
-            self._repair_after = time.monotonic() + wait
-            log.warning(
-                "could not remove what a dead writer left in %d document(s); trying again in "
-                "%.0f s",
-                len({doc_id_of(i) for i in poll.abandoned}),
-                wait,
-                exc_info=True,
-            )
-            return
-        self._repair_failures = 0
-
-    def _repair(self, ids: set[str]) -> None:
-        """The documents a dead writer was writing (its change log entry left pending):
-        delete the chunks their first chunk no longer counts (kb.repair). Chunks without a
-        first chunk stay: another host may be writing that document in parts right now."""
-        by_doc = CompiledFilter(where={DOC: {"$in": sorted({doc_id_of(i) for i in ids})}})
-        with self._writes:
-            found = survey(self.records.get(flt=by_doc, texts=False))
-            self._remove(found, found.leftovers)
-
-    def _refresh(self, ids: list[str]) -> None:
-        """Copy these records' current state from Chroma (present: upsert, gone: delete).
-        Fetch and apply hold the lock, so a write of ours cannot land between them."""
-        with self._lock:
-            found = self.records.get(ids, embeddings=True)
-            present = {r.id for r in found}
-            self.apply(found, [i for i in ids if i not in present], 0)
-
-    @contextmanager
-    def writing(self, ids: Sequence[str]) -> Iterator[Apply]:
-        entry = self.changes.begin(ids)
-        failed = True
-        try:
-            yield lambda upserted, deleted: self.apply(upserted, deleted, 0)
-            failed = False
-        finally:  # a failed write is announced too: every process re-reads whatever it left
-            self.changes.end(entry, ids, reread=failed)
-
-    def current_mirror(self) -> Mirror | None:
-        return self.mirror
-
-    def mirror_to_read(self) -> Mirror | None:
-        # Only searches polled the log, so a worker that never searched reported its start-up
-        # counts forever. No wait: a backup reads the count holding the write lock, which a
-        # running poll's rebuild may be waiting for (waiting here would deadlock them).
-        if self.mirror is None:  # not loaded (or not kept): the caller reads Chroma itself
-            return None
-        try:
-            self.catch_up(wait=False)
-        except Exception:  # /metrics must still answer while the server is away: stale counts
-            added = self._counts_warnings.take()
-            if added is not None:
-                log.warning(
-                    "could not read the change log; counts may be behind%s", added, exc_info=True
-                )
-        return self.mirror

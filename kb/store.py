@@ -29,6 +29,7 @@ from kb.errors import (
 )
 from kb.filters import CompiledFilter, and_where
 from kb.keyword import KeywordIndex
+from kb.lock import WriteLock
 from kb.records import (
     CHUNK,
     CHUNKS,
@@ -48,7 +49,7 @@ from kb.records import (
     user_metadata,
     whole_documents,
 )
-from kb.replica import LocalReplica, Lock, Replica, SharedReplica
+from kb.replica import LocalReplica, Replica
 from kb.schemas import (
     AddResponse,
     DeleteResponse,
@@ -59,6 +60,7 @@ from kb.schemas import (
     Stats,
     UpdateFields,
 )
+from kb.shared_replica import SharedReplica
 from kb.stats import metadata_stats
 
 log = logging.getLogger(__name__)
@@ -96,7 +98,8 @@ class KnowledgeStore:
         self.overlap = min(settings.chunk_overlap, self.window // 2)
         self._damaged: set[str] = set()  # documents found torn under the write lock (logged)
         # Writes check ids and then write: serialize them so the check stays true.
-        self._lock = Lock(_write_lock_path(settings) if self.records.mode == "server" else None)
+        shared = self.records.mode == "server"
+        self._lock = WriteLock(_write_lock_path(settings) if shared else None)
         try:
             self.replica = _replica(settings, self.records, embedder.dim, self._lock)
             self.replica.start(in_memory=searching)
@@ -124,7 +127,7 @@ class KnowledgeStore:
     def keyword(self) -> KeywordIndex:
         return self.replica.keyword
 
-    def writes(self) -> Lock:
+    def writes(self) -> WriteLock:
         """The write lock: while it is held no write of this store (on a server: of any kb
         process on this host) lands. Backups hold it to copy a consistent state."""
         return self._lock
@@ -528,7 +531,7 @@ class KnowledgeStore:
             applied([], ids)
 
 
-def _replica(settings: Settings, records: RecordCollection, dim: int, lock: Lock) -> Replica:
+def _replica(settings: Settings, records: RecordCollection, dim: int, lock: WriteLock) -> Replica:
     if records.mode == "server":
         return SharedReplica(records, dim, lock)
     index = settings.chroma_path / f"{settings.collection}.keyword.sqlite3"

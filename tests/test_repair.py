@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from kb import backup, changes, replica
+from kb import backup, changes, shared_replica
 from kb.collection import RecordCollection
 from kb.config import Settings
 from kb.embeddings import Embedder
@@ -279,9 +279,9 @@ def test_on_a_server_a_repair_that_failed_fails_no_search_and_is_tried_again(
     housekeeping), and leaves the entry pending, so a later poll repairs."""
     with reader_after_a_dead_writer(server_settings, embedder, monkeypatch) as reader:
         monkeypatch.setattr(changes, "STALE_S", 0)
-        monkeypatch.setattr(replica, "REPAIR_WAIT_S", (0.0, 0.0))
+        monkeypatch.setattr(shared_replica, "REPAIR_WAIT_S", (0.0, 0.0))
         failed = failing_deletes(monkeypatch, 1)
-        with caplog.at_level(logging.WARNING, logger="kb.replica"):
+        with caplog.at_level(logging.WARNING, logger="kb.shared_replica"):
             search(reader, QueryRequest.model_validate(OLD_ERA))  # answers
         assert failed == [1]
         assert "could not remove what a dead writer left in 1 document" in caplog.text
@@ -298,7 +298,7 @@ def test_on_a_server_a_repair_that_keeps_failing_is_tried_once_a_pause(
     failure the next try waits for REPAIR_WAIT_S's pause."""
     with reader_after_a_dead_writer(server_settings, embedder, monkeypatch) as reader:
         monkeypatch.setattr(changes, "STALE_S", 0)
-        monkeypatch.setattr(replica, "REPAIR_WAIT_S", (3600.0, 3600.0))
+        monkeypatch.setattr(shared_replica, "REPAIR_WAIT_S", (3600.0, 3600.0))
         failed = failing_deletes(monkeypatch, 1_000)
         for _ in range(3):
             search(reader, QueryRequest.model_validate(OLD_ERA))

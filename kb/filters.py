@@ -358,8 +358,8 @@ class _Translator:
         if not isinstance(arg, str) or not arg:
             self.fail(sub, f"{op} needs a non-empty string")
             return None
-        if "\x00" in arg:  # Chroma's test would read the pattern only up to it
-            self.fail(sub, f"{op} cannot hold the NUL character (U+0000)")
+        if op in CONTAINS and "\x00" in arg:  # Chroma's substring test stops at a NUL
+            self.fail(sub, f"{op} cannot hold the NUL character (U+0000); $regex can")
             return None
         if "regex" in op and (problem := regex_problem(arg)) is not None:
             self.fail(sub, f"invalid regular expression for Chroma's engine: {problem}")

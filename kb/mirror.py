@@ -284,8 +284,8 @@ class Mirror:
     def filtered(self, flt: CompiledFilter) -> tuple[np.ndarray, str | None] | None:
         """The filter's mask and key, as `selection` gives them; None without a condition.
         A text filter decided on this mirror (`flt.text_rows`) narrows the metadata's mask
-        into a mask made for this search alone, so without a key: no vectors are gathered
-        and kept for it (a block serves only the mask it was gathered for)."""
+        into a mask made for this search alone, without a key: no vectors are gathered and
+        kept for it."""
         text = flt.text_rows
         if text is None:
             return None if flt.where is None else self.selection(flt.where)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
@@ -33,6 +32,7 @@ from kb.memory import release_freed_memory
 from kb.metadata_index import MetadataIndex
 from kb.ranking import cosines
 from kb.records import DOC, HEADS, Record
+from kb.texts import Texts
 
 if TYPE_CHECKING:
     from kb.filters import CompiledFilter
@@ -49,16 +49,6 @@ KEPT_MASKS = 64  # filters whose row masks are kept between writes
 # of two unit vectors of 384 terms is off by at most about 2.3e-5 (384 x 2**-24)
 TIE_SPAN = 1e-4
 RESCORED = 1024  # rows scored again at most (20k near-identical chunks took 16 ms, not 0.2)
-# Texts of at least this many characters are kept zlib-compressed (ratio 0.53-0.58 on the
-# bench's paragraphs and on SciFact): kb serve held 70-90 MiB less at ready on a store of
-# 100k paragraphs (README, Memory), for 22 us a text as it is added or loaded and 9 us for
-# each hit whose text is shown.
-PACKED_CHARS = 256
-# A text filter's substring test runs over the rows' texts while at most one in this many is
-# kept compressed: a text kept as is is tested in about 0.1 us, a compressed one is unpacked
-# first (about 6 us), and Chroma's own test of every record (about 0.2 us each, 17 ms at 100k
-# short ones, plus 1.5-2 us for each match it lists) is cheaper than unpacking many.
-SCANNED_PACKED_SHARE = 32
 Product = Callable[[np.ndarray, Sequence[np.ndarray]], np.ndarray]
 
 
@@ -107,9 +97,7 @@ class Mirror:
         # json (orjson's output buffers, shrunk after, left 350 MB of fragments), read by
         # orjson (4x faster).
         self._metadata: list[str] = []
-        self._texts: list[str | bytes] = []  # each row's chunk text, what a hit shows (packed)
-        self._packed = 0  # how many of them are compressed
-        self._cut: list[int] = []  # rows whose text holds a NUL (see rows_containing)
+        self._texts = Texts()  # each row's chunk text, what a hit shows
         self._lock = threading.Lock()
         self._vectors = np.zeros((1024, dim), dtype=np.float32)
         self._alive = np.zeros(1024, dtype=bool)
@@ -180,11 +168,7 @@ class Mirror:
         self._row[record.id] = row
         self.ids.append(record.id)
         self._metadata.append(json.dumps(record.metadata, separators=(",", ":")))
-        text = _pack(record.text)
-        self._packed += isinstance(text, bytes)
-        self._texts.append(text)
-        if "\x00" in record.text:
-            self._cut.append(row)
+        self._texts.append(record.text)
         self._where.add(row, record.metadata)
         self.size = row + 1
 
@@ -467,7 +451,7 @@ class Mirror:
     @property
     def scans_texts(self) -> bool:
         """Whether a substring test of every row's text is cheap: few texts are compressed."""
-        return self._packed * SCANNED_PACKED_SHARE <= self.size
+        return self._texts.cheap_to_scan
 
     def kept(self, key: str, decide: Callable[[], np.ndarray]) -> np.ndarray:
         """The mask `decide` gives (a text filter's rows), kept under `key` until the next
@@ -487,17 +471,8 @@ class Mirror:
         return size, len(self._doc_ids)
 
     def rows_containing(self, text: str, size: int) -> np.ndarray:
-        """Mask of the live rows below `size` whose text contains `text` (case-sensitive,
-        as Chroma's $contains, which also reads a text only up to its first NUL)."""
-        found = np.fromiter(
-            (text in (t if isinstance(t, str) else _unpack(t)) for t in self._texts[:size]),
-            dtype=bool,
-            count=size,
-        )
-        for row in self._cut[:]:
-            if row < size:
-                found[row] = text in _unpack(self._texts[row]).partition("\x00")[0]
-        return found & self._alive[:size]
+        """Mask of the live rows below `size` whose text contains `text` (Texts.containing)."""
+        return self._texts.containing(text, size) & self._alive[:size]
 
     def rows_of(self, record_ids: Iterable[str], size: int) -> np.ndarray:
         """Mask of the live rows below `size` holding these records (ids it lacks: none)."""
@@ -537,7 +512,7 @@ class Mirror:
         """A row as a record (metadata decoded afresh: the caller's to change), text if
         asked."""
         metadata = orjson.loads(self._metadata[row])
-        return Record(self.ids[row], _unpack(self._texts[row]) if text else "", metadata)
+        return Record(self.ids[row], self._texts[row] if text else "", metadata)
 
     def doc_ids_of(self, numbers: np.ndarray) -> np.ndarray:
         """Document numbers (as `first_per_document` gives them) as an array of their ids."""
@@ -554,18 +529,6 @@ class Mirror:
         are dropped."""
         rows = [(self._row.get(record_id), score) for record_id, score in hits]
         return [(self.record(row, texts), score) for row, score in rows if row is not None]
-
-
-def _pack(text: str) -> str | bytes:
-    """A text as the mirror keeps it: compressed if long enough for that to pay."""
-    if len(text) < PACKED_CHARS:
-        return text
-    packed = zlib.compress(text.encode(), 1)
-    return packed if len(packed) < len(text) else text
-
-
-def _unpack(text: str | bytes) -> str:
-    return text if isinstance(text, str) else zlib.decompress(text).decode()
 
 
 def _same(kept: np.ndarray, mask: np.ndarray) -> bool:

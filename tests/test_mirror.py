@@ -226,7 +226,7 @@ def test_hits_show_their_texts_as_added_long_ones_kept_compressed() -> None:
     shown = mirror.records([(f"t{i}", 1.0) for i in range(len(texts))], texts=True)
     assert [record.text for record, _ in shown] == texts
     assert [record.text for record, _ in mirror.records([("t0", 1.0)])] == [""]  # not asked
-    kept = [len(mirror._texts[mirror.row(f"t{i}")]) for i in range(len(texts))]  # type: ignore[arg-type]
+    kept = [mirror._texts.stored_size(mirror.row(f"t{i}")) for i in range(len(texts))]  # type: ignore[arg-type]
     assert kept[0] < len(long) / 2  # packed
     assert kept[1:] == [len(text) for text in texts[1:]]  # as they were
 

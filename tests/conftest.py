@@ -20,7 +20,12 @@ from kb.store import KnowledgeStore
 
 pytest_plugins = ["tests.live", "tests.chroma_server"]
 # Modules whose tests run twice: on an embedded store and on a Chroma server.
-BOTH_MODES = ("tests.test_api_", "tests.test_system", "tests.test_security")
+BOTH_MODES = (
+    "tests.test_api_",
+    "tests.test_system",
+    "tests.test_security",
+    "tests.test_text_filters",
+)
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 

@@ -16,7 +16,6 @@ passing documents' ids, which FTS5's allowed ids and Chroma's query apply.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, Self, TypeVar
@@ -26,7 +25,7 @@ import numpy as np
 from kb import collection
 from kb.errors import ValidationFailed, field_error
 from kb.filters import CompiledFilter, TextRows, and_where
-from kb.mirror import Mirror
+from kb.mirror import Mirror, filter_key
 from kb.records import DOC, doc_id_of
 
 POSITIVE = {"$not_contains": "$contains", "$not_regex": "$regex"}  # negation -> its opposite
@@ -115,7 +114,7 @@ def _on_mirror(
 
         return mirror.rows_of_documents(_evaluate(where_document, matching), size)
 
-    rows = mirror.kept(f"text {json.dumps(where_document, sort_keys=True)}", decide)
+    rows = mirror.kept(f"text {filter_key(where_document)}", decide)
     if not rows.any():
         return None
     return CompiledFilter(where, text_rows=TextRows(mirror, rows))

@@ -79,9 +79,9 @@ def _trained(lists: Future[Lists | None] | None, rows: int) -> Lists | None:
     return trained if trained is not None and trained.suits(rows) else None
 
 
-def _filter_key(where: dict[str, Any]) -> str:
-    """A where-clause as text: the key under which the mirror keeps its mask and the vectors
-    gathered for it, until the next write."""
+def filter_key(where: dict[str, Any]) -> str:
+    """A where-clause (or a text filter) as text: the key under which the mirror keeps its
+    mask and the vectors gathered for it, until the next write."""
     return json.dumps(where, sort_keys=True, default=str)
 
 
@@ -255,15 +255,13 @@ class Mirror:
     def selection(self, where: dict[str, Any]) -> tuple[np.ndarray, str]:
         """The where-clause's mask (as `matches`) and its key, as `nearest_rows` takes them:
         the key names what the mirror keeps for the filter until the next write."""
-        size, alive, masks = self.size, self._alive, self._masks
-        key = _filter_key(where)
-        mask = masks.get(key)
-        if mask is None or len(mask) != size:
-            mask = self._where.mask(where, size) & alive[:size]
-            mask.flags.writeable = False
-            if len(masks) < KEPT_MASKS:
-                masks[key] = mask
-        return mask, key
+
+        def decide() -> np.ndarray:
+            size = self.size
+            return self._where.mask(where, size) & self._alive[:size]
+
+        key = filter_key(where)
+        return self.kept(key, decide), key
 
     def filtered(self, flt: CompiledFilter) -> tuple[np.ndarray, str | None] | None:
         """The filter's mask and key, as `selection` gives them; None without a condition.
@@ -454,8 +452,10 @@ class Mirror:
         return self._texts.cheap_to_scan
 
     def kept(self, key: str, decide: Callable[[], np.ndarray]) -> np.ndarray:
-        """The mask `decide` gives (a text filter's rows), kept under `key` until the next
-        write, as `selection` keeps a where-clause's (the key must not be a where-clause's)."""
+        """The mask `decide` gives over the rows, kept under `key` (a where-clause's, or a
+        text filter's: kb.document_filter) until the next write, for the first KEPT_MASKS
+        keys. A mask kept during a write may cover fewer rows than there are once it is
+        done: readers take the rows past a mask as not allowed."""
         masks = self._masks  # first: a write replaces it after changing the rows decide reads
         mask = masks.get(key)
         if mask is None:

@@ -41,7 +41,7 @@ class _Asked:
     texts: Sequence[str]
     vectors: np.ndarray
     min_score: float
-    flt: CompiledFilter  # the metadata filter (a text filter is decided per document first)
+    flt: CompiledFilter  # the filters, a text filter decided per document (by_document)
 
     @property
     def mode(self) -> str:
@@ -61,8 +61,7 @@ def search(store: KnowledgeStore, request: QueryRequest) -> list[QueryResult]:
     vectors = store.embedder.embed_queries(texts)
     # a text filter is decided per document, once for the batch: on the mirror, the rows of
     # the documents passing it; else a metadata filter listing them
-    mirror = store.replica.mirror_for(CompiledFilter(flt.where))
-    passing = by_document(flt, store.records.ids, mirror)
+    passing = by_document(flt, store.records.ids, store.replica.current_mirror())
     asked = _Asked(store, request, texts, vectors, min_score, passing if passing else flt)
     none = Ranking([], 0, 0, [])
     rankings = _ranked(asked, top_k) if passing is not None else [none for _ in texts]

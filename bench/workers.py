@@ -106,21 +106,21 @@ def baseline_query(args: dict[str, Any]) -> dict[str, Any]:
     collection = client.get_collection(args["collection"])
     result: dict[str, Any] = {"model_load_s": load_s, "open_s": time.perf_counter() - started}
 
-    def ask(i: int, where: dict[str, Any]) -> int:
+    def ask(i: int, filters: dict[str, Any]) -> int:
         vector = model.encode([queries[i % len(queries)]], normalize_embeddings=True)
-        got = collection.query(query_embeddings=vector, n_results=5, **where)
+        got = collection.query(query_embeddings=vector, n_results=5, **filters)
         return len(got["ids"][0])
 
     for name in args["filters"]:
-        where = FILTERS[name][1]
+        filters = FILTERS[name][1]  # Chroma's where= or where_document=
         for i in range(WARMUP):
-            ask(i, where)
+            ask(i, filters)
         latencies: list[float] = []
         hits = 0
         other, begun = OtherLoad(), time.perf_counter()
         stop = begun + args["duration"]
         while (now := time.perf_counter()) < stop:
-            hits += ask(len(latencies), where)
+            hits += ask(len(latencies), filters)
             latencies.append(time.perf_counter() - now)
         wall = time.perf_counter() - begun
         summary = latency_summary(latencies)

@@ -18,6 +18,11 @@ here rather than quoted from a scratch script:
 - health: /health in-process, the count from the mirror and from Chroma.
 - gil: how fast another Python thread runs (share of its idle rate) while Chroma adds 1,024
   records, gets them by id, and answers 50 queries, on a scratch store.
+- text_filters: a hybrid search with each of a few text filters (`where_document`) on a copy
+  of the query store, in process: the first after a write (one document rewritten before
+  each, so the filter is decided afresh) and the same search again (the mirror keeps the
+  decision until the next write), medians of 7; and Chroma's ids-only `get` for the filter
+  (for a negation, its opposite), what every search asked before the mirror decided it.
 - keyword: the in-memory BM25 index (kb.bm25) of `--docs` short and `--docs` paragraph texts,
   each built in a fresh process: its memory (the process's RSS growth; the texts are loaded
   first), and the p50 of a search (the bench's queries, 50 hits) before and after 1% of the
@@ -32,6 +37,7 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import shutil
 import statistics
 import sys
 import threading
@@ -188,6 +194,58 @@ def health(docs: int) -> dict[str, float]:
     return out
 
 
+TEXT_FILTERS: dict[str, dict[str, Any] | None] = {
+    "none": None,
+    "contains_the": {"$contains": "the"},  # ~3/5 of the short documents
+    "contains_learning": {"$contains": "learning"},  # ~1/80
+    "contains_absent": {"$contains": "zzyzx"},  # none
+    "not_contains_learning": {"$not_contains": "learning"},
+    "regex_learn": {"$regex": "[Ll]earn"},  # Chroma's dialect: looked up in Chroma
+}
+
+
+def text_filters(docs: int) -> dict[str, float]:
+    from kb.document_filter import POSITIVE
+    from kb.filters import CompiledFilter
+    from kb.schemas import DocumentIn, QueryRequest
+    from kb.search import search
+    from kb.store import KnowledgeStore, WriteMode
+
+    path, _ = store_for(docs)
+    out: dict[str, float] = {}
+    with scratch() as work:  # a copy: the section writes
+        shutil.copytree(path, work / "store")
+        settings = Settings(chroma_path=work / "store", collection=COLLECTION, log_level="WARNING")
+        store = KnowledgeStore.open(settings, load_embedder(settings))
+        try:
+            store.replica.wait_loaded()
+            for name, where_document in TEXT_FILTERS.items():
+                body = {"query": "how do neural networks learn", "where_document": where_document}
+                request = QueryRequest.model_validate(body)
+                first, again = [], []
+                for i in range(7):
+                    text = f"A write between two searches, the {i}th."
+                    store.add([DocumentIn(id="bench-write", text=text)], WriteMode.UPSERT)
+                    first.append(_once_ms(lambda r=request: search(store, r)))
+                    again.append(_once_ms(lambda r=request: search(store, r)))
+                out[f"{name}_first_after_a_write_ms"] = statistics.median(first)
+                out[f"{name}_again_ms"] = statistics.median(again)
+                if where_document is not None:  # a negation is asked as its opposite
+                    ((op, arg),) = where_document.items()
+                    flt = CompiledFilter(None, {POSITIVE.get(op, op): arg})
+                    out[f"{name}_chroma_ids_ms"] = median_ms(lambda f=flt: store.records.ids(f), 5)
+        finally:
+            store.close()
+    return out
+
+
+def _once_ms(call: Callable[[], Any]) -> float:
+    """One call's time, no warm-up: what comes first is what is measured."""
+    started = time.perf_counter()
+    call()
+    return (time.perf_counter() - started) * 1000
+
+
 def gil() -> dict[str, float]:
     from kb.collection import make_client
 
@@ -320,6 +378,7 @@ def main(argv: list[str]) -> int:
         "health": health,
         "gil": lambda docs: gil(),
         "keyword": keyword,
+        "text_filters": text_filters,
     }
     return run_sections("python -m bench.micro", __doc__, runs, argv)
 

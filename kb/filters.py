@@ -133,13 +133,15 @@ def exact_numbers(key: str, op: str, arg: Any) -> dict[str, Any]:
     """`{key: {op: arg}}` as Chroma answers it right for numbers. Chroma compares a stored
     integer with a fractional bound truncated toward zero ($gte 2.5 and $eq 2.5 match 2,
     $lt 2.5 misses it), and with a bound beyond 64 bits clamped to the 64-bit end ($lt 1e19
-    misses 2**63 - 1); floats compare exactly. So a delete by such a filter removed
-    documents it did not name. Only the integer(s) beside such a bound can be misjudged:
-    they are named, kept out with $nin or let in with $in (a float equal to one belongs
-    where the integer does)."""
+    misses 2**63 - 1); a stored float with an integer bound as the float nearest to it
+    ($eq 2**53 + 1 matches 2.0**53, $lt 2**53 + 1 misses it). So a delete by such a filter
+    removed documents it did not name. Only the number(s) beside such a bound can be
+    misjudged: they are named, kept out with $nin or let in with $in (Chroma compares a
+    named whole float with integers exactly, so an integer equal to it, which belongs where
+    it does, goes with it)."""
     clause = {key: {op: arg}}
     values = arg if op in MEMBERSHIP else [arg]
-    near = sorted({n for v in values if isinstance(v, float) for n in _misjudged(v)})
+    near = sorted({n for v in values if not isinstance(v, bool) for n in _misjudged(v)})
     if not near:
         return clause
     if op in MEMBERSHIP:
@@ -154,8 +156,16 @@ def exact_numbers(key: str, op: str, arg: Any) -> dict[str, Any]:
     return {"$or": [exact, {key: {"$in": ins}}]} if ins else exact
 
 
-def _misjudged(bound: float) -> tuple[int, ...]:
-    """The stored integers Chroma may compare wrongly with a float bound."""
+def _misjudged(bound: Any) -> tuple[int | float, ...]:
+    """The stored numbers Chroma may compare wrongly with a numeric bound: the integers
+    beside a fractional or beyond-64-bit float, the float an integer beyond 2**53 rounds to
+    (not 2.0**63, the rounding of the 512 largest 64-bit integers: named, it would be
+    clamped to 2**63 - 1 against integers)."""
+    if isinstance(bound, int):
+        rounded = float(bound)
+        return (rounded,) if rounded != bound and abs(rounded) < 2.0**63 else ()
+    if not isinstance(bound, float):
+        return ()
     if bound > INT64_MAX:
         return (INT64_MAX,)
     if bound < INT64_MIN:

@@ -212,6 +212,19 @@ def test_a_fractional_bound_deletes_no_whole_number_it_does_not_name(client: Fla
     assert ids_of(client) == ["v2", "v3"]
 
 
+def test_a_large_integer_bound_deletes_no_float_it_does_not_name(client: FlaskClient) -> None:
+    """Chroma compared float metadata with 2**53 + 1 as with 2.0**53: deleting "n = 2**53 +
+    1" deleted n = 2.0**53 too, and listing "n < 2**53 + 1" left it out."""
+    numbers = {"float": 2.0**53, "int": 2**53 + 1}
+    docs = [{"id": i, "text": f"Counter {i}", "metadata": {"n": n}} for i, n in numbers.items()]
+    assert client.post("/add", json={"documents": docs}).status_code == 201
+    listed = client.get(f'/documents?where={{"n": {{"$lt": {2**53 + 1}}}}}').json["documents"]
+    assert [doc["id"] for doc in listed] == ["float"]
+    deleted = client.post("/delete", json={"where": {"n": {"$eq": 2**53 + 1}}}).json
+    assert deleted == {"deleted": 1, "ids": ["int"]}
+    assert ids_of(client) == ["float"]
+
+
 def test_delete_that_matches_nothing_deletes_nothing(cooking: FlaskClient) -> None:
     response = cooking.post("/delete", json={"where": {"category": "astronomy"}})
     assert response.json == {"deleted": 0, "ids": []}

@@ -79,6 +79,18 @@ def test_a_fractional_bound_names_the_whole_numbers_beside_it() -> None:
     }
 
 
+def test_a_large_integer_bound_names_the_float_it_rounds_to() -> None:
+    """Chroma compares stored floats with 2**53 + 1 as with 2.0**53 (test_mirror has the proof)."""
+    assert compile_filter(where={"n": {"$eq": 2**53 + 1}}).where == {
+        "$and": [{"n": {"$eq": 2**53 + 1}}, {"n": {"$nin": [2.0**53]}}]
+    }
+    assert compile_filter(where={"n": {"$lt": 2**53 + 1}}).where == {
+        "$or": [{"n": {"$lt": 2**53 + 1}}, {"n": {"$in": [2.0**53]}}]
+    }
+    assert compile_filter(where={"n": {"$eq": 2**53}}).where == {"n": {"$eq": 2**53}}
+    assert compile_filter(where={"n": {"$lte": 2**63 - 1}}).where == {"n": {"$lte": 2**63 - 1}}
+
+
 def test_a_list_of_fractions_grows_by_two_clauses_at_most() -> None:
     """Each value's integers were a clause of their own: 1,000 values, 2,000 clauses."""
     where = compile_filter(where={"n": {"$in": [i + 0.5 for i in range(1000)]}}).where

@@ -144,6 +144,31 @@ def test_fractional_bounds_select_numbers_as_numbers_in_chroma_too() -> None:
             assert memory == chroma, (op, bound)
 
 
+def test_integer_bounds_beyond_2_53_select_floats_as_numbers_in_chroma_too() -> None:
+    """Chroma compares a stored float with an integer bound as the float nearest to it:
+    {"n": {"$eq": 2**53 + 1}} matched n = 2.0**53, so a delete by that filter removed it,
+    and $lt 2**53 + 1 missed it. The compiled filter names that float; Chroma, the mirror
+    and Python then agree."""
+    big = 1_700_000_000_000_000_001
+    values: list[Any] = [2**53, 2**53 + 1, 2**53 + 2, float(2**53), float(2**53 + 2)]
+    values += [big - 1, big, big + 1, float(big), -(2**53) - 1, -float(2**53), 1, 2.0]
+    metadatas = [{"_kb_doc": "d", "n": value} for value in values] + [{"_kb_doc": "d"}]
+    collection, mirror = held_by_both("mirror_rounded", metadatas)
+    bounds: list[Any] = [2**53 + 1, 2**53 + 3, -(2**53) - 1, big, big + 1, big - 1, 2**53]
+    bounds += [[2**53 + 1], [big, 2], [2**53 + 1, 2**53 + 3], [2**53, big + 1]]
+    for op, holds in HOLDS.items():
+        for bound in bounds:
+            if (op in {"$in", "$nin"}) != isinstance(bound, list):
+                continue
+            where = compile_filter(where={"n": {op: bound}}).where
+            assert where is not None
+            chroma = set(collection.get(where=where, include=[])["ids"])
+            memory = {mirror.ids[row] for row in np.flatnonzero(mirror.matches(where))}
+            numbers = {f"r{i}" for i, value in enumerate(values) if holds(value, bound)}
+            assert chroma - {"r" + str(len(values))} == numbers, (op, bound)
+            assert memory == chroma, (op, bound)
+
+
 BIG = 1_700_000_000_000_000_001  # a snowflake id: above 2**53, where floats skip integers
 NUMBERS: tuple[Any, ...] = (
     *(BIG - 1, BIG, BIG + 1, float(BIG), 2**53, 2**53 + 1, float(2**53), 2**63 - 1, -(2**63)),

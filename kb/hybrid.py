@@ -18,7 +18,7 @@ from kb.filters import CompiledFilter
 from kb.keyword import query_tokens
 from kb.mirror import Mirror
 from kb.ranking import Hit, Ranking, best_scored, cosines, widen
-from kb.records import DOC, Record
+from kb.records import DOC, HASH, Record
 from kb.store import KnowledgeStore
 
 T = TypeVar("T")
@@ -39,18 +39,20 @@ def keyword_documents(
         selected = mirror.filtered(flt)
         mask = selected[0] if selected is not None else None
         rows, bm25, _, row_cosines = _keyword_rows(mirror, text, vector, depth, mask)
-        chosen = [
-            (mirror.ids[row], mirror.doc_id(row), score, row)
+        # each row's metadata carries the version ranked, which `complete` checks
+        ranked = [
+            (mirror.record(row), score)
             for row, score in zip(rows.tolist(), bm25.tolist(), strict=True)
         ]
         shown = row_cosines.tolist()
     else:
         chosen = _fts_documents(store, text, depth, flt)
+        ranked = [(Record(rid, "", {DOC: doc_id}), score) for rid, doc_id, score, _ in chosen]
         vectors = np.stack([v for *_, v in chosen]) if chosen else np.zeros((0, len(vector)))
         shown = cosines(vectors, vector).tolist()
     hits = [
-        Hit(Record(record_id, "", {DOC: doc_id}), cosine, keyword, complete=False)
-        for (record_id, doc_id, keyword, _), cosine in zip(chosen, shown, strict=True)
+        Hit(record, cosine, keyword, complete=False)
+        for (record, keyword), cosine in zip(ranked, shown, strict=True)
     ]
     # equal BM25 scores by id: FTS5 and the mirror list ties in different orders
     return sorted(hits, key=lambda hit: (-(hit.keyword or 0.0), hit.record.doc_id))
@@ -239,25 +241,39 @@ def _ties_by_id(mirror: Mirror, scores: np.ndarray, docs: np.ndarray) -> slice |
     return np.lexsort((mirror.doc_ids_of(docs), -scores))
 
 
-def complete(store: KnowledgeStore, per_query: Sequence[Sequence[Hit]]) -> list[list[Hit]]:
-    """The hits with their records' text and metadata, fetched in one call for all queries;
-    a hit whose record is gone since the search is dropped."""
+def complete(
+    store: KnowledgeStore, per_query: Sequence[Sequence[Hit]], flt: CompiledFilter
+) -> list[list[Hit]]:
+    """The hits with their records' text and metadata, fetched in one call for all queries.
+    A hit whose record is gone since the search, or is now of another version of its
+    document than the one ranked (a write landed in between: its metadata may fail the
+    filters, its text not be the one scored), is dropped. `flt` is the search's filter."""
     wanted = list(dict.fromkeys(h.record.id for hits in per_query for h in hits if not h.complete))
-    records = _records(store, wanted) if wanted else {}
+    records = _records(store, wanted, flt) if wanted else {}
     return [
         [
             hit if hit.complete else replace(hit, record=records[hit.record.id], complete=True)
             for hit in hits
-            if hit.complete or hit.record.id in records
+            if hit.complete or same_version(hit.record, records.get(hit.record.id))
         ]
         for hits in per_query
     ]
 
 
-def _records(store: KnowledgeStore, ids: Sequence[str]) -> dict[str, Record]:
+def same_version(ranked: Record, fetched: Record | None) -> bool:
+    """Whether a record fetched after the ranking is of the version ranked (the content hash
+    every chunk carries). FTS5's hits carry no version: any record of theirs is taken."""
+    if fetched is None:
+        return False
+    version = ranked.metadata.get(HASH)
+    return version is None or fetched.metadata.get(HASH) == version
+
+
+def _records(store: KnowledgeStore, ids: Sequence[str], flt: CompiledFilter) -> dict[str, Record]:
     """Records by id: from the mirror when it is current (no trip to Chroma or SQLite on a
-    search), else from Chroma."""
+    search), else from Chroma, those passing the filter's metadata part (FTS5's hits carry
+    no version to check)."""
     mirror = store.replica.current_mirror()
     if mirror is None:
-        return {r.id: r for r in store.records.get(ids)}
+        return {r.id: r for r in store.records.get(ids, CompiledFilter(where=flt.where))}
     return {record.id: record for record, _ in mirror.records([(i, 0.0) for i in ids], True)}

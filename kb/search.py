@@ -66,7 +66,8 @@ def search(store: KnowledgeStore, request: QueryRequest) -> list[QueryResult]:
     none = Ranking([], 0, 0, [])
     rankings = _ranked(asked, top_k) if passing is not None else [none for _ in texts]
     # only what a result shows is fetched: its matches, and with explain its near misses
-    showing = complete(store, [r.matches + (r.misses if request.explain else []) for r in rankings])
+    shown = [r.matches + (r.misses if request.explain else []) for r in rankings]
+    showing = complete(store, shown, asked.flt)
     # chunked documents are shown whole: fetch them for the whole batch in one call
     full = store.documents_of([hit.record for hits in showing for hit in hits if hit.chunked])
     return [
@@ -226,7 +227,7 @@ def _matches(hits: list[Hit], full: dict[str, Document]) -> list[Match]:
             fused_score=hit.fused,
         )
         for hit in hits
-        if not hit.chunked or hit.record.doc_id in full  # gone since the search: skip
+        if not hit.chunked or hit.record.doc_id in full  # written or gone since: skip
     ]
 
 
@@ -245,8 +246,11 @@ def _result(
     min_score = threshold.min_score
     matches = _matches([hit for hit in shows if hit.score >= min_score], full)
     best_rejected = ranking.best_rejected
-    if not matches and best_rejected is None:  # every match deleted while the search ran
-        nothing = nothing or ("no_candidates", "The documents found were deleted meanwhile.")
+    if not matches and best_rejected is None:  # every match written or deleted meanwhile
+        nothing = nothing or (
+            "no_candidates",
+            "The documents found were changed or deleted while the search ran.",
+        )
     status, message = nothing or _verdict(matches, best_rejected, threshold)
     near = [hit for hit in shows if hit.score < min_score]
     return QueryResult(

@@ -157,14 +157,19 @@ class KnowledgeStore:
         return {doc_id: assemble(chunks) for doc_id, chunks in groups.items()}
 
     def documents_of(self, records: Sequence[Record]) -> dict[str, Document]:
-        """The whole documents that these chunk records (of any index) belong to, by id."""
+        """The whole documents that these chunk records (of any index) belong to, by id, as
+        of the records' version: one deleted or written since is left out."""
         wanted = {r.doc_id: r for r in records}
         ids = [chunk_id(d, i) for d, r in wanted.items() for i in range(int(r.metadata[CHUNKS]))]
         groups: dict[str, list[Record]] = {}
         for record in self.records.get(list(dict.fromkeys(ids))):
             groups.setdefault(record.doc_id, []).append(record)
         groups = self._whole(groups, list(wanted))
-        return {doc_id: assemble(chunks) for doc_id, chunks in groups.items()}
+        return {
+            doc_id: assemble(chunks)
+            for doc_id, chunks in groups.items()
+            if _version_of(chunks) == wanted[doc_id].metadata.get(HASH)
+        }
 
     def _whole(
         self, groups: dict[str, list[Record]], doc_ids: Sequence[str]
@@ -577,6 +582,11 @@ def _is_whole(chunks: Sequence[Record]) -> bool:
         and {record.chunk for record in chunks} == set(range(count))
         and all(_of(head, record) for record in chunks)
     )
+
+
+def _version_of(chunks: Sequence[Record]) -> object:
+    """The content hash of the version of a document its first chunk is."""
+    return next(record for record in chunks if record.chunk == 0).metadata.get(HASH)
 
 
 def _of(head: Record, record: Record) -> bool:

@@ -12,7 +12,7 @@ import pytest
 from kb import collection, hybrid
 from kb.config import Settings
 from kb.embeddings import Embedder
-from kb.schemas import DocumentIn, QueryRequest, QueryResult
+from kb.schemas import DocumentIn, QueryRequest, QueryResult, UpdateFields
 from kb.search import search
 from kb.store import KnowledgeStore
 from tests.conftest import changed
@@ -449,7 +449,7 @@ def test_only_what_a_result_shows_is_fetched(
     fetched: list[int] = []
     records = hybrid._records
     monkeypatch.setattr(
-        hybrid, "_records", lambda s, ids: fetched.append(len(ids)) or records(s, ids)
+        hybrid, "_records", lambda s, ids, f: fetched.append(len(ids)) or records(s, ids, f)
     )
     shallow.replica.wait_loaded()
     # BM25 order d00 0.589, d16 0.542, d32 0.529, d08 0.552, d24 (cosine): two pass 0.545
@@ -465,11 +465,61 @@ def test_a_document_deleted_during_the_search_is_said_to_be(
     """Hits found by id are fetched after the ranking; when all are gone by then the answer
     said 'The knowledge base is empty.' though it was not."""
     store.add([DocumentIn(id="one", text="Sourdough needs a lively starter.")])
-    monkeypatch.setattr("kb.hybrid._records", lambda store, ids: {})  # deleted meanwhile
+    monkeypatch.setattr("kb.hybrid._records", lambda store, ids, flt: {})  # deleted meanwhile
     with mirror_state(store, loaded):
         result = ask(store, query="sourdough", mode="keyword")
     assert (result.status, result.matches) == ("no_candidates", [])
-    assert result.message == "The documents found were deleted meanwhile."
+    assert result.message == "The documents found were changed or deleted while the search ran."
+
+
+@pytest.mark.parametrize("loaded", [True, False], ids=["mirror", "chroma"])
+@pytest.mark.parametrize("mode", MODES)
+def test_a_document_written_during_the_search_is_not_shown_failing_the_filter(
+    store: KnowledgeStore, monkeypatch: pytest.MonkeyPatch, mode: str, loaded: bool
+) -> None:
+    """A write landing between the ranking and the fetch of what a result shows: the hit
+    was shown as its new version, whose metadata failed the filter (where flag = 1 answered
+    a document showing flag 0; review helper 25). It is now shown as ranked or not at all."""
+    store.add(
+        [
+            DocumentIn(id="a", text="Zebra stripes are unique.", metadata={"flag": 1}),
+            DocumentIn(id="b", text="A zebra herd grazes.", metadata={"flag": 1}),
+        ]
+    )
+    fetch = hybrid.complete
+
+    def written_first(store: KnowledgeStore, per_query: Any, flt: Any) -> Any:
+        store.update("a", UpdateFields(metadata={"flag": 0}, text="Zebra foals."))
+        return fetch(store, per_query, flt)
+
+    monkeypatch.setattr("kb.search.complete", written_first)
+    with mirror_state(store, loaded):
+        result = ask(store, query="zebra", mode=mode, where={"flag": 1})
+    shown = {match.id: (match.text, match.metadata) for match in result.matches}
+    assert shown["b"] == ("A zebra herd grazes.", {"flag": 1})
+    assert shown.get("a", ("Zebra stripes are unique.", {"flag": 1})) == (
+        "Zebra stripes are unique.",
+        {"flag": 1},
+    )
+
+
+def test_a_chunked_document_written_during_the_search_is_left_out(
+    small_chunks: KnowledgeStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The whole texts of chunked hits are fetched after their chunks: a write in between
+    joined the new version's text to the passage and metadata of the one ranked."""
+    small_chunks.add([GAN_LAST])
+    fetch = small_chunks.documents_of
+
+    def written_first(records: Any) -> Any:
+        small_chunks.update("long", UpdateFields(metadata={"rewritten": True}))
+        return fetch(records)
+
+    monkeypatch.setattr(small_chunks, "documents_of", written_first)
+    result = ask(small_chunks, query="gradient descent")
+    assert result.matches == []
+    assert (result.status, result.candidates) == ("no_candidates", 1)
+    assert result.message == "The documents found were changed or deleted while the search ran."
 
 
 def test_a_chunked_document_deleted_during_the_search_is_left_out(
@@ -488,4 +538,4 @@ def test_a_chunked_document_deleted_during_the_search_is_left_out(
     result = ask(small_chunks, query="gradient descent")
     assert result.matches == []
     assert (result.status, result.candidates) == ("no_candidates", 1)  # found, then gone
-    assert result.message == "The documents found were deleted meanwhile."
+    assert result.message == "The documents found were changed or deleted while the search ran."

@@ -146,7 +146,9 @@ def build_records(
 
 
 def user_metadata(stored: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The metadata exactly as the user gave it: internal fields off, empty lists back."""
+    """The metadata as the user gave it, keys in sorted order: internal fields off, empty
+    lists back. (Chroma gives keys back in another order on each run: an export of an
+    unchanged store differed byte for byte from the last.)"""
     if not stored:
         return None
     metadata = {
@@ -156,7 +158,7 @@ def user_metadata(stored: dict[str, Any] | None) -> dict[str, Any] | None:
     }
     for key in json.loads(stored.get(EMPTY_LISTS, "[]")):
         metadata[key] = []
-    return metadata or None
+    return dict(sorted(metadata.items())) or None
 
 
 def assemble(records: Iterable[Record]) -> Document:

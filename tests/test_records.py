@@ -21,6 +21,15 @@ def test_metadata_reads_back_exactly_as_given() -> None:
     assert user_metadata(records[0].metadata) == metadata
 
 
+def test_metadata_reads_back_with_its_keys_in_sorted_order() -> None:
+    """Chroma gives a record's keys back in another order on each run: four exports of an
+    unchanged store were four different files (review helper 26)."""
+    metadata = {"zeta": 1, "tags": [], "alpha": "2024-01-02", "Mid": True}
+    (record,) = build_records("d", "text", metadata, [Chunk(0, "text")])
+    shuffled = dict(reversed(list(record.metadata.items())))
+    assert list(user_metadata(shuffled) or {}) == ["Mid", "alpha", "tags", "zeta"]
+
+
 def test_no_metadata_reads_back_as_none() -> None:
     records = build_records("d", "text", None, [Chunk(0, "text")])
     assert user_metadata(records[0].metadata) is None

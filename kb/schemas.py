@@ -22,6 +22,12 @@ RESERVED_PREFIX = "_kb_"
 CHUNK_ID_RE = re.compile(r"#chunk\d+$")
 INT64 = 2**63
 MAX_KEY_CHARS = 128
+MAX_ID_CHARS = 512
+# Chroma (1.5.9) writes a record's metadata entries (each list item one, kb's internal
+# fields and date twins included) in one SQLite statement: a record of more than 5,461
+# failed its compaction, and every later write and read of the collection failed with it.
+# A document's own values are capped well below: its date twins can double them.
+MAX_METADATA_VALUES = 2048
 # Text spelt as a JSON number (4, -0.5, 1e-3); groups: fraction, exponent.
 JSON_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(\.[0-9]+)?([eE][-+]?[0-9]+)?")
 
@@ -69,6 +75,8 @@ def number_or_text(text: str) -> str | int | float:
     match = JSON_NUMBER.fullmatch(text)
     if match is None:
         return text
+    if match.group(1) is None and match.group(2) is None and len(text.lstrip("-")) > 19:
+        return text  # beyond 64 bits (and int() refuses more than 4,300 digits)
     number = int(text) if match.group(1) is None and match.group(2) is None else float(text)
     return number if number_problem(number) is None else text
 
@@ -109,6 +117,18 @@ def list_kinds_problem(items: list[Any]) -> str | None:
     return None
 
 
+def metadata_size_problem(metadata: dict[str, Any] | None) -> str | None:
+    """Why a document cannot hold this many metadata values (MAX_METADATA_VALUES), or
+    None."""
+    size = sum(len(v) if isinstance(v, list) else 1 for v in (metadata or {}).values())
+    if size <= MAX_METADATA_VALUES:
+        return None
+    return (
+        f"metadata holds {size:,} values (each list item counts); "
+        f"a document may hold at most {MAX_METADATA_VALUES:,}"
+    )
+
+
 def _validate_metadata(value: Any) -> Any:
     if value is None:
         return None
@@ -117,6 +137,8 @@ def _validate_metadata(value: Any) -> Any:
     for key, item in value.items():
         check_metadata_key(key)
         check_metadata_value(key, item)
+    if (problem := metadata_size_problem(value)) is not None:
+        raise ValueError(problem)
     return value
 
 
@@ -151,7 +173,11 @@ MetadataPatch = Annotated[
 
 def _validate_id(value: Any) -> Any:
     if not isinstance(value, str):
-        raise ValueError("id must be a string")
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        hint = f' (write "{value}")' if number else ""
+        raise ValueError(f"id must be a string{hint}")
+    if len(value) > MAX_ID_CHARS:
+        raise ValueError(f"id may be at most {MAX_ID_CHARS} characters (got {len(value):,})")
     if not value or value != value.strip():
         raise ValueError("id must be non-empty, without leading or trailing spaces")
     if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
@@ -164,8 +190,8 @@ def _validate_id(value: Any) -> Any:
 DocId = Annotated[
     str,
     BeforeValidator(_validate_id),
-    WithJsonSchema({"type": "string", "minLength": 1, "maxLength": 512}),
-    Field(max_length=512),
+    WithJsonSchema({"type": "string", "minLength": 1, "maxLength": MAX_ID_CHARS}),
+    Field(max_length=MAX_ID_CHARS),
 ]
 
 

@@ -59,6 +59,7 @@ from kb.schemas import (
     Duplicate,
     Stats,
     UpdateFields,
+    metadata_size_problem,
 )
 from kb.shared_replica import SharedReplica
 from kb.stats import metadata_stats
@@ -393,6 +394,8 @@ class KnowledgeStore:
                 )
             current = assemble(version)
             metadata = _patched(current.metadata, fields.metadata, fields.replace_metadata)
+            if (problem := metadata_size_problem(metadata)) is not None:
+                raise ValidationFailed(problem, details=[field_error("metadata", problem)])
             text = fields.text if fields.text is not None else current.text
             if same_content(text, metadata, current.text, current.metadata):
                 return current

@@ -9,6 +9,7 @@ from flask.testing import FlaskClient
 
 from kb.errors import ValidationFailed
 from kb.filters import CompiledFilter
+from kb.schemas import MAX_METADATA_VALUES
 
 NESTED = {"author": {"name": "Ada"}}
 
@@ -317,3 +318,37 @@ def test_a_filter_chroma_refuses_is_a_validation_error(store, flt: CompiledFilte
     saying what the store refused, not a 503 "store unavailable"."""
     with pytest.raises(ValidationFailed, match="the store rejected the request"):
         store.records.ids(flt)
+
+
+def test_metadata_of_more_values_than_a_document_may_hold_is_refused(client: FlaskClient) -> None:
+    """Chroma failed the compaction of a record of more than 5,461 metadata entries, and
+    with it every later write and read of the collection, after a restart too (review
+    helper 26): kb refuses such metadata, on add and on a patch that would grow it."""
+    tags = [f"t{i}" for i in range(MAX_METADATA_VALUES)]
+    full = {"id": "full", "text": "Many tags.", "metadata": {"tags": tags}}
+    assert client.post("/add", json=full).status_code == 201
+    over = {"id": "over", "text": "Too many.", "metadata": {"tags": tags, "one": 1}}
+    for response in (
+        client.post("/add", json=over),
+        client.post("/add", json={"documents": [{"text": "Fine."}, over]}),
+        client.patch("/documents/full", json={"metadata": {"one": 1}}),
+    ):
+        assert response.status_code == 422, response.json
+        (detail,) = response.json["error"]["details"]
+        assert detail["field"].endswith("metadata"), detail
+        assert f"{MAX_METADATA_VALUES:,}" in detail["message"]
+    assert client.get("/documents/full").json["metadata"] == {"tags": tags}
+    assert client.get("/documents").json["total"] == 1
+    # at the cap, every value a date: each has a twin, and the record is still in bounds
+    dates = {f"d{i:04d}": "2024-01-01" for i in range(MAX_METADATA_VALUES)}
+    dated = {"id": "dated", "text": "Dated.", "metadata": dates}
+    assert client.post("/add", json=dated).status_code == 201
+    assert client.get("/documents/dated").json["metadata"] == dates
+    assert client.post("/add", json={"id": "after", "text": "Still writable."}).status_code == 201
+
+
+def test_an_id_too_long_or_not_a_string_says_what_to_write(client: FlaskClient) -> None:
+    long = client.post("/add", json={"id": "x" * 513, "text": "A note."}).json["error"]
+    assert "at most 512 characters" in long["details"][0]["message"]
+    number = client.post("/add", json={"id": 42, "text": "A note."}).json["error"]
+    assert 'id must be a string (write "42")' in number["details"][0]["message"]

@@ -70,6 +70,17 @@ def test_csv_cells_become_numbers_only_when_spelt_as_json_numbers(tmp_path: Path
     }
 
 
+def test_a_csv_cell_of_thousands_of_digits_stays_text(tmp_path: Path) -> None:
+    """int() refuses more than 4,300 digits: such a cell stopped the whole load with a
+    traceback (review helper 26). Beyond 64 bits it is text, as a 20-digit one was."""
+    digits = "7" * 5000
+    path = tmp_path / "long.csv"
+    path.write_text(f"text,n,low\nA note,{digits},-{2**63}\nAnother,-{digits},1\n")
+    first, second = (entry.doc.metadata for entry in read_all(path))  # type: ignore[union-attr]
+    assert first == {"n": digits, "low": -(2**63)}
+    assert second == {"n": f"-{digits}", "low": 1}
+
+
 def test_csv_without_the_text_column_is_one_problem(tmp_path: Path) -> None:
     path = tmp_path / "bad.csv"
     path.write_text("a,b\n1,2\n")

@@ -6,12 +6,15 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 
 from kb import json_input
 from kb.embeddings import Embedder
 from kb.errors import ConfigError
+
+_NOTHING = "nothing to calibrate the threshold on"
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,13 @@ class Row:
     f1: float
 
 
+class NothingToCalibrate(ConfigError):
+    """Labeled data that cannot place a threshold: with no similar example kept at any
+    threshold, F1 is 0 at all of them and max F1 picked 1.00, which refuses every search;
+    with no dissimilar one let through, precision is 1 at all of them, so the pick weighs no
+    noise (with a precision target: -1.00, which drops nothing)."""
+
+
 def read_pairs(path: str | Path) -> list[Pair]:
     """Labeled pairs, one JSON object a line; blank lines skipped, a bad line a ConfigError
     naming it."""
@@ -41,6 +51,29 @@ def read_pairs(path: str | Path) -> list[Pair]:
             raise ConfigError(f"{where}: label must be 0 or 1 (got {json.dumps(label)})")
         pairs.append(Pair(a, b, int(label)))
     return pairs
+
+
+def check_pairs(pairs: Sequence[Pair], source: str | Path) -> None:
+    """Refuse pairs a threshold cannot be calibrated on, before any is embedded: it needs
+    both kinds (see `recommend`)."""
+    similar = sum(p.label for p in pairs)
+    if not pairs:
+        _nothing(source, "no pairs")
+    if not similar:
+        _nothing(source, "no pair labeled 1 (similar)")
+    if similar == len(pairs):
+        _nothing(source, "no pair labeled 0 (not similar)")
+
+
+def check_queries(relevant: Sequence[set[str]], source: str | Path) -> None:
+    """Refuse queries none of which has a relevant document, before a corpus is loaded for
+    them: no threshold can be told to keep an answer (see `recommend`)."""
+    if not any(relevant):
+        _nothing(source, "no query with a relevant document")
+
+
+def _nothing(source: str | Path, missing: str) -> NoReturn:
+    raise NothingToCalibrate(f"{source}: {_NOTHING}: {missing}")
 
 
 def pair_scores(embedder: Embedder, pairs: Sequence[Pair]) -> list[float]:
@@ -75,7 +108,13 @@ def _row(threshold: float, hits: int, predicted: int, positives: int) -> Row:
 
 def recommend(rows: Sequence[Row], min_precision: float | None = None) -> Row:
     """Max F1 (the highest threshold among ties), or the lowest reaching min_precision; when
-    none reaches it, max F1 again (check with `reaches`)."""
+    none reaches it, max F1 again (check with `reaches`). NothingToCalibrate when the rows
+    hold no similar example or no dissimilar one (the caller names the input)."""
+    if not any(row.recall > 0 for row in rows):
+        raise NothingToCalibrate(f"{_NOTHING}: no threshold keeps a similar pair or relevant match")
+    if all(row.precision == 1 for row in rows):
+        missing = "no threshold lets in a dissimilar pair or irrelevant match"
+        raise NothingToCalibrate(f"{_NOTHING}: {missing}")
     if min_precision is not None:
         for row in rows:
             if reaches(row, min_precision):

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kb import json_input
+from kb import json_input, text_input
 from kb.config import Settings
 from kb.embeddings import Embedder
 from kb.errors import ConfigError
@@ -82,15 +82,18 @@ def _beir(folder: Path, split: str) -> Dataset:
 
 
 def _read_qrels(path: Path) -> dict[str, dict[str, int]]:
-    """BEIR's qrels TSV (a header, then query-id, corpus-id, score); blank lines skipped."""
+    """BEIR's qrels TSV (a header, then query-id, corpus-id, score); blank lines skipped.
+    Bytes that are not UTF-8 are kept as kb load keeps them (text_input), so the line holding
+    one is named instead of a UnicodeDecodeError traceback."""
     qrels: dict[str, dict[str, int]] = {}
-    with path.open(encoding="utf-8", newline="") as stream:
+    with path.open(encoding="utf-8", errors="surrogateescape", newline="") as stream:
         rows = csv.reader(stream, delimiter="\t")
-        next(rows, None)  # header
-        for row in rows:
-            if not any(cell.strip() for cell in row):
-                continue
+        for index, row in enumerate(rows):
             where = f"{path}:{rows.line_num}"
+            if bad := text_input.undecodable("\t".join(row)):
+                raise ConfigError(f"{where}: {bad}")
+            if index == 0 or not any(cell.strip() for cell in row):
+                continue  # the header, or a blank line
             if len(row) != 3:
                 raise ConfigError(f"{where}: expected query-id, corpus-id and score (got {row})")
             query_id, doc_id, score = row

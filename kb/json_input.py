@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from kb import text_input
 from kb.errors import ConfigError
 
 # Past the deepest filter the settings allow (64 levels, two JSON levels each), so a filter
@@ -51,12 +52,17 @@ def line_problem(exc: json.JSONDecodeError) -> str:
 
 def objects(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     """Each non-blank line's object of a JSON-lines file (a byte-order mark skipped) with its
-    'file:line'; a line `line_object` refuses is a ConfigError naming it."""
-    with path.open(encoding="utf-8-sig") as stream:
+    'file:line'; a line `line_object` refuses, or one holding a byte that is not UTF-8, is a
+    ConfigError naming it. Bad bytes are decoded as kb load decodes them (text_input), so
+    they are found at their line: a strict decoder raised UnicodeDecodeError, a traceback
+    naming no line."""
+    with path.open(encoding="utf-8-sig", errors="surrogateescape") as stream:
         for number, line in enumerate(stream, start=1):
             if not line.strip():
                 continue
             where = f"{path}:{number}"
+            if bad := text_input.undecodable(line):
+                raise ConfigError(f"{where}: {bad}")
             try:
                 yield where, line_object(line)
             except ValueError as exc:

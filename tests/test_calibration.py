@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -118,7 +119,10 @@ def test_calibrate_errors_are_messages(tmp_path: Path) -> None:
 def test_calibrate_write_on_a_store_in_use_is_a_message(tmp_path: Path) -> None:
     """Was a StoreLocked traceback."""
     pairs = tmp_path / "pairs.jsonl"
-    pairs.write_text('{"a": "dogs bark", "b": "a dog barking", "label": 1}\n')
+    pairs.write_text(
+        '{"a": "dogs bark", "b": "a dog barking", "label": 1}\n'
+        '{"a": "dogs bark", "b": "stock prices fell", "label": 0}\n'
+    )
     held = StoreLock(tmp_path / "db")
     try:
         result = calibrate(tmp_path, "--pairs", str(pairs), "--write")
@@ -155,3 +159,101 @@ def test_pairs_may_start_with_a_byte_order_mark_and_may_not_hold_lone_surrogates
     path.write_text('{"a": "x", "b": "\\ud800", "label": 1}\n')
     with pytest.raises(ConfigError, match=re.escape(f"{path}:1: b: holds a lone UTF-16")):
         read_pairs(path)
+
+
+NOTHING = "nothing to calibrate the threshold on"
+DEGENERATE_ROWS = {
+    "no examples": ([], [], "keeps a similar pair"),
+    "no similar one": ([0.9, 0.2], [0, 0], "keeps a similar pair"),
+    "no dissimilar one": ([0.9, 0.2], [1, 1], "lets in a dissimilar pair"),
+}
+
+
+@pytest.mark.parametrize("case", DEGENERATE_ROWS)
+def test_recommend_refuses_rows_with_nothing_to_calibrate_on(case: str) -> None:
+    """It recommended 1.00 (F1 0 everywhere), which refuses every search, or a threshold
+    weighed against no noise at all (-1.00 with a precision target)."""
+    scores, labels, missing = DEGENERATE_ROWS[case]
+    with pytest.raises(ConfigError, match=f"{NOTHING}: no threshold {missing}"):
+        recommend(sweep(scores, labels))
+    with pytest.raises(ConfigError, match=NOTHING):
+        recommend(sweep(scores, labels), min_precision=0.9)
+
+
+def test_recommend_refuses_rankings_that_never_show_a_relevant_document() -> None:
+    """Relevant ids absent from the rankings (another corpus): recall 0 at every threshold."""
+    from kb.calibration import shown_sweep
+
+    rows = shown_sweep([(["x", "y"], [0.8, 0.3])], [{"a"}], k=2)
+    with pytest.raises(ConfigError, match=f"{NOTHING}: no threshold keeps a similar pair"):
+        recommend(rows)
+
+
+NO_PAIRS = {
+    "empty": ("", "no pairs"),
+    "blank lines only": ("\n\n", "no pairs"),
+    "all dissimilar": ('{"a": "x", "b": "y", "label": 0}\n', "no pair labeled 1 (similar)"),
+    "all similar": ('{"a": "x", "b": "x", "label": 1}\n', "no pair labeled 0 (not similar)"),
+}
+
+
+@pytest.mark.parametrize("case", NO_PAIRS)
+def test_calibrate_refuses_pairs_with_nothing_to_calibrate_on(tmp_path: Path, case: str) -> None:
+    """`--write` stored 1.00 (exit 0) for an empty file or no similar pair, and every search
+    was refused from then on."""
+    text, missing = NO_PAIRS[case]
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(text)
+    result = calibrate(tmp_path, "--pairs", str(pairs), "--write")
+    assert result.exit_code == 1
+    assert isinstance(result.exception, SystemExit)  # a message, not a traceback
+    assert f"Error: {pairs}: {NOTHING}: {missing}" in result.output
+    assert "recommended threshold" not in result.output
+    assert not (tmp_path / "db").exists()  # nothing written
+
+
+def queries_folder(root: Path, relevant: list[str]) -> Path:
+    """A kb eval folder with one query and its corpus in ../seed."""
+    (root / "eval").mkdir(parents=True)
+    (root / "seed").mkdir()
+    query = {"id": "q", "query": "why do dogs bark", "relevant": relevant}
+    (root / "eval" / "queries.jsonl").write_text(json.dumps(query) + "\n")
+    (root / "seed" / "docs.jsonl").write_text(
+        '{"id": "d", "text": "Dogs bark to warn."}\n{"id": "e", "text": "Bread rises."}\n'
+    )
+    return root / "eval"
+
+
+def test_calibrate_refuses_queries_none_of_which_has_an_answer(tmp_path: Path) -> None:
+    """`--write` stored 1.00: with no answerable query, F1 is 0 at every threshold."""
+    folder = queries_folder(tmp_path, [])
+    result = calibrate(tmp_path, "--queries", str(folder), "--write")
+    assert result.exit_code == 1
+    assert isinstance(result.exception, SystemExit)
+    message = f"Error: {folder / 'queries.jsonl'}: {NOTHING}: no query with a relevant document"
+    assert message in result.output
+    assert not (tmp_path / "db").exists()
+
+
+def test_calibrate_refuses_queries_whose_answers_no_ranking_holds(tmp_path: Path) -> None:
+    """Relevant ids the corpus lacks: the same 1.00, stored."""
+    folder = queries_folder(tmp_path, ["not-in-the-corpus"])
+    result = calibrate(tmp_path, "--queries", str(folder), "--write")
+    assert result.exit_code == 1
+    assert isinstance(result.exception, SystemExit)
+    assert f"Error: {folder}: {NOTHING}: no threshold keeps a similar pair" in result.output
+    assert not (tmp_path / "db").exists()
+
+
+def test_a_pair_line_that_is_not_utf8_is_named(tmp_path: Path) -> None:
+    """Was a UnicodeDecodeError traceback naming no line."""
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_bytes(
+        b'{"a": "x", "b": "y", "label": 1}\n\n{"a": "x", "b": "caf\xe9", "label": 0}\n'
+    )
+    with pytest.raises(ConfigError, match=re.escape(f"{pairs}:3: not UTF-8 text: byte 0xe9")):
+        read_pairs(pairs)
+    result = calibrate(tmp_path, "--pairs", str(pairs))
+    assert result.exit_code == 1
+    assert isinstance(result.exception, SystemExit)
+    assert f"Error: {pairs}:3: not UTF-8 text: byte 0xe9" in result.output

@@ -125,6 +125,48 @@ def test_a_bad_line_is_a_config_error_naming_it(tmp_path: Path, problem: str) ->
         open_dataset(folder, split="test")
 
 
+NOT_UTF8 = {
+    "query": ("queries.jsonl", b'{"_id": "q1", "text": "a"}\n\n{"_id": "q2", "text": "\xff"}\n', 3),
+    "qrels row": ("qrels/test.tsv", b"query-id\tcorpus-id\tscore\nq1\td\xff1\t1\n", 2),
+    "qrels header": ("qrels/test.tsv", b"query-id\tcorpus-id\tsc\xffre\nq1\td1\t1\n", 1),
+}
+
+
+@pytest.mark.parametrize("case", NOT_UTF8)
+def test_a_line_that_is_not_utf8_is_a_config_error_naming_it(tmp_path: Path, case: str) -> None:
+    """Was a UnicodeDecodeError traceback naming no line; worded as kb load words it."""
+    name, data, line = NOT_UTF8[case]
+    folder = beir_folder(tmp_path / "tiny")
+    (folder / name).write_bytes(data)
+    message = f"{folder / name}:{line}: not UTF-8 text: byte 0xff"
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        open_dataset(folder, split="test")
+
+
+def test_a_kb_format_query_that_is_not_utf8_is_named(tmp_path: Path) -> None:
+    folder = tmp_path / "eval"
+    folder.mkdir()
+    (folder / "queries.jsonl").write_bytes(b'{"id": "a", "query": "caf\xe9", "relevant": []}\n')
+    with pytest.raises(ConfigError, match=r"queries\.jsonl:1: not UTF-8 text: byte 0xe9"):
+        open_dataset(folder, corpus=tmp_path)
+
+
+@pytest.mark.parametrize("name", ["queries.jsonl", "qrels/test.tsv", "corpus.jsonl"])
+def test_kb_eval_names_a_line_that_is_not_utf8(tmp_path: Path, name: str) -> None:
+    """The README's `file:line: problem` and exit 1, not a traceback."""
+    folder = beir_folder(tmp_path / "tiny")
+    path = folder / name
+    before = path.read_bytes()
+    bad = b"q1\td\xff\t1\n" if name.endswith(".tsv") else b'{"_id": "x", "text": "\xff"}\n'
+    path.write_bytes(before + bad)
+    env = {"KB_CHROMA_PATH": str(tmp_path / "untouched")}
+    result = CliRunner().invoke(main, ["eval", str(folder), "--split", "test"], env=env)
+    assert result.exit_code == 1
+    assert isinstance(result.exception, SystemExit)
+    line = len(before.splitlines()) + 1
+    assert f"{path}:{line}: not UTF-8 text: byte 0xff" in result.output
+
+
 def test_a_bad_kb_format_query_line_is_named(tmp_path: Path) -> None:
     folder = tmp_path / "eval"
     folder.mkdir()

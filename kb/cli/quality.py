@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from kb.calibration import Row, recommend
+from kb.calibration import NothingToCalibrate, Row, recommend
 from kb.cli.base import fail, main, open_embedder, open_store
 from kb.config import Settings
 from kb.errors import KBError
@@ -44,7 +44,8 @@ def calibrate(pairs: str | None, queries: str | None, precision: float | None, w
 
     With --queries the recommendation comes from the queries (the threshold's real task:
     dropping shown matches that do not answer), otherwise from the pairs. With --precision,
-    a target no threshold reaches is said, and --write then stores nothing (exit 1).
+    a target no threshold reaches is said, and --write then stores nothing (exit 1). Labels
+    with no similar or no dissimilar example stop it (exit 1): nothing to calibrate on.
     """
     if not pairs and not queries:
         fail("give --pairs FILE and/or --queries FOLDER")
@@ -64,28 +65,31 @@ def calibrate(pairs: str | None, queries: str | None, precision: float | None, w
 
 
 def _from_pairs(embedder: Embedder, path: str, precision: float | None) -> Row:
-    from kb.calibration import pair_scores, read_pairs, sweep
+    from kb.calibration import check_pairs, pair_scores, read_pairs, sweep
 
     labeled = read_pairs(path)
     click.echo(f"pairs: {len(labeled)}, {sum(p.label for p in labeled)} similar")
-    return _table(sweep(pair_scores(embedder, labeled), [p.label for p in labeled]), precision)
+    check_pairs(labeled, path)
+    rows = sweep(pair_scores(embedder, labeled), [p.label for p in labeled])
+    return _table(rows, precision, path)
 
 
 def _from_queries(
     settings: Settings, embedder: Embedder, folder: str, precision: float | None
 ) -> Row:
-    from kb.calibration import query_sweep, shown_sweep
+    from kb.calibration import check_queries, query_sweep, shown_sweep
     from kb.evaluation import load_corpus, open_dataset, rank, temporary_store
 
     dataset = open_dataset(folder)
     _warn_unmatched(dataset)
+    wanted = [set(dataset.qrels[q]) for q in dataset.queries]
+    check_queries(wanted, Path(folder) / "queries.jsonl")  # before the corpus is loaded
     # as deep as a search looks (hybrid and keyword read KB_HYBRID_DEPTH a side): the
     # threshold picks each query's top_k from this ranking, as the service does
     depth = max(settings.top_k, settings.hybrid_depth)
     with temporary_store(settings, embedder) as store:
         load_corpus(store, dataset)  # a record that fails stops here, as in kb eval
         ranked = rank(store, list(dataset.queries.values()), top_k=depth)
-    wanted = [set(dataset.qrels[q]) for q in dataset.queries]
     runs = [(r.ids, r.scores) for r in ranked]
     unanswerable = sum(not w for w in wanted)
     click.echo(
@@ -93,7 +97,7 @@ def _from_queries(
         f"matches each from the best {depth} (precision: of the matches shown; recall: of "
         "the relevant documents in those rankings)"
     )
-    best = _table(shown_sweep(runs, wanted, settings.top_k), precision)
+    best = _table(shown_sweep(runs, wanted, settings.top_k), precision, folder)
     click.echo(f"{'threshold':>9} {'unanswerable still matched':>27} {'answers kept':>13}")
     answerable = len(wanted) - unanswerable
     for row in query_sweep(runs, wanted, settings.top_k, [0.3, 0.35, 0.4, 0.45, 0.5]):
@@ -125,14 +129,19 @@ def _write_threshold(
     )
 
 
-def _table(rows: Sequence[Row], precision: float | None) -> Row:
+def _table(rows: Sequence[Row], precision: float | None, source: str) -> Row:
+    """Print the sweep and return the recommendation; rows nothing can be recommended from
+    (see NothingToCalibrate) stop the command naming `source`, before anything is written."""
     from kb.calibration import reaches
 
     click.echo(f"{'threshold':>9} {'precision':>9} {'recall':>7} {'f1':>6}")
     shown = [row for row in rows if row.threshold >= 0 and round(row.threshold * 100) % 5 == 0]
     for row in shown:  # negative thresholds keep everything: not worth a line
         click.echo(f"{row.threshold:>9.2f} {row.precision:>9.3f} {row.recall:>7.3f} {row.f1:>6.3f}")
-    best = recommend(rows, precision)
+    try:
+        best = recommend(rows, precision)
+    except NothingToCalibrate as exc:
+        fail(f"{source}: {exc.message}")
     if precision is not None and not reaches(best, precision):
         click.echo(
             f"warning: no threshold reaches precision {precision:.3f} with any recall; "

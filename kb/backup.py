@@ -10,19 +10,21 @@ from __future__ import annotations
 
 import base64
 import gzip
+import http.client
 import json
+import os
 import shutil
 import tempfile
 import zlib
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
 
 from kb import __version__, json_input
-from kb.errors import Conflict, ModelMismatch, ValidationFailed
+from kb.errors import Conflict, KBError, ModelMismatch, ValidationFailed
 from kb.records import CHUNK, CHUNKS, DOC, Record, chunk_id
 from kb.schemas import check_metadata_value
 from kb.store import KnowledgeStore
@@ -30,8 +32,10 @@ from kb.store import KnowledgeStore
 FORMAT = "kb-backup/1"
 CALIBRATED_KEY = "kb_min_score"  # kb.search's key: copied over with the records
 PAGE = 2000
+BLOCK = 1 << 20  # bytes read at a time from a service's backup stream
 RECORD_KEYS = ("id", "text", "metadata", "vector")
 HEADER_KEYS = {"model": str, "dim": int, "fingerprint": str, "records": int}
+SCORES = (-1.0, 1.0)  # the min_score a query takes (kb.schemas.QueryRequest)
 
 
 def dump(store: KnowledgeStore, out: IO[bytes]) -> int:
@@ -74,22 +78,70 @@ def snapshot(store: KnowledgeStore) -> IO[bytes]:
 
 def write_file(store: KnowledgeStore, dest: Path) -> int:
     """Back up to `dest` atomically (a partial file never carries the final name)."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    partial = dest.with_name(dest.name + ".partial")
-    with partial.open("wb") as out:
-        count = dump(store, out)
-    partial.replace(dest)
-    return count
+    with replacing(dest, parents=True) as partial, partial.open("wb") as out:
+        return dump(store, out)
 
 
 def save_stream(stream: IO[bytes], dest: Path) -> dict[str, Any]:
     """Store a backup received over HTTP at `dest`, checked whole; its header."""
-    partial = dest.with_name(dest.name + ".partial")
-    with partial.open("wb") as out:
-        shutil.copyfileobj(stream, out)
-    header = verify(partial)
-    partial.replace(dest)
-    return header
+    with replacing(dest, parents=True) as partial:
+        with partial.open("wb") as out:
+            for block in _blocks(stream):
+                out.write(block)
+        return verify(partial)
+
+
+@contextmanager
+def replacing(dest: Path, *, parents: bool = False) -> Iterator[Path]:
+    """Where to write `dest`'s new contents: a temporary file beside it (beside the file a
+    link points to) that takes its name once the block ends without error and is removed
+    otherwise, so a failed write leaves `dest` as it was and nothing else behind. A device
+    or a pipe (/dev/null, /dev/stdout) is written as it is: a file renamed over it would
+    replace it. `parents`: missing folders are made. An OSError (no permission, no such
+    folder, a full disk) becomes a KBError naming `dest`, one line on the command line
+    rather than a traceback."""
+    special = os.path.exists(dest) and not os.path.isfile(dest) and not os.path.isdir(dest)
+    target = dest if special else Path(os.path.realpath(dest))
+    partial = target if special else target.with_name(f"{target.name}.{os.getpid()}.partial")
+    try:
+        if parents:
+            target.parent.mkdir(parents=True, exist_ok=True)
+        yield partial
+        if partial != target:
+            if target.is_file():  # a file kept private (0600) stays so
+                shutil.copymode(target, partial)
+            partial.replace(target)
+    except OSError as exc:
+        raise _unwritable(dest, partial, exc) from None
+    finally:
+        if partial != target:
+            with suppress(OSError):
+                partial.unlink(missing_ok=True)
+
+
+def _unwritable(dest: Path, partial: Path, exc: OSError) -> KBError:
+    """`cannot write DEST: problem`, naming the folder at fault when it is not DEST's own
+    file (a parent that is a file, say)."""
+    problem = exc.strerror or str(exc)
+    if isinstance(exc, FileExistsError):  # what mkdir says of a file where a folder should be
+        problem = "not a directory"
+    if exc.filename is not None and Path(os.fsdecode(exc.filename)) not in (dest, partial):
+        problem = f"{os.fsdecode(exc.filename)}: {problem}"
+    return KBError(f"cannot write {dest}: {problem}", code="unwritable")
+
+
+def _blocks(stream: IO[bytes]) -> Iterator[bytes]:
+    """The stream's blocks. A read that fails (a timeout, a reset, a response cut short)
+    is the sender's failure, not the destination's: it must not read as `cannot write`."""
+    while True:
+        try:
+            block = stream.read(BLOCK)
+        except (OSError, http.client.HTTPException) as exc:
+            problem = str(exc) or type(exc).__name__
+            raise KBError(f"the backup stopped arriving: {problem}", code="unreachable") from exc
+        if not block:
+            return
+        yield block
 
 
 def verify(path: Path) -> dict[str, Any]:
@@ -103,8 +155,7 @@ def _verified(path: Path) -> tuple[dict[str, Any], set[int]]:
     """`verify`, and the numbers of the lines holding first chunks (restore writes them
     last). One streaming pass: only the ids are kept (to find repeats), not the records."""
     with _lines(path) as lines:
-        first = next(lines, None)
-        header = _header(first[1] if first else None, path)
+        header = _header(next(lines, None), path)
         seen: set[str] = set()
         heads: set[int] = set()
         for number, line in lines:
@@ -150,15 +201,21 @@ def restore(store: KnowledgeStore, path: Path, *, replace: bool = False) -> int:
                             store.restore_records(batch)
                             batch = []
                     store.restore_records(batch)
-            if isinstance(header.get("min_score"), int | float):
-                store.records.set_settings_value(CALIBRATED_KEY, header["min_score"])
+            _restore_threshold(store, header["min_score"])
     return int(header["records"])
+
+
+def _restore_threshold(store: KnowledgeStore, min_score: float | None) -> None:
+    """The collection's calibrated threshold becomes the backup's, cleared when it had none:
+    a threshold calibrated for what the collection held before must not filter the restored
+    documents (None removes the key from the collection's metadata)."""
+    value = None if min_score is None else float(min_score)
+    store.records.set_settings_value(CALIBRATED_KEY, value)
 
 
 def _read_header(path: Path) -> dict[str, Any]:
     with _lines(path) as lines:
-        first = next(lines, None)
-        return _header(first[1] if first else None, path)
+        return _header(next(lines, None), path)
 
 
 def _check_model(header: dict[str, Any], store: KnowledgeStore, path: Path) -> None:
@@ -243,19 +300,39 @@ def _vector(value: Any, dim: int, where: str) -> np.ndarray:
     return vector
 
 
-def _header(line: str | None, path: Path) -> dict[str, Any]:
+def _header(first: tuple[int, str] | None, path: Path) -> dict[str, Any]:
+    """The header (the first line), checked before anything is written: a value the store
+    would take as it is (a threshold of `true` or 5) is refused as `file:line: problem`."""
+    number, line = first or (1, "")
     try:
-        header = json_input.loads(line or "")
+        header = json_input.loads(line)
     except ValueError:  # not JSON, or JSON kb cannot take
         header = None
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise ValidationFailed(f"{path} is not a kb backup ({FORMAT})")
+    where = f"{path}:{number}: the header's"
     for key, kind in HEADER_KEYS.items():
         if not isinstance(header.get(key), kind) or isinstance(header.get(key), bool):
-            raise ValidationFailed(
-                f"{path}: the header's {key} is missing or not a {kind.__name__}"
-            )
+            raise ValidationFailed(f"{where} {key} is missing or not a {kind.__name__}")
+    problem = _threshold_problem(header)
+    if problem:
+        raise ValidationFailed(f"{where} {problem}")
     return header
+
+
+def _threshold_problem(header: dict[str, Any]) -> str | None:
+    """Why the header's min_score, the calibrated threshold a restore gives the collection
+    as it is, is not one a query could take (kb.schemas.QueryRequest), or None."""
+    if "min_score" not in header:
+        return "min_score is missing (null: no calibrated threshold)"
+    value, (low, high) = header["min_score"], SCORES
+    if value is None:
+        return None
+    if isinstance(value, int | float) and not isinstance(value, bool) and low <= value <= high:
+        return None
+    return (
+        f"min_score must be null or a number from {low:g} to {high:g}, not {json.dumps(value)[:40]}"
+    )
 
 
 @contextmanager

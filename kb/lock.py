@@ -23,9 +23,8 @@ class StoreLock:
     """Held while a process has the store open; released on close or when the process dies."""
 
     def __init__(self, directory: Path) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
         self.path = directory / LOCK_FILE
-        self._file: TextIO | None = self.path.open("a+", encoding="utf-8")
+        self._file: TextIO | None = _open(self.path)
         try:
             fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -48,6 +47,21 @@ class StoreLock:
             fcntl.flock(self._file, fcntl.LOCK_UN)
             self._file.close()
             self._file = None
+
+
+def _open(path: Path) -> TextIO:
+    """The lock file, made with the store's directory when missing. A KB_CHROMA_PATH no
+    store can live in (a regular file, a folder kb may not write) is a ConfigError naming
+    it, which the command line and kb serve show in one line, not as a traceback."""
+    directory = path.parent
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        return path.open("a+", encoding="utf-8")
+    except FileExistsError:  # mkdir's word for a file where the directory should be
+        problem = "it is a file, not a directory"
+    except OSError as exc:  # no permission, a parent that is a file, a read-only disk
+        problem = exc.strerror or str(exc)
+    raise ConfigError(f"cannot open the store at {directory} (KB_CHROMA_PATH): {problem}")
 
 
 class WriteLock:

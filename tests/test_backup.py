@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import gzip
+import http.client
+import io
 import json
 import threading
 from collections.abc import Callable, Iterator
@@ -16,10 +18,10 @@ from click.testing import CliRunner
 from kb import backup
 from kb.cli import main
 from kb.config import Settings
-from kb.errors import Conflict, ModelMismatch, ValidationFailed
+from kb.errors import Conflict, KBError, ModelMismatch, ValidationFailed
 from kb.filters import compile_filter
-from kb.schemas import DocumentIn, QueryRequest
-from kb.search import CALIBRATED_KEY, search
+from kb.schemas import DocumentIn, QueryRequest, Threshold
+from kb.search import CALIBRATED_KEY, resolve_threshold, search
 from kb.store import KnowledgeStore
 from tests.conftest import COOKING
 from tests.live import Service, call
@@ -258,3 +260,156 @@ def test_kb_restore_of_a_bad_backup_names_the_line_and_keeps_the_store(
         assert store.count() == 5
     finally:
         store.close()
+
+
+def _with_header(dest: Path, bad: Path, change: Callable[[dict], dict]) -> Path:
+    """A copy of the backup `dest` at `bad` whose header is change(header)."""
+    lines = gzip.decompress(dest.read_bytes()).splitlines(keepends=True)
+    header = json.dumps(change(json.loads(lines[0]))).encode() + b"\n"
+    bad.write_bytes(gzip.compress(b"".join([header, *lines[1:]])))
+    return bad
+
+
+def test_a_restore_gives_the_collection_the_backups_threshold_or_none(
+    filled, tmp_path: Path, embedder
+) -> None:
+    """A backup with "min_score": null left the target's own calibrated threshold in place
+    (after --replace too), so the restored documents were searched with a threshold
+    calibrated for something else."""
+    source = KnowledgeStore.open(Settings(chroma_path=tmp_path / "source"), embedder)
+    try:
+        source.add([DocumentIn(id="cat", text="The cat sat on the mat.")])
+        dest = tmp_path / "uncalibrated.jsonl.gz"
+        backup.write_file(source, dest)
+    finally:
+        source.close()
+    assert backup.verify(dest)["min_score"] is None
+    assert filled.records.settings_value(CALIBRATED_KEY) == 0.37
+    backup.restore(filled, dest, replace=True)
+    assert contents(filled) == [("cat", "The cat sat on the mat.", None)]
+    assert resolve_threshold(filled, None).source == "configured"
+
+    empty = KnowledgeStore.open(Settings(chroma_path=tmp_path / "empty"), embedder)
+    try:
+        empty.records.set_settings_value(CALIBRATED_KEY, 0.9)
+        backup.restore(empty, dest)  # an empty collection can hold a threshold too
+        assert resolve_threshold(empty, None).source == "configured"
+        edge = _with_header(dest, tmp_path / "edge.jsonl.gz", lambda h: h | {"min_score": -1})
+        backup.restore(empty, edge, replace=True)
+        assert resolve_threshold(empty, None) == Threshold(min_score=-1.0, source="calibrated")
+    finally:
+        empty.close()
+
+
+@pytest.mark.parametrize(
+    ("min_score", "shown"),
+    [(True, "not true"), (5, "not 5"), (-1.5, "not -1.5"), ("0.4", 'not "0.4"'), (..., "missing")],
+    ids=["true", "5", "-1.5", "a string", "missing"],
+)
+def test_a_header_threshold_a_query_could_not_take_is_refused(
+    filled, tmp_path: Path, settings: Settings, min_score: object, shown: str
+) -> None:
+    """`true` and 5 were stored as the calibrated threshold (true then filtered at 1.0)."""
+    dest = tmp_path / "copy.jsonl.gz"
+    backup.write_file(filled, dest)
+
+    def change(header: dict) -> dict:
+        if min_score is ...:
+            return {k: v for k, v in header.items() if k != "min_score"}
+        return header | {"min_score": min_score}
+
+    bad = _with_header(dest, tmp_path / "bad.jsonl.gz", change)
+    before = contents(filled)
+    with pytest.raises(ValidationFailed, match=rf"{bad}:1: the header's min_score .*{shown}"):
+        backup.restore(filled, bad, replace=True)
+    assert contents(filled) == before
+    assert filled.records.settings_value(CALIBRATED_KEY) == 0.37
+    filled.close()
+    env = {"KB_CHROMA_PATH": str(settings.chroma_path), "KB_COLLECTION": settings.collection}
+    done = CliRunner().invoke(main, ["restore", str(bad), "--replace"], env=env)
+    assert done.exit_code == 1
+    assert isinstance(done.exception, SystemExit)  # a message, not a traceback
+    assert f"restore failed: {bad}:1: the header's min_score" in done.output
+
+
+def _leftovers(folder: Path, name: str) -> list[str]:
+    """What a backup to folder/name left beside it but the file itself."""
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith(name) and p.name != name)
+
+
+def test_a_backup_that_cannot_be_written_is_one_line_and_leaves_nothing(
+    filled, tmp_path: Path, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A parent that is a file, or a disk that fills up, was an OSError traceback and
+    left DEST.partial behind."""
+    (tmp_path / "a-file").write_text("x")
+    dest = tmp_path / "copy.jsonl.gz"
+    dest.write_bytes(b"the previous backup")
+    filled.close()
+    env = {"KB_CHROMA_PATH": str(settings.chroma_path), "KB_COLLECTION": settings.collection}
+    blocked = tmp_path / "a-file" / "copy.jsonl.gz"
+    done = CliRunner().invoke(main, ["backup", str(blocked)], env=env)
+    assert done.exit_code == 1
+    assert isinstance(done.exception, SystemExit)  # a message, not a traceback
+    expected = f"backup failed: cannot write {blocked}: {tmp_path / 'a-file'}: not a directory"
+    assert expected in done.output
+
+    def full(store: KnowledgeStore, out) -> int:
+        out.write(b"half a backup")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(backup, "dump", full)
+    done = CliRunner().invoke(main, ["backup", str(dest)], env=env)
+    assert done.exit_code == 1
+    assert isinstance(done.exception, SystemExit)
+    assert f"backup failed: cannot write {dest}: No space left on device" in done.output
+    assert dest.read_bytes() == b"the previous backup"
+    assert _leftovers(tmp_path, dest.name) == []
+
+
+def test_a_received_backup_that_fails_leaves_nothing(filled, tmp_path: Path) -> None:
+    """A stream cut off mid-way or a damaged backup: DEST keeps what it held and no
+    partial file stays beside it."""
+    good = tmp_path / "good.jsonl.gz"
+    backup.write_file(filled, good)
+    dest = tmp_path / "copy.jsonl.gz"
+    dest.write_bytes(b"the previous backup")
+
+    class Cut(io.BytesIO):
+        def read(self, size: int | None = -1) -> bytes:
+            if self.tell():
+                raise http.client.IncompleteRead(b"", 100)
+            return super().read(10)
+
+    with pytest.raises(KBError, match="the backup stopped arriving: IncompleteRead"):
+        backup.save_stream(Cut(good.read_bytes()), dest)
+    lines = gzip.decompress(good.read_bytes()).splitlines(keepends=True)
+    with pytest.raises(ValidationFailed, match="holds"):
+        backup.save_stream(io.BytesIO(gzip.compress(b"".join(lines[:-1]))), dest)
+    assert dest.read_bytes() == b"the previous backup"
+    assert _leftovers(tmp_path, dest.name) == []
+    nested = tmp_path / "new" / "folder" / "copy.jsonl.gz"
+    header = backup.save_stream(io.BytesIO(good.read_bytes()), nested)
+    assert header["records"] == filled.records.count()
+    assert nested.read_bytes() == good.read_bytes()
+
+
+def test_backup_by_url_makes_missing_folders_and_reports_an_unwritable_dest(
+    live_server: str, tmp_path: Path
+) -> None:
+    """The local backup made DEST's folders, --url raised FileNotFoundError; any DEST that
+    could not be written was a traceback for both."""
+    env = {"KB_CHROMA_PATH": str(tmp_path / "unused")}
+    assert call(live_server, "/add", {"documents": [{"id": "a", "text": "alpha"}]})[0] == 201
+    nested = tmp_path / "new" / "folder" / "copy.jsonl.gz"
+    done = CliRunner().invoke(main, ["backup", str(nested), "--url", live_server], env=env)
+    assert done.exit_code == 0, done.output
+    assert backup.verify(nested)["records"] == 1
+    (tmp_path / "a-file").write_text("x")
+    blocked = tmp_path / "a-file" / "copy.jsonl.gz"
+    done = CliRunner().invoke(main, ["backup", str(blocked), "--url", live_server], env=env)
+    assert done.exit_code == 1
+    assert isinstance(done.exception, SystemExit)
+    assert f"backup failed: cannot write {blocked}: {tmp_path / 'a-file'}: not a directory" in (
+        done.output
+    )

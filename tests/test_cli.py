@@ -257,6 +257,77 @@ def test_export_with_a_filter(env, tmp_path: Path) -> None:
     assert "where.n.$oops" in bad.output
 
 
+def test_export_to_a_file_holds_exactly_the_export(env, tmp_path: Path) -> None:
+    """click.File opened the file on the first write: an export of nothing left an old
+    file with its contents (and made no new one) while saying 'exported 0 documents'."""
+    run(env, "load", str(write_jsonl(tmp_path / "src.jsonl", GOOD)))
+    out, new = tmp_path / "out" / "old.jsonl", tmp_path / "out" / "new.jsonl"
+    out.parent.mkdir()
+    out.write_text('{"id": "OLD", "text": "stale export"}\n')
+    out.chmod(0o600)
+    for path in (out, new):
+        result = run(env, "export", "--where", '{"n": 2}', "-o", str(path))
+        assert result.exit_code == 0, result.output
+        assert "exported 0 documents" in result.output
+        assert path.read_text() == ""
+    assert run(env, "export", "--where", '{"n": 1}', "-o", str(out)).exit_code == 0
+    assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == ["a"]
+    assert sorted(p.name for p in out.parent.iterdir()) == ["new.jsonl", "old.jsonl"]
+    assert out.stat().st_mode & 0o777 == 0o600  # a private file stays private
+    dashed = run(env, "export", "--where", '{"n": 1}', "-o", "-")
+    assert [json.loads(line)["id"] for line in dashed.stdout.splitlines()] == ["a"]
+
+
+def test_a_failed_export_leaves_the_file_as_it_was(
+    env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bad filter, a store error half-way or a file that cannot be written: the old file
+    keeps its contents, no temporary file stays beside it, one line says why."""
+    from kb.errors import StoreUnavailable
+
+    run(env, "load", str(write_jsonl(tmp_path / "src.jsonl", GOOD)))
+    out = tmp_path / "out" / "old.jsonl"
+    out.parent.mkdir()
+    out.write_text("the previous export\n")
+    bad = run(env, "export", "--where", '{"n": {"$oops": 1}}', "-o", str(out))
+    assert bad.exit_code == 1
+
+    def broken(store: KnowledgeStore, flt: object):
+        yield from original(store, flt)
+        raise StoreUnavailable("the Chroma server went away")
+
+    original = KnowledgeStore.iter_documents
+    monkeypatch.setattr(KnowledgeStore, "iter_documents", broken)
+    failed = run(env, "export", "-o", str(out))
+    assert failed.exit_code == 1
+    assert isinstance(failed.exception, SystemExit)  # a message, not a traceback
+    assert "export failed: the Chroma server went away" in failed.output
+    assert out.read_text() == "the previous export\n"
+    assert [p.name for p in out.parent.iterdir()] == ["old.jsonl"]
+    missing = tmp_path / "nowhere" / "x.jsonl"
+    failed = run(env, "export", "-o", str(missing))
+    assert failed.exit_code == 1
+    assert isinstance(failed.exception, SystemExit)
+    assert f"export failed: cannot write {missing}: No such file or directory" in failed.output
+
+
+def test_a_store_path_that_is_a_file_is_one_line(tmp_path: Path) -> None:
+    """StoreLock made the directory: a KB_CHROMA_PATH naming a file was a FileExistsError
+    traceback."""
+    path = tmp_path / "a-file"
+    path.write_text("x")
+    source = write_jsonl(tmp_path / "src.jsonl", GOOD)
+    for store in (path, path / "db"):
+        result = run({"KB_CHROMA_PATH": str(store)}, "load", str(source))
+        assert result.exit_code == 1
+        assert isinstance(result.exception, SystemExit)
+        assert f"cannot open the store at {store} (KB_CHROMA_PATH): " in result.output
+    restored = run({"KB_CHROMA_PATH": str(path)}, "restore", str(source))
+    assert restored.exit_code == 1
+    assert "(KB_CHROMA_PATH): it is a file, not a directory" in restored.output
+    assert path.read_text() == "x"
+
+
 @pytest.mark.parametrize(
     ("where", "message"),
     [

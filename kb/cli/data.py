@@ -22,8 +22,9 @@ from kb.progress import Progress
 
 if TYPE_CHECKING:
     from kb.client import KBClient
+    from kb.filters import CompiledFilter
     from kb.schemas import DocumentIn
-    from kb.store import PreparedAdd
+    from kb.store import KnowledgeStore, PreparedAdd
 
 URL_IN_FLIGHT = 2  # kb load --url: requests at a time
 
@@ -258,35 +259,64 @@ def _target(
 @click.option(
     "-o",
     "--output",
-    type=click.File("w", encoding="utf-8"),
+    type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
     default="-",
-    help="File to write (default: standard output).",
+    help="File to write, replaced once the export is whole (default: standard output).",
 )
-def export(where: str | None, output: TextIO) -> None:
+def export(where: str | None, output: Path) -> None:
     """Write documents as JSONL: id, text and metadata exactly as given (chunks joined)."""
+    flt = _export_filter(where)
+    store = open_store(searching=False, existing=True)
+    try:
+        count = _export_to(store, flt, output)
+    except KBError as exc:
+        fail(f"export failed: {exc.message}")
+    finally:
+        store.close()
+    click.echo(f"exported {count} documents", err=True)
+
+
+def _export_filter(where: str | None) -> CompiledFilter:
+    """--where compiled, or a clean exit saying what is wrong with it."""
     from kb import json_input
     from kb.filters import compile_filter
 
     try:
-        flt = compile_filter(where=json_input.loads(where) if where else None)
+        return compile_filter(where=json_input.loads(where) if where else None)
     except json_input.UnusableJSON as exc:  # JSON, but not JSON kb can take
         fail(f"--where: {exc}")
     except ValueError as exc:
         fail(f"--where is not valid JSON: {exc}")
     except KBError as exc:
         fail(exc.message)
-    store = open_store(searching=False, existing=True)
-    try:
-        count = 0
-        for doc in store.iter_documents(flt):
-            record = {"id": doc.id, "text": doc.text}
-            if doc.metadata is not None:
-                record["metadata"] = doc.metadata
-            output.write(json.dumps(record, ensure_ascii=False) + "\n")
-            count += 1
-    finally:
-        store.close()
-    click.echo(f"exported {count} documents", err=True)
+
+
+def _export_to(store: KnowledgeStore, flt: CompiledFilter, output: Path) -> int:
+    """Export to standard output ('-') or to a file that takes the export's name only once
+    it is whole (kb.backup.replacing): click.File opened the file on the first write, so an
+    export of 0 documents left an old file as it was (or made none), and a failed one left
+    it torn."""
+    if str(output) == "-":
+        with click.open_file("-", "w", encoding="utf-8") as stdout:  # kept open
+            count = _write_documents(store, flt, stdout)
+            stdout.flush()
+        return count
+    from kb.backup import replacing
+
+    with replacing(output) as partial, partial.open("w", encoding="utf-8") as out:
+        return _write_documents(store, flt, out)
+
+
+def _write_documents(store: KnowledgeStore, flt: CompiledFilter, out: TextIO) -> int:
+    """Every document passing `flt` as a JSON line; how many."""
+    count = 0
+    for doc in store.iter_documents(flt):
+        record = {"id": doc.id, "text": doc.text}
+        if doc.metadata is not None:
+            record["metadata"] = doc.metadata
+        out.write(json.dumps(record, ensure_ascii=False) + "\n")
+        count += 1
+    return count
 
 
 @main.command()

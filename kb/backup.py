@@ -26,7 +26,7 @@ import numpy as np
 from kb import __version__, json_input
 from kb.errors import Conflict, KBError, ModelMismatch, ValidationFailed
 from kb.records import CHUNK, CHUNKS, DOC, Record, chunk_id
-from kb.schemas import check_metadata_value
+from kb.schemas import CHROMA_METADATA_ENTRIES, check_metadata_value, metadata_entries
 from kb.store import KnowledgeStore
 
 FORMAT = "kb-backup/1"
@@ -281,6 +281,8 @@ def _metadata_problem(record_id: str, metadata: Any) -> str | None:
             check_metadata_value(str(key), value)
         except ValueError as exc:
             return str(exc)
+    if (entries := metadata_entries(metadata)) > CHROMA_METADATA_ENTRIES:  # kb.schemas: why
+        return f"metadata holds {entries:,} entries; Chroma takes {CHROMA_METADATA_ENTRIES:,}"
     return None
 
 

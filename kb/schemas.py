@@ -27,6 +27,7 @@ MAX_ID_CHARS = 512
 # fields and date twins included) in one SQLite statement: a record of more than 5,461
 # failed its compaction, and every later write and read of the collection failed with it.
 # A document's own values are capped well below: its date twins can double them.
+CHROMA_METADATA_ENTRIES = 5461
 MAX_METADATA_VALUES = 2048
 # Text spelt as a JSON number (4, -0.5, 1e-3); groups: fraction, exponent.
 JSON_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(\.[0-9]+)?([eE][-+]?[0-9]+)?")
@@ -117,10 +118,15 @@ def list_kinds_problem(items: list[Any]) -> str | None:
     return None
 
 
+def metadata_entries(metadata: dict[str, Any] | None) -> int:
+    """How many entries Chroma writes for this metadata: one a value, one a list item."""
+    return sum(len(v) if isinstance(v, list) else 1 for v in (metadata or {}).values())
+
+
 def metadata_size_problem(metadata: dict[str, Any] | None) -> str | None:
     """Why a document cannot hold this many metadata values (MAX_METADATA_VALUES), or
     None."""
-    size = sum(len(v) if isinstance(v, list) else 1 for v in (metadata or {}).values())
+    size = metadata_entries(metadata)
     if size <= MAX_METADATA_VALUES:
         return None
     return (

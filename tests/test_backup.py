@@ -195,6 +195,10 @@ BAD_LINES = {
     "NaN vector": lambda r: r | {"vector": base64.b64encode(b"\0\0\xc0\x7f" * 384).decode()},
     "text a number": lambda r: r | {"text": 7},
     "nested metadata": lambda r: r | {"metadata": r["metadata"] | {"x": {"y": 1}}},
+    # Chroma failed such a record's compaction, and every later read and write with it
+    "over 5,461 metadata entries": lambda r: (
+        r | {"metadata": r["metadata"] | {"x": list(range(5462 - len(r["metadata"]) + 1))}}
+    ),
     "id not its chunk": lambda r: r | {"id": r["id"] + "-renamed"},
     "no chunk fields": lambda r: r | {"metadata": {"a": 1}},
     # json.loads takes both; Chroma cannot store the first, json recursed on the second

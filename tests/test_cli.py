@@ -180,6 +180,19 @@ def test_json_array_folder_and_stdin(env, tmp_path: Path, embedder) -> None:
     store.close()
 
 
+def test_a_folder_holding_no_file_kb_reads_is_said_to(env, tmp_path: Path) -> None:
+    """It gave a summary of zeros, as if its files had been read (review helper 26)."""
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    (folder / "page.pdf").write_bytes(b"%PDF-1.7")
+    result = run(env, "load", str(folder))
+    assert result.exit_code == 0
+    assert f"warning: {folder} holds no file kb reads (.jsonl," in result.output
+    assert "added 0" in result.output
+    named = run(env, "load", "--format", "md", str(folder))  # --format reads every file
+    assert "holds no file" not in named.output
+
+
 def test_markdown_documents_from_stdin_get_ids_of_their_own(env, embedder) -> None:
     """Every stdin document had the id "-": the second load skipped its new document."""
     assert "added 1," in run(env, "load", "--format", "md", "-", stdin="First note\n").output

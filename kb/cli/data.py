@@ -17,7 +17,17 @@ from kb.cli.base import API_KEY, fail, main, open_store
 from kb.config import Settings
 from kb.errors import KBError
 from kb.ingest import BATCH_SIZE, FIRST_BATCH, LoadStopped, Prepare, Sink
-from kb.loader import FORMATS, Options, Problem, Summary, estimate, input_bytes, read, sources
+from kb.loader import (
+    FORMATS,
+    SUFFIXES,
+    Options,
+    Problem,
+    Summary,
+    estimate,
+    input_bytes,
+    read,
+    sources,
+)
 from kb.progress import Progress
 
 if TYPE_CHECKING:
@@ -96,6 +106,12 @@ def load(
     if client is not None:  # documents are checked and requests cut by the service's limits
         settings = _with_service_limits(settings, client)
     found = sources(paths, fmt, root)
+    for folder in _without_files(paths, fmt):
+        click.echo(
+            f"warning: {folder} holds no file kb reads ({', '.join(SUFFIXES)}; or name "
+            "one with --format): nothing is loaded from it",
+            err=True,
+        )
     options = Options(settings, text_column=text_column, id_column=id_column)
     progress = Progress(estimate(found), enabled=not quiet and sys.stderr.isatty())
     mode = "upsert" if upsert else "skip"
@@ -187,6 +203,12 @@ def _with_service_limits(settings: Settings, client: KBClient) -> Settings:
     except (KBError, ValidationError):  # unreachable, a key it refuses, an older service
         return settings
     return settings.model_copy(update=limits.model_dump())
+
+
+def _without_files(paths: Sequence[str], fmt: str | None) -> list[str]:
+    """The folders named that hold no file of a format kb reads: a load of them was a
+    summary of zeros, as if the files had been read and found empty."""
+    return [p for p in paths if p != "-" and Path(p).is_dir() and not sources([p], fmt)]
 
 
 def _target(

@@ -158,12 +158,13 @@ def exact_numbers(key: str, op: str, arg: Any) -> dict[str, Any]:
 
 def _misjudged(bound: Any) -> tuple[int | float, ...]:
     """The stored numbers Chroma may compare wrongly with a numeric bound: the integers
-    beside a fractional or beyond-64-bit float, the float an integer beyond 2**53 rounds to
-    (not 2.0**63, the rounding of the 512 largest 64-bit integers: named, it would be
-    clamped to 2**63 - 1 against integers)."""
+    beside a fractional or beyond-64-bit float, the float an integer beyond 2**53 rounds to.
+    Not the two floats nearest 2**63 in size (2.0**63 and 2.0**63 - 1024, what integers
+    within 1,536 of either end of 64 bits round to): named, Chroma matches them with
+    2**63 - 1 and with each other, so naming them would misjudge more."""
     if isinstance(bound, int):
         rounded = float(bound)
-        return (rounded,) if rounded != bound and abs(rounded) < 2.0**63 else ()
+        return (rounded,) if rounded != bound and abs(rounded) < 2.0**63 - 1024 else ()
     if not isinstance(bound, float):
         return ()
     if bound > INT64_MAX:

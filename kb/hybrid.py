@@ -248,8 +248,12 @@ def complete(
     A hit whose record is gone since the search, or is now of another version of its
     document than the one ranked (a write landed in between: its metadata may fail the
     filters, its text not be the one scored), is dropped. `flt` is the search's filter."""
-    wanted = list(dict.fromkeys(h.record.id for hits in per_query for h in hits if not h.complete))
-    records = _records(store, wanted, flt) if wanted else {}
+    fetched = [h for hits in per_query for h in hits if not h.complete]
+    wanted = list(dict.fromkeys(h.record.id for h in fetched))
+    # FTS5's hits (ranked before the mirror was loaded) carry no version: they are read
+    # from Chroma through the filter, even if the mirror has been loaded since
+    versionless = any(HASH not in h.record.metadata for h in fetched)
+    records = _records(store, wanted, flt, versionless) if wanted else {}
     return [
         [
             hit if hit.complete else replace(hit, record=records[hit.record.id], complete=True)
@@ -269,11 +273,13 @@ def same_version(ranked: Record, fetched: Record | None) -> bool:
     return version is None or fetched.metadata.get(HASH) == version
 
 
-def _records(store: KnowledgeStore, ids: Sequence[str], flt: CompiledFilter) -> dict[str, Record]:
+def _records(
+    store: KnowledgeStore, ids: Sequence[str], flt: CompiledFilter, versionless: bool
+) -> dict[str, Record]:
     """Records by id: from the mirror when it is current (no trip to Chroma or SQLite on a
-    search), else from Chroma, those passing the filter's metadata part (FTS5's hits carry
-    no version to check)."""
-    mirror = store.replica.current_mirror()
+    search), else, or for `versionless` hits, from Chroma, those passing the filter's
+    metadata part (a version cannot be checked)."""
+    mirror = None if versionless else store.replica.current_mirror()
     if mirror is None:
         return {r.id: r for r in store.records.get(ids, CompiledFilter(where=flt.where))}
     return {record.id: record for record, _ in mirror.records([(i, 0.0) for i in ids], True)}

@@ -449,7 +449,7 @@ def test_only_what_a_result_shows_is_fetched(
     fetched: list[int] = []
     records = hybrid._records
     monkeypatch.setattr(
-        hybrid, "_records", lambda s, ids, f: fetched.append(len(ids)) or records(s, ids, f)
+        hybrid, "_records", lambda s, ids, *rest: fetched.append(len(ids)) or records(s, ids, *rest)
     )
     shallow.replica.wait_loaded()
     # BM25 order d00 0.589, d16 0.542, d32 0.529, d08 0.552, d24 (cosine): two pass 0.545
@@ -465,7 +465,7 @@ def test_a_document_deleted_during_the_search_is_said_to_be(
     """Hits found by id are fetched after the ranking; when all are gone by then the answer
     said 'The knowledge base is empty.' though it was not."""
     store.add([DocumentIn(id="one", text="Sourdough needs a lively starter.")])
-    monkeypatch.setattr("kb.hybrid._records", lambda store, ids, flt: {})  # deleted meanwhile
+    monkeypatch.setattr("kb.hybrid._records", lambda store, ids, *rest: {})  # deleted meanwhile
     with mirror_state(store, loaded):
         result = ask(store, query="sourdough", mode="keyword")
     assert (result.status, result.matches) == ("no_candidates", [])
@@ -501,6 +501,30 @@ def test_a_document_written_during_the_search_is_not_shown_failing_the_filter(
         "Zebra stripes are unique.",
         {"flag": 1},
     )
+
+
+def test_a_keyword_hit_ranked_before_the_mirror_loaded_is_read_through_the_filter(
+    store: KnowledgeStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """FTS5's hits carry no version; when the mirror was loaded between the ranking and
+    the fetch, the hit was read from it without the filter (review helper 29)."""
+    store.add([DocumentIn(id="a", text="Zebra stripes are unique.", metadata={"flag": 1})])
+    store.replica.wait_loaded()
+    mirror = store.replica.mirror
+    fetch = hybrid.complete
+
+    def loaded_then_written(store: KnowledgeStore, per_query: Any, flt: Any) -> Any:
+        store.replica.mirror = mirror  # the load finishes, then a write lands
+        store.update("a", UpdateFields(metadata={"flag": 0}, text="Zebra foals."))
+        return fetch(store, per_query, flt)
+
+    monkeypatch.setattr("kb.search.complete", loaded_then_written)
+    store.replica.mirror = None  # ranked on FTS5
+    try:
+        result = ask(store, query="zebra", mode="keyword", where={"flag": 1})
+    finally:
+        store.replica.mirror = mirror
+    assert result.matches == []
 
 
 def test_a_chunked_document_written_during_the_search_is_left_out(

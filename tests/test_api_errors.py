@@ -347,6 +347,24 @@ def test_metadata_of_more_values_than_a_document_may_hold_is_refused(client: Fla
     assert client.post("/add", json={"id": "after", "text": "Still writable."}).status_code == 201
 
 
+def test_a_document_stored_before_the_metadata_cap_can_be_updated_without_growing(
+    client: FlaskClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A text-only update, or a patch removing a key, was refused (review helper 29)."""
+    monkeypatch.setattr("kb.schemas.MAX_METADATA_VALUES", 10**6)  # as before the cap
+    big = {"tags": [f"t{i}" for i in range(MAX_METADATA_VALUES + 1)], "a": 1, "b": 2}
+    assert (
+        client.post("/add", json={"id": "old", "text": "Old.", "metadata": big}).status_code == 201
+    )
+    monkeypatch.setattr("kb.schemas.MAX_METADATA_VALUES", MAX_METADATA_VALUES)
+    assert client.post("/update", json={"id": "old", "text": "Rewritten."}).status_code == 200
+    assert client.patch("/documents/old", json={"metadata": {"a": None}}).status_code == 200
+    grown = client.patch("/documents/old", json={"metadata": {"c": 3}})
+    assert grown.status_code == 422, grown.json
+    stored = client.get("/documents/old").json
+    assert (stored["text"], stored["metadata"]) == ("Rewritten.", {"b": 2, "tags": big["tags"]})
+
+
 def test_an_id_too_long_or_not_a_string_says_what_to_write(client: FlaskClient) -> None:
     long = client.post("/add", json={"id": "x" * 513, "text": "A note."}).json["error"]
     assert "at most 512 characters" in long["details"][0]["message"]

@@ -100,9 +100,11 @@ def replacing(dest: Path, *, parents: bool = False) -> Iterator[Path]:
     replace it. `parents`: missing folders are made. An OSError (no permission, no such
     folder, a full disk) becomes a KBError naming `dest`, one line on the command line
     rather than a traceback."""
-    special = os.path.exists(dest) and not os.path.isfile(dest) and not os.path.isdir(dest)
+    special = str(dest).startswith(("/dev/", "/proc/")) or (
+        os.path.exists(dest) and not os.path.isfile(dest) and not os.path.isdir(dest)
+    )  # /dev/stdout redirected to a file (`>> log`) is written to, not renamed over
     target = dest if special else Path(os.path.realpath(dest))
-    partial = target if special else target.with_name(f"{target.name}.{os.getpid()}.partial")
+    partial = target if special else target.with_name(_partial_name(target.name))
     try:
         if parents:
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -117,6 +119,13 @@ def replacing(dest: Path, *, parents: bool = False) -> Iterator[Path]:
         if partial != target:
             with suppress(OSError):
                 partial.unlink(missing_ok=True)
+
+
+def _partial_name(name: str) -> str:
+    """The temporary file's name: DEST's own with the process id and `.partial`, or a short
+    one when that would pass the 255 bytes a file name may have."""
+    partial = f"{name}.{os.getpid()}.partial"
+    return partial if len(os.fsencode(partial)) <= 255 else f".kb-{os.getpid()}.partial"
 
 
 def _unwritable(dest: Path, partial: Path, exc: OSError) -> KBError:

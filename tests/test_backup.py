@@ -417,3 +417,12 @@ def test_backup_by_url_makes_missing_folders_and_reports_an_unwritable_dest(
     assert f"backup failed: cannot write {blocked}: {tmp_path / 'a-file'}: not a directory" in (
         done.output
     )
+
+
+def test_a_device_path_is_written_as_it_is() -> None:
+    """/dev/stdout redirected to a file resolved to that file, and the finished backup was
+    renamed over it: `kb backup /dev/stdout >> log` lost what the log held (review helper
+    29)."""
+    for device in (Path("/dev/stdout"), Path("/dev/null")):
+        with backup.replacing(device) as partial:
+            assert partial == device

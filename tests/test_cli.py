@@ -289,6 +289,9 @@ def test_export_to_a_file_holds_exactly_the_export(env, tmp_path: Path) -> None:
     assert out.stat().st_mode & 0o777 == 0o600  # a private file stays private
     dashed = run(env, "export", "--where", '{"n": 1}', "-o", "-")
     assert [json.loads(line)["id"] for line in dashed.stdout.splitlines()] == ["a"]
+    long = tmp_path / "out" / ("x" * 240 + ".jsonl")  # too long with the pid and .partial
+    assert run(env, "export", "--where", '{"n": 1}', "-o", str(long)).exit_code == 0
+    assert [json.loads(line)["id"] for line in long.read_text().splitlines()] == ["a"]
 
 
 def test_a_failed_export_leaves_the_file_as_it_was(

@@ -254,16 +254,21 @@ def test_kb_restore_of_a_bad_backup_names_the_line_and_keeps_the_store(
     bad = tmp_path / "bad.jsonl.gz"
     bad.write_bytes(gzip.compress(b"".join([*lines[:-1], lines[-1][:50]])))
     filled.close()
-    env = {"KB_CHROMA_PATH": str(settings.chroma_path), "KB_COLLECTION": settings.collection}
-    done = CliRunner().invoke(main, ["restore", str(bad), "--replace"], env=env)
-    assert done.exit_code == 1
-    assert isinstance(done.exception, SystemExit)  # a message, not a traceback
-    assert f"restore failed: {bad}:{len(lines)}: not valid JSON" in done.output
+    assert f"restore failed: {bad}:{len(lines)}: not valid JSON" in _restore_fails(settings, bad)
     store = KnowledgeStore.open(settings, filled.embedder)
     try:
         assert store.count() == 5
     finally:
         store.close()
+
+
+def _restore_fails(settings: Settings, bad: Path) -> str:
+    """What `kb restore BAD --replace` says: it exits 1 with a message, not a traceback."""
+    env = {"KB_CHROMA_PATH": str(settings.chroma_path), "KB_COLLECTION": settings.collection}
+    done = CliRunner().invoke(main, ["restore", str(bad), "--replace"], env=env)
+    assert done.exit_code == 1
+    assert isinstance(done.exception, SystemExit)
+    return done.output
 
 
 def _with_header(dest: Path, bad: Path, change: Callable[[dict], dict]) -> Path:
@@ -329,11 +334,7 @@ def test_a_header_threshold_a_query_could_not_take_is_refused(
     assert contents(filled) == before
     assert filled.records.settings_value(CALIBRATED_KEY) == 0.37
     filled.close()
-    env = {"KB_CHROMA_PATH": str(settings.chroma_path), "KB_COLLECTION": settings.collection}
-    done = CliRunner().invoke(main, ["restore", str(bad), "--replace"], env=env)
-    assert done.exit_code == 1
-    assert isinstance(done.exception, SystemExit)  # a message, not a traceback
-    assert f"restore failed: {bad}:1: the header's min_score" in done.output
+    assert f"restore failed: {bad}:1: the header's min_score" in _restore_fails(settings, bad)
 
 
 def _leftovers(folder: Path, name: str) -> list[str]:

@@ -118,6 +118,25 @@ HOLDS = {
 }
 
 
+def assert_numbers_as_numbers(
+    collection: Any, mirror: Mirror, values: list[Any], bounds: list[Any]
+) -> None:
+    """Every operator with every bound (lists for $in / $nin), compiled as kb compiles it:
+    Chroma selects what Python's comparisons of the numbers select (the last record, with
+    no `n`, aside), and the mirror selects what Chroma does."""
+    for op, holds in HOLDS.items():
+        for bound in bounds:
+            if (op in {"$in", "$nin"}) != isinstance(bound, list):
+                continue
+            where = compile_filter(where={"n": {op: bound}}).where
+            assert where is not None
+            chroma = set(collection.get(where=where, include=[])["ids"])
+            memory = {mirror.ids[row] for row in np.flatnonzero(mirror.matches(where))}
+            numbers = {f"r{i}" for i, value in enumerate(values) if holds(value, bound)}
+            assert chroma - {"r" + str(len(values))} == numbers, (op, bound)
+            assert memory == chroma, (op, bound)
+
+
 def test_fractional_bounds_select_numbers_as_numbers_in_chroma_too() -> None:
     """Chroma compares stored integers with a fractional bound truncated toward zero:
     {"n": {"$eq": 2.5}} matched n = 2, so a delete by that filter removed it (and a bound
@@ -131,17 +150,7 @@ def test_fractional_bounds_select_numbers_as_numbers_in_chroma_too() -> None:
     collection, mirror = held_by_both("mirror_fractions", metadatas)
     bounds: list[Any] = [*FRACTIONS, *BEYOND_64_BITS, [2.5], [2.5, 3.0], [-0.5, 0.5, 1.0]]
     bounds += [[0.2, 2.0], [1e19, 1.0]]
-    for op, holds in HOLDS.items():
-        for bound in bounds:
-            if (op in {"$in", "$nin"}) != isinstance(bound, list):
-                continue
-            where = compile_filter(where={"n": {op: bound}}).where
-            assert where is not None
-            chroma = set(collection.get(where=where, include=[])["ids"])
-            memory = {mirror.ids[row] for row in np.flatnonzero(mirror.matches(where))}
-            numbers = {f"r{i}" for i, value in enumerate(values) if holds(value, bound)}
-            assert chroma - {"r" + str(len(values))} == numbers, (op, bound)
-            assert memory == chroma, (op, bound)
+    assert_numbers_as_numbers(collection, mirror, values, bounds)
 
 
 def test_integer_bounds_beyond_2_53_select_floats_as_numbers_in_chroma_too() -> None:
@@ -165,17 +174,7 @@ def test_integer_bounds_beyond_2_53_select_floats_as_numbers_in_chroma_too() -> 
         for bound in edges:
             where = compile_filter(where={"n": {op: bound}}).where
             assert where == {"n": {op: bound}}, (op, bound)
-    for op, holds in HOLDS.items():
-        for bound in bounds:
-            if (op in {"$in", "$nin"}) != isinstance(bound, list):
-                continue
-            where = compile_filter(where={"n": {op: bound}}).where
-            assert where is not None
-            chroma = set(collection.get(where=where, include=[])["ids"])
-            memory = {mirror.ids[row] for row in np.flatnonzero(mirror.matches(where))}
-            numbers = {f"r{i}" for i, value in enumerate(values) if holds(value, bound)}
-            assert chroma - {"r" + str(len(values))} == numbers, (op, bound)
-            assert memory == chroma, (op, bound)
+    assert_numbers_as_numbers(collection, mirror, values, bounds)
 
 
 BIG = 1_700_000_000_000_000_001  # a snowflake id: above 2**53, where floats skip integers

@@ -75,6 +75,11 @@ class PayloadTooLarge(KBError):
     code = "payload_too_large"
 
 
+class UnsupportedMediaType(KBError):
+    status = 415
+    code = "unsupported_media_type"
+
+
 class ConfigError(KBError):
     """The service cannot start or serve as configured (wrong model path, mismatched store)."""
 

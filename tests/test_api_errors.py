@@ -258,6 +258,7 @@ def test_oversize_request_is_413(settings, embedder) -> None:
         error = assert_error_shape(response, 413)
         assert error["code"] == "payload_too_large"
         assert "2048" in error["message"]
+        assert [d["field"] for d in error["details"]] == ["body"]  # as every limit names one
     finally:
         close_app(app)
 
@@ -370,3 +371,30 @@ def test_an_id_too_long_or_not_a_string_says_what_to_write(client: FlaskClient) 
     assert "at most 512 characters" in long["details"][0]["message"]
     number = client.post("/add", json={"id": 42, "text": "A note."}).json["error"]
     assert 'id must be a string (write "42")' in number["details"][0]["message"]
+
+
+@pytest.mark.parametrize(
+    "content_type", ["text/plain;charset=UTF-8", "application/x-www-form-urlencoded", None]
+)
+def test_a_body_not_sent_as_json_is_refused(client: FlaskClient, content_type: str | None) -> None:
+    """A browser sends text/plain and forms from any web page without asking first: taken
+    as JSON, a page could add to or delete from a keyless service on localhost (review
+    helper 30)."""
+    assert client.post("/add", json={"id": "kept", "text": "Stays."}).status_code == 201
+    headers = {"Content-Type": content_type} if content_type else {}
+    for path, body in (
+        ("/delete", '{"where": {"k": {"$ne": "zz"}}}'),
+        ("/delete", '{"ids": ["kept"]}'),
+        ("/add", '{"id": "planted", "text": "Planted."}'),
+    ):
+        response = client.post(path, data=body, headers=headers)
+        assert response.status_code == 415, response.json
+        (detail,) = response.json["error"]["details"]
+        assert detail["field"] == "Content-Type"
+    assert [d["id"] for d in client.get("/documents").json["documents"]] == ["kept"]
+    patch = client.patch(
+        "/documents/kept",
+        data='{"metadata": {"k": 1}}',
+        headers={"Content-Type": "application/merge-patch+json"},
+    )
+    assert patch.status_code == 200, patch.json

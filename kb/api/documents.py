@@ -35,7 +35,7 @@ LIST_PARAMS = [
     },
     {"name": "where", "in": "query", "schema": {"type": "string"}, "description": "JSON filter"},
 ]
-ID_ERRORS = (400, 404, 413, 422)
+ID_ERRORS = (400, 404, 413, 415, 422)
 
 
 @bp.post("/add")
@@ -44,7 +44,7 @@ ID_ERRORS = (400, 404, 413, 422)
     request=AddRequest,
     response=AddResponse,
     status=201,
-    errors=(400, 409, 413, 422),
+    errors=(400, 409, 413, 415, 422),
     access="write",
 )
 def add() -> tuple[Response, int]:

@@ -8,7 +8,7 @@ import re
 from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
-from kb.errors import KBError
+from kb.errors import KBError, field_error
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +38,12 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Response:
         message = exc.description or exc.name
+        details = []
         if exc.code == 413:
             limit = app.config.get("MAX_CONTENT_LENGTH")
             message = f"the request body is larger than the limit of {limit} bytes"
-        response = _render(exc.code or 500, _http_code(exc), message)
+            details = [field_error("body", f"more than {limit} bytes", "too_large")]
+        response = _render(exc.code or 500, _http_code(exc), message, details)
         if exc.code == 405 and (allowed := exc.get_headers()):
             for name, value in allowed:
                 if name.lower() == "allow":

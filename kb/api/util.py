@@ -14,7 +14,13 @@ from kb import json_input
 from kb.auth import KeyRing
 from kb.config import Settings
 from kb.encoders.bulk import BulkEncoder
-from kb.errors import BadRequest, ValidationFailed, field_error, field_errors
+from kb.errors import (
+    BadRequest,
+    UnsupportedMediaType,
+    ValidationFailed,
+    field_error,
+    field_errors,
+)
 from kb.store import KnowledgeStore
 from kb.telemetry import Telemetry
 
@@ -51,6 +57,15 @@ def body(model: type[M]) -> M:
     raw = request.get_data(cache=True)  # raises 413 past MAX_CONTENT_LENGTH
     if not raw.strip():
         raise BadRequest("the request needs a JSON body")
+    if not _json_media(request.mimetype):
+        # a browser sends text/plain or a form from any web page without asking first
+        # (no CORS preflight): taken as JSON, a page could add or delete on a keyless
+        # service on localhost
+        problem = f"must be application/json (got '{request.mimetype or 'none'}')"
+        raise UnsupportedMediaType(
+            f"Content-Type {problem}",
+            details=[field_error("Content-Type", problem, "media_type")],
+        )
     try:
         data = json_input.loads(raw, parse_constant=_no_constants)
     except json_input.UnusableJSON as exc:
@@ -63,6 +78,12 @@ def body(model: type[M]) -> M:
             details=[field_error("body", "expected an object", "type_error")],
         )
     return validate(model, data)
+
+
+def _json_media(mimetype: str) -> bool:
+    return mimetype == "application/json" or (
+        mimetype.startswith("application/") and mimetype.endswith("+json")
+    )
 
 
 def unusable(exc: json_input.UnusableJSON, root: str) -> ValidationFailed:
@@ -108,7 +129,7 @@ class RouteDoc:
     response: type[BaseModel] | None = None
     alternatives: list[type[BaseModel]] = field(default_factory=list)
     status: int = 200
-    errors: tuple[int, ...] = (400, 413, 422)
+    errors: tuple[int, ...] = (400, 413, 415, 422)
     query: list[dict[str, Any]] = field(default_factory=list)
     access: Access = "read"  # what key the route needs when KB_API_KEYS is set
     media_type: str = "application/json"

@@ -201,9 +201,13 @@ class KnowledgeStore:
         return [r for r in self.records.get(unique) if r.chunk == 0] if unique else []
 
     def list(self, flt: CompiledFilter, limit: int, offset: int) -> DocumentList:
+        """A page of the documents passing `flt` and how many pass, read under the write
+        lock: between two unlocked reads, a write made `total` disagree with its own page
+        (one document listed, two shown)."""
         heads_filter = _first_chunks(flt)
-        total = len(self.records.ids(heads_filter))
-        docs = self._page(heads_filter, limit, offset)
+        with self._lock:
+            total = len(self.records.ids(heads_filter))
+            docs = self._page(heads_filter, limit, offset)
         return DocumentList(documents=docs, total=total, limit=limit, offset=offset)
 
     def iter_documents(self, flt: CompiledFilter, page: int = 500) -> Iterator[Document]:

@@ -7,6 +7,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -662,3 +663,28 @@ def test_every_filtered_read_asks_a_long_id_list_in_parts(
     assert max(sent) <= 2
     with pytest.raises(ValueError, match="a page of a where-clause"):
         store.records.get(flt=flt, limit=2)
+
+
+def test_a_listing_page_agrees_with_its_total_during_a_write(
+    store: KnowledgeStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The total and the page were two reads: an add landing between them listed one
+    document and showed two (review helper 30). Both are read under the write lock now."""
+    store.add([DocumentIn(id="a", text="First note.", metadata={"k": 1})])
+    ids = store.records.ids
+    writer: list[threading.Thread] = []
+
+    def write_meanwhile(*args: Any, **kwargs: Any) -> Any:
+        found = ids(*args, **kwargs)
+        if not writer:
+            note = DocumentIn(id="b", text="Second note.", metadata={"k": 1})
+            writer.append(threading.Thread(target=store.add, args=([note],)))
+            writer[0].start()
+            writer[0].join(timeout=0.5)  # lands here, unless the lock holds it back
+        return found
+
+    monkeypatch.setattr(store.records, "ids", write_meanwhile)
+    listed = store.list(CompiledFilter(where={"k": 1}), limit=10, offset=0)
+    writer[0].join()
+    assert listed.total == len(listed.documents) == 1
+    assert store.count() == 2

@@ -542,6 +542,12 @@ class Limits(BaseModel):
     max_documents_per_request: int = Field(ge=1, description="Most documents one /add takes.")
     max_text_chars: int = Field(ge=1, description="Longest document text, in characters.")
     max_query_chars: int = Field(ge=1, description="Longest query text, in characters.")
+    max_queries_per_request: int = Field(ge=1, description="Most queries one /query takes.")
+    max_filter_depth: int = Field(ge=1, description="Nesting levels a filter may have.")
+    max_filter_conditions: int = Field(ge=1, description="Conditions a request's filters hold.")
+    max_filter_values: int = Field(
+        ge=1, description="List values a request's filters hold, in all."
+    )
 
 
 class Info(BaseModel):

@@ -50,6 +50,10 @@ def test_info_tells_the_request_limits(api: FlaskClient) -> None:
         "max_documents_per_request": 3,
         "max_text_chars": 200,
         "max_query_chars": 100,
+        "max_queries_per_request": 2,
+        "max_filter_depth": 2,
+        "max_filter_conditions": 3,
+        "max_filter_values": 3,
     }
 
 

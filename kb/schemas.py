@@ -487,8 +487,8 @@ class QueryResult(BaseModel):
     threshold: Threshold
     candidates: int = Field(
         description="Documents the search ranked: the top_k nearest in dense mode, up to "
-        "max(top_k, KB_HYBRID_DEPTH) a side in keyword and hybrid mode (4 x top_k with "
-        "diversify, when more)."
+        "max(top_k, KB_HYBRID_DEPTH) a side in keyword and hybrid mode. With diversify the "
+        "counts are the same reading's, though MMR picks from the best 4 x top_k."
     )
     rejected: int = Field(description="Candidates dropped for scoring below the threshold.")
     best_rejected_score: float | None = Field(
@@ -569,8 +569,8 @@ class FieldStats(BaseModel):
     documents: int = Field(description="Documents that have this key.")
     distinct: int
     values: dict[str, int] = Field(description="Most common values with their counts.")
-    min: float | str | None = None
-    max: float | str | None = None
+    min: int | float | str | None = None  # int first: 2**63 - 1 came back as 9.2e18
+    max: int | float | str | None = None
 
 
 class Stats(BaseModel):

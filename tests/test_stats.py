@@ -33,3 +33,16 @@ def test_true_and_1_are_different_values() -> None:
     assert (stats["v"].min, stats["v"].max) == (None, None)  # a boolean among numbers: no range
     numbers = metadata_stats([{"v": 1}, {"v": 1.0}, {"v": 7}])["v"]
     assert (numbers.min, numbers.max) == (1, 7)
+
+
+def test_a_range_of_large_integers_keeps_them_exact() -> None:
+    """min and max were floats: 2**63 - 1 came back as 9.223372036854776e18 (review helper
+    30)."""
+    big = metadata_stats([{"id": 2**63 - 1}, {"id": 2**53 + 1}])["id"]
+    assert (big.min, big.max) == (2**53 + 1, 2**63 - 1)
+    assert isinstance(big.min, int)
+    assert isinstance(big.max, int)
+    assert big.model_dump_json() == (
+        f'{{"documents":2,"distinct":2,"values":{{"{2**63 - 1}":1,"{2**53 + 1}":1}},'
+        f'"min":{2**53 + 1},"max":{2**63 - 1}}}'
+    )

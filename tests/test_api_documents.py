@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
+import pytest
 from flask.testing import FlaskClient
 
 from tests.conftest import COOKING
@@ -44,6 +45,22 @@ def test_add_many_and_list_with_paging(cooking: FlaskClient) -> None:
     assert page["offset"] == 1
     assert len(page["documents"]) == 2
     assert ids_of(cooking) == sorted(doc["id"] for doc in COOKING)
+
+
+@pytest.mark.parametrize(
+    "query", ["limit=1&limit=2", "offset=0&offset=1", 'where={"a":1}&where={"b":2}']
+)
+def test_a_listing_parameter_given_twice_is_refused(cooking: FlaskClient, query: str) -> None:
+    """The first value was used and the second ignored, silently (review helper 30); a
+    filter key given twice still means any of."""
+    response = cooking.get(f"/documents?{query}")
+    assert response.status_code == 422, response.json
+    name = query.split("=")[0]
+    assert response.json["error"]["details"] == [
+        {"field": name, "message": "given 2 times; give it once", "type": "value_error"}
+    ]
+    both = cooking.get("/documents?category=baking&category=cooking").json["documents"]
+    assert sorted(doc["id"] for doc in both) == sorted(doc["id"] for doc in COOKING)
 
 
 def test_list_with_simple_and_where_filters(cooking: FlaskClient) -> None:

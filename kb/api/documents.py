@@ -126,8 +126,20 @@ def delete() -> tuple[Response, int]:
     return reply(store().delete_where(flt))
 
 
+def _one_arg(name: str) -> str | None:
+    """A parameter that takes one value: given twice (`?limit=1&limit=2`), the first one
+    was used, silently."""
+    values = request.args.getlist(name)
+    if len(values) > 1:
+        raise ValidationFailed(
+            f"{name}: given {len(values)} times; give it once",
+            details=[field_error(name, f"given {len(values)} times; give it once")],
+        )
+    return values[0] if values else None
+
+
 def _int_arg(name: str, default: int, low: int, high: int | None) -> int:
-    raw = request.args.get(name)
+    raw = _one_arg(name)
     if raw is None:
         return default
     # spelt as JSON spells an integer: int() would also take "1_0", " 1" and "+1"
@@ -144,7 +156,7 @@ def _int_arg(name: str, default: int, low: int, high: int | None) -> int:
 
 
 def _json_arg(name: str) -> dict[str, Any] | None:
-    raw = request.args.get(name)
+    raw = _one_arg(name)
     if raw is None:
         return None
     try:

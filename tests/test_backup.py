@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from kb import backup
+from kb import backup, files
 from kb.cli import main
 from kb.config import Settings
 from kb.errors import Conflict, KBError, ModelMismatch, ValidationFailed
@@ -425,5 +425,5 @@ def test_a_device_path_is_written_as_it_is() -> None:
     renamed over it: `kb backup /dev/stdout >> log` lost what the log held (review helper
     29)."""
     for device in (Path("/dev/stdout"), Path("/dev/null")):
-        with backup.replacing(device) as partial:
+        with files.replacing(device) as partial:
             assert partial == device

@@ -315,7 +315,7 @@ def _export_filter(where: str | None) -> CompiledFilter:
 
 def _export_to(store: KnowledgeStore, flt: CompiledFilter, output: Path) -> int:
     """Export to standard output ('-') or to a file that takes the export's name only once
-    it is whole (kb.backup.replacing): click.File opened the file on the first write, so an
+    it is whole (kb.files.replacing): click.File opened the file on the first write, so an
     export of 0 documents left an old file as it was (or made none), and a failed one left
     it torn."""
     if str(output) == "-":
@@ -323,7 +323,7 @@ def _export_to(store: KnowledgeStore, flt: CompiledFilter, output: Path) -> int:
             count = _write_documents(store, flt, stdout)
             stdout.flush()
         return count
-    from kb.backup import replacing
+    from kb.files import replacing
 
     with replacing(output) as partial, partial.open("w", encoding="utf-8") as out:
         return _write_documents(store, flt, out)

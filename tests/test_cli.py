@@ -172,7 +172,9 @@ def test_json_array_folder_and_stdin(env, tmp_path: Path, embedder) -> None:
     folder.mkdir()
     (folder / "list.json").write_text(json.dumps(GOOD[:2]))
     write_jsonl(folder / "more.jsonl", [GOOD[2]])
-    assert "added 3" in run(env, "load", str(folder)).output
+    loaded = run(env, "load", str(folder)).output
+    assert "added 3" in loaded
+    assert "holds no file" not in loaded
     piped = run(env, "load", "-", stdin=json.dumps({"id": "s", "text": "From a pipe"}) + "\n")
     assert "added 1" in piped.output
     store = stored(env, embedder)

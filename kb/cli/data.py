@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -22,6 +23,7 @@ from kb.loader import (
     SUFFIXES,
     Options,
     Problem,
+    Source,
     Summary,
     estimate,
     input_bytes,
@@ -106,7 +108,7 @@ def load(
     if client is not None:  # documents are checked and requests cut by the service's limits
         settings = _with_service_limits(settings, client)
     found = sources(paths, fmt, root)
-    for folder in _without_files(paths, fmt):
+    for folder in _without_files(paths, found):
         click.echo(
             f"warning: {folder} holds no file kb reads ({', '.join(SUFFIXES)}; or name "
             "one with --format): nothing is loaded from it",
@@ -205,10 +207,14 @@ def _with_service_limits(settings: Settings, client: KBClient) -> Settings:
     return settings.model_copy(update=limits.model_dump())
 
 
-def _without_files(paths: Sequence[str], fmt: str | None) -> list[str]:
-    """The folders named that hold no file of a format kb reads: a load of them was a
-    summary of zeros, as if the files had been read and found empty."""
-    return [p for p in paths if p != "-" and Path(p).is_dir() and not sources([p], fmt)]
+def _without_files(paths: Sequence[str], found: Sequence[Source]) -> list[str]:
+    """The folders named that gave `sources` no file to read: a load of them was a summary
+    of zeros, as if the files had been read and found empty."""
+    folders = [p for p in paths if p != "-" and Path(p).is_dir()]
+    if not folders:
+        return []
+    read = [source.path for source in found]
+    return [p for p in folders if not any(f.startswith(f"{Path(p)}{os.sep}") for f in read)]
 
 
 def _target(

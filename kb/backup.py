@@ -25,7 +25,13 @@ from kb import __version__, json_input
 from kb.errors import Conflict, KBError, ModelMismatch, ValidationFailed
 from kb.files import replacing
 from kb.records import CHUNK, CHUNKS, DOC, Record, chunk_id
-from kb.schemas import CHROMA_METADATA_ENTRIES, check_metadata_value, metadata_entries
+from kb.schemas import (
+    CHROMA_METADATA_ENTRIES,
+    MAX_SCORE,
+    MIN_SCORE,
+    check_metadata_value,
+    metadata_entries,
+)
 from kb.store import KnowledgeStore
 
 FORMAT = "kb-backup/1"
@@ -34,7 +40,6 @@ PAGE = 2000
 BLOCK = 1 << 20  # bytes read at a time from a service's backup stream
 RECORD_KEYS = ("id", "text", "metadata", "vector")
 HEADER_KEYS = {"model": str, "dim": int, "fingerprint": str, "records": int}
-SCORES = (-1.0, 1.0)  # the min_score a query takes (kb.schemas.QueryRequest)
 
 
 def dump(store: KnowledgeStore, out: IO[bytes]) -> int:
@@ -287,7 +292,7 @@ def _threshold_problem(header: dict[str, Any]) -> str | None:
     as it is, is not one a query could take (kb.schemas.QueryRequest), or None."""
     if "min_score" not in header:
         return "min_score is missing (null: no calibrated threshold)"
-    value, (low, high) = header["min_score"], SCORES
+    value, low, high = header["min_score"], MIN_SCORE, MAX_SCORE
     if value is None:
         return None
     if isinstance(value, int | float) and not isinstance(value, bool) and low <= value <= high:

@@ -23,6 +23,7 @@ CHUNK_ID_RE = re.compile(r"#chunk\d+$")
 INT64 = 2**63
 MAX_KEY_CHARS = 128
 MAX_ID_CHARS = 512
+MIN_SCORE, MAX_SCORE = -1.0, 1.0  # the thresholds a query (and a backup's header) may hold
 # Chroma (1.5.9) writes a record's metadata entries (each list item one, kb's internal
 # fields and date twins included) in one SQLite statement: a record of more than 5,461
 # failed its compaction, and every later write and read of the collection failed with it.
@@ -393,7 +394,9 @@ class QueryRequest(Model):
     )
     where: dict[str, Any] | None = Field(None, description="Chroma-style metadata filter.")
     where_document: dict[str, Any] | None = Field(None, description="Filter on the text.")
-    min_score: float | None = Field(None, ge=-1.0, le=1.0, description="Minimum cosine score.")
+    min_score: float | None = Field(
+        None, ge=MIN_SCORE, le=MAX_SCORE, description="Minimum cosine score."
+    )
     explain: bool = Field(False, description="Also return the candidates below the threshold.")
     mode: SearchMode | None = Field(None, description="dense, keyword (BM25) or hybrid.")
     diversify: bool = Field(False, description="Re-rank with maximal marginal relevance.")

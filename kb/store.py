@@ -170,7 +170,7 @@ class KnowledgeStore:
         return {
             doc_id: assemble(chunks)
             for doc_id, chunks in groups.items()
-            if _version_of(chunks) == wanted[doc_id].metadata.get(HASH)
+            if _head(chunks).metadata.get(HASH) == wanted[doc_id].metadata.get(HASH)
         }
 
     def _whole(
@@ -595,9 +595,9 @@ def _is_whole(chunks: Sequence[Record]) -> bool:
     )
 
 
-def _version_of(chunks: Sequence[Record]) -> object:
-    """The content hash of the version of a document its first chunk is."""
-    return next(record for record in chunks if record.chunk == 0).metadata.get(HASH)
+def _head(chunks: Sequence[Record]) -> Record:
+    """A document's first chunk among its chunk records (`_whole` read it)."""
+    return next(record for record in chunks if record.chunk == 0)
 
 
 def _of(head: Record, record: Record) -> bool:
@@ -608,7 +608,7 @@ def _of(head: Record, record: Record) -> bool:
 
 def _version(chunks: Sequence[Record]) -> list[Record]:
     """The chunks of the version their first chunk is, without any a killed write left."""
-    head = next(record for record in chunks if record.chunk == 0)
+    head = _head(chunks)
     return [record for record in chunks if _of(head, record)]
 
 

@@ -32,10 +32,10 @@ from kb.schemas import (
     check_metadata_value,
     metadata_entries,
 )
+from kb.search import CALIBRATED_KEY  # copied over with the records
 from kb.store import KnowledgeStore
 
 FORMAT = "kb-backup/1"
-CALIBRATED_KEY = "kb_min_score"  # kb.search's key: copied over with the records
 PAGE = 2000
 BLOCK = 1 << 20  # bytes read at a time from a service's backup stream
 RECORD_KEYS = ("id", "text", "metadata", "vector")

@@ -258,13 +258,13 @@ def complete(
         [
             hit if hit.complete else replace(hit, record=records[hit.record.id], complete=True)
             for hit in hits
-            if hit.complete or same_version(hit.record, records.get(hit.record.id))
+            if hit.complete or _same_version(hit.record, records.get(hit.record.id))
         ]
         for hits in per_query
     ]
 
 
-def same_version(ranked: Record, fetched: Record | None) -> bool:
+def _same_version(ranked: Record, fetched: Record | None) -> bool:
     """Whether a record fetched after the ranking is of the version ranked (the content hash
     every chunk carries). FTS5's hits carry no version: any record of theirs is taken."""
     if fetched is None:

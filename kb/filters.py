@@ -181,14 +181,17 @@ def compile_filter(
     where: dict[str, Any] | None = None,
     where_document: dict[str, Any] | None = None,
     limits: FilterLimits = FilterLimits(),
+    filters_field: str = "filters",
 ) -> CompiledFilter:
     """Validate and translate the three user filter forms; raise ValidationFailed on errors.
-    The condition and value limits hold for the three together (a request's whole filter)."""
+    The condition and value limits hold for the three together (a request's whole filter).
+    Errors in `filters` name `filters_field.key`, or the key alone when `filters_field` is
+    empty (query parameters: `?difficulty=...` is the field `difficulty`)."""
     errors: list[dict[str, Any]] = []
     clauses: list[dict[str, Any] | None] = []
     translator = _Translator(errors, limits)
     if filters is not None:
-        clauses.append(translator.simple(filters))
+        clauses.append(translator.simple(filters, filters_field))
     if where is not None:
         clauses.append(translator.where(where, "where", 0))
     document = None
@@ -212,19 +215,20 @@ class _Translator:
     def fail(self, path: str, message: str) -> None:
         self.errors.append(field_error(path, message, "filter_error"))
 
-    def simple(self, filters: Any) -> dict[str, Any] | None:
+    def simple(self, filters: Any, root: str) -> dict[str, Any] | None:
+        """key -> value (equality) or list (any of). An error names the path the caller
+        wrote (`filters.a`), not the operator kb puts there (`filters.a.$in`)."""
         if not isinstance(filters, dict):
-            self.fail("filters", "must be an object of key -> value or list of values")
+            self.fail(root, "must be an object of key -> value or list of values")
             return None
         clauses = []
         for key, value in filters.items():
-            path = f"filters.{key}"
+            path = f"{root}.{key}" if root else key
             if not self.key_ok(key, path):
                 continue
-            if isinstance(value, list):
-                clauses.append(self.field(key, {"$in": value}, path))
-            else:
-                clauses.append(self.field(key, {"$eq": value}, path))
+            if self.counted(path):
+                op = "$in" if isinstance(value, list) else "$eq"
+                clauses.append(self.operator(key, op, value, path))
         return and_where(*clauses)
 
     def where(self, node: Any, path: str, depth: int) -> dict[str, Any] | None:

@@ -8,6 +8,7 @@ import unicodedata
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -385,10 +386,28 @@ class DeleteResponse(BaseModel):
 # ---------------------------------------------------------------- search
 
 
+def _check_query(text: str, info: ValidationInfo) -> str:
+    """A query text is not blank and, in a request, at most KB_MAX_QUERY_CHARS long: a 12 MB
+    query took 39 s and grew the service by half a gigabyte, and the model reads 256 word
+    pieces of it. Checked per item, so an error names the item (`queries.1`)."""
+    settings = (info.context or {}).get("settings")
+    if not text.strip():
+        raise ValueError("a query must not be empty")
+    if settings is not None and len(text) > settings.max_query_chars:
+        raise ValueError(
+            f"a query has {len(text)} characters; at most {settings.max_query_chars} "
+            "(KB_MAX_QUERY_CHARS)"
+        )
+    return text
+
+
+QueryText = Annotated[str, AfterValidator(_check_query)]
+
+
 class QueryRequest(Model):
     model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
-    query: str | None = Field(None, description="One natural-language query.")
-    queries: list[str] | None = Field(None, min_length=1, description="A batch of queries.")
+    query: QueryText | None = Field(None, description="One natural-language query.")
+    queries: list[QueryText] | None = Field(None, min_length=1, description="A batch of queries.")
     top_k: int | None = Field(
         None, ge=1, le=1000, description="Matches per query (default 5; at most KB_MAX_TOP_K)."
     )
@@ -420,22 +439,15 @@ class QueryRequest(Model):
             raise ValueError(f"top_k may be at most {settings.max_top_k} (KB_MAX_TOP_K)")
         return value
 
-    @field_validator("query")
-    @classmethod
-    def _query_text(cls, value: str | None, info: ValidationInfo) -> str | None:
-        if value is not None:
-            _check_query(value, "query", (info.context or {}).get("settings"))
-        return value
-
     @field_validator("queries")
     @classmethod
-    def _queries_text(cls, value: list[str] | None, info: ValidationInfo) -> list[str] | None:
-        if value is None:
-            return None
+    def _queries_count(cls, value: list[str] | None, info: ValidationInfo) -> list[str] | None:
         settings = (info.context or {}).get("settings")
-        for i, text in enumerate(value):
-            _check_query(text, f"queries[{i}]", settings)
-        if settings is not None and len(value) > settings.max_queries_per_request:
+        if (
+            value is not None
+            and settings is not None
+            and len(value) > settings.max_queries_per_request
+        ):
             raise ValueError(f"at most {settings.max_queries_per_request} queries per request")
         return value
 
@@ -447,19 +459,6 @@ class QueryRequest(Model):
 
     def texts(self) -> list[str]:
         return [self.query] if self.query is not None else list(self.queries or [])
-
-
-def _check_query(text: str, name: str, settings: Any) -> None:
-    """A query text is not blank and, in a request, at most KB_MAX_QUERY_CHARS long: a 12 MB
-    query took 39 s and grew the service by half a gigabyte, and the model reads 256 word
-    pieces of it."""
-    if not text.strip():
-        raise ValueError(f"{name} must not be empty")
-    if settings is not None and len(text) > settings.max_query_chars:
-        raise ValueError(
-            f"{name} has {len(text)} characters; at most {settings.max_query_chars} "
-            "(KB_MAX_QUERY_CHARS)"
-        )
 
 
 ThresholdSource = Literal["request", "calibrated", "configured"]

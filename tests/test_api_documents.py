@@ -63,6 +63,22 @@ def test_a_listing_parameter_given_twice_is_refused(cooking: FlaskClient, query:
     assert sorted(doc["id"] for doc in both) == sorted(doc["id"] for doc in COOKING)
 
 
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [("_kb_doc=x", "_kb_doc"), ("minutes=12&minutes=soon", "minutes"), ("%23tag=1", "#tag")],
+)
+def test_a_bad_filter_parameter_is_named_as_the_caller_wrote_it(
+    cooking: FlaskClient, query: str, field: str
+) -> None:
+    """`?minutes=...` is the parameter `minutes`; the error named `filters.minutes.$in`, a
+    body field and an operator the caller never wrote (review helper 30)."""
+    response = cooking.get(f"/documents?{query}")
+    assert response.status_code == 422, response.json
+    error = response.json["error"]
+    assert [detail["field"] for detail in error["details"]] == [field]
+    assert error["message"].startswith(f"{field}: ")
+
+
 def test_list_with_simple_and_where_filters(cooking: FlaskClient) -> None:
     assert ids_of(cooking, category="baking") == ["bread", "cake"]
     assert ids_of(cooking, minutes="12") == ["pasta"]

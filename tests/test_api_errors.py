@@ -38,7 +38,7 @@ BAD_REQUESTS = [
     ("post", "/query", {"query": ""}, 422, "query"),
     ("post", "/query", {"query": 5}, 422, "query"),
     ("post", "/query", {"query": "x", "queries": ["y"]}, 422, "body"),
-    ("post", "/query", {"queries": ["ok", " "]}, 422, "queries"),
+    ("post", "/query", {"queries": ["ok", " "]}, 422, "queries.1"),
     ("post", "/query", {"query": "x", "top_k": 0}, 422, "top_k"),
     ("post", "/query", {"query": "x", "top_k": 101}, 422, "top_k"),
     ("post", "/query", {"query": "x", "top_k": "5"}, 422, "top_k"),

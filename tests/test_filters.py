@@ -138,7 +138,7 @@ def test_a_list_of_decimals_may_hold_whole_numbers_written_as_decimals() -> None
     assert where["$and"][0] == {"a": {"$in": [1.0, 2.5]}}
     with pytest.raises(ValidationFailed, match="all be integers or all decimals") as caught:
         compile_filter(filters={"a": [1, 2.5]})
-    assert caught.value.details[0]["field"] == "filters.a.$in"
+    assert caught.value.details[0]["field"] == "filters.a"
 
 
 def test_nesting_and_size_are_limited() -> None:
@@ -186,7 +186,7 @@ def test_values_in_lists_are_limited_in_all() -> None:
     assert caught.value.details[0]["field"] == "where.$or.1.b.$nin"
     with pytest.raises(ValidationFailed) as caught:
         compile_filter(filters={"tag": [str(i) for i in range(11)]}, limits=limits)
-    assert caught.value.details[0]["field"] == "filters.tag.$in"
+    assert caught.value.details[0]["field"] == "filters.tag"
 
 
 def test_the_default_limit_of_values_holds_far_below_chromas() -> None:

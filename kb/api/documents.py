@@ -75,7 +75,8 @@ def list_documents() -> tuple[Response, int]:
         for key in request.args
         if key not in {"limit", "offset", "where"}
     }
-    flt = compile_filter(simple or None, where, limits=FilterLimits.of(state().settings))
+    limits = FilterLimits.of(state().settings)
+    flt = compile_filter(simple or None, where, limits=limits, filters_field="")
     return reply(store().list(flt, limit, offset))
 
 

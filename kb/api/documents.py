@@ -34,8 +34,23 @@ LIST_PARAMS = [
         "schema": {"type": "integer", "minimum": 0, "maximum": MAX_OFFSET},
     },
     {"name": "where", "in": "query", "schema": {"type": "string"}, "description": "JSON filter"},
+    {
+        # `?category=baking&difficulty=advanced`: any other parameter is a metadata key
+        "name": "filters",
+        "in": "query",
+        "style": "form",
+        "explode": True,
+        "schema": {
+            "type": "object",
+            "additionalProperties": {"type": "string"},
+            "propertyNames": {"not": {"enum": ["limit", "offset", "where"]}},
+        },
+        "description": "Metadata equality: key=value; a key given twice means any of. "
+        "Values spelt as JSON numbers or true/false are typed, anything else is text.",
+    },
 ]
 ID_ERRORS = (400, 404, 413, 415, 422)
+UPDATE_ERRORS = (*ID_ERRORS, 409)  # 409: the stored document is torn and the patch keeps text
 
 
 @bp.post("/add")
@@ -85,7 +100,7 @@ def list_documents() -> tuple[Response, int]:
     "Update a document's text and/or metadata",
     request=UpdateFields,
     response=Document,
-    errors=ID_ERRORS,
+    errors=UPDATE_ERRORS,
     access="write",
 )
 def patch_document(doc_id: str) -> tuple[Response, int]:
@@ -97,7 +112,7 @@ def patch_document(doc_id: str) -> tuple[Response, int]:
     "Update a document (id in the body)",
     request=UpdateRequest,
     response=Document,
-    errors=ID_ERRORS,
+    errors=UPDATE_ERRORS,
     access="write",
 )
 def update() -> tuple[Response, int]:

@@ -92,7 +92,7 @@ def _operation(path: str, doc: RouteDoc, refs: dict[type[BaseModel], Any]) -> di
         schema = {"type": "string"}
     content = {doc.media_type.split(";")[0]: {"schema": schema}}
     op["responses"][str(doc.status)] = {"description": "Success", "content": content}
-    for status in (*doc.errors, 500):
+    for status in (*doc.errors, 500, *((503,) if doc.uses_store else ())):
         op["responses"][str(status)] = _error(refs)
     return op
 

@@ -46,7 +46,7 @@ def stats() -> tuple[Response, int]:
 
 
 @bp.get("/openapi.json")
-@documented("This OpenAPI document", errors=())
+@documented("This OpenAPI document", errors=(), uses_store=False)
 def openapi() -> Response:
     return jsonify(build_spec(current_app, secured=state().keys.enabled))
 

@@ -28,7 +28,11 @@ def _static_headers(response: Response) -> Response:
 
 @bp.get("/")
 @documented(
-    "The search page (no data, needs no key)", errors=(), access="public", media_type="text/html"
+    "The search page (no data, needs no key)",
+    errors=(),
+    access="public",
+    media_type="text/html",
+    uses_store=False,
 )
 def index() -> Response:
     response = _static_headers(send_from_directory(WEB, "index.html", mimetype="text/html"))
@@ -39,7 +43,11 @@ def index() -> Response:
 
 @bp.get("/static/<path:filename>")
 @documented(
-    "The search page's scripts and styles", errors=(404,), access="public", media_type="text/*"
+    "The search page's scripts and styles",
+    errors=(404,),
+    access="public",
+    media_type="text/*",
+    uses_store=False,
 )
 def static(filename: str) -> Response:
     # send_from_directory refuses paths that leave WEB (404), so no traversal check here.

@@ -133,6 +133,7 @@ class RouteDoc:
     query: list[dict[str, Any]] = field(default_factory=list)
     access: Access = "read"  # what key the route needs when KB_API_KEYS is set
     media_type: str = "application/json"
+    uses_store: bool = True  # may answer 503 when the store (Chroma) fails
 
 
 def documented(summary: str, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:

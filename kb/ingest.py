@@ -26,6 +26,15 @@ Prepare = Callable[[Sequence[DocumentIn]], Any]
 T = TypeVar("T")
 
 
+class LoadInterrupted(Exception):
+    """The load was asked to stop (`stop`, set by a Ctrl-C in `kb load`); `summary` counts
+    what was written: the batches under way were finished, none after them was started."""
+
+    def __init__(self, summary: Summary) -> None:
+        super().__init__("the load was interrupted")
+        self.summary = summary
+
+
 class LoadStopped(KBError):
     """A write failed and the load stopped; `summary` counts what was written before it and
     by the batches already in flight when it failed."""
@@ -49,6 +58,7 @@ def ingest(
     ahead: int = 0,
     weigh: Callable[[DocumentIn], int] | None = None,
     max_weight: int | None = None,
+    stop: threading.Event | None = None,
 ) -> Summary:
     """Write every good record through `sink`, batch by batch; collect the bad ones.
 
@@ -63,6 +73,11 @@ def ingest(
     embeds one request while it writes another). A `prepare` that returns a Future (an
     encoder in another process) is given `ahead` more batches before the oldest is written,
     so that encoder always has work queued.
+
+    Once `stop` is set, no further batch is started: the writes under way finish, are
+    counted, and LoadInterrupted carries the counts. (The flag is checked between batches: a
+    KeyboardInterrupt raised wherever the main thread happened to be could land inside
+    ThreadPoolExecutor.submit, leaving a write running that nothing waited for or counted.)
     """
     summary = Summary()
     writer = ThreadPoolExecutor(in_flight, thread_name_prefix="kb-ingest") if prepare else None
@@ -108,8 +123,12 @@ def ingest(
                 continue
 
     events = _events(entries, batch_size, strict, _Weights(weigh, max_weight))
+    stopping = stop or threading.Event()
+    interrupted = False
     try:
-        for event in _read_ahead(events) if prepare else events:
+        for event in _read_ahead(events, stopping) if prepare else events:
+            if stopping.is_set():
+                break
             if event is None:  # the same document twice in the input
                 summary.skipped += 1
             elif isinstance(event, Problem):
@@ -118,7 +137,8 @@ def ingest(
                 on_problem(event)
             else:
                 flush(event)
-        while prepared:
+        interrupted = stopping.is_set()
+        while prepared and not interrupted:
             write(*prepared.popleft())
         settle()
     except KBError as exc:
@@ -127,6 +147,8 @@ def ingest(
     finally:
         if writer is not None:
             writer.shutdown(wait=True)
+    if interrupted:
+        raise LoadInterrupted(summary)
     return summary
 
 
@@ -208,10 +230,11 @@ def batch_limits(batch_size: int) -> Iterator[int]:
         size = min(batch_size, 2 * size)
 
 
-def _read_ahead(events: Iterator[T], depth: int = 4) -> Iterator[T]:
+def _read_ahead(events: Iterator[T], interrupt: threading.Event, depth: int = 4) -> Iterator[T]:
     """`events`, produced on another thread up to `depth` ahead: reading and validating the
     input (Python, holding the GIL) overlaps the encoder and the store (native code that
-    releases it). An error on that thread is raised here, in order."""
+    releases it). An error on that thread is raised here, in order. Ends early once
+    `interrupt` is set, even while the input (stdin, say) has nothing to read."""
     ahead: queue.Queue[tuple[Any, BaseException | None]] = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
@@ -237,7 +260,12 @@ def _read_ahead(events: Iterator[T], depth: int = 4) -> Iterator[T]:
     reader.start()
     try:
         while True:
-            event, error = ahead.get()
+            try:
+                event, error = ahead.get(timeout=0.1)
+            except queue.Empty:
+                if interrupt.is_set():
+                    return
+                continue
             if event is _END:
                 if error is not None:
                     raise error

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
+import time
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +63,37 @@ def test_load_jsonl_then_again_adds_nothing(env, tmp_path: Path, embedder) -> No
     assert store.count() == 3
     assert store.get("a").metadata == {"n": 1}
     store.close()
+
+
+def test_a_ctrl_c_stops_a_load_after_the_batches_under_way_and_counts_them(
+    env, tmp_path: Path, embedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It printed "Aborted!" (and, with an encoder process, that process' traceback) and no
+    counts. Now the batches under way are written and counted, exit 130, and loading again
+    finishes the load."""
+    docs = [{"id": f"d{i}", "text": f"note {i} on indexes"} for i in range(400)]
+    source = write_jsonl(tmp_path / "docs.jsonl", docs)
+    commit, calls = KnowledgeStore.commit, []
+
+    def interrupted(self: KnowledgeStore, prepared: object) -> object:
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.2)
+        return commit(self, prepared)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(KnowledgeStore, "commit", interrupted)
+    first = run(env, "load", "--batch-size", "20", str(source))
+    monkeypatch.undo()
+    assert first.exit_code == 130, first.output
+    assert "Load interrupted" in first.output
+    added = int(re.search(r"added (\d+),", first.output).group(1))  # type: ignore[union-attr]
+    store = stored(env, embedder)
+    assert 0 < added == store.count() < len(docs)
+    store.close()
+    again = run(env, "load", str(source))
+    assert f"added {len(docs) - added}, updated 0, skipped {added}" in again.output
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
 
 
 @pytest.fixture

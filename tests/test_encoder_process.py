@@ -3,6 +3,9 @@ batches answered in order, and failures that reach the caller."""
 
 from __future__ import annotations
 
+import os
+import signal
+import time
 from collections.abc import Iterator
 
 import numpy as np
@@ -66,3 +69,17 @@ def test_a_stopped_process_fails_its_callers() -> None:
 def test_torch_stays_in_process() -> None:
     with pytest.raises(ConfigError, match="ONNX"):
         EncoderProcess(Settings(backend="torch"))
+
+
+def test_a_ctrl_c_to_the_process_group_leaves_the_child_to_its_parent(
+    remote: EncoderProcess, embedder: Embedder
+) -> None:
+    """A terminal's Ctrl-C reaches the child too: it printed a traceback and hung on in its
+    sender thread, so close() waited 10 s before killing it. The parent decides when it
+    stops; the child goes on answering."""
+    pid = remote._process.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGINT)
+    time.sleep(0.5)
+    assert remote._process.is_alive()
+    assert np.array_equal(remote.embed_documents(TEXTS), embedder.embed_documents(TEXTS))

@@ -176,3 +176,53 @@ def test_batches_end_before_their_weight_passes_the_limit() -> None:
         "input.jsonl:5: the document is 150 bytes as JSON; a request may carry 100 bytes of "
         "documents (KB_MAX_REQUEST_BYTES)"
     ]
+
+
+@pytest.mark.parametrize(("prepare", "in_flight"), [(None, 1), (list, 1), (list, 2)])
+def test_a_stop_finishes_the_writes_under_way_counts_them_and_starts_no_other(
+    prepare, in_flight: int
+) -> None:
+    """`kb load` sets `stop` at a Ctrl-C, which printed "Aborted!" and no counts; raised in
+    the loop, the interrupt could land inside ThreadPoolExecutor.submit and leave a write
+    running that nothing counted."""
+    from kb.ingest import LoadInterrupted
+
+    stop = threading.Event()
+    written: list[str] = []
+
+    def sink(docs: Sequence[DocumentIn]) -> AddResponse:
+        ids = [str(doc.id) for doc in docs]
+        if "d4" in ids:
+            stop.set()
+            time.sleep(0.2)  # still writing when the loop next looks
+        written.extend(ids)
+        return AddResponse(ids=ids, added=len(ids))
+
+    with pytest.raises(LoadInterrupted) as caught:
+        ingest(items(40), sink, batch_size=2, prepare=prepare, in_flight=in_flight, stop=stop)
+    time.sleep(0.3)  # a write left running would land now
+    assert "d4" in written
+    assert len(written) <= 6 + 2 * in_flight  # at most the batches already on their way
+    assert caught.value.summary.added == len(written)
+
+
+def test_a_stop_ends_a_wait_for_input() -> None:
+    """stdin with nothing more to read: the load ends at the stop, not at the next line."""
+    from kb.ingest import LoadInterrupted
+
+    stop = threading.Event()
+    more = threading.Event()
+
+    def entries() -> Iterator[Item]:
+        yield from items(3)
+        more.wait(30)  # the input has nothing more for now
+        yield from items(3, start=3)
+
+    batches, _, sink = recorder()
+    threading.Timer(0.3, stop.set).start()
+    started = time.perf_counter()
+    with pytest.raises(LoadInterrupted) as caught:
+        ingest(entries(), sink, batch_size=2, prepare=list, stop=stop)  # type: ignore[arg-type]
+    more.set()
+    assert time.perf_counter() - started < 5
+    assert caught.value.summary.added == sum(map(len, batches))

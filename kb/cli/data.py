@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
@@ -15,9 +16,10 @@ from typing import TYPE_CHECKING, TextIO
 import click
 
 from kb.cli.base import API_KEY, fail, main, open_store
+from kb.cli.interrupt import first_ctrl_c_stops
 from kb.config import Settings
 from kb.errors import KBError
-from kb.ingest import BATCH_SIZE, FIRST_BATCH, LoadStopped, Prepare, Sink
+from kb.ingest import BATCH_SIZE, FIRST_BATCH, LoadInterrupted, LoadStopped, Prepare, Sink
 from kb.loader import (
     FORMATS,
     SUFFIXES,
@@ -125,20 +127,23 @@ def load(
 
     entries = (entry for source in found for entry in read(source, options))
     started = time.perf_counter()
+    asked_to_stop = threading.Event()
     try:
-        summary = ingest(
-            entries,
-            target.sink,
-            batch_size=min(batch_size, target.most_docs),
-            strict=strict,
-            on_problem=report,
-            on_batch=progress.advance,
-            prepare=target.prepare,
-            in_flight=target.in_flight,
-            ahead=target.ahead,
-            weigh=target.weigh,
-            max_weight=target.max_weight,
-        )
+        with first_ctrl_c_stops(asked_to_stop, "the load stops after the batches under way"):
+            summary = ingest(
+                entries,
+                target.sink,
+                batch_size=min(batch_size, target.most_docs),
+                strict=strict,
+                on_problem=report,
+                on_batch=progress.advance,
+                prepare=target.prepare,
+                in_flight=target.in_flight,
+                ahead=target.ahead,
+                weigh=target.weigh,
+                max_weight=target.max_weight,
+                stop=asked_to_stop,
+            )
     except LoadStopped as stop:
         # what was written before the failure, and by batches already in flight, is counted
         progress.clear()
@@ -154,6 +159,15 @@ def load(
             )
         _summarize(stop.summary, time.perf_counter() - started)
         sys.exit(1)
+    except LoadInterrupted as interrupted:
+        progress.clear()
+        click.echo(
+            "Load interrupted: the batches under way were written, none after them. Run the "
+            "same load again to finish it; what is stored is skipped.",
+            err=True,
+        )
+        _summarize(interrupted.summary, time.perf_counter() - started)
+        sys.exit(130)  # 128 + SIGINT, as a shell reports a command Ctrl-C stopped
     except KBError as exc:
         progress.clear()
         fail(f"load stopped: {exc.message}")

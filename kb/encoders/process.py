@@ -13,6 +13,7 @@ import contextlib
 import multiprocessing
 import os
 import queue
+import signal
 import threading
 from collections import deque
 from concurrent.futures import Future
@@ -41,6 +42,10 @@ def _serve(options: dict[str, Any], conn: Connection) -> None:
     from kb.config import Settings
     from kb.embeddings import identity, load_embedder
 
+    # A Ctrl-C reaches the whole process group: the parent decides what stops (it finishes
+    # the writes under way and says so), then closes this process. Interrupted here, the
+    # child printed a traceback and its sender thread kept it alive until close() killed it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         encoder = load_embedder(Settings.model_validate(options), bulk=True)
         tokenizer = str(encoder.tokenizer_file)  # type: ignore[attr-defined]

@@ -57,7 +57,7 @@ bench: install ## Ingest, query and start-up benchmarks vs a tutorial baseline (
 bench-full: install ## make bench with the 100k-document cells (long: builds a 100k store)
 	$(BIN)/python -m bench --full $(BENCH_ARGS)
 
-reset-db: ## Delete the default store (needs FORCE=1)
+reset-db: ## Delete the store at KB_CHROMA_PATH, chroma_db by default (needs FORCE=1)
 	@if [ "$(FORCE)" != "1" ]; then echo "refusing to delete $(STORE): run 'make reset-db FORCE=1'"; exit 1; fi
 	find $(STORE) -mindepth 1 -maxdepth 1 ! -name .gitkeep -exec rm -rf {} +
 	@echo "emptied $(STORE)"

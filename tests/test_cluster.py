@@ -18,26 +18,38 @@ from tests.live import call, free_port
 
 
 @pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[str]:
-    """`kb cluster` with three workers; its log is tmp_path/cluster.log."""
+def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[str]:
+    """`kb cluster` with three workers; its log is tmp_path/cluster.log. Parametrized
+    indirectly with records, it is seeded with them (`--seed`)."""
     port = free_port()
     env = {**os.environ, "KB_PORT": str(port), "KB_CHROMA_PATH": str(tmp_path / "local")}
     log = tmp_path / "cluster.log"
     command = [sys.executable, "-m", "kb", "cluster", "--path", str(tmp_path / "chroma")]
     command += ["--chroma-port", str(free_port()), "--workers", "3"]
-    with log.open("wb") as sink:
-        proc = subprocess.Popen(command, env=env, stdout=sink, stderr=subprocess.STDOUT)
+    if records := getattr(request, "param", None):
+        seed = tmp_path / "seed.jsonl"
+        seed.write_text("".join(json.dumps(record) + "\n" for record in records))
+        command += ["--seed", str(seed)]
+    with log.open("wb") as sink:  # a group of its own: a cluster that never answers is killed
+        proc = subprocess.Popen(
+            command, env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True
+        )
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, log.read_text()[-3000:]
-        try:
-            if call(base, "/health")[0] == 200:
-                break
-        except OSError:
-            time.sleep(0.3)
-    else:
-        pytest.fail(f"kb cluster did not answer: {log.read_text()[-3000:]}")
+    try:
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, log.read_text()[-3000:]
+            try:
+                if call(base, "/health")[0] == 200:
+                    break
+            except OSError:
+                time.sleep(0.3)
+        else:
+            pytest.fail(f"kb cluster did not answer: {log.read_text()[-3000:]}")
+    except BaseException:
+        os.killpg(proc.pid, signal.SIGKILL)  # its workers, its Chroma server and itself
+        proc.wait()
+        raise
     yield base
     proc.send_signal(signal.SIGTERM)  # gunicorn stops its workers, then kb stops Chroma
     assert proc.wait(timeout=60) == 0, log.read_text()[-3000:]
@@ -78,3 +90,15 @@ def test_metrics_add_up_over_the_workers(cluster: str) -> None:
         if x.startswith("kb_http_requests_total") and 'route="/query"' in x
     )  # fmt: skip
     assert float(line.rsplit(" ", 1)[1]) == 12
+
+
+SEED = [{"id": "moraine", "text": "Moraines mark where a glacier stopped."}]
+
+
+@pytest.mark.parametrize("cluster", [SEED], indirect=True)
+def test_a_cluster_seeded_with_a_small_file_answers(cluster: str) -> None:
+    """A small seed was embedded in the master process, whose encoder threads outlived the
+    load; the workers forked from it hung on a lock one of them held, and none answered."""
+    assert call(cluster, "/documents/moraine")[0] == 200
+    body = {"query": "glacier", "mode": "keyword", "min_score": -1}
+    assert [m["id"] for m in call(cluster, "/query", body)[1]["matches"]] == ["moraine"]

@@ -6,6 +6,8 @@ import errno
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -76,9 +78,7 @@ def cluster(data: Path, chroma_port: int, workers: int | None, seeds: tuple[str,
         click.echo(f"Chroma server on {url} (data in {data}, log {log})", err=True)
         os.environ["KB_CHROMA_URL"] = url
         if seeds:
-            from kb.cli.data import load
-
-            click.get_current_context().invoke(load, paths=seeds, quiet=True)
+            _seed(seeds)
         count = workers or max(2, 2 * cpu_count())
         settings = Settings(chroma_url=url, workers=count)
         limit_malloc_arenas(settings.malloc_arenas)
@@ -86,6 +86,16 @@ def cluster(data: Path, chroma_port: int, workers: int | None, seeds: tuple[str,
         _gunicorn(settings)
     finally:
         chroma_process.stop(server)
+
+
+def _seed(seeds: tuple[str, ...]) -> None:
+    """`kb load --quiet SEEDS` in a process of its own. Loaded here, a small input was
+    embedded on this process' encoder threads, which outlive the load; gunicorn then forked
+    the workers with a lock such a thread held (an import's), and every worker hung before
+    answering its first request."""
+    loaded = subprocess.run([sys.executable, "-m", "kb", "load", "--quiet", *seeds], check=False)
+    if loaded.returncode:
+        fail(f"the seed load failed (exit code {loaded.returncode}); see its messages above")
 
 
 def _check_keys(settings: Settings) -> None:

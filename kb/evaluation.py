@@ -25,7 +25,7 @@ from kb.embeddings import Embedder
 from kb.errors import ConfigError
 from kb.ingest import BATCH_SIZE, ingest
 from kb.loader import Options, Source, read, sources
-from kb.metrics import Qrels, evaluate
+from kb.metrics import evaluate, judged
 from kb.schemas import QueryRequest, number_or_text
 from kb.search import search
 from kb.store import KnowledgeStore, WriteMode
@@ -176,7 +176,7 @@ class Report:
     dataset: str
     mode: str
     documents: int
-    queries: int
+    queries: int  # scored: those with a relevant document (the figures' average)
     figures: dict[str, float]
     load_seconds: float
     query_seconds: float
@@ -212,14 +212,10 @@ def run_eval(
                 dataset.name,
                 name,
                 store.count(),
-                len(ids),
-                evaluate(run, _judged(dataset.qrels)),
+                len(judged(dataset.qrels)),
+                evaluate(run, dataset.qrels),
                 load_seconds,
                 time.perf_counter() - began,
             )
         )
     return reports
-
-
-def _judged(qrels: Qrels) -> Qrels:
-    return {q: rel for q, rel in qrels.items() if rel}

@@ -9,9 +9,21 @@ Qrels = Mapping[str, Mapping[str, int]]  # query id -> document id -> graded rel
 Run = Mapping[str, Sequence[str]]  # query id -> ranked document ids, best first
 
 
+def relevant_ids(relevant: Mapping[str, int]) -> set[str]:
+    """The documents judged relevant: grade > 0 (0 and negative grades are judged not)."""
+    return {doc for doc, grade in relevant.items() if grade > 0}
+
+
+def judged(qrels: Qrels) -> list[str]:
+    """The queries the metrics score: those with at least one relevant document."""
+    return [query for query, relevant in qrels.items() if relevant_ids(relevant)]
+
+
 def ndcg_at(ranking: Sequence[str], relevant: Mapping[str, int], k: int) -> float:
-    """nDCG@k with linear gains (trec_eval's ndcg_cut)."""
-    dcg = sum(relevant.get(doc, 0) / math.log2(rank + 2) for rank, doc in enumerate(ranking[:k]))
+    """nDCG@k with linear gains (trec_eval's ndcg_cut); a negative grade gains 0, as in
+    pytrec_eval and BEIR, not a penalty."""
+    gains = (max(relevant.get(doc, 0), 0) for doc in ranking[:k])
+    dcg = sum(gain / math.log2(rank + 2) for rank, gain in enumerate(gains))
     ideal = sorted((g for g in relevant.values() if g > 0), reverse=True)[:k]
     idcg = sum(gain / math.log2(rank + 2) for rank, gain in enumerate(ideal))
     return dcg / idcg if idcg else 0.0
@@ -25,20 +37,20 @@ def mrr_at(ranking: Sequence[str], relevant: Mapping[str, int], k: int) -> float
 
 
 def recall_at(ranking: Sequence[str], relevant: Mapping[str, int], k: int) -> float:
-    wanted = {doc for doc, gain in relevant.items() if gain > 0}
+    wanted = relevant_ids(relevant)
     return len(wanted & set(ranking[:k])) / len(wanted) if wanted else 0.0
 
 
 def evaluate(run: Run, qrels: Qrels) -> dict[str, float]:
     """Mean nDCG@10, MRR@10, Recall@10 and Recall@100 over the judged queries."""
-    judged = [q for q, rel in qrels.items() if any(g > 0 for g in rel.values())]
-    if not judged:
-        return {"ndcg@10": 0.0, "mrr@10": 0.0, "recall@10": 0.0, "recall@100": 0.0}
+    scored = judged(qrels)
     totals = {"ndcg@10": 0.0, "mrr@10": 0.0, "recall@10": 0.0, "recall@100": 0.0}
-    for query in judged:
+    if not scored:
+        return totals
+    for query in scored:
         ranking, relevant = run.get(query, []), qrels[query]
         totals["ndcg@10"] += ndcg_at(ranking, relevant, 10)
         totals["mrr@10"] += mrr_at(ranking, relevant, 10)
         totals["recall@10"] += recall_at(ranking, relevant, 10)
         totals["recall@100"] += recall_at(ranking, relevant, 100)
-    return {name: total / len(judged) for name, total in totals.items()}
+    return {name: total / len(scored) for name, total in totals.items()}

@@ -257,3 +257,33 @@ def test_a_pair_line_that_is_not_utf8_is_named(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert isinstance(result.exception, SystemExit)
     assert f"Error: {pairs}:3: not UTF-8 text: byte 0xe9" in result.output
+
+
+def beir_queries(root: Path, qrels: str) -> Path:
+    """A BEIR folder (train split) of three documents and three queries."""
+    (root / "qrels").mkdir(parents=True)
+    docs = [("d1", "Dogs bark to warn."), ("d2", "Bread rises."), ("d3", "Rivers flood.")]
+    (root / "corpus.jsonl").write_text(
+        "".join(json.dumps({"_id": i, "title": "", "text": t}) + "\n" for i, t in docs)
+    )
+    queries = [("q1", "why do dogs bark"), ("q2", "baking bread"), ("q3", "floods")]
+    (root / "queries.jsonl").write_text(
+        "".join(json.dumps({"_id": i, "text": t}) + "\n" for i, t in queries)
+    )
+    (root / "qrels" / "train.tsv").write_text("query-id\tcorpus-id\tscore\n" + qrels)
+    return root
+
+
+def test_calibrate_queries_counts_only_grades_above_zero_as_relevant(tmp_path: Path) -> None:
+    """Every judged id was taken as relevant: a grade-0 or -1 judgment made its document an
+    answer, and a query judged only so an answerable one (kb eval scores grade > 0 only)."""
+    folder = beir_queries(tmp_path / "beir", "q1\td1\t1\nq1\td2\t0\nq2\td2\t0\nq3\td3\t-1\n")
+    result = calibrate(tmp_path, "--queries", str(folder))
+    assert result.exit_code == 0, result.output
+    assert "queries: 3 (2 with no answer)" in result.output
+    assert re.search(r"0\.30 +\d+ of 2 +[01] of 1\n", result.output)
+
+    folder = beir_queries(tmp_path / "none", "q1\td1\t0\nq2\td2\t-1\n")
+    result = calibrate(tmp_path, "--queries", str(folder))
+    assert result.exit_code == 1
+    assert f"{NOTHING}: no query with a relevant document" in result.output

@@ -211,3 +211,28 @@ def test_a_model_that_does_not_load_is_a_message(tmp_path: Path, command: str) -
     assert result.exit_code == 1
     assert isinstance(result.exception, SystemExit)
     assert "KB_MODEL=" in result.output
+
+
+def test_a_negative_grade_gains_nothing() -> None:
+    """It was added as a negative gain: [b(-1), a(1)] scored 0.0 instead of pytrec_eval's
+    0.6309, and a ranking of only negatives scored below 0."""
+    from kb.metrics import evaluate, ndcg_at
+
+    assert ndcg_at(["b", "a"], {"a": 1, "b": -1}, 10) == pytest.approx(0.63093, abs=1e-5)
+    assert ndcg_at(["b", "c", "a"], {"a": 2, "b": -2, "c": -1}, 10) == pytest.approx(0.5)
+    figures = evaluate({"q": ["b", "x"]}, {"q": {"a": 1, "b": -1}})
+    assert figures["ndcg@10"] == 0.0
+
+
+def test_the_queries_column_counts_the_queries_scored(tmp_path: Path) -> None:
+    """A query judged only 0 (or below) is asked but not scored: 'queries' said 3 while the
+    figures averaged 2."""
+    folder = beir_folder(tmp_path / "tiny")
+    qrels = folder / "qrels" / "test.tsv"
+    qrels.write_text(qrels.read_text() + "q3\td2\t0\nq3\td4\t-1\n")
+    assert len(open_dataset(folder, split="test").queries) == 3
+    result, report = eval_cli(folder, tmp_path)
+    assert report["queries"] == 2
+    assert report["figures"]["ndcg@10"] == pytest.approx(1.0)
+    assert re.search(r"tiny/test +\S+ +4 +2 +1\.000", result.output)
+    assert "tiny/test: 1 of 3 queries have no relevant document" in result.output

@@ -79,10 +79,12 @@ def _from_queries(
 ) -> Row:
     from kb.calibration import check_queries, query_sweep, shown_sweep
     from kb.evaluation import load_corpus, open_dataset, rank, temporary_store
+    from kb.metrics import relevant_ids
 
     dataset = open_dataset(folder)
     _warn_unmatched(dataset)
-    wanted = [set(dataset.qrels[q]) for q in dataset.queries]
+    # relevant as kb eval counts it: grade > 0; a query judged only 0 or below has no answer
+    wanted = [relevant_ids(dataset.qrels[q]) for q in dataset.queries]
     check_queries(wanted, Path(folder) / "queries.jsonl")  # before the corpus is loaded
     # as deep as a search looks (hybrid and keyword read KB_HYBRID_DEPTH a side): the
     # threshold picks each query's top_k from this ranking, as the service does
@@ -166,6 +168,19 @@ def _warn_unmatched(dataset: Dataset) -> None:
         )
 
 
+def _note_unscored(dataset: Dataset) -> None:
+    """The queries column counts the queries scored; say how many more were asked."""
+    from kb.metrics import judged
+
+    unscored = len(dataset.queries) - len(judged(dataset.qrels))
+    if unscored:
+        click.echo(
+            f"note: {dataset.name}: {unscored} of {len(dataset.queries)} queries have no "
+            "relevant document (grade > 0) and are not scored",
+            err=True,
+        )
+
+
 @main.command("eval")
 @click.argument("datasets", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--split", default="train", show_default=True, help="BEIR qrels split.")
@@ -216,6 +231,7 @@ def eval_(
         try:
             dataset = open_dataset(path, split, corpus)
             _warn_unmatched(dataset)
+            _note_unscored(dataset)
             with temporary_store(settings, embedder) as store:
                 found = run_eval(store, dataset, searches)
         except KBError as exc:  # a bad corpus record too: named, not a traceback

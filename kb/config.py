@@ -224,6 +224,17 @@ class Settings(BaseSettings):
             raise ValueError(f"must be one of {', '.join(LOG_LEVELS)} (in any case)")
         return level
 
+    @field_validator("onnx_cache", mode="before")
+    @classmethod
+    def _onnx_cache(cls, value: object) -> object:
+        # Path("") is ".", which put a 90 MB export in the working directory; and "~/x" was
+        # a literal "./~/x" (KB_MODEL expands ~).
+        if isinstance(value, str | Path):
+            if not str(value).strip():
+                raise ValueError("must not be empty (unset it for the default cache)")
+            return Path(value).expanduser()
+        return value
+
     @field_validator("chroma_url")
     @classmethod
     def _chroma_url(cls, value: str | None) -> str | None:

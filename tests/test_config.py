@@ -114,6 +114,7 @@ def test_auto_picks_bf16_here_exactly_when_openvino_finds_bf16_units() -> None:
         ({"KB_MAX_TOP_K": "5000"}, "KB_MAX_TOP_K: Input should be less than or equal to 1000"),
         ({"KB_LOG_LEVEL": "verbose"}, "KB_LOG_LEVEL: must be one of DEBUG, INFO, WARNING"),
         ({"KB_TOP_K": "50", "KB_MAX_TOP_K": "10"}, "KB_TOP_K (50) exceeds KB_MAX_TOP_K (10)"),
+        ({"KB_ONNX_CACHE": ""}, "KB_ONNX_CACHE: must not be empty"),
     ],
 )
 @pytest.mark.parametrize("command", [["serve"], ["export"], ["load", "-"], ["duplicates"]])
@@ -142,3 +143,15 @@ def test_log_levels_are_the_standard_names_in_any_case() -> None:
     assert Settings(log_level=" warning").log_level == "WARNING"
     assert Settings(log_level="Debug").log_level == "DEBUG"
     assert Settings(log_level="warn").log_level == "WARNING"  # the alias logging takes
+
+
+def test_the_onnx_cache_expands_a_tilde_as_the_model_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """'~/x' was a literal './~/x' folder; an empty value was '.', the working directory."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("KB_ONNX_CACHE", "~/onnx")
+    assert Settings().onnx_cache == tmp_path / "onnx"
+    monkeypatch.setenv("KB_ONNX_CACHE", " ")
+    with pytest.raises(ValueError, match="must not be empty"):
+        Settings()

@@ -66,6 +66,25 @@ def test_a_stopped_process_fails_its_callers() -> None:
     encoder.close()
 
 
+def test_a_process_that_dies_while_loading_is_a_config_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A child killed before it was ready (kill -9, out of memory) was an EOFError, which
+    kb load showed as 'Aborted!' alone."""
+    from multiprocessing.context import SpawnProcess
+
+    start = SpawnProcess.start
+
+    def start_then_die(process: SpawnProcess) -> None:
+        start(process)
+        process.kill()
+        process.join()
+
+    monkeypatch.setattr(SpawnProcess, "start", start_then_die)
+    with pytest.raises(ConfigError, match=r"stopped before it was ready \(exit code -9\)"):
+        EncoderProcess(Settings(backend="onnx"))
+
+
 def test_torch_stays_in_process() -> None:
     with pytest.raises(ConfigError, match="ONNX"):
         EncoderProcess(Settings(backend="torch"))

@@ -135,6 +135,47 @@ def test_an_export_that_differs_from_torch_is_refused(
     assert not (directory / "meta.json").exists()
 
 
+def test_an_unloadable_model_is_a_config_error_as_with_torch(tmp_path: Path) -> None:
+    """A config.json of {} was a 71-line 'Unrecognized model' traceback from the export."""
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    with pytest.raises(ConfigError, match="could not load the model"):
+        onnx_export.ensure_export(model, "0123456789abcdef", tmp_path / "cache", quantized=False)
+
+
+def test_a_failed_export_write_is_a_config_error_and_leaves_no_temp_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk was a 53-line traceback and left a 40 MB model.onnx.<pid>.tmp."""
+    import errno
+
+    import torch
+
+    def half_export(model: object, args: object, f: str, **kwargs: object) -> None:
+        Path(f).write_bytes(b"\0" * 1000)
+        raise OSError(errno.EFBIG, "File too large")
+
+    monkeypatch.setattr(torch.onnx, "export", half_export)
+    _, path = resolve_model_path(Settings().model)
+    with pytest.raises(ConfigError, match=r"KB_ONNX_CACHE.*File too large"):
+        onnx_export.ensure_export(path, model_fingerprint(path), tmp_path, quantized=False)
+    (directory,) = tmp_path.iterdir()
+    assert not list(directory.glob("*.tmp"))
+    assert not (directory / onnx_export.META_FILE).exists()
+
+
+@pytest.mark.parametrize("device", ["gpu", "cuda"])
+def test_a_device_torch_has_not_got_is_a_config_error(device: str) -> None:
+    """KB_DEVICE=gpu was torch's RuntimeError, and cuda on a CPU-only torch an AssertionError."""
+    import torch
+
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("this torch has CUDA")
+    with pytest.raises(ConfigError, match=f"KB_DEVICE='{device}'"):
+        load_embedder(Settings(backend="torch", device=device))
+
+
 def test_int8_stays_close_to_fp32(exported: Path, embedder: Embedder) -> None:
     int8 = OnnxEmbedder(Settings().model, cache=exported, backend="onnx-int8")
     assert int8.backend == "onnx-int8"

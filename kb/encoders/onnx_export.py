@@ -89,29 +89,39 @@ def _export(model_path: Path, directory: Path) -> None:
     hf_logging.disable_progress_bar()  # no "Loading weights" bar in kb's output
     # Eager attention traces to plain MatMul/Softmax, which ONNX Runtime runs ~15% faster on
     # long inputs than the traced scaled_dot_product_attention.
-    model = SentenceTransformer(
-        str(model_path), device="cpu", model_kwargs={"attn_implementation": "eager"}
-    ).eval()
+    try:
+        model = SentenceTransformer(
+            str(model_path), device="cpu", model_kwargs={"attn_implementation": "eager"}
+        ).eval()
+    except (OSError, ValueError) as exc:  # as the torch backend says it
+        raise ConfigError(f"could not load the model at {model_path}: {exc}") from exc
     tokenizer = model.tokenizer
     sample = tokenizer(list(PROBES[:2]), padding=True, return_tensors="pt")
     names = [name for name in ("input_ids", "attention_mask", "token_type_ids") if name in sample]
     wrapper = _wrap(model, names)
     axes = {name: {0: "batch", 1: "tokens"} for name in names} | {"embedding": {0: "batch"}}
     temporary = directory / f"{MODEL_FILE}.{os.getpid()}.tmp"
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the tracer's notes on shape checks it folds away
-        torch.onnx.export(
-            wrapper,
-            tuple(sample[name] for name in names),
-            str(temporary),
-            input_names=names,
-            output_names=["embedding"],
-            dynamic_axes=axes,
-            opset_version=OPSET,
-            dynamo=False,
-        )
-    _verify(model, temporary)
-    os.replace(temporary, directory / MODEL_FILE)
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the tracer's notes on shape checks it folds away
+            torch.onnx.export(
+                wrapper,
+                tuple(sample[name] for name in names),
+                str(temporary),
+                input_names=names,
+                output_names=["embedding"],
+                dynamic_axes=axes,
+                opset_version=OPSET,
+                dynamo=False,
+            )
+        _verify(model, temporary)
+        os.replace(temporary, directory / MODEL_FILE)
+    except BaseException as exc:  # no 90 MB half-export left behind (a full disk, a Ctrl-C)
+        temporary.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            message = f"cannot write the ONNX export in {directory} (KB_ONNX_CACHE): {exc}"
+            raise ConfigError(message) from exc
+        raise
     tokenizer.backend_tokenizer.save(str(directory / TOKENIZER_FILE))
     meta = {
         "model": str(model_path),

@@ -119,7 +119,15 @@ class EncoderProcess:
         if not self._conn.poll(READY_SECONDS):
             self.close()
             raise ConfigError("the encoder process did not start")
-        status, fields, tokenizer = self._conn.recv()
+        try:
+            status, fields, tokenizer = self._conn.recv()
+        except (EOFError, OSError) as exc:  # it died (killed, out of memory) while loading
+            self.close()
+            message = (
+                "the encoder process stopped before it was ready "
+                f"(exit code {self._process.exitcode}); any messages it printed are above"
+            )
+            raise ConfigError(message) from exc
         if status != "ready":
             self.close()
             raise ConfigError(f"the encoder process failed to start: {fields}")

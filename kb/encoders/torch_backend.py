@@ -27,6 +27,7 @@ class SentenceTransformerEmbedder:
         # Never reach for a hub: the weights are local, and the network is not ours to assume.
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        _check_device(device)
         from sentence_transformers import SentenceTransformer
 
         try:
@@ -70,3 +71,15 @@ class SentenceTransformerEmbedder:
                 verbose=False,
             )
         return [tuple(span) for span in encoded["offset_mapping"]]
+
+
+def _check_device(device: str) -> None:
+    """Refuse a KB_DEVICE torch cannot parse ('gpu') or has not got here ('cuda' on a
+    CPU-only build): torch's RuntimeError or AssertionError was a traceback."""
+    import torch
+
+    try:
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError) as exc:
+        reason = str(exc).split(". ")[0].splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(f"KB_DEVICE={device!r} is not a torch device here: {reason}") from exc

@@ -77,8 +77,8 @@ def ensure_export(model_path: Path, fingerprint: str, cache: Path, *, quantized:
 
 def _export(model_path: Path, directory: Path) -> None:
     try:
+        import sentence_transformers  # noqa: F401  # load_model needs it: checked here, said once
         import torch
-        from sentence_transformers import SentenceTransformer
         from transformers.utils import logging as hf_logging
     except ImportError as exc:
         raise ConfigError(
@@ -89,12 +89,9 @@ def _export(model_path: Path, directory: Path) -> None:
     hf_logging.disable_progress_bar()  # no "Loading weights" bar in kb's output
     # Eager attention traces to plain MatMul/Softmax, which ONNX Runtime runs ~15% faster on
     # long inputs than the traced scaled_dot_product_attention.
-    try:
-        model = SentenceTransformer(
-            str(model_path), device="cpu", model_kwargs={"attn_implementation": "eager"}
-        ).eval()
-    except (OSError, ValueError) as exc:  # as the torch backend says it
-        raise ConfigError(f"could not load the model at {model_path}: {exc}") from exc
+    from kb.encoders.torch_backend import load_model
+
+    model = load_model(model_path, "cpu", model_kwargs={"attn_implementation": "eager"}).eval()
     tokenizer = model.tokenizer
     sample = tokenizer(list(PROBES[:2]), padding=True, return_tensors="pt")
     names = [name for name in ("input_ids", "attention_mask", "token_type_ids") if name in sample]
@@ -116,12 +113,11 @@ def _export(model_path: Path, directory: Path) -> None:
             )
         _verify(model, temporary)
         os.replace(temporary, directory / MODEL_FILE)
-    except BaseException as exc:  # no 90 MB half-export left behind (a full disk, a Ctrl-C)
+    except OSError as exc:
+        message = f"cannot write the ONNX export in {directory} (KB_ONNX_CACHE): {exc}"
+        raise ConfigError(message) from exc
+    finally:  # no 90 MB half-export left behind (a full disk, a Ctrl-C); gone once replaced
         temporary.unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            message = f"cannot write the ONNX export in {directory} (KB_ONNX_CACHE): {exc}"
-            raise ConfigError(message) from exc
-        raise
     tokenizer.backend_tokenizer.save(str(directory / TOKENIZER_FILE))
     meta = {
         "model": str(model_path),

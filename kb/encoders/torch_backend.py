@@ -13,6 +13,7 @@ from kb.errors import ConfigError
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
+    from pathlib import Path
 
 
 class SentenceTransformerEmbedder:
@@ -27,13 +28,7 @@ class SentenceTransformerEmbedder:
         # Never reach for a hub: the weights are local, and the network is not ours to assume.
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-        _check_device(device)
-        from sentence_transformers import SentenceTransformer
-
-        try:
-            self._model: Any = SentenceTransformer(str(self.path), device=device)
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"could not load the model at {self.path}: {exc}") from exc
+        self._model: Any = load_model(self.path, device)
         # HF fast tokenizers are not safe to call from several threads at once ("Already
         # borrowed"); the server has many threads, so encoding is serialized.
         self._lock = threading.Lock()
@@ -71,6 +66,19 @@ class SentenceTransformerEmbedder:
                 verbose=False,
             )
         return [tuple(span) for span in encoded["offset_mapping"]]
+
+
+def load_model(path: Path, device: str, **options: Any) -> Any:
+    """The sentence-transformers model at `path` on `device` (the torch backend's, and the
+    one the ONNX export traces); a device torch has not got, or a folder it cannot load, is
+    a one-line ConfigError."""
+    _check_device(device)
+    from sentence_transformers import SentenceTransformer
+
+    try:
+        return SentenceTransformer(str(path), device=device, **options)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"could not load the model at {path}: {exc}") from exc
 
 
 def _check_device(device: str) -> None:

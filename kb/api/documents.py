@@ -26,6 +26,7 @@ from kb.store import WriteMode
 bp = Blueprint("documents", __name__)
 
 MAX_OFFSET = 2**31 - 1  # Chroma takes a 32-bit offset and fails (500) past it
+OWN_PARAMS = ("limit", "offset", "where")  # a listing's other parameters are metadata filters
 LIST_PARAMS = [
     {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
     {
@@ -43,7 +44,7 @@ LIST_PARAMS = [
         "schema": {
             "type": "object",
             "additionalProperties": {"type": "string"},
-            "propertyNames": {"not": {"enum": ["limit", "offset", "where"]}},
+            "propertyNames": {"not": {"enum": list(OWN_PARAMS)}},
         },
         "description": "Metadata equality: key=value; a key given twice means any of. "
         "Values spelt as JSON numbers or true/false are typed, anything else is text.",
@@ -86,9 +87,7 @@ def list_documents() -> tuple[Response, int]:
     offset = _int_arg("offset", 0, 0, MAX_OFFSET)
     where = _json_arg("where")
     simple = {
-        key: _typed(request.args.getlist(key))
-        for key in request.args
-        if key not in {"limit", "offset", "where"}
+        key: _typed(request.args.getlist(key)) for key in request.args if key not in OWN_PARAMS
     }
     limits = FilterLimits.of(state().settings)
     flt = compile_filter(simple or None, where, limits=limits, filters_field="")

@@ -184,10 +184,12 @@ def _read_header(path: Path) -> dict[str, Any]:
 
 
 def _check_model(header: dict[str, Any], store: KnowledgeStore, path: Path) -> None:
-    if header["fingerprint"] != store.embedder.fingerprint or header["dim"] != store.embedder.dim:
+    embedder = store.embedder
+    fingerprints = (embedder.fingerprint, *embedder.former_fingerprints)
+    if header["fingerprint"] not in fingerprints or header["dim"] != embedder.dim:
         raise ModelMismatch(
             f"{path} holds vectors of {header['model']} (fingerprint {header['fingerprint']}); "
-            f"the configured model is {store.embedder.name} ({store.embedder.fingerprint})"
+            f"the configured model is {embedder.name} ({embedder.fingerprint})"
         )
 
 

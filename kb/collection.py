@@ -180,7 +180,16 @@ class RecordCollection:
             with chroma_errors():
                 self._col.modify(metadata={**meta, **_model_metadata(embedder)})
             return
-        if meta.get(DIM_KEY) != embedder.dim or meta.get(FINGERPRINT_KEY) != embedder.fingerprint:
+        recorded = meta.get(FINGERPRINT_KEY)
+        if meta.get(DIM_KEY) == embedder.dim and recorded in embedder.former_fingerprints:
+            log.info(
+                "collection %s: re-recording the model's fingerprint %s (an earlier kb's) as %s",
+                self.name, recorded, embedder.fingerprint,
+            )  # fmt: skip
+            with chroma_errors():
+                self._col.modify(metadata={**meta, FINGERPRINT_KEY: embedder.fingerprint})
+            return
+        if meta.get(DIM_KEY) != embedder.dim or recorded != embedder.fingerprint:
             raise ModelMismatch(
                 f"collection '{self.name}' in {self.location} was built with {meta[MODEL_KEY]} "
                 f"({meta.get(DIM_KEY)}-d, fingerprint {meta.get(FINGERPRINT_KEY)}), but the "

@@ -88,6 +88,19 @@ def test_a_truncated_or_foreign_backup_is_refused(filled, tmp_path: Path) -> Non
     assert filled.count() == 5  # nothing was touched
 
 
+def test_a_backup_an_earlier_kb_wrote_for_the_model_restores(filled, tmp_path: Path) -> None:
+    """Its header holds the fingerprint kb recorded before it covered every model file."""
+    dest = tmp_path / "copy.jsonl.gz"
+    backup.write_file(filled, dest)
+    lines = gzip.decompress(dest.read_bytes()).splitlines(keepends=True)
+    header = json.loads(lines[0]) | {"fingerprint": filled.embedder.former_fingerprints[0]}
+    older = tmp_path / "older.jsonl.gz"
+    older.write_bytes(gzip.compress(json.dumps(header).encode() + b"\n" + b"".join(lines[1:])))
+    before, records = contents(filled), filled.records.count()
+    assert backup.restore(filled, older, replace=True) == records
+    assert contents(filled) == before
+
+
 @contextmanager
 def batches_landing(write: Callable[[int], None], at_least: int) -> Iterator[None]:
     """Call write(0), write(1), ... on a thread until the block ends; the block starts once

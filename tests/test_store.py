@@ -14,6 +14,7 @@ import pytest
 
 from kb.app import close_app, create_app
 from kb.chunking import Chunk
+from kb.collection import FINGERPRINT_KEY
 from kb.config import Settings
 from kb.errors import ConfigError, Conflict, ModelMismatch, StoreUnavailable
 from kb.filters import CompiledFilter
@@ -28,7 +29,7 @@ class OtherModel:
     """A stand-in for a different embedding model: another dimension and fingerprint."""
 
     name, dim, fingerprint, max_tokens = "other-model", 8, "0123456789abcdef", 128
-    backend = "fake"
+    backend, former_fingerprints = "fake", ()
 
     def embed_documents(self, texts):
         return np.ones((len(texts), self.dim), dtype=np.float32) / np.sqrt(self.dim)
@@ -64,6 +65,25 @@ def test_opening_a_store_with_another_model_is_refused(settings: Settings, embed
         KnowledgeStore.open(settings, OtherModel())
     assert "other-model" in caught.value.message
     assert caught.value.status == 409
+
+
+def test_a_store_recorded_with_an_earlier_kbs_fingerprint_of_the_model_is_re_recorded(
+    settings: Settings, embedder
+) -> None:
+    store = KnowledgeStore.open(settings, embedder)
+    store.add([DocumentIn(id="kept", text="Glaciers carve valleys.")])
+    # what kb recorded before the fingerprint covered every file of the model
+    store.records.set_settings_value(FINGERPRINT_KEY, embedder.former_fingerprints[0])
+    store.close()
+    store = KnowledgeStore.open(settings, embedder)
+    try:
+        assert store.records.settings_value(FINGERPRINT_KEY) == embedder.fingerprint
+        assert store.get("kept").text == "Glaciers carve valleys."
+        store.records.set_settings_value(FINGERPRINT_KEY, "0" * 16)  # same dimension, unknown
+    finally:
+        store.close()
+    with pytest.raises(ModelMismatch, match="0000000000000000"):
+        KnowledgeStore.open(settings, embedder)
 
 
 def test_another_collection_on_the_same_path_may_use_another_model(

@@ -11,7 +11,7 @@ import numpy as np
 
 from kb.batcher import Batcher
 from kb.config import cpu_count
-from kb.embeddings import model_fingerprint, resolve_model_path
+from kb.embeddings import former_fingerprints, model_fingerprint, resolve_model_path
 from kb.encoders.onnx_export import ensure_export
 from kb.memory import release_freed_memory
 
@@ -70,6 +70,7 @@ class OnnxEmbedder:
 
         self.name, self.path = resolve_model_path(model)
         self.fingerprint = model_fingerprint(self.path)
+        self.former_fingerprints = former_fingerprints(self.path)
         if backend not in BACKENDS:
             raise ValueError(f"backend {backend!r} is none of {', '.join(BACKENDS)}")
         self.backend = backend

@@ -133,6 +133,7 @@ class EncoderProcess:
             raise ConfigError(f"the encoder process failed to start: {fields}")
         self.name, self.backend, self.dim = fields["name"], fields["backend"], fields["dim"]
         self.fingerprint, self.max_tokens = fields["fingerprint"], fields["max_tokens"]
+        self.former_fingerprints = fields["former_fingerprints"]
         self._pieces = span_tokenizer(tokenizer)
         self._waiting: deque[Future[np.ndarray]] = deque()  # answers come back in order
         self._sending = threading.Lock()

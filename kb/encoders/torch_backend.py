@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from kb.embeddings import model_fingerprint, resolve_model_path
+from kb.embeddings import former_fingerprints, model_fingerprint, resolve_model_path
 from kb.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -24,6 +24,7 @@ class SentenceTransformerEmbedder:
     def __init__(self, model: str, *, device: str = "cpu", batch_size: int = 64) -> None:
         self.name, self.path = resolve_model_path(model)
         self.fingerprint = model_fingerprint(self.path)
+        self.former_fingerprints = former_fingerprints(self.path)
         self.batch_size = batch_size
         # Never reach for a hub: the weights are local, and the network is not ours to assume.
         os.environ.setdefault("HF_HUB_OFFLINE", "1")

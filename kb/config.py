@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from kb.cgroup import own_cpu_limit
 from kb.errors import field_errors
 
 PACKAGED_MODEL = "all-MiniLM-L6-v2"
@@ -22,11 +23,13 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 def cpu_count() -> int:
-    """Cores this process may run on (the affinity mask, not the machine's total)."""
+    """Cores this process may use: the affinity mask (not the machine's total), capped by a
+    cgroup CPU quota (a container's --cpus)."""
     try:
-        return len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    return min(cores, own_cpu_limit() or cores)
 
 
 def default_cache() -> Path:

@@ -65,6 +65,7 @@ from kb.shared_replica import SharedReplica
 from kb.stats import metadata_stats
 
 log = logging.getLogger(__name__)
+DEFAULT_OVERLAP = Settings.model_fields["chunk_overlap"].default
 
 
 class WriteMode(StrEnum):
@@ -93,10 +94,10 @@ class KnowledgeStore:
         self.settings = settings
         self.embedder = embedder
         self.window = _window(settings, embedder)
+        self.overlap = _overlap(settings, self.window)
         if records is None:
             records = RecordCollection(settings, embedder, existing=existing)
         self.records = records
-        self.overlap = min(settings.chunk_overlap, self.window // 2)
         self._damaged: set[str] = set()  # documents found torn under the write lock (logged)
         # Writes check ids and then write: serialize them so the check stays true.
         shared = self.records.mode == "server"
@@ -559,6 +560,19 @@ def _window(settings: Settings, embedder: Embedder) -> int:
             f"{readable} tokens of a chunk: the rest would never be embedded"
         )
     return settings.chunk_tokens or readable
+
+
+def _overlap(settings: Settings, window: int) -> int:
+    """KB_CHUNK_OVERLAP, at most half a chunk (more, and the text would be stored several
+    times over). The default is cut to half of a small KB_CHUNK_TOKENS; a value set above
+    that is refused rather than changed behind its owner's back."""
+    most = window // 2
+    if settings.chunk_overlap > most and settings.chunk_overlap != DEFAULT_OVERLAP:
+        raise ConfigError(
+            f"KB_CHUNK_OVERLAP is {settings.chunk_overlap}, more than half a chunk of {window} "
+            f"tokens: at most {most}"
+        )
+    return min(settings.chunk_overlap, most)
 
 
 def _write_lock_path(settings: Settings) -> Path:

@@ -531,6 +531,20 @@ def test_chunks_longer_than_the_model_reads_are_refused(settings: Settings, embe
     store.close()
 
 
+def test_an_overlap_of_more_than_half_a_chunk_is_refused_unless_it_is_the_default(
+    settings: Settings, embedder
+) -> None:
+    """KB_CHUNK_OVERLAP 100 on 128-token chunks was cut to 64 without a word."""
+    with pytest.raises(ConfigError, match=r"KB_CHUNK_OVERLAP is 100, .* 128 tokens: at most 64"):
+        KnowledgeStore.open(changed(settings, chunk_tokens=128, chunk_overlap=100), embedder)
+    store = KnowledgeStore.open(changed(settings, chunk_tokens=128, chunk_overlap=64), embedder)
+    assert store.overlap == 64
+    store.close()
+    store = KnowledgeStore.open(changed(settings, chunk_tokens=16), embedder)  # default 32
+    assert store.overlap == 8
+    store.close()
+
+
 def test_an_open_embedded_store_is_locked_to_one_user(settings: Settings, embedder) -> None:
     from kb.lock import StoreLocked
 

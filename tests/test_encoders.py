@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import fcntl
+import filecmp
 import json
+import logging
 import os
+import shutil
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -118,9 +123,79 @@ def test_a_changed_model_is_exported_again(exported: Path, monkeypatch: pytest.M
     calls: list[Path] = []
     monkeypatch.setattr(onnx_export, "_export", lambda path, directory: calls.append(directory))
     _, path = resolve_model_path(Settings().model)
-    with pytest.raises(FileNotFoundError):  # the stand-in exporter wrote nothing
+    with pytest.raises(ConfigError, match="not completed"):  # the stand-in wrote nothing
         onnx_export.ensure_export(path, "0123456789abcdef", exported, quantized=False)
     assert calls == [exported / f"0123456789abcdef-v{onnx_export.EXPORT_VERSION}"]
+
+
+def the_export(cache: Path) -> Path:
+    _, path = resolve_model_path(Settings().model)
+    return cache / f"{model_fingerprint(path)}-v{onnx_export.EXPORT_VERSION}"
+
+
+def copying_export(source: Path, calls: list[Path]) -> Callable[[Path, Path], None]:
+    """A stand-in for _export that copies the export in `source` (a real one)."""
+
+    def export(model: Path, directory: Path) -> None:
+        calls.append(directory)
+        for name in (onnx_export.MODEL_FILE, onnx_export.TOKENIZER_FILE, onnx_export.META_FILE):
+            shutil.copyfile(source / name, directory / name)
+
+    return export
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        {onnx_export.META_FILE: b""},
+        {onnx_export.META_FILE: b'{"dim": 384}'},
+        {onnx_export.MODEL_FILE: b"\x08\x07"},  # a truncated copy
+        {onnx_export.TOKENIZER_FILE: None},
+    ],
+    ids=["empty-meta", "old-meta", "truncated-model", "no-tokenizer"],
+)
+def test_a_damaged_export_is_made_again(
+    exported: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, damage: dict
+) -> None:
+    """An empty meta.json or a truncated model.onnx was a long traceback at every start."""
+    good = the_export(exported)
+    cache = tmp_path / "cache"
+    shutil.copytree(good, cache / good.name)
+    for name, content in damage.items():
+        if content is None:
+            (cache / good.name / name).unlink()
+        else:
+            (cache / good.name / name).write_bytes(content)
+    calls: list[Path] = []
+    monkeypatch.setattr(onnx_export, "_export", copying_export(good, calls))
+    _, path = resolve_model_path(Settings().model)
+    export = onnx_export.ensure_export(path, model_fingerprint(path), cache, quantized=False)
+    assert calls == [cache / good.name]
+    assert export.meta["dim"] == 384
+    assert filecmp.cmp(export.model_file(False), good / onnx_export.MODEL_FILE, shallow=False)
+    onnx_export.ensure_export(path, model_fingerprint(path), cache, quantized=False)
+    assert len(calls) == 1  # intact now: not made a third time
+
+
+def test_obsolete_exports_of_the_model_go_once_the_new_one_is_made(
+    exported: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Older format versions and former fingerprints of this model; not other models', and
+    not one another process holds the lock of (it is exporting there)."""
+    good = the_export(exported)
+    cache = tmp_path / "cache"
+    version = onnx_export.EXPORT_VERSION
+    folders = ["aaaa-v1", f"aaaa-v{version - 1}", "former-v2", "other-v2", "busy-v2", "aaaa-vx"]
+    for name in folders:
+        (cache / name).mkdir(parents=True)
+        (cache / name / onnx_export.MODEL_FILE).write_bytes(b"old")
+    monkeypatch.setattr(onnx_export, "_export", copying_export(good, []))
+    with (cache / "busy-v2" / ".lock").open("w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        former = ("former", "busy")
+        onnx_export.ensure_export(good, "aaaa", cache, quantized=False, former=former)
+    kept = sorted(folder.name for folder in cache.iterdir())
+    assert kept == sorted([f"aaaa-v{version}", "other-v2", "busy-v2", "aaaa-vx"])
 
 
 def test_an_export_that_differs_from_torch_is_refused(
@@ -186,6 +261,24 @@ def test_int8_stays_close_to_fp32(exported: Path, embedder: Embedder) -> None:
     q = int8.embed_queries(["A feline rested on the rug"])[0]
     cat, stocks = int8.embed_documents(["The cat sat on the mat", "stock market crash"])
     assert float(q @ cat) > 0.5 > float(q @ stocks)
+
+
+def test_quantizing_logs_nothing_of_onnx_runtimes(
+    exported: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its quantizer logs on the root logger: a bare "WARNING:root:" line on the first
+    int8 start, and hundreds of INFO lines in a process whose root logs INFO."""
+    work = tmp_path / "export"
+    shutil.copytree(the_export(exported), work)
+    handlers = list(logging.getLogger().handlers)
+    with caplog.at_level(logging.INFO):
+        onnx_export._quantize(work / onnx_export.MODEL_FILE, work / onnx_export.INT8_FILE)
+    assert [r.getMessage() for r in caplog.records if "onnxruntime" in r.pathname] == []
+    assert logging.getLogger().handlers == handlers
+    assert (
+        json.loads((work / onnx_export.META_FILE).read_text())["files"][onnx_export.INT8_FILE]
+        == (work / onnx_export.INT8_FILE).stat().st_size
+    )
 
 
 def test_an_unknown_backend_is_a_settings_error() -> None:

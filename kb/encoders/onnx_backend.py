@@ -78,7 +78,9 @@ class OnnxEmbedder:
         self.batch_size = batch_size
         self.lanes = max(1, lanes)
         self.batch_tokens = max(64, batch_tokens // self.lanes)
-        export = ensure_export(self.path, self.fingerprint, cache, quantized=quantized)
+        export = ensure_export(
+            self.path, self.fingerprint, cache, quantized=quantized, former=self.former_fingerprints
+        )
         self.tokenizer_file = export.tokenizer_file
         self.dim = int(export.meta["dim"])
         self.max_tokens = int(export.meta["max_tokens"])

@@ -4,7 +4,10 @@ The whole model (transformer, pooling, normalization) is traced with torch's exp
 the graph returns the sentence embedding itself. An export is checked against torch on
 probe texts before it is kept; a changed model has a new fingerprint and so a new export.
 Files are written under a temporary name and renamed, and a file lock keeps two processes
-from exporting the same model at once.
+from exporting the same model at once. meta.json, written last, records each file's size: an
+entry that is incomplete or was damaged (an empty meta.json, a truncated model) is exported
+again, and exports of the same model in an obsolete format or under its former fingerprints
+are removed once the new one is made.
 """
 
 from __future__ import annotations
@@ -13,7 +16,10 @@ import fcntl
 import json
 import logging
 import os
+import shutil
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,12 +29,13 @@ from kb.errors import ConfigError
 log = logging.getLogger(__name__)
 
 # Bump when the exported graph or the files beside it change: old exports are then ignored.
-EXPORT_VERSION = 2
+EXPORT_VERSION = 3  # 3: meta.json records the files' sizes
 OPSET = 17
 MODEL_FILE = "model.onnx"
 INT8_FILE = "model-int8.onnx"
 TOKENIZER_FILE = "tokenizer.json"
 META_FILE = "meta.json"
+META_KEYS = ("dim", "max_tokens", "pad_id", "files")
 MAX_ABS_DIFF = 1e-4
 PROBES = (
     "hi",
@@ -52,12 +59,20 @@ class Export:
         return self.directory / TOKENIZER_FILE
 
 
-def ensure_export(model_path: Path, fingerprint: str, cache: Path, *, quantized: bool) -> Export:
-    """The cached export of the model at `model_path`, made first if missing."""
+def ensure_export(
+    model_path: Path,
+    fingerprint: str,
+    cache: Path,
+    *,
+    quantized: bool,
+    former: tuple[str, ...] = (),
+) -> Export:
+    """The cached export of the model at `model_path`, made first if missing or damaged.
+    `former`: fingerprints the model had before, whose exports are obsolete."""
     directory = cache / f"{fingerprint}-v{EXPORT_VERSION}"
-    wanted = directory / (INT8_FILE if quantized else MODEL_FILE)
-    if (directory / META_FILE).is_file() and wanted.is_file():
-        return Export(directory, json.loads((directory / META_FILE).read_text()))
+    wanted = INT8_FILE if quantized else MODEL_FILE
+    if (export := _intact(directory, wanted)) is not None:
+        return export
     try:
         directory.mkdir(parents=True, exist_ok=True)
         lock = (directory / ".lock").open("w")
@@ -66,13 +81,53 @@ def ensure_export(model_path: Path, fingerprint: str, cache: Path, *, quantized:
         raise ConfigError(message) from exc
     with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # another process may be exporting: wait for it
-        if not (directory / META_FILE).is_file():
-            log.info("exporting %s to ONNX in %s (once per model)", model_path, directory)
+        if _intact(directory, MODEL_FILE) is None:
+            if (directory / META_FILE).exists():
+                log.warning("the ONNX export in %s is damaged; exporting it again", directory)
+            else:
+                log.info("exporting %s to ONNX in %s (once per model)", model_path, directory)
+            (directory / META_FILE).unlink(missing_ok=True)
             _export(model_path, directory)
-        if quantized and not wanted.is_file():
+            _remove_obsolete(cache, (fingerprint, *former))
+        if quantized and _intact(directory, INT8_FILE) is None:
             log.info("quantizing the ONNX export to int8")
-            _quantize(directory / MODEL_FILE, wanted)
-    return Export(directory, json.loads((directory / META_FILE).read_text()))
+            _quantize(directory / MODEL_FILE, directory / INT8_FILE)
+    export = _intact(directory, wanted)
+    if export is None:
+        raise ConfigError(f"the ONNX export in {directory} (KB_ONNX_CACHE) was not completed")
+    return export
+
+
+def _intact(directory: Path, wanted: str) -> Export | None:
+    """The export in directory if its meta.json reads and `wanted` and the tokenizer have
+    the sizes it records; else None (absent, incomplete, or damaged since)."""
+    try:
+        meta = json.loads((directory / META_FILE).read_text())
+        intact = all(key in meta for key in META_KEYS) and all(
+            (directory / name).stat().st_size == meta["files"][name]
+            for name in (wanted, TOKENIZER_FILE)
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return Export(directory, meta) if intact else None
+
+
+def _remove_obsolete(cache: Path, fingerprints: tuple[str, ...]) -> None:
+    """Exports of this model in another format version or under a former fingerprint: no
+    kb of this version reads them. One another process is exporting (its lock is held) is
+    left; a process that opened one already keeps what it loaded."""
+    current = f"{fingerprints[0]}-v{EXPORT_VERSION}"
+    for folder in cache.iterdir():
+        name, _, version = folder.name.rpartition("-v")
+        if folder.name == current or name not in fingerprints or not version.isdigit():
+            continue
+        try:
+            with (folder / ".lock").open("a") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                shutil.rmtree(folder)
+            log.info("removed the obsolete ONNX export %s", folder)
+        except OSError:
+            continue
 
 
 def _export(model_path: Path, directory: Path) -> None:
@@ -127,6 +182,7 @@ def _export(model_path: Path, directory: Path) -> None:
         "inputs": names,
         "torch": torch.__version__,
         "opset": OPSET,
+        "files": {name: (directory / name).stat().st_size for name in (MODEL_FILE, TOKENIZER_FILE)},
     }
     _write_atomic(directory / META_FILE, json.dumps(meta, indent=2))
 
@@ -158,8 +214,38 @@ def _quantize(source: Path, target: Path) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     temporary = target.with_name(f"{target.name}.{os.getpid()}.tmp")
-    quantize_dynamic(str(source), str(temporary), weight_type=QuantType.QInt8, per_channel=True)
-    os.replace(temporary, target)
+    try:
+        with _quantizer_quiet():
+            quantize_dynamic(
+                str(source), str(temporary), weight_type=QuantType.QInt8, per_channel=True
+            )
+        os.replace(temporary, target)
+    finally:
+        temporary.unlink(missing_ok=True)
+    meta_file = source.parent / META_FILE
+    meta = json.loads(meta_file.read_text())
+    meta["files"][target.name] = target.stat().st_size
+    _write_atomic(meta_file, json.dumps(meta, indent=2))
+
+
+@contextmanager
+def _quantizer_quiet() -> Iterator[None]:
+    """ONNX Runtime's quantizer logs on the root logger: a bare "WARNING:root:" line on
+    stderr (logging's last resort) and hundreds of INFO lines where the root logs INFO.
+    Its records are dropped; the NullHandler keeps `logging.warning` from configuring the
+    root logger for good."""
+    root, quiet = logging.getLogger(), logging.NullHandler()
+
+    def not_the_quantizer(record: logging.LogRecord) -> bool:
+        return "onnxruntime" not in Path(record.pathname).parts
+
+    root.addFilter(not_the_quantizer)
+    root.addHandler(quiet)
+    try:
+        yield
+    finally:
+        root.removeHandler(quiet)
+        root.removeFilter(not_the_quantizer)
 
 
 def _write_atomic(path: Path, text: str) -> None:

@@ -569,3 +569,20 @@ def test_a_first_load_exports_in_its_encoder_process_and_exits_cleanly(tmp_path:
     assert "leaked" not in done.stderr, done.stderr
     assert "Loading weights" not in done.stderr  # no progress bars in kb's output
     assert list((tmp_path / "cache").glob("*/model.onnx"))
+
+
+def test_the_torch_backend_prints_no_progress_bar(tmp_path: Path) -> None:
+    """transformers drew a "Loading weights" bar on stderr at every torch start."""
+    source = tmp_path / "docs.jsonl"
+    source.write_text(json.dumps({"text": "a note on fjords"}) + "\n")
+    env = {"KB_BACKEND": "torch", "KB_CHROMA_PATH": str(tmp_path / "db")}
+    done = subprocess.run(
+        [sys.executable, "-m", "kb", "load", "--quiet", str(source)],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.splitlines()  # a bar redraws itself after "\r"s
+    assert [line.split(" in ")[0] for line in lines] == ["added 1, updated 0, skipped 0, failed 0"]

@@ -134,14 +134,12 @@ def _export(model_path: Path, directory: Path) -> None:
     try:
         import sentence_transformers  # noqa: F401  # load_model needs it: checked here, said once
         import torch
-        from transformers.utils import logging as hf_logging
     except ImportError as exc:
         raise ConfigError(
             "exporting the model to ONNX needs torch and sentence-transformers (make install), "
             "or use KB_BACKEND=torch"
         ) from exc
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    hf_logging.disable_progress_bar()  # no "Loading weights" bar in kb's output
     # Eager attention traces to plain MatMul/Softmax, which ONNX Runtime runs ~15% faster on
     # long inputs than the traced scaled_dot_product_attention.
     from kb.encoders.torch_backend import load_model

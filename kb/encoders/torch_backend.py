@@ -75,7 +75,9 @@ def load_model(path: Path, device: str, **options: Any) -> Any:
     a one-line ConfigError."""
     _check_device(device)
     from sentence_transformers import SentenceTransformer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # no "Loading weights" bar in kb's output
     try:
         return SentenceTransformer(str(path), device=device, **options)
     except (OSError, ValueError) as exc:

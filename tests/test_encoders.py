@@ -180,12 +180,14 @@ def test_a_damaged_export_is_made_again(
 def test_obsolete_exports_of_the_model_go_once_the_new_one_is_made(
     exported: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Older format versions and former fingerprints of this model; not other models', and
-    not one another process holds the lock of (it is exporting there)."""
+    """Older format versions and former fingerprints of this model; not a newer version's
+    (another branch's kb), not other models', and not one whose lock another process holds
+    (it is exporting there)."""
     good = the_export(exported)
     cache = tmp_path / "cache"
     version = onnx_export.EXPORT_VERSION
-    folders = ["aaaa-v1", f"aaaa-v{version - 1}", "former-v2", "other-v2", "busy-v2", "aaaa-vx"]
+    folders = ["aaaa-v1", f"aaaa-v{version - 1}", f"aaaa-v{version + 1}", "aaaa-vx"]
+    folders += ["former-v2", "other-v2", "busy-v2"]
     for name in folders:
         (cache / name).mkdir(parents=True)
         (cache / name / onnx_export.MODEL_FILE).write_bytes(b"old")
@@ -195,7 +197,9 @@ def test_obsolete_exports_of_the_model_go_once_the_new_one_is_made(
         former = ("former", "busy")
         onnx_export.ensure_export(good, "aaaa", cache, quantized=False, former=former)
     kept = sorted(folder.name for folder in cache.iterdir())
-    assert kept == sorted([f"aaaa-v{version}", "other-v2", "busy-v2", "aaaa-vx"])
+    assert kept == sorted(
+        [f"aaaa-v{version}", f"aaaa-v{version + 1}", "aaaa-vx", "other-v2", "busy-v2"]
+    )
 
 
 def test_an_export_that_differs_from_torch_is_refused(

@@ -88,7 +88,7 @@ def ensure_export(
                 log.info("exporting %s to ONNX in %s (once per model)", model_path, directory)
             (directory / META_FILE).unlink(missing_ok=True)
             _export(model_path, directory)
-            _remove_obsolete(cache, (fingerprint, *former))
+            _remove_obsolete(cache, fingerprint, former)
         if quantized and _intact(directory, INT8_FILE) is None:
             log.info("quantizing the ONNX export to int8")
             _quantize(directory / MODEL_FILE, directory / INT8_FILE)
@@ -112,14 +112,15 @@ def _intact(directory: Path, wanted: str) -> Export | None:
     return Export(directory, meta) if intact else None
 
 
-def _remove_obsolete(cache: Path, fingerprints: tuple[str, ...]) -> None:
-    """Exports of this model in another format version or under a former fingerprint: no
-    kb of this version reads them. One another process is exporting (its lock is held) is
-    left; a process that opened one already keeps what it loaded."""
-    current = f"{fingerprints[0]}-v{EXPORT_VERSION}"
+def _remove_obsolete(cache: Path, fingerprint: str, former: tuple[str, ...]) -> None:
+    """Exports of this model in an older format version, or under a fingerprint it had
+    before: no kb from this version on reads them. A newer version's export is left (a
+    checkout of another branch would make it again), as is one another process is making
+    (its lock is held); a process that loaded one already keeps what it loaded."""
     for folder in cache.iterdir():
         name, _, version = folder.name.rpartition("-v")
-        if folder.name == current or name not in fingerprints or not version.isdigit():
+        older = name == fingerprint and version.isdigit() and int(version) < EXPORT_VERSION
+        if not older and not (name in former and version.isdigit()):
             continue
         try:
             with (folder / ".lock").open("a") as lock:

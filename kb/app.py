@@ -36,6 +36,10 @@ def create_app(settings: Settings | None = None, *, embedder: Embedder | None = 
     _one_blas_thread()
     keys = KeyRing.of(settings)
     log.info(keys.describe())  # so an API left open by mistake shows at start-up
+    if "*" in settings.cors() and not keys.enabled:
+        log.warning(
+            "KB_CORS_ORIGINS=* and no API keys: any web page can read and write this service"
+        )
     telemetry = Telemetry()
     inner = embedder if embedder is not None else load_embedder(settings)
     bulk = _bulk_encoder(inner, settings)

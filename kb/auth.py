@@ -58,6 +58,7 @@ class KeyRing:
     @staticmethod
     def _entries(spec: str) -> list[tuple[bytes, Role]]:
         entries: list[tuple[bytes, Role]] = []
+        seen: dict[bytes, int] = {}  # digest -> the entry's position
         for position, raw in enumerate(spec.split(","), start=1):
             entry = raw.strip()
             if not entry:
@@ -67,12 +68,22 @@ class KeyRing:
             # Messages name the entry's position only: a key must never reach a log.
             if not sep or role is None:
                 raise ConfigError(f"KB_API_KEYS entry {position} is not 'read:KEY' or 'write:KEY'")
-            if len(key) < MIN_KEY_CHARS or key != key.strip():
+            # A header carries Latin-1: a key beyond ASCII worked from kb's client (UTF-8)
+            # and never from curl; spaces and control characters break the header.
+            if len(key) < MIN_KEY_CHARS or not (key.isascii() and key.isprintable()) or (
+                " " in key
+            ):  # fmt: skip
                 raise ConfigError(
                     f"KB_API_KEYS entry {position}: keys need at least {MIN_KEY_CHARS} "
-                    "characters and no surrounding spaces"
+                    "characters, printable ASCII without spaces"
                 )
-            entries.append((_digest(key), role))
+            digest = _digest(key)
+            if digest in seen:
+                raise ConfigError(
+                    f"KB_API_KEYS entries {seen[digest]} and {position} hold the same key"
+                )
+            seen[digest] = position
+            entries.append((digest, role))
         return entries
 
     @property
@@ -95,6 +106,6 @@ class KeyRing:
         digest = _digest(presented)
         found: Role | None = None
         for known, role in self.entries:
-            if hmac.compare_digest(digest, known) and (found is None or role is Role.WRITE):
+            if hmac.compare_digest(digest, known):
                 found = role
         return found

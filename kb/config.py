@@ -8,6 +8,7 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -30,6 +31,25 @@ def cpu_count() -> int:
     except AttributeError:  # not Linux
         cores = os.cpu_count() or 1
     return min(cores, own_cpu_limit() or cores)
+
+
+def _origin(entry: str) -> str:
+    if entry == "*":
+        return entry
+    parts = urlsplit(entry)
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if parts.scheme not in {"http", "https"} or not parts.hostname or port == -1 or (
+        parts.path or parts.query or parts.fragment or parts.username or parts.password
+    ):  # fmt: skip
+        raise ValueError(
+            f"{entry!r} is not an origin: scheme://host[:port] (http or https, no path), or '*'"
+        )
+    default = {"http": 80, "https": 443}[parts.scheme]
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return f"{parts.scheme}://{host}" + (f":{port}" if port not in {None, default} else "")
 
 
 def default_cache() -> Path:
@@ -181,6 +201,11 @@ class Settings(BaseSettings):
     cors_origins: str = Field(
         "", description="Origins allowed to call the API from a browser ('*' or a comma list)."
     )
+    allowed_hosts: str = Field(
+        "",
+        description="Host names a keyless service answers besides IP addresses and localhost "
+        "('*' or a comma list): the guard against DNS rebinding.",
+    )
 
     # Serving
     host: str = "127.0.0.1"
@@ -197,6 +222,17 @@ class Settings(BaseSettings):
 
     def cors(self) -> list[str]:
         return [origin.strip() for origin in self.cors_origins.split(",") if origin.strip()]
+
+    def hosts(self) -> list[str]:
+        return [name.strip().lower() for name in self.allowed_hosts.split(",") if name.strip()]
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, value: str) -> str:
+        """Each origin as browsers send it (scheme://host[:port], lower case, no default
+        port), so that a configured origin matches: 'https://app.example/' or 'app.example'
+        never would, and the API stayed closed to the page without a word."""
+        return ",".join(_origin(entry.strip()) for entry in value.split(",") if entry.strip())
 
     @model_validator(mode="after")
     def _defaults_within_limits(self) -> Settings:

@@ -44,9 +44,20 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, default=str, ensure_ascii=False)
 
 
+CONTROL_ESCAPES = {code: f"\\x{code:02x}" for code in [*range(32), 127] if chr(code) != "\t"} | {
+    ord("\n"): "\\n",
+    ord("\r"): "\\r",
+}
+
+
 class TextFormatter(logging.Formatter):
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging's name)
+        """The line without its traceback, control characters escaped: a request path with
+        a percent-encoded newline wrote lines of its own choosing into the log."""
+        return super().formatMessage(record).translate(CONTROL_ESCAPES)
 
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)

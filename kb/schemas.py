@@ -523,7 +523,10 @@ class ModelInfo(BaseModel):
 
 class StoreInfo(BaseModel):
     mode: Literal["embedded", "server"]
-    location: str
+    location: str | None = Field(
+        description="The store's folder or Chroma URL; null to a caller without a key when "
+        "keys are required"
+    )
     collection: str
 
 

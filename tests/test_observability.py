@@ -61,6 +61,28 @@ def test_the_json_formatter_adds_the_current_request_id() -> None:
     assert (line["msg"], line["request_id"], line["docs"]) == ("hello there", "abc", 3)
 
 
+def test_the_text_formatter_writes_one_line_a_record_whatever_the_message_holds() -> None:
+    """A request path with a percent-encoded newline (the access log writes the path) wrote
+    a line of the caller's choosing, a forged WARNING, into a text log."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logs.TextFormatter())
+    logger = logging.getLogger("kb.test.text_formatter")
+    logger.addHandler(handler)
+    try:
+        logger.warning("GET %s 404", "/x\n2026-12-06 16:40:00,000 WARNING kb.app: forged\r\x1b[2J")
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            logger.exception("failed")
+    finally:
+        logger.removeHandler(handler)
+    first, second, *traceback = stream.getvalue().splitlines()
+    assert first.endswith("GET /x\\n2026-12-06 16:40:00,000 WARNING kb.app: forged\\r\\x1b[2J 404")
+    assert second.endswith("ERROR kb.test.text_formatter: failed")
+    assert traceback[0] == "Traceback (most recent call last):"  # a traceback keeps its lines
+
+
 def scrape(client: FlaskClient) -> str:
     response = client.get("/metrics")
     assert response.status_code == 200

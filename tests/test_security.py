@@ -80,7 +80,16 @@ def test_the_start_up_log_says_whether_keys_are_needed(
 
 
 @pytest.mark.parametrize(
-    "spec", ["admin:0123456789abcdef0", "0123456789abcdef0", "read:short", "write: spaced-key-0123"]
+    "spec",
+    [
+        "admin:0123456789abcdef0",
+        "0123456789abcdef0",
+        "read:short",
+        "write: spaced-key-0123",
+        "read:" + "\u00e9" * 16,  # curl could never send it
+        "write:inner space-0123456789",
+        "write:tab\tkey-0123456789abc",
+    ],
 )
 def test_bad_key_specs_are_refused_without_echoing_the_key(spec: str) -> None:
     with pytest.raises(ConfigError) as caught:
@@ -89,34 +98,68 @@ def test_bad_key_specs_are_refused_without_echoing_the_key(spec: str) -> None:
     assert secret not in caught.value.message
 
 
-def test_health_needs_no_key(api: FlaskClient) -> None:
-    assert api.get("/health").status_code == 200
+def test_a_key_listed_twice_is_refused() -> None:
+    """As read and as write, it counted as one of each in the start-up log and wrote."""
+    with pytest.raises(ConfigError, match="entries 1 and 3 hold the same key") as caught:
+        KeyRing.parse(f"read:{WRITE_KEY}, read:{READ_KEY}, write:{WRITE_KEY}")
+    assert WRITE_KEY not in caught.value.message
 
 
-@pytest.mark.parametrize(
-    ("method", "path", "body"),
-    [
-        ("GET", "/stats", None),
-        ("GET", "/info", None),
-        ("GET", "/metrics", None),
-        ("GET", "/openapi.json", None),
-        ("GET", "/documents", None),
-        ("GET", "/documents/x", None),
-        ("POST", "/query", {"query": "bread"}),
-        ("POST", "/add", {"text": "bread"}),
-        ("POST", "/delete", {"ids": ["x"]}),
-        ("PATCH", "/documents/x", {"text": "bread"}),
-        ("DELETE", "/documents/x", None),
-    ],
-)
-def test_every_other_route_needs_a_key(
-    api: FlaskClient, method: str, path: str, body: dict | None
+def test_health_needs_no_key_and_tells_where_the_store_is_to_key_holders_only(
+    api: FlaskClient, client: FlaskClient
 ) -> None:
-    for headers in ({}, bearer("not-a-key-0123456789"), {"Authorization": WRITE_KEY}):
-        response = api.open(path, method=method, json=body, headers=headers)
-        assert response.status_code == 401, (path, headers)
-        assert response.json["error"]["code"] == "unauthorized"
-        assert response.headers["WWW-Authenticate"].startswith("Bearer")
+    assert api.get("/health").json["store"]["location"] is None
+    assert (
+        api.get("/health", headers=bearer("not-a-key-0123456789")).json["store"]["location"] is None
+    )
+    assert api.get("/health", headers=bearer(READ_KEY)).json["store"]["location"]
+    assert client.get("/health").json["store"]["location"]  # no keys: an open service
+
+
+def every_route(app: Flask) -> list[tuple[str, str]]:
+    """(method, path) of each rule of the app, its variables filled in with "x"."""
+    out = []
+    for rule in app.url_map.iter_rules():
+        path = rule.rule.replace("<path:filename>", "app.js")
+        path = path.replace("<path:doc_id>", "x").replace("<doc_id>", "x")
+        out += [(method, path) for method in sorted(rule.methods - {"HEAD", "OPTIONS"})]
+    return out
+
+
+PUBLIC = {("GET", "/health"), ("GET", "/"), ("GET", "/static/app.js")}
+
+
+def test_every_other_route_needs_a_key(secured: Flask) -> None:
+    api = secured.test_client()
+    routes = [route for route in every_route(secured) if route not in PUBLIC]
+    assert {("POST", "/update"), ("GET", "/backup"), ("GET", "/metrics")} <= set(routes)
+    for method, path in routes:
+        for headers in ({}, bearer("not-a-key-0123456789"), {"Authorization": WRITE_KEY}):
+            response = api.open(path, method=method, json={}, headers=headers)
+            assert response.status_code == 401, (method, path, headers)
+            assert response.json["error"]["code"] == "unauthorized"
+            assert response.headers["WWW-Authenticate"].startswith("Bearer")
+    for method, path in PUBLIC:
+        with api.open(path, method=method) as response:  # a file's answer holds it open
+            assert response.status_code == 200, path
+
+
+def test_a_route_without_a_description_is_closed_not_open(
+    settings: Settings, embedder: Embedder
+) -> None:
+    """Authorization read each route's access from its RouteDoc, and let a route without
+    one through: the next view added without @documented would have been public."""
+    own = changed(settings, api_keys=KEYS, chroma_path=settings.chroma_path.with_name("bare"))
+    app = create_app(own, embedder=embedder)
+    try:
+        app.add_url_rule("/debug/dump", "dump", lambda: "internal data")
+        web = app.test_client()
+        assert web.get("/debug/dump").status_code == 401
+        assert web.get("/debug/dump", headers=bearer(READ_KEY)).status_code == 403
+        assert web.get("/debug/dump", headers=bearer(WRITE_KEY)).status_code == 200
+        assert web.get("/no/such/route").status_code == 404
+    finally:
+        close_app(app)
 
 
 def test_a_read_key_reads_but_does_not_write(api: FlaskClient) -> None:
@@ -196,5 +239,76 @@ def test_cors_allows_the_configured_origins(settings: Settings, embedder: Embedd
         assert answer.headers["Access-Control-Allow-Origin"] == "http://app.test"
         other = web.get("/health", headers={"Origin": "http://evil.test"})
         assert "Access-Control-Allow-Origin" not in other.headers
+    finally:
+        close_app(app)
+
+
+def test_origins_are_matched_as_browsers_send_them(settings: Settings, embedder: Embedder) -> None:
+    """'https://APP.test:443' never matched the Origin a browser sends; 'app.test/' or a
+    path was accepted and never matched either, and the API stayed closed without a word."""
+    cors = changed(settings, cors_origins="https://APP.test:443, http://other.test:8080")
+    assert cors.cors() == ["https://app.test", "http://other.test:8080"]
+    for bad in ["https://app.test/", "app.test", "ftp://app.test", "https://app.test:99999"]:
+        with pytest.raises(ValueError, match="not an origin"):
+            changed(settings, cors_origins=bad)
+    app = create_app(cors, embedder=embedder)
+    try:
+        web = app.test_client()
+        allowed = web.get("/health", headers={"Origin": "https://app.test"})
+        assert allowed.headers["Access-Control-Allow-Origin"] == "https://app.test"
+        other = web.get("/health", headers={"Origin": "http://evil.test"})
+        assert "Access-Control-Allow-Origin" not in other.headers
+        assert other.headers["Vary"] == "Origin"  # a cache must not serve it to app.test
+    finally:
+        close_app(app)
+
+
+def test_any_origin_without_keys_is_warned_of(
+    settings: Settings, embedder: Embedder, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="kb.app"):
+        close_app(create_app(changed(settings, cors_origins="*"), embedder=embedder))
+    assert "any web page can read and write this service" in caplog.text
+
+
+@pytest.mark.parametrize("host", ["evil.example:8000", "evil.example", "kb.internal.:8000"])
+def test_a_keyless_service_answers_no_other_host_name(client: FlaskClient, host: str) -> None:
+    """DNS rebinding: a page on evil.example, its name re-pointed at 127.0.0.1, is
+    same-origin with kb: it read the documents, downloaded a backup and deleted."""
+    assert client.post("/add", json={"id": "secret", "text": "s"}).status_code == 201
+    for method, path, body in [
+        ("GET", "/documents", None),
+        ("GET", "/backup", None),
+        ("POST", "/delete", {"ids": ["secret"]}),
+    ]:
+        response = client.open(path, method=method, json=body, headers={"Host": host})
+        assert response.status_code == 400, path
+        assert "KB_ALLOWED_HOSTS" in response.json["error"]["message"]
+    assert client.get("/documents/secret").status_code == 200
+
+
+@pytest.mark.parametrize(
+    "host",
+    ["127.0.0.1:8000", "localhost", "localhost:8000", "[::1]:8000", "10.1.2.3", "a.localhost"],
+)
+def test_addresses_and_localhost_are_always_answered(client: FlaskClient, host: str) -> None:
+    assert client.get("/stats", headers={"Host": host}).status_code == 200
+
+
+def test_allowed_hosts_and_keys_open_other_names(settings: Settings, embedder: Embedder) -> None:
+    own = changed(settings, allowed_hosts="KB.internal, other.test", host="named.test")
+    app = create_app(own, embedder=embedder)
+    try:
+        web = app.test_client()
+        for host in ["kb.internal:8000", "other.test", "named.test:8000"]:
+            assert web.get("/stats", headers={"Host": host}).status_code == 200, host
+        assert web.get("/stats", headers={"Host": "evil.example"}).status_code == 400
+    finally:
+        close_app(app)
+    own = changed(settings, api_keys=KEYS, chroma_path=settings.chroma_path.with_name("keyed"))
+    app = create_app(own, embedder=embedder)
+    try:  # with keys the key is the guard: a rebinding page has none
+        headers = {"Host": "kb.example.com", **bearer(READ_KEY)}
+        assert app.test_client().get("/stats", headers=headers).status_code == 200
     finally:
         close_app(app)

@@ -1,12 +1,15 @@
-"""Bearer-key authorization and CORS, applied to every request before its view runs."""
+"""Bearer-key authorization, the Host check of a keyless service, and CORS, applied to
+every request before its view runs."""
 
 from __future__ import annotations
+
+import ipaddress
 
 from flask import Flask, Response, current_app, g, request
 
 from kb.api.util import RouteDoc, state
 from kb.auth import Role
-from kb.errors import Forbidden, Unauthorized
+from kb.errors import BadRequest, Forbidden, Unauthorized
 
 CORS_HEADERS = "Authorization, Content-Type, X-Request-ID"
 CORS_METHODS = "GET, POST, PATCH, DELETE, OPTIONS"
@@ -31,9 +34,48 @@ def presented_role() -> Role | None:
     return keys.role_of(token.strip())
 
 
+def _check_host() -> None:
+    """Without keys, answer only requests addressed to an IP address, localhost or a name in
+    KB_ALLOWED_HOSTS (or KB_HOST). A page on a site whose name its owner re-points at
+    127.0.0.1 (DNS rebinding) is same-origin with kb, so CORS does not stop it from reading
+    and writing; it cannot make the browser send another Host than its own name."""
+    settings = state().settings
+    allowed = settings.hosts()
+    name = host_name(request.host)
+    if "*" in allowed or name in allowed or name == settings.host.lower() or _is_local(name):
+        return
+    raise BadRequest(
+        f"this service does not answer for the host {name!r} (the Host header): add it to "
+        "KB_ALLOWED_HOSTS, or require API keys (KB_API_KEYS)"
+    )
+
+
+def host_name(host: str) -> str:
+    """A Host header's name: no port, no IPv6 brackets, lower case, no trailing dot."""
+    if host.startswith("["):
+        name = host[1:].partition("]")[0]
+    else:
+        name = host.rpartition(":")[0] if ":" in host else host
+    return name.lower().rstrip(".")
+
+
+def _is_local(name: str) -> bool:
+    if name == "localhost" or name.endswith(".localhost"):  # browsers keep these on loopback
+        return True
+    try:
+        ipaddress.ip_address(name)  # an address cannot be re-pointed
+    except ValueError:
+        return False
+    return True
+
+
 def _authorize() -> None:
+    if request.url_rule is None or not state().keys.enabled:
+        return  # an unknown route is a 404 to everyone
     doc = route_doc()
-    if doc is None or doc.access == "public" or not state().keys.enabled:
+    # A view added without a RouteDoc is treated as a write route: closed, not open.
+    access = doc.access if doc is not None else "write"
+    if access == "public":
         return
     role = presented_role()
     g.kb_role = role
@@ -41,7 +83,7 @@ def _authorize() -> None:
         header = request.headers.get("Authorization")
         why = "the API key is not valid" if header else "this route needs an API key"
         raise Unauthorized(f'{why}: send "Authorization: Bearer <key>"')
-    if not role.allows(Role(doc.access)):
+    if not role.allows(Role(access)):
         raise Forbidden("this key is read-only; writes need a read-write key")
 
 
@@ -69,18 +111,21 @@ def _preflight() -> Response | None:
 
 
 def _cors(response: Response) -> Response:
+    allowed = state().settings.cors()
+    if allowed and "*" not in allowed:  # the answer depends on the Origin: caches must know
+        response.headers.add("Vary", "Origin")
     origin = _allowed_origin()
     if origin is not None:
         response.headers["Access-Control-Allow-Origin"] = origin
         response.headers["Access-Control-Expose-Headers"] = "X-Request-ID"
-        if origin != "*":
-            response.headers.add("Vary", "Origin")
     return response
 
 
 def register_security(app: Flask) -> None:
     @app.before_request
     def _guard() -> Response | None:
+        if not state().keys.enabled:
+            _check_host()
         answer = _preflight()
         if answer is None:
             _authorize()

@@ -22,6 +22,8 @@ bp = Blueprint("system", __name__)
 def health() -> tuple[Response, int]:
     kb = store()
     records = kb.records
+    # /health is public; where the store lives (a path, a server's URL) is for key holders
+    location = records.location if presented_role() is not None else None
     return reply(
         Health(
             status="ok",
@@ -34,7 +36,7 @@ def health() -> tuple[Response, int]:
                 dim=kb.embedder.dim,
                 fingerprint=kb.embedder.fingerprint,
             ),
-            store=StoreInfo(mode=records.mode, location=records.location, collection=records.name),
+            store=StoreInfo(mode=records.mode, location=location, collection=records.name),
         )
     )
 

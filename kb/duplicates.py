@@ -1,5 +1,5 @@
 """Near-duplicate detection: documents whose chunks are almost the same vectors, one by one
-(found through their first chunks)."""
+(found through the nearest neighbours of their chunks: the first, or the most distinctive)."""
 
 from __future__ import annotations
 
@@ -9,11 +9,18 @@ import numpy as np
 
 from kb.collection import RecordCollection
 from kb.filters import CompiledFilter
-from kb.records import CHUNKS, HEADS, Record, chunk_id
+from kb.records import CHUNKS, HEADS, Record, chunk_id, doc_id_of
+from kb.schemas import CHUNK_ID_RE
 
 FIRST_CHUNKS = CompiledFilter(where=HEADS)
 BATCH = 256
-NEIGHBOURS = 4
+NEIGHBOURS = 4  # neighbours a chunk of an added document is asked for first
+# A document all of whose chunks' lists are full of near-copies (a text all template) is
+# asked again, WIDEN times as many neighbours a round, up to WIDEST.
+WIDEN, WIDEST = 8, 2048
+
+Vectors = dict[str, np.ndarray]  # document id -> its chunks' vectors, one row per chunk
+Pair = tuple[str, str, float]  # document id, the stored document it nearly duplicates, score
 
 
 def nearest_stored(
@@ -22,85 +29,18 @@ def nearest_stored(
     min_score: float,
     replaced: Set[str] = frozenset(),
 ) -> dict[str, tuple[str, float]]:
-    """For each new document (by its chunk-0 record), the most similar other stored document
-    scoring at least `min_score`: new id -> (existing id, score), compared whole (`_confirmed`:
-    a shared preamble does not make two documents duplicates). Documents in `replaced` are
-    being rewritten by the same write, so their stored text is no match."""
-    heads = [r for r in new if r.chunk == 0]
-    if not heads or not records.count():
+    """For each new document (all its chunk records given), the most similar other stored
+    document scoring at least `min_score`: new id -> (existing id, score), compared whole
+    (`_pairs`: a shared preamble does not make two documents duplicates). Documents in
+    `replaced` are being rewritten by the same write, so their stored text is no match."""
+    docs = _whole(new)
+    if not docs or not records.count():
         return {}
     found: dict[str, tuple[str, float]] = {}
-    vectors = np.asarray([r.embedding for r in heads], dtype=np.float32)
-    # Unfiltered: a filter on chunk 0 matches nearly every record, and Chroma's filtered
-    # search is slow when a filter matches many; a few extra neighbours cover later chunks.
-    nearest = records.nearest_ids(vectors, NEIGHBOURS)
-    close = {rid for hits in nearest for rid, score in hits if score >= min_score}
-    stored = {r.id: r for r in records.get(sorted(close))} if close else {}
-    pairs = [
-        (head, other, score)
-        for head, hits in zip(heads, nearest, strict=True)
-        for other_id, score in hits
-        if score >= min_score
-        and (other := stored.get(other_id)) is not None
-        and other.chunk == 0
-        and other.doc_id != head.doc_id
-        and other.doc_id not in replaced
-    ]
-    paired = {head.doc_id for head, _, _ in pairs}
-    known = _vectors_by_chunk(r for r in new if r.doc_id in paired)  # not stored yet
-    for head, other, score in _confirmed(pairs, records, min_score, known):
-        if head.doc_id not in found or score > found[head.doc_id][1]:
-            found[head.doc_id] = (other.doc_id, score)
+    for doc, other, score in _pairs(records, docs, min_score, NEIGHBOURS, replaced, {}):
+        if doc not in found or score > found[doc][1]:
+            found[doc] = (other, score)
     return found
-
-
-Vectors = dict[str, dict[int, np.ndarray]]  # document id -> chunk number -> vector
-
-
-def _confirmed(
-    pairs: Sequence[tuple[Record, Record, float]],
-    records: RecordCollection,
-    min_score: float,
-    known: Vectors,
-) -> list[tuple[Record, Record, float]]:
-    """The pairs of first chunks whose documents are near-duplicates compared whole: as many
-    chunks each, and every chunk scoring `min_score` with its counterpart (the lowest score
-    counts), so a shared preamble or footer around different bodies makes no duplicate.
-    Chunks come from `known` or the store (pairs are rare: only candidates are fetched)."""
-    alike = [(a, b, score) for a, b, score in pairs if _chunks(a) == _chunks(b)]
-    chunked = {h.doc_id: h for a, b, _ in alike if _chunks(a) > 1 for h in (a, b)}
-    vectors = _stored_chunks([h for d, h in chunked.items() if d not in known], records)
-    vectors.update(known)
-    kept = []
-    for a, b, score in alike:
-        for n in range(1, _chunks(a)):
-            va, vb = vectors.get(a.doc_id, {}).get(n), vectors.get(b.doc_id, {}).get(n)
-            if va is None or vb is None:  # deleted meanwhile
-                score = -1.0
-                break
-            score = min(score, float(np.dot(va, vb)))
-            if score < min_score:
-                break
-        if score >= min_score:
-            kept.append((a, b, score))
-    return kept
-
-
-def _chunks(record: Record) -> int:
-    return int(record.metadata.get(CHUNKS, 1))
-
-
-def _stored_chunks(heads: Sequence[Record], records: RecordCollection) -> Vectors:
-    """The stored later chunks' vectors of these documents."""
-    ids = [chunk_id(head.doc_id, n) for head in heads for n in range(1, _chunks(head))]
-    return _vectors_by_chunk(records.get(ids, embeddings=True) if ids else [])
-
-
-def _vectors_by_chunk(found: Iterable[Record]) -> Vectors:
-    vectors: Vectors = {}
-    for record in found:
-        vectors.setdefault(record.doc_id, {})[record.chunk] = np.asarray(record.embedding)
-    return vectors
 
 
 def groups(records: RecordCollection, min_score: float, neighbours: int = 5) -> list[list[str]]:
@@ -113,18 +53,166 @@ def groups(records: RecordCollection, min_score: float, neighbours: int = 5) -> 
             x = parent[x]
         return x
 
-    for batch in records.pages(FIRST_CHUNKS, BATCH, embeddings=True):
-        vectors = np.asarray([r.embedding for r in batch], dtype=np.float32)
-        nearest = records.nearest(vectors, neighbours + 1, FIRST_CHUNKS)
-        pairs = [
-            (head, other, score)
-            for head, hits in zip(batch, nearest, strict=True)
-            for other, score in hits
-            if other.doc_id != head.doc_id and score >= min_score
-        ]
-        for head, other, _ in _confirmed(pairs, records, min_score, {}):
-            parent[root(other.doc_id)] = root(head.doc_id)
+    for batch in records.pages(FIRST_CHUNKS, BATCH, embeddings=True, texts=False):
+        docs = _with_later_chunks(records, batch)
+        for doc, other, _ in _pairs(records, docs, min_score, neighbours + 1, frozenset(), docs):
+            parent[root(other)] = root(doc)
     members: dict[str, list[str]] = {}
     for doc in parent:
         members.setdefault(root(doc), []).append(doc)
     return sorted((sorted(m) for m in members.values() if len(m) > 1), key=lambda g: g[0])
+
+
+def _pairs(
+    records: RecordCollection,
+    docs: Vectors,
+    min_score: float,
+    k: int,
+    skip: Set[str],
+    known: Vectors,
+) -> list[Pair]:
+    """The stored documents each of `docs` nearly duplicates, compared whole: as many chunks,
+    and every chunk scoring `min_score` with its counterpart (the lowest score counts).
+
+    So a duplicate is among the `k` neighbours of each chunk, at the same chunk number,
+    unless that chunk's list is cut off (its last neighbour still scores `min_score`): the
+    candidates are those every list not cut off names. The first chunk is asked first; it
+    decides alone unless cut off, as for most documents (one search each). A first chunk a
+    template shares (a preamble) is cut off by its many copies; the document's other chunks
+    are then asked, and a distinctive one (the body) names the few real candidates, however
+    large the template's family (more neighbours of the first chunk would cost more with
+    every memo, and fail beyond any cap). A document all of whose lists are cut off, and no
+    duplicate among them, is asked again with WIDEN times as many neighbours, up to WIDEST.
+    `known` holds stored documents' vectors already read; `skip`, documents that match none."""
+    found: list[Pair] = []
+    checked: set[tuple[str, str]] = set()
+    lists = _first_lists(records, docs, min_score, k, skip)
+    while True:
+        candidates, cut_off = _candidates(lists)
+        pairs = [(d, o) for d, others in candidates.items() for o in sorted(others)]
+        pairs = [pair for pair in pairs if pair not in checked]
+        checked.update(pairs)
+        confirmed = _confirmed(pairs, docs, _stored(records, pairs, docs, known), min_score)
+        found += confirmed
+        unmatched = sorted(set(cut_off) - {doc for doc, _, _ in confirmed})
+        if not unmatched or k >= WIDEST:
+            return found
+        k = min(k * WIDEN, WIDEST)
+        asked = [(doc, n) for doc in unmatched for n in range(len(docs[doc]))]
+        lists = _neighbours(records, docs, asked, min_score, k, skip)
+
+
+Lists = dict[str, list[tuple[bool, set[str]]]]  # document -> per chunk asked: (its list was
+# not cut off, the other documents found at the same chunk number scoring `min_score`)
+
+
+def _first_lists(
+    records: RecordCollection, docs: Vectors, min_score: float, k: int, skip: Set[str]
+) -> Lists:
+    """The first chunks' lists, and the later chunks' of documents whose first is cut off."""
+    lists = _neighbours(records, docs, [(doc, 0) for doc in docs], min_score, k, skip)
+    later = [
+        (d, n) for d, (first, *_) in lists.items() if not first[0] for n in range(1, len(docs[d]))
+    ]
+    for doc, more in _neighbours(records, docs, later, min_score, k, skip).items():
+        lists[doc] += more
+    return lists
+
+
+def _neighbours(
+    records: RecordCollection,
+    docs: Vectors,
+    asked: Sequence[tuple[str, int]],
+    min_score: float,
+    k: int,
+    skip: Set[str],
+) -> Lists:
+    """The lists of the asked chunks (document, chunk number), in one search."""
+    if not asked:
+        return {}
+    vectors = np.asarray([docs[doc][n] for doc, n in asked], dtype=np.float32)
+    lists: Lists = {}
+    for (doc, n), hits in zip(asked, records.nearest_ids(vectors, k), strict=True):
+        alike = {
+            other
+            for rid, score in hits
+            if score >= min_score
+            and _chunk_number(rid) == n
+            and (other := doc_id_of(rid)) != doc
+            and other not in skip
+        }
+        lists.setdefault(doc, []).append((len(hits) < k or hits[-1][1] < min_score, alike))
+    return lists
+
+
+def _candidates(lists: Lists) -> tuple[dict[str, set[str]], list[str]]:
+    """Per document, the documents every list not cut off names (any list, if all are); and
+    the documents all of whose lists are cut off."""
+    candidates: dict[str, set[str]] = {}
+    cut_off = []
+    for doc, found in lists.items():
+        if complete := [alike for whole, alike in found if whole]:
+            candidates[doc] = set.intersection(*complete)
+        else:
+            candidates[doc] = set().union(*(alike for _, alike in found))
+            cut_off.append(doc)
+    return candidates, cut_off
+
+
+def _chunk_number(record_id: str) -> int:
+    suffix = CHUNK_ID_RE.search(record_id)
+    return int(suffix.group().removeprefix("#chunk")) if suffix else 0
+
+
+def _confirmed(
+    pairs: Sequence[tuple[str, str]], docs: Vectors, stored: Vectors, min_score: float
+) -> list[Pair]:
+    """The pairs as many chunks long whose lowest chunk-by-chunk score is `min_score` or more."""
+    kept = []
+    for doc, other in pairs:
+        a, b = docs[doc], stored.get(other)
+        if b is None or len(a) != len(b):  # another length, or deleted meanwhile
+            continue
+        # cosines (the vectors are normalized), an identical chunk's rounded down to 1
+        score = min(1.0, float(np.min(np.einsum("ij,ij->i", a, b))))
+        if score >= min_score:
+            kept.append((doc, other, score))
+    return kept
+
+
+def _stored(
+    records: RecordCollection, pairs: Sequence[tuple[str, str]], docs: Vectors, known: Vectors
+) -> Vectors:
+    """The vectors of the stored documents the pairs name: from `known`, else read (only
+    candidates are, and of those only the ones as many chunks long as their pair's document)."""
+    wanted = {other for _, other in pairs}
+    found = {doc: known[doc] for doc in wanted if doc in known}
+    if missing := wanted - found.keys():
+        lengths = {len(docs[doc]) for doc, other in pairs if other in missing}
+        heads = records.get(sorted(missing), embeddings=True, texts=False)
+        found |= _with_later_chunks(records, [h for h in heads if _chunks(h) in lengths])
+    return found
+
+
+def _with_later_chunks(records: RecordCollection, heads: Sequence[Record]) -> Vectors:
+    """The whole documents of these stored first chunks (their later chunks read)."""
+    ids = [chunk_id(head.doc_id, n) for head in heads for n in range(1, _chunks(head))]
+    return _whole([*heads, *(records.get(ids, embeddings=True, texts=False) if ids else [])])
+
+
+def _chunks(record: Record) -> int:
+    return int(record.metadata.get(CHUNKS, 1))
+
+
+def _whole(found: Iterable[Record]) -> Vectors:
+    """The vectors of the documents whose every chunk is among `found` (a chunk missing: a
+    write interrupted, or a delete meanwhile, and the document is left out)."""
+    chunks: dict[str, dict[int, Record]] = {}
+    for record in found:
+        chunks.setdefault(record.doc_id, {})[record.chunk] = record
+    whole = {}
+    for doc, parts in chunks.items():
+        count = _chunks(parts[0]) if 0 in parts else 0
+        if count and all(n in parts for n in range(count)):
+            whole[doc] = np.asarray([parts[n].embedding for n in range(count)], dtype=np.float64)
+    return whole

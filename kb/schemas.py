@@ -314,7 +314,9 @@ class AddRequest(Model):
 class Duplicate(BaseModel):
     id: str = Field(description="The new document.")
     existing: str = Field(description="The stored document it nearly duplicates.")
-    score: float = Field(description="Cosine similarity of their first chunks.")
+    score: float = Field(
+        description="The lowest cosine similarity of their chunks, compared one by one."
+    )
 
 
 class AddResponse(BaseModel):

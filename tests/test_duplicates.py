@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from flask.testing import FlaskClient
 
 from kb.duplicates import groups
@@ -122,3 +123,80 @@ def test_a_document_the_same_write_rewrites_is_no_match(client: FlaskClient) -> 
     )
     assert response.status_code == 201, response.json
     assert (response.json["added"], response.json["updated"]) == (1, 1)
+
+
+TOPICS = (
+    "tides", "castles", "compilers", "honeybees", "jazz", "cycling", "volcanoes", "glaciers",
+    "lasers", "orchards",
+)  # fmt: skip
+PARTY = "the staff party budget"
+
+
+def memo(topic: str, preamble: str = PREAMBLE) -> str:
+    """A templated memo: the 20-clause disclaimer fills its first two chunks, its body the third."""
+    notes = (
+        f"Note {i} on {topic}: the committee reviewed {topic} and agreed next steps."
+        for i in range(10)
+    )
+    return f"{preamble}\n\n{' '.join(notes)}"
+
+
+MEMOS = [{"id": f"memo-{i}", "text": memo(topic)} for i, topic in enumerate(TOPICS)]
+# Two copies of one memo: the same (the first chunks of the copies and of the ten memos tie,
+# in an order of Chroma's), or each with another small edit in its disclaimer (the copies'
+# first chunks score 0.995 together, each 0.996 or more with the memos': every memo ranks
+# above the other copy there, every time).
+COPIES = {
+    "same": (memo(PARTY), memo(PARTY)),
+    "edited": (
+        memo(PARTY, PREAMBLE.replace("clause 2: this document", "clause 2: this memo")),
+        memo(
+            PARTY,
+            PREAMBLE.replace(
+                "clause 9: this document is provided as is, without warranty",
+                "clause 9: this document is provided as is, without guarantee",
+            ),
+        ),
+    ),
+}
+
+
+@pytest.mark.parametrize("copies", COPIES)
+def test_groups_finds_copies_among_memos_sharing_a_preamble(
+    client: FlaskClient, store: KnowledgeStore, copies: str
+) -> None:
+    """Only the first chunks' neighbours were asked for: with more than five other memos
+    behind the same disclaimer, they filled the list, and the copies were not grouped."""
+    first, second = COPIES[copies]
+    documents = [{"id": "copy-a", "text": first}, *MEMOS, {"id": "copy-b", "text": second}]
+    assert client.post("/add", json={"documents": documents}).status_code == 201
+    assert client.get("/documents/copy-a").json["chunks"] == 3
+    assert groups(store.records, 0.95) == [["copy-a", "copy-b"]]
+
+
+@pytest.mark.parametrize("copies", COPIES)
+def test_reject_finds_a_copy_among_memos_sharing_a_preamble(
+    client: FlaskClient, copies: str
+) -> None:
+    """The second copy was written when its first chunk's four neighbours were memos'."""
+    first, second = COPIES[copies]
+    documents = [{"id": "copy-a", "text": first}, *MEMOS]
+    assert client.post("/add", json={"documents": documents}).status_code == 201
+    response = client.post("/add", json={"id": "copy-b", "text": second, "on_duplicate": "reject"})
+    assert response.status_code == 409, response.json
+    assert "'copy-b' ~ 'copy-a'" in response.json["error"]["message"]
+    assert client.get("/documents/copy-b").status_code == 404
+
+
+def test_a_copy_of_a_text_all_memos_begin_with_is_found(
+    client: FlaskClient, store: KnowledgeStore
+) -> None:
+    """One chunk, the text of every memo's first chunk: its neighbours all tie and it has no
+    other chunk to search, so it is asked again with more neighbours, and its copy found."""
+    assert client.post("/add", json={"documents": MEMOS}).status_code == 201
+    (head,) = store.records.get(["memo-0"])
+    client.post("/add", json={"id": "head-a", "text": head.text})
+    assert client.get("/documents/head-a").json["chunks"] == 1
+    response = client.post("/add", json={"id": "head-b", "text": head.text}).json
+    assert [(d["id"], d["existing"]) for d in response["duplicates"]] == [("head-b", "head-a")]
+    assert groups(store.records, 0.95) == [["head-a", "head-b"]]

@@ -8,6 +8,7 @@ result = kb.query("a feline on a rug", filters={"category": "pets"})
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import socket
 import urllib.error
@@ -37,6 +38,8 @@ M = TypeVar("M", bound=BaseModel)
 Conflict = Literal["error", "skip", "upsert"]
 # An add() body beyond its documents: {"documents": [], "on_conflict": ..., "on_duplicate": ...}
 ADD_OVERHEAD = 128
+# where the CLI's key comes from (kb.config.API_KEY_VARIABLE; importing it costs 50 ms)
+KEY_SETTING = "--api-key / KB_API_KEY"
 
 
 def add_bytes(doc: DocumentIn) -> int:
@@ -52,11 +55,21 @@ def _payload(doc: DocumentIn) -> dict[str, Any]:
 
 class KBClientError(KBError):
     """An error answered by the service (status, code, message and details as it sent them),
-    or status 0 when it could not be reached."""
+    or status 0 when it could not be reached or nothing could be sent (an unusable URL or
+    key: codes "invalid_url", "invalid_api_key")."""
 
     # whether the request may have reached the service and been carried out (unanswered: the
     # connection broke or timed out after it was sent; a refused connection took nothing)
     may_have_landed = False
+
+
+class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
+    """kb's API never redirects, and urllib's default handler sends every header, the key
+    too, on to wherever a redirect points (another host, https to http) and turns a POST
+    into a GET without its body: a 3xx stays an HTTPError (_service_error says where to)."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
 
 
 class KBClient:
@@ -64,6 +77,19 @@ class KBClient:
         self.url = url.rstrip("/")
         self.timeout = timeout
         self.api_key = api_key
+        _check_url(self.url)
+        if api_key:
+            _check_key(api_key)
+        self._opener = urllib.request.build_opener(_RefuseRedirects)
+
+    @property
+    def key_in_the_clear(self) -> str | None:
+        """The host a key is sent to unencrypted (http to a host other than this machine's
+        loopback), or None: with no key, https or loopback."""
+        parts = urllib.parse.urlsplit(self.url)
+        if not self.api_key or parts.scheme != "http" or _is_loopback(parts.hostname or ""):
+            return None
+        return parts.hostname
 
     # ------------------------------------------------------------ documents
 
@@ -159,11 +185,55 @@ class KBClient:
         if self.api_key:
             request.add_header("Authorization", f"Bearer {self.api_key}")
         try:
-            return urllib.request.urlopen(request, timeout=self.timeout)
+            return self._opener.open(request, timeout=self.timeout)
         except urllib.error.HTTPError as exc:
-            raise _service_error(exc) from exc
+            raise _service_error(exc, path) from exc
         except (urllib.error.URLError, OSError) as exc:
             raise _unreachable(self.url, exc) from exc
+        except ValueError:  # UnicodeError too; its text can hold the key: not chained
+            raise KBClientError(
+                f"cannot send a request to {self.url}: the URL or the API key ({KEY_SETTING}) "
+                "holds characters an HTTP request cannot carry",
+                status=0,
+                code="unsendable",
+            ) from None
+
+
+def _check_url(url: str) -> None:
+    try:
+        parts = urllib.parse.urlsplit(url)
+        usable = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
+    except ValueError:  # a port that is not a number, a bracket not closed
+        usable = False
+    if not usable:
+        raise KBClientError(
+            f"{url!r} is not a service URL: give one such as http://127.0.0.1:8000",
+            status=0,
+            code="invalid_url",
+        )
+
+
+def _check_key(key: str) -> None:
+    """A key an Authorization header can carry as it is, or an error that says what is wrong
+    without the key: a key file with Windows line endings ended in a traceback printing it."""
+    if key != key.strip():
+        problem = "has whitespace or a line break around it (a key file with CRLF endings?)"
+    elif not all("!" <= char <= "~" for char in key):  # as kb.auth takes keys
+        problem = "holds characters other than printable ASCII without spaces"
+    else:
+        return
+    raise KBClientError(f"the API key ({KEY_SETTING}) {problem}", status=0, code="invalid_api_key")
+
+
+def _is_loopback(host: str) -> bool:
+    """Whether `host` is this machine: localhost or a loopback address (any other DNS name
+    may resolve anywhere)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _unreachable(url: str, exc: OSError) -> KBClientError:
@@ -173,7 +243,10 @@ def _unreachable(url: str, exc: OSError) -> KBClientError:
     return error
 
 
-def _service_error(exc: urllib.error.HTTPError) -> KBClientError:
+def _service_error(exc: urllib.error.HTTPError, path: str) -> KBClientError:
+    if 300 <= exc.code < 400:
+        exc.close()
+        return _redirected(exc, path)
     raw = exc.read()
     try:
         error = json.loads(raw)["error"]
@@ -183,3 +256,15 @@ def _service_error(exc: urllib.error.HTTPError) -> KBClientError:
     except (ValueError, KeyError, TypeError):
         text = raw.decode("utf-8", "replace")[:200]
         return KBClientError(f"HTTP {exc.code}: {text}", status=exc.code, code="http_error")
+
+
+def _redirected(exc: urllib.error.HTTPError, path: str) -> KBClientError:
+    """A 3xx, not followed: where it points, and the --url that would reach it."""
+    location = exc.headers.get("Location")
+    if not location:
+        message = f"the service answered HTTP {exc.code} (a redirect without a Location)"
+    else:
+        target = urllib.parse.urljoin(exc.geturl(), location)[:300]
+        base = target[: -len(path)] if target.endswith(path) else target
+        message = f"the service answered a redirect to {target}; use --url {base.rstrip('/')}"
+    return KBClientError(message, status=exc.code, code="redirect")

@@ -493,6 +493,95 @@ def test_a_service_gone_while_it_held_a_request_is_said_to_have_maybe_written_it
     assert "may have been written before the service went away" in result.output
 
 
+KEY = "s3cret-key-0123456789abcdef"
+
+
+def url_command(name: str, url: str, tmp_path: Path) -> list[str]:
+    """`kb load` or `kb backup` of a service at `url`."""
+    if name == "load":
+        return ["load", "--url", url, str(write_jsonl(tmp_path / "docs.jsonl", GOOD))]
+    return ["backup", str(tmp_path / "kb.jsonl.gz"), "--url", url]
+
+
+@pytest.mark.parametrize("command", ["load", "backup"])
+@pytest.mark.parametrize(
+    ("key", "problem"),
+    [
+        (KEY + "\r", "has whitespace or a line break around it"),
+        (KEY + "é", "holds characters other than printable ASCII without spaces"),
+        (KEY + "€", "holds characters other than printable ASCII without spaces"),
+    ],
+)
+def test_an_unusable_key_is_one_line_that_does_not_show_it(
+    command: str, key: str, problem: str, tmp_path: Path
+) -> None:
+    """A key file with Windows line endings (KB_API_KEY="$(cat keyfile)"): a traceback
+    ending in `ValueError: Invalid header value b'Bearer <the key>\\r'`."""
+    result = run({"KB_API_KEY": key}, *url_command(command, "http://127.0.0.1:9", tmp_path))
+    assert result.exit_code == 1
+    assert isinstance(result.exception, SystemExit)  # not a traceback
+    assert result.output.startswith(f"Error: the API key (--api-key / KB_API_KEY) {problem}")
+    assert len(result.output.splitlines()) == 1
+    assert KEY not in result.output
+
+
+@pytest.mark.parametrize("command", ["load", "backup"])
+def test_a_service_that_redirects_is_an_error_naming_where_to(command: str, tmp_path: Path):
+    """The key went on to wherever the redirect pointed (and /add became a GET)."""
+    from tests.test_client import redirecting
+
+    with redirecting(307) as (origin, target, seen):
+        result = run({"KB_API_KEY": KEY}, *url_command(command, origin, tmp_path))
+    assert result.exit_code == 1
+    assert f"the service answered a redirect to {target}/" in result.output
+    assert f"use --url {target}" in result.output
+    assert seen == []
+
+
+@pytest.mark.parametrize("command", ["load", "backup"])
+@pytest.mark.parametrize(
+    ("url", "key", "warned"),
+    [
+        ("http://kb.example:8000", KEY, "kb.example"),
+        ("http://10.1.2.3:8000", KEY, "10.1.2.3"),
+        ("http://kb.example:8000", None, None),
+        ("https://kb.example", KEY, None),
+        ("http://localhost:8000", KEY, None),
+        ("http://127.0.0.1:8000", KEY, None),
+        ("http://[::1]:8000", KEY, None),
+    ],
+)
+def test_a_key_sent_unencrypted_off_this_machine_is_warned_of_once(
+    command: str,
+    url: str,
+    key: str | None,
+    warned: str | None,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """--api-key went over plain http to any host without a word. Once a command: a load
+    makes several requests (GET /info, then its batches)."""
+    from kb.client import KBClient, KBClientError
+
+    sent: list[str] = []
+
+    def unreachable(self: KBClient, method: str, path: str, *args: object, **kw: object):
+        sent.append(path)
+        raise KBClientError(f"cannot reach {self.url}: test", status=0, code="unreachable")
+
+    monkeypatch.setattr(KBClient, "_open", unreachable)  # no request leaves the machine
+    env = {"KB_API_KEY": key} if key else {}
+    result = run(env, *url_command(command, url, tmp_path))
+    assert result.exit_code == 1
+    assert sent == (["/info", "/add"] if command == "load" else ["/backup"])
+    warnings = [line for line in result.stderr.splitlines() if "warning" in line]
+    if warned is None:
+        assert warnings == []
+    else:
+        assert warnings == [f"kb: warning: the API key is sent unencrypted to {warned} (use https)"]
+    assert KEY not in result.output
+
+
 def test_duplicates_command_and_on_duplicate_skip(env, tmp_path: Path) -> None:
     records = [
         {"id": "orig", "text": "Gradient descent updates the weights against the gradient."},

@@ -5,6 +5,9 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -86,3 +89,164 @@ def test_whether_an_unanswered_request_may_have_landed() -> None:
         KBClient(f"http://127.0.0.1:{port}", timeout=5).stats()  # closed: nothing listens
     assert (unanswered.value.code, unanswered.value.may_have_landed) == ("unreachable", True)
     assert (refused.value.code, refused.value.may_have_landed) == ("unreachable", False)
+
+
+KEY = "s3cret-key-0123456789abcdef"
+
+
+@contextmanager
+def serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """An HTTP server on a free loopback port, in a thread: its base URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        thread.join()
+        server.server_close()
+
+
+@contextmanager
+def redirecting(status: int = 302) -> Iterator[tuple[str, str, list[tuple[str, str, str]]]]:
+    """A server answering every request with `status` to the same path on a second one, which
+    records what reaches it (method, path, Authorization): (from, to, what the second got)."""
+    seen: list[tuple[str, str, str]] = []
+
+    class Target(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append((self.command, self.path, self.headers.get("Authorization", "")))
+            body = b'{"status": "ok"}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_POST(self) -> None:
+            self.do_GET()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    with serving(Target) as target:
+
+        class Redirect(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                self.rfile.read(length)
+                self.send_response(status)
+                self.send_header("Location", target + self.path)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def do_POST(self) -> None:
+                self.do_GET()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        with serving(Redirect) as origin:
+            yield origin, target, seen
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+def test_a_redirect_is_an_error_and_the_key_goes_nowhere_else(status: int) -> None:
+    """urllib followed redirects and copied every header, the key too, to wherever one
+    pointed (another host, https to http), and sent a POST /add on as a GET without its body."""
+    with redirecting(status) as (origin, target, seen):
+        client = KBClient(origin, api_key=KEY, timeout=5)
+        calls = [client.info, client.backup, lambda: client.add([DocumentIn(text="x")])]
+        errors = []
+        for call in calls:
+            with pytest.raises(KBClientError) as raised:
+                call()
+            errors.append(raised.value)
+    assert seen == []  # not a request reached the target, so neither did the key
+    for error, path in zip(errors, ["/info", "/backup", "/add"], strict=True):
+        assert (error.status, error.code) == (status, "redirect")
+        assert error.message == (
+            f"the service answered a redirect to {target}{path}; use --url {target}"
+        )
+        assert KEY not in str(error)
+
+
+@pytest.mark.parametrize(
+    "key",
+    [KEY + "\r", KEY + "\r\n", "\n" + KEY, f" {KEY} ", KEY + "\t"],
+    ids=["cr", "crlf", "leading-lf", "spaces", "tab"],
+)
+def test_a_key_with_whitespace_around_it_is_refused_without_showing_it(key: str) -> None:
+    """A key file with Windows line endings: the \\r reached the header and urllib's
+    ValueError printed the key in full in a traceback."""
+    with pytest.raises(KBClientError) as raised:
+        KBClient("http://127.0.0.1:9", api_key=key)
+    assert raised.value.code == "invalid_api_key"
+    assert raised.value.message == (
+        "the API key (--api-key / KB_API_KEY) has whitespace or a line break around it "
+        "(a key file with CRLF endings?)"
+    )
+    assert KEY not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    "key", [KEY + "é", "ключ" + KEY, KEY[:8] + "\x00" + KEY, KEY + "\u2028x", KEY[:8] + " " + KEY]
+)
+def test_a_key_of_other_than_printable_ascii_is_refused_without_showing_it(key: str) -> None:
+    """A character outside Latin-1 ended in a raw UnicodeEncodeError traceback; one in it, or
+    a control character, went out as a header the service could not match."""
+    with pytest.raises(KBClientError) as raised:
+        KBClient("http://127.0.0.1:9", api_key=key)
+    assert raised.value.code == "invalid_api_key"
+    assert raised.value.message == (
+        "the API key (--api-key / KB_API_KEY) holds characters other than printable ASCII "
+        "without spaces"
+    )
+    assert KEY[8:] not in str(raised.value)
+
+
+@pytest.mark.parametrize("key", [KEY + "\r", KEY + "€"])
+def test_a_header_urllib_cannot_send_is_an_error_without_the_key(key: str) -> None:
+    """The backstop behind the check above: urllib's ValueError (or UnicodeEncodeError) while
+    it sends, its text holding the key, becomes an error of the client's, not chained."""
+    client = KBClient("http://127.0.0.1:9", api_key=KEY)
+    client.api_key = key  # past the check
+    with pytest.raises(KBClientError) as raised:
+        client.stats()
+    error = raised.value
+    assert (error.status, error.code, error.may_have_landed) == (0, "unsendable", False)
+    assert "--api-key / KB_API_KEY" in error.message
+    assert KEY not in error.message
+    assert error.__cause__ is None  # nor shown as the context: its text held the key
+    assert error.__suppress_context__
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["127.0.0.1:8000", "localhost:8000", "ftp://host/", "http://", "http://h:x", "http://[::1"],
+)
+def test_a_url_that_is_not_http_is_refused_up_front(url: str) -> None:
+    with pytest.raises(KBClientError) as raised:
+        KBClient(url)
+    assert raised.value.code == "invalid_url"
+
+
+@pytest.mark.parametrize(
+    ("url", "key", "exposed"),
+    [
+        ("http://kb.example:8000", KEY, "kb.example"),
+        ("http://10.1.2.3:8000", KEY, "10.1.2.3"),
+        ("http://[fd00::1]:8000", KEY, "fd00::1"),
+        ("http://localhost.example", KEY, "localhost.example"),
+        ("http://kb.example:8000", None, None),  # no key to expose
+        ("https://kb.example", KEY, None),
+        ("http://localhost:8000", KEY, None),
+        ("http://LOCALHOST:8000", KEY, None),
+        ("http://127.0.0.1:8000", KEY, None),
+        ("http://127.8.9.10", KEY, None),
+        ("http://[::1]:8000/", KEY, None),
+    ],
+)
+def test_which_hosts_get_the_key_unencrypted(url: str, key: str | None, exposed: str | None):
+    assert KBClient(url, api_key=key).key_in_the_clear == exposed

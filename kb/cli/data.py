@@ -202,11 +202,20 @@ class _Target:
     max_weight: int | None = None  # the most a batch's documents may weigh together
 
 
-def _client(url: str | None, api_key: str | None) -> KBClient | None:
-    """The client of the service at `url` a load sends to, if any."""
+def _client(url: str | None, api_key: str | None, timeout: float = 120.0) -> KBClient | None:
+    """The client of the service at `url` a command sends to, if any; a clean exit for a URL
+    or key it cannot use, and a warning when the key would cross the network unencrypted."""
+    if not url:
+        return None
     from kb.client import KBClient
 
-    return KBClient(url, api_key=api_key) if url else None
+    try:
+        client = KBClient(url, api_key=api_key, timeout=timeout)
+    except KBError as exc:
+        fail(exc.message)
+    if host := client.key_in_the_clear:
+        click.echo(f"kb: warning: the API key is sent unencrypted to {host} (use https)", err=True)
+    return client
 
 
 def _with_service_limits(settings: Settings, client: KBClient) -> Settings:
@@ -374,11 +383,10 @@ def backup(dest: Path, url: str | None, api_key: str | None) -> None:
     from kb import backup as backups
 
     started = time.perf_counter()
+    client = _client(url, api_key, timeout=3600)
     try:
-        if url:
-            from kb.client import KBClient
-
-            with KBClient(url, api_key=api_key, timeout=3600).backup() as stream:
+        if client is not None:
+            with client.backup() as stream:
                 count = backups.save_stream(stream, dest)["records"]
         else:
             store = open_store(searching=False, existing=True)

@@ -45,11 +45,16 @@ def main() -> None:
     Every option's default comes from a KB_* environment variable (see the README).
     """
     for warning in unknown_variables():
-        click.echo(f"kb: warning: {warning}", err=True)
+        warn(warning)
 
 
 def fail(message: str) -> NoReturn:
     raise click.ClickException(message)
+
+
+def warn(message: str) -> None:
+    """One `kb: warning: ...` line on stderr: the command goes on."""
+    click.echo(f"kb: warning: {message}", err=True)
 
 
 def open_store(

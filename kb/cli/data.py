@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, TextIO
 
 import click
 
-from kb.cli.base import API_KEY, fail, main, open_store
+from kb.cli.base import API_KEY, fail, main, open_store, warn
 from kb.cli.interrupt import first_ctrl_c_stops
 from kb.config import Settings
 from kb.errors import KBError
@@ -111,10 +111,9 @@ def load(
         settings = _with_service_limits(settings, client)
     found = sources(paths, fmt, root)
     for folder in _without_files(paths, found):
-        click.echo(
-            f"warning: {folder} holds no file kb reads ({', '.join(SUFFIXES)}; or name "
-            "one with --format): nothing is loaded from it",
-            err=True,
+        warn(
+            f"{folder} holds no file kb reads ({', '.join(SUFFIXES)}; or name one with "
+            "--format): nothing is loaded from it"
         )
     options = Options(settings, text_column=text_column, id_column=id_column)
     progress = Progress(estimate(found), enabled=not quiet and sys.stderr.isatty())
@@ -214,7 +213,7 @@ def _client(url: str | None, api_key: str | None, timeout: float = 120.0) -> KBC
     except KBError as exc:
         fail(exc.message)
     if host := client.key_in_the_clear:
-        click.echo(f"kb: warning: the API key is sent unencrypted to {host} (use https)", err=True)
+        warn(f"the API key is sent unencrypted to {host} (use https)")
     return client
 
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import click
 
 from kb.calibration import NothingToCalibrate, Row, recommend
-from kb.cli.base import fail, main, open_embedder, open_store
+from kb.cli.base import fail, main, open_embedder, open_store, warn
 from kb.config import Settings
 from kb.errors import KBError
 
@@ -145,10 +145,9 @@ def _table(rows: Sequence[Row], precision: float | None, source: str) -> Row:
     except NothingToCalibrate as exc:
         fail(f"{source}: {exc.message}")
     if precision is not None and not reaches(best, precision):
-        click.echo(
-            f"warning: no threshold reaches precision {precision:.3f} with any recall; "
-            "recommending the best F1 instead",
-            err=True,
+        warn(
+            f"no threshold reaches precision {precision:.3f} with any recall; "
+            "recommending the best F1 instead"
         )
     click.echo(
         f"recommended threshold: {best.threshold:.2f} (precision {best.precision:.3f}, "
@@ -160,11 +159,10 @@ def _table(rows: Sequence[Row], precision: float | None, source: str) -> Row:
 def _warn_unmatched(dataset: Dataset) -> None:
     if dataset.unmatched:
         shown = ", ".join(dataset.unmatched[:5]) + (", ..." if len(dataset.unmatched) > 5 else "")
-        click.echo(
-            f"warning: {dataset.name}: {len(dataset.unmatched)} judged quer"
+        warn(
+            f"{dataset.name}: {len(dataset.unmatched)} judged quer"
             f"{'y is' if len(dataset.unmatched) == 1 else 'ies are'} not in queries.jsonl "
-            f"and left out ({shown})",
-            err=True,
+            f"and left out ({shown})"
         )
 
 

@@ -68,7 +68,8 @@ def main(argv: list[str]) -> int:
                 client.post("/query", json={"query": text, "mode": mode, **extra})
             calls.clear()
             seconds = []
-            for text in texts[WARMUP : WARMUP + args.queries]:
+            for i in range(args.queries):  # the labeled queries after the warm-up's, cycled
+                text = texts[WARMUP + i % (len(texts) - WARMUP)]
                 started = time.perf_counter()
                 response = client.post("/query", json={"query": text, "mode": mode, **extra})
                 seconds.append(time.perf_counter() - started)

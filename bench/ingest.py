@@ -165,7 +165,7 @@ def cell(kind: Kind, size: int, repeat: int = 1, parts: Sequence[str] = PARTS) -
     for way in (*WAYS, "bound"):
         if way in result:
             result[way] |= {
-                f"vs_{part}": statistics.median(
+                f"vs_{part}": statistics.median_low(  # a round's, as the rates are a run's
                     one[way]["docs_per_s"] / one[part]["docs_per_s"] for one in rounds
                 )
                 for part in ("baseline", "encoder", "bound")

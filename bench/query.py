@@ -13,7 +13,16 @@ from pathlib import Path
 from typing import Any
 
 from bench import COLLECTION, RESULTS
-from bench.corpus import CORPUS_VERSION, FILTERS, documents, queries, write_jsonl
+from bench.corpus import (
+    CORPUS_VERSION,
+    FILTER_NAMES,
+    VARIED,
+    VARIED_COUNT,
+    documents,
+    filter_for,
+    queries,
+    write_jsonl,
+)
 from bench.harness import (
     JSON_HEADERS,
     OtherLoad,
@@ -51,8 +60,21 @@ def store_for(size: int, rebuild: bool = False) -> tuple[Path, dict[str, Any]]:
 
 
 def bodies(filter_name: str, mode: str | None) -> list[bytes]:
-    extra = {**FILTERS[filter_name][0], **({"mode": mode} if mode else {})}
-    return [json.dumps({"query": q, "top_k": TOP_K, **extra}).encode() for q in queries()]
+    """The cell's /query bodies: each query once, or VARIED_COUNT with the varied filter."""
+    asked = list(queries())
+    count = VARIED_COUNT if filter_name == VARIED else len(asked)
+    shared = {"mode": mode} if mode else {}
+    return [
+        json.dumps(
+            {
+                "query": asked[i % len(asked)],
+                "top_k": TOP_K,
+                **filter_for(filter_name, i)[0],
+                **shared,
+            }
+        ).encode()
+        for i in range(count)
+    ]
 
 
 def load(
@@ -114,16 +136,16 @@ def load(
 def check_answers(server: Server, mode: str | None) -> dict[str, float]:
     """Warm up, and check each filter's matches obey it; mean matches shown per query."""
     conn, shown = server.connect(), {}
-    for name in FILTERS:
+    for name in FILTER_NAMES:
         total = 0
-        for body in bodies(name, mode)[:WARMUP]:
+        for i, body in enumerate(bodies(name, mode)[:WARMUP]):
             status, raw = request(conn, "POST", "/query", body)
             if status != 200:
                 raise RuntimeError(f"/query answered {status}: {raw[:500]!r}")
             matches = json.loads(raw)["matches"]
             total += len(matches)
-            wanted = FILTERS[name][0].get("filters", {})
-            text = FILTERS[name][0].get("where_document", {}).get("$contains")
+            wanted = filter_for(name, i)[0].get("filters", {})
+            text = filter_for(name, i)[0].get("where_document", {}).get("$contains")
             for match in matches:
                 for key, value in wanted.items():
                     allowed = value if isinstance(value, list) else [value]
@@ -151,7 +173,7 @@ def run(
             args = {
                 "store": str(store),
                 "collection": COLLECTION,
-                "filters": list(FILTERS),
+                "filters": list(FILTER_NAMES),
                 "duration": duration,
                 "queries": list(queries()),
             }
@@ -166,7 +188,7 @@ def run(
                     raise RuntimeError(f"the store holds {health['documents']} of {size} docs")
                 result["mean_matches_shown"] = check_answers(server, mode)
                 result["cells"] = []
-                for name in FILTERS:
+                for name in FILTER_NAMES:
                     for n in clients:
                         print(f"query: {size} docs, filter {name}, {n} clients", flush=True)
                         cell = load(server, bodies(name, mode), n, duration)

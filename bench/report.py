@@ -138,7 +138,9 @@ def query(results: Sequence[dict[str, Any]]) -> None:
         print(
             "  baseline = SentenceTransformer.encode + Chroma query(n_results=5) in one process, "
             "no HTTP;\n  filters: selective = one category (~1/8 of docs), broad = 2 of 3 "
-            "difficulties (~2/3), text = $contains 'the' (~3/5);\n  server cores / cpu ms/q = "
+            "difficulties (~2/3), varied = 12 of 50 authors, another set on every query (~1/4;\n"
+            "  the others repeat one filter, whose mask kb keeps until the next write), text = "
+            "$contains 'the' (~3/5);\n  server cores / cpu ms/q = "
             "CPU kb serve used during the cell (all threads), in cores and per answered query"
         )
         warn_busy([c["other_cpu"] for r in results for c in [*r["cells"], *r["baseline"].values()]

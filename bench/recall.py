@@ -5,8 +5,10 @@
 On a cached query store (built by `python -m bench --only query`), for each filter of the
 query benchmark: the exact top k (every vector matching the filter, scored with numpy), then
 recall@k and per-query time of Chroma's HNSW search with that `where` (what the baseline and
-a tutorial service do) and of kb's dense search (`mode: dense`: Chroma's HNSW without a
-filter, the mirror's exact search over the filter's rows with one). Runs in one process on
+a tutorial service do) and of kb's dense search (`mode: dense`: the mirror's, through its
+IVF index from KB_ANN_MIN_ROWS rows, or exact over a filter's rows where that is cheaper;
+kb/ann.py, kb/mirror.py). The repeated filters only (FILTERS; not bench.query's "varied").
+Runs in one process on
 the store directly, so no `kb serve` may hold it. `--ef-search` sets KB_HNSW_EF_SEARCH (the
 store keeps it until kb next opens it with another). Writes bench/results/recall-<size>-ef<N>.json.
 """

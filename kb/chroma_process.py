@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import time
@@ -14,7 +15,11 @@ CHROMA = Path(sys.executable).with_name("chroma")
 
 
 def start(data: Path, port: int, log: Path, timeout: float = 60) -> subprocess.Popen:
-    """`chroma run` on 127.0.0.1:port over `data`, once it answers its heartbeat."""
+    """`chroma run` on 127.0.0.1:port over `data`, once it answers its heartbeat. A port
+    something else listens on is refused first: that other server answered the heartbeat,
+    and kb went on against it (its data, not `data`'s) while its own Chroma had exited."""
+    if not _free(port):
+        raise StoreUnavailable(f"cannot start Chroma on 127.0.0.1:{port}: the port is taken")
     data.mkdir(parents=True, exist_ok=True)
     command = [str(CHROMA), "run", "--path", str(data), "--host", "127.0.0.1"]
     with log.open("ab") as sink:
@@ -28,11 +33,26 @@ def start(data: Path, port: int, log: Path, timeout: float = 60) -> subprocess.P
             raise StoreUnavailable(f"chroma run exited ({server.returncode}); see {log}")
         try:
             with urllib.request.urlopen(f"{url}/api/v2/heartbeat", timeout=2):
-                return server
+                pass
         except OSError:
             time.sleep(0.2)
+            continue
+        if server.poll() is None:  # the answer was its own (another took the port meanwhile)
+            return server
     stop(server)
     raise StoreUnavailable(f"the Chroma server on {url} did not answer in {timeout:.0f} s")
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as probe:
+        # as a server binds: a port with only closed connections waiting out (TIME_WAIT,
+        # after a restart) is free; one something listens on is not
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def stop(server: subprocess.Popen) -> None:

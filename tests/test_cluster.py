@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -15,18 +16,18 @@ from pathlib import Path
 
 import pytest
 
-from tests.live import call, free_port
+from tests.live import call, free_ports
 
 
 @pytest.fixture
 def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[str]:
     """`kb cluster` with three workers; its log is tmp_path/cluster.log. Parametrized
     indirectly with records, it is seeded with them (`--seed`)."""
-    port = free_port()
+    port, chroma_port = free_ports(2)
     env = {**os.environ, "KB_PORT": str(port), "KB_CHROMA_PATH": str(tmp_path / "local")}
     log = tmp_path / "cluster.log"
     command = [sys.executable, "-m", "kb", "cluster", "--path", str(tmp_path / "chroma")]
-    command += ["--chroma-port", str(free_port()), "--workers", "3"]
+    command += ["--chroma-port", str(chroma_port), "--workers", "3"]
     if records := getattr(request, "param", None):
         seed = tmp_path / "seed.jsonl"
         seed.write_text("".join(json.dumps(record) + "\n" for record in records))
@@ -58,8 +59,15 @@ def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[str]:
 
 def answering_workers(log: Path, route: str) -> set[int]:
     """The pids of the worker processes that logged answers on this route."""
-    lines = (json.loads(x) for x in log.read_text().splitlines() if x.startswith("{"))
-    return {x["pid"] for x in lines if x.get("logger") == "kb.access" and x["route"] == route}
+    pids = set()
+    for line in log.read_text().splitlines():
+        try:  # the workers are still writing: the last line may be half written
+            record = json.loads(line) if line.startswith("{") else {}
+        except ValueError:
+            continue
+        if record.get("logger") == "kb.access" and record.get("route") == route:
+            pids.add(record["pid"])
+    return pids
 
 
 def test_workers_share_one_store_and_see_each_others_writes(cluster: str, tmp_path) -> None:
@@ -111,3 +119,20 @@ def test_a_cluster_seeded_with_a_small_file_answers(cluster: str) -> None:
     assert call(cluster, "/documents/moraine")[0] == 200
     body = {"query": "glacier", "mode": "keyword", "min_score": -1}
     assert [m["id"] for m in call(cluster, "/query", body)[1]["matches"]] == ["moraine"]
+
+
+def test_a_chroma_port_something_listens_on_is_refused(tmp_path: Path) -> None:
+    """Another server on --chroma-port answered the heartbeat: kb cluster went on against
+    it (its data, not --path's) while the Chroma it started had exited."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        command = [sys.executable, "-m", "kb", "cluster", "--path", str(tmp_path / "chroma")]
+        done = subprocess.run(
+            [*command, "--chroma-port", str(port)], capture_output=True, text=True, timeout=120
+        )
+    assert done.returncode == 1
+    assert (
+        done.stderr.strip() == f"Error: cannot start Chroma on 127.0.0.1:{port}: the port is taken"
+    )

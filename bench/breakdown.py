@@ -3,7 +3,7 @@ filter's mask, the vector search (the mirror's index, or an exact scan) and BM25
 hybrid and a dense /query, in-process through Flask's test client; "rest" is the request's
 median less the parts' (Flask, validation, fusion, the response).
 
-    python -m bench.breakdown [--docs 100000] [--queries 200] [--filter none|selective|broad]
+    python -m bench.breakdown [--docs 100000] [--queries 200] [--filter none|selective|...]
 
 Uses the query benchmark's cached store (no `kb serve` may hold it). Prints the median
 request time and the median time of each timed call per request.
@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bench import COLLECTION
-from bench.corpus import FILTERS, queries
+from bench.corpus import FILTER_NAMES, filter_for, queries
 from bench.query import store_for
 from kb.api.util import EXTENSION
 from kb.app import close_app, create_app
@@ -46,7 +46,7 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.breakdown", description=__doc__)
     parser.add_argument("--docs", type=int, default=100_000)
     parser.add_argument("--queries", type=int, default=200)
-    parser.add_argument("--filter", choices=list(FILTERS), default="none")
+    parser.add_argument("--filter", choices=FILTER_NAMES, default="none")
     args = parser.parse_args(argv)
     path, _ = store_for(args.docs)
     app = create_app(Settings(chroma_path=path, collection=COLLECTION, log_level="WARNING"))
@@ -61,15 +61,17 @@ def main(argv: list[str]) -> int:
         timed(mirror, "keyword", calls)  # BM25
         timed(mirror, "selection", calls)  # the filter's mask
         client, texts = app.test_client(), list(queries())
-        extra = FILTERS[args.filter][0]
-        print(f"filter {args.filter}: {extra or 'none'}")
+        print(f"filter {args.filter}: {filter_for(args.filter, 0)[0] or 'none'} (the first)")
+        asked = 0  # the varied filter: a new one for every request, warm-up included
         for mode in ("hybrid", "dense"):
             for text in texts[:WARMUP]:
+                extra, asked = filter_for(args.filter, asked)[0], asked + 1
                 client.post("/query", json={"query": text, "mode": mode, **extra})
             calls.clear()
             seconds = []
             for i in range(args.queries):  # the labeled queries after the warm-up's, cycled
                 text = texts[WARMUP + i % (len(texts) - WARMUP)]
+                extra, asked = filter_for(args.filter, asked)[0], asked + 1
                 started = time.perf_counter()
                 response = client.post("/query", json={"query": text, "mode": mode, **extra})
                 seconds.append(time.perf_counter() - started)

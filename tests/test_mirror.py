@@ -320,12 +320,16 @@ def test_stats_from_the_mirror_equal_stats_from_chroma(cooking, store) -> None:
 
 
 def test_a_filters_gathered_vectors_are_reused_until_the_next_write(cooking, store) -> None:
+    """Kept from the filter's second search on: a filter asked once (a different one on every
+    query, say) would fill the blocks' memory with vectors no search reads again."""
     store.replica.wait_loaded()
     mirror = store.replica.current_mirror()
     flt = compile_filter({"difficulty": ["intermediate", "advanced"]})
     vector = store.embedder.embed_queries(["bread and rice"])[0]
     first = mirror.nearest(vector, 5, mirror.matches(flt.where), "key")
     assert [r.id for r, _ in first] in (["bread", "risotto"], ["risotto", "bread"])
+    assert "key" not in mirror._blocks  # asked once: gathered for that search alone
+    assert mirror.nearest(vector, 5, mirror.matches(flt.where), "key") == first
     assert "key" in mirror._blocks  # two of four rows: gathered, and kept
 
     def same(hits: list) -> bool:
@@ -338,6 +342,7 @@ def test_a_filters_gathered_vectors_are_reused_until_the_next_write(cooking, sto
     assert "key" not in mirror._blocks  # a write drops them
     again = mirror.nearest(vector, 5, mirror.matches(flt.where), "key")
     assert [r.id for r, _ in again] == ["bread"]
+    assert "key" not in mirror._blocks  # and what was asked: the first search since is once
 
 
 def test_health_says_whether_the_mirror_is_loaded(cooking, store) -> None:

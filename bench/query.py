@@ -59,35 +59,35 @@ def store_for(size: int, rebuild: bool = False) -> tuple[Path, dict[str, Any]]:
     return store, {**built, "cached": False}
 
 
-def bodies(filter_name: str, mode: str | None) -> list[bytes]:
-    """The cell's /query bodies: each query once, or VARIED_COUNT with the varied filter."""
+def bodies(filter_name: str, mode: str | None, cell: int = 0) -> list[bytes]:
+    """The cell's /query bodies: each query once, or with the varied filter VARIED_COUNT
+    bodies whose filters no other cell (`cell`, its number) asks."""
     asked = list(queries())
     count = VARIED_COUNT if filter_name == VARIED else len(asked)
+    first = cell * count if filter_name == VARIED else 0
     shared = {"mode": mode} if mode else {}
     return [
         json.dumps(
-            {
-                "query": asked[i % len(asked)],
-                "top_k": TOP_K,
-                **filter_for(filter_name, i)[0],
-                **shared,
-            }
+            {"query": asked[i % len(asked)], "top_k": TOP_K}
+            | filter_for(filter_name, first + i)[0]
+            | shared
         ).encode()
         for i in range(count)
     ]
 
 
 def load(
-    server: Server, payloads: Sequence[bytes], clients: int, duration: float
+    server: Server, payloads: Sequence[bytes], clients: int, duration: float, spread: int = 7
 ) -> dict[str, Any]:
-    """`clients` threads, each with its own keep-alive connection, for `duration` seconds."""
+    """`clients` threads, each with its own keep-alive connection, for `duration` seconds;
+    client n starts at payload n * spread and takes the next one each time."""
     latencies: list[list[float]] = [[] for _ in range(clients)]
     errors: list[dict[str, int]] = [{} for _ in range(clients)]
     gate = threading.Barrier(clients + 1)
     stop = [0.0]
 
     def client(n: int) -> None:
-        conn, i = server.connect(timeout=60), n * 7
+        conn, i = server.connect(timeout=60), n * spread
         gate.wait()
         while (began := time.perf_counter()) < stop[0]:
             try:
@@ -191,7 +191,11 @@ def run(
                 for name in FILTER_NAMES:
                     for n in clients:
                         print(f"query: {size} docs, filter {name}, {n} clients", flush=True)
-                        cell = load(server, bodies(name, mode), n, duration)
+                        # the varied filter's clients start far apart: each query
+                        # asks a filter no other has asked (kb keeps what is asked again)
+                        asked = bodies(name, mode, cell=len(result["cells"]) + 1)
+                        spread = len(asked) // n if name == VARIED else 7
+                        cell = load(server, asked, n, duration, spread)
                         result["cells"].append({"filter": name, "clients": n, **cell})
                 result["memory_after_load"] = server.memory()
         if "startup" in sections:

@@ -117,6 +117,7 @@ class Mirror:
         self._masks: dict[str, np.ndarray] = {}  # per write: the masks of recent filters
         self._blocks: OrderedDict[str, _Block] = OrderedDict()
         self._asked: set[str] = set()  # per write: the filters searched with (see ASKED_KEYS)
+        self._gathering: set[str] = set()  # filters whose block a search is gathering now
         self.bm25 = Bm25()  # the rows' texts, for keyword search; same row numbers
         self._products = threading.Lock()
         # concurrent searches scanning every row share one pass (a matrix product)
@@ -317,8 +318,9 @@ class Mirror:
             mask = alive[:size].copy()
         allowed = int(np.count_nonzero(mask))
         # a filter asked before (since the last write) is likely asked again: its rows are
-        # gathered once and kept; one asked once is gathered for this search alone, if at all
-        key = key if self._asked_before(key) else None
+        # gathered once and kept; one asked once is gathered for this search alone, if at all,
+        # as is one whose rows another search is gathering to keep right now
+        key = key if self._asked_before(key) and key not in self._gathering else None
         if index is not None and allowed:
             share = allowed / max(len(index), 1)
             if index.scanned(share) < self._exact_cost(allowed, len(mask), key):
@@ -424,14 +426,23 @@ class Mirror:
         rows = np.flatnonzero(mask)
         if key is None or not rows.size or rows.size * self._row_bytes() > BLOCK_BYTES / 2:
             return rows, None
-        block = _Block(mask, rows, self._vectors[rows], self._product)
-        with self._lock:
-            if blocks is self._blocks:
-                blocks[key] = block
-                while (
-                    sum(b.vectors.nbytes for b in blocks.values()) > BLOCK_BYTES and len(blocks) > 1
-                ):
-                    blocks.popitem(last=False)
+        with self._lock:  # one search gathers a block; those meanwhile do not copy it again
+            if key in self._gathering:
+                return rows, None
+            self._gathering.add(key)
+        try:
+            block = _Block(mask, rows, self._vectors[rows], self._product)
+            with self._lock:
+                if blocks is self._blocks:
+                    blocks[key] = block
+                    while (
+                        sum(b.vectors.nbytes for b in blocks.values()) > BLOCK_BYTES
+                        and len(blocks) > 1
+                    ):
+                        blocks.popitem(last=False)
+        finally:
+            with self._lock:
+                self._gathering.discard(key)
         return rows, block
 
     def _scan_all_rows(self, items: Sequence[tuple[np.ndarray, int]]) -> np.ndarray:

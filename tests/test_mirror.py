@@ -459,3 +459,42 @@ def test_vectors_gathered_for_a_filter_are_reused_past_the_kept_masks(
     found = [mirror.nearest_rows(vectors[0], 3, mask, key)[0].tolist() for mask, key in masks]
     assert gathered == [20]
     assert found == [found[0]] * 4
+
+
+def test_one_search_gathers_a_filters_block_while_others_score_without_copying_it(
+    monkeypatch,
+) -> None:
+    """Sixteen clients asking a new filter again at once each gathered its rows to keep
+    them: sixteen copies of the same block at a time (37 MB each at 100k for a quarter of
+    the rows), and the service's memory went past its target."""
+    vectors = np.random.default_rng(3).normal(size=(400, 8)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    mirror = Mirror(8, 0)
+    mirror.apply(
+        [Record(f"r{i}", "", {"_kb_doc": f"r{i}", "n": i % 4}, v) for i, v in enumerate(vectors)],
+        [],
+        1,
+    )
+    mask, key = mirror.selection({"n": 1})
+    query = vectors[5]
+    first = mirror.nearest(query, 3, mask, key)  # asked once: nothing kept
+    held, release, made = threading.Event(), threading.Event(), []
+    block = mirror_module._Block
+
+    def slow_block(*args: Any) -> Any:
+        made.append(1)
+        held.set()
+        assert release.wait(10)
+        return block(*args)
+
+    monkeypatch.setattr(mirror_module, "_Block", slow_block)
+    with ThreadPoolExecutor(1) as pool:
+        gathering = pool.submit(mirror.nearest, query, 3, mask, key)  # asked again: kept
+        assert held.wait(10)
+        assert [mirror.nearest(query, 3, mask, key) for _ in range(3)] == [first] * 3
+        assert made == [1]  # the others scored without gathering a block of their own
+        release.set()
+        assert gathering.result(timeout=10) == first
+    assert key in mirror._blocks
+    assert mirror.nearest(query, 3, mask, key) == first
+    assert made == [1]

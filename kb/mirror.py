@@ -361,13 +361,14 @@ class Mirror:
     def _exact_cost(self, allowed: int, rows: int, key: str | None) -> int:
         """An exact search's cost, in vectors the index would score for it: a kept block's
         rows; every row for a broad filter (one pass, no gather); else the filter's rows,
-        GATHER_COST each, but for a filter asked again (`key`), whose gather is made once."""
+        GATHER_COST each. Even for a filter asked again: a block pays only if it is read
+        again before others push it out, and where the index beats a gather, a stream of
+        such filters (sixteen clients each asking the others' filters in turn) rebuilt
+        blocks faster than they were read: 95-100 q/s and 1.5 GB at 100k, against 169 q/s
+        and 1.1 GB through the index."""
         if key is not None and key in self._blocks:
             return allowed
-        if _broad(allowed, rows):
-            return rows
-        kept = key is not None and allowed * self._row_bytes() <= BLOCK_BYTES / 2
-        return allowed if kept else allowed * GATHER_COST
+        return rows if _broad(allowed, rows) else allowed * GATHER_COST
 
     def _row_bytes(self) -> int:
         return int(self._vectors.itemsize * self._vectors.shape[1])

@@ -317,9 +317,9 @@ class Mirror:
             size, alive = self.size, self._alive
             mask = alive[:size].copy()
         allowed = int(np.count_nonzero(mask))
-        # a filter asked before (since the last write) is likely asked again: its rows are
-        # gathered once and kept; one asked once is gathered for this search alone, if at all,
-        # as is one whose rows another search is gathering to keep right now
+        # a filter asked before (since the last write) is likely asked again: if the exact
+        # path gathers its rows, they are kept; one asked once keeps nothing, nor does one
+        # whose rows another search is gathering to keep right now
         key = key if self._asked_before(key) and key not in self._gathering else None
         if index is not None and allowed:
             share = allowed / max(len(index), 1)
@@ -427,7 +427,7 @@ class Mirror:
         rows = np.flatnonzero(mask)
         if key is None or not rows.size or rows.size * self._row_bytes() > BLOCK_BYTES / 2:
             return rows, None
-        with self._lock:  # one search gathers a block; those meanwhile do not copy it again
+        with self._lock:  # one search gathers a block to keep; one meanwhile keeps nothing
             if key in self._gathering:
                 return rows, None
             self._gathering.add(key)

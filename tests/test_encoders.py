@@ -554,20 +554,28 @@ def test_encoder_threads_alone_caps_the_lanes_too() -> None:
     assert both.lanes == 3
 
 
-def test_a_first_load_exports_in_its_encoder_process_and_exits_cleanly(tmp_path: Path) -> None:
-    """With nothing cached, kb load's encoder process exports the model, then stops without
-    the interpreter's teardown: what it made (tqdm's lock during the export) is released,
-    so nothing is reported leaked, and the export is there for the next run."""
-    source = tmp_path / "docs.jsonl"
-    source.write_text("".join(json.dumps({"text": f"note {i} on fjords"}) + "\n" for i in range(5)))
-    env = {"KB_ONNX_CACHE": str(tmp_path / "cache"), "KB_CHROMA_PATH": str(tmp_path / "db")}
-    done = subprocess.run(
+def kb_load(folder: Path, texts: list[str], **env: str) -> subprocess.CompletedProcess[str]:
+    """`kb load --quiet` of these texts in a process of its own, its store in `folder`;
+    `env` adds variables (KB_ONNX_CACHE relative to `folder`)."""
+    source = folder / "docs.jsonl"
+    source.write_text("".join(json.dumps({"text": text}) + "\n" for text in texts))
+    env = {"KB_CHROMA_PATH": str(folder / "db"), **env}
+    if "KB_ONNX_CACHE" in env:
+        env["KB_ONNX_CACHE"] = str(folder / env["KB_ONNX_CACHE"])
+    return subprocess.run(
         [sys.executable, "-m", "kb", "load", "--quiet", str(source)],
         env={**os.environ, **env},
         capture_output=True,
         text=True,
         timeout=300,
     )
+
+
+def test_a_first_load_exports_in_its_encoder_process_and_exits_cleanly(tmp_path: Path) -> None:
+    """With nothing cached, kb load's encoder process exports the model, then stops without
+    the interpreter's teardown: what it made (tqdm's lock during the export) is released,
+    so nothing is reported leaked, and the export is there for the next run."""
+    done = kb_load(tmp_path, [f"note {i} on fjords" for i in range(5)], KB_ONNX_CACHE="cache")
     assert done.returncode == 0, done.stderr
     assert "added 5" in done.stderr
     assert "leaked" not in done.stderr, done.stderr
@@ -577,16 +585,7 @@ def test_a_first_load_exports_in_its_encoder_process_and_exits_cleanly(tmp_path:
 
 def test_the_torch_backend_prints_no_progress_bar(tmp_path: Path) -> None:
     """transformers drew a "Loading weights" bar on stderr at every torch start."""
-    source = tmp_path / "docs.jsonl"
-    source.write_text(json.dumps({"text": "a note on fjords"}) + "\n")
-    env = {"KB_BACKEND": "torch", "KB_CHROMA_PATH": str(tmp_path / "db")}
-    done = subprocess.run(
-        [sys.executable, "-m", "kb", "load", "--quiet", str(source)],
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = kb_load(tmp_path, ["a note on fjords"], KB_BACKEND="torch")
     assert done.returncode == 0, done.stderr
     lines = done.stderr.splitlines()  # a bar redraws itself after "\r"s
     assert [line.split(" in ")[0] for line in lines] == ["added 1, updated 0, skipped 0, failed 0"]

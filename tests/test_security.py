@@ -215,6 +215,12 @@ def test_cors_is_off_by_default(client: FlaskClient) -> None:
     assert "Access-Control-Allow-Origin" not in response.headers
 
 
+def test_every_answer_forbids_content_sniffing(client: FlaskClient) -> None:
+    """The page and its files said so; the JSON answers (and their errors) did not."""
+    for response in (client.get("/health"), client.get("/documents/none"), client.get("/x")):
+        assert response.headers["X-Content-Type-Options"] == "nosniff", response.status_code
+
+
 def test_cors_allows_the_configured_origins(settings: Settings, embedder: Embedder) -> None:
     cors = changed(settings, cors_origins="http://app.test", api_keys=KEYS)
     app = create_app(cors, embedder=embedder)

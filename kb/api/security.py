@@ -111,6 +111,8 @@ def _preflight() -> Response | None:
 
 
 def _cors(response: Response) -> Response:
+    # every answer is what its Content-Type says: a browser must not sniff JSON into HTML
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
     allowed = state().settings.cors()
     if allowed and "*" not in allowed:  # the answer depends on the Origin: caches must know
         response.headers.add("Vary", "Origin")

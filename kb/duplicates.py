@@ -9,8 +9,7 @@ import numpy as np
 
 from kb.collection import RecordCollection
 from kb.filters import CompiledFilter
-from kb.records import CHUNKS, HEADS, Record, chunk_id, doc_id_of
-from kb.schemas import CHUNK_ID_RE
+from kb.records import CHUNKS, HEADS, Record, chunk_id, chunk_of, doc_id_of
 
 FIRST_CHUNKS = CompiledFilter(where=HEADS)
 BATCH = 256
@@ -137,7 +136,7 @@ def _neighbours(
             other
             for rid, score in hits
             if score >= min_score
-            and _chunk_number(rid) == n
+            and chunk_of(rid) == n
             and (other := doc_id_of(rid)) != doc
             and other not in skip
         }
@@ -157,11 +156,6 @@ def _candidates(lists: Lists) -> tuple[dict[str, set[str]], list[str]]:
             candidates[doc] = set().union(*(alike for _, alike in found))
             cut_off.append(doc)
     return candidates, cut_off
-
-
-def _chunk_number(record_id: str) -> int:
-    suffix = CHUNK_ID_RE.search(record_id)
-    return int(suffix.group().removeprefix("#chunk")) if suffix else 0
 
 
 def _confirmed(

@@ -54,6 +54,12 @@ def doc_id_of(record_id: str) -> str:
     return CHUNK_ID_RE.sub("", record_id)
 
 
+def chunk_of(record_id: str) -> int:
+    """The chunk number a record id names (0 for a document's first chunk)."""
+    suffix = CHUNK_ID_RE.search(record_id)
+    return int(suffix.group().removeprefix("#chunk")) if suffix else 0
+
+
 def of_version(count: int, version: object, index: int, digest: object) -> bool:
     """Whether a chunk (its index and content hash) belongs to the version of its document
     that the first chunk is (the chunks it counts and its content hash). Chunks a killed

@@ -19,6 +19,7 @@ from typing import IO, Any, Literal, TypeVar
 
 from pydantic import BaseModel
 
+from kb.auth import sendable
 from kb.errors import KBError
 from kb.schemas import (
     AddResponse,
@@ -218,7 +219,7 @@ def _check_key(key: str) -> None:
     without the key: a key file with Windows line endings ended in a traceback printing it."""
     if key != key.strip():
         problem = "has whitespace or a line break around it (a key file with CRLF endings?)"
-    elif not all("!" <= char <= "~" for char in key):  # as kb.auth takes keys
+    elif not sendable(key):
         problem = "holds characters other than printable ASCII without spaces"
     else:
         return

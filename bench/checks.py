@@ -42,6 +42,13 @@ def evaluate(ingest: list[dict[str, Any]], query: list[dict[str, Any]]) -> list[
                 lambda v: v >= 2,
                 bound=bound,
             )
+            if "wall_vs_baseline" in c[way]:  # the whole command, set-up in both
+                check(
+                    f"{where} whole process vs baseline's",
+                    c[way]["wall_vs_baseline"],
+                    ">= 2x",
+                    lambda v: v >= 2,
+                )
             # in percent, so 74.8 is not shown as a missed 0.75
             share = c[way].get("vs_encoder")
             check(

@@ -165,13 +165,22 @@ def cell(kind: Kind, size: int, repeat: int = 1, parts: Sequence[str] = PARTS) -
     for way in (*WAYS, "bound"):
         if way in result:
             result[way] |= {
-                f"vs_{part}": statistics.median_low(  # a round's, as the rates are a run's
-                    one[way]["docs_per_s"] / one[part]["docs_per_s"] for one in rounds
-                )
+                f"vs_{part}": _median_ratio(rounds, way, part, "docs_per_s")
                 for part in ("baseline", "encoder", "bound")
                 if part != way and part in result
             }
+    if {"kb_load", "baseline"} <= result.keys():  # both whole processes, set-up included
+        result["kb_load"]["wall_vs_baseline"] = _median_ratio(
+            rounds, "kb_load", "baseline", "wall_docs_per_s"
+        )
     return result
+
+
+def _median_ratio(
+    rounds: Sequence[dict[str, dict[str, Any]]], way: str, part: str, rate: str
+) -> float:
+    """The median of one round's ratios, as the rates are one run's."""
+    return statistics.median_low(one[way][rate] / one[part][rate] for one in rounds)
 
 
 def _bound(size: int, parts: dict[str, dict[str, Any]]) -> dict[str, float]:
@@ -193,7 +202,11 @@ def _part(part: str, docs: Sequence[dict[str, Any]], corpus: Path, work: Path) -
     with scratch() as store:
         if part == "baseline":
             args = {"corpus": str(corpus), "store": str(store), "collection": COLLECTION}
-            return run_worker("baseline_ingest", args, kb_env(store))
+            started = time.perf_counter()
+            result = run_worker("baseline_ingest", args, kb_env(store))
+            # the whole process, as kb load's wall_s: interpreter, imports, model, store
+            wall = time.perf_counter() - started - result["count_tokens_s"]
+            return result | {"wall_s": wall, "wall_docs_per_s": len(docs) / wall}
         if part == "encoder":
             return run_worker("encoder", {"corpus": str(corpus)}, kb_env(store))
         if part == "kb_load":

@@ -42,18 +42,21 @@ def ingest(cells: Sequence[dict[str, Any]]) -> None:
             [c["kind"], c["docs"], _rate(c, "baseline"), _rate(c, "encoder"),
              _rate(c, "kb_load"), _ratio(load, "vs_baseline", "x"),
              _ratio(load, "vs_encoder", "%"), load.get("wall_docs_per_s"),
+             _ratio(load, "wall_vs_baseline", "x"),
              _rate(c, "post_add"), _ratio(add, "vs_baseline", "x"),
              _ratio(add, "vs_encoder", "%"), _serve_rss(add),
              c.get("baseline", {}).get("over_window"), f"{c['other_cpu']:.0%}"]
         )  # fmt: skip
     headers = ["kind", "docs", "baseline/s", "encoder/s", "kb load/s", "vs base", "vs enc",
-               "load wall/s", "POST /add/s", "vs base", "vs enc", "serve MiB", ">window",
+               "load wall/s", "vs base", "POST /add/s", "vs base", "vs enc", "serve MiB", ">window",
                "other"]  # fmt: skip
     table("Ingest (docs/s; targets: >= 2x baseline, >= 75% of the encoder alone)", headers, rows)
     print(
         "  baseline = SentenceTransformer.encode(batch 64) + Chroma add; encoder = kb's "
         "embed_documents alone;\n  kb load/s from the time kb prints (model load and store "
-        "open excluded), load wall/s = the whole process;\n  >window = texts longer than the "
+        "open excluded), load wall/s = the whole process\n  (its vs base: against the "
+        "baseline's whole process, interpreter start, imports, model load and store open "
+        "in both);\n  >window = texts longer than the "
         "model window (kb chunks them, the others truncate);\n  serve MiB = kb serve's peak RSS "
         "after the POST /add run + its child processes' (the encoder process for large adds);"
         "\n  other = the share of the machine's CPU used by processes outside the benchmark "

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -37,11 +38,22 @@ class UnusableJSON(ValueError):
 
 def parse(raw: str | bytes, **options: Any) -> Any:
     """json.loads(raw, **options); nesting too deep for it is an UnusableJSON, not a
-    RecursionError. ValueError (UnusableJSON among them) when `raw` is not usable JSON."""
+    RecursionError, and so is a key given twice in one object (json.loads kept the last
+    value, silently: `{"ids": ["a"], "ids": ["b"]}` deleted b). ValueError (UnusableJSON
+    among them) when `raw` is not usable JSON."""
     try:
-        return json.loads(raw, **options)
+        return json.loads(raw, object_pairs_hook=_object, **options)
     except RecursionError:
         raise UnusableJSON("", _too_deep()) from None
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    found = dict(pairs)
+    if len(found) < len(pairs):
+        counts = Counter(key for key, _ in pairs)
+        twice = next(key for key, _ in pairs if counts[key] > 1)
+        raise UnusableJSON("", f"key '{_printable(twice)}' is given twice in one object")
+    return found
 
 
 def line_problem(exc: json.JSONDecodeError) -> str:

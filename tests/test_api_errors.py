@@ -183,6 +183,28 @@ def test_malformed_json_is_400_on_every_body_route(
     assert_error_shape(response, 422)
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "raw", "key"),
+    [
+        ("post", "/delete", '{"ids": ["pasta"], "ids": ["no-such-id"]}', "ids"),
+        ("post", "/add", '{"text": "first", "text": "second"}', "text"),
+        ("post", "/add", '{"documents": [{"text": "a", "metadata": {"k": 1, "k": 2}}]}', "k"),
+        ("post", "/query", '{"query": "x", "where": {"a": 1, "a": 2}}', "a"),
+        ("patch", "/documents/pasta", '{"text": "new", "text": "newer"}', "text"),
+    ],
+)
+def test_a_key_given_twice_is_422_naming_it_and_changes_nothing(
+    cooking: FlaskClient, method: str, path: str, raw: str, key: str
+) -> None:
+    """json.loads keeps the last value: a delete's first ids were dropped, silently."""
+    before = cooking.get("/documents?limit=100").json
+    response = getattr(cooking, method)(path, data=raw, content_type="application/json")
+    error = assert_error_shape(response, 422)
+    assert f"key '{key}' is given twice in one object" in error["message"]
+    assert error["details"][0]["field"] == "body"
+    assert cooking.get("/documents?limit=100").json == before
+
+
 def nested_and(levels: int, leaf: str = '{"a": 1}') -> str:
     return '{"$and": [' * levels + leaf + "]}" * levels
 
@@ -218,9 +240,10 @@ def test_json_nested_too_deep_is_422_naming_the_body(
         (nested_and(20), "where.$and.0", "nest at most 8 levels"),
         ('{"a": "\\ud800"}', "where.a", "lone UTF-16 surrogate (\\ud800)"),
         ('{"$or": [{"a": 1}, {"b\\udc00": 2}]}', "where.$or.1", "key 'b\\udc00'"),
+        ('{"a": 1, "a": 2}', "where", "key 'a' is given twice in one object"),
     ],
 )
-def test_where_parameter_too_deep_or_with_a_surrogate_is_422_naming_it(
+def test_where_parameter_too_deep_with_a_surrogate_or_a_key_twice_is_422_naming_it(
     cooking: FlaskClient, where: str, field: str, message: str
 ) -> None:
     response = cooking.get("/documents", query_string={"where": where})

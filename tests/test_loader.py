@@ -160,6 +160,20 @@ def test_format_flag_overrides_the_suffix(tmp_path: Path, fmt: str) -> None:
     assert item.doc.text.strip() == "x"
 
 
+def test_a_key_given_twice_is_a_problem_of_its_record(tmp_path: Path) -> None:
+    """json.loads keeps the last value: the first text was dropped, silently."""
+    lines = ['{"id": "one", "text": "first", "text": "second"}', '{"id": "two", "text": "ok"}']
+    (tmp_path / "docs.jsonl").write_text("\n".join(lines) + "\n")
+    twice, two = read_all(tmp_path / "docs.jsonl")
+    assert str(twice) == (
+        f"{tmp_path / 'docs.jsonl'}:1: not valid JSON: key 'text' is given twice in one object"
+    )
+    assert two.doc.id == "two"  # type: ignore[union-attr]
+    (tmp_path / "docs.json").write_text('{"documents": [{"text": "a", "id": "x", "id": "y"}]}')
+    (whole,) = read_all(tmp_path / "docs.json")
+    assert "docs.json:1: invalid JSON: key 'id' is given twice in one object" in str(whole)
+
+
 def test_lone_surrogates_and_deep_nesting_are_problems_of_their_record(tmp_path: Path) -> None:
     """json.loads takes "\\ud800" (the tokenizer then failed the whole load) and recurses once
     per level (thousands of brackets were a RecursionError)."""

@@ -10,6 +10,7 @@ from kb import logs
 from kb.api import register_blueprints
 from kb.api.errors import register_error_handlers
 from kb.api.observability import register_observability
+from kb.api.request_target import register_request_target
 from kb.api.security import register_security
 from kb.api.util import EXTENSION, DocIdConverter, KBState
 from kb.auth import KeyRing
@@ -61,6 +62,7 @@ def create_app(settings: Settings | None = None, *, embedder: Embedder | None = 
     app.extensions[EXTENSION] = KBState(settings, store, keys, telemetry, bulk)
     register_observability(app)
     register_security(app)
+    register_request_target(app)  # after the key check: a 401 first
     register_error_handlers(app)
     register_blueprints(app)
     return app

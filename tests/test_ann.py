@@ -209,6 +209,30 @@ def test_a_filter_whose_gather_costs_more_than_the_index_goes_to_the_index_every
     assert key not in mirror._blocks
 
 
+def test_a_tie_past_the_index_candidates_is_scored_exactly_and_keeps_no_block() -> None:
+    """A filter the index serves (cheaper than a gather) whose search ends in a tie is scored
+    exactly that once; it gathered and kept a block, and from then on, until the next write,
+    every search with the filter went the exact way: the path depended on an earlier tie."""
+    vectors = clustered(3000)
+    vectors[0:3000:4][:40] = vectors[0]  # forty identical vectors among the filter's rows
+    mirror = Mirror(DIM, 0, AnnConfig(min_rows=1000, nprobe=8))
+    mirror.apply(records(vectors), [], 1)
+    mirror.wait_index()
+    index = mirror._index
+    assert index is not None
+    mask, key = mirror.selection({"_kb_doc": {"$in": [f"r{i}" for i in range(0, 3000, 4)]}})
+    allowed = int(mask.sum())
+    assert allowed < index.scanned(allowed / 3000) < allowed * mirror_module.GATHER_COST
+    other = clustered(1, seed=9)[0]
+    for query in (other, other, vectors[0], other):
+        rows, _ = mirror.nearest_rows(query, 5, mask, key)
+        if query is other:
+            assert rows.tolist() == exact(vectors, query, 5, mask)
+        else:
+            assert sorted(rows.tolist()) == list(range(0, 160, 4))  # the whole tie
+        assert key not in mirror._blocks
+
+
 def centroids(index: AnnIndex) -> np.ndarray:
     quantizer = index._index.quantizer
     return quantizer.reconstruct_n(0, quantizer.ntotal)

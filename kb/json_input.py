@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -45,6 +46,11 @@ def parse(raw: str | bytes, **options: Any) -> Any:
         return json.loads(raw, object_pairs_hook=_object, **options)
     except RecursionError:
         raise UnusableJSON("", _too_deep()) from None
+    except ValueError as exc:
+        if "integer string conversion" in str(exc):  # Python's advice was passed on
+            digits = sys.get_int_max_str_digits()
+            raise UnusableJSON("", f"holds an integer of more than {digits} digits") from None
+        raise
 
 
 def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

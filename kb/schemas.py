@@ -286,6 +286,8 @@ class AddRequest(Model):
             raise ValueError("'text' (one document) or 'documents' (a list) is required")
         if self.upsert and self.on_conflict not in (None, "upsert"):
             raise ValueError("'upsert': true contradicts 'on_conflict'")
+        if "upsert" in self.model_fields_set and not self.upsert and self.on_conflict == "upsert":
+            raise ValueError("'upsert': false contradicts 'on_conflict': 'upsert'")
         return self
 
     @field_validator("documents")
@@ -356,6 +358,8 @@ class UpdateFields(Model):
     def _something(self) -> UpdateFields:
         if self.text is None and self.metadata is None:
             raise ValueError("nothing to update: give 'text' and/or 'metadata'")
+        if self.replace_metadata and self.metadata is None:  # kept the metadata, silently
+            raise ValueError("'replace_metadata' needs the 'metadata' to replace it with")
         return self
 
 
@@ -372,7 +376,7 @@ class DeleteRequest(Model):
     def _target(self) -> DeleteRequest:
         by_filter = self.where is not None or self.filters is not None
         if self.ids is None and not by_filter:
-            raise ValueError("give 'ids' or 'where'/'filters'; kb never deletes everything")
+            raise ValueError("give 'ids' or 'where'/'filters': there is no delete of everything")
         if self.ids is not None and by_filter:
             raise ValueError("give either 'ids' or 'where'/'filters', not both")
         if by_filter and not (self.where or self.filters):
@@ -457,6 +461,11 @@ class QueryRequest(Model):
     def _one_form(self) -> QueryRequest:
         if (self.query is None) == (self.queries is None):
             raise ValueError("give exactly one of 'query' (a string) or 'queries' (a list)")
+        # options that would change nothing are refused, not ignored
+        if "mmr_lambda" in self.model_fields_set and not self.diversify:
+            raise ValueError("'lambda' applies only with 'diversify': true")
+        if self.fusion is not None and self.mode not in (None, "hybrid"):
+            raise ValueError(f"'fusion' applies only to hybrid search, not mode '{self.mode}'")
         return self
 
     def texts(self) -> list[str]:

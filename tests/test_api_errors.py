@@ -108,6 +108,12 @@ BAD_REQUESTS = [
     ("post", "/update", {"id": "pasta", "metadata": {"a": "\ud800"}}, 422, "metadata.a"),
     ("post", "/delete", {"ids": ["pasta", "\ud800"]}, 422, "ids.1"),
     ("patch", "/documents/pasta", {"text": "\ud800"}, 422, "text"),
+    # options that would change nothing: refused, not ignored
+    ("post", "/add", {"text": "x", "upsert": False, "on_conflict": "upsert"}, 422, "body"),
+    ("post", "/update", {"id": "pasta", "text": "t", "replace_metadata": True}, 422, "body"),
+    ("patch", "/documents/pasta", {"text": "t", "replace_metadata": True}, 422, "body"),
+    ("post", "/query", {"query": "x", "lambda": 0.3}, 422, "body"),
+    ("post", "/query", {"query": "x", "mode": "dense", "fusion": "rrf"}, 422, "body"),
 ]
 
 
@@ -203,6 +209,35 @@ def test_a_key_given_twice_is_422_naming_it_and_changes_nothing(
     assert f"key '{key}' is given twice in one object" in error["message"]
     assert error["details"][0]["field"] == "body"
     assert cooking.get("/documents?limit=100").json == before
+
+
+@pytest.mark.parametrize(
+    ("query", "field", "message"),
+    [
+        ({"where": "null"}, "where", "must be a JSON object (got NoneType)"),
+        ({"where": "[1]"}, "where", "must be a JSON object (got list)"),
+        ({"": "1"}, "query string", "a parameter without a name"),
+        ({"where": '{"a": ' + "9" * 5000 + "}"}, "where", "more than 4300 digits"),
+    ],
+)
+def test_a_listing_parameter_that_is_no_filter_is_422_naming_it(
+    cooking: FlaskClient, query: dict[str, str], field: str, message: str
+) -> None:
+    """?where=null listed every document; ?=1 was the metadata key ''."""
+    error = assert_error_shape(cooking.get("/documents", query_string=query), 422)
+    assert error["details"][0]["field"] == field
+    assert message in error["message"]
+
+
+def test_bad_json_names_the_body_and_a_huge_number_says_what_is_wrong(cooking) -> None:
+    raw = '{"query": "x", "top_k": ' + "9" * 5000 + "}"
+    error = assert_error_shape(
+        cooking.post("/query", data=raw, content_type="application/json"), 422
+    )
+    assert error["message"] == "body: holds an integer of more than 4300 digits"
+    assert "sys.set_int_max_str_digits" not in error["message"]
+    response = cooking.post("/query", data='{"query": ', content_type="application/json")
+    assert assert_error_shape(response, 400)["details"][0]["field"] == "body"
 
 
 def nested_and(levels: int, leaf: str = '{"a": 1}') -> str:

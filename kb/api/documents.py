@@ -86,6 +86,9 @@ def list_documents() -> tuple[Response, int]:
     limit = _int_arg("limit", 20, 1, 1000)
     offset = _int_arg("offset", 0, 0, MAX_OFFSET)
     where = _json_arg("where")
+    if "" in request.args:  # `?=value`: no metadata key to filter on
+        problem = "a parameter without a name (?=value)"
+        raise ValidationFailed(problem, details=[field_error("query string", problem)])
     simple = {
         key: _typed(request.args.getlist(key)) for key in request.args if key not in OWN_PARAMS
     }
@@ -182,6 +185,9 @@ def _json_arg(name: str) -> dict[str, Any] | None:
         raise ValidationFailed(
             f"{name}: not valid JSON ({exc})", details=[field_error(name, "not valid JSON")]
         ) from exc
+    if not isinstance(value, dict):  # ?where=null listed everything
+        problem = f"must be a JSON object (got {type(value).__name__})"
+        raise ValidationFailed(f"{name}: {problem}", details=[field_error(name, problem)])
     return value
 
 

@@ -71,7 +71,10 @@ def body(model: type[M]) -> M:
     except json_input.UnusableJSON as exc:
         raise unusable(exc, "body") from exc
     except (ValueError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"the request body is not valid JSON: {exc}") from exc
+        problem = f"not valid JSON: {exc}"
+        raise BadRequest(
+            f"the request body is {problem}", details=[field_error("body", problem)]
+        ) from exc
     if not isinstance(data, dict):
         raise ValidationFailed(
             "the request body must be a JSON object",

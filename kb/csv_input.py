@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from kb.schemas import number_or_text
-from kb.text_input import undecodable
+from kb.text_input import NUL_BYTE, nul_line, undecodable
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,10 @@ def rows(stream: IO[str], text_column: str, id_column: str, max_text_chars: int)
             return
         if not cells:  # a blank line
             continue
+        if (line := nul_line(",".join(cells), start)) is not None:
+            # a binary or UTF-16 file: one problem, not one a row (csv takes NULs since 3.11)
+            yield Row(line, {}, f"{NUL_BYTE}; the rest of the file is not read")
+            return
         if header is None:
             if problem := _header_problem(cells, text_column):
                 yield Row(start, {}, problem)
@@ -82,6 +86,11 @@ def _record(
 ) -> Row:
     if len(cells) > len(header):
         return Row(line, {}, "more fields than the header has columns")
+    if len(cells) <= header.index(text_column):
+        # not "text: text must be a string": the cell is missing, not of the wrong type
+        cells_had = f"{len(cells)} cell{'s' if len(cells) != 1 else ''}"
+        problem = f"no '{text_column}' cell: the row has {cells_had}, the header {len(header)}"
+        return Row(line, {}, f"{problem} columns")
     if bad := undecodable("".join(cells)):
         return Row(line, {}, bad)
     pairs = list(zip(header, cells, strict=False))

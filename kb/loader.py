@@ -65,7 +65,10 @@ class Item:
 
 
 def _where(source: str, line: int, unit: str) -> str:
-    """file:line, or "file item N" where N counts a JSON array's items, not its lines."""
+    """file:line, or "file item N" where N counts a JSON array's items, not its lines; the
+    file alone for line 0, a problem of the whole file (or folder): "file:0" named no line."""
+    if line == 0:
+        return source
     return f"{source}:{line}" if unit == "line" else f"{source} {unit} {line}"
 
 
@@ -83,6 +86,8 @@ class Source:
     path: str  # a file, or "-" for standard input
     fmt: str
     root: Path | None = None  # the folder it was found in: text-file ids are relative to it
+    named: str | None = None  # the folder named (as spelt) that it was found in
+    problem: str | None = None  # why a folder found inside it could not be read
 
 
 @dataclass
@@ -105,20 +110,43 @@ def sources(paths: Iterable[str], fmt: str | None = None, root: Path | None = No
     for path in paths:
         folder = Path(path)
         if path != "-" and folder.is_dir():
-            for file in sorted(folder.rglob("*")):
-                kind = fmt or SUFFIXES.get(file.suffix.lower())
-                if file.is_file() and kind and not file.name.startswith("."):
-                    found.append(Source(str(file), kind, root or folder))
+            found.extend(_inside(folder, path, fmt, root or folder))
         else:
             kind = fmt or SUFFIXES.get(folder.suffix.lower(), "jsonl")
             found.append(Source(path, kind, root if path != "-" else None))
     return found
 
 
+def _inside(folder: Path, named: str, fmt: str | None, root: Path) -> list[Source]:
+    """The files of known formats in `folder` and its subfolders, in path order, and a
+    problem source for each folder that cannot be read (Path.rglob skipped those silently).
+    Hidden files and everything in hidden folders (.git, .obsidian, .venv) are left out;
+    links to folders are not followed (a link to a parent would never end)."""
+    files: list[Path] = []
+    unreadable: list[Source] = []
+
+    def refused(exc: OSError) -> None:
+        where = os.fsdecode(exc.filename) if exc.filename is not None else str(folder)
+        problem = f"cannot read this folder: {exc.strerror or exc}"
+        unreadable.append(Source(where, "folder", root, named, problem))
+
+    for top, dirs, names in os.walk(folder, onerror=refused):
+        dirs[:] = [name for name in dirs if not name.startswith(".")]
+        files.extend(Path(top, name) for name in names if not name.startswith("."))
+    found = [
+        Source(str(file), kind, root, named)
+        for file in sorted(files)
+        if (kind := fmt or SUFFIXES.get(file.suffix.lower())) and file.is_file()
+    ]
+    return unreadable + found
+
+
 def estimate(found: Iterable[Source]) -> int | None:
     """How many records the sources hold, when that is cheap to know (for a progress bar)."""
     total = 0
     for source in found:
+        if source.problem is not None:
+            continue
         if source.fmt == "md":
             total += 1
         elif source.fmt in {"jsonl", "csv"} and source.path != "-":
@@ -139,6 +167,8 @@ def input_bytes(found: Iterable[Source]) -> int | None:
     for source in found:
         if source.path == "-":
             return None
+        if source.problem is not None:
+            continue
         try:
             total += os.path.getsize(source.path)
         except OSError:
@@ -148,16 +178,24 @@ def input_bytes(found: Iterable[Source]) -> int | None:
 
 def read(source: Source, options: Options) -> Iterator[Item | Problem]:
     """Items and problems from one source, in file order."""
-    reader = READERS[source.fmt]
-    if source.path == "-":
-        with text_input.decoded(getattr(sys.stdin, "buffer", None), detach=True) as stream:
-            yield from reader(stream or sys.stdin, "<stdin>", source, options)
+    if source.problem is not None:
+        yield Problem(source.path, 0, source.problem)
         return
+    reader = READERS[source.fmt]
+    name = "<stdin>" if source.path == "-" else source.path
     try:
+        if source.path == "-":
+            with text_input.decoded(getattr(sys.stdin, "buffer", None), detach=True) as stream:
+                yield from reader(stream or sys.stdin, name, source, options)
+            return
         with open(source.path, "rb") as raw, text_input.decoded(raw) as stream:
-            yield from reader(stream or raw, source.path, source, options)  # type: ignore[arg-type]
+            yield from reader(stream or raw, name, source, options)  # type: ignore[arg-type]
     except OSError as exc:
-        yield Problem(source.path, 0, f"cannot read: {exc.strerror or exc}")
+        yield Problem(name, 0, f"cannot read: {exc.strerror or exc}")
+    except UnicodeDecodeError as exc:  # a UTF-16/32 mark on what is not (or not all) that
+        encoding = exc.encoding.upper()[:6]  # UTF-16-LE: UTF-16, as the mark says
+        message = f"not the {encoding} text its byte-order mark says ({exc.reason})"
+        yield Problem(name, 0, f"{message}; the rest of the file is not read")
 
 
 def validate(
@@ -187,6 +225,9 @@ def _jsonl(
     for number, line in enumerate(stream, start=1):
         if not line.strip():
             continue
+        if "\x00" in line:  # a binary or UTF-16 file: one problem, not one a line
+            yield _nul(name, number, "the rest of the file is not read")
+            return
         if bad := text_input.undecodable(line):
             yield Problem(name, number, bad)
             continue
@@ -206,23 +247,39 @@ def _beir(stream: IO[str], name: str, source: Source, options: Options) -> Itera
     for number, line in enumerate(stream, start=1):
         if not line.strip():
             continue
+        if "\x00" in line:
+            yield _nul(name, number, "the rest of the file is not read")
+            return
         if bad := text_input.undecodable(line):
             yield Problem(name, number, bad)
             continue
         try:
-            data = json_input.parse(line)
-            title, body = str(data.get("title") or "").strip(), str(data.get("text") or "")
-            record = {"id": str(data["_id"]), "text": f"{title} {body}".strip()}
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            record = _beir_record(json_input.parse(line))
+        except ValueError as exc:
             yield Problem(name, number, f"not a BEIR corpus line: {exc}")
             continue
-        if title:
-            record["metadata"] = {"title": title}
         yield validate(record, name, number, options)
+
+
+def _beir_record(data: Any) -> dict[str, Any]:
+    """A BEIR line's record, or a ValueError saying what it lacks (a KeyError said only
+    "'_id'")."""
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    if "_id" not in data:
+        raise ValueError("no '_id'")
+    title, body = str(data.get("title") or "").strip(), str(data.get("text") or "")
+    record: dict[str, Any] = {"id": str(data["_id"]), "text": f"{title} {body}".strip()}
+    if title:
+        record["metadata"] = {"title": title}
+    return record
 
 
 def _json(stream: IO[str], name: str, source: Source, options: Options) -> Iterator[Item | Problem]:
     content = stream.read()
+    if (line := text_input.nul_line(content)) is not None:
+        yield _nul(name, line, "the file is not read")
+        return
     # one JSON value: no record around a bad byte can be told apart
     if bad := text_input.undecodable(content):
         yield Problem(name, text_input.bad_line(content), f"{bad}; the file is not read")
@@ -252,6 +309,9 @@ def _csv(stream: IO[str], name: str, source: Source, options: Options) -> Iterat
 
 def _text(stream: IO[str], name: str, source: Source, options: Options) -> Iterator[Item | Problem]:
     content = stream.read()
+    if (line := text_input.nul_line(content)) is not None:
+        yield _nul(name, line, "the file is not read")
+        return
     if bad := text_input.undecodable(content):
         yield Problem(name, text_input.bad_line(content), bad)
         return
@@ -267,6 +327,11 @@ def _text(stream: IO[str], name: str, source: Source, options: Options) -> Itera
         return
     doc_id = (metadata or {}).pop("id", default_id)
     yield validate({"id": doc_id, "text": content, "metadata": metadata or None}, name, 1, options)
+
+
+def _nul(name: str, line: int, then: str) -> Problem:
+    """A NUL byte's problem: the file's, once, where every line of a UTF-16 file was one."""
+    return Problem(name, line, f"{text_input.NUL_BYTE}; {then}")
 
 
 def _default_id(source: Source) -> str | None:

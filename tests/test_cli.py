@@ -260,6 +260,29 @@ def test_a_folder_holding_no_file_kb_reads_is_said_to(env, tmp_path: Path) -> No
     assert "holds no file" not in named.output
 
 
+def test_loading_the_current_folder_loads_it_without_a_warning(
+    env, tmp_path: Path, embedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`kb load .` warned that "." holds no file kb reads, then loaded it; a front matter
+    YAML could not build (a ValueError) stopped the folder's load with a traceback."""
+    folder = tmp_path / "notes"
+    (folder / ".git").mkdir(parents=True)
+    (folder / ".git" / "HEAD.md").write_text("ref: refs/heads/main\n")
+    (folder / "a.md").write_text("---\nwhen: 2024-03-02T10:00:00Z\n---\nA note\n")
+    (folder / "b.md").write_text("---\nd: 2024-02-30\nn: !!int x\n---\nB\n")
+    monkeypatch.chdir(folder)
+    for path, added in [(".", 1), ("./", 0)]:  # the second load finds a.md stored
+        result = run(env, "load", path)
+        assert "holds no file" not in result.output
+        assert "error: b.md:3: front matter: 'x' cannot be read as !!int" in result.output
+        assert f"added {added}, updated 0, skipped {1 - added}, failed 1" in result.output
+        assert result.exit_code == 1
+    store = stored(env, embedder)
+    assert store.get("a.md").metadata == {"when": "2024-03-02T10:00:00Z"}
+    assert store.count() == 1  # .git/HEAD.md left out
+    store.close()
+
+
 def test_markdown_documents_from_stdin_get_ids_of_their_own(env, embedder) -> None:
     """Every stdin document had the id "-": the second load skipped its new document."""
     assert "added 1," in run(env, "load", "--format", "md", "-", stdin="First note\n").output

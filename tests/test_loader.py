@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import csv
+import itertools
+import json
+import os
+import time
 from pathlib import Path
 
 import pytest
 
 from kb.config import Settings
+from kb.filters import date_twins
 from kb.loader import Item, Options, Problem, Source, estimate, read, sources
+from kb.schemas import DocumentIn
 
 OPTIONS = Options(Settings())
 
@@ -292,9 +298,12 @@ def test_csv_unnamed_empty_columns_are_harmless(tmp_path: Path) -> None:
     [
         "---\r\ntitle: T\r\n---\r\nBody\r\n",
         "---  \ntitle: T\n---\t\nBody\r\n",
+        "---\rtitle: T\r---\rBody\r\n",  # an old Mac's lone CR: the front matter was text
     ],
 )
-def test_front_matter_delimiters_are_whole_lines_lf_or_crlf(tmp_path: Path, content: str) -> None:
+def test_front_matter_delimiters_are_whole_lines_lf_crlf_or_cr(
+    tmp_path: Path, content: str
+) -> None:
     path = tmp_path / "n.md"
     path.write_bytes(content.encode())
     (item,) = read_all(path)
@@ -357,3 +366,202 @@ def test_root_gives_a_file_named_alone_the_id_its_folders_load_gives(tmp_path: P
     assert ids([str(root / "sub")], root) == ["sub/s.md"]
     (outside,) = ids([str(tmp_path / "elsewhere.md")], root)
     assert outside.endswith(f"elsewhere.md:1: not inside the --root folder {root}: no id for it")
+
+
+def test_front_matter_yaml_cannot_build_is_one_problem_and_the_folder_loads(
+    tmp_path: Path,
+) -> None:
+    """A ValueError (PyYAML's 2024-02-30, `!!int x`) or a RecursionError (an alias inside the
+    list it names, brackets thousands deep) stopped the whole folder's load: a traceback."""
+    (tmp_path / "a.md").write_text("---\ntitle: A\nn: !!int abc\n---\nA\n")
+    (tmp_path / "b.md").write_text("---\na: &a [*a]\n---\nB\n")
+    (tmp_path / "c.md").write_text("---\nd: 2024-02-30\n---\nC\n")
+    (tmp_path / "d.md").write_text(f"---\nx: {'[' * 5000}{']' * 5000}\n---\nD\n")
+    a, b, c, d = read_all(tmp_path)
+    assert str(a) == (
+        f"{tmp_path / 'a.md'}:3: front matter: 'abc' cannot be read as !!int "
+        "(invalid literal for int() with base 10: 'abc')"
+    )
+    assert str(b).startswith(f"{tmp_path / 'b.md'}:2: front matter: more than 8,192 values by 'a'")
+    assert c.doc.metadata == {"d": "2024-02-30"}  # type: ignore[union-attr]  # as from JSON
+    assert str(d).startswith(f"{tmp_path / 'd.md'}:1: front matter: lists or mappings nested")
+
+
+def test_an_alias_bomb_in_front_matter_is_refused_without_expanding_it(tmp_path: Path) -> None:
+    """9 levels of 9 aliases in 1 KB reached 1.6 GB (every aliased list copied); at 6 levels
+    the load copied half a million items before refusing the nested lists."""
+    levels = "abcdef"
+    lines = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    lines += [
+        f"{new}: &{new} [{','.join([f'*{old}'] * 9)}]" for old, new in itertools.pairwise(levels)
+    ]
+    (tmp_path / "bomb.md").write_text("---\n" + "\n".join(lines) + "\n---\nBody\n")
+    started = time.perf_counter()
+    (bomb,) = read_all(tmp_path / "bomb.md")
+    assert time.perf_counter() - started < 1
+    assert str(bomb) == (
+        f"{tmp_path / 'bomb.md'}:5: front matter: more than 8,192 values by 'd', aliases "
+        "(*name) expanded (a document holds at most 2,048)"
+    )
+    (tmp_path / "anchors.md").write_text(
+        "---\nbase: &b hello\ncopy: *b\nlst: &l [x, y]\nlst2: *l\n<<: {m: 1, base: z}\n---\nB\n"
+    )
+    (anchors,) = read_all(tmp_path / "anchors.md")
+    assert anchors.doc.metadata == {  # type: ignore[union-attr]
+        "m": 1,
+        "base": "hello",
+        "copy": "hello",
+        "lst": ["x", "y"],
+        "lst2": ["x", "y"],
+    }
+
+
+def test_front_matter_dates_keep_their_spelling_and_filter_as_from_json(tmp_path: Path) -> None:
+    """2024-03-02T10:00:00Z was stored as 2024-03-02T10:00:00+00:00, 2024-03-02 10:00:00 as
+    2024-03-02T10:00:00; from JSON both kept their spelling."""
+    written = {
+        "d": "2024-03-02",
+        "dt": "2024-03-02T10:00:00Z",
+        "dtz": "2024-03-02T10:00:00+02:00",
+        "dsp": "2024-03-02 10:00:00",
+        "frac": "2001-12-14t21:59:43.10-05:00",
+    }
+    yaml = "".join(f"{key}: {value}\n" for key, value in written.items())
+    (tmp_path / "dates.md").write_text(f"---\n{yaml}listd: [2024-01-01, 2024-02-01]\n---\nB\n")
+    record = {"id": "dates.md", "text": "B\n", "metadata": written}
+    (tmp_path / "dates.jsonl").write_text(json.dumps(record) + "\n")
+    from_json, from_md = (e.doc.metadata for e in read_all(tmp_path))  # type: ignore[union-attr]
+    assert from_md == {**written, "listd": ["2024-01-01", "2024-02-01"]}
+    assert date_twins(from_md) == date_twins(from_json)
+    assert len(date_twins(from_md)) == 4  # each ISO one is range-filterable, as from JSON
+
+
+def test_a_front_matter_key_given_twice_is_a_problem(tmp_path: Path) -> None:
+    """YAML kept the last value, silently (JSON input refuses a key given twice)."""
+    (tmp_path / "dup.md").write_text("---\ntitle: a\nn: 1\ntitle: b\n---\nBody\n")
+    (tmp_path / "num.md").write_text("---\n1: a\n'1': b\n---\nBody\n")
+    dup, num = read_all(tmp_path)
+    assert str(dup) == f"{tmp_path / 'dup.md'}:4: front matter: key 'title' is given twice"
+    assert str(num) == f"{tmp_path / 'num.md'}:3: front matter: key '1' is given twice"
+
+
+def test_an_empty_front_matter_value_says_null_is_no_value(tmp_path: Path) -> None:
+    """It said "got null; nested objects are not supported, flatten them into keys"."""
+    (tmp_path / "n.md").write_text("---\nauthor: Ada\ntitle:\n---\nBody\n")
+    (problem,) = read_all(tmp_path / "n.md")
+    assert str(problem) == (
+        f"{tmp_path / 'n.md'}:3: front matter: 'title' has no value: null is not a metadata "
+        "value (values must be a string, number, boolean or a list of them); leave the key "
+        "out or write ''"
+    )
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-be", "utf-32", "utf-32-be"])
+def test_files_with_a_utf16_or_utf32_mark_are_decoded(tmp_path: Path, encoding: str) -> None:
+    """Every line failed ("failed 4" for 3 records), the front matter was text."""
+    bom = "\ufeff" if encoding.endswith("-be") else ""  # the plain codecs write their own
+    files = {
+        "a.jsonl": '{"id": "j1", "text": "caf\u00e9"}\n{"id": "j2", "text": "two"}\n',
+        "b.csv": "id,text,tag\nc1,row,x\n",
+        "c.md": "---\ntitle: T\n---\nBody\n",
+    }
+    for name, content in files.items():
+        (tmp_path / name).write_bytes((bom + content).encode(encoding))
+    j1, j2, row, note = (e.doc for e in read_all(tmp_path))  # type: ignore[union-attr]
+    assert (j1.id, j1.text, j2.id) == ("j1", "caf\u00e9", "j2")
+    assert (row.id, row.text, row.metadata) == ("c1", "row", {"tag": "x"})
+    assert (note.text, note.metadata) == ("Body\n", {"title": "T"})
+
+
+def test_a_nul_byte_is_one_problem_of_its_file(tmp_path: Path) -> None:
+    """UTF-16 without a mark was stored as NUL-laced text (.md, .csv) or failed on every line
+    (.jsonl); a NUL escaped in JSON is a character the API takes, and still loads."""
+    for name, content in {
+        "a.md": "Notes\nabout x.\n",
+        "b.csv": "id,text\nr1,one\nr2,two\n",
+        "c.jsonl": '{"text": "one"}\n{"text": "two"}\n',
+        "d.json": '[{"text": "one"}]',
+    }.items():
+        (tmp_path / name).write_bytes(content.encode("utf-16-le"))
+    (tmp_path / "e.csv").write_bytes(b"id,text\nr1,fine\nr2,a\x00b\nr3,later\n")
+    (tmp_path / "f.jsonl").write_text('{"id": "nul", "text": "before\\u0000after"}\n')
+    entries = [str(e) if isinstance(e, Problem) else e.doc for e in read_all(tmp_path)]
+    nul = "a NUL byte: a binary or UTF-16 file? save it as UTF-8"
+    fine = entries.pop(4)
+    assert entries == [
+        f"{tmp_path / 'a.md'}:1: {nul}; the file is not read",
+        f"{tmp_path / 'b.csv'}:1: {nul}; the rest of the file is not read",
+        f"{tmp_path / 'c.jsonl'}:1: {nul}; the rest of the file is not read",
+        f"{tmp_path / 'd.json'}:1: {nul}; the file is not read",
+        f"{tmp_path / 'e.csv'}:3: {nul}; the rest of the file is not read",
+        DocumentIn(id="nul", text="before\x00after"),
+    ]
+    assert fine.id == "r1"  # type: ignore[union-attr]
+
+
+def test_a_file_with_a_utf16_mark_that_is_not_utf16_is_a_problem(tmp_path: Path) -> None:
+    (tmp_path / "odd.jsonl").write_bytes(b"\xff\xfe" + '{"text": "x"}\n'.encode("utf-16-le") + b"!")
+    entries = read_all(tmp_path / "odd.jsonl")
+    assert (
+        str(entries[-1])
+        == f"{tmp_path / 'odd.jsonl'}: not the UTF-16 text its byte-order mark says (truncated "
+        "data); the rest of the file is not read"
+    )
+
+
+def test_an_unreadable_folder_is_a_problem_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Path.rglob skipped it silently (exit 0); a file that cannot be read was "file:0:"."""
+    (tmp_path / "locked").mkdir()
+    (tmp_path / "locked" / "x.md").write_text("Inside\n")
+    (tmp_path / "ok.md").write_text("Fine\n")
+    locked = str(tmp_path / "locked")
+    scandir = os.scandir
+
+    def refusing(path: str = ".") -> object:  # as root, chmod 000 refuses nothing
+        if os.fspath(path) == locked:
+            raise PermissionError(13, "Permission denied", locked)
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", refusing)
+    problem, ok = read_all(tmp_path)
+    assert str(problem) == f"{locked}: cannot read this folder: Permission denied"
+    assert ok.doc.id == "ok.md"  # type: ignore[union-attr]
+    assert estimate(sources([str(tmp_path)])) == 1
+    (missing,) = read_all(tmp_path / "missing.jsonl")
+    assert str(missing) == f"{tmp_path / 'missing.jsonl'}: cannot read: No such file or directory"
+
+
+def test_files_in_hidden_folders_are_left_out_unless_named(tmp_path: Path) -> None:
+    """tree/.obsidian/h.md was loaded while tree/.h.md was not: .git, .venv were read too."""
+    for name in [".obsidian/h.md", ".git/x/y.md", "sub/.h.md", "sub/a.md", "b.md"]:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(f"{name}\n")
+    assert [Path(s.path).relative_to(tmp_path).as_posix() for s in sources([str(tmp_path)])] == [
+        "b.md",
+        "sub/a.md",
+    ]
+    (named,) = sources([str(tmp_path / ".obsidian")])
+    assert named.path == str(tmp_path / ".obsidian" / "h.md")
+    assert [s.path for s in sources([str(tmp_path / "sub" / ".h.md")])] == [
+        str(tmp_path / "sub" / ".h.md")
+    ]
+
+
+def test_a_csv_row_without_the_text_cell_and_a_beir_line_without_id_say_so(
+    tmp_path: Path,
+) -> None:
+    """They said "text: text must be a string" and "not a BEIR corpus line: '_id'"."""
+    (tmp_path / "r.csv").write_text("id,cat,text,level\nr1,a,short\nr2\nr3,b\n")
+    short, one, two = read_all(tmp_path / "r.csv")
+    assert isinstance(short, Item)
+    assert (
+        str(one)
+        == f"{tmp_path / 'r.csv'}:3: no 'text' cell: the row has 1 cell, the header 4 columns"
+    )
+    assert str(two).endswith("r.csv:4: no 'text' cell: the row has 2 cells, the header 4 columns")
+    (tmp_path / "corpus.jsonl").write_text('{"title": "T", "text": "x"}\n[1]\n')
+    no_id, not_object = read_all(tmp_path / "corpus.jsonl", "beir")
+    assert str(no_id) == f"{tmp_path / 'corpus.jsonl'}:1: not a BEIR corpus line: no '_id'"
+    assert str(not_object).endswith("corpus.jsonl:2: not a BEIR corpus line: not a JSON object")

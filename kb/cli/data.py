@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 import threading
 import time
@@ -232,11 +231,9 @@ def _with_service_limits(settings: Settings, client: KBClient) -> Settings:
 def _without_files(paths: Sequence[str], found: Sequence[Source]) -> list[str]:
     """The folders named that gave `sources` no file to read: a load of them was a summary
     of zeros, as if the files had been read and found empty."""
-    folders = [p for p in paths if p != "-" and Path(p).is_dir()]
-    if not folders:
-        return []
-    read = [source.path for source in found]
-    return [p for p in folders if not any(f.startswith(f"{Path(p)}{os.sep}") for f in read)]
+    # by the folder each source came from: its path no longer starts with "./" (`kb load .`)
+    named = {source.named for source in found}
+    return [p for p in paths if p != "-" and p not in named and Path(p).is_dir()]
 
 
 def _target(

@@ -58,11 +58,12 @@ def _check_scalar(key: str, value: Any) -> None:
         if (problem := number_problem(value)) is not None:
             raise ValueError(f"metadata '{key}': {problem}")
         return
-    kind = (
-        "object" if isinstance(value, dict) else "null" if value is None else type(value).__name__
-    )
+    values = "values must be a string, number, boolean or a list of them"
+    if value is None:  # the nesting hint below would be beside the point
+        raise ValueError(f"metadata '{key}': {values} (got null; leave the key out)")
+    kind = "object" if isinstance(value, dict) else type(value).__name__
     raise ValueError(
-        f"metadata '{key}': values must be a string, number, boolean or a list of them "
+        f"metadata '{key}': {values} "
         f"(got {kind}; nested objects are not supported, flatten them into keys)"
     )
 

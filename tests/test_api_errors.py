@@ -456,3 +456,14 @@ def test_a_body_not_sent_as_json_is_refused(client: FlaskClient, content_type: s
         headers={"Content-Type": "application/merge-patch+json"},
     )
     assert patch.status_code == 200, patch.json
+
+
+def test_a_null_metadata_value_says_to_leave_the_key_out(cooking: FlaskClient) -> None:
+    """It said "nested objects are not supported", beside the point for a null."""
+    error = assert_error_shape(
+        cooking.post("/add", json={"text": "t", "metadata": {"a": None}}), 422
+    )
+    assert error["details"][0]["field"] == "metadata"
+    assert "metadata 'a': values must be" in error["message"]
+    assert "got null; leave the key out" in error["message"]
+    assert "nested" not in error["message"]

@@ -99,8 +99,9 @@ def load(
     JSONL/JSON records are {"id"?, "text", "metadata"?}; CSV rows give the text column and
     metadata columns; Markdown/text files are one document each (YAML front matter is
     metadata, the path inside the folder named or --root is the id; a file named alone, its
-    name; from stdin, derived). Records without an id get one derived from their text, so
-    loading the same input twice adds nothing.
+    name; from stdin, derived). Folders are read with their subfolders, leaving out hidden
+    files and folders (.git) unless named. Records without an id get one derived from their
+    text, so loading the same input twice adds nothing.
     """
     from kb.ingest import ingest
 

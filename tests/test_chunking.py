@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import itertools
+import random
 import re
+import string
 
 import pytest
 
-from kb.chunking import join, split
+from kb.chunking import Chunk, _starts_word, join, split
 
 
 def offsets(text: str) -> list[tuple[int, int]]:
@@ -62,3 +64,108 @@ def test_windows_prefer_paragraph_breaks() -> None:
         paragraphs[0] + "\n\n" + paragraphs[1],
         paragraphs[2],
     ]
+
+
+CJK = "机器学习是人工智能的一个分支它使计算机能够从数据中学习" * 20
+HYPHENS = "-".join(["gradient", "descent", "index", "vector", "chunk", "token"] * 80)
+URL = "https://example.com/" + "/".join(f"seg{i}-{i * 7919 % 99991}" for i in range(300))
+NUMBERS = " ".join(str(i * 982451653 % 10**12) for i in range(500))
+WINDOWS = [(254, 32), (64, 32), (32, 16), (16, 8)]
+
+
+def shared_tokens(spans: list[tuple[int, int]], first: Chunk, second: Chunk) -> int:
+    end = first.start + len(first.text)
+    return sum(1 for start, stop in spans if start >= second.start and stop <= end)
+
+
+@pytest.mark.parametrize(("window", "overlap"), WINDOWS)
+def test_ideographs_are_words_so_neighbours_share_exactly_the_overlap(
+    window: int, overlap: int
+) -> None:
+    spans = [(i, i + 1) for i in range(len(CJK))]  # one token an ideograph, as BERT's
+    chunks = split(CJK, spans, window, overlap)
+    assert join(chunks) == CJK
+    assert [shared_tokens(spans, a, b) for a, b in itertools.pairwise(chunks)] == [overlap] * (
+        len(chunks) - 1
+    )
+
+
+@pytest.mark.parametrize(
+    "text", [CJK, HYPHENS, URL, NUMBERS], ids=["cjk", "hyphens", "url", "numbers"]
+)
+@pytest.mark.parametrize(("window", "overlap"), WINDOWS)
+def test_a_phrase_of_overlap_pieces_on_a_cut_is_whole_in_a_chunk(
+    embedder, text: str, window: int, overlap: int
+) -> None:
+    spans = embedder.token_offsets(text)
+    chunks = split(text, spans, window, overlap)
+    assert join(chunks) == text
+    for a, b in itertools.pairwise(chunks):
+        assert overlap <= shared_tokens(spans, a, b) <= 2 * overlap
+    ends = [(c.start, c.start + len(c.text)) for c in chunks]
+    for i in range(len(spans) - overlap + 1):
+        phrase = (spans[i][0], spans[i + overlap - 1][1])
+        assert any(start <= phrase[0] and phrase[1] <= end for start, end in ends), phrase
+
+
+def random_words(seed: int, count: int, alphabet: str, longest: int) -> str:
+    rng = random.Random(seed)
+    return " ".join(
+        "".join(rng.choice(alphabet) for _ in range(rng.randint(20, longest))) for _ in range(count)
+    )
+
+
+LONG_WORDS = {
+    # seeds where a chunk of the old split (back at most 16 pieces to a word's start)
+    # started inside a word and, tokenized alone, took 255 pieces
+    "letters": random_words(22, 200, string.ascii_lowercase, 99),
+    "letters 2": random_words(17, 200, string.ascii_lowercase, 99),
+    "base64": random_words(2, 100, string.ascii_letters + string.digits + "+/", 99).replace(
+        " ", ""
+    ),
+    "hex": random_words(3, 200, "0123456789abcdef", 60),
+}
+
+
+@pytest.mark.parametrize("name", LONG_WORDS)
+@pytest.mark.parametrize(("window", "overlap"), [(254, 32), (254, 0), *WINDOWS[1:]])
+def test_every_chunk_tokenized_alone_fits_the_window(
+    embedder, name: str, window: int, overlap: int
+) -> None:
+    """A chunk that starts inside a word has the word's rest tokenized anew, which can take
+    more pieces than its slice of the whole text; the chunk still fits."""
+    text = LONG_WORDS[name]
+    chunks = split(text, embedder.token_offsets(text), window, overlap)
+    assert join(chunks) == text
+    assert max(len(embedder.token_offsets(c.text)) for c in chunks) <= window
+
+
+@pytest.mark.parametrize("text", [URL, HYPHENS, LONG_WORDS["letters"], LONG_WORDS["base64"]])
+def test_at_the_default_window_chunks_start_at_a_word(embedder, text: str) -> None:
+    """Words here are shorter than a quarter of a chunk, so each chunk starts at a word's
+    first piece: tokenized alone it gives the very pieces it had in the whole text."""
+    spans = embedder.token_offsets(text)
+    for chunk in split(text, spans, 254, 32):
+        end = chunk.start + len(chunk.text)
+        inside = [
+            (s - chunk.start, e - chunk.start) for s, e in spans if s >= chunk.start and e <= end
+        ]
+        assert embedder.token_offsets(chunk.text) == inside
+
+
+@pytest.mark.parametrize(
+    ("text", "starts"),
+    [
+        ("self-attention", [True, True, True]),  # punctuation parts words
+        ("机器学", [True, True, True]),  # each ideograph is a word
+        ("l'e\u0301te\u0301", [True, True, True, False]),  # 'et' '##e': accents join
+        ("ab\x0ccd", [True, False]),  # 'abc' '##d': a dropped control character joins
+        ("ab\u00a0cd ab\u2028cd", [True, True, True, True]),  # other spaces part words
+        ("x²y a€b", [True, False, False, True, False, False]),  # symbols are letters
+        ("한국", [True, False, False, False, False, False]),  # a syllable's letters: one span
+    ],
+)
+def test_word_starts_are_the_tokenizers(embedder, text: str, starts: list[bool]) -> None:
+    """A chunk starts at a word only where the tokenizer starts one (its piece has no '##')."""
+    spans = embedder.token_offsets(text)
+    assert [_starts_word(text, spans, j) for j in range(len(spans))] == starts

@@ -50,6 +50,10 @@ class Replica(ABC):
         self._lock = threading.RLock()  # applying to the copies
         self._loader: threading.Thread | None = None
         self._closing = threading.Event()  # a load in progress stops at its next page
+        # held by a training thread's read of the keyword index's file, which nothing joins:
+        # close waits for it, and no read begins after (a read-only connection opened after
+        # close made the file's -wal and -shm again, inside a folder being removed)
+        self._sampling = threading.Lock()
         self._behind = False  # an update of the copies failed: the next catch-up rebuilds
 
     def start(self, in_memory: bool = True) -> None:
@@ -99,7 +103,8 @@ class Replica(ABC):
         wait for the threads, close the keyword index."""
         self._closing.set()
         self.wait_loaded()
-        self.keyword.close()
+        with self._sampling:
+            self.keyword.close()
 
     # ------------------------------------------------------------ what modes decide
 
@@ -225,7 +230,11 @@ class Replica(ABC):
 
         def run() -> None:
             try:
-                rows, sample = self.keyword.sample(pick, self.dim)
+                with self._sampling:
+                    if self._closing.is_set():
+                        lists.set_result(None)
+                        return
+                    rows, sample = self.keyword.sample(pick, self.dim)
                 wanted = len(sample) and not (self._closing.is_set() or unwanted.is_set())
                 lists.set_result(train(sample, rows) if wanted else None)
             except BaseException as exc:  # the build trains its own (kb.mirror)

@@ -269,3 +269,29 @@ def test_a_backups_header_counts_the_others_writes(two: tuple) -> None:
     assert backup.dump(second, out) == 1
     header = json.loads(gzip.decompress(out.getvalue()).splitlines()[0])
     assert (header["records"], header["documents"]) == (1, 1)
+
+
+def test_no_training_thread_reads_the_keyword_file_once_the_store_is_closed(
+    tmp_path, embedder: Embedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing joins the thread that trains the vector index's lists: when it read its
+    sample after the store closed, its read-only connection made the file's -wal and -shm
+    again, and removing the store's folder (kb eval's temporary store) failed now and then
+    with "Directory not empty"."""
+    closed = threading.Event()
+    late: list[bool] = []
+    sample = KeywordIndex.sample
+
+    def slow(self: KeywordIndex, *args: object) -> object:
+        closed.wait(0.3)  # the thread is slow to start: the store closes meanwhile
+        late.append(closed.is_set())
+        return sample(self, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(KeywordIndex, "sample", slow)
+    store = KnowledgeStore.open(
+        Settings(chroma_path=tmp_path / "db", collection="kb_test"), embedder
+    )
+    store.close()
+    closed.set()
+    threading.Event().wait(0.5)  # the thread's read, if it comes
+    assert True not in late

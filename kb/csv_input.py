@@ -1,5 +1,6 @@
 """CSV files as records: a text column, an optional id column, every other non-empty cell a
-metadata value (numbers typed as JSON spells them); each row cited by the line it starts on."""
+metadata value (unquoted numbers and true/false typed as JSON spells them, a quoted cell kept
+as text); each row cited by the line it starts on."""
 
 from __future__ import annotations
 
@@ -28,10 +29,12 @@ def rows(stream: IO[str], text_column: str, id_column: str, max_text_chars: int)
     _allow_long_cells(max_text_chars)
     # strict: a quote left open is an error at the end of the file, not one record
     # silently swallowing every later row
-    reader = csv.reader(stream, strict=True)
+    lines: list[str] = []  # the raw lines of the row being read: which cells were quoted
+    reader = csv.reader(_kept(stream, lines), strict=True)
     header: list[str] | None = None
     while True:
         start = reader.line_num + 1
+        lines.clear()
         try:
             cells = next(reader)
         except StopIteration:
@@ -51,7 +54,38 @@ def rows(stream: IO[str], text_column: str, id_column: str, max_text_chars: int)
                 return
             header = cells
             continue
-        yield _record(header, cells, start, text_column, id_column)
+        quoted = _quoted("".join(lines))
+        yield _record(header, cells, quoted, start, text_column, id_column)
+
+
+def _kept(stream: IO[str], lines: list[str]) -> Iterator[str]:
+    """The stream's lines, each also appended to `lines` as csv.reader takes it."""
+    for line in stream:
+        lines.append(line)
+        yield line
+
+
+def _quoted(raw: str) -> list[bool]:
+    """Whether each cell of one row (its raw text, in Excel's dialect, as csv.reader reads
+    it) was quoted: csv.reader does not say, and a quoted "1.10" is text, not 1.1."""
+    flags: list[bool] = []
+    state, quoted = "start", False
+    for char in raw:
+        if state == "inside":  # a quoted cell's text
+            state = "quote" if char == '"' else "inside"
+        elif state == "quote" and char == '"':  # a doubled quote: one quote character
+            state = "inside"
+        elif char == ",":
+            flags.append(quoted)
+            state, quoted = "start", False
+        elif char in "\r\n":
+            break
+        elif state == "start" and char == '"':
+            state, quoted = "inside", True
+        else:
+            state = "cell"
+    flags.append(quoted)
+    return flags
 
 
 def _allow_long_cells(max_text_chars: int) -> None:
@@ -82,7 +116,12 @@ def _header_problem(header: list[str], text_column: str) -> str | None:
 
 
 def _record(
-    header: list[str], cells: list[str], line: int, text_column: str, id_column: str
+    header: list[str],
+    cells: list[str],
+    quoted: list[bool],
+    line: int,
+    text_column: str,
+    id_column: str,
 ) -> Row:
     if len(cells) > len(header):
         return Row(line, {}, "more fields than the header has columns")
@@ -101,10 +140,20 @@ def _record(
     fields: dict[str, Any] = {"text": by_column.get(text_column)}
     if by_column.get(id_column):
         fields["id"] = by_column[id_column]
+    # cells found quoted stay text (quoted is one flag a cell, unless a dialect fooled it)
+    as_text = dict(zip(header, quoted, strict=False)) if len(quoted) == len(cells) else {}
     metadata = {
-        key: number_or_text(value)
+        key: value if as_text.get(key) else _typed(value)
         for key, value in by_column.items()
         if key not in {text_column, id_column} and key and value != ""
     }
     fields["metadata"] = metadata or None
     return Row(line, fields)
+
+
+def _typed(cell: str) -> str | int | float | bool:
+    """An unquoted cell as JSON would type it: true/false, a number spelt as JSON spells it,
+    else its text."""
+    if cell in ("true", "false"):
+        return cell == "true"
+    return number_or_text(cell)

@@ -76,6 +76,26 @@ def test_csv_cells_become_numbers_only_when_spelt_as_json_numbers(tmp_path: Path
     }
 
 
+def test_a_quoted_csv_cell_stays_text_and_true_false_are_booleans(tmp_path: Path) -> None:
+    """csv.reader does not say which cells were quoted: "1.10" was stored as 1.1 and "12345"
+    as a number; and true stayed text, where JSON and front matter give a boolean."""
+    path = tmp_path / "versions.csv"
+    path.write_text(
+        "text,version,zip,flag,quoted_flag,note\n"
+        'A,"1.10","12345",true,"true","say ""hi"", twice"\n'
+        '"B, quoted text",1.10,12345,false,"a\nb",3\n'
+    )
+    first, second = (entry.doc.metadata for entry in read_all(path))  # type: ignore[union-attr]
+    assert first == {
+        "version": "1.10",
+        "zip": "12345",
+        "flag": True,
+        "quoted_flag": "true",
+        "note": 'say "hi", twice',
+    }
+    assert second == {"version": 1.1, "zip": 12345, "flag": False, "quoted_flag": "a\nb", "note": 3}
+
+
 def test_a_csv_cell_of_thousands_of_digits_stays_text(tmp_path: Path) -> None:
     """int() refuses more than 4,300 digits: such a cell stopped the whole load with a
     traceback (review helper 26). Beyond 64 bits it is text, as a 20-digit one was."""

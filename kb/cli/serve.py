@@ -18,6 +18,7 @@ from gunicorn.app.base import BaseApplication
 from kb import __version__, chroma_process
 from kb.auth import KeyRing
 from kb.cli.base import fail, main
+from kb.cli.server_errors import use_json_errors
 from kb.config import Settings, cpu_count
 from kb.errors import KBError
 from kb.memory import limit_malloc_arenas
@@ -143,6 +144,7 @@ def _listen(app: Any, settings: Settings) -> Any:
     this host's is a one-line error (it was a 39-line OSError traceback)."""
     import waitress
 
+    use_json_errors()
     try:
         return waitress.create_server(
             app,
@@ -164,9 +166,9 @@ def _listen(app: Any, settings: Settings) -> Any:
 def body_cap(limit: int) -> int:
     """The largest body waitress reads for the app: twice the app's KB_MAX_REQUEST_BYTES.
     Waitress reads (and spools to disk) a whole body before the app runs, 1 GiB by default;
-    past its cap it answers a plain-text 413 from the headers, reading nothing. Bodies up
-    to the cap still reach the app, whose 413 is kb's JSON error naming the limit: what a
-    client that is a little over (a bulk load's batch) gets."""
+    past its cap it answers a 413 from the headers (kb.cli.server_errors), reading nothing.
+    Bodies up to the cap still reach the app, whose 413 names the limit: what a client that
+    is a little over (a bulk load's batch) gets."""
     return 2 * limit
 
 

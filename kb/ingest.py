@@ -289,4 +289,8 @@ def _classify(item: Item, seen: dict[str, Item]) -> Literal["new", "same"] | Pro
         first.doc.text, first.doc.metadata, item.doc.text, item.doc.metadata
     ):
         return "same"
-    return Problem(item.source, item.line, f"id '{doc_id}' repeats {first.where}", item.unit)
+    if item.doc.id is None:  # "id '2e68...' repeats" named an id the user never wrote
+        problem = f"the same text as {first.where}, with other metadata (no id to tell them apart)"
+    else:
+        problem = f"id '{doc_id}' repeats {first.where}"
+    return Problem(item.source, item.line, problem, item.unit)

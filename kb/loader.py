@@ -326,6 +326,10 @@ def _text(stream: IO[str], name: str, source: Source, options: Options) -> Itera
         yield Problem(name, 1, f"not inside the --root folder {source.root}: no id for it")
         return
     doc_id = (metadata or {}).pop("id", default_id)
+    if doc_id is default_id and default_id and (bad := text_input.undecodable(default_id)):
+        # it said "id: holds a lone UTF-16 surrogate (\udce9)" of an id never written
+        yield Problem(name, 1, f"the file's name, its id, is {bad}: rename it or set an id")
+        return
     yield validate({"id": doc_id, "text": content, "metadata": metadata or None}, name, 1, options)
 
 

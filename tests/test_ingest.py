@@ -226,3 +226,18 @@ def test_a_stop_ends_a_wait_for_input() -> None:
     more.set()
     assert time.perf_counter() - started < 5
     assert caught.value.summary.added == sum(map(len, batches))
+
+
+def test_a_repeated_text_without_ids_says_so_not_an_id_never_written() -> None:
+    """It said "id '2e68...' repeats input.jsonl:1": the id derived from the text."""
+    entries = [
+        Item("input.jsonl", line, DocumentIn(text="same words", metadata={"n": line}))
+        for line in (1, 2)
+    ]
+    problems: list[Problem] = []
+    _, _, sink = recorder()
+    summary = ingest(entries, sink, batch_size=10, on_problem=problems.append)
+    assert (summary.added, summary.failed) == (1, 1)
+    assert [(p.line, p.message) for p in problems] == [
+        (2, "the same text as input.jsonl:1, with other metadata (no id to tell them apart)")
+    ]

@@ -585,3 +585,18 @@ def test_a_csv_row_without_the_text_cell_and_a_beir_line_without_id_say_so(
     no_id, not_object = read_all(tmp_path / "corpus.jsonl", "beir")
     assert str(no_id) == f"{tmp_path / 'corpus.jsonl'}:1: not a BEIR corpus line: no '_id'"
     assert str(not_object).endswith("corpus.jsonl:2: not a BEIR corpus line: not a JSON object")
+
+
+def test_a_file_name_that_is_not_utf8_says_so(tmp_path: Path) -> None:
+    """Its id is its name: it said "id: holds a lone UTF-16 surrogate (\\udce9)"."""
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    (folder / "caf\udce9.md").write_text("A note")  # a latin-1 name: byte 0xe9
+    (folder / "named.md").write_text("---\nid: fine\n---\nAnother")
+    entries = read_all(folder)
+    problems = [str(e) for e in entries if isinstance(e, Problem)]
+    assert len(problems) == 1
+    assert problems[0].endswith(
+        ":1: the file's name, its id, is not UTF-8 text: byte 0xe9: rename it or set an id"
+    )
+    assert [e.doc.id for e in entries if isinstance(e, Item)] == ["fine"]

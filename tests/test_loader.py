@@ -8,6 +8,7 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -44,14 +45,20 @@ def test_csv_text_column_and_typed_metadata(tmp_path: Path) -> None:
     assert [e.line for e in entries] == [2, 3, 5]
 
 
+def csv_metadata(tmp_path: Path, content: str) -> list[Any]:
+    """Each row's metadata, of a CSV file holding `content`."""
+    path = tmp_path / "rows.csv"
+    path.write_text(content)
+    return [entry.doc.metadata for entry in read_all(path)]  # type: ignore[union-attr]
+
+
 def test_csv_cells_become_numbers_only_when_spelt_as_json_numbers(tmp_path: Path) -> None:
-    path = tmp_path / "people.csv"
-    path.write_text(
+    first, second = csv_metadata(
+        tmp_path,
         "text,author,zip,count,big,score,tiny,huge,spaced,plus\n"
         "A note,Nan,02134,1_000,12345678901234567890,-2.5e3,-0,1e999, 7,+5\n"
-        "Another,Inf,0,-12,9223372036854775807,0.25,1E-2,Infinity,7 ,5\n"
+        "Another,Inf,0,-12,9223372036854775807,0.25,1E-2,Infinity,7 ,5\n",
     )
-    first, second = (entry.doc.metadata for entry in read_all(path))  # type: ignore[union-attr]
     assert first == {
         "author": "Nan",
         "zip": "02134",
@@ -79,13 +86,12 @@ def test_csv_cells_become_numbers_only_when_spelt_as_json_numbers(tmp_path: Path
 def test_a_quoted_csv_cell_stays_text_and_true_false_are_booleans(tmp_path: Path) -> None:
     """csv.reader does not say which cells were quoted: "1.10" was stored as 1.1 and "12345"
     as a number; and true stayed text, where JSON and front matter give a boolean."""
-    path = tmp_path / "versions.csv"
-    path.write_text(
+    first, second = csv_metadata(
+        tmp_path,
         "text,version,zip,flag,quoted_flag,note\n"
         'A,"1.10","12345",true,"true","say ""hi"", twice"\n'
-        '"B, quoted text",1.10,12345,false,"a\nb",3\n'
+        '"B, quoted text",1.10,12345,false,"a\nb",3\n',
     )
-    first, second = (entry.doc.metadata for entry in read_all(path))  # type: ignore[union-attr]
     assert first == {
         "version": "1.10",
         "zip": "12345",
@@ -100,9 +106,8 @@ def test_a_csv_cell_of_thousands_of_digits_stays_text(tmp_path: Path) -> None:
     """int() refuses more than 4,300 digits: such a cell stopped the whole load with a
     traceback (review helper 26). Beyond 64 bits it is text, as a 20-digit one was."""
     digits = "7" * 5000
-    path = tmp_path / "long.csv"
-    path.write_text(f"text,n,low\nA note,{digits},-{2**63}\nAnother,-{digits},1\n")
-    first, second = (entry.doc.metadata for entry in read_all(path))  # type: ignore[union-attr]
+    content = f"text,n,low\nA note,{digits},-{2**63}\nAnother,-{digits},1\n"
+    first, second = csv_metadata(tmp_path, content)
     assert first == {"n": digits, "low": -(2**63)}
     assert second == {"n": f"-{digits}", "low": 1}
 

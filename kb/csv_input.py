@@ -5,12 +5,16 @@ as text); each row cited by the line it starts on."""
 from __future__ import annotations
 
 import csv
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
 from kb.schemas import number_or_text
 from kb.text_input import NUL_BYTE, nul_line, undecodable
+
+# one cell's raw text: quoted (doubled quotes inside), or up to the next comma or line end
+_CELL = re.compile(r'"(?:[^"]|"")*"?|[^,\r\n]*')
 
 
 @dataclass(frozen=True)
@@ -68,24 +72,13 @@ def _kept(stream: IO[str], lines: list[str]) -> Iterator[str]:
 def _quoted(raw: str) -> list[bool]:
     """Whether each cell of one row (its raw text, in Excel's dialect, as csv.reader reads
     it) was quoted: csv.reader does not say, and a quoted "1.10" is text, not 1.1."""
-    flags: list[bool] = []
-    state, quoted = "start", False
-    for char in raw:
-        if state == "inside":  # a quoted cell's text
-            state = "quote" if char == '"' else "inside"
-        elif state == "quote" and char == '"':  # a doubled quote: one quote character
-            state = "inside"
-        elif char == ",":
-            flags.append(quoted)
-            state, quoted = "start", False
-        elif char in "\r\n":
-            break
-        elif state == "start" and char == '"':
-            state, quoted = "inside", True
-        else:
-            state = "cell"
-    flags.append(quoted)
-    return flags
+    flags, at = [], 0
+    while True:
+        flags.append(raw.startswith('"', at))
+        at = _CELL.match(raw, at).end()  # type: ignore[union-attr]  # it matches "" too
+        if not raw.startswith(",", at):
+            return flags
+        at += 1
 
 
 def _allow_long_cells(max_text_chars: int) -> None:

@@ -219,18 +219,30 @@ def validate(
     return Item(name, line, doc, where)
 
 
-def _jsonl(
-    stream: IO[str], name: str, source: Source, options: Options
-) -> Iterator[Item | Problem]:
+def _lines(stream: IO[str], name: str) -> Iterator[tuple[int, str] | Problem]:
+    """A line-per-record file's non-blank lines with their numbers, or the problem of one
+    holding a byte that is not UTF-8; a NUL byte ends the file (a binary or UTF-16 file:
+    one problem, not one a line)."""
     for number, line in enumerate(stream, start=1):
         if not line.strip():
             continue
-        if "\x00" in line:  # a binary or UTF-16 file: one problem, not one a line
+        if "\x00" in line:
             yield _nul(name, number, "the rest of the file is not read")
             return
         if bad := text_input.undecodable(line):
             yield Problem(name, number, bad)
             continue
+        yield number, line
+
+
+def _jsonl(
+    stream: IO[str], name: str, source: Source, options: Options
+) -> Iterator[Item | Problem]:
+    for found in _lines(stream, name):
+        if isinstance(found, Problem):
+            yield found
+            continue
+        number, line = found
         try:
             data = json_input.parse(line)  # checked by validate, which names the field
         except json.JSONDecodeError as exc:
@@ -244,15 +256,11 @@ def _jsonl(
 
 def _beir(stream: IO[str], name: str, source: Source, options: Options) -> Iterator[Item | Problem]:
     """A BEIR corpus.jsonl: {"_id", "title", "text"}; the text embedded is title + " " + text."""
-    for number, line in enumerate(stream, start=1):
-        if not line.strip():
+    for found in _lines(stream, name):
+        if isinstance(found, Problem):
+            yield found
             continue
-        if "\x00" in line:
-            yield _nul(name, number, "the rest of the file is not read")
-            return
-        if bad := text_input.undecodable(line):
-            yield Problem(name, number, bad)
-            continue
+        number, line = found
         try:
             record = _beir_record(json_input.parse(line))
         except ValueError as exc:

@@ -107,6 +107,25 @@ def loads(raw: str | bytes, **options: Any) -> Any:
     return data
 
 
+def loads_object(raw: str | bytes) -> dict[str, Any]:
+    """`loads`, for a value that must be an object (a `where` given as text): anything else
+    is an UnusableJSON (`null` was taken for no filter, and listed or exported everything)."""
+    data = loads(raw)
+    if not isinstance(data, dict):
+        raise UnusableJSON("", f"must be a JSON object (got {_json_type(data)})")
+    return data
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    return "a string" if isinstance(value, str) else "an array"
+
+
 def check(data: Any) -> None:
     """Raise UnusableJSON for nesting deeper than MAX_DEPTH, or for the first string (a value
     or a key) holding a lone surrogate. Iterative, so deep data cannot make it recurse."""

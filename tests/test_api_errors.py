@@ -214,8 +214,8 @@ def test_a_key_given_twice_is_422_naming_it_and_changes_nothing(
 @pytest.mark.parametrize(
     ("query", "field", "message"),
     [
-        ({"where": "null"}, "where", "must be a JSON object (got NoneType)"),
-        ({"where": "[1]"}, "where", "must be a JSON object (got list)"),
+        ({"where": "null"}, "where", "must be a JSON object (got null)"),
+        ({"where": "[1]"}, "where", "must be a JSON object (got an array)"),
         ({"": "1"}, "query string", "a parameter without a name"),
         ({"where": '{"a": ' + "9" * 5000 + "}"}, "where", "more than 4300 digits"),
     ],

@@ -439,9 +439,13 @@ def test_a_store_path_that_is_a_file_is_one_line(tmp_path: Path) -> None:
     [
         ('{"$and": [' * 3000 + '{"n": 1}' + "]}" * 3000, "deeper than 200 levels"),
         ('{"n": "\\ud800"}', "n: holds a lone UTF-16 surrogate"),
+        ("null", "--where: must be a JSON object (got null)"),  # it exported everything
+        ("[1]", "--where: must be a JSON object (got an array)"),
     ],
 )
-def test_export_refuses_a_where_too_deep_or_with_a_surrogate(env, where: str, message: str) -> None:
+def test_export_refuses_a_where_too_deep_with_a_surrogate_or_not_an_object(
+    env, where: str, message: str
+) -> None:
     result = run(env, "export", "--where", where)
     assert result.exit_code != 0
     assert message in result.output, result.output

@@ -178,17 +178,13 @@ def _json_arg(name: str) -> dict[str, Any] | None:
     if raw is None:
         return None
     try:
-        value = json_input.loads(raw)
+        return json_input.loads_object(raw)
     except json_input.UnusableJSON as exc:
         raise unusable(exc, name) from exc
     except ValueError as exc:
         raise ValidationFailed(
             f"{name}: not valid JSON ({exc})", details=[field_error(name, "not valid JSON")]
         ) from exc
-    if not isinstance(value, dict):  # ?where=null listed everything
-        problem = f"must be a JSON object (got {type(value).__name__})"
-        raise ValidationFailed(f"{name}: {problem}", details=[field_error(name, problem)])
-    return value
 
 
 def _typed(values: list[str]) -> Any:

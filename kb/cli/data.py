@@ -330,7 +330,7 @@ def _export_filter(where: str | None) -> CompiledFilter:
     from kb.filters import compile_filter
 
     try:
-        return compile_filter(where=json_input.loads(where) if where else None)
+        return compile_filter(where=json_input.loads_object(where) if where else None)
     except json_input.UnusableJSON as exc:  # JSON, but not JSON kb can take
         fail(f"--where: {exc}")
     except ValueError as exc:

@@ -7,7 +7,7 @@ import re
 from functools import cache
 from typing import Any
 
-from kb.schemas import JSON_NUMBER, MAX_METADATA_VALUES, number_or_text
+from kb.schemas import JSON_NUMBER, MAX_METADATA_VALUES, METADATA_VALUES, number_or_text
 
 # "---" lines (trailing blanks allowed; LF, CRLF or an old Mac's lone CR) around YAML, at the
 # start of the file. A lookbehind, not "^": MULTILINE's "^" follows "\n" only.
@@ -90,8 +90,8 @@ def _check_nodes(root: Any) -> None:
         name = key.value if isinstance(key, yaml.ScalarNode) else "a key"
         if value.tag == _NULL_TAG and key.tag != _MERGE_TAG:
             raise FrontMatterError(
-                f"'{name}' has no value: null is not a metadata value (values must be a "
-                "string, number, boolean or a list of them); leave the key out or write ''",
+                f"'{name}' has no value: null is not a metadata value ({METADATA_VALUES}); "
+                "leave the key out or write ''",
                 _line(key.start_mark),
             )
         budget = _spend(key, _spend(value, budget))

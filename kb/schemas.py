@@ -53,17 +53,19 @@ def number_problem(value: Any) -> str | None:
     return None
 
 
+METADATA_VALUES = "values must be a string, number, boolean or a list of them"
+
+
 def _check_scalar(key: str, value: Any) -> None:
     if isinstance(value, bool | str | int | float):
         if (problem := number_problem(value)) is not None:
             raise ValueError(f"metadata '{key}': {problem}")
         return
-    values = "values must be a string, number, boolean or a list of them"
     if value is None:  # the nesting hint below would be beside the point
-        raise ValueError(f"metadata '{key}': {values} (got null; leave the key out)")
+        raise ValueError(f"metadata '{key}': {METADATA_VALUES} (got null; leave the key out)")
     kind = "object" if isinstance(value, dict) else type(value).__name__
     raise ValueError(
-        f"metadata '{key}': {values} "
+        f"metadata '{key}': {METADATA_VALUES} "
         f"(got {kind}; nested objects are not supported, flatten them into keys)"
     )
 

@@ -20,6 +20,8 @@ from kb.errors import ConfigError
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from kb.chunking import Tokens
+
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 # What makes its vectors; former_fingerprints are those earlier kb versions recorded for it.
 IDENTITY = ("name", "backend", "dim", "fingerprint", "former_fingerprints", "max_tokens")
@@ -40,7 +42,7 @@ class Embedder(Protocol):
 
     def embed_queries(self, texts: Sequence[str]) -> np.ndarray: ...
 
-    def token_offsets(self, text: str) -> list[tuple[int, int]]: ...
+    def tokens(self, text: str) -> Tokens: ...
 
 
 def identity(embedder: Embedder) -> dict[str, Any]:
@@ -70,8 +72,8 @@ class WrappedEmbedder:
     def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
         return self.inner.embed_queries(texts)
 
-    def token_offsets(self, text: str) -> list[tuple[int, int]]:
-        return self.inner.token_offsets(text)
+    def tokens(self, text: str) -> Tokens:
+        return self.inner.tokens(text)
 
 
 def resolve_model_path(model: str) -> tuple[str, Path]:

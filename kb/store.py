@@ -490,7 +490,7 @@ class KnowledgeStore:
         if not self.settings.chunking or (text.isascii() and len(text) <= self.window):
             # Fits for sure: an ASCII character is at most one token. Skips a tokenizer pass.
             return [Chunk(0, text)]
-        return split(text, self.embedder.token_offsets(text), self.window, self.overlap)
+        return split(text, self.embedder.tokens(text), self.window, self.overlap)
 
     def _unstored(self, records: Sequence[Record], replaced: Sequence[Record]) -> set[str]:
         """The ids known not to be stored, which Chroma's add (faster than upsert) may write:

@@ -9,18 +9,20 @@ import string
 
 import pytest
 
-from kb.chunking import Chunk, _starts_word, join, split
+from kb.chunking import Chunk, Tokens, join, split
 
 
-def offsets(text: str) -> list[tuple[int, int]]:
-    return [m.span() for m in re.finditer(r"\w+|[^\w\s]", text)]
+def words(text: str) -> Tokens:
+    """A token a word or a punctuation mark, each a word of its own."""
+    spans = [m.span() for m in re.finditer(r"\w+|[^\w\s]", text)]
+    return Tokens(spans, [True] * len(spans))
 
 
 SAMPLE = " ".join(f"Sentence {i} has a few words in it." for i in range(200))
 
 
 def test_short_text_is_one_chunk() -> None:
-    assert [c.text for c in split("just a few words", offsets("just a few words"), 10, 2)] == [
+    assert [c.text for c in split("just a few words", words("just a few words"), 10, 2)] == [
         "just a few words"
     ]
 
@@ -28,38 +30,38 @@ def test_short_text_is_one_chunk() -> None:
 @pytest.mark.parametrize(("window", "overlap"), [(50, 0), (50, 10), (64, 32), (7, 3)])
 def test_join_rebuilds_the_text_exactly(window: int, overlap: int) -> None:
     text = "  leading space\n\n" + SAMPLE + "\ttrailing  "
-    chunks = split(text, offsets(text), window, overlap)
+    chunks = split(text, words(text), window, overlap)
     assert len(chunks) > 1
     assert join(chunks) == text
     for chunk in chunks:
-        assert len(offsets(chunk.text)) <= window
+        assert len(words(chunk.text)) <= window
         assert text[chunk.start : chunk.start + len(chunk.text)] == chunk.text
 
 
 def test_neighbours_overlap() -> None:
-    chunks = split(SAMPLE, offsets(SAMPLE), 60, 15)
+    chunks = split(SAMPLE, words(SAMPLE), 60, 15)
     for first, second in itertools.pairwise(chunks):
         assert second.start < first.start + len(first.text)
 
 
 def test_windows_prefer_sentence_ends() -> None:
-    chunks = split(SAMPLE, offsets(SAMPLE), 60, 0)
+    chunks = split(SAMPLE, words(SAMPLE), 60, 0)
     assert all(chunk.text.rstrip().endswith(".") for chunk in chunks[:-1])
 
 
 def test_the_real_tokenizer_keeps_chunks_inside_the_model_window(embedder) -> None:
     text = " ".join(["Transformers use self-attention over word pieces."] * 300)
     window = embedder.max_tokens - 2
-    chunks = split(text, embedder.token_offsets(text), window, 32)
+    chunks = split(text, embedder.tokens(text), window, 32)
     assert join(chunks) == text
     for chunk in chunks:
-        assert len(embedder.token_offsets(chunk.text)) <= window
+        assert len(embedder.tokens(chunk.text)) <= window
 
 
 def test_windows_prefer_paragraph_breaks() -> None:
     paragraphs = [" ".join(["word"] * n) + "." for n in (30, 25, 40, 20)]
     text = "\n\n".join(paragraphs)
-    chunks = split(text, offsets(text), 60, 0)
+    chunks = split(text, words(text), 60, 0)
     assert [c.text.strip() for c in chunks[:2]] == [
         paragraphs[0] + "\n\n" + paragraphs[1],
         paragraphs[2],
@@ -83,7 +85,7 @@ def test_ideographs_are_words_so_neighbours_share_exactly_the_overlap(
     window: int, overlap: int
 ) -> None:
     spans = [(i, i + 1) for i in range(len(CJK))]  # one token an ideograph, as BERT's
-    chunks = split(CJK, spans, window, overlap)
+    chunks = split(CJK, Tokens(spans, [True] * len(spans)), window, overlap)  # each a word
     assert join(chunks) == CJK
     assert [shared_tokens(spans, a, b) for a, b in itertools.pairwise(chunks)] == [overlap] * (
         len(chunks) - 1
@@ -97,8 +99,9 @@ def test_ideographs_are_words_so_neighbours_share_exactly_the_overlap(
 def test_a_phrase_of_overlap_pieces_on_a_cut_is_whole_in_a_chunk(
     embedder, text: str, window: int, overlap: int
 ) -> None:
-    spans = embedder.token_offsets(text)
-    chunks = split(text, spans, window, overlap)
+    tokens = embedder.tokens(text)
+    spans = tokens.offsets
+    chunks = split(text, tokens, window, overlap)
     assert join(chunks) == text
     for a, b in itertools.pairwise(chunks):
         assert overlap <= shared_tokens(spans, a, b) <= 2 * overlap
@@ -135,22 +138,23 @@ def test_every_chunk_tokenized_alone_fits_the_window(
     """A chunk that starts inside a word has the word's rest tokenized anew, which can take
     more pieces than its slice of the whole text; the chunk still fits."""
     text = LONG_WORDS[name]
-    chunks = split(text, embedder.token_offsets(text), window, overlap)
+    chunks = split(text, embedder.tokens(text), window, overlap)
     assert join(chunks) == text
-    assert max(len(embedder.token_offsets(c.text)) for c in chunks) <= window
+    assert max(len(embedder.tokens(c.text)) for c in chunks) <= window
 
 
 @pytest.mark.parametrize("text", [URL, HYPHENS, LONG_WORDS["letters"], LONG_WORDS["base64"]])
 def test_at_the_default_window_chunks_start_at_a_word(embedder, text: str) -> None:
     """Words here are shorter than a quarter of a chunk, so each chunk starts at a word's
     first piece: tokenized alone it gives the very pieces it had in the whole text."""
-    spans = embedder.token_offsets(text)
-    for chunk in split(text, spans, 254, 32):
+    tokens = embedder.tokens(text)
+    spans = tokens.offsets
+    for chunk in split(text, tokens, 254, 32):
         end = chunk.start + len(chunk.text)
         inside = [
             (s - chunk.start, e - chunk.start) for s, e in spans if s >= chunk.start and e <= end
         ]
-        assert embedder.token_offsets(chunk.text) == inside
+        assert embedder.tokens(chunk.text).offsets == inside
 
 
 @pytest.mark.parametrize(
@@ -166,6 +170,6 @@ def test_at_the_default_window_chunks_start_at_a_word(embedder, text: str) -> No
     ],
 )
 def test_word_starts_are_the_tokenizers(embedder, text: str, starts: list[bool]) -> None:
-    """A chunk starts at a word only where the tokenizer starts one (its piece has no '##')."""
-    spans = embedder.token_offsets(text)
-    assert [_starts_word(text, spans, j) for j in range(len(spans))] == starts
+    """A chunk starts at a word only where the tokenizer's word ids start one (for WordPiece,
+    a piece without '##', or a syllable's first letter)."""
+    assert embedder.tokens(text).starts == starts

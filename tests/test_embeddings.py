@@ -28,8 +28,11 @@ def test_paraphrases_score_higher_than_unrelated_text(embedder) -> None:
     assert float(q @ cat) > 0.5 > float(q @ stocks)
 
 
-def test_token_offsets_point_into_the_text(embedder) -> None:
+def test_tokens_point_into_the_text_and_mark_word_starts(embedder) -> None:
     text = "Tokenizers split words into pieces."
-    spans = embedder.token_offsets(text)
+    tokens = embedder.tokens(text)
+    spans = tokens.offsets
     assert text[spans[0][0] : spans[0][1]].lower() == "token"
     assert spans[-1][1] == len(text)
+    words = [text[a:b] for (a, b), first in zip(spans, tokens.starts, strict=True) if first]
+    assert [w.lower() for w in words] == ["token", "split", "words", "into", "pieces", "."]

@@ -36,7 +36,7 @@ def test_it_is_the_same_encoder(remote: EncoderProcess, embedder: Embedder) -> N
     )  # fmt: skip
     assert np.array_equal(remote.embed_documents(TEXTS), embedder.embed_documents(TEXTS))
     for text in TEXTS:
-        assert remote.token_offsets(text) == embedder.token_offsets(text)
+        assert remote.tokens(text) == embedder.tokens(text)
 
 
 def test_queued_batches_come_back_in_order(remote: EncoderProcess, embedder: Embedder) -> None:

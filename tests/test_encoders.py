@@ -63,9 +63,9 @@ def test_both_backends_share_the_vector_space_identity(
     )
 
 
-def test_token_offsets_match_torch(embedder: Embedder, torch_embedder: Embedder) -> None:
+def test_tokens_match_torch(embedder: Embedder, torch_embedder: Embedder) -> None:
     for text in TEXTS[:6]:
-        assert embedder.token_offsets(text) == torch_embedder.token_offsets(text)
+        assert embedder.tokens(text) == torch_embedder.tokens(text)
 
 
 def test_batching_by_length_keeps_the_input_order(embedder: Embedder) -> None:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from kb.app import close_app, create_app
-from kb.chunking import Chunk
+from kb.chunking import Chunk, Tokens
 from kb.collection import FINGERPRINT_KEY
 from kb.config import Settings
 from kb.errors import ConfigError, Conflict, ModelMismatch, StoreUnavailable
@@ -36,8 +36,8 @@ class OtherModel:
 
     embed_queries = embed_documents
 
-    def token_offsets(self, text):
-        return [(0, len(text))]
+    def tokens(self, text):
+        return Tokens([(0, len(text))], [True])
 
 
 def test_data_survives_a_restart(settings: Settings, embedder) -> None:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from kb.batcher import Batcher
+from kb.chunking import Tokens
 from kb.config import cpu_count
 from kb.embeddings import former_fingerprints, model_fingerprint, resolve_model_path
 from kb.encoders.onnx_export import ensure_export
@@ -137,9 +138,8 @@ class OnnxEmbedder:
         """Concurrent queries share encoder runs (see Batcher)."""
         return self._queries(texts) if texts else self._encode(texts)
 
-    def token_offsets(self, text: str) -> list[tuple[int, int]]:
-        """Character spans of the word pieces the model reads (no special tokens)."""
-        return list(self._pieces.encode(text, add_special_tokens=False).offsets)
+    def tokens(self, text: str) -> Tokens:
+        return spans(self._pieces, text)
 
     def submit_documents(self, texts: Sequence[str]) -> Future[np.ndarray]:
         """Embed texts on the lanes behind the batches already queued there, and return at
@@ -267,14 +267,20 @@ def _settled(
 
 
 def span_tokenizer(path: str | Path) -> Tokenizer:
-    """The model's tokenizer for character spans (`token_offsets`): no padding, no
-    truncation, so a long text's every word piece is seen (chunking needs them all)."""
+    """The model's tokenizer for character spans (`spans`): no padding, no truncation, so a
+    long text's every word piece is seen (chunking needs them all)."""
     from tokenizers import Tokenizer
 
     pieces = Tokenizer.from_file(str(path))
     pieces.no_padding()
     pieces.no_truncation()
     return pieces
+
+
+def spans(pieces: Tokenizer, text: str) -> Tokens:
+    """The word pieces the model reads in `text` (no special tokens): spans and word starts."""
+    encoding = pieces.encode(text, add_special_tokens=False)
+    return Tokens.of(encoding.offsets, encoding.word_ids)
 
 
 def token_batches(

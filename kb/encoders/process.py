@@ -23,12 +23,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from kb.encoders.onnx_backend import BACKENDS as ONNX_BACKENDS
-from kb.encoders.onnx_backend import span_tokenizer
+from kb.encoders.onnx_backend import span_tokenizer, spans
 from kb.errors import ConfigError
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from kb.chunking import Tokens
     from kb.config import Settings
 
 READY_SECONDS = 300.0  # the first start exports the model
@@ -155,8 +156,8 @@ class EncoderProcess:
     def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
         return self.embed_documents(texts)
 
-    def token_offsets(self, text: str) -> list[tuple[int, int]]:
-        return list(self._pieces.encode(text, add_special_tokens=False).offsets)
+    def tokens(self, text: str) -> Tokens:
+        return spans(self._pieces, text)
 
     def _receive(self) -> None:
         while True:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from kb.chunking import Tokens
 from kb.embeddings import former_fingerprints, model_fingerprint, resolve_model_path
 from kb.errors import ConfigError
 
@@ -56,8 +57,8 @@ class SentenceTransformerEmbedder:
     def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
         return self._encode(texts)
 
-    def token_offsets(self, text: str) -> list[tuple[int, int]]:
-        """Character spans of the word pieces the model reads (no special tokens)."""
+    def tokens(self, text: str) -> Tokens:
+        """The word pieces the model reads (no special tokens): spans and word starts."""
         with self._lock:
             encoded = self._tokenizer(
                 text,
@@ -66,7 +67,7 @@ class SentenceTransformerEmbedder:
                 truncation=False,
                 verbose=False,
             )
-        return [tuple(span) for span in encoded["offset_mapping"]]
+        return Tokens.of(encoded["offset_mapping"], encoded.word_ids())
 
 
 def load_model(path: Path, device: str, **options: Any) -> Any:

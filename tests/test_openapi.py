@@ -73,6 +73,13 @@ def test_the_document_lists_the_statuses_the_api_answers(
     assert "503" not in spec["paths"]["/openapi.json"]["get"]["responses"]
     assert cooking.get("/openapi.json").status_code == 200  # needs no store
 
+    monkeypatch.undo()
+    for method, path, url in [("get", "/stats", "/stats?x=1"), ("post", "/query", "/query?k=5")]:
+        response = cooking.open(url, method=method, json={"query": "bread"})
+        assert response.status_code == 422, response.json
+        listed(method, path, response)
+    assert "422" not in spec["paths"]["/health"]["get"]["responses"]  # a probe's parameters pass
+
 
 class _Down:
     """A Chroma collection whose every call fails, as when its server has gone away (its

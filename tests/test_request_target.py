@@ -69,3 +69,44 @@ def test_a_served_path_that_is_not_utf8_is_400(live_server: str) -> None:
     status, answer = call(live_server, "/documents?author=%ff")
     assert (status, answer["error"]["details"][0]["field"]) == (400, "author")
     assert call(live_server, "/documents/%EF%BF%BD")[1]["text"] == "odd"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "payload", "route"),
+    [
+        ("POST", "/query?top_k=1", {"query": "a document"}, "POST /query"),
+        ("POST", "/add?upsert=true", {"id": ODD_ID, "text": "replaced?"}, "POST /add"),
+        ("POST", "/delete?ids=x", {"ids": [ODD_ID]}, "POST /delete"),
+        ("POST", "/update?id=x", {"id": ODD_ID, "text": "changed?"}, "POST /update"),
+        ("PATCH", "/documents/%EF%BF%BD?text=x", {"text": "changed?"}, "PATCH /documents/<doc_id>"),
+        ("DELETE", "/documents/%EF%BF%BD?dry_run=true", None, "DELETE /documents/<doc_id>"),
+        ("GET", "/documents/%EF%BF%BD?fields=text", None, "GET /documents/<doc_id>"),
+        ("GET", "/stats?top_k=3", None, "GET /stats"),
+    ],
+)
+def test_a_route_that_takes_no_query_parameters_refuses_one_and_changes_nothing(
+    odd: FlaskClient, method: str, path: str, payload: dict | None, route: str
+) -> None:
+    """The parameter was ignored: `POST /query?top_k=1` answered five matches, and
+    `DELETE /documents/x?dry_run=true` deleted."""
+    error = assert_error_shape(odd.open(path, method=method, json=payload), 422)
+    name = path.partition("?")[2].partition("=")[0]
+    assert error["details"][0] == {
+        "field": name,
+        "message": f"{route} takes no query parameters",
+        "type": "unknown_parameter",
+    }
+    assert f"(got '{name}')" in error["message"]
+    assert ("JSON body" in error["message"]) == (payload is not None)
+    assert odd.get("/documents/%EF%BF%BD").json["text"] == "a document with an odd id"
+    assert odd.get("/stats").json["documents"] == 1
+
+
+def test_routes_that_read_query_parameters_or_are_public_still_take_them(
+    odd: FlaskClient,
+) -> None:
+    assert odd.get("/documents?limit=1").json["documents"][0]["id"] == ODD_ID
+    assert odd.get("/health?probe=1").status_code == 200
+    with odd.get("/?q=anything") as page:  # a file's answer: closed, or it warns
+        assert page.status_code == 200
+    assert odd.options("/query?x=1").status_code == 200

@@ -92,7 +92,8 @@ def _operation(path: str, doc: RouteDoc, refs: dict[type[BaseModel], Any]) -> di
         schema = {"type": "string"}
     content = {doc.media_type.split(";")[0]: {"schema": schema}}
     op["responses"][str(doc.status)] = {"description": "Success", "content": content}
-    for status in (*doc.errors, 500, *((503,) if doc.uses_store else ())):
+    unknown_parameter = (422,) if doc.refuses_query else ()
+    for status in (*doc.errors, *unknown_parameter, 500, *((503,) if doc.uses_store else ())):
         op["responses"][str(status)] = _error(refs)
     return op
 

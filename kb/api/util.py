@@ -138,6 +138,12 @@ class RouteDoc:
     media_type: str = "application/json"
     uses_store: bool = True  # may answer 503 when the store (Chroma) fails
 
+    @property
+    def refuses_query(self) -> bool:
+        """Whether any query parameter is a 422: a route's options are in its body or path,
+        and only public routes (probes, the search page) let a browser's or probe's pass."""
+        return not self.query and self.access != "public"
+
 
 def documented(summary: str, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Attach an OpenAPI description to a view; /openapi.json is built from these."""

@@ -7,8 +7,6 @@ close ones (cosine above 0.999 and 0.95; int8's also vary with the batch they ar
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -22,7 +20,6 @@ if TYPE_CHECKING:
 
     from kb.chunking import Tokens
 
-WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 # What makes its vectors; former_fingerprints are those earlier kb versions recorded for it.
 IDENTITY = ("name", "backend", "dim", "fingerprint", "former_fingerprints", "max_tokens")
 
@@ -93,64 +90,6 @@ def resolve_model_path(model: str) -> tuple[str, Path]:
             "model directory (no modules.json or config.json there)"
         )
     return path.resolve().name, path.resolve()
-
-
-# What a sentence-transformers folder (the model's and each module's) holds that decides its
-# vectors: configs (max_seq_length, pooling, prompts), tokenizer files, weights (sharded too).
-MODEL_FILES = ("*.json", "*.txt", "*.model", "*.safetensors", "pytorch_model*.bin")
-
-
-def model_fingerprint(path: Path) -> str:
-    """A short hash of every file that decides the model's vectors: the identity of its
-    vector space. Read from the model folder and the folder of each module in modules.json
-    (the older layout keeps its weights in `0_Transformer/`); other folders (an `onnx/`
-    export, say) and documentation are not part of it."""
-    digest = hashlib.sha256()
-    for name, file in _model_files(path.resolve()):
-        digest.update(f"{name}\0{file.stat().st_size}\0".encode())
-        _hash_file(digest, file)
-    return digest.hexdigest()[:16]
-
-
-def former_fingerprints(path: Path) -> tuple[str, ...]:
-    """The fingerprints earlier versions of kb recorded for this model. Until 2026-12 the
-    fingerprint hashed config.json, modules.json and the top folder's weights only, so two
-    models that differed in pooling, sequence length, tokenizer or a module's weights had
-    the same one; a store recorded with it is taken as this model's and re-recorded."""
-    digest = hashlib.sha256()
-    for name in ("config.json", "modules.json", *WEIGHT_FILES):
-        file = path / name
-        if file.is_file():
-            digest.update(name.encode())
-            _hash_file(digest, file)
-    return (digest.hexdigest()[:16],)
-
-
-def _model_files(root: Path) -> list[tuple[str, Path]]:
-    """(name relative to root, file) for each file MODEL_FILES matches in root and in the
-    modules' folders, sorted by name."""
-    try:
-        modules = json.loads((root / "modules.json").read_text())
-    except (OSError, ValueError):
-        modules = []
-    prefixes = {""}
-    for module in modules if isinstance(modules, list) else []:
-        if isinstance(module, dict) and module.get("path"):
-            prefixes.add(f"{module['path']}".strip("/") + "/")
-    files = {
-        prefix + file.name: file
-        for prefix in prefixes
-        for pattern in MODEL_FILES
-        for file in (root / prefix).glob(pattern)
-        if file.is_file()
-    }
-    return sorted(files.items())
-
-
-def _hash_file(digest: Any, file: Path) -> None:
-    with file.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
 
 
 def load_embedder(settings: Settings, *, bulk: bool = False) -> Embedder:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 
-from kb.embeddings import Embedder, model_fingerprint
+from kb.config import Settings
+from kb.embeddings import Embedder
+from kb.fingerprint import MEMO_FILE, model_fingerprint
 
 
 def test_vectors_are_normalized_and_384_dimensional(embedder) -> None:
@@ -20,6 +24,9 @@ def test_it_meets_the_protocol_and_names_the_model(embedder) -> None:
     assert embedder.name == "sentence-transformers/all-MiniLM-L6-v2"
     assert embedder.max_tokens == 256
     assert embedder.fingerprint == model_fingerprint(embedder.path)
+    # and remembered in the ONNX cache, so the next process start does not hash 90 MB
+    memo = json.loads((Settings().onnx_cache / MEMO_FILE).read_text())
+    assert memo[str(embedder.path.resolve())]["fingerprint"] == embedder.fingerprint
 
 
 def test_paraphrases_score_higher_than_unrelated_text(embedder) -> None:

@@ -20,10 +20,11 @@ import numpy as np
 import pytest
 
 from kb.config import Settings, cpu_count
-from kb.embeddings import Embedder, load_embedder, model_fingerprint, resolve_model_path
+from kb.embeddings import Embedder, load_embedder, resolve_model_path
 from kb.encoders import onnx_export
 from kb.encoders.onnx_backend import SPIN_US, OnnxEmbedder, token_batches
 from kb.errors import ConfigError
+from kb.fingerprint import model_fingerprint
 
 TEXTS = [
     "hi",

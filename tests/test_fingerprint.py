@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from kb.embeddings import former_fingerprints, model_fingerprint, resolve_model_path
+from kb import fingerprint
+from kb.embeddings import resolve_model_path
+from kb.fingerprint import former_fingerprints, model_fingerprint, model_identity
 
 MODULES = [
     {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
@@ -111,3 +113,80 @@ def test_the_packaged_models_fingerprints_are_stable() -> None:
     path = resolve_model_path("all-MiniLM-L6-v2")[1]
     assert model_fingerprint(path) == "a0bcc0c748d5ff1c"
     assert former_fingerprints(path) == ("afb6fdf311ee0f80",)
+
+
+@pytest.fixture
+def hashed(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The files hashed, in order: what model_identity did not take from its memo."""
+    names: list[str] = []
+    real = fingerprint._hash_file
+
+    def counted(digest, file: Path) -> None:
+        names.append(file.name)
+        real(digest, file)
+
+    monkeypatch.setattr(fingerprint, "_hash_file", counted)
+    return names
+
+
+def test_the_memo_gives_the_same_identity_without_hashing(tmp_path: Path, hashed) -> None:
+    model, memo = model_folder(tmp_path / "model"), tmp_path / "cache"
+    identity = (model_fingerprint(model), former_fingerprints(model))
+    hashed.clear()
+    assert model_identity(model, memo) == identity
+    assert "model.safetensors" in hashed
+    hashed.clear()
+    assert model_identity(model, memo) == identity
+    assert hashed == []
+    assert model_identity(model) == identity
+    assert hashed
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda m: (m / "model.safetensors").write_text("weighs"),  # same size, new content
+        lambda m: (m / "tokenizer_config.json").write_text('{"do_lower_case": false}'),  # added
+        lambda m: (m / "vocab.txt").unlink(),
+        lambda m: (m / "1_Pooling" / "config.json").write_text('{"pooling_mode_cls_token": 1}'),
+    ],
+    ids=["same-size-weights", "added", "removed", "module-config"],
+)
+def test_a_changed_file_is_hashed_again(tmp_path: Path, hashed, change) -> None:
+    model, memo = model_folder(tmp_path / "model"), tmp_path / "cache"
+    before = model_identity(model, memo)
+    change(model)
+    after = model_identity(model, memo)
+    assert after == (model_fingerprint(model), former_fingerprints(model))
+    assert after[0] != before[0]
+    assert model_identity(model, memo) == after  # and remembered in turn
+
+
+def test_a_damaged_or_unwritable_memo_is_passed_over(tmp_path: Path, hashed) -> None:
+    model, memo = model_folder(tmp_path / "model"), tmp_path / "cache"
+    identity = model_identity(model, memo)
+    for damaged in ("", "[1, 2]", f'{{"{model.resolve()}": {{"stamp": "x"}}}}', "{"):
+        (memo / fingerprint.MEMO_FILE).write_text(damaged)
+        hashed.clear()
+        assert model_identity(model, memo) == identity
+        assert hashed  # read afresh, and the memo written again
+        hashed.clear()
+        assert model_identity(model, memo) == identity
+        assert hashed == []
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("")
+    assert model_identity(model, not_a_folder) == identity
+
+
+def test_the_memo_keeps_each_model_folder_apart_and_is_bounded(tmp_path: Path) -> None:
+    memo = tmp_path / "cache"
+    one = model_folder(tmp_path / "one")
+    two = model_folder(tmp_path / "two", **{"vocab.txt": "[PAD]\nb\n"})
+    assert model_identity(one, memo)[0] == model_fingerprint(one)
+    assert model_identity(two, memo)[0] == model_fingerprint(two) != model_fingerprint(one)
+    assert model_identity(one, memo)[0] == model_fingerprint(one)
+    for n in range(fingerprint.MEMO_ENTRIES + 2):
+        model_identity(model_folder(tmp_path / f"m{n}"), memo)
+    entries = json.loads((memo / fingerprint.MEMO_FILE).read_text())
+    assert len(entries) == fingerprint.MEMO_ENTRIES
+    assert str(one.resolve()) not in entries  # the oldest went first

@@ -12,8 +12,9 @@ import numpy as np
 from kb.batcher import Batcher
 from kb.chunking import Tokens
 from kb.config import cpu_count
-from kb.embeddings import former_fingerprints, model_fingerprint, resolve_model_path
+from kb.embeddings import resolve_model_path
 from kb.encoders.onnx_export import ensure_export
+from kb.fingerprint import model_identity
 from kb.memory import release_freed_memory
 
 if TYPE_CHECKING:
@@ -70,8 +71,7 @@ class OnnxEmbedder:
         from tokenizers import Tokenizer
 
         self.name, self.path = resolve_model_path(model)
-        self.fingerprint = model_fingerprint(self.path)
-        self.former_fingerprints = former_fingerprints(self.path)
+        self.fingerprint, self.former_fingerprints = model_identity(self.path, cache)
         if backend not in BACKENDS:
             raise ValueError(f"backend {backend!r} is none of {', '.join(BACKENDS)}")
         self.backend = backend

@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from kb.chunking import Tokens
-from kb.embeddings import former_fingerprints, model_fingerprint, resolve_model_path
+from kb.embeddings import resolve_model_path
 from kb.errors import ConfigError
+from kb.fingerprint import model_identity
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -24,8 +25,7 @@ class SentenceTransformerEmbedder:
 
     def __init__(self, model: str, *, device: str = "cpu", batch_size: int = 64) -> None:
         self.name, self.path = resolve_model_path(model)
-        self.fingerprint = model_fingerprint(self.path)
-        self.former_fingerprints = former_fingerprints(self.path)
+        self.fingerprint, self.former_fingerprints = model_identity(self.path)
         self.batch_size = batch_size
         # Never reach for a hub: the weights are local, and the network is not ours to assume.
         os.environ.setdefault("HF_HUB_OFFLINE", "1")

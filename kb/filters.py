@@ -15,6 +15,7 @@ from datetime import UTC, date, datetime, timedelta
 from operator import eq, ge, gt, le, lt, ne
 from typing import TYPE_CHECKING, Any
 
+from kb.config import Settings
 from kb.errors import ValidationFailed, field_error
 from kb.regex_check import regex_problem
 from kb.schemas import RESERVED_PREFIX, check_metadata_key, list_kinds_problem, number_problem
@@ -22,7 +23,6 @@ from kb.schemas import RESERVED_PREFIX, check_metadata_key, list_kinds_problem, 
 if TYPE_CHECKING:
     import numpy as np
 
-    from kb.config import Settings
     from kb.mirror import Mirror
 
 TWIN_PREFIX = f"{RESERVED_PREFIX}ts_"
@@ -32,11 +32,12 @@ MEMBERSHIP = {"$in", "$nin"}
 CONTAINS = {"$contains", "$not_contains"}
 LOGICAL = {"$and", "$or"}
 DOCUMENT_OPS = {"$contains", "$not_contains", "$regex", "$not_regex"}
-MAX_DEPTH = 8
-MAX_CONDITIONS = 64
 # Chroma binds each $in/$nin value as one SQLite variable, and a statement holds at most
-# 32,766 of them ("too many SQL variables" beyond, a 503); a filter's lists stay far below.
-MAX_VALUES = 1000
+# 32,766 of them ("too many SQL variables" beyond, a 503); KB_MAX_FILTER_VALUES stays below.
+
+
+def _setting(name: str) -> int:
+    return int(Settings.model_fields[name].default)
 
 
 @dataclass(frozen=True)
@@ -44,9 +45,9 @@ class FilterLimits:
     """How deep a filter may nest, how many conditions it may hold and how many values its
     lists may hold in all (KB_MAX_FILTER_*)."""
 
-    depth: int = MAX_DEPTH
-    conditions: int = MAX_CONDITIONS
-    values: int = MAX_VALUES
+    depth: int = _setting("max_filter_depth")
+    conditions: int = _setting("max_filter_conditions")
+    values: int = _setting("max_filter_values")
 
     @classmethod
     def of(cls, settings: Settings) -> FilterLimits:

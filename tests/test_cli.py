@@ -360,6 +360,20 @@ def test_export_with_a_filter(env, tmp_path: Path) -> None:
     assert "where.n.$oops" in bad.output
 
 
+def test_export_takes_the_filter_limits_the_service_takes(env, tmp_path: Path) -> None:
+    """It compiled --where with the built-in limits whatever KB_MAX_FILTER_* said."""
+    run(env, "load", str(write_jsonl(tmp_path / "src.jsonl", GOOD)))
+    wide = json.dumps({"$or": [{"n": i} for i in range(100)]})
+    assert "at most 64 conditions" in run(env, "export", "--where", wide).output
+    raised = {**env, "KB_MAX_FILTER_CONDITIONS": "200"}
+    result = run(raised, "export", "--where", wide)
+    assert result.exit_code == 0, result.output
+    assert [json.loads(line)["id"] for line in result.stdout.splitlines()] == ["a"]
+    lowered = {**env, "KB_MAX_FILTER_DEPTH": "1"}
+    nested = '{"$and": [{"$or": [{"n": 1}, {"n": 2}]}]}'
+    assert "nest at most 1 levels" in run(lowered, "export", "--where", nested).output
+
+
 def test_export_to_a_file_holds_exactly_the_export(env, tmp_path: Path) -> None:
     """click.File opened the file on the first write: an export of nothing left an old
     file with its contents (and made no new one) while saying 'exported 0 documents'."""

@@ -313,8 +313,9 @@ def _target(
 )
 def export(where: str | None, output: Path) -> None:
     """Write documents as JSONL: id, text and metadata exactly as given (chunks joined)."""
-    flt = _export_filter(where)
-    store = open_store(searching=False, existing=True)
+    settings = Settings()
+    flt = _export_filter(where, settings)
+    store = open_store(settings, searching=False, existing=True)
     try:
         count = _export_to(store, flt, output)
     except KBError as exc:
@@ -324,13 +325,15 @@ def export(where: str | None, output: Path) -> None:
     click.echo(f"exported {count} documents", err=True)
 
 
-def _export_filter(where: str | None) -> CompiledFilter:
-    """--where compiled, or a clean exit saying what is wrong with it."""
+def _export_filter(where: str | None, settings: Settings) -> CompiledFilter:
+    """--where compiled with the service's limits (KB_MAX_FILTER_*), or a clean exit saying
+    what is wrong with it."""
     from kb import json_input
-    from kb.filters import compile_filter
+    from kb.filters import FilterLimits, compile_filter
 
     try:
-        return compile_filter(where=json_input.loads_object(where) if where else None)
+        parsed = json_input.loads_object(where) if where else None
+        return compile_filter(where=parsed, limits=FilterLimits.of(settings))
     except json_input.UnusableJSON as exc:  # JSON, but not JSON kb can take
         fail(f"--where: {exc}")
     except ValueError as exc:

@@ -65,6 +65,16 @@ def test_kb_serve_refuses_keys_with_no_entries_before_it_starts(tmp_path) -> Non
     assert result.stderr.startswith("Error: KB_API_KEYS is set but holds no")
 
 
+def test_kb_cluster_refuses_them_before_it_starts_a_chroma_server(tmp_path) -> None:
+    """It skipped the check: each gunicorn worker failed to boot with its own traceback."""
+    env = {"KB_API_KEYS": " , "}
+    data = tmp_path / "chroma"
+    result = CliRunner().invoke(main, ["cluster", "--path", str(data)], env=env)
+    assert result.exit_code == 1
+    assert result.stderr.startswith("Error: KB_API_KEYS is set but holds no")
+    assert not data.exists()  # no server was started
+
+
 def test_the_start_up_log_says_whether_keys_are_needed(
     settings: Settings, embedder: Embedder, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -71,6 +71,7 @@ def cluster(data: Path, chroma_port: int, workers: int | None, seeds: tuple[str,
     """Start a local Chroma server and kb with several worker processes against it."""
     url = f"http://127.0.0.1:{chroma_port}"
     log = data / "chroma.log"
+    _check_keys(Settings())  # before the Chroma server starts, and once, not per worker
     try:
         server = chroma_process.start(data, chroma_port, log)
     except KBError as exc:

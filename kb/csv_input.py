@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
-from kb.schemas import number_or_text
+from kb.schemas import scalar_or_text
 from kb.text_input import NUL_BYTE, nul_line, undecodable
 
 # one cell's raw text: quoted (doubled quotes inside), or up to the next comma or line end
@@ -136,17 +136,9 @@ def _record(
     # cells found quoted stay text (quoted is one flag a cell, unless a dialect fooled it)
     as_text = dict(zip(header, quoted, strict=False)) if len(quoted) == len(cells) else {}
     metadata = {
-        key: value if as_text.get(key) else _typed(value)
+        key: value if as_text.get(key) else scalar_or_text(value)
         for key, value in by_column.items()
         if key not in {text_column, id_column} and key and value != ""
     }
     fields["metadata"] = metadata or None
     return Row(line, fields)
-
-
-def _typed(cell: str) -> str | int | float | bool:
-    """An unquoted cell as JSON would type it: true/false, a number spelt as JSON spells it,
-    else its text."""
-    if cell in ("true", "false"):
-        return cell == "true"
-    return number_or_text(cell)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -30,8 +31,20 @@ class KBError(Exception):
         if status is not None:
             self.status = status
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"error": {"code": self.code, "message": self.message, "details": self.details}}
+
+def error_body(
+    code: str, message: str, details: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """The one error shape, for kb's errors and for the answers of Flask and waitress."""
+    return {"error": {"code": code, "message": message, "details": details or []}}
+
+
+def http_code(status: int, reason: str) -> str:
+    """An HTTP error's code in that shape: its reason in snake case ("Bad Request" is
+    bad_request), and kb's own code for a 413."""
+    if status == PayloadTooLarge.status:
+        return PayloadTooLarge.code
+    return re.sub(r"\W+", "_", reason.lower()).strip("_") or "error"
 
 
 class BadRequest(KBError):

@@ -34,7 +34,6 @@ MAX_METADATA_VALUES = 2048
 # Text spelt as a JSON number (4, -0.5, 1e-3); groups: fraction, exponent.
 JSON_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(\.[0-9]+)?([eE][-+]?[0-9]+)?")
 
-Scalar = str | int | float | bool
 SearchMode = Literal["dense", "keyword", "hybrid"]
 Fusion = Literal["rrf", "score"]
 ScalarSchema = {"anyOf": [{"type": "string"}, {"type": "number"}, {"type": "boolean"}]}
@@ -86,6 +85,14 @@ def number_or_text(text: str) -> str | int | float:
         return text  # beyond 64 bits (and int() refuses more than 4,300 digits)
     number = int(text) if integral else float(text)
     return number if number_problem(number) is None else text
+
+
+def scalar_or_text(text: str) -> str | int | float | bool:
+    """Text as JSON would type it when written bare: true/false, a number spelt as JSON spells
+    it (number_or_text), else the text. For unquoted CSV cells and query-string values."""
+    if text in ("true", "false"):
+        return text == "true"
+    return number_or_text(text)
 
 
 def check_metadata_key(key: Any) -> None:
@@ -602,7 +609,7 @@ class Stats(BaseModel):
 
 
 class ErrorDetail(BaseModel):
-    field: str
+    field: str = Field(description="The field as the caller wrote it: documents.3.text, limit")
     message: str
     type: str
 
@@ -610,7 +617,7 @@ class ErrorDetail(BaseModel):
 class ErrorInfo(BaseModel):
     code: str
     message: str
-    details: list[dict[str, Any]]
+    details: list[ErrorDetail]
 
 
 class ErrorBody(BaseModel):

@@ -32,6 +32,19 @@ def test_ids_with_slashes_and_reserved_characters_round_trip(live_server: str) -
     assert missing.value.status == 404
 
 
+def test_query_many_answers_each_query_in_order(live_server: str) -> None:
+    client = KBClient(live_server)
+    client.add(
+        [
+            DocumentIn(id="bread", text="Knead the dough and let the sourdough rise overnight"),
+            DocumentIn(id="orbit", text="The satellite's orbit decays in the upper atmosphere"),
+        ]
+    )
+    results = client.query_many(["baking bread at home", "spacecraft in orbit"], top_k=1)
+    assert [result.matches[0].id for result in results] == ["bread", "orbit"]
+    assert all(len(result.matches) == 1 for result in results)
+
+
 def test_a_service_that_stalls_after_its_headers_is_unreachable_not_a_traceback() -> None:
     """The body was read outside the client's error mapping: a read timeout after the
     headers escaped as a bare TimeoutError (`kb load --url` asking GET /info crashed)."""

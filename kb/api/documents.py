@@ -20,6 +20,7 @@ from kb.schemas import (
     UpdateFields,
     UpdateRequest,
     number_or_text,
+    scalar_or_text,
 )
 from kb.store import WriteMode
 
@@ -156,7 +157,7 @@ def _one_arg(name: str) -> str | None:
     return values[0] if values else None
 
 
-def _int_arg(name: str, default: int, low: int, high: int | None) -> int:
+def _int_arg(name: str, default: int, low: int, high: int) -> int:
     raw = _one_arg(name)
     if raw is None:
         return default
@@ -164,8 +165,8 @@ def _int_arg(name: str, default: int, low: int, high: int | None) -> int:
     value = number_or_text(raw)
     if not isinstance(value, int):
         value = low - 1
-    if value < low or (high is not None and value > high):
-        bounds = f"{low}..{high}" if high is not None else f">= {low}"
+    if not low <= value <= high:
+        bounds = f"{low}..{high}"
         raise ValidationFailed(
             f"{name}: must be an integer {bounds}",
             details=[field_error(name, f"must be an integer {bounds}")],
@@ -190,11 +191,5 @@ def _json_arg(name: str) -> dict[str, Any] | None:
 def _typed(values: list[str]) -> Any:
     """Query-string values: numbers (spelt as JSON spells them) and true/false typed, anything
     else text (so ?author=NaN finds an author called NaN); repeated = any of."""
-    typed = [_scalar(value) for value in values]
+    typed = [scalar_or_text(value) for value in values]
     return typed[0] if len(typed) == 1 else typed
-
-
-def _scalar(value: str) -> Any:
-    if value in ("true", "false"):
-        return value == "true"
-    return number_or_text(value)

@@ -3,26 +3,22 @@
 from __future__ import annotations
 
 import logging
-import re
+from typing import Any
 
 from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
-from kb.errors import KBError, field_error
+from kb.errors import KBError, error_body, field_error, http_code
 
 log = logging.getLogger(__name__)
 
 
-def _render(status: int, code: str, message: str, details: list | None = None) -> Response:
-    response = jsonify({"error": {"code": code, "message": message, "details": details or []}})
+def _render(
+    status: int, code: str, message: str, details: list[dict[str, Any]] | None = None
+) -> Response:
+    response = jsonify(error_body(code, message, details))
     response.status_code = status
     return response
-
-
-def _http_code(exc: HTTPException) -> str:
-    if exc.code == 413:
-        return "payload_too_large"
-    return re.sub(r"\W+", "_", (exc.name or "error").lower()).strip("_")
 
 
 def register_error_handlers(app: Flask) -> None:
@@ -43,7 +39,8 @@ def register_error_handlers(app: Flask) -> None:
             limit = app.config.get("MAX_CONTENT_LENGTH")
             message = f"the request body is larger than the limit of {limit} bytes"
             details = [field_error("body", f"more than {limit} bytes", "too_large")]
-        response = _render(exc.code or 500, _http_code(exc), message, details)
+        status = exc.code or 500
+        response = _render(status, http_code(status, exc.name or ""), message, details)
         if exc.code == 405 and (allowed := exc.get_headers()):
             for name, value in allowed:
                 if name.lower() == "allow":

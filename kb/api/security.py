@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from flask import Flask, Response, current_app, g, request
+from flask import Flask, Response, current_app, request
 
 from kb.api.util import RouteDoc, state
 from kb.auth import Role
@@ -78,7 +78,6 @@ def _authorize() -> None:
     if access == "public":
         return
     role = presented_role()
-    g.kb_role = role
     if role is None:
         header = request.headers.get("Authorization")
         why = "the API key is not valid" if header else "this route needs an API key"

@@ -7,8 +7,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-# waitress's reasons as kb's error codes (413: what the app's own 413 says)
-CODES = {413: "payload_too_large"}
+from kb.errors import error_body, http_code
 
 
 def use_json_errors() -> None:
@@ -20,8 +19,7 @@ def use_json_errors() -> None:
 
 
 def _to_response(error: Any, ident: str | None = None) -> tuple[str, list[tuple[str, str]], bytes]:
-    code = CODES.get(error.code) or str(error.reason).lower().replace(" ", "_")
     message = f"{error.reason}: {error.body}" if error.body else str(error.reason)
-    body = json.dumps({"error": {"code": code, "message": message, "details": []}}).encode()
+    body = json.dumps(error_body(http_code(error.code, str(error.reason)), message)).encode()
     headers = [("Content-Type", "application/json"), ("X-Content-Type-Options", "nosniff")]
     return f"{error.code} {error.reason}", headers, body

@@ -1,4 +1,4 @@
-"""A small typed client for the kb REST API (standard library only).
+"""A small typed client for the kb REST API (urllib; kb's pydantic models for the answers).
 
 from kb.client import KBClient
 kb = KBClient("http://127.0.0.1:8000")

@@ -3,8 +3,9 @@
 Filters are evaluated on in-memory metadata indexes (kb.metadata_index). A search scores the
 rows a filter allows exactly (one matrix product over them) when they are few, and otherwise
 asks the IVF index (kb.ann) over every row, which probes as many lists as it takes to find
-that filter's rows: each search scans whichever is fewer vectors. Stores smaller than
-KB_ANN_MIN_ROWS are always scored exactly.
+that filter's rows: each search takes whichever costs less (Mirror._exact_cost: a gathered
+row costs GATHER_COST vectors, unless a block of the filter's rows is kept). Stores smaller
+than KB_ANN_MIN_ROWS are always scored exactly.
 
 Writers hold the store's lock and call `apply`; readers never lock: rows only grow, and a row
 that dies mid-query is dropped when its record is fetched. The index is (re)built on a

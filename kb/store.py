@@ -496,9 +496,9 @@ class KnowledgeStore:
         """The ids known not to be stored, which Chroma's add (faster than upsert) may write:
         the one record of each one-chunk document whose id had no stored record when checked
         under the write lock (a document's own id is its first chunk's). Later chunks of new
-        documents are left out: a failed write may have left them. None on a Chroma server:
-        the lock holds for this host's processes, and Chroma's add ignores an id another
-        host wrote since the check (acknowledged, never stored; last write must win)."""
+        documents are left out: a failed write may have left them. None (an empty set) on a
+        Chroma server: the lock holds for this host's processes, and Chroma's add ignores an
+        id another host wrote since the check (acknowledged, never stored; last write wins)."""
         if self.records.mode == "server":
             return set()
         heads = {h.id for h in replaced}
@@ -564,8 +564,9 @@ def _window(settings: Settings, embedder: Embedder) -> int:
 
 def _overlap(settings: Settings, window: int) -> int:
     """KB_CHUNK_OVERLAP, at most half a chunk (more, and the text would be stored several
-    times over). The default is cut to half of a small KB_CHUNK_TOKENS; a value set above
-    that is refused rather than changed behind its owner's back."""
+    times over). The default's value, 32, is cut to half of a small KB_CHUNK_TOKENS, set
+    explicitly or not (Settings cannot tell them apart once copied); any other value above
+    half is refused rather than changed behind its owner's back."""
     most = window // 2
     if settings.chunk_overlap > most and settings.chunk_overlap != DEFAULT_OVERLAP:
         raise ConfigError(

@@ -53,7 +53,8 @@ def _no_constants(name: str) -> Any:
 
 
 def body(model: type[M]) -> M:
-    """The request's JSON body validated as `model`; 400 for bad JSON, 422 for bad content."""
+    """The request's JSON body validated as `model`; 400 for bad JSON, 413 past
+    KB_MAX_REQUEST_BYTES, 415 for a body not sent as JSON, 422 for bad content."""
     raw = request.get_data(cache=True)  # raises 413 past MAX_CONTENT_LENGTH
     if not raw.strip():
         raise BadRequest("the request needs a JSON body")

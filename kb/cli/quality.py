@@ -260,7 +260,7 @@ def duplicates(min_score: float | None) -> None:
 
     settings = Settings()
     threshold = settings.duplicate_score if min_score is None else min_score
-    store = open_store(settings, existing=True)
+    store = open_store(settings, searching=False, existing=True)  # Chroma's own index
     try:
         found = groups(store.records, threshold)
     finally:

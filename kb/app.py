@@ -16,8 +16,8 @@ from kb.api.util import EXTENSION, DocIdConverter, KBState
 from kb.auth import KeyRing
 from kb.config import Settings, unknown_variables
 from kb.embeddings import Embedder, load_embedder
+from kb.encoders import process as encoder_process
 from kb.encoders.bulk import BulkEncoder
-from kb.encoders.process import BACKENDS as PROCESS_BACKENDS
 from kb.store import KnowledgeStore
 from kb.telemetry import Telemetry
 
@@ -71,7 +71,7 @@ def create_app(settings: Settings | None = None, *, embedder: Embedder | None = 
 def _bulk_encoder(inner: Embedder, settings: Settings) -> BulkEncoder | None:
     """Large adds embed in an encoder process (kb.encoders.bulk), when it can run the
     backend and is not switched off."""
-    if settings.encoder_process_min_texts == 0 or inner.backend not in PROCESS_BACKENDS:
+    if not encoder_process.wanted(settings, inner.backend):
         return None
     return BulkEncoder(
         inner, settings, settings.encoder_process_min_texts, settings.encoder_process_idle_s

@@ -285,12 +285,9 @@ def _beir_record(data: Any) -> dict[str, Any]:
 
 def _json(stream: IO[str], name: str, source: Source, options: Options) -> Iterator[Item | Problem]:
     content = stream.read()
-    if (line := text_input.nul_line(content)) is not None:
-        yield _nul(name, line, "the file is not read")
-        return
     # one JSON value: no record around a bad byte can be told apart
-    if bad := text_input.undecodable(content):
-        yield Problem(name, text_input.bad_line(content), f"{bad}; the file is not read")
+    if (problem := _unreadable(content, name, "; the file is not read")) is not None:
+        yield problem
         return
     try:
         data = json_input.parse(content)
@@ -317,11 +314,8 @@ def _csv(stream: IO[str], name: str, source: Source, options: Options) -> Iterat
 
 def _text(stream: IO[str], name: str, source: Source, options: Options) -> Iterator[Item | Problem]:
     content = stream.read()
-    if (line := text_input.nul_line(content)) is not None:
-        yield _nul(name, line, "the file is not read")
-        return
-    if bad := text_input.undecodable(content):
-        yield Problem(name, text_input.bad_line(content), bad)
+    if (problem := _unreadable(content, name)) is not None:  # its one document
+        yield problem
         return
     try:
         metadata, content = front_matter.split(content)
@@ -339,6 +333,16 @@ def _text(stream: IO[str], name: str, source: Source, options: Options) -> Itera
         yield Problem(name, 1, f"the file's name, its id, is {bad}: rename it or set an id")
         return
     yield validate({"id": doc_id, "text": content, "metadata": metadata or None}, name, 1, options)
+
+
+def _unreadable(content: str, name: str, undecodable_then: str = "") -> Problem | None:
+    """The problem of a file read whole (one JSON value, one text document) that holds a NUL
+    byte or bytes that are not UTF-8; None for one kb can read."""
+    if (line := text_input.nul_line(content)) is not None:
+        return _nul(name, line, "the file is not read")
+    if bad := text_input.undecodable(content):
+        return Problem(name, text_input.bad_line(content), f"{bad}{undecodable_then}")
+    return None
 
 
 def _nul(name: str, line: int, then: str) -> Problem:

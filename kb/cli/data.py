@@ -269,16 +269,14 @@ def _target(
             weigh=add_bytes,
             max_weight=settings.max_request_bytes - ADD_OVERHEAD,
         )
-    from kb.encoders.process import BACKENDS as PROCESS_BACKENDS
-    from kb.encoders.process import EncoderProcess
+    from kb.encoders.process import EncoderProcess, wanted
     from kb.store import WriteMode
 
     write_mode = WriteMode(mode)
     from kb.encoders.bulk import STARTING_CHARS
 
-    least = settings.encoder_process_min_texts  # 0: never an encoder process
-    small = not least or (size is not None and size < STARTING_CHARS * least)
-    if settings.backend not in PROCESS_BACKENDS or small:
+    small = size is not None and size < STARTING_CHARS * settings.encoder_process_min_texts
+    if not wanted(settings, settings.backend) or small:
         store = open_store(settings, searching=False)
         prepare = lambda docs: store.prepare(docs, write_mode, on_duplicate)  # noqa: E731
         return _Target(store.commit, prepare, store.close)

@@ -36,6 +36,12 @@ READY_SECONDS = 300.0  # the first start exports the model
 BACKENDS = frozenset(ONNX_BACKENDS)  # the backends a child process runs: OnnxEmbedder's
 
 
+def wanted(settings: Settings, backend: str) -> bool:
+    """Whether large adds may embed in an encoder process: it runs `backend`, and
+    KB_ENCODER_PROCESS_MIN_TEXTS is not 0 (which switches it off)."""
+    return settings.encoder_process_min_texts > 0 and backend in BACKENDS
+
+
 def _serve(options: dict[str, Any], conn: Connection) -> None:
     """The child: load the encoder, say what it is, then embed each batch sent. Batches are
     queued on the encoder's lanes as they arrive (`submit_documents`), so the lanes never wait

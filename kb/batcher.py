@@ -53,7 +53,8 @@ class Batcher:
         return slot.rows
 
     def _take(self) -> list[_Slot]:
-        batch, size = [], 0
+        batch: list[_Slot] = []
+        size = 0
         while self._waiting and (
             not batch or size + len(self._waiting[0].items) <= self._max_items
         ):

@@ -110,7 +110,7 @@ class KBClient:
             "GET", f"/documents/{urllib.parse.quote(doc_id, safe='')}", None, Document
         )
 
-    def list(
+    def list_documents(
         self, *, limit: int = 20, offset: int = 0, where: dict[str, Any] | None = None
     ) -> DocumentList:
         params: dict[str, Any] = {"limit": limit, "offset": offset}

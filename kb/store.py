@@ -200,7 +200,7 @@ class KnowledgeStore:
         unique = list(dict.fromkeys(ids))
         return [r for r in self.records.get(unique) if r.chunk == 0] if unique else []
 
-    def list(self, flt: CompiledFilter, limit: int, offset: int) -> DocumentList:
+    def list_documents(self, flt: CompiledFilter, limit: int, offset: int) -> DocumentList:
         """A page of the documents passing `flt` and how many pass, both from one read of
         their ids (in storage order, as a read with limit and offset gives them): counted
         and paged by two reads, a write between them made `total` disagree with its own

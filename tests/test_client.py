@@ -45,6 +45,19 @@ def test_query_many_answers_each_query_in_order(live_server: str) -> None:
     assert all(len(result.matches) == 1 for result in results)
 
 
+def test_list_documents_pages_and_filters(live_server: str) -> None:
+    client = KBClient(live_server)
+    client.add([DocumentIn(id=f"n{i}", text=f"Note {i}", metadata={"i": i}) for i in range(5)])
+    first = client.list_documents(limit=2)
+    assert (first.total, len(first.documents)) == (5, 2)
+    rest = client.list_documents(limit=10, offset=2)
+    assert {d.id for d in first.documents} | {d.id for d in rest.documents} == {
+        f"n{i}" for i in range(5)
+    }
+    later = client.list_documents(where={"i": {"$gte": 3}})
+    assert (later.total, sorted(d.id for d in later.documents)) == (2, ["n3", "n4"])
+
+
 def test_a_service_that_stalls_after_its_headers_is_unreachable_not_a_traceback() -> None:
     """The body was read outside the client's error mapping: a read timeout after the
     headers escaped as a bare TimeoutError (`kb load --url` asking GET /info crashed)."""

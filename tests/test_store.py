@@ -251,7 +251,7 @@ def test_a_read_torn_by_an_update_is_read_again_whole(
 
     for read in (
         lambda: store.get("L"),
-        lambda: store.list(CompiledFilter(), limit=10, offset=0).documents[0],
+        lambda: store.list_documents(CompiledFilter(), limit=10, offset=0).documents[0],
         lambda: next(store.iter_documents(CompiledFilter())),
     ):
         store.update("L", UpdateFields(text=old, metadata={"v": 1}))
@@ -719,7 +719,7 @@ def test_a_listing_page_agrees_with_its_total_during_a_write(
         return found
 
     monkeypatch.setattr(store.records, "ids", write_meanwhile)
-    listed = store.list(CompiledFilter(where={"k": 1}), limit=10, offset=0)
+    listed = store.list_documents(CompiledFilter(where={"k": 1}), limit=10, offset=0)
     assert listed.total == len(listed.documents) == 1
     assert store.count() == 2
     monkeypatch.undo()
@@ -733,5 +733,5 @@ def test_a_listing_page_agrees_with_its_total_during_a_write(
         return found
 
     monkeypatch.setattr(store.records, "ids", delete_meanwhile)
-    listed = store.list(CompiledFilter(where={"k": 1}), limit=10, offset=0)
+    listed = store.list_documents(CompiledFilter(where={"k": 1}), limit=10, offset=0)
     assert (listed.total, [doc.id for doc in listed.documents]) == (2, ["b"])

@@ -95,7 +95,7 @@ def list_documents() -> tuple[Response, int]:
     }
     limits = FilterLimits.of(state().settings)
     flt = compile_filter(simple or None, where, limits=limits, filters_field="")
-    return reply(store().list(flt, limit, offset))
+    return reply(store().list_documents(flt, limit, offset))
 
 
 @bp.patch("/documents/<doc_id:doc_id>")

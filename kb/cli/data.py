@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import click
 
@@ -278,8 +278,8 @@ def _target(
     small = size is not None and size < STARTING_CHARS * settings.encoder_process_min_texts
     if not wanted(settings, settings.backend) or small:
         store = open_store(settings, searching=False)
-        prepare = lambda docs: store.prepare(docs, write_mode, on_duplicate)  # noqa: E731
-        return _Target(store.commit, prepare, store.close)
+        here = lambda docs: store.prepare(docs, write_mode, on_duplicate)  # noqa: E731
+        return _Target(store.commit, here, store.close)
     try:
         encoder = EncoderProcess(settings)
     except KBError as exc:
@@ -360,7 +360,7 @@ def _write_documents(store: KnowledgeStore, flt: CompiledFilter, out: TextIO) ->
     """Every document passing `flt` as a JSON line; how many."""
     count = 0
     for doc in store.iter_documents(flt):
-        record = {"id": doc.id, "text": doc.text}
+        record: dict[str, Any] = {"id": doc.id, "text": doc.text}
         if doc.metadata is not None:
             record["metadata"] = doc.metadata
         out.write(json.dumps(record, ensure_ascii=False) + "\n")

@@ -33,7 +33,7 @@ from kb.memory import limit_malloc_arenas
 )
 def serve(host: str | None, port: int | None, threads: int | None, workers: int | None) -> None:
     """Serve the REST API and the search page on the configured store."""
-    overrides = {"host": host, "port": port, "threads": threads, "workers": workers}
+    overrides: dict[str, Any] = {"host": host, "port": port, "threads": threads, "workers": workers}
     settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
     where = settings.chroma_url or settings.chroma_path
     _check_keys(settings)

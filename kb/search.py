@@ -13,7 +13,7 @@ from kb.filters import CompiledFilter, FilterLimits, compile_filter
 from kb.hybrid import complete, fuse, in_memory, keyword_documents
 from kb.keyword import query_terms
 from kb.mirror import Mirror
-from kb.ranking import Hit, Ranking, widen
+from kb.ranking import Hit, Ranking, best_scored, widen
 from kb.records import Record, user_metadata
 from kb.schemas import Document, Match, QueryRequest, QueryResult, QueryStatus, Threshold
 from kb.store import KnowledgeStore
@@ -212,7 +212,7 @@ def _best_per_document(hits: Sequence[tuple[Record, float]], texts: bool) -> lis
         if doc_id not in best:
             best[doc_id] = Hit(record, score, complete=texts)
     # equal scores (identical texts) by id: the order is the same on every search path
-    return sorted(best.values(), key=lambda hit: (-hit.score, hit.record.doc_id))
+    return best_scored(best.values(), len(best))
 
 
 def _matches(hits: list[Hit], full: dict[str, Document]) -> list[Match]:

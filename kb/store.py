@@ -162,9 +162,8 @@ class KnowledgeStore:
         """The whole documents that these chunk records (of any index) belong to, by id, as
         of the records' version: one deleted or written since is left out."""
         wanted = {r.doc_id: r for r in records}
-        ids = [chunk_id(d, i) for d, r in wanted.items() for i in range(int(r.metadata[CHUNKS]))]
         groups: dict[str, list[Record]] = {}
-        for record in self.records.get(list(dict.fromkeys(ids))):
+        for record in self.records.get(_chunk_ids(list(wanted.values()))):
             groups.setdefault(record.doc_id, []).append(record)
         groups = self._whole(groups, list(wanted))
         return {

@@ -205,7 +205,7 @@ def test_kb_eval_names_a_corpus_record_that_fails(tmp_path: Path) -> None:
 def test_a_model_that_does_not_load_is_a_message(tmp_path: Path, command: str) -> None:
     """Was a ConfigError traceback."""
     folder = beir_folder(tmp_path / "tiny")
-    args = [str(folder)] if command == "eval" else ["--queries", str(folder)]
+    args = [str(folder), "--split", "test"] if command == "eval" else ["--queries", str(folder)]
     env = {"KB_CHROMA_PATH": str(tmp_path / "untouched"), "KB_MODEL": str(tmp_path / "none")}
     result = CliRunner().invoke(main, [command, *args], env=env)
     assert result.exit_code == 1
@@ -236,3 +236,18 @@ def test_the_queries_column_counts_the_queries_scored(tmp_path: Path) -> None:
     assert report["figures"]["ndcg@10"] == pytest.approx(1.0)
     assert re.search(r"tiny/test +\S+ +4 +2 +1\.000", result.output)
     assert "tiny/test: 1 of 3 queries have no relevant document" in result.output
+    # the note comes before the table (stderr printed between its header and rows)
+    assert result.output.index("have no relevant document") < result.output.index("nDCG@10")
+
+
+def test_kb_eval_reads_every_dataset_before_it_evaluates_one(tmp_path: Path) -> None:
+    """A bad second dataset failed only once the first was loaded and scored (minutes on a
+    real corpus)."""
+    good = beir_folder(tmp_path / "good")
+    bad = beir_folder(tmp_path / "bad")
+    (bad / "qrels" / "test.tsv").unlink()
+    env = {"KB_CHROMA_PATH": str(tmp_path / "untouched")}
+    result = CliRunner().invoke(main, ["eval", str(good), str(bad), "--split", "test"], env=env)
+    assert result.exit_code == 1
+    assert "no qrels for split 'test'" in result.output
+    assert "nDCG@10" not in result.output  # nothing was evaluated

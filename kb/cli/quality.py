@@ -218,18 +218,26 @@ def eval_(
     from kb.evaluation import open_dataset, run_eval, temporary_store, variants
 
     settings = Settings()
-    embedder = open_embedder(settings)
     searches = variants(modes or [settings.search_mode], fusions or [settings.fusion])
     reports = []
+    opened = []
+    # every dataset read first: a bad second one fails before minutes go into the first,
+    # and the warnings and notes (stderr) come before the table, not between its rows
+    for path in datasets:
+        try:
+            dataset = open_dataset(path, split, corpus)
+        except KBError as exc:
+            fail(exc.message)
+        _warn_unmatched(dataset)
+        _note_unscored(dataset)
+        opened.append(dataset)
+    embedder = open_embedder(settings)
     click.echo(
         f"{'dataset':<16} {'mode':<12} {'docs':>6} {'queries':>7} {'nDCG@10':>8} "
         f"{'MRR@10':>7} {'R@10':>6} {'R@100':>6} {'load s':>7} {'query s':>7}"
     )
-    for path in datasets:
+    for dataset in opened:
         try:
-            dataset = open_dataset(path, split, corpus)
-            _warn_unmatched(dataset)
-            _note_unscored(dataset)
             with temporary_store(settings, embedder) as store:
                 found = run_eval(store, dataset, searches)
         except KBError as exc:  # a bad corpus record too: named, not a traceback

@@ -45,8 +45,8 @@ eval: install ## Retrieval figures on data/eval and every dataset in ../shared/e
 calibrate: install ## Threshold sweep on data/eval's labeled pairs and queries
 	$(BIN)/kb calibrate --pairs data/eval/pairs.jsonl --queries data/eval
 
-lint: install ## Check style with ruff
-	$(BIN)/ruff check kb tests bench && $(BIN)/ruff format --check kb tests bench
+lint: install ## Check style with ruff and kb's type hints with mypy
+	$(BIN)/ruff check kb tests bench && $(BIN)/ruff format --check kb tests bench && $(BIN)/mypy
 
 format: install ## Format the code with ruff
 	$(BIN)/ruff format kb tests bench && $(BIN)/ruff check --fix kb tests bench
@@ -63,4 +63,4 @@ reset-db: ## Delete the store at KB_CHROMA_PATH, chroma_db by default (needs FOR
 	@echo "emptied $(STORE)"
 
 clean: ## Remove the virtualenv and caches (keeps the store)
-	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache *.egg-info

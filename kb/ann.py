@@ -178,7 +178,7 @@ class AnnIndex:
             selector = faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(allowed))
         nprobe = self.probes(total / max(len(self), 1))
         while True:
-            params = faiss.SearchParametersIVF(nprobe=nprobe, sel=selector)
+            params = faiss.SearchParametersIVF(nprobe=nprobe, sel=selector)  # type: ignore[call-arg]  # SWIG
             with self._lock.reading():
                 _, rows = self._index.search(query, asked, params=params)
             found = rows[0][rows[0] >= 0]

@@ -33,7 +33,7 @@ class _Column:
     they took."""
 
     def __init__(self, dtype: type, capacity: int = 4) -> None:
-        self.data = np.zeros(capacity, dtype=dtype)
+        self.data: np.ndarray = np.zeros(capacity, dtype=dtype)
 
     def put(self, start: int, values: Sequence[float]) -> None:
         """Write `values` from `start` on, growing if they do not fit."""

@@ -17,7 +17,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from kb import json_input, text_input
 from kb.config import Settings
@@ -182,9 +182,16 @@ class Report:
     query_seconds: float
 
 
-def variants(modes: Sequence[str], fusions: Sequence[str]) -> list[dict[str, str]]:
+class Search(TypedDict, total=False):
+    """One search variant's options, as QueryRequest takes them."""
+
+    mode: str
+    fusion: str
+
+
+def variants(modes: Sequence[str], fusions: Sequence[str]) -> list[Search]:
     """The search options to evaluate: each mode, and hybrid once per fusion method."""
-    out: list[dict[str, str]] = []
+    out: list[Search] = []
     for mode in modes:
         if mode == "hybrid":
             out.extend({"mode": mode, "fusion": fusion} for fusion in fusions)
@@ -193,9 +200,7 @@ def variants(modes: Sequence[str], fusions: Sequence[str]) -> list[dict[str, str
     return out
 
 
-def run_eval(
-    store: KnowledgeStore, dataset: Dataset, searches: Sequence[dict[str, str]]
-) -> list[Report]:
+def run_eval(store: KnowledgeStore, dataset: Dataset, searches: Sequence[Search]) -> list[Report]:
     """Load the corpus once, then rank every query with each search variant and score it."""
     started = time.perf_counter()
     load_corpus(store, dataset)
@@ -206,7 +211,7 @@ def run_eval(
         began = time.perf_counter()
         ranked = rank(store, [dataset.queries[q] for q in ids], **options)
         run = {q: r.ids for q, r in zip(ids, ranked, strict=True)}
-        name = "/".join(options.values())
+        name = "/".join(str(value) for value in options.values())  # dense, hybrid/rrf
         reports.append(
             Report(
                 dataset.name,

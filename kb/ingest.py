@@ -197,8 +197,10 @@ def _events(
     limits = batch_limits(batch_size)
     limit = next(limits)
     for entry in entries:
-        problem = entry
-        if isinstance(entry, Item):
+        problem: Problem
+        if isinstance(entry, Problem):
+            problem = entry
+        else:
             verdict = _classify(entry, seen)
             if verdict == "new":
                 verdict = weights.too_heavy(entry) or verdict

@@ -10,11 +10,14 @@ import hashlib
 import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from kb.chunking import Chunk, join
 from kb.filters import TWIN_PREFIX, date_twins
 from kb.schemas import CHUNK_ID_RE, RESERVED_PREFIX, Document
+
+if TYPE_CHECKING:
+    import numpy as np
 
 DOC = f"{RESERVED_PREFIX}doc"
 CHUNK = f"{RESERVED_PREFIX}chunk"
@@ -34,7 +37,7 @@ class Record:
     id: str
     text: str
     metadata: dict[str, Any]
-    embedding: Sequence[float] | None = None
+    embedding: Sequence[float] | np.ndarray | None = None
 
     @property
     def doc_id(self) -> str:

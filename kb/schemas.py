@@ -18,6 +18,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic.json_schema import JsonDict, JsonValue
 
 RESERVED_PREFIX = "_kb_"
 CHUNK_ID_RE = re.compile(r"#chunk\d+$")
@@ -36,8 +37,9 @@ JSON_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(\.[0-9]+)?([eE][-+]?[0-9]+)?")
 
 SearchMode = Literal["dense", "keyword", "hybrid"]
 Fusion = Literal["rrf", "score"]
-ScalarSchema = {"anyOf": [{"type": "string"}, {"type": "number"}, {"type": "boolean"}]}
-MetadataValueSchema = {"anyOf": [*ScalarSchema["anyOf"], {"type": "array", "items": ScalarSchema}]}
+SCALARS: list[JsonValue] = [{"type": "string"}, {"type": "number"}, {"type": "boolean"}]
+LIST_OF_SCALARS: JsonValue = {"type": "array", "items": {"anyOf": SCALARS}}
+MetadataValueSchema: JsonDict = {"anyOf": [*SCALARS, LIST_OF_SCALARS]}
 
 
 def number_problem(value: Any) -> str | None:

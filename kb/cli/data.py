@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import IO, TYPE_CHECKING, Any
 
 import click
 
@@ -356,7 +356,7 @@ def _export_to(store: KnowledgeStore, flt: CompiledFilter, output: Path) -> int:
         return _write_documents(store, flt, out)
 
 
-def _write_documents(store: KnowledgeStore, flt: CompiledFilter, out: TextIO) -> int:
+def _write_documents(store: KnowledgeStore, flt: CompiledFilter, out: IO[str]) -> int:
     """Every document passing `flt` as a JSON line; how many."""
     count = 0
     for doc in store.iter_documents(flt):

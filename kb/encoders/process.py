@@ -83,6 +83,7 @@ def _serve(options: dict[str, Any], conn: Connection) -> None:
 def _answer(answers: queue.SimpleQueue[Future[np.ndarray] | None], conn: Connection) -> None:
     """Send each batch's vectors, or its failure, in order; stop at None."""
     while (future := answers.get()) is not None:
+        reply: tuple[str, np.ndarray | str, None]
         try:
             reply = ("ok", future.result(), None)
         except Exception as exc:
@@ -100,7 +101,7 @@ def _exit_now() -> None:
     resource tracker would otherwise report as leaked."""
     from multiprocessing import util
 
-    util._run_finalizers()  # what a normal exit runs (no public name for it)
+    util._run_finalizers()  # type: ignore[attr-defined]  # what a normal exit runs (no public name)
     os._exit(0)
 
 

@@ -15,7 +15,7 @@ import pytest
 from kb.app import close_app, create_app
 from kb.chunking import Chunk, Tokens
 from kb.collection import FINGERPRINT_KEY
-from kb.config import Settings
+from kb.config import Settings, cpu_count
 from kb.errors import ConfigError, Conflict, ModelMismatch, StoreUnavailable
 from kb.filters import CompiledFilter
 from kb.records import DOC, HEADS, build_records
@@ -57,6 +57,26 @@ def test_data_survives_a_restart(settings: Settings, embedder) -> None:
         assert [m["id"] for m in result["matches"]] == ["keep"]
     finally:
         close_app(second)
+
+
+@pytest.mark.skipif(cpu_count() < 2, reason="one core: no session for lone texts at all")
+def test_a_store_that_will_not_search_opens_no_session_for_lone_queries(
+    settings: Settings,
+) -> None:
+    """kb load, export, backup and duplicates opened one (about 0.12 s and 96 MiB) and never
+    asked a lone query."""
+    writer = KnowledgeStore.open(settings, searching=False)
+    try:
+        assert writer.embedder.has_query_session is False  # type: ignore[attr-defined]
+        writer.add([DocumentIn(id="one", text="a lone text still embeds")], WriteMode.ERROR)
+    finally:
+        writer.close()
+    reader = KnowledgeStore.open(settings)
+    try:
+        assert reader.embedder.has_query_session is True  # type: ignore[attr-defined]
+        assert reader.get("one").text == "a lone text still embeds"
+    finally:
+        reader.close()
 
 
 def test_opening_a_store_with_another_model_is_refused(settings: Settings, embedder) -> None:

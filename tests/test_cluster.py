@@ -109,6 +109,22 @@ def test_metrics_add_up_over_the_workers(cluster: str) -> None:
     assert float(line.rsplit(" ", 1)[1]) == 12
 
 
+def test_requests_gunicorn_refuses_itself_get_kbs_error_shape(cluster: str) -> None:
+    """They were gunicorn's HTML page (waitress's were text/plain, fixed for kb serve)."""
+    host, port = cluster.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=60) as sock:
+        sock.sendall(b"POST /add HTTP/1.1\r\nHost: x\r\nContent-Length: many\r\n\r\n")
+        answer = b"".join(iter(lambda: sock.recv(65536), b""))
+    status, _, rest = answer.partition(b"\r\n")
+    assert status.startswith(b"HTTP/1.1 400 ")
+    headers, _, body = rest.partition(b"\r\n\r\n")
+    assert b"Content-Type: application/json" in headers
+    error = json.loads(body)["error"]
+    assert (error["code"], error["details"]) == ("bad_request", [])
+    assert "content-length" in error["message"].lower()
+    assert call(cluster, "/health")[0] == 200  # and the workers serve on
+
+
 SEED = [{"id": "moraine", "text": "Moraines mark where a glacier stopped."}]
 
 

@@ -18,7 +18,7 @@ from gunicorn.app.base import BaseApplication
 from kb import __version__, chroma_process
 from kb.auth import KeyRing
 from kb.cli.base import fail, main
-from kb.cli.server_errors import use_json_errors
+from kb.cli.server_errors import use_json_errors, use_json_errors_in_gunicorn
 from kb.config import Settings, cpu_count
 from kb.errors import KBError
 from kb.memory import limit_malloc_arenas
@@ -179,6 +179,7 @@ def _interrupt(signum: int, frame: object) -> None:
 
 def _gunicorn(settings: Settings) -> None:
     """Worker processes sharing the Chroma server, and their metrics through files."""
+    use_json_errors_in_gunicorn()
     metrics = tempfile.mkdtemp(prefix="kb-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics  # before any worker imports the client
     try:

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from bench import checks, info, ingest, query, report
-from bench.corpus import CORPUS_VERSION, KINDS
+from bench.corpus import CORPUS_VERSION, KINDS, fingerprint
 from bench.harness import NOTES
 
 SECTIONS = ("ingest", "query", "startup")
@@ -58,7 +58,13 @@ def parse(argv: list[str]) -> argparse.Namespace:
         default=None,
         help="send this search mode (default: none sent, kb's KB_SEARCH_MODE)",
     )
-    parser.add_argument("--rebuild", action="store_true", help="rebuild the cached query stores")
+    parser.add_argument(
+        "--rebuild",
+        action="store_true",
+        help="rebuild the kept query stores (they are rebuilt anyway when bench.query."
+        "STORE_FORMAT or the corpus changed; a store built by another commit is reused, with a "
+        "warning)",
+    )
     parser.add_argument(
         "--repeat",
         type=int,
@@ -83,7 +89,9 @@ def main(argv: list[str]) -> int:
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
         "arguments": vars(args),
         "corpus_version": CORPUS_VERSION,
-        "settings": settings,
+        "corpus_sha256": fingerprint(),
+        "settings": settings,  # every setting of kb.config.Settings, secrets left out
+        "environment": info.environment(),  # KB_*, OMP_*, MKL_*, OPENBLAS_*
         "machine": machine,
     }
     started = time.perf_counter()
@@ -102,6 +110,9 @@ def main(argv: list[str]) -> int:
         report.ingest(result["ingest"])
     if result.get("query"):
         report.query(result["query"])
+        for built in (r["build"] for r in result["query"]):
+            if "warning" in built:
+                print(f"\n  ! {built['warning']}")
     result["checks"] = checks.evaluate(result.get("ingest", []), result.get("query", []))
     checks.show(result["checks"])
     info.write(result, path)

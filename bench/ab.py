@@ -14,15 +14,18 @@ not across runs. Prints each cell and the medians per side; writes bench/results
 from __future__ import annotations
 
 import argparse
+import shlex
 import shutil
 import statistics
 import sys
 from contextlib import ExitStack
+from datetime import UTC, datetime
 from typing import Any
 
-from bench.corpus import FILTERS
+from bench import info
+from bench.corpus import CORPUS_VERSION, FILTERS, documents, fingerprint
 from bench.harness import Server, save_results, scratch, utc_stamp
-from bench.query import bodies, check_answers, load, store_for
+from bench.query import bodies, check_answers, fewest, load, searched, store_for
 from kb.config import ENV_PREFIX, unknown_variables
 
 FIGURES = ("p50_ms", "p95_ms", "qps", "server_cpu_ms_per_query", "errors")
@@ -58,23 +61,30 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--cell", type=cell, action="append", dest="cells")
     args = parser.parse_args(argv)
     sides = {"a": variables(args.a), "b": variables(args.b)}
+    settings, machine = info.kb_settings(), info.machine()
+    started = datetime.now(UTC).isoformat(timespec="seconds")
+    print(info.header(settings, machine), flush=True)
     cells = args.cells or [("none", 1), ("broad", 1), ("none", 16)]
-    source, _ = store_for(args.docs)
+    source, built = store_for(args.docs)
+    docs = documents("short", args.docs)
     runs: list[dict[str, Any]] = []
     with scratch("kb-bench-ab-") as work, ExitStack() as stack:
         servers = {}
         for side, env in sides.items():
             shutil.copytree(source, work / side)
             servers[side] = stack.enter_context(Server(work / side, work / f"{side}.log", env=env))
-        for server in servers.values():
+        least = {side: fewest(searched(None, env)) for side, env in sides.items()}
+        for side, server in servers.items():
             server.wait_ready()
-            check_answers(server, None)  # warms up; a side whose answers break a filter stops here
+            # warms up; a side whose answers break a filter, or are short, stops here
+            check_answers(server, None, docs, least[side])
+        del docs
         for round_ in range(args.rounds):
             order = ["a", "b"] if round_ % 2 == 0 else ["b", "a"]
             for filter_name, clients in cells:
                 payloads = bodies(filter_name, None)
                 for side in order:
-                    out = load(servers[side], payloads, clients, args.seconds)
+                    out = load(servers[side], payloads, clients, args.seconds, least=least[side])
                     runs.append(
                         {
                             "round": round_,
@@ -82,6 +92,8 @@ def main(argv: list[str]) -> int:
                             "filter": filter_name,
                             "clients": clients,
                             **{k: out[k] for k in FIGURES},
+                            "error_kinds": out["error_kinds"],
+                            "other_cpu": out["other_cpu"],
                         }
                     )
                     print(
@@ -107,7 +119,23 @@ def main(argv: list[str]) -> int:
                 f"{side}  {filter_name:>9} x{clients:<2} p50 {p50:.2f} ms  p95 {p95:.2f} ms  "
                 f"{qps:.1f} q/s  {cpu:.2f} CPU-ms/q  errors {sum(r['errors'] for r in mine)}"
             )
-    save_results(f"ab-{utc_stamp()}", {"sides": sides, "docs": args.docs, "runs": runs})
+    save_results(
+        f"ab-{utc_stamp()}",
+        {
+            "command": shlex.join([sys.executable, "-m", "bench.ab", *argv]),
+            "sides": sides,
+            "docs": args.docs,
+            "started": started,
+            # what both sides share; each side's KB_* above go on top of it
+            "settings": settings,
+            "environment": info.environment(),
+            "machine": machine,  # its git: commit and dirty flag
+            "corpus_version": CORPUS_VERSION,
+            "corpus_sha256": fingerprint(),
+            "store": built,
+            "runs": runs,
+        },
+    )
     return 0
 
 

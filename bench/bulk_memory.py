@@ -5,8 +5,10 @@
 Copies the query benchmark's cached store of `--docs` short documents to a scratch
 directory, starts `kb serve` on the copy (KB_ENCODER_PROCESS_IDLE_S=`--idle`), waits for
 `ready`, then POSTs `--batches` requests of 1,024 new documents (short, or paragraphs with
-`--kind paragraph`: longer texts, larger encoder batches) one after another, as
-`kb load --url` sends its full batches. After each: the request's seconds, kb serve's peak RSS
+`--kind paragraph`: longer texts, larger encoder batches) one after another, with the
+options `kb load --url` sends (bench.ingest.ADD_OPTIONS) in batches of its full size (it keeps
+two in flight; one at a time here, to read the memory after each). After each: the request's
+seconds, kb serve's peak RSS
 and its children's (the encoder process, multiprocessing's resource tracker). Then it waits
 for the encoder process to stop for want of work and reports how long that took after the
 last add's answer (the idle time runs from the end of that add's embedding, which comes
@@ -24,12 +26,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench import info
 from bench.corpus import KINDS, documents
 from bench.harness import Server, descendants, request, save_results, scratch
+from bench.ingest import ADD_OPTIONS
 from bench.query import store_for
 from kb.ingest import BATCH_SIZE
 
-OPTIONS = {"on_conflict": "error", "on_duplicate": "ignore"}  # as kb load --url sends
+OPTIONS = ADD_OPTIONS  # as kb load --url sends: on_conflict skip
 
 
 def encoder_processes(pid: int) -> list[int]:
@@ -52,7 +56,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--idle", type=float, default=10.0, help="KB_ENCODER_PROCESS_IDLE_S")
     parser.add_argument("--kind", choices=KINDS, default="short", help="the documents added")
     args = parser.parse_args(argv)
-    source, _ = store_for(args.docs)
+    source, built = store_for(args.docs)
     count = args.batches * BATCH_SIZE
     if args.kind == "short":  # the store holds the first `docs` of them
         new = documents("short", args.docs + count)[args.docs :]
@@ -62,6 +66,11 @@ def main(argv: list[str]) -> int:
         "docs": args.docs,
         "kind": args.kind,
         "idle_s": args.idle,
+        "options": OPTIONS,
+        "store": built,
+        "machine": info.machine(),
+        "settings": info.kb_settings(),
+        "environment": info.environment(),
         "batches": [],
     }
     with scratch() as work:
@@ -76,7 +85,9 @@ def main(argv: list[str]) -> int:
                 body = json.dumps({"documents": new[start : start + BATCH_SIZE], **OPTIONS})
                 started = time.perf_counter()
                 status, raw = request(conn, "POST", "/add", body.encode())
-                if status != 201:
+                if status != 201 or json.loads(raw)["added"] != len(
+                    new[start : start + BATCH_SIZE]
+                ):
                     raise RuntimeError(f"POST /add answered {status}: {raw[:500]!r}")
                 seconds = time.perf_counter() - started
                 result["batches"].append({"seconds": seconds, **server.memory()})

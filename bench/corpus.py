@@ -6,6 +6,7 @@ holds the same first documents.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import re
@@ -152,3 +153,52 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 def queries() -> tuple[str, ...]:
     """The natural-language questions of data/eval/queries.jsonl (the `query` field)."""
     return tuple(doc["query"] for doc in read_jsonl(ROOT / "data" / "eval" / "queries.jsonl"))
+
+
+def digest(docs: Iterable[dict[str, Any]]) -> str:
+    """sha256 of documents as write_jsonl writes them: the same texts, ids and metadata give
+    the same hash (a changed data/seed or generator gives another)."""
+    found = hashlib.sha256()
+    for doc in docs:
+        found.update((json.dumps(doc, ensure_ascii=False) + "\n").encode())
+    return found.hexdigest()
+
+
+FINGERPRINT_DOCS = 1000  # documents of each kind the fingerprint hashes
+
+
+@cache
+def fingerprint() -> str:
+    """A hash of what the synthetic corpus is made of, for every results file: the version,
+    the seed, the sentence pool, the queries and the first FINGERPRINT_DOCS of each kind
+    (a prefix of every size, see documents)."""
+    found = hashlib.sha256(f"{CORPUS_VERSION}-{SEED}\n".encode())
+    for sentence in sentences():
+        found.update((sentence + "\n").encode())
+    for query in queries():
+        found.update((query + "\n").encode())
+    for kind in KINDS:
+        found.update(digest(documents(kind, FINGERPRINT_DOCS)).encode())
+    return found.hexdigest()
+
+
+def passing(docs: Iterable[dict[str, Any]], name: str, i: int = 0, enough: int = 5) -> int:
+    """How many documents pass the `i`th filter of `name` (as kb's /query body has it:
+    metadata equal to a value or in a list; $contains, a substring of the text), counted up
+    to `enough`."""
+    fields = filter_for(name, i)[0]
+    wanted = {
+        key: value if isinstance(value, list) else [value]
+        for key, value in fields.get("filters", {}).items()
+    }
+    text = fields.get("where_document", {}).get("$contains")
+    found = 0
+    for doc in docs:
+        metadata = doc.get("metadata") or {}
+        if all(metadata.get(key) in allowed for key, allowed in wanted.items()) and (
+            text is None or text in doc["text"]
+        ):
+            found += 1
+            if found >= enough:
+                break
+    return found

@@ -61,7 +61,12 @@ def utc_stamp() -> str:
 
 
 def save_results(name: str, figures: Any) -> Path:
-    """Write a script's figures as bench/results/<name>.json and say where."""
+    """Write a script's figures as bench/results/<name>.json and say where; a dict gets the
+    synthetic corpus's hash (bench.corpus.fingerprint) unless it holds one."""
+    from bench.corpus import fingerprint
+
+    if isinstance(figures, dict) and "corpus_sha256" not in figures:
+        figures = {**figures, "corpus_sha256": fingerprint()}
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"{name}.json"
     out.write_text(json.dumps(figures, indent=2) + "\n")

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import subprocess
+from collections.abc import Mapping
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -18,24 +20,52 @@ SETTINGS = (
     "embed_batch_size", "embed_batch_tokens", "chunking",
     "chunk_tokens", "chunk_overlap", "search_mode", "fusion", "hybrid_depth", "hnsw_ef_search",
     "min_score", "top_k", "duplicate_score", "threads", "log_level",
-)  # fmt: skip
+)  # fmt: skip  # the ones the header prints; the results hold every setting
 PACKAGES = (
     "kb", "chromadb", "onnxruntime", "openvino", "torch", "sentence-transformers",
     "transformers", "numpy", "waitress", "flask",
 )  # fmt: skip
+# the environment variables a result depends on: kb's settings and the thread pools' own
+VARIABLES = ("KB_", "OMP_", "MKL_", "OPENBLAS_")
+SECRET = re.compile(r"(KEYS?|SECRETS?|PASSWORDS?|CREDENTIALS?|_TOKEN)$", re.IGNORECASE)
+SET = "<set>"  # a secret's value, which the results never hold
 
 
 def kb_settings() -> dict[str, Any]:
-    """KB_BACKEND as inherited and the relevant fields of kb.config.Settings()."""
+    """KB_BACKEND as inherited and every field of kb.config.Settings() (model_dump), a
+    secret's value replaced by SET (None when unset)."""
     info: dict[str, Any] = {"KB_BACKEND": os.environ.get("KB_BACKEND")}
     try:
         from kb.config import Settings
 
-        dumped = Settings().model_dump(mode="json")
-        info.update({key: dumped[key] for key in SETTINGS if key in dumped})
+        settings = Settings()
+        secret = {
+            name
+            for name, field in type(settings).model_fields.items()
+            if "SecretStr" in str(field.annotation) or SECRET.search(name)
+        }
+        dumped = settings.model_dump(mode="json", exclude=secret)
+        info.update(dumped)
+        info.update({name: SET if getattr(settings, name) else None for name in secret})
     except Exception as exc:  # a half-edited config must not hide the figures
         info["error"] = f"{type(exc).__name__}: {exc}"
     return info
+
+
+def environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Every KB_*, OMP_*, MKL_* and OPENBLAS_* variable (any case, as kb reads its own), a
+    secret's (KB_API_KEYS, KB_API_KEY) value replaced by SET."""
+    environ = os.environ if environ is None else environ
+    return {
+        name: SET if SECRET.search(name) else value
+        for name, value in sorted(environ.items())
+        if name.upper().startswith(VARIABLES)
+    }
+
+
+def git() -> dict[str, Any]:
+    """HEAD's commit and whether the tree has uncommitted changes."""
+    return _git()
 
 
 def _git() -> dict[str, Any]:
@@ -72,7 +102,7 @@ def machine() -> dict[str, Any]:
 
 def header(settings: dict[str, Any], box: dict[str, Any]) -> str:
     versions = ", ".join(f"{k} {v}" for k, v in box["versions"].items() if v)
-    shown = ", ".join(f"{k}={v}" for k, v in settings.items() if k != "KB_BACKEND")
+    shown = ", ".join(f"{k}={settings[k]}" for k in SETTINGS if k in settings)
     return (
         f"KB_BACKEND={settings.get('KB_BACKEND') or '(unset)'}; settings: {shown}\n"
         f"machine: {box['nproc']} cores ({box['cpu']}), {box['memory_gib']} GiB, "

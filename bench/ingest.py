@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import queue
 import re
 import resource
 import statistics
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import COLLECTION, ROOT
-from bench.corpus import Kind, documents, write_jsonl
+from bench.corpus import Kind, digest, documents, write_jsonl
 from bench.harness import OtherLoad, Server, kb_command, kb_env, note, request, run_worker, scratch
 from kb.cli.data import URL_IN_FLIGHT
 from kb.config import cpu_count
@@ -22,6 +23,8 @@ from kb.ingest import BATCH_SIZE, batch_limits
 
 SUMMARY = re.compile(r"added (\d+), updated (\d+), skipped (\d+), failed (\d+) in ([\d.]+)s")
 ADD_BATCH = BATCH_SIZE  # what kb load --url sends per request
+# and how (kb/cli/data.py: on_conflict "skip" without --upsert, --on-duplicate's default)
+ADD_OPTIONS = {"on_conflict": "skip", "on_duplicate": "ignore"}
 
 
 def kb_load(corpus: Path, store: Path, expected: int) -> dict[str, Any]:
@@ -66,16 +69,24 @@ def _children_cpu() -> float:
 
 def post_add(docs: Sequence[dict[str, Any]], store: Path, log: Path) -> dict[str, Any]:
     """Batches to POST /add as `kb load --url` sends them (FIRST_BATCH documents, doubling
-    up to ADD_BATCH): URL_IN_FLIGHT requests at a time, each over its own keep-alive
-    connection; first request to last reply."""
+    up to ADD_BATCH, its options): URL_IN_FLIGHT senders, each taking the next batch from a
+    shared queue as kb load's request slots do, each over its own keep-alive connection
+    (kb load's client opens one a request); first request to last reply."""
     bodies = add_bodies(docs)
     with Server(store, log) as server:
         ready_s = server.wait()
         conns = [server.connect(timeout=600) for _ in range(URL_IN_FLIGHT)]
         replies: list[tuple[int, bytes]] = []
+        work: queue.SimpleQueue[bytes] = queue.SimpleQueue()
+        for body in bodies:
+            work.put(body)
 
         def send(sender: int) -> None:
-            for body in bodies[sender::URL_IN_FLIGHT]:
+            while True:
+                try:
+                    body = work.get_nowait()
+                except queue.Empty:
+                    return
                 replies.append(request(conns[sender], "POST", "/add", body))
 
         started = time.perf_counter()
@@ -87,15 +98,17 @@ def post_add(docs: Sequence[dict[str, Any]], store: Path, log: Path) -> dict[str
         seconds = time.perf_counter() - started
         statuses = [status for status, _ in replies]
         # POST /add answers 201 Created
-        added = sum(json.loads(raw)["added"] for status, raw in replies if status == 201)
+        answers = [json.loads(raw) for status, raw in replies if status == 201]
+        added = sum(answer["added"] for answer in answers)
+        skipped = sum(answer.get("skipped", 0) for answer in answers)
         health = json.loads(request(conns[0], "GET", "/health")[1])
         for conn in conns:
             conn.close()
         memory = server.memory()
     bad = [s for s in statuses if s != 201]
-    if bad or added != len(docs) or health["documents"] != len(docs):
+    if bad or added != len(docs) or skipped or health["documents"] != len(docs):
         raise RuntimeError(
-            f"POST /add: statuses {sorted(set(statuses))}, added {added}, "
+            f"POST /add: statuses {sorted(set(statuses))}, added {added}, skipped {skipped}, "
             f"store holds {health['documents']} of {len(docs)}"
         )
     return {
@@ -111,7 +124,7 @@ def post_add(docs: Sequence[dict[str, Any]], store: Path, log: Path) -> dict[str
 def add_bodies(docs: Sequence[dict[str, Any]]) -> list[bytes]:
     """The POST /add bodies `kb load --url` sends for these documents: batches of FIRST_BATCH
     documents, doubling up to ADD_BATCH, as a bulk load asks (no near-duplicate report)."""
-    options = {"on_conflict": "error", "on_duplicate": "ignore"}
+    options = ADD_OPTIONS
     bodies, start = [], 0
     for size in batch_limits(ADD_BATCH):
         if start >= len(docs):
@@ -156,12 +169,14 @@ def cell(kind: Kind, size: int, repeat: int = 1, parts: Sequence[str] = PARTS) -
                 one["bound"] = _bound(size, one)
             rounds.append(one)
     result: dict[str, Any] = {"kind": kind, "docs": size, "rounds": repeat}
+    result["corpus_sha256"] = digest(docs)
     result["other_cpu"] = other.share()
     for part in rounds[0]:
         runs = sorted((one[part] for one in rounds), key=lambda run: run["docs_per_s"])
         result[part] = runs[(len(runs) - 1) // 2] | {
             "runs_docs_per_s": [one[part]["docs_per_s"] for one in rounds]
         }
+        result[part] |= _peaks([one[part] for one in rounds])
     for way in (*WAYS, "bound"):
         if way in result:
             result[way] |= {
@@ -176,6 +191,19 @@ def cell(kind: Kind, size: int, repeat: int = 1, parts: Sequence[str] = PARTS) -
     return result
 
 
+MEMORY = ("peak_rss_mib", "children_peak_rss_mib")
+
+
+def _peaks(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The largest peaks over a part's rounds (the median round's are not the peak), each
+    round's kb serve + children, and their largest."""
+    if not all(MEMORY[0] in run for run in runs):
+        return {}
+    totals = [run[MEMORY[0]] + run.get(MEMORY[1], 0) for run in runs]
+    peaks = {key: max(run.get(key, 0) for run in runs) for key in MEMORY}
+    return peaks | {"runs_peak_total_mib": totals, "peak_total_mib": max(totals)}
+
+
 def _median_ratio(
     rounds: Sequence[dict[str, dict[str, Any]]], way: str, part: str, rate: str
 ) -> float:
@@ -184,10 +212,11 @@ def _median_ratio(
 
 
 def _bound(size: int, parts: dict[str, dict[str, Any]]) -> dict[str, float]:
-    """The most docs/s any pipeline of this model and store could reach in this round: the
-    CPU of the encoder alone (kb's, the fastest measured) and of the baseline's Chroma adds
-    (kb's store writes the same records and more), spread over every core without an idle
-    moment. Its ratio to the baseline caps what "vs base" can reach."""
+    """The most docs/s a pipeline with kb's encoder (its KB_BACKEND, as measured here: one
+    call, the corpus sorted by length) and this store could reach in this round: the CPU of
+    that encoder and of the baseline's Chroma adds (kb's store writes the same records and
+    more), spread over every core without an idle moment. Its ratio to the baseline caps what
+    "vs base" can reach for such a pipeline; another encoder or runtime has its own bound."""
     cores = cpu_count()
     encoder_cpu, add_cpu = parts["encoder"]["cpu_s"], parts["baseline"]["add_cpu_s"]
     return {

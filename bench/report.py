@@ -54,9 +54,9 @@ def ingest(cells: Sequence[dict[str, Any]]) -> None:
     print(
         "  baseline = SentenceTransformer.encode(batch 64) + Chroma add; encoder = kb's "
         "embed_documents alone;\n  kb load/s from the time kb prints (model load and store "
-        "open excluded), load wall/s = the whole process\n  (its vs base: against the "
-        "baseline's whole process, interpreter start, imports, model load and store open "
-        "in both);\n  >window = texts longer than the "
+        "open excluded), load wall/s = the whole process\n  (its vs base, informational, "
+        "not the issue's target: against the baseline's whole process, interpreter start, "
+        "imports, model load and store open in both);\n  >window = texts longer than the "
         "model window (kb chunks them, the others truncate);\n  serve MiB = kb serve's peak RSS "
         "after the POST /add run + its child processes' (the encoder process for large adds);"
         "\n  other = the share of the machine's CPU used by processes outside the benchmark "
@@ -80,15 +80,23 @@ def _bounds(cells: Sequence[dict[str, Any]]) -> None:
         [c["kind"], c["docs"], c["bound"]["encoder_cpu_s"], c["bound"]["add_cpu_s"],
          c["bound"]["docs_per_s"], f"{c['bound']['vs_baseline']:.2f}x",
          _ratio(c.get("kb_load", {}), "vs_bound", "%"),
-         _ratio(c.get("post_add", {}), "vs_bound", "%")]
+         _ratio(c.get("post_add", {}), "vs_bound", "%"), f"{c['other_cpu']:.0%}"]
         for c in cells
     ]  # fmt: skip
     headers = ["kind", "docs", "encoder CPU s", "Chroma add CPU s", "bound/s", "vs base",
-               "kb load", "POST /add"]  # fmt: skip
-    table("CPU bound (docs/s no pipeline of this model and store can pass here)", headers, rows)
+               "kb load", "POST /add", "other"]  # fmt: skip
+    backend = cells[0].get("encoder", {}).get("backend") or "kb's"
+    table(
+        f"CPU bound (docs/s no pipeline with kb's encoder, {backend}, and this store can pass "
+        "here)",
+        headers,
+        rows,
+    )
     print(
         f"  bound = docs x {cells[0]['bound']['cores']} cores / (the encoder alone's CPU + the "
-        "baseline's Chroma add CPU): every core busy, nothing but the model and the store;"
+        "baseline's Chroma add CPU): every core busy, nothing but kb's encoder (as measured "
+        "here: one call, the corpus sorted by length) and the store;\n  another encoder or "
+        "runtime has another bound; other = the CPU share other processes took in the cell;"
         "\n  vs base = the highest ratio to the baseline possible in this run; kb load and "
         "POST /add = their rates as a share of the bound (medians of the ratios within a round)"
     )
@@ -125,7 +133,8 @@ def query(results: Sequence[dict[str, Any]]) -> None:
         for cell in r["cells"]:
             base = r["baseline"][cell["filter"]]
             single = cell["clients"] == 1
-            ratio = f"{base['p50_ms'] / cell['p50_ms']:.2f}x" if single else ""
+            both = single and cell["p50_ms"] and base.get("p50_ms")  # none if all failed
+            ratio = f"{base['p50_ms'] / cell['p50_ms']:.2f}x" if both else "-" if single else ""
             head = [r["docs"], cell["filter"]]
             cpu = [f"{cell['server_cores']:.2f}", f"{cell['server_cpu_ms_per_query']:.1f}"]
             rows.append([*head, "kb", cell["clients"], *(cell[k] for k in LATENCY),
@@ -144,22 +153,26 @@ def query(results: Sequence[dict[str, Any]]) -> None:
             "difficulties (~2/3), varied = 12 of 50 authors, another set on every query (~1/4;\n"
             "  the others repeat one filter, whose mask kb keeps until the next write), text = "
             "$contains 'the' (~3/5);\n  server cores / cpu ms/q = "
-            "CPU kb serve used during the cell (all threads), in cores and per answered query"
+            "CPU kb serve used during the cell (all threads), in cores and per answered query;"
+            "\n  errors = failed requests and 200 answers of another shape or with fewer than "
+            "5 matches though the threshold rejected none"
         )
         warn_busy([c["other_cpu"] for r in results for c in [*r["cells"], *r["baseline"].values()]
                    if isinstance(c, dict)])  # fmt: skip
     rows = [
         [r["docs"], r.get("cold_start", {}).get("median_s"),
          r.get("cold_start", {}).get("ready_median_s"),
-         r.get("memory_after_load", {}).get("peak_rss_mib"),
+         _serve_rss(r.get("memory_after_load", {})),
          r.get("cold_start", {}).get("peak_rss_mib_after_first_query"), _stop(r)]
         for r in results
     ]  # fmt: skip
-    headers = ["docs", "cold start s (median of 3)", "ready s", "peak RSS MiB after query load",
+    headers = ["docs", "cold start s (median of 3)", "ready s",
+               "peak RSS MiB after query load (+ children)",
                "peak RSS MiB after 1st query", "SIGTERM to exit s"]  # fmt: skip
     table(
-        "Memory and start-up (cold start: spawning kb serve to its first answer; ready: to "
-        "/health saying ready, the in-memory copies loaded; SIGTERM sent at the first answer)",
+        "Memory and start-up (cold start: spawning kb serve to its first answer, the ONNX "
+        "export cached and the store in the page cache; ready: to /health saying ready, the "
+        "in-memory copies loaded; SIGTERM sent at the first answer)",
         headers,
         rows,
     )

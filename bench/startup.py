@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.harness import Server, scratch
+from bench.harness import OtherLoad, Server, scratch
 
 RUNS = 3
 POLL_S = 0.02
@@ -18,8 +18,11 @@ PROBE = json.dumps({"query": "how do I stop my model from overfitting?", "top_k"
 
 
 def cold_start(store: Path, runs: int = RUNS) -> dict[str, Any]:
-    """Median of `runs` spawns; the process's memory after its first answer, too."""
+    """Median of `runs` spawns; the process's memory after its first answer, too, and the
+    share of the CPU other processes took meanwhile (every server is waited for, so its CPU
+    counts as ours)."""
     seconds, ready, memories = [], [], []
+    other = OtherLoad()
     with scratch() as work:
         for i in range(runs):
             started = time.perf_counter()
@@ -37,6 +40,7 @@ def cold_start(store: Path, runs: int = RUNS) -> dict[str, Any]:
         "ready_runs_s": ready,
         "peak_rss_mib_after_first_query": max(m["peak_rss_mib"] for m in memories),
         **stop,
+        "other_cpu": other.share(),
     }
 
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import posixpath
 from pathlib import Path
 
-from flask import Blueprint, Response, send_from_directory
+from flask import Blueprint, Response, abort, send_from_directory
 
 from kb.api.util import documented
 
@@ -12,11 +13,16 @@ bp = Blueprint("ui", __name__)
 
 WEB = Path(__file__).resolve().parent.parent / "web"
 # The page loads only kb's own files and talks only to kb: a script injected through stored
-# text could neither load code from elsewhere nor send the API key away.
+# text could neither load code from elsewhere nor send the API key away. Trusted Types with
+# no policy make the browser refuse HTML strings (innerHTML and the like) outright.
 PAGE_POLICY = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-    "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+    "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'; "
+    "require-trusted-types-for 'script'; trusted-types 'none'"
 )
+# What /static/ serves: the page's scripts and styles. Not index.html, which only / sends,
+# with its policy (from /static/ it would load without one).
+STATIC_SUFFIXES = (".js", ".css")
 
 
 def _static_headers(response: Response) -> Response:
@@ -51,4 +57,6 @@ def index() -> Response:
 )
 def static(filename: str) -> Response:
     # send_from_directory refuses paths that leave WEB (404), so no traversal check here.
+    if not posixpath.normpath(filename).endswith(STATIC_SUFFIXES):
+        abort(404)
     return _static_headers(send_from_directory(WEB, filename))

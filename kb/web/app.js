@@ -23,6 +23,7 @@ const state = {
   stats: null,
   lastRequest: null,
   searchSeq: 0,
+  checkedKey: "", // the key the server last judged (/info, or a 401 / 403)
   thresholdTouched: false,
   topKTouched: false,
 };
@@ -34,6 +35,36 @@ function el(tag, className, text) {
   if (className) node.className = className;
   if (text !== undefined) node.textContent = text;
   return node;
+}
+
+// Characters that show as nothing or reorder the text around them (format characters such as
+// U+202E RIGHT-TO-LEFT OVERRIDE or U+200B ZERO WIDTH SPACE, line and paragraph separators):
+// in an id they could make it look like another one, so ids show them as \u escapes.
+const HIDDEN_CHARS = /[\p{Cf}\p{Zl}\p{Zp}]/gu;
+
+function escapeHidden(char) {
+  const code = char.codePointAt(0).toString(16).toUpperCase();
+  return code.length > 4 ? `\\u{${code}}` : `\\u${code.padStart(4, "0")}`;
+}
+
+function visibleId(id) {
+  return String(id).replace(HIDDEN_CHARS, escapeHidden);
+}
+
+// The id as text nodes, each hidden character as a marked escape (told apart from a "\u"
+// typed into the id).
+function idNodes(id) {
+  const nodes = [];
+  let last = 0;
+  for (const found of String(id).matchAll(HIDDEN_CHARS)) {
+    if (found.index > last) nodes.push(document.createTextNode(id.slice(last, found.index)));
+    const mark = el("span", "hidden-char", escapeHidden(found[0]));
+    mark.title = "an invisible or direction-changing character";
+    nodes.push(mark);
+    last = found.index + found[0].length;
+  }
+  if (last < id.length) nodes.push(document.createTextNode(id.slice(last)));
+  return nodes;
 }
 
 class ApiError extends Error {
@@ -64,13 +95,27 @@ function storeKey(key) {
   }
 }
 
+// The key in the field is the one sent (it starts as the stored one): what the page shows is
+// what it uses. It is stored only once /info has accepted it (onKey).
 function currentKey() {
-  return storedKey() || $("api-key").value.trim();
+  return $("api-key").value.trim();
+}
+
+// A 200 that is not kb's JSON (a proxy's or captive portal's HTML page, say).
+function unexpectedAnswer(status) {
+  return new ApiError(
+    status,
+    "unexpected_answer",
+    "Unexpected answer from the server: it did not come from kb, or kb does not match this page. " +
+      "Reload the page, or check the address.",
+    [],
+  );
 }
 
 async function api(path, { method = "GET", body } = {}) {
   const headers = { Accept: "application/json" };
   const key = currentKey();
+  if (path === "info") state.checkedKey = key;
   if (key) headers.Authorization = `Bearer ${key}`;
   const init = { method, headers, cache: "no-store" };
   if (body !== undefined) {
@@ -89,7 +134,12 @@ async function api(path, { method = "GET", body } = {}) {
   } catch {
     data = null;
   }
-  if (response.ok) return data;
+  if (response.ok) {
+    if (data === null || typeof data !== "object" || Array.isArray(data)) {
+      throw unexpectedAnswer(response.status);
+    }
+    return data;
+  }
   const error = (data && data.error) || {};
   const failure = new ApiError(
     response.status,
@@ -98,6 +148,7 @@ async function api(path, { method = "GET", body } = {}) {
     Array.isArray(error.details) ? error.details : [],
   );
   // The server is the authority on what this key may do: follow it, whatever /info said.
+  if (response.status === 401 || response.status === 403) state.checkedKey = key;
   if (response.status === 401) {
     state.info = { ...state.info, auth_required: true, role: null };
     applyRole();
@@ -146,7 +197,11 @@ function updateKeyStatus() {
   const { auth_required: authRequired, role } = state.info;
   const key = currentKey();
   let text;
-  if (!authRequired) {
+  if (authRequired && key !== state.checkedKey) {
+    text = key
+      ? "This key is not checked yet: press Use key (searches already send it)."
+      : "This server needs an API key. Enter it to search.";
+  } else if (!authRequired) {
     text = key
       ? "This server is open: no key is needed (the key is ignored)."
       : "This server is open: no key is needed to search, add or delete.";
@@ -270,12 +325,32 @@ function fillFilters() {
 
 // ------------------------------------------------------------------ search
 
+const JSON_NUMBER = /^-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?$/;
+
+// /stats lists values as text, so "2" stands for a stored 2 as well as "2" (and "true" for
+// true): the value as JSON would have it, or undefined when the text is all it can be.
+function typedValue(text) {
+  if (text === "true") return true;
+  if (text === "false") return false;
+  if (!JSON_NUMBER.test(text)) return undefined;
+  const number = Number(text);
+  // Past 2**53 the number would be another one: the text alone is then the honest filter.
+  if (!Number.isFinite(number)) return undefined;
+  if (/^-?\d+$/.test(text) && !Number.isSafeInteger(number)) return undefined;
+  return number;
+}
+
 function buildRequest() {
   const request = { query: $("query").value.trim() };
   const filters = {};
+  const clauses = [];
   for (const key of FILTER_KEYS) {
     const value = $(key).value;
-    if (value) filters[key] = value;
+    if (!value) continue;
+    const typed = typedValue(value);
+    // A filter list must hold one type, so "either spelling" is an $or in `where`.
+    if (typed === undefined) filters[key] = value;
+    else clauses.push({ $or: [{ [key]: value }, { [key]: typed }] });
   }
   if (Object.keys(filters).length) request.filters = filters;
   const from = $("date-from").value;
@@ -284,8 +359,9 @@ function buildRequest() {
     const range = {};
     if (from) range.$gte = from;
     if (to) range.$lte = to; // a bare date as $lte covers that whole day
-    request.where = { [DATE_KEY]: range };
+    clauses.push({ [DATE_KEY]: range });
   }
+  if (clauses.length) request.where = clauses.length === 1 ? clauses[0] : { $and: clauses };
   const topK = Number($("top-k").value);
   if (Number.isInteger(topK)) request.top_k = topK;
   // Unmoved, the slider sends nothing, so a calibrated default keeps applying.
@@ -300,19 +376,25 @@ function checkRequest(request) {
   if (!Number.isInteger(topK) || topK < 1 || topK > maxTopK) {
     return ["top-k", `Results (top k) must be a whole number from 1 to ${maxTopK}.`];
   }
-  const range = request.where && request.where[DATE_KEY];
-  if (range && range.$gte && range.$lte && range.$gte > range.$lte) {
-    return ["date-from", "The start date is after the end date."];
-  }
+  const from = $("date-from").value;
+  const to = $("date-to").value;
+  if (from && to && from > to) return ["date-from", "The start date is after the end date."];
   return null;
 }
 
-async function onSearch(event) {
+function onSearch(event) {
   event.preventDefault();
+  return submitSearch();
+}
+
+// What the form and a ?q= on load go through alike: the checks, then the search.
+async function submitSearch() {
   const request = buildRequest();
   const problem = checkRequest(request);
   if (problem) {
     const [field, message] = problem;
+    endSearch(); // an answer still on its way is for a search that no longer counts
+    clearResults();
     showError($("search-status"), new ApiError(0, "invalid_input", message, []));
     $(field).focus();
     return;
@@ -323,14 +405,21 @@ async function onSearch(event) {
   await runSearch(request);
 }
 
+function endSearch() {
+  state.searchSeq += 1;
+  $("results-section").removeAttribute("aria-busy");
+}
+
+// The Search button stays enabled (and keeps focus) while a search runs: Enter or a click
+// sends a newer search, whose answer is the only one shown. The busy state is aria-busy on
+// the results and "Searching…" in the status.
 async function runSearch(request) {
   const seq = ++state.searchSeq;
   const results = $("results-section");
   results.setAttribute("aria-busy", "true");
-  $("search-button").disabled = true;
   showMessage($("search-status"), "Searching…");
   try {
-    const result = await api("query", { method: "POST", body: request });
+    const result = checkedAnswer(await api("query", { method: "POST", body: request }));
     if (seq !== state.searchSeq) return; // a newer search has been sent meanwhile
     state.lastRequest = request;
     renderResult(result);
@@ -339,11 +428,30 @@ async function runSearch(request) {
     clearResults();
     showError($("search-status"), err);
   } finally {
-    if (seq === state.searchSeq) {
-      results.removeAttribute("aria-busy");
-      $("search-button").disabled = false;
-    }
+    if (seq === state.searchSeq) results.removeAttribute("aria-busy");
   }
+}
+
+// A /query answer of the shape this page reads, or an "unexpected answer" error.
+function checkedAnswer(result) {
+  const isMatch = (match) =>
+    match !== null &&
+    typeof match === "object" &&
+    typeof match.id === "string" &&
+    typeof match.score === "number" &&
+    typeof (match.passage || match.text || "") === "string";
+  const threshold = result.threshold;
+  const fine =
+    typeof result.status === "string" &&
+    threshold !== null &&
+    typeof threshold === "object" &&
+    typeof threshold.min_score === "number" &&
+    (result.status !== "ok" || (Array.isArray(result.matches) && result.matches.every(isMatch))) &&
+    (result.near_misses == null ||
+      (Array.isArray(result.near_misses) && result.near_misses.every(isMatch))) &&
+    (result.best_rejected_score == null || typeof result.best_rejected_score === "number");
+  if (!fine) throw unexpectedAnswer(200);
+  return result;
 }
 
 function clearResults() {
@@ -376,6 +484,7 @@ function renderResult(result) {
   const panel = $("no-match");
   panel.hidden = false;
   $("show-rejected").hidden = true;
+  $("show-rejected").removeAttribute("aria-disabled");
   $("no-match-bar").replaceChildren();
   if (result.status === "no_confident_match") {
     showMessage($("search-status"), "No confident match.");
@@ -408,23 +517,30 @@ function renderResult(result) {
 }
 
 async function showRejected() {
-  if (!state.lastRequest) return;
   const button = $("show-rejected");
-  button.disabled = true;
+  const request = state.lastRequest;
+  if (!request || button.getAttribute("aria-disabled") === "true") return;
+  // The answer belongs to the search shown now: once a newer one has been sent or shown,
+  // the panel is not this answer's any more.
+  const seq = state.searchSeq;
+  const current = () => seq === state.searchSeq && request === state.lastRequest;
+  button.setAttribute("aria-disabled", "true"); // not `disabled`: that would drop the focus
   try {
-    const result = await api("query", {
-      method: "POST",
-      body: { ...state.lastRequest, explain: true },
-    });
+    const result = checkedAnswer(
+      await api("query", { method: "POST", body: { ...request, explain: true } }),
+    );
+    if (!current()) return;
     const threshold = result.threshold.min_score;
     const misses = result.near_misses || [];
     $("rejected").replaceChildren(...misses.map((match) => renderMatch(match, threshold, false)));
     button.hidden = true;
     if (misses.length) $("rejected").querySelector(".match-id").focus();
+    else showMessage($("search-status"), "No rejected candidates are left to show.");
   } catch (err) {
+    if (!current()) return;
     showError($("search-status"), err);
   } finally {
-    button.disabled = false;
+    if (current()) button.removeAttribute("aria-disabled");
   }
 }
 
@@ -450,7 +566,7 @@ function chipText(value) {
 function renderMatch(match, threshold, deletable) {
   const card = $("match-template").content.firstElementChild.cloneNode(true);
   const title = card.querySelector(".match-id");
-  title.textContent = match.id;
+  title.replaceChildren(...idNodes(match.id));
   title.tabIndex = -1;
   card.querySelector(".score").textContent = `score ${score(match.score)}`;
   card
@@ -461,7 +577,12 @@ function renderMatch(match, threshold, deletable) {
   const chips = card.querySelector(".chips");
   for (const [key, value] of Object.entries(match.metadata || {})) {
     const chip = el("li", "chip");
-    chip.append(el("span", "chip-key", `${key}: `), el("span", "chip-value", chipText(value)));
+    // dir=auto isolates each part: an override in a key or value cannot reorder the others.
+    const name = el("span", "chip-key", `${key}: `);
+    const content = el("span", "chip-value", chipText(value));
+    name.dir = "auto";
+    content.dir = "auto";
+    chip.append(name, content);
     chips.append(chip);
   }
   chips.hidden = chips.childElementCount === 0;
@@ -471,14 +592,16 @@ function renderMatch(match, threshold, deletable) {
   if (shown.length > TEXT_PREVIEW_CHARS) {
     text.textContent = `${shown.slice(0, TEXT_PREVIEW_CHARS)}…`;
     const more = el("details", "more");
-    more.append(el("summary", "", `Show all ${shown.length} characters`), el("p", "text", shown));
+    const all = el("p", "text", shown);
+    all.dir = "auto";
+    more.append(el("summary", "", `Show all ${shown.length} characters`), all);
     text.after(more);
   } else {
     text.textContent = shown;
   }
   const button = card.querySelector(".delete-button");
   if (deletable) {
-    button.setAttribute("aria-label", `Delete ${match.id}`);
+    button.setAttribute("aria-label", `Delete ${visibleId(match.id)}`);
     button.hidden = state.info.role !== "write";
     button.addEventListener("click", () => deleteDocument(match.id, card, button));
   } else {
@@ -491,7 +614,8 @@ function renderMatch(match, threshold, deletable) {
 // ------------------------------------------------------------------ writes
 
 async function deleteDocument(id, card, button) {
-  if (!window.confirm(`Delete the document "${id}"? This cannot be undone.`)) return;
+  const shown = visibleId(id);
+  if (!window.confirm(`Delete the document "${shown}"? This cannot be undone.`)) return;
   button.disabled = true;
   const status = $("search-status");
   try {
@@ -499,7 +623,7 @@ async function deleteDocument(id, card, button) {
     card.remove();
     const left = $("results").childElementCount;
     const tail = left ? "" : " No results are left.";
-    showMessage(status, `Deleted "${result.ids[0] || id}".${tail}`);
+    showMessage(status, `Deleted "${visibleId(result.ids[0] || id)}".${tail}`);
     status.focus(); // the focused button is gone: keep keyboard users in the results
     loadStats();
   } catch (err) {
@@ -539,13 +663,14 @@ async function onAdd(event) {
   showMessage(status, "Adding…");
   try {
     const result = await api("add", { method: "POST", body: request });
-    const id = result.ids[0];
+    const id = visibleId(result.ids[0]);
     let text;
     if (result.added) text = `Added "${id}".`;
     else if (result.updated) text = `Replaced "${id}".`;
     else text = `Nothing written: "${id}" is already stored with this content.`;
     for (const duplicate of result.duplicates || []) {
-      text += ` It nearly duplicates "${duplicate.existing}" (score ${score(duplicate.score)}).`;
+      const existing = visibleId(duplicate.existing);
+      text += ` It nearly duplicates "${existing}" (score ${score(duplicate.score)}).`;
     }
     showMessage(status, text);
     $("add-form").reset();
@@ -561,8 +686,15 @@ async function onAdd(event) {
 
 async function onKey(event) {
   event.preventDefault();
-  storeKey($("api-key").value.trim());
-  await refresh();
+  const key = currentKey();
+  await loadInfo();
+  // Kept only once /info has accepted it: a rejected key must not come back on reload.
+  // (Stored before the stats load, in the same turn as the key's status is shown.)
+  if (state.checkedKey === key) {
+    if (state.info.role) storeKey(key);
+    else if (state.info.auth_required) storeKey("");
+  }
+  await loadStats();
   if (state.lastRequest && state.info.role) await runSearch(state.lastRequest);
 }
 
@@ -581,6 +713,7 @@ async function refresh() {
 async function start() {
   $("api-key").value = storedKey();
   $("key-form").addEventListener("submit", onKey);
+  $("api-key").addEventListener("input", updateKeyStatus);
   $("forget-key").addEventListener("click", onForgetKey);
   $("search-form").addEventListener("submit", onSearch);
   $("add-form").addEventListener("submit", onAdd);
@@ -600,9 +733,9 @@ async function start() {
   await refresh();
   if (state.info.auth_required && !state.info.role) $("api-key").focus();
   const query = new URLSearchParams(window.location.search).get("q");
-  if (query) {
+  if (query !== null && query !== "") {
     $("query").value = query;
-    await runSearch(buildRequest());
+    await submitSearch(); // the same checks as a typed search ("  " is no query)
   }
   document.body.dataset.ready = "true"; // lets tests wait for start-up to finish
 }

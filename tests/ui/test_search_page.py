@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -11,7 +12,7 @@ import pytest
 from tests.ui.conftest import READ_KEY, WRITE_KEY, Server, kb_serve, seed
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Locator, Page
+    from playwright.sync_api import Browser, Locator, Page, Route
 
 pytestmark = pytest.mark.ui
 
@@ -313,8 +314,9 @@ def test_with_keys_a_write_key_adds_and_is_kept_for_the_session(
         expect(key_status).to_have_text("Read-write key: you can search, add and delete.")
         expect(page.get_by_label("API key")).to_have_value(WRITE_KEY)
 
-        # The server has the last word: a 403 turns the page read-only and says why.
-        page.evaluate(f"() => sessionStorage.setItem('kb.apiKey', '{READ_KEY}')")
+        # The key in the field is the one sent, and the server has the last word: a 403
+        # turns the page read-only and says why.
+        page.get_by_label("API key").fill(READ_KEY)
         form.get_by_label("Text").fill("This write is refused.")
         form.get_by_role("button", name="Add document").click()
         expect(key_status).to_contain_text("Read-only key")
@@ -339,3 +341,336 @@ def test_without_an_info_route_the_page_assumes_an_open_server(
     expect(search_form(page).get_by_label("Results (top k)")).to_have_attribute("max", "100")
     expect(page.locator("#key-status")).to_contain_text("This server is open")
     expect(add_form(page)).to_be_visible()
+
+
+# ------------------------------------------------------------------ races, checks, odd data
+
+
+def until(page: Page, ready: Callable[[], bool]) -> None:
+    """Wait, letting Playwright deliver events (route handlers run meanwhile), until ready()."""
+    for _ in range(400):
+        if ready():
+            return
+        page.wait_for_timeout(25)
+    raise AssertionError("timed out waiting")
+
+
+def hold(page: Page, held: list[Route], wanted: Callable[[dict[str, Any]], bool]) -> None:
+    """Keep back the /query requests whose body is wanted() (let through the others) until the
+    test calls release()."""
+
+    def handle(route: Route) -> None:
+        if wanted(route.request.post_data_json or {}):
+            held.append(route)
+        else:
+            route.continue_()
+
+    page.route("**/query", handle)
+
+
+def release(page: Page, route: Route) -> None:
+    """Let a held request reach kb, then give the page a moment to read its answer."""
+    with page.expect_event("requestfinished"):
+        route.continue_()
+    page.wait_for_timeout(250)
+
+
+def best_score(server: Server, query: str, min_score: float) -> str:
+    status, answer = server.call("/query", {"query": query, "min_score": min_score})
+    assert (status, answer["status"]) == (200, "no_confident_match"), answer
+    return f"{answer['best_rejected_score']:.3f}"
+
+
+def test_rejected_candidates_of_an_older_search_are_not_shown(
+    page: Page, open_server: Server, expect: Any
+) -> None:
+    """The rejected list is asked for; before it comes, another search is shown. The late list
+    belongs to the older search and must not fill the newer search's panel."""
+    held: list[Route] = []
+    hold(page, held, lambda body: bool(body.get("explain")))
+    open_page(page, open_server)
+    search_form(page).get_by_label("Minimum score").fill("0.95")
+    search(page, "how do worms eat kitchen scraps")
+    show = page.get_by_role("button", name="Show the rejected candidates")
+    show.click()
+    until(page, lambda: bool(held))
+
+    newer = "telescope starlight lens"
+    search(page, newer)
+    expect(page.locator("#no-match-text")).to_contain_text(
+        best_score(open_server, newer, 0.95) + ", below"
+    )
+    release(page, held[0])
+    expect(page.locator("#rejected > li")).to_have_count(0)
+    expect(show).to_be_visible()
+    expect(page.locator("#search-status")).to_have_text("No confident match.")
+
+    page.unroute("**/query")
+    show.click()  # and the newer search's own list still comes
+    expect(page.locator("#rejected > li").first.locator(".score")).to_have_text(
+        "score " + best_score(open_server, newer, 0.95)
+    )
+
+
+def test_enter_during_a_running_search_sends_the_newer_one(
+    page: Page, open_server: Server, expect: Any
+) -> None:
+    held: list[Route] = []
+    hold(page, held, lambda body: "compost" in body.get("query", ""))
+    open_page(page, open_server)
+    query = search_form(page).get_by_label("Question or keywords")
+    query.fill("how do I build a compost heap?")
+    query.press("Enter")
+    until(page, lambda: bool(held))
+    # Busy, but not blocked: the button stays usable and the state is told another way.
+    expect(page.locator("#results-section")).to_have_attribute("aria-busy", "true")
+    expect(page.locator("#search-status")).to_have_text("Searching…")
+    expect(search_form(page).get_by_role("button", name="Search")).to_be_enabled()
+
+    query.fill("which telescope shows faint stars?")
+    query.press("Enter")
+    expect(cards(page).first.locator(".match-id")).to_have_text("telescope")
+    release(page, held[0])  # the older answer arrives last, and is dropped
+    expect(cards(page).first.locator(".match-id")).to_have_text("telescope")
+    expect(page.locator("#results-section")).not_to_have_attribute("aria-busy", "true")
+    assert "q=which+telescope" in page.url
+
+
+def test_the_search_button_keeps_the_focus(page: Page, open_server: Server, expect: Any) -> None:
+    open_page(page, open_server)
+    search_form(page).get_by_label("Question or keywords").fill("how do I water tomatoes?")
+    button = search_form(page).get_by_role("button", name="Search")
+    button.focus()
+    page.keyboard.press("Enter")
+    expect(cards(page).first.locator(".match-id")).to_have_text("tomatoes")
+    expect(button).to_be_focused()
+
+
+def test_number_and_boolean_filter_values_match_as_listed(
+    page: Page, open_server: Server, expect: Any
+) -> None:
+    """/stats lists 2, "2" and true as the text "2" and "true": choosing one finds them all."""
+    levels = [("ui-level-int", 2), ("ui-level-text", "2"), ("ui-level-bool", True)]
+    text = "A telescope lens for observers at level {}."
+    documents = [
+        {"id": doc_id, "text": text.format(level), "metadata": {"difficulty": level}}
+        for doc_id, level in levels
+    ]
+    assert open_server.call("/add", {"documents": documents})[0] == 201
+    try:
+        open_page(page, open_server)
+        form = search_form(page)
+        difficulty = form.get_by_label("Difficulty")
+        expect(difficulty).to_contain_text("2 (2)")
+        expect(difficulty).to_contain_text("true (1)")
+        form.get_by_label("Minimum score").fill("0")
+        form.get_by_label("Question or keywords").fill("telescope lens for observers")
+        ids = cards(page).locator(".match-id")
+
+        difficulty.select_option("2")
+        form.get_by_role("button", name="Search").click()
+        expect(ids).to_have_count(2)
+        assert sorted(ids.all_text_contents()) == ["ui-level-int", "ui-level-text"]
+
+        difficulty.select_option("true")
+        form.get_by_role("button", name="Search").click()
+        expect(ids).to_have_text(["ui-level-bool"])
+
+        difficulty.select_option("beginner")  # text stays a plain filter
+        form.get_by_role("button", name="Search").click()
+        expect(ids).not_to_have_count(0)
+        for chips in cards(page).locator(".chips").all():
+            expect(chips).to_contain_text("difficulty: beginner")
+    finally:
+        open_server.call("/delete", {"ids": [doc_id for doc_id, _ in levels]})
+
+
+def test_the_key_sent_is_the_one_typed_and_kept_once_accepted(
+    page: Page, keyed_server: Server, expect: Any
+) -> None:
+    open_page(page, keyed_server)
+    field = page.get_by_label("API key")
+    key_status = page.locator("#key-status")
+    stored = "() => sessionStorage.getItem('kb.apiKey')"
+
+    field.fill("not-the-key-0123456789")
+    page.get_by_role("button", name="Use key").click()
+    expect(key_status).to_have_text("The API key was not accepted. Check it and try again.")
+    assert page.evaluate(stored) is None  # a refused key does not come back on reload
+
+    field.fill(READ_KEY)
+    page.get_by_role("button", name="Use key").click()
+    expect(key_status).to_contain_text("Read-only key")
+    assert page.evaluate(stored) == READ_KEY
+
+    field.fill(WRITE_KEY)  # typed, not yet applied: searches still send it
+    expect(key_status).to_contain_text("not checked yet")
+    search_form(page).get_by_label("Question or keywords").fill("telescope")
+    with page.expect_request("**/query") as sent:
+        search_form(page).get_by_role("button", name="Search").click()
+    assert sent.value.headers["authorization"] == f"Bearer {WRITE_KEY}"
+    expect(cards(page).first.locator(".match-id")).to_have_text("telescope")
+
+    field.fill("not-the-key-0123456789")
+    page.get_by_role("button", name="Use key").click()
+    expect(key_status).to_contain_text("not accepted")
+    assert page.evaluate(stored) is None  # nor does the accepted one it replaced
+
+
+def contrast(first: str, second: str) -> float:
+    """WCAG contrast ratio of two computed `rgb(r, g, b)` colours."""
+
+    def luminance(color: str) -> float:
+        channels = [int(part) / 255 for part in re.findall(r"\d+", color)[:3]]
+        linear = [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in channels]
+        return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+
+    light, dark = sorted([luminance(first), luminance(second)], reverse=True)
+    return (light + 0.05) / (dark + 0.05)
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_field_borders_stand_out_from_field_and_page(
+    page: Page, open_server: Server, scheme: str
+) -> None:
+    """WCAG 1.4.11: a field's outline is what shows where it is, so it needs 3:1."""
+    page.emulate_media(color_scheme=scheme)
+    open_page(page, open_server)
+    colors = page.evaluate(
+        """() => {
+          const page = getComputedStyle(document.body).backgroundColor;
+          const fields = '#query, #api-key, #category, #top-k, #date-from, #add-text';
+          return [...document.querySelectorAll(fields)].map((field) => {
+              const style = getComputedStyle(field);
+              return [field.id, style.borderTopColor, style.backgroundColor, page];
+            });
+        }"""
+    )
+    assert len(colors) == 6
+    for field, border, fill, background in colors:
+        for behind in (fill, background):
+            ratio = contrast(border, behind)
+            assert ratio >= 3, f"{scheme}: #{field} border {border} on {behind}: {ratio:.2f}:1"
+
+
+def test_hidden_characters_in_ids_and_metadata_cannot_fake_the_page(
+    page: Page, open_server: Server, expect: Any
+) -> None:
+    doc_id = "ui-report\u202efdp.exe"
+    document = {
+        "id": doc_id,
+        "text": "Quarterly zebra migration report for the savanna reserve.",
+        "metadata": {"note\u202e": "Admin", "category": "wildlife"},
+    }
+    assert open_server.call("/add", document)[0] == 201
+    try:
+        open_page(page, open_server)
+        search(page, "quarterly zebra migration report")
+        found = cards(page).filter(has_text="zebra migration")
+        title = found.locator(".match-id")
+        # Not "ui-reportexe.pdf": the override is shown, not obeyed.
+        expect(title).to_have_text("ui-report\\u202Efdp.exe")
+        expect(title.locator(".hidden-char")).to_have_text("\\u202E")
+        # The override in the key stays in the key: the value still follows it.
+        chip = found.locator(".chip").filter(has_text="Admin")
+        key = chip.locator(".chip-key").bounding_box()
+        value = chip.locator(".chip-value").bounding_box()
+        assert key is not None
+        assert value is not None
+        assert value["x"] >= key["x"] + key["width"] - 1, (key, value)
+
+        asked: list[str] = []
+
+        def dismiss(dialog: Any) -> None:
+            asked.append(dialog.message)
+            dialog.dismiss()
+
+        page.once("dialog", dismiss)
+        found.get_by_role("button", name="Delete ui-report\\u202Efdp.exe").click()
+        until(page, lambda: bool(asked))
+        assert 'Delete the document "ui-report\\u202Efdp.exe"?' in asked[0], asked
+    finally:
+        open_server.call("/delete", {"ids": [doc_id]})
+
+
+def test_the_page_is_served_only_with_its_policy(
+    page: Page, open_server: Server, browser: Browser
+) -> None:
+    response = page.goto(open_server.base + "/static/index.html")
+    assert response is not None
+    assert response.status == 404
+    assert response.json()["error"]["code"] == "not_found"
+    assert page.request.get(open_server.base + "/static/app.js").status == 200
+    response = page.goto(open_server.base + "/")
+    assert response is not None
+    assert "frame-ancestors 'none'" in response.headers["content-security-policy"]
+
+    # Trusted Types: the browser itself refuses an HTML string (in a context of its own, as
+    # the refusal is logged as an error, which the page fixture counts as a failure).
+    context = browser.new_context()
+    try:
+        tab = context.new_page()
+        tab.goto(open_server.base + "/")
+        refused = tab.evaluate(
+            """() => {
+              try { document.createElement('div').innerHTML = '<b>x</b>'; return 'allowed'; }
+              catch (error) { return error.name; }
+            }"""
+        )
+        assert refused == "TypeError"
+    finally:
+        context.close()
+
+
+def test_a_failed_check_clears_the_previous_results(
+    page: Page, open_server: Server, expect: Any
+) -> None:
+    open_page(page, open_server)
+    search(page, "how do I build a compost heap?")
+    expect(cards(page)).not_to_have_count(0)
+    search_form(page).get_by_label("Results (top k)").fill("0")
+    search(page, "which telescope shows faint stars?")
+    status = page.locator("#search-status")
+    expect(status).to_have_attribute("role", "alert")
+    expect(status).to_contain_text("Results (top k) must be a whole number from 1 to 100.")
+    expect(cards(page)).to_have_count(0)
+    expect(search_form(page).get_by_label("Results (top k)")).to_be_focused()
+
+
+def test_a_query_in_the_address_is_checked_like_a_typed_one(
+    page: Page, open_server: Server, expect: Any
+) -> None:
+    page.goto(open_server.base + "/?q=%20%20")
+    page.wait_for_selector("body[data-ready=true]", state="attached")
+    expect(page.locator("#search-status")).to_have_text(
+        "Type a question or keywords to search for."
+    )
+    expect(search_form(page).get_by_label("Question or keywords")).to_be_focused()
+
+    page.goto(open_server.base + "/?q=which+telescope+shows+faint+stars%3F")
+    page.wait_for_selector("body[data-ready=true]", state="attached")
+    expect(cards(page).first.locator(".match-id")).to_have_text("telescope")
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        ("text/html", "<!doctype html><title>Sign in to the Wi-Fi</title>"),
+        ("application/json", '{"status": "ok", "matches": "none"}'),
+    ],
+    ids=["html", "wrong-json"],
+)
+def test_an_answer_that_is_not_kb_json_says_so(
+    page: Page, open_server: Server, expect: Any, content_type: str, body: str
+) -> None:
+    """A proxy's or captive portal's 200 is not a search result, nor a JavaScript error."""
+    page.route(
+        "**/query",
+        lambda route: route.fulfill(status=200, content_type=content_type, body=body),
+    )
+    open_page(page, open_server)
+    search(page, "which telescope shows faint stars?")
+    status = page.locator("#search-status")
+    expect(status).to_have_attribute("role", "alert")
+    expect(status).to_contain_text("Unexpected answer from the server")
+    expect(cards(page)).to_have_count(0)

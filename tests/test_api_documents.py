@@ -211,6 +211,10 @@ def test_delete_by_ids_and_by_path(cooking: FlaskClient) -> None:
     assert cooking.delete("/documents/cake").json == {"deleted": 1, "ids": ["cake"]}
     assert ids_of(cooking) == ["risotto"]
 
+    # an id named twice is one document deleted once
+    twice = cooking.post("/delete", json={"ids": ["risotto", "risotto"]})
+    assert twice.json == {"deleted": 1, "ids": ["risotto"]}
+
 
 def test_delete_with_an_unknown_id_deletes_nothing(cooking: FlaskClient) -> None:
     response = cooking.post("/delete", json={"ids": ["pasta", "ghost"]})
@@ -226,6 +230,9 @@ def test_delete_by_filter(cooking: FlaskClient) -> None:
     assert response.json["deleted"] == 2
     assert sorted(response.json["ids"]) == ["bread", "cake"]
     assert ids_of(cooking) == ["pasta", "risotto"]
+    # a where of several keys deletes only what passes all of them (risotto is cooking too)
+    both = {"category": "cooking", "difficulty": "beginner"}
+    assert cooking.post("/delete", json={"where": both}).json["ids"] == ["pasta"]
     by_date = cooking.post("/delete", json={"filters": {"difficulty": ["advanced", "expert"]}})
     assert by_date.json["ids"] == ["risotto"]
 

@@ -29,6 +29,12 @@ BAD_REQUESTS = [
     ("post", "/add", {"text": "ok", "metadata": "flat"}, 422, "metadata"),
     ("post", "/add", {"text": "ok", "id": ""}, 422, "id"),
     ("post", "/add", {"text": "ok", "id": "a#chunk3"}, 422, "id"),
+    ("post", "/add", {"text": "ok", "id": " pasta"}, 422, "id"),  # " pasta" beside "pasta"
+    ("post", "/add", {"text": "ok", "id": "pasta "}, 422, "id"),
+    ("post", "/add", {"text": "ok", "id": "a\x7fb"}, 422, "id"),  # DEL, a control character
+    ("post", "/add", {"text": "ok", "metadata": {"chroma:document": "x"}}, 422, "metadata"),
+    ("post", "/add", {"text": "ok", "metadata": {"k" * 129: 1}}, 422, "metadata"),
+    ("post", "/query", {"query": "x", "where": {"chroma:x": 1}}, 422, "where.chroma:x"),
     ("post", "/add", {"text": "ok", "colour": "red"}, 422, "colour"),
     ("post", "/add", {"documents": []}, 422, "documents"),
     ("post", "/add", {"documents": [{"text": "ok"}, {"txt": "typo"}]}, 422, "documents.1"),

@@ -71,6 +71,10 @@ def test_full_where_operators(cooking: FlaskClient) -> None:
     assert found(
         cooking, query="food", where={"$and": [{"category": "baking"}, {"minutes": {"$lt": 100}}]}
     ) == ["cake"]
+    # several keys at the top of a where: all of them, as $and (review helper 47: keeping only
+    # the first passed every test, and a delete by such a filter deletes documents it names)
+    both = {"category": "cooking", "difficulty": "beginner"}
+    assert found(cooking, query="food", where=both) == ["pasta"]
 
 
 def test_list_contains(cooking: FlaskClient) -> None:
@@ -163,6 +167,25 @@ def test_request_min_score_overrides_the_default(cooking: FlaskClient) -> None:
     assert strict["matches"] == []
     assert strict["threshold"] == {"min_score": 0.99, "source": "request"}
     assert strict["best_rejected_score"] is not None
+
+
+@pytest.mark.parametrize("mode", ["dense", "keyword", "hybrid"])
+def test_the_threshold_keeps_a_match_that_scores_exactly_it(
+    cooking: FlaskClient, mode: str
+) -> None:
+    """Matches score "at least" min_score: asked again with the score it got back, a match
+    stays (a strict comparison in any mode passed every other test)."""
+    body = {"query": "boil pasta in salted water", "mode": mode, "top_k": 1}
+    best = query(cooking, **body)["matches"][0]
+    again = query(cooking, **body, min_score=best["score"])
+    assert again["status"] == "ok"
+    assert [m["id"] for m in again["matches"]] == [best["id"]]
+
+
+def test_a_min_score_of_zero_is_the_requests_threshold(cooking: FlaskClient) -> None:
+    """0 is a threshold like any other, not "none given" (falsy)."""
+    result = cooking.post("/query", json={"query": "pasta", "min_score": 0}).json
+    assert result["threshold"] == {"min_score": 0.0, "source": "request"}
 
 
 def test_empty_store_is_told_apart_from_no_match(client: FlaskClient) -> None:

@@ -44,6 +44,23 @@ def test_neighbours_overlap() -> None:
         assert second.start < first.start + len(first.text)
 
 
+def test_a_cut_at_a_single_line_break_still_overlaps() -> None:
+    """A line break is a place to cut, not a paragraph break: the chunks on either side of
+    it share the overlap as at any other cut (the overlap tests had no line breaks)."""
+    text = "\n".join(" ".join(["word"] * 35) for _ in range(6))
+    chunks = split(text, words(text), 40, 10)
+    assert len(chunks) > 1
+    for first, second in itertools.pairwise(chunks):
+        assert second.start < first.start + len(first.text)
+
+
+def test_windows_prefer_line_ends_in_text_without_punctuation() -> None:
+    """A list or headings: chunks end at a line end, not in the middle of a line."""
+    text = "\n".join(f"item {i} " + " ".join(["w"] * 7) for i in range(40))
+    chunks = split(text, words(text), 50, 0)
+    assert all(c.text.endswith("\n") for c in chunks[:-1]), [c.text[-15:] for c in chunks]
+
+
 def test_windows_prefer_sentence_ends() -> None:
     chunks = split(SAMPLE, words(SAMPLE), 60, 0)
     assert all(chunk.text.rstrip().endswith(".") for chunk in chunks[:-1])

@@ -26,6 +26,12 @@ def test_single_clauses_are_not_wrapped_in_and() -> None:
     assert compile_filter(filters={"a": 1}).where == {"a": {"$eq": 1}}
 
 
+def test_several_keys_of_a_where_are_anded() -> None:
+    assert compile_filter(where={"a": 1, "b": 2}).where == {
+        "$and": [{"a": {"$eq": 1}}, {"b": {"$eq": 2}}]
+    }
+
+
 def test_several_operators_on_one_key_are_anded() -> None:
     where = compile_filter(where={"n": {"$gte": 1, "$lt": 5}}).where
     assert where == {"$and": [{"n": {"$gte": 1}}, {"n": {"$lt": 5}}]}

@@ -107,6 +107,9 @@ def test_within_the_limits_everything_works(api: FlaskClient) -> None:
     assert api.post("/query", json={"query": "n" * 100}).status_code == 200
     docs = [{"text": f"note {i}"} for i in range(3)]
     assert api.post("/add", json={"documents": docs}).status_code == 201
+    # each limit is the most allowed, not the first refused
+    at_most = {"id": "limit", "text": "t" * 200, "metadata": {"k" * 128: 1}}
+    assert api.post("/add", json=at_most).status_code == 201
 
 
 def test_a_default_above_its_limit_is_a_configuration_error() -> None:

@@ -108,6 +108,16 @@ def test_bad_key_specs_are_refused_without_echoing_the_key(spec: str) -> None:
     assert secret not in caught.value.message
 
 
+def test_a_key_of_the_shortest_length_allowed_is_taken() -> None:
+    assert KeyRing.parse("read:" + "k" * 16).enabled
+
+
+@pytest.mark.parametrize("scheme", ["Bearer", "bearer", "BEARER"])
+def test_the_bearer_scheme_is_case_insensitive(api: FlaskClient, scheme: str) -> None:
+    """RFC 7235: an auth scheme's name is case-insensitive."""
+    assert api.get("/stats", headers={"Authorization": f"{scheme} {READ_KEY}"}).status_code == 200
+
+
 def test_a_key_listed_twice_is_refused() -> None:
     """As read and as write, it counted as one of each in the start-up log and wrote."""
     with pytest.raises(ConfigError, match="entries 1 and 3 hold the same key") as caught:

@@ -12,6 +12,7 @@ import base64
 import gzip
 import http.client
 import json
+import shutil
 import tempfile
 import zlib
 from collections.abc import Iterator
@@ -80,19 +81,61 @@ def snapshot(store: KnowledgeStore) -> IO[bytes]:
     return spool
 
 
-def write_file(store: KnowledgeStore, dest: Path) -> int:
-    """Back up to `dest` atomically (a partial file never carries the final name)."""
+STDOUT = "standard output"  # what a backup to "-" is said to go to
+
+
+class RestoreInterrupted(KeyboardInterrupt):
+    """A Ctrl-C during a restore; `changed`: whether the collection had been changed by then
+    (cleared by --replace, or records written): it then holds part of the backup."""
+
+    def __init__(self, changed: bool) -> None:
+        super().__init__()
+        self.changed = changed
+
+
+def write_file(store: KnowledgeStore, dest: Path, stdout: IO[bytes] | None = None) -> int:
+    """Back up to `dest` atomically (a partial file never carries the final name); "-" is
+    `stdout`, written as the backup is taken."""
+    if str(dest) == "-" and stdout is not None:
+        try:
+            return dump(store, stdout)
+        except OSError as exc:  # a full disk, a closed pipe
+            raise _no_stdout(exc) from None
     with replacing(dest, parents=True) as partial, partial.open("wb") as out:
         return dump(store, out)
 
 
-def save_stream(stream: IO[bytes], dest: Path) -> dict[str, Any]:
-    """Store a backup received over HTTP at `dest`, checked whole; its header."""
+def save_stream(
+    stream: IO[bytes],
+    dest: Path,
+    shown: str = "the backup received",
+    stdout: IO[bytes] | None = None,
+) -> dict[str, Any]:
+    """Store a backup received over HTTP at `dest`, checked whole; its header. A bad one is
+    named `shown` (its temporary file was: "y.gz.27209.partial is not a readable kb
+    backup"). "-" is `stdout`, written once the backup is checked (spooled until then)."""
+    if str(dest) == "-" and stdout is not None:
+        with tempfile.TemporaryFile() as spool:
+            for block in _blocks(stream):
+                spool.write(block)
+            spool.seek(0)
+            header = _verified(spool, shown)[0]
+            spool.seek(0)
+            try:
+                shutil.copyfileobj(spool, stdout, BLOCK)
+                stdout.flush()
+            except OSError as exc:
+                raise _no_stdout(exc) from None
+        return header
     with replacing(dest, parents=True) as partial:
         with partial.open("wb") as out:
             for block in _blocks(stream):
                 out.write(block)
-        return verify(partial)
+        return verify(partial, shown)
+
+
+def _no_stdout(exc: OSError) -> KBError:
+    return KBError(f"cannot write {STDOUT}: {exc.strerror or exc}", code="unwritable")
 
 
 def _blocks(stream: IO[bytes]) -> Iterator[bytes]:
@@ -109,17 +152,26 @@ def _blocks(stream: IO[bytes]) -> Iterator[bytes]:
         yield block
 
 
-def verify(path: Path) -> dict[str, Any]:
+def verify(path: Path, shown: str | None = None) -> dict[str, Any]:
     """The header of a complete backup whose every record line is well-formed; raises
     ValidationFailed naming the first bad line (truncated, foreign, missing a key, a vector
-    of another length than the header's dim, a repeated id)."""
-    return _verified(path)[0]
+    of another length than the header's dim, a repeated id) of `path`, or of `shown`."""
+    return _verified(path, shown)[0]
 
 
-def _verified(path: Path) -> tuple[dict[str, Any], set[int]]:
+def read_header(path: Path) -> dict[str, Any]:
+    """The backup's header, checked (a file that is not a kb backup is refused), without
+    reading further: what a restore checks before it opens (and may create) a store."""
+    return _read_header(path)
+
+
+def _verified(
+    source: Path | IO[bytes], shown: str | None = None
+) -> tuple[dict[str, Any], set[int]]:
     """`verify`, and the numbers of the lines holding first chunks (restore writes them
     last). One streaming pass: only the ids are kept (to find repeats), not the records."""
-    with _lines(path) as lines:
+    path = shown or str(source)  # as messages name it
+    with _lines(source, path) as lines:
         header = _header(next(lines, None), path)
         seen: set[str] = set()
         heads: set[int] = set()
@@ -146,28 +198,40 @@ def restore(store: KnowledgeStore, path: Path, *, replace: bool = False) -> int:
     _check_model(_read_header(path), store, path)
     _check_empty(store, replace)  # before the long check; again under the lock below
     header, heads = _verified(path)
-    with store.writes():
-        _check_empty(store, replace)
-        with store.replica.restoring():
-            if replace:
-                store.clear()
-            # every later chunk first, then the first chunks: killed part-way, the store
-            # holds whole documents and chunks without a first chunk, which kb.repair removes
-            # when it next opens (pages of the file's order split documents: first chunks
-            # were left counting chunks never written)
-            for firsts in (False, True):  # each pass parses only the lines it writes
-                with _lines(path) as lines:
-                    next(lines)
-                    batch: list[Record] = []
-                    for number, line in lines:
-                        if (number in heads) is firsts:
-                            batch.append(_record(line, header["dim"], f"{path}:{number}"))
-                        if len(batch) >= PAGE:
-                            store.restore_records(batch)
-                            batch = []
-                    store.restore_records(batch)
-            _restore_threshold(store, header["min_score"])
+    changed = False
+    try:
+        with store.writes():
+            _check_empty(store, replace)
+            changed = True
+            _write_back(store, path, header, heads, replace)
+    except KeyboardInterrupt as exc:  # a Ctrl-C: what it left is the caller's to say
+        raise RestoreInterrupted(changed) from exc
     return int(header["records"])
+
+
+def _write_back(
+    store: KnowledgeStore, path: Path, header: dict[str, Any], heads: set[int], replace: bool
+) -> None:
+    """restore's writes, under the store's write lock."""
+    with store.replica.restoring():
+        if replace:
+            store.clear()
+        # every later chunk first, then the first chunks: killed part-way, the store
+        # holds whole documents and chunks without a first chunk, which kb.repair removes
+        # when it next opens (pages of the file's order split documents: first chunks
+        # were left counting chunks never written)
+        for firsts in (False, True):  # each pass parses only the lines it writes
+            with _lines(path) as lines:
+                next(lines)
+                batch: list[Record] = []
+                for number, line in lines:
+                    if (number in heads) is firsts:
+                        batch.append(_record(line, header["dim"], f"{path}:{number}"))
+                    if len(batch) >= PAGE:
+                        store.restore_records(batch)
+                        batch = []
+                store.restore_records(batch)
+        _restore_threshold(store, header["min_score"])
 
 
 def _restore_threshold(store: KnowledgeStore, min_score: float | None) -> None:
@@ -269,7 +333,7 @@ def _vector(value: Any, dim: int, where: str) -> np.ndarray:
     return vector
 
 
-def _header(first: tuple[int, str] | None, path: Path) -> dict[str, Any]:
+def _header(first: tuple[int, str] | None, path: Path | str) -> dict[str, Any]:
     """The header (the first line), checked before anything is written: a value the store
     would take as it is (a threshold of `true` or 5) is refused as `file:line: problem`."""
     number, line = first or (1, "")
@@ -305,11 +369,11 @@ def _threshold_problem(header: dict[str, Any]) -> str | None:
 
 
 @contextmanager
-def _lines(path: Path) -> Iterator[Iterator[tuple[int, str]]]:
+def _lines(path: Path | IO[bytes], shown: str | None = None) -> Iterator[Iterator[tuple[int, str]]]:
     """The file's non-blank lines with their line numbers (counted from 1, as an editor
-    would show them after gunzip)."""
+    would show them after gunzip); a file that is not one is named `shown`, or its path."""
     try:
         with gzip.open(path, "rt", encoding="utf-8") as handle:
             yield ((n, line) for n, line in enumerate(handle, start=1) if line.strip())
     except (OSError, EOFError, zlib.error, UnicodeDecodeError) as exc:  # not gzip, cut off
-        raise ValidationFailed(f"{path} is not a readable kb backup: {exc}") from exc
+        raise ValidationFailed(f"{shown or path} is not a readable kb backup: {exc}") from exc

@@ -6,6 +6,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -41,6 +42,19 @@ def start(data: Path, port: int, log: Path, timeout: float = 60) -> subprocess.P
             return server
     stop(server)
     raise StoreUnavailable(f"the Chroma server on {url} did not answer in {timeout:.0f} s")
+
+
+def check(url: str, timeout: float = 5) -> None:
+    """StoreUnavailable unless the Chroma server at `url` (KB_CHROMA_URL) answers its
+    heartbeat: said as opening the store says it."""
+    try:
+        with urllib.request.urlopen(f"{url}/api/v2/heartbeat", timeout=timeout):
+            return
+    except urllib.error.HTTPError as exc:  # something answers, not Chroma's API
+        problem = f"{url}/api/v2/heartbeat answered HTTP {exc.code}: not a Chroma server?"
+    except (OSError, ValueError) as exc:  # refused, no such host, a timeout
+        problem = str(getattr(exc, "reason", exc))
+    raise StoreUnavailable(f"cannot reach the Chroma server at {url} (KB_CHROMA_URL): {problem}")
 
 
 def _free(port: int) -> bool:

@@ -17,7 +17,7 @@ import urllib.request
 from collections.abc import Sequence
 from typing import IO, Any, Literal, TypeVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from kb.auth import sendable
 from kb.errors import KBError
@@ -163,7 +163,12 @@ class KBClient:
 
     def backup(self) -> IO[bytes]:
         """The service's consistent backup as a byte stream (close it when read)."""
-        return self._open("GET", "/backup", None, accept="application/gzip")
+        response = self._open("GET", "/backup", None, accept="application/gzip")
+        kind = response.headers.get_content_type()
+        if kind != "application/gzip":  # a server other than kb's, answering 200
+            response.close()
+            raise _not_kb(self.url, "/backup", response.status, kind)
+        return response  # type: ignore[no-any-return]
 
     # ------------------------------------------------------------ transport
 
@@ -173,7 +178,11 @@ class KBClient:
                 raw = response.read()
             except OSError as exc:  # a timeout or reset after the headers
                 raise _unreachable(self.url, exc) from exc
-        return model.model_validate_json(raw)
+        try:
+            return model.model_validate_json(raw)
+        except ValidationError:  # another server answering 200 (a web page, say)
+            kind = response.headers.get_content_type()
+            raise _not_kb(self.url, path, response.status, kind) from None
 
     def _open(
         self, method: str, path: str, body: dict[str, Any] | None, accept: str = "application/json"
@@ -188,7 +197,7 @@ class KBClient:
         try:
             return self._opener.open(request, timeout=self.timeout)
         except urllib.error.HTTPError as exc:
-            raise _service_error(exc, path) from exc
+            raise _service_error(exc, self.url, path) from exc
         except (urllib.error.URLError, OSError) as exc:
             raise _unreachable(self.url, exc) from exc
         except ValueError:  # UnicodeError too; its text can hold the key: not chained
@@ -244,19 +253,36 @@ def _unreachable(url: str, exc: OSError) -> KBClientError:
     return error
 
 
-def _service_error(exc: urllib.error.HTTPError, path: str) -> KBClientError:
+def _service_error(exc: urllib.error.HTTPError, url: str, path: str) -> KBClientError:
     if 300 <= exc.code < 400:
         exc.close()
         return _redirected(exc, path)
     raw = exc.read()
     try:
         error = json.loads(raw)["error"]
-        return KBClientError(
-            error["message"], details=error.get("details"), code=error["code"], status=exc.code
-        )
-    except (ValueError, KeyError, TypeError):
-        text = raw.decode("utf-8", "replace")[:200]
-        return KBClientError(f"HTTP {exc.code}: {text}", status=exc.code, code="http_error")
+        message, code = str(error["message"]), str(error["code"])
+    except (ValueError, KeyError, TypeError):  # not kb's error shape: a proxy's, a web page
+        return _not_kb(url, path, exc.code, exc.headers.get_content_type(), raw)
+    if exc.code in (401, 403):  # it said: send "Authorization: Bearer <key>"
+        message = f"{message.partition(': send ')[0]} ({KEY_SETTING})"
+    return KBClientError(message, details=error.get("details"), code=code, status=exc.code)
+
+
+def _not_kb(url: str, path: str, status: int, kind: str, raw: bytes = b"") -> KBClientError:
+    """An answer that is not kb's (an HTML page, a proxy's error, another service's JSON):
+    the URL and route asked, its status and type, and a plain text body's first line; an
+    HTML page's body is left out (it was dumped whole, naming no URL)."""
+    said = ""
+    if raw and "html" not in kind:
+        first = raw.decode("utf-8", "replace").strip().splitlines()
+        said = f' ("{first[0][:100]}")' if first else ""
+    route = path.partition("?")[0]
+    return KBClientError(
+        f"{url}{route} answered HTTP {status} ({kind}){said}: not a kb service? --url must "
+        "be the kb service's base URL, such as http://127.0.0.1:8000",
+        status=status,
+        code="not_kb",
+    )
 
 
 def _redirected(exc: urllib.error.HTTPError, path: str) -> KBClientError:

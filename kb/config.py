@@ -274,6 +274,17 @@ class Settings(BaseSettings):
             return Path(value).expanduser()
         return value
 
+    @field_validator("chroma_path", mode="before")
+    @classmethod
+    def _chroma_path(cls, value: object) -> object:
+        # Path("") is ".": an empty KB_CHROMA_PATH made the working directory the store
+        # (chroma.sqlite3 and .kb.lock beside whatever was there); "~/kb" made "./~/kb".
+        if isinstance(value, str | Path):
+            if not str(value).strip():
+                raise ValueError("must not be empty (unset it for the default, ./chroma_db)")
+            return Path(value).expanduser()
+        return value
+
     @field_validator("chroma_url")
     @classmethod
     def _chroma_url(cls, value: str | None) -> str | None:

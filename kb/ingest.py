@@ -23,6 +23,7 @@ BATCH_SIZE = 1024
 # of one batch's worth (otherwise it is all encoding, then all writing).
 FIRST_BATCH = 128
 Prepare = Callable[[Sequence[DocumentIn]], Any]
+READER_THREAD = "kb-read"  # the thread reading the input ahead (see _read_ahead)
 T = TypeVar("T")
 
 
@@ -124,9 +125,11 @@ def ingest(
 
     events = _events(entries, batch_size, strict, _Weights(weigh, max_weight))
     stopping = stop or threading.Event()
+    ended = threading.Event()  # every event was taken: the input is read through
     interrupted = False
     try:
-        for event in _read_ahead(events, stopping) if prepare else events:
+        source = _read_ahead(events, stopping, ended) if prepare else _to_end(events, ended)
+        for event in source:
             if stopping.is_set():
                 break
             if event is None:  # the same document twice in the input
@@ -137,7 +140,9 @@ def ingest(
                 on_problem(event)
             else:
                 flush(event)
-        interrupted = stopping.is_set()
+        # asked to stop once the input was all read (its last batch sent): nothing is left
+        # to a next run, and the batches prepared are written (it said "interrupted")
+        interrupted = stopping.is_set() and not ended.is_set()
         while prepared and not interrupted:
             write(*prepared.popleft())
         settle()
@@ -232,11 +237,20 @@ def batch_limits(batch_size: int) -> Iterator[int]:
         size = min(batch_size, 2 * size)
 
 
-def _read_ahead(events: Iterator[T], interrupt: threading.Event, depth: int = 4) -> Iterator[T]:
+def _to_end(events: Iterable[T], ended: threading.Event) -> Iterator[T]:
+    """`events`; `ended` is set once they are all taken."""
+    yield from events
+    ended.set()
+
+
+def _read_ahead(
+    events: Iterator[T], interrupt: threading.Event, ended: threading.Event, depth: int = 4
+) -> Iterator[T]:
     """`events`, produced on another thread up to `depth` ahead: reading and validating the
     input (Python, holding the GIL) overlaps the encoder and the store (native code that
     releases it). An error on that thread is raised here, in order. Ends early once
-    `interrupt` is set, even while the input (stdin, say) has nothing to read."""
+    `interrupt` is set, even while the input (stdin, say) has nothing to read; `ended` is
+    set when every event was taken."""
     ahead: queue.Queue[tuple[Any, BaseException | None]] = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
@@ -258,7 +272,7 @@ def _read_ahead(events: Iterator[T], interrupt: threading.Event, depth: int = 4)
         except BaseException as exc:  # handed to the consumer, which raises it
             offer((_END, exc))
 
-    reader = threading.Thread(target=produce, name="kb-read", daemon=True)
+    reader = threading.Thread(target=produce, name=READER_THREAD, daemon=True)
     reader.start()
     try:
         while True:
@@ -271,6 +285,7 @@ def _read_ahead(events: Iterator[T], interrupt: threading.Event, depth: int = 4)
             if event is _END:
                 if error is not None:
                     raise error
+                ended.set()
                 return
             yield event
     finally:

@@ -142,14 +142,16 @@ def _inside(folder: Path, named: str, fmt: str | None, root: Path) -> list[Sourc
 
 
 def estimate(found: Iterable[Source]) -> int | None:
-    """How many records the sources hold, when that is cheap to know (for a progress bar)."""
+    """How many records the sources hold, when that is cheap to know (for a progress bar).
+    Only regular files are counted: a pipe, a FIFO or /dev/stdin (`kb load <(cmd)`) read
+    here would be used up, and the load then found nothing in it (or waited forever)."""
     total = 0
     for source in found:
         if source.problem is not None:
             continue
         if source.fmt == "md":
             total += 1
-        elif source.fmt in {"jsonl", "csv"} and source.path != "-":
+        elif source.fmt in {"jsonl", "csv"} and _regular(source.path):
             try:
                 with open(source.path, "rb") as stream:
                     lines = sum(1 for line in stream if line.strip())
@@ -161,14 +163,20 @@ def estimate(found: Iterable[Source]) -> int | None:
     return total
 
 
+def _regular(path: str) -> bool:
+    """Whether `path` is a regular file (not "-", a pipe, a FIFO or a device)."""
+    return path != "-" and os.path.isfile(path)
+
+
 def input_bytes(found: Iterable[Source]) -> int | None:
-    """The sources' total size in bytes; None when one is standard input."""
+    """The sources' total size in bytes; None when one is standard input, a pipe or a
+    device (whose size says nothing of what it will give)."""
     total = 0
     for source in found:
-        if source.path == "-":
-            return None
         if source.problem is not None:
             continue
+        if not _regular(source.path):
+            return None
         try:
             total += os.path.getsize(source.path)
         except OSError:
@@ -185,6 +193,9 @@ def read(source: Source, options: Options) -> Iterator[Item | Problem]:
     name = "<stdin>" if source.path == "-" else source.path
     try:
         if source.path == "-":
+            if sys.stdin is None:  # started with standard input closed (`kb load - <&-`)
+                yield Problem(name, 0, "cannot read: standard input is closed")
+                return
             with text_input.decoded(getattr(sys.stdin, "buffer", None), detach=True) as stream:
                 yield from reader(stream or sys.stdin, name, source, options)
             return

@@ -15,8 +15,19 @@ LOCK_FILE = ".kb.lock"
 
 
 class StoreLocked(ConfigError):
+    """The store is open in another process: `situation` says so; the message adds what to
+    do (stop it, or go through its API)."""
+
     status = 409
     code = "store_locked"
+    ADVICE = "Stop that process, or go through its API (kb load --url, kb backup --url)."
+
+    def __init__(self, directory: Path, holder: str) -> None:
+        self.situation = (
+            f"the store at {directory} is open in {holder}; an embedded store takes one "
+            "process at a time."
+        )
+        super().__init__(f"{self.situation} {self.ADVICE}")
 
 
 class StoreLock:
@@ -32,11 +43,7 @@ class StoreLock:
             holder = self._file.read().strip() or "another process"
             self._file.close()
             self._file = None
-            raise StoreLocked(
-                f"the store at {directory} is open in {holder}; an embedded store takes one "
-                "process at a time. Stop that process, or go through its API (kb load --url, "
-                "kb backup --url)."
-            ) from None
+            raise StoreLocked(directory, holder) from None
         self._file.seek(0)
         self._file.truncate()
         self._file.write(f"pid {os.getpid()}\n")

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import re
 import signal
+import subprocess
+import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -431,6 +436,16 @@ def test_a_failed_export_leaves_the_file_as_it_was(
     assert f"export failed: cannot write {missing}: No such file or directory" in failed.output
 
 
+def empty_backup(folder: Path) -> Path:
+    """A backup of no records (its header alone)."""
+    header = {"format": "kb-backup/1", "model": "m", "dim": 384, "fingerprint": "f"}
+    path = folder / "empty.jsonl.gz"
+    path.write_bytes(
+        gzip.compress(json.dumps({**header, "records": 0, "min_score": None}).encode())
+    )
+    return path
+
+
 def test_a_store_path_that_is_a_file_is_one_line(tmp_path: Path) -> None:
     """StoreLock made the directory: a KB_CHROMA_PATH naming a file was a FileExistsError
     traceback."""
@@ -442,7 +457,7 @@ def test_a_store_path_that_is_a_file_is_one_line(tmp_path: Path) -> None:
         assert result.exit_code == 1
         assert isinstance(result.exception, SystemExit)
         assert f"cannot open the store at {store} (KB_CHROMA_PATH): " in result.output
-    restored = run({"KB_CHROMA_PATH": str(path)}, "restore", str(source))
+    restored = run({"KB_CHROMA_PATH": str(path)}, "restore", str(empty_backup(tmp_path)))
     assert restored.exit_code == 1
     assert "(KB_CHROMA_PATH): it is a file, not a directory" in restored.output
     assert path.read_text() == "x"
@@ -670,7 +685,7 @@ def test_duplicates_command_and_on_duplicate_skip(env, tmp_path: Path) -> None:
     assert "near-duplicate" not in again.output
     listed = run(env, "duplicates")
     assert listed.exit_code == 0, listed.output
-    assert "copy orig" in listed.stdout
+    assert listed.stdout == "copy\torig\n"
     assert "1 group(s)" in listed.output
 
 
@@ -756,3 +771,347 @@ def test_reading_commands_read_an_existing_store(env, tmp_path: Path) -> None:
     result = run(env, "backup", str(tmp_path / "b.jsonl.gz"))
     assert result.exit_code == 0, result.output
     assert "backed up 3 records" in result.output
+
+
+def kb_process(env: dict[str, str], *args: str, **popen: Any) -> subprocess.Popen[str]:
+    """`kb ARGS` in a process of its own (real standard streams and signals)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "kb", *args],
+        env={**os.environ, "HF_HUB_OFFLINE": "1", **env},
+        text=True,
+        **popen,
+    )
+
+
+def test_a_pipe_named_as_a_file_loads_its_records(env, tmp_path: Path) -> None:
+    """`kb load /dev/stdin` (or `<(cmd)`, a FIFO) loaded nothing, rc 0: the progress bar's
+    estimate read the pipe through first, even with no bar shown."""
+    records = "".join(json.dumps(record) + "\n" for record in GOOD)
+    loading = kb_process(env, "load", "/dev/stdin", stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+    _, err = loading.communicate(records, timeout=120)
+    assert loading.returncode == 0, err
+    assert "added 3, updated 0, skipped 0, failed 0" in err
+
+
+def test_a_ctrl_c_while_stdin_is_idle_exits_130_cleanly(env, tmp_path: Path) -> None:
+    """`sleep 15 | kb load -` and Ctrl-C: the reader thread, blocked on stdin, held its
+    buffer's lock, and the interpreter aborted at exit ("Fatal Python error:
+    _enter_buffered_busy ... daemon threads", rc 134). Stdin stays open until kb exits."""
+    env = {**env, "KB_ENCODER_PROCESS_MIN_TEXTS": "0"}  # the store opens in this process
+    with (tmp_path / "err").open("w+") as errors:
+        loading = kb_process(env, "load", "-", stdin=subprocess.PIPE, stderr=errors)
+        assert loading.stdin is not None
+        try:
+            store = Path(env["KB_CHROMA_PATH"]) / "chroma.sqlite3"
+            deadline = time.monotonic() + 60
+            while not store.exists() and time.monotonic() < deadline and loading.poll() is None:
+                time.sleep(0.05)
+            time.sleep(0.5)  # the load waits on stdin, its Ctrl-C handler in place
+            loading.send_signal(signal.SIGINT)
+            loading.wait(timeout=30)
+        finally:
+            if loading.poll() is None:
+                loading.kill()
+            loading.stdin.close()
+        errors.seek(0)
+        err = errors.read()
+    assert "Fatal Python error" not in err
+    assert loading.returncode == 130, err
+    assert "Load interrupted" in err
+    assert "added 0, updated 0, skipped 0, failed 0" in err
+
+
+def test_no_progress_bar_no_estimate(env, tmp_path: Path, monkeypatch) -> None:
+    """The estimate reads every file through once more: only for a bar that is shown."""
+
+    def counted(found: object) -> int:
+        raise AssertionError("estimated with no bar to show")
+
+    monkeypatch.setattr("kb.cli.data.estimate", counted)
+    result = run(env, "load", str(write_jsonl(tmp_path / "docs.jsonl", GOOD)))
+    assert result.exit_code == 0, result.output
+    assert "added 3," in result.output
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["load", ""], ["load", "--url", "", "docs.jsonl"], ["backup", ""], ["export", "-o", ""]],
+    ids=["load", "load-url", "backup", "export"],
+)
+def test_an_empty_path_or_url_is_a_usage_error(
+    env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str]
+) -> None:
+    """`kb load ''` loaded the working directory, recursively; `--url ''` wrote to the local
+    store; `backup ''` wrote the whole backup and then failed to write '.'."""
+    monkeypatch.chdir(tmp_path)
+    write_jsonl(tmp_path / "docs.jsonl", GOOD)
+    result = run(env, *args)
+    assert result.exit_code == 2, result.output
+    assert "must not be empty" in result.output or "an empty path names no file" in (result.output)
+    assert not Path(env["KB_CHROMA_PATH"]).exists()
+
+
+def test_an_api_key_without_url_is_warned_of(env, tmp_path: Path) -> None:
+    source = write_jsonl(tmp_path / "docs.jsonl", GOOD)
+    result = run(env, "load", "--api-key", "k" * 20, str(source))
+    assert result.exit_code == 0, result.output
+    assert "kb: warning: --api-key is sent only to a service named by --url" in result.output
+    quiet = run({**env, "KB_API_KEY": "k" * 20}, "load", str(source))  # a shell's standing key
+    assert "warning" not in quiet.output
+
+
+def test_backup_to_stdout_is_the_backup_alone_and_summaries_go_to_stderr(
+    env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`kb backup /dev/stdout > f.gz` put "backed up 3 records ..." inside the gzip (rc 0,
+    and restore then said "Not a gzipped file"); `kb backup -` wrote a file named '-'."""
+    monkeypatch.chdir(tmp_path)
+    run(env, "load", str(write_jsonl(tmp_path / "src.jsonl", GOOD)))
+    done = run(env, "backup", "-")
+    assert done.exit_code == 0, done.output
+    assert "backed up 3 records to standard output" in done.stderr
+    lines = gzip.decompress(done.stdout_bytes).splitlines()  # no text after the gzip
+    assert json.loads(lines[0])["records"] == 3
+    dest = tmp_path / "copy.jsonl.gz"
+    dest.write_bytes(done.stdout_bytes)
+    restored = run({**env, "KB_CHROMA_PATH": str(tmp_path / "copy")}, "restore", str(dest))
+    assert restored.exit_code == 0, restored.output
+    assert restored.stdout == ""
+    assert "restored 3 records from" in restored.stderr
+
+
+def test_a_restore_of_a_file_that_is_no_backup_creates_no_store(env, tmp_path: Path) -> None:
+    source = write_jsonl(tmp_path / "src.jsonl", GOOD)
+    done = run(env, "restore", str(source))
+    assert done.exit_code == 1
+    assert f"restore failed: {source} is not a readable kb backup" in done.output
+    assert not Path(env["KB_CHROMA_PATH"]).exists()
+
+
+@pytest.mark.parametrize("command", ["export", "duplicates"])
+def test_a_stdout_that_cannot_be_written_is_one_line(env, tmp_path: Path, command: str) -> None:
+    """`kb export > /dev/full` ended in an OSError traceback (`-o /dev/full` did not)."""
+    run(env, "load", str(write_jsonl(tmp_path / "src.jsonl", [*GOOD, GOOD[0] | {"id": "a2"}])))
+    with open("/dev/full", "w") as full:
+        done = kb_process(env, command, stdout=full, stderr=subprocess.PIPE)
+        _, err = done.communicate(timeout=120)
+    assert done.returncode == 1, err
+    assert err.strip().splitlines()[-1] == (
+        "Error: cannot write standard output: No space left on device"
+    )
+    assert "Traceback" not in err
+    assert "Exception ignored" not in err
+
+
+def ctrl_c(*args: object, **kwargs: object) -> None:
+    raise KeyboardInterrupt
+
+
+def test_a_ctrl_c_in_export_or_backup_exits_130_saying_nothing_was_written(
+    env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It said "Aborted!", rc 1."""
+    run(env, "load", str(write_jsonl(tmp_path / "src.jsonl", GOOD)))
+    monkeypatch.setattr("kb.cli.data._write_documents", ctrl_c)
+    monkeypatch.setattr("kb.backup.dump", ctrl_c)
+    dest = tmp_path / "out"
+    for args, said in [
+        (["export", "-o", str(dest)], f"Export interrupted: nothing was written to {dest} (-o)"),
+        (["export"], "Export interrupted: what standard output got is part of the export"),
+        (["backup", str(dest)], f"Backup interrupted: nothing was written to {dest}"),
+        (["backup", "-"], "Backup interrupted: what standard output got is not a whole backup"),
+    ]:
+        done = run(env, *args)
+        assert done.exit_code == 130, done.output
+        assert said in done.stderr
+    assert not dest.exists()
+
+
+def test_a_ctrl_c_in_restore_says_what_the_store_holds_and_what_to_run(
+    env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`restore --replace` said only "Aborted!" (rc 1), leaving the store empty."""
+    run(env, "load", str(write_jsonl(tmp_path / "src.jsonl", GOOD)))
+    dest = tmp_path / "b.jsonl.gz"
+    assert run(env, "backup", str(dest)).exit_code == 0
+    monkeypatch.setattr("kb.backup._verified", ctrl_c)  # before anything is written
+    done = run(env, "restore", "--replace", str(dest))
+    assert done.exit_code == 130, done.output
+    assert "Restore interrupted before it wrote anything: the store is as it was" in done.stderr
+    monkeypatch.undo()
+    monkeypatch.setattr(KnowledgeStore, "restore_records", ctrl_c)  # once the store is cleared
+    done = run(env, "restore", "--replace", str(dest))
+    assert done.exit_code == 130, done.output
+    assert (
+        "Restore interrupted: collection 'cli_test' is partial (what it held was deleted; it "
+        f"holds part of the backup, or nothing). Run `kb restore --replace {dest}` to restore "
+        "it whole."
+    ) in done.stderr
+
+
+def test_duplicate_ids_holding_spaces_are_told_apart(env, tmp_path: Path) -> None:
+    """The ids of a group were joined by spaces: "my doc 1 my doc 2"."""
+    text = "Gradient descent updates the weights against the gradient."
+    records = [{"id": "my doc 1", "text": text}, {"id": "my doc 2", "text": text + " "}]
+    run(env, "load", str(write_jsonl(tmp_path / "a.jsonl", records)))
+    listed = run(env, "duplicates")
+    assert listed.exit_code == 0, listed.output
+    assert [line.split("\t") for line in listed.stdout.splitlines()] == [["my doc 1", "my doc 2"]]
+
+
+def test_a_url_that_is_not_a_kb_service_is_one_line(tmp_path: Path) -> None:
+    """A web server answering 200 ended `kb load --url` in a pydantic traceback, and `kb
+    backup --url` named its temporary file ("y.gz.27209.partial is not a readable kb
+    backup")."""
+    from tests.test_client import PAGE, answering, serving
+
+    source = write_jsonl(tmp_path / "docs.jsonl", GOOD)
+    dest = tmp_path / "y.gz"
+    with serving(answering(200, "text/html", PAGE)) as url:
+        loaded = run({}, "load", "--url", url, str(source))
+        backed = run({}, "backup", "--url", url, str(dest))
+    assert loaded.exit_code == 1
+    assert loaded.exception is None or isinstance(loaded.exception, SystemExit)
+    assert f"Error: load stopped: {url}/add answered HTTP 200 (text/html): not a kb " in (
+        loaded.output
+    )
+    assert backed.exit_code == 1
+    assert f"backup failed: {url}/backup answered HTTP 200 (text/html)" in backed.output
+    with serving(answering(200, "application/gzip", b"not gzip at all")) as url:
+        backed = run({}, "backup", "--url", url, str(dest))
+    assert backed.exit_code == 1
+    assert f"backup failed: what {url}/backup sent is not a readable kb backup: " in (backed.output)
+    assert ".partial" not in backed.output
+    assert list(tmp_path.iterdir()) == [source]
+
+
+@pytest.mark.parametrize("ahead", [False, True], ids=["in-turn", "read-ahead"])
+def test_a_ctrl_c_once_the_input_is_all_sent_finishes_the_load(ahead: bool) -> None:
+    """`kb load --url`, interrupted after its last batch was sent, said "Load interrupted
+    ... Run the same load again to finish it" (rc 130) of a load that was complete."""
+    from kb.ingest import ingest
+    from kb.loader import Item
+    from kb.schemas import AddResponse
+
+    stop = threading.Event()
+    items = [Item("in", n, DocumentIn(id=f"d{n}", text=f"note {n}")) for n in range(1, 4)]
+
+    def last_sent(docs: list[DocumentIn]) -> list[DocumentIn]:
+        if docs[-1].id == "d3":  # the Ctrl-C lands while the last batch is on its way
+            stop.set()
+        return docs
+
+    def sink(docs: list[DocumentIn]) -> AddResponse:
+        return AddResponse(added=len(docs), ids=[str(d.id) for d in docs])
+
+    summary = ingest(
+        items,
+        (lambda docs: sink(last_sent(docs))) if not ahead else sink,
+        batch_size=1,
+        prepare=last_sent if ahead else None,
+        in_flight=2,
+        stop=stop,
+    )
+    assert stop.is_set()
+    assert summary.added == 3
+
+
+def test_calibrate_without_pairs_or_queries_is_a_usage_error(env) -> None:
+    done = run(env, "calibrate")
+    assert done.exit_code == 2  # it was 1, a failure
+    assert "give --pairs FILE and/or --queries FOLDER" in done.output
+
+
+def test_calibrate_write_finds_the_store_in_use_before_the_sweep(
+    env, tmp_path: Path, embedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It ran the whole sweep, then found the store locked."""
+    pairs = write_jsonl(tmp_path / "p.jsonl", [{"a": "x", "b": "y", "label": 1}])
+    run(env, "load", str(write_jsonl(tmp_path / "src.jsonl", GOOD)))
+
+    def swept(*args: object) -> None:
+        raise AssertionError("swept before the store was opened")
+
+    monkeypatch.setattr("kb.cli.quality._from_pairs", swept)
+    holder = stored(env, embedder)
+    try:
+        done = run(env, "calibrate", "--pairs", str(pairs), "--write")
+    finally:
+        holder.close()
+    assert done.exit_code == 1
+    assert "is open in pid" in done.output
+    assert "Stop that process first (kb calibrate has no --url)." in done.output
+
+
+def test_the_lock_hint_names_url_only_for_commands_that_have_it(env, tmp_path: Path, embedder):
+    run(env, "load", str(write_jsonl(tmp_path / "src.jsonl", GOOD)))
+    holder = stored(env, embedder)
+    try:
+        exported = run(env, "export")
+        loaded = run(env, "load", str(tmp_path / "src.jsonl"))
+    finally:
+        holder.close()
+    assert exported.exit_code == 1
+    assert "Stop that process first (kb export has no --url)." in exported.output
+    assert "--url," not in exported.output
+    assert "go through its API (kb load --url, kb backup --url)" in loaded.output
+
+
+def test_eval_checks_where_its_figures_go_before_it_runs(env, tmp_path: Path) -> None:
+    """`--json` to a folder that does not exist failed with a FileNotFoundError traceback
+    once the whole evaluation had run."""
+    dest = tmp_path / "no-such-folder" / "figures.json"
+    done = run(env, "eval", str(tmp_path), "--json", str(dest))
+    assert done.exit_code == 1
+    assert f"Error: cannot write {dest}: {dest.parent} is not a folder (--json)" in done.output
+
+
+def test_a_missing_eval_corpus_is_a_usage_error(env, tmp_path: Path) -> None:
+    done = run(env, "eval", str(tmp_path), "--corpus", str(tmp_path / "nope"))
+    assert done.exit_code == 2
+    assert "Invalid value for '--corpus'" in done.output
+    assert "does not exist" in done.output
+
+
+def test_a_store_path_that_is_a_file_is_said_to_be_one_by_reading_commands(
+    tmp_path: Path,
+) -> None:
+    """It said "the directory does not exist" of a file."""
+    path = tmp_path / "a-file"
+    path.write_text("x")
+    for command in (["export"], ["duplicates"], ["backup", str(tmp_path / "b.gz")]):
+        done = run({"KB_CHROMA_PATH": str(path)}, *command)
+        assert done.exit_code == 1
+        assert f"no store at {path} (KB_CHROMA_PATH): it is a file, not a directory" in (
+            done.output
+        )
+
+
+def test_several_workers_on_an_embedded_store_point_to_kb_cluster(env) -> None:
+    done = run(env, "serve", "--workers", "2")
+    assert done.exit_code == 1
+    assert "or `kb cluster`, which starts a Chroma server and the workers" in done.output
+    assert "make serve-cluster" not in done.output
+
+
+def test_the_help_says_truly_where_defaults_come_from() -> None:
+    """It said every option's default comes from a KB_* variable: not so for cluster's
+    --workers, --path and --chroma-port, or load's --batch-size."""
+    text = " ".join(run({}, "--help").output.split())
+    assert "Every option's default comes from" not in text
+    assert "an option that names one, as --port names KB_PORT, overrides it" in text
+
+
+def test_a_where_the_filter_refuses_names_where(env, tmp_path: Path) -> None:
+    run(env, "load", str(write_jsonl(tmp_path / "src.jsonl", GOOD)))
+    done = run(env, "export", "--where", '{"n": {"$gt": "x"}}')
+    assert done.exit_code == 1
+    assert "Error: --where: where.n.$gt: 'x' is not a number" in done.output
+
+
+def test_a_second_ctrl_c_in_a_load_exits_130(env, tmp_path: Path, monkeypatch) -> None:
+    """A KeyboardInterrupt (the second Ctrl-C) said "Aborted!", rc 1."""
+    monkeypatch.setattr(KnowledgeStore, "commit", ctrl_c)
+    done = run(env, "load", str(write_jsonl(tmp_path / "src.jsonl", GOOD)))
+    assert done.exit_code == 130, done.output
+    assert "Load stopped at once" in done.stderr

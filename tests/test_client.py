@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
@@ -266,3 +267,89 @@ def test_a_url_that_is_not_http_is_refused_up_front(url: str) -> None:
 )
 def test_which_hosts_get_the_key_unencrypted(url: str, key: str | None, exposed: str | None):
     assert KBClient(url, api_key=key).key_in_the_clear == exposed
+
+
+def answering(status: int, kind: str, body: bytes) -> type[BaseHTTPRequestHandler]:
+    """A handler answering every request with `status`, `kind` and `body`."""
+
+    class Answer(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.send_response(status)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_POST(self) -> None:
+            self.do_GET()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    return Answer
+
+
+PAGE = b"<!DOCTYPE HTML>\n<html><head><title>Hello</title></head><body>" + b"x" * 500 + b"</html>"
+
+
+@pytest.mark.parametrize("status", [200, 404, 501])
+def test_an_answer_that_is_not_kbs_names_the_url_and_route(status: int) -> None:
+    """A 200 web page ended in pydantic's ValidationError traceback ("Invalid JSON"); an
+    error page was dumped as "HTTP 501: <!DOCTYPE HTML>..." naming no URL."""
+    page = answering(status, "text/html; charset=utf-8", PAGE)
+    with serving(page) as url, pytest.raises(KBClientError) as caught:
+        KBClient(url).add([DocumentIn(text="a note")])
+    assert caught.value.message == (
+        f"{url}/add answered HTTP {status} (text/html): not a kb service? --url must be the kb "
+        "service's base URL, such as http://127.0.0.1:8000"
+    )
+    assert caught.value.code == "not_kb"
+
+
+def test_a_plain_text_error_shows_its_first_line_and_json_of_another_shape_is_not_kb() -> None:
+    with serving(answering(502, "text/plain", b"Bad Gateway\nupstream down\n")) as url:
+        with pytest.raises(KBClientError, match=r"/health answered HTTP 502 \(text/plain\) "):
+            KBClient(url).health()
+        with pytest.raises(KBClientError, match=r'\("Bad Gateway"\): not a kb service\?'):
+            KBClient(url).health()
+    other = answering(200, "application/json", b'{"hello": "world"}')
+    not_kb = r"/stats answered HTTP 200 \(application/json\)"
+    with serving(other) as url, pytest.raises(KBClientError, match=not_kb):
+        KBClient(url).stats()
+
+
+def test_a_backup_answer_that_is_not_gzip_is_not_kbs() -> None:
+    not_kb = r"/backup answered HTTP 200 \(text/html\)"
+    with (
+        serving(answering(200, "text/html", PAGE)) as url,
+        pytest.raises(KBClientError, match=not_kb),
+    ):
+        KBClient(url).backup()
+
+
+@pytest.mark.parametrize(
+    ("status", "said", "shown"),
+    [
+        (
+            401,
+            'this route needs an API key: send "Authorization: Bearer <key>"',
+            "this route needs an API key (--api-key / KB_API_KEY)",
+        ),
+        (
+            403,
+            "this key is read-only; writes need a read-write key",
+            "this key is read-only; writes need a read-write key (--api-key / KB_API_KEY)",
+        ),
+    ],
+)
+def test_a_key_refused_names_the_option_and_variable_that_give_it(
+    status: int, said: str, shown: str
+) -> None:
+    """It said to send an Authorization header: the command line's way is --api-key."""
+    body = json.dumps({"error": {"code": "unauthorized", "message": said, "details": []}})
+    refusing = answering(status, "application/json", body.encode())
+    with serving(refusing) as url, pytest.raises(KBClientError) as caught:
+        KBClient(url).stats()
+    assert caught.value.message == shown
+    assert caught.value.status == status

@@ -155,3 +155,28 @@ def test_the_onnx_cache_expands_a_tilde_as_the_model_does(
     monkeypatch.setenv("KB_ONNX_CACHE", " ")
     with pytest.raises(ValueError, match="must not be empty"):
         Settings()
+
+
+def test_the_store_path_expands_a_tilde_and_is_never_empty(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An empty KB_CHROMA_PATH made the working directory the store; '~/x' a './~/x'."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("KB_CHROMA_PATH", "~/db")
+    assert Settings().chroma_path == tmp_path / "db"
+    for empty in ("", " "):
+        monkeypatch.setenv("KB_CHROMA_PATH", empty)
+        with pytest.raises(ValueError, match="must not be empty"):
+            Settings()
+
+
+def test_an_empty_store_path_is_one_line_and_creates_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    source = tmp_path / "docs.jsonl"
+    source.write_text('{"text": "a note"}\n')
+    result = CliRunner().invoke(main, ["load", str(source)], env={"KB_CHROMA_PATH": ""})
+    assert result.exit_code == 1
+    assert "Error: KB_CHROMA_PATH: must not be empty" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["docs.jsonl"]

@@ -6,6 +6,7 @@ import csv
 import itertools
 import json
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -605,3 +606,44 @@ def test_a_file_name_that_is_not_utf8_says_so(tmp_path: Path) -> None:
         ":1: the file's name, its id, is not UTF-8 text: byte 0xe9: rename it or set an id"
     )
     assert [e.doc.id for e in entries if isinstance(e, Item)] == ["fine"]
+
+
+def test_the_estimate_leaves_pipes_and_fifos_unread(tmp_path: Path) -> None:
+    """It read a FIFO or /dev/stdin through to count its lines, and the load then found it
+    empty (or, for a FIFO with a writer gone, waited forever)."""
+    fifo = tmp_path / "docs.jsonl"
+    os.mkfifo(fifo)
+    answer: list[int | None] = []
+    counting = threading.Thread(target=lambda: answer.append(estimate(sources([str(fifo)]))))
+    counting.daemon = True
+    counting.start()
+    counting.join(timeout=2)
+    if counting.is_alive():  # blocked opening the FIFO: unblock it before failing
+        with open(fifo, "w"):
+            pass
+        counting.join(timeout=2)
+    assert answer == [None]
+
+
+def test_stdin_closed_is_a_problem_of_the_input(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`kb load - <&-`: sys.stdin is None, and the load ended in a TypeError traceback."""
+    monkeypatch.setattr("sys.stdin", None)
+    (problem,) = read(Source("-", "jsonl"), OPTIONS)
+    assert str(problem) == "<stdin>: cannot read: standard input is closed"
+
+
+def test_front_matter_id_is_not_kept_as_metadata(tmp_path: Path) -> None:
+    (tmp_path / "c.md").write_text("---\nid: my-id\ntitle: T\n---\nBody\n")
+    (item,) = read_all(tmp_path / "c.md")
+    assert isinstance(item, Item)
+    assert item.doc.id == "my-id"
+    assert item.doc.metadata == {"title": "T"}
+
+
+def test_beir_text_is_title_then_body(tmp_path: Path) -> None:
+    path = tmp_path / "corpus.jsonl"
+    path.write_text('{"_id": "d1", "title": "Glaciers", "text": "Ice moves."}\n')
+    (item,) = read_all(path, "beir")
+    assert isinstance(item, Item)
+    assert (item.doc.id, item.doc.text) == ("d1", "Glaciers Ice moves.")
+    assert item.doc.metadata == {"title": "Glaciers"}

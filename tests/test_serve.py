@@ -92,3 +92,76 @@ def test_requests_waitress_refuses_itself_get_kbs_error_shape(
     error = json.loads(body)["error"]
     assert (error["code"], error["details"]) == (code, [])
     assert message in error["message"]
+
+
+def serve(tmp_path: Path, *args: str, **variables: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not is_kb_variable(k)}
+    env |= {"KB_CHROMA_PATH": str(tmp_path / "db"), "KB_MODEL": str(tmp_path / "no-model")}
+    return subprocess.run(
+        [sys.executable, "-m", "kb", "serve", *args],
+        env=env | variables,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "variables", "said"),
+    [
+        (["--host", "999.1.1.1"], {}, "cannot listen on '999.1.1.1' (--host, KB_HOST): not an"),
+        (["--host", "nosuch.invalid"], {}, "cannot listen on 'nosuch.invalid' (--host, KB_HOST)"),
+        ([], {"KB_HOST": ""}, "no address to listen on: KB_HOST is empty (--host, KB_HOST)"),
+    ],
+    ids=["no-address", "no-name", "empty"],
+)
+def test_a_host_that_is_not_this_machines_is_a_one_line_error(
+    tmp_path: Path, args: list[str], variables: dict[str, str], said: str
+) -> None:
+    """waitress's ValueError ("Invalid host/port specified") was a traceback."""
+    done = serve(tmp_path, *args, **variables)
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert done.stderr.splitlines()[-1].startswith(f"Error: {said}")
+    assert not (tmp_path / "db").exists()
+
+
+def test_workers_with_a_chroma_server_that_does_not_answer_is_one_line(tmp_path: Path) -> None:
+    """Checked before gunicorn forks: each worker failed to boot with its own traceback (247
+    lines), and gunicorn exited 3."""
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]  # bound, not listening: a connection is refused
+        done = serve(tmp_path, "--workers", "2", KB_CHROMA_URL=f"http://127.0.0.1:{port}")
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.splitlines() == [
+        f"Error: cannot reach the Chroma server at http://127.0.0.1:{port} (KB_CHROMA_URL): "
+        "[Errno 111] Connection refused"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [
+        (["serve", "--port", "99999"], "--port"),
+        (["serve", "--threads", "-1"], "--threads"),
+        (["serve", "--workers", "0"], "--workers"),
+        (["serve", "--host", ""], "--host"),
+        (["cluster", "--chroma-port", "99999"], "--chroma-port"),
+        (["cluster", "--chroma-port", "0"], "--chroma-port"),
+    ],
+)
+def test_serving_options_out_of_range_are_usage_errors_naming_the_option(
+    tmp_path: Path, args: list[str], option: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--port 99999` was refused as "KB_PORT: Input should be ..." (exit 1), and
+    `cluster --chroma-port 99999` ended in an OverflowError traceback."""
+    from click.testing import CliRunner
+
+    from kb.cli import main
+
+    monkeypatch.chdir(tmp_path)  # cluster's default --path is relative
+    done = CliRunner().invoke(main, args, env={"KB_CHROMA_PATH": str(tmp_path / "db")})
+    assert done.exit_code == 2, done.output
+    assert f"Invalid value for '{option}'" in done.output
+    assert not (tmp_path / "db").exists()

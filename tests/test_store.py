@@ -588,7 +588,9 @@ def test_a_second_process_fails_fast_on_a_locked_store(settings: Settings, embed
     )
     store.close()
     assert result.returncode != 0
-    assert "kb load --url" in result.stderr
+    assert "is open in pid" in result.stderr
+    # its own advice: export cannot go through the service (load and backup can, --url)
+    assert "Stop that process first (kb export has no --url)" in result.stderr
 
 
 def test_a_prepared_add_is_planned_again_if_the_store_changed(store: KnowledgeStore) -> None:

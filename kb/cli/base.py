@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import io
+import os
+import sys
+from contextlib import suppress
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -12,6 +16,7 @@ from kb import __version__
 from kb.config import API_KEY_VARIABLE, Settings, settings_problems, unknown_variables
 from kb.embeddings import Embedder, load_embedder
 from kb.errors import KBError
+from kb.lock import StoreLocked
 from kb.store import KnowledgeStore
 
 CHROMA_FILE = "chroma.sqlite3"  # what an embedded Chroma store always holds
@@ -42,7 +47,8 @@ class _Commands(click.Group):
 def main() -> None:
     """kb: a knowledge base that stores text with metadata and searches it by meaning.
 
-    Every option's default comes from a KB_* environment variable (see the README).
+    Its settings come from KB_* environment variables (see the README's Configuration);
+    an option that names one, as --port names KB_PORT, overrides it for one run.
     """
     for warning in unknown_variables():
         warn(warning)
@@ -50,6 +56,39 @@ def main() -> None:
 
 def fail(message: str) -> NoReturn:
     raise click.ClickException(message)
+
+
+class GivenPath(click.Path):
+    """click.Path that refuses an empty value: Path("") is ".", the working directory (a
+    `kb load "$DIR"` with DIR unset loaded the working directory, recursively)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and not value:
+            self.fail("an empty path names no file (the current folder is '.')", param, ctx)
+        return super().convert(value, param, ctx)
+
+
+def not_empty(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """A callback refusing an empty option value (`--url "$URL"` with URL unset) as a usage
+    error: it was taken as no value, and the command went to the local store instead."""
+    if value is not None and not value.strip():
+        raise click.BadParameter("must not be empty (leave the option out instead)")
+    return value
+
+
+def interrupted(message: str) -> NoReturn:
+    """A Ctrl-C: `message` (what was or was not written) on stderr, exit 130 (128 + SIGINT,
+    as a shell reports a command Ctrl-C stopped); click said "Aborted!", exit 1."""
+    click.echo(f"\n{message}", err=True)
+    sys.exit(130)
+
+
+def stdout_failed(exc: OSError) -> NoReturn:
+    """Standard output could not be written (> /dev/full, a pipe closed): one line, and
+    stdout pointed at /dev/null so the interpreter's own flush at exit adds no traceback."""
+    with suppress(OSError, ValueError, io.UnsupportedOperation):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    fail(f"cannot write standard output: {exc.strerror or exc}")
 
 
 def warn(message: str) -> None:
@@ -75,8 +114,19 @@ def open_store(
         _require_store(settings.chroma_path)
     try:
         return KnowledgeStore.open(settings, embedder, searching=searching, existing=existing)
+    except StoreLocked as exc:
+        fail(_locked(exc))
     except KBError as exc:
         fail(exc.message)
+
+
+def _locked(exc: StoreLocked) -> str:
+    """The lock's message; its advice (go through the service's API: kb load --url, kb
+    backup --url) only for a command that has --url."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is None or any(param.name == "url" for param in ctx.command.params):
+        return exc.message
+    return f"{exc.situation} Stop that process first (kb {ctx.info_name} has no --url)."
 
 
 def open_embedder(settings: Settings) -> Embedder:
@@ -88,6 +138,8 @@ def open_embedder(settings: Settings) -> Embedder:
 
 
 def _require_store(path: Path) -> None:
+    if path.exists() and not path.is_dir():
+        fail(f"no store at {path} (KB_CHROMA_PATH): it is a file, not a directory")
     if not path.is_dir():
         fail(f"no store at {path} (KB_CHROMA_PATH): the directory does not exist")
     if not (path / CHROMA_FILE).is_file():

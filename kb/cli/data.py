@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sys
 import threading
 import time
@@ -14,7 +16,17 @@ from typing import IO, TYPE_CHECKING, Any
 
 import click
 
-from kb.cli.base import API_KEY, fail, main, open_store, warn
+from kb.cli.base import (
+    API_KEY,
+    GivenPath,
+    fail,
+    interrupted,
+    main,
+    not_empty,
+    open_store,
+    stdout_failed,
+    warn,
+)
 from kb.cli.interrupt import first_ctrl_c_stops
 from kb.config import Settings
 from kb.errors import KBError
@@ -43,7 +55,7 @@ URL_IN_FLIGHT = 2  # kb load --url: requests at a time
 
 
 @main.command()
-@click.argument("paths", nargs=-1, required=True)
+@click.argument("paths", nargs=-1, required=True, type=GivenPath(readable=False, allow_dash=True))
 @click.option(
     "--format",
     "fmt",
@@ -77,7 +89,12 @@ URL_IN_FLIGHT = 2  # kb load --url: requests at a time
     help="Markdown/text ids are paths inside this folder (default: inside the folder "
     "named; a file named alone: its name).",
 )
-@click.option("--url", default=None, help="Send batches to a running kb service instead.")
+@click.option(
+    "--url",
+    default=None,
+    callback=not_empty,
+    help="Send batches to a running kb service (its base URL) instead.",
+)
 @API_KEY
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def load(
@@ -116,7 +133,9 @@ def load(
             "--format): nothing is loaded from it"
         )
     options = Options(settings, text_column=text_column, id_column=id_column)
-    progress = Progress(estimate(found), enabled=not quiet and sys.stderr.isatty())
+    shown = not quiet and sys.stderr.isatty()
+    # counted only for a bar shown (estimate reads each file through once more)
+    progress = Progress(estimate(found) if shown else None, enabled=shown)
     mode = "upsert" if upsert else "skip"
     target = _target(settings, client, mode, on_duplicate, input_bytes(found))
 
@@ -127,6 +146,7 @@ def load(
     entries = (entry for source in found for entry in read(source, options))
     started = time.perf_counter()
     asked_to_stop = threading.Event()
+    code, summary = 0, None
     try:
         with first_ctrl_c_stops(asked_to_stop, "the load stops after the batches under way"):
             summary = ingest(
@@ -156,8 +176,7 @@ def load(
                 "finish it; what is stored is skipped.",
                 err=True,
             )
-        _summarize(stop.summary, time.perf_counter() - started)
-        sys.exit(1)
+        code, summary = 1, stop.summary
     except LoadInterrupted as interrupted:
         progress.clear()
         click.echo(
@@ -165,17 +184,45 @@ def load(
             "same load again to finish it; what is stored is skipped.",
             err=True,
         )
-        _summarize(interrupted.summary, time.perf_counter() - started)
-        sys.exit(130)  # 128 + SIGINT, as a shell reports a command Ctrl-C stopped
+        code, summary = 130, interrupted.summary  # 128 + SIGINT, as a shell reports it
+    except KeyboardInterrupt:  # a second Ctrl-C: at once, wherever the load was
+        progress.clear()
+        click.echo(
+            "\nLoad stopped at once: the batch being written may or may not have been. Run "
+            "the same load again to finish it; what is stored is skipped.",
+            err=True,
+        )
+        code = 130
     except KBError as exc:
         progress.clear()
-        fail(f"load stopped: {exc.message}")
+        click.echo(f"Error: load stopped: {exc.message}", err=True)
+        code = 1
     finally:
         target.close()
     progress.clear()
-    _summarize(summary, time.perf_counter() - started)
-    if summary.failed:
-        sys.exit(1)
+    if summary is not None:
+        _summarize(summary, time.perf_counter() - started)
+        if summary.failed and not code:
+            code = 1
+    _leave(code, reading_stdin="-" in paths)
+
+
+def _leave(code: int, *, reading_stdin: bool) -> None:
+    """End the load with `code`. A reader thread left blocked on standard input (a Ctrl-C
+    while `kb load -` waited for input) holds the lock of sys.stdin's buffer, and the
+    interpreter's shutdown then aborted ("Fatal Python error: _enter_buffered_busy", exit
+    134): the process ends here instead, its output flushed (the store and any encoder
+    process are closed by now)."""
+    from kb.ingest import READER_THREAD
+
+    blocked = any(t.name == READER_THREAD and t.is_alive() for t in threading.enumerate())
+    if blocked and reading_stdin and sys.stdin is sys.__stdin__:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError, ValueError):
+                stream.flush()
+        os._exit(code)
+    if code:
+        sys.exit(code)
 
 
 def _summarize(summary: Summary, elapsed: float) -> None:
@@ -204,14 +251,17 @@ class _Target:
 def _client(url: str | None, api_key: str | None, timeout: float = 120.0) -> KBClient | None:
     """The client of the service at `url` a command sends to, if any; a clean exit for a URL
     or key it cannot use, and a warning when the key would cross the network unencrypted."""
-    if not url:
+    if url is None:
+        given = click.get_current_context().get_parameter_source("api_key")
+        if api_key and given is click.core.ParameterSource.COMMANDLINE:
+            warn("--api-key is sent only to a service named by --url: it is not used here")
         return None
     from kb.client import KBClient
 
     try:
         client = KBClient(url, api_key=api_key, timeout=timeout)
     except KBError as exc:
-        fail(exc.message)
+        fail(f"{exc.message} (--url)" if exc.code == "invalid_url" else exc.message)
     if host := client.key_in_the_clear:
         warn(f"the API key is sent unencrypted to {host} (use https)")
     return client
@@ -305,7 +355,7 @@ def _target(
 @click.option(
     "-o",
     "--output",
-    type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
+    type=GivenPath(dir_okay=False, allow_dash=True, path_type=Path),
     default="-",
     help="File to write, replaced once the export is whole (default: standard output).",
 )
@@ -318,6 +368,10 @@ def export(where: str | None, output: Path) -> None:
         count = _export_to(store, flt, output)
     except KBError as exc:
         fail(f"export failed: {exc.message}")
+    except KeyboardInterrupt:
+        if str(output) == "-":
+            interrupted("Export interrupted: what standard output got is part of the export")
+        interrupted(f"Export interrupted: nothing was written to {output} (-o)")
     finally:
         store.close()
     click.echo(f"exported {count} documents", err=True)
@@ -337,7 +391,7 @@ def _export_filter(where: str | None, settings: Settings) -> CompiledFilter:
     except ValueError as exc:
         fail(f"--where is not valid JSON: {exc}")
     except KBError as exc:
-        fail(exc.message)
+        fail(f"--where: {exc.message}")
 
 
 def _export_to(store: KnowledgeStore, flt: CompiledFilter, output: Path) -> int:
@@ -347,8 +401,11 @@ def _export_to(store: KnowledgeStore, flt: CompiledFilter, output: Path) -> int:
     it torn."""
     if str(output) == "-":
         with click.open_file("-", "w", encoding="utf-8") as stdout:  # kept open
-            count = _write_documents(store, flt, stdout)
-            stdout.flush()
+            try:
+                count = _write_documents(store, flt, stdout)
+                stdout.flush()
+            except OSError as exc:  # > /dev/full, a closed pipe
+                stdout_failed(exc)
         return count
     from kb.files import replacing
 
@@ -369,11 +426,17 @@ def _write_documents(store: KnowledgeStore, flt: CompiledFilter, out: IO[str]) -
 
 
 @main.command()
-@click.argument("dest", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--url", default=None, help="Back up a running kb service (its /backup route).")
+@click.argument("dest", type=GivenPath(dir_okay=False, allow_dash=True, path_type=Path))
+@click.option(
+    "--url",
+    default=None,
+    callback=not_empty,
+    help="Back up a running kb service (its /backup route).",
+)
 @API_KEY
 def backup(dest: Path, url: str | None, api_key: str | None) -> None:
-    """Write a consistent backup of the store to DEST (gzip JSON lines with the vectors).
+    """Write a consistent backup of the store to DEST (gzip JSON lines with the vectors);
+    '-' writes it to standard output.
 
     While kb serve has the embedded store open, back up through it with --url: writes wait
     while the copy is taken, searches go on.
@@ -381,20 +444,32 @@ def backup(dest: Path, url: str | None, api_key: str | None) -> None:
     from kb import backup as backups
 
     started = time.perf_counter()
+    to_stdout = str(dest) == "-"
+    if to_stdout and sys.stdout.isatty():
+        fail("a backup is gzip data, not for a terminal (DEST -): redirect it or name a file")
+    stdout = sys.stdout.buffer if to_stdout else None
+    where = backups.STDOUT if to_stdout else str(dest)
     client = _client(url, api_key, timeout=3600)
     try:
         if client is not None:
             with client.backup() as stream:
-                count = backups.save_stream(stream, dest)["records"]
+                shown = f"what {client.url}/backup sent"
+                count = backups.save_stream(stream, dest, shown, stdout)["records"]
         else:
             store = open_store(searching=False, existing=True)
             try:
-                count = backups.write_file(store, dest)
+                count = backups.write_file(store, dest, stdout)
             finally:
                 store.close()
     except KBError as exc:
         fail(f"backup failed: {exc.message}")
-    click.echo(f"backed up {count} records to {dest} in {time.perf_counter() - started:.1f}s")
+    except KeyboardInterrupt:
+        if to_stdout:
+            interrupted("Backup interrupted: what standard output got is not a whole backup")
+        interrupted(f"Backup interrupted: nothing was written to {dest}")
+    elapsed = time.perf_counter() - started
+    # on stderr, as load's and export's: `kb backup /dev/stdout > f.gz` put it in the gzip
+    click.echo(f"backed up {count} records to {where} in {elapsed:.1f}s", err=True)
 
 
 @main.command()
@@ -405,11 +480,28 @@ def restore(source: Path, replace: bool) -> None:
     from kb import backup as backups
 
     started = time.perf_counter()
-    store = open_store(searching=False)
+    try:  # a file that is no backup is refused before the store is opened (or created)
+        backups.read_header(source)
+    except KBError as exc:
+        fail(f"restore failed: {exc.message}")
+    settings = Settings()
+    store = open_store(settings, searching=False)
     try:
         count = backups.restore(store, source, replace=replace)
     except KBError as exc:
         fail(f"restore failed: {exc.message}")
+    except backups.RestoreInterrupted as exc:
+        if not exc.changed:
+            interrupted("Restore interrupted before it wrote anything: the store is as it was")
+        what = "what it held was deleted; it" if replace else "it"
+        interrupted(
+            f"Restore interrupted: collection '{settings.collection}' is partial ({what} holds "
+            f"part of the backup, or nothing). Run `kb restore --replace {source}` to restore "
+            "it whole."
+        )
+    except KeyboardInterrupt:
+        interrupted("Restore interrupted before it wrote anything: the store is as it was")
     finally:
         store.close()
-    click.echo(f"restored {count} records from {source} in {time.perf_counter() - started:.1f}s")
+    elapsed = time.perf_counter() - started
+    click.echo(f"restored {count} records from {source} in {elapsed:.1f}s", err=True)

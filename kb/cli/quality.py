@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -10,13 +12,14 @@ from typing import TYPE_CHECKING
 import click
 
 from kb.calibration import NothingToCalibrate, Row, recommend
-from kb.cli.base import fail, main, open_embedder, open_store, warn
+from kb.cli.base import fail, main, open_embedder, open_store, stdout_failed, warn
 from kb.config import Settings
 from kb.errors import KBError
 
 if TYPE_CHECKING:
     from kb.embeddings import Embedder
     from kb.evaluation import Dataset
+    from kb.store import KnowledgeStore
 
 
 @main.command()
@@ -48,20 +51,27 @@ def calibrate(pairs: str | None, queries: str | None, precision: float | None, w
     with no similar or no dissimilar example stop it (exit 1): nothing to calibrate on.
     """
     if not pairs and not queries:
-        fail("give --pairs FILE and/or --queries FOLDER")
+        raise click.UsageError("give --pairs FILE and/or --queries FOLDER")
     settings = Settings()
     embedder = open_embedder(settings)
+    # a store in use (kb serve) is said before the sweep, not after it (locked: a message);
+    # one that does not exist yet is made only once there is a threshold to write
+    early = write and (settings.chroma_url is not None or settings.chroma_path.exists())
+    store = open_store(settings, searching=False, embedder=embedder) if early else None
     best = None
     try:
         if pairs:
             best = _from_pairs(embedder, pairs, precision)
         if queries:
             best = _from_queries(settings, embedder, queries, precision)
+        assert best is not None
+        if write:
+            _write_threshold(settings, store, embedder, best, precision)
     except KBError as exc:
         fail(exc.message)
-    assert best is not None
-    if write:
-        _write_threshold(settings, embedder, best, precision)
+    finally:
+        if store is not None:
+            store.close()
 
 
 def _from_pairs(embedder: Embedder, path: str, precision: float | None) -> Row:
@@ -111,20 +121,26 @@ def _from_queries(
 
 
 def _write_threshold(
-    settings: Settings, embedder: Embedder, best: Row, precision: float | None
+    settings: Settings,
+    store: KnowledgeStore | None,
+    embedder: Embedder,
+    best: Row,
+    precision: float | None,
 ) -> None:
-    """Store the recommendation, unless it misses the precision asked for: a default that
-    quietly lets through more noise than the user said they accept is worse than none."""
+    """Store the recommendation in `store` (or the configured store, opened and closed
+    here), unless it misses the precision asked for: a default that quietly lets through
+    more noise than the user said they accept is worse than none."""
     from kb.calibration import reaches
     from kb.search import CALIBRATED_KEY
 
     if precision is not None and not reaches(best, precision):
         fail(f"not written: no threshold reaches precision {precision:.3f}")
-    store = open_store(settings, searching=False, embedder=embedder)  # locked: a message
+    target = store or open_store(settings, searching=False, embedder=embedder)
     try:
-        store.records.set_settings_value(CALIBRATED_KEY, round(best.threshold, 4))
+        target.records.set_settings_value(CALIBRATED_KEY, round(best.threshold, 4))
     finally:
-        store.close()
+        if store is None:
+            target.close()
     click.echo(
         f"stored {best.threshold:.2f} as the default threshold of collection "
         f"'{settings.collection}' in {settings.chroma_path}"
@@ -182,7 +198,12 @@ def _note_unscored(dataset: Dataset) -> None:
 @main.command("eval")
 @click.argument("datasets", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--split", default="train", show_default=True, help="BEIR qrels split.")
-@click.option("--corpus", default=None, help="For kb eval folders: the corpus (default ../seed).")
+@click.option(
+    "--corpus",
+    type=click.Path(exists=True, file_okay=False),
+    default=None,
+    help="For kb eval folders: the corpus folder (default ../seed).",
+)
 @click.option(
     "--mode",
     "modes",
@@ -217,6 +238,8 @@ def eval_(
 
     from kb.evaluation import open_dataset, run_eval, temporary_store, variants
 
+    if json_out:  # before minutes of evaluation, not after them
+        _check_writable(Path(json_out), "--json")
     settings = Settings()
     searches = variants(modes or [settings.search_mode], fusions or [settings.fusion])
     reports = []
@@ -252,7 +275,23 @@ def eval_(
             )
             reports.append(asdict(report))
     if json_out:
-        Path(json_out).write_text(json.dumps(reports, indent=2) + "\n")
+        from kb.files import replacing
+
+        try:
+            with replacing(Path(json_out)) as partial:
+                partial.write_text(json.dumps(reports, indent=2) + "\n")
+        except KBError as exc:
+            fail(f"{exc.message} (--json)")
+
+
+def _check_writable(path: Path, option: str) -> None:
+    """A file can be made at `path` (its folder exists and may be written), or a clean exit
+    naming `option`."""
+    folder = path.parent
+    if not folder.is_dir():
+        fail(f"cannot write {path}: {folder} is not a folder ({option})")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        fail(f"cannot write {path}: the folder {folder} is not writable ({option})")
 
 
 @main.command()
@@ -263,7 +302,8 @@ def eval_(
     help="Similarity from which documents count as near-duplicates (KB_DUPLICATE_SCORE).",
 )
 def duplicates(min_score: float | None) -> None:
-    """List groups of near-duplicate documents in the store."""
+    """List groups of near-duplicate documents in the store: one group a line, its ids
+    separated by tabs (an id may hold spaces, never a control character)."""
     from kb.duplicates import groups
 
     settings = Settings()
@@ -273,6 +313,10 @@ def duplicates(min_score: float | None) -> None:
         found = groups(store.records, threshold)
     finally:
         store.close()
-    for group in found:
-        click.echo(" ".join(group))
+    try:
+        for group in found:
+            click.echo("\t".join(group))  # spaces made "my doc 1 my doc 2" ambiguous
+        sys.stdout.flush()
+    except OSError as exc:  # > /dev/full, a closed pipe
+        stdout_failed(exc)
     click.echo(f"{len(found)} group(s) of near-duplicates at score >= {threshold:.2f}", err=True)

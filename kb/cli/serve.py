@@ -17,7 +17,7 @@ from gunicorn.app.base import BaseApplication
 
 from kb import __version__, chroma_process
 from kb.auth import KeyRing
-from kb.cli.base import fail, main
+from kb.cli.base import fail, main, not_empty
 from kb.cli.server_errors import use_json_errors, use_json_errors_in_gunicorn
 from kb.config import Settings, cpu_count
 from kb.errors import KBError
@@ -25,11 +25,19 @@ from kb.memory import limit_malloc_arenas
 
 
 @main.command()
-@click.option("--host", default=None, help="Interface to bind (KB_HOST).")
-@click.option("--port", type=int, default=None, help="Port (KB_PORT).")
-@click.option("--threads", type=int, default=None, help="Threads per worker (KB_THREADS).")
+@click.option("--host", default=None, callback=not_empty, help="Interface to bind (KB_HOST).")
+@click.option("--port", type=click.IntRange(0, 65535), default=None, help="Port (KB_PORT).")
 @click.option(
-    "--workers", type=int, default=None, help="Worker processes (KB_WORKERS; KB_CHROMA_URL)."
+    "--threads",
+    type=click.IntRange(0, 256),
+    default=None,
+    help="Threads per worker (KB_THREADS); 0 = 8 per core.",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=None,
+    help="Worker processes (KB_WORKERS; KB_CHROMA_URL).",
 )
 def serve(host: str | None, port: int | None, threads: int | None, workers: int | None) -> None:
     """Serve the REST API and the search page on the configured store."""
@@ -40,8 +48,11 @@ def serve(host: str | None, port: int | None, threads: int | None, workers: int 
     if settings.workers > 1 and not settings.chroma_url:
         fail(
             "several workers need a Chroma server (KB_CHROMA_URL): an embedded store is opened "
-            "by one process at a time. Use threads (KB_THREADS) or `make serve-cluster`."
+            "by one process at a time. Use threads (KB_THREADS), or `kb cluster`, which starts "
+            "a Chroma server and the workers."
         )
+    if settings.workers > 1:  # as one worker would say it, once, before gunicorn forks
+        _check_chroma(settings)
     click.echo(
         f"kb {__version__} on http://{settings.host}:{settings.port} (store {where}, collection "
         f"{settings.collection}, {settings.workers} worker(s) x {settings.server_threads()} "
@@ -64,7 +75,13 @@ def serve(host: str | None, port: int | None, threads: int | None, workers: int 
     show_default=True,
     help="Where the Chroma server keeps its data.",
 )
-@click.option("--chroma-port", type=int, default=8001, show_default=True)
+@click.option(
+    "--chroma-port",
+    type=click.IntRange(1, 65535),
+    default=8001,
+    show_default=True,
+    help="Port of the Chroma server it starts (on 127.0.0.1).",
+)
 @click.option("--workers", type=click.IntRange(2, 64), default=None, help="Default: 2 per core.")
 @click.option("--seed", "seeds", multiple=True, help="Load these files first (like kb load).")
 def cluster(data: Path, chroma_port: int, workers: int | None, seeds: tuple[str, ...]) -> None:
@@ -98,6 +115,16 @@ def _seed(seeds: tuple[str, ...]) -> None:
     loaded = subprocess.run([sys.executable, "-m", "kb", "load", "--quiet", *seeds], check=False)
     if loaded.returncode:
         fail(f"the seed load failed (exit code {loaded.returncode}); see its messages above")
+
+
+def _check_chroma(settings: Settings) -> None:
+    """The Chroma server of KB_CHROMA_URL answers, or one line: under gunicorn each worker
+    failed to boot with a traceback of its own (247 lines), and gunicorn exited 3."""
+    assert settings.chroma_url is not None
+    try:
+        chroma_process.check(settings.chroma_url)
+    except KBError as exc:
+        fail(exc.message)
 
 
 def _check_keys(settings: Settings) -> None:
@@ -161,6 +188,13 @@ def _listen(app: Any, settings: Settings) -> Any:
         fail(
             f"cannot listen on {settings.host}:{settings.port} (KB_HOST, KB_PORT): "
             f"{exc.strerror or exc}{busy}"
+        )
+    except ValueError:  # waitress: a host that is no address, or a name that resolves to none
+        if not settings.host.strip():
+            fail("no address to listen on: KB_HOST is empty (--host, KB_HOST)")
+        fail(
+            f"cannot listen on {settings.host!r} (--host, KB_HOST): not an address or a host "
+            "name of this machine"
         )
 
 

@@ -263,25 +263,15 @@ class Settings(BaseSettings):
             raise ValueError(f"must be one of {', '.join(LOG_LEVELS)} (in any case)")
         return level
 
-    @field_validator("onnx_cache", mode="before")
+    @field_validator("onnx_cache", "chroma_path", mode="before")
     @classmethod
-    def _onnx_cache(cls, value: object) -> object:
-        # Path("") is ".", which put a 90 MB export in the working directory; and "~/x" was
-        # a literal "./~/x" (KB_MODEL expands ~).
-        if isinstance(value, str | Path):
-            if not str(value).strip():
-                raise ValueError("must not be empty (unset it for the default cache)")
-            return Path(value).expanduser()
-        return value
-
-    @field_validator("chroma_path", mode="before")
-    @classmethod
-    def _chroma_path(cls, value: object) -> object:
+    def _local_folder(cls, value: object) -> object:
         # Path("") is ".": an empty KB_CHROMA_PATH made the working directory the store
-        # (chroma.sqlite3 and .kb.lock beside whatever was there); "~/kb" made "./~/kb".
+        # (chroma.sqlite3 and .kb.lock beside whatever was there), an empty KB_ONNX_CACHE put
+        # a 90 MB export there; and "~/x" was a literal "./~/x" (KB_MODEL expands ~).
         if isinstance(value, str | Path):
             if not str(value).strip():
-                raise ValueError("must not be empty (unset it for the default, ./chroma_db)")
+                raise ValueError("must not be empty (unset it for the default)")
             return Path(value).expanduser()
         return value
 

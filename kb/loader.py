@@ -117,6 +117,23 @@ def sources(paths: Iterable[str], fmt: str | None = None, root: Path | None = No
     return found
 
 
+def once(found: Iterable[Source]) -> tuple[list[Source], list[str]]:
+    """`found` with each file (and standard input) read once, at its first mention, and the
+    later mentions left out (as spelt): `kb load notes notes/a.md` stored notes/a.md twice,
+    under two ids (the folder's path and the name alone), and `kb load - -` read stdin twice."""
+    kept: list[Source] = []
+    repeated: list[str] = []
+    seen: set[str] = set()
+    for source in found:
+        key = source.path if source.path == "-" else os.path.realpath(source.path)
+        if source.problem is None and key in seen:
+            repeated.append(source.path)
+            continue
+        seen.add(key)
+        kept.append(source)
+    return kept, repeated
+
+
 def _inside(folder: Path, named: str, fmt: str | None, root: Path) -> list[Source]:
     """The files of known formats in `folder` and its subfolders, in path order, and a
     problem source for each folder that cannot be read (Path.rglob skipped those silently).

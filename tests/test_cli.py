@@ -252,6 +252,26 @@ def test_json_array_folder_and_stdin(env, tmp_path: Path, embedder) -> None:
     store.close()
 
 
+def test_a_file_named_twice_or_inside_a_named_folder_is_read_once(
+    env, tmp_path: Path, embedder
+) -> None:
+    """`kb load notes notes/a.md` stored a.md twice, under "a.md" and under its path in the
+    folder; `kb load - -` read stdin twice."""
+    notes = tmp_path / "notes"
+    (notes / "ml").mkdir(parents=True)
+    (notes / "ml" / "intro.md").write_text("# Intro\nGradient descent, step by step.\n")
+    result = run(env, "load", str(notes), str(notes / "ml" / "intro.md"), str(notes))
+    assert result.exit_code == 0, result.output
+    assert "added 1, updated 0, skipped 0, failed 0" in result.output
+    assert "named more than once (or inside a folder also named), read once: " in result.output
+    store = stored(env, embedder)
+    assert store.count() == 1
+    store.close()
+    piped = run(env, "load", "-", "-", stdin=json.dumps({"id": "s", "text": "From a pipe"}))
+    assert "read once: -" in piped.output
+    assert "added 1, updated 0, skipped 0, failed 0" in piped.output
+
+
 def test_a_folder_holding_no_file_kb_reads_is_said_to(env, tmp_path: Path) -> None:
     """It gave a summary of zeros, as if its files had been read (review helper 26)."""
     folder = tmp_path / "scans"

@@ -137,6 +137,38 @@ def test_a_cluster_seeded_with_a_small_file_answers(cluster: str) -> None:
     assert [m["id"] for m in call(cluster, "/query", body)[1]["matches"]] == ["moraine"]
 
 
+def test_kb_cluster_writes_nothing_on_stdout(tmp_path: Path) -> None:
+    """Its banners and logs go to stderr (one banner line went to stdout, the other not)."""
+    port, chroma_port = free_ports(2)
+    env = {**os.environ, "KB_PORT": str(port), "KB_CHROMA_PATH": str(tmp_path / "local")}
+    command = [sys.executable, "-m", "kb", "cluster", "--path", str(tmp_path / "chroma")]
+    command += ["--chroma-port", str(chroma_port), "--workers", "2"]
+    out, err = tmp_path / "stdout", tmp_path / "stderr"
+    with out.open("wb") as stdout, err.open("wb") as stderr:
+        proc = subprocess.Popen(
+            command, env=env, stdout=stdout, stderr=stderr, start_new_session=True
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                if call(base, "/health")[0] == 200:
+                    break
+            except OSError:
+                time.sleep(0.3)
+        assert call(base, "/health")[0] == 200, err.read_text()[-3000:]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert out.read_text() == ""
+    assert f"on http://127.0.0.1:{port}, 2 workers" in err.read_text()
+
+
 def test_a_chroma_port_something_listens_on_is_refused(tmp_path: Path) -> None:
     """Another server on --chroma-port answered the heartbeat: kb cluster went on against
     it (its data, not --path's) while the Chroma it started had exited."""

@@ -40,6 +40,7 @@ from kb.loader import (
     Summary,
     estimate,
     input_bytes,
+    once,
     read,
     sources,
 )
@@ -126,7 +127,11 @@ def load(
     client = _client(url, api_key)
     if client is not None:  # documents are checked and requests cut by the service's limits
         settings = _with_service_limits(settings, client)
-    found = sources(paths, fmt, root)
+    found, repeated = once(sources(paths, fmt, root))
+    if repeated:
+        more = f" and {len(repeated) - 3} more" if len(repeated) > 3 else ""
+        names = ", ".join(repeated[:3]) + more
+        warn(f"named more than once (or inside a folder also named), read once: {names}")
     for folder in _without_files(paths, found):
         warn(
             f"{folder} holds no file kb reads ({', '.join(SUFFIXES)}; or name one with "

@@ -101,7 +101,8 @@ def cluster(data: Path, chroma_port: int, workers: int | None, seeds: tuple[str,
         count = workers or max(2, 2 * cpu_count())
         settings = Settings(chroma_url=url, workers=count)
         limit_malloc_arenas(settings.malloc_arenas)
-        click.echo(f"kb {__version__} on http://{settings.host}:{settings.port}, {count} workers")
+        banner = f"kb {__version__} on http://{settings.host}:{settings.port}, {count} workers"
+        click.echo(banner, err=True)  # as the Chroma line and kb serve's: stdout stays empty
         _gunicorn(settings)
     finally:
         chroma_process.stop(server)

@@ -88,6 +88,7 @@ def ingest(
         summary.added += result.added
         summary.updated += result.updated
         summary.skipped += result.skipped
+        summary.skipped_changed += result.skipped_changed
         summary.duplicates += len(result.duplicates)
         on_batch(size)
 

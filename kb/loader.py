@@ -95,6 +95,7 @@ class Summary:
     added: int = 0
     updated: int = 0
     skipped: int = 0
+    skipped_changed: int = 0  # of the skipped: stored in another version (--upsert replaces)
     failed: int = 0
     duplicates: int = 0  # near-duplicates of stored documents found (allow: written; skip: not)
     problems: list[Problem] = field(default_factory=list)

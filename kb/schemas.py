@@ -338,6 +338,11 @@ class AddResponse(BaseModel):
     added: int = Field(description="New documents written.")
     updated: int = Field(0, description="Existing documents replaced (upsert, content changed).")
     skipped: int = Field(0, description="Documents not written: existing ids, skipped duplicates.")
+    skipped_changed: int = Field(
+        0,
+        description="Of the skipped: existing ids whose stored text or metadata differ from "
+        'what was sent (on_conflict "skip"); "upsert" would replace them.',
+    )
     duplicates: list[Duplicate] = Field(
         default_factory=list, description="New documents nearly identical to stored ones."
     )

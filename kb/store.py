@@ -346,6 +346,7 @@ class KnowledgeStore:
             added=written - len(replaced),
             updated=len(replaced),
             skipped=skipped,
+            skipped_changed=plan.skipped_changed,
             duplicates=[
                 Duplicate(id=new, existing=old, score=score) for new, (old, score) in near.items()
             ],
@@ -370,20 +371,23 @@ class KnowledgeStore:
                     if doc_id in heads
                 ],
             )
-        todo, replaced, skipped = [], [], 0
+        todo, replaced, skipped, changed = [], [], 0, 0
         for doc_id, doc in zip(ids, docs, strict=True):
             head = heads.get(doc_id)
             if head is None:
                 todo.append((doc_id, doc.text, doc.metadata))
-            elif mode is WriteMode.UPSERT and head.metadata.get(HASH) != content_hash(
-                doc.text, doc.metadata
-            ):
+                continue
+            differs = head.metadata.get(HASH) != content_hash(doc.text, doc.metadata)
+            if mode is WriteMode.UPSERT and differs:
                 todo.append((doc_id, doc.text, doc.metadata))
                 replaced.append(head)
             else:
                 skipped += 1
+                changed += differs
         records = self._records(todo)  # embedded by the caller
-        return PreparedAdd(docs, ids, mode, on_duplicate, _seen(found), records, replaced, skipped)
+        return PreparedAdd(
+            docs, ids, mode, on_duplicate, _seen(found), records, replaced, skipped, changed
+        )
 
     def update(self, doc_id: str, fields: UpdateFields) -> Document:
         with self._lock:
@@ -658,6 +662,7 @@ class PreparedAdd:
     records: list[Record]
     replaced: list[Record]
     skipped: int
+    skipped_changed: int  # of the skipped: stored versions that differ from what was sent
 
 
 def _seen(heads: Sequence[Record]) -> dict[str, Any]:

@@ -32,6 +32,7 @@ def test_add_one_returns_201_and_the_document_reads_back_exactly(client: FlaskCl
         "added": 1,
         "updated": 0,
         "skipped": 0,
+        "skipped_changed": 0,
         "duplicates": [],
     }
     doc = client.get("/documents/d1").json
@@ -308,6 +309,9 @@ def test_on_conflict_skip_keeps_stored_documents(cooking: FlaskClient) -> None:
     response = cooking.post("/add", json={"documents": batch, "on_conflict": "skip"})
     assert response.status_code == 201
     assert (response.json["added"], response.json["skipped"]) == (1, 1)
+    assert response.json["skipped_changed"] == 1  # the stored pasta is another version
     assert cooking.get("/documents/pasta").json["text"] == COOKING[0]["text"]
+    same = cooking.post("/add", json={"documents": COOKING[:1], "on_conflict": "skip"}).json
+    assert (same["skipped"], same["skipped_changed"]) == (1, 0)
     contradiction = cooking.post("/add", json={"text": "x", "upsert": True, "on_conflict": "skip"})
     assert contradiction.status_code == 422

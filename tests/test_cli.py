@@ -65,10 +65,19 @@ def test_load_jsonl_then_again_adds_nothing(env, tmp_path: Path, embedder) -> No
     assert "added 3, updated 0, skipped 0, failed 0" in first.output
     second = run(env, "load", str(source))
     assert "added 0, updated 0, skipped 3, failed 0" in second.output
+    assert "differ from their stored version" not in second.output
     store = stored(env, embedder)
     assert store.count() == 3
     assert store.get("a").metadata == {"n": 1}
     store.close()
+    # an edited record is skipped as stored, and the summary says so (it said "skipped" alone)
+    edited = write_jsonl(tmp_path / "edited.jsonl", [{**GOOD[0], "metadata": {"n": 2}}])
+    third = run(env, "load", str(edited))
+    assert "added 0, updated 0, skipped 1, failed 0" in third.output
+    assert (
+        "warning: 1 of the skipped documents differ from their stored version: load again "
+        "with --upsert to replace them"
+    ) in third.output
 
 
 @pytest.fixture

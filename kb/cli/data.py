@@ -237,6 +237,11 @@ def _summarize(summary: Summary, elapsed: float) -> None:
         f"failed {summary.failed} in {elapsed:.2f}s{near}",
         err=True,
     )
+    if summary.skipped_changed:  # skipped as stored, though they were edited since
+        warn(
+            f"{summary.skipped_changed} of the skipped documents differ from their stored "
+            "version: load again with --upsert to replace them"
+        )
 
 
 @dataclass

@@ -93,12 +93,12 @@ class RestoreInterrupted(KeyboardInterrupt):
         self.changed = changed
 
 
-def write_file(store: KnowledgeStore, dest: Path, stdout: IO[bytes] | None = None) -> int:
-    """Back up to `dest` atomically (a partial file never carries the final name); "-" is
-    `stdout`, written as the backup is taken."""
-    if str(dest) == "-" and stdout is not None:
+def write_file(store: KnowledgeStore, dest: Path | IO[bytes]) -> int:
+    """Back up to the file `dest` atomically (a partial file never carries the final name),
+    or to the stream `dest` (standard output) as the backup is taken."""
+    if not isinstance(dest, Path):
         try:
-            return dump(store, stdout)
+            return dump(store, dest)
         except OSError as exc:  # a full disk, a closed pipe
             raise _no_stdout(exc) from None
     with replacing(dest, parents=True) as partial, partial.open("wb") as out:
@@ -106,15 +106,13 @@ def write_file(store: KnowledgeStore, dest: Path, stdout: IO[bytes] | None = Non
 
 
 def save_stream(
-    stream: IO[bytes],
-    dest: Path,
-    shown: str = "the backup received",
-    stdout: IO[bytes] | None = None,
+    stream: IO[bytes], dest: Path | IO[bytes], shown: str = "the backup received"
 ) -> dict[str, Any]:
-    """Store a backup received over HTTP at `dest`, checked whole; its header. A bad one is
-    named `shown` (its temporary file was: "y.gz.27209.partial is not a readable kb
-    backup"). "-" is `stdout`, written once the backup is checked (spooled until then)."""
-    if str(dest) == "-" and stdout is not None:
+    """Store a backup received over HTTP in the file `dest`, checked whole; its header. A bad
+    one is named `shown` (its temporary file was: "y.gz.27209.partial is not a readable kb
+    backup"). To a stream `dest` (standard output) it is written once checked (spooled until
+    then)."""
+    if not isinstance(dest, Path):
         with tempfile.TemporaryFile() as spool:
             for block in _blocks(stream):
                 spool.write(block)
@@ -122,8 +120,8 @@ def save_stream(
             header = _verified(spool, shown)[0]
             spool.seek(0)
             try:
-                shutil.copyfileobj(spool, stdout, BLOCK)
-                stdout.flush()
+                shutil.copyfileobj(spool, dest, BLOCK)
+                dest.flush()
             except OSError as exc:
                 raise _no_stdout(exc) from None
         return header
@@ -159,12 +157,6 @@ def verify(path: Path, shown: str | None = None) -> dict[str, Any]:
     return _verified(path, shown)[0]
 
 
-def read_header(path: Path) -> dict[str, Any]:
-    """The backup's header, checked (a file that is not a kb backup is refused), without
-    reading further: what a restore checks before it opens (and may create) a store."""
-    return _read_header(path)
-
-
 def _verified(
     source: Path | IO[bytes], shown: str | None = None
 ) -> tuple[dict[str, Any], set[int]]:
@@ -195,7 +187,7 @@ def restore(store: KnowledgeStore, path: Path, *, replace: bool = False) -> int:
     nothing. The file is then read twice more as it is written, later chunks, then first
     chunks, each line parsed in the pass that writes it, rather than held in memory (a
     backup can be larger than memory)."""
-    _check_model(_read_header(path), store, path)
+    _check_model(read_header(path), store, path)
     _check_empty(store, replace)  # before the long check; again under the lock below
     header, heads = _verified(path)
     changed = False
@@ -242,7 +234,9 @@ def _restore_threshold(store: KnowledgeStore, min_score: float | None) -> None:
     store.records.set_settings_value(CALIBRATED_KEY, value)
 
 
-def _read_header(path: Path) -> dict[str, Any]:
+def read_header(path: Path) -> dict[str, Any]:
+    """The backup's header, checked (a file that is not a kb backup is refused), without
+    reading further: what a restore checks before it opens (and may create) a store."""
     with _lines(path) as lines:
         return _header(next(lines, None), path)
 

@@ -457,18 +457,18 @@ def backup(dest: Path, url: str | None, api_key: str | None) -> None:
     to_stdout = str(dest) == "-"
     if to_stdout and sys.stdout.isatty():
         fail("a backup is gzip data, not for a terminal (DEST -): redirect it or name a file")
-    stdout = sys.stdout.buffer if to_stdout else None
+    target = sys.stdout.buffer if to_stdout else dest
     where = backups.STDOUT if to_stdout else str(dest)
     client = _client(url, api_key, timeout=3600)
     try:
         if client is not None:
             with client.backup() as stream:
                 shown = f"what {client.url}/backup sent"
-                count = backups.save_stream(stream, dest, shown, stdout)["records"]
+                count = backups.save_stream(stream, target, shown)["records"]
         else:
             store = open_store(searching=False, existing=True)
             try:
-                count = backups.write_file(store, dest, stdout)
+                count = backups.write_file(store, target)
             finally:
                 store.close()
     except KBError as exc:

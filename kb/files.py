@@ -43,6 +43,16 @@ def replacing(dest: Path, *, parents: bool = False) -> Iterator[Path]:
                 partial.unlink(missing_ok=True)
 
 
+def check_writable(dest: Path) -> None:
+    """A KBError, as `replacing` would raise it, unless `dest` can be made: its folder exists
+    and may be written (for a command that writes only after long work, to say so first)."""
+    folder = dest.parent
+    if not folder.is_dir():
+        raise KBError(f"cannot write {dest}: {folder} is not a folder", code="unwritable")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise KBError(f"cannot write {dest}: {folder} is not writable", code="unwritable")
+
+
 def _partial_name(name: str) -> str:
     """The temporary file's name: DEST's own with the process id and `.partial`, or a short
     one when that would pass the NAME_MAX bytes a file name may have."""

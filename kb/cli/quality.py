@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,6 +14,7 @@ from kb.calibration import NothingToCalibrate, Row, recommend
 from kb.cli.base import fail, main, open_embedder, open_store, stdout_failed, warn
 from kb.config import Settings
 from kb.errors import KBError
+from kb.files import check_writable, replacing
 
 if TYPE_CHECKING:
     from kb.embeddings import Embedder
@@ -239,7 +239,10 @@ def eval_(
     from kb.evaluation import open_dataset, run_eval, temporary_store, variants
 
     if json_out:  # before minutes of evaluation, not after them
-        _check_writable(Path(json_out), "--json")
+        try:
+            check_writable(Path(json_out))
+        except KBError as exc:
+            fail(f"{exc.message} (--json)")
     settings = Settings()
     searches = variants(modes or [settings.search_mode], fusions or [settings.fusion])
     reports = []
@@ -275,23 +278,11 @@ def eval_(
             )
             reports.append(asdict(report))
     if json_out:
-        from kb.files import replacing
-
         try:
             with replacing(Path(json_out)) as partial:
                 partial.write_text(json.dumps(reports, indent=2) + "\n")
         except KBError as exc:
             fail(f"{exc.message} (--json)")
-
-
-def _check_writable(path: Path, option: str) -> None:
-    """A file can be made at `path` (its folder exists and may be written), or a clean exit
-    naming `option`."""
-    folder = path.parent
-    if not folder.is_dir():
-        fail(f"cannot write {path}: {folder} is not a folder ({option})")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        fail(f"cannot write {path}: the folder {folder} is not writable ({option})")
 
 
 @main.command()

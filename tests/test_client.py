@@ -135,18 +135,19 @@ def serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
         server.server_close()
 
 
-@contextmanager
-def redirecting(status: int = 302) -> Iterator[tuple[str, str, list[tuple[str, str, str]]]]:
-    """A server answering every request with `status` to the same path on a second one, which
-    records what reaches it (method, path, Authorization): (from, to, what the second got)."""
-    seen: list[tuple[str, str, str]] = []
+def answering(
+    status: int, kind: str, body: bytes, seen: list[tuple[str, str, str]] | None = None
+) -> type[BaseHTTPRequestHandler]:
+    """A handler answering every request with `status`, `kind` and `body`; into `seen`, what
+    reached it (method, path, Authorization)."""
 
-    class Target(BaseHTTPRequestHandler):
+    class Answer(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            seen.append((self.command, self.path, self.headers.get("Authorization", "")))
-            body = b'{"status": "ok"}'
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            if seen is not None:
+                seen.append((self.command, self.path, self.headers.get("Authorization", "")))
+            self.send_response(status)
+            self.send_header("Content-Type", kind)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
@@ -157,7 +158,15 @@ def redirecting(status: int = 302) -> Iterator[tuple[str, str, list[tuple[str, s
         def log_message(self, *args: object) -> None:
             pass
 
-    with serving(Target) as target:
+    return Answer
+
+
+@contextmanager
+def redirecting(status: int = 302) -> Iterator[tuple[str, str, list[tuple[str, str, str]]]]:
+    """A server answering every request with `status` to the same path on a second one, which
+    records what reaches it (method, path, Authorization): (from, to, what the second got)."""
+    seen: list[tuple[str, str, str]] = []
+    with serving(answering(200, "application/json", b'{"status": "ok"}', seen)) as target:
 
         class Redirect(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
@@ -267,27 +276,6 @@ def test_a_url_that_is_not_http_is_refused_up_front(url: str) -> None:
 )
 def test_which_hosts_get_the_key_unencrypted(url: str, key: str | None, exposed: str | None):
     assert KBClient(url, api_key=key).key_in_the_clear == exposed
-
-
-def answering(status: int, kind: str, body: bytes) -> type[BaseHTTPRequestHandler]:
-    """A handler answering every request with `status`, `kind` and `body`."""
-
-    class Answer(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            self.send_response(status)
-            self.send_header("Content-Type", kind)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def do_POST(self) -> None:
-            self.do_GET()
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    return Answer
 
 
 PAGE = b"<!DOCTYPE HTML>\n<html><head><title>Hello</title></head><body>" + b"x" * 500 + b"</html>"

@@ -13,6 +13,7 @@ from pathlib import Path
 from kb.errors import StoreUnavailable
 
 CHROMA = Path(sys.executable).with_name("chroma")
+HEARTBEAT = "/api/v2/heartbeat"  # what a Chroma server answers when it is up
 
 
 def start(data: Path, port: int, log: Path, timeout: float = 60) -> subprocess.Popen:
@@ -33,7 +34,7 @@ def start(data: Path, port: int, log: Path, timeout: float = 60) -> subprocess.P
         if server.poll() is not None:
             raise StoreUnavailable(f"chroma run exited ({server.returncode}); see {log}")
         try:
-            with urllib.request.urlopen(f"{url}/api/v2/heartbeat", timeout=2):
+            with urllib.request.urlopen(f"{url}{HEARTBEAT}", timeout=2):
                 pass
         except OSError:
             time.sleep(0.2)
@@ -48,10 +49,10 @@ def check(url: str, timeout: float = 5) -> None:
     """StoreUnavailable unless the Chroma server at `url` (KB_CHROMA_URL) answers its
     heartbeat: said as opening the store says it."""
     try:
-        with urllib.request.urlopen(f"{url}/api/v2/heartbeat", timeout=timeout):
+        with urllib.request.urlopen(f"{url}{HEARTBEAT}", timeout=timeout):
             return
     except urllib.error.HTTPError as exc:  # something answers, not Chroma's API
-        problem = f"{url}/api/v2/heartbeat answered HTTP {exc.code}: not a Chroma server?"
+        problem = f"{url}{HEARTBEAT} answered HTTP {exc.code}: not a Chroma server?"
     except (OSError, ValueError) as exc:  # refused, no such host, a timeout
         problem = str(getattr(exc, "reason", exc))
     raise StoreUnavailable(f"cannot reach the Chroma server at {url} (KB_CHROMA_URL): {problem}")

@@ -115,7 +115,6 @@ function unexpectedAnswer(status) {
 async function api(path, { method = "GET", body } = {}) {
   const headers = { Accept: "application/json" };
   const key = currentKey();
-  if (path === "info") state.checkedKey = key;
   if (key) headers.Authorization = `Bearer ${key}`;
   const init = { method, headers, cache: "no-store" };
   if (body !== undefined) {
@@ -134,10 +133,15 @@ async function api(path, { method = "GET", body } = {}) {
   } catch {
     data = null;
   }
+  // What the answer says of the key counts only while that key is still the field's: a late
+  // answer to a request sent with an older key (a 401 for a rejected key arriving after a
+  // newer key was accepted) must not turn the key's state back.
+  const current = key === currentKey();
   if (response.ok) {
     if (data === null || typeof data !== "object" || Array.isArray(data)) {
       throw unexpectedAnswer(response.status);
     }
+    if (path === "info" && current) state.checkedKey = key;
     return data;
   }
   const error = (data && data.error) || {};
@@ -148,11 +152,11 @@ async function api(path, { method = "GET", body } = {}) {
     Array.isArray(error.details) ? error.details : [],
   );
   // The server is the authority on what this key may do: follow it, whatever /info said.
-  if (response.status === 401 || response.status === 403) state.checkedKey = key;
-  if (response.status === 401) {
+  if (current && (response.status === 401 || response.status === 403)) state.checkedKey = key;
+  if (current && response.status === 401) {
     state.info = { ...state.info, auth_required: true, role: null };
     applyRole();
-  } else if (response.status === 403 && state.info.role === "write") {
+  } else if (current && response.status === 403 && state.info.role === "write") {
     state.info = { ...state.info, role: "read" };
     applyRole();
   }

@@ -289,6 +289,36 @@ def test_with_keys_a_read_key_searches_but_cannot_write(
     expect(page.locator(".delete-button:visible")).to_have_count(0)
 
 
+def test_a_late_answer_to_a_rejected_key_does_not_undo_the_accepted_one(
+    page: Page, keyed_server: Server, expect: Any
+) -> None:
+    """Found in CI: the stats asked with a rejected key answered 401 after the next key was
+    accepted, and the page took that 401 for the new key ("not checked yet")."""
+    wrong = "not-the-key-0123456789"
+    held: list[Route] = []
+
+    def handle(route: Route) -> None:
+        if route.request.headers.get("authorization") == f"Bearer {wrong}":
+            held.append(route)
+        else:
+            route.continue_()
+
+    page.route("**/stats", handle)
+    open_page(page, keyed_server)
+    key_status = page.locator("#key-status")
+    page.get_by_label("API key").fill(wrong)
+    page.get_by_role("button", name="Use key").click()
+    expect(key_status).to_have_text("The API key was not accepted. Check it and try again.")
+    until(page, lambda: bool(held))
+
+    page.get_by_label("API key").fill(READ_KEY)
+    page.get_by_label("API key").press("Enter")
+    expect(key_status).to_contain_text("Read-only key")
+    release(page, held[0])  # its 401 comes now, for a key no longer in the field
+    expect(key_status).to_contain_text("Read-only key")
+    page.unroute("**/stats")
+
+
 def test_with_keys_a_write_key_adds_and_is_kept_for_the_session(
     page: Page, keyed_server: Server, expect: Any
 ) -> None:

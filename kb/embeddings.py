@@ -92,12 +92,14 @@ def resolve_model_path(model: str) -> tuple[str, Path]:
     return path.resolve().name, path.resolve()
 
 
-def load_embedder(settings: Settings, *, bulk: bool = False) -> Embedder:
+def load_embedder(settings: Settings, *, bulk: bool = False, lazy: bool = False) -> Embedder:
     """The configured encoder (KB_BACKEND); the single place a backend is chosen. ONNX (and
     OpenVINO) batches run on KB_ENCODER_LANES single-thread lanes, by default as many as
     KB_ENCODER_THREADS (so that setting alone caps the encoder's cores), or one per core when
     neither is set. `bulk`: for an encoder that embeds large batches only (the encoder
-    process), which needs no session for lone queries."""
+    process), which needs no session for lone queries. `lazy`: for a store that may never
+    embed (kb export, backup, duplicates): an ONNX encoder opens its sessions at the first
+    text (torch's model loads here all the same)."""
     if settings.backend == "torch":
         from kb.encoders.torch_backend import SentenceTransformerEmbedder
 
@@ -115,4 +117,5 @@ def load_embedder(settings: Settings, *, bulk: bool = False) -> Embedder:
         threads=settings.encoder_threads,
         lanes=settings.encoder_lanes or settings.encoder_threads or cpu_count(),
         spin_session=settings.encoder_spin_session and not bulk,
+        lazy=lazy,
     )

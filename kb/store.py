@@ -119,8 +119,10 @@ class KnowledgeStore:
         existing: bool = False,
     ) -> KnowledgeStore:
         # a store that will not search asks no lone queries: no session for them (kb.encoders:
-        # about 0.12 s to open and 96 MiB held, for kb load, export, backup, duplicates)
-        embedder = embedder if embedder is not None else load_embedder(settings, bulk=not searching)
+        # about 0.12 s to open and 96 MiB held, for kb load, export, backup, duplicates), and
+        # its batch session opens when it first embeds (export, backup, duplicates never do)
+        if embedder is None:
+            embedder = load_embedder(settings, bulk=not searching, lazy=not searching)
         return cls(settings, embedder, searching=searching, existing=existing)
 
     def close(self) -> None:

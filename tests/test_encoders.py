@@ -480,6 +480,34 @@ def test_the_spinning_session_can_be_released_and_opened_again(embedder: Embedde
     assert runs[1] is encoder._single
 
 
+@pytest.mark.skipif(cpu_count() < 2, reason="one thread per session: no second session")
+def test_a_lazy_encoder_opens_its_sessions_once_at_the_first_text(embedder: Embedder) -> None:
+    """`lazy` (a store that may never embed): no session until a text comes; texts from
+    several threads at once then open one batch session and one for lone texts, not one
+    each, and their vectors are an eager encoder's. A lone-text session released before
+    the first text stays closed."""
+    opened: list[bool] = []
+    cache = Settings().onnx_cache
+    lazy = OnnxEmbedder("all-MiniLM-L6-v2", cache=cache, lanes=2, threads=2, lazy=True)
+    open_one = lazy._open
+    lazy._open = lambda *a, **k: opened.append(k["spin"]) or open_one(*a, **k)  # type: ignore[method-assign]
+    assert lazy._session is None
+    assert not lazy.has_query_session
+    assert opened == []
+    assert lazy.dim == embedder.dim
+    assert lazy.tokens("tokens need no session") == embedder.tokens("tokens need no session")
+    texts = [f"text {i} about rivers" for i in range(8)]
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda text: lazy.embed_documents([text]), texts))
+    assert sorted(opened) == [False, True]
+    assert float(np.abs(np.vstack(got) - embedder.embed_documents(texts)).max()) < 1e-5
+    released = OnnxEmbedder("all-MiniLM-L6-v2", cache=cache, lanes=2, threads=2, lazy=True)
+    released.hold_query_session(False)
+    assert float(np.abs(released.embed_queries(texts[:1]) - got[0]).max()) < 1e-5
+    assert released._session is not None
+    assert not released.has_query_session
+
+
 def test_lanes_give_every_text_its_own_vector(embedder: Embedder) -> None:
     """Bulk encoding on one-thread lanes: batches run side by side, rows land in input order,
     vectors as one session's (texts of many lengths, so there are many batches)."""

@@ -67,7 +67,11 @@ class OnnxEmbedder:
         threads: int = 0,
         lanes: int = 1,
         spin_session: bool = True,
+        lazy: bool = False,
     ) -> None:
+        """`lazy`: the sessions open at the first text, not here (a command that may never
+        embed, such as kb export, backup or duplicates, saves about 0.1-0.25 s and the
+        sessions' memory)."""
         from tokenizers import Tokenizer
 
         self.name, self.path = resolve_model_path(model)
@@ -88,9 +92,7 @@ class OnnxEmbedder:
         self._pad_id = int(export.meta["pad_id"])
 
         threads = threads or cpu_count()
-        model_file = export.model_file(quantized)
-        one_run = 1 if self.lanes > 1 else threads
-        self._session = self._open(model_file, one_run, spin=False, runs=self.lanes)
+        self._model_file, self._threads = export.model_file(quantized), threads
         # One text alone (a query while no other waits) runs on a second session, on every
         # core, whose threads spin briefly between the run's operators instead of sleeping
         # and being woken at each one (about 1 ms less of a 4-5 ms query run here, for 96
@@ -98,11 +100,14 @@ class OnnxEmbedder:
         # threads, which sleep when idle and leave the cores to the server's).
         # `spin_session=False` (KB_ENCODER_SPIN_SESSION) saves the memory; then one text runs
         # on one lane.
-        self._model_file, self._threads = model_file, threads
         self._spin = spin_session and threads > 1
-        self._single = self._open(model_file, threads, spin=True) if self._spin else None
-        self._single_lock = threading.Lock()
-        self._inputs = [node.name for node in self._session.get_inputs()]
+        self._single_wanted = self._spin  # and not released (hold_query_session)
+        self._session: Session | None = None
+        self._single: Session | None = None
+        self._sessions_lock = threading.Lock()
+        self._inputs: list[str] = []
+        if not lazy:
+            self._sessions()
 
         self._tokenizer = Tokenizer.from_file(str(export.tokenizer_file))
         self._tokenizer.no_padding()
@@ -114,6 +119,23 @@ class OnnxEmbedder:
             if self.lanes > 1
             else None
         )
+
+    def _sessions(self) -> Session:
+        """The batch session, opened (with the one-text session, if configured) by the
+        first call; later calls return it at once."""
+        session = self._session
+        if session is not None:
+            return session
+        with self._sessions_lock:
+            if self._session is not None:  # opened by another thread meanwhile
+                return self._session
+            one_run = 1 if self.lanes > 1 else self._threads
+            opened = self._open(self._model_file, one_run, spin=False, runs=self.lanes)
+            self._inputs = [node.name for node in opened.get_inputs()]
+            if self._single_wanted:
+                self._single = self._open(self._model_file, self._threads, spin=True)
+            self._session = opened
+            return opened
 
     def embed_documents(self, texts: Sequence[str]) -> np.ndarray:
         return self._encode(texts)
@@ -127,11 +149,12 @@ class OnnxEmbedder:
         """Release the spinning session (`held` false: about 110 MiB back; a lone text then
         runs as batches do), or open it again if it is configured. kb serve releases it
         while its encoder process runs (kb.encoders.bulk)."""
-        with self._single_lock:
+        with self._sessions_lock:
+            self._single_wanted = held and self._spin
             if not held:
                 self._single = None  # a run on it keeps it until that run ends
                 release_freed_memory()
-            elif self._spin and self._single is None:
+            elif self._spin and self._single is None and self._session is not None:
                 self._single = self._open(self._model_file, self._threads, spin=True)
 
     def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
@@ -148,6 +171,7 @@ class OnnxEmbedder:
         lane, or for the next batch's tokenizing (done here, while the lanes run)."""
         if self._lane_pool is None:
             return _settled(self._encode, texts)
+        self._sessions()
         out, ids, batches = self._plan(texts)
         future: Future[np.ndarray] = Future()
         if not batches:
@@ -188,6 +212,7 @@ class OnnxEmbedder:
     def _encode(self, texts: Sequence[str]) -> np.ndarray:
         """A call of one text runs on the spinning session, if there is one; any other on
         the lanes, or on the one session's threads."""
+        self._sessions()
         single = self._single
         if len(texts) == 1 and single is not None:
             return self._run(self._ids(texts), single)
@@ -221,7 +246,7 @@ class OnnxEmbedder:
             mask[i, : len(row)] = 1
         types = np.zeros_like(mask)
         feeds = {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": types}
-        session = session or self._session
+        session = session or self._sessions()
         return session.run(None, {name: feeds[name] for name in self._inputs})[0]
 
 

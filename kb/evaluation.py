@@ -41,6 +41,7 @@ class Dataset:
     queries: dict[str, str]  # query id -> text, in file order
     qrels: dict[str, dict[str, int]] = field(default_factory=dict)
     unmatched: list[str] = field(default_factory=list)  # judged ids queries.jsonl lacks
+    beir: bool = False  # a BEIR folder (its own corpus, a qrels split), else a kb eval folder
 
 
 @dataclass
@@ -78,7 +79,7 @@ def _beir(folder: Path, split: str) -> Dataset:
     unmatched = [query_id for query_id in qrels if query_id not in queries]
     judged = {query_id: qrels[query_id] for query_id in queries}
     corpus = [Source(str(folder / "corpus.jsonl"), "beir")]
-    return Dataset(f"{folder.name}/{split}", corpus, queries, judged, unmatched)
+    return Dataset(f"{folder.name}/{split}", corpus, queries, judged, unmatched, beir=True)
 
 
 def _read_qrels(path: Path) -> dict[str, dict[str, int]]:

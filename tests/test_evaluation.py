@@ -251,3 +251,39 @@ def test_kb_eval_reads_every_dataset_before_it_evaluates_one(tmp_path: Path) -> 
     assert result.exit_code == 1
     assert "no qrels for split 'test'" in result.output
     assert "nDCG@10" not in result.output  # nothing was evaluated
+
+
+def test_kb_eval_warns_of_an_option_that_does_nothing_for_a_dataset(tmp_path: Path) -> None:
+    """--split picks a BEIR folder's qrels and --corpus a kb eval folder's documents: each
+    was silently ignored for the other kind, so the figures looked like the split's or the
+    corpus's asked for."""
+    beir = beir_folder(tmp_path / "tiny")
+    corpus = tmp_path / "docs"
+    corpus.mkdir()
+    (corpus / "docs.jsonl").write_text(
+        "".join(json.dumps({"id": d["_id"], "text": d["text"]}) + "\n" for d in CORPUS)
+    )
+    labeled = tmp_path / "labeled"
+    labeled.mkdir()
+    (labeled / "queries.jsonl").write_text('{"id": "a", "query": "pasta", "relevant": ["d1"]}\n')
+    env = {"KB_CHROMA_PATH": str(tmp_path / "untouched")}
+    args = ["eval", str(beir), str(labeled), "--mode", "keyword"]
+
+    both = CliRunner().invoke(main, [*args, "--split", "test", "--corpus", str(corpus)], env=env)
+    assert both.exit_code == 0, both.output
+    assert f"--split applies to BEIR folders only, not to the kb eval folder(s) {labeled}" in (
+        both.output
+    )
+    assert f"--corpus applies to kb eval folders only, not to the BEIR folder(s) {beir}" in (
+        both.output
+    )
+    assert both.output.index("warning") < both.output.index("nDCG@10")
+    (beir / "qrels" / "train.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\n")
+    # --split not given: its default says nothing
+    no_split = CliRunner().invoke(main, [*args, "--corpus", str(corpus)], env=env)
+    assert no_split.exit_code == 0, no_split.output
+    assert "--split applies" not in no_split.output
+    assert "--corpus applies" in no_split.output
+    alone = CliRunner().invoke(main, ["eval", str(labeled), "--corpus", str(corpus)], env=env)
+    assert alone.exit_code == 0, alone.output
+    assert "warning" not in alone.output

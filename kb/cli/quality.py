@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
+from click.core import ParameterSource
 
 from kb.calibration import NothingToCalibrate, Row, recommend
 from kb.cli.base import fail, main, open_embedder, open_store, stdout_failed, warn
@@ -195,6 +196,25 @@ def _note_unscored(dataset: Dataset) -> None:
         )
 
 
+def _warn_unused(paths: Sequence[str], opened: Sequence[Dataset], corpus: str | None) -> None:
+    """--split is BEIR's and --corpus kb eval folders': given where it does nothing, a
+    warning (the figures would otherwise look like those of the split or corpus asked for)."""
+    ctx = click.get_current_context()
+    split_given = ctx.get_parameter_source("split") is not ParameterSource.DEFAULT
+    labeled = [path for path, dataset in zip(paths, opened, strict=True) if not dataset.beir]
+    beir = [path for path, dataset in zip(paths, opened, strict=True) if dataset.beir]
+    if split_given and labeled:
+        warn(
+            "--split applies to BEIR folders only, not to the kb eval folder(s) "
+            f"{', '.join(labeled)}: scored on all their queries"
+        )
+    if corpus and beir:
+        warn(
+            "--corpus applies to kb eval folders only, not to the BEIR folder(s) "
+            f"{', '.join(beir)}: each is scored on its own corpus.jsonl"
+        )
+
+
 @main.command("eval")
 @click.argument("datasets", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--split", default="train", show_default=True, help="BEIR qrels split.")
@@ -257,6 +277,7 @@ def eval_(
         _warn_unmatched(dataset)
         _note_unscored(dataset)
         opened.append(dataset)
+    _warn_unused(datasets, opened, corpus)
     embedder = open_embedder(settings)
     click.echo(
         f"{'dataset':<16} {'mode':<12} {'docs':>6} {'queries':>7} {'nDCG@10':>8} "

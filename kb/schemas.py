@@ -240,7 +240,10 @@ def _validate_text(value: Any, info: ValidationInfo) -> Any:
         )
     settings = (info.context or {}).get("settings")
     if settings is not None and len(value) > settings.max_text_chars:
-        raise ValueError(f"text is longer than the limit of {settings.max_text_chars} characters")
+        raise ValueError(
+            f"text has {len(value)} characters; at most {settings.max_text_chars} "
+            "(KB_MAX_TEXT_CHARS)"
+        )
     return value
 
 

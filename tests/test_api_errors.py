@@ -336,7 +336,12 @@ def test_text_and_batch_limits_are_422(settings, embedder) -> None:
     app = create_app(limited, embedder=embedder)
     try:
         client = app.test_client()
-        assert_error_shape(client.post("/add", json={"text": "y" * 51}), 422)
+        long = assert_error_shape(client.post("/add", json={"text": "y" * 51}), 422)
+        assert long["details"][0]["field"] == "text"
+        assert (
+            "text has 51 characters; at most 50 (KB_MAX_TEXT_CHARS)"
+            in (long["details"][0]["message"])
+        )
         docs = [{"text": f"doc {i}"} for i in range(3)]
         assert_error_shape(client.post("/add", json={"documents": docs}), 422)
         assert_error_shape(client.post("/query", json={"queries": ["a", "b", "c"]}), 422)

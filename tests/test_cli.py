@@ -557,8 +557,9 @@ def test_load_through_the_api_keeps_each_request_under_the_body_limit(
         result = run({}, "load", "--url", service.base, "--batch-size", "1", str(mixed("m")))
         assert result.exit_code == 1
         assert "m.jsonl:4: the document is 72,0" in result.output
-        assert "m.jsonl:6: text: text is longer than the limit of 25000 characters" in (
-            result.output
+        assert (
+            "m.jsonl:6: text: text has 26000 characters; at most 25000 (KB_MAX_TEXT_CHARS)"
+            in result.output
         )
         assert "added 6, updated 0, skipped 0, failed 2" in result.output
         # a service that does not tell its limits: the refused request stops the load; the

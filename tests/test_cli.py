@@ -294,6 +294,30 @@ def test_a_folder_holding_no_file_kb_reads_is_said_to(env, tmp_path: Path) -> No
     assert "holds no file" not in named.output
 
 
+def test_an_input_without_documents_is_said_to_hold_none(env, tmp_path: Path) -> None:
+    """`kb export | kb load -` after a failed export read nothing and said only "added 0",
+    rc 0, like a load of documents all stored before. Blank lines are no documents either;
+    a folder holding no file kb reads gets its own warning, not this one too."""
+    piped = run(env, "load", "-", stdin="")
+    assert piped.exit_code == 0, piped.output
+    assert "warning: the input held no documents (standard input): nothing was loaded" in (
+        piped.output
+    )
+    blank = tmp_path / "blank.jsonl"
+    blank.write_text("\n\n")
+    assert "warning: the input held no documents" in run(env, "load", str(blank)).output
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    folder = run(env, "load", str(empty))
+    assert "holds no file kb reads" in folder.output
+    assert "held no documents" not in folder.output
+    source = write_jsonl(tmp_path / "good.jsonl", GOOD)
+    assert "added 3" in run(env, "load", str(source)).output
+    again = run(env, "load", str(source))  # all skipped: documents were read
+    assert "skipped 3" in again.output
+    assert "held no documents" not in again.output
+
+
 def test_loading_the_current_folder_loads_it_without_a_warning(
     env, tmp_path: Path, embedder, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -132,7 +132,8 @@ def load(
         more = f" and {len(repeated) - 3} more" if len(repeated) > 3 else ""
         names = ", ".join(repeated[:3]) + more
         warn(f"named more than once (or inside a folder also named), read once: {names}")
-    for folder in _without_files(paths, found):
+    empty_folders = _without_files(paths, found)
+    for folder in empty_folders:
         warn(
             f"{folder} holds no file kb reads ({', '.join(SUFFIXES)}; or name one with "
             "--format): nothing is loaded from it"
@@ -209,6 +210,10 @@ def load(
         _summarize(summary, time.perf_counter() - started)
         if summary.failed and not code:
             code = 1
+        documents = summary.added + summary.updated + summary.skipped + summary.failed
+        if not documents and not code and not empty_folders:
+            # `kb export | kb load -` after a failed export: a summary of zeros, rc 0
+            warn(f"the input held no documents ({_names(paths)}): nothing was loaded")
     _leave(code, reading_stdin="-" in paths)
 
 
@@ -287,6 +292,12 @@ def _with_service_limits(settings: Settings, client: KBClient) -> Settings:
     except (KBError, ValidationError):  # unreachable, a key it refuses, an older service
         return settings
     return settings.model_copy(update=limits.model_dump())
+
+
+def _names(paths: Sequence[str]) -> str:
+    """The paths a load was given, for a message: standard input by its name, at most 3."""
+    shown = ["standard input" if p == "-" else p for p in paths[:3]]
+    return ", ".join(shown) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
 
 
 def _without_files(paths: Sequence[str], found: Sequence[Source]) -> list[str]:

@@ -184,3 +184,29 @@ def test_a_chroma_port_something_listens_on_is_refused(tmp_path: Path) -> None:
     assert (
         done.stderr.strip() == f"Error: cannot start Chroma on 127.0.0.1:{port}: the port is taken"
     )
+
+
+def test_a_kb_port_in_use_is_one_line_before_chroma_starts(tmp_path: Path) -> None:
+    """kb cluster started its Chroma server and announced the workers' address; gunicorn
+    then tried the busy port five times a second apart, wrote ten lines of its log and
+    exited. Now the port is taken first, as kb serve takes its own."""
+    port, chroma_port = free_ports(2)
+    env = {**os.environ, "KB_PORT": str(port), "KB_CHROMA_PATH": str(tmp_path / "local")}
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", port))
+        taken.listen()
+        command = [sys.executable, "-m", "kb", "cluster", "--path", str(tmp_path / "chroma")]
+        done = subprocess.run(
+            [*command, "--chroma-port", str(chroma_port)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.strip() == (
+        f"Error: cannot listen on 127.0.0.1:{port} (KB_HOST, KB_PORT): Address already in use "
+        "(another process is listening on it)"
+    )
+    assert done.stdout == ""
+    assert not (tmp_path / "chroma").exists()  # no Chroma server was started

@@ -48,6 +48,29 @@ def test_a_port_in_use_is_a_one_line_error(tmp_path: Path) -> None:
     assert not (tmp_path / "db").exists()
 
 
+def test_a_port_in_use_is_a_one_line_error_for_workers_too(
+    tmp_path: Path, chroma_server: str
+) -> None:
+    """Under gunicorn (KB_WORKERS > 1) the busy port took five tries a second apart and ten
+    lines of gunicorn's log; kb binds it itself now, as for waitress."""
+    env = {k: v for k, v in os.environ.items() if not is_kb_variable(k)}
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env |= {"KB_CHROMA_URL": chroma_server, "KB_PORT": str(port), "KB_WORKERS": "2"}
+        done = subprocess.run(
+            [sys.executable, "-m", "kb", "serve"], env=env, capture_output=True, text=True
+        )
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert "gunicorn" not in done.stderr.lower()
+    assert done.stderr.splitlines()[-1] == (
+        f"Error: cannot listen on 127.0.0.1:{port} (KB_HOST, KB_PORT): Address already in use "
+        "(another process is listening on it)"
+    )
+
+
 def raw_post(base: str, head: str, body: bytes = b"") -> bytes:
     """Send a POST's head (and body) over a socket; the response as read until closed."""
     host, port = base.removeprefix("http://").split(":")

@@ -6,11 +6,12 @@ import errno
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 from gunicorn.app.base import BaseApplication
@@ -61,7 +62,7 @@ def serve(host: str | None, port: int | None, threads: int | None, workers: int 
     )
     limit_malloc_arenas(settings.malloc_arenas)  # before the server's threads start
     if settings.workers > 1:
-        _gunicorn(settings)
+        _gunicorn(settings, _bound(settings))
     else:
         _waitress(settings)
 
@@ -88,22 +89,24 @@ def cluster(data: Path, chroma_port: int, workers: int | None, seeds: tuple[str,
     """Start a local Chroma server and kb with several worker processes against it."""
     url = f"http://127.0.0.1:{chroma_port}"
     log = data / "chroma.log"
-    _check_keys(Settings())  # before the Chroma server starts, and once, not per worker
+    count = workers or max(2, 2 * cpu_count())
+    settings = Settings(chroma_url=url, workers=count)
+    _check_keys(settings)  # before the Chroma server starts, and once, not per worker
+    listening = _bound(settings)  # likewise: a busy port is one line, nothing started
     try:
         server = chroma_process.start(data, chroma_port, log)
     except KBError as exc:
+        listening.close()
         fail(exc.message)
     try:
         click.echo(f"Chroma server on {url} (data in {data}, log {log})", err=True)
         os.environ["KB_CHROMA_URL"] = url
         if seeds:
             _seed(seeds)
-        count = workers or max(2, 2 * cpu_count())
-        settings = Settings(chroma_url=url, workers=count)
         limit_malloc_arenas(settings.malloc_arenas)
         banner = f"kb {__version__} on http://{settings.host}:{settings.port}, {count} workers"
         click.echo(banner, err=True)  # as the Chroma line and kb serve's: stdout stays empty
-        _gunicorn(settings)
+        _gunicorn(settings, listening)
     finally:
         chroma_process.stop(server)
 
@@ -185,18 +188,52 @@ def _listen(app: Any, settings: Settings) -> Any:
             max_request_body_size=body_cap(settings.max_request_bytes),
         )
     except OSError as exc:
-        busy = " (another process is listening on it)" if exc.errno == errno.EADDRINUSE else ""
-        fail(
-            f"cannot listen on {settings.host}:{settings.port} (KB_HOST, KB_PORT): "
-            f"{exc.strerror or exc}{busy}"
-        )
+        _cannot_listen(settings, exc)
     except ValueError:  # waitress: a host that is no address, or a name that resolves to none
-        if not settings.host.strip():
-            fail("no address to listen on: KB_HOST is empty (--host, KB_HOST)")
-        fail(
-            f"cannot listen on {settings.host!r} (--host, KB_HOST): not an address or a host "
-            "name of this machine"
+        _no_such_address(settings)
+
+
+def _bound(settings: Settings) -> socket.socket:
+    """A socket listening on KB_HOST:KB_PORT, for gunicorn (it takes it as `fd://N`). Left to
+    gunicorn, a port in use took five tries a second apart and ten lines of its log, after
+    `kb cluster` had started its Chroma server; now it is one line, before anything starts."""
+    try:
+        found = socket.getaddrinfo(
+            settings.host, settings.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )
+    except (OSError, UnicodeError):  # socket.gaierror is an OSError
+        _no_such_address(settings)
+    family, kind, proto, _, address = found[0]
+    listening = socket.socket(family, kind, proto)
+    try:
+        # as gunicorn binds: a restart does not wait for the last connections' TIME_WAIT
+        listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listening.bind(address)
+        listening.listen(LISTEN_BACKLOG)
+    except OSError as exc:
+        listening.close()
+        _cannot_listen(settings, exc)
+    return listening
+
+
+LISTEN_BACKLOG = 2048  # gunicorn's own default
+
+
+def _cannot_listen(settings: Settings, exc: OSError) -> NoReturn:
+    busy = " (another process is listening on it)" if exc.errno == errno.EADDRINUSE else ""
+    fail(
+        f"cannot listen on {settings.host}:{settings.port} (KB_HOST, KB_PORT): "
+        f"{exc.strerror or exc}{busy}"
+    )
+
+
+def _no_such_address(settings: Settings) -> NoReturn:
+    if not settings.host.strip():
+        fail("no address to listen on: KB_HOST is empty (--host, KB_HOST)")
+    fail(
+        f"cannot listen on {settings.host!r} (--host, KB_HOST): not an address or a host "
+        "name of this machine"
+    )
 
 
 def body_cap(limit: int) -> int:
@@ -212,13 +249,14 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def _gunicorn(settings: Settings) -> None:
-    """Worker processes sharing the Chroma server, and their metrics through files."""
+def _gunicorn(settings: Settings, listening: socket.socket) -> None:
+    """Worker processes sharing the Chroma server, and their metrics through files; they
+    accept on `listening` (gunicorn closes it)."""
     use_json_errors_in_gunicorn()
     metrics = tempfile.mkdtemp(prefix="kb-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics  # before any worker imports the client
     try:
-        _Cluster(settings).run()
+        _Cluster(settings, listening.detach()).run()
     finally:
         shutil.rmtree(metrics, ignore_errors=True)
 
@@ -232,13 +270,13 @@ def _worker_exit(server: Any, worker: Any) -> None:
 class _Cluster(BaseApplication):  # type: ignore[misc]
     """gunicorn with kb's app factory: each worker builds its own app after the fork."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
+    def __init__(self, settings: Settings, fd: int) -> None:
+        self.settings, self.fd = settings, fd
         super().__init__()
 
     def load_config(self) -> None:
         options = {
-            "bind": f"{self.settings.host}:{self.settings.port}",
+            "bind": f"fd://{self.fd}",  # bound by kb (_bound)
             "workers": self.settings.workers,
             "threads": self.settings.server_threads(),
             "worker_class": "gthread",

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import os
+import platform
 import re
 import signal
 import subprocess
@@ -847,6 +849,22 @@ def test_a_pipe_named_as_a_file_loads_its_records(env, tmp_path: Path) -> None:
     assert "added 3, updated 0, skipped 0, failed 0" in err
 
 
+READ_SYSCALL = {"x86_64": "0", "aarch64": "63"}
+
+
+def reading_stdin(pid: int) -> bool:
+    """Whether a thread of `pid` is blocked reading file descriptor 0 (Linux's
+    /proc/PID/task/*/syscall: the call's number, then its first argument)."""
+    number = READ_SYSCALL.get(platform.machine())
+    if number is None:  # another architecture: the store's file and a wait to go by
+        return True
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):
+            if (task / "syscall").read_text().split()[:2] == [number, "0x0"]:
+                return True
+    return False
+
+
 def test_a_ctrl_c_while_stdin_is_idle_exits_130_cleanly(env, tmp_path: Path) -> None:
     """`sleep 15 | kb load -` and Ctrl-C: the reader thread, blocked on stdin, held its
     buffer's lock, and the interpreter aborted at exit ("Fatal Python error:
@@ -856,11 +874,15 @@ def test_a_ctrl_c_while_stdin_is_idle_exits_130_cleanly(env, tmp_path: Path) -> 
         loading = kb_process(env, "load", "-", stdin=subprocess.PIPE, stderr=errors)
         assert loading.stdin is not None
         try:
+            # the Ctrl-C handler is in place once a thread reads stdin (a fixed wait after the
+            # store appeared could be too short on a busy machine)
             store = Path(env["KB_CHROMA_PATH"]) / "chroma.sqlite3"
             deadline = time.monotonic() + 60
-            while not store.exists() and time.monotonic() < deadline and loading.poll() is None:
+            while time.monotonic() < deadline and loading.poll() is None:
+                if store.exists() and reading_stdin(loading.pid):
+                    break
                 time.sleep(0.05)
-            time.sleep(0.5)  # the load waits on stdin, its Ctrl-C handler in place
+            time.sleep(0.5)
             loading.send_signal(signal.SIGINT)
             loading.wait(timeout=30)
         finally:

@@ -63,17 +63,29 @@ def environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     }
 
 
-def git() -> dict[str, Any]:
-    """HEAD's commit and whether the tree has uncommitted changes."""
-    return _git()
+def git(root: Path = ROOT) -> dict[str, Any]:
+    """HEAD's commit and whether the tree has uncommitted changes; if it has, what they are
+    (`status`: git's short status lines, untracked files included; `diff`: the tracked
+    files' changes against HEAD, at most DIFF_CHARS), so figures measured on a dirty tree
+    can be traced to the code that gave them."""
 
-
-def _git() -> dict[str, Any]:
     def run(*args: str) -> str:
-        done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
-        return done.stdout.strip()
+        done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
+        return done.stdout.rstrip("\n")  # not strip(): a status line opens with a space
 
-    return {"commit": run("rev-parse", "HEAD"), "dirty": bool(run("status", "--porcelain"))}
+    status = run("status", "--porcelain")
+    found: dict[str, Any] = {"commit": run("rev-parse", "HEAD"), "dirty": bool(status)}
+    if status:
+        diff = run("diff", "HEAD")
+        found["status"] = status.splitlines()
+        found["diff"] = diff[:DIFF_CHARS]
+        if len(diff) > DIFF_CHARS:
+            found["diff_cut_at"] = DIFF_CHARS  # of len(diff) characters
+            found["diff_chars"] = len(diff)
+    return found
+
+
+DIFF_CHARS = 1_000_000
 
 
 def machine() -> dict[str, Any]:
@@ -96,7 +108,7 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "versions": versions,
-        "git": _git(),
+        "git": git(),
     }
 
 

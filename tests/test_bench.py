@@ -357,3 +357,30 @@ def test_every_results_file_holds_the_corpus_hash(
     monkeypatch.setattr(harness, "RESULTS", tmp_path)
     path = harness.save_results("x", {"runs": []})
     assert len(json.loads(path.read_text())["corpus_sha256"]) == 64
+
+
+def test_a_dirty_tree_is_recorded_with_its_changes(tmp_path: Path) -> None:
+    """Results said `dirty: true` alone: figures measured on uncommitted code could not be
+    traced to it. The tracked files' diff and git's status lines (untracked files too) are
+    kept; a clean tree records none."""
+    import subprocess
+
+    def git(*args: str) -> None:
+        who = ["-c", "user.name=bench", "-c", "user.email=bench@example.org"]
+        subprocess.run(["git", *who, *args], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "kb.py").write_text("BATCH = 64\n")
+    git("add", "kb.py")
+    git("commit", "-q", "-m", "first")
+    clean = info.git(tmp_path)
+    assert clean["dirty"] is False
+    assert "diff" not in clean
+    assert "status" not in clean
+    (tmp_path / "kb.py").write_text("BATCH = 128\n")
+    (tmp_path / "new.py").write_text("x = 1\n")
+    dirty = info.git(tmp_path)
+    assert dirty["commit"] == clean["commit"]
+    assert dirty["dirty"] is True
+    assert "-BATCH = 64\n+BATCH = 128" in dirty["diff"]
+    assert sorted(dirty["status"]) == [" M kb.py", "?? new.py"]

@@ -16,6 +16,11 @@ const FALLBACK_INFO = Object.freeze({
 });
 const FILTER_KEYS = ["category", "difficulty"];
 const DATE_KEY = "date";
+// The address's parameters for the date fields. With q, the filters, min_score and top_k they
+// are the page's own: it rewrites them on each search and leaves any other parameter alone.
+const DATE_PARAMS = { "date-from": "from", "date-to": "to" };
+const PAGE_PARAMS = ["q", ...FILTER_KEYS, ...Object.values(DATE_PARAMS), "min_score", "top_k"];
+const ISO_DATE = /^\d{4}-\d{2}-\d{2}$/;
 
 const state = {
   info: { ...FALLBACK_INFO },
@@ -302,8 +307,10 @@ function fillFilters() {
       option.value = value;
       select.append(option);
     }
-    select.value = values.includes(chosen) ? chosen : "";
-    select.disabled = values.length === 0;
+    // Kept even when no longer listed: refreshed stats must not change the search behind
+    // the user's back (or drop a value a link chose).
+    selectValue(select, chosen);
+    select.disabled = select.options.length === 1;
     const list = $(`${key}-values`);
     list.replaceChildren(
       ...values.map((value) => {
@@ -325,6 +332,18 @@ function fillFilters() {
     dates && typeof dates.min === "string"
       ? `Documents are dated from ${dates.min.slice(0, 10)} to ${dates.max.slice(0, 10)}.`
       : "";
+}
+
+// Selects `value`, adding it as an option (its text the value alone) when the list lacks it:
+// /stats lists only the most common values, and a link may name any other.
+function selectValue(select, value) {
+  if (value && ![...select.options].some((option) => option.value === value)) {
+    const option = el("option", "", value);
+    option.value = value;
+    select.append(option);
+    select.disabled = false;
+  }
+  select.value = value;
 }
 
 // ------------------------------------------------------------------ search
@@ -391,8 +410,9 @@ function onSearch(event) {
   return submitSearch();
 }
 
-// What the form and a ?q= on load go through alike: the checks, then the search.
-async function submitSearch() {
+// What the form and an address on load go through alike: the checks, then the search.
+// `note` (what the address asked for that the page ignored) is shown with the outcome.
+async function submitSearch(note = "") {
   const request = buildRequest();
   const problem = checkRequest(request);
   if (problem) {
@@ -400,13 +420,101 @@ async function submitSearch() {
     endSearch(); // an answer still on its way is for a search that no longer counts
     clearResults();
     showError($("search-status"), new ApiError(0, "invalid_input", message, []));
+    addNote($("search-status"), note);
     $(field).focus();
     return;
   }
+  window.history.replaceState(null, "", addressWith(searchParams(request)));
+  await runSearch(request, note);
+}
+
+// The search as the address keeps it, so a reload or a shared link runs it again: the query
+// and only what the user set (an unmoved slider or the default top k follows the server's).
+function searchParams(request) {
+  const params = new URLSearchParams({ q: request.query });
+  for (const key of FILTER_KEYS) {
+    if ($(key).value) params.set(key, $(key).value);
+  }
+  for (const [id, name] of Object.entries(DATE_PARAMS)) {
+    if ($(id).value) params.set(name, $(id).value);
+  }
+  if (request.min_score !== undefined) params.set("min_score", String(request.min_score));
+  if (request.top_k !== state.info.top_k) params.set("top_k", String(request.top_k));
+  return params;
+}
+
+// The current address with the page's parameters replaced by `params`; any other one (a
+// proxy's, a campaign's) is kept as it was written, in its order.
+function addressWith(params) {
   const url = new URL(window.location.href);
-  url.searchParams.set("q", request.query);
-  window.history.replaceState(null, "", url);
-  await runSearch(request);
+  const others = url.search
+    .slice(1)
+    .split("&")
+    .filter((part) => part && !PAGE_PARAMS.includes(paramName(part)));
+  url.search = [params.toString(), ...others].join("&");
+  return url;
+}
+
+function paramName(part) {
+  return new URLSearchParams(part).keys().next().value;
+}
+
+// Puts the search an address holds into the controls, before it runs. A top k goes into
+// its field as written (the search's checks judge it, as a typed one); a threshold or date
+// the controls cannot hold is left out, and the returned note says so ("" when none is).
+function readAddress(params) {
+  const ignored = [];
+  const query = params.get("q");
+  if (query !== null) $("query").value = query;
+  for (const key of FILTER_KEYS) {
+    if (params.get(key)) selectValue($(key), params.get(key));
+  }
+  for (const [id, name] of Object.entries(DATE_PARAMS)) {
+    const value = params.get(name);
+    if (value && !setDate($(id), value)) {
+      ignored.push(`${name} ${quoted(value)} (not a date written YYYY-MM-DD)`);
+    }
+  }
+  const minScore = params.get("min_score");
+  const problem = minScore ? setThreshold(minScore) : "";
+  if (problem) ignored.push(`min_score ${quoted(minScore)} (${problem})`);
+  if (params.get("top_k")) {
+    $("top-k").value = params.get("top_k");
+    state.topKTouched = true;
+  }
+  return ignored.length ? `Ignored in the page address: ${ignored.join("; ")}.` : "";
+}
+
+function setDate(input, value) {
+  // A date input empties itself for a day that does not exist (2021-02-30).
+  input.value = ISO_DATE.test(value) ? value : "";
+  return input.value === value;
+}
+
+// Moves the slider to `text` (counted as moved: it is sent), or says why it cannot.
+function setThreshold(text) {
+  const slider = $("min-score");
+  const low = Number(slider.min);
+  const high = Number(slider.max);
+  const value = Number(text);
+  if (!JSON_NUMBER.test(text) || value < low || value > high) {
+    return `not a number from ${low} to ${high}`;
+  }
+  slider.value = text;
+  state.thresholdTouched = true;
+  showThreshold();
+  return "";
+}
+
+// A value from the address as a message quotes it: hidden characters escaped (a crafted link
+// cannot reorder the message around it), and a long one cut short.
+function quoted(value) {
+  const chars = Array.from(visibleId(value));
+  return `"${chars.slice(0, 40).join("")}${chars.length > 40 ? "…" : ""}"`;
+}
+
+function addNote(target, note) {
+  if (note) target.append(el("p", "address-note", note));
 }
 
 function endSearch() {
@@ -417,20 +525,24 @@ function endSearch() {
 // The Search button stays enabled (and keeps focus) while a search runs: Enter or a click
 // sends a newer search, whose answer is the only one shown. The busy state is aria-busy on
 // the results and "Searching…" in the status.
-async function runSearch(request) {
+async function runSearch(request, note = "") {
   const seq = ++state.searchSeq;
   const results = $("results-section");
+  const status = $("search-status");
   results.setAttribute("aria-busy", "true");
-  showMessage($("search-status"), "Searching…");
+  showMessage(status, "Searching…");
+  addNote(status, note);
   try {
     const result = checkedAnswer(await api("query", { method: "POST", body: request }));
     if (seq !== state.searchSeq) return; // a newer search has been sent meanwhile
     state.lastRequest = request;
     renderResult(result);
+    addNote(status, note);
   } catch (err) {
     if (seq !== state.searchSeq) return;
     clearResults();
-    showError($("search-status"), err);
+    showError(status, err);
+    addNote(status, note);
   } finally {
     if (seq === state.searchSeq) results.removeAttribute("aria-busy");
   }
@@ -593,12 +705,15 @@ function renderMatch(match, threshold, deletable) {
   const shown = (match.passage || match.text).trim();
   card.querySelector(".passage-label").hidden = !match.passage;
   const text = card.querySelector(".text");
-  if (shown.length > TEXT_PREVIEW_CHARS) {
-    text.textContent = `${shown.slice(0, TEXT_PREVIEW_CHARS)}…`;
+  // Counted and cut in characters (code points), not UTF-16 units: a cut through an emoji
+  // would leave half of it, and it would count twice.
+  const chars = Array.from(shown);
+  if (chars.length > TEXT_PREVIEW_CHARS) {
+    text.textContent = `${chars.slice(0, TEXT_PREVIEW_CHARS).join("")}…`;
     const more = el("details", "more");
     const all = el("p", "text", shown);
     all.dir = "auto";
-    more.append(el("summary", "", `Show all ${shown.length} characters`), all);
+    more.append(el("summary", "", `Show all ${chars.length} characters`), all);
     text.after(more);
   } else {
     text.textContent = shown;
@@ -734,12 +849,14 @@ async function start() {
   $("top-k").addEventListener("input", () => {
     state.topKTouched = true;
   });
-  await refresh();
+  await refresh(); // first: the dropdowns' values come from /stats, the slider's range from /info
   if (state.info.auth_required && !state.info.role) $("api-key").focus();
-  const query = new URLSearchParams(window.location.search).get("q");
-  if (query !== null && query !== "") {
-    $("query").value = query;
-    await submitSearch(); // the same checks as a typed search ("  " is no query)
+  const params = new URLSearchParams(window.location.search);
+  const note = readAddress(params);
+  if (params.get("q")) {
+    await submitSearch(note); // the same checks as a typed search ("  " is no query)
+  } else if (note) {
+    showMessage($("search-status"), note);
   }
   document.body.dataset.ready = "true"; // lets tests wait for start-up to finish
 }

@@ -6,6 +6,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
 
@@ -704,3 +705,206 @@ def test_an_answer_that_is_not_kb_json_says_so(
     expect(status).to_have_attribute("role", "alert")
     expect(status).to_contain_text("Unexpected answer from the server")
     expect(cards(page)).to_have_count(0)
+
+
+# ------------------------------------------------------------------ the search in the address
+
+
+def address(page: Page) -> dict[str, list[str]]:
+    return parse_qs(urlsplit(page.url).query, keep_blank_values=True)
+
+
+def open_address(page: Page, server: Server, query: str) -> None:
+    page.goto(f"{server.base}/?{query}")
+    page.wait_for_selector("body[data-ready=true]", state="attached")
+
+
+def test_a_search_is_kept_in_the_address_and_a_reload_runs_it_again(
+    page: Page, open_server: Server, expect: Any
+) -> None:
+    open_page(page, open_server)
+    form = search_form(page)
+    question = "how do I look after a garden?"
+    form.get_by_label("Question or keywords").fill(question)
+    form.get_by_label("Category").select_option("gardening")
+    form.get_by_label("Dated from").fill("2022-01-01")
+    form.get_by_label("Dated up to").fill("2023-12-31")
+    form.get_by_label("Minimum score").fill("0")  # moved, to a value that reads as false
+    form.get_by_label("Results (top k)").fill("3")
+    with page.expect_request("**/query") as first:
+        form.get_by_role("button", name="Search").click()
+    ids = cards(page).locator(".match-id")
+    expect(ids).to_have_count(2)
+    shown = ids.all_text_contents()
+    assert sorted(shown) == ["compost", "tomatoes"]
+    assert address(page) == {
+        "q": [question],
+        "category": ["gardening"],
+        "from": ["2022-01-01"],
+        "to": ["2023-12-31"],
+        "min_score": ["0"],
+        "top_k": ["3"],
+    }
+
+    with page.expect_request("**/query") as again:
+        page.reload()
+    page.wait_for_selector("body[data-ready=true]", state="attached")
+    expect(form.get_by_label("Question or keywords")).to_have_value(question)
+    expect(form.get_by_label("Category")).to_have_value("gardening")
+    expect(form.get_by_label("Dated from")).to_have_value("2022-01-01")
+    expect(form.get_by_label("Dated up to")).to_have_value("2023-12-31")
+    expect(form.get_by_label("Minimum score")).to_have_value("0")
+    expect(page.locator("#min-score-value")).to_have_text("0.00")
+    expect(form.get_by_label("Results (top k)")).to_have_value("3")
+    expect(ids).to_have_text(shown)
+    assert again.value.post_data_json == first.value.post_data_json
+    expect(page.locator("#search-status")).to_contain_text("scored at least 0.00 (request)")
+
+
+def test_the_address_drops_what_was_cleared_and_keeps_other_parameters(
+    page: Page, open_server: Server, expect: Any
+) -> None:
+    open_address(page, open_server, "ref=news%20letter&flag")
+    form = search_form(page)
+    form.get_by_label("Question or keywords").fill("which telescope shows faint stars?")
+    form.get_by_label("Category").select_option("astronomy")
+    form.get_by_label("Dated from").fill("2021-01-01")
+    form.get_by_label("Minimum score").fill("0.2")
+    form.get_by_label("Results (top k)").fill("7")
+    form.get_by_role("button", name="Search").click()
+    expect(cards(page).first.locator(".match-id")).to_have_text("telescope")
+    query = "q=which+telescope+shows+faint+stars%3F"
+    # The page's own parameters first; the others as they were written, in their order.
+    expect(page).to_have_url(
+        f"{open_server.base}/?{query}&category=astronomy&from=2021-01-01&min_score=0.2&top_k=7"
+        "&ref=news%20letter&flag"
+    )
+
+    form.get_by_label("Category").select_option("")
+    form.get_by_label("Dated from").fill("")
+    form.get_by_role("button", name="Reset").click()
+    form.get_by_label("Results (top k)").fill("5")  # the server's default
+    form.get_by_role("button", name="Search").click()
+    expect(page).to_have_url(f"{open_server.base}/?{query}&ref=news%20letter&flag")
+    expect(cards(page).first.locator(".match-id")).to_have_text("telescope")
+
+
+def test_an_address_value_the_dropdown_does_not_list_is_added_and_filters(
+    page: Page, open_server: Server, expect: Any
+) -> None:
+    """/stats lists the 25 most common values: a link may name another, which must still
+    work (and shows as text: the value is markup-like on purpose)."""
+    rare = '<b>rare</b> & "odd"'
+    common = [f"filler-{n:02}" for n in range(25)]
+    documents = [
+        # A list counts each of its values: 25 values twice each, and the rare one once.
+        {
+            "id": f"ui-common-{n}",
+            "text": f"Zebra herds cross the plain, herd {n}.",
+            "metadata": {"category": common},
+        }
+        for n in range(2)
+    ]
+    documents.append(
+        {
+            "id": "ui-rare",
+            "text": "Zebra herds cross the river at dawn.",
+            "metadata": {"category": rare},
+        }
+    )
+    assert open_server.call("/add", {"documents": documents})[0] == 201
+    try:
+        status, stats = open_server.call("/stats")
+        assert status == 200
+        assert rare not in stats["metadata"]["category"]["values"]
+        link = urlencode({"q": "zebra herds crossing", "category": rare, "min_score": "0"})
+        open_address(page, open_server, link)
+        category = search_form(page).get_by_label("Category")
+        expect(category).to_have_value(rare)
+        expect(category.locator("option:checked")).to_have_text(rare)
+        expect(category.locator("b")).to_have_count(0)
+        ids = cards(page).locator(".match-id")
+        expect(ids).to_have_text(["ui-rare"])  # unfiltered, the other zebras would show
+
+        # Stats read again (Use key does, as an add or a delete would) keep the choice.
+        with page.expect_request("**/query"):
+            page.get_by_role("button", name="Use key").click()
+        expect(category).to_have_value(rare)
+        expect(ids).to_have_text(["ui-rare"])
+    finally:
+        open_server.call("/delete", {"ids": [doc["id"] for doc in documents]})
+
+
+@pytest.mark.parametrize(
+    ("bad", "named"),
+    [
+        (
+            {"min_score": "abc", "from": "14/03/2021"},
+            'from "14/03/2021" (not a date written YYYY-MM-DD); '
+            'min_score "abc" (not a number from 0 to 1)',
+        ),
+        (
+            {"min_score": "1.5", "from": "2021-02-30"},
+            'from "2021-02-30" (not a date written YYYY-MM-DD); '
+            'min_score "1.5" (not a number from 0 to 1)',
+        ),
+    ],
+    ids=["not-a-number", "out-of-range"],
+)
+def test_a_bad_threshold_or_date_in_the_address_is_named_and_the_search_runs(
+    page: Page, open_server: Server, expect: Any, bad: dict[str, str], named: str
+) -> None:
+    question = "which telescope shows faint stars?"
+    open_address(page, open_server, urlencode({"q": question, "to": "2021-12-31", **bad}))
+    status = page.locator("#search-status")
+    expect(status.locator(".address-note")).to_have_text(f"Ignored in the page address: {named}.")
+    expect(status).to_contain_text("scored at least 0.40 (configured)")
+    # The rest applies: only one note is dated up to 2021.
+    expect(cards(page).locator(".match-id")).to_have_text(["telescope"])
+    form = search_form(page)
+    expect(form.get_by_label("Minimum score")).to_have_value("0.4")
+    expect(form.get_by_label("Dated from")).to_have_value("")
+    expect(page).to_have_url(
+        f"{open_server.base}/?{urlencode({'q': question, 'to': '2021-12-31'})}"
+    )
+
+
+@pytest.mark.parametrize(("top_k", "shown"), [("0", "0"), ("250", "250"), ("abc", "")])
+def test_a_bad_top_k_in_the_address_gets_the_checks_error(
+    page: Page, open_server: Server, expect: Any, top_k: str, shown: str
+) -> None:
+    open_address(page, open_server, urlencode({"q": "telescope", "top_k": top_k}))
+    status = page.locator("#search-status")
+    expect(status).to_have_attribute("role", "alert")
+    expect(status).to_have_text("Results (top k) must be a whole number from 1 to 100.")
+    field = search_form(page).get_by_label("Results (top k)")
+    expect(field).to_have_value(shown)
+    expect(field).to_be_focused()
+    expect(cards(page)).to_have_count(0)
+
+
+def test_a_long_text_is_cut_between_characters_not_inside_one(
+    page: Page, open_server: Server, expect: Any
+) -> None:
+    """The preview stops at 1,200 characters; here the 1,200th is an emoji, two UTF-16
+    units: it is shown whole, not cut to a lone surrogate."""
+    head = "Surrogate boundary check for the preview cut. "
+    # One long word is one word piece for the tokenizer: the text stays a single chunk.
+    text = head + "x" * (1199 - len(head)) + "\U0001f600 and the text goes on after the cut."
+    assert text.index("\U0001f600") == 1199
+    assert open_server.call("/add", {"id": "ui-emoji", "text": text})[0] == 201
+    try:
+        status, stored = open_server.call("/documents/ui-emoji")
+        assert (status, stored["chunks"]) == (200, 1)
+        open_page(page, open_server)
+        search_form(page).get_by_label("Minimum score").fill("0")
+        search(page, "surrogate boundary check for the preview cut")
+        found = card(page, "ui-emoji")
+        expect(found).to_have_count(1)
+        preview = found.locator("p.text").first
+        lone = r"/[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/"
+        assert not preview.evaluate(f"(node) => {lone}.test(node.textContent)")
+        assert preview.evaluate("(node, want) => node.textContent === want", text[:1200] + "…")
+        expect(found.locator("summary")).to_have_text(f"Show all {len(text)} characters")
+    finally:
+        open_server.call("/delete", {"ids": ["ui-emoji"]})

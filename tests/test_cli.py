@@ -871,11 +871,21 @@ def test_a_ctrl_c_while_stdin_is_idle_exits_130_cleanly(env, tmp_path: Path) -> 
     _enter_buffered_busy ... daemon threads", rc 134). Stdin stays open until kb exits."""
     env = {**env, "KB_ENCODER_PROCESS_MIN_TEXTS": "0"}  # the store opens in this process
     with (tmp_path / "err").open("w+") as errors:
-        loading = kb_process(env, "load", "-", stdin=subprocess.PIPE, stderr=errors)
+        # SIGINT as in a terminal's foreground: a suite started as a script's background job
+        # (`... &`) hands it down ignored, kb load rightly keeps ignoring it, and this test
+        # waited 30 s for an exit that never came (it failed so in two full runs here)
+        loading = kb_process(
+            env,
+            "load",
+            "-",
+            stdin=subprocess.PIPE,
+            stderr=errors,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
         assert loading.stdin is not None
         try:
-            # the Ctrl-C handler is in place once a thread reads stdin (a fixed wait after the
-            # store appeared could be too short on a busy machine)
+            # the Ctrl-C handler is in place once a thread reads stdin (surer than a fixed
+            # wait after the store file appears)
             store = Path(env["KB_CHROMA_PATH"]) / "chroma.sqlite3"
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline and loading.poll() is None:

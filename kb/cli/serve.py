@@ -11,7 +11,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import click
 from gunicorn.app.base import BaseApplication
@@ -96,7 +96,8 @@ def cluster(data: Path, chroma_port: int, workers: int | None, seeds: tuple[str,
     try:
         server = chroma_process.start(data, chroma_port, log)
     except KBError as exc:
-        listening.close()
+        for sock in listening:
+            sock.close()
         fail(exc.message)
     try:
         click.echo(f"Chroma server on {url} (data in {data}, log {log})", err=True)
@@ -172,68 +173,67 @@ class _LateApp:
 
 
 def _listen(app: Any, settings: Settings) -> Any:
-    """waitress's server, bound to KB_HOST:KB_PORT; a port in use or an address that is not
-    this host's is a one-line error (it was a 39-line OSError traceback)."""
+    """waitress's server on kb's sockets (`_bound`)."""
     import waitress
 
     use_json_errors()
-    try:
-        return waitress.create_server(
-            app,
-            host=settings.host,
-            port=settings.port,
-            threads=settings.server_threads(),
-            ident="kb",
-            channel_timeout=120,
-            max_request_body_size=body_cap(settings.max_request_bytes),
-        )
-    except OSError as exc:
-        _cannot_listen(settings, exc)
-    except ValueError:  # waitress: a host that is no address, or a name that resolves to none
-        _no_such_address(settings)
-
-
-def _bound(settings: Settings) -> socket.socket:
-    """A socket listening on KB_HOST:KB_PORT, for gunicorn (it takes it as `fd://N`). Left to
-    gunicorn, a port in use took five tries a second apart and ten lines of its log, after
-    `kb cluster` had started its Chroma server; now it is one line, before anything starts."""
-    try:
-        found = socket.getaddrinfo(
-            settings.host, settings.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )
-    except (OSError, UnicodeError):  # socket.gaierror is an OSError
-        _no_such_address(settings)
-    family, kind, proto, _, address = found[0]
-    listening = socket.socket(family, kind, proto)
-    try:
-        # as gunicorn binds: a restart does not wait for the last connections' TIME_WAIT
-        listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listening.bind(address)
-        listening.listen(LISTEN_BACKLOG)
-    except OSError as exc:
-        listening.close()
-        _cannot_listen(settings, exc)
-    return listening
-
-
-LISTEN_BACKLOG = 2048  # gunicorn's own default
-
-
-def _cannot_listen(settings: Settings, exc: OSError) -> NoReturn:
-    busy = " (another process is listening on it)" if exc.errno == errno.EADDRINUSE else ""
-    fail(
-        f"cannot listen on {settings.host}:{settings.port} (KB_HOST, KB_PORT): "
-        f"{exc.strerror or exc}{busy}"
+    return waitress.create_server(
+        app,
+        sockets=_bound(settings),
+        threads=settings.server_threads(),
+        ident="kb",
+        channel_timeout=120,
+        max_request_body_size=body_cap(settings.max_request_bytes),
     )
 
 
-def _no_such_address(settings: Settings) -> NoReturn:
+def _bound(settings: Settings) -> list[socket.socket]:
+    """Sockets listening on KB_PORT at every address KB_HOST names, bound as waitress binds
+    them (IPv6 ones IPv6-only, addresses named twice bound once): the one place either
+    server's sockets are made (waitress takes them as `sockets`, gunicorn as `fd://N`). A port
+    in use or an address that is not this host's is one line, before anything starts (it was
+    a 39-line traceback from waitress; gunicorn tried five times a second apart and wrote ten
+    lines of its log, after `kb cluster` had started its Chroma server)."""
     if not settings.host.strip():
         fail("no address to listen on: KB_HOST is empty (--host, KB_HOST)")
-    fail(
-        f"cannot listen on {settings.host!r} (--host, KB_HOST): not an address or a host "
-        "name of this machine"
-    )
+    try:
+        found = socket.getaddrinfo(
+            settings.host, settings.port, 0, socket.SOCK_STREAM, socket.IPPROTO_TCP,
+            socket.AI_PASSIVE,
+        )  # fmt: skip
+    except (OSError, UnicodeError):  # socket.gaierror is an OSError
+        fail(
+            f"cannot listen on {settings.host!r} (--host, KB_HOST): not an address or a host "
+            "name of this machine"
+        )
+    bound: list[socket.socket] = []
+    seen: set[tuple[str, int]] = set()
+    try:
+        for family, kind, proto, _, address in found:
+            where = (str(address[0]).split("%", 1)[0], int(address[1]))
+            if where in seen:
+                continue
+            seen.add(where)
+            listening = socket.socket(family, kind, proto)
+            bound.append(listening)
+            if family == socket.AF_INET6:
+                listening.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            # a restart does not wait for the last connections' TIME_WAIT
+            listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listening.bind(address)
+            listening.listen(LISTEN_BACKLOG)
+    except OSError as exc:
+        for listening in bound:
+            listening.close()
+        busy = " (another process is listening on it)" if exc.errno == errno.EADDRINUSE else ""
+        fail(
+            f"cannot listen on {settings.host}:{settings.port} (KB_HOST, KB_PORT): "
+            f"{exc.strerror or exc}{busy}"
+        )
+    return bound
+
+
+LISTEN_BACKLOG = 2048  # gunicorn's default, and waitress's
 
 
 def body_cap(limit: int) -> int:
@@ -249,14 +249,14 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def _gunicorn(settings: Settings, listening: socket.socket) -> None:
+def _gunicorn(settings: Settings, listening: list[socket.socket]) -> None:
     """Worker processes sharing the Chroma server, and their metrics through files; they
-    accept on `listening` (gunicorn closes it)."""
+    accept on `listening` (gunicorn closes the sockets)."""
     use_json_errors_in_gunicorn()
     metrics = tempfile.mkdtemp(prefix="kb-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics  # before any worker imports the client
     try:
-        _Cluster(settings, listening.detach()).run()
+        _Cluster(settings, [sock.detach() for sock in listening]).run()
     finally:
         shutil.rmtree(metrics, ignore_errors=True)
 
@@ -270,13 +270,13 @@ def _worker_exit(server: Any, worker: Any) -> None:
 class _Cluster(BaseApplication):  # type: ignore[misc]
     """gunicorn with kb's app factory: each worker builds its own app after the fork."""
 
-    def __init__(self, settings: Settings, fd: int) -> None:
-        self.settings, self.fd = settings, fd
+    def __init__(self, settings: Settings, fds: list[int]) -> None:
+        self.settings, self.fds = settings, fds
         super().__init__()
 
     def load_config(self) -> None:
         options = {
-            "bind": f"fd://{self.fd}",  # bound by kb (_bound)
+            "bind": [f"fd://{fd}" for fd in self.fds],  # bound by kb (_bound)
             "workers": self.settings.workers,
             "threads": self.settings.server_threads(),
             "worker_class": "gthread",

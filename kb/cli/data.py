@@ -129,9 +129,7 @@ def load(
         settings = _with_service_limits(settings, client)
     found, repeated = once(sources(paths, fmt, root))
     if repeated:
-        more = f" and {len(repeated) - 3} more" if len(repeated) > 3 else ""
-        names = ", ".join(repeated[:3]) + more
-        warn(f"named more than once (or inside a folder also named), read once: {names}")
+        warn(f"named more than once (or inside a folder also named), read once: {_names(repeated)}")
     empty_folders = _without_files(paths, found)
     for folder in empty_folders:
         warn(
@@ -213,7 +211,8 @@ def load(
         documents = summary.added + summary.updated + summary.skipped + summary.failed
         if not documents and not code and not empty_folders:
             # `kb export | kb load -` after a failed export: a summary of zeros, rc 0
-            warn(f"the input held no documents ({_names(paths)}): nothing was loaded")
+            named = ["standard input" if path == "-" else path for path in paths]
+            warn(f"the input held no documents ({_names(named)}): nothing was loaded")
     _leave(code, reading_stdin="-" in paths)
 
 
@@ -294,10 +293,10 @@ def _with_service_limits(settings: Settings, client: KBClient) -> Settings:
     return settings.model_copy(update=limits.model_dump())
 
 
-def _names(paths: Sequence[str]) -> str:
-    """The paths a load was given, for a message: standard input by its name, at most 3."""
-    shown = ["standard input" if p == "-" else p for p in paths[:3]]
-    return ", ".join(shown) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+def _names(paths: Sequence[str], shown: int = 3) -> str:
+    """Paths for a message: the first `shown`, then how many more."""
+    more = f" and {len(paths) - shown} more" if len(paths) > shown else ""
+    return ", ".join(paths[:shown]) + more
 
 
 def _without_files(paths: Sequence[str], found: Sequence[Source]) -> list[str]:

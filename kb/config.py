@@ -81,8 +81,8 @@ class Settings(BaseSettings):
     backend: Literal["onnx", "onnx-int8", "openvino-bf16", "torch", "auto"] = Field(
         "onnx",
         description="Encoder: ONNX Runtime (fp32 or int8 weights), OpenVINO in bfloat16 "
-        "(CPUs with AMX or AVX512-BF16), or torch; auto = openvino-bf16 where it can run "
-        "(the openvino package and a CPU with bfloat16 units), else onnx.",
+        "(CPUs with AMX or AVX512-BF16), or torch; auto = openvino-bf16 where it pays "
+        "(the openvino package and a CPU with AMX), else onnx.",
     )
     onnx_cache: Path = Field(
         default_factory=default_cache, description="Where the ONNX export of the model is kept."
@@ -247,9 +247,9 @@ class Settings(BaseSettings):
         /health, the bench's records) sees what runs."""
         if value != "auto":
             return value
-        from kb.encoders.openvino_session import bf16_available
+        from kb.encoders.openvino_session import bf16_pays
 
-        return "openvino-bf16" if bf16_available() else "onnx"
+        return "openvino-bf16" if bf16_pays() else "onnx"
 
     @field_validator("log_level")
     @classmethod

@@ -75,7 +75,7 @@ class OpenVinoSession:
 @functools.cache
 def bf16_available() -> bool:
     """Whether this backend can run here: the openvino package is installed and OpenVINO finds
-    bfloat16 units on the CPU (KB_BACKEND=auto asks; a fact of the machine, so asked once)."""
+    bfloat16 units on the CPU (a fact of the machine, so asked once; `bf16_pays` asks)."""
     try:
         import openvino as ov
     except ImportError:

@@ -1013,6 +1013,30 @@ def test_a_ctrl_c_in_export_or_backup_exits_130_saying_nothing_was_written(
     assert not dest.exists()
 
 
+def test_a_ctrl_c_before_a_load_reads_a_document_exits_130_saying_none_was_written(
+    env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before the load's own handler (the store opening, the model loading: a second or two),
+    a Ctrl-C said click's "Aborted!", rc 1."""
+    monkeypatch.setattr("kb.cli.data.open_store", ctrl_c)
+    done = run(env, "load", str(write_jsonl(tmp_path / "src.jsonl", GOOD)))
+    assert done.exit_code == 130, done.output
+    assert "Load interrupted before it read a document: none was written" in done.stderr
+    assert "Aborted!" not in done.output
+
+
+def test_a_ctrl_c_a_command_does_not_answer_exits_130_naming_it(
+    env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Any command: "Aborted!" and rc 1 read as a failure to a script (a shell's own Ctrl-C
+    status is 130)."""
+    run(env, "load", str(write_jsonl(tmp_path / "src.jsonl", GOOD)))
+    monkeypatch.setattr("kb.cli.quality.open_store", ctrl_c)
+    done = run(env, "duplicates")
+    assert done.exit_code == 130, done.output
+    assert done.stderr.strip() == "kb duplicates interrupted"
+
+
 def test_a_ctrl_c_in_restore_says_what_the_store_holds_and_what_to_run(
     env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -31,7 +31,9 @@ API_KEY = click.option(
 
 class _Commands(click.Group):
     """The group: an invalid KB_* setting, wherever a command reads the settings, is one
-    'Error: KB_FIELD: message' line per problem (exit 1), not pydantic's traceback."""
+    'Error: KB_FIELD: message' line per problem (exit 1), not pydantic's traceback; a Ctrl-C
+    a command does not answer itself (loading the model, reading a file) exits 130, as a
+    shell reports it, where click said "Aborted!" and exited 1."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -40,6 +42,8 @@ class _Commands(click.Group):
             if exc.title != Settings.__name__:  # a document's or a request's: not ours to say
                 raise
             raise click.ClickException("\n".join(settings_problems(exc))) from None
+        except KeyboardInterrupt:
+            interrupted(" ".join(filter(None, ["kb", ctx.invoked_subcommand, "interrupted"])))
 
 
 @click.group(cls=_Commands)

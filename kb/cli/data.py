@@ -123,25 +123,31 @@ def load(
     """
     from kb.ingest import ingest
 
-    settings = Settings()
-    client = _client(url, api_key)
-    if client is not None:  # documents are checked and requests cut by the service's limits
-        settings = _with_service_limits(settings, client)
-    found, repeated = once(sources(paths, fmt, root))
-    if repeated:
-        warn(f"named more than once (or inside a folder also named), read once: {_names(repeated)}")
-    empty_folders = _without_files(paths, found)
-    for folder in empty_folders:
-        warn(
-            f"{folder} holds no file kb reads ({', '.join(SUFFIXES)}; or name one with "
-            "--format): nothing is loaded from it"
-        )
-    options = Options(settings, text_column=text_column, id_column=id_column)
-    shown = not quiet and sys.stderr.isatty()
-    # counted only for a bar shown (estimate reads each file through once more)
-    progress = Progress(estimate(found) if shown else None, enabled=shown)
-    mode = "upsert" if upsert else "skip"
-    target = _target(settings, client, mode, on_duplicate, input_bytes(found))
+    try:  # a Ctrl-C before the first document is read: nothing is written
+        settings = Settings()
+        client = _client(url, api_key)
+        if client is not None:  # documents are checked and requests cut by the service's limits
+            settings = _with_service_limits(settings, client)
+        found, repeated = once(sources(paths, fmt, root))
+        if repeated:
+            warn(
+                "named more than once (or inside a folder also named), read once: "
+                + _names(repeated)
+            )
+        empty_folders = _without_files(paths, found)
+        for folder in empty_folders:
+            warn(
+                f"{folder} holds no file kb reads ({', '.join(SUFFIXES)}; or name one with "
+                "--format): nothing is loaded from it"
+            )
+        options = Options(settings, text_column=text_column, id_column=id_column)
+        shown = not quiet and sys.stderr.isatty()
+        # counted only for a bar shown (estimate reads each file through once more)
+        progress = Progress(estimate(found) if shown else None, enabled=shown)
+        mode = "upsert" if upsert else "skip"
+        target = _target(settings, client, mode, on_duplicate, input_bytes(found))
+    except KeyboardInterrupt:
+        interrupted("Load interrupted before it read a document: none was written")
 
     def report(problem: Problem) -> None:
         progress.clear()
@@ -181,14 +187,14 @@ def load(
                 err=True,
             )
         code, summary = 1, stop.summary
-    except LoadInterrupted as interrupted:
+    except LoadInterrupted as halted:
         progress.clear()
         click.echo(
             "Load interrupted: the batches under way were written, none after them. Run the "
             "same load again to finish it; what is stored is skipped.",
             err=True,
         )
-        code, summary = 130, interrupted.summary  # 128 + SIGINT, as a shell reports it
+        code, summary = 130, halted.summary  # 128 + SIGINT, as a shell reports it
     except KeyboardInterrupt:  # a second Ctrl-C: at once, wherever the load was
         progress.clear()
         click.echo(

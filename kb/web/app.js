@@ -622,7 +622,11 @@ function renderResult(result) {
     showMessage($("search-status"), "No keyword match.");
     $("no-match-title").textContent = "No keyword match";
     $("no-match-text").textContent = result.message;
-    $("no-match-advice").textContent = "Use other words, or search in hybrid or dense mode.";
+    // the page sends no mode: the server's own (KB_SEARCH_MODE) is keyword here, and the
+    // page has no control to change it, so the advice names what the reader can do
+    $("no-match-advice").textContent =
+      "Use words the documents would contain: this service searches by keywords " +
+      "(KB_SEARCH_MODE=keyword), not by meaning.";
   } else {
     showMessage($("search-status"), "Nothing to search.");
     $("no-match-title").textContent = "Nothing to search";

@@ -134,6 +134,11 @@ def test_a_keyword_search_finding_no_term_says_so(page: Page, tmp_path: Path, ex
         panel = page.locator("#no-match")
         expect(panel.get_by_role("heading")).to_have_text("No keyword match")
         expect(page.locator("#no-match-text")).to_have_text(answer["message"])
+        # it advised "search in hybrid or dense mode", which the page has no control for
+        expect(page.locator("#no-match-advice")).to_have_text(
+            "Use words the documents would contain: this service searches by keywords "
+            "(KB_SEARCH_MODE=keyword), not by meaning."
+        )
 
 
 def test_the_threshold_slider_changes_what_counts_as_a_match(

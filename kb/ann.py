@@ -17,11 +17,14 @@ Searches run concurrently; adding and removing rows waits for them and holds new
 from __future__ import annotations
 
 import math
+import os
+import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from kb.cpu import cpu_info, openblas_core
 from kb.rwlock import ReadWriteLock
 
 if TYPE_CHECKING:
@@ -34,6 +37,7 @@ KMEANS_ITERATIONS = 10
 CODE_TRAIN_ROWS = 16_384  # about this many rows' residuals set the 8-bit codes' ranges
 ADD_BLOCK = 16_384  # rows copied and added at a time
 SEED = 1234  # the same rows give the same lists: searches are reproducible
+CORETYPE = "OPENBLAS_CORETYPE"
 
 
 @dataclass(frozen=True)
@@ -102,9 +106,27 @@ def _one_thread() -> Any:
     """FAISS, set to one OpenMP thread for the calling thread's calls (the setting is per
     thread): a build shares the 2 cores with requests, or with the mirror's load at
     start-up. Searches run one query each, which FAISS does not split across threads."""
-    import faiss
-
+    faiss = _faiss()
     faiss.omp_set_num_threads(1)
+    return faiss
+
+
+def _faiss() -> Any:
+    """FAISS, its bundled OpenBLAS told its kernels where its own detection picks slow ones
+    (kb.cpu.openblas_core; k-means and adds run on BLAS): OPENBLAS_CORETYPE, read as the
+    library loads, is set for the import alone, so neither numpy's OpenBLAS (loaded already)
+    nor a child process sees it. One the caller set is left as it is."""
+    loaded = sys.modules.get("faiss")
+    if loaded is not None:
+        return loaded
+    core = None if CORETYPE in os.environ else openblas_core(cpu_info())
+    if core is not None:
+        os.environ[CORETYPE] = core
+    try:
+        import faiss
+    finally:
+        if core is not None:
+            os.environ.pop(CORETYPE, None)
     return faiss
 
 
@@ -165,8 +187,7 @@ class AnnIndex:
         every row there is. `allowed` is a bitmap (np.packbits, little bit order) of the rows a
         filter lets through, `available` how many it allows; probed lists holding too few of
         them are followed by more lists, up to all of them."""
-        import faiss
-
+        faiss = _faiss()
         total = len(self) if available < 0 else available
         asked = n * OVERSAMPLE + MIN_EXTRA
         want = min(n, total)

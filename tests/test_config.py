@@ -14,8 +14,10 @@ from click.testing import CliRunner
 from kb.app import close_app, create_app
 from kb.cli import main
 from kb.config import Settings, is_kb_variable, unknown_variables
+from kb.cpu import cpu_info
 from kb.embeddings import Embedder
 from kb.encoders import openvino_session
+from tests.test_cpu import CPUINFO
 
 
 def test_unknown_variables_name_the_nearest_setting() -> None:
@@ -102,16 +104,6 @@ def test_bf16_is_unavailable_without_the_openvino_package(
         openvino_session.bf16_available.cache_clear()
 
 
-CPUINFO = """processor\t: 0
-vendor_id\t: GenuineIntel
-flags\t\t: fpu sse2 avx2 avx512f avx512_bf16{amx}
-bugs\t\t: spectre_v1
-
-processor\t: 1
-flags\t\t: fpu sse2 avx2 avx512f avx512_bf16{amx}
-"""
-
-
 @pytest.mark.parametrize(
     ("amx", "bf16_units", "pays"),
     [(True, True, True), (False, True, False), (True, False, False), (False, False, False)],
@@ -122,10 +114,8 @@ def test_bf16_pays_only_with_amx(
     """AVX512-BF16 alone runs bf16, slower than fp32 ONNX (494 against 804 short texts/s on
     an Emerald Rapids guest without AMX): auto picks bf16 only where the CPU lists AMX."""
     cpuinfo = tmp_path / "cpuinfo"
-    cpuinfo.write_text(CPUINFO.format(amx=" amx_bf16 amx_tile" if amx else ""))
-    monkeypatch.setattr(
-        openvino_session, "cpu_flags", functools.partial(openvino_session.cpu_flags, cpuinfo)
-    )
+    cpuinfo.write_text(CPUINFO.format(vendor="GenuineIntel", extra=" amx_bf16" if amx else ""))
+    monkeypatch.setattr(openvino_session, "cpu_info", functools.partial(cpu_info, cpuinfo))
     monkeypatch.setattr(openvino_session, "bf16_available", lambda: bf16_units)
     openvino_session.bf16_pays.cache_clear()
     try:
@@ -136,21 +126,10 @@ def test_bf16_pays_only_with_amx(
         openvino_session.bf16_pays.cache_clear()
 
 
-def test_cpu_flags_read_the_flags_line(tmp_path: Path) -> None:
-    cpuinfo = tmp_path / "cpuinfo"
-    cpuinfo.write_text(CPUINFO.format(amx=" amx_bf16"))
-    flags = openvino_session.cpu_flags(cpuinfo)
-    assert {"avx512_bf16", "amx_bf16", "fpu"} <= flags
-    assert "spectre_v1" not in flags  # the bugs line is not flags
-    assert openvino_session.cpu_flags(tmp_path / "missing") == frozenset()  # not Linux
-    (tmp_path / "flagless").write_text("processor\t: 0\n")
-    assert openvino_session.cpu_flags(tmp_path / "flagless") == frozenset()
-
-
 def test_auto_picks_bf16_here_exactly_when_openvino_finds_bf16_units_and_amx() -> None:
     ov = pytest.importorskip("openvino")
     capable = "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-    amx = "amx_bf16" in openvino_session.cpu_flags()
+    amx = "amx_bf16" in cpu_info().flags
     assert Settings(backend="auto").backend == ("openvino-bf16" if capable and amx else "onnx")
 
 

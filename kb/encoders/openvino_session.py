@@ -14,18 +14,19 @@ from __future__ import annotations
 import functools
 import threading
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from kb.cpu import cpu_info
 from kb.errors import ConfigError
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import numpy as np
 
 PRECISION = "bf16"
 BF16 = "BF16"  # bfloat16 units, among OpenVINO's CPU capabilities
 AMX = "amx_bf16"  # AMX's bfloat16 tiles, among the CPU flags Linux lists
-CPUINFO = Path("/proc/cpuinfo")
 
 
 @dataclass(frozen=True)
@@ -90,21 +91,7 @@ def bf16_pays() -> bool:
     ran slower than ONNX Runtime's fp32 (a 2-core Xeon listing avx512_bf16 and no amx flags,
     2026-12-07: 494 against 804 short texts/s, 51 against 75 paragraphs/s, alternating in one
     process). The flags are read first: no AMX, no 0.2 s import of openvino."""
-    return AMX in cpu_flags() and bf16_available()
-
-
-def cpu_flags(cpuinfo: Path = CPUINFO) -> frozenset[str]:
-    """The CPU's feature flags as Linux lists them (the first processor's `flags` line); none
-    where there is no such file (another system), so auto keeps fp32 there."""
-    try:
-        text = cpuinfo.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return frozenset()
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "flags":
-            return frozenset(value.split())
-    return frozenset()
+    return AMX in cpu_info().flags and bf16_available()
 
 
 def cpu_capabilities(core: Any) -> list[str]:

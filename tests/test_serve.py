@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -188,3 +190,20 @@ def test_serving_options_out_of_range_are_usage_errors_naming_the_option(
     assert done.exit_code == 2, done.output
     assert f"Invalid value for '{option}'" in done.output
     assert not (tmp_path / "db").exists()
+
+
+def test_sigterms_while_it_closes_do_not_cut_the_close_short(service: Service) -> None:
+    """`make serve` stopped by SIGTERM: make passes the SIGTERM it gets on to kb serve, which
+    the same signal to the process group had reached already. The second, arriving while the
+    app closed, made kb serve say "Aborted!" (then "kb serve interrupted") and exit non-zero."""
+    base = service.start().base
+    assert call(base, "/add", {"id": "a", "text": "a note to keep"})[0] == 201
+    proc = service.proc
+    assert proc is not None
+    deadline = time.monotonic() + 60
+    while proc.poll() is None and time.monotonic() < deadline:  # every one after the first
+        proc.send_signal(signal.SIGTERM)  # lands while the app closes
+        time.sleep(0.02)
+    assert proc.wait(timeout=30) == 0, service.log.read_text()[-2000:]
+    assert "interrupted" not in service.log.read_text()
+    assert "Aborted" not in service.log.read_text()

@@ -154,12 +154,12 @@ def _waitress(settings: Settings) -> None:
         server.close()
         fail(exc.message)
     # SIGTERM stops the server as Ctrl-C does, so the app is closed (its encoder process too)
-    signal.signal(signal.SIGTERM, _StopOnce())
+    signal.signal(signal.SIGTERM, _stop)
     try:
         server.print_listen("Serving on http://{}:{}")
         server.run()
     finally:
-        # stopping already: a later SIGTERM is ignored, while the app closes and while the
+        # stopped by Ctrl-C too: a SIGTERM now is ignored, while the app closes and while the
         # interpreter ends (which puts Python's handlers back to the default, fatal one)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         close_app(late.app)
@@ -248,19 +248,13 @@ def body_cap(limit: int) -> int:
     return 2 * limit
 
 
-class _StopOnce:
-    """A SIGTERM handler that stops the server, once: a later SIGTERM would cut the stop
-    short (until `_waitress` ignores SIGTERM). `make serve` sends one: make passes the
-    SIGTERM it gets on to kb serve, which the same signal to the process group had already
-    reached (kb serve said "Aborted!", or was killed by it, and exited non-zero)."""
-
-    def __init__(self) -> None:
-        self.asked = False
-
-    def __call__(self, signum: int, frame: object) -> None:
-        if not self.asked:
-            self.asked = True
-            raise KeyboardInterrupt
+def _stop(signum: int, frame: object) -> None:
+    """SIGTERM: stop the server, once; SIGTERM is ignored from then on. A second one would
+    cut the stop short, and `make serve` sends one: make passes the SIGTERM it gets on to kb
+    serve, which the same signal to the process group had already reached (kb serve said
+    "Aborted!", or was killed by it, and exited non-zero)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise KeyboardInterrupt
 
 
 def _gunicorn(settings: Settings, listening: list[socket.socket]) -> None:

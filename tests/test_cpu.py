@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from kb.cpu import Cpu, cpu_info, openblas_core
+from kb.ann import openblas_core
+from kb.cpu import Cpu, cpu_info
 
 CPUINFO = """processor\t: 0
 vendor_id\t: {vendor}

@@ -190,3 +190,15 @@ def cooking(client: FlaskClient) -> FlaskClient:
     response = client.post("/add", json={"documents": COOKING})
     assert response.status_code == 201, response.json
     return client
+
+
+# /proc/cpuinfo's shape (two processors), for kb.cpu and KB_BACKEND=auto's tests
+CPUINFO = """processor\t: 0
+vendor_id\t: {vendor}
+flags\t\t: fpu sse2 avx2 fma avx512f avx512cd avx512bw avx512dq avx512vl avx512_bf16{extra}
+bugs\t\t: spectre_v1
+
+processor\t: 1
+vendor_id\t: {vendor}
+flags\t\t: fpu sse2 avx2 fma avx512f avx512cd avx512bw avx512dq avx512vl avx512_bf16{extra}
+"""

@@ -17,7 +17,7 @@ from kb.config import Settings, is_kb_variable, unknown_variables
 from kb.cpu import cpu_info
 from kb.embeddings import Embedder
 from kb.encoders import openvino_session
-from tests.test_cpu import CPUINFO
+from tests.conftest import CPUINFO
 
 
 def test_unknown_variables_name_the_nearest_setting() -> None:

@@ -12,16 +12,8 @@ import pytest
 
 from kb.ann import openblas_core
 from kb.cpu import Cpu, cpu_info
+from tests.conftest import CPUINFO
 
-CPUINFO = """processor\t: 0
-vendor_id\t: {vendor}
-flags\t\t: fpu sse2 avx2 fma avx512f avx512cd avx512bw avx512dq avx512vl avx512_bf16{extra}
-bugs\t\t: spectre_v1
-
-processor\t: 1
-vendor_id\t: {vendor}
-flags\t\t: fpu sse2 avx2 fma avx512f avx512cd avx512bw avx512dq avx512vl avx512_bf16{extra}
-"""
 AVX512 = frozenset({"avx2", "avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl"})
 
 

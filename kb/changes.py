@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from kb.collection import chroma_errors
+from kb.collection import chroma_write
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +78,7 @@ class ChangeLog:
         entry = uuid.uuid4().hex
         with self._lock:
             self._seen[entry] = now_us()  # our own write: applied locally, never re-read
-        with chroma_errors():
-            self._put(entry, ids, PENDING)
+        self._put(entry, ids, PENDING)
         return entry
 
     def end(self, entry: str, ids: Sequence[str], *, reread: bool = False) -> None:
@@ -113,7 +112,8 @@ class ChangeLog:
         ts = now_us()
         with self._lock:
             self._seen[entry] = ts
-        self._log.upsert(
+        chroma_write(
+            self._log.upsert,
             ids=[entry],
             embeddings=[[1.0]],
             documents=[json.dumps(list(ids))],

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence, Set
+import time
+from collections.abc import Callable, Iterator, Sequence, Set
 from contextlib import contextmanager
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -26,6 +27,8 @@ T = TypeVar("T")
 # user's filter may bind up to 10,000 more (KB_MAX_FILTER_VALUES' ceiling).
 ID_LIST_CAP = 15_000
 MODEL_KEY, DIM_KEY, FINGERPRINT_KEY = "kb_model", "kb_dim", "kb_fingerprint"
+# Seconds between the tries of a write SQLite found busy: 1.6 s in all.
+BUSY_WAITS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 0.8)
 
 
 @contextmanager
@@ -40,6 +43,35 @@ def chroma_errors() -> Iterator[None]:
             raise ValidationFailed(f"the store rejected the request: {exc}") from exc
         log.exception("store operation failed")
         raise StoreUnavailable(f"the store failed: {type(exc).__name__}: {exc}") from exc
+
+
+def chroma_write(call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """`call(*args, **kwargs)`, a Chroma write, under `chroma_errors` and tried again while
+    SQLite reports the store busy.
+
+    SQLite answers "database is locked" at once, without waiting out its busy timeout, when a
+    transaction that began by reading must upgrade to write while another connection writes.
+    Chroma's update of a collection does, and something an embedded store does as it opens
+    holds the write lock for some milliseconds (a changed KB_HNSW_EF_SEARCH failed about one
+    start in a hundred; its write 50 ms later, none in 600). SQLite rolls the refused
+    transaction back, and every write kb makes (add, upsert, delete, modify, create) lands
+    the same whether it runs once or twice, so trying again is safe."""
+    for wait in BUSY_WAITS:
+        with chroma_errors():
+            try:
+                return call(*args, **kwargs)
+            except Exception as exc:
+                if not _busy(exc):
+                    raise
+                log.info("the store is busy (%s); writing again in %.0f ms", exc, wait * 1000)
+        time.sleep(wait)
+    with chroma_errors():
+        return call(*args, **kwargs)
+
+
+def _busy(exc: Exception) -> bool:
+    """SQLite's SQLITE_BUSY, as Chroma reports it embedded and over HTTP."""
+    return "database is locked" in str(exc)
 
 
 def _refused(exc: Exception) -> bool:
@@ -129,24 +161,22 @@ class RecordCollection:
     def _open(self, embedder: Embedder) -> None:
         with chroma_errors():
             self.max_batch = int(self._client.get_max_batch_size())
-            self._col = self._client.get_or_create_collection(
-                self.name,
-                configuration={
-                    "hnsw": {"space": "cosine", "ef_search": self.settings.hnsw_ef_search}
-                },
-                metadata=_model_metadata(embedder),
-                embedding_function=None,
-            )
+        self._col = chroma_write(
+            self._client.get_or_create_collection,
+            self.name,
+            configuration={"hnsw": {"space": "cosine", "ef_search": self.settings.hnsw_ef_search}},
+            metadata=_model_metadata(embedder),
+            embedding_function=None,
+        )
         self._check_space()
         self._check_model(embedder)
         self._tune_search()
 
     def side_collection(self, suffix: str) -> Any:
         """A helper collection beside this one (kb's change log), created if missing."""
-        with chroma_errors():
-            return self._client.get_or_create_collection(
-                f"{self.name}-{suffix}", embedding_function=None
-            )
+        return chroma_write(
+            self._client.get_or_create_collection, f"{self.name}-{suffix}", embedding_function=None
+        )
 
     def close(self) -> None:
         client = getattr(self, "_client", None)
@@ -177,8 +207,7 @@ class RecordCollection:
                     f"collection '{self.name}' holds data that kb did not write (no model "
                     "record); use another KB_COLLECTION"
                 )
-            with chroma_errors():
-                self._col.modify(metadata={**meta, **_model_metadata(embedder)})
+            chroma_write(self._col.modify, metadata={**meta, **_model_metadata(embedder)})
             return
         recorded = meta.get(FINGERPRINT_KEY)
         if meta.get(DIM_KEY) == embedder.dim and recorded in embedder.former_fingerprints:
@@ -186,8 +215,7 @@ class RecordCollection:
                 "collection %s: re-recording the model's fingerprint %s (an earlier kb's) as %s",
                 self.name, recorded, embedder.fingerprint,
             )  # fmt: skip
-            with chroma_errors():
-                self._col.modify(metadata={**meta, FINGERPRINT_KEY: embedder.fingerprint})
+            chroma_write(self._col.modify, metadata={**meta, FINGERPRINT_KEY: embedder.fingerprint})
             return
         if meta.get(DIM_KEY) != embedder.dim or recorded != embedder.fingerprint:
             raise ModelMismatch(
@@ -203,8 +231,8 @@ class RecordCollection:
         lets change). Done before the first query, so it applies to this process's index."""
         wanted = self.settings.hnsw_ef_search
         if self.ef_search != wanted:
+            chroma_write(self._col.modify, configuration={"hnsw": {"ef_search": wanted}})
             with chroma_errors():
-                self._col.modify(configuration={"hnsw": {"ef_search": wanted}})
                 self._col = self._client.get_collection(self.name, embedding_function=None)
 
     @property
@@ -217,10 +245,7 @@ class RecordCollection:
         return (self._col.metadata or {}).get(key)
 
     def set_settings_value(self, key: str, value: Any) -> None:
-        with chroma_errors():
-            meta = dict(self._col.metadata or {})
-            meta[key] = value
-            self._col.modify(metadata=meta)
+        chroma_write(self._col.modify, metadata={**(self._col.metadata or {}), key: value})
 
     # ------------------------------------------------------------ reads
 
@@ -433,18 +458,17 @@ class RecordCollection:
         self.delete([rid for rid in written if rid not in before])
 
     def _write(self, records: Sequence[Record], add: bool = False) -> None:
-        with chroma_errors():
-            (self._col.add if add else self._col.upsert)(
-                ids=[r.id for r in records],
-                documents=[r.text for r in records],
-                metadatas=[r.metadata for r in records],
-                embeddings=np.asarray([r.embedding for r in records], dtype=np.float32),
-            )
+        chroma_write(
+            self._col.add if add else self._col.upsert,
+            ids=[r.id for r in records],
+            documents=[r.text for r in records],
+            metadatas=[r.metadata for r in records],
+            embeddings=np.asarray([r.embedding for r in records], dtype=np.float32),
+        )
 
     def delete(self, ids: Sequence[str]) -> None:
         for part in _batches(ids, self.max_batch):
-            with chroma_errors():
-                self._col.delete(ids=list(part))
+            chroma_write(self._col.delete, ids=list(part))
 
 
 def split_id_lists(where: dict[str, Any] | None) -> list[dict[str, Any] | None]:

@@ -660,6 +660,105 @@ def test_the_configured_ef_search_is_given_to_new_and_existing_collections(
         store.close()
 
 
+BUSY = "Database error: error returned from database: (code: 5) database is locked"
+
+
+def busy_then(real: Any, times: int = 1) -> Any:
+    """A stand-in for a Chroma method that SQLite finds busy `times` times, then `real`."""
+    from chromadb.errors import InternalError
+
+    calls: list[object] = []
+
+    def flaky(*args: object, **kwargs: object) -> object:
+        calls.append(kwargs)
+        if len(calls) <= times:
+            raise InternalError(BUSY)
+        return real(*args, **kwargs)
+
+    flaky.calls = calls  # type: ignore[attr-defined]
+    return flaky
+
+
+def test_a_start_that_finds_the_store_busy_changing_ef_search_tries_again(
+    settings: Settings, embedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An embedded store's own work as it opens held SQLite's write lock for some ms, and
+    the reopen's update of ef_search failed with Chroma's "database is locked" (a flake of
+    the ef_search test above, about one start in a hundred); the update is tried again."""
+    from chromadb.api.models.Collection import Collection
+
+    store = KnowledgeStore.open(settings.model_copy(update={"hnsw_ef_search": 123}), embedder)
+    store.add([DocumentIn(id="a", text="Vectors explored by the graph search")])
+    store.close()
+    modify = busy_then(Collection.modify, times=2)
+    monkeypatch.setattr(Collection, "modify", modify)
+    store = KnowledgeStore.open(settings.model_copy(update={"hnsw_ef_search": 321}), embedder)
+    try:
+        assert len(modify.calls) == 3
+        assert store.records.ef_search == 321
+        assert store.get("a").text == "Vectors explored by the graph search"
+    finally:
+        store.close()
+
+
+def test_writes_sqlite_finds_busy_are_tried_again_and_land_once(
+    store: KnowledgeStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store.add([DocumentIn(id="old", text="Original text", metadata={"v": 1})])
+    col = store.records._col
+    for name in ("add", "upsert", "delete"):
+        monkeypatch.setattr(col, name, busy_then(getattr(col, name)))
+    store.add([DocumentIn(id="new", text="A new document")])
+    store.add([DocumentIn(id="old", text="Replaced text", metadata={"v": 2})], WriteMode.UPSERT)
+    assert store.count() == 2
+    assert store.get("old").text == "Replaced text"
+    assert store.get("old").metadata == {"v": 2}
+    store.delete(["new"])
+    assert store.get_many(["new", "old"]).keys() == {"old"}
+    assert [len(getattr(col, name).calls) for name in ("add", "upsert", "delete")] == [2, 2, 2]
+
+
+def test_a_store_busy_past_the_waits_fails_the_write_with_nothing_changed(
+    store: KnowledgeStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import kb.collection
+
+    store.add([DocumentIn(id="old", text="Original text", metadata={"v": 1})])
+    monkeypatch.setattr(kb.collection, "BUSY_WAITS", (0.0, 0.0))
+    col = store.records._col
+    upsert = busy_then(col.upsert, times=99)
+    monkeypatch.setattr(col, "upsert", upsert)
+    with pytest.raises(StoreUnavailable, match="database is locked"):
+        store.add([DocumentIn(id="old", text="Replaced text")], WriteMode.UPSERT)
+    assert len(upsert.calls) == 3  # each wait, then a last try
+    monkeypatch.undo()
+    assert store.get("old").text == "Original text"
+    assert store.get("old").metadata == {"v": 1}
+
+
+def test_only_a_busy_store_is_tried_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    from chromadb.errors import InternalError
+
+    from kb.collection import chroma_write
+    from kb.errors import ValidationFailed
+
+    calls: list[Exception] = []
+
+    def failing(error: Exception) -> None:
+        calls.append(error)
+        raise error
+
+    for error, kind in [
+        (InternalError("Database error: disk I/O error"), StoreUnavailable),
+        (ValueError("Expected where to have exactly one operator"), ValidationFailed),
+    ]:
+        calls.clear()
+        with pytest.raises(kind):
+            chroma_write(failing, error)
+        assert calls == [error]
+    assert chroma_write(busy_then(lambda x: x * 2, times=3), 21) == 42
+
+
 def test_concurrent_nearest_neighbour_queries_share_chroma_calls(
     store: KnowledgeStore, monkeypatch
 ) -> None:

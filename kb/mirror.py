@@ -23,7 +23,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from contextlib import suppress
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import orjson
@@ -41,15 +41,21 @@ if TYPE_CHECKING:
     from kb.filters import CompiledFilter
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 BLOCK_BYTES = 256 * 1024 * 1024  # gathered vectors kept per filter, least recently used out
 # Up to this many query vectors, one matrix-vector product each is faster than OpenBLAS's
 # product with a thin matrix (100k x 384 on 2 cores: 4 ms per vector; 12-14 ms for 4 to 16).
 SMALL_BATCH = 3
 SCAN_BATCH = 64  # query vectors per shared scan
-KEPT_MASKS = 64  # filters whose row masks are kept between writes
-# Filters remembered per write, to tell one asked again (whose gathered vectors are kept, a
-# block) from one asked once (gathered for that search alone, or left to the index).
+# Filters whose row masks are kept between writes, least recently used out: a stream of
+# filters each asked once must not keep a filter asked all the time from being kept (the
+# first 64 were kept until the next write, and a text filter arriving after them was decided
+# afresh for every search: 32 q/s instead of 125 at 100k documents, 16 clients).
+KEPT_MASKS = 64
+# Filters remembered per write, least recently asked out, to tell one asked again (whose
+# gathered vectors are kept, a block) from one asked once (gathered for that search alone,
+# or left to the index).
 ASKED_KEYS = 4096
 GATHER_ROWS = 4096  # rows a search without a block gathers at a time (6 MB at 384-d)
 # What gathering and scoring a filter's row costs against a vector the index scores (a probed
@@ -121,9 +127,10 @@ class Mirror:
         self._doc_numbers: dict[str, int] = {}
         self._doc_ids: list[str] = []  # by document number
         self._where = MetadataIndex()
-        self._masks: dict[str, np.ndarray] = {}  # per write: the masks of recent filters
+        self._masks: OrderedDict[str, np.ndarray] = OrderedDict()  # per write (KEPT_MASKS)
         self._blocks: OrderedDict[str, _Block] = OrderedDict()
-        self._asked: set[str] = set()  # per write: the filters searched with (see ASKED_KEYS)
+        self._asked: OrderedDict[str, None] = OrderedDict()  # per write (ASKED_KEYS)
+        self._keeping = threading.Lock()  # evictions from those two (not held by writes)
         self._gathering: set[str] = set()  # filters whose block a search is gathering now
         self.bm25 = Bm25()  # the rows' texts, for keyword search; same row numbers
         self._products = threading.Lock()
@@ -166,9 +173,9 @@ class Mirror:
                 self._index.remove(np.asarray(killed, dtype=np.int64))
                 self._index.add(np.arange(first, self.size), self._vectors[first : self.size])
             self._where.written()
-            self._masks = {}
+            self._masks = OrderedDict()
             self._blocks = OrderedDict()
-            self._asked = set()
+            self._asked = OrderedDict()
             self.generation = generation
             if index:
                 self._build_if_due()
@@ -342,14 +349,13 @@ class Mirror:
 
     def _asked_before(self, key: str | None) -> bool:
         """Whether a search was made with this filter since the last write (remembering the
-        first ASKED_KEYS filters)."""
+        last ASKED_KEYS filters)."""
         if key is None:
             return False
         asked = self._asked  # replaced (not cleared) by writes
-        if key in asked:
+        if _touched(asked, key):
             return True
-        if len(asked) < ASKED_KEYS:
-            asked.add(key)
+        self._keep(asked, key, None, ASKED_KEYS)
         return False
 
     def _ranked(
@@ -440,7 +446,7 @@ class Mirror:
         found = blocks.get(key) if key is not None else None
         # only for its own rows: a search that took a mask before a write may gather after
         # it, and its block must not serve the searches that take the write's new mask (the
-        # same object while the mirror keeps it; past KEPT_MASKS filters, an equal one)
+        # same object while the mirror keeps it; once pushed out of the kept masks, an equal one)
         if key is not None and found is not None and _same(found.mask, mask):
             with suppress(KeyError):  # pushed out meanwhile: still this search's to use
                 blocks.move_to_end(key)
@@ -519,17 +525,26 @@ class Mirror:
 
     def kept(self, key: str, decide: Callable[[], np.ndarray]) -> np.ndarray:
         """The mask `decide` gives over the rows, kept under `key` (a where-clause's, or a
-        text filter's: kb.document_filter) until the next write, for the first KEPT_MASKS
-        keys. A mask kept during a write may cover fewer rows than there are once it is
+        text filter's: kb.document_filter) until the next write, for the KEPT_MASKS keys
+        used last. A mask kept during a write may cover fewer rows than there are once it is
         done: readers take the rows past a mask as not allowed."""
         masks = self._masks  # first: a write replaces it after changing the rows decide reads
         mask = masks.get(key)
-        if mask is None:
-            mask = decide()
-            mask.flags.writeable = False
-            if len(masks) < KEPT_MASKS:
-                masks[key] = mask
+        if mask is not None:
+            _touched(masks, key)
+            return mask
+        mask = decide()
+        mask.flags.writeable = False
+        self._keep(masks, key, mask, KEPT_MASKS)
         return mask
+
+    def _keep(self, kept: OrderedDict[str, T], key: str, value: T, most: int) -> None:
+        """Keep `value` under `key` as the most recently used, the least recently used out
+        past `most` (searches run on many threads: one evicts at a time)."""
+        with self._keeping:
+            kept[key] = value
+            while len(kept) > most:
+                kept.popitem(last=False)
 
     def extent(self) -> tuple[int, int]:
         """How many rows and documents there are now: a text filter is decided below both."""
@@ -595,6 +610,15 @@ class Mirror:
         are dropped."""
         rows = [(self._row.get(record_id), score) for record_id, score in hits]
         return [(self.record(row, texts), score) for row, score in rows if row is not None]
+
+
+def _touched(kept: OrderedDict[str, Any], key: str) -> bool:
+    """Whether `key` is kept; if so, it becomes the most recently used."""
+    try:
+        kept.move_to_end(key)  # one call: a search evicting meanwhile raises, never corrupts
+    except KeyError:
+        return False
+    return True
 
 
 def _same(kept: np.ndarray, mask: np.ndarray) -> bool:

@@ -57,7 +57,7 @@ FILTERS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "text": ({"where_document": TEXT}, {"where_document": TEXT}),
 }
 # "varied": another filter on every query, 12 of the 50 authors (about a quarter of the
-# documents): kb keeps the masks of its first 64 filters until the next write
+# documents): kb keeps the masks of the 64 filters used last until the next write
 # (kb.mirror.KEPT_MASKS), so a repeated filter measures that cache; these mostly miss it.
 VARIED, VARIED_AUTHORS, VARIED_COUNT = "varied", 12, 4096  # the last: bodies a cell cycles
 FILTER_NAMES = ("none", "selective", "broad", VARIED, "text")

@@ -105,3 +105,24 @@ def test_without_openvino_installed_the_backend_names_the_extra(
     monkeypatch.setitem(sys.modules, "openvino", None)  # import fails
     with pytest.raises(ConfigError, match=r"openvino.*\[openvino\]"):
         load_embedder(Settings(backend="openvino-bf16"))
+
+
+@pytest.mark.parametrize("amx", [False, True])
+def test_bf16_asked_for_without_amx_warns_once_that_it_runs_slower(
+    bf16: Embedder, amx: bool, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Without AMX (a Xeon listing avx512_bf16 alone), bf16 ran slower than fp32: auto does
+    not pick it (bf16_pays), and asked for by name it runs, saying so once a process."""
+    from kb import cpu
+    from kb.encoders import openvino_session
+    from kb.encoders.openvino_session import AMX, OpenVinoSession
+
+    flags = frozenset({"avx512f", "avx512_bf16", *([AMX] if amx else [])})
+    monkeypatch.setattr(openvino_session, "cpu_info", lambda: cpu.Cpu("GenuineIntel", flags))
+    openvino_session._warn_slower.cache_clear()
+    assert isinstance(bf16, OnnxEmbedder)
+    with caplog.at_level("WARNING", logger="kb.encoders.openvino_session"):
+        for _ in range(2):
+            OpenVinoSession(bf16._model_file, threads=1)
+    said = [r.getMessage() for r in caplog.records if "without AMX" in r.getMessage()]
+    assert len(said) == (0 if amx else 1)

@@ -49,7 +49,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--filter", choices=FILTER_NAMES, default="none")
     args = parser.parse_args(argv)
     path, _ = store_for(args.docs)
-    app = create_app(Settings(chroma_path=path, collection=COLLECTION, log_level="WARNING"))
+    app = create_app(
+        Settings(chroma_path=path, collection=COLLECTION, log_level="WARNING", query_cache=0)
+    )
     try:
         store = app.extensions[EXTENSION].store
         store.replica.wait_loaded()

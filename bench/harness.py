@@ -49,6 +49,9 @@ def kb_env(store: Path, port: int | None = None) -> dict[str, str]:
         "KB_CHROMA_PATH": str(store),
         "KB_COLLECTION": COLLECTION,
         "KB_HOST": "127.0.0.1",
+        # the query cells cycle data/eval's 66 questions: kept query vectors would measure
+        # the cache, not a search (KB_QUERY_CACHE set by the caller is kept)
+        "KB_QUERY_CACHE": os.environ.get("KB_QUERY_CACHE", "0"),
     }
     if port is not None:
         env["KB_PORT"] = str(port)

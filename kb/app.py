@@ -18,6 +18,7 @@ from kb.config import Settings, unknown_variables
 from kb.embeddings import Embedder, load_embedder
 from kb.encoders import process as encoder_process
 from kb.encoders.bulk import BulkEncoder
+from kb.query_cache import QueryCache
 from kb.store import KnowledgeStore
 from kb.telemetry import Telemetry
 
@@ -45,6 +46,8 @@ def create_app(settings: Settings | None = None, *, embedder: Embedder | None = 
     inner = embedder if embedder is not None else load_embedder(settings)
     bulk = _bulk_encoder(inner, settings)
     encoder = telemetry.timed(bulk or inner)
+    if settings.query_cache:
+        encoder = QueryCache(encoder, settings.query_cache, telemetry.count_query_lookups)
     app = Flask("kb", static_folder=None)
     # Ids may start with "/" or hold "//": merged slashes would send /documents/%2Fa (the
     # id "/a") to the document "a". Set before any route is added: rules read it then.

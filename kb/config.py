@@ -155,6 +155,14 @@ class Settings(BaseSettings):
         0.95, ge=-1.0, le=1.0, description="Cosine score from which documents are near-duplicates."
     )
     hybrid_depth: int = Field(100, ge=1, le=1000, description="Candidates per side to fuse.")
+    query_cache: int = Field(
+        1024,
+        ge=0,
+        le=1_000_000,
+        description="Query texts whose vectors kb serve keeps (least recently used out, 1.5 KiB "
+        "each; 0: none): a search asked again, with other filters, threshold or top_k, skips "
+        "the encoder.",
+    )
     hnsw_ef_search: int = Field(
         200,
         ge=10,

@@ -75,6 +75,12 @@ class Telemetry:
             ["kind"],
             registry=self.registry,
         )
+        self.query_cache = Counter(
+            "kb_query_cache_lookups",
+            "Query texts looked up among the kept query vectors (KB_QUERY_CACHE), by result.",
+            ["result"],
+            registry=self.registry,
+        )
         self._gauges: _Gauges | None = None
 
     def count_documents(self, documents: Callable[[], int]) -> None:
@@ -100,6 +106,11 @@ class Telemetry:
 
     def timed(self, embedder: Embedder) -> Embedder:
         return TimedEmbedder(embedder, self)
+
+    def count_query_lookups(self, hits: int, misses: int) -> None:
+        """What a QueryCache found kept (`hits`) and had encoded (`misses`) for one call."""
+        self.query_cache.labels("hit").inc(hits)
+        self.query_cache.labels("miss").inc(misses)
 
 
 class TimedEmbedder(WrappedEmbedder):

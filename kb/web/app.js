@@ -30,6 +30,7 @@ const state = {
   searchSeq: 0,
   checkedKey: "", // the key the server last judged (/info, or a 401 / 403)
   thresholdTouched: false,
+  exactThreshold: null, // a threshold from the address the slider's 0.01 steps cannot show
   topKTouched: false,
 };
 
@@ -261,7 +262,7 @@ function applyInfo() {
   slider.min = String(Math.min(0, threshold.min_score));
   if (!state.thresholdTouched) slider.value = String(threshold.min_score);
   $("min-score-default").textContent =
-    `Default ${threshold.min_score.toFixed(2)} (${threshold.source})`;
+    `Default ${thresholdText(threshold.min_score)} (${threshold.source})`;
   showThreshold();
   const topKInput = $("top-k");
   topKInput.max = String(maxTopK);
@@ -270,8 +271,11 @@ function applyInfo() {
 }
 
 function showThreshold() {
-  const value = Number($("min-score").value);
-  const text = value.toFixed(2);
+  // untouched, the server's default applies as it is, whatever step the slider shows
+  const value = state.thresholdTouched
+    ? (state.exactThreshold ?? Number($("min-score").value))
+    : state.info.threshold.min_score;
+  const text = thresholdText(value);
   $("min-score-value").textContent = text;
   $("min-score").setAttribute("aria-valuetext", text);
 }
@@ -388,7 +392,9 @@ function buildRequest() {
   const topK = Number($("top-k").value);
   if (Number.isInteger(topK)) request.top_k = topK;
   // Unmoved, the slider sends nothing, so a calibrated default keeps applying.
-  if (state.thresholdTouched) request.min_score = Number($("min-score").value);
+  if (state.thresholdTouched) {
+    request.min_score = state.exactThreshold ?? Number($("min-score").value);
+  }
   return request;
 }
 
@@ -501,9 +507,17 @@ function setThreshold(text) {
     return `not a number from ${low} to ${high}`;
   }
   slider.value = text;
+  // The slider moves in steps of 0.01: a finer threshold (0.455) is sent as written, not as
+  // the step it shows (0.46), until the slider is moved.
+  state.exactThreshold = Number(slider.value) === value ? null : value;
   state.thresholdTouched = true;
   showThreshold();
   return "";
+}
+
+// A threshold as the page shows it: two decimals, or as many as it has.
+function thresholdText(value) {
+  return Number(value.toFixed(2)) === value ? value.toFixed(2) : String(value);
 }
 
 // A value from the address as a message quotes it: hidden characters escaped (a crafted link
@@ -587,7 +601,7 @@ function plural(count, one, many) {
 function renderResult(result) {
   clearResults();
   const threshold = result.threshold.min_score;
-  const limit = `${threshold.toFixed(2)} (${result.threshold.source})`;
+  const limit = `${thresholdText(threshold)} (${result.threshold.source})`;
   if (result.status === "ok") {
     let text = `${plural(result.matches.length, "match", "matches")} scored at least ${limit}.`;
     if (result.rejected > 0) {
@@ -612,7 +626,7 @@ function renderResult(result) {
         : `The best candidate scored ${score(best)}, below the threshold of ${limit}.`;
     if (best !== null) {
       $("no-match-bar").append(
-        scoreBar(best, threshold, `best score ${score(best)}, threshold ${threshold.toFixed(2)}`),
+        scoreBar(best, threshold, `best score ${score(best)}, threshold ${thresholdText(threshold)}`),
       );
     }
     $("no-match-advice").textContent =
@@ -674,7 +688,7 @@ function scoreBar(value, threshold, label) {
   fill.style.width = percent(value);
   const mark = el("div", "bar-mark");
   mark.style.left = percent(threshold);
-  mark.title = `threshold ${threshold.toFixed(2)}`;
+  mark.title = `threshold ${thresholdText(threshold)}`;
   bar.append(fill, mark);
   return bar;
 }
@@ -692,7 +706,7 @@ function renderMatch(match, threshold, deletable) {
   card
     .querySelector(".bar-slot")
     .append(
-      scoreBar(match.score, threshold, `score ${score(match.score)} of 1, threshold ${threshold.toFixed(2)}`),
+      scoreBar(match.score, threshold, `score ${score(match.score)} of 1, threshold ${thresholdText(threshold)}`),
     );
   const chips = card.querySelector(".chips");
   for (const [key, value] of Object.entries(match.metadata || {})) {
@@ -842,11 +856,13 @@ async function start() {
   $("add-form").addEventListener("submit", onAdd);
   $("show-rejected").addEventListener("click", showRejected);
   $("min-score").addEventListener("input", () => {
+    state.exactThreshold = null;
     state.thresholdTouched = Number($("min-score").value) !== state.info.threshold.min_score;
     showThreshold();
   });
   $("reset-threshold").addEventListener("click", () => {
     state.thresholdTouched = false;
+    state.exactThreshold = null;
     $("min-score").value = String(state.info.threshold.min_score);
     showThreshold();
   });

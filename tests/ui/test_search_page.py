@@ -874,6 +874,28 @@ def test_a_bad_threshold_or_date_in_the_address_is_named_and_the_search_runs(
     )
 
 
+def test_a_threshold_finer_than_the_sliders_step_is_sent_as_written(
+    page: Page, open_server: Server, expect: Any
+) -> None:
+    """The slider moves in steps of 0.01: min_score=0.455 in the address was sent as the
+    step the browser snapped it to, and the address rewritten with it."""
+    question = "which telescope shows faint stars?"
+    with page.expect_request("**/query") as sent:
+        open_address(page, open_server, urlencode({"q": question, "min_score": "0.455"}))
+    assert sent.value.post_data_json["min_score"] == 0.455
+    expect(page.locator("#min-score-value")).to_have_text("0.455")
+    expect(page.locator("#search-status")).to_contain_text("scored at least 0.455 (request)")
+    assert address(page)["min_score"] == ["0.455"]
+
+    form = search_form(page)
+    form.get_by_label("Minimum score").fill("0.3")  # moved: its own value from now on
+    expect(page.locator("#min-score-value")).to_have_text("0.30")
+    with page.expect_request("**/query") as moved:
+        form.get_by_role("button", name="Search").click()
+    assert moved.value.post_data_json["min_score"] == 0.3
+    expect(page).to_have_url(f"{open_server.base}/?{urlencode({'q': question, 'min_score': 0.3})}")
+
+
 @pytest.mark.parametrize(("top_k", "shown"), [("0", "0"), ("250", "250"), ("abc", "")])
 def test_a_bad_top_k_in_the_address_gets_the_checks_error(
     page: Page, open_server: Server, expect: Any, top_k: str, shown: str

@@ -23,7 +23,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from contextlib import suppress
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
@@ -31,6 +31,7 @@ import orjson
 from kb.ann import AnnConfig, AnnIndex, Lists
 from kb.batcher import Batcher
 from kb.bm25 import Bm25
+from kb.lru import Lru
 from kb.memory import release_freed_memory
 from kb.metadata_index import MetadataIndex
 from kb.ranking import cosines
@@ -41,7 +42,6 @@ if TYPE_CHECKING:
     from kb.filters import CompiledFilter
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 BLOCK_BYTES = 256 * 1024 * 1024  # gathered vectors kept per filter, least recently used out
 # Up to this many query vectors, one matrix-vector product each is faster than OpenBLAS's
@@ -127,10 +127,9 @@ class Mirror:
         self._doc_numbers: dict[str, int] = {}
         self._doc_ids: list[str] = []  # by document number
         self._where = MetadataIndex()
-        self._masks: OrderedDict[str, np.ndarray] = OrderedDict()  # per write (KEPT_MASKS)
+        self._masks: Lru[str, np.ndarray] = Lru(KEPT_MASKS)  # per write
         self._blocks: OrderedDict[str, _Block] = OrderedDict()
-        self._asked: OrderedDict[str, None] = OrderedDict()  # per write (ASKED_KEYS)
-        self._keeping = threading.Lock()  # evictions from those two (not held by writes)
+        self._asked: Lru[str, bool] = Lru(ASKED_KEYS)  # per write
         self._gathering: set[str] = set()  # filters whose block a search is gathering now
         self.bm25 = Bm25()  # the rows' texts, for keyword search; same row numbers
         self._products = threading.Lock()
@@ -173,9 +172,9 @@ class Mirror:
                 self._index.remove(np.asarray(killed, dtype=np.int64))
                 self._index.add(np.arange(first, self.size), self._vectors[first : self.size])
             self._where.written()
-            self._masks = OrderedDict()
+            self._masks = Lru(KEPT_MASKS)
             self._blocks = OrderedDict()
-            self._asked = OrderedDict()
+            self._asked = Lru(ASKED_KEYS)
             self.generation = generation
             if index:
                 self._build_if_due()
@@ -353,9 +352,9 @@ class Mirror:
         if key is None:
             return False
         asked = self._asked  # replaced (not cleared) by writes
-        if _touched(asked, key):
+        if asked.get(key):
             return True
-        self._keep(asked, key, None, ASKED_KEYS)
+        asked.put(key, True)
         return False
 
     def _ranked(
@@ -530,21 +529,11 @@ class Mirror:
         done: readers take the rows past a mask as not allowed."""
         masks = self._masks  # first: a write replaces it after changing the rows decide reads
         mask = masks.get(key)
-        if mask is not None:
-            _touched(masks, key)
-            return mask
-        mask = decide()
-        mask.flags.writeable = False
-        self._keep(masks, key, mask, KEPT_MASKS)
+        if mask is None:
+            mask = decide()
+            mask.flags.writeable = False
+            masks.put(key, mask)  # its own lock: a write holds the mirror's as long as it runs
         return mask
-
-    def _keep(self, kept: OrderedDict[str, T], key: str, value: T, most: int) -> None:
-        """Keep `value` under `key` as the most recently used, the least recently used out
-        past `most` (searches run on many threads: one evicts at a time)."""
-        with self._keeping:
-            kept[key] = value
-            while len(kept) > most:
-                kept.popitem(last=False)
 
     def extent(self) -> tuple[int, int]:
         """How many rows and documents there are now: a text filter is decided below both."""
@@ -610,15 +599,6 @@ class Mirror:
         are dropped."""
         rows = [(self._row.get(record_id), score) for record_id, score in hits]
         return [(self.record(row, texts), score) for row, score in rows if row is not None]
-
-
-def _touched(kept: OrderedDict[str, Any], key: str) -> bool:
-    """Whether `key` is kept; if so, it becomes the most recently used."""
-    try:
-        kept.move_to_end(key)  # one call: a search evicting meanwhile raises, never corrupts
-    except KeyError:
-        return False
-    return True
 
 
 def _same(kept: np.ndarray, mask: np.ndarray) -> bool:

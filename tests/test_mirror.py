@@ -504,8 +504,8 @@ def test_a_filter_asked_again_after_many_asked_once_gets_its_vectors_kept(
 ) -> None:
     """The mirror remembered the first ASKED_KEYS filters asked since the last write: past
     them, no filter counted as asked again, and none had its vectors kept."""
-    mirror, vectors = hundred_keys()
     monkeypatch.setattr(mirror_module, "ASKED_KEYS", 8)
+    mirror, vectors = hundred_keys()  # its write makes the asked filters' Lru: 8 at most
     gathered = counted_blocks(monkeypatch)
     for k in range(20):  # filters asked once, more than ASKED_KEYS
         mask, key = mirror.selection({"k": k})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -202,3 +202,18 @@ processor\t: 1
 vendor_id\t: {vendor}
 flags\t\t: fpu sse2 avx2 fma avx512f avx512cd avx512bw avx512dq avx512vl avx512_bf16{extra}
 """
+
+
+class FailingFirst:
+    """A stand-in for a call that raises `error` on its first `times` calls and then calls
+    `then`; `calls` holds every call's keyword arguments."""
+
+    def __init__(self, error: Exception, then: Callable[..., object], times: int = 1) -> None:
+        self.error, self.then, self.times = error, then, times
+        self.calls: list[dict[str, object]] = []
+
+    def __call__(self, *args: object, **kwargs: object) -> object:
+        self.calls.append(kwargs)
+        if len(self.calls) <= self.times:
+            raise self.error
+        return self.then(*args, **kwargs)

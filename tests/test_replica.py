@@ -22,6 +22,7 @@ from kb.records import Record, build_records
 from kb.schemas import DocumentIn, QueryRequest, UpdateFields
 from kb.search import search
 from kb.store import KnowledgeStore
+from tests.conftest import FailingFirst
 
 
 def found(store: KnowledgeStore, text: str, mode: str, **extra: object) -> list[str]:
@@ -100,19 +101,6 @@ def test_a_change_log_that_fails_around_a_write_is_no_500(two: tuple, monkeypatc
     assert found(second, "penguins", "keyword") == ["kept"]
 
 
-def once(error: Exception, then: Callable[..., object]) -> Callable[..., object]:
-    """A stand-in that raises `error` on its first call and then calls `then`."""
-    calls = []
-
-    def flaky(*args: object, **kwargs: object) -> object:
-        calls.append(args)
-        if len(calls) == 1:
-            raise error
-        return then(*args, **kwargs)
-
-    return flaky
-
-
 def test_a_failed_re_read_of_anothers_writes_is_tried_again(two: tuple, monkeypatch) -> None:
     """The change log's entries count as seen only once their records were re-read: a
     transient failure must not leave a deleted document in the copies for good."""
@@ -120,7 +108,9 @@ def test_a_failed_re_read_of_anothers_writes_is_tried_again(two: tuple, monkeypa
     first.add([DocumentIn(id="gone", text="The vault code is alpha bravo.")])
     assert found(second, "vault code", "keyword") == ["gone"]
     first.delete(["gone"])
-    monkeypatch.setattr(second.records, "get", once(StoreUnavailable("reset"), second.records.get))
+    monkeypatch.setattr(
+        second.records, "get", FailingFirst(StoreUnavailable("reset"), second.records.get)
+    )
     with pytest.raises(StoreUnavailable):
         second.replica.catch_up()
     assert found(second, "vault code", "keyword") == []
@@ -136,7 +126,7 @@ def test_a_failed_update_of_a_servers_copies_rebuilds_them(
     assert found(second, "vault code", "dense") == ["gone"]
     first.delete(["gone"])
     target = getattr(second.replica, copy)
-    monkeypatch.setattr(target, "apply", once(OSError("disk full"), target.apply))
+    monkeypatch.setattr(target, "apply", FailingFirst(OSError("disk full"), target.apply))
     second.replica.catch_up()  # logged; the copies are behind Chroma now
     assert found(second, "vault code", "keyword") == []
     assert found(second, "vault code", "dense") == []
@@ -165,7 +155,7 @@ def test_an_embedded_mirror_that_failed_an_update_is_rebuilt(
     try:
         store.replica.wait_loaded()
         mirror = store.replica.mirror
-        monkeypatch.setattr(mirror, "apply", once(OSError("out of memory"), mirror.apply))
+        monkeypatch.setattr(mirror, "apply", FailingFirst(OSError("out of memory"), mirror.apply))
         store.add([DocumentIn(id="late", text="Tides follow the moon's pull on the oceans.")])
         assert found(store, "tides moon", "dense") == ["late"]
         assert store.replica.current_mirror() is not None  # searches run in memory again
@@ -251,12 +241,12 @@ def test_counts_still_answer_while_the_change_log_cannot_be_read(
     first, second = two
     first.add([DocumentIn(id="raft", text="Raft elects a leader.")])
     log = second.replica.changes
-    monkeypatch.setattr(log, "changes", once(OSError("server gone"), log.changes))
+    monkeypatch.setattr(log, "changes", FailingFirst(OSError("server gone"), log.changes))
     assert second.count() == 0
     assert "could not read the change log" in caplog.text
     assert second.count() == 1  # the next read catches up
     caplog.clear()
-    monkeypatch.setattr(log, "changes", once(OSError("still gone"), log.changes))
+    monkeypatch.setattr(log, "changes", FailingFirst(OSError("still gone"), log.changes))
     assert second.count() == 1
     assert "could not read" not in caplog.text  # a minute's scrapes: one warning, not each
 

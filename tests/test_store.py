@@ -23,7 +23,7 @@ from kb.records import DOC, HEADS, build_records, chunk_id
 from kb.schemas import DocumentIn, QueryRequest, UpdateFields
 from kb.search import search
 from kb.store import KnowledgeStore, WriteMode
-from tests.conftest import changed
+from tests.conftest import FailingFirst, changed
 
 
 class OtherModel:
@@ -663,20 +663,11 @@ def test_the_configured_ef_search_is_given_to_new_and_existing_collections(
 BUSY = "Database error: error returned from database: (code: 5) database is locked"
 
 
-def busy_then(real: Any, times: int = 1) -> Any:
+def busy_then(real: Any, times: int = 1) -> FailingFirst:
     """A stand-in for a Chroma method that SQLite finds busy `times` times, then `real`."""
     from chromadb.errors import InternalError
 
-    calls: list[object] = []
-
-    def flaky(*args: object, **kwargs: object) -> object:
-        calls.append(kwargs)
-        if len(calls) <= times:
-            raise InternalError(BUSY)
-        return real(*args, **kwargs)
-
-    flaky.calls = calls  # type: ignore[attr-defined]
-    return flaky
+    return FailingFirst(InternalError(BUSY), real, times)
 
 
 def test_a_start_that_finds_the_store_busy_changing_ef_search_tries_again(
@@ -691,7 +682,8 @@ def test_a_start_that_finds_the_store_busy_changing_ef_search_tries_again(
     store.add([DocumentIn(id="a", text="Vectors explored by the graph search")])
     store.close()
     modify = busy_then(Collection.modify, times=2)
-    monkeypatch.setattr(Collection, "modify", modify)
+    # a function, so that it binds to the collection as the method did
+    monkeypatch.setattr(Collection, "modify", lambda self, **kwargs: modify(self, **kwargs))
     store = KnowledgeStore.open(settings.model_copy(update={"hnsw_ef_search": 321}), embedder)
     try:
         assert len(modify.calls) == 3

@@ -153,7 +153,7 @@ class ChangeLog:
         writes left has been removed: until then they stay pending and are found again."""
         for entry in poll.stale:
             log.warning("change log entry %s was left pending by a dead writer", entry)
-            self._log.update(ids=[entry], metadatas=[{"ts": now_us(), "state": DONE}])
+            chroma_write(self._log.update, ids=[entry], metadatas=[{"ts": now_us(), "state": DONE}])
 
     def seen(self, poll: Poll) -> None:
         """Mark a poll's entries seen, now that the records they name have been re-read."""
@@ -172,6 +172,8 @@ class ChangeLog:
     def prune(self) -> None:
         cutoff = now_us() - RETENTION_S * 1_000_000
         try:
-            self._log.delete(where={"$and": [{"ts": {"$lt": cutoff}}, {"state": DONE}]})
+            chroma_write(
+                self._log.delete, where={"$and": [{"ts": {"$lt": cutoff}}, {"state": DONE}]}
+            )
         except Exception:  # pruning is housekeeping: a failure must not fail the write
             log.exception("could not prune the change log")

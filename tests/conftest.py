@@ -204,6 +204,10 @@ flags\t\t: fpu sse2 avx2 fma avx512f avx512cd avx512bw avx512dq avx512vl avx512_
 """
 
 
+# Chroma's error for SQLite's SQLITE_BUSY (kb.collection.chroma_write tries such writes again)
+BUSY = "Database error: error returned from database: (code: 5) database is locked"
+
+
 class FailingFirst:
     """A stand-in for a call that raises `error` on its first `times` calls and then calls
     `then`; `calls` holds every call's keyword arguments."""

@@ -22,7 +22,7 @@ from kb.records import Record, build_records
 from kb.schemas import DocumentIn, QueryRequest, UpdateFields
 from kb.search import search
 from kb.store import KnowledgeStore
-from tests.conftest import FailingFirst
+from tests.conftest import BUSY, FailingFirst
 
 
 def found(store: KnowledgeStore, text: str, mode: str, **extra: object) -> list[str]:
@@ -249,6 +249,30 @@ def test_counts_still_answer_while_the_change_log_cannot_be_read(
     monkeypatch.setattr(log, "changes", FailingFirst(OSError("still gone"), log.changes))
     assert second.count() == 1
     assert "could not read" not in caplog.text  # a minute's scrapes: one warning, not each
+
+
+def test_the_change_logs_housekeeping_writes_are_tried_again_when_the_store_is_busy(
+    two: tuple, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Marking a dead writer's entry done and pruning old entries are Chroma writes like the
+    others: a store SQLite finds busy is waited for (chroma_write), not a failed repair or
+    a logged failure to prune."""
+    from chromadb.errors import InternalError
+
+    first, _ = two
+    log = first.replica.changes
+    entry = log.begin(["orphan"])  # a write whose writer died before marking it done
+    update = FailingFirst(InternalError(BUSY), log._log.update)
+    monkeypatch.setattr(log._log, "update", update)
+    log.settle(changes.Poll({"orphan"}, {}, 0, 0, 0.0, {"orphan"}, [entry]))
+    assert len(update.calls) == 2
+    got = log._log.get(ids=[entry], include=["metadatas"])
+    assert got["metadatas"][0]["state"] == changes.DONE
+    delete = FailingFirst(InternalError(BUSY), log._log.delete)
+    monkeypatch.setattr(log._log, "delete", delete)
+    log.prune()
+    assert len(delete.calls) == 2
+    assert "could not prune" not in caplog.text
 
 
 def test_a_backups_header_counts_the_others_writes(two: tuple) -> None:

@@ -23,7 +23,7 @@ from kb.records import DOC, HEADS, build_records, chunk_id
 from kb.schemas import DocumentIn, QueryRequest, UpdateFields
 from kb.search import search
 from kb.store import KnowledgeStore, WriteMode
-from tests.conftest import FailingFirst, changed
+from tests.conftest import BUSY, FailingFirst, changed
 
 
 class OtherModel:
@@ -658,9 +658,6 @@ def test_the_configured_ef_search_is_given_to_new_and_existing_collections(
         assert [rid for rid, _ in hits[0]] == [store.records.ids()[0]]
     finally:
         store.close()
-
-
-BUSY = "Database error: error returned from database: (code: 5) database is locked"
 
 
 def busy_then(real: Any, times: int = 1) -> FailingFirst:

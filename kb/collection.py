@@ -53,10 +53,10 @@ def chroma_write(call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     transaction that began by reading must upgrade to write while another connection writes.
     Chroma's update of a collection does, and something an embedded store does as it opens
     holds the write lock for some milliseconds (a changed KB_HNSW_EF_SEARCH failed about one
-    start in a hundred; its write 50 ms later, none in 600). A Chroma call may have had a
-    part applied before a later transaction of it was refused, but every write kb makes
-    (add, upsert, delete, modify, create) lands the same whether it runs once or twice, so
-    trying again is safe."""
+    start in a hundred; with its write delayed 50 or 300 ms, none in 600). A Chroma call
+    may have had a part applied before a later transaction of it was refused, but every
+    write kb makes (add, upsert, delete, modify, create) lands the same whether it runs once
+    or twice, so trying again is safe."""
     for wait in BUSY_WAITS:
         with chroma_errors():
             try:

@@ -1,10 +1,11 @@
 """Query vectors kept by text: a search asked again skips the encoder.
 
-The encoder is most of a query's cost (about 4 of 8 ms at 100k documents, README Speed),
-and the same text comes back often: the search page sends it again for every change of a
-filter, the threshold or top_k, and clients page through results or retry. The vectors are
-kept per process, least recently used out, `KB_QUERY_CACHE` texts (384 floats each: 1.5 KiB).
-A process has one model, so a kept vector never goes stale.
+The encoder is about half of a query's time (4.2 of 8.2 ms at 100k documents in-process,
+`python -m bench.breakdown`), and the same text comes back often: the search page sends it
+again for every change of a filter, the threshold or top_k, and clients page through
+results or retry. The vectors are kept per process, least recently used out,
+`KB_QUERY_CACHE` texts (384 floats each: 1.5 KiB). A process has one model, so a kept
+vector never goes stale.
 """
 
 from __future__ import annotations

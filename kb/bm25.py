@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from kb.tokens import tokens
+from kb.tokens import token_lists
 
 K1, B = 1.2, 0.75
 TF_CAP = 65_535  # term frequencies are kept as uint16; a higher one counts as this
@@ -82,14 +82,16 @@ class Bm25:
 
     def add_many(self, first: int, texts: Sequence[str]) -> None:
         """Add rows first, first + 1, ... holding these texts (one publish per term)."""
-        counted = [Counter(tokens(text)) for text in texts]
-        lengths = [float(sum(counts.values())) for counts in counted]
+        found = token_lists(texts)
+        lengths = [float(len(terms)) for terms in found]
         postings: dict[str, tuple[list[int], list[int]]] = {}
-        for row, counts in enumerate(counted, first):
-            for term, tf in counts.items():
-                rows, tfs = postings.setdefault(term, ([], []))
-                rows.append(row)
-                tfs.append(min(tf, TF_CAP))
+        for row, terms in enumerate(found, first):
+            for term, tf in Counter(terms).items():
+                posted = postings.get(term)
+                if posted is None:
+                    posted = postings[term] = ([], [])
+                posted[0].append(row)
+                posted[1].append(tf if tf <= TF_CAP else TF_CAP)
         with self._writes:
             if first != self.size:
                 raise ValueError(f"rows are added in order: expected {self.size}, got {first}")

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
+import orjson
 
 from kb.records import Record
 from kb.tokens import TOKENIZER, tokens, words
@@ -179,8 +180,10 @@ class KeywordIndex:
 
             def pages() -> Iterator[list[Record]]:
                 while batch := rows.fetchmany(page):
+                    # orjson reads what json wrote 4x faster (no value it cannot read is
+                    # stored: Chroma takes no NaN, no lone surrogate, no integer past int64)
                     yield [
-                        Record(rid, text, json.loads(meta), np.frombuffer(vector, np.float32))
+                        Record(rid, text, orjson.loads(meta), np.frombuffer(vector, np.float32))
                         for rid, text, vector, meta in batch
                     ]
 

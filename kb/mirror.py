@@ -166,8 +166,7 @@ class Mirror:
             first = self.size
             self._reserve(self.size + len(upserted))
             self.bm25.add_many(first, [record.text for record in upserted])
-            for record in upserted:
-                self._append(record)
+            self._append(upserted)
             if self._index is not None:
                 self._index.remove(np.asarray(killed, dtype=np.int64))
                 self._index.add(np.arange(first, self.size), self._vectors[first : self.size])
@@ -179,22 +178,33 @@ class Mirror:
             if index:
                 self._build_if_due()
 
-    def _append(self, record: Record) -> None:
-        row = self.size
-        self._vectors[row] = np.asarray(record.embedding, dtype=np.float32)
-        self._alive[row] = True
-        doc_id = record.metadata[DOC]
-        number = self._doc_numbers.get(doc_id)
-        if number is None:
-            number = self._doc_numbers[doc_id] = len(self._doc_ids)
-            self._doc_ids.append(doc_id)
-        self._docs[row] = number
-        self._row[record.id] = row
-        self.ids.append(record.id)
-        self._metadata.append(json.dumps(record.metadata, separators=(",", ":")))
-        self._texts.append(record.text)
-        self._where.add(row, record.metadata)
-        self.size = row + 1
+    def _append(self, records: Sequence[Record]) -> None:
+        """Write the records into the rows from `size` on, then publish them (`size`): a
+        reader finds a row by its id only once its id, metadata and text are there."""
+        first, end = self.size, self.size + len(records)
+        if first == end:
+            return
+        self._vectors[first:end] = np.asarray([r.embedding for r in records], dtype=np.float32)
+        self._alive[first:end] = True
+        numbers, doc_ids = self._doc_numbers, self._doc_ids
+        docs = []
+        for record in records:
+            doc_id = record.metadata[DOC]
+            number = numbers.get(doc_id)
+            if number is None:
+                number = numbers[doc_id] = len(doc_ids)
+                doc_ids.append(doc_id)
+            docs.append(number)
+        self._docs[first:end] = docs
+        self.ids.extend(record.id for record in records)
+        self._metadata.extend(
+            json.dumps(record.metadata, separators=(",", ":")) for record in records
+        )
+        for record in records:
+            self._texts.append(record.text)
+        self._row.update(zip(self.ids[first:end], range(first, end), strict=True))
+        self._where.add_many(first, (record.metadata for record in records))
+        self.size = end
 
     def _reserve(self, rows: int) -> None:
         if rows <= len(self._alive):

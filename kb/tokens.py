@@ -16,8 +16,9 @@ from __future__ import annotations
 import re
 import sqlite3
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from functools import cache
+from itertools import chain
 
 TOKENIZER = "porter unicode61 remove_diacritics 2"  # the FTS5 table's, and this module's
 UNSTEMMED = "unicode61 remove_diacritics 2"  # a query's words before stemming
@@ -78,6 +79,17 @@ def _fts5(tokenizer: str) -> _Fts5:
 def tokens(text: str) -> list[str]:
     """The text's tokens as the FTS5 table holds them, in order."""
     return _split(text, _fts5(TOKENIZER))
+
+
+def token_lists(texts: Sequence[str]) -> list[list[str]]:
+    """Each text's tokens, as `tokens` gives them, the new runs of all the texts asked of
+    FTS5 in one query, not one a text: the first 10,000 short texts of the bench's 100k
+    store, new to the process, took 70 ms against 322 (once every run is known, 95 against
+    101)."""
+    fts5 = _fts5(TOKENIZER)
+    runs = [RUN.findall(text) for text in texts]
+    known = fts5(chain.from_iterable(runs))
+    return [[token for run in found for token in known[run]] for found in runs]
 
 
 def words(text: str) -> list[str]:

@@ -14,7 +14,7 @@ from kb.bm25 import TF_CAP, Bm25
 from kb.keyword import query_terms, query_tokens
 from kb.schemas import DocumentIn
 from kb.store import KnowledgeStore
-from kb.tokens import TOKENIZER, tokens
+from kb.tokens import TOKENIZER, token_lists, tokens
 from tests.conftest import DATA
 
 
@@ -55,6 +55,19 @@ def test_tokens_are_the_fts5_tables() -> None:
     alphabet = "abcdefyzABXYZ019 _-'.,éüßøłñÆœﬁ²½µΩάПрй日\u0301\u0308\u200b\u00a0©—"
     texts = TRICKY + ["".join(rng.choices(alphabet, k=rng.randint(1, 30))) for _ in range(3000)]
     assert [tokens(text) for text in texts] == fts5_tokens(texts)
+
+
+def test_texts_tokenized_together_get_the_fts5_tables_tokens() -> None:
+    """`token_lists` asks FTS5 once for all the texts' new runs (a mirror's load, a write):
+    runs shared by several texts, runs seen before and new ones, long runs not remembered."""
+    rng = random.Random(5)
+    alphabet = "ghijkmnGHJ2345 _-'.,àçêöşžÅØĳ³¼ΣλБжю月\u0300\u200d\u00a0®\u2013"
+    runs = ["".join(rng.choices(alphabet, k=rng.randint(1, 12))) for _ in range(400)]
+    texts = [" ".join(rng.choices(runs, k=rng.randint(0, 12))) for _ in range(2000)]
+    texts += ["", " ", "b" * 90 + "ing " + "b" * 90 + "ing", *TRICKY]
+    assert token_lists(texts) == fts5_tokens(texts)
+    assert token_lists(texts[::-1]) == fts5_tokens(texts)[::-1]  # every run now known
+    assert token_lists([]) == []
 
 
 def test_query_terms_are_single_tokens() -> None:

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from kb.collection import chroma_write
+from kb.collection import chroma_errors, chroma_write
 
 log = logging.getLogger(__name__)
 
@@ -128,10 +128,11 @@ class ChangeLog:
             if polled - self._polled > RETENTION_S / 2:
                 return None
             since = self._cursor - MARGIN_US
-            got = self._log.get(
-                where={"$or": [{"ts": {"$gte": since}}, {"state": PENDING}]},
-                include=["metadatas"],
-            )
+            with chroma_errors():  # a server away is the store's 503, not a 500
+                got = self._log.get(
+                    where={"$or": [{"ts": {"$gte": since}}, {"state": PENDING}]},
+                    include=["metadatas"],
+                )
             fresh: dict[str, int] = {}
             stale, newest = [], self._cursor
             for entry, meta in zip(got["ids"], got["metadatas"], strict=True):
@@ -166,7 +167,8 @@ class ChangeLog:
     def _ids(self, entries: list[str]) -> set[str]:
         if not entries:
             return set()
-        got = self._log.get(ids=entries, include=["documents"])
+        with chroma_errors():
+            got = self._log.get(ids=entries, include=["documents"])
         return {rid for text in got["documents"] for rid in json.loads(text or "[]")}
 
     def prune(self) -> None:

@@ -101,6 +101,30 @@ def test_a_change_log_that_fails_around_a_write_is_no_500(two: tuple, monkeypatc
     assert found(second, "penguins", "keyword") == ["kept"]
 
 
+@pytest.mark.parametrize("read", ["poll", "entries"])
+def test_a_change_log_that_cannot_be_read_fails_a_search_as_the_stores_503(
+    two: tuple, monkeypatch, read: str
+) -> None:
+    """A search polls the change log first, and its reads (the poll, then the ids of the
+    entries it found) were outside the store's error mapping: with the Chroma server away a
+    search was a 500 with httpx's ConnectError, where a get or an add was a 503."""
+    first, second = two
+    first.add([DocumentIn(id="kept", text="Penguins huddle against the cold.")])
+    log = second.replica.changes._log
+    real = log.get
+
+    def get(**kwargs: object) -> object:
+        if read == "poll" or "ids" in kwargs:
+            raise ConnectionError("[Errno 111] Connection refused")
+        return real(**kwargs)
+
+    monkeypatch.setattr(log, "get", get)
+    with pytest.raises(StoreUnavailable, match="Connection refused"):
+        found(second, "penguins", "dense")
+    monkeypatch.setattr(log, "get", real)  # the server is back: so are the searches
+    assert found(second, "penguins", "dense") == ["kept"]
+
+
 def test_a_failed_re_read_of_anothers_writes_is_tried_again(two: tuple, monkeypatch) -> None:
     """The change log's entries count as seen only once their records were re-read: a
     transient failure must not leave a deleted document in the copies for good."""

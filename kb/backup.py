@@ -231,7 +231,7 @@ def _restore_threshold(store: KnowledgeStore, min_score: float | None) -> None:
     a threshold calibrated for what the collection held before must not filter the restored
     documents (None removes the key from the collection's metadata)."""
     value = None if min_score is None else float(min_score)
-    store.records.set_settings_value(CALIBRATED_KEY, value)
+    store.set_setting(CALIBRATED_KEY, value)
 
 
 def read_header(path: Path) -> dict[str, Any]:

@@ -33,6 +33,7 @@ RETRY_S = 0.2  # before marking a write done again
 RETENTION_S = 3600  # entries older than this are pruned; a reader idle longer rebuilds
 PRUNE_EVERY = 200  # writes between prunes
 PENDING, DONE = "pending", "done"
+SETTINGS = "settings"  # an entry's kind: the collection's settings (its metadata) changed
 
 
 def now_us() -> int:
@@ -51,6 +52,7 @@ class Poll:
     polled: float  # when the poll began (monotonic)
     abandoned: set[str] = field(default_factory=set)  # ids of writes whose writer died
     stale: list[str] = field(default_factory=list)  # those writes' entries, for `settle`
+    settings: bool = False  # another process changed the collection's settings
 
 
 class ChangeLog:
@@ -108,16 +110,25 @@ class ChangeLog:
         if self._writes % PRUNE_EVERY == 0:
             self.prune()
 
-    def _put(self, entry: str, ids: Sequence[str], state: str) -> None:
+    def settings_changed(self) -> None:
+        """Log that this process changed the collection's settings (a calibrated threshold,
+        say), which the other processes read when they open: they read them again at their
+        next poll. A log that cannot be written is the store's 503 (the change stands)."""
+        self._put(uuid.uuid4().hex, [], DONE, SETTINGS)
+
+    def _put(self, entry: str, ids: Sequence[str], state: str, kind: str | None = None) -> None:
         ts = now_us()
         with self._lock:
             self._seen[entry] = ts
+        metadata: dict[str, Any] = {"ts": ts, "state": state, "origin": self._origin}
+        if kind is not None:
+            metadata["kind"] = kind
         chroma_write(
             self._log.upsert,
             ids=[entry],
             embeddings=[[1.0]],
             documents=[json.dumps(list(ids))],
-            metadatas=[{"ts": ts, "state": state, "origin": self._origin}],
+            metadatas=[metadata],
         )
 
     def changes(self) -> Poll | None:
@@ -134,7 +145,7 @@ class ChangeLog:
                     include=["metadatas"],
                 )
             fresh: dict[str, int] = {}
-            stale, newest = [], self._cursor
+            stale, newest, settings = [], self._cursor, False
             for entry, meta in zip(got["ids"], got["metadatas"], strict=True):
                 ts = int(meta["ts"])
                 if meta["state"] == PENDING:
@@ -144,9 +155,10 @@ class ChangeLog:
                 newest = max(newest, ts)
                 if self._seen.get(entry) != ts:
                     fresh[entry] = ts
+                    settings = settings or meta.get("kind") == SETTINGS
         abandoned = self._ids(stale)
         ids = self._ids(list(fresh)) | abandoned
-        return Poll(ids, fresh, newest, since, polled, abandoned, stale)
+        return Poll(ids, fresh, newest, since, polled, abandoned, stale, settings)
 
     def settle(self, poll: Poll) -> None:
         """Mark the entries a poll found left pending by dead writers done, with a fresh ts,

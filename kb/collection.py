@@ -233,8 +233,7 @@ class RecordCollection:
         wanted = self.settings.hnsw_ef_search
         if self.ef_search != wanted:
             chroma_write(self._col.modify, configuration={"hnsw": {"ef_search": wanted}})
-            with chroma_errors():
-                self._col = self._client.get_collection(self.name, embedding_function=None)
+            self.reread_settings()
 
     @property
     def ef_search(self) -> int | None:
@@ -243,10 +242,23 @@ class RecordCollection:
     # ------------------------------------------------------------ collection metadata
 
     def settings_value(self, key: str) -> Any:
+        """A setting kept in the collection's metadata, as this process last read it (on a
+        Chroma server, another process's writes are read again when its change log says so:
+        `reread_settings`)."""
         return (self._col.metadata or {}).get(key)
 
     def set_settings_value(self, key: str, value: Any) -> None:
+        """Write one setting (None removes it), keeping the others. On a Chroma server they
+        are read again first: merged into this process's copy, a setting another process
+        wrote since this one opened was put back to the value this one had read."""
+        if self.mode == "server":
+            self.reread_settings()
         chroma_write(self._col.modify, metadata={**(self._col.metadata or {}), key: value})
+
+    def reread_settings(self) -> None:
+        """Read the collection's metadata (its settings) again from Chroma."""
+        with chroma_errors():
+            self._col = self._client.get_collection(self.name, embedding_function=None)
 
     # ------------------------------------------------------------ reads
 

@@ -118,6 +118,17 @@ class Replica(ABC):
         the written records (and deleted ids) to the copies once Chroma has them."""
 
     @abstractmethod
+    def settings_changed(self) -> None:
+        """This process changed the collection's settings (its metadata): tell the other
+        processes that use the store."""
+
+    @abstractmethod
+    def catch_up_quietly(self) -> None:
+        """Before a read outside search (counts, stats, the defaults /info shows): apply what
+        other processes wrote, without waiting for a poll under way and without failing the
+        read (a failure is logged: the read answers from what this process has)."""
+
+    @abstractmethod
     def current_mirror(self) -> Mirror | None:
         """The mirror, when it is loaded and has seen every write this process knows of."""
 
@@ -287,6 +298,12 @@ class LocalReplica(Replica):
         generation = self.generation() + 1
         self.records.set_settings_value(GENERATION_KEY, generation)  # before: see the module
         yield lambda upserted, deleted: self.apply(upserted, deleted, generation)
+
+    def settings_changed(self) -> None:
+        """An embedded store has one process: there is no other to tell."""
+
+    def catch_up_quietly(self) -> None:
+        """An embedded store has one process: no other wrote anything."""
 
     def current_mirror(self) -> Mirror | None:
         mirror = self.mirror

@@ -54,10 +54,11 @@ def search(store: KnowledgeStore, request: QueryRequest) -> list[QueryResult]:
     flt = compile_filter(request.filters, request.where, request.where_document, limits)
     filtered = flt.where is not None or flt.where_document is not None
     top_k = request.top_k or store.settings.top_k
+    # once per request: apply the writes (and settings) the local copies have not seen
+    store.replica.catch_up()
     threshold = resolve_threshold(store, request.min_score)
     min_score = threshold.min_score
     texts = request.texts()
-    store.replica.catch_up()  # once per request: apply writes the local copies have not seen
     vectors = store.embedder.embed_queries(texts)
     # a text filter is decided per document, once for the batch: on the mirror, the rows of
     # the documents passing it; else a metadata filter listing them

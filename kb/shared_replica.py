@@ -71,9 +71,13 @@ class SharedReplica(Replica):
         poll = self.changes.changes() if self._built and not self._behind else None
         if poll is None:
             self.changes.reset()  # before reading: writes during the rebuild are re-read
+            if self._built:  # idle past the log's retention: settings changes missed too
+                self.records.reread_settings()
             self.rebuild(0)
             self._built = True
             return
+        if poll.settings:
+            self.records.reread_settings()
         if poll.ids:
             self._refresh(sorted(poll.ids))
         if poll.stale:
@@ -133,6 +137,9 @@ class SharedReplica(Replica):
         finally:  # a failed write is announced too: every process re-reads whatever it left
             self.changes.end(entry, ids, reread=failed)
 
+    def settings_changed(self) -> None:
+        self.changes.settings_changed()
+
     def current_mirror(self) -> Mirror | None:
         return self.mirror
 
@@ -142,12 +149,17 @@ class SharedReplica(Replica):
         # running poll's rebuild may be waiting for (waiting here would deadlock them).
         if self.mirror is None:  # not loaded (or not kept): the caller reads Chroma itself
             return None
+        self.catch_up_quietly()
+        return self.mirror
+
+    def catch_up_quietly(self) -> None:
         try:
             self.catch_up(wait=False)
         except Exception:  # /metrics must still answer while the server is away: stale counts
             added = self._counts_warnings.take()
             if added is not None:
                 log.warning(
-                    "could not read the change log; counts may be behind%s", added, exc_info=True
+                    "could not read the change log; counts and settings may be behind%s",
+                    added,
+                    exc_info=True,
                 )
-        return self.mirror

@@ -446,6 +446,13 @@ class KnowledgeStore:
             self._remove(heads)
         return DeleteResponse(deleted=len(heads), ids=[head.id for head in heads])
 
+    def set_setting(self, key: str, value: Any) -> None:
+        """Keep a setting in the collection's metadata (None removes it), for every process
+        that uses the store: on a Chroma server the others read it again at their next
+        search."""
+        self.records.set_settings_value(key, value)
+        self.replica.settings_changed()
+
     def clear(self) -> int:
         """Delete every record (restore --replace); the number deleted."""
         with self._lock:

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from kb import backup, changes
+from kb.app import close_app, create_app
 from kb.chunking import Chunk
 from kb.config import Settings
 from kb.embeddings import Embedder
@@ -20,7 +21,7 @@ from kb.keyword import KeywordIndex
 from kb.mirror import Mirror
 from kb.records import Record, build_records
 from kb.schemas import DocumentIn, QueryRequest, UpdateFields
-from kb.search import search
+from kb.search import CALIBRATED_KEY, search
 from kb.store import KnowledgeStore
 from tests.conftest import BUSY, FailingFirst
 
@@ -123,6 +124,72 @@ def test_a_change_log_that_cannot_be_read_fails_a_search_as_the_stores_503(
         found(second, "penguins", "dense")
     monkeypatch.setattr(log, "get", real)  # the server is back: so are the searches
     assert found(second, "penguins", "dense") == ["kept"]
+
+
+def threshold(store: KnowledgeStore) -> tuple[float, str]:
+    """The threshold a search of `store` applies when the request sets none, and its source."""
+    request = QueryRequest.model_validate({"query": "anything", "mode": "dense"})
+    used = search(store, request)[0].threshold
+    return used.min_score, used.source
+
+
+def test_a_threshold_one_process_stores_is_the_others_at_their_next_search(two: tuple) -> None:
+    """`kb calibrate --write` and `kb restore` store the threshold from their own process; the
+    others read the collection's settings once, when they opened, and kept the configured
+    threshold until restarted (gunicorn's workers could each apply another)."""
+    first, second = two
+    assert threshold(second) == (0.4, "configured")
+    first.set_setting(CALIBRATED_KEY, 0.9)
+    assert threshold(second) == (0.9, "calibrated")
+    first.set_setting(CALIBRATED_KEY, None)  # a restore of a backup without a threshold
+    assert threshold(second) == (0.4, "configured")
+
+
+def test_info_shows_the_threshold_another_process_stored(
+    server_settings: Settings, embedder: Embedder
+) -> None:
+    """The search page reads its default threshold from /info."""
+    app = create_app(server_settings, embedder=embedder)
+    other = KnowledgeStore.open(server_settings, embedder, searching=False)  # kb calibrate
+    try:
+        client = app.test_client()
+        assert client.get("/info").get_json()["threshold"]["source"] == "configured"
+        other.set_setting(CALIBRATED_KEY, 0.62)
+        assert client.get("/info").get_json()["threshold"] == {
+            "min_score": 0.62,
+            "source": "calibrated",
+        }
+    finally:
+        other.close()
+        close_app(app)
+
+
+def test_a_setting_written_by_a_process_keeps_what_another_wrote_since_it_opened(
+    two: tuple,
+) -> None:
+    """A process merged its new setting into the settings as it had read them, putting back
+    the threshold another process had stored since."""
+    first, second = two
+    first.set_setting(CALIBRATED_KEY, 0.9)
+    second.set_setting("kb_note", "kept")  # second has not searched: its copy is old
+    for store in (first, second):
+        store.records.reread_settings()
+        assert store.records.settings_value(CALIBRATED_KEY) == 0.9
+        assert store.records.settings_value("kb_note") == "kept"
+
+
+def test_a_process_idle_past_the_logs_retention_reads_the_settings_again(
+    two: tuple, monkeypatch
+) -> None:
+    """Such a process rebuilds its copies rather than trust the log (its entries may have been
+    pruned): it reads the settings again too."""
+    first, second = two
+    assert threshold(second) == (0.4, "configured")
+    monkeypatch.setattr(first.replica, "settings_changed", lambda: None)  # an entry pruned
+    first.set_setting(CALIBRATED_KEY, 0.7)
+    assert threshold(second) == (0.4, "configured")  # nothing in the log says so
+    second.replica.changes._polled -= changes.RETENTION_S
+    assert threshold(second) == (0.7, "calibrated")
 
 
 def test_a_failed_re_read_of_anothers_writes_is_tried_again(two: tuple, monkeypatch) -> None:

@@ -58,6 +58,7 @@ def openapi() -> Response:
 def info() -> tuple[Response, int]:
     kb, settings = store(), state().settings
     role = presented_role()
+    kb.replica.catch_up_quietly()  # a threshold another process stored since
     return reply(
         Info(
             auth_required=state().keys.enabled,

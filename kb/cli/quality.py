@@ -138,7 +138,7 @@ def _write_threshold(
         fail(f"not written: no threshold reaches precision {precision:.3f}")
     target = store or open_store(settings, searching=False, embedder=embedder)
     try:
-        target.records.set_settings_value(CALIBRATED_KEY, round(best.threshold, 4))
+        target.set_setting(CALIBRATED_KEY, round(best.threshold, 4))
     finally:
         if store is None:
             target.close()

@@ -31,7 +31,11 @@ MARGIN_US = 30_000_000  # re-read this far behind the newest entry: clock skew, 
 STALE_S = 120  # a pending entry this old lost its writer
 RETRY_S = 0.2  # before marking a write done again
 RETENTION_S = 3600  # entries older than this are pruned; a reader idle longer rebuilds
-PRUNE_EVERY = 200  # writes between prunes
+# A process prunes at its first write, then every PRUNE_EVERY writes or PRUNE_EVERY_S seconds
+# (at its next write), whichever comes first: counted by writes alone, processes that each
+# wrote fewer (kb load runs, restarted workers) never pruned, and the log grew for good.
+PRUNE_EVERY = 200
+PRUNE_EVERY_S = RETENTION_S / 4
 PENDING, DONE = "pending", "done"
 SETTINGS = "settings"  # an entry's kind: the collection's settings (its metadata) changed
 
@@ -66,6 +70,7 @@ class ChangeLog:
         self._cursor = 0  # the newest ts seen
         self._polled = time.monotonic()
         self._writes = 0
+        self._pruned: float | None = None  # when this process last pruned (monotonic)
 
     def reset(self) -> None:
         """Forget what was seen and start from now (after a full rebuild began)."""
@@ -107,7 +112,12 @@ class ChangeLog:
             with self._lock:
                 self._seen.pop(entry, None)
         self._writes += 1
-        if self._writes % PRUNE_EVERY == 0:
+        pruned = self._pruned
+        if (
+            pruned is None
+            or self._writes % PRUNE_EVERY == 0
+            or time.monotonic() - pruned > PRUNE_EVERY_S
+        ):
             self.prune()
 
     def settings_changed(self) -> None:
@@ -184,6 +194,8 @@ class ChangeLog:
         return {rid for text in got["documents"] for rid in json.loads(text or "[]")}
 
     def prune(self) -> None:
+        """Delete the done entries older than RETENTION_S (a reader idle longer rebuilds)."""
+        self._pruned = time.monotonic()
         cutoff = now_us() - RETENTION_S * 1_000_000
         try:
             chroma_write(

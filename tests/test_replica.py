@@ -366,6 +366,35 @@ def test_the_change_logs_housekeeping_writes_are_tried_again_when_the_store_is_b
     assert "could not prune" not in caplog.text
 
 
+def test_a_process_prunes_the_change_log_at_its_first_write_and_then_now_and_then(
+    two: tuple,
+) -> None:
+    """Pruning was counted by each process's own writes (its 200th, 400th, ...): kb load runs
+    and restarted workers that each wrote fewer never pruned, and the log grew for good."""
+    first, _ = two
+    log = first.replica.changes._log
+    cutoff = changes.now_us() - changes.RETENTION_S * 1_000_000
+
+    def plant(count: int) -> None:  # done entries past the retention, by processes long gone
+        ids = [f"old-{changes.now_us()}-{i}" for i in range(count)]
+        meta = {"ts": cutoff - 60_000_000, "state": changes.DONE, "origin": "gone:1"}
+        log.upsert(ids=ids, embeddings=[[1.0]] * count, documents=["[]"] * count,
+                   metadatas=[meta] * count)  # fmt: skip
+
+    def old() -> int:
+        return len(log.get(where={"ts": {"$lt": cutoff}}, include=[])["ids"])
+
+    plant(3)
+    first.add([DocumentIn(id="one", text="The first write of this process.")])
+    assert old() == 0
+    plant(3)
+    first.add([DocumentIn(id="two", text="A second write, soon after the first.")])
+    assert old() == 3  # pruned a moment ago
+    first.replica.changes._pruned -= changes.PRUNE_EVERY_S + 1
+    first.add([DocumentIn(id="three", text="A write once the interval has passed.")])
+    assert old() == 0
+
+
 def test_a_backups_header_counts_the_others_writes(two: tuple) -> None:
     """dump counts documents holding the write lock: the count catches up without waiting."""
     first, second = two

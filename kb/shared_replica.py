@@ -10,6 +10,7 @@ import shutil
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,7 +21,7 @@ from kb.filters import CompiledFilter
 from kb.lock import WriteLock
 from kb.logs import Thinned
 from kb.mirror import Mirror
-from kb.records import DOC, doc_id_of
+from kb.records import DOC, Record, doc_id_of
 from kb.repair import survey
 from kb.replica import Apply, Replica
 
@@ -43,6 +44,11 @@ class SharedReplica(Replica):
         self._built = False
         self._repair_after = 0.0  # no repair before this (monotonic): one failed
         self._repair_failures = 0  # in a row
+        # record ids of this process's writes under way (how many writes each), and those of
+        # them a poll re-read meanwhile: another writer's version, read from Chroma after
+        # ours may have landed, which our own records must not overwrite (`_apply_own`)
+        self._own: Counter[str] = Counter()
+        self._overtaken: set[str] = set()
 
     def close(self) -> None:
         super().close()
@@ -121,21 +127,45 @@ class SharedReplica(Replica):
 
     def _refresh(self, ids: list[str]) -> None:
         """Copy these records' current state from Chroma (present: upsert, gone: delete).
-        Fetch and apply hold the lock, so a write of ours cannot land between them."""
+        Fetch and apply hold the lock, so no apply of ours lands between them; ids a write
+        of ours is writing are marked overtaken (`_apply_own`)."""
         with self._lock:
             found = self.records.get(ids, embeddings=True)
             present = {r.id for r in found}
             self.apply(found, [i for i in ids if i not in present], 0)
+            self._overtaken.update(i for i in ids if i in self._own)
 
     @contextmanager
     def writing(self, ids: Sequence[str]) -> Iterator[Apply]:
         entry = self.changes.begin(ids)
+        with self._lock:
+            self._own.update(ids)
         failed = True
         try:
-            yield lambda upserted, deleted: self.apply(upserted, deleted, 0)
+            yield self._apply_own
             failed = False
         finally:  # a failed write is announced too: every process re-reads whatever it left
+            with self._lock:
+                self._own.subtract(ids)
+                done = {i for i in ids if self._own[i] <= 0}
+                for record_id in done:
+                    del self._own[record_id]
+                self._overtaken -= done
             self.changes.end(entry, ids, reread=failed)
+
+    def _apply_own(self, upserted: Sequence[Record], deleted: Sequence[str]) -> None:
+        """Apply a write of ours once Chroma has it, except to the records a poll re-read
+        while it was under way: another host may have written them after ours landed, so
+        they are read from Chroma again instead (ours, applied late, would have replaced
+        the newer version in the copies for good, its change log entry already seen)."""
+        with self._lock:
+            overtaken = self._overtaken & {*(r.id for r in upserted), *deleted}
+            if overtaken:
+                upserted = [r for r in upserted if r.id not in overtaken]
+                deleted = [i for i in deleted if i not in overtaken]
+            self.apply(upserted, deleted, 0)
+            if overtaken:
+                self._refresh(sorted(overtaken))
 
     def settings_changed(self) -> None:
         self.changes.settings_changed()

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from kb import backup, changes
+from kb import store as store_module
 from kb.app import close_app, create_app
 from kb.chunking import Chunk
 from kb.config import Settings
@@ -22,8 +23,8 @@ from kb.mirror import Mirror
 from kb.records import Record, build_records
 from kb.schemas import DocumentIn, QueryRequest, UpdateFields
 from kb.search import CALIBRATED_KEY, search
-from kb.store import KnowledgeStore
-from tests.conftest import BUSY, FailingFirst
+from kb.store import KnowledgeStore, WriteMode
+from tests.conftest import BUSY, FailingFirst, changed
 
 
 def found(store: KnowledgeStore, text: str, mode: str, **extra: object) -> list[str]:
@@ -64,6 +65,38 @@ def test_writes_of_one_process_reach_the_others_copies(two: tuple) -> None:
     first.delete(["raft"])
     assert found(second, "numbered proposals", "keyword") == []
     assert found(second, "proposals", "dense", filters={"topic": "consensus"}) == []
+
+
+def test_a_write_of_ours_overtaken_by_another_hosts_leaves_the_copies_on_chroma(
+    server_settings: Settings, embedder: Embedder, tmp_path, monkeypatch
+) -> None:
+    """Two hosts (their own write locks) write one document. Ours lands in Chroma, theirs
+    lands after it, and a search of ours re-reads theirs, all before our writing thread
+    applies our records to the copies: applied then, ours replaced theirs there for good
+    (their change log entry was seen), while Chroma held theirs."""
+    monkeypatch.setattr(store_module, "_write_lock_path", lambda s: s.chroma_path / "w.lock")
+    ours = KnowledgeStore.open(server_settings, embedder)
+    theirs = KnowledgeStore.open(changed(server_settings, chroma_path=tmp_path / "b"), embedder)
+    try:
+        ours.add([DocumentIn(id="d1", text="Original notes about mountains.")])
+        upsert = ours.records.upsert
+
+        def overtaken(*args: object) -> None:
+            upsert(*args)  # ours has landed; the other host writes, and we search:
+            theirs.add([DocumentIn(id="d1", text="Omega nebula.")], mode=WriteMode.UPSERT)
+            assert found(ours, "omega nebula", "keyword") == ["d1"]
+
+        monkeypatch.setattr(ours.records, "upsert", overtaken)
+        ours.add([DocumentIn(id="d1", text="Alpha centauri.")], mode=WriteMode.UPSERT)
+        assert theirs.get("d1").text == "Omega nebula."  # what Chroma holds
+        assert found(ours, "omega nebula", "keyword") == ["d1"]  # the keyword index
+        assert found(ours, "alpha centauri", "keyword") == []
+        request = QueryRequest.model_validate({"query": "stars", "mode": "dense", "min_score": -1})
+        (hit,) = search(ours, request)[0].matches  # the mirror
+        assert hit.text == "Omega nebula."
+    finally:
+        ours.close()
+        theirs.close()
 
 
 def test_a_writer_that_died_mid_write_is_caught_up(two: tuple, monkeypatch) -> None:

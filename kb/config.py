@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
@@ -66,12 +67,17 @@ class Settings(BaseSettings):
     # Store
     chroma_path: Path = Field(
         Path("chroma_db"),
-        description="Directory of the embedded store; with KB_CHROMA_URL, kb's local files.",
+        description="Directory of the embedded store (unused with KB_CHROMA_URL).",
     )
     chroma_url: str | None = Field(
         None, description="A Chroma server (http://host:port) to use instead of the directory."
     )
     collection: str = Field("knowledge_base", description="Chroma collection name.")
+    lock_dir: Path = Field(
+        default_factory=lambda: Path(tempfile.gettempdir()),
+        description="With KB_CHROMA_URL: where this host's kb processes take the write lock "
+        "of a server collection (one file per server address and collection).",
+    )
 
     # Embedding
     model: str = Field(
@@ -271,7 +277,7 @@ class Settings(BaseSettings):
             raise ValueError(f"must be one of {', '.join(LOG_LEVELS)} (in any case)")
         return level
 
-    @field_validator("onnx_cache", "chroma_path", mode="before")
+    @field_validator("onnx_cache", "chroma_path", "lock_dir", mode="before")
     @classmethod
     def _local_folder(cls, value: object) -> object:
         # Path("") is ".": an empty KB_CHROMA_PATH made the working directory the store

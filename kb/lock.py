@@ -78,22 +78,41 @@ class WriteLock:
     def __init__(self, path: Path | None = None) -> None:
         self._thread = threading.RLock()
         self._path = path
-        self._file: object | None = None
+        self._fd: int | None = None
         self._depth = 0
 
     def __enter__(self) -> WriteLock:
         self._thread.acquire()
-        if self._path is not None and self._depth == 0:
-            self._path.parent.mkdir(parents=True, exist_ok=True)
-            handle = self._path.open("a")
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            self._file = handle
+        try:
+            if self._path is not None and self._depth == 0:
+                fd = _lock_file(self._path)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                self._fd = fd
+        except BaseException:
+            self._thread.release()
+            raise
         self._depth += 1
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._depth -= 1
-        if self._depth == 0 and self._file is not None:
-            self._file.close()  # type: ignore[attr-defined]  # closing releases the flock
-            self._file = None
+        if self._depth == 0 and self._fd is not None:
+            os.close(self._fd)  # closing releases the flock
+            self._fd = None
         self._thread.release()
+
+
+def _lock_file(path: Path) -> int:
+    """The write lock's file, opened for reading (a flock needs no more), made when missing.
+    In a shared folder such as /tmp another user's file opens for reading, where creating
+    or writing it is refused (Linux's protected_regular)."""
+    try:
+        try:
+            return os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot open the write lock {path} (KB_LOCK_DIR): {exc.strerror or exc}"
+        ) from exc

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence, Set
 from concurrent.futures import Future
@@ -104,9 +105,13 @@ class KnowledgeStore:
         self._lock = WriteLock(_write_lock_path(settings) if shared else None)
         try:
             self.replica = _replica(settings, self.records, embedder.dim, self._lock)
-            self.replica.start(in_memory=searching)
         except BaseException:
             self.records.close()  # releases the embedded store's lock
+            raise
+        try:
+            self.replica.start(in_memory=searching)
+        except BaseException:
+            self.close()  # the replica's files too (a server's scratch copies)
             raise
 
     @classmethod
@@ -591,8 +596,13 @@ def _overlap(settings: Settings, window: int) -> int:
 
 
 def _write_lock_path(settings: Settings) -> Path:
-    """Every kb process on this host that writes to the same server collection takes it."""
-    return settings.chroma_path / f".{settings.collection}.writes.lock"
+    """The file every kb process on this host that writes to the same collection of the same
+    Chroma server locks, wherever it was started: named by a digest of the server's address
+    and the collection, in KB_LOCK_DIR. (Beside KB_CHROMA_PATH, relative by default, kb serve
+    and a kb load started in other folders took two locks, and their writes raced.)"""
+    key = f"{(settings.chroma_url or '').lower()}\n{settings.collection}"
+    digest = hashlib.blake2b(key.encode(), digest_size=10).hexdigest()
+    return settings.lock_dir / f"kb-{digest}.writes.lock"
 
 
 def _first_chunks(flt: CompiledFilter) -> CompiledFilter:

@@ -137,7 +137,9 @@ def settings(tmp_path: Path, store_mode: str, request: pytest.FixtureRequest) ->
 def server_settings(tmp_path: Path, chroma_server: str) -> Iterator[Settings]:
     """A new collection on the session's Chroma server, dropped afterwards."""
     name = f"kb-test-{uuid.uuid4().hex[:12]}"
-    yield Settings(chroma_path=tmp_path / "db", chroma_url=chroma_server, collection=name)
+    yield Settings(
+        chroma_path=tmp_path / "db", chroma_url=chroma_server, collection=name, lock_dir=tmp_path
+    )
     drop_collections(chroma_server, name)
 
 

@@ -6,8 +6,10 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -17,7 +19,7 @@ from kb.app import close_app, create_app
 from kb.chunking import Chunk
 from kb.config import Settings
 from kb.embeddings import Embedder
-from kb.errors import StoreUnavailable
+from kb.errors import ConfigError, StoreUnavailable
 from kb.keyword import KeywordIndex
 from kb.mirror import Mirror
 from kb.records import Record, build_records
@@ -97,6 +99,55 @@ def test_a_write_of_ours_overtaken_by_another_hosts_leaves_the_copies_on_chroma(
     finally:
         ours.close()
         theirs.close()
+
+
+def test_the_hosts_write_lock_is_one_file_per_server_and_collection() -> None:
+    """It was beside KB_CHROMA_PATH, relative by default: kb serve and a kb load started in
+    other folders took two locks, and lost the 409 on an id the other had just written."""
+    base = Settings(chroma_url="http://127.0.0.1:8000", collection="notes")
+    assert base.lock_dir == Path(tempfile.gettempdir())
+    named = changed(base, chroma_url="http://Kb-Store:8000")
+    assert store_module._write_lock_path(named) == store_module._write_lock_path(
+        changed(base, chroma_url="http://kb-store:8000")
+    )
+    lock = store_module._write_lock_path(base)
+    assert lock.parent == base.lock_dir
+    for same in ({"chroma_path": "elsewhere"}, {"chroma_url": "http://127.0.0.1:8000/"}):
+        assert store_module._write_lock_path(changed(base, **same)) == lock
+    for other in ({"collection": "Notes"}, {"chroma_url": "http://127.0.0.1:8001"}):
+        assert store_module._write_lock_path(changed(base, **other)) != lock
+
+
+def test_writers_with_other_store_paths_on_one_host_take_one_lock(
+    server_settings: Settings, embedder: Embedder, tmp_path: Path
+) -> None:
+    first = KnowledgeStore.open(changed(server_settings, chroma_path=tmp_path / "a"), embedder)
+    second = KnowledgeStore.open(changed(server_settings, chroma_path=tmp_path / "b"), embedder)
+    try:
+        with first._lock:  # first is writing: second's write waits for it
+            writer = threading.Thread(
+                target=second.add, args=([DocumentIn(id="w", text="Waits its turn.")],)
+            )
+            writer.start()
+            writer.join(0.5)
+            assert writer.is_alive()
+        writer.join(30)
+        assert second.get("w").text == "Waits its turn."
+    finally:
+        first.close()
+        second.close()
+
+
+def test_a_lock_dir_kb_cannot_use_is_an_error_naming_it(
+    server_settings: Settings, embedder: Embedder, tmp_path: Path
+) -> None:
+    """A store on a server takes the lock as it opens (it builds its copies under it)."""
+    (tmp_path / "file").write_text("not a folder")
+    settings = changed(server_settings, lock_dir=tmp_path / "file" / "locks")
+    scratch = set(Path(tempfile.gettempdir()).glob("kb-replica-*"))
+    with pytest.raises(ConfigError, match=r"write lock .* \(KB_LOCK_DIR\): Not a directory"):
+        KnowledgeStore.open(settings, embedder)
+    assert set(Path(tempfile.gettempdir()).glob("kb-replica-*")) <= scratch  # none left
 
 
 def test_a_writer_that_died_mid_write_is_caught_up(two: tuple, monkeypatch) -> None:

@@ -5,7 +5,9 @@ writers left (kb.repair)."""
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import shutil
 import tempfile
 import threading
@@ -26,8 +28,43 @@ from kb.repair import survey
 from kb.replica import Apply, Replica
 
 log = logging.getLogger(__name__)
+SCRATCH_PREFIX = "kb-replica-"  # a process's copies, in the system's temporary folder
+OWNER = "owner.lock"  # in each: locked by the process using it, for as long as it lives
 WARN_EVERY_S = 60.0  # a change log that cannot be read is logged at most this often
 REPAIR_WAIT_S = (1.0, 60.0)  # after a failed repair, the pause before the next (doubling)
+
+
+def scratch_folder() -> tuple[Path, int]:
+    """A new folder for this process's copies, and the descriptor of the lock it holds on
+    it until it closes the store or dies; first, the folders of processes that died (killed,
+    their store never closed) are removed: each held every record's text and vector, and
+    every restart after a crash left one more."""
+    root = Path(tempfile.gettempdir())
+    for folder in root.glob(f"{SCRATCH_PREFIX}*"):
+        _remove_if_orphaned(folder)
+    folder = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX))
+    # locked before it has its name: a sweep never finds the owner file unlocked
+    fd, made = tempfile.mkstemp(dir=folder)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    os.rename(made, folder / OWNER)
+    return folder, fd
+
+
+def _remove_if_orphaned(folder: Path) -> None:
+    """Remove a scratch folder whose owner lock no process holds. One without an owner file
+    (made by an older kb, or being made) or not this user's to read is left."""
+    try:
+        fd = os.open(folder / OWNER, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # its process is alive
+        return
+    finally:
+        os.close(fd)
+    log.info("removing %s, left by a kb process that did not close its store", folder)
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 class SharedReplica(Replica):
@@ -35,7 +72,7 @@ class SharedReplica(Replica):
     index, rebuilt when the process starts and then kept in step through the change log."""
 
     def __init__(self, records: RecordCollection, dim: int, writes: WriteLock) -> None:
-        self._scratch = Path(tempfile.mkdtemp(prefix="kb-replica-"))
+        self._scratch, self._owner = scratch_folder()
         super().__init__(records, dim, self._scratch / "keyword.sqlite3", writes)
         self.changes = ChangeLog(records.side_collection("kb-log"))
         self._polls = threading.Lock()
@@ -53,6 +90,7 @@ class SharedReplica(Replica):
     def close(self) -> None:
         super().close()
         shutil.rmtree(self._scratch, ignore_errors=True)
+        os.close(self._owner)
 
     def catch_up(self, wait: bool = True) -> None:
         """Poll the change log (one small read of it) and re-read what others wrote. Callers

@@ -6,6 +6,8 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import os
+import shutil
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
@@ -25,6 +27,7 @@ from kb.mirror import Mirror
 from kb.records import Record, build_records
 from kb.schemas import DocumentIn, QueryRequest, UpdateFields
 from kb.search import CALIBRATED_KEY, search
+from kb.shared_replica import OWNER, SCRATCH_PREFIX, scratch_folder
 from kb.store import KnowledgeStore, WriteMode
 from tests.conftest import BUSY, FailingFirst, changed
 
@@ -148,6 +151,31 @@ def test_a_lock_dir_kb_cannot_use_is_an_error_naming_it(
     with pytest.raises(ConfigError, match=r"write lock .* \(KB_LOCK_DIR\): Not a directory"):
         KnowledgeStore.open(settings, embedder)
     assert set(Path(tempfile.gettempdir()).glob("kb-replica-*")) <= scratch  # none left
+
+
+def test_scratch_copies_of_processes_that_died_are_removed_as_a_store_opens(
+    server_settings: Settings, embedder: Embedder
+) -> None:
+    """Each process on a server keeps its copies (every record's text and vector) in a
+    folder of the system's temporary folder, removed when it closes the store: one killed
+    left its folder for good, and every restart after a crash left one more."""
+    dead = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX))  # its owner's lock died with it
+    (dead / OWNER).touch()
+    (dead / "keyword.sqlite3").write_bytes(b"every text and vector")
+    older = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX))  # an older kb's: no owner file
+    live, held = scratch_folder()  # another process's, alive
+    store = KnowledgeStore.open(server_settings, embedder)
+    try:
+        assert not dead.exists()
+        assert older.exists()
+        assert live.exists()
+        assert store.replica._scratch.exists()
+    finally:
+        store.close()
+        os.close(held)
+        shutil.rmtree(live)
+        shutil.rmtree(older)
+    assert not store.replica._scratch.exists()
 
 
 def test_a_writer_that_died_mid_write_is_caught_up(two: tuple, monkeypatch) -> None:

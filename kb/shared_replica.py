@@ -87,6 +87,15 @@ class SharedReplica(Replica):
         self._own: Counter[str] = Counter()
         self._overtaken: set[str] = set()
 
+    def start(self, in_memory: bool = True) -> None:
+        """As Replica.start, except that a process that will not search (kb load, export,
+        backup, calibrate against a server) builds no copies now: that read every record
+        from the server under the host's write lock (1.5 s at 10k records, the service's
+        writes waiting meanwhile), for copies it never reads. The first search, if one
+        comes, builds them (`_poll`); its writes are logged for the others all the same."""
+        if in_memory:
+            super().start(in_memory)
+
     def close(self) -> None:
         super().close()
         shutil.rmtree(self._scratch, ignore_errors=True)
@@ -117,8 +126,9 @@ class SharedReplica(Replica):
             self.changes.reset()  # before reading: writes during the rebuild are re-read
             if self._built:  # idle past the log's retention: settings changes missed too
                 self.records.reread_settings()
-            self.rebuild(0)
-            self._built = True
+            with self._writes:  # a write of ours applies to the copies once they are built
+                self.rebuild(0)
+                self._built = True
             return
         if poll.settings:
             self.records.reread_settings()
@@ -196,6 +206,8 @@ class SharedReplica(Replica):
         while it was under way: another host may have written them after ours landed, so
         they are read from Chroma again instead (ours, applied late, would have replaced
         the newer version in the copies for good, its change log entry already seen)."""
+        if not self._built:  # no copies yet: their build reads this write from Chroma
+            return
         with self._lock:
             overtaken = self._overtaken & {*(r.id for r in upserted), *deleted}
             if overtaken:

@@ -19,6 +19,7 @@ from kb import backup, changes
 from kb import store as store_module
 from kb.app import close_app, create_app
 from kb.chunking import Chunk
+from kb.collection import RecordCollection
 from kb.config import Settings
 from kb.embeddings import Embedder
 from kb.errors import ConfigError, StoreUnavailable
@@ -176,6 +177,34 @@ def test_scratch_copies_of_processes_that_died_are_removed_as_a_store_opens(
         shutil.rmtree(live)
         shutil.rmtree(older)
     assert not store.replica._scratch.exists()
+
+
+def test_a_process_that_will_not_search_builds_no_copies_and_its_writes_reach_the_others(
+    two: tuple, server_settings: Settings, embedder: Embedder, monkeypatch
+) -> None:
+    """kb load, export, backup and calibrate on a server read every record into copies they
+    never used, holding the host's write lock (the service's writes waited meanwhile)."""
+    first, second = two
+    first.add([DocumentIn(id="old", text="Glaciers carve valleys over millennia.")])
+    pages, read = RecordCollection.pages, []
+
+    def every_record(self: RecordCollection, *args: object, **kwargs: object) -> object:
+        read.append(self)
+        return pages(self, *args, **kwargs)
+
+    monkeypatch.setattr(RecordCollection, "pages", every_record)
+    loader = KnowledgeStore.open(server_settings, embedder, searching=False)
+    try:
+        assert read == []
+        loader.add([DocumentIn(id="new", text="Volcanoes build islands from lava.")])
+        assert found(second, "volcanoes lava", "keyword") == ["new"]
+        assert read == []
+        # a search on it, though none of kb's commands makes one, builds them then
+        assert found(loader, "volcanoes lava", "keyword") == ["new"]
+        assert found(loader, "glaciers valleys", "keyword") == ["old"]
+        assert read == [loader.records]
+    finally:
+        loader.close()
 
 
 def test_a_writer_that_died_mid_write_is_caught_up(two: tuple, monkeypatch) -> None:

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 MARGIN_US = 30_000_000  # re-read this far behind the newest entry: clock skew, late commits
 STALE_S = 120  # a pending entry this old lost its writer
+HEARTBEAT_S = STALE_S / 4  # a write under way this long renews its pending entry's ts
 RETRY_S = 0.2  # before marking a write done again
 RETENTION_S = 3600  # entries older than this are pruned; a reader idle longer rebuilds
 # A process prunes at its first write, then every PRUNE_EVERY writes or PRUNE_EVERY_S seconds
@@ -71,6 +72,7 @@ class ChangeLog:
         self._polled = time.monotonic()
         self._writes = 0
         self._pruned: float | None = None  # when this process last pruned (monotonic)
+        self._beating: dict[str, tuple[threading.Event, threading.Thread]] = {}
 
     def reset(self) -> None:
         """Forget what was seen and start from now (after a full rebuild began)."""
@@ -86,7 +88,29 @@ class ChangeLog:
         with self._lock:
             self._seen[entry] = now_us()  # our own write: applied locally, never re-read
         self._put(entry, ids, PENDING)
+        stop = threading.Event()
+        beat = threading.Thread(
+            target=self._heartbeat, args=(entry, ids, stop), name="kb-log-heartbeat", daemon=True
+        )
+        self._beating[entry] = (stop, beat)
+        beat.start()
         return entry
+
+    def close(self) -> None:
+        """Stop renewing the entries of writes still under way (the store is closing)."""
+        for stop, _ in list(self._beating.values()):
+            stop.set()
+
+    def _heartbeat(self, entry: str, ids: Sequence[str], stop: threading.Event) -> None:
+        """Renew a pending entry's ts every HEARTBEAT_S while its write is under way: judged
+        by its first ts, a write longer than STALE_S (a large batch to a slow server) was
+        taken for a dead writer's, and another host's repair deleted the chunks it had
+        written so far. A writer that stops beating (killed, or paused that long) is one."""
+        while not stop.wait(HEARTBEAT_S):
+            try:
+                self._put(entry, ids, PENDING)
+            except Exception:  # the next beat may reach the server; the write goes on
+                log.warning("could not renew change log entry %s", entry, exc_info=True)
 
     def end(self, entry: str, ids: Sequence[str], *, reread: bool = False) -> None:
         """Mark the write done; with `reread` (our write failed, and the copies may not hold
@@ -94,6 +118,10 @@ class ChangeLog:
         is tried twice, then given up with an error logged, not raised: the write stands in
         Chroma (a client told it failed would write again), and the other processes re-read
         its ids once the pending entry is STALE_S old."""
+        beating = self._beating.pop(entry, None)
+        if beating is not None:  # stopped first: a late beat must not make it pending again
+            beating[0].set()
+            beating[1].join()
         for attempt in (1, 2):
             try:
                 self._put(entry, ids, DONE)

@@ -97,6 +97,7 @@ class SharedReplica(Replica):
             super().start(in_memory)
 
     def close(self) -> None:
+        self.changes.close()
         super().close()
         shutil.rmtree(self._scratch, ignore_errors=True)
         os.close(self._owner)

@@ -10,6 +10,7 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -215,6 +216,33 @@ def test_a_writer_that_died_mid_write_is_caught_up(two: tuple, monkeypatch) -> N
     assert found(second, "lighthouses", "keyword") == []  # a live writer may still finish
     monkeypatch.setattr(changes, "STALE_S", 0)
     assert found(second, "lighthouses", "keyword") == ["orphan"]
+
+
+def test_a_write_under_way_longer_than_a_dead_writers_wait_is_not_taken_for_one(
+    two: tuple, monkeypatch
+) -> None:
+    """A pending entry was judged by its first ts: a write longer than STALE_S (a large
+    batch to a slow server) was taken for a dead writer's, and another host's repair deleted
+    the chunks it had written so far. A write under way renews its entry's ts."""
+    first, second = two
+    monkeypatch.setattr(changes, "HEARTBEAT_S", 0.05)
+    monkeypatch.setattr(changes, "STALE_S", 0.5)
+    log = first.replica.changes
+    entry = log.begin(["slow"])
+    time.sleep(1.0)  # twice STALE_S
+    poll = second.replica.changes.changes()
+    assert poll is not None
+    assert entry not in poll.stale
+    log.end(entry, ["slow"])
+    time.sleep(0.2)  # no beat after the end makes it pending again
+    (meta,) = log._log.get(ids=[entry], include=["metadatas"])["metadatas"]
+    assert meta["state"] == changes.DONE
+    entry = log.begin(["dead"])
+    log._beating.pop(entry)[0].set()  # its writer died: the beats stop
+    time.sleep(1.0)
+    poll = second.replica.changes.changes()
+    assert poll is not None
+    assert entry in poll.stale
 
 
 def test_a_change_log_that_fails_around_a_write_is_no_500(two: tuple, monkeypatch) -> None:

@@ -11,8 +11,13 @@ from click.testing import CliRunner, Result
 
 from kb.calibration import reaches, read_pairs, recommend, sweep
 from kb.cli import main
+from kb.config import Settings
+from kb.embeddings import Embedder
 from kb.errors import ConfigError
 from kb.lock import StoreLock
+from kb.schemas import QueryRequest
+from kb.search import search
+from kb.store import KnowledgeStore
 
 
 def test_sweep_counts_precision_and_recall() -> None:
@@ -131,6 +136,37 @@ def test_calibrate_write_on_a_store_in_use_is_a_message(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert isinstance(result.exception, SystemExit)
     assert "an embedded store takes one process at a time" in result.output
+
+
+def test_calibrate_write_on_a_server_names_it_and_reaches_a_running_service(
+    tmp_path: Path, server_settings: Settings, embedder: Embedder
+) -> None:
+    """The message named KB_CHROMA_PATH, unused with a server; and the service's workers,
+    which read the collection's settings as they opened, kept their threshold."""
+    service = KnowledgeStore.open(server_settings, embedder)
+    try:
+        pairs = tmp_path / "pairs.jsonl"
+        pairs.write_text(
+            '{"a": "dogs bark", "b": "a dog barking", "label": 1}\n'
+            '{"a": "dogs bark", "b": "stock prices fell", "label": 0}\n'
+        )
+        env = {
+            "KB_CHROMA_URL": server_settings.chroma_url or "",
+            "KB_COLLECTION": server_settings.collection,
+            "KB_LOCK_DIR": str(server_settings.lock_dir),
+        }
+        result = CliRunner().invoke(main, ["calibrate", "--pairs", str(pairs), "--write"], env=env)
+        assert result.exit_code == 0, result.output
+        stored = re.search(r"stored (\S+) as the default threshold of collection '(\S+)' in (\S+)",
+                           result.output)  # fmt: skip
+        assert stored is not None, result.output
+        assert stored.group(2, 3) == (server_settings.collection, server_settings.chroma_url)
+        request = QueryRequest.model_validate({"query": "dogs", "mode": "dense"})
+        threshold = search(service, request)[0].threshold
+        assert threshold.source == "calibrated"
+        assert f"{threshold.min_score:.2f}" == stored.group(1)
+    finally:
+        service.close()
 
 
 def test_calibrate_queries_refuses_a_corpus_record_that_fails(tmp_path: Path) -> None:

@@ -81,9 +81,8 @@ def test_a_write_of_ours_overtaken_by_another_hosts_leaves_the_copies_on_chroma(
     lands after it, and a search of ours re-reads theirs, all before our writing thread
     applies our records to the copies: applied then, ours replaced theirs there for good
     (their change log entry was seen), while Chroma held theirs."""
-    monkeypatch.setattr(store_module, "_write_lock_path", lambda s: s.chroma_path / "w.lock")
     ours = KnowledgeStore.open(server_settings, embedder)
-    theirs = KnowledgeStore.open(changed(server_settings, chroma_path=tmp_path / "b"), embedder)
+    theirs = KnowledgeStore.open(changed(server_settings, lock_dir=tmp_path / "b"), embedder)
     try:
         ours.add([DocumentIn(id="d1", text="Original notes about mountains.")])
         upsert = ours.records.upsert

@@ -263,8 +263,8 @@ def test_two_hosts_adding_one_id_at_once_end_with_the_last_write(
     """Two hosts share no write lock: host B checked that X was new, host A wrote X, then
     B wrote it with Chroma's add, which ignores an existing id: B answered 'added' and its
     text was never stored (its own copies kept it, so B's keyword search found it)."""
-    host_a = KnowledgeStore.open(changed(server_settings, chroma_path=tmp_path / "a"), embedder)
-    host_b = KnowledgeStore.open(changed(server_settings, chroma_path=tmp_path / "b"), embedder)
+    host_a = KnowledgeStore.open(changed(server_settings, lock_dir=tmp_path / "a"), embedder)
+    host_b = KnowledgeStore.open(changed(server_settings, lock_dir=tmp_path / "b"), embedder)
     try:
         write = host_b.records._write
 

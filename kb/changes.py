@@ -12,6 +12,7 @@ removal that fails is tried again at a later poll.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -39,10 +40,33 @@ PRUNE_EVERY = 200
 PRUNE_EVERY_S = RETENTION_S / 4
 PENDING, DONE = "pending", "done"
 SETTINGS = "settings"  # an entry's kind: the collection's settings (its metadata) changed
+# An entry lists at most this many characters of ids (as JSON); a write touching more is
+# logged as several entries. A Chroma server refuses a request above its payload limit (about
+# 40 MB here: an entry of 33 MB of ids went through, 39.6 MB was "Payload too large"), and a
+# delete by filter or a restore's clear lists every record it deletes: an entry for 1.8
+# million short ids, or about 75,000 of 512 characters, failed the delete.
+ENTRY_CHARS = 4 * 1024 * 1024
 
 
 def now_us() -> int:
     return time.time_ns() // 1000
+
+
+def entries(entry: str, ids: Sequence[str]) -> list[tuple[str, list[str]]]:
+    """A write's log entries: `entry` with its ids, cut into `entry`, `entry-1`, ... where
+    they exceed ENTRY_CHARS. The same ids always give the same entries."""
+    if len(json.dumps(list(ids))) <= ENTRY_CHARS:
+        return [(entry, list(ids))]
+    cut: list[list[str]] = [[]]
+    size = 2  # the brackets
+    for record_id in ids:
+        grows = len(json.dumps(record_id)) + 2  # the separator
+        if cut[-1] and size + grows > ENTRY_CHARS:
+            cut.append([])
+            size = 2
+        cut[-1].append(record_id)
+        size += grows
+    return [(entry if k == 0 else f"{entry}-{k}", part) for k, part in enumerate(cut)]
 
 
 @dataclass
@@ -61,7 +85,8 @@ class Poll:
 
 
 class ChangeLog:
-    """The log collection beside the data collection: one entry per write."""
+    """The log collection beside the data collection: one entry per write (several for a
+    write whose ids exceed ENTRY_CHARS)."""
 
     def __init__(self, collection: Any) -> None:
         self._log = collection
@@ -85,12 +110,22 @@ class ChangeLog:
         """Log a write about to begin; a log that cannot be written fails it (the store's
         503) before anything is written."""
         entry = uuid.uuid4().hex
-        with self._lock:
-            self._seen[entry] = now_us()  # our own write: applied locally, never re-read
-        self._put(entry, ids, PENDING)
+        parts = entries(entry, ids)
+        with self._lock:  # our own write: applied locally, never re-read
+            self._seen.update(dict.fromkeys((piece for piece, _ in parts), now_us()))
+        written: list[tuple[str, list[str]]] = []
+        try:
+            for piece, part in parts:
+                self._put(piece, part, PENDING)
+                written.append((piece, part))
+        except Exception:  # no write follows: what was logged is done, not a dead writer's
+            for piece, part in written:
+                with contextlib.suppress(Exception):
+                    self._put(piece, part, DONE)
+            raise
         stop = threading.Event()
         beat = threading.Thread(
-            target=self._heartbeat, args=(entry, ids, stop), name="kb-log-heartbeat", daemon=True
+            target=self._heartbeat, args=(parts, stop), name="kb-log-heartbeat", daemon=True
         )
         self._beating[entry] = (stop, beat)
         beat.start()
@@ -101,16 +136,17 @@ class ChangeLog:
         for stop, _ in list(self._beating.values()):
             stop.set()
 
-    def _heartbeat(self, entry: str, ids: Sequence[str], stop: threading.Event) -> None:
+    def _heartbeat(self, parts: list[tuple[str, list[str]]], stop: threading.Event) -> None:
         """Renew a pending entry's ts every HEARTBEAT_S while its write is under way: judged
         by its first ts, a write longer than STALE_S (a large batch to a slow server) was
         taken for a dead writer's, and another host's repair deleted the chunks it had
         written so far. A writer that stops beating (killed, or paused that long) is one."""
         while not stop.wait(HEARTBEAT_S):
-            try:
-                self._put(entry, ids, PENDING)
-            except Exception:  # the next beat may reach the server; the write goes on
-                log.warning("could not renew change log entry %s", entry, exc_info=True)
+            for piece, part in parts:
+                try:
+                    self._put(piece, part, PENDING)
+                except Exception:  # the next beat may reach the server; the write goes on
+                    log.warning("could not renew change log entry %s", piece, exc_info=True)
 
     def end(self, entry: str, ids: Sequence[str], *, reread: bool = False) -> None:
         """Mark the write done; with `reread` (our write failed, and the copies may not hold
@@ -122,10 +158,27 @@ class ChangeLog:
         if beating is not None:  # stopped first: a late beat must not make it pending again
             beating[0].set()
             beating[1].join()
+        parts = entries(entry, ids)
+        for piece, part in parts:
+            self._mark_done(piece, part)
+        if reread:
+            with self._lock:
+                for piece, _ in parts:
+                    self._seen.pop(piece, None)
+        self._writes += 1
+        pruned = self._pruned
+        if (
+            pruned is None
+            or self._writes % PRUNE_EVERY == 0
+            or time.monotonic() - pruned > PRUNE_EVERY_S
+        ):
+            self.prune()
+
+    def _mark_done(self, entry: str, ids: list[str]) -> None:
         for attempt in (1, 2):
             try:
                 self._put(entry, ids, DONE)
-                break
+                return
             except Exception:
                 if attempt == 1:
                     time.sleep(RETRY_S)  # a reset connection is often back by then
@@ -136,17 +189,6 @@ class ChangeLog:
                         entry,
                         STALE_S,
                     )
-        if reread:
-            with self._lock:
-                self._seen.pop(entry, None)
-        self._writes += 1
-        pruned = self._pruned
-        if (
-            pruned is None
-            or self._writes % PRUNE_EVERY == 0
-            or time.monotonic() - pruned > PRUNE_EVERY_S
-        ):
-            self.prune()
 
     def settings_changed(self) -> None:
         """Log that this process changed the collection's settings (a calibrated threshold,

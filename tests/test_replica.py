@@ -24,6 +24,7 @@ from kb.collection import RecordCollection
 from kb.config import Settings
 from kb.embeddings import Embedder
 from kb.errors import ConfigError, StoreUnavailable
+from kb.filters import CompiledFilter
 from kb.keyword import KeywordIndex
 from kb.mirror import Mirror
 from kb.records import Record, build_records
@@ -268,6 +269,51 @@ def test_a_change_log_that_fails_around_a_write_is_no_500(two: tuple, monkeypatc
     assert first.get("kept").text == "Penguins huddle against the cold."
     monkeypatch.setattr(changes, "STALE_S", 0)  # the others take it as a dead writer's
     assert found(second, "penguins", "keyword") == ["kept"]
+
+
+def test_a_write_listing_more_ids_than_one_log_entry_holds_is_logged_in_several(
+    two: tuple, monkeypatch
+) -> None:
+    """A delete by filter or a restore's clear lists every record it deletes in the change
+    log, and a Chroma server refuses a request above its payload limit (about 40 MB): one
+    entry for the ids of a large collection failed the delete. They are cut into entries of
+    at most ENTRY_CHARS, each pending during the write (renewed while it lasts), then done."""
+    first, second = two
+    monkeypatch.setattr(changes, "ENTRY_CHARS", 120)  # about 10 short ids
+    docs = [
+        DocumentIn(id=f"note-{n:02d}", text=f"Lighthouse keeper's note {n}.", metadata={"k": 1})
+        for n in range(30)
+    ]
+    first.add(docs)
+    assert len(found(second, "lighthouse keeper", "keyword", top_k=50)) == 30
+    log = first.replica.changes
+    before = set(log._log.get()["ids"])
+    assert first.delete_where(CompiledFilter(where={"k": 1})).deleted == 30
+    got = log._log.get(include=["documents", "metadatas"])
+    new = [
+        (text, meta)
+        for entry, text, meta in zip(got["ids"], got["documents"], got["metadatas"], strict=True)
+        if entry not in before
+    ]
+    assert len(new) >= 3
+    assert all(len(text) <= 120 and meta["state"] == changes.DONE for text, meta in new)
+    assert sorted(i for text, _ in new for i in json.loads(text)) == [d.id for d in docs]
+    assert found(second, "lighthouse keeper", "keyword") == []
+    assert found(second, "lighthouse keeper", "dense") == []
+
+    monkeypatch.setattr(changes, "HEARTBEAT_S", 0.05)
+    monkeypatch.setattr(changes, "STALE_S", 0.5)
+    ids = [d.id for d in docs]
+    entry = log.begin(ids)
+    pieces = {piece for piece, _ in changes.entries(entry, ids)}
+    assert len(pieces) >= 3
+    time.sleep(1.0)  # twice STALE_S: every piece was renewed
+    poll = second.replica.changes.changes()
+    assert poll is not None
+    assert not pieces & set(poll.stale)
+    log.end(entry, ids)
+    states = log._log.get(ids=sorted(pieces), include=["metadatas"])["metadatas"]
+    assert [meta["state"] for meta in states] == [changes.DONE] * len(pieces)
 
 
 @pytest.mark.parametrize("read", ["poll", "entries"])

@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import numpy as np
+import orjson
 
 from kb.batcher import Batcher
 from kb.config import Settings
@@ -29,6 +30,12 @@ ID_LIST_CAP = 15_000
 MODEL_KEY, DIM_KEY, FINGERPRINT_KEY = "kb_model", "kb_dim", "kb_fingerprint"
 # Seconds between the tries of a write SQLite found busy: 1.6 s in all.
 BUSY_WAITS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 0.8)
+# A Chroma server refuses a request above its payload limit (about 40 MB by default: 5,461
+# records of 6,000-character texts were "Payload too large" here, of 4,500 went through). Every
+# chunk carries its document's metadata, so long documents with a large metadata field filled
+# one call of max_batch records with more: a write to a server is cut at this many bytes too.
+SERVER_CALL_BYTES = 16 * 1024 * 1024
+VECTOR_BYTES_PER_DIM = 12  # a vector's share of a request, bounded as JSON numbers
 
 
 @contextmanager
@@ -129,6 +136,7 @@ class RecordCollection:
         self.name = settings.collection
         self.mode = "server" if settings.chroma_url else "embedded"
         self.location = settings.chroma_url or str(settings.chroma_path)
+        self.call_bytes = SERVER_CALL_BYTES if self.mode == "server" else 0  # 0: no bound
         # One process per embedded store; a server takes any number of clients.
         embedded = client is None and self.mode == "embedded"
         self._lock = StoreLock(settings.chroma_path) if embedded else None
@@ -444,8 +452,8 @@ class RecordCollection:
         records = _replacing(records, previous)
         fresh = [r for r in records if r.id in new]
         rest = [r for r in records if r.id not in new] if fresh else records
-        parts = [(p, True) for p in whole_documents(fresh, self.max_batch, _record_id)]
-        parts += [(p, False) for p in whole_documents(rest, self.max_batch, _record_id)]
+        parts = [(p, True) for p in self._calls(fresh)]
+        parts += [(p, False) for p in self._calls(rest)]
         written: list[str] = []
         try:
             for part, add in parts:
@@ -465,10 +473,16 @@ class RecordCollection:
         that were not stored before. The replaced records are restored by an upsert (with
         the keys the failed write added nulled out), not deleted and added again: a delete
         that is failing, as when the stale chunks' delete failed, cannot block the restore."""
-        for part in whole_documents(_replacing(previous, records), self.max_batch, _record_id):
+        for part in self._calls(_replacing(previous, records)):
             self._write(part)
         before = {r.id for r in previous}
         self.delete([rid for rid in written if rid not in before])
+
+    def _calls(self, records: Sequence[Record]) -> list[list[Record]]:
+        """Records in parts of whole documents, one write call each (`whole_documents`)."""
+        if not self.call_bytes:
+            return whole_documents(records, self.max_batch, _record_id)
+        return whole_documents(records, self.max_batch, _record_id, _payload, self.call_bytes)
 
     def _write(self, records: Sequence[Record], add: bool = False) -> None:
         chroma_write(
@@ -482,6 +496,13 @@ class RecordCollection:
     def delete(self, ids: Sequence[str]) -> None:
         for part in _batches(ids, self.max_batch):
             chroma_write(self._col.delete, ids=list(part))
+
+
+def _payload(record: Record) -> int:
+    """About the bytes a record adds to a write request to a Chroma server."""
+    vector = 0 if record.embedding is None else len(record.embedding) * VECTOR_BYTES_PER_DIM
+    text = len(record.text) if record.text.isascii() else len(record.text.encode("utf-8"))
+    return len(record.id) + text + len(orjson.dumps(record.metadata)) + vector
 
 
 def split_id_lists(where: dict[str, Any] | None) -> list[dict[str, Any] | None]:

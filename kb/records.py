@@ -70,25 +70,38 @@ def of_version(count: int, version: object, index: int, digest: object) -> bool:
     return index < count and digest == version
 
 
-def whole_documents(items: Sequence[T], most: int, record_id: Callable[[T], str]) -> list[list[T]]:
-    """Records (or record ids) in parts of at most `most`, one Chroma call each, a document's
-    chunks never split between two parts: a process killed between two calls then leaves
-    each document as it was or as written, never a first chunk with part of its chunks. A
-    document of more chunks than that is cut with its first chunk last: killed part-way, an
-    add leaves chunks without a first chunk (kb.repair removes them), a delete leaves the
-    document findable by its id, and deleting it again removes the rest."""
+def whole_documents(
+    items: Sequence[T],
+    most: int,
+    record_id: Callable[[T], str],
+    size: Callable[[T], int] | None = None,
+    most_size: int = 0,
+) -> list[list[T]]:
+    """Records (or record ids) in parts of at most `most`, and with `size`, of at most
+    `most_size` in all: one Chroma call each, a document's chunks never split between two
+    parts: a process killed between two calls then leaves each document as it was or as
+    written, never a first chunk with part of its chunks. A document beyond one part is cut
+    with its first chunk last: killed part-way, an add leaves chunks without a first chunk
+    (kb.repair removes them), a delete leaves the document findable by its id, and deleting
+    it again removes the rest."""
     chunks: dict[str, list[T]] = {}
     for item in items:
         chunks.setdefault(doc_id_of(record_id(item)), []).append(item)
     parts: list[list[T]] = [[]]
+    held = 0  # the last part's size
     for doc_id, group in chunks.items():
         group.sort(key=lambda item: record_id(item) == doc_id)
-        if parts[-1] and len(parts[-1]) + len(group) > most:
+        sizes = [size(item) for item in group] if size is not None else [0] * len(group)
+        whole = sum(sizes)
+        if parts[-1] and (len(parts[-1]) + len(group) > most or held + whole > most_size > 0):
             parts.append([])
-        for start in range(0, len(group), most):
-            if start:
+            held = 0
+        for item, grows in zip(group, sizes, strict=True):
+            if parts[-1] and (len(parts[-1]) == most or held + grows > most_size > 0):
                 parts.append([])
-            parts[-1].extend(group[start : start + most])
+                held = 0
+            parts[-1].append(item)
+            held += grows
     return [part for part in parts if part]
 
 

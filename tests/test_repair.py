@@ -344,3 +344,13 @@ def test_whole_documents_keeps_documents_in_one_part_and_a_long_one_first_chunk_
         ["d"],
     ]
     assert all(len(part) <= 4 for part in parts)
+
+
+def test_whole_documents_bounds_a_parts_size_as_well_as_its_count() -> None:
+    """A Chroma server's request limit: parts of whole documents while they fit, a document
+    larger than a part cut with its first chunk last, an item larger than one alone."""
+    ids = ["a", "a#chunk1", "b", "c#chunk1", "c", "c#chunk2", "d", "e"]
+    size = {"a": 3, "a#chunk1": 3, "b": 5, "c": 2, "c#chunk1": 4, "c#chunk2": 4, "d": 1, "e": 20}
+    parts = whole_documents(ids, 100, str, size.__getitem__, 8)
+    assert parts == [["a#chunk1", "a"], ["b"], ["c#chunk1", "c#chunk2"], ["c", "d"], ["e"]]
+    assert whole_documents(ids, 2, str, size.__getitem__, 8)[-2:] == [["c", "d"], ["e"]]

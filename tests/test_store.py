@@ -285,6 +285,41 @@ def test_two_hosts_adding_one_id_at_once_end_with_the_last_write(
         host_b.close()
 
 
+def test_a_write_larger_than_a_chroma_servers_request_limit_is_cut_into_calls_under_it(
+    server_settings: Settings, embedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Chroma server refuses a request of about 40 MB ("Payload too large"), and every
+    chunk carries its document's metadata: a load of long documents with a large metadata
+    field sent one call of up to max_batch such chunks and stopped, nothing written. A write
+    to a server is cut by size too (here 500 records of 90 KB, 45 MB, in three calls)."""
+    store = KnowledgeStore.open(server_settings, embedder)
+    try:
+        vectors = np.random.default_rng(0).standard_normal((500, 384)).astype(np.float32)
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        records = []
+        for n, vector in enumerate(vectors):
+            text = f"Report {n}."
+            summary = {"summary": f"{n} " + "x" * 90_000}
+            (record,) = build_records(f"r{n}", text, summary, [Chunk(0, text)])
+            record.embedding = vector
+            records.append(record)
+        calls: list[int] = []
+        write = store.records._write
+
+        def counted(part, add=False):
+            calls.append(len(part))
+            write(part, add)
+
+        monkeypatch.setattr(store.records, "_write", counted)
+        store.restore_records(records)
+        assert sum(calls) == 500
+        assert len(calls) == 3
+        assert store.count() == 500
+        assert store.get("r499").metadata["summary"] == "499 " + "x" * 90_000
+    finally:
+        store.close()
+
+
 def test_a_read_torn_by_an_update_is_read_again_whole(
     store: KnowledgeStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:

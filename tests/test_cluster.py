@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -16,13 +17,16 @@ from pathlib import Path
 
 import pytest
 
+from kb.shared_replica import SCRATCH_PREFIX
 from tests.live import call, free_ports
 
 
 @pytest.fixture
 def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[str]:
     """`kb cluster` with three workers; its log is tmp_path/cluster.log. Parametrized
-    indirectly with records, it is seeded with them (`--seed`)."""
+    indirectly with records, it is seeded with them (`--seed`). Stopped, it leaves none of
+    its workers' scratch copies behind."""
+    scratch = set(Path(tempfile.gettempdir()).glob(f"{SCRATCH_PREFIX}*"))
     port, chroma_port = free_ports(2)
     env = {**os.environ, "KB_PORT": str(port), "KB_CHROMA_PATH": str(tmp_path / "local")}
     log = tmp_path / "cluster.log"
@@ -55,6 +59,8 @@ def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[str]:
     yield base
     proc.send_signal(signal.SIGTERM)  # gunicorn stops its workers, then kb stops Chroma
     assert proc.wait(timeout=60) == 0, log.read_text()[-3000:]
+    # each worker closes its store as it exits: its copies of every record were left
+    assert set(Path(tempfile.gettempdir()).glob(f"{SCRATCH_PREFIX}*")) <= scratch
 
 
 def answering_workers(log: Path, route: str) -> set[int]:
@@ -167,6 +173,8 @@ def test_kb_cluster_writes_nothing_on_stdout(tmp_path: Path) -> None:
             proc.wait()
     assert out.read_text() == ""
     assert f"on http://127.0.0.1:{port}, 2 workers" in err.read_text()
+    # nor gunicorn's control socket, one path in HOME for all of the user's gunicorns
+    assert "Control socket" not in err.read_text()
 
 
 def test_a_chroma_port_something_listens_on_is_refused(tmp_path: Path) -> None:

@@ -270,6 +270,17 @@ def _gunicorn(settings: Settings, listening: list[socket.socket]) -> None:
 
 
 def _worker_exit(server: Any, worker: Any) -> None:
+    """In the worker, as it exits: release its app (its store's scratch copies of every
+    record, the change log's heartbeats, an encoder process). Without it each stop left
+    every worker's copies in the temporary folder until kb next started on the host."""
+    from kb.app import close_app
+
+    app = getattr(worker, "wsgi", None)
+    if app is not None:
+        close_app(app)
+
+
+def _child_exit(server: Any, worker: Any) -> None:
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)
@@ -291,8 +302,13 @@ class _Cluster(BaseApplication):  # type: ignore[misc]
             "timeout": 120,  # a worker's first start builds its local copies of the store
             "graceful_timeout": 30,
             "accesslog": None,  # kb logs every request itself, with its request id
-            "child_exit": _worker_exit,
+            "child_exit": _child_exit,  # in the arbiter
+            "worker_exit": _worker_exit,
             "proc_name": "kb",
+            # gunicorn's control socket is ~/.gunicorn/gunicorn.ctl for every gunicorn of the
+            # user (two clusters took it from each other), an error line at each start where
+            # HOME is not writable; kb uses none
+            "control_socket_disable": True,
         }
         for key, value in options.items():
             self.cfg.set(key, value)

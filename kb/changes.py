@@ -52,9 +52,9 @@ def now_us() -> int:
     return time.time_ns() // 1000
 
 
-def entries(entry: str, ids: Sequence[str]) -> list[tuple[str, list[str]]]:
+def pieces(entry: str, ids: Sequence[str]) -> list[tuple[str, list[str]]]:
     """A write's log entries: `entry` with its ids, cut into `entry`, `entry-1`, ... where
-    they exceed ENTRY_CHARS. The same ids always give the same entries."""
+    they exceed ENTRY_CHARS."""
     if len(json.dumps(list(ids))) <= ENTRY_CHARS:
         return [(entry, list(ids))]
     cut: list[list[str]] = [[]]
@@ -67,6 +67,15 @@ def entries(entry: str, ids: Sequence[str]) -> list[tuple[str, list[str]]]:
         cut[-1].append(record_id)
         size += grows
     return [(entry if k == 0 else f"{entry}-{k}", part) for k, part in enumerate(cut)]
+
+
+@dataclass
+class _Underway:
+    """A write of this process between `begin` and `end`: its entries, and their heartbeat."""
+
+    parts: list[tuple[str, list[str]]]
+    stop: threading.Event
+    beat: threading.Thread
 
 
 @dataclass
@@ -97,7 +106,7 @@ class ChangeLog:
         self._polled = time.monotonic()
         self._writes = 0
         self._pruned: float | None = None  # when this process last pruned (monotonic)
-        self._beating: dict[str, tuple[threading.Event, threading.Thread]] = {}
+        self._underway: dict[str, _Underway] = {}
 
     def reset(self) -> None:
         """Forget what was seen and start from now (after a full rebuild began)."""
@@ -110,13 +119,11 @@ class ChangeLog:
         """Log a write about to begin; a log that cannot be written fails it (the store's
         503) before anything is written."""
         entry = uuid.uuid4().hex
-        parts = entries(entry, ids)
-        with self._lock:  # our own write: applied locally, never re-read
-            self._seen.update(dict.fromkeys((piece for piece, _ in parts), now_us()))
+        parts = pieces(entry, ids)
         written: list[tuple[str, list[str]]] = []
         try:
             for piece, part in parts:
-                self._put(piece, part, PENDING)
+                self._put(piece, part, PENDING)  # seen by this process: applied locally
                 written.append((piece, part))
         except Exception:  # no write follows: what was logged is done, not a dead writer's
             for piece, part in written:
@@ -127,14 +134,14 @@ class ChangeLog:
         beat = threading.Thread(
             target=self._heartbeat, args=(parts, stop), name="kb-log-heartbeat", daemon=True
         )
-        self._beating[entry] = (stop, beat)
+        self._underway[entry] = _Underway(parts, stop, beat)
         beat.start()
         return entry
 
     def close(self) -> None:
         """Stop renewing the entries of writes still under way (the store is closing)."""
-        for stop, _ in list(self._beating.values()):
-            stop.set()
+        for underway in list(self._underway.values()):
+            underway.stop.set()
 
     def _heartbeat(self, parts: list[tuple[str, list[str]]], stop: threading.Event) -> None:
         """Renew a pending entry's ts every HEARTBEAT_S while its write is under way: judged
@@ -148,17 +155,16 @@ class ChangeLog:
                 except Exception:  # the next beat may reach the server; the write goes on
                     log.warning("could not renew change log entry %s", piece, exc_info=True)
 
-    def end(self, entry: str, ids: Sequence[str], *, reread: bool = False) -> None:
+    def end(self, entry: str, *, reread: bool = False) -> None:
         """Mark the write done; with `reread` (our write failed, and the copies may not hold
         what it left in Chroma) this process re-reads its ids at the next poll too. Marking
         is tried twice, then given up with an error logged, not raised: the write stands in
         Chroma (a client told it failed would write again), and the other processes re-read
         its ids once the pending entry is STALE_S old."""
-        beating = self._beating.pop(entry, None)
-        if beating is not None:  # stopped first: a late beat must not make it pending again
-            beating[0].set()
-            beating[1].join()
-        parts = entries(entry, ids)
+        underway = self._underway.pop(entry)
+        underway.stop.set()  # first: a late beat must not make it pending again
+        underway.beat.join()
+        parts = underway.parts
         for piece, part in parts:
             self._mark_done(piece, part)
         if reread:

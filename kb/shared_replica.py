@@ -200,7 +200,7 @@ class SharedReplica(Replica):
                 for record_id in done:
                     del self._own[record_id]
                 self._overtaken -= done
-            self.changes.end(entry, ids, reread=failed)
+            self.changes.end(entry, reread=failed)
 
     def _apply_own(self, upserted: Sequence[Record], deleted: Sequence[str]) -> None:
         """Apply a write of ours once Chroma has it, except to the records a poll re-read

@@ -233,12 +233,12 @@ def test_a_write_under_way_longer_than_a_dead_writers_wait_is_not_taken_for_one(
     poll = second.replica.changes.changes()
     assert poll is not None
     assert entry not in poll.stale
-    log.end(entry, ["slow"])
+    log.end(entry)
     time.sleep(0.2)  # no beat after the end makes it pending again
     (meta,) = log._log.get(ids=[entry], include=["metadatas"])["metadatas"]
     assert meta["state"] == changes.DONE
     entry = log.begin(["dead"])
-    log._beating.pop(entry)[0].set()  # its writer died: the beats stop
+    log._underway.pop(entry).stop.set()  # its writer died: the beats stop
     time.sleep(1.0)
     poll = second.replica.changes.changes()
     assert poll is not None
@@ -305,13 +305,13 @@ def test_a_write_listing_more_ids_than_one_log_entry_holds_is_logged_in_several(
     monkeypatch.setattr(changes, "STALE_S", 0.5)
     ids = [d.id for d in docs]
     entry = log.begin(ids)
-    pieces = {piece for piece, _ in changes.entries(entry, ids)}
+    pieces = {piece for piece, _ in changes.pieces(entry, ids)}
     assert len(pieces) >= 3
     time.sleep(1.0)  # twice STALE_S: every piece was renewed
     poll = second.replica.changes.changes()
     assert poll is not None
     assert not pieces & set(poll.stale)
-    log.end(entry, ids)
+    log.end(entry)
     states = log._log.get(ids=sorted(pieces), include=["metadatas"])["metadatas"]
     assert [meta["state"] for meta in states] == [changes.DONE] * len(pieces)
 

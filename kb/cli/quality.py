@@ -144,7 +144,7 @@ def _write_threshold(
             target.close()
     click.echo(
         f"stored {best.threshold:.2f} as the default threshold of collection "
-        f"'{settings.collection}' in {settings.chroma_url or settings.chroma_path}"
+        f"'{settings.collection}' in {target.records.location}"
     )
 
 

@@ -146,7 +146,9 @@ def build_records(
 ) -> list[Record]:
     """The records of one document, without embeddings."""
     metadata = metadata or {}
-    stored = {key: value for key, value in metadata.items() if value != []}
+    # -0.0 as 0.0 here, as Chroma reads it back: the search's copies of the records (the
+    # mirror, the keyword index) then answer as Chroma does, before and after a restart
+    stored = {key: _signless(value) for key, value in metadata.items() if value != []}
     empty = sorted(key for key, value in metadata.items() if value == [])
     internal: dict[str, Any] = {
         DOC: doc_id,

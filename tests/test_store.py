@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -395,6 +396,13 @@ def test_negative_zero_is_the_zero_chroma_gives_back(store: KnowledgeStore) -> N
         [DocumentIn(id="z", text="Zero degrees.", metadata=exported)], WriteMode.UPSERT
     )
     assert (again.updated, again.skipped) == (0, 1)
+    # the search's copies hold what Chroma holds: no sign, in every mode (review helper 57)
+    for mode in ("dense", "keyword", "hybrid"):
+        ask = QueryRequest(query="zero degrees", mode=mode, min_score=-1, top_k=1)
+        found = search(store, ask)[0].matches[0].metadata
+        assert found == {"x": 0.0, "xs": [0.0, 1.5]}, mode
+        signs = [math.copysign(1.0, value) for value in (found["x"], *found["xs"])]
+        assert signs == [1.0, 1.0, 1.0], mode
 
 
 def test_new_one_chunk_documents_are_added_and_the_rest_upserted(

@@ -293,10 +293,31 @@ def _no_candidates(
 def _verdict(
     matches: list[Match], best_rejected: float | None, threshold: Threshold
 ) -> tuple[QueryStatus, str]:
+    limit = _threshold_text(threshold.min_score)
     if not matches:
+        assert best_rejected is not None  # else there was no candidate (`_result`)
+        best = _below_text(best_rejected, threshold.min_score)
         return "no_confident_match", (
-            f"No confident match: the best score, {best_rejected:.3f}, is below the threshold "
-            f"{threshold.min_score:.2f} ({threshold.source}). Nothing in the knowledge base "
+            f"No confident match: the best score, {best}, is below the threshold "
+            f"{limit} ({threshold.source}). Nothing in the knowledge base "
             "answers this closely enough."
         )
-    return "ok", f"{len(matches)} match(es) scored at least {threshold.min_score:.2f}."
+    return "ok", f"{len(matches)} match(es) scored at least {limit}."
+
+
+def _threshold_text(value: float) -> str:
+    """A threshold as the search page writes it: two decimals when they are exact, else all
+    its digits (0.5645 written 0.56 said a score of 0.564 was below it)."""
+    value += 0.0  # -0.0 as 0.00
+    short = f"{value:.2f}"
+    return short if float(short) == value else repr(value)
+
+
+def _below_text(score: float, threshold: float) -> str:
+    """A score below the threshold in three decimals, or as many more as keep it below (0.5649
+    in three is 0.565: not below a threshold of 0.565)."""
+    for digits in range(3, 18):
+        text = f"{score + 0.0:.{digits}f}"
+        if float(text) < threshold:
+            return text
+    return repr(score)

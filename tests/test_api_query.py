@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import re
 from typing import Any
 
 import pytest
@@ -180,6 +182,31 @@ def test_the_threshold_keeps_a_match_that_scores_exactly_it(
     again = query(cooking, **body, min_score=best["score"])
     assert again["status"] == "ok"
     assert [m["id"] for m in again["matches"]] == [best["id"]]
+
+
+def test_the_message_states_the_threshold_and_best_score_as_compared(
+    cooking: FlaskClient,
+) -> None:
+    """The message wrote the threshold in two decimals and the best score in three: with a
+    min_score a hair above the best score it said "the best score, 0.564, is below the
+    threshold 0.56" (review helper 57)."""
+    body = {"query": "boil pasta in salted water", "top_k": 1}
+    best = query(cooking, **body)["matches"][0]["score"]
+    numbers = re.compile(r"-?\d+\.\d+")
+    for above in (math.floor(best * 1e4 + 1) / 1e4, float(f"{best:.3f}"), best + 1e-7):
+        if above <= best:
+            continue
+        result = query(cooking, **body, min_score=above)
+        assert result["status"] == "no_confident_match"
+        said_best, said_threshold = (float(x) for x in numbers.findall(result["message"]))
+        assert said_best < said_threshold == above, result["message"]
+        assert said_best == pytest.approx(best, abs=5e-4)
+    below = math.floor(best * 1e4) / 1e4
+    result = query(cooking, **body, min_score=below)
+    assert result["status"] == "ok"
+    assert [float(x) for x in numbers.findall(result["message"])] == [below], result["message"]
+    assert query(cooking, **body, min_score=0.4)["message"].endswith("at least 0.40.")
+    assert query(cooking, **body, min_score=-0.0)["message"].endswith("at least 0.00.")
 
 
 def test_a_min_score_of_zero_is_the_requests_threshold(cooking: FlaskClient) -> None:

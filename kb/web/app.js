@@ -594,6 +594,16 @@ function score(value) {
   return value.toFixed(3);
 }
 
+// A score below the threshold: three decimals, or as many more as keep it below (0.5649 in
+// three is 0.565, which is not below a threshold of 0.565).
+function belowText(value, threshold) {
+  for (let digits = 3; digits <= 17; digits += 1) {
+    const text = (value + 0).toFixed(digits);
+    if (Number(text) < threshold) return text;
+  }
+  return String(value);
+}
+
 function plural(count, one, many) {
   return `${count} ${count === 1 ? one : many}`;
 }
@@ -623,11 +633,10 @@ function renderResult(result) {
     $("no-match-text").textContent =
       best === null
         ? `No candidate reached the threshold of ${limit}.`
-        : `The best candidate scored ${score(best)}, below the threshold of ${limit}.`;
+        : `The best candidate scored ${belowText(best, threshold)}, below the threshold of ${limit}.`;
     if (best !== null) {
-      $("no-match-bar").append(
-        scoreBar(best, threshold, `best score ${score(best)}, threshold ${thresholdText(threshold)}`),
-      );
+      const label = `best score ${belowText(best, threshold)}, threshold ${thresholdText(threshold)}`;
+      $("no-match-bar").append(scoreBar(best, threshold, label));
     }
     $("no-match-advice").textContent =
       "Rephrase the question, remove filters, or lower the minimum score to see weaker matches.";

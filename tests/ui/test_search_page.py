@@ -712,6 +712,25 @@ def test_an_answer_that_is_not_kb_json_says_so(
     expect(cards(page)).to_have_count(0)
 
 
+def test_a_best_score_just_below_the_threshold_is_not_rounded_up_to_it(
+    page: Page, open_server: Server, expect: Any
+) -> None:
+    """0.5649 in three decimals is 0.565: the page said a score of 0.565 was below the
+    threshold of 0.565 (review helper 57 found it in the API's message)."""
+    status, answer = open_server.call("/query", {"query": "hello", "min_score": 0.99})
+    assert (status, answer["status"]) == (200, "no_confident_match"), answer
+    answer["best_rejected_score"] = 0.5649
+    answer["threshold"] = {"min_score": 0.565, "source": "request"}
+    page.route("**/query", lambda route: route.fulfill(status=200, json=answer))
+    open_page(page, open_server)
+    search(page, "hello")
+    expect(page.locator("#no-match-text")).to_have_text(
+        "The best candidate scored 0.5649, below the threshold of 0.565 (request)."
+    )
+    bar = page.locator("#no-match-bar .bar")
+    expect(bar).to_have_attribute("aria-label", "best score 0.5649, threshold 0.565")
+
+
 # ------------------------------------------------------------------ the search in the address
 
 

@@ -334,13 +334,17 @@ class KnowledgeStore:
                 )
             )
             if near and plan.on_duplicate == "reject":
+                place = {doc_id: i for i, doc_id in enumerate(plan.ids)}
                 raise Conflict(
                     f"{len(near)} document(s) nearly duplicate stored ones: "
                     + ", ".join(
                         f"'{new}' ~ '{old}' ({score:.3f})" for new, (old, score) in near.items()
                     )
                     + "; nothing was written",
-                    details=[_duplicate(new, old, score) for new, (old, score) in near.items()],
+                    details=[
+                        _duplicate(place[new], new, old, score)
+                        for new, (old, score) in near.items()
+                    ],
                 )
             if near and plan.on_duplicate == "skip":
                 records = [r for r in records if r.doc_id not in near]
@@ -373,7 +377,7 @@ class KnowledgeStore:
                 f"{len(heads)} document id(s) already exist: {named(list(heads))}; nothing "
                 'was written (send "upsert": true to replace them)',
                 details=[
-                    field_error(_id_field(i, docs), "already exists", "duplicate_id")
+                    field_error(_id_field(i), "already exists", "duplicate_id")
                     for i, doc_id in enumerate(ids)
                     if doc_id in heads
                 ],
@@ -427,14 +431,18 @@ class KnowledgeStore:
             return assemble(records)
 
     def delete(self, ids: Sequence[str]) -> DeleteResponse:
-        unique = list(dict.fromkeys(ids))
+        place: dict[str, int] = {}  # each id's first place in `ids`
+        for i, doc_id in enumerate(ids):
+            place.setdefault(doc_id, i)
+        unique = list(place)
         with self._lock:
             heads = self._heads(unique)
-            missing = [doc_id for doc_id in unique if doc_id not in {h.id for h in heads}]
+            stored = {head.id for head in heads}
+            missing = [doc_id for doc_id in unique if doc_id not in stored]
             if missing:
                 raise NotFound(
                     f"{len(missing)} id(s) not found: {named(missing)}; nothing was deleted",
-                    details=[_missing("ids", doc_id) for doc_id in missing],
+                    details=[_missing(f"ids.{place[doc_id]}", doc_id) for doc_id in missing],
                 )
             self._remove(heads)
         return DeleteResponse(deleted=len(unique), ids=unique)
@@ -696,7 +704,7 @@ def _reject_repeats(ids: Sequence[str], docs: Sequence[DocumentIn]) -> None:
             what = "id" if docs[i].id is not None else "text (its derived id)"
             errors.append(
                 field_error(
-                    _id_field(i, docs), f"repeats the {what} of document {first[doc_id]}", "repeat"
+                    _id_field(i), f"repeats the {what} of document {first[doc_id]}", "repeat"
                 )
             )
         first.setdefault(doc_id, i)
@@ -706,14 +714,15 @@ def _reject_repeats(ids: Sequence[str], docs: Sequence[DocumentIn]) -> None:
         )
 
 
-def _id_field(index: int, docs: Sequence[DocumentIn]) -> str:
-    return f"documents.{index}.id" if len(docs) > 1 else "id"
+def _id_field(index: int) -> str:
+    """The field of the index-th document's id, by its place in the list handed to `add` (a
+    caller that had it another way renames it: kb.api.util.fields_as_sent)."""
+    return f"documents.{index}.id"
 
 
-def _duplicate(new: str, old: str, score: float) -> dict[str, Any]:
-    return field_error(
-        "id", f"'{new}' nearly duplicates '{old}' (score {score:.3f})", "near_duplicate"
-    )
+def _duplicate(index: int, new: str, old: str, score: float) -> dict[str, Any]:
+    message = f"'{new}' nearly duplicates '{old}' (score {score:.3f})"
+    return field_error(_id_field(index), message, "near_duplicate")
 
 
 def _missing(field: str, doc_id: str) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from typing import Any
 from urllib.parse import quote
 
 import pytest
@@ -218,11 +219,43 @@ def test_delete_by_ids_and_by_path(cooking: FlaskClient) -> None:
 
 
 def test_delete_with_an_unknown_id_deletes_nothing(cooking: FlaskClient) -> None:
-    response = cooking.post("/delete", json={"ids": ["pasta", "ghost"]})
+    response = cooking.post("/delete", json={"ids": ["pasta", "pasta", "ghost"]})
     assert response.status_code == 404
     assert "'ghost'" in response.json["error"]["message"]
+    assert [d["field"] for d in response.json["error"]["details"]] == ["ids.2"]
     assert cooking.get("/documents/pasta").status_code == 200
-    assert cooking.delete("/documents/ghost").status_code == 404
+    one = cooking.delete("/documents/ghost")
+    assert one.status_code == 404
+    assert [d["field"] for d in one.json["error"]["details"]] == ["id"]  # not "ids": unsent
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"id": "pasta", "text": "Other text"}, "id"),
+        ({"documents": [{"id": "pasta", "text": "Other text"}]}, "documents.0.id"),
+        ({"documents": [{"text": "New"}, {"id": "pasta", "text": "Other"}]}, "documents.1.id"),
+        # a near-duplicate refused: the place of the new document, as sent
+        ({"text": COOKING[0]["text"] + " ", "on_duplicate": "reject"}, "id"),
+        (
+            {
+                "documents": [{"text": "New"}, {"id": "again", "text": COOKING[0]["text"] + " "}],
+                "on_duplicate": "reject",
+            },
+            "documents.1.id",
+        ),
+    ],
+    ids=["single", "batch-of-one", "batch", "near-single", "near-batch"],
+)
+def test_a_refused_add_names_the_field_as_it_was_sent(
+    cooking: FlaskClient, body: dict[str, Any], field: str
+) -> None:
+    """A batch of one was named `id` and a near-duplicate always `id` (review helper 57): the
+    field is the path as the caller wrote it."""
+    response = cooking.post("/add", json=body)
+    assert response.status_code == 409, response.json
+    assert [d["field"] for d in response.json["error"]["details"]] == [field]
+    assert cooking.get("/health").json["documents"] == len(COOKING)
 
 
 def test_delete_by_filter(cooking: FlaskClient) -> None:

@@ -7,7 +7,7 @@ from typing import Any
 from flask import Blueprint, Response, request
 
 from kb import json_input
-from kb.api.util import body, documented, reply, state, store, unusable
+from kb.api.util import body, documented, fields_as_sent, reply, state, store, unusable
 from kb.errors import ValidationFailed, field_error
 from kb.filters import FilterLimits, compile_filter
 from kb.schemas import (
@@ -66,7 +66,8 @@ UPDATE_ERRORS = (*ID_ERRORS, 409)  # 409: the stored document is torn and the pa
 )
 def add() -> tuple[Response, int]:
     req = body(AddRequest)
-    result = store().add(req.items(), WriteMode(req.conflict_mode()), req.on_duplicate)
+    with fields_as_sent("documents.0", "documents.0" if req.documents else ""):
+        result = store().add(req.items(), WriteMode(req.conflict_mode()), req.on_duplicate)
     return reply(result, 201)
 
 
@@ -126,7 +127,8 @@ def update() -> tuple[Response, int]:
 @bp.delete("/documents/<doc_id:doc_id>")
 @documented("Delete one document", response=DeleteResponse, errors=(404,), access="write")
 def delete_document(doc_id: str) -> tuple[Response, int]:
-    return reply(store().delete([doc_id]))
+    with fields_as_sent("ids.0", "id"):
+        return reply(store().delete([doc_id]))
 
 
 @bp.post("/delete")

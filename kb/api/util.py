@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
@@ -16,6 +17,7 @@ from kb.config import Settings
 from kb.encoders.bulk import BulkEncoder
 from kb.errors import (
     BadRequest,
+    KBError,
     UnsupportedMediaType,
     ValidationFailed,
     field_error,
@@ -118,6 +120,25 @@ class DocIdConverter(PathConverter):
 
     regex = ".+?"
     part_isolating = False
+
+
+@contextmanager
+def fields_as_sent(given: str, sent: str) -> Iterator[None]:
+    """Name the fields of a service error as the caller wrote them: the service names places
+    in the list it was handed (`documents.0.id`, `ids.0`), which a request may have sent as
+    one document's fields (`id`) or in its path."""
+    try:
+        yield
+    except KBError as exc:
+        exc.details = [_renamed(detail, given, sent) for detail in exc.details]
+        raise
+
+
+def _renamed(detail: dict[str, Any], given: str, sent: str) -> dict[str, Any]:
+    name = detail.get("field")
+    if not isinstance(name, str) or not (name == given or name.startswith(f"{given}.")):
+        return detail
+    return {**detail, "field": f"{sent}{name[len(given) :]}".lstrip(".")}
 
 
 def reply(model: BaseModel, status: int = 200) -> tuple[Response, int]:

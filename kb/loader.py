@@ -119,20 +119,35 @@ def sources(paths: Iterable[str], fmt: str | None = None, root: Path | None = No
 
 
 def once(found: Iterable[Source]) -> tuple[list[Source], list[str]]:
-    """`found` with each file (and standard input) read once, at its first mention, and the
-    later mentions left out (as spelt): `kb load notes notes/a.md` stored notes/a.md twice,
-    under two ids (the folder's path and the name alone), and `kb load - -` read stdin twice."""
+    """`found` with each file (and standard input) read once, and the other mentions left out
+    (as spelt): `kb load notes notes/a.md` stored notes/a.md twice, under two ids (the
+    folder's path and the name alone), and `kb load - -` read stdin twice. The mention kept,
+    at the place of the first, is the one through the outermost folder named: a text file's
+    id is then the one `kb load` of that folder gives it, whatever the order of the names."""
     kept: list[Source] = []
     repeated: list[str] = []
-    seen: set[str] = set()
+    place: dict[str, int] = {}  # a file's place in `kept`
     for source in found:
         key = source.path if source.path == "-" else os.path.realpath(source.path)
-        if source.problem is None and key in seen:
-            repeated.append(source.path)
+        if source.problem is not None or key not in place:
+            if source.problem is None:
+                place[key] = len(kept)
+            kept.append(source)
             continue
-        seen.add(key)
-        kept.append(source)
+        first = kept[place[key]]
+        if _id_parts(source) > _id_parts(first):
+            kept[place[key]], source = source, first
+        repeated.append(source.path)
     return kept, repeated
+
+
+def _id_parts(source: Source) -> int:
+    """How many parts of its path a text file's default id keeps (0: none)."""
+    try:
+        default = _default_id(source)
+    except ValueError:  # outside --root
+        return 0
+    return len(Path(default).parts) if default else 0
 
 
 def _inside(folder: Path, named: str, fmt: str | None, root: Path) -> list[Source]:

@@ -283,6 +283,30 @@ def test_a_file_named_twice_or_inside_a_named_folder_is_read_once(
     assert "added 1, updated 0, skipped 0, failed 0" in piped.output
 
 
+@pytest.mark.parametrize("first", ["file", "subfolder"])
+def test_a_file_named_before_its_folder_gets_the_folders_id(
+    env, tmp_path: Path, embedder, first: str
+) -> None:
+    """`kb load notes/ml/intro.md notes` stored it as "intro.md", so a later `kb load notes`
+    added a second copy as "ml/intro.md", and warned that notes held no file kb reads (review
+    helper 58): the mention through the outermost folder named gives the id."""
+    notes = tmp_path / "notes"
+    (notes / "ml").mkdir(parents=True)
+    (notes / "ml" / "intro.md").write_text("# Intro\nGradient descent, step by step.\n")
+    named = notes / "ml" / "intro.md" if first == "file" else notes / "ml"
+    result = run(env, "load", str(named), str(notes))
+    assert result.exit_code == 0, result.output
+    assert "added 1, updated 0, skipped 0, failed 0" in result.output
+    assert "read once: " in result.output
+    assert "holds no file" not in result.output
+    store = stored(env, embedder)
+    assert store.count() == 1
+    assert store.get("ml/intro.md").text.startswith("# Intro")
+    store.close()
+    again = run(env, "load", str(notes))
+    assert "added 0, updated 0, skipped 1, failed 0" in again.output, again.output
+
+
 def test_a_folder_holding_no_file_kb_reads_is_said_to(env, tmp_path: Path) -> None:
     """It gave a summary of zeros, as if its files had been read (review helper 26)."""
     folder = tmp_path / "scans"

@@ -128,13 +128,14 @@ def load(
         client = _client(url, api_key)
         if client is not None:  # documents are checked and requests cut by the service's limits
             settings = _with_service_limits(settings, client)
-        found, repeated = once(sources(paths, fmt, root))
+        listed = sources(paths, fmt, root)
+        found, repeated = once(listed)
         if repeated:
             warn(
                 "named more than once (or inside a folder also named), read once: "
                 + _names(repeated)
             )
-        empty_folders = _without_files(paths, found)
+        empty_folders = _without_files(paths, listed)
         for folder in empty_folders:
             warn(
                 f"{folder} holds no file kb reads ({', '.join(SUFFIXES)}; or name one with "

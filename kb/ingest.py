@@ -303,9 +303,9 @@ def _classify(item: Item, seen: dict[str, Item]) -> Literal["new", "same"] | Pro
     first = seen.setdefault(doc_id, item)
     if first is item:
         return "new"
-    if first.doc.id == item.doc.id and same_content(
-        first.doc.text, first.doc.metadata, item.doc.text, item.doc.metadata
-    ):
+    # by content alone: an export writes out the id derived from the text, and that record
+    # is the same document as the one that did not give it (it was refused as a conflict)
+    if same_content(first.doc.text, first.doc.metadata, item.doc.text, item.doc.metadata):
         return "same"
     if item.doc.id is None:  # "id '2e68...' repeats" named an id the user never wrote
         problem = f"the same text as {first.where}, with other metadata (no id to tell them apart)"

@@ -14,6 +14,7 @@ from kb.config import Settings
 from kb.embeddings import Embedder
 from kb.ingest import FIRST_BATCH, batch_limits, ingest
 from kb.loader import Item, Problem
+from kb.records import derive_id
 from kb.schemas import AddResponse, DocumentIn
 from kb.store import KnowledgeStore
 
@@ -241,3 +242,22 @@ def test_a_repeated_text_without_ids_says_so_not_an_id_never_written() -> None:
     assert [(p.line, p.message) for p in problems] == [
         (2, "the same text as input.jsonl:1, with other metadata (no id to tell them apart)")
     ]
+
+
+@pytest.mark.parametrize("written_first", [True, False])
+def test_a_document_given_with_and_without_its_derived_id_is_one_document(
+    written_first: bool,
+) -> None:
+    """An export writes out the id derived from the text: loaded in one command with the file
+    it came from (no ids), the same document was failed as a conflict ("the same text ...
+    with other metadata", or "id ... repeats"), rc 1 (review helper 58)."""
+    text, metadata = "same words", {"n": 1}
+    written = DocumentIn(id=derive_id(text), text=text, metadata=metadata)
+    derived = DocumentIn(text=text, metadata=metadata)
+    docs = [written, derived] if written_first else [derived, written]
+    entries = [Item("input.jsonl", line, doc) for line, doc in enumerate(docs, start=1)]
+    problems: list[Problem] = []
+    batches, _, sink = recorder()
+    summary = ingest(entries, sink, batch_size=10, on_problem=problems.append)
+    assert (summary.added, summary.skipped, summary.failed, problems) == (1, 1, 0, [])
+    assert [len(batch) for batch in batches] == [1]

@@ -8,6 +8,7 @@ corpus files ({"_id", "title", "text"}).
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import sys
@@ -336,6 +337,10 @@ def _json(stream: IO[str], name: str, source: Source, options: Options) -> Itera
     try:
         data = json_input.parse(content)
     except ValueError as exc:
+        if getattr(exc, "msg", None) == "Extra data":  # more values after the first one:
+            # JSON lines in a .json file (`kb export > kb.json`), read as such
+            yield from _jsonl(io.StringIO(content), name, source, options)
+            return
         yield Problem(name, getattr(exc, "lineno", 1), f"invalid JSON: {exc}")
         return
     if isinstance(data, dict) and isinstance(data.get("documents"), list):

@@ -435,6 +435,39 @@ def test_export_then_load_into_an_empty_store_reproduces_it(env, tmp_path: Path,
     restored.close()
 
 
+def test_an_export_named_json_is_a_json_array_kb_load_reads(env, tmp_path: Path, embedder) -> None:
+    """`kb export -o kb.json` wrote JSON lines, which `kb load kb.json` read as one JSON value
+    and failed ("Extra data"), rc 1 (review helper 58): to a .json name the export is a JSON
+    array, and a .json file holding JSON lines (`kb export > kb.json`) is read as such."""
+    run(env, "load", str(write_jsonl(tmp_path / "src.jsonl", GOOD)))
+    array, piped = tmp_path / "kb.json", tmp_path / "piped.json"
+    assert run(env, "export", "-o", str(array)).exit_code == 0
+    exported = json.loads(array.read_text())
+    assert isinstance(exported, list)
+    assert len(exported) == 3
+    piped.write_text(run(env, "export").stdout)
+    assert (
+        run(env, "export", "--where", '{"n": 7}', "-o", str(tmp_path / "none.json")).exit_code == 0
+    )
+    assert json.loads((tmp_path / "none.json").read_text()) == []
+    original = stored(env, embedder)
+    ids = [record["id"] for record in exported]
+    for name, dump in (("array", array), ("lines", piped)):
+        copy = {**env, "KB_CHROMA_PATH": str(tmp_path / name)}
+        result = run(copy, "load", str(dump))
+        assert result.exit_code == 0, result.output
+        assert "added 3, updated 0, skipped 0, failed 0" in result.output
+        restored = stored(copy, embedder)
+        assert restored.get_many(ids) == original.get_many(ids)
+        restored.close()
+    original.close()
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"text": "one"}\n{"text": \n')
+    result = run(env, "load", str(broken))
+    assert result.exit_code == 1
+    assert f"{broken}:2: not valid JSON" in result.output  # as in a .jsonl file
+
+
 def test_export_with_a_filter(env, tmp_path: Path) -> None:
     run(env, "load", str(write_jsonl(tmp_path / "src.jsonl", GOOD)))
     result = run(env, "export", "--where", '{"n": {"$gte": 1}}')

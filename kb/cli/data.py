@@ -387,7 +387,8 @@ def _target(
     help="File to write, replaced once the export is whole (default: standard output).",
 )
 def export(where: str | None, output: Path) -> None:
-    """Write documents as JSONL: id, text and metadata exactly as given (chunks joined)."""
+    """Write documents as JSONL: id, text and metadata exactly as given (chunks joined); to
+    an -o file named .json, as a JSON array."""
     settings = Settings()
     flt = _export_filter(where, settings)
     store = open_store(settings, searching=False, existing=True)
@@ -436,19 +437,28 @@ def _export_to(store: KnowledgeStore, flt: CompiledFilter, output: Path) -> int:
         return count
     from kb.files import replacing
 
+    array = output.suffix.lower() == ".json"  # what `kb load` reads a .json file as
     with replacing(output) as partial, partial.open("w", encoding="utf-8") as out:
-        return _write_documents(store, flt, out)
+        return _write_documents(store, flt, out, array=array)
 
 
-def _write_documents(store: KnowledgeStore, flt: CompiledFilter, out: IO[str]) -> int:
-    """Every document passing `flt` as a JSON line; how many."""
+def _write_documents(
+    store: KnowledgeStore, flt: CompiledFilter, out: IO[str], *, array: bool = False
+) -> int:
+    """Every document passing `flt` as a JSON line, or with `array` as an item of a JSON
+    array (one a line); how many."""
     count = 0
     for doc in store.iter_documents(flt):
         record: dict[str, Any] = {"id": doc.id, "text": doc.text}
         if doc.metadata is not None:
             record["metadata"] = doc.metadata
-        out.write(json.dumps(record, ensure_ascii=False) + "\n")
+        line = json.dumps(record, ensure_ascii=False)
+        if array:
+            line = ("[" if count == 0 else ",") + line
+        out.write(line + "\n")
         count += 1
+    if array:
+        out.write("]\n" if count else "[]\n")
     return count
 
 

@@ -165,8 +165,11 @@ class Mirror:
                     killed.append(row)
             first = self.size
             self._reserve(self.size + len(upserted))
-            self.bm25.add_many(first, [record.text for record in upserted])
             self._append(upserted)
+            # BM25 publishes its rows last: a keyword search that finds one then finds its id,
+            # metadata and document here (the other way round, one on a server, where searches
+            # use the mirror while it applies a write, answered 500: an IndexError)
+            self.bm25.add_many(first, [record.text for record in upserted])
             if self._index is not None:
                 self._index.remove(np.asarray(killed, dtype=np.int64))
                 self._index.add(np.arange(first, self.size), self._vectors[first : self.size])

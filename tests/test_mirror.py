@@ -518,6 +518,44 @@ def test_a_filter_asked_again_after_many_asked_once_gets_its_vectors_kept(
     assert len(mirror._asked) == 8
 
 
+def test_a_keyword_search_during_a_write_finds_only_rows_it_can_read() -> None:
+    """BM25 published a write's rows before the mirror had their ids and metadata: a keyword
+    search in between (on a Chroma server, searches use the mirror while it applies a write)
+    read a row past them, IndexError, a 500 (review helper 61). Here the search runs at each
+    step of the write, as another thread's could."""
+    vectors = np.eye(4, dtype=np.float32)
+    meta = {"_kb_doc": "d0"}
+    mirror = Mirror(4, generation=0)
+    mirror.apply([Record("r0", "zebra one", meta, vectors[0])], [], 1)
+    seen: list[list[str]] = []
+
+    def search() -> None:
+        rows, _ = mirror.keyword(["zebra"], 10)
+        seen.append([mirror.record(row).id + "/" + mirror.doc_id(row) for row in rows.tolist()])
+
+    for name in ("_append", "_reserve"):
+        step = getattr(mirror, name)
+
+        def searched_first(*args: Any, _step: Any = step) -> Any:
+            search()
+            return _step(*args)
+
+        setattr(mirror, name, searched_first)
+    add_many = mirror.bm25.add_many
+
+    def searched_after(*args: Any) -> None:
+        add_many(*args)
+        search()
+
+    mirror.bm25.add_many = searched_after  # type: ignore[method-assign]
+    more = [Record(f"r{i}", f"zebra {i}", {"_kb_doc": f"d{i}"}, vectors[i]) for i in (1, 2)]
+    mirror.apply(more, [], 2)
+    assert seen[:2] == [["r0/d0"], ["r0/d0"]]
+    assert sorted(seen[2]) == ["r0/d0", "r1/d1", "r2/d2"]
+    search()
+    assert sorted(seen[-1]) == ["r0/d0", "r1/d1", "r2/d2"]
+
+
 def test_a_search_keeps_its_filters_mask_while_a_write_holds_the_mirror() -> None:
     """Keeping a mask (and evicting the least recently used) takes a lock of its own: the
     mirror's is held by a write for as long as it takes (a large add, its index update)."""

@@ -350,7 +350,17 @@ class RecordCollection:
         texts: bool = True,
     ) -> Iterator[list[Record]]:
         """Every record matching the filter (after the first `offset`), in storage order,
-        `size` at a time."""
+        `size` at a time. On a Chroma server the matching ids are listed first, in one read,
+        and their records read by id: other hosts write meanwhile, and one's delete among
+        pages read by offset moved the later records back, past the next page's start, so
+        records no one touched were left out (of a new host's copies, of a delete by filter)."""
+        if self.mode == "server":
+            ids = self.ids(flt)[offset:]
+            for start in range(0, len(ids), size):
+                listed = ids[start : start + size]
+                if batch := self.get(listed, flt, embeddings=embeddings, texts=texts):
+                    yield batch  # none: deleted since they were listed
+            return
         if len(parts := _parts(flt or CompiledFilter(), None, offset)) > 1:
             for part in parts:
                 yield from self.pages(part, size, embeddings, texts=texts)

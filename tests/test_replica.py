@@ -609,6 +609,77 @@ def test_a_process_prunes_the_change_log_at_its_first_write_and_then_now_and_the
     assert old() == 0
 
 
+WORDS = ("amber", "birch", "cedar", "delta", "ember", "fjord", "grove", "heron", "indigo")
+
+
+@pytest.fixture
+def hosts(server_settings: Settings, embedder: Embedder, tmp_path: Path) -> Iterator[tuple]:
+    """Two hosts (their own write locks) on one Chroma server collection: theirs has added a
+    document for each of WORDS, ours has built its copies of them."""
+    theirs = KnowledgeStore.open(server_settings, embedder)
+    ours = KnowledgeStore.open(changed(server_settings, lock_dir=tmp_path / "b"), embedder)
+    theirs.add(
+        [DocumentIn(id=f"d{i}", text=f"Notes on the {w} trail.") for i, w in enumerate(WORDS)]
+    )
+    ours.replica.catch_up()
+    yield theirs, ours
+    ours.close()
+    theirs.close()
+
+
+def deleting_after_the_first_page(
+    theirs: KnowledgeStore, ours: KnowledgeStore, monkeypatch
+) -> list[str]:
+    """Have `ours` read every record 3 at a time, and `theirs` delete the records of the first
+    page ours reads once it has read it; the ids deleted (filled in then)."""
+    get, pages, deleted = ours.records.get, ours.records.pages, []
+
+    def read(*args: object, **kwargs: object) -> list[Record]:
+        page = get(*args, **kwargs)
+        if page and not deleted:
+            deleted.extend(sorted({record.doc_id for record in page}))
+            theirs.delete(deleted)
+        return page
+
+    monkeypatch.setattr(ours.records, "get", read)
+    monkeypatch.setattr(ours.records, "pages", lambda *a, **k: pages(*a, **{**k, "size": 3}))
+    return deleted
+
+
+def test_a_read_of_every_record_misses_none_while_another_host_deletes(
+    hosts: tuple, monkeypatch
+) -> None:
+    """Pages read by offset: another host's delete of records already read moved the rest back,
+    and the next page began past some that no one touched (review helper 61)."""
+    theirs, ours = hosts
+    deleted = deleting_after_the_first_page(theirs, ours, monkeypatch)
+    read = [record.doc_id for page in ours.records.pages() for record in page]
+    assert len(deleted) == 3
+    assert sorted(read) == sorted(f"d{i}" for i in range(len(WORDS)))
+
+
+def test_a_host_building_its_copies_while_another_deletes_keeps_every_other_record(
+    hosts: tuple, monkeypatch
+) -> None:
+    """The rebuild read Chroma by offset: the untouched records a delete of another host moved
+    past a page's start were missing from this host's search and counts until it restarted."""
+    theirs, ours = hosts
+    # the add older than the log a rebuild re-reads after it (a minute by default): the
+    # rebuild alone must have every record it did not see deleted
+    monkeypatch.setattr(changes, "MARGIN_US", 0)
+    deleted = deleting_after_the_first_page(theirs, ours, monkeypatch)
+    ours.replica._behind = True  # as after a failed update: rebuilt at the next search
+    assert found(ours, "notes", "keyword")  # the rebuild, then the log's deletes
+    assert len(deleted) == 3
+    kept = {f"d{i}": word for i, word in enumerate(WORDS)}
+    for doc_id in deleted:
+        del kept[doc_id]
+    for doc_id, word in kept.items():
+        assert found(ours, f"{word} trail", "keyword")[:1] == [doc_id], word
+    assert sorted(found(ours, "notes trail", "dense", top_k=20)) == sorted(kept)
+    assert ours.count() == len(kept)
+
+
 def test_a_backups_header_counts_the_others_writes(two: tuple) -> None:
     """dump counts documents holding the write lock: the count catches up without waiting."""
     first, second = two

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import unicodedata
@@ -32,6 +33,9 @@ MIN_SCORE, MAX_SCORE = -1.0, 1.0  # the thresholds a query (and a backup's heade
 # A document's own values are capped well below: its date twins can double them.
 CHROMA_METADATA_ENTRIES = 5461
 MAX_METADATA_VALUES = 2048
+# and at most this many bytes (as UTF-8 JSON): every chunk carries its document's metadata,
+# so a 1 MB value on a text of 108 chunks took 434 MB of disk, from one request of 1 MB
+MAX_METADATA_BYTES = 64 * 1024
 # Text spelt as a JSON number (4, -0.5, 1e-3); groups: fraction, exponent.
 JSON_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(\.[0-9]+)?([eE][-+]?[0-9]+)?")
 
@@ -138,18 +142,32 @@ def metadata_entries(metadata: dict[str, Any] | None) -> int:
     return sum(len(v) if isinstance(v, list) else 1 for v in (metadata or {}).values())
 
 
+def metadata_bytes(metadata: dict[str, Any] | None) -> int:
+    """The metadata's size as UTF-8 JSON (0 for none)."""
+    return len(json.dumps(metadata, ensure_ascii=False).encode()) if metadata else 0
+
+
 def metadata_size_problem(
     metadata: dict[str, Any] | None, stored: dict[str, Any] | None = None
 ) -> str | None:
-    """Why a document cannot hold this many metadata values (MAX_METADATA_VALUES), or
-    None. A document `stored` with more (before the cap) may keep them, not grow."""
+    """Why a document cannot hold this metadata: more values than MAX_METADATA_VALUES, or
+    more bytes than MAX_METADATA_BYTES; None if it can. A document `stored` with more
+    (before the caps) may keep them, not grow."""
     size = metadata_entries(metadata)
-    if size <= max(MAX_METADATA_VALUES, metadata_entries(stored)):
+    if size > max(MAX_METADATA_VALUES, metadata_entries(stored)):
+        return (
+            f"metadata holds {size:,} values (each list item counts); "
+            f"a document may hold at most {MAX_METADATA_VALUES:,}"
+        )
+    if not metadata:
         return None
-    return (
-        f"metadata holds {size:,} values (each list item counts); "
-        f"a document may hold at most {MAX_METADATA_VALUES:,}"
-    )
+    size = metadata_bytes(metadata)
+    if size > MAX_METADATA_BYTES and size > metadata_bytes(stored):
+        return (
+            f"metadata takes {size:,} bytes as JSON; a document's may take at most "
+            f"{MAX_METADATA_BYTES:,} (each of its chunks carries a copy)"
+        )
+    return None
 
 
 def _validate_metadata(value: Any) -> Any:

@@ -9,7 +9,7 @@ from flask.testing import FlaskClient
 
 from kb.errors import ValidationFailed
 from kb.filters import CompiledFilter
-from kb.schemas import MAX_METADATA_VALUES
+from kb.schemas import MAX_METADATA_BYTES, MAX_METADATA_VALUES, metadata_bytes
 
 NESTED = {"author": {"name": "Ada"}}
 
@@ -433,6 +433,43 @@ def test_a_document_stored_before_the_metadata_cap_can_be_updated_without_growin
     assert grown.status_code == 422, grown.json
     stored = client.get("/documents/old").json
     assert (stored["text"], stored["metadata"]) == ("Rewritten.", {"b": 2, "tags": big["tags"]})
+
+
+def test_metadata_larger_than_a_document_may_hold_is_refused(
+    client: FlaskClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every chunk carries its document's metadata: one request of about 1 MB (a 1 MB value
+    on a text of 108 chunks) took 434 MB of disk (review helper 62). A document's metadata
+    is capped as JSON bytes, on add, on a patch that grows it, and in a load's records; a
+    document stored before the cap keeps its metadata and may shrink it."""
+    text = " ".join(f"Sentence {i} of a long report on storage." for i in range(200))
+    at_cap = {"summary": "x" * (MAX_METADATA_BYTES - len('{"summary": ""}'))}
+    assert metadata_bytes(at_cap) == MAX_METADATA_BYTES
+    doc = {"id": "full", "text": text, "metadata": at_cap}
+    assert client.post("/add", json=doc).status_code == 201
+    over = {"id": "over", "text": text, "metadata": {**at_cap, "more": "é"}}
+    for response in (
+        client.post("/add", json=over),
+        client.post("/add", json={"documents": [{"text": "Fine."}, over]}),
+        client.patch("/documents/full", json={"metadata": {"one": 1}}),
+        client.post("/update", json={"id": "full", "metadata": {"a": "b"}}),
+    ):
+        assert response.status_code == 422, response.json
+        (detail,) = response.json["error"]["details"]
+        assert detail["field"].endswith("metadata"), detail
+        assert f"at most {MAX_METADATA_BYTES:,}" in detail["message"]
+    assert client.get("/documents/full").json["metadata"] == at_cap
+    assert client.get("/documents").json["total"] == 1
+    monkeypatch.setattr("kb.schemas.MAX_METADATA_BYTES", 10**9)  # as before the cap
+    big = {"summary": "y" * (2 * MAX_METADATA_BYTES), "a": 1}
+    assert (
+        client.post("/add", json={"id": "old", "text": "Old.", "metadata": big}).status_code == 201
+    )
+    monkeypatch.setattr("kb.schemas.MAX_METADATA_BYTES", MAX_METADATA_BYTES)
+    assert client.post("/update", json={"id": "old", "text": "Rewritten."}).status_code == 200
+    assert client.patch("/documents/old", json={"metadata": {"a": None}}).status_code == 200
+    assert client.patch("/documents/old", json={"metadata": {"c": 3}}).status_code == 422
+    assert client.get("/documents/old").json["metadata"] == {"summary": big["summary"]}
 
 
 def test_an_id_too_long_or_not_a_string_says_what_to_write(client: FlaskClient) -> None:

@@ -41,13 +41,19 @@ class JsonFormatter(logging.Formatter):
         line |= {k: v for k, v in vars(record).items() if k not in _STANDARD}
         if record.exc_info:
             line["exc"] = self.formatException(record.exc_info)
-        return json.dumps(line, default=str, ensure_ascii=False)
+        return json.dumps(line, default=str, ensure_ascii=False).translate(JSON_LINE_ESCAPES)
 
 
-CONTROL_ESCAPES = {code: f"\\x{code:02x}" for code in [*range(32), 127] if chr(code) != "\t"} | {
-    ord("\n"): "\\n",
-    ord("\r"): "\\r",
-}
+# What ends or rewrites a line beyond ASCII's controls: C1 controls (U+0085 is a newline to
+# str.splitlines, U+009B a terminal's CSI) and the Unicode line and paragraph separators. JSON
+# leaves them raw (ensure_ascii=False); as \uXXXX escapes the line holds the same strings.
+BREAKS = [*range(0x80, 0xA0), 0x2028, 0x2029]
+JSON_LINE_ESCAPES = {code: f"\\u{code:04x}" for code in BREAKS}
+CONTROL_ESCAPES = {
+    code: f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+    for code in [*range(32), 127, *BREAKS]
+    if chr(code) != "\t"
+} | {ord("\n"): "\\n", ord("\r"): "\\r"}
 
 
 class TextFormatter(logging.Formatter):

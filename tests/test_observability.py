@@ -83,6 +83,28 @@ def test_the_text_formatter_writes_one_line_a_record_whatever_the_message_holds(
     assert traceback[0] == "Traceback (most recent call last):"  # a traceback keeps its lines
 
 
+@pytest.mark.parametrize("formatter", [logs.TextFormatter, logs.JsonFormatter])
+def test_no_log_line_breaks_at_a_unicode_line_end_or_holds_a_c1_control(formatter) -> None:
+    """U+0085, U+2028 and U+2029 end a line for str.splitlines and many log readers, and
+    U+009B is a terminal's CSI: a percent-encoded path wrote them raw into text and JSON
+    lines (review helper 62). They are escaped; other text stays as it is."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(formatter())
+    logger = logging.getLogger("kb.test.unicode_breaks")
+    logger.addHandler(handler)
+    path = "/documents/a\x85FAKE LINE\x9b31m\u2028LS\u2029PS é ü 文"
+    try:
+        logger.warning("GET %s 404", path)
+    finally:
+        logger.removeHandler(handler)
+    (line,) = stream.getvalue().splitlines()
+    assert not any(0x80 <= ord(c) < 0xA0 or c in "\u2028\u2029" for c in line)
+    assert "é ü 文" in line
+    if formatter is logs.JsonFormatter:
+        assert json.loads(line)["msg"] == f"GET {path} 404"
+
+
 def scrape(client: FlaskClient) -> str:
     response = client.get("/metrics")
     assert response.status_code == 200

@@ -125,6 +125,7 @@ def test_requests_gunicorn_refuses_itself_get_kbs_error_shape(cluster: str) -> N
     assert status.startswith(b"HTTP/1.1 400 ")
     headers, _, body = rest.partition(b"\r\n\r\n")
     assert b"Content-Type: application/json" in headers
+    assert b"x-request-id: " in headers.lower()
     error = json.loads(body)["error"]
     assert (error["code"], error["details"]) == ("bad_request", [])
     assert "content-length" in error["message"].lower()

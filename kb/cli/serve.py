@@ -179,7 +179,7 @@ def _listen(app: Any, settings: Settings) -> Any:
     """waitress's server on kb's sockets (`_bound`)."""
     import waitress
 
-    use_json_errors()
+    use_json_errors(settings.max_request_bytes)
     return waitress.create_server(
         app,
         sockets=_bound(settings),

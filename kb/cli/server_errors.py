@@ -6,17 +6,24 @@ kb)"), gunicorn's (kb cluster, several workers) an HTML page."""
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Any
 
-from kb.errors import error_body, http_code
+from kb.errors import error_body, field_error, http_code
+
+Header = tuple[str, Any]
 
 
-def use_json_errors() -> None:
+def use_json_errors(body_limit: int) -> None:
     """Make waitress's error responses kb's JSON shape. Process-wide: waitress builds them
-    in `waitress.utilities.Error.to_response`, which every error class inherits."""
+    in `waitress.utilities.Error.to_response`, which every error class inherits. Its 413
+    (a body past twice `body_limit`, KB_MAX_REQUEST_BYTES) says what the app's 413 says."""
     from waitress import utilities
 
-    utilities.Error.to_response = _to_response  # type: ignore[method-assign]
+    def to_response(error: Any, ident: str | None = None) -> tuple[str, list[Header], bytes]:
+        return _to_response(error, body_limit)
+
+    utilities.Error.to_response = to_response  # type: ignore[method-assign]
 
 
 def use_json_errors_in_gunicorn() -> None:
@@ -32,16 +39,28 @@ def _write_gunicorn_error(sock: Any, status: int, reason: str, message: str) -> 
 
     text = f"{reason}: {message}" if message else reason
     body = json.dumps(error_body(http_code(status, reason), text)).encode()
-    head = (
-        f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\n"
-        "Content-Type: application/json\r\nX-Content-Type-Options: nosniff\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
+    head = f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\n" + "".join(
+        f"{name}: {value}\r\n" for name, value in [*_headers(), ("Content-Length", len(body))]
     )
-    util.write_nonblock(sock, head.encode("latin-1") + body)
+    util.write_nonblock(sock, head.encode("latin-1") + b"\r\n" + body)
 
 
-def _to_response(error: Any, ident: str | None = None) -> tuple[str, list[tuple[str, str]], bytes]:
+def _to_response(error: Any, body_limit: int) -> tuple[str, list[Header], bytes]:
     message = f"{error.reason}: {error.body}" if error.body else str(error.reason)
-    body = json.dumps(error_body(http_code(error.code, str(error.reason)), message)).encode()
-    headers = [("Content-Type", "application/json"), ("X-Content-Type-Options", "nosniff")]
-    return f"{error.code} {error.reason}", headers, body
+    details = []
+    if error.code == 413:  # as the app's own 413 (kb.api.errors)
+        message = f"the request body is larger than the limit of {body_limit} bytes"
+        details = [field_error("body", f"more than {body_limit} bytes", "too_large")]
+    code = http_code(error.code, str(error.reason))
+    body = json.dumps(error_body(code, message, details)).encode()
+    return f"{error.code} {error.reason}", _headers(), body
+
+
+def _headers() -> list[Header]:
+    """What every answer of kb carries: its type, no sniffing, a request id (one of its own:
+    the request was not read far enough to take the client's)."""
+    return [
+        ("Content-Type", "application/json"),
+        ("X-Content-Type-Options", "nosniff"),
+        ("X-Request-ID", uuid.uuid4().hex),
+    ]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import ipaddress
 import os
 import re
 import tempfile
@@ -51,6 +53,25 @@ def _origin(entry: str) -> str:
     default = {"http": 80, "https": 443}[parts.scheme]
     host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
     return f"{parts.scheme}://{host}" + (f":{port}" if port not in {None, default} else "")
+
+
+# a host name as a Host header's name part: dotted labels of letters, digits, - and _
+HOST_NAME = re.compile(r"[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?)*")
+
+
+def _host(entry: str) -> str:
+    """A KB_ALLOWED_HOSTS entry as the guard compares names (lower case, no trailing dot); an
+    address needs no entry (every address is answered). One with a scheme, a port or a path
+    would never match a request's name (the guard compares names alone) and is refused."""
+    name = entry.lower().rstrip(".")
+    if name == "*" or HOST_NAME.fullmatch(name):
+        return name
+    with contextlib.suppress(ValueError):
+        return str(ipaddress.ip_address(name.strip("[]")))  # answered anyway
+    raise ValueError(
+        f"{entry!r} is not a host name: give the name alone (kb.example), without a scheme, "
+        "port or path, or '*'"
+    )
 
 
 def default_cache() -> Path:
@@ -238,7 +259,12 @@ class Settings(BaseSettings):
         return [origin.strip() for origin in self.cors_origins.split(",") if origin.strip()]
 
     def hosts(self) -> list[str]:
-        return [name.strip().lower() for name in self.allowed_hosts.split(",") if name.strip()]
+        return [name for name in self.allowed_hosts.split(",") if name]
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _hosts(cls, value: str) -> str:
+        return ",".join(_host(entry.strip()) for entry in value.split(",") if entry.strip())
 
     @field_validator("cors_origins")
     @classmethod

@@ -197,6 +197,11 @@ def test_a_read_key_reads_but_does_not_write(api: FlaskClient) -> None:
         response = api.open(path, method=method, json=body, headers=bearer(READ_KEY))
         assert response.status_code == 403, path
         assert response.json["error"]["code"] == "forbidden"
+        # asking which methods a route takes writes nothing (review helper 62: a 403)
+        options = api.open(path, method="OPTIONS", headers=bearer(READ_KEY))
+        assert options.status_code == 200, path
+        assert method in options.headers["Allow"]
+        assert api.open(path, method="OPTIONS").status_code == 401, path
     assert api.get("/documents/b", headers=bearer(WRITE_KEY)).json["text"] == "Bread rises"
 
 
@@ -265,6 +270,41 @@ def test_cors_allows_the_configured_origins(settings: Settings, embedder: Embedd
         assert answer.headers["Access-Control-Allow-Origin"] == "http://app.test"
         other = web.get("/health", headers={"Origin": "http://evil.test"})
         assert "Access-Control-Allow-Origin" not in other.headers
+    finally:
+        close_app(app)
+
+
+def test_allowed_hosts_are_names_as_the_guard_compares_them(
+    settings: Settings, embedder: Embedder
+) -> None:
+    """'kb.example:8000', 'kb.example.' and 'https://kb.example' were accepted at start-up
+    and never matched a request's name (review helper 62)."""
+    own = changed(settings, allowed_hosts="KB.example., 10.0.0.5, [::1]")
+    assert own.hosts() == ["kb.example", "10.0.0.5", "::1"]
+    for bad in ["kb.example:8000", "https://kb.example", "kb.example/x", "*.kb.example", "a b"]:
+        with pytest.raises(ValueError, match="not a host name"):
+            changed(settings, allowed_hosts=bad)
+    app = create_app(own, embedder=embedder)
+    try:
+        web = app.test_client()
+        for host in ["kb.example:8000", "KB.example.", "kb.example"]:
+            assert web.get("/stats", headers={"Host": host}).status_code == 200, host
+    finally:
+        close_app(app)
+
+
+def test_any_origin_still_varies_the_answer_by_origin(
+    settings: Settings, embedder: Embedder
+) -> None:
+    """With '*', an answer to a request without an Origin carries no Access-Control-Allow-
+    Origin, and said no `Vary: Origin`: a cache could serve it to a page (review helper 62)."""
+    app = create_app(changed(settings, cors_origins="*"), embedder=embedder)
+    try:
+        web = app.test_client()
+        plain, cross = web.get("/health"), web.get("/health", headers={"Origin": "http://a.test"})
+        assert "Access-Control-Allow-Origin" not in plain.headers
+        assert cross.headers["Access-Control-Allow-Origin"] == "*"
+        assert plain.headers["Vary"] == cross.headers["Vary"] == "Origin"
     finally:
         close_app(app)
 

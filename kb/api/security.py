@@ -39,6 +39,8 @@ def _check_host() -> None:
     KB_ALLOWED_HOSTS (or KB_HOST). A page on a site whose name its owner re-points at
     127.0.0.1 (DNS rebinding) is same-origin with kb, so CORS does not stop it from reading
     and writing; it cannot make the browser send another Host than its own name."""
+    if "Host" not in request.headers:  # HTTP/1.0 without one (a load balancer's check):
+        return  # addressed to the address it connected to; a browser always sends one
     settings = state().settings
     allowed = settings.hosts()
     name = host_name(request.host)
@@ -77,6 +79,8 @@ def _authorize() -> None:
     access = doc.access if doc is not None else "write"
     if access == "public":
         return
+    if request.method == "OPTIONS":  # which methods a route takes: no write, whatever the route
+        access = "read"
     role = presented_role()
     if role is None:
         header = request.headers.get("Authorization")
@@ -113,8 +117,8 @@ def _cors(response: Response) -> Response:
     # every answer is what its Content-Type says: a browser must not sniff JSON into HTML
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
     allowed = state().settings.cors()
-    if allowed and "*" not in allowed:  # the answer depends on the Origin: caches must know
-        response.headers.add("Vary", "Origin")
+    if allowed:  # the answer depends on the Origin (with '*' too: sent only with one), so
+        response.headers.add("Vary", "Origin")  # a cache must not serve one to another
     origin = _allowed_origin()
     if origin is not None:
         response.headers["Access-Control-Allow-Origin"] = origin

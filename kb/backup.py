@@ -179,30 +179,39 @@ def _verified(
     return header, heads
 
 
-def restore(store: KnowledgeStore, path: Path, *, replace: bool = False) -> int:
+def restore(
+    store: KnowledgeStore, path: Path, *, replace: bool = False, shown: str | None = None
+) -> int:
     """Load a backup into the store's collection, which must be empty (or `replace`).
 
     The whole file is checked first (model, then every line): --replace deletes the
     collection's records only once the backup is known to load, so a bad file changes
     nothing. The file is then read twice more as it is written, later chunks, then first
     chunks, each line parsed in the pass that writes it, rather than held in memory (a
-    backup can be larger than memory)."""
-    _check_model(read_header(path), store, path)
+    backup can be larger than memory): `path` must be a file that can be read again (a
+    pipe's copy, named `shown` in messages)."""
+    name = shown or str(path)
+    _check_model(read_header(path, name), store, name)
     _check_empty(store, replace)  # before the long check; again under the lock below
-    header, heads = _verified(path)
+    header, heads = _verified(path, name)
     changed = False
     try:
         with store.writes():
             _check_empty(store, replace)
             changed = True
-            _write_back(store, path, header, heads, replace)
+            _write_back(store, path, header, heads, replace, name)
     except KeyboardInterrupt as exc:  # a Ctrl-C: what it left is the caller's to say
         raise RestoreInterrupted(changed) from exc
     return int(header["records"])
 
 
 def _write_back(
-    store: KnowledgeStore, path: Path, header: dict[str, Any], heads: set[int], replace: bool
+    store: KnowledgeStore,
+    path: Path,
+    header: dict[str, Any],
+    heads: set[int],
+    replace: bool,
+    name: str,
 ) -> None:
     """restore's writes, under the store's write lock."""
     with store.replica.restoring():
@@ -213,12 +222,12 @@ def _write_back(
         # when it next opens (pages of the file's order split documents: first chunks
         # were left counting chunks never written)
         for firsts in (False, True):  # each pass parses only the lines it writes
-            with _lines(path) as lines:
+            with _lines(path, name) as lines:
                 next(lines)
                 batch: list[Record] = []
                 for number, line in lines:
                     if (number in heads) is firsts:
-                        batch.append(_record(line, header["dim"], f"{path}:{number}"))
+                        batch.append(_record(line, header["dim"], f"{name}:{number}"))
                     if len(batch) >= PAGE:
                         store.restore_records(batch)
                         batch = []
@@ -234,19 +243,23 @@ def _restore_threshold(store: KnowledgeStore, min_score: float | None) -> None:
     store.set_setting(CALIBRATED_KEY, value)
 
 
-def read_header(path: Path) -> dict[str, Any]:
+def read_header(path: Path, shown: str | None = None) -> dict[str, Any]:
     """The backup's header, checked (a file that is not a kb backup is refused), without
     reading further: what a restore checks before it opens (and may create) a store."""
-    with _lines(path) as lines:
-        return _header(next(lines, None), path)
+    with _lines(path, shown) as lines:
+        return _header(next(lines, None), shown or path)
 
 
-def _check_model(header: dict[str, Any], store: KnowledgeStore, path: Path) -> None:
+def _check_model(header: dict[str, Any], store: KnowledgeStore, name: str) -> None:
     embedder = store.embedder
-    fingerprints = (embedder.fingerprint, *embedder.former_fingerprints)
-    if header["fingerprint"] not in fingerprints or header["dim"] != embedder.dim:
+    if header["dim"] != embedder.dim:  # the same fingerprint with another dim: edited
         raise ModelMismatch(
-            f"{path} holds vectors of {header['model']} (fingerprint {header['fingerprint']}); "
+            f"{name} holds vectors of {header['dim']} dimensions; the configured model "
+            f"{embedder.name} gives {embedder.dim}"
+        )
+    if header["fingerprint"] not in (embedder.fingerprint, *embedder.former_fingerprints):
+        raise ModelMismatch(
+            f"{name} holds vectors of {header['model']} (fingerprint {header['fingerprint']}); "
             f"the configured model is {embedder.name} ({embedder.fingerprint})"
         )
 

@@ -7,6 +7,9 @@ import gzip
 import http.client
 import io
 import json
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -17,7 +20,7 @@ from click.testing import CliRunner
 
 from kb import backup, files
 from kb.cli import main
-from kb.config import Settings
+from kb.config import Settings, is_kb_variable
 from kb.errors import Conflict, KBError, ModelMismatch, ValidationFailed
 from kb.filters import compile_filter
 from kb.schemas import DocumentIn, QueryRequest, Threshold
@@ -282,6 +285,58 @@ def _restore_fails(settings: Settings, bad: Path) -> str:
     assert done.exit_code == 1
     assert isinstance(done.exception, SystemExit)
     return done.output
+
+
+@pytest.mark.parametrize("through", ["pipe", "fifo"])
+def test_kb_restore_reads_a_backup_from_a_pipe_or_fifo(
+    filled, tmp_path: Path, settings: Settings, through: str
+) -> None:
+    """A restore reads its file several times (checks, two write passes): from a pipe
+    (`ssh host cat kb.gz | kb restore /dev/stdin`) it said "not a readable kb backup: Not a
+    gzipped file" and had created the store; from a FIFO it waited for ever (review helper
+    63). Such a file is copied first, and messages still name it."""
+    dest = tmp_path / "copy.jsonl.gz"
+    records = backup.write_file(filled, dest)
+    before = contents(filled)
+    filled.close()
+    env = {k: v for k, v in os.environ.items() if not is_kb_variable(k)}
+    env |= {"KB_CHROMA_PATH": str(tmp_path / "restored"), "KB_COLLECTION": settings.collection}
+    command = [sys.executable, "-m", "kb", "restore"]
+    if through == "pipe":
+        done = subprocess.run(
+            [*command, "/dev/stdin"], input=dest.read_bytes(), env=env, capture_output=True
+        )
+    else:
+        fifo = tmp_path / "backup.fifo"
+        os.mkfifo(fifo)
+        writer = threading.Thread(target=lambda: fifo.write_bytes(dest.read_bytes()))
+        writer.start()
+        done = subprocess.run([*command, str(fifo)], env=env, capture_output=True, timeout=120)
+        writer.join()
+    assert done.returncode == 0, done.stderr
+    assert f"restored {records} records from ".encode() in done.stderr
+    restored = KnowledgeStore.open(Settings(**env_settings(env)), filled.embedder)
+    try:
+        assert contents(restored) == before
+    finally:
+        restored.close()
+    junk = subprocess.run([*command, "/dev/stdin"], input=b"not gzip", env=env, capture_output=True)
+    assert junk.returncode == 1
+    assert b"restore failed: /dev/stdin is not a readable kb backup" in junk.stderr
+
+
+def env_settings(env: dict[str, str]) -> dict[str, object]:
+    return {"chroma_path": Path(env["KB_CHROMA_PATH"]), "collection": env["KB_COLLECTION"]}
+
+
+def test_a_backup_of_vectors_of_another_length_says_so(filled, tmp_path: Path) -> None:
+    """It said "holds vectors of all-MiniLM-L6-v2 (a0bc...); the configured model is
+    all-MiniLM-L6-v2 (a0bc...)", the same twice (review helper 63)."""
+    dest = tmp_path / "copy.jsonl.gz"
+    backup.write_file(filled, dest)
+    other = _with_header(dest, tmp_path / "dim.jsonl.gz", lambda header: header | {"dim": 512})
+    with pytest.raises(ModelMismatch, match=r"vectors of 512 dimensions; .* gives 384"):
+        backup.restore(filled, other, replace=True)
 
 
 def _with_header(dest: Path, bad: Path, change: Callable[[dict], dict]) -> Path:

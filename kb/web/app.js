@@ -25,6 +25,8 @@ const ISO_DATE = /^\d{4}-\d{2}-\d{2}$/;
 const state = {
   info: { ...FALLBACK_INFO },
   infoLoaded: false,
+  infoFailed: false, // /info's error is shown in the filters' note
+  lastAsked: null, // the search last sent, answered or not (a key given later runs it again)
   stats: null,
   lastRequest: null,
   searchSeq: 0,
@@ -45,12 +47,27 @@ function el(tag, className, text) {
 
 // Characters that show as nothing or reorder the text around them (format characters such as
 // U+202E RIGHT-TO-LEFT OVERRIDE or U+200B ZERO WIDTH SPACE, line and paragraph separators):
-// in an id they could make it look like another one, so ids show them as \u escapes.
-const HIDDEN_CHARS = /[\p{Cf}\p{Zl}\p{Zp}]/gu;
+// in an id they could make it look like another one, so ids show them as \u escapes. So do
+// the other default-ignorable code points (U+034F COMBINING GRAPHEME JOINER, the variation
+// selectors, U+115F HANGUL CHOSEONG FILLER): a font draws them as nothing, or as a blank.
+const HIDDEN_CHARS = /[\p{Cf}\p{Zl}\p{Zp}\p{Default_Ignorable_Code_Point}]/gu;
 
 function escapeHidden(char) {
   const code = char.codePointAt(0).toString(16).toUpperCase();
   return code.length > 4 ? `\\u{${code}}` : `\\u${code.padStart(4, "0")}`;
+}
+
+// Characters that change the direction of the text after them: the bidi controls and the
+// right-to-left scripts' blocks (Hebrew to NKo and their presentation forms, and the
+// supplementary planes' right-to-left ranges).
+const BIDI_CHARS =
+  /[\u061C\u200E\u200F\u202A-\u202E\u2066-\u2069\u0590-\u08FF\uFB1D-\uFDFF\uFE70-\uFEFF\u{10800}-\u{10FFF}\u{1E800}-\u{1EFFF}]/u;
+
+// A stored value inside text of the page's own (an option's "value (count)"): one holding such
+// a character goes between FIRST STRONG ISOLATE and POP DIRECTIONAL ISOLATE, so that it cannot
+// reorder the rest ("spam\u202E0001 (1)" read "spam(1) 1000").
+function isolated(value) {
+  return BIDI_CHARS.test(value) ? `\u2068${value}\u2069` : value;
 }
 
 function visibleId(id) {
@@ -107,6 +124,26 @@ function currentKey() {
   return $("api-key").value.trim();
 }
 
+// JSON.stringify writes a whole number past 2**53 in digits, which the server reads as an
+// integer (past 64 bits, refused: a 422 for the value 1e+20 /stats listed). Such a number here
+// is a float's (a typed filter value: digits alone stay text), so it goes in exponent form,
+// which the server reads as the float it is. The mark's nonce keeps it from any typed text.
+const FLOAT_MARK = `kb-float-${Math.random().toString(36).slice(2)}-`;
+const FLOAT_MARKED = new RegExp(`"${FLOAT_MARK}([^"]+)"`, "g");
+
+function requestJson(body) {
+  const marked = (_, value) =>
+    typeof value === "number" && Number.isInteger(value) && !Number.isSafeInteger(value)
+      ? `${FLOAT_MARK}${value.toExponential()}`
+      : value;
+  return JSON.stringify(body, marked).replace(FLOAT_MARKED, "$1");
+}
+
+// What kb takes as a key (kb.auth.sendable): printable ASCII, no spaces.
+function sendableKey(key) {
+  return /^[\x21-\x7e]+$/.test(key);
+}
+
 // A 200 that is not kb's JSON (a proxy's or captive portal's HTML page, say).
 function unexpectedAnswer(status) {
   return new ApiError(
@@ -121,11 +158,15 @@ function unexpectedAnswer(status) {
 async function api(path, { method = "GET", body } = {}) {
   const headers = { Accept: "application/json" };
   const key = currentKey();
+  if (key && !sendableKey(key)) {
+    // fetch refuses such a header itself, which read as "could not reach the server"
+    throw new ApiError(0, "invalid_key", "The API key holds a character a key cannot hold.", []);
+  }
   if (key) headers.Authorization = `Bearer ${key}`;
   const init = { method, headers, cache: "no-store" };
   if (body !== undefined) {
     headers["Content-Type"] = "application/json";
-    init.body = JSON.stringify(body);
+    init.body = requestJson(body);
   }
   let response;
   try {
@@ -185,16 +226,24 @@ function showError(target, err) {
   target.replaceChildren();
   target.classList.add("error");
   target.setAttribute("role", "alert");
-  target.append(el("p", "", errorText(err)));
+  // A message quotes what was sent (an id): its hidden characters shown as escapes, as in
+  // the cards, so an override in an id cannot reverse the message around it.
+  target.append(el("p", "", visibleId(errorText(err))));
   // One detail repeats the message; several are worth listing field by field.
   if (err.status !== 401 && err.status !== 403 && err.details && err.details.length > 1) {
     const list = el("ul", "details");
     for (const detail of err.details) {
-      list.append(el("li", "", `${detail.field}: ${detail.message}`));
+      list.append(el("li", "", visibleId(`${detail.field}: ${detail.message}`)));
     }
     target.append(list);
   }
   if (err.status === 401) $("api-key").focus();
+}
+
+function clearNote(target) {
+  target.classList.remove("error");
+  target.setAttribute("role", "status");
+  target.replaceChildren();
 }
 
 function showMessage(target, text) {
@@ -207,7 +256,13 @@ function updateKeyStatus() {
   const { auth_required: authRequired, role } = state.info;
   const key = currentKey();
   let text;
-  if (authRequired && key !== state.checkedKey) {
+  if (key && !sendableKey(key)) {
+    text =
+      "This key holds a character an API key cannot (keys are visible ASCII: letters, " +
+      "digits and punctuation, no spaces): check it, it was not sent.";
+  } else if (authRequired === null) {
+    text = "Whether this server needs a key is not known: it did not answer (see below).";
+  } else if (authRequired && key !== state.checkedKey) {
     text = key
       ? "This key is not checked yet: press Use key (searches already send it)."
       : "This server needs an API key. Enter it to search.";
@@ -235,6 +290,7 @@ function applyRole() {
 }
 
 async function loadInfo() {
+  state.infoFailed = false;
   try {
     const info = (await api("info")) || {};
     state.info = {
@@ -248,7 +304,9 @@ async function loadInfo() {
     } else if (err.status === 401) {
       state.info = { ...FALLBACK_INFO, auth_required: true, role: null };
     } else {
-      state.info = { ...FALLBACK_INFO, role: null };
+      // not known whether the server needs a key (unreachable, 5xx, a key fetch refused)
+      state.info = { ...FALLBACK_INFO, auth_required: null, role: null };
+      state.infoFailed = true;
       showError($("filters-note"), err);
     }
   }
@@ -285,7 +343,8 @@ function showThreshold() {
 async function loadStats() {
   try {
     state.stats = await api("stats");
-    if (!$("filters-note").classList.contains("error")) $("filters-note").textContent = "";
+    // an error of an earlier load of the stats is over; one of /info's stays shown
+    if (!state.infoFailed) clearNote($("filters-note"));
   } catch (err) {
     state.stats = null;
     if (err.status !== 401) showError($("filters-note"), err);
@@ -307,7 +366,7 @@ function fillFilters() {
     const any = select.options[0];
     select.replaceChildren(any);
     for (const value of values) {
-      const option = el("option", "", `${value} (${stats.values[value]})`);
+      const option = el("option", "", `${isolated(value)} (${stats.values[value]})`);
       option.value = value;
       select.append(option);
     }
@@ -342,7 +401,7 @@ function fillFilters() {
 // /stats lists only the most common values, and a link may name any other.
 function selectValue(select, value) {
   if (value && ![...select.options].some((option) => option.value === value)) {
-    const option = el("option", "", value);
+    const option = el("option", "", isolated(value));
     option.value = value;
     select.append(option);
     select.disabled = false;
@@ -364,7 +423,7 @@ function typedValue(text) {
   // Past 2**53 the number would be another one: the text alone is then the honest filter.
   if (!Number.isFinite(number)) return undefined;
   if (/^-?\d+$/.test(text) && !Number.isSafeInteger(number)) return undefined;
-  return number;
+  return number; // 1e+20 (a float /stats lists): sent as one (requestJson)
 }
 
 function buildRequest() {
@@ -541,6 +600,7 @@ function endSearch() {
 // the results and "Searching…" in the status.
 async function runSearch(request, note = "") {
   const seq = ++state.searchSeq;
+  state.lastAsked = request;
   const results = $("results-section");
   const status = $("search-status");
   results.setAttribute("aria-busy", "true");
@@ -600,6 +660,17 @@ function belowText(value, threshold) {
   for (let digits = 3; digits <= 17; digits += 1) {
     const text = (value + 0).toFixed(digits);
     if (Number(text) < threshold) return text;
+  }
+  return String(value);
+}
+
+// A score beside its threshold: below it (belowText), or at least it, in three decimals or
+// as many more as keep it there (0.65113 in three is 0.651, below a threshold of 0.6511).
+function comparedText(value, threshold) {
+  if (value < threshold) return belowText(value, threshold);
+  for (let digits = 3; digits <= 17; digits += 1) {
+    const text = (value + 0).toFixed(digits);
+    if (Number(text) >= threshold) return text;
   }
   return String(value);
 }
@@ -708,15 +779,14 @@ function chipText(value) {
 
 function renderMatch(match, threshold, deletable) {
   const card = $("match-template").content.firstElementChild.cloneNode(true);
+  card.dataset.id = match.id;
   const title = card.querySelector(".match-id");
   title.replaceChildren(...idNodes(match.id));
   title.tabIndex = -1;
-  card.querySelector(".score").textContent = `score ${score(match.score)}`;
-  card
-    .querySelector(".bar-slot")
-    .append(
-      scoreBar(match.score, threshold, `score ${score(match.score)} of 1, threshold ${thresholdText(threshold)}`),
-    );
+  const shownScore = comparedText(match.score, threshold);
+  card.querySelector(".score").textContent = `score ${shownScore}`;
+  const label = `score ${shownScore} of 1, threshold ${thresholdText(threshold)}`;
+  card.querySelector(".bar-slot").append(scoreBar(match.score, threshold, label));
   const chips = card.querySelector(".chips");
   for (const [key, value] of Object.entries(match.metadata || {})) {
     const chip = el("li", "chip");
@@ -764,17 +834,23 @@ async function deleteDocument(id, card, button) {
   if (!window.confirm(`Delete the document "${shown}"? This cannot be undone.`)) return;
   button.disabled = true;
   const status = $("search-status");
+  const seq = state.searchSeq;
   try {
     const result = await api("delete", { method: "POST", body: { ids: [id] } });
     card.remove();
+    for (const other of document.querySelectorAll("#results > li, #rejected > li")) {
+      if (other.dataset.id === id) other.remove(); // a newer search's card of it
+    }
+    loadStats();
+    // a newer search shown meanwhile keeps its own status (and the focus its Search button)
+    if (seq !== state.searchSeq) return;
     const left = $("results").childElementCount;
     const tail = left ? "" : " No results are left.";
     showMessage(status, `Deleted "${visibleId(result.ids[0] || id)}".${tail}`);
     status.focus(); // the focused button is gone: keep keyboard users in the results
-    loadStats();
   } catch (err) {
     button.disabled = false;
-    showError(status, err);
+    if (seq === state.searchSeq) showError(status, err);
   }
 }
 
@@ -841,7 +917,8 @@ async function onKey(event) {
     else if (state.info.auth_required) storeKey("");
   }
   await loadStats();
-  if (state.lastRequest && state.info.role) await runSearch(state.lastRequest);
+  // the search last asked (answered, or refused for want of this key) runs with it
+  if (state.lastAsked && state.info.role) await runSearch(state.lastAsked);
 }
 
 async function onForgetKey() {

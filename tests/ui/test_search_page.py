@@ -954,3 +954,160 @@ def test_a_long_text_is_cut_between_characters_not_inside_one(
         expect(found.locator("summary")).to_have_text(f"Show all {len(text)} characters")
     finally:
         open_server.call("/delete", {"ids": ["ui-emoji"]})
+
+
+# ------------------------------------------------------------------ review helper 64's finds
+
+
+def test_a_key_given_after_a_refused_shared_link_runs_its_search(
+    page: Page, keyed_server: Server, expect: Any
+) -> None:
+    """A link opened before the key was given: the key was accepted, but the search it had
+    asked for was not run again, and its "needs an API key" alert stayed."""
+    page.goto(keyed_server.base + "/?" + urlencode({"q": "which telescope shows faint stars?"}))
+    page.wait_for_selector("body[data-ready=true]", state="attached")
+    status = page.locator("#search-status")
+    expect(status).to_have_text("This server needs an API key: enter it at the top of the page.")
+    page.get_by_label("API key").fill(READ_KEY)
+    page.get_by_role("button", name="Use key").click()
+    expect(cards(page).first.locator(".match-id")).to_have_text("telescope")
+    expect(status).to_contain_text("scored at least")
+
+
+def test_a_key_no_header_can_carry_is_said_to_be_wrong_not_the_server_unreachable(
+    page: Page, keyed_server: Server, expect: Any
+) -> None:
+    """A zero-width space pasted after the key: fetch refused the header, and the page said
+    the server could not be reached and was open, no key needed."""
+    open_page(page, keyed_server)
+    page.get_by_label("API key").fill(WRITE_KEY + "\u200b")
+    page.get_by_role("button", name="Use key").click()
+    key_status = page.locator("#key-status")
+    expect(key_status).to_contain_text("holds a character an API key cannot")
+    expect(page.locator("#filters-note")).not_to_contain_text("Could not reach")
+    expect(page.locator("#add-section")).to_be_hidden()
+    page.get_by_label("API key").fill(WRITE_KEY)
+    page.get_by_role("button", name="Use key").click()
+    expect(key_status).to_contain_text("Read-write key")
+    expect(page.locator("#filters-note")).to_have_text("")  # the error is over
+
+
+def test_an_error_loading_the_filters_clears_once_they_load(
+    page: Page, open_server: Server, expect: Any
+) -> None:
+    """/stats failed once at start-up: the filters filled on the next load, and "The store
+    is unreachable." stayed shown beside them."""
+    failed: list[bool] = []
+
+    def once(route: Route) -> None:
+        if failed:
+            route.continue_()
+            return
+        failed.append(True)
+        error = {"code": "store_unavailable", "message": "The store is unreachable.", "details": []}
+        route.fulfill(status=503, json={"error": error})
+
+    page.route("**/stats", once)
+    open_page(page, open_server)
+    note = page.locator("#filters-note")
+    expect(note).to_have_text("The store is unreachable.")
+    page.get_by_role("button", name="Use key").click()
+    expect(search_form(page).get_by_label("Category")).to_contain_text("astronomy")
+    expect(note).to_have_text("")
+    expect(note).not_to_have_class(re.compile("error"))
+
+
+def test_scores_on_cards_are_not_rounded_across_the_threshold(
+    page: Page, open_server: Server, expect: Any
+) -> None:
+    """A rejected card said "score 0.181" under a threshold of 0.181 (its score 0.1806), and
+    a match "score 0.651" over one of 0.6511."""
+    question = "which telescope shows faint stars?"
+    status, answer = open_server.call("/query", {"query": question, "min_score": -1})
+    assert status == 200
+    best = {**answer["matches"][0], "score": 0.65113}  # 0.651 in three decimals
+    missing = {**answer["matches"][1], "score": 0.65096}  # 0.651 too
+    passing = {**answer, "matches": [best], "rejected": 0, "best_rejected_score": None}
+    passing["threshold"] = {"min_score": 0.6511, "source": "request"}
+    refused = {**answer, "status": "no_confident_match", "matches": [], "rejected": 1}
+    refused["threshold"] = {"min_score": 0.651, "source": "request"}
+    refused["best_rejected_score"] = missing["score"]
+
+    def fulfill(route: Route) -> None:
+        body = route.request.post_data_json or {}
+        if body.get("query") == question:
+            route.fulfill(status=200, json=passing)
+        else:
+            route.fulfill(status=200, json={**refused, "near_misses": [missing]})
+
+    page.route("**/query", fulfill)
+    open_page(page, open_server)
+    search(page, question)
+    expect(cards(page).first.locator(".score")).to_have_text("score 0.6511")  # not 0.651
+    search(page, "something else")
+    page.get_by_role("button", name="Show the rejected candidates").click()
+    expect(page.locator("#rejected .score")).to_have_text(["score 0.65096"])  # not 0.651
+    bar = page.locator("#rejected .bar")
+    expect(bar).to_have_attribute("aria-label", "score 0.65096 of 1, threshold 0.651")
+
+
+def test_filter_values_and_ids_cannot_be_reordered_or_made_to_look_alike(
+    page: Page, tmp_path: Path, expect: Any
+) -> None:
+    """A listed value of 1e20 was sent as a 64-bit-overflowing integer (a 422); an override
+    in a category reordered its option's count; ids differing by a combining grapheme joiner
+    looked the same; an override in an id reversed the 409's message around it."""
+    with kb_serve(tmp_path) as server:
+        documents = [
+            {"id": "big", "text": "A very large difficulty.", "metadata": {"difficulty": 1e20}},
+            {"id": "spam", "text": "Spam.", "metadata": {"category": "spam\u202e0001"}},
+            {"id": "invoice-7", "text": "Invoice seven."},
+            {"id": "invoice-7\u034f", "text": "Invoice seven, again."},
+            {"id": "rtl\u202egnp.exe", "text": "A file."},
+        ]
+        assert server.call("/add", {"documents": documents})[0] == 201
+        open_page(page, server)
+        form = search_form(page)
+        texts = form.get_by_label("Category").locator("option").all_text_contents()
+        assert "\u2068spam\u202e0001\u2069 (1)" in texts, texts
+        form.get_by_label("Difficulty").select_option("1e+20")
+        search(page, "large difficulty")
+        expect(cards(page).first.locator(".match-id")).to_have_text("big")
+        form.get_by_label("Difficulty").select_option("")
+        search(page, "invoice seven")
+        invoices = page.locator("#results .match-id", has_text="invoice")
+        expect(invoices).to_have_count(2)
+        assert sorted(invoices.all_text_contents()) == ["invoice-7", "invoice-7\\u034F"]
+        add = add_form(page)
+        add.get_by_label("Text").fill("A file.")
+        add.get_by_label("Id (optional)").fill("rtl\u202egnp.exe")
+        add.get_by_role("button", name="Add document").click()
+        message = page.locator("#add-status")
+        expect(message).to_contain_text("'rtl\\u202Egnp.exe'")
+        assert "\u202e" not in (message.text_content() or "")
+
+
+def test_a_delete_answered_after_a_newer_search_leaves_that_search_shown(
+    page: Page, tmp_path: Path, expect: Any
+) -> None:
+    """The delete's answer replaced the newer search's status with 'Deleted ...' while its
+    card of the deleted document stayed, its Delete button live."""
+    with kb_serve(tmp_path) as server:
+        seed(server)
+        held: list[Route] = []
+        page.route("**/delete", lambda route: held.append(route))
+        page.on("dialog", lambda dialog: dialog.accept())
+        open_page(page, server)
+        search(page, "which telescope shows faint stars?")
+        first = cards(page).first
+        expect(first.locator(".match-id")).to_have_text("telescope")
+        first.get_by_role("button", name="Delete telescope").click()
+        until(page, lambda: bool(held))
+        search(page, "faint stars through a telescope")
+        status = page.locator("#search-status")
+        expect(status).to_contain_text("scored at least")
+        expect(cards(page).locator(".match-id", has_text="telescope")).not_to_have_count(0)
+        release(page, held[0])
+        expect(cards(page).locator(".match-id", has_text="telescope")).to_have_count(0)
+        expect(status).to_contain_text("scored at least")
+        assert server.call("/documents/telescope")[0] == 404

@@ -8,9 +8,11 @@ result = kb.query("a feline on a rug", filters={"category": "pets"})
 
 from __future__ import annotations
 
+import http.client
 import ipaddress
 import json
 import socket
+import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -39,6 +41,10 @@ M = TypeVar("M", bound=BaseModel)
 Conflict = Literal["error", "skip", "upsert"]
 # An add() body beyond its documents: {"documents": [], "on_conflict": ..., "on_duplicate": ...}
 ADD_OVERHEAD = 128
+# A request's timeout grows with its body at this rate: a service working through a large
+# batch is busy, not gone (64 texts of 3 KB took 8.0 s on a 2-core machine, 24 KB/s, so a
+# 1,024-document batch of them outlasted a fixed 120 s and the load said the service went away).
+SLOWEST_BYTES_PER_S = 8 * 1024
 # where the CLI's key comes from (kb.config.API_KEY_VARIABLE; importing it costs 50 ms)
 KEY_SETTING = "--api-key / KB_API_KEY"
 
@@ -178,6 +184,8 @@ class KBClient:
                 raw = response.read()
             except OSError as exc:  # a timeout or reset after the headers
                 raise _unreachable(self.url, exc) from exc
+            except http.client.HTTPException as exc:  # cut short (IncompleteRead)
+                raise _garbled(self.url, path, exc) from exc
         try:
             return model.model_validate_json(raw)
         except ValidationError:  # another server answering 200 (a web page, say)
@@ -194,12 +202,15 @@ class KBClient:
             request.add_header("Content-Type", "application/json")
         if self.api_key:
             request.add_header("Authorization", f"Bearer {self.api_key}")
+        timeout = self.timeout + (len(data) / SLOWEST_BYTES_PER_S if data else 0.0)
         try:
-            return self._opener.open(request, timeout=self.timeout)
+            return self._opener.open(request, timeout=timeout)
         except urllib.error.HTTPError as exc:
             raise _service_error(exc, self.url, path) from exc
         except (urllib.error.URLError, OSError) as exc:
             raise _unreachable(self.url, exc) from exc
+        except http.client.HTTPException as exc:  # not HTTP (BadStatusLine), or cut short
+            raise _garbled(self.url, path, exc) from exc
         except ValueError:  # UnicodeError too; its text can hold the key: not chained
             raise KBClientError(
                 f"cannot send a request to {self.url}: the URL or the API key ({KEY_SETTING}) "
@@ -215,6 +226,21 @@ def _check_url(url: str) -> None:
         usable = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
     except ValueError:  # a port that is not a number, a bracket not closed
         usable = False
+    if usable and (parts.username is not None or parts.password is not None):
+        # not shown: it holds a password; a key goes in the Authorization header
+        raise KBClientError(
+            f"the service URL holds a user name or password: give the address alone, and the "
+            f"key with {KEY_SETTING}",
+            status=0,
+            code="invalid_url",
+        )
+    if usable and (parts.query or parts.fragment):  # the route would go after them
+        raise KBClientError(
+            f"{url!r} holds a query or fragment: give the service's base URL, such as "
+            "http://127.0.0.1:8000 (or https://host/prefix behind a proxy)",
+            status=0,
+            code="invalid_url",
+        )
     if not usable:
         raise KBClientError(
             f"{url!r} is not a service URL: give one such as http://127.0.0.1:8000",
@@ -249,7 +275,30 @@ def _is_loopback(host: str) -> bool:
 def _unreachable(url: str, exc: OSError) -> KBClientError:
     reason = getattr(exc, "reason", exc)
     error = KBClientError(f"cannot reach {url}: {reason}", status=0, code="unreachable")
-    error.may_have_landed = not isinstance(reason, ConnectionRefusedError | socket.gaierror)
+    error.may_have_landed = not _not_sent(reason)
+    return error
+
+
+def _not_sent(reason: object) -> bool:
+    """Whether a failure came before the request was sent: a refused connection, a name that
+    does not resolve, a TLS handshake that failed or timed out (https to a plain-HTTP service,
+    a certificate not trusted): nothing can have been written."""
+    if isinstance(reason, ConnectionRefusedError | socket.gaierror | ssl.SSLError):
+        return True
+    # the ssl module's own timeout: "_ssl.c:NNN: The handshake operation timed out"
+    return isinstance(reason, TimeoutError) and "handshake" in str(reason)
+
+
+def _garbled(url: str, path: str, exc: http.client.HTTPException) -> KBClientError:
+    """An answer that is not whole HTTP: another kind of server, or one cut short. The
+    request was sent, so it may have been carried out."""
+    error = KBClientError(
+        f"{url}{path} sent an answer that is not whole HTTP ({type(exc).__name__}): not a kb "
+        "service, or the connection was cut; --url must be the kb service's base URL",
+        status=0,
+        code="bad_answer",
+    )
+    error.may_have_landed = True
     return error
 
 
@@ -265,6 +314,12 @@ def _service_error(exc: urllib.error.HTTPError, url: str, path: str) -> KBClient
         return _not_kb(url, path, exc.code, exc.headers.get_content_type(), raw)
     if exc.code in (401, 403):  # it said: send "Authorization: Bearer <key>"
         message = f"{message.partition(': send ')[0]} ({KEY_SETTING})"
+    elif code in ("not_found", "method_not_allowed") and "requested URL" in message:
+        # no such route (not an unknown id): the URL given holds more than the base
+        message = (
+            f"{url}{path}: {message} --url must be the kb service's base URL, such as "
+            "http://127.0.0.1:8000"
+        )
     return KBClientError(message, details=error.get("details"), code=code, status=exc.code)
 
 

@@ -665,15 +665,17 @@ def test_url_that_does_not_answer_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_a_service_gone_while_it_held_a_request_is_said_to_have_maybe_written_it(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A kb serve killed mid-request: the load said "added 384" while the 1,024 documents of
-    the request in flight were stored too."""
+    the request in flight were stored too. (Its GET /info left unanswered ends the load
+    before it sends anything: the test below.)"""
     import socket
     import threading
 
     from tests.test_client import hang_up_server
 
+    monkeypatch.setattr("kb.cli.data._with_service_limits", lambda settings, *_: settings)
     source = write_jsonl(tmp_path / "docs.jsonl", GOOD)
     with socket.socket() as server:
         server.bind(("127.0.0.1", 0))
@@ -690,6 +692,38 @@ def test_a_service_gone_while_it_held_a_request_is_said_to_have_maybe_written_it
     assert result.exit_code == 1
     assert "load stopped: cannot reach" in result.output
     assert "may have been written before the service went away" in result.output
+
+
+@pytest.mark.parametrize("command", ["load", "backup"])
+def test_a_url_answering_something_not_http_is_one_line_and_at_once(
+    tmp_path: Path, command: str
+) -> None:
+    """A server that is not HTTP (a banner) ended `kb load --url` and `kb backup --url` in
+    an http.client.BadStatusLine traceback; an unanswered GET /info was followed by the
+    first batch, waiting as long again (review helper 65)."""
+    import socket
+    import threading
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        url = f"http://127.0.0.1:{server.getsockname()[1]}"
+
+        def banner() -> None:
+            for _ in range(2):
+                conn, _ = server.accept()
+                with conn:
+                    conn.recv(65536)
+                    conn.sendall(b"SSH-2.0-OpenSSH_9.2\r\n")
+
+        thread = threading.Thread(target=banner, daemon=True)
+        thread.start()
+        result = run({}, *url_command(command, url, tmp_path))
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    assert isinstance(result.exception, SystemExit)
+    assert f"{url}/" in result.output
+    assert "not whole HTTP (BadStatusLine)" in result.output
 
 
 KEY = "s3cret-key-0123456789abcdef"
@@ -772,7 +806,7 @@ def test_a_key_sent_unencrypted_off_this_machine_is_warned_of_once(
     env = {"KB_API_KEY": key} if key else {}
     result = run(env, *url_command(command, url, tmp_path))
     assert result.exit_code == 1
-    assert sent == (["/info", "/add"] if command == "load" else ["/backup"])
+    assert sent == (["/info"] if command == "load" else ["/backup"])  # not reached: no /add
     warnings = [line for line in result.stderr.splitlines() if "warning" in line]
     if warned is None:
         assert warnings == []

@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from kb.client import KBClient, KBClientError
+from kb.client import SLOWEST_BYTES_PER_S, KBClient, KBClientError
 from kb.schemas import DocumentIn
 
 IDS = ["a", "/a", "a//b", "a/b", "a/", "//x", "a b?c#d%2F"]
@@ -256,6 +256,58 @@ def test_a_url_that_is_not_http_is_refused_up_front(url: str) -> None:
     with pytest.raises(KBClientError) as raised:
         KBClient(url)
     assert raised.value.code == "invalid_url"
+
+
+@pytest.mark.parametrize(
+    "url", ["http://user:pa55word@127.0.0.1:8000", "http://127.0.0.1:8000/?x=1", "http://h/#top"]
+)
+def test_a_url_with_a_password_query_or_fragment_is_refused_without_the_password(url: str) -> None:
+    """The route went after the query (`?x=1/add`: "method is not allowed"), and a user and
+    password were sent to the name resolver and printed (review helper 65)."""
+    with pytest.raises(KBClientError) as raised:
+        KBClient(url)
+    assert raised.value.code == "invalid_url"
+    assert "pa55word" not in raised.value.message
+
+
+def test_a_url_holding_more_than_the_base_says_so(live_server: str) -> None:
+    """`--url http://host:port/kb/` got kb's own 404, which named no URL and no option."""
+    with pytest.raises(KBClientError) as raised:
+        KBClient(live_server + "/kb").stats()
+    assert raised.value.status == 404
+    assert raised.value.message.startswith(f"{live_server}/kb/stats: The requested URL")
+    assert "--url must be the kb service's base URL" in raised.value.message
+    with pytest.raises(KBClientError) as unknown:
+        KBClient(live_server).delete(["no-such-id"])
+    assert "--url" not in unknown.value.message  # an unknown id is no route's 404
+
+
+def test_a_request_waits_longer_the_larger_its_body(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A busy service took 129 s for a batch of 1,024 texts of 3 KB, past a fixed 120 s:
+    the load said the service went away (review helper 65)."""
+    waited: list[float] = []
+
+    def opened(request: object, timeout: float) -> None:
+        waited.append(timeout)
+        raise OSError("test")
+
+    client = KBClient("http://127.0.0.1:9", timeout=120)
+    monkeypatch.setattr(client._opener, "open", opened)
+    for docs in ([], [DocumentIn(text="x" * 300_000)]):
+        with pytest.raises(KBClientError):
+            client.add(docs) if docs else client.stats()
+    assert waited[0] == 120
+    assert waited[1] > 120 + 300_000 / SLOWEST_BYTES_PER_S - 1
+
+
+def test_a_tls_handshake_that_fails_sent_nothing() -> None:
+    """https:// to a plain-HTTP service (or an untrusted certificate) said the documents
+    "may have been written" though no request had been sent (review helper 65)."""
+    with serving(answering(200, "application/json", b"{}")) as url:
+        secure = url.replace("http://", "https://")
+        with pytest.raises(KBClientError) as raised:
+            KBClient(secure, timeout=5).stats()
+    assert (raised.value.code, raised.value.may_have_landed) == ("unreachable", False)
 
 
 @pytest.mark.parametrize(

@@ -298,7 +298,11 @@ def _with_service_limits(settings: Settings, client: KBClient) -> Settings:
 
     try:
         limits = client.info().limits
-    except (KBError, ValidationError):  # unreachable, a key it refuses, an older service
+    except KBError as exc:
+        if exc.status == 0:  # not reached (or not HTTP): the first batch would wait again
+            fail(exc.message)
+        return settings  # a key it refuses, an older service: the first request says so
+    except ValidationError:
         return settings
     return settings.model_copy(update=limits.model_dump())
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import queue
+import sys
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -24,6 +25,7 @@ BATCH_SIZE = 1024
 FIRST_BATCH = 128
 Prepare = Callable[[Sequence[DocumentIn]], Any]
 READER_THREAD = "kb-read"  # the thread reading the input ahead (see _read_ahead)
+WRITER_THREAD = "kb-ingest"  # the threads writing batches (a ThreadPoolExecutor's prefix)
 T = TypeVar("T")
 
 
@@ -40,10 +42,13 @@ class LoadStopped(KBError):
     """A write failed and the load stopped; `summary` counts what was written before it and
     by the batches already in flight when it failed."""
 
-    def __init__(self, error: KBError, summary: Summary) -> None:
+    def __init__(self, error: KBError, summary: Summary, unsure: int = 0) -> None:
         super().__init__(error.message, code=error.code, status=error.status)
         self.error = error
         self.summary = summary
+        # failed writes that may have been carried out all the same (a request to a service
+        # that went away: KBClientError.may_have_landed), this one's included
+        self.unsure = unsure
 
 
 def ingest(
@@ -60,6 +65,7 @@ def ingest(
     weigh: Callable[[DocumentIn], int] | None = None,
     max_weight: int | None = None,
     stop: threading.Event | None = None,
+    wait_on_quit: bool = True,
 ) -> Summary:
     """Write every good record through `sink`, batch by batch; collect the bad ones.
 
@@ -79,9 +85,11 @@ def ingest(
     counted, and LoadInterrupted carries the counts. (The flag is checked between batches: a
     KeyboardInterrupt raised wherever the main thread happened to be could land inside
     ThreadPoolExecutor.submit, leaving a write running that nothing waited for or counted.)
+    A KeyboardInterrupt (a second Ctrl-C) waits for the writes under way unless not
+    `wait_on_quit` (a service's requests, which may hang until their timeout).
     """
     summary = Summary()
-    writer = ThreadPoolExecutor(in_flight, thread_name_prefix="kb-ingest") if prepare else None
+    writer = ThreadPoolExecutor(in_flight, thread_name_prefix=WRITER_THREAD) if prepare else None
     pending: list[tuple[Future[AddResponse], int]] = []
 
     def count(result: AddResponse, size: int) -> None:
@@ -115,14 +123,17 @@ def ingest(
         settle(in_flight - 1)  # the oldest batch is written before this one goes
         pending.append((writer.submit(sink, work), size))
 
-    def drain() -> None:
-        """Wait for the batches in flight after a failed one; count those written."""
+    def drain() -> int:
+        """Wait for the batches in flight after a failed one; count those written. How many
+        of them failed such that they may have been written all the same."""
+        unsure = 0
         while pending:
             future, size = pending.pop(0)
             try:
                 count(future.result(), size)
-            except Exception:  # its own failure: the first one is reported
-                continue
+            except Exception as exc:  # its own failure: the first one is reported
+                unsure += bool(getattr(exc, "may_have_landed", False))
+        return unsure
 
     events = _events(entries, batch_size, strict, _Weights(weigh, max_weight))
     stopping = stop or threading.Event()
@@ -148,11 +159,12 @@ def ingest(
             write(*prepared.popleft())
         settle()
     except KBError as exc:
-        drain()
-        raise LoadStopped(exc, summary) from exc
+        unsure = drain() + bool(getattr(exc, "may_have_landed", False))
+        raise LoadStopped(exc, summary, unsure) from exc
     finally:
         if writer is not None:
-            writer.shutdown(wait=True)
+            quitting = sys.exc_info()[0] is KeyboardInterrupt
+            writer.shutdown(wait=not (quitting and not wait_on_quit), cancel_futures=quitting)
     if interrupted:
         raise LoadInterrupted(summary)
     return summary

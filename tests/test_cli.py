@@ -694,6 +694,63 @@ def test_a_service_gone_while_it_held_a_request_is_said_to_have_maybe_written_it
     assert "may have been written before the service went away" in result.output
 
 
+def test_a_second_ctrl_c_quits_a_url_load_at_once_though_its_request_hangs(
+    tmp_path: Path,
+) -> None:
+    """The service stopped answering mid-load: a second Ctrl-C waited for the request in
+    flight to time out (116.7 s), then exited 130 (review helper 65)."""
+    import socket
+
+    source = write_jsonl(tmp_path / "docs.jsonl", GOOD)
+    held: list[socket.socket] = []
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        url = f"http://127.0.0.1:{server.getsockname()[1]}"
+        gone = b'{"error": {"code": "not_found", "message": "Not Found", "details": []}}'
+
+        def serve() -> None:  # GET /info: 404, an older service; POST /add: never answered
+            while True:
+                try:
+                    conn, _ = server.accept()
+                except OSError:
+                    return
+                held.append(conn)
+                if conn.recv(65536).startswith(b"GET /info"):
+                    head = "HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\n"
+                    conn.sendall(f"{head}Content-Length: {len(gone)}\r\n\r\n".encode() + gone)
+                    conn.close()
+
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("KB_")}
+        load = subprocess.Popen(
+            [sys.executable, "-m", "kb", "load", "--url", url, str(source)],
+            env=env,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while len(held) < 2 and time.monotonic() < deadline:  # /info, then /add
+                time.sleep(0.05)
+            assert len(held) >= 2, "the load sent no /add"
+            load.send_signal(signal.SIGINT)
+            time.sleep(1)
+            load.send_signal(signal.SIGINT)
+            started = time.monotonic()
+            _, stderr = load.communicate(timeout=60)
+            quit_in = time.monotonic() - started
+        finally:
+            load.kill()
+            for conn in held:
+                conn.close()
+    assert load.returncode == 130, stderr
+    assert quit_in < 10, quit_in
+    assert "Load stopped at once" in stderr
+    assert "Traceback" not in stderr
+
+
 @pytest.mark.parametrize("command", ["load", "backup"])
 def test_a_url_answering_something_not_http_is_one_line_and_at_once(
     tmp_path: Path, command: str

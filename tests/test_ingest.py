@@ -158,6 +158,29 @@ def test_a_failed_write_waits_for_the_batches_in_flight_and_counts_them() -> Non
     assert stopped.value.summary.added == 4
 
 
+def test_every_failed_write_that_may_have_landed_is_counted_as_unsure() -> None:
+    """Two requests in flight to a service that went away: the message named "the request
+    that failed", and the other's documents, stored too, were neither counted nor named
+    (review helper 65)."""
+    from kb.client import KBClientError
+    from kb.ingest import LoadStopped
+
+    gone = threading.Barrier(2)
+
+    def sink(docs: Sequence[DocumentIn]) -> AddResponse:
+        ids = [str(doc.id) for doc in docs]
+        if {"d2", "d4"} & set(ids):
+            gone.wait(timeout=10)  # both in flight when the service goes
+            error = KBClientError("cannot reach the service", status=0, code="unreachable")
+            error.may_have_landed = True
+            raise error
+        return AddResponse(ids=ids, added=len(ids))
+
+    with pytest.raises(LoadStopped) as stopped:
+        ingest(items(10), sink, batch_size=2, prepare=list, in_flight=2)  # type: ignore[arg-type]
+    assert (stopped.value.summary.added, stopped.value.unsure) == (2, 2)
+
+
 def test_batches_end_before_their_weight_passes_the_limit() -> None:
     """Batches were cut by count only: a request of heavy documents passed the body limit.
     A document heavier than any request may be is a failed record (sent alone, it was

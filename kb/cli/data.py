@@ -176,16 +176,16 @@ def load(
                 weigh=target.weigh,
                 max_weight=target.max_weight,
                 stop=asked_to_stop,
+                wait_on_quit=not target.remote,
             )
     except LoadStopped as stop:
         # what was written before the failure, and by batches already in flight, is counted
         progress.clear()
         click.echo(f"Error: load stopped: {stop.message}", err=True)
-        from kb.client import KBClientError  # only a load by --url raises one
-
-        if isinstance(stop.error, KBClientError) and stop.error.may_have_landed:
+        if stop.unsure:  # only a load by --url has such failures
+            which = "request that" if stop.unsure == 1 else f"{stop.unsure} requests that"
             click.echo(
-                "The documents of the request that failed may have been written before the "
+                f"The documents of the {which} failed may have been written before the "
                 "service went away (they are not counted below): run the same load again to "
                 "finish it; what is stored is skipped.",
                 err=True,
@@ -232,10 +232,13 @@ def _leave(code: int, *, reading_stdin: bool) -> None:
     interpreter's shutdown then aborted ("Fatal Python error: _enter_buffered_busy", exit
     134): the process ends here instead, its output flushed (the store and any encoder
     process are closed by now)."""
-    from kb.ingest import READER_THREAD
+    from kb.ingest import READER_THREAD, WRITER_THREAD
 
-    blocked = any(t.name == READER_THREAD and t.is_alive() for t in threading.enumerate())
-    if blocked and reading_stdin and sys.stdin is sys.__stdin__:
+    alive = {t.name.partition("_")[0] for t in threading.enumerate() if t.is_alive()}
+    blocked = READER_THREAD in alive and reading_stdin and sys.stdin is sys.__stdin__
+    # and a second Ctrl-C quits at once: a request to a service that stopped answering is
+    # not waited for (the interpreter's exit joins the writer threads: up to its timeout)
+    if blocked or (code == 130 and WRITER_THREAD in alive):
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(OSError, ValueError):
                 stream.flush()
@@ -270,6 +273,7 @@ class _Target:
     most_docs: int = 100_000  # documents per batch at most (a service's per-request limit)
     weigh: Callable[[DocumentIn], int] | None = None  # a document's share of a request body
     max_weight: int | None = None  # the most a batch's documents may weigh together
+    remote: bool = False  # a service: a second Ctrl-C does not wait for its requests
 
 
 def _client(url: str | None, api_key: str | None, timeout: float = 120.0) -> KBClient | None:
@@ -352,6 +356,7 @@ def _target(
             most_docs=settings.max_documents_per_request,
             weigh=add_bytes,
             max_weight=settings.max_request_bytes - ADD_OVERHEAD,
+            remote=True,
         )
     from kb.encoders.process import EncoderProcess, wanted
     from kb.store import WriteMode

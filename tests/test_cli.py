@@ -729,6 +729,9 @@ def test_a_second_ctrl_c_quits_a_url_load_at_once_though_its_request_hangs(
             env=env,
             stderr=subprocess.PIPE,
             text=True,
+            # SIGINT as in a terminal's foreground: a suite started as a script's background
+            # job has it ignored, and the load then keeps ignoring it
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         try:
             deadline = time.monotonic() + 60
@@ -743,6 +746,7 @@ def test_a_second_ctrl_c_quits_a_url_load_at_once_though_its_request_hangs(
             quit_in = time.monotonic() - started
         finally:
             load.kill()
+            load.communicate()  # its pipe closed (a ResourceWarning failed the next test)
             for conn in held:
                 conn.close()
     assert load.returncode == 130, stderr

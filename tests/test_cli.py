@@ -770,9 +770,12 @@ def test_a_url_answering_something_not_http_is_one_line_and_at_once(
         server.listen()
         url = f"http://127.0.0.1:{server.getsockname()[1]}"
 
-        def banner() -> None:
-            for _ in range(2):
-                conn, _ = server.accept()
+        def banner() -> None:  # every connection, until the test closes the socket
+            while True:
+                try:
+                    conn, _ = server.accept()
+                except OSError:
+                    return
                 with conn:
                     conn.recv(65536)
                     conn.sendall(b"SSH-2.0-OpenSSH_9.2\r\n")
@@ -780,6 +783,9 @@ def test_a_url_answering_something_not_http_is_one_line_and_at_once(
         thread = threading.Thread(target=banner, daemon=True)
         thread.start()
         result = run({}, *url_command(command, url, tmp_path))
+        server.shutdown(socket.SHUT_RDWR)  # ends the accept (a thread left in it failed a
+        thread.join(timeout=10)  # later test's setup with its EBADF once the socket closed)
+        assert not thread.is_alive()
     assert result.exit_code == 1, result.output
     assert "Traceback" not in result.output
     assert isinstance(result.exception, SystemExit)

@@ -654,23 +654,13 @@ function score(value) {
   return value.toFixed(3);
 }
 
-// A score below the threshold: three decimals, or as many more as keep it below (0.5649 in
-// three is 0.565, which is not below a threshold of 0.565).
-function belowText(value, threshold) {
-  for (let digits = 3; digits <= 17; digits += 1) {
-    const text = (value + 0).toFixed(digits);
-    if (Number(text) < threshold) return text;
-  }
-  return String(value);
-}
-
-// A score beside its threshold: below it (belowText), or at least it, in three decimals or
-// as many more as keep it there (0.65113 in three is 0.651, below a threshold of 0.6511).
+// A score beside its threshold: three decimals, or as many more as keep it on its side (0.5649
+// in three is 0.565, not below a threshold of 0.565; 0.65113 is 0.651, below one of 0.6511).
 function comparedText(value, threshold) {
-  if (value < threshold) return belowText(value, threshold);
+  const below = value < threshold;
   for (let digits = 3; digits <= 17; digits += 1) {
     const text = (value + 0).toFixed(digits);
-    if (Number(text) >= threshold) return text;
+    if (Number(text) < threshold === below) return text;
   }
   return String(value);
 }
@@ -704,9 +694,9 @@ function renderResult(result) {
     $("no-match-text").textContent =
       best === null
         ? `No candidate reached the threshold of ${limit}.`
-        : `The best candidate scored ${belowText(best, threshold)}, below the threshold of ${limit}.`;
+        : `The best candidate scored ${comparedText(best, threshold)}, below the threshold of ${limit}.`;
     if (best !== null) {
-      const label = `best score ${belowText(best, threshold)}, threshold ${thresholdText(threshold)}`;
+      const label = `best score ${comparedText(best, threshold)}, threshold ${thresholdText(threshold)}`;
       $("no-match-bar").append(scoreBar(best, threshold, label));
     }
     $("no-match-advice").textContent =

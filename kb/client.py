@@ -45,6 +45,8 @@ ADD_OVERHEAD = 128
 # batch is busy, not gone (64 texts of 3 KB took 8.0 s on a 2-core machine, 24 KB/s, so a
 # 1,024-document batch of them outlasted a fixed 120 s and the load said the service went away).
 SLOWEST_BYTES_PER_S = 8 * 1024
+# what a client told a URL is not a kb service's needs to hear
+BASE_URL = "--url must be the kb service's base URL, such as http://127.0.0.1:8000"
 # where the CLI's key comes from (kb.config.API_KEY_VARIABLE; importing it costs 50 ms)
 KEY_SETTING = "--api-key / KB_API_KEY"
 
@@ -294,7 +296,7 @@ def _garbled(url: str, path: str, exc: http.client.HTTPException) -> KBClientErr
     request was sent, so it may have been carried out."""
     error = KBClientError(
         f"{url}{path} sent an answer that is not whole HTTP ({type(exc).__name__}): not a kb "
-        "service, or the connection was cut; --url must be the kb service's base URL",
+        f"service, or the connection was cut; {BASE_URL}",
         status=0,
         code="bad_answer",
     )
@@ -316,10 +318,7 @@ def _service_error(exc: urllib.error.HTTPError, url: str, path: str) -> KBClient
         message = f"{message.partition(': send ')[0]} ({KEY_SETTING})"
     elif code in ("not_found", "method_not_allowed") and "requested URL" in message:
         # no such route (not an unknown id): the URL given holds more than the base
-        message = (
-            f"{url}{path}: {message} --url must be the kb service's base URL, such as "
-            "http://127.0.0.1:8000"
-        )
+        message = f"{url}{path}: {message} {BASE_URL}"
     return KBClientError(message, details=error.get("details"), code=code, status=exc.code)
 
 
@@ -333,8 +332,7 @@ def _not_kb(url: str, path: str, status: int, kind: str, raw: bytes = b"") -> KB
         said = f' ("{first[0][:100]}")' if first else ""
     route = path.partition("?")[0]
     return KBClientError(
-        f"{url}{route} answered HTTP {status} ({kind}){said}: not a kb service? --url must "
-        "be the kb service's base URL, such as http://127.0.0.1:8000",
+        f"{url}{route} answered HTTP {status} ({kind}){said}: not a kb service? {BASE_URL}",
         status=status,
         code="not_kb",
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from flask import Blueprint, Response, request
@@ -66,7 +67,9 @@ UPDATE_ERRORS = (*ID_ERRORS, 409)  # 409: the stored document is torn and the pa
 )
 def add() -> tuple[Response, int]:
     req = body(AddRequest)
-    with fields_as_sent("documents.0", "documents.0" if req.documents else ""):
+    # one document sent as the body's own fields: its errors name them so (`id`)
+    single = req.documents is None
+    with fields_as_sent("documents.0", "") if single else contextlib.nullcontext():
         result = store().add(req.items(), WriteMode(req.conflict_mode()), req.on_duplicate)
     return reply(result, 201)
 

@@ -150,6 +150,26 @@ def _blocks(stream: IO[bytes]) -> Iterator[bytes]:
         yield block
 
 
+@contextmanager
+def rereadable(path: Path) -> Iterator[Path]:
+    """`path` as a file `restore` can read more than once (its checks, then its two write
+    passes): a pipe, a FIFO or /dev/stdin is copied to a temporary file first (read again, a
+    pipe was empty, "not a gzipped file"; a FIFO's second open waited for ever)."""
+    if path.is_file():
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="kb-restore-") as folder:
+        copy = Path(folder) / "backup.jsonl.gz"
+        try:
+            with path.open("rb") as incoming, copy.open("wb") as out:
+                shutil.copyfileobj(incoming, out, BLOCK)
+        except OSError as exc:
+            raise KBError(
+                f"cannot copy {path} to a temporary file: {exc.strerror or exc}", status=500
+            ) from exc
+        yield copy
+
+
 def verify(path: Path, shown: str | None = None) -> dict[str, Any]:
     """The header of a complete backup whose every record line is well-formed; raises
     ValidationFailed naming the first bad line (truncated, foreign, missing a key, a vector

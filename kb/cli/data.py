@@ -5,14 +5,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import sys
-import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -529,11 +526,14 @@ def restore(source: Path, replace: bool) -> None:
     from kb import backup as backups
 
     started = time.perf_counter()
-    with _rereadable(source) as readable:
+    with contextlib.ExitStack() as stack:
         try:  # a file that is no backup is refused before the store is opened (or created)
+            readable = stack.enter_context(backups.rereadable(source))
             backups.read_header(readable, str(source))
         except KBError as exc:
             fail(f"restore failed: {exc.message}")
+        except KeyboardInterrupt:  # while a pipe was copied
+            interrupted("Restore interrupted before it wrote anything: the store is as it was")
         settings = Settings()
         store = open_store(settings, searching=False)
         try:
@@ -555,23 +555,3 @@ def restore(source: Path, replace: bool) -> None:
             store.close()
     elapsed = time.perf_counter() - started
     click.echo(f"restored {count} records from {source} in {elapsed:.1f}s", err=True)
-
-
-@contextmanager
-def _rereadable(source: Path) -> Iterator[Path]:
-    """The backup as a file a restore can read several times (its checks, then its two write
-    passes): a pipe, a FIFO or /dev/stdin from one is copied to a temporary file first (read
-    again, a pipe was empty, "not a gzipped file"; a FIFO's second open waited for ever)."""
-    if source.is_file():
-        yield source
-        return
-    with tempfile.TemporaryDirectory(prefix="kb-restore-") as folder:
-        copy = Path(folder) / "backup.jsonl.gz"
-        try:
-            with source.open("rb") as incoming, copy.open("wb") as out:
-                shutil.copyfileobj(incoming, out, 1 << 20)
-        except OSError as exc:
-            fail(f"restore failed: cannot copy {source} to a temporary file: {exc.strerror}")
-        except KeyboardInterrupt:
-            interrupted("Restore interrupted before it wrote anything: the store is as it was")
-        yield copy

@@ -495,3 +495,27 @@ def test_a_device_path_is_written_as_it_is() -> None:
     for device in (Path("/dev/stdout"), Path("/dev/null")):
         with files.replacing(device) as partial:
             assert partial == device
+
+
+def test_head_backup_answers_headers_without_taking_a_backup(
+    client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """HEAD names what GET would send, and takes no snapshot: one holds writes off while it
+    is written."""
+    taken: list[object] = []
+
+    def counted(store: KnowledgeStore):
+        taken.append(store)
+        return backup.snapshot(store)
+
+    monkeypatch.setattr("kb.api.admin.snapshot", counted)
+    head = client.head("/backup")
+    assert head.status_code == 200
+    assert head.mimetype == "application/gzip"
+    assert head.headers["Content-Disposition"].startswith('attachment; filename="kb-')
+    assert head.data == b""
+    assert taken == []
+    got = client.get("/backup")
+    assert got.status_code == 200
+    assert len(taken) == 1
+    assert json.loads(gzip.decompress(got.data).splitlines()[0])["records"] == 0

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import IO
 
-from flask import Blueprint, Response
+from flask import Blueprint, Response, request
 
 from kb.api.util import documented, store
 from kb.backup import snapshot
@@ -23,9 +23,11 @@ BLOCK = 1 << 16
     media_type="application/gzip",
 )
 def backup() -> Response:
-    # Written in full first (writes wait meanwhile, reads do not), then streamed.
+    # Written in full first (writes wait meanwhile, reads do not), then streamed; a HEAD
+    # request (Flask answers it with this view) gets the headers without one being taken.
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    response = Response(_blocks(snapshot(store())), mimetype="application/gzip")
+    body = iter(()) if request.method == "HEAD" else _blocks(snapshot(store()))
+    response = Response(body, mimetype="application/gzip")
     response.headers["Content-Disposition"] = f'attachment; filename="kb-{stamp}.jsonl.gz"'
     return response
 

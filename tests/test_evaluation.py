@@ -287,3 +287,26 @@ def test_kb_eval_warns_of_an_option_that_does_nothing_for_a_dataset(tmp_path: Pa
     alone = CliRunner().invoke(main, ["eval", str(labeled), "--corpus", str(corpus)], env=env)
     assert alone.exit_code == 0, alone.output
     assert "warning" not in alone.output
+
+
+def test_kb_eval_refuses_a_fusion_no_mode_evaluated_uses(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--fusion with only dense or keyword searches was dropped without a word, and the
+    table looked like the fusion's figures."""
+    folder = beir_folder(tmp_path / "tiny")
+    env = {"KB_CHROMA_PATH": str(tmp_path / "untouched")}
+    args = ["eval", str(folder), "--split", "test", "--fusion", "rrf"]
+    dense = CliRunner().invoke(main, [*args, "--mode", "dense", "--mode", "keyword"], env=env)
+    assert dense.exit_code == 2
+    assert "--fusion applies to hybrid search, and the modes evaluated are dense, keyword" in (
+        dense.output
+    )
+    assert "nDCG@10" not in dense.output
+    monkeypatch.setenv("KB_SEARCH_MODE", "keyword")  # the default mode is the one evaluated
+    default = CliRunner().invoke(main, args, env=env)
+    assert default.exit_code == 2
+    assert "the modes evaluated are keyword: add --mode hybrid" in default.output
+    hybrid = CliRunner().invoke(main, [*args, "--mode", "hybrid", "--mode", "dense"], env=env)
+    assert hybrid.exit_code == 0, hybrid.output
+    assert "hybrid/rrf" in hybrid.output

@@ -264,7 +264,13 @@ def eval_(
         except KBError as exc:
             fail(f"{exc.message} (--json)")
     settings = Settings()
-    searches = variants(modes or [settings.search_mode], fusions or [settings.fusion])
+    modes = modes or [settings.search_mode]
+    if fusions and "hybrid" not in modes:  # else nothing would use them, and no one be told
+        raise click.UsageError(
+            f"--fusion applies to hybrid search, and the modes evaluated are "
+            f"{', '.join(modes)}: add --mode hybrid"
+        )
+    searches = variants(modes, fusions or [settings.fusion])
     reports = []
     opened = []
     # every dataset read first: a bad second one fails before minutes go into the first,

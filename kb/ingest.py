@@ -220,8 +220,10 @@ def _events(
             problem = entry
         else:
             verdict = _classify(entry, seen)
-            if verdict == "new":
-                verdict = weights.too_heavy(entry) or verdict
+            if verdict == "new" and (heavy := weights.too_heavy(entry)):
+                # not written: a repeat of it is not "the same as one written" (skipped)
+                del seen[_key(entry)]
+                verdict = heavy
             if verdict == "new":
                 if not weights.fits(batch):
                     yield batch
@@ -309,9 +311,14 @@ def _read_ahead(
 _END = object()
 
 
+def _key(item: Item) -> str:
+    """The id `item` is stored under: its own, or the one derived from its text."""
+    return item.doc.id if item.doc.id is not None else derive_id(item.doc.text)
+
+
 def _classify(item: Item, seen: dict[str, Item]) -> Literal["new", "same"] | Problem:
     """'new' for an id met first, 'same' for an identical repeat, else the conflict."""
-    doc_id = item.doc.id if item.doc.id is not None else derive_id(item.doc.text)
+    doc_id = _key(item)
     first = seen.setdefault(doc_id, item)
     if first is item:
         return "new"

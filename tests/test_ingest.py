@@ -202,6 +202,18 @@ def test_batches_end_before_their_weight_passes_the_limit() -> None:
     ]
 
 
+def test_a_repeat_of_a_document_too_heavy_to_send_fails_too() -> None:
+    """The repeat of a document no request could carry was counted as skipped, "the same as
+    one written", though neither was written."""
+    batches, _, sink = recorder()
+    heavy = DocumentIn(id="big", text="x " * 100)
+    entries = [*items(2), Item("input.jsonl", 3, heavy), Item("input.jsonl", 4, heavy)]
+    summary = ingest(entries, sink, batch_size=5, weigh=lambda doc: len(doc.text), max_weight=100)
+    assert batches == [["d0", "d1"]]
+    assert (summary.added, summary.skipped, summary.failed) == (2, 0, 2)
+    assert [problem.line for problem in summary.problems] == [3, 4]
+
+
 @pytest.mark.parametrize(("prepare", "in_flight"), [(None, 1), (list, 1), (list, 2)])
 def test_a_stop_finishes_the_writes_under_way_counts_them_and_starts_no_other(
     prepare, in_flight: int

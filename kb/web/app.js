@@ -5,6 +5,8 @@
 
 const KEY_STORAGE = "kb.apiKey";
 const TEXT_PREVIEW_CHARS = 1200;
+const CHIP_PREVIEW_CHARS = 120; // a metadata value longer than this is cut in its chip
+const SEARCH_TIMEOUT_S = 60; // a search not answered by then is given up, and said so
 // What the page assumes of a server without GET /info (it predates API keys).
 const FALLBACK_INFO = Object.freeze({
   auth_required: false,
@@ -155,7 +157,9 @@ function unexpectedAnswer(status) {
   );
 }
 
-async function api(path, { method = "GET", body } = {}) {
+// A request to kb; with timeoutS, one not answered within that many seconds fails as such
+// (for searches only: a write given up on might still land).
+async function api(path, { method = "GET", body, timeoutS } = {}) {
   const headers = { Accept: "application/json" };
   const key = currentKey();
   if (key && !sendableKey(key)) {
@@ -169,10 +173,19 @@ async function api(path, { method = "GET", body } = {}) {
     init.body = requestJson(body);
   }
   let response;
+  const abort = new AbortController();
+  const timer = timeoutS && setTimeout(() => abort.abort(), timeoutS * 1000);
+  init.signal = abort.signal;
   try {
     response = await fetch(path, init);
   } catch {
+    if (abort.signal.aborted) {
+      const said = `The server did not answer within ${timeoutS} seconds. Try again later.`;
+      throw new ApiError(0, "timeout", said, []);
+    }
     throw new ApiError(0, "network_error", "Could not reach the kb server. Is it running?", []);
+  } finally {
+    clearTimeout(timer);
   }
   let data = null;
   try {
@@ -222,10 +235,19 @@ function errorText(err) {
   return err.message;
 }
 
+// A note's kind: an error is an alert, read out at once, anything else a polite status (an
+// explicit aria-live on the element follows suit: "polite" left there would tame the alert).
+function markNote(target, error) {
+  target.classList.toggle("error", error);
+  target.setAttribute("role", error ? "alert" : "status");
+  if (target.hasAttribute("aria-live")) {
+    target.setAttribute("aria-live", error ? "assertive" : "polite");
+  }
+}
+
 function showError(target, err) {
   target.replaceChildren();
-  target.classList.add("error");
-  target.setAttribute("role", "alert");
+  markNote(target, true);
   // A message quotes what was sent (an id): its hidden characters shown as escapes, as in
   // the cards, so an override in an id cannot reverse the message around it.
   target.append(el("p", "", visibleId(errorText(err))));
@@ -241,14 +263,12 @@ function showError(target, err) {
 }
 
 function clearNote(target) {
-  target.classList.remove("error");
-  target.setAttribute("role", "status");
+  markNote(target, false);
   target.replaceChildren();
 }
 
 function showMessage(target, text) {
-  target.classList.remove("error");
-  target.setAttribute("role", "status");
+  markNote(target, false);
   target.replaceChildren(el("p", "", text));
 }
 
@@ -607,7 +627,7 @@ async function runSearch(request, note = "") {
   showMessage(status, "Searching…");
   addNote(status, note);
   try {
-    const result = checkedAnswer(await api("query", { method: "POST", body: request }));
+    const result = checkedAnswer(await api("query", { method: "POST", body: request, timeoutS: SEARCH_TIMEOUT_S }));
     if (seq !== state.searchSeq) return; // a newer search has been sent meanwhile
     state.lastRequest = request;
     renderResult(result);
@@ -731,7 +751,11 @@ async function showRejected() {
   button.setAttribute("aria-disabled", "true"); // not `disabled`: that would drop the focus
   try {
     const result = checkedAnswer(
-      await api("query", { method: "POST", body: { ...request, explain: true } }),
+      await api("query", {
+        method: "POST",
+        body: { ...request, explain: true },
+        timeoutS: SEARCH_TIMEOUT_S,
+      }),
     );
     if (!current()) return;
     const threshold = result.threshold.min_score;
@@ -763,8 +787,13 @@ function scoreBar(value, threshold, label) {
   return bar;
 }
 
+// A metadata value as its chip shows it: a list joined, a long value cut (in code points,
+// as texts are) with the whole of it in the chip's tooltip.
 function chipText(value) {
-  return Array.isArray(value) ? value.map(String).join(", ") : String(value);
+  const whole = Array.isArray(value) ? value.map(String).join(", ") : String(value);
+  const chars = Array.from(whole);
+  if (chars.length <= CHIP_PREVIEW_CHARS) return { shown: whole, whole };
+  return { shown: `${chars.slice(0, CHIP_PREVIEW_CHARS).join("")}…`, whole };
 }
 
 function renderMatch(match, threshold, deletable) {
@@ -782,7 +811,9 @@ function renderMatch(match, threshold, deletable) {
     const chip = el("li", "chip");
     // dir=auto isolates each part: an override in a key or value cannot reorder the others.
     const name = el("span", "chip-key", `${key}: `);
-    const content = el("span", "chip-value", chipText(value));
+    const { shown, whole } = chipText(value);
+    const content = el("span", "chip-value", shown);
+    if (shown !== whole) content.title = whole;
     name.dir = "auto";
     content.dir = "auto";
     chip.append(name, content);
@@ -825,23 +856,28 @@ async function deleteDocument(id, card, button) {
   button.disabled = true;
   const status = $("search-status");
   const seq = state.searchSeq;
+  let done;
   try {
     const result = await api("delete", { method: "POST", body: { ids: [id] } });
-    card.remove();
-    for (const other of document.querySelectorAll("#results > li, #rejected > li")) {
-      if (other.dataset.id === id) other.remove(); // a newer search's card of it
-    }
-    loadStats();
-    // a newer search shown meanwhile keeps its own status (and the focus its Search button)
-    if (seq !== state.searchSeq) return;
-    const left = $("results").childElementCount;
-    const tail = left ? "" : " No results are left.";
-    showMessage(status, `Deleted "${visibleId(result.ids[0] || id)}".${tail}`);
-    status.focus(); // the focused button is gone: keep keyboard users in the results
+    done = `Deleted "${visibleId(result.ids[0] || id)}".`;
   } catch (err) {
-    button.disabled = false;
-    if (seq === state.searchSeq) showError(status, err);
+    if (err.status !== 404 || err.code !== "not_found") {
+      button.disabled = false;
+      if (seq === state.searchSeq) showError(status, err);
+      return;
+    }
+    done = `"${shown}" was already deleted.`; // by someone else since the search: gone all the same
   }
+  card.remove();
+  for (const other of document.querySelectorAll("#results > li, #rejected > li")) {
+    if (other.dataset.id === id) other.remove(); // a newer search's card of it
+  }
+  loadStats();
+  // a newer search shown meanwhile keeps its own status (and the focus its Search button)
+  if (seq !== state.searchSeq) return;
+  const left = $("results").childElementCount;
+  showMessage(status, left ? done : `${done} No results are left.`);
+  status.focus(); // the focused button is gone: keep keyboard users in the results
 }
 
 function addRequest() {

@@ -216,8 +216,18 @@ def test_an_api_error_shows_its_message(page: Page, open_server: Server, expect:
     form.get_by_role("button", name="Add document").click()
     alert = page.locator("#add-status")
     expect(alert).to_have_attribute("role", "alert")
+    # an alert is read out at once: the status's aria-live="polite" had tamed it
+    expect(alert).to_have_attribute("aria-live", "assertive")
     expect(alert).to_contain_text("id may not end with '#chunk<N>'")
     assert open_server.call("/documents/bad%23chunk1")[0] == 404
+    form.get_by_label("Id (optional)").fill("")
+    form.get_by_role("button", name="Add document").click()
+    expect(alert).to_contain_text("Added")
+    expect(alert).to_have_attribute("role", "status")
+    expect(alert).to_have_attribute("aria-live", "polite")
+    added = re.search(r'Added "([^"]+)"', alert.inner_text())
+    assert added, alert.inner_text()
+    assert open_server.call("/delete", {"ids": [added.group(1)]})[0] == 200
 
 
 def test_the_page_works_from_the_keyboard(page: Page, open_server: Server, expect: Any) -> None:
@@ -1111,3 +1121,69 @@ def test_a_delete_answered_after_a_newer_search_leaves_that_search_shown(
         expect(cards(page).locator(".match-id", has_text="telescope")).to_have_count(0)
         expect(status).to_contain_text("scored at least")
         assert server.call("/documents/telescope")[0] == 404
+
+
+def test_deleting_a_document_deleted_meanwhile_removes_its_card(
+    page: Page, open_server: Server, expect: Any
+) -> None:
+    """Someone else's delete between the search and the click left the card, its Delete
+    button live, beside the server's 404."""
+    text = "Pewter spoons were cast in brass moulds and polished with sand."
+    assert open_server.call("/add", {"id": "ui-pewter", "text": text})[0] == 201
+    open_page(page, open_server)
+    search(page, "how were pewter spoons made?")
+    doomed = card(page, "ui-pewter")
+    expect(doomed).to_have_count(1)
+    assert open_server.call("/delete", {"ids": ["ui-pewter"]})[0] == 200
+    page.once("dialog", lambda dialog: dialog.accept())
+    doomed.get_by_role("button", name="Delete ui-pewter").click()
+    expect(doomed).to_have_count(0)
+    status = page.locator("#search-status")
+    expect(status).to_contain_text('"ui-pewter" was already deleted.')
+    expect(status).to_have_attribute("role", "status")
+
+
+def test_a_search_never_answered_is_given_up_and_said_so(
+    page: Page, open_server: Server, expect: Any
+) -> None:
+    """A search whose answer never came showed "Searching…" until a newer one was sent."""
+    held: list[Route] = []
+    page.clock.install()
+    open_page(page, open_server)
+    hold(page, held, lambda body: True)
+    search(page, "a question the server never answers")
+    until(page, lambda: bool(held))
+    status = page.locator("#search-status")
+    expect(status).to_have_text("Searching…")
+    page.clock.run_for(59_000)
+    expect(status).to_have_text("Searching…")
+    page.clock.run_for(2_000)
+    expect(status).to_contain_text("The server did not answer within 60 seconds.")
+    expect(status).to_have_attribute("role", "alert")
+    expect(page.locator("#results-section")).not_to_have_attribute("aria-busy", "true")
+    page.unroute("**/query")  # the held request went with the page's abort
+    search(page, "which telescope shows faint stars?")  # the next search runs as usual
+    expect(status).to_contain_text("scored at least")
+
+
+def test_a_long_metadata_value_is_cut_in_its_chip(
+    page: Page, open_server: Server, expect: Any
+) -> None:
+    """A 5,000-character value filled the card; its chip shows the start, the tooltip all."""
+    long = "🧪" + "provenance " * 450
+    doc = {"id": "ui-ledger", "text": "A ledger of glass shipments from Murano, 1750.",
+           "metadata": {"source": long, "category": "history"}}  # fmt: skip
+    assert open_server.call("/add", doc)[0] == 201
+    try:
+        open_page(page, open_server)
+        search(page, "glass shipments ledger from Murano")
+        chip = card(page, "ui-ledger").locator(".chip", has_text="source:").locator(".chip-value")
+        expect(chip).to_have_count(1)
+        shown = chip.inner_text()
+        assert shown == long[:120] + "…", shown  # 120 code points, the emoji whole
+        assert chip.get_attribute("title") == long
+        category = card(page, "ui-ledger").locator(".chip", has_text="category:")
+        expect(category.locator(".chip-value")).to_have_text("history")
+        assert category.locator(".chip-value").get_attribute("title") is None
+    finally:
+        open_server.call("/delete", {"ids": ["ui-ledger"]})

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from kb.chroma_floats import chroma_float
 from kb.schemas import INT64
 
 ValueKey = tuple[str, Any]
@@ -37,7 +38,8 @@ SCALAR_KINDS: dict[type, str] = {bool: "b", int: "i", float: "f", str: "s"}
 
 def value_key(value: Any) -> ValueKey:
     """A metadata value or list item as Chroma tells them apart: True is not 1, "1" is not 1,
-    and 1 is not 1.0 (though they are equal, see `equal_keys`)."""
+    and 1 is not 1.0 (though they are equal, see `equal_keys`). Stored decimals are as Chroma
+    holds them (kb.chroma_floats: the mirror's rows are)."""
     if isinstance(value, bool):
         return ("b", value)
     if isinstance(value, int):
@@ -47,15 +49,23 @@ def value_key(value: Any) -> ValueKey:
     return ("s", value)
 
 
+def argument_key(value: Any) -> ValueKey:
+    """A filter's value as Chroma compares it: a decimal after its JSON parse."""
+    if type(value) is float:
+        return ("f", chroma_float(value))
+    return value_key(value)
+
+
 def equal_keys(value: Any) -> list[ValueKey]:
     """The keys of the values Chroma's $eq finds for this one: 1 finds 1 and 1.0. An integer
     finds integers exactly (2**53 + 1 is not 2**53) and decimals as the float it rounds to,
-    as Chroma compares them; a decimal finds the integer it is, if it is one."""
-    key = value_key(value)
+    as Chroma compares them; a decimal (as Chroma parses it) finds the integer it is, if it
+    is one."""
+    key = argument_key(value)
     if key[0] == "i":
         return [key, ("f", float(value))]
-    if key[0] == "f" and value.is_integer() and -INT64 <= value < INT64:
-        return [key, ("i", int(value))]
+    if key[0] == "f" and key[1].is_integer() and -INT64 <= key[1] < INT64:
+        return [key, ("i", int(key[1]))]
     return [key]
 
 
@@ -116,9 +126,10 @@ class MetadataIndex:
             condition = {"$eq": condition}
         ((op, arg),) = condition.items()
         if op in RANGE_OPS:
-            return self._range(key, op, arg, size, cache)
+            bound = chroma_float(arg) if type(arg) is float else arg
+            return self._range(key, op, bound, size, cache)
         if op in {"$contains", "$not_contains"}:  # list items: 1 is not 1.0, as in Chroma
-            found = self._rows(self._elements, key, [arg], size, cache, lambda v: [value_key(v)])
+            found = self._rows(self._elements, key, [arg], size, cache, lambda v: [argument_key(v)])
         else:
             wanted = arg if op in {"$in", "$nin"} else [arg]
             found = self._rows(self._values, key, wanted, size, cache, equal_keys)

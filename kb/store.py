@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from kb.chroma_floats import as_held
 from kb.chunking import Chunk, split
 from kb.collection import RecordCollection
 from kb.config import Settings
@@ -538,7 +539,7 @@ class KnowledgeStore:
         stale = sorted({r.id for r in previous} - {r.id for r in records})
         with self.replica.writing([*(r.id for r in records), *stale]) as applied:
             self.records.upsert(records, previous, new, stale)  # the deletes roll back too
-            applied(records, stale)
+            applied(as_held(records), stale)  # the copies hold what a read of Chroma gives
 
     def _remove(self, heads: Sequence[Record]) -> None:
         self._delete_whole(self._stored_chunk_ids(heads))

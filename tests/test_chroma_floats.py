@@ -1,0 +1,167 @@
+"""Decimals as Chroma holds them: kb's copies and filters agree with Chroma's parse, whichever
+process wrote a record and whatever path reads it."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+
+import chromadb
+import numpy as np
+import pytest
+
+from kb.chroma_floats import as_held, chroma_float
+from kb.config import Settings
+from kb.embeddings import Embedder
+from kb.filters import compile_filter
+from kb.records import Record
+from kb.schemas import DocumentIn, QueryRequest, UpdateFields
+from kb.search import search
+from kb.store import KnowledgeStore
+
+MOVED = 123456789.12345679  # Chroma holds it as 123456789.1234568
+HELD = 123456789.1234568
+
+
+def sample() -> list[float]:
+    rng = random.Random(5)
+    return [
+        *(rng.random() for _ in range(400)),
+        *(rng.randrange(1, 10**6) / 7 for _ in range(400)),
+        *(rng.uniform(-180, 180) for _ in range(400)),
+        *(float(rng.randrange(10**15, 10**17)) for _ in range(200)),
+        *(rng.random() * 10.0 ** rng.randint(-300, 300) for _ in range(400)),
+        *(float(2**53 + i) for i in range(-3, 4)),
+        5e-324, 1e-310, 2.2250738585072014e-308, 1.7976931348623157e308, MOVED, -MOVED,
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def chroma() -> Iterator[tuple[list[float], dict[int, float], object]]:
+    """The sample written to an in-memory Chroma collection, and what Chroma reads back."""
+    values = sample()
+    collection = chromadb.EphemeralClient().get_or_create_collection("chroma_floats")
+    collection.add(
+        ids=[str(i) for i in range(len(values))],
+        embeddings=np.ones((len(values), 2)).tolist(),
+        metadatas=[{"n": v} for v in values],
+    )
+    got = collection.get(include=["metadatas"])
+    back = {int(i): m["n"] for i, m in zip(got["ids"], got["metadatas"], strict=True)}
+    yield values, back, collection
+    chromadb.EphemeralClient().delete_collection("chroma_floats")
+
+
+def test_chroma_float_is_what_chroma_reads_back(chroma) -> None:
+    values, back, _ = chroma
+    assert sum(back[i] != v for i, v in enumerate(values)) > 200  # the parse moves many
+    assert [i for i, v in enumerate(values) if chroma_float(v) != back[i]] == []
+    assert chroma_float(MOVED) == HELD
+
+
+def test_chroma_float_is_what_a_filter_of_chroma_finds(chroma) -> None:
+    """A filter's decimal is parsed the same way: $eq finds a record iff the parsed filter
+    value is the value held, by the number as given or as read back."""
+    values, back, collection = chroma
+    wrong = []
+    for i in random.Random(9).sample(range(len(values)), 60):
+        for value in (values[i], back[i]):
+            found = str(i) in collection.get(where={"n": {"$eq": value}}, include=[])["ids"]
+            if found != (chroma_float(value) == back[i]):
+                wrong.append((i, value))
+    assert wrong == []
+
+
+def test_as_held_copies_only_records_whose_decimals_move() -> None:
+    kept = Record("a", "t", {"n": 0.5, "s": "x", "i": 3, "l": [1.5, 2.5]})
+    moved = Record("b", "t", {"n": MOVED, "l": [MOVED, 2.5], "s": "x"}, [0.1])
+    held = as_held([kept, moved])
+    assert held[0] is kept
+    assert held[1].metadata == {"n": HELD, "l": [HELD, 2.5], "s": "x"}
+    assert held[1].embedding == [0.1]
+    assert moved.metadata["n"] == MOVED  # the record written is left as it was
+
+
+def hits(store: KnowledgeStore, where: dict, mode: str) -> list[str]:
+    request = QueryRequest.model_validate(
+        {"query": "a measured value", "mode": mode, "min_score": -1, "where": where}
+    )
+    return sorted(match.id for match in search(store, request)[0].matches)
+
+
+def listed(store: KnowledgeStore, where: dict) -> list[str]:
+    return sorted(doc.id for doc in store.iter_documents(compile_filter(where=where)))
+
+
+FILTERS = [
+    ({"n": MOVED}, ["moved"]),
+    ({"n": HELD}, ["moved"]),  # as read back: the parse keeps it
+    ({"n": {"$in": [MOVED, 7.0]}}, ["moved"]),
+    ({"n": {"$lte": MOVED}}, ["moved", "plain"]),
+    ({"n": {"$gt": MOVED}}, []),
+    ({"n": {"$ne": MOVED}}, ["plain"]),
+    ({"n": {"$nin": [MOVED]}}, ["plain"]),
+    ({"l": {"$contains": MOVED}}, ["moved"]),
+]
+
+
+def check(store: KnowledgeStore) -> None:
+    """Every search mode and the listing select what Chroma's own filter selects."""
+    for where, expected in FILTERS:
+        assert listed(store, where) == expected, where
+        for mode in ("dense", "keyword", "hybrid"):
+            assert hits(store, where, mode) == expected, (where, mode)
+
+
+def add(store: KnowledgeStore) -> None:
+    store.add(
+        [
+            DocumentIn(id="moved", text="A measured value of the survey.",
+                       metadata={"n": MOVED, "l": [MOVED, 2.5], "s": "a"}),
+            DocumentIn(id="plain", text="Another measured value.", metadata={"n": 2.5}),
+        ]
+    )  # fmt: skip
+
+
+def test_a_filter_on_a_moved_decimal_finds_the_same_documents_everywhere(
+    settings: Settings, embedder: Embedder
+) -> None:
+    """The copies held the number as given and Chroma its parse: after a PATCH (which wrote
+    back Chroma's reading of the other keys), searches missed what listings and deletes by
+    the same filter found."""
+    store = KnowledgeStore.open(settings, embedder)
+    try:
+        add(store)
+        check(store)
+        store.update("moved", UpdateFields(metadata={"s": "b"}))  # another key only
+        check(store)
+        (shown,) = search(store, QueryRequest(query="survey", where={"s": "b"}, min_score=-1))[
+            0
+        ].matches
+        assert shown.metadata["n"] == store.get("moved").metadata["n"] == HELD
+    finally:
+        store.close()
+    again = KnowledgeStore.open(settings, embedder)  # the copies loaded from their file
+    try:
+        again.replica.wait_loaded()
+        check(again)
+    finally:
+        again.close()
+
+
+def test_another_process_on_a_server_filters_a_moved_decimal_alike(
+    server_settings: Settings, embedder: Embedder
+) -> None:
+    """A process whose copies were read from Chroma held its reading; one that wrote, the
+    number as given: the same filter found the document on one and not the other."""
+    first = KnowledgeStore.open(server_settings, embedder)
+    second = KnowledgeStore.open(server_settings, embedder)
+    try:
+        first.replica.wait_loaded()
+        second.replica.wait_loaded()
+        add(first)
+        check(first)
+        check(second)
+    finally:
+        first.close()
+        second.close()

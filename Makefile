@@ -4,7 +4,6 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-STORE := $(or $(KB_CHROMA_PATH),chroma_db)
 export HF_HUB_OFFLINE := 1
 
 .DEFAULT_GOAL := help
@@ -57,10 +56,21 @@ bench: install ## Ingest, query and start-up benchmarks vs a tutorial baseline (
 bench-full: install ## make bench with the 100k-document cells (long: builds a 100k store)
 	$(BIN)/python -m bench --full $(BENCH_ARGS)
 
+# The path is read by the shell, quoted: make would split it at spaces (and find, given none,
+# searches "."). Only a folder holding a kb store (chroma.sqlite3) and no kb process is emptied.
 reset-db: ## Delete the store at KB_CHROMA_PATH, chroma_db by default (needs FORCE=1)
-	@if [ "$(FORCE)" != "1" ]; then echo "refusing to delete $(STORE): run 'make reset-db FORCE=1'"; exit 1; fi
-	find $(STORE) -mindepth 1 -maxdepth 1 ! -name .gitkeep -exec rm -rf {} +
-	@echo "emptied $(STORE)"
+	@store="$${KB_CHROMA_PATH-chroma_db}"; \
+	if [ -z "$${store//[[:space:]]/}" ]; then echo "KB_CHROMA_PATH is empty: nothing deleted"; exit 1; fi; \
+	if [ "$(FORCE)" != "1" ]; then echo "refusing to delete '$$store': run 'make reset-db FORCE=1'"; exit 1; fi; \
+	if [ ! -d "$$store" ]; then echo "'$$store' is not a folder: nothing to delete"; exit 0; fi; \
+	if [ -z "$$(find "$$store" -mindepth 1 -maxdepth 1 ! -name .gitkeep -print -quit)" ]; then \
+		echo "'$$store' is empty already"; exit 0; fi; \
+	if [ ! -f "$$store/chroma.sqlite3" ]; then \
+		echo "refusing: '$$store' holds no chroma.sqlite3, so it is not a kb store"; exit 1; fi; \
+	if [ -e "$$store/.kb.lock" ] && ! flock -n "$$store/.kb.lock" true; then \
+		echo "refusing: a kb process has '$$store' open (stop kb serve first)"; exit 1; fi; \
+	find "$$store" -mindepth 1 -maxdepth 1 ! -name .gitkeep -exec rm -rf {} +; \
+	echo "emptied '$$store'"
 
 clean: ## Remove the virtualenv and caches (keeps the store)
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache *.egg-info

@@ -219,8 +219,8 @@ class Settings(BaseSettings):
     max_query_chars: int = Field(
         10_000,
         ge=1,
-        description="Characters per query text (the model reads its first 256 word pieces; "
-        "keyword search every term).",
+        description="Characters per query text (the model reads its first 256 word pieces, "
+        "keyword search its first 64 distinct terms).",
     )
     max_top_k: int = Field(100, ge=1, le=1000, description="Largest top_k a query may ask.")
     max_filter_depth: int = Field(8, ge=1, le=64, description="Nesting levels of a filter.")

@@ -43,11 +43,16 @@ SAMPLE_PAGE = 10_000  # rows a query of `sample` reads
 SCHEMA = 3  # bump when the tables change: an older index is dropped and rebuilt from Chroma
 
 
-def query_terms(text: str) -> list[str]:
+def distinct_terms(text: str) -> list[str]:
     """The distinct non-stopword words of a query, in order, each one token of the index
     (kb.tokens.words: `snake_case` is two, so FTS5 ORs them as the in-memory index does,
     where it read one phrase)."""
-    return list(dict.fromkeys(w for w in words(text) if w not in STOPWORDS))[:MAX_TERMS]
+    return list(dict.fromkeys(w for w in words(text) if w not in STOPWORDS))
+
+
+def query_terms(text: str) -> list[str]:
+    """The terms a keyword search looks for: the query's first MAX_TERMS distinct terms."""
+    return distinct_terms(text)[:MAX_TERMS]
 
 
 def query_tokens(text: str) -> list[str]:

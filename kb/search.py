@@ -11,7 +11,7 @@ from kb.diversity import mmr
 from kb.document_filter import by_document
 from kb.filters import CompiledFilter, FilterLimits, compile_filter
 from kb.hybrid import complete, fuse, in_memory, keyword_documents
-from kb.keyword import query_terms
+from kb.keyword import MAX_TERMS, distinct_terms
 from kb.mirror import Mirror
 from kb.ranking import Hit, Ranking, best_scored, widen
 from kb.records import Record, user_metadata
@@ -279,10 +279,17 @@ def _no_candidates(
     documents the filters allow (if any: one dense look finds out), no document passing the
     filters, or an empty store. `flt` is None when no document passes its text filter."""
     if mode == "keyword" and flt is not None and nearest_documents(store, vector[None], 1, flt)[0]:
-        if not query_terms(text):
+        terms = len(distinct_terms(text))
+        if not terms:
             return "no_keyword_match", (
                 "The query has no searchable terms: keyword search ignores punctuation and "
                 "English stop words such as 'the', 'of' and 'and'."
+            )
+        if terms > MAX_TERMS:
+            return "no_keyword_match", (
+                f"No document contains any of the query's first {MAX_TERMS} terms (it has "
+                f"{terms}; keyword search reads the first {MAX_TERMS} distinct words that "
+                "are not stop words)."
             )
         return "no_keyword_match", "No document contains any of the query's terms."
     if filtered:

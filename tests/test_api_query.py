@@ -244,6 +244,21 @@ def test_a_keyword_search_finding_none_of_its_terms_says_so(cooking: FlaskClient
     assert "filters" in result["message"]
 
 
+def test_a_keyword_search_says_it_read_only_the_first_64_terms(cooking: FlaskClient) -> None:
+    """A long query whose 65th distinct term is the one a document holds found nothing, and
+    said that no document held any of its terms."""
+    filler = " ".join(f"xq{i}" for i in range(64))
+    body = {"query": f"{filler} pasta", "mode": "keyword", "min_score": -1}
+    result = cooking.post("/query", json=body).json
+    assert result["status"] == "no_keyword_match"
+    assert result["message"] == (
+        "No document contains any of the query's first 64 terms (it has 65; keyword search "
+        "reads the first 64 distinct words that are not stop words)."
+    )
+    body["query"] = f"pasta {filler}"
+    assert [m["id"] for m in cooking.post("/query", json=body).json["matches"]] == ["pasta"]
+
+
 def test_a_keyword_search_of_an_empty_store(client: FlaskClient) -> None:
     result = client.post("/query", json={"query": "xyzzy", "mode": "keyword"}).json
     assert result["status"] == "no_candidates"

@@ -79,6 +79,18 @@ def test_the_document_lists_the_statuses_the_api_answers(
         assert response.status_code == 422, response.json
         listed(method, path, response)
     assert "422" not in spec["paths"]["/health"]["get"]["responses"]  # a probe's parameters pass
+    # every route answers 400 to %-escapes that are not UTF-8 (review helper 69)
+    for method, path, raw in [  # as a server hands them over (PEP 3333: bytes as latin-1)
+        ("get", "/documents/{doc_id}", {"PATH_INFO": "/documents/\xff"}),
+        ("delete", "/documents/{doc_id}", {"PATH_INFO": "/documents/\xff"}),
+        ("get", "/health", {"PATH_INFO": "/health", "QUERY_STRING": "x=%ff"}),
+        ("get", "/stats", {"PATH_INFO": "/stats", "QUERY_STRING": "x=%ff"}),
+        ("get", "/info", {"PATH_INFO": "/info", "QUERY_STRING": "x=%ff"}),
+    ]:
+        response = cooking.open(method=method.upper(), environ_overrides=raw)
+        assert response.status_code == 400, (raw, response.json)
+        listed(method, path, response)
+    assert all("400" in op["responses"] for ops in spec["paths"].values() for op in ops.values())
 
 
 class _Down:

@@ -93,7 +93,9 @@ def _operation(path: str, doc: RouteDoc, refs: dict[type[BaseModel], Any]) -> di
     content = {doc.media_type.split(";")[0]: {"schema": schema}}
     op["responses"][str(doc.status)] = {"description": "Success", "content": content}
     unknown_parameter = (422,) if doc.refuses_query else ()
-    for status in (*doc.errors, *unknown_parameter, 500, *((503,) if doc.uses_store else ())):
+    # 400: any route, for a path or query whose %-escapes are not UTF-8 (request_target)
+    every = (400, *unknown_parameter, 500)
+    for status in (*doc.errors, *every, *((503,) if doc.uses_store else ())):
         op["responses"][str(status)] = _error(refs)
     return op
 

@@ -56,6 +56,8 @@ def open_dataset(
     path: str | Path, split: str = "train", corpus: str | Path | None = None
 ) -> Dataset:
     folder = Path(path)
+    if folder.name in ("", ".."):  # "." or "..": the folder's own name names the dataset,
+        folder = folder.resolve()  # and its parent holds the seed ("."'s parent is ".")
     if (folder / "corpus.jsonl").is_file():
         return _beir(folder, split)
     if (folder / "queries.jsonl").is_file():

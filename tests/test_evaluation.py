@@ -310,3 +310,25 @@ def test_kb_eval_refuses_a_fusion_no_mode_evaluated_uses(
     hybrid = CliRunner().invoke(main, [*args, "--mode", "hybrid", "--mode", "dense"], env=env)
     assert hybrid.exit_code == 0, hybrid.output
     assert "hybrid/rrf" in hybrid.output
+
+
+def test_kb_eval_of_the_current_folder_finds_the_seed_beside_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`cd data/eval && kb eval .` looked for ./seed ("."'s parent is ".") and named the
+    dataset ''."""
+    seed = tmp_path / "seed"
+    seed.mkdir()
+    (seed / "docs.jsonl").write_text(
+        "".join(json.dumps({"id": d["_id"], "text": d["text"]}) + "\n" for d in CORPUS)
+    )
+    labeled = tmp_path / "eval"
+    labeled.mkdir()
+    (labeled / "queries.jsonl").write_text('{"id": "a", "query": "pasta", "relevant": ["d1"]}\n')
+    monkeypatch.chdir(labeled)
+    dataset = open_dataset(".")
+    assert dataset.name == "eval"
+    env = {"KB_CHROMA_PATH": str(tmp_path / "untouched")}
+    result = CliRunner().invoke(main, ["eval", "."], env=env)
+    assert result.exit_code == 0, result.output
+    assert re.search(r"^eval +hybrid/score +4 +1 +", result.output, re.M), result.output

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     "--queries",
     type=click.Path(exists=True, file_okay=False),
     default=None,
-    help="A kb eval folder (queries.jsonl with relevant ids; corpus in ../seed).",
+    help="A kb eval folder (queries.jsonl with relevant ids; corpus in 'seed' beside it).",
 )
 @click.option(
     "--precision",
@@ -222,7 +222,7 @@ def _warn_unused(paths: Sequence[str], opened: Sequence[Dataset], corpus: str | 
     "--corpus",
     type=click.Path(exists=True, file_okay=False),
     default=None,
-    help="For kb eval folders: the corpus folder (default ../seed).",
+    help="For kb eval folders: the corpus folder (default: 'seed' beside each eval folder).",
 )
 @click.option(
     "--mode",

@@ -234,6 +234,26 @@ DocId = Annotated[
     WithJsonSchema({"type": "string", "minLength": 1, "maxLength": MAX_ID_CHARS}),
     Field(max_length=MAX_ID_CHARS),
 ]
+BREAKS = frozenset({"Cc", "Zl", "Zp"})  # C0 and C1 controls, line and paragraph separators
+
+
+def _validate_new_id(value: Any) -> Any:
+    """An id a write gives a new document: besides `_validate_id`, no C1 control or Unicode
+    line break (U+0085, U+2028, U+2029 end a line for Unicode-aware readers of `kb
+    duplicates`' one-group-a-line output, and logs escape them). Ids an older kb stored with
+    them can still be read, updated and deleted."""
+    _validate_id(value)
+    if not value.isascii() and any(unicodedata.category(ch) in BREAKS for ch in value):
+        raise ValueError("id may not contain control characters or line separators")
+    return value
+
+
+NewDocId = Annotated[
+    str,
+    BeforeValidator(_validate_new_id),
+    WithJsonSchema({"type": "string", "minLength": 1, "maxLength": MAX_ID_CHARS}),
+    Field(max_length=MAX_ID_CHARS),
+]
 
 
 INVISIBLE = frozenset({"Cc", "Cf", "Zs", "Zl", "Zp"})  # Unicode categories no reader sees
@@ -285,7 +305,7 @@ class Model(BaseModel):
 
 
 class DocumentIn(Model):
-    id: DocId | None = None
+    id: NewDocId | None = None
     text: Text
     metadata: Metadata | None = None
 
@@ -294,7 +314,7 @@ class AddRequest(Model):
     """One document (`text`, `id`, `metadata`) or many (`documents`)."""
 
     documents: list[DocumentIn] | None = Field(None, min_length=1)
-    id: DocId | None = None
+    id: NewDocId | None = None
     text: Text | None = None
     metadata: Metadata | None = None
     upsert: bool = Field(False, description="Replace documents whose id exists instead of 409.")

@@ -9,7 +9,7 @@ from flask.testing import FlaskClient
 
 from kb.errors import ValidationFailed
 from kb.filters import CompiledFilter
-from kb.schemas import MAX_METADATA_BYTES, MAX_METADATA_VALUES, metadata_bytes
+from kb.schemas import MAX_METADATA_BYTES, MAX_METADATA_VALUES, DocumentIn, metadata_bytes
 
 NESTED = {"author": {"name": "Ada"}}
 
@@ -477,6 +477,28 @@ def test_an_id_too_long_or_not_a_string_says_what_to_write(client: FlaskClient) 
     assert "at most 512 characters" in long["details"][0]["message"]
     number = client.post("/add", json={"id": 42, "text": "A note."}).json["error"]
     assert 'id must be a string (write "42")' in number["details"][0]["message"]
+
+
+@pytest.mark.parametrize("char", ["\x85", "\x9b", "\u2028", "\u2029"])
+def test_a_new_id_may_not_hold_a_c1_control_or_a_line_separator(
+    client: FlaskClient, store, char: str
+) -> None:
+    """U+0085 and U+2028 were taken: `kb duplicates`' one group a line then read as several
+    lines to a Unicode-aware reader. One an older kb stored stays readable and deletable."""
+    doc_id = f"one{char}two"
+    for body, field in [
+        ({"id": doc_id, "text": "A note."}, "id"),
+        ({"documents": [{"id": "fine", "text": "A."}, {"id": doc_id, "text": "B."}]},
+         "documents.1.id"),
+    ]:  # fmt: skip
+        error = client.post("/add", json=body).json["error"]
+        assert error["details"][0]["field"] == field
+        assert "control characters or line separators" in error["details"][0]["message"]
+    assert client.get("/documents").json["documents"] == []
+    assert client.post("/add", json={"id": "café ☕ 2", "text": "Still fine."}).status_code == 201
+    store.add([DocumentIn.model_construct(id=doc_id, text="Stored by an older kb.")])
+    assert client.post("/update", json={"id": doc_id, "metadata": {"k": 1}}).status_code == 200
+    assert client.post("/delete", json={"ids": [doc_id]}).json["ids"] == [doc_id]
 
 
 @pytest.mark.parametrize(

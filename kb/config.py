@@ -266,6 +266,21 @@ class Settings(BaseSettings):
     def _hosts(cls, value: str) -> str:
         return ",".join(_host(entry.strip()) for entry in value.split(",") if entry.strip())
 
+    @field_validator("api_keys")
+    @classmethod
+    def _keys(cls, value: SecretStr | None) -> SecretStr | None:
+        """Checked with every other setting, so a bad value stops every kb command (it was
+        checked only where a service starts: `kb export` ran with it)."""
+        from kb.auth import KeyRing  # kb.auth reads Settings
+        from kb.errors import ConfigError
+
+        try:
+            KeyRing.parse(value.get_secret_value() if value else None)
+        except ConfigError as exc:
+            message = exc.message.removeprefix("KB_API_KEYS ").removeprefix("is ")
+            raise ValueError(message) from None  # shown as "KB_API_KEYS: <message>"
+        return value
+
     @field_validator("cors_origins")
     @classmethod
     def _origins(cls, value: str) -> str:

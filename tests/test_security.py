@@ -62,7 +62,7 @@ def test_kb_serve_refuses_keys_with_no_entries_before_it_starts(tmp_path) -> Non
     # --workers 2 without a Chroma server is refused too, after the keys: never serves here
     result = CliRunner().invoke(main, ["serve", "--workers", "2"], env=env)
     assert result.exit_code == 1
-    assert result.stderr.startswith("Error: KB_API_KEYS is set but holds no")
+    assert result.stderr.startswith("Error: KB_API_KEYS: set but holds no")
 
 
 def test_kb_cluster_refuses_them_before_it_starts_a_chroma_server(tmp_path) -> None:
@@ -71,8 +71,20 @@ def test_kb_cluster_refuses_them_before_it_starts_a_chroma_server(tmp_path) -> N
     data = tmp_path / "chroma"
     result = CliRunner().invoke(main, ["cluster", "--path", str(data)], env=env)
     assert result.exit_code == 1
-    assert result.stderr.startswith("Error: KB_API_KEYS is set but holds no")
+    assert result.stderr.startswith("Error: KB_API_KEYS: set but holds no")
     assert not data.exists()  # no server was started
+
+
+@pytest.mark.parametrize("spec", [" , ", "write:short", f"read:{READ_KEY},write:{READ_KEY}"])
+def test_every_kb_command_refuses_bad_keys_before_it_starts(spec: str, tmp_path) -> None:
+    """Keys were checked only where a service starts: `kb export` ran with any of these."""
+    store = tmp_path / "db"
+    env = {"KB_CHROMA_PATH": str(store), "KB_API_KEYS": spec}
+    result = CliRunner().invoke(main, ["export", "-o", str(tmp_path / "all.jsonl")], env=env)
+    assert result.exit_code == 1
+    assert result.stderr.startswith("Error: KB_API_KEYS: "), result.stderr
+    assert READ_KEY not in result.stderr
+    assert not store.exists()
 
 
 def test_the_start_up_log_says_whether_keys_are_needed(

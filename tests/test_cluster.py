@@ -219,3 +219,37 @@ def test_a_kb_port_in_use_is_one_line_before_chroma_starts(tmp_path: Path) -> No
     )
     assert done.stdout == ""
     assert not (tmp_path / "chroma").exists()  # no Chroma server was started
+
+
+def test_a_worker_that_exits_leaves_the_others_and_its_successor_serving(
+    cluster: str, tmp_path: Path
+) -> None:
+    """A worker's exit unwound its copy of the master's stack: the `finally` that removes the
+    workers' shared metrics folder ran in the worker, and every request then answered 500
+    (review helper 68: a reload, a SIGTERM to one worker, a worker timeout)."""
+    log = tmp_path / "cluster.log"
+    for i in range(6):
+        assert call(cluster, "/query", {"query": f"question {i}"})[0] == 200
+    (worker, *_) = answering_workers(log, "/query")
+    os.kill(worker, signal.SIGTERM)
+    deadline = time.monotonic() + 60
+    while _alive(worker) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _alive(worker)
+    time.sleep(3)  # gunicorn starts its successor meanwhile
+    with ThreadPoolExecutor(6) as pool:
+        answers = list(
+            pool.map(lambda i: call(cluster, "/query", {"query": f"q{i}"})[0], range(24))
+        )
+    assert answers == [200] * 24
+    with urllib.request.urlopen(f"{cluster}/metrics", timeout=30) as response:
+        assert response.status == 200
+    assert call(cluster, "/health")[0] == 200
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

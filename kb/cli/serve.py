@@ -10,6 +10,8 @@ import socket
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -99,7 +101,7 @@ def cluster(data: Path, chroma_port: int, workers: int | None, seeds: tuple[str,
         for sock in listening:
             sock.close()
         fail(exc.message)
-    try:
+    with owner_cleanup(lambda: chroma_process.stop(server)):  # not from a worker's exit
         click.echo(f"Chroma server on {url} (data in {data}, log {log})", err=True)
         os.environ["KB_CHROMA_URL"] = url
         if seeds:
@@ -108,8 +110,6 @@ def cluster(data: Path, chroma_port: int, workers: int | None, seeds: tuple[str,
         banner = f"kb {__version__} on http://{settings.host}:{settings.port}, {count} workers"
         click.echo(banner, err=True)  # as the Chroma line and kb serve's: stdout stays empty
         _gunicorn(settings, listening)
-    finally:
-        chroma_process.stop(server)
 
 
 def _seed(seeds: tuple[str, ...]) -> None:
@@ -263,10 +263,22 @@ def _gunicorn(settings: Settings, listening: list[socket.socket]) -> None:
     use_json_errors_in_gunicorn()
     metrics = tempfile.mkdtemp(prefix="kb-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics  # before any worker imports the client
-    try:
+    with owner_cleanup(lambda: shutil.rmtree(metrics, ignore_errors=True)):
         _Cluster(settings, [sock.detach() for sock in listening]).run()
+
+
+@contextmanager
+def owner_cleanup(cleanup: Callable[[], None]) -> Iterator[None]:
+    """Run `cleanup` on leaving, in the process that entered only. gunicorn forks its
+    workers inside `run()`, and a worker's exit (a reload, a SIGTERM, a timeout) unwinds its
+    copy of this stack: a plain `finally` removed the metrics folder every process shares
+    (each request then answered 500) and stopped kb cluster's Chroma server from a worker."""
+    owner = os.getpid()
+    try:
+        yield
     finally:
-        shutil.rmtree(metrics, ignore_errors=True)
+        if os.getpid() == owner:
+            cleanup()
 
 
 def _worker_exit(server: Any, worker: Any) -> None:

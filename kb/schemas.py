@@ -228,12 +228,9 @@ def _validate_id(value: Any) -> Any:
     return value
 
 
-DocId = Annotated[
-    str,
-    BeforeValidator(_validate_id),
-    WithJsonSchema({"type": "string", "minLength": 1, "maxLength": MAX_ID_CHARS}),
-    Field(max_length=MAX_ID_CHARS),
-]
+ID_SCHEMA = WithJsonSchema({"type": "string", "minLength": 1, "maxLength": MAX_ID_CHARS})
+ID_LENGTH = Field(max_length=MAX_ID_CHARS)
+DocId = Annotated[str, BeforeValidator(_validate_id), ID_SCHEMA, ID_LENGTH]
 BREAKS = frozenset({"Cc", "Zl", "Zp"})  # C0 and C1 controls, line and paragraph separators
 
 
@@ -248,12 +245,7 @@ def _validate_new_id(value: Any) -> Any:
     return value
 
 
-NewDocId = Annotated[
-    str,
-    BeforeValidator(_validate_new_id),
-    WithJsonSchema({"type": "string", "minLength": 1, "maxLength": MAX_ID_CHARS}),
-    Field(max_length=MAX_ID_CHARS),
-]
+NewDocId = Annotated[str, BeforeValidator(_validate_new_id), ID_SCHEMA, ID_LENGTH]
 
 
 INVISIBLE = frozenset({"Cc", "Cf", "Zs", "Zl", "Zp"})  # Unicode categories no reader sees

@@ -35,6 +35,22 @@ def beir_folder(root: Path) -> Path:
     return root
 
 
+def docs_folder(root: Path) -> Path:
+    """The corpus as a kb eval folder's documents (JSONL of id and text)."""
+    root.mkdir()
+    (root / "docs.jsonl").write_text(
+        "".join(json.dumps({"id": d["_id"], "text": d["text"]}) + "\n" for d in CORPUS)
+    )
+    return root
+
+
+def labeled_folder(root: Path) -> Path:
+    """A kb eval folder of one query, judged relevant to d1."""
+    root.mkdir()
+    (root / "queries.jsonl").write_text('{"id": "a", "query": "pasta", "relevant": ["d1"]}\n')
+    return root
+
+
 def test_open_beir_dataset_keeps_judged_queries(tmp_path: Path) -> None:
     dataset = open_dataset(beir_folder(tmp_path / "tiny"), split="test")
     assert dataset.name == "tiny/test"
@@ -258,14 +274,8 @@ def test_kb_eval_warns_of_an_option_that_does_nothing_for_a_dataset(tmp_path: Pa
     was silently ignored for the other kind, so the figures looked like the split's or the
     corpus's asked for."""
     beir = beir_folder(tmp_path / "tiny")
-    corpus = tmp_path / "docs"
-    corpus.mkdir()
-    (corpus / "docs.jsonl").write_text(
-        "".join(json.dumps({"id": d["_id"], "text": d["text"]}) + "\n" for d in CORPUS)
-    )
-    labeled = tmp_path / "labeled"
-    labeled.mkdir()
-    (labeled / "queries.jsonl").write_text('{"id": "a", "query": "pasta", "relevant": ["d1"]}\n')
+    corpus = docs_folder(tmp_path / "docs")
+    labeled = labeled_folder(tmp_path / "labeled")
     env = {"KB_CHROMA_PATH": str(tmp_path / "untouched")}
     args = ["eval", str(beir), str(labeled), "--mode", "keyword"]
 
@@ -317,14 +327,8 @@ def test_kb_eval_of_the_current_folder_finds_the_seed_beside_it(
 ) -> None:
     """`cd data/eval && kb eval .` looked for ./seed ("."'s parent is ".") and named the
     dataset ''."""
-    seed = tmp_path / "seed"
-    seed.mkdir()
-    (seed / "docs.jsonl").write_text(
-        "".join(json.dumps({"id": d["_id"], "text": d["text"]}) + "\n" for d in CORPUS)
-    )
-    labeled = tmp_path / "eval"
-    labeled.mkdir()
-    (labeled / "queries.jsonl").write_text('{"id": "a", "query": "pasta", "relevant": ["d1"]}\n')
+    docs_folder(tmp_path / "seed")
+    labeled = labeled_folder(tmp_path / "eval")
     monkeypatch.chdir(labeled)
     dataset = open_dataset(".")
     assert dataset.name == "eval"

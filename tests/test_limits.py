@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterator
 from typing import Any
 
@@ -110,6 +111,28 @@ def test_within_the_limits_everything_works(api: FlaskClient) -> None:
     # each limit is the most allowed, not the first refused
     at_most = {"id": "limit", "text": "t" * 200, "metadata": {"k" * 128: 1}}
     assert api.post("/add", json=at_most).status_code == 201
+
+
+@pytest.mark.parametrize("extra", [0, 1, 5000])
+def test_a_chunked_body_past_the_limit_is_a_413_not_a_cut_body(
+    api: FlaskClient, extra: int
+) -> None:
+    """A body of unstated length, as gunicorn hands a chunked one over: Werkzeug's read
+    stopped quietly at the limit, and the cut JSON was a 400 "not valid JSON"."""
+    head, tail = b'{"id": "chunked", "text": "', b'"}'
+    fill = LIMITS["max_request_bytes"] - len(head) - len(tail) + extra
+    response = api.post(
+        "/add",
+        input_stream=io.BytesIO(head + b"t" * fill + tail),
+        headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked"},
+        environ_overrides={"wsgi.input_terminated": True},
+    )
+    if extra == 0:  # exactly the limit: taken (its text is then too long for this store)
+        assert response.json["error"]["details"][0]["field"] == "text", response.json
+        return
+    assert response.status_code == 413, response.json
+    assert response.json["error"]["details"][0]["field"] == "body"
+    assert api.get("/health").json["documents"] == 1
 
 
 def test_a_default_above_its_limit_is_a_configuration_error() -> None:

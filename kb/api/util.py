@@ -9,6 +9,7 @@ from typing import Any, Literal, TypeVar
 
 from flask import Response, current_app, jsonify, request
 from pydantic import BaseModel, ValidationError
+from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.routing import PathConverter
 
 from kb import json_input
@@ -58,6 +59,7 @@ def body(model: type[M]) -> M:
     """The request's JSON body validated as `model`; 400 for bad JSON, 413 past
     KB_MAX_REQUEST_BYTES, 415 for a body not sent as JSON, 422 for bad content."""
     raw = request.get_data(cache=True)  # raises 413 past MAX_CONTENT_LENGTH
+    _whole(raw)
     if not raw.strip():
         raise BadRequest("the request needs a JSON body")
     if not _json_media(request.mimetype):
@@ -84,6 +86,17 @@ def body(model: type[M]) -> M:
             details=[field_error("body", "expected an object", "type_error")],
         )
     return validate(model, data)
+
+
+def _whole(raw: bytes) -> None:
+    """413 for a body of unstated length (chunked) that goes on past the limit: Werkzeug's
+    read of one stops quietly at MAX_CONTENT_LENGTH (under gunicorn, which hands such a body
+    to the app; waitress refuses it itself), and the cut body was a 400, "not valid JSON"."""
+    limit = current_app.config.get("MAX_CONTENT_LENGTH")
+    if limit is None or request.content_length is not None or len(raw) < limit:
+        return
+    if request.environ["wsgi.input"].read(1):
+        raise RequestEntityTooLarge()
 
 
 def _json_media(mimetype: str) -> bool:

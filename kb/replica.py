@@ -43,6 +43,9 @@ class Replica(ABC):
 
     def __init__(self, records: RecordCollection, dim: int, index: Path, writes: WriteLock) -> None:
         self.records = records
+        # why the last read of other processes' writes outside search failed (a Chroma
+        # server away), or None: /health then answers 503, as the reads it stands for would
+        self.unreachable: str | None = None
         self.dim = dim
         self.keyword = KeywordIndex(index)
         self.mirror: Mirror | None = None  # filtered searches use Chroma until it is loaded

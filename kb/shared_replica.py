@@ -19,6 +19,7 @@ from pathlib import Path
 
 from kb.changes import ChangeLog, Poll
 from kb.collection import RecordCollection
+from kb.errors import KBError
 from kb.filters import CompiledFilter
 from kb.lock import WriteLock
 from kb.logs import Thinned
@@ -236,7 +237,9 @@ class SharedReplica(Replica):
     def catch_up_quietly(self) -> None:
         try:
             self.catch_up(wait=False)
-        except Exception:  # /metrics must still answer while the server is away: stale counts
+            self.unreachable = None
+        except Exception as exc:  # /metrics must still answer while the server is away
+            self.unreachable = exc.message if isinstance(exc, KBError) else f"{exc!r}"
             added = self._counts_warnings.take()
             if added is not None:
                 log.warning(

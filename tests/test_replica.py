@@ -714,3 +714,26 @@ def test_no_training_thread_reads_the_keyword_file_once_the_store_is_closed(
     closed.set()
     threading.Event().wait(0.5)  # the thread's read, if it comes
     assert True not in late
+
+
+def test_health_is_503_while_the_chroma_server_cannot_be_read(
+    server_settings: Settings, embedder: Embedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """/health said "ok" from its copies while every data request was a 503: a load
+    balancer kept sending traffic to a host that could serve none of it (review helper
+    68)."""
+    app = create_app(server_settings, embedder=embedder)
+    try:
+        client = app.test_client()
+        assert client.get("/health").status_code == 200
+        log = app.extensions["kb"].store.replica.changes
+        failing = FailingFirst(OSError("connection refused"), log.changes, times=2)
+        monkeypatch.setattr(log, "changes", failing)
+        down = client.get("/health")
+        assert down.status_code == 503, down.json
+        assert down.json["error"]["code"] == "store_unavailable"
+        assert "connection refused" in down.json["error"]["message"]
+        assert client.get("/metrics").status_code == 200  # a scrape still answers
+        assert client.get("/health").status_code == 200  # the server is back
+    finally:
+        close_app(app)

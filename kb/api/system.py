@@ -8,6 +8,7 @@ from kb import __version__
 from kb.api.openapi import build_spec
 from kb.api.security import presented_role
 from kb.api.util import documented, reply, state, store
+from kb.errors import StoreUnavailable
 from kb.schemas import Health, Info, Limits, ModelInfo, Stats, StoreInfo
 from kb.search import resolve_threshold
 from kb.telemetry import CONTENT_TYPE
@@ -24,12 +25,15 @@ def health() -> tuple[Response, int]:
     records = kb.records
     # /health is public; where the store lives (a path, a server's URL) is for key holders
     location = records.location if presented_role() is not None else None
+    documents = kb.count()  # on a server, reads the change log first
+    if kb.replica.unreachable is not None:  # a load balancer must stop sending requests
+        raise StoreUnavailable(f"the store cannot be read: {kb.replica.unreachable}")
     return reply(
         Health(
             status="ok",
             ready=kb.replica.ready,
             version=__version__,
-            documents=kb.count(),
+            documents=documents,
             model=ModelInfo(
                 name=kb.embedder.name,
                 backend=kb.embedder.backend,

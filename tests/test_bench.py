@@ -333,7 +333,7 @@ def test_results_hold_every_setting_and_the_thread_variables_not_secrets(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     key = "k" * 40
-    monkeypatch.setenv("KB_API_KEYS", key)
+    monkeypatch.setenv("KB_API_KEYS", f"write:{key}")  # a valid spec: Settings checks it
     monkeypatch.setenv("KB_ANN_NPROBE", "8")
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
     monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")

@@ -278,9 +278,15 @@ class LocalReplica(Replica):
             # a write was not applied, or a restore never finished: killed part-way, perhaps
             unfinished = self.keyword.generation != generation or self._restore_left
             if unfinished or self._behind:
-                found = self.rebuild(generation)
+                # a repair's rebuild is committed one generation short: killed before it
+                # removes what the write left, the next start finds the copies behind and
+                # repairs again (committed at the collection's, the leftovers stayed for good)
+                found = self.rebuild(generation - 1 if unfinished else generation)
                 if unfinished:  # remove what it left (kb.repair)
-                    self._remove(found, [*found.leftovers, *found.orphans])
+                    removed = [*found.leftovers, *found.orphans]
+                    self._remove(found, removed)  # a write: its generation is the copies'
+                    if not removed:
+                        self.apply([], [], generation)
             if self._restore_left:
                 log.warning(
                     "a restore into '%s' was interrupted: what it left part-written is "

@@ -331,7 +331,10 @@ class KnowledgeStore:
                     self.records,
                     records,
                     self.settings.duplicate_score,
-                    replaced={head.doc_id for head in replaced},
+                    # the request's own documents are not compared with each other, stored
+                    # or not: a rerun of a write cut off between Chroma calls finds part of
+                    # it stored, and then refused (or skipped) what the whole write took
+                    replaced={head.doc_id for head in replaced} | set(plan.ids),
                 )
             )
             if near and plan.on_duplicate == "reject":

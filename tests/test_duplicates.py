@@ -44,6 +44,25 @@ def test_reject_refuses_the_whole_request(client: FlaskClient) -> None:
     assert client.get("/health").json["documents"] == 1
 
 
+@pytest.mark.parametrize("on_duplicate", ["reject", "skip"])
+def test_a_request_sent_again_after_part_of_it_was_stored_ends_as_the_first_would(
+    client: FlaskClient, on_duplicate: str
+) -> None:
+    """A request's documents are not compared with each other; but sent again after it was
+    cut off between Chroma calls (part of it stored), its stored part counted: the copy was
+    refused or left out, though the whole request took it (review helper 67)."""
+    # as kb load sends a batch again: identical stored documents are skipped
+    body = {"documents": [ORIGINAL, COPY, OTHER], "on_duplicate": on_duplicate, "upsert": True}
+    client.post("/add", json={"documents": [ORIGINAL]})  # the part a first attempt stored
+    again = client.post("/add", json=body)
+    assert again.status_code == 201, again.json
+    assert (again.json["added"], again.json["skipped"]) == (2, 1)  # orig skipped: stored
+    assert client.get("/health").json["documents"] == 3
+    later = {**COPY, "id": "copy2"}  # a later request is compared with what is stored
+    answer = client.post("/add", json={"documents": [later], "on_duplicate": on_duplicate})
+    assert answer.status_code == (409 if on_duplicate == "reject" else 201), answer.json
+
+
 def test_ignore_writes_without_looking(client: FlaskClient, monkeypatch) -> None:
     client.post("/add", json=ORIGINAL)
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import fcntl
 import os
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TextIO
 
@@ -100,6 +102,13 @@ class WriteLock:
             os.close(self._fd)  # closing releases the flock
             self._fd = None
         self._thread.release()
+
+    @contextmanager
+    def this_process(self) -> Iterator[None]:
+        """Held while no write of this process runs (the thread lock alone: another process's
+        write on the host is not waited for)."""
+        with self._thread:
+            yield
 
 
 def _lock_file(path: Path) -> int:

@@ -132,8 +132,12 @@ class KnowledgeStore:
         return cls(settings, embedder, searching=searching, existing=existing)
 
     def close(self) -> None:
-        self.replica.close()
-        self.records.close()
+        """Release the store once a write under way has finished: closed under it (a SIGTERM
+        to kb serve closes the app after waitress's 5 s wait for its threads), a write of
+        several Chroma calls was cut between two, with no rollback."""
+        with self._lock.this_process():
+            self.replica.close()
+            self.records.close()
 
     @property
     def keyword(self) -> KeywordIndex:

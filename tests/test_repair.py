@@ -379,3 +379,33 @@ def test_a_repair_killed_before_it_removes_what_it_found_is_done_at_the_next_sta
     again = opened()  # a clean store: nothing repaired, the copies current as they are
     assert again.replica.current_mirror() is not None
     assert sorted(stored(again)) == ["ice", "sea"]
+
+
+def test_closing_the_store_waits_for_a_write_under_way(
+    opened: Callable[[], KnowledgeStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """kb serve closes its app on SIGTERM after waitress's 5 s wait for request threads: the
+    store was closed under a write of several Chroma calls, cut between two, and the next
+    start found half a write (review helper 67)."""
+    import threading
+    import time
+
+    store = opened()
+    real = RecordCollection._write
+    started = threading.Event()
+
+    def slow(self: RecordCollection, *args: Any, **kwargs: Any) -> None:
+        started.set()
+        time.sleep(0.5)  # the first of the write's calls, as a long one
+        real(self, *args, **kwargs)
+
+    monkeypatch.setattr(RecordCollection, "_write", slow)
+    writer = threading.Thread(target=store.add, args=([DocumentIn(id="ice", text=LONG)],))
+    writer.start()
+    assert started.wait(10)
+    store.close()  # waits for the write
+    writer.join(10)
+    monkeypatch.undo()
+    reopened = opened()
+    assert reopened.get("ice").text == LONG
+    assert reopened.get("ice").chunks == len([r for r in stored(reopened) if "ice" in r])

@@ -102,3 +102,31 @@ def test_a_ctrl_c_to_the_process_group_leaves_the_child_to_its_parent(
     time.sleep(0.5)
     assert remote._process.is_alive()
     assert np.array_equal(remote.embed_documents(TEXTS), embedder.embed_documents(TEXTS))
+
+
+def test_the_child_starts_with_sigint_blocked_and_the_parent_keeps_its_mask(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A Ctrl-C (to the whole process group) in the second the child's interpreter starts
+    printed a KeyboardInterrupt traceback from the middle of its imports: it is started with
+    SIGINT blocked (as forked, the parent thread's mask), and ignores it from `_serve` on.
+    Starting multiprocessing's resource tracker unblocked SIGINT, undoing a block made
+    before it."""
+    from multiprocessing import util
+
+    real = util.spawnv_passfds
+    masks: list[set[int]] = []
+
+    def spawn(*args: object) -> int:
+        masks.append(set(signal.pthread_sigmask(signal.SIG_BLOCK, set())))
+        return real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(util, "spawnv_passfds", spawn)
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, set())
+    process = EncoderProcess(Settings())
+    try:
+        assert masks  # the last is the encoder's own spawn (the first may be the tracker's)
+        assert signal.SIGINT in masks[-1]
+        assert signal.pthread_sigmask(signal.SIG_BLOCK, set()) == before
+    finally:
+        process.close()

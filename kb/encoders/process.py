@@ -17,6 +17,7 @@ import signal
 import threading
 from collections import deque
 from concurrent.futures import Future
+from multiprocessing import resource_tracker
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
@@ -53,6 +54,7 @@ def _serve(options: dict[str, Any], conn: Connection) -> None:
     # the writes under way and says so), then closes this process. Interrupted here, the
     # child printed a traceback and its sender thread kept it alive until close() killed it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked by the parent
     try:
         encoder = load_embedder(Settings.model_validate(options), bulk=True)
         tokenizer = str(encoder.tokenizer_file)  # type: ignore[attr-defined]
@@ -122,7 +124,17 @@ class EncoderProcess:
         self._process = context.Process(
             target=_serve, args=(options, child), name="kb-encoder", daemon=True
         )
-        self._process.start()
+        # started with SIGINT blocked, which the child inherits until `_serve` ignores it: a
+        # Ctrl-C (the whole process group) in the second its interpreter starts printed a
+        # KeyboardInterrupt traceback from the middle of its imports. Here it stays pending
+        # and is handled as soon as the start returns. (multiprocessing's resource tracker
+        # is started first: starting it unblocks SIGINT, which undid the block.)
+        resource_tracker.ensure_running()
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            self._process.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         child.close()
         if not self._conn.poll(READY_SECONDS):
             self.close()

@@ -725,8 +725,10 @@ def test_health_is_503_while_the_chroma_server_cannot_be_read(
     app = create_app(server_settings, embedder=embedder)
     try:
         client = app.test_client()
+        replica = app.extensions["kb"].store.replica
+        replica.wait_loaded()  # no poll of the copies' build still under way: /health polls
         assert client.get("/health").status_code == 200
-        log = app.extensions["kb"].store.replica.changes
+        log = replica.changes
         failing = FailingFirst(OSError("connection refused"), log.changes, times=2)
         monkeypatch.setattr(log, "changes", failing)
         down = client.get("/health")

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from kb.chroma_floats import held
 from kb.chunking import Chunk, join
 from kb.filters import TWIN_PREFIX, date_twins
 from kb.schemas import CHUNK_ID_RE, RESERVED_PREFIX, Document
@@ -127,18 +128,27 @@ def same_content(
 
 
 def _content(text: str, metadata: dict[str, Any] | None) -> str:
-    """A document's content as JSON, where true, 1 and 1.0 are spelt apart, and -0.0 as 0.0
-    (Chroma stores it so: an export of it, loaded again, is the same document)."""
-    plain = {key: _signless(value) for key, value in (metadata or {}).items()}
+    """A document's content as JSON, where true, 1 and 1.0 are spelt apart, and decimals are
+    as Chroma holds them (`chroma_floats.held`: -0.0 as 0.0, 123456789.12345679 as
+    123456789.1234568): an export of it, loaded again, is the same document."""
+    plain = {key: held(value) for key, value in (metadata or {}).items()}
     return json.dumps([text, plain], sort_keys=True, ensure_ascii=False)
 
 
-def _signless(value: Any) -> Any:
-    if isinstance(value, float) and value == 0.0:
-        return 0.0
-    if isinstance(value, list):
-        return [_signless(item) for item in value]
-    return value
+def as_held(records: Sequence[Record]) -> Sequence[Record]:
+    """These records, written to Chroma, as it now holds them (`chroma_floats`): a record
+    whose metadata holds a decimal the parse moves (or -0.0) is copied with the value Chroma
+    holds; the others are not copied. kb's copies of the store are given these."""
+    out: list[Record] | None = None
+    for i, record in enumerate(records):
+        metadata = record.metadata
+        # `is not`: held gives the value itself when unmoved (-0.0 == 0.0, so != would miss it)
+        moved = {k: h for k, v in metadata.items() if (h := held(v)) is not v}
+        if moved:
+            if out is None:
+                out = list(records)
+            out[i] = Record(record.id, record.text, {**metadata, **moved}, record.embedding)
+    return records if out is None else out
 
 
 def build_records(
@@ -146,9 +156,10 @@ def build_records(
 ) -> list[Record]:
     """The records of one document, without embeddings."""
     metadata = metadata or {}
-    # -0.0 as 0.0 here, as Chroma reads it back: the search's copies of the records (the
-    # mirror, the keyword index) then answer as Chroma does, before and after a restart
-    stored = {key: _signless(value) for key, value in metadata.items() if value != []}
+    # the values as given: Chroma's reading of them (-0.0 as 0.0, some decimals moved) is
+    # what the copies are given once the write lands (`as_held`); written as read, some
+    # decimals would move again
+    stored = {key: value for key, value in metadata.items() if value != []}
     empty = sorted(key for key, value in metadata.items() if value == [])
     internal: dict[str, Any] = {
         DOC: doc_id,

@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 
-from kb.chroma_floats import as_held
 from kb.chunking import Chunk, split
 from kb.collection import RecordCollection
 from kb.config import Settings
@@ -40,6 +39,7 @@ from kb.records import (
     HEADS,
     START,
     Record,
+    as_held,
     assemble,
     build_records,
     chunk_id,
@@ -436,7 +436,7 @@ class KnowledgeStore:
                 records = self._records([(doc_id, text, metadata)])
                 self._embed(records)
             self._write(records, old)
-            return assemble(records)
+            return assemble(as_held(records))  # as GET reads it from now on
 
     def delete(self, ids: Sequence[str]) -> DeleteResponse:
         place: dict[str, int] = {}  # each id's first place in `ids`

@@ -3,6 +3,7 @@ process wrote a record and whatever path reads it."""
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Iterator
 
@@ -10,14 +11,14 @@ import chromadb
 import numpy as np
 import pytest
 
-from kb.chroma_floats import as_held, chroma_float
+from kb.chroma_floats import chroma_float
 from kb.config import Settings
 from kb.embeddings import Embedder
 from kb.filters import compile_filter
-from kb.records import Record
+from kb.records import Record, as_held
 from kb.schemas import DocumentIn, QueryRequest, UpdateFields
 from kb.search import search
-from kb.store import KnowledgeStore
+from kb.store import KnowledgeStore, WriteMode
 
 MOVED = 123456789.12345679  # Chroma holds it as 123456789.1234568
 HELD = 123456789.1234568
@@ -70,6 +71,34 @@ def test_chroma_float_is_what_a_filter_of_chroma_finds(chroma) -> None:
             if found != (chroma_float(value) == back[i]):
                 wrong.append((i, value))
     assert wrong == []
+
+
+def test_a_zero_is_held_without_its_sign() -> None:
+    assert math.copysign(1.0, chroma_float(-0.0)) == 1.0
+
+
+def test_a_document_sent_again_as_get_returns_it_is_the_same_document(
+    settings: Settings, embedder: Embedder
+) -> None:
+    """The content hash read the number as given, GET Chroma's reading: the document, sent
+    again as exported, counted as changed ('skipped_changed', and rewritten with --upsert;
+    review helper 70)."""
+    store = KnowledgeStore.open(settings, embedder)
+    try:
+        given = {"n": MOVED, "l": [MOVED, 2.5], "z": -0.0}
+        store.add([DocumentIn(id="m", text="A measured value.", metadata=given)])
+        exported = store.get("m").metadata
+        assert exported == {"n": HELD, "l": [HELD, 2.5], "z": 0.0}
+        again = store.add([DocumentIn(id="m", text="A measured value.", metadata=exported)],
+                          WriteMode.SKIP)  # fmt: skip
+        assert (again.skipped, again.skipped_changed) == (1, 0)
+        upserted = store.add([DocumentIn(id="m", text="A measured value.", metadata=given)],
+                             WriteMode.UPSERT)  # fmt: skip
+        assert (upserted.updated, upserted.skipped) == (0, 1)
+        patched = store.update("m", UpdateFields(metadata={"s": "x"}))
+        assert patched.metadata == {**exported, "s": "x"} == store.get("m").metadata
+    finally:
+        store.close()
 
 
 def test_as_held_copies_only_records_whose_decimals_move() -> None:

@@ -599,11 +599,19 @@ function thresholdText(value) {
   return Number(value.toFixed(2)) === value ? value.toFixed(2) : String(value);
 }
 
+// `text` cut to its first `limit` characters, "…" marking a cut, and its length. Counted and
+// cut in characters (code points), not UTF-16 units: a cut through an emoji would leave half
+// of it, and it would count twice.
+function cut(text, limit) {
+  const chars = Array.from(text);
+  const shown = chars.length > limit ? `${chars.slice(0, limit).join("")}…` : text;
+  return { shown, length: chars.length };
+}
+
 // A value from the address as a message quotes it: hidden characters escaped (a crafted link
 // cannot reorder the message around it), and a long one cut short.
 function quoted(value) {
-  const chars = Array.from(visibleId(value));
-  return `"${chars.slice(0, 40).join("")}${chars.length > 40 ? "…" : ""}"`;
+  return `"${cut(visibleId(value), 40).shown}"`;
 }
 
 function addNote(target, note) {
@@ -787,13 +795,11 @@ function scoreBar(value, threshold, label) {
   return bar;
 }
 
-// A metadata value as its chip shows it: a list joined, a long value cut (in code points,
-// as texts are) with the whole of it in the chip's tooltip.
+// A metadata value as its chip shows it: a list joined, a long value cut, with the whole of
+// it in the chip's tooltip.
 function chipText(value) {
   const whole = Array.isArray(value) ? value.map(String).join(", ") : String(value);
-  const chars = Array.from(whole);
-  if (chars.length <= CHIP_PREVIEW_CHARS) return { shown: whole, whole };
-  return { shown: `${chars.slice(0, CHIP_PREVIEW_CHARS).join("")}…`, whole };
+  return { shown: cut(whole, CHIP_PREVIEW_CHARS).shown, whole };
 }
 
 function renderMatch(match, threshold, deletable) {
@@ -823,18 +829,14 @@ function renderMatch(match, threshold, deletable) {
   const shown = (match.passage || match.text).trim();
   card.querySelector(".passage-label").hidden = !match.passage;
   const text = card.querySelector(".text");
-  // Counted and cut in characters (code points), not UTF-16 units: a cut through an emoji
-  // would leave half of it, and it would count twice.
-  const chars = Array.from(shown);
-  if (chars.length > TEXT_PREVIEW_CHARS) {
-    text.textContent = `${chars.slice(0, TEXT_PREVIEW_CHARS).join("")}…`;
+  const preview = cut(shown, TEXT_PREVIEW_CHARS);
+  text.textContent = preview.shown;
+  if (preview.shown !== shown) {
     const more = el("details", "more");
     const all = el("p", "text", shown);
     all.dir = "auto";
-    more.append(el("summary", "", `Show all ${chars.length} characters`), all);
+    more.append(el("summary", "", `Show all ${preview.length} characters`), all);
     text.after(more);
-  } else {
-    text.textContent = shown;
   }
   const button = card.querySelector(".delete-button");
   if (deletable) {

@@ -247,6 +247,13 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535)
     threads: int = Field(0, ge=0, le=256, description="Threads per worker; 0 = 8 per core.")
     workers: int = Field(1, ge=1, le=64, description="Worker processes (KB_CHROMA_URL only).")
+    idle_timeout: int = Field(
+        120,
+        ge=1,
+        le=86_400,
+        description="Seconds a connection may stay silent, in the middle of a request or "
+        "between requests, before the server closes it (a stalled client holds a thread).",
+    )
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING, ERROR or CRITICAL.")
     log_format: Literal["json", "text"] = Field("json", description="Log lines as JSON or text.")
 

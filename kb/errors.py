@@ -83,6 +83,11 @@ class Conflict(KBError):
     code = "conflict"
 
 
+class RequestTimeout(KBError):
+    status = 408
+    code = "request_timeout"
+
+
 class PayloadTooLarge(KBError):
     status = 413
     code = "payload_too_large"

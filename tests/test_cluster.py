@@ -24,15 +24,18 @@ from tests.live import call, free_ports
 @pytest.fixture
 def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[str]:
     """`kb cluster` with three workers; its log is tmp_path/cluster.log. Parametrized
-    indirectly with records, it is seeded with them (`--seed`). Stopped, it leaves none of
-    its workers' scratch copies behind."""
+    indirectly with {"seed": records, "env": {...}}, it is seeded with the records
+    (`--seed`) and runs with the settings. Stopped, it leaves none of its workers' scratch
+    copies behind."""
     scratch = set(Path(tempfile.gettempdir()).glob(f"{SCRATCH_PREFIX}*"))
     port, chroma_port = free_ports(2)
+    given = getattr(request, "param", {})
     env = {**os.environ, "KB_PORT": str(port), "KB_CHROMA_PATH": str(tmp_path / "local")}
+    env.update(given.get("env", {}))
     log = tmp_path / "cluster.log"
     command = [sys.executable, "-m", "kb", "cluster", "--path", str(tmp_path / "chroma")]
     command += ["--chroma-port", str(chroma_port), "--workers", "3"]
-    if records := getattr(request, "param", None):
+    if records := given.get("seed"):
         seed = tmp_path / "seed.jsonl"
         seed.write_text("".join(json.dumps(record) + "\n" for record in records))
         command += ["--seed", str(seed)]
@@ -119,7 +122,7 @@ def test_requests_gunicorn_refuses_itself_get_kbs_error_shape(cluster: str) -> N
     """They were gunicorn's HTML page (waitress's were text/plain, fixed for kb serve)."""
     host, port = cluster.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=60) as sock:
-        sock.sendall(b"POST /add HTTP/1.1\r\nHost: x\r\nContent-Length: many\r\n\r\n")
+        sock.sendall(b"POST /add HTTP/1.1\r\nHost: localhost\r\nContent-Length: many\r\n\r\n")
         answer = b"".join(iter(lambda: sock.recv(65536), b""))
     status, _, rest = answer.partition(b"\r\n")
     assert status.startswith(b"HTTP/1.1 400 ")
@@ -135,7 +138,7 @@ def test_requests_gunicorn_refuses_itself_get_kbs_error_shape(cluster: str) -> N
 SEED = [{"id": "moraine", "text": "Moraines mark where a glacier stopped."}]
 
 
-@pytest.mark.parametrize("cluster", [SEED], indirect=True)
+@pytest.mark.parametrize("cluster", [{"seed": SEED}], indirect=True)
 def test_a_cluster_seeded_with_a_small_file_answers(cluster: str) -> None:
     """A small seed was embedded in the master process, whose encoder threads outlived the
     load; the workers forked from it hung on a lock one of them held, and none answered."""
@@ -253,3 +256,46 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+@pytest.mark.parametrize(
+    "cluster", [{"env": {"KB_THREADS": "2", "KB_IDLE_TIMEOUT": "2"}}], indirect=True
+)
+def test_clients_that_stall_mid_request_do_not_hold_the_workers(
+    cluster: str, tmp_path: Path
+) -> None:
+    """gthread read a request blocking with no timeout: clients that sent part of a request
+    and went quiet held every worker thread for good, and nothing was answered (review helper
+    68: 32 such connections stopped a default `kb serve --workers 2`). They are closed after
+    KB_IDLE_TIMEOUT seconds of silence now, a stalled body with kb's 408."""
+    host, port = cluster.removeprefix("http://").split(":")
+    stalled = []
+    for i in range(12):  # twice the cluster's six threads
+        sock = socket.create_connection((host, int(port)), timeout=60)
+        stalled.append(sock)
+        if i % 2:
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: localhost\r\n")  # a head, cut
+        else:
+            head = b"POST /add HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+            sock.sendall(head + b'Content-Length: 100\r\n\r\n{"id": ')  # a body, cut
+    try:
+        time.sleep(1)
+        assert call(cluster, "/health")[0] == 200  # urllib waits 60 s: it hung for good
+        for i, sock in enumerate(stalled):
+            answer = b"".join(iter(lambda sock=sock: sock.recv(65536), b""))  # then closed
+            if i % 2:
+                continue
+            status, _, rest = answer.partition(b"\r\n")
+            assert status.startswith(b"HTTP/1.1 408 "), answer
+            error = json.loads(rest.partition(b"\r\n\r\n")[2])["error"]
+            assert error["code"] == "request_timeout"
+            assert error["message"] == (
+                "the request body stopped arriving: no more of it arrived for 2 s (KB_IDLE_TIMEOUT)"
+            )
+    finally:
+        for sock in stalled:
+            sock.close()
+    assert call(cluster, "/health")[0] == 200
+    log = (tmp_path / "cluster.log").read_text()
+    assert "closed a connection silent for 2 s mid-request (KB_IDLE_TIMEOUT)" in log
+    assert "Traceback" not in log  # gunicorn logged each as an error, with 20 lines

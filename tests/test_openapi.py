@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import re
 
 import pytest
@@ -91,6 +92,29 @@ def test_the_document_lists_the_statuses_the_api_answers(
         assert response.status_code == 400, (raw, response.json)
         listed(method, path, response)
     assert all("400" in op["responses"] for ops in spec["paths"].values() for op in ops.values())
+    # 408 for a body that stops arriving (gunicorn's workers read it as the app asks, with
+    # KB_IDLE_TIMEOUT on the socket): every route that reads one lists it
+    stalled = cooking.post(
+        "/add",
+        input_stream=_Stalled(),
+        content_type="application/json",
+        environ_overrides={"CONTENT_LENGTH": "100"},
+    )
+    assert stalled.status_code == 408, stalled.json
+    assert stalled.json["error"]["details"][0]["field"] == "body"
+    listed("post", "/add", stalled)
+    for ops in spec["paths"].values():
+        assert all(("408" in op["responses"]) == ("requestBody" in op) for op in ops.values())
+
+
+class _Stalled(io.BytesIO):
+    """A request body whose client went quiet: the socket's read timed out."""
+
+    def read(self, size: int | None = -1) -> bytes:
+        raise TimeoutError("timed out")
+
+    def readinto(self, buffer: object) -> int:  # type: ignore[override]
+        raise TimeoutError("timed out")
 
 
 class _Down:

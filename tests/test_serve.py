@@ -105,6 +105,18 @@ def test_waitress_refuses_a_huge_body_from_its_headers(service: Service) -> None
     assert [detail["field"] for detail in error["error"]["details"]] == ["body"]
 
 
+def test_a_client_silent_mid_request_is_let_go_after_the_idle_timeout(service: Service) -> None:
+    """KB_IDLE_TIMEOUT is waitress's channel_timeout (it was 120 s, fixed; waitress looked
+    every 30 s): a connection that sent half a request and went quiet is closed after it."""
+    service.env["KB_IDLE_TIMEOUT"] = "1"
+    host, port = service.start().base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: localhost\r\n")
+        started = time.monotonic()
+        assert sock.recv(65536) == b""  # closed, unanswered (a 30 s timeout raises)
+    assert time.monotonic() - started < 10
+
+
 def test_a_request_without_a_host_header_is_answered(live_server: str) -> None:
     """HTTP/1.0 without a Host header (HAProxy's default health check) was refused as
     addressed to 'waitress.invalid' (review helper 62): it is addressed to the address it

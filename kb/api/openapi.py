@@ -95,7 +95,9 @@ def _operation(path: str, doc: RouteDoc, refs: dict[type[BaseModel], Any]) -> di
     unknown_parameter = (422,) if doc.refuses_query else ()
     # 400: any route, for a path or query whose %-escapes are not UTF-8 (request_target)
     every = (400, *unknown_parameter, 500)
-    for status in (*doc.errors, *every, *((503,) if doc.uses_store else ())):
+    # 408: a route that reads a body, for one that stops arriving (gunicorn, KB_IDLE_TIMEOUT)
+    stalled = (408,) if doc.request is not None else ()
+    for status in (*doc.errors, *stalled, *every, *((503,) if doc.uses_store else ())):
         op["responses"][str(status)] = _error(refs)
     return op
 

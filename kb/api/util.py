@@ -9,7 +9,7 @@ from typing import Any, Literal, TypeVar
 
 from flask import Response, current_app, jsonify, request
 from pydantic import BaseModel, ValidationError
-from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 from werkzeug.routing import PathConverter
 
 from kb import json_input
@@ -19,6 +19,7 @@ from kb.encoders.bulk import BulkEncoder
 from kb.errors import (
     BadRequest,
     KBError,
+    RequestTimeout,
     UnsupportedMediaType,
     ValidationFailed,
     field_error,
@@ -58,8 +59,14 @@ def _no_constants(name: str) -> Any:
 def body(model: type[M]) -> M:
     """The request's JSON body validated as `model`; 400 for bad JSON, 413 past
     KB_MAX_REQUEST_BYTES, 415 for a body not sent as JSON, 422 for bad content."""
-    raw = request.get_data(cache=True)  # raises 413 past MAX_CONTENT_LENGTH
-    _whole(raw)
+    try:
+        raw = request.get_data(cache=True)  # raises 413 past MAX_CONTENT_LENGTH
+        _whole(raw)
+    except (TimeoutError, ClientDisconnected) as exc:  # gunicorn's workers read the body as
+        # the app asks for it; Werkzeug's stream calls any error reading it a disconnection
+        if isinstance(exc, TimeoutError) or isinstance(exc.__context__, TimeoutError):
+            raise _stalled() from exc
+        raise
     if not raw.strip():
         raise BadRequest("the request needs a JSON body")
     if not _json_media(request.mimetype):
@@ -97,6 +104,17 @@ def _whole(raw: bytes) -> None:
         return
     if request.environ["wsgi.input"].read(1):
         raise RequestEntityTooLarge()
+
+
+def _stalled() -> RequestTimeout:
+    """408 for a body that stopped arriving for KB_IDLE_TIMEOUT seconds (kb.cli.gunicorn_worker;
+    waitress reads a whole body before the app runs and closes such a connection itself)."""
+    wait = state().settings.idle_timeout
+    problem = f"no more of it arrived for {wait} s (KB_IDLE_TIMEOUT)"
+    return RequestTimeout(
+        f"the request body stopped arriving: {problem}",
+        details=[field_error("body", problem, "timeout")],
+    )
 
 
 def _json_media(mimetype: str) -> bool:

@@ -21,6 +21,7 @@ from gunicorn.app.base import BaseApplication
 from kb import __version__, chroma_process
 from kb.auth import KeyRing
 from kb.cli.base import fail, main, not_empty
+from kb.cli.gunicorn_worker import IdleLimitedWorker
 from kb.cli.server_errors import use_json_errors, use_json_errors_in_gunicorn
 from kb.config import Settings, cpu_count
 from kb.errors import KBError
@@ -185,7 +186,8 @@ def _listen(app: Any, settings: Settings) -> Any:
         sockets=_bound(settings),
         threads=settings.server_threads(),
         ident="kb",
-        channel_timeout=120,
+        channel_timeout=settings.idle_timeout,
+        cleanup_interval=min(30, max(1, settings.idle_timeout // 2)),  # how often it looks
         max_request_body_size=body_cap(settings.max_request_bytes),
     )
 
@@ -310,7 +312,7 @@ class _Cluster(BaseApplication):  # type: ignore[misc]
             "bind": [f"fd://{fd}" for fd in self.fds],  # bound by kb (_bound)
             "workers": self.settings.workers,
             "threads": self.settings.server_threads(),
-            "worker_class": "gthread",
+            "worker_class": IdleLimitedWorker,  # gthread, KB_IDLE_TIMEOUT on each connection
             "timeout": 120,  # a worker's first start builds its local copies of the store
             "graceful_timeout": 30,
             "accesslog": None,  # kb logs every request itself, with its request id

@@ -19,7 +19,7 @@ from kb.errors import ConfigError, KBError, ModelMismatch, StoreUnavailable, Val
 from kb.filters import CompiledFilter, and_where
 from kb.lock import StoreLock
 from kb.ranking import cosine_of_distance
-from kb.records import DOC, Record, whole_documents
+from kb.records import DOC, Record, as_held, whole_documents
 
 log = logging.getLogger(__name__)
 
@@ -448,10 +448,13 @@ class RecordCollection:
         previous: Sequence[Record] = (),
         new: Set[str] = frozenset(),
         stale: Sequence[str] = (),
-    ) -> None:
+    ) -> Sequence[Record]:
         """Write records in batches Chroma accepts, then delete the `stale` ids (the chunks a
-        shrunk document no longer has), all or nothing. A batch holds whole documents (see
-        `records.whole_documents`): the process killed between two calls, no rollback runs.
+        shrunk document no longer has), all or nothing; the records as written, their
+        decimals as floats Chroma's parse keeps (`records.as_held`: written as given or as
+        read back, a PATCH's other keys, a restore, some moved a unit at every write). A
+        batch holds whole documents (see `records.whole_documents`): the process killed
+        between two calls, no rollback runs.
 
         `previous` holds the records (with embeddings) this write replaces, the stale ones
         included; if a batch or the delete fails, what the call wrote is removed and
@@ -459,7 +462,8 @@ class RecordCollection:
         checked, under the write lock): they are added, which costs Chroma less than an
         upsert (no lookup of the stored record first).
         """
-        records = _replacing(records, previous)
+        held = as_held(records)
+        records = _replacing(held, previous)
         fresh = [r for r in records if r.id in new]
         rest = [r for r in records if r.id not in new] if fresh else records
         parts = [(p, True) for p in self._calls(fresh)]
@@ -475,6 +479,7 @@ class RecordCollection:
                 log.error("write failed after %d records; rolling back", len(written))
                 self._roll_back(written, previous, records)
             raise
+        return held
 
     def _roll_back(
         self, written: Sequence[str], previous: Sequence[Record], records: Sequence[Record]
@@ -483,7 +488,7 @@ class RecordCollection:
         that were not stored before. The replaced records are restored by an upsert (with
         the keys the failed write added nulled out), not deleted and added again: a delete
         that is failing, as when the stale chunks' delete failed, cannot block the restore."""
-        for part in self._calls(_replacing(previous, records)):
+        for part in self._calls(_replacing(as_held(previous), records)):
             self._write(part)
         before = {r.id for r in previous}
         self.delete([rid for rid in written if rid not in before])

@@ -15,6 +15,7 @@ from datetime import UTC, date, datetime, timedelta
 from operator import eq, ge, gt, le, lt, ne
 from typing import TYPE_CHECKING, Any
 
+from kb.chroma_floats import held, stable_float
 from kb.config import Settings
 from kb.errors import ValidationFailed, field_error
 from kb.regex_check import regex_problem
@@ -292,6 +293,10 @@ class _Translator:
         return and_where(*clauses)
 
     def operator(self, key: str, op: str, arg: Any, path: str) -> dict[str, Any] | None:
+        # decimals as kb writes them (kb.chroma_floats): as given, 8.619691065212169e-10
+        # missed what GET shows as 8.61969106521217e-10, and 945250317053727.9 was judged a
+        # fraction though Chroma holds it (and compares it) as 945250317053728.0
+        arg = held(arg)
         if op in CONTAINS:  # list items: Chroma matches 2 and 2.0 as different values
             if self.scalar_ok(arg, path):
                 return {key: {op: arg}}
@@ -320,7 +325,7 @@ class _Translator:
                 # A bare date means the whole day: "after 2024-01-31" starts on Feb 1.
                 stamp += timedelta(days=1).total_seconds()
                 op = "$gte" if op == "$gt" else "$lt"
-            return {f"{TWIN_PREFIX}{key}": {op: stamp}}
+            return {f"{TWIN_PREFIX}{key}": {op: stable_float(stamp)}}
         self.fail(path, f"{op} needs a number or an ISO date string")
         return None
 

@@ -129,16 +129,17 @@ def same_content(
 
 def _content(text: str, metadata: dict[str, Any] | None) -> str:
     """A document's content as JSON, where true, 1 and 1.0 are spelt apart, and decimals are
-    as Chroma holds them (`chroma_floats.held`: -0.0 as 0.0, 123456789.12345679 as
+    as kb writes them (`chroma_floats.held`: -0.0 as 0.0, 123456789.12345679 as
     123456789.1234568): an export of it, loaded again, is the same document."""
     plain = {key: held(value) for key, value in (metadata or {}).items()}
     return json.dumps([text, plain], sort_keys=True, ensure_ascii=False)
 
 
 def as_held(records: Sequence[Record]) -> Sequence[Record]:
-    """These records, written to Chroma, as it now holds them (`chroma_floats`): a record
-    whose metadata holds a decimal the parse moves (or -0.0) is copied with the value Chroma
-    holds; the others are not copied. kb's copies of the store are given these."""
+    """These records as Chroma holds them once written (`chroma_floats.held`): a record
+    whose metadata holds a decimal kb writes as another float (or -0.0) is copied with that
+    float; the others are not copied. Chroma is given these (`RecordCollection._write`),
+    and so are kb's copies of the store."""
     out: list[Record] | None = None
     for i, record in enumerate(records):
         metadata = record.metadata
@@ -156,9 +157,8 @@ def build_records(
 ) -> list[Record]:
     """The records of one document, without embeddings."""
     metadata = metadata or {}
-    # the values as given: Chroma's reading of them (-0.0 as 0.0, some decimals moved) is
-    # what the copies are given once the write lands (`as_held`); written as read, some
-    # decimals would move again
+    # the values as given: the write turns decimals into floats Chroma keeps as they are,
+    # and the copies are given those once it lands (`as_held`)
     stored = {key: value for key, value in metadata.items() if value != []}
     empty = sorted(key for key, value in metadata.items() if value == [])
     internal: dict[str, Any] = {

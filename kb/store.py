@@ -39,7 +39,6 @@ from kb.records import (
     HEADS,
     START,
     Record,
-    as_held,
     assemble,
     build_records,
     chunk_id,
@@ -435,8 +434,7 @@ class KnowledgeStore:
             else:
                 records = self._records([(doc_id, text, metadata)])
                 self._embed(records)
-            self._write(records, old)
-            return assemble(as_held(records))  # as GET reads it from now on
+            return assemble(self._write(records, old))  # as GET reads it from now on
 
     def delete(self, ids: Sequence[str]) -> DeleteResponse:
         place: dict[str, int] = {}  # each id's first place in `ids`
@@ -541,12 +539,14 @@ class KnowledgeStore:
 
     def _write(
         self, records: Sequence[Record], previous: Sequence[Record], new: Set[str] = frozenset()
-    ) -> None:
-        """Write records replacing `previous`; ids in `new` are known not to be stored."""
+    ) -> Sequence[Record]:
+        """Write records replacing `previous`; ids in `new` are known not to be stored. The
+        records as written (`RecordCollection.upsert`)."""
         stale = sorted({r.id for r in previous} - {r.id for r in records})
         with self.replica.writing([*(r.id for r in records), *stale]) as applied:
-            self.records.upsert(records, previous, new, stale)  # the deletes roll back too
-            applied(as_held(records), stale)  # the copies hold what a read of Chroma gives
+            written = self.records.upsert(records, previous, new, stale)  # deletes roll back too
+            applied(written, stale)  # the copies hold what a read of Chroma gives
+        return written
 
     def _remove(self, heads: Sequence[Record]) -> None:
         self._delete_whole(self._stored_chunk_ids(heads))

@@ -11,7 +11,7 @@ import chromadb
 import numpy as np
 import pytest
 
-from kb.chroma_floats import chroma_float
+from kb.chroma_floats import chroma_float, stable_float
 from kb.config import Settings
 from kb.embeddings import Embedder
 from kb.filters import compile_filter
@@ -71,6 +71,50 @@ def test_chroma_float_is_what_a_filter_of_chroma_finds(chroma) -> None:
             if found != (chroma_float(value) == back[i]):
                 wrong.append((i, value))
     assert wrong == []
+
+
+def drifting() -> list[float]:
+    """Decimals whose reading Chroma moves again at the next parse (small ones, about one
+    in ten of those it moves), some below 1e-6, some beyond 1e22."""
+    rng = random.Random(11)
+    found: list[float] = []
+    while len(found) < 150:
+        value = rng.random() * 10.0 ** rng.choice([-12, -10, -9, -7, 25, 60, -60])
+        if chroma_float(chroma_float(value)) != chroma_float(value):
+            found.append(value)
+    return found
+
+
+def test_a_decimal_is_written_as_a_float_chroma_keeps() -> None:
+    """Kept as it is when Chroma keeps it, Chroma's reading when that stays put (what it held
+    before), else the nearest float that stays put: never more than a few units away."""
+    for value in [*sample(), *drifting()]:
+        written = stable_float(value)
+        assert chroma_float(written) == written == stable_float(written)
+        if chroma_float(value) == value:
+            assert written is value
+        elif chroma_float(chroma_float(value)) == chroma_float(value):
+            assert written == chroma_float(value)
+        else:
+            assert abs(written - value) <= 8 * math.ulp(value), value
+
+
+def test_decimals_written_as_kb_writes_them_do_not_move_in_chroma(chroma) -> None:
+    """Written back as read (each PATCH writes a document's other keys back), a decimal
+    Chroma moves again moved a unit at every write (review helper 75: 8.619691065212169e-10
+    read back as ...168e-10, then ...167, ...166, ...165 after three PATCHes)."""
+    values = drifting()
+    collection = chroma[2]
+    for _ in range(3):
+        collection.upsert(
+            ids=[f"d{i}" for i in range(len(values))],
+            embeddings=np.ones((len(values), 2)).tolist(),
+            metadatas=[{"n": stable_float(v)} for v in values],
+        )
+        got = collection.get(ids=[f"d{i}" for i in range(len(values))], include=["metadatas"])
+        back = {i: m["n"] for i, m in zip(got["ids"], got["metadatas"], strict=True)}
+        assert [v for i, v in enumerate(values) if back[f"d{i}"] != stable_float(v)] == []
+        values = [back[f"d{i}"] for i in range(len(values))]  # written back as read
 
 
 def test_a_zero_is_held_without_its_sign() -> None:
@@ -178,6 +222,61 @@ def test_a_filter_on_a_moved_decimal_finds_the_same_documents_everywhere(
         again.close()
 
 
+DRIFT = 8.619691065212169e-10  # Chroma reads it as ...168e-10, which it reads as ...167e-10
+DRIFT_SHOWN = 8.61969106521217e-10  # what kb writes: the nearest float Chroma keeps
+WHOLE = 945250317053727.9  # Chroma reads it as 945250317053728.0: a whole float
+MORE = [
+    ({"t": DRIFT}, ["tiny"]),
+    ({"t": DRIFT_SHOWN}, ["tiny"]),  # as GET shows it
+    ({"t": {"$gte": DRIFT, "$lte": DRIFT_SHOWN}}, ["tiny"]),
+    ({"w": WHOLE}, ["whole"]),  # was judged a fraction: its neighbours were kept out, itself too
+    ({"w": {"$in": [WHOLE, 1.5]}}, ["whole"]),
+    ({"w": {"$lte": WHOLE}}, ["whole"]),
+    ({"w": {"$gt": WHOLE}}, []),
+    ({"w": 945250317053728}, ["whole"]),
+]
+
+
+def add_more(store: KnowledgeStore) -> None:
+    store.add(
+        [
+            DocumentIn(id="tiny", text="A measured value, tiny.", metadata={"t": DRIFT, "k": 0}),
+            DocumentIn(id="whole", text="A measured value, whole.", metadata={"w": WHOLE}),
+        ]
+    )
+
+
+def check_more(store: KnowledgeStore) -> None:
+    for where, expected in MORE:
+        assert listed(store, where) == expected, where
+        for mode in ("dense", "keyword", "hybrid"):
+            assert hits(store, where, mode) == expected, (where, mode)
+
+
+def test_a_decimal_chroma_moves_again_stays_put_and_is_found_by_either_spelling(
+    settings: Settings, embedder: Embedder
+) -> None:
+    """Review helper 75: a filter on the number as GET showed it missed on every path, a
+    PATCH of another key moved it a unit at each write, and the document sent again as GET
+    returned it counted as changed; a filter on 945250317053727.9 found nothing."""
+    store = KnowledgeStore.open(settings, embedder)
+    try:
+        add_more(store)
+        assert store.get("tiny").metadata["t"] == DRIFT_SHOWN
+        assert store.get("whole").metadata["w"] == 945250317053728.0
+        check_more(store)
+        for k in (1, 2, 3):
+            store.update("tiny", UpdateFields(metadata={"k": k}))  # another key only
+            assert store.get("tiny").metadata == {"t": DRIFT_SHOWN, "k": k}
+        check_more(store)
+        shown = store.get("tiny")
+        again = store.add([DocumentIn(id="tiny", text=shown.text, metadata=shown.metadata)],
+                          WriteMode.SKIP)  # fmt: skip
+        assert (again.skipped, again.skipped_changed) == (1, 0)
+    finally:
+        store.close()
+
+
 def test_another_process_on_a_server_filters_a_moved_decimal_alike(
     server_settings: Settings, embedder: Embedder
 ) -> None:
@@ -191,6 +290,12 @@ def test_another_process_on_a_server_filters_a_moved_decimal_alike(
         add(first)
         check(first)
         check(second)
+        add_more(first)
+        # a server parses a value twice (the request, then the stored JSON): its decimals
+        # were not what the writer's copies held, nor what the other process's read
+        check_more(first)
+        check_more(second)
+        assert second.get("tiny").metadata["t"] == DRIFT_SHOWN
     finally:
         first.close()
         second.close()

@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -88,10 +89,11 @@ def test_a_write_of_ours_overtaken_by_another_hosts_leaves_the_copies_on_chroma(
         ours.add([DocumentIn(id="d1", text="Original notes about mountains.")])
         upsert = ours.records.upsert
 
-        def overtaken(*args: object) -> None:
-            upsert(*args)  # ours has landed; the other host writes, and we search:
+        def overtaken(*args: Any) -> Any:
+            written = upsert(*args)  # ours has landed; the other host writes, and we search:
             theirs.add([DocumentIn(id="d1", text="Omega nebula.")], mode=WriteMode.UPSERT)
             assert found(ours, "omega nebula", "keyword") == ["d1"]
+            return written
 
         monkeypatch.setattr(ours.records, "upsert", overtaken)
         ours.add([DocumentIn(id="d1", text="Alpha centauri.")], mode=WriteMode.UPSERT)

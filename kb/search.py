@@ -100,7 +100,7 @@ def _ranked(asked: _Asked, top_k: int) -> list[Ranking]:
     chosen = []
     for vector, pool in zip(asked.vectors, candidates(asked, size), strict=True):
         reading = _top_k_of_dense(pool, top_k) if asked.mode == "dense" else pool
-        picked = mmr(asked.store, vector, pool.matches, top_k, lam)
+        picked = mmr(asked.store, vector, pool.matches, top_k, lam, asked.mode)
         chosen.append(replace(reading, matches=picked, misses=reading.misses[:top_k]))
     return chosen
 

@@ -111,6 +111,23 @@ def test_diversify_with_lambda_one_answers_as_no_diversify(
         assert relevant.model_dump() == plain.model_dump()
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_diversify_weighs_the_modes_own_relevance(
+    store: KnowledgeStore, seed_docs: list[DocumentIn], mode: str
+) -> None:
+    """MMR's relevance was the cosine in every mode: a diversified keyword or hybrid search
+    was a dense one (lambda 0.999 re-sorted the pool by cosine, lambda 1 kept the mode's
+    order; review helper 73, 66 of 66 seed queries). Lambda near 1 keeps the mode's order."""
+    store.add(seed_docs)
+    for query in ("how do I stop my model overfitting", "index a database table", "sourdough"):
+        body = {"query": query, "mode": mode, "top_k": 5, "min_score": -1}
+        plain, relevant = (
+            ask(store, **body),
+            ask(store, **body, diversify=True, **{"lambda": 0.999}),
+        )
+        assert ids(relevant) == ids(plain), query
+
+
 def oracle_mmr(store: KnowledgeStore, query: str, pool: list[str], k: int, lam: float) -> list[str]:
     """Maximal marginal relevance, written out, over one-chunk documents' vectors."""
     found = {r.id: r.embedding for r in store.records.get(pool, embeddings=True)}

@@ -108,18 +108,25 @@ def _row(threshold: float, hits: int, predicted: int, positives: int) -> Row:
 
 def recommend(rows: Sequence[Row], min_precision: float | None = None) -> Row:
     """Max F1 (the highest threshold among ties), or the lowest reaching min_precision; when
-    none reaches it, max F1 again (check with `reaches`). NothingToCalibrate when the rows
-    hold no similar example or no dissimilar one (the caller names the input)."""
+    none reaches it, or every one does (`needs_none`: -1, which drops nothing, was the
+    recommendation, and `--write` stored it), max F1 again (check with `reaches`).
+    NothingToCalibrate when the rows hold no similar example or no dissimilar one (the
+    caller names the input). Rows run from the lowest threshold up."""
     if not any(row.recall > 0 for row in rows):
         raise NothingToCalibrate(f"{_NOTHING}: no threshold keeps a similar pair or relevant match")
     if all(row.precision == 1 for row in rows):
         missing = "no threshold lets in a dissimilar pair or irrelevant match"
         raise NothingToCalibrate(f"{_NOTHING}: {missing}")
-    if min_precision is not None:
+    if min_precision is not None and not needs_none(rows, min_precision):
         for row in rows:
             if reaches(row, min_precision):
                 return row
     return max(reversed(rows), key=lambda row: row.f1)
+
+
+def needs_none(rows: Sequence[Row], min_precision: float) -> bool:
+    """Whether keeping everything (the lowest threshold, -1) already gives this precision."""
+    return reaches(rows[0], min_precision)
 
 
 def reaches(row: Row, min_precision: float) -> bool:

@@ -92,6 +92,14 @@ def test_a_precision_no_threshold_reaches_is_said() -> None:
     assert reaches(recommend(rows, min_precision=0.5), 0.5)
 
 
+def test_a_precision_keeping_everything_reaches_recommends_max_f1_not_minus_one() -> None:
+    """The lowest threshold reaching it was -1, which drops nothing, and --write stored it
+    (review helper 73: --precision 0.5 on data/eval/pairs.jsonl, whose base rate is 0.531)."""
+    rows = sweep([0.9, 0.8, 0.6, 0.5, 0.3], [1, 1, 0, 1, 0])  # precision 0.6 at -1
+    assert recommend(rows, min_precision=0.5) == recommend(rows)
+    assert recommend(rows, min_precision=0.5).threshold > 0.3
+
+
 def calibrate(tmp_path: Path, *args: str) -> Result:
     env = {"KB_CHROMA_PATH": str(tmp_path / "db")}
     return CliRunner().invoke(main, ["calibrate", *args], env=env)
@@ -110,6 +118,19 @@ def test_calibrate_write_refuses_a_threshold_missing_the_precision(tmp_path: Pat
     assert "no threshold reaches precision 1.000" in result.output
     assert "not written" in result.output
     assert not (tmp_path / "db").exists()
+
+
+def test_calibrate_says_a_precision_every_threshold_reaches(tmp_path: Path) -> None:
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(
+        '{"a": "dogs bark loudly", "b": "a canine barking", "label": 1}\n'
+        '{"a": "the cat sat on the mat", "b": "a cat sitting on a rug", "label": 1}\n'
+        '{"a": "stock prices fell", "b": "quantum chromodynamics", "label": 0}\n'
+    )
+    result = calibrate(tmp_path, "--pairs", str(pairs), "--precision", "0.5")
+    assert result.exit_code == 0, result.output
+    assert "precision 0.500 needs no threshold: keeping every match gives 0.667" in result.output
+    assert "recommended threshold: -1.00" not in result.output
 
 
 def test_calibrate_errors_are_messages(tmp_path: Path) -> None:

@@ -151,7 +151,7 @@ def _write_threshold(
 def _table(rows: Sequence[Row], precision: float | None, source: str) -> Row:
     """Print the sweep and return the recommendation; rows nothing can be recommended from
     (see NothingToCalibrate) stop the command naming `source`, before anything is written."""
-    from kb.calibration import reaches
+    from kb.calibration import needs_none, reaches
 
     click.echo(f"{'threshold':>9} {'precision':>9} {'recall':>7} {'f1':>6}")
     shown = [row for row in rows if row.threshold >= 0 and round(row.threshold * 100) % 5 == 0]
@@ -161,7 +161,12 @@ def _table(rows: Sequence[Row], precision: float | None, source: str) -> Row:
         best = recommend(rows, precision)
     except NothingToCalibrate as exc:
         fail(f"{source}: {exc.message}")
-    if precision is not None and not reaches(best, precision):
+    if precision is not None and needs_none(rows, precision):
+        warn(
+            f"precision {precision:.3f} needs no threshold: keeping every match gives "
+            f"{rows[0].precision:.3f}; recommending the best F1 instead"
+        )
+    elif precision is not None and not reaches(best, precision):
         warn(
             f"no threshold reaches precision {precision:.3f} with any recall; "
             "recommending the best F1 instead"

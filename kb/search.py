@@ -9,6 +9,7 @@ import numpy as np
 
 from kb.diversity import mmr
 from kb.document_filter import by_document
+from kb.errors import ValidationFailed, field_error
 from kb.filters import CompiledFilter, FilterLimits, compile_filter
 from kb.hybrid import complete, fuse, in_memory, keyword_documents
 from kb.keyword import MAX_TERMS, distinct_terms
@@ -50,6 +51,11 @@ class _Asked:
 
 def search(store: KnowledgeStore, request: QueryRequest) -> list[QueryResult]:
     """Run every query of the request through the same pipeline; one result each."""
+    mode = request.mode or store.settings.search_mode
+    if request.fusion is not None and mode != "hybrid":
+        # the request's own mode is checked with its fields; KB_SEARCH_MODE only here
+        problem = f"applies only to hybrid search, not mode '{mode}' (KB_SEARCH_MODE)"
+        raise ValidationFailed(f"fusion: {problem}", details=[field_error("fusion", problem)])
     limits = FilterLimits.of(store.settings)
     flt = compile_filter(request.filters, request.where, request.where_document, limits)
     filtered = flt.where is not None or flt.where_document is not None

@@ -7,9 +7,13 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 
+from kb.app import close_app, create_app
+from kb.config import Settings
+from kb.embeddings import Embedder
 from kb.errors import ValidationFailed
 from kb.filters import CompiledFilter
 from kb.schemas import MAX_METADATA_BYTES, MAX_METADATA_VALUES, DocumentIn, metadata_bytes
+from tests.conftest import changed
 
 NESTED = {"author": {"name": "Ada"}}
 
@@ -537,3 +541,23 @@ def test_a_null_metadata_value_says_to_leave_the_key_out(cooking: FlaskClient) -
     assert "metadata 'a': values must be" in error["message"]
     assert "got null; leave the key out" in error["message"]
     assert "nested" not in error["message"]
+
+
+def test_fusion_with_a_default_mode_that_is_not_hybrid_is_refused(
+    settings: Settings, embedder: Embedder
+) -> None:
+    """Only the request's own mode was checked: with KB_SEARCH_MODE=keyword, a request
+    without a mode took its `fusion` and ignored it (review helper 73)."""
+    app = create_app(changed(settings, search_mode="keyword"), embedder=embedder)
+    try:
+        client = app.test_client()
+        response = client.post("/query", json={"query": "dropout", "fusion": "rrf"})
+        error = assert_error_shape(response, 422)
+        assert error["message"] == (
+            "fusion: applies only to hybrid search, not mode 'keyword' (KB_SEARCH_MODE)"
+        )
+        assert [detail["field"] for detail in error["details"]] == ["fusion"]
+        hybrid = {"query": "dropout", "fusion": "rrf", "mode": "hybrid"}
+        assert client.post("/query", json=hybrid).status_code == 200
+    finally:
+        close_app(app)

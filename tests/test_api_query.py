@@ -107,6 +107,26 @@ def test_date_ranges_with_iso_strings(cooking: FlaskClient) -> None:
     ]
 
 
+def test_datetimes_with_more_than_six_fractional_digits_are_dates(client: FlaskClient) -> None:
+    """Go (RFC3339Nano), Java (Instant) and .NET ("o") write 7 to 9 digits: such a value got
+    no numeric twin, and every range passed over it, silently (review helper 75)."""
+    written = {
+        "python": "2024-05-01T12:00:00.123456+00:00",
+        "dotnet": "2024-05-01T12:00:00.1234567Z",
+        "java": "2024-05-01T12:00:00.123456789Z",
+        "go": "2024-05-01T14:00:00.123456789+02:00",
+    }
+    documents = [
+        {"id": name, "text": f"Deployed by {name}.", "metadata": {"at": at}}
+        for name, at in written.items()
+    ]
+    assert client.post("/add", json={"documents": documents}).status_code == 201
+    day = {"at": {"$gte": "2024-05-01", "$lte": "2024-05-01"}}
+    assert found(client, query="deployed", where=day) == sorted(written)
+    bound = {"at": {"$gt": "2024-05-01T12:00:00.123456789Z"}}
+    assert found(client, query="deployed", where=bound) == []
+
+
 def test_where_document_contains_and_not_contains(cooking: FlaskClient) -> None:
     assert found(cooking, query="food", where_document={"$contains": "dough"}) == ["bread"]
     assert found(

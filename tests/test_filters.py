@@ -61,6 +61,8 @@ def test_parse_iso_accepts_dates_and_datetimes_only() -> None:
     assert parse_iso("1970-01-01T01:00:00Z") == 3600.0
     assert parse_iso("1970-01-01T01:00:00+01:00") == 0.0
     assert parse_iso("1970-01-01 00:01") == 60.0
+    assert parse_iso("1970-01-01T00:00:01.123456789Z") == 1.123456  # to the microsecond
+    assert parse_iso("1970-01-01T00:00:01,5") == 1.5
     for text in ("2024", "yesterday", "2024-02-30", "2024-1-1", "12:00"):
         assert parse_iso(text) is None
 

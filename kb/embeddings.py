@@ -7,6 +7,7 @@ close ones (cosine above 0.999 and 0.95; int8's also vary with the batch they ar
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -89,7 +90,35 @@ def resolve_model_path(model: str) -> tuple[str, Path]:
             f"KB_MODEL={model!r} is neither '{PACKAGED_MODEL}' nor a local sentence-transformers "
             "model directory (no modules.json or config.json there)"
         )
+    _check_window(model, path)
     return path.resolve().name, path.resolve()
+
+
+def _check_window(model: str, path: Path) -> None:
+    """A model set to read more tokens (sentence_bert_config.json's max_seq_length) than it
+    has positions for (config.json's max_position_embeddings) is refused: it was taken, and
+    the export's probe (ONNX) or the first long text (torch) failed with a traceback, each
+    chunk then being cut to that window. Files that do not read are left to the loader."""
+    transformer = path
+    try:
+        modules = json.loads((path / "modules.json").read_text())
+        for module in modules:
+            if str(module.get("type", "")).endswith("Transformer"):
+                transformer = path / str(module.get("path", ""))
+                break
+    except (OSError, ValueError, AttributeError, TypeError):
+        pass
+    try:
+        window = json.loads((transformer / "sentence_bert_config.json").read_text())
+        positions = json.loads((transformer / "config.json").read_text())
+        tokens, most = int(window["max_seq_length"]), int(positions["max_position_embeddings"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    if tokens > most:
+        raise ConfigError(
+            f"KB_MODEL={model!r}: max_seq_length {tokens} (sentence_bert_config.json) is more "
+            f"than the model's {most} positions (config.json max_position_embeddings)"
+        )
 
 
 def load_embedder(settings: Settings, *, bulk: bool = False, lazy: bool = False) -> Embedder:

@@ -167,11 +167,14 @@ def test_a_damaged_export_is_made_again(
             (cache / good.name / name).unlink()
         else:
             (cache / good.name / name).write_bytes(content)
+    # what an export killed part-way leaves (a finally never runs on a signal's death)
+    (cache / good.name / f"{onnx_export.MODEL_FILE}.424242.tmp").write_bytes(b"\0" * 1000)
     calls: list[Path] = []
     monkeypatch.setattr(onnx_export, "_export", copying_export(good, calls))
     _, path = resolve_model_path(Settings().model)
     export = onnx_export.ensure_export(path, model_fingerprint(path), cache, quantized=False)
     assert calls == [cache / good.name]
+    assert not list((cache / good.name).glob("*.tmp"))
     assert export.meta["dim"] == 384
     assert filecmp.cmp(export.model_file(False), good / onnx_export.MODEL_FILE, shallow=False)
     onnx_export.ensure_export(path, model_fingerprint(path), cache, quantized=False)
@@ -213,6 +216,23 @@ def test_an_export_that_differs_from_torch_is_refused(
     (directory,) = tmp_path.iterdir()
     assert not list(directory.glob("*.onnx*"))
     assert not (directory / "meta.json").exists()
+
+
+def test_a_window_wider_than_the_models_positions_is_refused(tmp_path: Path) -> None:
+    """max_seq_length 1024 on a model of 512 positions was taken: the export's probe failed
+    with an ONNX Runtime traceback, torch's first long text with its own (review helper 72)."""
+    _, packaged = resolve_model_path(Settings().model)
+    model = tmp_path / "wide"
+    shutil.copytree(packaged, model, ignore=shutil.ignore_patterns("*.safetensors", "*.bin"))
+    (model / "sentence_bert_config.json").write_text('{"max_seq_length": 1024}')
+    with pytest.raises(ConfigError) as refused:
+        load_embedder(Settings(model=str(model)))
+    assert refused.value.message == (
+        f"KB_MODEL={str(model)!r}: max_seq_length 1024 (sentence_bert_config.json) is more "
+        "than the model's 512 positions (config.json max_position_embeddings)"
+    )
+    (model / "sentence_bert_config.json").write_text('{"max_seq_length": 512}')
+    assert resolve_model_path(str(model))[1] == model.resolve()  # at the limit: taken
 
 
 def test_an_unloadable_model_is_a_config_error_as_with_torch(tmp_path: Path) -> None:

@@ -81,6 +81,7 @@ def ensure_export(
         raise ConfigError(message) from exc
     with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # another process may be exporting: wait for it
+        _remove_temporaries(directory)
         if _intact(directory, MODEL_FILE) is None:
             if (directory / META_FILE).exists():
                 log.warning("the ONNX export in %s is damaged; exporting it again", directory)
@@ -110,6 +111,14 @@ def _intact(directory: Path, wanted: str) -> Export | None:
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return Export(directory, meta) if intact else None
+
+
+def _remove_temporaries(directory: Path) -> None:
+    """The files an export or quantization killed part-way left (up to 90 MB each, named by
+    their process: a Ctrl-C in a first `kb load` stopped the encoder process mid-export, and
+    each one stayed for good). Called under the lock: no other writer is at work."""
+    for leftover in directory.glob("*.tmp"):
+        leftover.unlink(missing_ok=True)
 
 
 def _remove_obsolete(cache: Path, fingerprint: str, former: tuple[str, ...]) -> None:

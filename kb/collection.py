@@ -27,6 +27,9 @@ T = TypeVar("T")
 # Document ids one where-clause binds: SQLite binds at most 32,766 values a statement, and a
 # user's filter may bind up to 10,000 more (KB_MAX_FILTER_VALUES' ceiling).
 ID_LIST_CAP = 15_000
+# Records one query call may read with their metadata (its batch x n_results): the ids are
+# bound in one statement too (and a where-clause's own values in another)
+QUERY_READ_IDS = 30_000
 MODEL_KEY, DIM_KEY, FINGERPRINT_KEY = "kb_model", "kb_dim", "kb_fingerprint"
 # Seconds between the tries of a write SQLite found busy: 1.6 s in all.
 BUSY_WAITS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 0.8)
@@ -420,24 +423,29 @@ class RecordCollection:
         texts: bool,
     ) -> list[list[tuple[Record, float]]]:
         include: list[Any] = ["metadatas", "distances"] + (["documents"] if texts else [])
-        with chroma_errors():
-            got = self._col.query(
-                query_embeddings=vectors,
-                n_results=n,
-                where=where,
-                where_document=where_document,
-                include=include,
-            )
         results = []
-        for q, ids in enumerate(got["ids"]):
-            docs = got["documents"][q] if texts else [""] * len(ids)
-            metas, dists = got["metadatas"][q], got["distances"][q]
-            results.append(
-                [
-                    (Record(rid, docs[i] or "", dict(metas[i] or {})), cosine_of_distance(dists[i]))
-                    for i, rid in enumerate(ids)
-                ]
-            )
+        # Chroma reads the records a call found in one SQLite statement, which binds at most
+        # 32,766 values: 17 queries of 2,000 chunks (a widened batch search before the copies
+        # load) failed the whole request, "too many SQL variables"
+        step = max(1, QUERY_READ_IDS // max(1, n))
+        for start in range(0, len(vectors), step):
+            with chroma_errors():
+                got = self._col.query(
+                    query_embeddings=vectors[start : start + step],
+                    n_results=n,
+                    where=where,
+                    where_document=where_document,
+                    include=include,
+                )
+            for q, ids in enumerate(got["ids"]):
+                docs = got["documents"][q] if texts else [""] * len(ids)
+                metas, dists = got["metadatas"][q], got["distances"][q]
+                results.append(
+                    [
+                        (Record(rid, docs[i] or "", dict(metas[i] or {})), cosine_of_distance(d))
+                        for i, (rid, d) in enumerate(zip(ids, dists, strict=True))
+                    ]
+                )
         return results
 
     # ------------------------------------------------------------ writes

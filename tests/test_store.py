@@ -919,3 +919,26 @@ def test_a_listing_page_agrees_with_its_total_during_a_write(
     monkeypatch.setattr(store.records, "ids", delete_meanwhile)
     listed = store.list_documents(CompiledFilter(where={"k": 1}), limit=10, offset=0)
     assert (listed.total, [doc.id for doc in listed.documents]) == (2, ["b"])
+
+
+def test_a_batch_of_wide_reads_from_chroma_is_asked_in_parts(settings: Settings, embedder) -> None:
+    """Chroma reads what a query call found in one SQLite statement (at most 32,766 bound
+    values): 17 queries of 2,000 chunks, a widened batch search before the copies loaded,
+    failed the whole request with "too many SQL variables" (review helper 73)."""
+    store = KnowledgeStore.open(settings, embedder)
+    try:
+        vectors = np.random.default_rng(7).normal(size=(2_100, embedder.dim)).astype(np.float32)
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        records = [
+            record
+            for i, vector in enumerate(vectors)
+            for record in build_records(f"r{i}", f"text {i}", {"n": i}, [Chunk(0, f"text {i}")])
+        ]
+        for record, vector in zip(records, vectors, strict=True):
+            record.embedding = vector.tolist()
+        store.records.upsert(records)
+        got = store.records.nearest(vectors[:17], 2_000, texts=False)
+        assert [len(found) for found in got] == [2_000] * 17
+        assert [found[0][0].id for found in got] == [f"r{i}" for i in range(17)]
+    finally:
+        store.close()

@@ -159,8 +159,11 @@ def load_corpus(store: KnowledgeStore, dataset: Dataset, batch_size: int = BATCH
         )
 
 
+CUT, DEEPEST = 10, 100  # the figures' cut-offs: @10, and recall@100
+
+
 def rank(
-    store: KnowledgeStore, texts: Sequence[str], top_k: int = 100, **options: object
+    store: KnowledgeStore, texts: Sequence[str], top_k: int = DEEPEST, **options: object
 ) -> list[Ranked]:
     """Every query through the normal search pipeline with no threshold: the full ranking."""
     ranked: list[Ranked] = []
@@ -212,8 +215,16 @@ def run_eval(store: KnowledgeStore, dataset: Dataset, searches: Sequence[Search]
     reports = []
     for options in searches:
         began = time.perf_counter()
-        ranked = rank(store, [dataset.queries[q] for q in ids], **options)
-        run = {q: r.ids for q, r in zip(ids, ranked, strict=True)}
+        texts = [dataset.queries[q] for q in ids]
+        ranked = rank(store, texts, **options)
+        figures = evaluate({q: r.ids for q, r in zip(ids, ranked, strict=True)}, dataset.qrels)
+        if _deeper_at(store, options, DEEPEST) != _deeper_at(store, options, CUT):
+            # a search asked for 10 ranks fewer candidates a side than one asked for 100: the
+            # @10 figures are those of a top_k 10 search, what the service answers
+            ranked = rank(store, texts, top_k=CUT, **options)
+            run = {q: r.ids for q, r in zip(ids, ranked, strict=True)}
+            at_cut = evaluate(run, dataset.qrels)
+            figures |= {name: value for name, value in at_cut.items() if name.endswith("@10")}
         name = "/".join(str(value) for value in options.values())  # dense, hybrid/rrf
         reports.append(
             Report(
@@ -221,9 +232,16 @@ def run_eval(store: KnowledgeStore, dataset: Dataset, searches: Sequence[Search]
                 name,
                 store.count(),
                 len(judged(dataset.qrels)),
-                evaluate(run, dataset.qrels),
+                figures,
                 load_seconds,
                 time.perf_counter() - began,
             )
         )
     return reports
+
+
+def _deeper_at(store: KnowledgeStore, options: Search, top_k: int) -> int:
+    """How many documents a side a search for top_k ranks (kb.search.candidates): top_k in
+    dense mode, whose order does not depend on it; else max(top_k, KB_HYBRID_DEPTH)."""
+    mode = options.get("mode") or store.settings.search_mode
+    return 0 if mode == "dense" else max(top_k, store.settings.hybrid_depth)

@@ -336,3 +336,31 @@ def test_kb_eval_of_the_current_folder_finds_the_seed_beside_it(
     result = CliRunner().invoke(main, ["eval", "."], env=env)
     assert result.exit_code == 0, result.output
     assert re.search(r"^eval +hybrid/score +4 +1 +", result.output, re.M), result.output
+
+
+def test_the_at_10_figures_are_those_of_a_top_10_search(tmp_path: Path, embedder) -> None:
+    """kb eval asked every search for 100 documents, so below KB_HYBRID_DEPTH 100 its @10
+    figures came from a deeper fusion than the service's answer to top_k 10 (review helper
+    73: every query's top 10 differed at depth 10); recall@100 still reads 100."""
+    from kb.config import Settings
+    from kb.evaluation import rank, run_eval, temporary_store
+    from kb.metrics import evaluate
+
+    data = Path(__file__).parent.parent / "data"
+    dataset = open_dataset(data / "eval", corpus=data / "seed")
+    settings = Settings(chroma_path=tmp_path / "db", hybrid_depth=10)
+    search = {"mode": "hybrid", "fusion": "rrf"}
+    with temporary_store(settings, embedder) as store:
+        (report,) = run_eval(store, dataset, [search])  # type: ignore[list-item]
+        ids = list(dataset.queries)
+        texts = [dataset.queries[q] for q in ids]
+
+        def figures(top_k: int) -> dict[str, float]:
+            ranked = rank(store, texts, top_k=top_k, **search)
+            return evaluate({q: r.ids for q, r in zip(ids, ranked, strict=True)}, dataset.qrels)
+
+        at_10, at_100 = figures(10), figures(100)
+    assert at_10["ndcg@10"] != at_100["ndcg@10"]  # the depth matters here
+    for name in ("ndcg@10", "mrr@10", "recall@10"):
+        assert report.figures[name] == at_10[name], name
+    assert report.figures["recall@100"] == at_100["recall@100"]

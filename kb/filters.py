@@ -160,6 +160,16 @@ def exact_numbers(key: str, op: str, arg: Any) -> dict[str, Any]:
     return {"$or": [exact, {key: {"$in": ins}}]} if ins else exact
 
 
+def _by_kind(values: list[Any]) -> list[list[Any]]:
+    """A list's values by type as Chroma tells them apart (bool, int, float, str), in the
+    order each type first comes; values of other types each alone (refused later)."""
+    groups: dict[Any, list[Any]] = {}
+    for value in values:
+        kind = type(value) if type(value) in (bool, int, float, str) else id(value)
+        groups.setdefault(kind, []).append(value)
+    return list(groups.values())
+
+
 def _misjudged(bound: Any) -> tuple[int | float, ...]:
     """The stored numbers Chroma may compare wrongly with a numeric bound: the integers
     beside a fractional or beyond-64-bit float, the float an integer beyond 2**53 rounds to.
@@ -225,12 +235,20 @@ class _Translator:
         if not isinstance(filters, dict):
             self.fail(root, "must be an object of key -> value or list of values")
             return None
-        clauses = []
+        clauses: list[dict[str, Any] | None] = []
         for key, value in filters.items():
             path = f"{root}.{key}" if root else key
             if not self.key_ok(key, path):
                 continue
-            if self.counted(path):
+            if not self.counted(path):
+                continue
+            if isinstance(value, list) and len(groups := _by_kind(value)) > 1:
+                # any of values of several types (a CSV column typed cell by cell, a query
+                # string's two spellings): one $in a type, as $in takes one
+                parts = [self.operator(key, "$in", group, path) for group in groups]
+                kept = [part for part in parts if part]
+                clauses.append({"$or": kept} if len(kept) > 1 else kept[0] if kept else None)
+            else:
                 op = "$in" if isinstance(value, list) else "$eq"
                 clauses.append(self.operator(key, op, value, path))
         return and_where(*clauses)

@@ -10,6 +10,7 @@ from kb.filters import (
     FilterLimits,
     compile_filter,
     date_twins,
+    exact_numbers,
     parse_iso,
 )
 
@@ -145,8 +146,22 @@ def test_a_list_of_decimals_may_hold_whole_numbers_written_as_decimals() -> None
     assert where is not None
     assert where["$and"][0] == {"a": {"$in": [1.0, 2.5]}}
     with pytest.raises(ValidationFailed, match="all be integers or all decimals") as caught:
-        compile_filter(filters={"a": [1, 2.5]})
-    assert caught.value.details[0]["field"] == "filters.a"
+        compile_filter(where={"a": {"$in": [1, 2.5]}})
+    assert caught.value.details[0]["field"] == "where.a.$in"
+
+
+def test_a_filters_list_of_several_types_is_any_of_each_as_its_type() -> None:
+    """`filters` lists mean any of: of several types (a CSV column typed cell by cell, or a
+    query string's two spellings) they were refused, "list items must all have one type";
+    now one $in a type (review helper 75)."""
+    where = compile_filter(filters={"zip": ["02134", 10001, "10001", 2.5]}).where
+    assert where == {
+        "$or": [
+            {"zip": {"$in": ["02134", "10001"]}},
+            {"zip": {"$in": [10001]}},
+            exact_numbers("zip", "$in", [2.5]),  # integers beside 2.5 kept out, as alone
+        ]
+    }
 
 
 def test_nesting_and_size_are_limited() -> None:

@@ -194,7 +194,11 @@ def _json_arg(name: str) -> dict[str, Any] | None:
 
 
 def _typed(values: list[str]) -> Any:
-    """Query-string values: numbers (spelt as JSON spells them) and true/false typed, anything
-    else text (so ?author=NaN finds an author called NaN); repeated = any of."""
-    typed = [scalar_or_text(value) for value in values]
-    return typed[0] if len(typed) == 1 else typed
+    """Query-string values: text, and numbers (spelt as JSON spells them) and true/false also
+    typed (so ?author=NaN finds an author called NaN, ?zip=10001 the number and the text, as
+    the search page does; a CSV column is typed cell by cell); repeated = any of."""
+    typed: list[Any] = []
+    for value in values:
+        typed.extend([scalar_or_text(value), value])
+    unique = list({(type(value), value): value for value in typed}.values())
+    return unique[0] if len(unique) == 1 else unique

@@ -17,7 +17,7 @@ from typing import Any
 
 from bench import checks, info, ingest, query, report
 from bench.corpus import CORPUS_VERSION, KINDS, fingerprint
-from bench.harness import NOTES
+from bench.harness import NOTES, served_as
 
 SECTIONS = ("ingest", "query", "startup")
 FULL = 100_000
@@ -92,6 +92,7 @@ def main(argv: list[str]) -> int:
         "corpus_sha256": fingerprint(),
         "settings": settings,  # every setting of kb.config.Settings, secrets left out
         "environment": info.environment(),  # KB_*, OMP_*, MKL_*, OPENBLAS_*
+        "served": served_as(),  # the same, as the kb processes the cells time read them
         "machine": machine,
     }
     started = time.perf_counter()

@@ -24,7 +24,7 @@ from typing import Any
 
 from bench import info
 from bench.corpus import CORPUS_VERSION, FILTERS, documents, fingerprint
-from bench.harness import Server, save_results, scratch, utc_stamp
+from bench.harness import Server, save_results, scratch, served_as, utc_stamp
 from bench.query import bodies, check_answers, fewest, load, searched, store_for
 from kb.config import ENV_PREFIX, unknown_variables
 
@@ -129,6 +129,7 @@ def main(argv: list[str]) -> int:
             # what both sides share; each side's KB_* above go on top of it
             "settings": settings,
             "environment": info.environment(),
+            "served": served_as(),  # as the servers read them, before each side's KB_*
             "machine": machine,  # its git: commit and dirty flag
             "corpus_version": CORPUS_VERSION,
             "corpus_sha256": fingerprint(),

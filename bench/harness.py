@@ -58,6 +58,14 @@ def kb_env(store: Path, port: int | None = None) -> dict[str, str]:
     return env
 
 
+def served_as() -> dict[str, Any]:
+    """What the servers and commands the cells start read (`kb_env`), each cell's store in
+    place of STORE."""
+    from bench.info import served
+
+    return served(kb_env(Path("STORE")))
+
+
 def utc_stamp() -> str:
     """The time now as results' file names carry it (20261204T061832Z)."""
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())

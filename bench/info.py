@@ -52,6 +52,21 @@ def kb_settings() -> dict[str, Any]:
     return info
 
 
+def served(environ: Mapping[str, str]) -> dict[str, Any]:
+    """The settings and variables (as `kb_settings` and `environment` give them) of a kb
+    started with `environ`: the servers and commands the cells time run with
+    `harness.kb_env`'s, which the bench's own process has not (the results said
+    query_cache 1024 of servers that ran with 0; review helper 74)."""
+    saved = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(environ)
+    try:
+        return {"settings": kb_settings(), "environment": environment()}
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
 def environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """Every KB_*, OMP_*, MKL_* and OPENBLAS_* variable (any case, as kb reads its own), a
     secret's (KB_API_KEYS, KB_API_KEY) value replaced by SET."""

@@ -207,7 +207,9 @@ def _peaks(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
 def _median_ratio(
     rounds: Sequence[dict[str, dict[str, Any]]], way: str, part: str, rate: str
 ) -> float:
-    """The median of one round's ratios, as the rates are one run's."""
+    """The median of one round's ratios, as the rates are one run's: the lower middle one
+    with an even number of rounds (of two, the lower), as the rates' run is the slower
+    middle one: a figure of the runs, not between them, never the kinder one."""
     return statistics.median_low(one[way][rate] / one[part][rate] for one in rounds)
 
 

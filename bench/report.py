@@ -66,7 +66,8 @@ def ingest(cells: Sequence[dict[str, Any]]) -> None:
     if rounds > 1:
         print(
             f"  {rounds} rounds of each cell's parts in rotating order: each rate is the "
-            "part's median, each ratio the median of the ratios within a round"
+            "part's median run, each ratio the median of the ratios within a round (with an "
+            "even number of rounds the lower middle one: of two, the lower)"
         )
     _bounds(cells)
     warn_busy([c["other_cpu"] for c in cells])

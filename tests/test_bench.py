@@ -384,3 +384,20 @@ def test_a_dirty_tree_is_recorded_with_its_changes(tmp_path: Path) -> None:
     assert dirty["dirty"] is True
     assert "-BATCH = 64\n+BATCH = 128" in dirty["diff"]
     assert sorted(dirty["status"]) == [" M kb.py", "?? new.py"]
+
+
+def test_the_results_record_the_settings_the_timed_processes_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The results recorded the bench process's settings only: query_cache 1024 and
+    collection knowledge_base for servers that ran with 0 and 'bench' (review helper 74)."""
+    from bench.harness import served_as
+
+    monkeypatch.delenv("KB_QUERY_CACHE", raising=False)
+    before = dict(os.environ)
+    served = served_as()
+    assert served["settings"]["query_cache"] == 0
+    assert served["settings"]["collection"] == "bench"
+    assert served["environment"]["KB_QUERY_CACHE"] == "0"
+    assert served["environment"]["KB_CHROMA_PATH"] == "STORE"
+    assert dict(os.environ) == before

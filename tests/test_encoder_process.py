@@ -66,6 +66,22 @@ def test_a_stopped_process_fails_its_callers() -> None:
     encoder.close()
 
 
+def test_a_process_that_died_a_moment_ago_fails_its_caller_as_stopped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Its pipe closes about 1 ms before is_alive() turns false: a submit in that window
+    raised BrokenPipeError, which the callers' fallback (for ConfigError) let through
+    (review helper 72)."""
+    encoder = EncoderProcess(Settings(backend="onnx"))
+    encoder._process.kill()
+    encoder._process.join()
+    monkeypatch.setattr(encoder._process, "is_alive", lambda: True)  # the window
+    with pytest.raises(ConfigError, match="stopped"):
+        encoder.submit(TEXTS)
+    monkeypatch.undo()
+    encoder.close()
+
+
 def test_a_process_that_dies_while_loading_is_a_config_error(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -166,7 +166,11 @@ class EncoderProcess:
             if not self._process.is_alive():
                 raise ConfigError("the encoder process has stopped")
             self._waiting.append(future)
-            self._conn.send(list(texts))
+            try:
+                self._conn.send(list(texts))
+            except OSError as exc:  # it died after is_alive: the pipe closes ~1 ms earlier
+                # (a BrokenPipeError got past the callers' fallback, which takes ConfigError)
+                raise ConfigError("the encoder process has stopped") from exc
         return future
 
     def embed_documents(self, texts: Sequence[str]) -> np.ndarray:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from kb.errors import StoreUnavailable
@@ -43,6 +45,38 @@ def start(data: Path, port: int, log: Path, timeout: float = 60) -> subprocess.P
             return server
     stop(server)
     raise StoreUnavailable(f"the Chroma server on {url} did not answer in {timeout:.0f} s")
+
+
+class Watch:
+    """Whether `kb cluster`'s Chroma server is still running, looked at every second on a
+    thread of its own: it ran on with every data request a 503 when its Chroma died
+    (review helper 68). `exited` once it has gone unasked (its exit code is not known:
+    gunicorn's master reaps any child of its process, the server too)."""
+
+    def __init__(self, server: subprocess.Popen) -> None:
+        self.server = server
+        self.exited = False
+        self._stopping = threading.Event()
+
+    def start(self, gone: Callable[[], None]) -> None:
+        """Call `gone` (once, from the watching thread) when the server exits unasked."""
+
+        def watch() -> None:
+            while not self._stopping.wait(WATCH_S):
+                if self.server.poll() is not None:  # reaped by gunicorn: 0 (ECHILD)
+                    if not self._stopping.is_set():
+                        self.exited = True
+                        gone()
+                    return
+
+        threading.Thread(target=watch, name="kb-chroma-watch", daemon=True).start()
+
+    def stop(self) -> None:
+        """kb is stopping the server itself: not a failure."""
+        self._stopping.set()
+
+
+WATCH_S = 1.0
 
 
 def check(url: str, timeout: float = 5) -> None:

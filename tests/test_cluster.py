@@ -299,3 +299,44 @@ def test_clients_that_stall_mid_request_do_not_hold_the_workers(
     log = (tmp_path / "cluster.log").read_text()
     assert "closed a connection silent for 2 s mid-request (KB_IDLE_TIMEOUT)" in log
     assert "Traceback" not in log  # gunicorn logged each as an error, with 20 lines
+
+
+def test_kb_cluster_stops_when_its_chroma_server_dies(tmp_path: Path) -> None:
+    """It ran on with every data request a 503 (review helper 68): a supervisor restarting
+    kb on failure never learnt of it."""
+    port, chroma_port = free_ports(2)
+    env = {**os.environ, "KB_PORT": str(port), "KB_CHROMA_PATH": str(tmp_path / "local")}
+    command = [sys.executable, "-m", "kb", "cluster", "--path", str(tmp_path / "chroma")]
+    command += ["--chroma-port", str(chroma_port), "--workers", "2"]
+    err = tmp_path / "stderr"
+    with err.open("wb") as stderr:
+        proc = subprocess.Popen(
+            command, env=env, stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                if call(base, "/health")[0] == 200:
+                    break
+            except OSError:
+                time.sleep(0.3)
+        assert call(base, "/health")[0] == 200, err.read_text()[-3000:]
+        while len(answering_workers(err, "/health")) < 2 and time.monotonic() < deadline:
+            call(base, "/health")  # both workers up: one booting as Chroma dies fails its boot
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        (chroma,) = [
+            int(pid)
+            for pid in children
+            if b"chroma" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[1]
+        ]
+        os.kill(chroma, signal.SIGKILL)
+        assert proc.wait(timeout=90) == 1
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    said = err.read_text()
+    assert f"Error: the Chroma server exited, so kb cluster stopped: see {tmp_path}" in said
+    assert "Traceback" not in said

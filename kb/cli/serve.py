@@ -102,7 +102,13 @@ def cluster(data: Path, chroma_port: int, workers: int | None, seeds: tuple[str,
         for sock in listening:
             sock.close()
         fail(exc.message)
-    with owner_cleanup(lambda: chroma_process.stop(server)):  # not from a worker's exit
+    watch = chroma_process.Watch(server)
+
+    def stop_chroma() -> None:
+        watch.stop()  # kb stops it: not a failure
+        chroma_process.stop(server)
+
+    with owner_cleanup(stop_chroma):  # not from a worker's exit
         click.echo(f"Chroma server on {url} (data in {data}, log {log})", err=True)
         os.environ["KB_CHROMA_URL"] = url
         if seeds:
@@ -110,7 +116,13 @@ def cluster(data: Path, chroma_port: int, workers: int | None, seeds: tuple[str,
         limit_malloc_arenas(settings.malloc_arenas)
         banner = f"kb {__version__} on http://{settings.host}:{settings.port}, {count} workers"
         click.echo(banner, err=True)  # as the Chroma line and kb serve's: stdout stays empty
-        _gunicorn(settings, listening)
+        owner = os.getpid()
+        watch.start(lambda: os.kill(owner, signal.SIGTERM))  # gunicorn stops, as on SIGTERM
+        try:
+            _gunicorn(settings, listening)
+        finally:  # gunicorn exits by SystemExit(0); a worker unwinds here too, as it exits
+            if os.getpid() == owner and watch.exited:
+                fail(f"the Chroma server exited, so kb cluster stopped: see {log}")
 
 
 def _seed(seeds: tuple[str, ...]) -> None:

@@ -244,7 +244,10 @@ class _Translator:
                 continue
             if isinstance(value, list) and len(groups := _by_kind(value)) > 1:
                 # any of values of several types (a CSV column typed cell by cell, a query
-                # string's two spellings): one $in a type, as $in takes one
+                # string's two spellings): one $in a type, as $in takes one. A value spelt
+                # both ways counts once against KB_MAX_FILTER_VALUES (the listing's query
+                # parameters send each number as a number and as text: 501 were refused)
+                self.values -= len(value) - len({str(item).lower() for item in value})
                 parts = [self.operator(key, "$in", group, path) for group in groups]
                 kept = [part for part in parts if part]
                 clauses.append({"$or": kept} if len(kept) > 1 else kept[0] if kept else None)

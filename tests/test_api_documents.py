@@ -98,6 +98,13 @@ def test_a_filter_parameter_finds_numbers_and_text_of_either_spelling(
     listed = client.get("/documents?zip=02134&zip=10001").json["documents"]
     assert sorted(doc["id"] for doc in listed) == ["boston", "nyc", "nyc-text"]
     assert ids_of(client, zip="true") == ["flag"]
+    # each number counts once against KB_MAX_FILTER_VALUES (1,000), not once a spelling
+    many = "&".join(f"zip={10_000 + i}" for i in range(600))
+    assert client.get(f"/documents?{many}").status_code == 200
+    too_many = "&".join(f"zip={10_000 + i}" for i in range(1001))
+    refused = client.get(f"/documents?{too_many}")
+    assert refused.status_code == 422
+    assert refused.json["error"]["message"] == "zip: at most 1000 values in a filter's lists in all"
 
 
 def test_list_with_simple_and_where_filters(cooking: FlaskClient) -> None:

@@ -15,7 +15,7 @@ from datetime import UTC, date, datetime, timedelta
 from operator import eq, ge, gt, le, lt, ne
 from typing import TYPE_CHECKING, Any
 
-from kb.chroma_floats import held, stable_float
+from kb.chroma_floats import chroma_float, held, stable_float
 from kb.config import Settings
 from kb.errors import ValidationFailed, field_error
 from kb.regex_check import regex_problem
@@ -158,6 +158,22 @@ def exact_numbers(key: str, op: str, arg: Any) -> dict[str, Any]:
     # one clause each way, however many values a list has (two a value as $ne / $eq)
     exact = and_where(clause, {key: {"$nin": outs}} if outs else None) or clause
     return {"$or": [exact, {key: {"$in": ins}}]} if ins else exact
+
+
+SET_OF = {"$eq": "$in", "$ne": "$nin"}
+
+
+def _written_before(value: Any) -> bool:
+    """Whether kb before 4c9c52e stored this decimal as a float it no longer writes: Chroma's
+    reading of it, which Chroma reads as another float (a third of the decimals it moves
+    below 1e-6 or beyond 1e22). The value as given, sent beside the one kb writes now, finds
+    those documents, as it did (Chroma reads it as what it stored then; so do the copies,
+    `metadata_index.argument_key`): filtered by the new float only, they went unfound
+    (review helper 76)."""
+    if type(value) is not float:
+        return False
+    once = chroma_float(value)
+    return chroma_float(once) != once
 
 
 def _by_kind(values: list[Any]) -> list[list[Any]]:
@@ -319,15 +335,19 @@ class _Translator:
         # decimals as kb writes them (kb.chroma_floats): as given, 8.619691065212169e-10
         # missed what GET shows as 8.61969106521217e-10, and 945250317053727.9 was judged a
         # fraction though Chroma holds it (and compares it) as 945250317053728.0
-        arg = held(arg)
+        given, arg = arg, held(arg)
         if op in CONTAINS:  # list items: Chroma matches 2 and 2.0 as different values
             if self.scalar_ok(arg, path):
                 return {key: {op: arg}}
         elif op in COMPARISON:
             if self.scalar_ok(arg, path):
+                if _written_before(given):  # $eq as $in, $ne as $nin, with the value as given
+                    return exact_numbers(key, SET_OF[op], [arg, given])
                 return exact_numbers(key, op, arg)
         elif op in MEMBERSHIP:
             if self.list_ok(arg, path):
+                if isinstance(given, list) and any(_written_before(item) for item in given):
+                    arg = [*arg, *(item for item in given if _written_before(item))]
                 return exact_numbers(key, op, arg)
         elif op in RANGE:
             return self.range(key, op, arg, path)

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from kb.chroma_floats import stable_float
+from kb.chroma_floats import chroma_float
 from kb.schemas import INT64
 
 ValueKey = tuple[str, Any]
@@ -50,9 +50,11 @@ def value_key(value: Any) -> ValueKey:
 
 
 def argument_key(value: Any) -> ValueKey:
-    """A filter's value as Chroma compares it: a decimal as kb sends it (kb.filters)."""
+    """A filter's value as Chroma compares it: a decimal after its JSON parse (kb.filters
+    sends floats the parse keeps, and beside them values as given that documents written
+    before 4c9c52e hold as the parse moved them)."""
     if type(value) is float:
-        return ("f", stable_float(value))
+        return ("f", chroma_float(value))
     return value_key(value)
 
 
@@ -126,7 +128,7 @@ class MetadataIndex:
             condition = {"$eq": condition}
         ((op, arg),) = condition.items()
         if op in RANGE_OPS:
-            bound = stable_float(arg) if type(arg) is float else arg
+            bound = chroma_float(arg) if type(arg) is float else arg
             return self._range(key, op, bound, size, cache)
         if op in {"$contains", "$not_contains"}:  # list items: 1 is not 1.0, as in Chroma
             found = self._rows(self._elements, key, [arg], size, cache, lambda v: [argument_key(v)])

@@ -16,6 +16,7 @@ from kb.config import Settings
 from kb.embeddings import Embedder
 from kb.filters import compile_filter
 from kb.records import Record, as_held
+from kb.replica import GENERATION_KEY
 from kb.schemas import DocumentIn, QueryRequest, UpdateFields
 from kb.search import search
 from kb.store import KnowledgeStore, WriteMode
@@ -273,6 +274,38 @@ def test_a_decimal_chroma_moves_again_stays_put_and_is_found_by_either_spelling(
         again = store.add([DocumentIn(id="tiny", text=shown.text, metadata=shown.metadata)],
                           WriteMode.SKIP)  # fmt: skip
         assert (again.skipped, again.skipped_changed) == (1, 0)
+    finally:
+        store.close()
+
+
+def test_a_decimal_stored_by_an_earlier_kb_is_found_by_the_number_as_given(
+    settings: Settings, embedder: Embedder
+) -> None:
+    """Before 4c9c52e kb sent the number as given, and Chroma stored its reading of it
+    (8.619691065212168e-10, which it reads as ...167e-10); filters sending only the float kb
+    writes now missed such a document, on every path (review helper 76)."""
+    store = KnowledgeStore.open(settings, embedder)
+    try:
+        store.add([DocumentIn(id="old", text="A measured value, tiny.", metadata={"t": 1.0})])
+        (record,) = store.records.get(["old"], embeddings=True)
+        store.records._col.upsert(  # as kb wrote it then: the number as given
+            ids=["old"], embeddings=[record.embedding], metadatas=[{**record.metadata, "t": DRIFT}]
+        )
+        generation = int(store.records.settings_value(GENERATION_KEY) or 0)
+        store.records.set_settings_value(GENERATION_KEY, generation + 1)  # copies: read again
+        store.close()
+        store = KnowledgeStore.open(settings, embedder)  # the copies read it from Chroma
+        store.replica.wait_loaded()
+        assert store.get("old").metadata["t"] == chroma_float(DRIFT) != stable_float(DRIFT)
+        for where, expected in [
+            ({"t": DRIFT}, ["old"]),
+            ({"t": {"$in": [DRIFT, 0.5]}}, ["old"]),
+            ({"t": {"$ne": DRIFT}}, []),
+            ({"t": {"$nin": [DRIFT]}}, []),
+        ]:
+            assert listed(store, where) == expected, where
+            for mode in ("dense", "keyword", "hybrid"):
+                assert hits(store, where, mode) == expected, (where, mode)
     finally:
         store.close()
 

@@ -135,6 +135,15 @@ def _content(text: str, metadata: dict[str, Any] | None) -> str:
     return json.dumps([text, plain], sort_keys=True, ensure_ascii=False)
 
 
+def twins_stale(stored: dict[str, Any], metadata: dict[str, Any] | None) -> bool:
+    """Whether a stored first chunk's date twins (`stored`, its whole metadata) are not the
+    ones `metadata` gives now: a datetime with 7 to 9 fractional digits got none before
+    0fef3b5, and sent again unchanged, or patched with the same values, such a document was
+    skipped, so no range could ever find it (review helper 76)."""
+    have = {key for key in stored if key.startswith(TWIN_PREFIX)}
+    return have != set(date_twins(metadata or {}))
+
+
 def as_held(records: Sequence[Record]) -> Sequence[Record]:
     """These records as Chroma holds them once written (`chroma_floats.held`): a record
     whose metadata holds a decimal kb writes as another float (or -0.0) is copied with that

@@ -47,6 +47,7 @@ from kb.records import (
     doc_id_of,
     of_version,
     same_content,
+    twins_stale,
     user_metadata,
     whole_documents,
 )
@@ -396,7 +397,8 @@ class KnowledgeStore:
                 todo.append((doc_id, doc.text, doc.metadata))
                 continue
             differs = head.metadata.get(HASH) != content_hash(doc.text, doc.metadata)
-            if mode is WriteMode.UPSERT and differs:
+            stale = twins_stale(head.metadata, doc.metadata)  # written again, not "changed"
+            if mode is WriteMode.UPSERT and (differs or stale):
                 todo.append((doc_id, doc.text, doc.metadata))
                 replaced.append(head)
             else:
@@ -424,7 +426,8 @@ class KnowledgeStore:
             if problem := metadata_size_problem(metadata, stored=current.metadata):
                 raise ValidationFailed(problem, details=[field_error("metadata", problem)])
             text = fields.text if fields.text is not None else current.text
-            if same_content(text, metadata, current.text, current.metadata):
+            same = same_content(text, metadata, current.text, current.metadata)
+            if same and not twins_stale(version[0].metadata, metadata):
                 return current
             if text == current.text:  # metadata only: keep the vectors
                 chunks = [Chunk(int(r.metadata[START]), r.text) for r in version]

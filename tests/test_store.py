@@ -942,3 +942,44 @@ def test_a_batch_of_wide_reads_from_chroma_is_asked_in_parts(settings: Settings,
         assert [found[0][0].id for found in got] == [f"r{i}" for i in range(17)]
     finally:
         store.close()
+
+
+def test_a_document_stored_without_a_date_twin_gets_it_when_sent_or_patched_again(
+    settings: Settings, embedder
+) -> None:
+    """Before 0fef3b5 a datetime with 9 fractional digits got no twin; sent again unchanged,
+    or patched with the same value, the document was skipped, so no range ever found it
+    (review helper 76)."""
+    from kb.filters import TWIN_PREFIX, compile_filter
+    from kb.replica import GENERATION_KEY
+
+    at = "2024-05-01T12:00:00.123456789Z"
+    day = compile_filter(where={"at": {"$gte": "2024-05-01", "$lte": "2024-05-01"}})
+
+    def found(store: KnowledgeStore) -> list[str]:
+        return [doc.id for doc in store.iter_documents(day)]
+
+    store = KnowledgeStore.open(settings, embedder)
+    try:
+        for doc_id in ("sent", "patched"):
+            store.add([DocumentIn(id=doc_id, text=f"Deployed, {doc_id}.", metadata={"at": at})])
+            (record,) = store.records.get([doc_id], embeddings=True)
+            store.records._col.upsert(  # as an earlier kb wrote it: no twin
+                ids=[doc_id],
+                embeddings=[record.embedding],
+                metadatas=[{**record.metadata, f"{TWIN_PREFIX}at": None}],
+            )
+        generation = int(store.records.settings_value(GENERATION_KEY) or 0)
+        store.records.set_settings_value(GENERATION_KEY, generation + 1)
+        store.close()
+        store = KnowledgeStore.open(settings, embedder)
+        assert found(store) == []
+        again = DocumentIn(id="sent", text="Deployed, sent.", metadata={"at": at})
+        assert store.add([again], WriteMode.SKIP).skipped == 1  # skipped: not made a change
+        assert found(store) == []
+        written = store.add([again], WriteMode.UPSERT)
+        assert (written.updated, written.skipped_changed) == (1, 0)
+        store.update("patched", UpdateFields(metadata={"at": at}))
+        assert sorted(found(store)) == ["patched", "sent"]
+    finally:
+        store.close()

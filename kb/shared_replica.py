@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 SCRATCH_PREFIX = "kb-replica-"  # a process's copies, in the system's temporary folder
 OWNER = "owner.lock"  # in each: locked by the process using it, for as long as it lives
 WARN_EVERY_S = 60.0  # a change log that cannot be read is logged at most this often
+HUNG_S = 10.0  # a poll of the change log running this long: the server is not answering
 REPAIR_WAIT_S = (1.0, 60.0)  # after a failed repair, the pause before the next (doubling)
 
 
@@ -78,6 +79,7 @@ class SharedReplica(Replica):
         self.changes = ChangeLog(records.side_collection("kb-log"))
         self._polls = threading.Lock()
         self._last_poll = -1.0  # when the newest poll began (monotonic)
+        self._polling_since: float | None = None  # when the running poll began
         self._counts_warnings = Thinned(WARN_EVERY_S)  # a failed read for counts: not per scrape
         self._built = False
         self._repair_after = 0.0  # no repair before this (monotonic): one failed
@@ -109,18 +111,34 @@ class SharedReplica(Replica):
         poll already running is enough and nothing is awaited."""
         asked = time.monotonic()
         if not self._polls.acquire(blocking=wait):
+            self._note_running_poll(asked)
             return
         try:
             if self._last_poll >= asked:  # a poll that began after we asked has finished
                 return
             before, self._last_poll = self._last_poll, time.monotonic()
+            self._polling_since = self._last_poll
             try:
                 self._poll()
-            except BaseException:  # callers waiting for this poll poll again
+            except BaseException as exc:  # callers waiting for this poll poll again
                 self._last_poll = before
+                if isinstance(exc, Exception):  # every poll's outcome, searches' too
+                    self.unreachable = exc.message if isinstance(exc, KBError) else f"{exc!r}"
                 raise
+            finally:
+                self._polling_since = None
+            self.unreachable = None
         finally:
             self._polls.release()
+
+    def _note_running_poll(self, now: float) -> None:
+        """A poll another caller runs has gone on for HUNG_S: the server does not answer
+        (chromadb's HTTP client waits for ever). /health said "ok" meanwhile, every search
+        hanging behind that poll (review helper 77)."""
+        since = self._polling_since
+        if since is not None and now - since > HUNG_S:
+            wait = f"{now - since:.0f} s"
+            self.unreachable = f"the Chroma server has not answered a read for {wait}"
 
     def _poll(self) -> None:
         poll = self.changes.changes() if self._built and not self._behind else None
@@ -235,11 +253,12 @@ class SharedReplica(Replica):
         return self.mirror
 
     def catch_up_quietly(self) -> None:
+        """A poll, unless one is running; its outcome (or a running one's hang) is what
+        `unreachable` says: a skipped poll cleared an earlier failure, and /health said
+        "ok" of a server every search found away (review helper 77: 41% of probes)."""
         try:
             self.catch_up(wait=False)
-            self.unreachable = None
-        except Exception as exc:  # /metrics must still answer while the server is away
-            self.unreachable = exc.message if isinstance(exc, KBError) else f"{exc!r}"
+        except Exception:  # /metrics must still answer while the server is away
             added = self._counts_warnings.take()
             if added is not None:
                 log.warning(

@@ -741,3 +741,54 @@ def test_health_is_503_while_the_chroma_server_cannot_be_read(
         assert client.get("/health").status_code == 200  # the server is back
     finally:
         close_app(app)
+
+
+def test_health_is_503_while_a_search_finds_the_server_away_or_a_read_hangs(
+    server_settings: Settings, embedder: Embedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A probe arriving while another request read the change log skipped its own read and
+    cleared the last failure: /health said "ok" to 41% of probes with the server gone, and
+    to every probe with it hung (chromadb's client waits for ever; review helper 77)."""
+    from kb import shared_replica
+
+    app = create_app(server_settings, embedder=embedder)
+    try:
+        client = app.test_client()
+        replica = app.extensions["kb"].store.replica
+        replica.wait_loaded()
+        log = replica.changes
+        reading, release = threading.Event(), threading.Event()
+        failures = iter([True, False])
+
+        def read_slowly(*args: Any, **kwargs: Any) -> Any:
+            reading.set()
+            release.wait(30)
+            if next(failures, False):
+                raise OSError("connection refused")
+            return real(*args, **kwargs)
+
+        real = log.changes
+        monkeypatch.setattr(log, "changes", read_slowly)
+        monkeypatch.setattr(shared_replica, "HUNG_S", 0.3)
+        searching = threading.Thread(target=lambda: client.post("/query", json={"query": "x"}))
+        searching.start()  # a search's read of the change log, which hangs
+        assert reading.wait(30)
+        time.sleep(0.5)
+        hung = client.get("/health")  # skips its read: one is running, for 0.5 s now
+        assert hung.status_code == 503, hung.json
+        assert "has not answered a read for" in hung.json["error"]["message"]
+        release.set()  # the search's read fails: connection refused
+        searching.join(30)
+        reading.clear()
+        release.clear()
+        probe = threading.Thread(target=lambda: client.post("/query", json={"query": "y"}))
+        probe.start()  # the next read hangs again, briefly
+        assert reading.wait(30)
+        down = client.get("/health")  # skipped: the failure the search met still stands
+        assert down.status_code == 503, down.json
+        assert "connection refused" in down.json["error"]["message"]
+        release.set()
+        probe.join(30)
+        assert client.get("/health").status_code == 200  # that read succeeded
+    finally:
+        close_app(app)

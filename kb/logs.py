@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import logging
 import math
@@ -13,6 +14,7 @@ import time
 from collections.abc import Callable
 from contextvars import ContextVar
 from datetime import UTC, datetime
+from logging import Handler
 from logging.handlers import QueueHandler, QueueListener
 from typing import Any
 
@@ -106,31 +108,79 @@ class Thinned(logging.Filter):
 QUEUE_WARNINGS_EVERY_S = 60.0  # waitress's "Task queue depth" lines: at most one a minute
 
 
+QUEUED_LINES = 10_000  # log lines waiting for stderr, at most; more are dropped and counted
+STOP_WAIT_S = 5.0  # at exit, how long the queued lines may take to reach stderr
+
+
 class _Writer:
     """The thread that writes log lines. A request thread only formats its line (the request
     id is its context's) and queues it: writing to stderr under the handler's lock, with
-    sixteen threads logging, made them queue for the lock behind a writer waiting for the GIL."""
+    sixteen threads logging, made them queue for the lock behind a writer waiting for the GIL.
+    The queue is bounded: with stderr stalled (a blocked pipe or log driver) it grew without
+    end (200 MiB in 8,000 requests), and the exit's flush waited for ever, so SIGTERM did not
+    stop kb serve (review helper 77)."""
 
     listener: QueueListener | None = None
 
     @classmethod
     def restart(cls, formatter: logging.Formatter) -> QueueHandler:
         cls.stop()
-        lines: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
-        handler = QueueHandler(lines)
+        lines: queue.Queue[logging.LogRecord | None] = queue.Queue(QUEUED_LINES)
+        handler = _Dropping(lines)
         handler.setFormatter(formatter)  # QueueHandler.prepare formats in the caller's thread
         out = logging.StreamHandler(sys.stderr)
         out.setFormatter(logging.Formatter("%(message)s"))
-        cls.listener = QueueListener(lines, out)
+        cls.listener = _Listener(lines, out)
         cls.listener.start()
         return handler
 
     @classmethod
     def stop(cls) -> None:
-        """Write what is queued and end the thread."""
+        """Write what is queued (for STOP_WAIT_S at most) and end the thread."""
         if cls.listener is not None:
             cls.listener.stop()
             cls.listener = None
+
+
+class _Dropping(QueueHandler):
+    """Queues a line unless the queue is full; a line it dropped is counted, and said in the
+    next line it queues."""
+
+    dropped = 0
+
+    def enqueue(self, record: logging.LogRecord) -> None:
+        if self.dropped:
+            note = logging.makeLogRecord(
+                {"name": __name__, "levelno": logging.WARNING, "levelname": "WARNING",
+                 "msg": f"{self.dropped} log lines dropped: stderr did not take them"}
+            )  # fmt: skip
+            try:
+                self.queue.put_nowait(self.prepare(note))
+                self.dropped = 0
+            except queue.Full:
+                pass
+        try:
+            self.queue.put_nowait(record)
+        except queue.Full:
+            self.dropped += 1
+
+
+class _Listener(QueueListener):
+    """Stops within STOP_WAIT_S: a stderr that takes nothing keeps the rest unwritten."""
+
+    def __init__(self, lines: queue.Queue[logging.LogRecord | None], *out: Handler) -> None:
+        super().__init__(lines, *out)
+        self.lines = lines
+
+    def enqueue_sentinel(self) -> None:
+        with contextlib.suppress(queue.Full):
+            self.lines.put(None, timeout=STOP_WAIT_S)  # None: QueueListener's sentinel
+
+    def stop(self) -> None:
+        self.enqueue_sentinel()
+        if self._thread is not None:
+            self._thread.join(STOP_WAIT_S)  # a daemon: one still writing ends with the process
+            self._thread = None
 
 
 atexit.register(_Writer.stop)

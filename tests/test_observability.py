@@ -6,6 +6,9 @@ import io
 import json
 import logging
 import re
+import sys
+import threading
+import time
 
 import pytest
 from flask.testing import FlaskClient
@@ -221,3 +224,53 @@ def test_metric_labels_stay_bounded_whatever_the_request_line_says(client: Flask
     assert methods == {"other", "GET", "DELETE"}
     assert routes == {"<unmatched>"}
     assert sample(text, "kb_http_requests_total", method="other", route="<unmatched>") > 0
+
+
+class Stalled(io.StringIO):
+    """A stderr that takes nothing until released (a blocked pipe or log driver)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.open = threading.Event()
+
+    def write(self, text: str) -> int:
+        self.open.wait()
+        return super().write(text)
+
+
+def test_a_stalled_stderr_bounds_the_queued_lines_and_lets_the_process_stop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The queue of lines grew without end (200 MiB in 8,000 requests) and the exit's flush
+    waited for ever, so SIGTERM did not stop kb serve (review helper 77)."""
+    stalled = Stalled()
+    monkeypatch.setattr(sys, "stderr", stalled)
+    monkeypatch.setattr(logs, "QUEUED_LINES", 50)
+    monkeypatch.setattr(logs, "STOP_WAIT_S", 0.3)
+    try:
+        logs.configure("INFO", "json")
+        for i in range(500):
+            logging.getLogger("kb.test").info("line %d", i)
+        listener = logs._Writer.listener
+        assert listener is not None
+        assert listener.lines.qsize() <= 50
+        stalled.open.set()  # stderr takes lines again: the next one says how many were lost
+        deadline = time.monotonic() + 30
+        while listener.lines.qsize() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        logging.getLogger("kb.test").info("after")
+        logs._Writer.stop()
+        written = stalled.getvalue()
+        assert re.search(r"\d+ log lines dropped: stderr did not take them", written), written
+        assert '"msg": "after"' in written
+        stalled = Stalled()  # stalled for good: stopping gives up after STOP_WAIT_S
+        monkeypatch.setattr(sys, "stderr", stalled)
+        logs.configure("INFO", "json")
+        logging.getLogger("kb.test").info("never written")
+        started = time.monotonic()
+        logs._Writer.stop()
+        assert time.monotonic() - started < 5
+    finally:
+        stalled.open.set()
+        monkeypatch.undo()
+        logs.configure("INFO", "json")

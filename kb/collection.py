@@ -18,6 +18,7 @@ from kb.embeddings import Embedder
 from kb.errors import ConfigError, KBError, ModelMismatch, StoreUnavailable, ValidationFailed
 from kb.filters import CompiledFilter, and_where
 from kb.lock import StoreLock
+from kb.logs import Thinned
 from kb.ranking import cosine_of_distance
 from kb.records import DOC, Record, as_held, whole_documents
 
@@ -51,8 +52,17 @@ def chroma_errors() -> Iterator[None]:
     except Exception as exc:
         if _refused(exc):  # Chroma's own validation: a request kb let through
             raise ValidationFailed(f"the store rejected the request: {exc}") from exc
-        log.exception("store operation failed")
-        raise StoreUnavailable(f"the store failed: {type(exc).__name__}: {exc}") from exc
+        failure = f"{type(exc).__name__}: {exc}"
+        # one line each, a traceback (4 kB) at most once a minute: with the server away,
+        # every /metrics scrape and /health probe wrote one (review helper 77)
+        if (added := _TRACEBACKS.take()) is not None:
+            log.error("store operation failed: %s%s", failure, added, exc_info=True)
+        else:
+            log.error("store operation failed: %s", failure)
+        raise StoreUnavailable(f"the store failed: {failure}") from exc
+
+
+_TRACEBACKS = Thinned(60.0)  # the process's store failures whose traceback is logged
 
 
 def chroma_write(call: Callable[..., T], *args: Any, **kwargs: Any) -> T:

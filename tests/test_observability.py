@@ -274,3 +274,27 @@ def test_a_stalled_stderr_bounds_the_queued_lines_and_lets_the_process_stop(
         stalled.open.set()
         monkeypatch.undo()
         logs.configure("INFO", "json")
+
+
+def test_store_failures_log_a_line_each_and_a_traceback_a_minute(
+    client: FlaskClient, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With the Chroma server away every scrape and probe wrote a 4 kB traceback (review
+    helper 77)."""
+    from kb import collection
+    from kb.logs import Thinned
+    from tests.test_openapi import _Down
+
+    store = client.application.extensions["kb"].store
+    monkeypatch.setattr(collection, "_TRACEBACKS", Thinned(60.0))
+    monkeypatch.setattr(store.records, "_col", _Down())
+    with caplog.at_level(logging.ERROR, logger="kb.collection"):
+        for _ in range(5):
+            assert client.get("/documents").status_code == 503
+    failures = [r for r in caplog.records if r.name == "kb.collection"]
+    assert len(failures) == 5
+    assert all(
+        r.getMessage().startswith("store operation failed: RuntimeError: connection refused")
+        for r in failures
+    )
+    assert [r.exc_info is not None for r in failures] == [True, False, False, False, False]

@@ -63,9 +63,15 @@ class TextFormatter(logging.Formatter):
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging's name)
-        """The line without its traceback, control characters escaped: a request path with
-        a percent-encoded newline wrote lines of its own choosing into the log."""
-        return super().formatMessage(record).translate(CONTROL_ESCAPES)
+        """The line without its traceback, with the record's extra fields as key=value (an
+        access line's route, status, duration and pid: the text lines had none, review
+        helper 77), control characters escaped: a request path with a percent-encoded
+        newline wrote lines of its own choosing into the log."""
+        extra = " ".join(
+            f"{key}={value}" for key, value in vars(record).items() if key not in _STANDARD
+        )
+        line = super().formatMessage(record) + (f" {extra}" if extra else "")
+        return line.translate(CONTROL_ESCAPES)
 
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)

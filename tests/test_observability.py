@@ -86,6 +86,17 @@ def test_the_text_formatter_writes_one_line_a_record_whatever_the_message_holds(
     assert traceback[0] == "Traceback (most recent call last):"  # a traceback keeps its lines
 
 
+def test_a_text_line_carries_the_records_fields() -> None:
+    """KB_LOG_FORMAT=text dropped an access line's route, status, duration and pid, which the
+    README promises of every request (review helper 77)."""
+    record = logging.makeLogRecord(
+        {"name": "kb.access", "levelno": logging.INFO, "levelname": "INFO",
+         "msg": "GET /info 200", "route": "/info", "status": 200, "duration_ms": 1.5}
+    )  # fmt: skip
+    line = logs.TextFormatter().format(record)
+    assert line.endswith("INFO kb.access: GET /info 200 route=/info status=200 duration_ms=1.5")
+
+
 @pytest.mark.parametrize("formatter", [logs.TextFormatter, logs.JsonFormatter])
 def test_no_log_line_breaks_at_a_unicode_line_end_or_holds_a_c1_control(formatter) -> None:
     """U+0085, U+2028 and U+2029 end a line for str.splitlines and many log readers, and

@@ -340,3 +340,12 @@ def test_kb_cluster_stops_when_its_chroma_server_dies(tmp_path: Path) -> None:
     said = err.read_text()
     assert f"Error: the Chroma server exited, so kb cluster stopped: see {tmp_path}" in said
     assert "Traceback" not in said
+
+
+@pytest.mark.parametrize("cluster", [{"env": {"KB_LOG_LEVEL": "ERROR"}}], indirect=True)
+def test_gunicorns_own_lines_follow_kb_log_level(cluster: str, tmp_path: Path) -> None:
+    """KB_LOG_LEVEL=ERROR still let gunicorn's INFO lines through (review helper 77)."""
+    assert call(cluster, "/health")[0] == 200
+    log = (tmp_path / "cluster.log").read_text()
+    assert "[INFO]" not in log
+    assert "Booting worker" not in log

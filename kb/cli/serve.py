@@ -328,6 +328,7 @@ class _Cluster(BaseApplication):  # type: ignore[misc]
             "timeout": 120,  # a worker's first start builds its local copies of the store
             "graceful_timeout": 30,
             "accesslog": None,  # kb logs every request itself, with its request id
+            "loglevel": self.settings.log_level.lower(),  # its own lines too (KB_LOG_LEVEL)
             "child_exit": _child_exit,  # in the arbiter
             "worker_exit": _worker_exit,
             "proc_name": "kb",

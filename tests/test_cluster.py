@@ -147,8 +147,9 @@ def test_a_cluster_seeded_with_a_small_file_answers(cluster: str) -> None:
     assert [m["id"] for m in call(cluster, "/query", body)[1]["matches"]] == ["moraine"]
 
 
-def test_kb_cluster_writes_nothing_on_stdout(tmp_path: Path) -> None:
-    """Its banners and logs go to stderr (one banner line went to stdout, the other not)."""
+def two_workers(tmp_path: Path) -> tuple[subprocess.Popen, str]:
+    """`kb cluster --workers 2` in a process group of its own, answering /health; its
+    stdout and stderr in tmp_path/stdout and tmp_path/stderr."""
     port, chroma_port = free_ports(2)
     env = {**os.environ, "KB_PORT": str(port), "KB_CHROMA_PATH": str(tmp_path / "local")}
     command = [sys.executable, "-m", "kb", "cluster", "--path", str(tmp_path / "chroma")]
@@ -159,15 +160,25 @@ def test_kb_cluster_writes_nothing_on_stdout(tmp_path: Path) -> None:
             command, env=env, stdout=stdout, stderr=stderr, start_new_session=True
         )
     base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if call(base, "/health")[0] == 200:
+                return proc, base
+        except OSError:
+            time.sleep(0.3)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    pytest.fail(f"kb cluster did not answer: {err.read_text()[-3000:]}")
+
+
+def test_kb_cluster_writes_nothing_on_stdout(tmp_path: Path) -> None:
+    """Its banners and logs go to stderr (one banner line went to stdout, the other not)."""
+    proc, base = two_workers(tmp_path)
+    out, err = tmp_path / "stdout", tmp_path / "stderr"
+    port = base.rsplit(":", 1)[1]
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                if call(base, "/health")[0] == 200:
-                    break
-            except OSError:
-                time.sleep(0.3)
-        assert call(base, "/health")[0] == 200, err.read_text()[-3000:]
+        assert call(base, "/health")[0] == 200
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -304,25 +315,10 @@ def test_clients_that_stall_mid_request_do_not_hold_the_workers(
 def test_kb_cluster_stops_when_its_chroma_server_dies(tmp_path: Path) -> None:
     """It ran on with every data request a 503 (review helper 68): a supervisor restarting
     kb on failure never learnt of it."""
-    port, chroma_port = free_ports(2)
-    env = {**os.environ, "KB_PORT": str(port), "KB_CHROMA_PATH": str(tmp_path / "local")}
-    command = [sys.executable, "-m", "kb", "cluster", "--path", str(tmp_path / "chroma")]
-    command += ["--chroma-port", str(chroma_port), "--workers", "2"]
+    proc, base = two_workers(tmp_path)
     err = tmp_path / "stderr"
-    with err.open("wb") as stderr:
-        proc = subprocess.Popen(
-            command, env=env, stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True
-        )
-    base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                if call(base, "/health")[0] == 200:
-                    break
-            except OSError:
-                time.sleep(0.3)
-        assert call(base, "/health")[0] == 200, err.read_text()[-3000:]
         while len(answering_workers(err, "/health")) < 2 and time.monotonic() < deadline:
             call(base, "/health")  # both workers up: one booting as Chroma dies fails its boot
         children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()

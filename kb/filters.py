@@ -176,6 +176,13 @@ def _written_before(value: Any) -> bool:
     return chroma_float(once) != once
 
 
+def _as_sent_before(value: float) -> list[float]:
+    """What finds a decimal an earlier kb stored: the value as given, which Chroma reads as
+    an embedded store held it (its first reading), and that first reading, which Chroma
+    reads as a server held it (it parses a value twice on its way in; review helper 78)."""
+    return [value, chroma_float(value)]
+
+
 def _by_kind(values: list[Any]) -> list[list[Any]]:
     """A list's values by type as Chroma tells them apart (bool, int, float, str), in the
     order each type first comes; values of other types each alone (refused later)."""
@@ -263,7 +270,9 @@ class _Translator:
                 # string's two spellings): one $in a type, as $in takes one. A value spelt
                 # both ways counts once against KB_MAX_FILTER_VALUES (the listing's query
                 # parameters send each number as a number and as text: 501 were refused)
-                self.values -= len(value) - len({str(item).lower() for item in value})
+                unique = list({(type(item), item): item for item in value}.values())
+                groups = _by_kind(unique)  # each value once: duplicates were forgiven, and sent
+                self.values -= len(unique) - len({str(item).lower() for item in unique})
                 parts = [self.operator(key, "$in", group, path) for group in groups]
                 kept = [part for part in parts if part]
                 clauses.append({"$or": kept} if len(kept) > 1 else kept[0] if kept else None)
@@ -342,12 +351,13 @@ class _Translator:
         elif op in COMPARISON:
             if self.scalar_ok(arg, path):
                 if _written_before(given):  # $eq as $in, $ne as $nin, with the value as given
-                    return exact_numbers(key, SET_OF[op], [arg, given])
+                    return exact_numbers(key, SET_OF[op], [arg, *_as_sent_before(given)])
                 return exact_numbers(key, op, arg)
         elif op in MEMBERSHIP:
             if self.list_ok(arg, path):
                 if isinstance(given, list) and any(_written_before(item) for item in given):
-                    arg = [*arg, *(item for item in given if _written_before(item))]
+                    old = [_as_sent_before(item) for item in given if _written_before(item)]
+                    arg = list(dict.fromkeys([*arg, *(v for pair in old for v in pair)]))
                 return exact_numbers(key, op, arg)
         elif op in RANGE:
             return self.range(key, op, arg, path)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Iterator
+from pathlib import Path
 
 import chromadb
 import numpy as np
@@ -278,12 +279,19 @@ def test_a_decimal_chroma_moves_again_stays_put_and_is_found_by_either_spelling(
         store.close()
 
 
+@pytest.mark.parametrize("mode", ["embedded", "server"])
 def test_a_decimal_stored_by_an_earlier_kb_is_found_by_the_number_as_given(
-    settings: Settings, embedder: Embedder
+    request: pytest.FixtureRequest, embedder: Embedder, mode: str, tmp_path: Path
 ) -> None:
     """Before 4c9c52e kb sent the number as given, and Chroma stored its reading of it
-    (8.619691065212168e-10, which it reads as ...167e-10); filters sending only the float kb
-    writes now missed such a document, on every path (review helper 76)."""
+    (8.619691065212168e-10, which it reads as ...167e-10; a server, which parses a value
+    twice, its second reading); filters sending only the float kb writes now missed such a
+    document, on every path (review helpers 76 and 78)."""
+    settings = (
+        Settings(chroma_path=tmp_path / "db", collection="kb_test")
+        if mode == "embedded"
+        else request.getfixturevalue("server_settings")
+    )
     store = KnowledgeStore.open(settings, embedder)
     try:
         store.add([DocumentIn(id="old", text="A measured value, tiny.", metadata={"t": 1.0})])
@@ -296,7 +304,8 @@ def test_a_decimal_stored_by_an_earlier_kb_is_found_by_the_number_as_given(
         store.close()
         store = KnowledgeStore.open(settings, embedder)  # the copies read it from Chroma
         store.replica.wait_loaded()
-        assert store.get("old").metadata["t"] == chroma_float(DRIFT) != stable_float(DRIFT)
+        held = chroma_float(DRIFT) if mode == "embedded" else chroma_float(chroma_float(DRIFT))
+        assert store.get("old").metadata["t"] == held != stable_float(DRIFT)
         for where, expected in [
             ({"t": DRIFT}, ["old"]),
             ({"t": {"$in": [DRIFT, 0.5]}}, ["old"]),

@@ -150,6 +150,15 @@ def test_a_list_of_decimals_may_hold_whole_numbers_written_as_decimals() -> None
     assert caught.value.details[0]["field"] == "where.a.$in"
 
 
+def test_a_filters_list_counts_and_sends_each_value_once() -> None:
+    """Duplicates in a list of several types were all forgiven against KB_MAX_FILTER_VALUES
+    and all sent: ["a"] * 100,000 + [1] went to Chroma whole (review helper 78)."""
+    where = compile_filter(filters={"k": ["a"] * 5000 + [1]}).where
+    assert where == {"$or": [{"k": {"$in": ["a"]}}, {"k": {"$in": [1]}}]}
+    with pytest.raises(ValidationFailed, match="at most 1000 values"):
+        compile_filter(filters={"k": [f"v{i}" for i in range(1001)] + [1]})
+
+
 def test_a_filters_list_of_several_types_is_any_of_each_as_its_type() -> None:
     """`filters` lists mean any of: of several types (a CSV column typed cell by cell, or a
     query string's two spellings) they were refused, "list items must all have one type";

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Iterator, Sequence, Set
 from contextlib import contextmanager
@@ -148,6 +149,9 @@ class RecordCollection:
         self.settings = settings
         self.name = settings.collection
         self.mode = "server" if settings.chroma_url else "embedded"
+        # when a read last came back (monotonic): a long poll that still gets answers (a
+        # rebuild of the copies, page by page) is not a hung server (SharedReplica's /health)
+        self.answered_at = -math.inf
         self.location = settings.chroma_url or str(settings.chroma_path)
         self.call_bytes = SERVER_CALL_BYTES if self.mode == "server" else 0  # 0: no bound
         # One process per embedded store; a server takes any number of clients.
@@ -294,6 +298,7 @@ class RecordCollection:
         for where in split_id_lists(flt.where):
             with chroma_errors():
                 got = self._col.get(where=where, where_document=flt.where_document, include=[])
+            self.answered_at = time.monotonic()
             found += got["ids"]
         return found
 
@@ -342,6 +347,7 @@ class RecordCollection:
                 offset=offset,
                 include=include,
             )
+        self.answered_at = time.monotonic()
         vectors = got.get("embeddings") if embeddings else None
         return [
             Record(

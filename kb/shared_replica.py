@@ -132,13 +132,16 @@ class SharedReplica(Replica):
             self._polls.release()
 
     def _note_running_poll(self, now: float) -> None:
-        """A poll another caller runs has gone on for HUNG_S: the server does not answer
-        (chromadb's HTTP client waits for ever). /health said "ok" meanwhile, every search
-        hanging behind that poll (review helper 77)."""
-        since = self._polling_since
-        if since is not None and now - since > HUNG_S:
-            wait = f"{now - since:.0f} s"
-            self.unreachable = f"the Chroma server has not answered a read for {wait}"
+        """A poll another caller runs has had no answer from the server for HUNG_S: it does
+        not answer (chromadb's HTTP client waits for ever). /health said "ok" meanwhile, every
+        search hanging behind that poll (review helper 77). A long poll whose reads come back
+        (a rebuild of the copies, page by page) is not one (review helper 78)."""
+        started = self._polling_since
+        if started is None:
+            return
+        since = max(started, self.records.answered_at)
+        if now - since > HUNG_S:
+            self.unreachable = f"the Chroma server has not answered a read for {now - since:.0f} s"
 
     def _poll(self) -> None:
         poll = self.changes.changes() if self._built and not self._behind else None

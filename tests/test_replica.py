@@ -792,3 +792,42 @@ def test_health_is_503_while_a_search_finds_the_server_away_or_a_read_hangs(
         assert client.get("/health").status_code == 200  # that read succeeded
     finally:
         close_app(app)
+
+
+def test_health_stays_ok_through_a_long_poll_whose_reads_come_back(
+    server_settings: Settings, embedder: Embedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hang verdict timed the whole poll: a rebuild of a large store's copies, reading
+    page after page for more than 10 s, made /health a 503 (review helper 78)."""
+    from kb import shared_replica
+
+    app = create_app(server_settings, embedder=embedder)
+    try:
+        client = app.test_client()
+        replica = app.extensions["kb"].store.replica
+        replica.wait_loaded()
+        log = replica.changes
+        real, reading, done = log.changes, threading.Event(), threading.Event()
+
+        def long_but_answered(*args: Any, **kwargs: Any) -> Any:
+            reading.set()
+            for _ in range(12):  # 1.2 s of reads, each answered, as a rebuild's pages
+                replica.records.ids()
+                time.sleep(0.1)
+            done.set()
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(log, "changes", long_but_answered)
+        monkeypatch.setattr(shared_replica, "HUNG_S", 0.3)
+        polling = threading.Thread(target=lambda: client.post("/query", json={"query": "x"}))
+        polling.start()
+        assert reading.wait(30)
+        statuses = []
+        while not done.is_set():
+            statuses.append(client.get("/health").status_code)
+            time.sleep(0.1)
+        polling.join(30)
+        assert len(statuses) >= 5
+        assert set(statuses) == {200}
+    finally:
+        close_app(app)

@@ -8,6 +8,7 @@ import json
 import logging
 import math
 import queue
+import re
 import sys
 import threading
 import time
@@ -60,16 +61,19 @@ CONTROL_ESCAPES = {
 
 class TextFormatter(logging.Formatter):
     def __init__(self) -> None:
-        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        super().__init__("%(asctime)s %(levelname)s %(name)s [%(process)d]: %(message)s")
 
     def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging's name)
         """The line without its traceback, with the record's extra fields as key=value (an
-        access line's route, status, duration and pid: the text lines had none, review
-        helper 77), control characters escaped: a request path with a percent-encoded
-        newline wrote lines of its own choosing into the log."""
+        access line's route, status and duration: the text lines had none, review helper
+        77), control characters escaped: a request path with a percent-encoded newline wrote
+        lines of its own choosing into the log. A message or value holding a space, = or "
+        is quoted: a path such as `/x status=200` planted a field (review helper 78)."""
         extra = " ".join(
-            f"{key}={value}" for key, value in vars(record).items() if key not in _STANDARD
+            f"{key}={_quoted(value)}" for key, value in vars(record).items() if key not in _STANDARD
         )
+        if extra and _NEEDS_QUOTES.search(record.message):
+            record.message = json.dumps(record.message, ensure_ascii=False)
         line = super().formatMessage(record) + (f" {extra}" if extra else "")
         return line.translate(CONTROL_ESCAPES)
 
@@ -77,6 +81,15 @@ class TextFormatter(logging.Formatter):
         text = super().format(record)
         rid = request_id.get()
         return f"{text} [request {rid}]" if rid is not None else text
+
+
+_NEEDS_QUOTES = re.compile(r'[="]')  # in a message followed by fields: quoted
+
+
+def _quoted(value: Any) -> str:
+    """A field's value, quoted (as JSON) if it holds a space, = or " or is empty."""
+    text = str(value)
+    return json.dumps(text, ensure_ascii=False) if re.search(r'[\s="]', text) or not text else text
 
 
 class Thinned(logging.Filter):

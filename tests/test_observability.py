@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import re
 import sys
 import threading
@@ -82,7 +83,7 @@ def test_the_text_formatter_writes_one_line_a_record_whatever_the_message_holds(
         logger.removeHandler(handler)
     first, second, *traceback = stream.getvalue().splitlines()
     assert first.endswith("GET /x\\n2026-12-06 16:40:00,000 WARNING kb.app: forged\\r\\x1b[2J 404")
-    assert second.endswith("ERROR kb.test.text_formatter: failed")
+    assert second.endswith(f"ERROR kb.test.text_formatter [{os.getpid()}]: failed")
     assert traceback[0] == "Traceback (most recent call last):"  # a traceback keeps its lines
 
 
@@ -94,7 +95,19 @@ def test_a_text_line_carries_the_records_fields() -> None:
          "msg": "GET /info 200", "route": "/info", "status": 200, "duration_ms": 1.5}
     )  # fmt: skip
     line = logs.TextFormatter().format(record)
-    assert line.endswith("INFO kb.access: GET /info 200 route=/info status=200 duration_ms=1.5")
+    assert line.endswith(
+        f"INFO kb.access [{os.getpid()}]: GET /info 200 route=/info status=200 duration_ms=1.5"
+    )
+    # a path cannot plant a field: a message or value holding = or a space is quoted
+    forged = logging.makeLogRecord(
+        {"name": "kb.access", "levelno": logging.INFO, "levelname": "INFO",
+         "msg": "GET /x status=200 404", "path": "/x status=200", "status": 404}
+    )  # fmt: skip
+    assert (
+        logs.TextFormatter()
+        .format(forged)
+        .endswith(': "GET /x status=200 404" path="/x status=200" status=404')
+    )
 
 
 @pytest.mark.parametrize("formatter", [logs.TextFormatter, logs.JsonFormatter])

@@ -165,23 +165,29 @@ class _Dropping(QueueHandler):
     """Queues a line unless the queue is full; a line it dropped is counted, and said in the
     next line it queues."""
 
-    dropped = 0
+    def __init__(self, lines: queue.Queue[logging.LogRecord | None]) -> None:
+        super().__init__(lines)
+        self.dropped = 0
+        self._counting = threading.Lock()  # request threads drop lines at once
 
     def enqueue(self, record: logging.LogRecord) -> None:
         if self.dropped:
+            with self._counting:
+                dropped, self.dropped = self.dropped, 0
             note = logging.makeLogRecord(
                 {"name": __name__, "levelno": logging.WARNING, "levelname": "WARNING",
-                 "msg": f"{self.dropped} log lines dropped: stderr did not take them"}
+                 "msg": f"{dropped} log lines dropped: stderr did not take them"}
             )  # fmt: skip
             try:
                 self.queue.put_nowait(self.prepare(note))
-                self.dropped = 0
             except queue.Full:
-                pass
+                with self._counting:
+                    self.dropped += dropped
         try:
             self.queue.put_nowait(record)
         except queue.Full:
-            self.dropped += 1
+            with self._counting:
+                self.dropped += 1
 
 
 class _Listener(QueueListener):

@@ -183,13 +183,25 @@ def _as_sent_before(value: float) -> list[float]:
     return [value, chroma_float(value)]
 
 
+SCALARS = (bool, int, float, str)
+
+
+def _several_kinds(value: Any) -> bool:
+    """A list of scalars of more than one type as Chroma tells them apart (one holding
+    anything else is refused as a list, naming the problem: it was a 500, unhashable)."""
+    return (
+        isinstance(value, list)
+        and all(type(item) in SCALARS for item in value)
+        and len({type(item) for item in value}) > 1
+    )
+
+
 def _by_kind(values: list[Any]) -> list[list[Any]]:
-    """A list's values by type as Chroma tells them apart (bool, int, float, str), in the
-    order each type first comes; values of other types each alone (refused later)."""
-    groups: dict[Any, list[Any]] = {}
+    """A list of scalars by type as Chroma tells them apart (bool, int, float, str), in the
+    order each type first comes."""
+    groups: dict[type, list[Any]] = {}
     for value in values:
-        kind = type(value) if type(value) in (bool, int, float, str) else id(value)
-        groups.setdefault(kind, []).append(value)
+        groups.setdefault(type(value), []).append(value)
     return list(groups.values())
 
 
@@ -265,7 +277,7 @@ class _Translator:
                 continue
             if not self.counted(path):
                 continue
-            if isinstance(value, list) and len(groups := _by_kind(value)) > 1:
+            if _several_kinds(value):
                 # any of values of several types (a CSV column typed cell by cell, a query
                 # string's two spellings): one $in a type, as $in takes one. A value spelt
                 # both ways counts once against KB_MAX_FILTER_VALUES (the listing's query

@@ -157,6 +157,10 @@ def test_a_filters_list_counts_and_sends_each_value_once() -> None:
     assert where == {"$or": [{"k": {"$in": ["a"]}}, {"k": {"$in": [1]}}]}
     with pytest.raises(ValidationFailed, match="at most 1000 values"):
         compile_filter(filters={"k": [f"v{i}" for i in range(1001)] + [1]})
+    for bad in ([[], 1, "a"], [None, 207, -5.7e16], [{}, True]):  # a 500, unhashable (fuzz)
+        with pytest.raises(ValidationFailed) as refused:
+            compile_filter(filters={"k": bad})
+        assert refused.value.details[0]["field"] == "filters.k"
 
 
 def test_a_filters_list_of_several_types_is_any_of_each_as_its_type() -> None:

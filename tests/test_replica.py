@@ -743,91 +743,91 @@ def test_health_is_503_while_the_chroma_server_cannot_be_read(
         close_app(app)
 
 
-def test_health_is_503_while_a_search_finds_the_server_away_or_a_read_hangs(
+@pytest.fixture
+def probed(
     server_settings: Settings, embedder: Embedder, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[Any, Any]]:
+    """A server-mode app whose reads of the change log count as hung after 0.3 s without an
+    answer: its test client and its replica (copies loaded)."""
+    from kb import shared_replica
+
+    monkeypatch.setattr(shared_replica, "HUNG_S", 0.3)
+    app = create_app(server_settings, embedder=embedder)
+    try:
+        replica = app.extensions["kb"].store.replica
+        replica.wait_loaded()
+        yield app.test_client(), replica
+    finally:
+        close_app(app)
+
+
+def test_health_is_503_while_a_search_finds_the_server_away_or_a_read_hangs(
+    probed: tuple[Any, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A probe arriving while another request read the change log skipped its own read and
     cleared the last failure: /health said "ok" to 41% of probes with the server gone, and
     to every probe with it hung (chromadb's client waits for ever; review helper 77)."""
-    from kb import shared_replica
+    client, replica = probed
+    log = replica.changes
+    reading, release = threading.Event(), threading.Event()
+    failures = iter([True, False])
 
-    app = create_app(server_settings, embedder=embedder)
-    try:
-        client = app.test_client()
-        replica = app.extensions["kb"].store.replica
-        replica.wait_loaded()
-        log = replica.changes
-        reading, release = threading.Event(), threading.Event()
-        failures = iter([True, False])
+    def read_slowly(*args: Any, **kwargs: Any) -> Any:
+        reading.set()
+        release.wait(30)
+        if next(failures, False):
+            raise OSError("connection refused")
+        return real(*args, **kwargs)
 
-        def read_slowly(*args: Any, **kwargs: Any) -> Any:
-            reading.set()
-            release.wait(30)
-            if next(failures, False):
-                raise OSError("connection refused")
-            return real(*args, **kwargs)
-
-        real = log.changes
-        monkeypatch.setattr(log, "changes", read_slowly)
-        monkeypatch.setattr(shared_replica, "HUNG_S", 0.3)
-        searching = threading.Thread(target=lambda: client.post("/query", json={"query": "x"}))
-        searching.start()  # a search's read of the change log, which hangs
-        assert reading.wait(30)
-        time.sleep(0.5)
-        hung = client.get("/health")  # skips its read: one is running, for 0.5 s now
-        assert hung.status_code == 503, hung.json
-        assert "has not answered a read for" in hung.json["error"]["message"]
-        release.set()  # the search's read fails: connection refused
-        searching.join(30)
-        reading.clear()
-        release.clear()
-        probe = threading.Thread(target=lambda: client.post("/query", json={"query": "y"}))
-        probe.start()  # the next read hangs again, briefly
-        assert reading.wait(30)
-        down = client.get("/health")  # skipped: the failure the search met still stands
-        assert down.status_code == 503, down.json
-        assert "connection refused" in down.json["error"]["message"]
-        release.set()
-        probe.join(30)
-        assert client.get("/health").status_code == 200  # that read succeeded
-    finally:
-        close_app(app)
+    real = log.changes
+    monkeypatch.setattr(log, "changes", read_slowly)
+    searching = threading.Thread(target=lambda: client.post("/query", json={"query": "x"}))
+    searching.start()  # a search's read of the change log, which hangs
+    assert reading.wait(30)
+    time.sleep(0.5)
+    hung = client.get("/health")  # skips its read: one is running, for 0.5 s now
+    assert hung.status_code == 503, hung.json
+    assert "has not answered a read for" in hung.json["error"]["message"]
+    release.set()  # the search's read fails: connection refused
+    searching.join(30)
+    reading.clear()
+    release.clear()
+    probe = threading.Thread(target=lambda: client.post("/query", json={"query": "y"}))
+    probe.start()  # the next read hangs again, briefly
+    assert reading.wait(30)
+    down = client.get("/health")  # skipped: the failure the search met still stands
+    assert down.status_code == 503, down.json
+    assert "connection refused" in down.json["error"]["message"]
+    release.set()
+    probe.join(30)
+    assert client.get("/health").status_code == 200  # that read succeeded
 
 
 def test_health_stays_ok_through_a_long_poll_whose_reads_come_back(
-    server_settings: Settings, embedder: Embedder, monkeypatch: pytest.MonkeyPatch
+    probed: tuple[Any, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The hang verdict timed the whole poll: a rebuild of a large store's copies, reading
     page after page for more than 10 s, made /health a 503 (review helper 78)."""
-    from kb import shared_replica
+    client, replica = probed
+    log = replica.changes
+    real, reading, done = log.changes, threading.Event(), threading.Event()
 
-    app = create_app(server_settings, embedder=embedder)
-    try:
-        client = app.test_client()
-        replica = app.extensions["kb"].store.replica
-        replica.wait_loaded()
-        log = replica.changes
-        real, reading, done = log.changes, threading.Event(), threading.Event()
-
-        def long_but_answered(*args: Any, **kwargs: Any) -> Any:
-            reading.set()
-            for _ in range(12):  # 1.2 s of reads, each answered, as a rebuild's pages
-                replica.records.ids()
-                time.sleep(0.1)
-            done.set()
-            return real(*args, **kwargs)
-
-        monkeypatch.setattr(log, "changes", long_but_answered)
-        monkeypatch.setattr(shared_replica, "HUNG_S", 0.3)
-        polling = threading.Thread(target=lambda: client.post("/query", json={"query": "x"}))
-        polling.start()
-        assert reading.wait(30)
-        statuses = []
-        while not done.is_set():
-            statuses.append(client.get("/health").status_code)
+    def long_but_answered(*args: Any, **kwargs: Any) -> Any:
+        reading.set()
+        for _ in range(12):  # 1.2 s of reads, each answered, as a rebuild's pages
+            replica.records.ids()
             time.sleep(0.1)
-        polling.join(30)
-        assert len(statuses) >= 5
-        assert set(statuses) == {200}
-    finally:
-        close_app(app)
+        done.set()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(log, "changes", long_but_answered)
+    polling = threading.Thread(target=lambda: client.post("/query", json={"query": "x"}))
+    polling.start()
+    assert reading.wait(30)
+    statuses = []
+    while not done.is_set():
+        statuses.append(client.get("/health").status_code)
+        time.sleep(0.1)
+    polling.join(30)
+    assert len(statuses) >= 5
+    assert set(statuses) == {200}

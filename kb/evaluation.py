@@ -27,7 +27,7 @@ from kb.ingest import BATCH_SIZE, ingest
 from kb.loader import Options, Source, read, sources
 from kb.metrics import evaluate, judged
 from kb.schemas import QueryRequest, number_or_text
-from kb.search import search
+from kb.search import ranking_depth, search
 from kb.store import KnowledgeStore, WriteMode
 
 QUERY_BATCH = 64
@@ -241,7 +241,7 @@ def run_eval(store: KnowledgeStore, dataset: Dataset, searches: Sequence[Search]
 
 
 def _deeper_at(store: KnowledgeStore, options: Search, top_k: int) -> int:
-    """How many documents a side a search for top_k ranks (kb.search.candidates): top_k in
-    dense mode, whose order does not depend on it; else max(top_k, KB_HYBRID_DEPTH)."""
+    """How many documents a side a search for top_k ranks (`search.ranking_depth`); 0 in
+    dense mode, whose order does not depend on it."""
     mode = options.get("mode") or store.settings.search_mode
-    return 0 if mode == "dense" else max(top_k, store.settings.hybrid_depth)
+    return 0 if mode == "dense" else ranking_depth(store.settings, top_k)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from kb.config import Settings
 from kb.diversity import mmr
 from kb.document_filter import by_document
 from kb.errors import ValidationFailed, field_error
@@ -21,6 +22,13 @@ from kb.store import KnowledgeStore
 
 CALIBRATED_KEY = "kb_min_score"
 POOL_FACTOR = 4  # diversify: MMR picks top_k from the best POOL_FACTOR x top_k documents
+
+
+def ranking_depth(settings: Settings, top_k: int) -> int:
+    """How many documents a side a keyword or hybrid search for top_k ranks (at least
+    KB_HYBRID_DEPTH), which the threshold then picks from; dense order does not depend on
+    it. `kb eval` and `kb calibrate` ask as deep as the service looks."""
+    return max(top_k, settings.hybrid_depth)
 
 
 def resolve_threshold(store: KnowledgeStore, requested: float | None) -> Threshold:
@@ -128,7 +136,7 @@ def candidates(asked: _Asked, top_k: int) -> list[Ranking]:
     if asked.mode == "dense":
         dense = nearest_documents(store, vectors, top_k, flt)
         return [Ranking.of(hits[:top_k], top_k, min_score) for hits in dense]
-    depth = max(top_k, store.settings.hybrid_depth)
+    depth = ranking_depth(store.settings, top_k)
     fusion = asked.request.fusion or store.settings.fusion
     mirror = _in_memory(store, flt)
     if asked.mode == "hybrid" and mirror is not None:

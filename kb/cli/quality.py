@@ -91,6 +91,7 @@ def _from_queries(
     from kb.calibration import check_queries, query_sweep, shown_sweep
     from kb.evaluation import load_corpus, open_dataset, rank, temporary_store
     from kb.metrics import relevant_ids
+    from kb.search import ranking_depth
 
     dataset = open_dataset(folder)
     _warn_unmatched(dataset)
@@ -99,7 +100,7 @@ def _from_queries(
     check_queries(wanted, Path(folder) / "queries.jsonl")  # before the corpus is loaded
     # as deep as a search looks (hybrid and keyword read KB_HYBRID_DEPTH a side): the
     # threshold picks each query's top_k from this ranking, as the service does
-    depth = max(settings.top_k, settings.hybrid_depth)
+    depth = ranking_depth(settings, settings.top_k)
     with temporary_store(settings, embedder) as store:
         load_corpus(store, dataset)  # a record that fails stops here, as in kb eval
         ranked = rank(store, list(dataset.queries.values()), top_k=depth)

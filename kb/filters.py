@@ -183,16 +183,14 @@ def _as_sent_before(value: float) -> list[float]:
     return [value, chroma_float(value)]
 
 
-SCALARS = (bool, int, float, str)
-
-
 def _several_kinds(value: Any) -> bool:
-    """A list of scalars of more than one type as Chroma tells them apart (one holding
-    anything else is refused as a list, naming the problem: it was a 500, unhashable)."""
+    """A list of scalars of more than one type as Chroma tells them apart
+    (`list_kinds_problem`); one holding anything else is refused as a list, naming the
+    problem (it was a 500, unhashable)."""
     return (
         isinstance(value, list)
-        and all(type(item) in SCALARS for item in value)
-        and len({type(item) for item in value}) > 1
+        and all(isinstance(item, str | int | float | bool) for item in value)
+        and list_kinds_problem(value) is not None
     )
 
 

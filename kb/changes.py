@@ -180,6 +180,26 @@ class ChangeLog:
         ):
             self.prune()
 
+    def abandon(self, entry: str) -> None:
+        """Leave a write whose outcome is unknown pending, as a dead writer's: the server did
+        not answer it in time and may apply it later (kb.chroma_http), so marking it done now
+        would have every process re-read its ids before it lands, and miss it for good. Its
+        heartbeat stops and this process forgets it wrote it, so STALE_S after its last
+        renewal every process, this one included, takes it as abandoned: the first removes
+        what it left (kb.repair) and settles it, and each then re-reads its ids."""
+        underway = self._underway.pop(entry)
+        underway.stop.set()
+        underway.beat.join()
+        with self._lock:
+            for piece, _ in underway.parts:
+                self._seen.pop(piece, None)
+        log.warning(
+            "a write's outcome is unknown (the Chroma server did not answer it in time): "
+            "change log entry %s stays pending, to be settled within %d s",
+            entry,
+            STALE_S,
+        )
+
     def _mark_done(self, entry: str, ids: list[str]) -> None:
         for attempt in (1, 2):
             try:

@@ -14,9 +14,17 @@ import numpy as np
 import orjson
 
 from kb.batcher import Batcher
+from kb.chroma_http import bound, probe, timeout_message
 from kb.config import Settings
 from kb.embeddings import Embedder
-from kb.errors import ConfigError, KBError, ModelMismatch, StoreUnavailable, ValidationFailed
+from kb.errors import (
+    ConfigError,
+    KBError,
+    ModelMismatch,
+    StoreTimeout,
+    StoreUnavailable,
+    ValidationFailed,
+)
 from kb.filters import CompiledFilter, and_where
 from kb.lock import StoreLock
 from kb.logs import Thinned
@@ -53,6 +61,9 @@ def chroma_errors() -> Iterator[None]:
     except Exception as exc:
         if _refused(exc):  # Chroma's own validation: a request kb let through
             raise ValidationFailed(f"the store rejected the request: {exc}") from exc
+        if (timed_out := timeout_message(exc)) is not None:
+            log.error("store operation failed: %s", timed_out)
+            raise StoreTimeout(timed_out) from exc
         failure = f"{type(exc).__name__}: {exc}"
         # one line each, a traceback (4 kB) at most once a minute: with the server away,
         # every /metrics scrape and /health probe wrote one (review helper 77)
@@ -114,16 +125,20 @@ def make_client(settings: Settings) -> Any:
     if settings.chroma_url:
         url = urlsplit(settings.chroma_url)
         try:
-            return chromadb.HttpClient(
+            probe(settings.chroma_url, settings)
+            client = chromadb.HttpClient(
                 host=url.hostname or "localhost",
                 port=url.port or (443 if url.scheme == "https" else 8000),
                 ssl=url.scheme == "https",
                 settings=chroma_settings,
             )
-        except Exception as exc:  # refused, unreachable, not a Chroma server
+        except Exception as exc:  # refused, unreachable, silent, not a Chroma server
+            said = timeout_message(exc) or str(exc)
             raise StoreUnavailable(
-                f"cannot reach the Chroma server at {settings.chroma_url} (KB_CHROMA_URL): {exc}"
+                f"cannot reach the Chroma server at {settings.chroma_url} (KB_CHROMA_URL): {said}"
             ) from exc
+        bound(client, settings)
+        return client
     settings.chroma_path.mkdir(parents=True, exist_ok=True)
     return chromadb.PersistentClient(path=str(settings.chroma_path), settings=chroma_settings)
 

@@ -93,6 +93,20 @@ class Settings(BaseSettings):
     chroma_url: str | None = Field(
         None, description="A Chroma server (http://host:port) to use instead of the directory."
     )
+    chroma_timeout: float = Field(
+        30.0,
+        gt=0,
+        le=86_400,
+        description="With KB_CHROMA_URL: seconds to wait for the server's answer to a read "
+        "(and at most 10 of them to connect) before the request fails (504).",
+    )
+    chroma_write_timeout: float = Field(
+        300.0,
+        gt=0,
+        le=86_400,
+        description="With KB_CHROMA_URL: seconds to wait for the server's answer to a write; "
+        "a write that timed out may still be applied (504).",
+    )
     collection: str = Field("knowledge_base", description="Chroma collection name.")
     lock_dir: Path = Field(
         default_factory=lambda: Path(tempfile.gettempdir()),

@@ -117,6 +117,13 @@ class StoreUnavailable(KBError):
     code = "store_unavailable"
 
 
+class StoreTimeout(StoreUnavailable):
+    """The Chroma server did not answer in time (KB_CHROMA_TIMEOUT, KB_CHROMA_WRITE_TIMEOUT)."""
+
+    status = 504
+    code = "store_timeout"
+
+
 def named(ids: Sequence[str], limit: int = 10) -> str:
     """Ids for a message: the first `limit`, quoted, and how many more."""
     shown = ", ".join(f"'{i}'" for i in ids[:limit])

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from kb.changes import ChangeLog, Poll
+from kb.chroma_http import timed_out_writes
 from kb.collection import RecordCollection
 from kb.errors import KBError
 from kb.filters import CompiledFilter
@@ -211,7 +212,7 @@ class SharedReplica(Replica):
         entry = self.changes.begin(ids)
         with self._lock:
             self._own.update(ids)
-        failed = True
+        failed, unanswered = True, timed_out_writes()
         try:
             yield self._apply_own
             failed = False
@@ -222,7 +223,10 @@ class SharedReplica(Replica):
                 for record_id in done:
                     del self._own[record_id]
                 self._overtaken -= done
-            self.changes.end(entry, reread=failed)
+            if failed and timed_out_writes() != unanswered:  # it may land later
+                self.changes.abandon(entry)
+            else:
+                self.changes.end(entry, reread=failed)
 
     def _apply_own(self, upserted: Sequence[Record], deleted: Sequence[str]) -> None:
         """Apply a write of ours once Chroma has it, except to the records a poll re-read

@@ -97,7 +97,9 @@ def _operation(path: str, doc: RouteDoc, refs: dict[type[BaseModel], Any]) -> di
     every = (400, *unknown_parameter, 500)
     # 408: a route that reads a body, for one that stops arriving (gunicorn, KB_IDLE_TIMEOUT)
     stalled = (408,) if doc.request is not None else ()
-    for status in (*doc.errors, *stalled, *every, *((503,) if doc.uses_store else ())):
+    # 503: the store failed or is away; 504: a Chroma server did not answer in time
+    store = (503, 504) if doc.uses_store else ()
+    for status in (*doc.errors, *stalled, *every, *store):
         op["responses"][str(status)] = _error(refs)
     return op
 

@@ -8,6 +8,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
+# Problems an error's details list at most: a request naming a million unknown ids had a
+# reply of 75 MB (review helper 80).
+MAX_DETAILS = 100
+
 
 class KBError(Exception):
     """A failure a client can act on: status, stable code, human message, optional details."""
@@ -25,7 +29,8 @@ class KBError(Exception):
     ) -> None:
         super().__init__(message)
         self.message = message
-        self.details = details or []
+        # the first MAX_DETAILS problems; the message says how many there are
+        self.details = (details or [])[:MAX_DETAILS]
         if code is not None:
             self.code = code
         if status is not None:

@@ -31,6 +31,17 @@ COMPARISON = {"$eq", "$ne"}
 RANGE = {"$gt", "$gte", "$lt", "$lte"}
 MEMBERSHIP = {"$in", "$nin"}
 CONTAINS = {"$contains", "$not_contains"}
+# SQLite refuses a LIKE pattern of more bytes (SQLITE_MAX_LIKE_PATTERN_LENGTH): Chroma tests
+# $contains as LIKE '%text%', with %, _ and \ escaped, so a long one failed the store (a 503)
+LIKE_PATTERN_BYTES = 50_000
+
+
+def like_bytes(text: str) -> int:
+    """The bytes of the LIKE pattern Chroma makes of a $contains argument."""
+    escaped = text.count("%") + text.count("_") + text.count("\\")
+    return len(text.encode("utf-8")) + escaped + 2
+
+
 LOGICAL = {"$and", "$or"}
 DOCUMENT_OPS = {"$contains", "$not_contains", "$regex", "$not_regex"}
 # Chroma binds each $in/$nin value as one SQLite variable, and a statement holds at most
@@ -444,6 +455,14 @@ class _Translator:
             return None
         if op in CONTAINS and "\x00" in arg:  # Chroma's substring test stops at a NUL
             self.fail(sub, f"{op} cannot hold the NUL character (U+0000); $regex can")
+            return None
+        if op in CONTAINS and like_bytes(arg) > LIKE_PATTERN_BYTES:
+            self.fail(
+                sub,
+                f"{op} takes at most {LIKE_PATTERN_BYTES - 2:,} bytes of UTF-8, each %, _ or "
+                f"\\ counting twice (SQLite's limit on the pattern Chroma builds); this one "
+                f"takes {like_bytes(arg) - 2:,}",
+            )
             return None
         if "regex" in op and (problem := regex_problem(arg)) is not None:
             self.fail(sub, f"invalid regular expression for Chroma's engine: {problem}")

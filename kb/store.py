@@ -19,6 +19,7 @@ from kb.config import Settings
 from kb.duplicates import nearest_stored
 from kb.embeddings import Embedder, load_embedder
 from kb.errors import (
+    MAX_DETAILS,
     ConfigError,
     Conflict,
     KBError,
@@ -451,7 +452,9 @@ class KnowledgeStore:
             if missing:
                 raise NotFound(
                     f"{len(missing)} id(s) not found: {named(missing)}; nothing was deleted",
-                    details=[_missing(f"ids.{place[doc_id]}", doc_id) for doc_id in missing],
+                    details=[
+                        _missing(f"ids.{place[doc_id]}", doc_id) for doc_id in missing[:MAX_DETAILS]
+                    ],
                 )
             self._remove(heads)
         return DeleteResponse(deleted=len(unique), ids=unique)

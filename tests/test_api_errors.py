@@ -10,7 +10,7 @@ from flask.testing import FlaskClient
 from kb.app import close_app, create_app
 from kb.config import Settings
 from kb.embeddings import Embedder
-from kb.errors import ValidationFailed
+from kb.errors import MAX_DETAILS, ValidationFailed
 from kb.filters import CompiledFilter
 from kb.schemas import MAX_METADATA_BYTES, MAX_METADATA_VALUES, DocumentIn, metadata_bytes
 from tests.conftest import changed
@@ -561,3 +561,55 @@ def test_fusion_with_a_default_mode_that_is_not_hybrid_is_refused(
         assert client.post("/query", json=hybrid).status_code == 200
     finally:
         close_app(app)
+
+
+def test_an_error_of_many_problems_stays_small(cooking: FlaskClient) -> None:
+    """One detail per unknown field and per item of a list past its limit: a 15 MiB body of
+    1.3 million made as many details, a reply of 109 MB and 2.4 GB of the service's memory;
+    a delete naming a million unknown ids replied 75 MB (review helper 80)."""
+    stored = cooking.get("/health").json["documents"]
+    fields = {f"k{i}": 0 for i in range(50_000)}
+    unknown = assert_error_shape(cooking.post("/query", json={"query": "rice", **fields}), 422)
+    assert len(unknown["details"]) == 1
+    assert "50,000 unknown fields: 'k0', 'k1', 'k2'" in unknown["message"]
+    assert "and 49,990 more" in unknown["message"]
+    documents = [{"text": "x", **{f"k{i}": 0 for i in range(20)}}] * 3
+    each = assert_error_shape(cooking.post("/add", json={"documents": documents}), 422)
+    assert [d["field"] for d in each["details"]] == ["documents.0", "documents.1", "documents.2"]
+    few = assert_error_shape(cooking.post("/add", json={"text": "x", "tag": 1}), 422)
+    assert [d["field"] for d in few["details"]] == ["tag"]  # a few are named one by one
+    many = assert_error_shape(cooking.post("/delete", json={"ids": [1] * 20_000}), 422)
+    assert [d["field"] for d in many["details"]] == ["ids"]
+    assert "at most 10,000 ids per request (KB_MAX_DOCUMENTS_PER_REQUEST)" in many["message"]
+    gone = [f"gone-{i}" for i in range(5000)]
+    missing = assert_error_shape(cooking.post("/delete", json={"ids": gone}), 404)
+    assert len(missing["details"]) == MAX_DETAILS
+    assert missing["details"][-1]["field"] == f"ids.{MAX_DETAILS - 1}"
+    assert missing["message"].startswith("5000 id(s) not found")
+    bad = assert_error_shape(cooking.post("/add", json={"documents": [{"text": 1}] * 5000}), 422)
+    assert len(bad["details"]) == MAX_DETAILS
+    assert bad["message"].endswith("(and 4999 more)")
+    assert cooking.get("/health").json["documents"] == stored  # and nothing changed
+
+
+@pytest.mark.parametrize(
+    ("text", "refused"),
+    [("a" * 49_998, False), ("a" * 49_999, True), ("%" * 24_999, False), ("_" * 25_000, True)],
+)
+def test_a_substring_longer_than_sqlite_takes_is_422_not_the_stores_503(
+    client: FlaskClient, text: str, refused: bool
+) -> None:
+    """Chroma tests $contains as LIKE '%text%' (%, _ and \\ escaped), and SQLite refuses a
+    pattern past 50,000 bytes: "LIKE or GLOB pattern too complex", a 503 (review helper 80).
+    Texts of 300 characters are kept compressed, so the filter is Chroma's to apply."""
+    paragraphs = [{"text": f"{i} " + "a long paragraph of words " * 12} for i in range(3)]
+    assert client.post("/add", json={"documents": paragraphs}).status_code == 201
+    for op in ("$contains", "$not_contains"):
+        body = {"query": "paragraph", "where_document": {op: text}}
+        response = client.post("/query", json=body)
+        if refused:
+            error = assert_error_shape(response, 422)
+            assert error["details"][0]["field"] == f"where_document.{op}"
+            assert "SQLite's limit" in error["message"]
+        else:
+            assert response.status_code == 200, response.json

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from kb.schemas import MAX_ID_CHARS
 from kb.shared_replica import SCRATCH_PREFIX
 from tests.live import call, free_ports
 
@@ -133,6 +135,19 @@ def test_requests_gunicorn_refuses_itself_get_kbs_error_shape(cluster: str) -> N
     assert (error["code"], error["details"]) == ("bad_request", [])
     assert "content-length" in error["message"].lower()
     assert call(cluster, "/health")[0] == 200  # and the workers serve on
+    # but a request line as long as kb's longest id makes is served: gunicorn's default
+    # limit (4,094 bytes) answered 414 to GET and DELETE of a document /add had taken
+    # (review helper 80), and to a listing's `where` of a few hundred values
+    longest = "\U0001f600" * MAX_ID_CHARS  # 6,144 characters %-escaped
+    assert call(cluster, "/add", {"id": longest, "text": "Long ids are ids."})[0] == 201
+    path = "/documents/" + urllib.parse.quote(longest, safe="")
+    status, document = call(cluster, path)
+    assert status == 200, document
+    assert document["id"] == longest
+    where = urllib.parse.quote(json.dumps({"n": {"$in": list(range(100_000, 101_000))}}))
+    assert len(where) > 10_000
+    assert call(cluster, f"/documents?where={where}")[0] == 200
+    assert call(cluster, path, method="DELETE")[0] == 200
 
 
 SEED = [{"id": "moraine", "text": "Moraines mark where a glacier stopped."}]

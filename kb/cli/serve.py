@@ -327,6 +327,10 @@ class _Cluster(BaseApplication):  # type: ignore[misc]
             "worker_class": IdleLimitedWorker,  # gthread, KB_IDLE_TIMEOUT on each connection
             "timeout": 120,  # a worker's first start builds its local copies of the store
             "graceful_timeout": 30,
+            # gunicorn's default request line (4,094 bytes) is shorter than kb's targets: an id
+            # of 512 characters is up to 6,144 %-escaped, a listing's `where` holds up to
+            # KB_MAX_FILTER_VALUES values; 0 is gunicorn's most, 1 MiB (waitress: 256 KiB)
+            "limit_request_line": 0,
             "accesslog": None,  # kb logs every request itself, with its request id
             "loglevel": self.settings.log_level.lower(),  # its own lines too (KB_LOG_LEVEL)
             "child_exit": _child_exit,  # in the arbiter

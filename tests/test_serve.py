@@ -8,8 +8,10 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -239,3 +241,39 @@ def test_sigterms_while_it_closes_do_not_cut_the_close_short(service: Service) -
     assert proc.wait(timeout=30) == 0, service.log.read_text()[-2000:]
     assert "interrupted" not in service.log.read_text()
     assert "Aborted" not in service.log.read_text()
+
+
+def test_sigterm_lets_the_requests_under_way_finish_and_takes_no_new_ones(
+    service: Service,
+) -> None:
+    """waitress's run() left its loop at the signal and gave its threads 5 s; kb then closed
+    the app under a request still embedding: a 3,000-document /add sent a second before the
+    SIGTERM was answered 500, and answers written after the loop stopped were never sent."""
+    base = service.start().base
+    assert service.proc is not None
+    documents = [
+        {"id": f"d{i}", "text": f"Note {i} on rivers, mountains and the weather in spring."}
+        for i in range(3000)
+    ]
+    answers: list[tuple[int, Any]] = []
+    adding = threading.Thread(
+        target=lambda: answers.append(call(base, "/add", {"documents": documents}))
+    )
+    adding.start()
+    time.sleep(1.0)  # the add is being embedded
+    service.proc.terminate()
+    host, port = base.removeprefix("http://").split(":")
+    refused = False
+    while adding.is_alive() and not refused:  # no new connection is taken meanwhile
+        try:
+            socket.create_connection((host, int(port)), timeout=5).close()
+            time.sleep(0.05)
+        except ConnectionRefusedError:
+            refused = True
+    adding.join(120)
+    assert service.proc.wait(timeout=60) == 0
+    logged = service.log.read_text()
+    assert "stopping: 1 request(s) under way" in logged  # it was under way at the SIGTERM
+    assert refused
+    assert answers[0][0] == 201, answers[0][1]
+    assert call(service.start().base, "/health")[1]["documents"] == 3000

@@ -21,6 +21,7 @@ from gunicorn.app.base import BaseApplication
 from kb import __version__, chroma_process
 from kb.auth import KeyRing
 from kb.cli.base import fail, main, not_empty
+from kb.cli.drain import Drain
 from kb.cli.gunicorn_worker import IdleLimitedWorker
 from kb.cli.server_errors import use_json_errors, use_json_errors_in_gunicorn
 from kb.config import Settings, cpu_count
@@ -166,11 +167,13 @@ def _waitress(settings: Settings) -> None:
     except KBError as exc:
         server.close()
         fail(exc.message)
-    # SIGTERM stops the server as Ctrl-C does, so the app is closed (its encoder process too)
-    signal.signal(signal.SIGTERM, _stop)
+    # SIGTERM stops the server as a first Ctrl-C does: the requests under way finish, then
+    # the app is closed (its encoder process too)
+    drain = Drain(server)
+    signal.signal(signal.SIGTERM, drain.terminate)
     try:
         server.print_listen("Serving on http://{}:{}")
-        server.run()
+        drain.run()
     finally:
         # stopped by Ctrl-C too: a SIGTERM now is ignored, while the app closes and while the
         # interpreter ends (which puts Python's handlers back to the default, fatal one)
@@ -260,15 +263,6 @@ def body_cap(limit: int) -> int:
     Bodies up to the cap still reach the app, whose 413 names the limit: what a client that
     is a little over (a bulk load's batch) gets."""
     return 2 * limit
-
-
-def _stop(signum: int, frame: object) -> None:
-    """SIGTERM: stop the server, once; SIGTERM is ignored from then on. A second one would
-    cut the stop short, and `make serve` sends one: make passes the SIGTERM it gets on to kb
-    serve, which the same signal to the process group had already reached (kb serve said
-    "Aborted!", or was killed by it, and exited non-zero)."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    raise KeyboardInterrupt
 
 
 def _gunicorn(settings: Settings, listening: list[socket.socket]) -> None:

@@ -259,12 +259,28 @@ class RecordCollection:
             chroma_write(self._col.modify, metadata={**meta, FINGERPRINT_KEY: embedder.fingerprint})
             return
         if meta.get(DIM_KEY) != embedder.dim or recorded != embedder.fingerprint:
+            if self.mode == "embedded" and not self._col.count():
+                # nothing to mix: a command refused after opening it (a restore of a backup of
+                # another model) left it recording its model, which then refused the right
+                # one for good (review helper 83). An embedded store has one process at a
+                # time; on a server another process of the recorded model may be writing.
+                log.info(
+                    "collection %s is empty: recording the model %s in place of %s",
+                    self.name, embedder.name, meta[MODEL_KEY],
+                )  # fmt: skip
+                chroma_write(self._col.modify, metadata={**meta, **_model_metadata(embedder)})
+                return
+            empty = (
+                " It holds no records: delete it (Chroma's delete_collection) to use the name."
+                if not self._col.count()
+                else ""
+            )
             raise ModelMismatch(
                 f"collection '{self.name}' in {self.location} was built with {meta[MODEL_KEY]} "
                 f"({meta.get(DIM_KEY)}-d, fingerprint {meta.get(FINGERPRINT_KEY)}), but the "
                 f"configured model is {embedder.name} ({embedder.dim}-d, fingerprint "
                 f"{embedder.fingerprint}). Mixing vector spaces would return wrong matches: "
-                "set KB_MODEL back, choose another KB_COLLECTION, or export and re-load."
+                f"set KB_MODEL back, choose another KB_COLLECTION, or export and re-load.{empty}"
             )
 
     def _tune_search(self) -> None:

@@ -112,11 +112,36 @@ def test_a_store_that_will_not_search_opens_its_encoder_only_when_it_embeds(
 
 
 def test_opening_a_store_with_another_model_is_refused(settings: Settings, embedder) -> None:
-    KnowledgeStore.open(settings, embedder).close()
+    store = KnowledgeStore.open(settings, embedder)
+    store.add([DocumentIn(id="kept", text="Glaciers carve valleys.")])
+    store.close()
     with pytest.raises(ModelMismatch, match="all-MiniLM-L6-v2") as caught:
         KnowledgeStore.open(settings, OtherModel())
     assert "other-model" in caught.value.message
     assert caught.value.status == 409
+
+
+def test_an_empty_store_takes_the_model_it_is_opened_with(settings: Settings, embedder) -> None:
+    """A command refused after opening a new store (a restore of a backup of another model)
+    left it recording that model, and the right one was refused for good: "Mixing vector
+    spaces would return wrong matches" of a collection holding nothing (review helper 83)."""
+    KnowledgeStore.open(settings, OtherModel()).close()
+    store = KnowledgeStore.open(settings, embedder)
+    try:
+        store.add([DocumentIn(id="kept", text="Glaciers carve valleys.")])
+    finally:
+        store.close()
+    with pytest.raises(ModelMismatch, match="other-model"):
+        KnowledgeStore.open(settings, OtherModel())  # not once it holds records
+
+
+def test_an_empty_server_collection_of_another_model_is_refused_saying_it_is_empty(
+    server_settings: Settings, embedder
+) -> None:
+    """On a server another process of the recorded model may be writing: refused still."""
+    KnowledgeStore.open(server_settings, OtherModel(), searching=False).close()
+    with pytest.raises(ModelMismatch, match="It holds no records: delete it"):
+        KnowledgeStore.open(server_settings, embedder, searching=False)
 
 
 def test_a_store_recorded_with_an_earlier_kbs_fingerprint_of_the_model_is_re_recorded(

@@ -12,7 +12,7 @@ from typing import Any, Literal, TypeVar
 
 from kb.errors import KBError
 from kb.loader import Item, Problem, Summary
-from kb.records import derive_id, same_content
+from kb.records import content_hash, derive_id
 from kb.schemas import AddResponse, DocumentIn
 
 Sink = Callable[[Any], AddResponse]
@@ -210,7 +210,7 @@ def _events(
 ) -> Iterator[list[Item] | Problem | None]:
     """The input in order as batches of new records, problems, and None for each identical
     repeat; with `strict`, nothing after the first problem but the batch before it."""
-    seen: dict[str, Item] = {}
+    seen: dict[str, tuple[str, str]] = {}  # id -> where it first came, its content's hash
     batch: list[Item] = []
     limits = batch_limits(batch_size)
     limit = next(limits)
@@ -316,18 +316,22 @@ def _key(item: Item) -> str:
     return item.doc.id if item.doc.id is not None else derive_id(item.doc.text)
 
 
-def _classify(item: Item, seen: dict[str, Item]) -> Literal["new", "same"] | Problem:
-    """'new' for an id met first, 'same' for an identical repeat, else the conflict."""
+def _classify(item: Item, seen: dict[str, tuple[str, str]]) -> Literal["new", "same"] | Problem:
+    """'new' for an id met first, 'same' for an identical repeat, else the conflict. Only
+    the first's place and content hash are kept: kept whole, every record read stayed in
+    memory to the end of the load, twice the input's size (review helper 81)."""
     doc_id = _key(item)
-    first = seen.setdefault(doc_id, item)
-    if first is item:
+    mine = (item.where, content_hash(item.doc.text, item.doc.metadata))
+    first = seen.setdefault(doc_id, mine)
+    if first is mine:
         return "new"
+    where, digest = first
     # by content alone: an export writes out the id derived from the text, and that record
     # is the same document as the one that did not give it (it was refused as a conflict)
-    if same_content(first.doc.text, first.doc.metadata, item.doc.text, item.doc.metadata):
+    if digest == mine[1]:
         return "same"
     if item.doc.id is None:  # "id '2e68...' repeats" named an id the user never wrote
-        problem = f"the same text as {first.where}, with other metadata (no id to tell them apart)"
+        problem = f"the same text as {where}, with other metadata (no id to tell them apart)"
     else:
-        problem = f"id '{doc_id}' repeats {first.where}"
+        problem = f"id '{doc_id}' repeats {where}"
     return Problem(item.source, item.line, problem, item.unit)

@@ -1383,3 +1383,21 @@ def test_a_second_ctrl_c_in_a_load_exits_130(env, tmp_path: Path, monkeypatch) -
     done = run(env, "load", str(write_jsonl(tmp_path / "src.jsonl", GOOD)))
     assert done.exit_code == 130, done.output
     assert "Load stopped at once" in done.stderr
+
+
+def test_kb_cluster_seeds_a_file_named_like_an_option(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`kb cluster --seed -notes.jsonl` handed the seed to kb load without "--", which took
+    it for an option (review helper 81)."""
+    from kb.cli.serve import _seed
+
+    (tmp_path / "-notes.jsonl").write_text('{"id": "n1", "text": "Seeds sprout in spring."}\n')
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("KB_CHROMA_PATH", str(tmp_path / "db"))
+    _seed(("-notes.jsonl",))
+    store = KnowledgeStore.open(Settings(chroma_path=tmp_path / "db"), searching=False)
+    try:
+        assert store.get("n1").text == "Seeds sprout in spring."
+    finally:
+        store.close()

@@ -131,7 +131,9 @@ def _seed(seeds: tuple[str, ...]) -> None:
     embedded on this process' encoder threads, which outlive the load; gunicorn then forked
     the workers with a lock such a thread held (an import's), and every worker hung before
     answering its first request."""
-    loaded = subprocess.run([sys.executable, "-m", "kb", "load", "--quiet", *seeds], check=False)
+    # after "--": a seed named like an option (`-notes.jsonl`) is a file, as for kb load
+    command = [sys.executable, "-m", "kb", "load", "--quiet", "--", *seeds]
+    loaded = subprocess.run(command, check=False)
     if loaded.returncode:
         fail(f"the seed load failed (exit code {loaded.returncode}); see its messages above")
 

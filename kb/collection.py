@@ -24,6 +24,7 @@ from kb.errors import (
     StoreTimeout,
     StoreUnavailable,
     ValidationFailed,
+    named,
 )
 from kb.filters import CompiledFilter, and_where
 from kb.lock import StoreLock
@@ -529,10 +530,20 @@ class RecordCollection:
                 self._write(part, add)
                 written.extend(r.id for r in part)
             self.delete(stale)
-        except Exception:
+        except Exception as exc:
             if written or stale:  # a part of the delete may have gone through
                 log.error("write failed after %d records; rolling back", len(written))
-                self._roll_back(written, previous, records)
+                try:
+                    self._roll_back(written, previous, records)
+                except KBError as failed:  # the store is still away: nothing undone
+                    said = exc.message if isinstance(exc, KBError) else f"{exc!r}"
+                    docs = named(sorted({r.doc_id for r in records}))
+                    raise StoreUnavailable(
+                        f"the write failed ({said}) after {len(written)} of {len(records)} "
+                        f"records, and so did its rollback ({failed.message}): document(s) "
+                        f"{docs} may be damaged until written again (GET answers 409 for one "
+                        "that is)"
+                    ) from exc
             raise
         return held
 

@@ -164,12 +164,21 @@ class KnowledgeStore:
 
     def get(self, doc_id: str) -> Document:
         found = self.get_many([doc_id])
-        if doc_id not in found:
-            raise NotFound(f"no document with id '{doc_id}'", details=[_missing("id", doc_id)])
-        return found[doc_id]
+        if doc_id in found:
+            return found[doc_id]
+        if self._heads([doc_id]):  # stored, but not one whole version (`_whole`)
+            raise Conflict(
+                f"document '{doc_id}' is damaged: its chunks are not all of one version (a "
+                "write that failed part-way, its rollback failing too, or a process killed in "
+                "the middle of one), so its text is not one that was stored; write it again "
+                "whole (/update with its text, or /add with upsert) or delete it",
+                code="damaged_document",
+                details=[field_error("id", "its chunks are not all of one version", "damaged")],
+            )
+        raise NotFound(f"no document with id '{doc_id}'", details=[_missing("id", doc_id)])
 
     def get_many(self, ids: Sequence[str]) -> dict[str, Document]:
-        """The documents with these ids that exist, by id."""
+        """The documents with these ids that exist whole, by id (`_whole`)."""
         groups = self._whole(self._chunks(self._heads(ids)), ids)
         return {doc_id: assemble(chunks) for doc_id, chunks in groups.items()}
 
@@ -194,20 +203,23 @@ class KnowledgeStore:
         else the documents `doc_ids` read again under the write lock. Reads take no lock, so
         a write landing between two of them tore a document: an old first chunk joined to
         the new later chunks (a GET during an update answered a text never stored), or a new
-        version cut at the old one's chunk count (a search's match)."""
+        version cut at the old one's chunk count (a search's match). A document still not
+        whole under the lock is damaged (chunks missing or of another version: a write that
+        failed part-way and whose rollback failed too, or a killed one) and is left out: it
+        was served joined, a text never stored (review helper 82)."""
         if all(_is_whole(chunks) for chunks in groups.values()):
             return groups
         with self._lock:
             groups = self._chunks(self._heads(doc_ids))
         damaged = {doc for doc, chunks in groups.items() if not _is_whole(chunks)}
-        if damaged - self._damaged:  # not a write in between: chunks are missing for good
+        if damaged - self._damaged:  # not a write in between: damaged for good
             self._damaged |= damaged
             log.warning(
-                "document(s) %s lack chunks their first chunk counts (re-add or delete them); "
-                "every read of them reads twice",
+                "document(s) %s are damaged: their chunks are not all of one version (write "
+                "them again whole, or delete them); reads leave them out",
                 named(sorted(damaged)),
             )
-        return groups
+        return {doc: chunks for doc, chunks in groups.items() if doc not in damaged}
 
     def _heads(self, ids: Sequence[str]) -> list[Record]:
         """The chunk-0 records of these document ids (a lookup by id is Chroma's fast path)."""

@@ -380,9 +380,10 @@ def test_a_document_missing_chunks_for_good_is_reported_once(
     store.add([DocumentIn(id="L", text=long_text("Zebras gallop."))])
     store.records.delete(["L#chunk1"])
     with caplog.at_level("WARNING", logger="kb.store"):
-        store.get("L")
-        store.get("L")
-    warned = [r for r in caplog.records if "lack chunks" in r.getMessage()]
+        for _ in range(2):
+            with pytest.raises(Conflict, match="is damaged"):
+                store.get("L")
+    warned = [r for r in caplog.records if "are damaged" in r.getMessage()]
     assert len(warned) == 1
     assert "'L'" in warned[0].getMessage()
 
@@ -1008,3 +1009,55 @@ def test_a_document_stored_without_a_date_twin_gets_it_when_sent_or_patched_agai
         assert sorted(found(store)) == ["patched", "sent"]
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("damage", ["a chunk missing", "a chunk of another version"])
+def test_a_damaged_document_is_a_409_for_get_and_left_out_of_every_read_until_rewritten(
+    store: KnowledgeStore, damage: str
+) -> None:
+    """An update that failed part-way, its rollback failing too (the store still away), left
+    chunks of two versions; GET, the listing, exports and searches served them joined: a text
+    never stored, with a 200 (review helper 82)."""
+    text = long_text("alpha")
+    store.add([DocumentIn(id="alpha", text=text), DocumentIn(id="short", text="Otters.")])
+    assert store.get("alpha").chunks > 2
+    later = chunk_id("alpha", 1)
+    if damage == "a chunk missing":
+        store.records.delete([later])
+    else:
+        (record,) = store.records.get([later], embeddings=True)
+        record.text = "Words of a version the first chunk does not count."
+        record.metadata["_kb_hash"] = "0" * 32
+        store.records.upsert([record])
+    with pytest.raises(Conflict, match="is damaged: its chunks are not all of one version"):
+        store.get("alpha")
+    assert [d.id for d in store.list_documents(CompiledFilter(), 10, 0).documents] == ["short"]
+    assert [d.id for d in store.iter_documents(CompiledFilter())] == ["short"]
+    request = QueryRequest(query="alpha fact", mode="keyword", min_score=-1)
+    assert "alpha" not in [m.id for m in search(store, request)[0].matches]
+    with pytest.raises(Conflict):  # a metadata-only update would keep what is left
+        store.update("alpha", UpdateFields(metadata={"checked": True}))
+    store.update("alpha", UpdateFields(text=text))  # written again whole: mended
+    assert store.get("alpha").text == text
+
+
+def test_a_write_whose_rollback_fails_too_names_the_documents_it_may_have_damaged(
+    store: KnowledgeStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store.add([DocumentIn(id="old", text="Original text")])
+    store.records.max_batch = 2
+    real, calls = store.records._write, [0]
+
+    def failing_after_the_first(records: Any, add: bool = False) -> None:
+        calls[0] += 1
+        if calls[0] > 1:  # the second call fails, and every write of the rollback
+            raise StoreUnavailable("the store failed: disk full")
+        real(records, add)
+
+    monkeypatch.setattr(store.records, "_write", failing_after_the_first)
+    docs = [DocumentIn(id=f"new{i}", text=f"New document {i}") for i in range(3)]
+    with pytest.raises(StoreUnavailable) as caught:
+        store.add([DocumentIn(id="old", text="Replaced text"), *docs], WriteMode.UPSERT)
+    message = caught.value.message
+    assert "so did its rollback" in message
+    assert "'new0', 'new1', 'new2', 'old' may be damaged" in message

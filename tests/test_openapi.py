@@ -61,6 +61,9 @@ def test_the_document_lists_the_statuses_the_api_answers(
     update = cooking.post("/update", json={"id": "ice", "metadata": {"checked": True}})
     assert update.status_code == 409
     listed("post", "/update", update)
+    damaged = cooking.get("/documents/ice")  # and GET refuses to join what is left
+    assert (damaged.status_code, damaged.json["error"]["code"]) == (409, "damaged_document")
+    listed("get", "/documents/{doc_id}", damaged)
 
     monkeypatch.setattr(store.records, "_col", _Down())
     for method, path, url in [

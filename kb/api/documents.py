@@ -75,7 +75,7 @@ def add() -> tuple[Response, int]:
 
 
 @bp.get("/documents/<doc_id:doc_id>")
-@documented("Get one document", response=Document, errors=(404,))
+@documented("Get one document", response=Document, errors=(404, 409))  # 409: damaged
 def get_document(doc_id: str) -> tuple[Response, int]:
     return reply(store().get(doc_id))
 

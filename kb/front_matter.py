@@ -38,8 +38,8 @@ def split(content: str) -> tuple[dict[str, Any] | None, str]:
 
 
 def _parse(text: str) -> dict[str, Any]:
-    """The mapping, or a FrontMatterError: YAML's own errors, and the ValueError or
-    RecursionError of a value it cannot build (`!!int x`, lists nested thousands deep),
+    """The mapping, or a FrontMatterError: YAML's own errors, and the error of a value it
+    cannot build (`!!int x`, `!!bool maybe`, an empty `!!int`, lists nested thousands deep),
     stopped a whole folder's load with a traceback."""
     import yaml
 
@@ -56,6 +56,10 @@ def _parse(text: str) -> dict[str, Any]:
         raise FrontMatterError(f"invalid YAML: {exc}") from exc
     except RecursionError:
         raise FrontMatterError("lists or mappings nested too deep to read") from None
+    except FrontMatterError:
+        raise
+    except Exception as exc:  # what the constructors below do not name: the file's problem
+        raise FrontMatterError(f"cannot be read ({type(exc).__name__}: {exc})") from exc
     finally:
         loader.dispose()
     if not isinstance(data, dict):
@@ -138,6 +142,8 @@ def _yaml_loader() -> type:
 
     class Loader(yaml.SafeLoader):
         def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            if not isinstance(node, yaml.MappingNode):  # `!!map x`: YAML's own error
+                return super().construct_mapping(node, deep)
             given: set[str] = set()
             for key, _ in node.value:
                 if isinstance(key, yaml.ScalarNode) and key.tag != _MERGE_TAG:
@@ -153,10 +159,13 @@ def _yaml_loader() -> type:
                 return super().construct_object(node, deep)
             except FrontMatterError:
                 raise
-            except (ValueError, TypeError, OverflowError) as exc:  # `!!int x`, `!!float x`
+            except (ValueError, TypeError, OverflowError, LookupError) as exc:
+                # `!!int x`, `!!float x`; `!!bool maybe` and an empty `!!int` (KeyError,
+                # IndexError) ended the load with a traceback
                 written = node.value if isinstance(node, yaml.ScalarNode) else node.id
                 tag = node.tag.replace("tag:yaml.org,2002:", "!!")
-                message = f"'{written}' cannot be read as {tag} ({exc})"
+                why = "" if isinstance(exc, LookupError) else f" ({exc})"  # KeyError: 'maybe'
+                message = f"'{written}' cannot be read as {tag}{why}"
                 raise FrontMatterError(message, _line(node.start_mark)) from None
 
     Loader.yaml_implicit_resolvers = {

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import sys
 from collections.abc import Callable, Iterable, Iterator
@@ -24,6 +25,7 @@ from kb.config import Settings
 from kb.errors import field_errors
 from kb.schemas import DocumentIn
 
+log = logging.getLogger(__name__)
 FORMATS = ("jsonl", "json", "csv", "md", "beir")
 SUFFIXES = {
     ".jsonl": "jsonl",
@@ -219,7 +221,9 @@ def input_bytes(found: Iterable[Source]) -> int | None:
 
 
 def read(source: Source, options: Options) -> Iterator[Item | Problem]:
-    """Items and problems from one source, in file order."""
+    """Items and problems from one source, in file order. An error no reader expects (a
+    fault in kb, not in the file) is that file's problem, its traceback logged: it ended
+    the whole load with a traceback, the files after it unread."""
     if source.problem is not None:
         yield Problem(source.path, 0, source.problem)
         return
@@ -241,6 +245,14 @@ def read(source: Source, options: Options) -> Iterator[Item | Problem]:
         encoding = exc.encoding.upper()[:6]  # UTF-16-LE: UTF-16, as the mark says
         message = f"not the {encoding} text its byte-order mark says ({exc.reason})"
         yield Problem(name, 0, f"{message}; the rest of the file is not read")
+    except MemoryError:
+        raise
+    except Exception as exc:
+        log.error(
+            "unexpected error reading %s (a fault in kb: please report it)", name, exc_info=True
+        )
+        what = f"{type(exc).__name__}: {exc}"
+        yield Problem(name, 0, f"cannot read ({what}); the rest of the file is not read")
 
 
 def validate(

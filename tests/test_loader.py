@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import itertools
 import json
+import logging
 import os
 import threading
 import time
@@ -13,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from kb import front_matter
 from kb.config import Settings
 from kb.filters import date_twins
 from kb.loader import Item, Options, Problem, Source, estimate, read, sources
@@ -411,6 +413,71 @@ def test_front_matter_yaml_cannot_build_is_one_problem_and_the_folder_loads(
     assert str(b).startswith(f"{tmp_path / 'b.md'}:2: front matter: more than 8,192 values by 'a'")
     assert c.doc.metadata == {"d": "2024-02-30"}  # type: ignore[union-attr]  # as from JSON
     assert str(d).startswith(f"{tmp_path / 'd.md'}:1: front matter: lists or mappings nested")
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("!!bool maybe", "'maybe' cannot be read as !!bool"),
+        ("!!int", "'' cannot be read as !!int"),
+        ("!!float", "'' cannot be read as !!float"),
+        ("!!bool", "'' cannot be read as !!bool"),
+        ("!!map x", "invalid YAML: expected a mapping node, but found scalar"),
+    ],
+)
+def test_a_tag_yaml_cannot_build_is_the_problem_of_its_file(
+    tmp_path: Path, value: str, problem: str
+) -> None:
+    """A KeyError (`!!bool maybe`), an IndexError (an empty `!!int`) or a ValueError (`!!map
+    x`) escaped the front matter's reading: `kb load` ended in a traceback, nothing written
+    (review helper 81)."""
+    (tmp_path / "a.md").write_text("---\ntitle: A\n---\nA\n")
+    (tmp_path / "b.md").write_text(f"---\ntitle: B\ndraft: {value}\n---\nB\n")
+    (tmp_path / "c.md").write_text("C\n")
+    a, b, c = read_all(tmp_path)
+    assert str(b) == f"{tmp_path / 'b.md'}:3: front matter: {problem}"
+    assert [a.doc.id, c.doc.id] == ["a.md", "c.md"]  # type: ignore[union-attr]
+
+
+def test_an_error_no_reader_expects_is_the_problem_of_its_file_and_logged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Whatever building the front matter raises is the file's problem; and an error of kb's
+    own while reading a file fails that file, its traceback logged, and the others load."""
+
+    def broken(loader: Any, node: Any) -> Any:
+        raise RuntimeError("a constructor's fault")
+
+    constructors = front_matter._yaml_loader().yaml_constructors
+    monkeypatch.setitem(constructors, "tag:yaml.org,2002:str", broken)
+    (tmp_path / "a.md").write_text("---\ntitle: A\n---\nA\n")
+    (tmp_path / "b.md").write_text("B\n")
+    a, b = read_all(tmp_path)
+    assert str(a) == (
+        f"{tmp_path / 'a.md'}:1: front matter: cannot be read (RuntimeError: a constructor's fault)"
+    )
+    assert b.doc.id == "b.md"  # type: ignore[union-attr]
+    monkeypatch.undo()
+
+    split = front_matter.split
+
+    def failing(content: str) -> Any:
+        if content.startswith("---"):
+            raise AttributeError("a bug")
+        return split(content)
+
+    monkeypatch.setattr(front_matter, "split", failing)
+    with caplog.at_level(logging.ERROR, logger="kb.loader"):
+        a, b = read_all(tmp_path)
+    assert str(a) == (
+        f"{tmp_path / 'a.md'}: cannot read (AttributeError: a bug); the rest of the file is "
+        "not read"
+    )
+    assert b.doc.id == "b.md"  # type: ignore[union-attr]
+    (record,) = caplog.records
+    assert record.getMessage().startswith(f"unexpected error reading {tmp_path / 'a.md'}")
+    assert record.exc_info is not None
+    assert record.exc_info[0] is AttributeError
 
 
 def test_an_alias_bomb_in_front_matter_is_refused_without_expanding_it(tmp_path: Path) -> None:

@@ -121,16 +121,25 @@ def sources(paths: Iterable[str], fmt: str | None = None, root: Path | None = No
     return found
 
 
-def once(found: Iterable[Source]) -> tuple[list[Source], list[str]]:
-    """`found` with each file (and standard input) read once, and the other mentions left out
-    (as spelt): `kb load notes notes/a.md` stored notes/a.md twice, under two ids (the
-    folder's path and the name alone), and `kb load - -` read stdin twice. The mention kept,
-    at the place of the first, is the one through the outermost folder named: a text file's
-    id is then the one `kb load` of that folder gives it, whatever the order of the names."""
+def once(found: Iterable[Source]) -> tuple[list[Source], list[str], list[str]]:
+    """`found` with each file (and standard input) read once; the other mentions left out
+    (as spelt), and apart from them the links left out because their folder's walk found
+    the file they point to. `kb load notes notes/a.md` stored notes/a.md twice, under two
+    ids (the folder's path and the name alone), and `kb load - -` read stdin twice. The
+    mention kept, at the place of the first, is the one through the outermost folder named:
+    a text file's id is then the one `kb load` of that folder gives it, whatever the order
+    of the names. A link beside its file in one walk is never that mention: it took the
+    file's id (whichever sorted first), and `--upsert` left the file's document stale."""
+    found = list(found)
     kept: list[Source] = []
     repeated: list[str] = []
+    linked: list[str] = []
+    files = {where for s in found if (where := _walked(s)) and not os.path.islink(s.path)}
     place: dict[str, int] = {}  # a file's place in `kept`
     for source in found:
+        if _walked(source) in files and os.path.islink(source.path):
+            linked.append(source.path)
+            continue
         key = source.path if source.path == "-" else os.path.realpath(source.path)
         if source.problem is not None or key not in place:
             if source.problem is None:
@@ -141,7 +150,15 @@ def once(found: Iterable[Source]) -> tuple[list[Source], list[str]]:
         if _id_parts(source) > _id_parts(first):
             kept[place[key]], source = source, first
         repeated.append(source.path)
-    return kept, repeated
+    return kept, repeated, linked
+
+
+def _walked(source: Source) -> tuple[str, str] | None:
+    """A file found in a folder's walk: the folder named and the file's real path; None for
+    one named itself, standard input or a problem."""
+    if source.named is None or source.problem is not None:
+        return None
+    return source.named, os.path.realpath(source.path)
 
 
 def _id_parts(source: Source) -> int:

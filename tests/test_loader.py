@@ -17,7 +17,7 @@ import pytest
 from kb import front_matter
 from kb.config import Settings
 from kb.filters import date_twins
-from kb.loader import Item, Options, Problem, Source, estimate, read, sources
+from kb.loader import Item, Options, Problem, Source, estimate, once, read, sources
 from kb.schemas import DocumentIn
 
 OPTIONS = Options(Settings())
@@ -624,6 +624,26 @@ def test_an_unreadable_folder_is_a_problem_naming_it(
     assert estimate(sources([str(tmp_path)])) == 1
     (missing,) = read_all(tmp_path / "missing.jsonl")
     assert str(missing) == f"{tmp_path / 'missing.jsonl'}: cannot read: No such file or directory"
+
+
+def test_a_link_beside_its_file_in_a_folder_never_takes_the_files_id(tmp_path: Path) -> None:
+    """`ln -s guide.md notes/a-shortcut.md`: the link, sorted first, was the mention kept, so
+    the file's document was stored again as "a-shortcut.md" (and `--upsert` then left
+    "guide.md" stale); a link deeper in the folder won as the outermost mention (review
+    helper 81)."""
+    notes = tmp_path / "notes"
+    (notes / "z" / "deep").mkdir(parents=True)
+    (notes / "guide.md").write_text("How to install the widget\n")
+    (notes / "a-shortcut.md").symlink_to("guide.md")
+    (notes / "z" / "deep" / "link.md").symlink_to("../../guide.md")
+    (tmp_path / "outside.md").write_text("Kept through its link\n")
+    (notes / "out.md").symlink_to(tmp_path / "outside.md")
+    for named in ([str(notes)], [str(notes / "guide.md"), str(notes)]):
+        kept, repeated, linked = once(sources(named))
+        ids = [e.doc.id for s in kept for e in read(s, OPTIONS)]  # type: ignore[union-attr]
+        assert ids == ["guide.md", "out.md"]
+        assert linked == [str(notes / "a-shortcut.md"), str(notes / "z" / "deep" / "link.md")]
+        assert repeated == named[:-1]
 
 
 def test_files_in_hidden_folders_are_left_out_unless_named(tmp_path: Path) -> None:

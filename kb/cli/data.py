@@ -129,11 +129,16 @@ def load(
         if client is not None:  # documents are checked and requests cut by the service's limits
             settings = _with_service_limits(settings, client)
         listed = sources(paths, fmt, root)
-        found, repeated = once(listed)
+        found, repeated, linked = once(listed)
         if repeated:
             warn(
                 "named more than once (or inside a folder also named), read once: "
                 + _names(repeated)
+            )
+        if linked:
+            warn(
+                "links to a file their folder also holds, left out (the file is read once, "
+                "its own path its id): " + _names(linked)
             )
         empty_folders = _without_files(paths, listed)
         for folder in empty_folders:

@@ -12,6 +12,7 @@ import io
 import json
 import logging
 import os
+import stat
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -90,7 +91,7 @@ class Source:
     fmt: str
     root: Path | None = None  # the folder it was found in: text-file ids are relative to it
     named: str | None = None  # the folder named (as spelt) that it was found in
-    problem: str | None = None  # why a folder found inside it could not be read
+    problem: str | None = None  # why a folder or file found inside it cannot be read
 
 
 @dataclass
@@ -113,7 +114,9 @@ def sources(paths: Iterable[str], fmt: str | None = None, root: Path | None = No
     found: list[Source] = []
     for path in paths:
         folder = Path(path)
-        if path != "-" and folder.is_dir():
+        # os.path.isdir, not Path.is_dir: a file in a folder that can be listed but not
+        # entered raised PermissionError (a traceback); read() names it instead
+        if path != "-" and os.path.isdir(path):
             found.extend(_inside(folder, path, fmt, root or folder))
         else:
             kind = fmt or SUFFIXES.get(folder.suffix.lower(), "jsonl")
@@ -172,9 +175,12 @@ def _id_parts(source: Source) -> int:
 
 def _inside(folder: Path, named: str, fmt: str | None, root: Path) -> list[Source]:
     """The files of known formats in `folder` and its subfolders, in path order, and a
-    problem source for each folder that cannot be read (Path.rglob skipped those silently).
-    Hidden files and everything in hidden folders (.git, .obsidian, .venv) are left out;
-    links to folders are not followed (a link to a parent would never end)."""
+    problem source for each folder that cannot be read (Path.rglob skipped those silently)
+    and each file of a known format that cannot be reached: one in a folder listed but not
+    entered (Path.is_file raised PermissionError, a traceback), a link whose target is gone
+    or that loops (left out without a word). Hidden files and everything in hidden folders
+    (.git, .obsidian, .venv) are left out; links to folders are not followed (a link to a
+    parent would never end), and neither are pipes and devices."""
     files: list[Path] = []
     unreadable: list[Source] = []
 
@@ -186,11 +192,18 @@ def _inside(folder: Path, named: str, fmt: str | None, root: Path) -> list[Sourc
     for top, dirs, names in os.walk(folder, onerror=refused):
         dirs[:] = [name for name in dirs if not name.startswith(".")]
         files.extend(Path(top, name) for name in names if not name.startswith("."))
-    found = [
-        Source(str(file), kind, root, named)
-        for file in sorted(files)
-        if (kind := fmt or SUFFIXES.get(file.suffix.lower())) and file.is_file()
-    ]
+    found: list[Source] = []
+    for file in sorted(files):
+        if not (kind := fmt or SUFFIXES.get(file.suffix.lower())):
+            continue
+        try:
+            regular = stat.S_ISREG(os.stat(file).st_mode)
+        except OSError as exc:
+            problem = f"cannot read: {exc.strerror or exc}"
+            found.append(Source(str(file), kind, root, named, problem))
+            continue
+        if regular:
+            found.append(Source(str(file), kind, root, named))
     return unreadable + found
 
 

@@ -646,6 +646,53 @@ def test_a_link_beside_its_file_in_a_folder_never_takes_the_files_id(tmp_path: P
         assert repeated == named[:-1]
 
 
+def test_a_folder_listed_but_not_entered_fails_its_files_naming_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A subfolder of mode 0644 (read, no search) ended `kb load` of its folder, and of a file
+    in it, with a PermissionError traceback from Path.is_file / is_dir (review helper 81)."""
+    notes = tmp_path / "notes"
+    (notes / "team").mkdir(parents=True)
+    (notes / "a.md").write_text("A public note\n")
+    (notes / "team" / "t.md").write_text("A team note\n")
+    team = str(notes / "team")
+    if os.geteuid() == 0:  # as root, chmod refuses nothing: refused as it would be
+        stat, opened = os.stat, open
+
+        def refusing_stat(path: Any, *args: Any, **kwargs: Any) -> Any:
+            if os.fspath(path).startswith(team + os.sep):
+                raise PermissionError(13, "Permission denied", os.fspath(path))
+            return stat(path, *args, **kwargs)
+
+        def refusing_open(path: Any, *args: Any, **kwargs: Any) -> Any:
+            refusing_stat(path)
+            return opened(path, *args, **kwargs)
+
+        monkeypatch.setattr(os, "stat", refusing_stat)
+        monkeypatch.setattr("kb.loader.open", refusing_open, raising=False)
+    os.chmod(team, 0o644)
+    try:
+        a, t = read_all(notes)
+        (named,) = read_all(notes / "team" / "t.md")
+    finally:
+        os.chmod(team, 0o755)
+    assert a.doc.id == "a.md"  # type: ignore[union-attr]
+    assert str(t) == f"{team}/t.md: cannot read: Permission denied"
+    assert str(named) == f"{team}/t.md: cannot read: Permission denied"
+
+
+def test_a_link_in_a_folder_whose_target_is_gone_or_loops_is_a_problem(tmp_path: Path) -> None:
+    """They were left out without a word (a file named on the command line said why)."""
+    (tmp_path / "a.md").write_text("Kept\n")
+    (tmp_path / "b.md").symlink_to(tmp_path / "archive" / "b.md")
+    (tmp_path / "c.md").symlink_to("c.md")
+    (tmp_path / "notes.bin").symlink_to("gone.bin")  # of no format kb reads: left out
+    a, b, c = read_all(tmp_path)
+    assert a.doc.id == "a.md"  # type: ignore[union-attr]
+    assert str(b) == f"{tmp_path / 'b.md'}: cannot read: No such file or directory"
+    assert str(c) == f"{tmp_path / 'c.md'}: cannot read: Too many levels of symbolic links"
+
+
 def test_files_in_hidden_folders_are_left_out_unless_named(tmp_path: Path) -> None:
     """tree/.obsidian/h.md was loaded while tree/.h.md was not: .git, .venv were read too."""
     for name in [".obsidian/h.md", ".git/x/y.md", "sub/.h.md", "sub/a.md", "b.md"]:

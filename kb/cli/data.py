@@ -324,7 +324,7 @@ def _without_files(paths: Sequence[str], found: Sequence[Source]) -> list[str]:
     of zeros, as if the files had been read and found empty."""
     # by the folder each source came from: its path no longer starts with "./" (`kb load .`)
     named = {source.named for source in found}
-    return [p for p in paths if p != "-" and p not in named and Path(p).is_dir()]
+    return [p for p in paths if p != "-" and p not in named and os.path.isdir(p)]
 
 
 def _target(

@@ -26,10 +26,17 @@ class Row:
     problem: str | None = None
 
 
-def rows(stream: IO[str], text_column: str, id_column: str, max_text_chars: int) -> Iterator[Row]:
+DEFAULT_ID_COLUMN = "id"  # the id column when none is named, if the header has it
+
+
+def rows(
+    stream: IO[str], text_column: str, id_column: str | None, max_text_chars: int
+) -> Iterator[Row]:
     """The rows after the header (blank lines counted in the line numbers, not read). A
-    file that cannot be read on (a header without the text column, a quote never closed)
-    ends with a problem row."""
+    file that cannot be read on (a header without the text column, or without an id column
+    named: its rows got ids derived from their text, silently; a quote never closed) ends
+    with a problem row. With no id column named, one named DEFAULT_ID_COLUMN is used if the
+    header has it."""
     _allow_long_cells(max_text_chars)
     # strict: a quote left open is an error at the end of the file, not one record
     # silently swallowing every later row
@@ -53,13 +60,13 @@ def rows(stream: IO[str], text_column: str, id_column: str, max_text_chars: int)
             yield Row(line, {}, f"{NUL_BYTE}; the rest of the file is not read")
             return
         if header is None:
-            if problem := _header_problem(cells, text_column):
+            if problem := _header_problem(cells, text_column, id_column):
                 yield Row(start, {}, problem)
                 return
             header = cells
             continue
         quoted = _quoted("".join(lines))
-        yield _record(header, cells, quoted, start, text_column, id_column)
+        yield _record(header, cells, quoted, start, text_column, id_column or DEFAULT_ID_COLUMN)
 
 
 def _kept(stream: IO[str], lines: list[str]) -> Iterator[str]:
@@ -96,11 +103,12 @@ def _csv_error(exc: csv.Error) -> str:
     return f"invalid CSV: {exc}"
 
 
-def _header_problem(header: list[str], text_column: str) -> str | None:
+def _header_problem(header: list[str], text_column: str, id_column: str | None) -> str | None:
     if bad := undecodable(",".join(header)):
         return f"header: {bad}"
-    if text_column not in header:
-        return f"no '{text_column}' column (columns: {', '.join(header)})"
+    for column in (text_column, id_column):
+        if column is not None and column not in header:
+            return f"no '{column}' column (columns: {', '.join(header)})"
     named = [column for column in header if column]
     if repeated := sorted({column for column in named if named.count(column) > 1}):
         # a dict of the row keeps only the last of them: the others' cells would be lost

@@ -82,7 +82,7 @@ class Options:
 
     settings: Settings
     text_column: str = "text"
-    id_column: str = "id"
+    id_column: str | None = None  # one named must be in the header; else "id" if it is
 
 
 @dataclass(frozen=True)

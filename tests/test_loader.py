@@ -123,6 +123,25 @@ def test_csv_without_the_text_column_is_one_problem(tmp_path: Path) -> None:
     assert "no 'text' column" in str(problem)
 
 
+def test_an_id_column_named_must_be_in_the_header(tmp_path: Path) -> None:
+    """`--id-column docid` for a doc_id column loaded every row under an id derived from its
+    text, silently, and a corrected load then stored each row again (review helper 81). The
+    id column not named, "id", is used only if the header has it."""
+    path = tmp_path / "papers.csv"
+    path.write_text("doc_id,text,lang\nA-1,first abstract,en\nA-2,second abstract,fr\n")
+    (problem,) = read_all(path, id_column="docid")
+    assert str(problem) == f"{path}:1: no 'docid' column (columns: doc_id, text, lang)"
+    (problem,) = read_all(path, id_column="id")  # named, even as the default's name
+    assert str(problem) == f"{path}:1: no 'id' column (columns: doc_id, text, lang)"
+    named = [e.doc for e in read_all(path, id_column="doc_id")]  # type: ignore[union-attr]
+    assert [(d.id, d.metadata) for d in named] == [("A-1", {"lang": "en"}), ("A-2", {"lang": "fr"})]
+    derived = [e.doc for e in read_all(path)]  # type: ignore[union-attr]
+    assert [(d.id, d.metadata) for d in derived] == [
+        (None, {"doc_id": "A-1", "lang": "en"}),
+        (None, {"doc_id": "A-2", "lang": "fr"}),
+    ]
+
+
 def test_csv_row_problems_name_their_line(tmp_path: Path) -> None:
     path = tmp_path / "rows.csv"
     path.write_text("text,n\nfine,1\n,2\nok,3,extra\n")

@@ -65,7 +65,12 @@ URL_IN_FLIGHT = 2  # kb load --url: requests at a time
     help="Input format; default: from each file's suffix (JSONL otherwise).",
 )
 @click.option("--text-column", default="text", show_default=True, help="CSV: the text column.")
-@click.option("--id-column", default="id", show_default=True, help="CSV: the id column, if any.")
+@click.option(
+    "--id-column",
+    default=None,
+    callback=not_empty,
+    help="CSV: the id column, which the header must have (default: id, if it has one).",
+)
 @click.option(
     "--batch-size",
     type=click.IntRange(1, 100_000),
@@ -102,7 +107,7 @@ def load(
     paths: Sequence[str],
     fmt: str | None,
     text_column: str,
-    id_column: str,
+    id_column: str | None,
     batch_size: int,
     upsert: bool,
     strict: bool,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import csv
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +24,7 @@ from kb.config import Settings
 from kb.embeddings import Embedder
 from kb.errors import ConfigError
 from kb.ingest import BATCH_SIZE, ingest
-from kb.loader import Options, Source, read, sources
+from kb.loader import SUFFIXES, Options, Source, read, sources
 from kb.metrics import evaluate, judged
 from kb.schemas import QueryRequest, number_or_text
 from kb.search import ranking_depth, search
@@ -32,6 +32,7 @@ from kb.store import KnowledgeStore, WriteMode
 
 QUERY_BATCH = 64
 SHOWN_PROBLEMS = 3  # bad corpus records named in the error
+SHOWN_ABSENT = 5  # relevant ids the corpus lacks named in the warning
 
 
 @dataclass
@@ -71,11 +72,13 @@ def _beir(folder: Path, split: str) -> Dataset:
     if not qrels_file.is_file():
         raise ConfigError(f"no qrels for split '{split}' ({qrels_file})")
     qrels = _read_qrels(qrels_file)
-    queries = {}
+    queries: dict[str, str] = {}
+    lines: dict[str, str] = {}  # a query's file:line
     for where, data in json_input.objects(folder / "queries.jsonl"):
         query_id, text = _field(data, "_id", where), _field(data, "text", where)
-        if query_id in qrels:
-            queries[query_id] = text
+        if query_id in qrels:  # asked: blank or given twice, it is refused
+            _once(query_id, where, lines)
+            queries[query_id] = _asked(text, "text", where)
     # a judged query missing from queries.jsonl cannot be asked: scoring it as a miss
     # (nDCG 0) would lower the figures while the queries column left it out
     unmatched = [query_id for query_id in qrels if query_id not in queries]
@@ -120,15 +123,40 @@ def _field(data: dict[str, Any], key: str, where: str) -> str:
     return value
 
 
+def _asked(text: str, key: str, where: str) -> str:
+    """A query's text, `key` at `where`; a blank one is refused here, not by the search once
+    the corpus was loaded (a pydantic traceback)."""
+    if not text.strip():
+        raise ConfigError(f"{where}: '{key}' is blank: a query must hold some text")
+    return text
+
+
+def _once(query_id: str, where: str, lines: dict[str, str]) -> None:
+    """Refuse a query id given twice (the last line was kept, silently); `lines` holds each
+    query id's file:line so far."""
+    if query_id in lines:
+        first = lines[query_id].rpartition(":")[2]
+        raise ConfigError(f"{where}: query id '{query_id}' is given twice (first at line {first})")
+    lines[query_id] = where
+
+
 def _labeled(folder: Path, corpus: Path) -> Dataset:
     queries, qrels = {}, {}
+    lines: dict[str, str] = {}
     for where, data in json_input.objects(folder / "queries.jsonl"):
         query_id, relevant = _field(data, "id", where), data.get("relevant")
+        _once(query_id, where, lines)
         if not isinstance(relevant, list) or not all(isinstance(r, str) for r in relevant):
             raise ConfigError(f"{where}: 'relevant' must be a list of document ids")
-        queries[query_id] = _field(data, "query", where)
+        queries[query_id] = _asked(_field(data, "query", where), "query", where)
         qrels[query_id] = dict.fromkeys(relevant, 1)
-    return Dataset(folder.name, sources([str(corpus)]), queries, qrels)
+    found = sources([str(corpus)])
+    if not found:  # it scored every query a miss: nDCG 0.000, exit 0
+        raise ConfigError(
+            f"{corpus}: the corpus folder holds no file kb reads ({', '.join(SUFFIXES)}): "
+            "nothing to evaluate on (a kb eval folder's corpus is 'seed' beside it, or --corpus)"
+        )
+    return Dataset(folder.name, found, queries, qrels)
 
 
 @contextmanager
@@ -144,9 +172,10 @@ def temporary_store(settings: Settings, embedder: Embedder) -> Iterator[Knowledg
             store.close()
 
 
-def load_corpus(store: KnowledgeStore, dataset: Dataset, batch_size: int = BATCH_SIZE) -> None:
+def load_corpus(store: KnowledgeStore, dataset: Dataset, batch_size: int = BATCH_SIZE) -> list[str]:
     """Load with the normal loader; a record that fails is a ConfigError naming it (figures
-    over part of the corpus would be misleading)."""
+    over part of the corpus would be misleading), and so is a corpus of no document. The
+    relevant ids the corpus lacks are returned: each counts as a miss."""
     options = Options(store.settings)
     entries = (entry for source in dataset.corpus for entry in read(source, options))
     summary = ingest(entries, lambda docs: store.add(docs, WriteMode.SKIP), batch_size=batch_size)
@@ -157,6 +186,31 @@ def load_corpus(store: KnowledgeStore, dataset: Dataset, batch_size: int = BATCH
         raise ConfigError(
             f"{summary.failed} corpus record(s) of {dataset.name} could not be loaded: {named}"
         )
+    if not store.count():
+        where = ", ".join(source.path for source in dataset.corpus)
+        raise ConfigError(f"the corpus of {dataset.name} holds no document ({where})")
+    return absent(store, dataset)
+
+
+def absent(store: KnowledgeStore, dataset: Dataset) -> list[str]:
+    """The documents judged relevant that the loaded corpus lacks (a typo, another
+    corpus), in judgement order."""
+    judgements = (dataset.qrels[query].items() for query in dataset.queries)
+    wanted = list(dict.fromkeys(doc for pairs in judgements for doc, grade in pairs if grade > 0))
+    found: set[str] = set()
+    for start in range(0, len(wanted), 500):
+        found.update(store.get_many(wanted[start : start + 500]))
+    return [doc_id for doc_id in wanted if doc_id not in found]
+
+
+def absent_warning(dataset: Dataset, missing: Sequence[str]) -> str:
+    """The warning for relevant ids the corpus lacks: how many, and the first few."""
+    shown = ", ".join(missing[:SHOWN_ABSENT]) + (", ..." if len(missing) > SHOWN_ABSENT else "")
+    were = "id is" if len(missing) == 1 else "ids are"
+    return (
+        f"{dataset.name}: {len(missing)} relevant document {were} not in the corpus, each "
+        f"scored as a miss ({shown})"
+    )
 
 
 CUT, DEEPEST = 10, 100  # the figures' cut-offs: @10, and recall@100
@@ -206,11 +260,19 @@ def variants(modes: Sequence[str], fusions: Sequence[str]) -> list[Search]:
     return out
 
 
-def run_eval(store: KnowledgeStore, dataset: Dataset, searches: Sequence[Search]) -> list[Report]:
-    """Load the corpus once, then rank every query with each search variant and score it."""
+def run_eval(
+    store: KnowledgeStore,
+    dataset: Dataset,
+    searches: Sequence[Search],
+    warn: Callable[[str], None] | None = None,
+) -> list[Report]:
+    """Load the corpus once, then rank every query with each search variant and score it;
+    `warn` is told of relevant ids the corpus lacks."""
     started = time.perf_counter()
-    load_corpus(store, dataset)
+    missing = load_corpus(store, dataset)
     load_seconds = time.perf_counter() - started
+    if missing and warn is not None:
+        warn(absent_warning(dataset, missing))
     ids = list(dataset.queries)
     reports = []
     for options in searches:

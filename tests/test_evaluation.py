@@ -364,3 +364,91 @@ def test_the_at_10_figures_are_those_of_a_top_10_search(tmp_path: Path, embedder
     for name in ("ndcg@10", "mrr@10", "recall@10"):
         assert report.figures[name] == at_10[name], name
     assert report.figures["recall@100"] == at_100["recall@100"]
+
+
+REFUSED_QUERIES = {
+    "kb blank": (
+        "queries.jsonl",
+        '{"id": "a", "query": "pasta", "relevant": ["d1"]}\n{"id": "b", "query": " \\t", '
+        '"relevant": ["d2"]}\n',
+        ":2: 'query' is blank: a query must hold some text",
+    ),
+    "kb twice": (
+        "queries.jsonl",
+        '{"id": "a", "query": "pasta", "relevant": ["d1"]}\n\n'
+        '{"id": "a", "query": "bread", "relevant": ["d2"]}\n',
+        ":3: query id 'a' is given twice (first at line 1)",
+    ),
+    "beir blank": ("queries.jsonl", '{"_id": "q1", "text": ""}\n', ":1: 'text' is blank"),
+    "beir twice": (
+        "queries.jsonl",
+        '{"_id": "q1", "text": "pasta"}\n{"_id": "q1", "text": "spaghetti"}\n',
+        ":2: query id 'q1' is given twice (first at line 1)",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", REFUSED_QUERIES)
+def test_a_blank_or_repeated_query_is_refused_when_the_dataset_is_opened(
+    tmp_path: Path, case: str
+) -> None:
+    """A blank query was a pydantic traceback once the corpus was loaded; a query id given
+    twice kept the last line, silently (review helper 81)."""
+    name, text, message = REFUSED_QUERIES[case]
+    if case.startswith("kb"):
+        folder, corpus = labeled_folder(tmp_path / "eval"), docs_folder(tmp_path / "docs")
+    else:
+        folder, corpus = beir_folder(tmp_path / "tiny"), None
+    (folder / name).write_text(text)
+    with pytest.raises(ConfigError, match=re.escape(f"{folder / name}{message}")):
+        open_dataset(folder, split="test", corpus=corpus)
+
+
+@pytest.mark.parametrize("command", ["eval", "calibrate"])
+def test_kb_eval_and_calibrate_name_a_blank_query(tmp_path: Path, command: str) -> None:
+    docs_folder(tmp_path / "seed")
+    folder = labeled_folder(tmp_path / "eval")
+    (folder / "queries.jsonl").write_text('{"id": "a", "query": "   ", "relevant": ["d1"]}\n')
+    args = [str(folder), "--mode", "dense"] if command == "eval" else ["--queries", str(folder)]
+    env = {"KB_CHROMA_PATH": str(tmp_path / "untouched")}
+    result = CliRunner().invoke(main, [command, *args], env=env)
+    assert result.exit_code == 1
+    assert isinstance(result.exception, SystemExit)  # a message, not a traceback
+    assert f"{folder / 'queries.jsonl'}:1: 'query' is blank" in result.output
+
+
+def test_a_corpus_of_no_document_is_refused(tmp_path: Path, embedder) -> None:
+    """A corpus folder holding no file kb reads (corpus.ndjsonl) scored every query a miss:
+    nDCG 0.000, exit 0 (review helper 81)."""
+    from kb.config import Settings
+    from kb.evaluation import load_corpus, temporary_store
+
+    folder, seed = labeled_folder(tmp_path / "eval"), tmp_path / "seed"
+    seed.mkdir()
+    (seed / "corpus.ndjsonl").write_text('{"id": "d1", "text": "pasta"}\n')
+    message = f"{seed}: the corpus folder holds no file kb reads (.jsonl,"
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        open_dataset(folder)
+    (seed / "corpus.jsonl").write_text("\n")
+    dataset = open_dataset(folder)
+    with (
+        temporary_store(Settings(), embedder) as store,
+        pytest.raises(ConfigError, match=re.escape(f"of eval holds no document ({seed}/")),
+    ):
+        load_corpus(store, dataset)
+
+
+def test_relevant_ids_the_corpus_lacks_are_warned_of(tmp_path: Path) -> None:
+    """They were scored as misses without a word (a typo, D3 for d3)."""
+    corpus = docs_folder(tmp_path / "seed")
+    folder = labeled_folder(tmp_path / "eval")
+    (folder / "queries.jsonl").write_text(
+        '{"id": "a", "query": "pasta", "relevant": ["d1", "D3"]}\n'
+        '{"id": "b", "query": "bread", "relevant": ["d2", "x1", "D3"]}\n'
+    )
+    env = {"KB_CHROMA_PATH": str(tmp_path / "untouched")}
+    args = [str(folder), "--corpus", str(corpus), "--mode", "keyword"]
+    result = CliRunner().invoke(main, ["eval", *args], env=env)
+    assert result.exit_code == 0, result.output
+    warning = "eval: 2 relevant document ids are not in the corpus, each scored as a miss (D3, x1)"
+    assert f"kb: warning: {warning}" in result.output

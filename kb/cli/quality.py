@@ -89,7 +89,7 @@ def _from_queries(
     settings: Settings, embedder: Embedder, folder: str, precision: float | None
 ) -> Row:
     from kb.calibration import check_queries, query_sweep, shown_sweep
-    from kb.evaluation import load_corpus, open_dataset, rank, temporary_store
+    from kb.evaluation import absent_warning, load_corpus, open_dataset, rank, temporary_store
     from kb.metrics import relevant_ids
     from kb.search import ranking_depth
 
@@ -102,7 +102,9 @@ def _from_queries(
     # threshold picks each query's top_k from this ranking, as the service does
     depth = ranking_depth(settings, settings.top_k)
     with temporary_store(settings, embedder) as store:
-        load_corpus(store, dataset)  # a record that fails stops here, as in kb eval
+        missing = load_corpus(store, dataset)  # a record that fails stops here, as in kb eval
+        if missing:
+            warn(absent_warning(dataset, missing))
         ranked = rank(store, list(dataset.queries.values()), top_k=depth)
     runs = [(r.ids, r.scores) for r in ranked]
     unanswerable = sum(not w for w in wanted)
@@ -298,7 +300,7 @@ def eval_(
     for dataset in opened:
         try:
             with temporary_store(settings, embedder) as store:
-                found = run_eval(store, dataset, searches)
+                found = run_eval(store, dataset, searches, warn)
         except KBError as exc:  # a bad corpus record too: named, not a traceback
             fail(exc.message)
         for report in found:

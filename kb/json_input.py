@@ -37,13 +37,15 @@ class UnusableJSON(ValueError):
         self.message = message
 
 
-def parse(raw: str | bytes, **options: Any) -> Any:
+def parse(raw: str | bytes, *, keep_repeated: bool = False, **options: Any) -> Any:
     """json.loads(raw, **options); nesting too deep for it is an UnusableJSON, not a
     RecursionError, and so is a key given twice in one object (json.loads kept the last
     value, silently: `{"ids": ["a"], "ids": ["b"]}` deleted b). ValueError (UnusableJSON
-    among them) when `raw` is not usable JSON."""
+    among them) when `raw` is not usable JSON. With `keep_repeated`, an object with a key
+    given twice is kept, for `check` to refuse: one record of a file's array, not the file."""
+    hook = _kept_object if keep_repeated else _object
     try:
-        return json.loads(raw, object_pairs_hook=_object, **options)
+        return json.loads(raw, object_pairs_hook=hook, **options)
     except RecursionError:
         raise UnusableJSON("", _too_deep()) from None
     except ValueError as exc:
@@ -53,12 +55,28 @@ def parse(raw: str | bytes, **options: Any) -> Any:
         raise
 
 
+class Repeated(dict[str, Any]):
+    """An object with a key given twice, kept by `parse(keep_repeated=True)`; `check`, or
+    `repeated`, says what is wrong with it."""
+
+    problem = ""
+
+
 def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    found = _kept_object(pairs)
+    if isinstance(found, Repeated):
+        raise UnusableJSON("", found.problem)
+    return found
+
+
+def _kept_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     found = dict(pairs)
     if len(found) < len(pairs):
         counts = Counter(key for key, _ in pairs)
         twice = next(key for key, _ in pairs if counts[key] > 1)
-        raise UnusableJSON("", f"key '{_printable(twice)}' is given twice in one object")
+        repeated = Repeated(found)
+        repeated.problem = f"key '{_printable(twice)}' is given twice in one object"
+        return repeated
     return found
 
 
@@ -127,8 +145,9 @@ def _json_type(value: Any) -> str:
 
 
 def check(data: Any) -> None:
-    """Raise UnusableJSON for nesting deeper than MAX_DEPTH, or for the first string (a value
-    or a key) holding a lone surrogate. Iterative, so deep data cannot make it recurse."""
+    """Raise UnusableJSON for nesting deeper than MAX_DEPTH, for the first string (a value
+    or a key) holding a lone surrogate, or an object with a key given twice (kept by `parse`).
+    Iterative, so deep data cannot make it recurse."""
     stack: list[tuple[Any, int, Trail]] = [(data, 0, None)]
     while stack:
         value, depth, path = stack.pop()
@@ -137,6 +156,8 @@ def check(data: Any) -> None:
         elif isinstance(value, dict | list):
             if depth == MAX_DEPTH:
                 raise UnusableJSON("", _too_deep())
+            if isinstance(value, Repeated):
+                raise UnusableJSON(_dotted(path), value.problem)
             if isinstance(value, dict):
                 for key in value:
                     _check_text(key, path, key=True)

@@ -376,14 +376,17 @@ def _json(stream: IO[str], name: str, source: Source, options: Options) -> Itera
     if (problem := _unreadable(content, name, "; the file is not read")) is not None:
         yield problem
         return
-    try:
-        data = json_input.parse(content)
+    try:  # an item with a key given twice is that item's problem (validate), not the file's
+        data = json_input.parse(content, keep_repeated=True)
     except ValueError as exc:
         if getattr(exc, "msg", None) == "Extra data":  # more values after the first one:
             # JSON lines in a .json file (`kb export > kb.json`), read as such
             yield from _jsonl(io.StringIO(content), name, source, options)
             return
         yield Problem(name, getattr(exc, "lineno", 1), f"invalid JSON: {exc}")
+        return
+    if isinstance(data, json_input.Repeated):  # {"documents": [...]} itself
+        yield Problem(name, 1, f"invalid JSON: {data.problem}")
         return
     if isinstance(data, dict) and isinstance(data.get("documents"), list):
         data = data["documents"]

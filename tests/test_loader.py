@@ -222,9 +222,29 @@ def test_a_key_given_twice_is_a_problem_of_its_record(tmp_path: Path) -> None:
         f"{tmp_path / 'docs.jsonl'}:1: not valid JSON: key 'text' is given twice in one object"
     )
     assert two.doc.id == "two"  # type: ignore[union-attr]
-    (tmp_path / "docs.json").write_text('{"documents": [{"text": "a", "id": "x", "id": "y"}]}')
+    (tmp_path / "docs.json").write_text('{"documents": [{"text": "a"}], "documents": []}')
     (whole,) = read_all(tmp_path / "docs.json")
-    assert "docs.json:1: invalid JSON: key 'id' is given twice in one object" in str(whole)
+    assert str(whole) == (
+        f"{tmp_path / 'docs.json'}:1: invalid JSON: key 'documents' is given twice in one object"
+    )
+
+
+def test_a_key_given_twice_in_a_json_array_is_a_problem_of_its_item(tmp_path: Path) -> None:
+    """It refused the whole file at file:1, its good items unread (JSON lines said the line
+    and loaded the rest; review helper 81)."""
+    path = tmp_path / "docs.json"
+    path.write_text(
+        '[\n{"id": "a1", "text": "first"},\n{"id": "a2", "text": "second", "text": "edited"},'
+        '\n{"id": "a3", "text": "third", "metadata": {"k": 1, "k": 2}},\n{"id": "a4", "text": '
+        '"fourth"}\n]\n'
+    )
+    first, second, third, fourth = read_all(path)
+    assert str(second) == f"{path} item 2: record: key 'text' is given twice in one object"
+    assert str(third) == f"{path} item 3: metadata: key 'k' is given twice in one object"
+    assert [first.doc.id, fourth.doc.id] == ["a1", "a4"]  # type: ignore[union-attr]
+    (tmp_path / "wrapped.json").write_text('{"documents": [{"text": "a", "id": "x", "id": "y"}]}')
+    (item,) = read_all(tmp_path / "wrapped.json")
+    assert str(item).endswith("wrapped.json item 1: record: key 'id' is given twice in one object")
 
 
 def test_lone_surrogates_and_deep_nesting_are_problems_of_their_record(tmp_path: Path) -> None:

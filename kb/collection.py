@@ -504,6 +504,8 @@ class RecordCollection:
         previous: Sequence[Record] = (),
         new: Set[str] = frozenset(),
         stale: Sequence[str] = (),
+        *,
+        metadata_only: bool = False,
     ) -> Sequence[Record]:
         """Write records in batches Chroma accepts, then delete the `stale` ids (the chunks a
         shrunk document no longer has), all or nothing; the records as written, their
@@ -516,7 +518,10 @@ class RecordCollection:
         included; if a batch or the delete fails, what the call wrote is removed and
         `previous` is written back. Ids in `new` are known not to be stored (the caller
         checked, under the write lock): they are added, which costs Chroma less than an
-        upsert (no lookup of the stored record first).
+        upsert (no lookup of the stored record first). With `metadata_only`, every record is
+        stored already with this text and vector (a metadata update): only the metadata is
+        sent, as Chroma's update (an upsert of the same vectors made Chroma rebuild each one's
+        place in its index: 28 s for 3,660 chunks where this takes 0.2 s; review helper 82).
         """
         held = as_held(records)
         records = _replacing(held, previous)
@@ -527,7 +532,10 @@ class RecordCollection:
         written: list[str] = []
         try:
             for part, add in parts:
-                self._write(part, add)
+                if metadata_only:
+                    self._relabel(part)
+                else:
+                    self._write(part, add)
                 written.extend(r.id for r in part)
             self.delete(stale)
         except Exception as exc:
@@ -572,6 +580,13 @@ class RecordCollection:
             documents=[r.text for r in records],
             metadatas=[r.metadata for r in records],
             embeddings=np.asarray([r.embedding for r in records], dtype=np.float32),
+        )
+
+    def _relabel(self, records: Sequence[Record]) -> None:
+        """Write these records' metadata only (Chroma's update merges it, null removing a
+        key, as upsert does); their texts and vectors are stored already."""
+        chroma_write(
+            self._col.update, ids=[r.id for r in records], metadatas=[r.metadata for r in records]
         )
 
     def delete(self, ids: Sequence[str]) -> None:

@@ -447,9 +447,9 @@ class KnowledgeStore:
                 records = build_records(doc_id, text, metadata, chunks)
                 for record, before in zip(records, version, strict=True):
                     record.embedding = before.embedding
-            else:
-                records = self._records([(doc_id, text, metadata)])
-                self._embed(records)
+                return assemble(self._write(records, old, metadata_only=True))
+            records = self._records([(doc_id, text, metadata)])
+            self._embed(records)
             return assemble(self._write(records, old))  # as GET reads it from now on
 
     def delete(self, ids: Sequence[str]) -> DeleteResponse:
@@ -556,13 +556,22 @@ class KnowledgeStore:
         return {r.id for r in records if r.doc_id not in heads and int(r.metadata[CHUNKS]) == 1}
 
     def _write(
-        self, records: Sequence[Record], previous: Sequence[Record], new: Set[str] = frozenset()
+        self,
+        records: Sequence[Record],
+        previous: Sequence[Record],
+        new: Set[str] = frozenset(),
+        *,
+        metadata_only: bool = False,
     ) -> Sequence[Record]:
-        """Write records replacing `previous`; ids in `new` are known not to be stored. The
+        """Write records replacing `previous`; ids in `new` are known not to be stored, and
+        with `metadata_only` every record is stored with its text and vector already. The
         records as written (`RecordCollection.upsert`)."""
         stale = sorted({r.id for r in previous} - {r.id for r in records})
         with self.replica.writing([*(r.id for r in records), *stale]) as applied:
-            written = self.records.upsert(records, previous, new, stale)  # deletes roll back too
+            # deletes roll back too
+            written = self.records.upsert(
+                records, previous, new, stale, metadata_only=metadata_only
+            )
             applied(written, stale)  # the copies hold what a read of Chroma gives
         return written
 

@@ -1061,3 +1061,28 @@ def test_a_write_whose_rollback_fails_too_names_the_documents_it_may_have_damage
     message = caught.value.message
     assert "so did its rollback" in message
     assert "'new0', 'new1', 'new2', 'old' may be damaged" in message
+
+
+def test_a_metadata_update_sends_only_the_metadata(
+    store: KnowledgeStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It upserted every chunk with its vector again, and Chroma rebuilt each one's place in
+    its index: 20 s for a PATCH of one key on a 3,660-chunk document (review helper 82)."""
+    text = long_text("alpha")
+    store.add([DocumentIn(id="alpha", text=text, metadata={"stage": "draft", "old": 1})])
+    ids = [chunk_id("alpha", i) for i in range(store.get("alpha").chunks)]
+    before = {r.id: r.embedding for r in store.records.get(ids, embeddings=True)}
+
+    def no_upsert(**kwargs: object) -> None:
+        raise AssertionError("a metadata update upserted")
+
+    monkeypatch.setattr(store.records._col, "upsert", no_upsert)
+    patched = store.update("alpha", UpdateFields(metadata={"stage": "final", "old": None}))
+    assert patched.metadata == {"stage": "final"}
+    assert store.get("alpha").metadata == {"stage": "final"}
+    assert store.get("alpha").text == text
+    after = store.records.get(ids, embeddings=True)
+    assert all(r.metadata["stage"] == "final" and "old" not in r.metadata for r in after)
+    assert all(np.array_equal(r.embedding, before[r.id]) for r in after)
+    request = QueryRequest(query="alpha", mode="keyword", min_score=-1, where={"stage": "final"})
+    assert [m.id for m in search(store, request)[0].matches] == ["alpha"]

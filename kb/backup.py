@@ -30,7 +30,10 @@ from kb.schemas import (
     CHROMA_METADATA_ENTRIES,
     MAX_SCORE,
     MIN_SCORE,
+    RESERVED_PREFIX,
+    check_metadata_key,
     check_metadata_value,
+    check_stored_id,
     metadata_entries,
 )
 from kb.search import CALIBRATED_KEY  # copied over with the records
@@ -326,7 +329,10 @@ def _record(line: str, dim: int, where: str) -> Record:
 
 def _metadata_problem(record_id: str, metadata: Any) -> str | None:
     """Why the store could not hold this record's metadata, or None. The internal fields
-    tie a chunk to its document: the id must be the one they give (kb.records.chunk_id)."""
+    tie a chunk to its document: the id must be the one they give (kb.records.chunk_id),
+    the document's id one /add takes, and every other key one /add takes (Chroma refused
+    "" and "$and" part-way through a --replace; " " was restored, and the export of the
+    store then did not load back)."""
     if not isinstance(metadata, dict):
         return "metadata must be an object"
     doc, chunk, chunks = metadata.get(DOC), metadata.get(CHUNK), metadata.get(CHUNKS)
@@ -334,9 +340,15 @@ def _metadata_problem(record_id: str, metadata: Any) -> str | None:
         return f"metadata must hold {DOC} (a string), {CHUNK} and {CHUNKS} (integers)"
     if chunk_id(doc, chunk) != record_id or chunk >= max(chunks, 1):
         return f"id '{record_id}' is not chunk {chunk} of {chunks} of document '{doc}'"
+    try:
+        check_stored_id(doc)
+    except ValueError as exc:
+        return f"the document's {exc}"
     for key, value in metadata.items():
         try:
-            check_metadata_value(str(key), value)
+            if not key.startswith(RESERVED_PREFIX):  # kb's own fields: written by kb
+                check_metadata_key(key)
+            check_metadata_value(key, value)
         except ValueError as exc:
             return str(exc)
     if (entries := metadata_entries(metadata)) > CHROMA_METADATA_ENTRIES:  # kb.schemas: why

@@ -228,6 +228,13 @@ def _validate_id(value: Any) -> Any:
     return value
 
 
+def check_stored_id(value: Any) -> None:
+    """ValueError unless `value` is an id a stored document can have (`_validate_id`, the
+    rules since kb's first version; not `_validate_new_id`'s newer ones): kb.backup checks a
+    backup's document ids by it."""
+    _validate_id(value)
+
+
 ID_SCHEMA = WithJsonSchema({"type": "string", "minLength": 1, "maxLength": MAX_ID_CHARS})
 ID_LENGTH = Field(max_length=MAX_ID_CHARS)
 DocId = Annotated[str, BeforeValidator(_validate_id), ID_SCHEMA, ID_LENGTH]

@@ -23,6 +23,7 @@ from kb.cli import main
 from kb.config import Settings, is_kb_variable
 from kb.errors import Conflict, KBError, ModelMismatch, ValidationFailed
 from kb.filters import compile_filter
+from kb.records import CHUNK, DOC, chunk_id
 from kb.schemas import DocumentIn, QueryRequest, Threshold
 from kb.search import CALIBRATED_KEY, resolve_threshold, search
 from kb.store import KnowledgeStore
@@ -203,6 +204,16 @@ def _edit(lines: list[bytes], number: int, change: Callable[[dict], object]) -> 
     return [*lines[: number - 1], text, *lines[number:]]
 
 
+def _with_key(key: str) -> Callable[[dict], dict]:
+    return lambda r: r | {"metadata": r["metadata"] | {key: "x"}}
+
+
+def _renamed(record: dict, doc: str) -> dict:
+    """The record as a chunk of document `doc` (its id and internal fields agreeing)."""
+    metadata = record["metadata"] | {DOC: doc}
+    return record | {"id": chunk_id(doc, metadata[CHUNK]), "metadata": metadata}
+
+
 BAD_LINES = {
     "cut off": lambda r: json.dumps(r).encode()[:60] + b"\n",
     "no vector": lambda r: {k: v for k, v in r.items() if k != "vector"},
@@ -222,6 +233,12 @@ BAD_LINES = {
         json.dumps(r | {"text": "x"}).encode().replace(b'"x"', b'"\\ud800"') + b"\n"
     ),
     "nested 100k deep": lambda r: b"[" * 100_000 + b"]" * 100_000 + b"\n",
+    # keys /add refuses: Chroma refused the first three part-way through a --replace (what
+    # the collection held was gone), and took the others, whose export then did not load
+    **{f"key {key[:12]!r}": _with_key(key) for key in ["", "$and", "chroma:document"]},
+    **{f"key {key[:12]!r}": _with_key(key) for key in [" ", "#document", "k" * 129]},
+    "document id ending in a space": lambda r: _renamed(r, r["metadata"][DOC] + " "),
+    "document id with a control character": lambda r: _renamed(r, "a\x01b"),
 }
 
 

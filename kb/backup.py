@@ -96,6 +96,15 @@ class RestoreInterrupted(KeyboardInterrupt):
         self.changed = changed
 
 
+class RestoreFailed(KBError):
+    """A store error (a full disk, a Chroma server gone) once a restore had changed the
+    collection (cleared by --replace, or records written): it holds part of the backup.
+    Its message is the store's error."""
+
+    def __init__(self, error: KBError) -> None:
+        super().__init__(error.message, code=error.code, status=error.status)
+
+
 def write_file(store: KnowledgeStore, dest: Path | IO[bytes]) -> int:
     """Back up to the file `dest` atomically (a partial file never carries the final name),
     or to the stream `dest` (standard output) as the backup is taken."""
@@ -225,6 +234,10 @@ def restore(
             _write_back(store, path, header, heads, replace, name)
     except KeyboardInterrupt as exc:  # a Ctrl-C: what it left is the caller's to say
         raise RestoreInterrupted(changed) from exc
+    except KBError as exc:  # the caller says the collection is partial, as for a Ctrl-C
+        if changed:
+            raise RestoreFailed(exc) from exc
+        raise
     return int(header["records"])
 
 

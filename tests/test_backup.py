@@ -304,6 +304,45 @@ def _restore_fails(settings: Settings, bad: Path) -> str:
     return done.output
 
 
+def test_a_store_error_part_way_says_the_collection_is_partial_and_what_to_run(
+    filled, tmp_path: Path, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk after --replace had deleted what the collection held printed only
+    "restore failed: the store failed: ... disk I/O error", where a Ctrl-C said the
+    collection was partial and what to run (review helper 81)."""
+    dest = tmp_path / "copy.jsonl.gz"
+    backup.write_file(filled, dest)
+    before = contents(filled)
+    filled.close()
+    monkeypatch.setattr(backup, "PAGE", 2)  # several writes: the second one fails
+    written = KnowledgeStore.restore_records
+    calls: list[int] = []
+
+    def disk_full(store: KnowledgeStore, records) -> None:
+        calls.append(len(records))
+        if len(calls) == 2:
+            raise KBError("the store failed: InternalError: (code: 778) disk I/O error")
+        written(store, records)
+
+    monkeypatch.setattr(KnowledgeStore, "restore_records", disk_full)
+    said = _restore_fails(settings, dest)
+    assert (
+        "restore failed: the store failed: InternalError: (code: 778) disk I/O error; "
+        f"collection '{settings.collection}' is partial (what it held was deleted; it holds "
+        f"part of the backup, or nothing). Run `kb restore --replace {dest}` to restore it whole."
+    ) in said
+    assert len(calls) == 2
+    monkeypatch.undo()
+    env = {"KB_CHROMA_PATH": str(settings.chroma_path), "KB_COLLECTION": settings.collection}
+    done = CliRunner().invoke(main, ["restore", "--replace", str(dest)], env=env)
+    assert done.exit_code == 0, done.output
+    store = KnowledgeStore.open(settings, filled.embedder)
+    try:
+        assert contents(store) == before
+    finally:
+        store.close()
+
+
 @pytest.mark.parametrize("through", ["pipe", "fifo"])
 def test_kb_restore_reads_a_backup_from_a_pipe_or_fifo(
     filled, tmp_path: Path, settings: Settings, through: str

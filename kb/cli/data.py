@@ -546,22 +546,29 @@ def restore(source: Path, replace: bool) -> None:
             interrupted("Restore interrupted before it wrote anything: the store is as it was")
         settings = Settings()
         store = open_store(settings, searching=False)
+        partial = _partial(settings.collection, replace, source)
         try:
             count = backups.restore(store, readable, replace=replace, shown=str(source))
+        except backups.RestoreFailed as exc:  # a full disk, a server gone, part-way
+            fail(f"restore failed: {exc.message}; {partial}")
         except KBError as exc:
             fail(f"restore failed: {exc.message}")
         except backups.RestoreInterrupted as exc:
             if not exc.changed:
                 interrupted("Restore interrupted before it wrote anything: the store is as it was")
-            what = "what it held was deleted; it" if replace else "it"
-            interrupted(
-                f"Restore interrupted: collection '{settings.collection}' is partial ({what} "
-                f"holds part of the backup, or nothing). Run `kb restore --replace {source}` "
-                "to restore it whole."
-            )
+            interrupted(f"Restore interrupted: {partial}")
         except KeyboardInterrupt:
             interrupted("Restore interrupted before it wrote anything: the store is as it was")
         finally:
             store.close()
     elapsed = time.perf_counter() - started
     click.echo(f"restored {count} records from {source} in {elapsed:.1f}s", err=True)
+
+
+def _partial(collection: str, replace: bool, source: Path) -> str:
+    """What a restore stopped after it began writing (a Ctrl-C, a store error) left."""
+    what = "what it held was deleted; it" if replace else "it"
+    return (
+        f"collection '{collection}' is partial ({what} holds part of the backup, or nothing). "
+        f"Run `kb restore --replace {source}` to restore it whole."
+    )

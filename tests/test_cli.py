@@ -1217,6 +1217,87 @@ def test_a_ctrl_c_in_restore_says_what_the_store_holds_and_what_to_run(
     ) in done.stderr
 
 
+# `kb ARGS` in a process of its own whose `target` (module:attribute) touches a file and
+# sleeps after its first call: the command is then held where its work is under way
+HELD = """
+import pathlib, sys, time
+from importlib import import_module
+from kb.cli import main
+ready, target, args = pathlib.Path(sys.argv[1]), sys.argv[2], sys.argv[3:]
+module, _, name = target.partition(":")
+owner, _, attribute = name.rpartition(".")
+holder = getattr(import_module(module), owner) if owner else import_module(module)
+original = getattr(holder, attribute)
+def held(*given, **named):
+    result = original(*given, **named)
+    ready.touch()
+    time.sleep(300)
+    return result
+setattr(holder, attribute, held)
+main(args, prog_name="kb")
+"""
+
+SIGTERMED = {  # command -> where it is held, what it must say
+    "backup": ("kb.backup:_line", "Backup interrupted: nothing was written to {dest}"),
+    "export": ("kb.cli.data:_write_documents", "Export interrupted: nothing was written to {dest}"),
+    "restore": (
+        "kb.store:KnowledgeStore.restore_records",
+        "Restore interrupted: collection 'cli_test' is partial (what it held was deleted; it "
+        "holds part of the backup, or nothing). Run `kb restore --replace {dest}` to restore "
+        "it whole.",
+    ),
+}
+
+
+@pytest.mark.parametrize("command", SIGTERMED)
+def test_a_sigterm_stops_backup_export_and_restore_as_a_ctrl_c_does(
+    env, tmp_path: Path, command: str
+) -> None:
+    """SIGTERM (timeout(1), systemd, a container's stop) killed them outright: backup and
+    export -o left a new DEST.PID.partial file each time, restore said nothing of the
+    collection it had emptied (review helper 81). Now it runs a Ctrl-C's clean-up and
+    message, and exits 143 (128 + SIGTERM)."""
+    run(env, "load", str(write_jsonl(tmp_path / "src.jsonl", GOOD)))
+    dest = tmp_path / "out" / ("b.jsonl.gz" if command != "export" else "e.jsonl")
+    dest.parent.mkdir()
+    if command == "restore":
+        assert run(env, "backup", str(dest)).exit_code == 0
+        args = ["restore", "--replace", str(dest)]
+    else:
+        dest.write_text("what DEST held")
+        args = [command, str(dest)] if command == "backup" else ["export", "-o", str(dest)]
+    before = dest.read_bytes()
+    target, said = SIGTERMED[command]
+    ready = tmp_path / "ready"
+    with (tmp_path / "err").open("w+") as errors:
+        held = subprocess.Popen(
+            [sys.executable, "-c", HELD, str(ready), target, *args],
+            env={**os.environ, "HF_HUB_OFFLINE": "1", **env},
+            stderr=errors,
+            # as a service manager starts it: a suite run as a script's background job hands
+            # signals down ignored (a process that ignores SIGTERM rightly keeps ignoring it)
+            preexec_fn=lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL),
+        )
+        try:
+            deadline = time.monotonic() + 120
+            while not ready.exists() and held.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert ready.exists(), "the command never reached its writes"
+            held.send_signal(signal.SIGTERM)
+            held.wait(timeout=60)
+        finally:
+            if held.poll() is None:
+                held.kill()
+                held.wait()
+        errors.seek(0)
+        err = errors.read()
+    assert held.returncode == 143, err
+    assert said.format(dest=dest) in err
+    assert "Traceback" not in err
+    assert sorted(p.name for p in dest.parent.iterdir()) == [dest.name]  # no partial file
+    assert dest.read_bytes() == before
+
+
 def test_duplicate_ids_holding_spaces_are_told_apart(env, tmp_path: Path) -> None:
     """The ids of a group were joined by spaces: "my doc 1 my doc 2"."""
     text = "Gradient descent updates the weights against the gradient."

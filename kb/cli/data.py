@@ -24,6 +24,7 @@ from kb.cli.base import (
     main,
     not_empty,
     open_store,
+    sigterm_as_ctrl_c,
     stdout_failed,
     warn,
 )
@@ -405,6 +406,7 @@ def _target(
     default="-",
     help="File to write, replaced once the export is whole (default: standard output).",
 )
+@sigterm_as_ctrl_c()  # its partial file removed, what it left said
 def export(where: str | None, output: Path) -> None:
     """Write documents as JSONL: id, text and metadata exactly as given (chunks joined); to
     an -o file named .json, as a JSON array."""
@@ -490,6 +492,7 @@ def _write_documents(
     help="Back up a running kb service (its /backup route).",
 )
 @API_KEY
+@sigterm_as_ctrl_c()  # its partial file removed, what it left said
 def backup(dest: Path, url: str | None, api_key: str | None) -> None:
     """Write a consistent backup of the store to DEST (gzip JSON lines with the vectors);
     '-' writes it to standard output.
@@ -531,6 +534,7 @@ def backup(dest: Path, url: str | None, api_key: str | None) -> None:
 @main.command()
 @click.argument("source", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--replace", is_flag=True, help="Delete what the collection holds first.")
+@sigterm_as_ctrl_c()  # its partial file removed, what it left said
 def restore(source: Path, replace: bool) -> None:
     """Load a backup into the configured store (stop kb serve on an embedded store first)."""
     from kb import backup as backups

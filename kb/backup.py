@@ -25,7 +25,7 @@ import numpy as np
 from kb import __version__, json_input
 from kb.errors import Conflict, KBError, ModelMismatch, ValidationFailed
 from kb.files import replacing
-from kb.records import CHUNK, CHUNKS, DOC, Record, chunk_id
+from kb.records import CHUNK, CHUNKS, DOC, HASH, Record, chunk_id
 from kb.schemas import (
     CHROMA_METADATA_ENTRIES,
     MAX_SCORE,
@@ -44,6 +44,11 @@ PAGE = 2000
 BLOCK = 1 << 20  # bytes read at a time from a service's backup stream
 RECORD_KEYS = ("id", "text", "metadata", "vector")
 HEADER_KEYS = {"model": str, "dim": int, "fingerprint": str, "records": int}
+# How far a vector's length may be from 1: every backend's vectors (onnx, onnx-int8,
+# openvino-bf16, torch) were within 5e-7 of it here; a norm rounded to bf16 (hardware that
+# runs the normalization in bf16) could put one up to 4e-3 off.
+# Vectors of 0 or 1e30 in every component were restored, and scored 1.0 for every query.
+NORM_TOLERANCE = 1e-2
 
 
 def dump(store: KnowledgeStore, out: IO[bytes]) -> int:
@@ -193,22 +198,57 @@ def _verified(
     source: Path | IO[bytes], shown: str | None = None
 ) -> tuple[dict[str, Any], set[int]]:
     """`verify`, and the numbers of the lines holding first chunks (restore writes them
-    last). One streaming pass: only the ids are kept (to find repeats), not the records."""
+    last). One streaming pass: only the ids (to find repeats) and what ties chunks to their
+    documents (`_Documents`) are kept, not the records."""
     path = shown or str(source)  # as messages name it
     with _lines(source, path) as lines:
         header = _header(next(lines, None), path)
         seen: set[str] = set()
-        heads: set[int] = set()
+        documents = _Documents()
         for number, line in lines:
             record = _record(line, header["dim"], f"{path}:{number}")
             if record.id in seen:
                 raise ValidationFailed(f"{path}:{number}: id '{record.id}' appears twice")
             seen.add(record.id)
-            if record.chunk == 0:
-                heads.add(number)
+            documents.see(record, number)
     if len(seen) != header["records"]:
         raise ValidationFailed(f"{path}: holds {len(seen)} of {header['records']} records")
-    return header, heads
+    documents.check(path)
+    return header, set(documents.heads)
+
+
+class _Documents:
+    """What ties a backup's chunks to their documents: each first chunk's line, chunk count
+    and version (content hash), and each later chunk's index and version."""
+
+    def __init__(self) -> None:
+        self.heads: dict[int, tuple[str, int, object]] = {}  # line -> document, count, version
+        self._later: dict[str, list[tuple[int, object]]] = {}  # document -> index, version
+
+    def see(self, record: Record, number: int) -> None:
+        version = record.metadata.get(HASH)
+        if record.chunk == 0:
+            self.heads[number] = (record.doc_id, int(record.metadata[CHUNKS]), version)
+        else:
+            self._later.setdefault(record.doc_id, []).append((record.chunk, version))
+
+    def check(self, path: str) -> None:
+        """ValidationFailed naming the first chunk (the earliest in the file) whose count
+        does not match its chunks: one missing (a line removed, a count raised), or one of
+        its version past the count (a count lowered). Both were restored: the document's
+        text then lacked chunks. Chunks of another version past the count are what a killed
+        write leaves (kb.repair): restored as held, as are chunks of no first chunk."""
+        for number, (doc, count, version) in sorted(self.heads.items()):
+            later = self._later.get(doc, [])
+            counted = {index for index, _ in later if index < count}
+            extra = [index for index, held in later if index >= count and held == version]
+            if len(counted) == count - 1 and not extra:
+                continue
+            where = f"{path}:{number}: document '{doc}' counts {count} chunks ({CHUNKS}), "
+            if len(counted) < count - 1:  # a count of 10**12 is not a set of that many
+                missing = next(i for i in range(1, count) if i not in counted)
+                raise ValidationFailed(f"{where}but the file holds no chunk {missing}")
+            raise ValidationFailed(f"{where}but the file holds its chunk {min(extra)} too")
 
 
 def restore(
@@ -382,6 +422,9 @@ def _vector(value: Any, dim: int, where: str) -> np.ndarray:
         raise ValidationFailed(f"{where}: vector has {vector.size} dimensions, not {dim}")
     if not np.isfinite(vector).all():
         raise ValidationFailed(f"{where}: vector holds a NaN or infinite value")
+    length = float(np.linalg.norm(vector.astype(np.float64)))
+    if not abs(length - 1) < NORM_TOLERANCE:  # kb's vectors are normalized
+        raise ValidationFailed(f"{where}: vector has length {length:.4g}, not 1")
     return vector
 
 

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -23,7 +24,7 @@ from kb.cli import main
 from kb.config import Settings, is_kb_variable
 from kb.errors import Conflict, KBError, ModelMismatch, ValidationFailed
 from kb.filters import compile_filter
-from kb.records import CHUNK, DOC, chunk_id
+from kb.records import CHUNK, CHUNKS, DOC, HASH, chunk_id
 from kb.schemas import DocumentIn, QueryRequest, Threshold
 from kb.search import CALIBRATED_KEY, resolve_threshold, search
 from kb.store import KnowledgeStore
@@ -214,6 +215,13 @@ def _renamed(record: dict, doc: str) -> dict:
     return record | {"id": chunk_id(doc, metadata[CHUNK]), "metadata": metadata}
 
 
+def _vector(record: dict, value: float) -> str:
+    """A vector of the record's length holding `value` in every component, as a backup holds
+    one."""
+    dim = len(base64.b64decode(record["vector"])) // 4
+    return base64.b64encode(np.full(dim, value, dtype="<f4").tobytes()).decode()
+
+
 BAD_LINES = {
     "cut off": lambda r: json.dumps(r).encode()[:60] + b"\n",
     "no vector": lambda r: {k: v for k, v in r.items() if k != "vector"},
@@ -238,6 +246,10 @@ BAD_LINES = {
     **{f"key {key[:12]!r}": _with_key(key) for key in ["", "$and", "chroma:document"]},
     **{f"key {key[:12]!r}": _with_key(key) for key in [" ", "#document", "k" * 129]},
     "document id ending in a space": lambda r: _renamed(r, r["metadata"][DOC] + " "),
+    # restored, a vector of 1e30s scored 1.0 for every query
+    "vector of zeros": lambda r: r | {"vector": _vector(r, 0.0)},
+    "vector of 1e30s": lambda r: r | {"vector": _vector(r, 1e30)},
+    "vector of length 1.02": lambda r: r | {"vector": _vector(r, 1.02 / 384**0.5)},
     "document id with a control character": lambda r: _renamed(r, "a\x01b"),
 }
 
@@ -257,6 +269,71 @@ def test_a_bad_record_line_is_refused_before_the_store_changes(
     with pytest.raises(ValidationFailed, match=f"{bad}:4: "):
         backup.restore(filled, bad, replace=True)
     assert contents(filled) == before
+
+
+def _lines_of(dest: Path) -> list[bytes]:
+    return gzip.decompress(dest.read_bytes()).splitlines(keepends=True)
+
+
+def _counted(lines: list[bytes]) -> list[bytes]:
+    """The backup's lines with the header's record count set to what they hold."""
+    header = json.loads(lines[0]) | {"records": len(lines) - 1}
+    return [json.dumps(header).encode() + b"\n", *lines[1:]]
+
+
+def _line_of(lines: list[bytes], record_id: str) -> int:
+    return next(n for n, line in enumerate(lines, 1) if json.loads(line).get("id") == record_id)
+
+
+def _set_count(lines: list[bytes], doc: str, change: int) -> list[bytes]:
+    number = _line_of(lines, doc)
+
+    def counted(r: dict) -> dict:
+        return r | {"metadata": r["metadata"] | {CHUNKS: r["metadata"][CHUNKS] + change}}
+
+    return _edit(lines, number, counted)
+
+
+CHUNK_DAMAGE = {  # a backup's lines -> the same with one document damaged
+    "a chunk line removed": lambda ls: _counted([x for x in ls if b'"long#chunk1"' not in x]),
+    "a count raised": lambda ls: _set_count(ls, "long", 1),
+    "a count lowered": lambda ls: _set_count(ls, "long", -1),
+    "a single chunk counting 3": lambda ls: _set_count(ls, "pasta", 2),
+    "a single chunk counting 10**12": lambda ls: _set_count(ls, "pasta", 10**12),
+}
+
+
+@pytest.mark.parametrize("damage", CHUNK_DAMAGE)
+def test_a_document_whose_count_does_not_match_its_chunks_is_refused(
+    filled, tmp_path: Path, damage: str
+) -> None:
+    """Restored as it was, such a document lacked part of its text (a chunk of it
+    missing, or not counted): now the check names its first chunk's line."""
+    dest = tmp_path / "copy.jsonl.gz"
+    backup.write_file(filled, dest)
+    lines = CHUNK_DAMAGE[damage](_lines_of(dest))
+    bad = tmp_path / "bad.jsonl.gz"
+    bad.write_bytes(gzip.compress(b"".join(lines)))
+    doc = "pasta" if "single" in damage else "long"
+    before = contents(filled)
+    with pytest.raises(ValidationFailed, match=rf"{bad}:{_line_of(lines, doc)}: document '{doc}'"):
+        backup.restore(filled, bad, replace=True)
+    assert contents(filled) == before
+
+
+def test_what_a_killed_write_leaves_is_restored_as_held(filled, tmp_path: Path) -> None:
+    """A chunk of another version past its document's count (an interrupted shortening's
+    tail, which kb.repair knows) is in a backup of a store holding one: it restores."""
+    dest = tmp_path / "copy.jsonl.gz"
+    backup.write_file(filled, dest)
+    lines = _lines_of(dest)
+    count = filled.get("long").chunks
+    tail = json.loads(lines[_line_of(lines, f"long#chunk{count - 1}") - 1])
+    old = tail["metadata"] | {CHUNK: count, CHUNKS: count + 1, HASH: "an older version"}
+    tail |= {"id": f"long#chunk{count}", "metadata": old}
+    held = tmp_path / "held.jsonl.gz"
+    held.write_bytes(gzip.compress(b"".join(_counted([*lines, json.dumps(tail).encode()]))))
+    assert backup.restore(filled, held, replace=True) == len(lines)
 
 
 def test_a_repeated_id_is_refused_and_an_empty_store_stays_empty(

@@ -244,11 +244,14 @@ BREAKS = frozenset({"Cc", "Zl", "Zp"})  # C0 and C1 controls, line and paragraph
 def _validate_new_id(value: Any) -> Any:
     """An id a write gives a new document: besides `_validate_id`, no C1 control or Unicode
     line break (U+0085, U+2028, U+2029 end a line for Unicode-aware readers of `kb
-    duplicates`' one-group-a-line output, and logs escape them). Ids an older kb stored with
-    them can still be read, updated and deleted."""
+    duplicates`' one-group-a-line output, and logs escape them), and not "." or "..", which
+    clients resolve as path steps (GET /documents/.. answered the search page; review helper
+    82). Ids an older kb stored with them can still be read, updated and deleted."""
     _validate_id(value)
     if not value.isascii() and any(unicodedata.category(ch) in BREAKS for ch in value):
         raise ValueError("id may not contain control characters or line separators")
+    if value in (".", ".."):  # `/documents/..` is `/` to every HTTP client and browser
+        raise ValueError(f"id may not be '{value}': a URL path cannot name it")
     return value
 
 

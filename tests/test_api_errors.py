@@ -26,6 +26,8 @@ BAD_REQUESTS = [
     ("post", "/add", {"text": "\u0000\t\u00a0"}, 422, "text"),
     ("post", "/update", {"id": "pasta", "text": "\u200b"}, 422, "text"),
     ("post", "/add", {"text": 42}, 422, "text"),
+    ("post", "/add", {"id": "..", "text": "ok"}, 422, "id"),  # GET /documents/.. is /
+    ("post", "/add", {"documents": [{"id": ".", "text": "ok"}]}, 422, "documents.0.id"),
     ("post", "/add", {"text": "ok", "metadata": NESTED}, 422, "metadata"),
     ("post", "/add", {"text": "ok", "metadata": {"_kb_doc": "x"}}, 422, "metadata"),
     ("post", "/add", {"text": "ok", "metadata": {"n": None}}, 422, "metadata"),

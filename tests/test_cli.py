@@ -92,14 +92,16 @@ def sigint(request: pytest.FixtureRequest) -> Iterator[None]:
     signal.signal(signal.SIGINT, previous)
 
 
-def interrupting_the_second_commit(monkeypatch: pytest.MonkeyPatch) -> None:
-    """KnowledgeStore.commit sends this process SIGINT on its second call, as a Ctrl-C."""
+def interrupting_the_second_commit(
+    monkeypatch: pytest.MonkeyPatch, sig: signal.Signals = signal.SIGINT
+) -> None:
+    """KnowledgeStore.commit sends this process `sig` on its second call (SIGINT: a Ctrl-C)."""
     commit, calls = KnowledgeStore.commit, []
 
     def interrupted(self: KnowledgeStore, prepared: object) -> object:
         calls.append(1)
         if len(calls) == 2:
-            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), sig)
             time.sleep(0.2)
         return commit(self, prepared)  # type: ignore[arg-type]
 
@@ -127,6 +129,34 @@ def test_a_ctrl_c_stops_a_load_after_the_batches_under_way_and_counts_them(
     again = run(env, "load", str(source))
     assert f"added {len(docs) - added}, updated 0, skipped {added}" in again.output
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+
+
+def test_a_sigterm_stops_a_load_after_the_batches_under_way_as_a_ctrl_c_does(
+    env, tmp_path: Path, embedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM (timeout(1), systemd, a container's stop) killed kb load at once, with no
+    counts (review helpers 81 and 85)."""
+
+    def unhandled(signum: int, frame: object) -> None:  # fails the test, not the whole run
+        raise AssertionError("kb load left SIGTERM unhandled")
+
+    previous = signal.signal(signal.SIGTERM, unhandled)
+    try:
+        docs = [{"id": f"d{i}", "text": f"note {i} on indexes"} for i in range(400)]
+        source = write_jsonl(tmp_path / "docs.jsonl", docs)
+        interrupting_the_second_commit(monkeypatch, signal.SIGTERM)
+        first = run(env, "load", "--batch-size", "20", str(source))
+        monkeypatch.undo()
+        assert first.exit_code == 143, first.output  # 128 + SIGTERM
+        assert "Terminated: the load stops after the batches under way" in first.output
+        assert "Load interrupted: the batches under way were written" in first.output
+        added = int(re.search(r"added (\d+),", first.output).group(1))  # type: ignore[union-attr]
+        store = stored(env, embedder)
+        assert 0 < added == store.count() < len(docs)
+        store.close()
+        assert signal.getsignal(signal.SIGTERM) is unhandled  # put back
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @pytest.mark.parametrize("sigint", [signal.SIG_IGN], indirect=True)

@@ -170,7 +170,8 @@ def load(
     asked_to_stop = threading.Event()
     code, summary = 0, None
     try:
-        with first_ctrl_c_stops(asked_to_stop, "the load stops after the batches under way"):
+        stops = "the load stops after the batches under way"
+        with first_ctrl_c_stops(asked_to_stop, stops, sigterm=True) as asked:
             summary = ingest(
                 entries,
                 target.sink,
@@ -206,7 +207,7 @@ def load(
             "same load again to finish it; what is stored is skipped.",
             err=True,
         )
-        code, summary = 130, halted.summary  # 128 + SIGINT, as a shell reports it
+        code, summary = asked.exit_code, halted.summary  # 130 (Ctrl-C) or 143 (SIGTERM)
     except KeyboardInterrupt:  # a second Ctrl-C: at once, wherever the load was
         progress.clear()
         click.echo(

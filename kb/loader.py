@@ -406,8 +406,25 @@ def _csv(stream: IO[str], name: str, source: Source, options: Options) -> Iterat
             yield validate(row.fields, name, row.line, options, unit="row")
 
 
+# Characters a text file may hold past KB_MAX_TEXT_CHARS: its front matter (a document's
+# metadata takes at most 64 KiB as JSON; YAML spells it longer).
+FRONT_MATTER_CHARS = 1024 * 1024
+
+
 def _text(stream: IO[str], name: str, source: Source, options: Options) -> Iterator[Item | Problem]:
-    content = stream.read()
+    # read up to what a document can hold: read whole, a 400 MB log among the notes took
+    # 894 MB before its text was refused as too long (review helper 81)
+    most = options.settings.max_text_chars + FRONT_MATTER_CHARS
+    content = stream.read(most + 1)
+    if len(content) > most:
+        limit = options.settings.max_text_chars
+        yield Problem(
+            name,
+            1,
+            f"the file holds more than {most:,} characters: a document's text may "
+            f"hold {limit:,} (KB_MAX_TEXT_CHARS) and its front matter about a million",
+        )
+        return
     if (problem := _unreadable(content, name)) is not None:  # its one document
         yield problem
         return

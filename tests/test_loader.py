@@ -17,7 +17,17 @@ import pytest
 from kb import front_matter
 from kb.config import Settings
 from kb.filters import date_twins
-from kb.loader import Item, Options, Problem, Source, estimate, once, read, sources
+from kb.loader import (
+    FRONT_MATTER_CHARS,
+    Item,
+    Options,
+    Problem,
+    Source,
+    estimate,
+    once,
+    read,
+    sources,
+)
 from kb.schemas import DocumentIn
 
 OPTIONS = Options(Settings())
@@ -820,3 +830,23 @@ def test_beir_text_is_title_then_body(tmp_path: Path) -> None:
     assert isinstance(item, Item)
     assert (item.doc.id, item.doc.text) == ("d1", "Glaciers Ice moves.")
     assert item.doc.metadata == {"title": "Glaciers"}
+
+
+def test_a_text_file_longer_than_a_document_holds_is_refused_without_reading_it_whole(
+    tmp_path: Path,
+) -> None:
+    """Read whole first, a 400 MB log among the notes took 894 MB before its text was refused
+    as too long (review helper 81); a file is read up to what a document can hold."""
+    settings = Settings(max_text_chars=100)
+    most = 100 + FRONT_MATTER_CHARS
+    big = tmp_path / "server.log.md"
+    big.write_text("x" * (most + 10))
+    fits = tmp_path / "note.md"
+    fits.write_text("---\ntopic: logs\n---\n" + "y" * 100)
+    (found,) = list(read(Source(str(big), "md"), Options(settings)))
+    assert isinstance(found, Problem)
+    assert f"more than {most:,} characters" in found.message
+    assert "KB_MAX_TEXT_CHARS" in found.message
+    (item,) = list(read(Source(str(fits), "md"), Options(settings)))
+    assert isinstance(item, Item)
+    assert item.doc.text == "y" * 100

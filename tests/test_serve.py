@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import signal
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -248,19 +250,32 @@ def test_sigterm_lets_the_requests_under_way_finish_and_takes_no_new_ones(
 ) -> None:
     """waitress's run() left its loop at the signal and gave its threads 5 s; kb then closed
     the app under a request still embedding: a 3,000-document /add sent a second before the
-    SIGTERM was answered 500, and answers written after the loop stopped were never sent."""
+    SIGTERM was answered 500, and answers written after the loop stopped were never sent.
+    Closing waitress's listener closed its trigger too, which cut a streamed backup short
+    (review helper 86)."""
     base = service.start().base
     assert service.proc is not None
+    first = [{"id": f"s{i}", "text": f"Stored note {i} about lakes."} for i in range(3000)]
+    assert call(base, "/add", {"documents": first, "on_duplicate": "ignore"})[0] == 201
     documents = [
         {"id": f"d{i}", "text": f"Note {i} on rivers, mountains and the weather in spring."}
         for i in range(3000)
     ]
     answers: list[tuple[int, Any]] = []
+    backups: list[bytes] = []
+
+    def back_up() -> None:
+        with urllib.request.urlopen(f"{base}/backup", timeout=120) as response:
+            backups.append(response.read())
+
     adding = threading.Thread(
         target=lambda: answers.append(call(base, "/add", {"documents": documents}))
     )
+    backing_up = threading.Thread(target=back_up)
     adding.start()
     time.sleep(1.0)  # the add is being embedded
+    backing_up.start()
+    time.sleep(0.3)  # the backup is being streamed
     service.proc.terminate()
     host, port = base.removeprefix("http://").split(":")
     refused = False
@@ -271,9 +286,13 @@ def test_sigterm_lets_the_requests_under_way_finish_and_takes_no_new_ones(
         except ConnectionRefusedError:
             refused = True
     adding.join(120)
+    backing_up.join(120)
     assert service.proc.wait(timeout=60) == 0
     logged = service.log.read_text()
-    assert "stopping: 1 request(s) under way" in logged  # it was under way at the SIGTERM
+    assert "stopping: 2 request(s) under way" in logged  # both were under way at the SIGTERM
+    assert "Bad file descriptor" not in logged
     assert refused
     assert answers[0][0] == 201, answers[0][1]
-    assert call(service.start().base, "/health")[1]["documents"] == 3000
+    lines = gzip.decompress(backups[0]).decode().splitlines()  # whole: its gzip ends
+    assert len(lines) == 1 + json.loads(lines[0])["records"]
+    assert call(service.start().base, "/health")[1]["documents"] == 6000

@@ -72,11 +72,16 @@ class Drain:
         self._stop_threads(5)
 
     def _close_listeners(self) -> None:
-        """No new connections: a client connecting now is refused, not left waiting."""
+        """No new connections: a client connecting now is refused, not left waiting. Only the
+        listening sockets close: waitress's own close() of a listener closes its trigger too,
+        which the request threads pull at every buffered write, so a streamed answer (a
+        backup) under way was cut off (review helper 86)."""
+        from waitress import wasyncore
+
         under_way = sum(1 for c in self._channels() if not self._idle(c))
         log.info("stopping: %d request(s) under way, waiting up to %.0f s", under_way, GRACE_S)
         for listener in [d for d in self.map.values() if isinstance(d, self._listener)]:
-            listener.close()
+            wasyncore.dispatcher.close(listener)
 
     def _close_idle(self) -> int:
         """Close the connections with nothing under way (a kept-alive client's); the number
@@ -98,4 +103,8 @@ class Drain:
         return not channel.requests and channel.request is None and not channel.total_outbufs_len
 
     def _stop_threads(self, timeout: float) -> None:
+        """Stop the request threads, then close what is left (the trigger, connections)."""
+        from waitress import wasyncore
+
         self.server.task_dispatcher.shutdown(timeout=timeout)
+        wasyncore.close_all(self.map)

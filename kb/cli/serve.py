@@ -164,15 +164,16 @@ def _waitress(settings: Settings) -> None:
     # (waitress listens at once, so a client connecting meanwhile waits, it is not refused)
     late = _LateApp()
     server = _listen(late, settings)
+    # SIGTERM stops the server as a first Ctrl-C does: the requests under way finish, then
+    # the app is closed (its encoder process too); one while the app is built (the model
+    # loading) stops it once built, exit 0 (it was killed, exit 143)
+    drain = Drain(server)
+    signal.signal(signal.SIGTERM, drain.terminate)
     try:
         late.app = create_app(settings)
     except KBError as exc:
         server.close()
         fail(exc.message)
-    # SIGTERM stops the server as a first Ctrl-C does: the requests under way finish, then
-    # the app is closed (its encoder process too)
-    drain = Drain(server)
-    signal.signal(signal.SIGTERM, drain.terminate)
     try:
         server.print_listen("Serving on http://{}:{}")
         drain.run()

@@ -42,6 +42,7 @@ ID_LIST_CAP = 15_000
 # bound in one statement too (and a where-clause's own values in another)
 QUERY_READ_IDS = 30_000
 MODEL_KEY, DIM_KEY, FINGERPRINT_KEY = "kb_model", "kb_dim", "kb_fingerprint"
+CALIBRATED_KEY = "kb_min_score"  # the threshold `kb calibrate --write` stored: the model's
 # Seconds between the tries of a write SQLite found busy: 1.6 s in all.
 BUSY_WAITS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 0.8)
 # A Chroma server refuses a request above its payload limit (about 40 MB by default: 5,461
@@ -260,16 +261,18 @@ class RecordCollection:
             chroma_write(self._col.modify, metadata={**meta, FINGERPRINT_KEY: embedder.fingerprint})
             return
         if meta.get(DIM_KEY) != embedder.dim or recorded != embedder.fingerprint:
-            if self.mode == "embedded" and not self._col.count():
+            if self._adoptable(embedder):
                 # nothing to mix: a command refused after opening it (a restore of a backup of
                 # another model) left it recording its model, which then refused the right
-                # one for good (review helper 83). An embedded store has one process at a
-                # time; on a server another process of the recorded model may be writing.
+                # one for good (review helper 83); the threshold calibrated for that model
+                # goes with it (review helper 86)
                 log.info(
                     "collection %s is empty: recording the model %s in place of %s",
                     self.name, embedder.name, meta[MODEL_KEY],
                 )  # fmt: skip
-                chroma_write(self._col.modify, metadata={**meta, **_model_metadata(embedder)})
+                kept = {key: value for key, value in meta.items() if key != CALIBRATED_KEY}
+                chroma_write(self._col.modify, metadata={**kept, **_model_metadata(embedder)})
+                self.reread_settings()
                 return
             empty = (
                 " It holds no records: delete it (Chroma's delete_collection) to use the name."
@@ -283,6 +286,16 @@ class RecordCollection:
                 f"{embedder.fingerprint}). Mixing vector spaces would return wrong matches: "
                 f"set KB_MODEL back, choose another KB_COLLECTION, or export and re-load.{empty}"
             )
+
+    def _adoptable(self, embedder: Embedder) -> bool:
+        """Whether an empty collection may take this model: embedded (one process at a time;
+        on a server another process of the recorded model may be writing), and of no
+        dimension yet or this model's (Chroma keeps the dimension of the vectors a
+        collection once held, and refused every add of another: review helper 86)."""
+        if self.mode != "embedded" or self._col.count():
+            return False
+        held = getattr(getattr(self._col, "_model", None), "dimension", None)
+        return held is None or held == embedder.dim
 
     def _tune_search(self) -> None:
         """Give an existing collection the configured ef_search (the one HNSW setting Chroma

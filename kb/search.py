@@ -7,6 +7,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from kb.collection import CALIBRATED_KEY
 from kb.config import Settings
 from kb.diversity import mmr
 from kb.document_filter import by_document
@@ -20,7 +21,6 @@ from kb.records import Record, user_metadata
 from kb.schemas import Document, Match, QueryRequest, QueryResult, QueryStatus, Threshold
 from kb.store import KnowledgeStore
 
-CALIBRATED_KEY = "kb_min_score"
 POOL_FACTOR = 4  # diversify: MMR picks top_k from the best POOL_FACTOR x top_k documents
 
 

@@ -22,7 +22,7 @@ from kb.errors import ConfigError, Conflict, ModelMismatch, StoreUnavailable
 from kb.filters import CompiledFilter
 from kb.records import DOC, HEADS, build_records, chunk_id
 from kb.schemas import DocumentIn, QueryRequest, UpdateFields
-from kb.search import search
+from kb.search import CALIBRATED_KEY, search
 from kb.store import KnowledgeStore, WriteMode
 from tests.conftest import BUSY, FailingFirst, changed
 
@@ -125,14 +125,30 @@ def test_an_empty_store_takes_the_model_it_is_opened_with(settings: Settings, em
     """A command refused after opening a new store (a restore of a backup of another model)
     left it recording that model, and the right one was refused for good: "Mixing vector
     spaces would return wrong matches" of a collection holding nothing (review helper 83)."""
-    KnowledgeStore.open(settings, OtherModel()).close()
+    other = KnowledgeStore.open(settings, OtherModel())
+    other.records.set_settings_value(CALIBRATED_KEY, 0.9)  # that model's threshold
+    other.close()
     store = KnowledgeStore.open(settings, embedder)
     try:
+        assert store.records.settings_value(CALIBRATED_KEY) is None  # went with it
         store.add([DocumentIn(id="kept", text="Glaciers carve valleys.")])
     finally:
         store.close()
     with pytest.raises(ModelMismatch, match="other-model"):
         KnowledgeStore.open(settings, OtherModel())  # not once it holds records
+
+
+def test_an_emptied_collection_keeps_refusing_a_model_of_another_dimension(
+    settings: Settings, embedder
+) -> None:
+    """Chroma keeps the dimension of the vectors a collection once held: taken over by an
+    8-d model, every add was then refused for good (review helper 86)."""
+    store = KnowledgeStore.open(settings, embedder)
+    store.add([DocumentIn(id="gone", text="Glaciers carve valleys.")])
+    store.delete(["gone"])
+    store.close()
+    with pytest.raises(ModelMismatch, match="It holds no records: delete it"):
+        KnowledgeStore.open(settings, OtherModel())
 
 
 def test_an_empty_server_collection_of_another_model_is_refused_saying_it_is_empty(

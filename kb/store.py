@@ -447,7 +447,11 @@ class KnowledgeStore:
                 records = build_records(doc_id, text, metadata, chunks)
                 for record, before in zip(records, version, strict=True):
                     record.embedding = before.embedding
-                return assemble(self._write(records, old, metadata_only=True))
+                # only the metadata is sent when every record is stored under its id: a
+                # version missing chunks (its text the same, overlaps covering the gap) is
+                # written whole, its chunks numbered anew
+                whole = _is_whole(version)
+                return assemble(self._write(records, old, metadata_only=whole))
             records = self._records([(doc_id, text, metadata)])
             self._embed(records)
             return assemble(self._write(records, old))  # as GET reads it from now on

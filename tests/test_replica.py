@@ -89,8 +89,8 @@ def test_a_write_of_ours_overtaken_by_another_hosts_leaves_the_copies_on_chroma(
         ours.add([DocumentIn(id="d1", text="Original notes about mountains.")])
         upsert = ours.records.upsert
 
-        def overtaken(*args: Any) -> Any:
-            written = upsert(*args)  # ours has landed; the other host writes, and we search:
+        def overtaken(*args: Any, **kwargs: Any) -> Any:
+            written = upsert(*args, **kwargs)  # ours landed; the other host writes, we search:
             theirs.add([DocumentIn(id="d1", text="Omega nebula.")], mode=WriteMode.UPSERT)
             assert found(ours, "omega nebula", "keyword") == ["d1"]
             return written

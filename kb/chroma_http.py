@@ -65,15 +65,23 @@ class Deadlines(httpx.BaseTransport):
 
 
 def bound(client: Any, settings: Settings) -> None:
-    """Give a chromadb HttpClient's session kb's deadlines. chromadb shares one session
-    between clients of one server address in a process: the last settings apply to all."""
+    """Give a chromadb HttpClient's session kb's deadlines (each client has its own; its
+    admin client's, which reads the tenant and database as it is made, is not bounded)."""
     session = client._server._session  # chromadb 1.x: FastAPI's httpx.Client
     if not isinstance(session, httpx.Client):
         raise TypeError(f"chromadb's HTTP session is a {type(session).__name__}")
-    inner = session._transport
-    if isinstance(inner, Deadlines):
-        inner = inner.inner
-    session._transport = Deadlines(inner, settings.chroma_timeout, settings.chroma_write_timeout)
+    session._transport = _bounded(session._transport, settings)
+    # HTTP_PROXY / ALL_PROXY: httpx sends through a mounted transport instead, which kept
+    # waiting for ever (review helper 86)
+    session._mounts = {
+        pattern: None if transport is None else _bounded(transport, settings)
+        for pattern, transport in session._mounts.items()
+    }
+
+
+def _bounded(transport: httpx.BaseTransport, settings: Settings) -> Deadlines:
+    inner = transport.inner if isinstance(transport, Deadlines) else transport
+    return Deadlines(inner, settings.chroma_timeout, settings.chroma_write_timeout)
 
 
 def probe(url: str, settings: Settings) -> None:

@@ -117,3 +117,23 @@ def test_a_write_the_server_applies_after_kb_gave_up_reaches_every_processs_copi
     finally:
         slow.close()
         other.close()
+
+
+def test_a_proxy_named_by_the_environment_is_bounded_too(
+    server_settings: Settings, embedder: Embedder, proxy: Proxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With HTTP_PROXY set, httpx sends through a mounted transport, which kept chromadb's
+    wait for ever (review helper 86)."""
+    settings = changed(server_settings, chroma_timeout=0.5)
+    with monkeypatch.context() as env:  # undone before the fixtures' teardown reads Chroma
+        for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
+            env.delenv(name, raising=False)
+        env.setenv("HTTP_PROXY", proxy.url)
+        env.setenv("http_proxy", proxy.url)
+        store = KnowledgeStore.open(settings, embedder, searching=False)
+    try:
+        assert store.count() == 0  # through the proxy
+        with proxy.holding(proxy.responses), pytest.raises(StoreTimeout):
+            store.count()
+    finally:
+        store.close()

@@ -325,9 +325,10 @@ class _Cluster(BaseApplication):  # type: ignore[misc]
             "timeout": 120,  # a worker's first start builds its local copies of the store
             "graceful_timeout": 30,
             # gunicorn's default request line (4,094 bytes) is shorter than kb's targets: an id
-            # of 512 characters is up to 6,144 %-escaped, a listing's `where` holds up to
-            # KB_MAX_FILTER_VALUES values; 0 is gunicorn's most, 1 MiB (waitress: 256 KiB)
-            "limit_request_line": 0,
+            # of 512 characters is up to 6,144 %-escaped. Its most is 8,190; 0 would be no
+            # limit at all with its Python parser (8 MiB took 14.7 s of a worker's CPU,
+            # 32 MiB 90 s: review helper 86)
+            "limit_request_line": 8190,
             "accesslog": None,  # kb logs every request itself, with its request id
             "loglevel": self.settings.log_level.lower(),  # its own lines too (KB_LOG_LEVEL)
             "child_exit": _child_exit,  # in the arbiter

@@ -334,6 +334,25 @@ class Model(BaseModel):
         return data
 
 
+def _few_unknown_in(items: list[Any], model: type[BaseModel]) -> None:
+    """More than UNKNOWN_SHOWN unknown fields over a list's objects are one error: ten in
+    each of 10,000 documents were 100,000 errors, 3.1 s and 108 MB for a 0.92 MB body, each
+    object staying under the one-object count (review helper 86)."""
+    known = _known_fields(model)
+    unknown = [
+        f"{i}.{key}"
+        for i, item in enumerate(items)
+        if isinstance(item, dict) and len(item) > len(known & item.keys())
+        for key in item
+        if key not in known
+    ]
+    if len(unknown) > UNKNOWN_SHOWN:
+        shown = ", ".join(f"'{_clipped(path)}'" for path in unknown[:UNKNOWN_SHOWN])
+        raise ValueError(
+            f"{len(unknown):,} unknown fields: {shown} and {len(unknown) - UNKNOWN_SHOWN:,} more"
+        )
+
+
 def _clipped(text: str, most: int = 64) -> str:
     return text if len(text) <= most else f"{text[:most]}..."
 
@@ -388,7 +407,10 @@ class AddRequest(Model):
     @field_validator("documents", mode="before")
     @classmethod
     def _documents_limit(cls, value: Any, info: ValidationInfo) -> Any:
-        return _at_most(value, info, "max_documents_per_request", "documents")
+        value = _at_most(value, info, "max_documents_per_request", "documents")
+        if isinstance(value, list):
+            _few_unknown_in(value, DocumentIn)
+        return value
 
     def conflict_mode(self) -> str:
         return "upsert" if self.upsert else self.on_conflict or "error"

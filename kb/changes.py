@@ -154,6 +154,10 @@ class ChangeLog:
                     self._put(piece, part, PENDING)
                 except Exception:  # the next beat may reach the server; the write goes on
                     log.warning("could not renew change log entry %s", piece, exc_info=True)
+            if stop.is_set():  # abandoned while this beat waited (`abandon` does not join
+                with self._lock:  # it): the write is not this process's to have seen
+                    for piece, _ in parts:
+                        self._seen.pop(piece, None)
 
     def end(self, entry: str, *, reread: bool = False) -> None:
         """Mark the write done; with `reread` (our write failed, and the copies may not hold
@@ -188,9 +192,8 @@ class ChangeLog:
         renewal every process, this one included, takes it as abandoned: the first removes
         what it left (kb.repair) and settles it, and each then re-reads its ids."""
         underway = self._underway.pop(entry)
-        underway.stop.set()
-        underway.beat.join()
-        with self._lock:
+        underway.stop.set()  # not joined: a beat in flight may itself wait out the timeout,
+        with self._lock:  # and a late one only renews the entry, which stays pending anyway
             for piece, _ in underway.parts:
                 self._seen.pop(piece, None)
         log.warning(

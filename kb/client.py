@@ -22,7 +22,7 @@ from typing import IO, Any, Literal, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from kb.auth import sendable
-from kb.errors import KBError
+from kb.errors import KBError, StoreTimeout
 from kb.schemas import (
     AddResponse,
     BatchQueryResult,
@@ -319,7 +319,10 @@ def _service_error(exc: urllib.error.HTTPError, url: str, path: str) -> KBClient
     elif code in ("not_found", "method_not_allowed") and "requested URL" in message:
         # no such route (not an unknown id): the URL given holds more than the base
         message = f"{url}{path}: {message} {BASE_URL}"
-    return KBClientError(message, details=error.get("details"), code=code, status=exc.code)
+    answered = KBClientError(message, details=error.get("details"), code=code, status=exc.code)
+    # the service's store did not answer a write in time, and may still apply it
+    answered.may_have_landed = code == StoreTimeout.code and "write" in message
+    return answered
 
 
 def _not_kb(url: str, path: str, status: int, kind: str, raw: bytes = b"") -> KBClientError:

@@ -65,7 +65,9 @@ def chroma_errors() -> Iterator[None]:
             raise ValidationFailed(f"the store rejected the request: {exc}") from exc
         if (timed_out := timeout_message(exc)) is not None:
             log.error("store operation failed: %s", timed_out)
-            raise StoreTimeout(timed_out) from exc
+            error = StoreTimeout(timed_out)
+            error.may_have_landed = "KB_CHROMA_WRITE_TIMEOUT" in timed_out
+            raise error from exc
         failure = f"{type(exc).__name__}: {exc}"
         # one line each, a traceback (4 kB) at most once a minute: with the server away,
         # every /metrics scrape and /health probe wrote one (review helper 77)
@@ -559,7 +561,8 @@ class RecordCollection:
                 except KBError as failed:  # the store is still away: nothing undone
                     said = exc.message if isinstance(exc, KBError) else f"{exc!r}"
                     docs = named(sorted({r.doc_id for r in records}))
-                    raise StoreUnavailable(
+                    kind = StoreTimeout if isinstance(exc, StoreTimeout) else StoreUnavailable
+                    raise kind(
                         f"the write failed ({said}) after {len(written)} of {len(records)} "
                         f"records, and so did its rollback ({failed.message}): document(s) "
                         f"{docs} may be damaged until written again (GET answers 409 for one "

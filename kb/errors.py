@@ -123,10 +123,12 @@ class StoreUnavailable(KBError):
 
 
 class StoreTimeout(StoreUnavailable):
-    """The Chroma server did not answer in time (KB_CHROMA_TIMEOUT, KB_CHROMA_WRITE_TIMEOUT)."""
+    """The Chroma server did not answer in time (KB_CHROMA_TIMEOUT, KB_CHROMA_WRITE_TIMEOUT);
+    `may_have_landed` when what it did not answer was a write, which it may still apply."""
 
     status = 504
     code = "store_timeout"
+    may_have_landed = False
 
 
 def named(ids: Sequence[str], limit: int = 10) -> str:

@@ -393,3 +393,16 @@ def test_a_key_refused_names_the_option_and_variable_that_give_it(
         KBClient(url).stats()
     assert caught.value.message == shown
     assert caught.value.status == status
+
+
+@pytest.mark.parametrize(("what", "landed"), [("write", True), ("read", False)])
+def test_a_store_timeout_of_a_write_may_have_landed(what: str, landed: bool) -> None:
+    """The service's store did not answer a write in time and may still apply it: kb load
+    --url counted such a batch as failed, not as one that may have been written (review
+    helper 86)."""
+    message = f"the Chroma server did not answer a {what} in time"
+    body = json.dumps({"error": {"code": "store_timeout", "message": message, "details": []}})
+    answer = answering(504, "application/json", body.encode())
+    with serving(answer) as url, pytest.raises(KBClientError) as raised:
+        KBClient(url, timeout=5).add([DocumentIn(text="Tides follow the moon.")])
+    assert (raised.value.status, raised.value.may_have_landed) == (504, landed)

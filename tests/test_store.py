@@ -18,7 +18,7 @@ from kb.chunking import Chunk, Tokens
 from kb.collection import FINGERPRINT_KEY
 from kb.config import Settings, cpu_count
 from kb.encoders.onnx_backend import OnnxEmbedder
-from kb.errors import ConfigError, Conflict, ModelMismatch, StoreUnavailable
+from kb.errors import ConfigError, Conflict, ModelMismatch, StoreTimeout, StoreUnavailable
 from kb.filters import CompiledFilter
 from kb.records import DOC, HEADS, build_records, chunk_id
 from kb.schemas import DocumentIn, QueryRequest, UpdateFields
@@ -1057,9 +1057,11 @@ def test_a_damaged_document_is_a_409_for_get_and_left_out_of_every_read_until_re
     assert store.get("alpha").text == text
 
 
+@pytest.mark.parametrize("error", [StoreUnavailable, StoreTimeout])
 def test_a_write_whose_rollback_fails_too_names_the_documents_it_may_have_damaged(
-    store: KnowledgeStore, monkeypatch: pytest.MonkeyPatch
+    store: KnowledgeStore, monkeypatch: pytest.MonkeyPatch, error: type[StoreUnavailable]
 ) -> None:
+    """A timeout stays a timeout (a 504), as without the rollback (review helper 86)."""
     store.add([DocumentIn(id="old", text="Original text")])
     store.records.max_batch = 2
     real, calls = store.records._write, [0]
@@ -1067,13 +1069,14 @@ def test_a_write_whose_rollback_fails_too_names_the_documents_it_may_have_damage
     def failing_after_the_first(records: Any, add: bool = False) -> None:
         calls[0] += 1
         if calls[0] > 1:  # the second call fails, and every write of the rollback
-            raise StoreUnavailable("the store failed: disk full")
+            raise error("the store failed: disk full")
         real(records, add)
 
     monkeypatch.setattr(store.records, "_write", failing_after_the_first)
     docs = [DocumentIn(id=f"new{i}", text=f"New document {i}") for i in range(3)]
     with pytest.raises(StoreUnavailable) as caught:
         store.add([DocumentIn(id="old", text="Replaced text"), *docs], WriteMode.UPSERT)
+    assert type(caught.value) is error
     message = caught.value.message
     assert "so did its rollback" in message
     assert "'new0', 'new1', 'new2', 'old' may be damaged" in message

@@ -341,12 +341,15 @@ class KnowledgeStore:
                 plan = self._plan(plan.docs, plan.ids, plan.mode, plan.on_duplicate, heads)
                 self._embed(plan.records)
             records, replaced, skipped = plan.records, plan.replaced, plan.skipped
+            old = self._all_chunks(replaced)
             near = (
                 {}
                 if plan.on_duplicate == "ignore"
                 else nearest_stored(
                     self.records,
-                    records,
+                    # a document sent again with its stored text (new metadata) makes no new
+                    # near-duplicate: one already stored was skipped or refused with it
+                    _text_changed(records, old),
                     self.settings.duplicate_score,
                     # the request's own documents are not compared with each other, stored
                     # or not: a rerun of a write cut off between Chroma calls finds part of
@@ -370,8 +373,9 @@ class KnowledgeStore:
             if near and plan.on_duplicate == "skip":
                 records = [r for r in records if r.doc_id not in near]
                 replaced = [h for h in replaced if h.id not in near]
+                old = [r for r in old if r.doc_id not in near]
                 skipped += len(near)
-            self._write(records, self._all_chunks(replaced), self._unstored(records, replaced))
+            self._write(records, old, self._unstored(records, replaced))
         written = len({r.doc_id for r in records})
         return AddResponse(
             ids=plan.ids,
@@ -691,6 +695,26 @@ def _version(chunks: Sequence[Record]) -> list[Record]:
     """The chunks of the version their first chunk is, without any a killed write left."""
     head = _head(chunks)
     return [record for record in chunks if _of(head, record)]
+
+
+def _text_changed(records: Sequence[Record], old: Sequence[Record]) -> list[Record]:
+    """The records of the documents that are new or whose text differs from their stored
+    version's (`old`: every stored chunk of the documents replaced)."""
+    stored: dict[str, list[Record]] = {}
+    for record in old:
+        stored.setdefault(record.doc_id, []).append(record)
+    new: dict[str, list[Record]] = {}
+    for record in records:
+        new.setdefault(record.doc_id, []).append(record)
+    same = {
+        doc_id
+        for doc_id, chunks in stored.items()
+        if doc_id in new
+        and any(record.chunk == 0 for record in chunks)
+        and _is_whole(version := _version(chunks))  # a damaged one is compared
+        and assemble(version).text == assemble(new[doc_id]).text
+    }
+    return [record for record in records if record.doc_id not in same]
 
 
 def _ordered(records: Sequence[Record]) -> list[Record]:

@@ -219,3 +219,27 @@ def test_a_copy_of_a_text_all_memos_begin_with_is_found(
     response = client.post("/add", json={"id": "head-b", "text": head.text}).json
     assert [(d["id"], d["existing"]) for d in response["duplicates"]] == [("head-b", "head-a")]
     assert groups(store.records, 0.95) == [["head-a", "head-b"]]
+
+
+@pytest.mark.parametrize("on_duplicate", ["reject", "skip"])
+def test_an_upsert_of_new_metadata_alone_is_not_checked(
+    client: FlaskClient, on_duplicate: str
+) -> None:
+    """A stored document sent again with its text and new metadata makes no new duplicate:
+    with a near-duplicate stored, "skip" left its metadata as it was and "reject" answered
+    409, while a PATCH of the same metadata succeeded (review helper s32/h6, finding 1)."""
+    client.post("/add", json={"documents": [{**ORIGINAL, "metadata": {"rev": 1}}, COPY]})
+    body = {"documents": [{**ORIGINAL, "metadata": {"rev": 2}}], "upsert": True}
+    response = client.post("/add", json={**body, "on_duplicate": on_duplicate})
+    assert response.status_code == 201, response.json
+    assert (response.json["updated"], response.json["skipped"]) == (1, 0)
+    assert response.json["duplicates"] == []
+    assert client.get("/documents/orig").json["metadata"] == {"rev": 2}
+    # a new text is still compared: orig's, a space added, as the copy's
+    changed = {"id": "copy", "text": ORIGINAL["text"] + " "}
+    again = client.post("/add", json={**body, "documents": [changed], "on_duplicate": on_duplicate})
+    assert [d["existing"] for d in again.json.get("duplicates", [])] == (
+        [] if on_duplicate == "reject" else ["orig"]
+    )
+    assert again.status_code == (409 if on_duplicate == "reject" else 201), again.json
+    assert client.get("/documents/copy").json["text"] == COPY["text"]

@@ -54,7 +54,8 @@ def groups(records: RecordCollection, min_score: float, neighbours: int = 5) -> 
 
     for batch in records.pages(FIRST_CHUNKS, BATCH, embeddings=True, texts=False):
         docs = _with_later_chunks(records, batch)
-        for doc, other, _ in _pairs(records, docs, min_score, neighbours + 1, frozenset(), docs):
+        pairs = _pairs(records, docs, min_score, neighbours + 1, frozenset(), docs, every=True)
+        for doc, other, _ in pairs:
             parent[root(other)] = root(doc)
     members: dict[str, list[str]] = {}
     for doc in parent:
@@ -69,6 +70,8 @@ def _pairs(
     k: int,
     skip: Set[str],
     known: Vectors,
+    *,
+    every: bool = False,
 ) -> list[Pair]:
     """The stored documents each of `docs` nearly duplicates, compared whole: as many chunks,
     and every chunk scoring `min_score` with its counterpart (the lowest score counts).
@@ -81,8 +84,11 @@ def _pairs(
     are then asked, and a distinctive one (the body) names the few real candidates, however
     large the template's family (more neighbours of the first chunk would cost more with
     every memo, and fail beyond any cap). A document all of whose lists are cut off, and no
-    duplicate among them, is asked again with WIDEN times as many neighbours, up to WIDEST.
-    `known` holds stored documents' vectors already read; `skip`, documents that match none."""
+    duplicate among them, is asked again with WIDEN times as many neighbours, up to WIDEST;
+    with `every`, one with duplicates too, until a list is not cut off: all its pairs are
+    found (a family of more than `k` copies of one text was split in groups, each copy's list
+    holding only its closest copies). `known` holds stored documents' vectors already read;
+    `skip`, documents that match none."""
     found: list[Pair] = []
     checked: set[tuple[str, str]] = set()
     lists = _first_lists(records, docs, min_score, k, skip)
@@ -93,11 +99,11 @@ def _pairs(
         checked.update(pairs)
         confirmed = _confirmed(pairs, docs, _stored(records, pairs, docs, known), min_score)
         found += confirmed
-        unmatched = sorted(set(cut_off) - {doc for doc, _, _ in confirmed})
-        if not unmatched or k >= WIDEST:
+        wider = sorted(set(cut_off) - (set() if every else {doc for doc, _, _ in confirmed}))
+        if not wider or k >= WIDEST:
             return found
         k = min(k * WIDEN, WIDEST)
-        asked = [(doc, n) for doc in unmatched for n in range(len(docs[doc]))]
+        asked = [(doc, n) for doc in wider for n in range(len(docs[doc]))]
         lists = _neighbours(records, docs, asked, min_score, k, skip)
 
 

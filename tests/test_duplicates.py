@@ -243,3 +243,19 @@ def test_an_upsert_of_new_metadata_alone_is_not_checked(
     )
     assert again.status_code == (409 if on_duplicate == "reject" else 201), again.json
     assert client.get("/documents/copy").json["text"] == COPY["text"]
+
+
+def test_groups_joins_a_family_larger_than_the_neighbours_asked(
+    client: FlaskClient, store: KnowledgeStore
+) -> None:
+    """Six copies of a text and six of it with two words added (0.98 apart): each copy's
+    six neighbours were its own text's copies, and the family was listed as two groups;
+    only a document that found no pair was asked for more (review helper s32/h6, finding 2)."""
+    text = (
+        "Gradient clipping rescales the gradient vector when its norm exceeds a set maximum, "
+        "which keeps exploding gradients from wrecking recurrent network training."
+    )
+    documents = [{"id": f"a{i}", "text": text} for i in range(6)]
+    documents += [{"id": f"b{i}", "text": text + " Very useful."} for i in range(6)]
+    assert client.post("/add", json={"documents": [*documents, OTHER]}).status_code == 201
+    assert groups(store.records, 0.95) == [sorted(doc["id"] for doc in documents)]

@@ -9,6 +9,7 @@ import numpy as np
 
 from kb.collection import RecordCollection
 from kb.filters import CompiledFilter
+from kb.ranking import clamp_cosine
 from kb.records import CHUNKS, HEADS, Record, chunk_id, chunk_of, doc_id_of
 
 FIRST_CHUNKS = CompiledFilter(where=HEADS)
@@ -173,8 +174,8 @@ def _confirmed(
         a, b = docs[doc], stored.get(other)
         if b is None or len(a) != len(b):  # another length, or deleted meanwhile
             continue
-        # cosines (the vectors are normalized), an identical chunk's rounded down to 1
-        score = min(1.0, float(np.min(np.einsum("ij,ij->i", a, b))))
+        # cosines (the vectors are normalized), an identical chunk's made 1 as search's are
+        score = clamp_cosine(float(np.min(np.einsum("ij,ij->i", a, b))))
         if score >= min_score:
             kept.append((doc, other, score))
     return kept

@@ -1,6 +1,6 @@
 """What every search mode shares: a hit, widening a read of chunks until it holds enough
-documents, what a result takes from a ranking, and cosine scores kept in [-1, 1] (and equal
-for equal vectors).
+documents, what a result takes from a ranking, and cosine scores kept in [-1, 1] (equal for
+equal vectors, and 1 for a text against itself).
 
 Whatever the mode, a hit's `score` is the cosine similarity of the query with the chunk shown,
 so the similarity threshold means the same thing everywhere.
@@ -19,12 +19,21 @@ from kb.records import CHUNKS, Record
 T = TypeVar("T")
 MAX_CANDIDATES = 10_000  # chunks a search reads at most to find its documents
 FIRST_READ = 3  # chunks read first for each document wanted
+# A cosine this close to 1 is 1: a stored vector's length is 1 only to float32's precision, so
+# a text scores against itself (or an identical copy) from 0.9999992 to 1.000001, and a
+# threshold of 1.0 missed about half of the exact copies.
+NEAR_ONE = 2e-6
 
 
 def clamp_cosines(scores: np.ndarray) -> np.ndarray:
-    """Cosine scores within [-1, 1]: float32 rounding puts a text's score against itself at
-    up to 1.0000007."""
-    return np.clip(scores, -1.0, 1.0)
+    """Cosine scores within [-1, 1], those within NEAR_ONE of 1 made 1 (same dtype)."""
+    clipped = np.clip(scores, -1.0, 1.0)
+    return np.where(clipped >= 1.0 - NEAR_ONE, clipped.dtype.type(1.0), clipped)
+
+
+def clamp_cosine(score: float) -> float:
+    """One cosine score as `clamp_cosines` makes it."""
+    return 1.0 if score >= 1.0 - NEAR_ONE else max(-1.0, score)
 
 
 def cosines(vectors: np.ndarray, vector: np.ndarray) -> np.ndarray:
@@ -37,8 +46,8 @@ def cosines(vectors: np.ndarray, vector: np.ndarray) -> np.ndarray:
 
 
 def cosine_of_distance(distance: float) -> float:
-    """Chroma's cosine distance as the cosine score, within [-1, 1] (see clamp_cosines)."""
-    return min(1.0, max(-1.0, 1.0 - float(distance)))
+    """Chroma's cosine distance as the cosine score (see clamp_cosines)."""
+    return clamp_cosine(1.0 - float(distance))
 
 
 @dataclass(slots=True)

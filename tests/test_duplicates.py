@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import pytest
+from click.testing import CliRunner
 from flask.testing import FlaskClient
 
-from kb.duplicates import groups
+from kb.cli import main
+from kb.config import Settings
+from kb.duplicates import groups, nearest_stored
+from kb.embeddings import Embedder
+from kb.schemas import DocumentIn, QueryRequest
+from kb.search import search
 from kb.store import KnowledgeStore
 
 ORIGINAL = {"id": "orig", "text": "Gradient descent updates the weights against the gradient."}
@@ -259,3 +265,43 @@ def test_groups_joins_a_family_larger_than_the_neighbours_asked(
     documents += [{"id": f"b{i}", "text": text + " Very useful."} for i in range(6)]
     assert client.post("/add", json={"documents": [*documents, OTHER]}).status_code == 201
     assert groups(store.records, 0.95) == [sorted(doc["id"] for doc in documents)]
+
+
+@pytest.fixture
+def copies(store: KnowledgeStore, seed_docs: list[DocumentIn]) -> list[DocumentIn]:
+    """Twelve seed documents of one chunk, each stored twice (`<id>` and `<id>-copy`)."""
+    texts = [doc for doc in seed_docs if len(store.chunk(doc.text)) == 1][:12]
+    store.add([*texts, *(DocumentIn(id=f"{doc.id}-copy", text=doc.text) for doc in texts)])
+    return texts
+
+
+def test_exact_copies_score_1(store: KnowledgeStore, copies: list[DocumentIn]) -> None:
+    """A stored vector has length 1 only to float32's precision: a text scored 0.99999917 to
+    1 against itself, and a threshold of 1.0 missed about half of the exact copies in
+    `kb duplicates --min-score 1`, KB_DUPLICATE_SCORE=1 and a search's min_score of 1.0
+    (review helper s32/h6, finding 3)."""
+    assert groups(store.records, 1.0) == sorted([doc.id, f"{doc.id}-copy"] for doc in copies)
+    found = nearest_stored(
+        store.records, store.records.get([doc.id for doc in copies], embeddings=True), 1.0
+    )
+    assert found == {doc.id: (f"{doc.id}-copy", 1.0) for doc in copies}
+    for doc in copies:
+        request = QueryRequest(query=doc.text, mode="dense", top_k=2, min_score=1.0)
+        (result,) = search(store, request)
+        assert [(m.id, m.score) for m in result.matches] == [(doc.id, 1.0), (f"{doc.id}-copy", 1.0)]
+
+
+def test_kb_duplicates_writes_its_threshold_as_searches_do(
+    settings: Settings, embedder: Embedder
+) -> None:
+    """--min-score 0.99999 was written "score >= 1.00"."""
+    store = KnowledgeStore.open(settings, embedder, searching=False)
+    try:
+        store.add([DocumentIn(id=doc_id, text=ORIGINAL["text"]) for doc_id in ("a", "b")])
+    finally:
+        store.close()
+    env = {"KB_CHROMA_PATH": str(settings.chroma_path), "KB_COLLECTION": settings.collection}
+    result = CliRunner().invoke(main, ["duplicates", "--min-score", "0.99999"], env=env)
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "a\tb\n"
+    assert "1 group(s) of near-duplicates at score >= 0.99999\n" in result.output

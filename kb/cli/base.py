@@ -6,9 +6,7 @@ import io
 import os
 import signal
 import sys
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -16,6 +14,7 @@ import click
 from pydantic import ValidationError
 
 from kb import __version__
+from kb.cli.interrupt import terminated
 from kb.config import API_KEY_VARIABLE, Settings, settings_problems, unknown_variables
 from kb.embeddings import Embedder, load_embedder
 from kb.errors import KBError
@@ -86,46 +85,9 @@ def not_empty(ctx: click.Context, param: click.Parameter, value: str | None) -> 
 def interrupted(message: str) -> NoReturn:
     """A Ctrl-C: `message` (what was or was not written) on stderr, exit 130 (128 + SIGINT,
     as a shell reports a command Ctrl-C stopped); click said "Aborted!", exit 1. A SIGTERM
-    taken as a Ctrl-C (`sigterm_as_ctrl_c`) exits 143 (128 + SIGTERM)."""
+    taken as a Ctrl-C (`kb.cli.interrupt.sigterm_as_ctrl_c`) exits 143 (128 + SIGTERM)."""
     click.echo(f"\n{message}", err=True)
-    sys.exit(128 + (signal.SIGTERM if _terminated() else signal.SIGINT))
-
-
-class Terminated(KeyboardInterrupt):
-    """A SIGTERM, raised as a Ctrl-C is so that the same clean-up runs."""
-
-
-def stop_like_ctrl_c(signum: int, frame: object) -> None:
-    """A SIGTERM handler: raise Terminated, once; SIGTERM is ignored from then on, so a second
-    one (make passes on the SIGTERM it gets, which the process group's had already reached)
-    does not cut the clean-up short."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    raise Terminated
-
-
-@contextmanager
-def sigterm_as_ctrl_c() -> Iterator[None]:
-    """While inside (or around a command, as a decorator), SIGTERM (timeout(1), systemd, a
-    container's stop) stops the command as a Ctrl-C does: it was fatal at once, and kb backup
-    and export -o left their partial file behind, kb restore said nothing. A process that
-    ignores SIGTERM keeps ignoring it; off the main thread nothing is installed."""
-    previous = signal.getsignal(signal.SIGTERM)
-    if previous is signal.SIG_IGN or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    signal.signal(signal.SIGTERM, stop_like_ctrl_c)
-    try:
-        yield
-    finally:  # None: a handler not set from Python (an embedding program's), unknown here
-        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
-
-
-def _terminated() -> bool:
-    """Whether the exception being handled is, or was caused by, a SIGTERM's Terminated."""
-    exc = sys.exception()
-    while exc is not None and not isinstance(exc, Terminated):
-        exc = exc.__cause__ or exc.__context__
-    return exc is not None
+    sys.exit(128 + (signal.SIGTERM if terminated() else signal.SIGINT))
 
 
 def stdout_failed(exc: OSError) -> NoReturn:

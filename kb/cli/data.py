@@ -24,11 +24,10 @@ from kb.cli.base import (
     main,
     not_empty,
     open_store,
-    sigterm_as_ctrl_c,
     stdout_failed,
     warn,
 )
-from kb.cli.interrupt import first_ctrl_c_stops
+from kb.cli.interrupt import first_ctrl_c_stops, sigterm_as_ctrl_c
 from kb.config import Settings
 from kb.errors import KBError
 from kb.ingest import BATCH_SIZE, FIRST_BATCH, LoadInterrupted, LoadStopped, Prepare, Sink

@@ -1,9 +1,11 @@
-"""Ctrl-C during a long command: the first asks it to stop where it safely can, a second
-quits at once."""
+"""Ctrl-C and SIGTERM during a long command: the first asks it to stop where it safely can (or
+stops it as a Ctrl-C does), a second Ctrl-C quits at once; one home for kb's signal handling
+(kb serve's drain has its own, kb.cli.drain)."""
 
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -65,3 +67,40 @@ def first_ctrl_c_stops(
     finally:
         for sig, handler in previous.items():  # None: set outside Python, unknown here
             signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+
+
+class Terminated(KeyboardInterrupt):
+    """A SIGTERM, raised as a Ctrl-C is so that the same clean-up runs."""
+
+
+def stop_like_ctrl_c(signum: int, frame: object) -> None:
+    """A SIGTERM handler: raise Terminated, once; SIGTERM is ignored from then on, so a second
+    one (make passes on the SIGTERM it gets, which the process group's had already reached)
+    does not cut the clean-up short."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise Terminated
+
+
+@contextmanager
+def sigterm_as_ctrl_c() -> Iterator[None]:
+    """While inside (or around a command, as a decorator), SIGTERM (timeout(1), systemd, a
+    container's stop) stops the command as a Ctrl-C does: it was fatal at once, and kb backup
+    and export -o left their partial file behind, kb restore said nothing. A process that
+    ignores SIGTERM keeps ignoring it; off the main thread nothing is installed."""
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous is signal.SIG_IGN or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    signal.signal(signal.SIGTERM, stop_like_ctrl_c)
+    try:
+        yield
+    finally:  # None: a handler not set from Python (an embedding program's), unknown here
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+def terminated() -> bool:
+    """Whether the exception being handled is, or was caused by, a SIGTERM's Terminated."""
+    exc = sys.exception()
+    while exc is not None and not isinstance(exc, Terminated):
+        exc = exc.__cause__ or exc.__context__
+    return exc is not None

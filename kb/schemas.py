@@ -323,14 +323,8 @@ class Model(BaseModel):
         extra="forbid"), a 15 MiB body of 1.3 million made 1.3 million details, a reply of
         109 MB and 2.4 GB of the service's memory (review helper 80)."""
         if isinstance(data, dict) and len(data) > UNKNOWN_SHOWN:
-            unknown = data.keys() - _known_fields(cls)
-            if len(unknown) > UNKNOWN_SHOWN:
-                ordered = [key for key in data if key in unknown]
-                shown = ", ".join(f"'{_clipped(key)}'" for key in ordered[:UNKNOWN_SHOWN])
-                raise ValueError(
-                    f"{len(unknown):,} unknown fields: {shown} and "
-                    f"{len(unknown) - UNKNOWN_SHOWN:,} more"
-                )
+            known = _known_fields(cls)
+            _few_unknown([key for key in data if key not in known])
         return data
 
 
@@ -346,8 +340,14 @@ def _few_unknown_in(items: list[Any], model: type[BaseModel]) -> None:
         for key in item
         if key not in known
     ]
+    _few_unknown(unknown)
+
+
+def _few_unknown(unknown: list[str]) -> None:
+    """One error for more than UNKNOWN_SHOWN unknown fields (their names or paths, in order),
+    naming the first ones; fewer are pydantic's to report, one each."""
     if len(unknown) > UNKNOWN_SHOWN:
-        shown = ", ".join(f"'{_clipped(path)}'" for path in unknown[:UNKNOWN_SHOWN])
+        shown = ", ".join(f"'{_clipped(name)}'" for name in unknown[:UNKNOWN_SHOWN])
         raise ValueError(
             f"{len(unknown):,} unknown fields: {shown} and {len(unknown) - UNKNOWN_SHOWN:,} more"
         )

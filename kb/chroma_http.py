@@ -56,7 +56,7 @@ class Deadlines(httpx.BaseTransport):
         try:
             return self.inner.handle_request(request)
         except (httpx.ReadTimeout, httpx.WriteTimeout):  # sent, in part or whole: unknown
-            if write:
+            if write:  # (the exception gets its request only once the client has it)
                 _local.writes = timed_out_writes() + 1
             raise
 
@@ -92,17 +92,24 @@ def probe(url: str, settings: Settings) -> None:
     httpx.get(f"{url.rstrip('/')}/api/v2/heartbeat", timeout=timeout).raise_for_status()
 
 
+def unanswered_write(exc: BaseException) -> bool:
+    """Whether `exc` is a write the server had (in part or whole) and did not answer in time:
+    it may still apply it (a connection never made sent nothing)."""
+    if not isinstance(exc, httpx.ReadTimeout | httpx.WriteTimeout):
+        return False
+    try:
+        return is_write(exc.request)
+    except RuntimeError:  # no request attached
+        return False
+
+
 def timeout_message(exc: BaseException) -> str | None:
     """What to tell a client whose request to Chroma timed out (None: not a timeout)."""
     if not isinstance(exc, httpx.TimeoutException):
         return None
-    try:
-        write = is_write(exc.request)
-    except RuntimeError:  # no request attached
-        write = False
     if isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout):
         return "the Chroma server did not accept a connection in time (KB_CHROMA_TIMEOUT)"
-    if write:
+    if unanswered_write(exc):
         return (
             "the Chroma server did not answer a write in time (KB_CHROMA_WRITE_TIMEOUT); it "
             "may still apply it: read the documents back before sending them again (every "

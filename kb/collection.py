@@ -14,7 +14,7 @@ import numpy as np
 import orjson
 
 from kb.batcher import Batcher
-from kb.chroma_http import bound, probe, timeout_message
+from kb.chroma_http import bound, probe, timeout_message, unanswered_write
 from kb.config import Settings
 from kb.embeddings import Embedder
 from kb.errors import (
@@ -66,7 +66,7 @@ def chroma_errors() -> Iterator[None]:
         if (timed_out := timeout_message(exc)) is not None:
             log.error("store operation failed: %s", timed_out)
             error = StoreTimeout(timed_out)
-            error.may_have_landed = "KB_CHROMA_WRITE_TIMEOUT" in timed_out
+            error.may_have_landed = unanswered_write(exc)
             raise error from exc
         failure = f"{type(exc).__name__}: {exc}"
         # one line each, a traceback (4 kB) at most once a minute: with the server away,

@@ -18,7 +18,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-GRACE_S = 30.0  # as gunicorn's graceful_timeout under `kb serve --workers N`
+GRACE_S = 30  # seconds; gunicorn's graceful_timeout under `kb serve --workers N` too
 
 
 class Drain:

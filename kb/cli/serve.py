@@ -21,7 +21,7 @@ from gunicorn.app.base import BaseApplication
 from kb import __version__, chroma_process
 from kb.auth import KeyRing
 from kb.cli.base import fail, main, not_empty
-from kb.cli.drain import Drain
+from kb.cli.drain import GRACE_S, Drain
 from kb.cli.gunicorn_worker import IdleLimitedWorker
 from kb.cli.server_errors import use_json_errors, use_json_errors_in_gunicorn
 from kb.config import Settings, cpu_count
@@ -323,7 +323,7 @@ class _Cluster(BaseApplication):  # type: ignore[misc]
             "threads": self.settings.server_threads(),
             "worker_class": IdleLimitedWorker,  # gthread, KB_IDLE_TIMEOUT on each connection
             "timeout": 120,  # a worker's first start builds its local copies of the store
-            "graceful_timeout": 30,
+            "graceful_timeout": GRACE_S,  # as kb serve's own drain (kb.cli.drain)
             # gunicorn's default request line (4,094 bytes) is shorter than kb's targets: an id
             # of 512 characters is up to 6,144 %-escaped. Its most is 8,190; 0 would be no
             # limit at all with its Python parser (8 MiB took 14.7 s of a worker's CPU,

@@ -197,9 +197,10 @@ def absent(store: KnowledgeStore, dataset: Dataset) -> list[str]:
     corpus), in judgement order."""
     judgements = (dataset.qrels[query].items() for query in dataset.queries)
     wanted = list(dict.fromkeys(doc for pairs in judgements for doc, grade in pairs if grade > 0))
-    found: set[str] = set()
+    found: set[str] = set()  # a document's id is its first chunk's: read without texts
     for start in range(0, len(wanted), 500):
-        found.update(store.get_many(wanted[start : start + 500]))
+        heads = store.records.get(wanted[start : start + 500], texts=False)
+        found.update(head.doc_id for head in heads if head.chunk == 0)
     return [doc_id for doc_id in wanted if doc_id not in found]
 
 

@@ -6,14 +6,17 @@ from __future__ import annotations
 import fcntl
 import os
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TextIO
 
-from kb.errors import ConfigError
+from kb.errors import ConfigError, StoreUnavailable
 
 LOCK_FILE = ".kb.lock"
+# a bounded wait for another process's write tries the file lock again after these pauses
+MIN_PAUSE_S, MAX_PAUSE_S = 0.001, 0.05
 
 
 class StoreLocked(ConfigError):
@@ -73,27 +76,32 @@ def _open(path: Path) -> TextIO:
     raise ConfigError(f"cannot open the store at {directory} (KB_CHROMA_PATH): {problem}")
 
 
+class StoreBusy(StoreUnavailable):
+    """A write waited past its bound for the write lock another write holds (on a Chroma
+    server that does not answer it, each write queued behind it waited out the ones before
+    it: the k-th answered after about k x KB_CHROMA_WRITE_TIMEOUT). Nothing was sent."""
+
+    code = "store_busy"
+
+
 class WriteLock:
     """The store's write lock: a re-entrant thread lock, plus (for a shared server) a file
-    lock that serializes the writes of every kb process on this host."""
+    lock that serializes the writes of every kb process on this host.
 
-    def __init__(self, path: Path | None = None) -> None:
+    `with lock:` waits as long as it takes (a start-up's rebuild, close). `lock.turn()` waits
+    at most `wait` seconds in all (None: as long as it takes), then raises StoreBusy: the
+    bound of a request's write, so that a host's writes queued behind one the Chroma server
+    does not answer are each answered within their own wait and write timeouts."""
+
+    def __init__(self, path: Path | None = None, wait: float | None = None) -> None:
         self._thread = threading.RLock()
         self._path = path
+        self._wait = wait
         self._fd: int | None = None
         self._depth = 0
 
     def __enter__(self) -> WriteLock:
-        self._thread.acquire()
-        try:
-            if self._path is not None and self._depth == 0:
-                fd = _lock_file(self._path)
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                self._fd = fd
-        except BaseException:
-            self._thread.release()
-            raise
-        self._depth += 1
+        self._acquire(None)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -104,11 +112,67 @@ class WriteLock:
         self._thread.release()
 
     @contextmanager
+    def turn(self) -> Iterator[WriteLock]:
+        """The lock, waited for at most `wait` seconds (StoreBusy past them)."""
+        if not self._acquire(self._wait):
+            raise StoreBusy(
+                f"another write has held the store's write lock for more than {self._wait:g} s "
+                "(KB_CHROMA_WRITE_TIMEOUT: the Chroma server may not be answering it, or a "
+                "backup or restore is under way); this request changed nothing: retry it later"
+            )
+        try:
+            yield self
+        finally:
+            self.__exit__()
+
+    def _acquire(self, wait: float | None) -> bool:
+        deadline = None if wait is None else time.monotonic() + wait
+        if not self._thread.acquire(timeout=-1 if wait is None else wait):
+            return False
+        try:
+            if self._path is not None and self._depth == 0:
+                fd = _lock_file(self._path)
+                try:
+                    locked = _flock(fd, deadline)
+                except BaseException:
+                    os.close(fd)
+                    raise
+                if not locked:
+                    os.close(fd)
+                    self._thread.release()
+                    return False
+                self._fd = fd
+        except BaseException:
+            self._thread.release()
+            raise
+        self._depth += 1
+        return True
+
+    @contextmanager
     def this_process(self) -> Iterator[None]:
         """Held while no write of this process runs (the thread lock alone: another process's
         write on the host is not waited for)."""
         with self._thread:
             yield
+
+
+def _flock(fd: int, deadline: float | None) -> bool:
+    """Take the file lock, by `deadline` (time.monotonic) if one is given: flock has no
+    timeout, so it is tried again after pauses that double up to MAX_PAUSE_S."""
+    if deadline is None:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return True
+    pause = MIN_PAUSE_S
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            time.sleep(min(pause, left))
+            pause = min(pause * 2, MAX_PAUSE_S)
 
 
 def _lock_file(path: Path) -> int:

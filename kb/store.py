@@ -104,7 +104,11 @@ class KnowledgeStore:
         self._damaged: set[str] = set()  # documents found torn under the write lock (logged)
         # Writes check ids and then write: serialize them so the check stays true.
         shared = self.records.mode == "server"
-        self._lock = WriteLock(_write_lock_path(settings) if shared else None)
+        # On a server, a service's write waits for the lock at most as long as for the
+        # server's answer (a 503 past it); a command's (kb load, restore) waits as long as it
+        # takes: its user sees it waiting, and a backup on the host may hold the lock for long.
+        wait = settings.chroma_write_timeout if searching else None
+        self._lock = WriteLock(_write_lock_path(settings), wait=wait) if shared else WriteLock()
         try:
             self.replica = _replica(settings, self.records, embedder.dim, self._lock)
         except BaseException:
@@ -209,7 +213,7 @@ class KnowledgeStore:
         was served joined, a text never stored (review helper 82)."""
         if all(_is_whole(chunks) for chunks in groups.values()):
             return groups
-        with self._lock:
+        with self._lock.turn():
             groups = self._chunks(self._heads(doc_ids))
         damaged = {doc for doc, chunks in groups.items() if not _is_whole(chunks)}
         if damaged - self._damaged:  # not a write in between: damaged for good
@@ -335,7 +339,7 @@ class KnowledgeStore:
 
     def commit(self, plan: PreparedAdd) -> AddResponse:
         """Write a prepared add, all or nothing."""
-        with self._lock:
+        with self._lock.turn():
             heads = self._heads(plan.ids)
             if _seen(heads) != plan.seen:  # written to since `prepare`: plan again
                 plan = self._plan(plan.docs, plan.ids, plan.mode, plan.on_duplicate, heads)
@@ -427,7 +431,7 @@ class KnowledgeStore:
         )
 
     def update(self, doc_id: str, fields: UpdateFields) -> Document:
-        with self._lock:
+        with self._lock.turn():
             old = self._all_chunks(self._heads([doc_id]))
             if not old:
                 raise NotFound(f"no document with id '{doc_id}'", details=[_missing("id", doc_id)])
@@ -465,7 +469,7 @@ class KnowledgeStore:
         for i, doc_id in enumerate(ids):
             place.setdefault(doc_id, i)
         unique = list(place)
-        with self._lock:
+        with self._lock.turn():
             heads = self._heads(unique)
             stored = {head.id for head in heads}
             missing = [doc_id for doc_id in unique if doc_id not in stored]
@@ -480,7 +484,7 @@ class KnowledgeStore:
         return DeleteResponse(deleted=len(unique), ids=unique)
 
     def delete_where(self, flt: CompiledFilter) -> DeleteResponse:
-        with self._lock:
+        with self._lock.turn():
             matched = self.records.get(flt=flt, texts=False)
             heads = self._heads(list(dict.fromkeys(record.doc_id for record in matched)))
             # a document matches by a chunk of its own version, not by one a killed write
@@ -500,7 +504,7 @@ class KnowledgeStore:
 
     def clear(self) -> int:
         """Delete every record (restore --replace); the number deleted."""
-        with self._lock:
+        with self._lock.turn():
             ids = self.records.ids()
             if ids:
                 self._delete_whole(ids)
@@ -509,7 +513,7 @@ class KnowledgeStore:
     def restore_records(self, records: Sequence[Record]) -> None:
         """Write records exactly as a backup holds them (vectors included)."""
         if records:
-            with self._lock:
+            with self._lock.turn():
                 self._write(records, [])
 
     # ------------------------------------------------------------ helpers

@@ -12,17 +12,20 @@ import base64
 import gzip
 import http.client
 import json
+import logging
 import shutil
 import tempfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import IO, Any, TypeGuard
 
 import numpy as np
 
 from kb import __version__, json_input
+from kb.collection import RecordCollection
 from kb.errors import Conflict, KBError, ModelMismatch, ValidationFailed
 from kb.files import replacing
 from kb.records import CHUNK, CHUNKS, DOC, HASH, Record, chunk_id
@@ -38,6 +41,8 @@ from kb.schemas import (
 )
 from kb.search import CALIBRATED_KEY  # copied over with the records
 from kb.store import KnowledgeStore
+
+log = logging.getLogger(__name__)
 
 FORMAT = "kb-backup/1"
 PAGE = 2000
@@ -94,11 +99,13 @@ STDOUT = "standard output"  # what a backup to "-" is said to go to
 
 class RestoreInterrupted(KeyboardInterrupt):
     """A Ctrl-C during a restore; `changed`: whether the collection had been changed by then
-    (cleared by --replace, or records written): it then holds part of the backup."""
+    (cleared by --replace, or records written): it then holds part of the backup. `beside`:
+    records were written beside it (kb.staging), which its next open removes."""
 
-    def __init__(self, changed: bool) -> None:
+    def __init__(self, changed: bool, beside: bool = False) -> None:
         super().__init__()
         self.changed = changed
+        self.beside = beside
 
 
 class RestoreFailed(KBError):
@@ -267,13 +274,20 @@ def restore(
     _check_empty(store, replace)  # before the long check; again under the lock below
     header, heads = _verified(path, name)
     changed = False
+    staged: RecordCollection | None = None
     try:
         with store.writes():
             _check_empty(store, replace)
-            changed = True
-            _write_back(store, path, header, heads, replace, name)
+            staged = store.staging() if replace else None
+            if staged is None:
+                changed = True
+                _write_in_place(store, path, header, heads, replace, name)
+            else:
+                _fill(store, staged, path, header, heads, name)
+                changed = True
+                store.switch_to(staged)
     except KeyboardInterrupt as exc:  # a Ctrl-C: what it left is the caller's to say
-        raise RestoreInterrupted(changed) from exc
+        raise RestoreInterrupted(changed, beside=staged is not None) from exc
     except KBError as exc:  # the caller says the collection is partial, as for a Ctrl-C
         if changed:
             raise RestoreFailed(exc) from exc
@@ -281,7 +295,7 @@ def restore(
     return int(header["records"])
 
 
-def _write_back(
+def _write_in_place(
     store: KnowledgeStore,
     path: Path,
     header: dict[str, Any],
@@ -289,34 +303,74 @@ def _write_back(
     replace: bool,
     name: str,
 ) -> None:
-    """restore's writes, under the store's write lock."""
+    """restore's writes into the store's collection (empty, or emptied by `replace`: on a
+    Chroma server), under the store's write lock."""
     with store.replica.restoring():
         if replace:
             store.clear()
-        # every later chunk first, then the first chunks: killed part-way, the store
-        # holds whole documents and chunks without a first chunk, which kb.repair removes
-        # when it next opens (pages of the file's order split documents: first chunks
-        # were left counting chunks never written)
-        for firsts in (False, True):  # each pass parses only the lines it writes
-            with _lines(path, name) as lines:
-                next(lines)
-                batch: list[Record] = []
-                for number, line in lines:
-                    if (number in heads) is firsts:
-                        batch.append(_record(line, header["dim"], f"{name}:{number}"))
-                    if len(batch) >= PAGE:
-                        store.restore_records(batch)
-                        batch = []
-                store.restore_records(batch)
+        _write_records(store.restore_records, path, header, heads, name)
         _restore_threshold(store, header["min_score"])
+
+
+def _fill(
+    store: KnowledgeStore,
+    staged: RecordCollection,
+    path: Path,
+    header: dict[str, Any],
+    heads: set[int],
+    name: str,
+) -> None:
+    """restore --replace's writes into the collection beside the store's that takes its
+    place once whole (kb.staging). A store error part-way removes it: the store is as it
+    was. (After a Ctrl-C the store's next open removes it: a second Ctrl-C would not wait.)"""
+    try:
+        _write_records(partial(store.restore_records, into=staged), path, header, heads, name)
+        staged.set_settings_value(CALIBRATED_KEY, _threshold(header["min_score"]))
+    except KBError as exc:
+        try:
+            staged.drop()
+        except KBError:  # the store is still failing: its next open removes it
+            log.warning("could not remove the collection %s", staged.name, exc_info=True)
+        raise type(exc)(
+            f"{exc.message}; collection '{store.records.name}' keeps what it held",
+            code=exc.code,
+            status=exc.status,
+        ) from exc
+
+
+def _write_records(
+    write: Callable[[list[Record]], None],
+    path: Path,
+    header: dict[str, Any],
+    heads: set[int],
+    name: str,
+) -> None:
+    # every later chunk first, then the first chunks: killed part-way, the store holds
+    # whole documents and chunks without a first chunk, which kb.repair removes when it
+    # next opens (pages of the file's order split documents: first chunks were left
+    # counting chunks never written)
+    for firsts in (False, True):  # each pass parses only the lines it writes
+        with _lines(path, name) as lines:
+            next(lines)
+            batch: list[Record] = []
+            for number, line in lines:
+                if (number in heads) is firsts:
+                    batch.append(_record(line, header["dim"], f"{name}:{number}"))
+                if len(batch) >= PAGE:
+                    write(batch)
+                    batch = []
+            write(batch)
 
 
 def _restore_threshold(store: KnowledgeStore, min_score: float | None) -> None:
     """The collection's calibrated threshold becomes the backup's, cleared when it had none:
     a threshold calibrated for what the collection held before must not filter the restored
     documents (None removes the key from the collection's metadata)."""
-    value = None if min_score is None else float(min_score)
-    store.set_setting(CALIBRATED_KEY, value)
+    store.set_setting(CALIBRATED_KEY, _threshold(min_score))
+
+
+def _threshold(min_score: float | None) -> float | None:
+    return None if min_score is None else float(min_score)
 
 
 def read_header(path: Path, shown: str | None = None) -> dict[str, Any]:

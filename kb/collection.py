@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import time
@@ -31,6 +32,7 @@ from kb.lock import StoreLock
 from kb.logs import Thinned
 from kb.ranking import cosine_of_distance
 from kb.records import DOC, Record, as_held, whole_documents
+from kb.staging import finish_restore
 
 log = logging.getLogger(__name__)
 
@@ -177,8 +179,13 @@ class RecordCollection:
         embedded = client is None and self.mode == "embedded"
         self._lock = StoreLock(settings.chroma_path) if embedded else None
         self._nearest = Batcher(self._nearest_batch, max_items=64)
+        self._owned = True  # closes its client (not a collection `beside` it)
         try:
             self._client = client if client is not None else make_client(settings)
+            with chroma_errors():
+                self.max_batch = int(self._client.get_max_batch_size())
+            if embedded:  # a restore --replace killed part-way (kb.staging)
+                finish_restore(self)
             if existing:
                 self._require()
             self._open(embedder)
@@ -204,18 +211,67 @@ class RecordCollection:
         )
 
     def _open(self, embedder: Embedder) -> None:
-        with chroma_errors():
-            self.max_batch = int(self._client.get_max_batch_size())
         self._col = chroma_write(
             self._client.get_or_create_collection,
             self.name,
-            configuration={"hnsw": {"space": "cosine", "ef_search": self.settings.hnsw_ef_search}},
+            configuration=self._configuration(),
             metadata=_model_metadata(embedder),
             embedding_function=None,
         )
         self._check_space()
         self._check_model(embedder)
         self._tune_search()
+
+    def _configuration(self) -> dict[str, Any]:
+        return {"hnsw": {"space": "cosine", "ef_search": self.settings.hnsw_ef_search}}
+
+    def beside(self, suffix: str, metadata: dict[str, Any] | None = None) -> RecordCollection:
+        """The collection '<name>-<suffix>' beside this one, as records written and read
+        like this one's: made (of this one's configuration, with `metadata`) when `metadata`
+        is given, else the one there. It shares this one's client: closing it closes nothing."""
+        name = f"{self.name}-{suffix}"
+        if metadata is None:
+            col = chroma_write(self._client.get_collection, name, embedding_function=None)
+        else:
+            col = chroma_write(
+                self._client.create_collection,
+                name,
+                configuration=self._configuration(),
+                metadata=metadata,
+                embedding_function=None,
+            )
+        return self._sibling(name, col)
+
+    def view(self) -> RecordCollection:
+        """A second object on this collection, which keeps naming it when this one is
+        pointed at another (`take_place_of`); closing it closes nothing."""
+        return self._sibling(self.name, self._col)
+
+    def _sibling(self, name: str, col: Any) -> RecordCollection:
+        other = copy.copy(self)
+        other.name, other._col, other._lock, other._owned = name, col, None, False
+        return other
+
+    def collection_names(self) -> set[str]:
+        with chroma_errors():
+            return {collection.name for collection in self._client.list_collections()}
+
+    def rename(self, name: str) -> None:
+        chroma_write(self._col.modify, name=name)
+        self.name = name
+
+    def take_place_of(self, other: RecordCollection) -> None:
+        """Become `other` (its name; renamed already), as it is opened: the store's object
+        keeps serving, now this collection's records."""
+        other.name, other._col = self.name, self._col
+        other.reread_settings()
+
+    def drop(self) -> None:
+        """Delete this collection, emptied first: Chroma 1.5's delete_collection left
+        list-valued metadata behind, which the next records written to any collection of
+        the store took over."""
+        self.delete(self.ids())
+        chroma_write(self._client.delete_collection, self.name)
 
     def side_collection(self, suffix: str) -> Any:
         """A helper collection beside this one (kb's change log), created if missing."""
@@ -225,7 +281,7 @@ class RecordCollection:
 
     def close(self) -> None:
         client = getattr(self, "_client", None)
-        if client is not None:
+        if client is not None and self._owned:
             _close_client(client)
         if self._lock is not None:
             self._lock.release()
@@ -312,6 +368,10 @@ class RecordCollection:
         return ((self._col.configuration or {}).get("hnsw") or {}).get("ef_search")
 
     # ------------------------------------------------------------ collection metadata
+
+    def settings_values(self) -> dict[str, Any]:
+        """Every setting kept in the collection's metadata, as this process last read them."""
+        return dict(self._col.metadata or {})
 
     def settings_value(self, key: str) -> Any:
         """A setting kept in the collection's metadata, as this process last read it (on a

@@ -21,8 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
+from kb import staging
 from kb.ann import AnnConfig, Lists, train, training_sample
-from kb.collection import RecordCollection
+from kb.collection import CALIBRATED_KEY, RecordCollection
 from kb.filters import CompiledFilter
 from kb.keyword import KeywordIndex
 from kb.lock import WriteLock
@@ -295,6 +296,30 @@ class LocalReplica(Replica):
                 )
                 self.records.set_settings_value(RESTORING_KEY, False)
                 self._restore_left = False
+
+    def staging(self) -> RecordCollection:
+        """An empty collection beside the store's for kb restore --replace to fill
+        (kb.staging), of the store's settings but its threshold, generation and restore mark
+        (a leftover of a restore that failed in this process is dropped first)."""
+        if f"{self.records.name}-{staging.NEW}" in self.records.collection_names():
+            self.records.beside(staging.NEW).drop()
+        unkept = (CALIBRATED_KEY, GENERATION_KEY, RESTORING_KEY)
+        kept = {k: v for k, v in self.records.settings_values().items() if k not in unkept}
+        return self.records.beside(staging.NEW, kept)
+
+    def switch_to(self, restored: RecordCollection) -> None:
+        """Put the filled collection in the store's place (kb.staging) and rebuild the copies
+        from it, at a generation of its own: killed before the rebuild is done, the next
+        open finds the copies behind and rebuilds them."""
+        with self._writes:
+            generation = self.generation() + 1
+            restored.set_settings_value(GENERATION_KEY, generation)
+            staging.switch(self.records, restored)
+            try:
+                self.rebuild(generation)
+            except Exception:  # the restore is done: the copies are rebuilt at the next open
+                log.exception("could not rebuild the keyword index from the restored records")
+                self._behind = True
 
     def start(self, in_memory: bool = True) -> None:
         """As Replica.start; a store left mid-restore (each page of a restore is a write of

@@ -510,11 +510,32 @@ class KnowledgeStore:
                 self._delete_whole(ids)
         return len(ids)
 
-    def restore_records(self, records: Sequence[Record]) -> None:
-        """Write records exactly as a backup holds them (vectors included)."""
-        if records:
-            with self._lock.turn():
-                self._write(records, [])
+    def staging(self) -> RecordCollection | None:
+        """Where kb restore --replace writes: a new collection beside the store's, which
+        takes its place once whole (kb.staging), or None to write in place: on a Chroma
+        server (other processes hold the collection by its id), or when it is empty."""
+        if not isinstance(self.replica, LocalReplica) or not self.records.count():
+            return None
+        return self.replica.staging()
+
+    def restore_records(
+        self, records: Sequence[Record], into: RecordCollection | None = None
+    ) -> None:
+        """Write records exactly as a backup holds them (vectors included), into the store
+        or into the collection `staging` gave, which nothing else reads."""
+        if not records:
+            return
+        if into is not None:
+            into.upsert(records, new={record.id for record in records})
+            return
+        with self._lock.turn():
+            self._write(records, [])
+
+    def switch_to(self, restored: RecordCollection) -> None:
+        """Put the collection `staging` gave, filled, in the store's place."""
+        assert isinstance(self.replica, LocalReplica)
+        with self._lock.turn():
+            self.replica.switch_to(restored)
 
     # ------------------------------------------------------------ helpers
 

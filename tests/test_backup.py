@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from kb import backup, files
+from kb import backup, files, staging
 from kb.cli import main
 from kb.config import Settings, is_kb_variable
 from kb.errors import Conflict, KBError, ModelMismatch, ValidationFailed
@@ -381,45 +381,6 @@ def _restore_fails(settings: Settings, bad: Path) -> str:
     return done.output
 
 
-def test_a_store_error_part_way_says_the_collection_is_partial_and_what_to_run(
-    filled, tmp_path: Path, settings: Settings, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A full disk after --replace had deleted what the collection held printed only
-    "restore failed: the store failed: ... disk I/O error", where a Ctrl-C said the
-    collection was partial and what to run (review helper 81)."""
-    dest = tmp_path / "copy.jsonl.gz"
-    backup.write_file(filled, dest)
-    before = contents(filled)
-    filled.close()
-    monkeypatch.setattr(backup, "PAGE", 2)  # several writes: the second one fails
-    written = KnowledgeStore.restore_records
-    calls: list[int] = []
-
-    def disk_full(store: KnowledgeStore, records) -> None:
-        calls.append(len(records))
-        if len(calls) == 2:
-            raise KBError("the store failed: InternalError: (code: 778) disk I/O error")
-        written(store, records)
-
-    monkeypatch.setattr(KnowledgeStore, "restore_records", disk_full)
-    said = _restore_fails(settings, dest)
-    assert (
-        "restore failed: the store failed: InternalError: (code: 778) disk I/O error; "
-        f"collection '{settings.collection}' is partial (what it held was deleted; it holds "
-        f"part of the backup, or nothing). Run `kb restore --replace {dest}` to restore it whole."
-    ) in said
-    assert len(calls) == 2
-    monkeypatch.undo()
-    env = {"KB_CHROMA_PATH": str(settings.chroma_path), "KB_COLLECTION": settings.collection}
-    done = CliRunner().invoke(main, ["restore", "--replace", str(dest)], env=env)
-    assert done.exit_code == 0, done.output
-    store = KnowledgeStore.open(settings, filled.embedder)
-    try:
-        assert contents(store) == before
-    finally:
-        store.close()
-
-
 @pytest.mark.parametrize("through", ["pipe", "fifo"])
 def test_kb_restore_reads_a_backup_from_a_pipe_or_fifo(
     filled, tmp_path: Path, settings: Settings, through: str
@@ -456,6 +417,87 @@ def test_kb_restore_reads_a_backup_from_a_pipe_or_fifo(
     junk = subprocess.run([*command, "/dev/stdin"], input=b"not gzip", env=env, capture_output=True)
     assert junk.returncode == 1
     assert b"restore failed: /dev/stdin is not a readable kb backup" in junk.stderr
+
+
+def _disk_full_on_the_second_write(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """restore's writes in pages of 2, the second failing as on a full disk; their sizes."""
+    monkeypatch.setattr(backup, "PAGE", 2)
+    written = KnowledgeStore.restore_records
+    calls: list[int] = []
+
+    def disk_full(store: KnowledgeStore, records, into=None) -> None:
+        calls.append(len(records))
+        if len(calls) == 2:
+            raise KBError("the store failed: InternalError: (code: 778) disk I/O error")
+        written(store, records, into)
+
+    monkeypatch.setattr(KnowledgeStore, "restore_records", disk_full)
+    return calls
+
+
+DISK_FULL = "restore failed: the store failed: InternalError: (code: 778) disk I/O error; "
+
+
+def test_a_store_error_part_way_through_a_replace_leaves_an_embedded_store_as_it_was(
+    filled, tmp_path: Path, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--replace emptied the collection first, so a full disk part-way lost what it held
+    (the message said so, review helper 81): now the backup is written beside it and takes
+    its place once whole (kb.staging); a failure removes it, and the store is as it was."""
+    dest = tmp_path / "copy.jsonl.gz"
+    backup.write_file(filled, dest)
+    filled.add([DocumentIn(id="later", text="A pasta sauce written after the backup.")])
+    before = contents(filled)
+    searched = {mode: top(filled, "pasta sauce", mode) for mode in ("dense", "keyword")}
+    assert "later" in {doc_id for doc_id, _ in searched["keyword"]}
+    filled.close()
+    calls = _disk_full_on_the_second_write(monkeypatch)
+    said = _restore_fails(settings, dest)
+    assert f"{DISK_FULL}collection '{settings.collection}' keeps what it held" in said
+    assert len(calls) == 2
+    monkeypatch.undo()
+    store = KnowledgeStore.open(settings, filled.embedder)
+    try:
+        assert contents(store) == before
+        assert {mode: top(store, "pasta sauce", mode) for mode in searched} == searched
+        assert store.records.collection_names() == {settings.collection}
+    finally:
+        store.close()
+
+
+def test_a_store_error_part_way_says_a_servers_collection_is_partial_and_what_to_run(
+    server_settings: Settings, embedder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a Chroma server the restore writes in place (other processes hold the collection
+    by its id): a full disk part-way said only "restore failed: ... disk I/O error"; it now
+    says the collection is partial and what to run (review helper 81)."""
+    store = KnowledgeStore.open(server_settings, embedder)
+    try:
+        store.add([DocumentIn.model_validate(doc) for doc in COOKING])
+        dest = tmp_path / "copy.jsonl.gz"
+        backup.write_file(store, dest)
+        before = contents(store)
+    finally:
+        store.close()
+    calls = _disk_full_on_the_second_write(monkeypatch)
+    env = {"KB_CHROMA_URL": server_settings.chroma_url, "KB_COLLECTION": server_settings.collection}
+    env["KB_LOCK_DIR"] = str(server_settings.lock_dir)
+    done = CliRunner().invoke(main, ["restore", "--replace", str(dest)], env=env)
+    assert done.exit_code == 1, done.output
+    assert (
+        f"{DISK_FULL}collection '{server_settings.collection}' is partial (what it held was "
+        f"deleted; it holds part of the backup, or nothing). Run `kb restore --replace {dest}` "
+        "to restore it whole."
+    ) in done.output
+    assert len(calls) == 2
+    monkeypatch.undo()
+    done = CliRunner().invoke(main, ["restore", "--replace", str(dest)], env=env)
+    assert done.exit_code == 0, done.output
+    store = KnowledgeStore.open(server_settings, embedder)
+    try:
+        assert contents(store) == before
+    finally:
+        store.close()
 
 
 def env_settings(env: dict[str, str]) -> dict[str, object]:
@@ -652,3 +694,74 @@ def test_head_backup_answers_headers_without_taking_a_backup(
     assert got.status_code == 200
     assert len(taken) == 1
     assert json.loads(gzip.decompress(got.data).splitlines()[0])["records"] == 0
+
+
+def _collections(settings: Settings) -> set[str]:
+    import chromadb
+
+    client = chromadb.PersistentClient(path=str(settings.chroma_path))
+    try:
+        return {collection.name for collection in client.list_collections()}
+    finally:
+        client.close()
+
+
+def test_a_restore_replace_killed_before_its_switch_leaves_the_store_as_it_was(
+    filled, tmp_path: Path, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Killed while it wrote beside the store (SIGKILL: nothing removed it), the next open
+    removes what it wrote; the store is as it was."""
+    dest = tmp_path / "copy.jsonl.gz"
+    backup.write_file(filled, dest)
+    filled.add([DocumentIn(id="later", text="A pasta sauce written after the backup.")])
+    before = contents(filled)
+    staged = filled.staging()
+    assert staged is not None
+    with backup._lines(dest, str(dest)) as lines:
+        next(lines)
+        filled.restore_records([backup._record(line, 384, "x") for _, line in lines], staged)
+    filled.close()  # killed here: the switch never began
+    assert _collections(settings) == {settings.collection, f"{settings.collection}-kb-new"}
+    store = KnowledgeStore.open(settings, filled.embedder)
+    try:
+        assert contents(store) == before
+        assert top(store, "later pasta", "keyword")[0][0] == "later"
+    finally:
+        store.close()
+    assert _collections(settings) == {settings.collection}
+
+
+def test_a_restore_replace_killed_inside_its_switch_is_finished_at_the_next_open(
+    filled, tmp_path: Path, settings: Settings, embedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Killed between the switch's two renames, no collection has the store's name: the next
+    open finishes the switch (it made an empty collection of that name, the restored records
+    left aside), and the copies are rebuilt from the restored records."""
+    dest = tmp_path / "copy.jsonl.gz"
+    backup.write_file(filled, dest)
+    restored = contents(filled)
+    filled.add([DocumentIn(id="later", text="A pasta sauce written after the backup.")])
+    filled.close()
+
+    def killed(records, new) -> None:  # the first rename only, then the process dies
+        new.set_settings_value(staging.WHOLE_KEY, True)
+        records.view().rename(f"{records.name}-{staging.OLD}")
+        raise SystemExit("killed")
+
+    monkeypatch.setattr(staging, "switch", killed)
+    store = KnowledgeStore.open(settings, embedder, searching=False)
+    try:
+        with pytest.raises(SystemExit):
+            backup.restore(store, dest, replace=True)
+    finally:
+        store.close()
+    monkeypatch.undo()
+    assert _collections(settings) == {f"{settings.collection}-kb-{s}" for s in ("new", "old")}
+    store = KnowledgeStore.open(settings, embedder)
+    try:
+        assert contents(store) == restored
+        assert "later" not in {doc_id for doc_id, _ in top(store, "later pasta", "keyword")}
+        assert store.records.settings_value(CALIBRATED_KEY) == 0.37
+    finally:
+        store.close()
+    assert _collections(settings) == {settings.collection}

@@ -1237,13 +1237,18 @@ def test_a_ctrl_c_in_restore_says_what_the_store_holds_and_what_to_run(
     assert done.exit_code == 130, done.output
     assert "Restore interrupted before it wrote anything: the store is as it was" in done.stderr
     monkeypatch.undo()
-    monkeypatch.setattr(KnowledgeStore, "restore_records", ctrl_c)  # once the store is cleared
-    done = run(env, "restore", "--replace", str(dest))
+    monkeypatch.setattr(KnowledgeStore, "restore_records", ctrl_c)  # as it writes
+    done = run(env, "restore", "--replace", str(dest))  # beside the store (kb.staging)
     assert done.exit_code == 130, done.output
     assert (
-        "Restore interrupted: collection 'cli_test' is partial (what it held was deleted; it "
-        f"holds part of the backup, or nothing). Run `kb restore --replace {dest}` to restore "
-        "it whole."
+        "Restore interrupted: the store is as it was (the records it wrote beside it are "
+        "removed when the store is next opened)"
+    ) in done.stderr
+    done = run({**env, "KB_COLLECTION": "other"}, "restore", str(dest))  # into an empty one
+    assert done.exit_code == 130, done.output
+    assert (
+        "Restore interrupted: collection 'other' is partial (it holds part of the backup, or "
+        f"nothing). Run `kb restore --replace {dest}` to restore it whole."
     ) in done.stderr
 
 
@@ -1270,11 +1275,10 @@ main(args, prog_name="kb")
 SIGTERMED = {  # command -> where it is held, what it must say
     "backup": ("kb.backup:_line", "Backup interrupted: nothing was written to {dest}"),
     "export": ("kb.cli.data:_write_documents", "Export interrupted: nothing was written to {dest}"),
-    "restore": (
+    "restore": (  # --replace writes beside the store, which is kept (kb.staging)
         "kb.store:KnowledgeStore.restore_records",
-        "Restore interrupted: collection 'cli_test' is partial (what it held was deleted; it "
-        "holds part of the backup, or nothing). Run `kb restore --replace {dest}` to restore "
-        "it whole.",
+        "Restore interrupted: the store is as it was (the records it wrote beside it are "
+        "removed when the store is next opened)",
     ),
 }
 

@@ -558,6 +558,11 @@ def restore(source: Path, replace: bool) -> None:
         except KBError as exc:
             fail(f"restore failed: {exc.message}")
         except backups.RestoreInterrupted as exc:
+            if not exc.changed and exc.beside:
+                interrupted(
+                    "Restore interrupted: the store is as it was (the records it wrote beside "
+                    "it are removed when the store is next opened)"
+                )
             if not exc.changed:
                 interrupted("Restore interrupted before it wrote anything: the store is as it was")
             interrupted(f"Restore interrupted: {partial}")

@@ -227,6 +227,12 @@ class Settings(BaseSettings):
 
     # Limits
     max_request_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    max_answer_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=1024,
+        description="Largest /query answer, counted as its texts, passages, metadata and "
+        "queries take it in JSON (422 above, before the rest is read or written).",
+    )
     max_documents_per_request: int = Field(10_000, ge=1)
     max_queries_per_request: int = Field(64, ge=1)
     max_text_chars: int = Field(200_000, ge=1)

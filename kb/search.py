@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
 
+from kb.answer_budget import AnswerBudget
 from kb.collection import CALIBRATED_KEY
 from kb.config import Settings
 from kb.diversity import mmr
@@ -22,6 +24,9 @@ from kb.schemas import Document, Match, QueryRequest, QueryResult, QueryStatus, 
 from kb.store import KnowledgeStore
 
 POOL_FACTOR = 4  # diversify: MMR picks top_k from the best POOL_FACTOR x top_k documents
+# whole documents read a call for chunked matches under an answer budget, each counted as it
+# comes: the documents read past the budget are at most one such call's
+FETCH_SLICE = 64
 
 
 def ranking_depth(settings: Settings, top_k: int) -> int:
@@ -57,8 +62,13 @@ class _Asked:
         return self.request.mode or self.store.settings.search_mode
 
 
-def search(store: KnowledgeStore, request: QueryRequest) -> list[QueryResult]:
-    """Run every query of the request through the same pipeline; one result each."""
+def search(
+    store: KnowledgeStore, request: QueryRequest, answer_bytes: int | None = None
+) -> list[QueryResult]:
+    """Run every query of the request through the same pipeline; one result each. A text
+    asked twice is searched once and its result shown twice (a batch's queries share every
+    other field). `answer_bytes` (KB_MAX_ANSWER_BYTES) bounds the answer's texts and
+    metadata: past it a 422, raised as they are read and the matches made."""
     mode = request.mode or store.settings.search_mode
     if request.fusion is not None and mode != "hybrid":
         # the request's own mode is checked with its fields; KB_SEARCH_MODE only here
@@ -72,7 +82,10 @@ def search(store: KnowledgeStore, request: QueryRequest) -> list[QueryResult]:
     store.replica.catch_up()
     threshold = resolve_threshold(store, request.min_score)
     min_score = threshold.min_score
-    texts = request.texts()
+    times = Counter(request.texts())  # each text's count, in the order first asked
+    texts = list(times)
+    batch = len(request.queries) if request.queries is not None else None
+    budget = AnswerBudget(answer_bytes, batch, len(texts), top_k, request.explain)
     vectors = store.embedder.embed_queries(texts)
     # a text filter is decided per document, once for the batch: on the mirror, the rows of
     # the documents passing it; else a metadata filter listing them
@@ -83,10 +96,9 @@ def search(store: KnowledgeStore, request: QueryRequest) -> list[QueryResult]:
     # only what a result shows is fetched: its matches, and with explain its near misses
     shown = [r.matches + (r.misses if request.explain else []) for r in rankings]
     showing = complete(store, shown, asked.flt)
-    # chunked documents are shown whole: fetch them for the whole batch in one call
-    full = store.documents_of([hit.record for hits in showing for hit in hits if hit.chunked])
-    return [
-        _result(
+    full = _whole_documents(store, showing, [times[text] for text in texts], budget)
+    results = {
+        text: _result(
             text,
             ranking,
             shows,
@@ -96,9 +108,40 @@ def search(store: KnowledgeStore, request: QueryRequest) -> list[QueryResult]:
             _no_candidates(store, asked.mode, text, vector, passing, filtered)
             if not ranking.candidates
             else None,
+            budget,
+            times[text],
         )
         for text, vector, ranking, shows in zip(texts, vectors, rankings, showing, strict=True)
-    ]
+    }
+    return [results[text] for text in request.texts()]
+
+
+def _whole_documents(
+    store: KnowledgeStore, showing: list[list[Hit]], times: list[int], budget: AnswerBudget
+) -> dict[str, Document]:
+    """The whole documents of the chunked hits shown (each query's `times` in the answer),
+    for the batch in one call, or under a budget FETCH_SLICE documents a call, each counted
+    as it comes (as many times as the answer shows it) after the texts already at hand: an
+    answer past the budget is refused before the rest is read."""
+    chunked: dict[str, tuple[Record, int]] = {}
+    for hits, shown in zip(showing, times, strict=True):
+        for hit in hits:
+            if hit.chunked:
+                counted = chunked.get(hit.record.doc_id, (hit.record, 0))[1]
+                chunked[hit.record.doc_id] = (hit.record, counted + shown)
+            else:
+                budget.read(shown * len(hit.record.text))
+    wanted = list(chunked.values())
+    step = FETCH_SLICE if budget.limit is not None else max(len(wanted), 1)
+    full: dict[str, Document] = {}
+    for start in range(0, len(wanted), step):
+        part = wanted[start : start + step]
+        found = store.documents_of([record for record, _ in part])
+        for record, shown in part:
+            if (document := found.get(record.doc_id)) is not None:
+                budget.read(shown * len(document.text))
+        full.update(found)
+    return full
 
 
 def _ranked(asked: _Asked, top_k: int) -> list[Ranking]:
@@ -230,9 +273,16 @@ def _best_per_document(hits: Sequence[tuple[Record, float]], texts: bool) -> lis
     return best_scored(best.values(), len(best))
 
 
-def _matches(hits: list[Hit], full: dict[str, Document]) -> list[Match]:
-    return [
-        Match(
+def _matches(
+    hits: list[Hit], full: dict[str, Document], budget: AnswerBudget, times: int
+) -> list[Match]:
+    """The hits as matches, each counted in the budget (`times` in the answer) as it is
+    made; a chunked one written or gone since it was ranked is left out."""
+    matches = []
+    for hit in hits:
+        if hit.chunked and hit.record.doc_id not in full:
+            continue
+        match = Match(
             id=hit.record.doc_id,
             score=hit.score,
             text=full[hit.record.doc_id].text if hit.chunked else hit.record.text,
@@ -241,9 +291,9 @@ def _matches(hits: list[Hit], full: dict[str, Document]) -> list[Match]:
             keyword_score=hit.keyword,
             fused_score=hit.fused,
         )
-        for hit in hits
-        if not hit.chunked or hit.record.doc_id in full  # written or gone since: skip
-    ]
+        budget.charge(times, match.id, match.text, match.metadata, match.passage)
+        matches.append(match)
+    return matches
 
 
 def _result(
@@ -254,12 +304,15 @@ def _result(
     full: dict[str, Document],
     explain: bool,
     nothing: tuple[QueryStatus, str] | None,
+    budget: AnswerBudget,
+    times: int,
 ) -> QueryResult:
     """The query's answer from the reading of its ranking and the hits fetched to be shown
     (`shows`: its matches, then with explain its near misses); `nothing` says why there was
-    no candidate."""
+    no candidate. The answer shows it `times`, each counted in the budget."""
+    budget.charge(times, query)
     min_score = threshold.min_score
-    matches = _matches([hit for hit in shows if hit.score >= min_score], full)
+    matches = _matches([hit for hit in shows if hit.score >= min_score], full, budget, times)
     best_rejected = ranking.best_rejected
     if not matches and best_rejected is None:  # every match written or deleted meanwhile
         nothing = nothing or (
@@ -277,7 +330,7 @@ def _result(
         candidates=ranking.candidates,
         rejected=ranking.rejected,
         best_rejected_score=best_rejected,
-        near_misses=_matches(near, full) if explain else None,
+        near_misses=_matches(near, full, budget, times) if explain else None,
     )
 
 

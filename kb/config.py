@@ -200,9 +200,9 @@ class Settings(BaseSettings):
         1024,
         ge=0,
         le=1_000_000,
-        description="Query texts whose vectors kb serve keeps (least recently used out, 1.5 KiB "
-        "each; 0: none): a search asked again, with other filters, threshold or top_k, skips "
-        "the encoder.",
+        description="Query texts whose vectors kb serve keeps (least recently used out, about "
+        "1.8 KiB each: the vector and a digest of the text; 0: none): a search asked again, "
+        "with other filters, threshold or top_k, skips the encoder.",
     )
     hnsw_ef_search: int = Field(
         200,

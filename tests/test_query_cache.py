@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tracemalloc
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -108,3 +109,51 @@ def test_a_search_asked_again_with_another_filter_skips_the_encoder(
         assert all(ids[m["id"]] == m["score"] for m in answers[1]["matches"])
     finally:
         close_app(app)
+
+
+class Wide(Counting):
+    """A stand-in encoder of the packaged model's width: 384 floats a text."""
+
+    dim = 384
+
+    def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
+        self.calls.append(list(texts))
+        return np.array([np.full(384, hash(t) % 1000, np.float32) for t in texts])
+
+
+def test_an_entry_holds_a_digest_of_its_text_not_the_text() -> None:
+    """Keyed by the text, 1,024 queries of 10,000 characters past Latin-1 held 40 MB (review
+    helper 81); each entry now holds the vector and 16 bytes, about 1.8 KiB (README)."""
+    entries = 64
+    inner = Wide()
+    cache = QueryCache(inner, size=entries)
+    head = "Ж" * 9_990  # long texts alike but for their last characters
+
+    def fill(start: int) -> None:
+        for i in range(start, start + entries):
+            cache.embed_queries([f"{head}{i:010d}"])
+            inner.calls.clear()  # the stand-in's record of its calls holds the texts
+
+    fill(entries)  # the first round's allocations (the Lru's table) are not an entry's
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        fill(0)  # every entry replaced by a new text of 10,000 characters
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert len(cache._kept) == entries
+    # each new entry's vector (1,536 bytes of floats) and key; the text (20 KB) is not kept
+    assert held < entries * 2 * 1024
+    assert all(isinstance(key, bytes) and len(key) == 16 for key in cache._kept._items)
+
+
+def test_long_texts_alike_but_for_their_ends_keep_their_own_vectors() -> None:
+    inner = Wide()
+    cache = QueryCache(inner, size=8)
+    texts = ["x" * 9_999 + end for end in "abc"]
+    first = cache.embed_queries(texts)
+    again = cache.embed_queries([texts[2], texts[0], texts[1], texts[2]])
+    assert inner.calls == [texts]  # the second call found all three
+    assert np.array_equal(again, first[[2, 0, 1, 2]])
+    assert np.array_equal(first, inner.embed_queries(texts))

@@ -363,6 +363,31 @@ def test_ids_with_leading_or_repeated_slashes_address_only_their_own_document(
         assert ids_of(client) == sorted(SLASHED[done:])
 
 
+def test_add_answers_201_only_when_it_created_a_document(cooking: FlaskClient) -> None:
+    """Review helper 81: an add that skipped or replaced every document answered 201 Created;
+    it is a 200 with the same body, and 201 when at least one document is new."""
+    skipped = cooking.post("/add", json={"documents": COOKING[:2], "on_conflict": "skip"})
+    assert skipped.status_code == 200, skipped.json
+    assert (skipped.json["added"], skipped.json["skipped"]) == (0, 2)
+    changed = {**COOKING[0], "text": "Boil the pasta for nine minutes."}
+    updated = cooking.post("/add", json={"documents": [changed, COOKING[1]], "upsert": True})
+    assert updated.status_code == 200, updated.json
+    assert (updated.json["added"], updated.json["updated"], updated.json["skipped"]) == (0, 1, 1)
+    assert cooking.get("/documents/pasta").json["text"] == changed["text"]
+    one_new = [COOKING[1], {"id": "soup", "text": "Simmer the stock for an hour."}]
+    created = cooking.post("/add", json={"documents": one_new, "on_conflict": "skip"})
+    assert created.status_code == 201, created.json
+    assert (created.json["added"], created.json["skipped"]) == (1, 1)
+    copy = {"id": "soup-2", "text": "Simmer the stock for an hour."}  # a near-duplicate
+    left_out = cooking.post("/add", json={**copy, "on_duplicate": "skip"})
+    assert left_out.status_code == 200, left_out.json
+    assert (left_out.json["added"], left_out.json["skipped"]) == (0, 1)
+    assert cooking.get("/documents/soup-2").status_code == 404
+    spec = cooking.get("/openapi.json").json["paths"]["/add"]["post"]["responses"]
+    assert spec["201"]["content"] == spec["200"]["content"]
+    assert "added = 0" in spec["200"]["description"]
+
+
 def test_on_conflict_skip_keeps_stored_documents(cooking: FlaskClient) -> None:
     batch = [{"id": "pasta", "text": "Changed"}, {"id": "new", "text": "Brand new"}]
     response = cooking.post("/add", json={"documents": batch, "on_conflict": "skip"})

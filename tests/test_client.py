@@ -46,6 +46,18 @@ def test_query_many_answers_each_query_in_order(live_server: str) -> None:
     assert all(len(result.matches) == 1 for result in results)
 
 
+def test_add_takes_the_200_of_an_add_that_created_nothing(live_server: str) -> None:
+    """/add answers 201 only when it created a document, else 200 (review helper 81): both
+    are an AddResponse to the client (and to `kb load --url`, which adds through it)."""
+    client = KBClient(live_server)
+    docs = [DocumentIn(id="note", text="A note kept once")]
+    assert client.add(docs).added == 1
+    again = client.add(docs, on_conflict="skip")
+    assert (again.added, again.skipped) == (0, 1)
+    changed = client.add([DocumentIn(id="note", text="A note, changed")], on_conflict="upsert")
+    assert (changed.added, changed.updated) == (0, 1)
+
+
 def test_list_documents_pages_and_filters(live_server: str) -> None:
     client = KBClient(live_server)
     client.add([DocumentIn(id=f"n{i}", text=f"Note {i}", metadata={"i": i}) for i in range(5)])

@@ -62,6 +62,10 @@ UPDATE_ERRORS = (*ID_ERRORS, 409)  # 409: the stored document is torn and the pa
     request=AddRequest,
     response=AddResponse,
     status=201,
+    statuses={
+        201: "At least one document was created (added > 0)",
+        200: "None was created: every document was skipped or updated (added = 0)",
+    },
     errors=(400, 409, 413, 415, 422),
     access="write",
 )
@@ -71,7 +75,9 @@ def add() -> tuple[Response, int]:
     single = req.documents is None
     with fields_as_sent("documents.0", "") if single else contextlib.nullcontext():
         result = store().add(req.items(), WriteMode(req.conflict_mode()), req.on_duplicate)
-    return reply(result, 201)
+    # 201 Created only when something was: a request that skipped or replaced every
+    # document was a 201 too (review helper 81)
+    return reply(result, 201 if result.added else 200)
 
 
 @bp.get("/documents/<doc_id:doc_id>")

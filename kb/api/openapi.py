@@ -91,7 +91,8 @@ def _operation(path: str, doc: RouteDoc, refs: dict[type[BaseModel], Any]) -> di
     else:
         schema = {"type": "string"}
     content = {doc.media_type.split(";")[0]: {"schema": schema}}
-    op["responses"][str(doc.status)] = {"description": "Success", "content": content}
+    for status, meaning in {doc.status: "Success", **doc.statuses}.items():
+        op["responses"][str(status)] = {"description": meaning, "content": content}
     unknown_parameter = (422,) if doc.refuses_query else ()
     # 400: any route, for a path or query whose %-escapes are not UTF-8 (request_target)
     every = (400, *unknown_parameter, 500)

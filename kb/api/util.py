@@ -185,6 +185,8 @@ class RouteDoc:
     response: type[BaseModel] | None = None
     alternatives: list[type[BaseModel]] = field(default_factory=list)
     status: int = 200
+    # what each success status means, when a route has several (the same body each)
+    statuses: dict[int, str] = field(default_factory=dict)
     errors: tuple[int, ...] = (400, 413, 415, 422)
     query: list[dict[str, Any]] = field(default_factory=list)
     access: Access = "read"  # what key the route needs when KB_API_KEYS is set

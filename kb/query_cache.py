@@ -6,7 +6,7 @@ again for every change of a filter, the threshold or top_k, and clients page thr
 results or retry. The vectors are kept per process, least recently used out,
 `KB_QUERY_CACHE` texts, each by a 16-byte BLAKE2b digest of its text (about 1.8 KiB an entry
 with its 384 floats, whatever the text's length: keyed by the text itself, 1,024 queries of
-10,000 characters past Latin-1 held 40 MB; review helper 81). Two texts share a digest with a
+10,000 characters past Latin-1 held 40 MB; review helper 87). Two texts share a digest with a
 chance of about 2^-128, never in practice. A process has one model, so a kept vector never
 goes stale.
 """

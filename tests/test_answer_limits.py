@@ -1,5 +1,5 @@
 """A /query answer is bounded: a text asked twice in a batch is searched once, and an answer
-past KB_MAX_ANSWER_BYTES is a 422 raised as it is assembled (review helper 81: 64 copies of
+past KB_MAX_ANSWER_BYTES is a 422 raised as it is assembled (review helper 80: 64 copies of
 one query at top_k 100 over 12 KB texts answered 77 MB, with a read key alone)."""
 
 from __future__ import annotations

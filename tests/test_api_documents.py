@@ -364,7 +364,7 @@ def test_ids_with_leading_or_repeated_slashes_address_only_their_own_document(
 
 
 def test_add_answers_201_only_when_it_created_a_document(cooking: FlaskClient) -> None:
-    """Review helper 81: an add that skipped or replaced every document answered 201 Created;
+    """Review helper 82: an add that skipped or replaced every document answered 201 Created;
     it is a 200 with the same body, and 201 when at least one document is new."""
     skipped = cooking.post("/add", json={"documents": COOKING[:2], "on_conflict": "skip"})
     assert skipped.status_code == 200, skipped.json

@@ -47,7 +47,7 @@ def test_query_many_answers_each_query_in_order(live_server: str) -> None:
 
 
 def test_add_takes_the_200_of_an_add_that_created_nothing(live_server: str) -> None:
-    """/add answers 201 only when it created a document, else 200 (review helper 81): both
+    """/add answers 201 only when it created a document, else 200 (review helper 82): both
     are an AddResponse to the client (and to `kb load --url`, which adds through it)."""
     client = KBClient(live_server)
     docs = [DocumentIn(id="note", text="A note kept once")]

@@ -66,7 +66,7 @@ def test_a_request_sent_again_after_part_of_it_was_stored_ends_as_the_first_woul
     assert client.get("/health").json["documents"] == 3
     later = {**COPY, "id": "copy2"}  # a later request is compared with what is stored
     answer = client.post("/add", json={"documents": [later], "on_duplicate": on_duplicate})
-    # nothing created: a 200 (review helper 81)
+    # nothing created: a 200 (review helper 82)
     assert answer.status_code == (409 if on_duplicate == "reject" else 200), answer.json
 
 

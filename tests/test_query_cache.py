@@ -123,7 +123,7 @@ class Wide(Counting):
 
 def test_an_entry_holds_a_digest_of_its_text_not_the_text() -> None:
     """Keyed by the text, 1,024 queries of 10,000 characters past Latin-1 held 40 MB (review
-    helper 81); each entry now holds the vector and 16 bytes, about 1.8 KiB (README)."""
+    helper 87); each entry now holds the vector and 16 bytes, about 1.8 KiB (README)."""
     entries = 64
     inner = Wide()
     cache = QueryCache(inner, size=entries)

@@ -76,7 +76,7 @@ def add() -> tuple[Response, int]:
     with fields_as_sent("documents.0", "") if single else contextlib.nullcontext():
         result = store().add(req.items(), WriteMode(req.conflict_mode()), req.on_duplicate)
     # 201 Created only when something was: a request that skipped or replaced every
-    # document was a 201 too (review helper 81)
+    # document was a 201 too (review helper 82)
     return reply(result, 201 if result.added else 200)
 
 

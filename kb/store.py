@@ -525,11 +525,15 @@ class KnowledgeStore:
         or into the collection `staging` gave, which nothing else reads."""
         if not records:
             return
+        ids = {record.id for record in records}  # a backup holds each id once
         if into is not None:
-            into.upsert(records, new={record.id for record in records})
+            into.upsert(records, new=ids)
             return
+        # embedded, the collection was empty (or emptied) under the write lock: its ids are
+        # new, and Chroma's add costs less than an upsert (no lookup of a stored record); on
+        # a server another host may have written one since, which the restore overwrites
         with self._lock.turn():
-            self._write(records, [])
+            self._write(records, [], ids if isinstance(self.replica, LocalReplica) else set())
 
     def switch_to(self, restored: RecordCollection) -> None:
         """Put the collection `staging` gave, filled, in the store's place."""

@@ -1,6 +1,7 @@
 """waitress's main loop, with a graceful stop: SIGTERM (or a first Ctrl-C) stops accepting
 connections and lets the requests under way finish and their answers go out, for at most
-GRACE_S, before the app is closed; a second Ctrl-C stops at once.
+GRACE_S, before the app is closed; a second Ctrl-C stops at once. What each connection is
+answered meanwhile, and when it closes: kb.cli.drain_channel.
 
 waitress's own `run()` left its loop at the signal: its threads got 5 s, the answers they
 wrote after the loop had stopped were never sent, and kb closed the app under a request still
@@ -25,12 +26,16 @@ class Drain:
     """Runs a waitress server (`waitress.create_server`'s) until asked to stop, then drains."""
 
     def __init__(self, server: Any) -> None:
-        from waitress.channel import HTTPChannel
+        """Before the server runs: the connections it accepts are DrainingChannels."""
         from waitress.server import BaseWSGIServer
+
+        from kb.cli.drain_channel import DrainingChannel
 
         self.server = server
         self.map: dict[int, Any] = getattr(server, "map", None) or server._map
-        self._channel, self._listener = HTTPChannel, BaseWSGIServer
+        self._channel, self._listener = DrainingChannel, BaseWSGIServer
+        for listener in self._listeners():
+            listener.channel_class = DrainingChannel
         self.stopping = threading.Event()
 
     def terminate(self, signum: int, frame: FrameType | None) -> None:
@@ -63,6 +68,8 @@ class Drain:
             if deadline is None:
                 deadline = time.monotonic() + GRACE_S
                 self._close_listeners()
+                for channel in self._channels():
+                    channel.drain()
             busy = self._close_idle()
             if not busy:
                 break
@@ -80,7 +87,7 @@ class Drain:
 
         under_way = sum(1 for c in self._channels() if not self._idle(c))
         log.info("stopping: %d request(s) under way, waiting up to %.0f s", under_way, GRACE_S)
-        for listener in [d for d in self.map.values() if isinstance(d, self._listener)]:
+        for listener in self._listeners():
             wasyncore.dispatcher.close(listener)
 
     def _close_idle(self) -> int:
@@ -93,6 +100,9 @@ class Drain:
             else:
                 busy += 1
         return busy
+
+    def _listeners(self) -> list[Any]:
+        return [d for d in list(self.map.values()) if isinstance(d, self._listener)]
 
     def _channels(self) -> list[Any]:
         return [d for d in list(self.map.values()) if isinstance(d, self._channel)]

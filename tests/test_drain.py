@@ -9,7 +9,9 @@ import socket
 import time
 from dataclasses import dataclass
 
-from tests.live import Service
+import pytest
+
+from tests.live import Service, call
 
 
 @dataclass
@@ -122,3 +124,48 @@ def test_an_answer_finished_during_the_drain_says_connection_close(service: Serv
     assert answers[0].headers.get("connection") == "close"
     assert service.proc is not None
     assert service.proc.wait(timeout=60) == 0
+
+
+def shutting_down(answer: Answer) -> None:
+    """A request the drain did not take: kb's error shape, and the connection closes."""
+    assert answer.status == 503, answer
+    assert answer.headers["content-type"] == "application/json"
+    assert answer.headers.get("connection") == "close"
+    assert int(answer.headers["retry-after"]) > 0
+    assert json.loads(answer.body)["error"]["code"] == "shutting_down"
+
+
+@pytest.mark.parametrize("sent", ["pipelined", "after_its_answer"])
+def test_a_request_behind_an_answer_under_way_gets_a_503(service: Service, sent: str) -> None:
+    """A request pipelined behind an answer still being sent at the SIGTERM (6 MB of
+    documents the client reads slowly), or sent on that kept-alive connection once the client
+    has read it, was never answered: the connection closed under it (review helper 86). A
+    request whose body is still arriving keeps the drain going meanwhile; it is answered."""
+    service.start()
+    blob = "lakes and rivers " * 3500  # 60 kB of metadata a document
+    documents = [
+        {"id": f"n{i}", "text": f"Note {i}.", "metadata": {"blob": blob}} for i in range(100)
+    ]
+    assert call(service.base, "/add", {"documents": documents})[0] == 201
+    # a small window: the answer waits in the server's buffers until the client reads it
+    with connect(service) as holding, connect(service, receive_buffer=4096) as reading:
+        late = begin_add(holding, "A note whose body arrives after the SIGTERM.")
+        reading.sendall(get("/documents?limit=100"))
+        data = reading.recv(1)  # the answer has begun
+        if sent == "pipelined":
+            reading.sendall(get("/health"))
+        terminate_and_wait(service, under_way=2)
+        listed, data = read_answer(reading, data)
+        if sent == "after_its_answer":
+            reading.sendall(get("/health"))
+        answers = [listed, *read_to_the_end(reading, data)]
+        holding.sendall(late)
+        held = read_to_the_end(holding)
+    assert [a.status for a in answers] == [200, 503], answers
+    assert len(json.loads(listed.body)["documents"]) == 100
+    shutting_down(answers[1])
+    assert [a.status for a in held] == [201]
+    assert held[0].headers.get("connection") == "close"
+    assert service.proc is not None
+    assert service.proc.wait(timeout=60) == 0
+    assert "Traceback" not in service.log.read_text()

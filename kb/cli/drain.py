@@ -68,9 +68,8 @@ class Drain:
             if deadline is None:
                 deadline = time.monotonic() + GRACE_S
                 self._close_listeners()
-                for channel in self._channels():
-                    channel.drain()
-            busy = self._close_idle()
+                self._begin()
+            busy = sum(1 for channel in self._channels() if not self._idle(channel))
             if not busy:
                 break
             if time.monotonic() > deadline:
@@ -85,21 +84,22 @@ class Drain:
         backup) under way was cut off (review helper 86)."""
         from waitress import wasyncore
 
-        under_way = sum(1 for c in self._channels() if not self._idle(c))
-        log.info("stopping: %d request(s) under way, waiting up to %.0f s", under_way, GRACE_S)
         for listener in self._listeners():
             wasyncore.dispatcher.close(listener)
 
-    def _close_idle(self) -> int:
-        """Close the connections with nothing under way (a kept-alive client's); the number
-        of the others."""
-        busy = 0
+    def _begin(self) -> None:
+        """Tell every connection the drain has begun; close those with nothing under way (a
+        kept-alive client's). One that becomes idle later stays open until the drain ends if
+        its last answer did not close it (one begun before the SIGTERM): a request the client
+        sends on it gets a 503, where the connection was closed under it (review helper 86)."""
+        under_way = 0
         for channel in self._channels():
+            channel.drain()
             if self._idle(channel):
                 channel.handle_close()
             else:
-                busy += 1
-        return busy
+                under_way += 1
+        log.info("stopping: %d request(s) under way, waiting up to %.0f s", under_way, GRACE_S)
 
     def _listeners(self) -> list[Any]:
         return [d for d in list(self.map.values()) if isinstance(d, self._listener)]
@@ -109,8 +109,16 @@ class Drain:
 
     @staticmethod
     def _idle(channel: Any) -> bool:
-        """No request being read, run or answered on it."""
-        return not channel.requests and channel.request is None and not channel.total_outbufs_len
+        """No request being read, run or answered on it, and no bytes of one not read yet
+        (closing over those reset the connection, and the client lost the answer before)."""
+        from kb.cli.drain_channel import waiting
+
+        return (
+            not channel.requests
+            and channel.request is None
+            and not channel.total_outbufs_len
+            and not waiting(channel)
+        )
 
     def _stop_threads(self, timeout: float) -> None:
         """Stop the request threads, then close what is left (the trigger, connections)."""

@@ -40,7 +40,7 @@ def _write_gunicorn_error(sock: Any, status: int, reason: str, message: str) -> 
     text = f"{reason}: {message}" if message else reason
     body = json.dumps(error_body(http_code(status, reason), text)).encode()
     head = f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\n" + "".join(
-        f"{name}: {value}\r\n" for name, value in [*_headers(), ("Content-Length", len(body))]
+        f"{name}: {value}\r\n" for name, value in [*answer_headers(), ("Content-Length", len(body))]
     )
     util.write_nonblock(sock, head.encode("latin-1") + b"\r\n" + body)
 
@@ -53,10 +53,10 @@ def _to_response(error: Any, body_limit: int) -> tuple[str, list[Header], bytes]
         details = [field_error("body", f"more than {body_limit} bytes", "too_large")]
     code = http_code(error.code, str(error.reason))
     body = json.dumps(error_body(code, message, details)).encode()
-    return f"{error.code} {error.reason}", _headers(), body
+    return f"{error.code} {error.reason}", answer_headers(), body
 
 
-def _headers() -> list[Header]:
+def answer_headers() -> list[Header]:
     """What every answer of kb carries: its type, no sniffing, a request id (one of its own:
     the request was not read far enough to take the client's)."""
     return [

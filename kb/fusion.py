@@ -2,8 +2,10 @@
 
 Score fusion (the default) min-max normalizes each side's scores over its own candidates and
 adds them, the dense side weighted DENSE_WEIGHT; a side that lacks a document adds 0.
-Reciprocal rank fusion (Cormack et al.) adds 1 / (RRF_K + rank) from each side. Both work on
-arrays, so a query costs a few vector operations however deep the candidate lists are.
+Reciprocal rank fusion (Cormack et al.) adds 1 / (RRF_K + rank) from each side, where equal
+scores on a side share a rank (1 + how many score better there: competition ranking), so a
+document's value never depends on its id. Both work on arrays, so a query costs a few vector
+operations however deep the candidate lists are.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ def fuse(
     count = len(dense_keys)
     keys, where = np.unique(np.concatenate([dense_keys, keyword_keys]), return_inverse=True)
     if method == "rrf":
-        parts = [_reciprocal(count), _reciprocal(len(keyword_keys))]
+        parts = [_reciprocal(dense_scores), _reciprocal(keyword_scores)]
     else:
         parts = [
             DENSE_WEIGHT * _minmax(dense_scores),
@@ -75,8 +77,13 @@ def _tied(values: np.ndarray, tiebreak: np.ndarray) -> bool:
     return bool(np.any((values[1:] == values[:-1]) & (tiebreak[1:] == tiebreak[:-1])))
 
 
-def _reciprocal(count: int) -> np.ndarray:
-    return 1.0 / (RRF_K + np.arange(1, count + 1))
+def _reciprocal(scores: np.ndarray) -> np.ndarray:
+    """1 / (RRF_K + rank) for each score of a side, its rank 1 + the number of strictly
+    better scores: equal scores share one (by position, ties' ranks went by their ids, and
+    a document tied on one side and better on the other could finish below one it beat)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    better = np.searchsorted(np.sort(-scores), -scores, side="left")
+    return 1.0 / (RRF_K + 1 + better)
 
 
 def _minmax(scores: np.ndarray) -> np.ndarray:

@@ -180,18 +180,9 @@ def in_memory(
     keyword_rows, bm25, keyword_docs, keyword_cosines = _keyword_rows(
         mirror, text, vector, depth, mask
     )
-    # equal scores in id order, not in insertion order (the document numbers'), as on
-    # Chroma's path: in the fusion, and for RRF on each side too (ranks are what it adds;
-    # BM25 ties are common); ids are looked up only where there is a tie
-    if method == "rrf":
-        first = _ties_by_id(mirror, dense_scores, dense_docs)
-        dense_rows, dense_scores, dense_docs = (
-            a[first] for a in (dense_rows, dense_scores, dense_docs)
-        )
-        first = _ties_by_id(mirror, bm25, keyword_docs)
-        keyword_rows, bm25, keyword_docs, keyword_cosines = (
-            a[first] for a in (keyword_rows, bm25, keyword_docs, keyword_cosines)
-        )
+    # equal fusion values in id order, not in insertion order (the document numbers'), as on
+    # Chroma's path; ids are looked up only where there is a tie (RRF ranks a side's equal
+    # scores alike, so the order of a tie within a side changes nothing)
     fused = fusion.fuse(
         dense_docs,
         dense_scores,
@@ -231,14 +222,6 @@ def in_memory(
         len(below),
         best_scored([hit(at) for at in below_best.tolist()], top_k),
     )
-
-
-def _ties_by_id(mirror: Mirror, scores: np.ndarray, docs: np.ndarray) -> slice | np.ndarray:
-    """The order putting a side's equal scores (it comes best first) in document id order:
-    all of it when no two scores are equal, the common case."""
-    if not np.any(scores[1:] == scores[:-1]):
-        return slice(None)
-    return np.lexsort((mirror.doc_ids_of(docs), -scores))
 
 
 def complete(

@@ -34,6 +34,23 @@ def test_reciprocal_rank_fusion_rewards_agreement() -> None:
     assert fused.values.tolist() == pytest.approx([both, both])
 
 
+def test_equal_scores_on_a_side_share_a_reciprocal_rank() -> None:
+    """RRF ranked a side's equal scores by their place in it (id order), so each got another
+    1 / (k + rank) and a document tied on BM25 and best on the dense side finished below one
+    it beat or tied on both (review helper 90). Equal scores now share the rank 1 + the
+    number of better scores (competition ranking)."""
+    bm25 = np.array([2.0, 2.0, 2.0, 1.0])
+    fused = fuse(keys("z", "m"), np.array([0.9, 0.8]), keys("m", "n", "z", "o"), bm25, "rrf")
+    first, second = 1 / (RRF_K + 1), 1 / (RRF_K + 2)
+    assert fused.values.tolist() == pytest.approx([2 * first, first + second, first, 1 / 64])
+    assert fused.dense.tolist() == [0, 1, -1, -1]  # z, m, n (keyword only), then o
+    assert fused.keyword.tolist() == [2, 0, 1, 3]
+    # the keyword side's order within its tie changes nothing
+    again = fuse(keys("z", "m"), np.array([0.9, 0.8]), keys("z", "n", "m", "o"), bm25, "rrf")
+    assert again.values.tolist() == fused.values.tolist()
+    assert again.dense.tolist() == fused.dense.tolist()
+
+
 def test_ties_go_to_the_higher_shown_score_then_the_key() -> None:
     # x tops the dense side, y the keyword side: equal fusion scores
     shown = np.array([0.4, 0.6])

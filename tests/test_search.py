@@ -12,6 +12,7 @@ import pytest
 from kb import collection, hybrid
 from kb.config import Settings
 from kb.embeddings import Embedder
+from kb.fusion import RRF_K
 from kb.schemas import DocumentIn, QueryRequest, QueryResult, UpdateFields
 from kb.search import search
 from kb.store import KnowledgeStore
@@ -376,6 +377,41 @@ def test_equal_scores_are_ordered_by_id_on_every_path(
     with mirror_state(store, loaded):
         result = ask(store, query="sourdough starter proof", mode=mode, fusion=fusion, top_k=1)
     assert ids(result) == ["aa-second"]
+
+
+@pytest.mark.parametrize("loaded", [True, False], ids=["mirror", "chroma"])
+@pytest.mark.parametrize("best", ["z-best", "a-best"])
+def test_rrf_gives_equal_scores_on_a_side_one_rank(
+    store: KnowledgeStore, best: str, loaded: bool
+) -> None:
+    """Seven notes tie on BM25 for 'quasar'; the one about quasars is first by cosine. RRF
+    ranked the tie by id, so as z-best it took keyword rank 7 and finished third, below
+    m-02, which it beats on the dense side and ties on the other; as a-best it was first
+    (review helper 90). Now the tie shares keyword rank 1, whatever the ids."""
+    words = ["basil", "onion", "pepper", "thyme", "ginger", "lemon"]
+    store.add(
+        [
+            DocumentIn(id=best, text="quasar observed by radio telescopes"),
+            *(
+                DocumentIn(id=f"m-{i:02d}", text=f"quasar soup recipe {w} garlic")
+                for i, w in enumerate(words)
+            ),
+            *(
+                DocumentIn(id=f"f-{i:02d}", text=f"filler note {i} about gardening")
+                for i in range(20)
+            ),
+        ]
+    )
+    with mirror_state(store, loaded):
+        dense = ids(ask(store, query="quasar", mode="dense", top_k=27))
+        result = ask(store, query="quasar", mode="hybrid", fusion="rrf", top_k=4)
+    assert len({m.keyword_score for m in result.matches}) == 1  # one BM25 tie
+    # keyword rank 1 for each: 1 / (k + 1) + 1 / (k + dense rank)
+    assert [m.fused_score for m in result.matches] == pytest.approx(
+        [1 / (RRF_K + 1) + 1 / (RRF_K + 1 + dense.index(m.id)) for m in result.matches]
+    )
+    assert ids(result) == dense[:4]
+    assert dense[0] == best
 
 
 TWINS = [

@@ -230,7 +230,8 @@ def complete(
     """The hits with their records' text and metadata, fetched in one call for all queries.
     A hit whose record is gone since the search, or is now of another version of its
     document than the one ranked (a write landed in between: its metadata may fail the
-    filters, its text not be the one scored), is dropped. `flt` is the search's filter."""
+    filters, its text not be the one scored), is dropped (search ranks again when one was
+    rewritten: `rewritten`). `flt` is the search's filter."""
     fetched = [h for hits in per_query for h in hits if not h.complete]
     wanted = list(dict.fromkeys(h.record.id for h in fetched))
     # FTS5's hits (ranked before the mirror was loaded) carry no version: they are read
@@ -245,6 +246,21 @@ def complete(
         ]
         for hits in per_query
     ]
+
+
+def rewritten(store: KnowledgeStore, ranked: Sequence[Record]) -> bool:
+    """Whether any of these records, ranked and then not found as ranked, is of a document
+    still stored as another version (written between the ranking and the fetch): a new
+    ranking finds it. False when each was deleted, or is still of the version ranked (a
+    damaged document, left out of reads: a new ranking would lose it again)."""
+    if not ranked:
+        return False
+    heads = _records(store, [record.doc_id for record in ranked], CompiledFilter(), False)
+    return any(
+        (head := heads.get(record.doc_id)) is not None
+        and (HASH not in record.metadata or head.metadata.get(HASH) != record.metadata[HASH])
+        for record in ranked
+    )
 
 
 def _same_version(ranked: Record, fetched: Record | None) -> bool:

@@ -15,7 +15,7 @@ from kb.diversity import mmr
 from kb.document_filter import by_document
 from kb.errors import ValidationFailed, field_error
 from kb.filters import CompiledFilter, FilterLimits, compile_filter
-from kb.hybrid import complete, fuse, in_memory, keyword_documents
+from kb.hybrid import complete, fuse, in_memory, keyword_documents, rewritten
 from kb.keyword import MAX_TERMS, distinct_terms
 from kb.mirror import Mirror
 from kb.ranking import Hit, Ranking, best_scored, widen
@@ -27,6 +27,8 @@ POOL_FACTOR = 4  # diversify: MMR picks top_k from the best POOL_FACTOR x top_k 
 # whole documents read a call for chunked matches under an answer budget, each counted as it
 # comes: the documents read past the budget are at most one such call's
 FETCH_SLICE = 64
+# rankings a search runs at most while documents it would show are rewritten under it
+ATTEMPTS = 3
 
 
 def ranking_depth(settings: Settings, top_k: int) -> int:
@@ -78,25 +80,18 @@ def search(
     flt = compile_filter(request.filters, request.where, request.where_document, limits)
     filtered = flt.where is not None or flt.where_document is not None
     top_k = request.top_k or store.settings.top_k
-    # once per request: apply the writes (and settings) the local copies have not seen
+    # once per request (and per new ranking): apply the writes (and settings) the local
+    # copies have not seen
     store.replica.catch_up()
     threshold = resolve_threshold(store, request.min_score)
     min_score = threshold.min_score
     times = Counter(request.texts())  # each text's count, in the order first asked
     texts = list(times)
     batch = len(request.queries) if request.queries is not None else None
-    budget = AnswerBudget(answer_bytes, batch, len(texts), top_k, request.explain)
     vectors = store.embedder.embed_queries(texts)
-    # a text filter is decided per document, once for the batch: on the mirror, the rows of
-    # the documents passing it; else a metadata filter listing them
-    passing = by_document(flt, store.records.ids, store.replica.current_mirror())
-    asked = _Asked(store, request, texts, vectors, min_score, passing if passing else flt)
-    none = Ranking([], 0, 0, [])
-    rankings = _ranked(asked, top_k) if passing is not None else [none for _ in texts]
-    # only what a result shows is fetched: its matches, and with explain its near misses
-    shown = [r.matches + (r.misses if request.explain else []) for r in rankings]
-    showing = complete(store, shown, asked.flt)
-    full = _whole_documents(store, showing, [times[text] for text in texts], budget)
+    asked = _Asked(store, request, texts, vectors, min_score, flt)
+    shown = _shown(asked, top_k, [times[text] for text in texts], answer_bytes, batch)
+    full, budget = shown.full, shown.budget
     results = {
         text: _result(
             text,
@@ -105,15 +100,73 @@ def search(
             threshold,
             full,
             request.explain,
-            _no_candidates(store, asked.mode, text, vector, passing, filtered)
+            _no_candidates(store, asked.mode, text, vector, shown.passing, filtered)
             if not ranking.candidates
             else None,
             budget,
             times[text],
         )
-        for text, vector, ranking, shows in zip(texts, vectors, rankings, showing, strict=True)
+        for text, vector, ranking, shows in zip(
+            texts, vectors, shown.rankings, shown.showing, strict=True
+        )
     }
     return [results[text] for text in request.texts()]
+
+
+@dataclass(frozen=True)
+class _Shown:
+    """The rankings a request's results read, and what they show, fetched."""
+
+    passing: CompiledFilter | None  # the filters, a text filter decided (None: nothing passes)
+    rankings: list[Ranking]
+    showing: list[list[Hit]]  # each query's hits to show, complete
+    full: dict[str, Document]  # the whole documents of the chunked ones
+    budget: AnswerBudget  # what the answer has used of KB_MAX_ANSWER_BYTES so far
+
+
+def _shown(
+    asked: _Asked, top_k: int, times: list[int], answer_bytes: int | None, batch: int | None
+) -> _Shown:
+    """Each query's ranking and what its result shows, fetched after it (`asked.flt`: the
+    request's filters; `times`: how often the answer shows each query's result).
+    A document written between the ranking and the fetch is dropped, never shown as the
+    other version; when one was (not deleted: rewritten), all is ranked again, up to
+    ATTEMPTS times in all. It was left out, so a search during a stream of upserts answered
+    short, or no_candidates, though every document matched before and after (review helper
+    90). Only documents deleted meanwhile, or rewritten at every attempt, are missing."""
+    store, request = asked.store, asked.request
+    for attempt in range(1, ATTEMPTS + 1):
+        if attempt > 1:
+            store.replica.catch_up()  # the writes of other processes too, on a Chroma server
+        last = attempt == ATTEMPTS
+        # a text filter is decided per document, once for the batch: on the mirror, the rows
+        # of the documents passing it; else a metadata filter listing them
+        passing = by_document(asked.flt, store.records.ids, store.replica.current_mirror())
+        now = replace(asked, flt=passing if passing else asked.flt)
+        none = Ranking([], 0, 0, [])
+        rankings = _ranked(now, top_k) if passing is not None else [none for _ in asked.texts]
+        # only what a result shows is fetched: its matches, and with explain its near misses
+        shown = [r.matches + (r.misses if request.explain else []) for r in rankings]
+        showing = complete(store, shown, now.flt)
+        if not last and rewritten(store, _dropped(shown, showing)):
+            continue
+        budget = AnswerBudget(answer_bytes, batch, len(asked.texts), top_k, request.explain)
+        full = _whole_documents(store, showing, times, budget)
+        torn = [h.record for hits in showing for h in hits if h.chunked]
+        if last or not rewritten(store, [r for r in torn if r.doc_id not in full]):
+            return _Shown(passing, rankings, showing, full, budget)
+    raise AssertionError("unreachable: the last attempt returns")
+
+
+def _dropped(shown: list[list[Hit]], showing: list[list[Hit]]) -> list[Record]:
+    """The records of the hits `complete` left out (written or deleted since the ranking):
+    none, without a look, when every query kept all of its hits."""
+    lost = []
+    for before, after in zip(shown, showing, strict=True):
+        if len(after) < len(before):
+            kept = {hit.record.id for hit in after}
+            lost += [hit.record for hit in before if hit.record.id not in kept]
+    return lost
 
 
 def _whole_documents(

@@ -14,8 +14,8 @@ from kb.config import Settings
 from kb.embeddings import Embedder
 from kb.fusion import RRF_K
 from kb.schemas import DocumentIn, QueryRequest, QueryResult, UpdateFields
-from kb.search import search
-from kb.store import KnowledgeStore
+from kb.search import ATTEMPTS, search
+from kb.store import KnowledgeStore, WriteMode
 from tests.conftest import changed
 
 MODES = ["dense", "keyword", "hybrid"]
@@ -556,6 +556,28 @@ def test_a_document_written_during_the_search_is_not_shown_failing_the_filter(
     )
 
 
+def test_a_document_deleted_during_the_search_is_not_ranked_again_for(
+    store: KnowledgeStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only a rewritten document is ranked again: one deleted between the ranking and the
+    fetch is left out, the rest shown from the one ranking."""
+    store.add([DocumentIn(id=f"z{i}", text=f"Zebra note {i} on stripes.") for i in range(3)])
+    fetch = hybrid.complete
+    calls: list[int] = []
+
+    def deleted_first(store: KnowledgeStore, per_query: Any, flt: Any) -> Any:
+        if not calls:
+            store.delete(["z0"])
+        calls.append(1)
+        return fetch(store, per_query, flt)
+
+    monkeypatch.setattr("kb.search.complete", deleted_first)
+    store.replica.wait_loaded()
+    result = ask(store, query="zebra stripes", mode="hybrid")
+    assert sorted(ids(result)) == ["z1", "z2"]
+    assert (len(calls), result.candidates) == (1, 3)
+
+
 def test_a_keyword_hit_ranked_before_the_mirror_loaded_is_read_through_the_filter(
     store: KnowledgeStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -580,23 +602,111 @@ def test_a_keyword_hit_ranked_before_the_mirror_loaded_is_read_through_the_filte
     assert result.matches == []
 
 
-def test_a_chunked_document_written_during_the_search_is_left_out(
+def test_a_chunked_document_written_during_the_search_is_ranked_again(
     small_chunks: KnowledgeStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The whole texts of chunked hits are fetched after their chunks: a write in between
-    joined the new version's text to the passage and metadata of the one ranked."""
+    joined the new version's text to the passage and metadata of the one ranked, then the
+    document was left out (review helper 90); it is now ranked again and shown whole as its
+    new version."""
     small_chunks.add([GAN_LAST])
     fetch = small_chunks.documents_of
+    new = GAN_LAST.text.replace("tomato", "pesto")
+    writes: list[int] = []
+
+    def written_once(records: Any) -> Any:
+        if not writes:
+            writes.append(1)
+            small_chunks.update("long", UpdateFields(text=new, metadata={"rewritten": True}))
+        return fetch(records)
+
+    monkeypatch.setattr(small_chunks, "documents_of", written_once)
+    result = ask(small_chunks, query="gradient descent")
+    assert writes == [1]
+    assert result.status == "ok"
+    (match,) = result.matches
+    assert (match.id, match.text, match.metadata) == ("long", new, {"rewritten": True})
+    assert match.passage is not None
+    assert match.passage in new
+
+
+def test_a_chunked_document_written_at_every_ranking_is_left_out(
+    small_chunks: KnowledgeStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A search ranks again at most ATTEMPTS times: a document rewritten before each fetch
+    is left out, never shown joined to another version's passage or metadata."""
+    small_chunks.add([GAN_LAST])
+    fetch = small_chunks.documents_of
+    writes: list[int] = []
 
     def written_first(records: Any) -> Any:
-        small_chunks.update("long", UpdateFields(metadata={"rewritten": True}))
+        writes.append(1)
+        small_chunks.update("long", UpdateFields(metadata={"rewritten": len(writes)}))
         return fetch(records)
 
     monkeypatch.setattr(small_chunks, "documents_of", written_first)
     result = ask(small_chunks, query="gradient descent")
+    assert len(writes) == ATTEMPTS
     assert result.matches == []
     assert (result.status, result.candidates) == ("no_candidates", 1)
     assert result.message == "The documents found were changed or deleted while the search ran."
+
+
+@pytest.mark.parametrize(
+    ("mode", "loaded"),
+    [("dense", True), ("keyword", True), ("hybrid", True), ("hybrid", False)],
+    ids=["dense-mirror", "keyword-mirror", "hybrid-mirror", "hybrid-chroma"],
+)
+@pytest.mark.parametrize("explain", [False, True])
+def test_documents_upserted_during_the_search_are_ranked_again(
+    store: KnowledgeStore, monkeypatch: pytest.MonkeyPatch, mode: str, loaded: bool, explain: bool
+) -> None:
+    """Every document ranked is upserted (a new version) between the ranking and the fetch:
+    each hit was dropped as of another version, so the answer was no_candidates ('changed or
+    deleted while the search ran') though all of them matched before and after (review
+    helper 90). The search now ranks again and shows each one's new version. (Dense search
+    on Chroma reads the texts with the ranking, and FTS5's keyword hits carry no version:
+    neither drops a hit.)"""
+
+    def notes(revision: int) -> list[DocumentIn]:
+        return [
+            DocumentIn(
+                id=f"up-{i}",
+                text=f"zqup note {i} revision {revision} about storage",
+                metadata={"g": "up", "rev": revision},
+            )
+            for i in range(5)
+        ]
+
+    store.add(notes(0))
+    store.add([DocumentIn(id="other", text="Espresso wants finely ground coffee.")])
+    fetch = hybrid.complete
+    calls: list[int] = []
+
+    def upserted_once(store: KnowledgeStore, per_query: Any, flt: Any) -> Any:
+        if not calls:
+            store.add(notes(1), WriteMode.UPSERT)
+        calls.append(1)
+        return fetch(store, per_query, flt)
+
+    monkeypatch.setattr("kb.search.complete", upserted_once)
+    threshold = 1.0 if explain else -1.0  # explain: the near misses are fetched too
+    with mirror_state(store, loaded):
+        result = ask(
+            store,
+            query="zqup storage",
+            mode=mode,
+            top_k=5,
+            min_score=threshold,
+            where={"g": "up"},
+            explain=explain,
+        )
+    shown = result.near_misses if explain else result.matches
+    assert {m.id: (m.text, m.metadata) for m in shown or []} == {
+        doc.id: (doc.text, doc.metadata) for doc in notes(1)
+    }
+    assert result.status == ("no_confident_match" if explain else "ok")
+    assert len(calls) == 2  # one ranking again
 
 
 def test_a_chunked_document_deleted_during_the_search_is_left_out(

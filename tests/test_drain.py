@@ -21,14 +21,15 @@ class Answer:
     body: bytes
 
 
-def split_answer(data: bytes) -> tuple[Answer, bytes] | None:
-    """The first HTTP answer in `data` and the bytes after it; None if it is not all there."""
+def split_answer(data: bytes, to_head: bool = False) -> tuple[Answer, bytes] | None:
+    """The first HTTP answer in `data` and the bytes after it; None if it is not all there.
+    `to_head`: it answers a HEAD (no body, whatever its Content-Length says)."""
     head, sep, rest = data.partition(b"\r\n\r\n")
     if not sep:
         return None
     status, *lines = head.decode("latin-1").split("\r\n")
     headers = {k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in lines)}
-    if status.split()[1].startswith("1"):  # 100 Continue: no body
+    if status.split()[1].startswith("1") or to_head:  # 100 Continue, or a HEAD's: no body
         return Answer(int(status.split()[1]), headers, b""), rest
     if headers.get("transfer-encoding") != "chunked":
         size = int(headers["content-length"])
@@ -169,3 +170,39 @@ def test_a_request_behind_an_answer_under_way_gets_a_503(service: Service, sent:
     assert service.proc is not None
     assert service.proc.wait(timeout=60) == 0
     assert "Traceback" not in service.log.read_text()
+
+
+def test_a_head_behind_an_answer_under_way_gets_a_503_without_a_body(service: Service) -> None:
+    """The drain's 503 to a HEAD carried its JSON body, which the client then read as the
+    start of the next pipelined answer (review helper 97; RFC 9110 9.3.2)."""
+    service.start()
+    blob = "lakes and rivers " * 3500
+    documents = [
+        {"id": f"n{i}", "text": f"Note {i}.", "metadata": {"blob": blob}} for i in range(100)
+    ]
+    assert call(service.base, "/add", {"documents": documents})[0] == 201
+    with connect(service) as holding, connect(service, receive_buffer=4096) as reading:
+        late = begin_add(holding, "A note whose body arrives after the SIGTERM.")
+        reading.sendall(get("/documents?limit=100"))
+        data = reading.recv(1)
+        reading.sendall(b"HEAD /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" + get("/health"))
+        terminate_and_wait(service, under_way=2)
+        listed, data = read_answer(reading, data)
+        try:
+            while chunk := reading.recv(65536):
+                data += chunk
+        except ConnectionResetError:
+            pass
+        holding.sendall(late)
+        read_to_the_end(holding)
+    assert listed.status == 200
+    split = split_answer(data, to_head=True)
+    assert split is not None, data
+    head, rest = split
+    assert head.status == 503
+    assert int(head.headers["content-length"]) > 0  # what a GET's body would take
+    assert rest.startswith(b"HTTP/1.1 503"), rest[:200]  # no body before the next answer
+    following = split_answer(rest)
+    assert following is not None
+    shutting_down(following[0])
+    assert not following[1]

@@ -40,6 +40,7 @@ from kb.schemas import (
     metadata_entries,
 )
 from kb.search import CALIBRATED_KEY  # copied over with the records
+from kb.staging import SwitchUnfinished, signals_held
 from kb.store import KnowledgeStore
 
 log = logging.getLogger(__name__)
@@ -100,12 +101,14 @@ STDOUT = "standard output"  # what a backup to "-" is said to go to
 class RestoreInterrupted(KeyboardInterrupt):
     """A Ctrl-C during a restore; `changed`: whether the collection had been changed by then
     (cleared by --replace, or records written): it then holds part of the backup. `beside`:
-    records were written beside it (kb.staging), which its next open removes."""
+    records were written beside it (kb.staging), which its next open removes; `switched`:
+    they were in the store's place already (its next open removes the replaced ones)."""
 
-    def __init__(self, changed: bool, beside: bool = False) -> None:
+    def __init__(self, changed: bool, beside: bool = False, switched: bool = False) -> None:
         super().__init__()
         self.changed = changed
         self.beside = beside
+        self.switched = switched  # the restored records took the store's place already
 
 
 class RestoreFailed(KBError):
@@ -273,7 +276,7 @@ def restore(
     _check_model(read_header(path, name), store, name)
     _check_empty(store, replace)  # before the long check; again under the lock below
     header, heads = _verified(path, name)
-    changed = False
+    changed = switched = False
     staged: RecordCollection | None = None
     try:
         with store.writes():
@@ -284,10 +287,12 @@ def restore(
                 _write_in_place(store, path, header, heads, replace, name)
             else:
                 _fill(store, staged, path, header, heads, name)
-                changed = True
-                store.switch_to(staged)
+                with signals_held():  # a Ctrl-C in the switch comes after it, said so
+                    replaced = _switch(store, staged)
+                    switched = True
+                store.settle_switch(replaced)
     except KeyboardInterrupt as exc:  # a Ctrl-C: what it left is the caller's to say
-        raise RestoreInterrupted(changed, beside=staged is not None) from exc
+        raise RestoreInterrupted(changed, staged is not None, switched) from exc
     except KBError as exc:  # the caller says the collection is partial, as for a Ctrl-C
         if changed:
             raise RestoreFailed(exc) from exc
@@ -331,6 +336,21 @@ def _fill(
             staged.drop()
         except KBError:  # the store is still failing: its next open removes it
             log.warning("could not remove the collection %s", staged.name, exc_info=True)
+        raise type(exc)(
+            f"{exc.message}; collection '{store.records.name}' keeps what it held",
+            code=exc.code,
+            status=exc.status,
+        ) from exc
+
+
+def _switch(store: KnowledgeStore, staged: RecordCollection) -> RecordCollection:
+    """The filled collection in the store's place; the replaced one. A store error in the
+    renames puts the names back (or is staging.SwitchUnfinished when that fails too)."""
+    try:
+        return store.switch_to(staged)
+    except SwitchUnfinished:
+        raise
+    except KBError as exc:
         raise type(exc)(
             f"{exc.message}; collection '{store.records.name}' keeps what it held",
             code=exc.code,

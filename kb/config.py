@@ -20,6 +20,7 @@ from kb.cgroup import own_cpu_limit
 from kb.errors import field_errors
 
 PACKAGED_MODEL = "all-MiniLM-L6-v2"
+KB_SUFFIXES = ("-kb-log", "-kb-new", "-kb-old")  # collections kb makes beside one
 ENV_PREFIX = "KB_"  # of every setting's variable, read in any case
 API_KEY_VARIABLE = f"{ENV_PREFIX}API_KEY"  # the CLI's --api-key for --url commands, not a setting
 CLIENT_VARIABLES = frozenset({API_KEY_VARIABLE})  # KB_* variables read outside Settings
@@ -376,6 +377,8 @@ class Settings(BaseSettings):
                 "collection names need 3-505 characters of letters, digits, '.', '_' or '-', "
                 "starting and ending with a letter or digit"
             )
+        if value.endswith(KB_SUFFIXES):  # kb's own beside a collection (change log, restore)
+            raise ValueError(f"collection names ending in {', '.join(KB_SUFFIXES)} are kb's")
         return value
 
 

@@ -24,6 +24,7 @@ import numpy as np
 from kb import staging
 from kb.ann import AnnConfig, Lists, train, training_sample
 from kb.collection import CALIBRATED_KEY, RecordCollection
+from kb.errors import ConfigError
 from kb.filters import CompiledFilter
 from kb.keyword import KeywordIndex
 from kb.lock import WriteLock
@@ -299,24 +300,38 @@ class LocalReplica(Replica):
 
     def staging(self) -> RecordCollection:
         """An empty collection beside the store's for kb restore --replace to fill
-        (kb.staging), of the store's settings but its threshold, generation and restore mark
-        (a leftover of a restore that failed in this process is dropped first)."""
-        if f"{self.records.name}-{staging.NEW}" in self.records.collection_names():
-            self.records.beside(staging.NEW).drop()
-        unkept = (CALIBRATED_KEY, GENERATION_KEY, RESTORING_KEY)
+        (kb.staging), of the store's settings but its threshold, generation and marks (a
+        leftover of a restore that failed in this process is dropped first)."""
+        names = self.records.collection_names()
+        for name in (f"{self.records.name}-{suffix}" for suffix in staging.SUFFIXES):
+            if name not in names:
+                continue
+            left = self.records.named(name)
+            if left.settings_value(staging.OWNER_KEY) != self.records.name:
+                raise ConfigError(
+                    f"the store holds a collection '{name}' kb did not make: rename or "
+                    f"delete it to restore --replace into '{self.records.name}'"
+                )
+            left.drop()
+        unkept = (CALIBRATED_KEY, GENERATION_KEY, RESTORING_KEY, *staging.MARKS)
         kept = {k: v for k, v in self.records.settings_values().items() if k not in unkept}
-        return self.records.beside(staging.NEW, kept)
+        return self.records.beside(staging.NEW, {**kept, **staging.stamp(self.records)})
 
-    def switch_to(self, restored: RecordCollection) -> None:
-        """Put the filled collection in the store's place (kb.staging) and rebuild the copies
-        from it, at a generation of its own: killed before the rebuild is done, the next
-        open finds the copies behind and rebuilds them."""
+    def switch_to(self, restored: RecordCollection) -> RecordCollection:
+        """Put the filled collection in the store's place (kb.staging), at a generation of
+        its own; the replaced collection, for `settle_switch`."""
         with self._writes:
             generation = self.generation() + 1
             restored.set_settings_value(GENERATION_KEY, generation)
-            staging.switch(self.records, restored)
+            return staging.switch(self.records, restored)
+
+    def settle_switch(self, replaced: RecordCollection) -> None:
+        """Delete the replaced collection and rebuild the copies from the restored records;
+        killed meanwhile, the next open does both (the copies are behind its generation)."""
+        with self._writes:
+            staging.retire(replaced)
             try:
-                self.rebuild(generation)
+                self.rebuild(self.generation())
             except Exception:  # the restore is done: the copies are rebuilt at the next open
                 log.exception("could not rebuild the keyword index from the restored records")
                 self._behind = True

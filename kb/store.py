@@ -535,11 +535,18 @@ class KnowledgeStore:
         with self._lock.turn():
             self._write(records, [], ids if isinstance(self.replica, LocalReplica) else set())
 
-    def switch_to(self, restored: RecordCollection) -> None:
-        """Put the collection `staging` gave, filled, in the store's place."""
+    def switch_to(self, restored: RecordCollection) -> RecordCollection:
+        """Put the collection `staging` gave, filled, in the store's place; the replaced
+        one, for `settle_switch` (kb.staging)."""
         assert isinstance(self.replica, LocalReplica)
         with self._lock.turn():
-            self.replica.switch_to(restored)
+            return self.replica.switch_to(restored)
+
+    def settle_switch(self, replaced: RecordCollection) -> None:
+        """Delete the collection a restore replaced; rebuild the copies from the restored."""
+        assert isinstance(self.replica, LocalReplica)
+        with self._lock.turn():
+            self.replica.settle_switch(replaced)
 
     # ------------------------------------------------------------ helpers
 

@@ -8,6 +8,7 @@ import http.client
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -21,14 +22,15 @@ from click.testing import CliRunner
 
 from kb import backup, files, staging
 from kb.cli import main
+from kb.collection import RecordCollection
 from kb.config import Settings, is_kb_variable
-from kb.errors import Conflict, KBError, ModelMismatch, ValidationFailed
+from kb.errors import ConfigError, Conflict, KBError, ModelMismatch, ValidationFailed
 from kb.filters import compile_filter
 from kb.records import CHUNK, CHUNKS, DOC, HASH, chunk_id
 from kb.schemas import DocumentIn, QueryRequest, Threshold
 from kb.search import CALIBRATED_KEY, resolve_threshold, search
 from kb.store import KnowledgeStore
-from tests.conftest import COOKING
+from tests.conftest import COOKING, changed
 from tests.live import Service, call
 
 LONG = " ".join(f"Sentence {i} about sourdough, hydration and the crumb." for i in range(120))
@@ -743,12 +745,16 @@ def test_a_restore_replace_killed_inside_its_switch_is_finished_at_the_next_open
     filled.add([DocumentIn(id="later", text="A pasta sauce written after the backup.")])
     filled.close()
 
-    def killed(records, new) -> None:  # the first rename only, then the process dies
-        new.set_settings_value(staging.WHOLE_KEY, True)
-        records.view().rename(f"{records.name}-{staging.OLD}")
-        raise SystemExit("killed")
+    renames: list[str] = []
+    rename = RecordCollection.rename
 
-    monkeypatch.setattr(staging, "switch", killed)
+    def killed(records: RecordCollection, name: str) -> None:  # dies at the second rename
+        renames.append(name)
+        if len(renames) == 2:
+            raise SystemExit("killed")
+        rename(records, name)
+
+    monkeypatch.setattr(RecordCollection, "rename", killed)
     store = KnowledgeStore.open(settings, embedder, searching=False)
     try:
         with pytest.raises(SystemExit):
@@ -762,6 +768,105 @@ def test_a_restore_replace_killed_inside_its_switch_is_finished_at_the_next_open
         assert contents(store) == restored
         assert "later" not in {doc_id for doc_id, _ in top(store, "later pasta", "keyword")}
         assert store.records.settings_value(CALIBRATED_KEY) == 0.37
+    finally:
+        store.close()
+    assert _collections(settings) == {settings.collection}
+
+
+def _segments(settings: Settings) -> tuple[set[str], set[str]]:
+    """The segment folders in an embedded store's directory, and the segments Chroma lists."""
+    import sqlite3
+
+    folders = {p.name for p in settings.chroma_path.iterdir() if p.is_dir() and len(p.name) == 36}
+    with sqlite3.connect(settings.chroma_path / "chroma.sqlite3") as db:
+        listed = {row[0] for row in db.execute("SELECT id FROM segments")}
+    return folders, listed
+
+
+def test_a_restore_replace_leaves_no_vector_index_of_the_replaced_collection(
+    filled, tmp_path: Path, settings: Settings, embedder
+) -> None:
+    """Chroma 1.5.9's delete_collection leaves the collection's vector index folder on disk
+    (chroma #5520): each restore --replace stranded the replaced collection's for good, ~1.7 kB
+    a record (review helper 97)."""
+    dest = tmp_path / "copy.jsonl.gz"
+    backup.write_file(filled, dest)
+    filled.close()
+    for _ in range(2):
+        store = KnowledgeStore.open(settings, embedder, searching=False)
+        try:
+            backup.restore(store, dest, replace=True)
+        finally:
+            store.close()
+    folders, listed = _segments(settings)
+    assert folders
+    assert folders <= listed
+
+
+def test_collections_named_like_kbs_but_not_made_by_it_are_never_touched(
+    filled, tmp_path: Path, settings: Settings, embedder
+) -> None:
+    """Every embedded open dropped '<name>-kb-new' and '<name>-kb-old' whoever made them,
+    even for a command that then failed (review helper 97): only the ones a restore made
+    (they carry the store's name) are; a restore --replace beside another's is refused."""
+    import chromadb
+
+    dest = tmp_path / "copy.jsonl.gz"
+    backup.write_file(filled, dest)
+    filled.close()
+    client = chromadb.PersistentClient(path=str(settings.chroma_path))
+    try:
+        for suffix in ("kb-new", "kb-old"):
+            theirs = client.create_collection(f"{settings.collection}-{suffix}")
+            theirs.add(ids=["a"], embeddings=[[1.0, 0.0]], documents=["theirs"])
+    finally:
+        client.close()
+    names = {settings.collection, *(f"{settings.collection}-kb-{s}" for s in ("new", "old"))}
+    store = KnowledgeStore.open(settings, embedder, searching=False)
+    try:
+        with pytest.raises(ConfigError, match="kb did not make: rename or delete it"):
+            backup.restore(store, dest, replace=True)
+    finally:
+        store.close()
+    assert _collections(settings) == names
+    with pytest.raises(ConfigError):  # a typo'd collection: the command fails, touching nothing
+        KnowledgeStore.open(changed(settings, collection="other"), embedder, existing=True)
+    assert _collections(settings) == names
+    with pytest.raises(ValueError, match="are kb's"):
+        changed(settings, collection=f"{settings.collection}-kb-new")
+
+
+def test_a_ctrl_c_inside_the_switch_comes_after_it_and_says_the_backup_is_in_place(
+    filled, tmp_path: Path, settings: Settings, embedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Ctrl-C inside the switch said the store was partial and its records deleted, when it
+    was as it was or whole restored (review helper 97): signals wait for the two renames,
+    and the interruption says the backup is in place."""
+    dest = tmp_path / "copy.jsonl.gz"
+    backup.write_file(filled, dest)
+    restored = contents(filled)
+    filled.add([DocumentIn(id="later", text="A pasta sauce written after the backup.")])
+    filled.close()
+    rename = RecordCollection.rename
+
+    def interrupted(records: RecordCollection, name: str) -> None:
+        if name.endswith("-kb-old"):  # the first rename: a Ctrl-C arrives as it begins
+            signal.raise_signal(signal.SIGINT)
+        rename(records, name)
+
+    monkeypatch.setattr(RecordCollection, "rename", interrupted)
+    store = KnowledgeStore.open(settings, embedder, searching=False)
+    try:
+        with pytest.raises(backup.RestoreInterrupted) as caught:
+            backup.restore(store, dest, replace=True)
+    finally:
+        store.close()
+    monkeypatch.undo()
+    assert caught.value.switched
+    store = KnowledgeStore.open(settings, embedder)
+    try:
+        assert contents(store) == restored
+        assert store.records.settings_values().keys().isdisjoint(staging.MARKS)
     finally:
         store.close()
     assert _collections(settings) == {settings.collection}

@@ -558,6 +558,12 @@ def restore(source: Path, replace: bool) -> None:
         except KBError as exc:
             fail(f"restore failed: {exc.message}")
         except backups.RestoreInterrupted as exc:
+            if exc.switched:
+                interrupted(
+                    "Restore interrupted once the restored records were in the store's place: "
+                    "it holds the whole backup (its next open removes the records replaced and "
+                    "rebuilds the keyword index)"
+                )
             if not exc.changed and exc.beside:
                 interrupted(
                     "Restore interrupted: the store is as it was (the records it wrote beside "

@@ -68,7 +68,7 @@ reset-db: ## Delete the store at KB_CHROMA_PATH, chroma_db by default (needs FOR
 	if [ ! -f "$$store/chroma.sqlite3" ]; then \
 		echo "refusing: '$$store' holds no chroma.sqlite3, so it is not a kb store"; exit 1; fi; \
 	if [ -e "$$store/.kb.lock" ] && ! flock -n "$$store/.kb.lock" true; then \
-		echo "refusing: a kb process has '$$store' open (stop kb serve first)"; exit 1; fi; \
+		echo "refusing: a kb process has '$$store' open (stop kb serve or kb cluster first)"; exit 1; fi; \
 	find "$$store" -mindepth 1 -maxdepth 1 ! -name .gitkeep -exec rm -rf {} +; \
 	echo "emptied '$$store'"
 

@@ -15,6 +15,8 @@ from typing import TextIO
 from kb.errors import ConfigError, StoreUnavailable
 
 LOCK_FILE = ".kb.lock"
+# in the folder of `kb cluster`'s Chroma server (kb.chroma_process.claim): no embedded store
+CLUSTER_MARK = ".kb-cluster"
 # a bounded wait for another process's write tries the file lock again after these pauses
 MIN_PAUSE_S, MAX_PAUSE_S = 0.001, 0.05
 
@@ -28,6 +30,7 @@ class StoreLocked(ConfigError):
     ADVICE = "Stop that process, or go through its API (kb load --url, kb backup --url)."
 
     def __init__(self, directory: Path, holder: str) -> None:
+        self.holder = holder
         self.situation = (
             f"the store at {directory} is open in {holder}; an embedded store takes one "
             "process at a time."
@@ -35,12 +38,29 @@ class StoreLocked(ConfigError):
         super().__init__(f"{self.situation} {self.ADVICE}")
 
 
-class StoreLock:
-    """Held while a process has the store open; released on close or when the process dies."""
+class ClusterFolder(ConfigError):
+    """An embedded store opened in the folder of `kb cluster`'s Chroma server: its writes
+    would not be announced to the cluster's workers, nor the cluster's to its copies."""
 
     def __init__(self, directory: Path) -> None:
+        super().__init__(
+            f"{directory} (KB_CHROMA_PATH) holds the data of kb cluster's Chroma server "
+            f"(it has {CLUSTER_MARK}), not an embedded store: run `kb cluster --path "
+            f"{directory}` and go through it (KB_CHROMA_URL, or --url); to move the data, "
+            "kb backup through it and kb restore into an embedded store"
+        )
+
+
+class StoreLock:
+    """Held while a process has the store open; released on close or when the process dies.
+    `cluster`: held by `kb cluster` for its Chroma server's folder, which any other holder
+    (an embedded store) is refused."""
+
+    def __init__(self, directory: Path, *, cluster: bool = False) -> None:
+        if not cluster and (directory / CLUSTER_MARK).exists():
+            raise ClusterFolder(directory)
         self.path = directory / LOCK_FILE
-        self._file: TextIO | None = _open(self.path)
+        self._file: TextIO | None = _open(self.path, "--path" if cluster else "KB_CHROMA_PATH")
         try:
             fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -61,7 +81,7 @@ class StoreLock:
             self._file = None
 
 
-def _open(path: Path) -> TextIO:
+def _open(path: Path, setting: str) -> TextIO:
     """The lock file, made with the store's directory when missing. A KB_CHROMA_PATH no
     store can live in (a regular file, a folder kb may not write) is a ConfigError naming
     it, which the command line and kb serve show in one line, not as a traceback."""
@@ -73,7 +93,7 @@ def _open(path: Path) -> TextIO:
         problem = "it is a file, not a directory"
     except OSError as exc:  # no permission, a parent that is a file, a read-only disk
         problem = exc.strerror or str(exc)
-    raise ConfigError(f"cannot open the store at {directory} (KB_CHROMA_PATH): {problem}")
+    raise ConfigError(f"cannot open the store at {directory} ({setting}): {problem}")
 
 
 class StoreBusy(StoreUnavailable):

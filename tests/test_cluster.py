@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -365,3 +366,64 @@ def test_gunicorns_own_lines_follow_kb_log_level(cluster: str, tmp_path: Path) -
     log = (tmp_path / "cluster.log").read_text()
     assert "[INFO]" not in log
     assert "Booting worker" not in log
+
+
+def stop(proc: subprocess.Popen) -> int:
+    """kb cluster's exit code, once stopped by SIGTERM (killed, with its group, past 60 s)."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        return proc.wait()
+
+
+def test_kb_cluster_holds_its_folder_while_it_runs(tmp_path: Path) -> None:
+    """It took no lock (review helper 91): a second kb cluster, or kb serve, ran a second
+    Chroma on the same chroma.sqlite3, and `make reset-db FORCE=1` emptied the folder under
+    the running server. Stopped, the folder is refused as an embedded store."""
+    proc, base = two_workers(tmp_path)
+    folder = tmp_path / "chroma"
+    env = {**os.environ, "KB_CHROMA_PATH": str(folder)}
+    try:
+        port, chroma_port = free_ports(2)
+        command = [sys.executable, "-m", "kb", "cluster", "--path", str(folder)]
+        second = subprocess.Popen(
+            [*command, "--chroma-port", str(chroma_port)],
+            env={**env, "KB_PORT": str(port)},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        try:
+            said = second.communicate(timeout=120)[1]
+        except subprocess.TimeoutExpired:  # it runs: a second Chroma on the folder
+            os.killpg(second.pid, signal.SIGKILL)
+            second.communicate()
+            pytest.fail("a second kb cluster started on the folder")
+        assert (second.returncode, said) == (
+            1,
+            f"Error: {folder} (--path) is open in pid {proc.pid} (kb serve, kb load or another "
+            "kb cluster): stop that process first\n",
+        )
+        if shutil.which("make"):
+            root = Path(__file__).resolve().parent.parent
+            reset = subprocess.run(
+                ["make", "-s", "-C", str(root), "reset-db", "FORCE=1"],
+                env=env, capture_output=True, text=True, timeout=60,
+            )  # fmt: skip
+            assert reset.returncode != 0
+            assert f"refusing: a kb process has '{folder}' open" in reset.stdout
+        assert (folder / "chroma.sqlite3").exists()
+        assert call(base, "/add", {"id": "tarn", "text": "A tarn is a mountain lake."})[0] == 201
+    finally:
+        assert stop(proc) == 0
+    opened = subprocess.run(
+        [sys.executable, "-m", "kb", "export", "-o", os.devnull],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert opened.returncode == 1
+    assert f"{folder} (KB_CHROMA_PATH) holds the data of kb cluster's Chroma server" in (
+        opened.stderr
+    )

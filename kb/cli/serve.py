@@ -98,7 +98,12 @@ def cluster(data: Path, chroma_port: int, workers: int | None, seeds: tuple[str,
     _check_keys(settings)  # before the Chroma server starts, and once, not per worker
     listening = _bound(settings)  # likewise: a busy port is one line, nothing started
     try:
-        server = chroma_process.start(data, chroma_port, log)
+        held = chroma_process.claim(data, chroma_port)  # for as long as kb cluster runs
+        try:
+            server = chroma_process.start(data, chroma_port, log)
+        except BaseException:
+            held.release()
+            raise
     except KBError as exc:
         for sock in listening:
             sock.close()
@@ -108,6 +113,7 @@ def cluster(data: Path, chroma_port: int, workers: int | None, seeds: tuple[str,
     def stop_chroma() -> None:
         watch.stop()  # kb stops it: not a failure
         chroma_process.stop(server)
+        held.release()  # the workers, its other holders (forked with it), have exited
 
     with owner_cleanup(stop_chroma):  # not from a worker's exit
         click.echo(f"Chroma server on {url} (data in {data}, log {log})", err=True)

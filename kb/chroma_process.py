@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
+import os
+import signal
 import socket
 import sqlite3
 import subprocess
@@ -93,6 +96,8 @@ def start(data: Path, port: int, log: Path, timeout: float = 60) -> subprocess.P
             [*command, "--port", str(port)],
             stdout=sink,
             stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_dies_with(os.getpid()),
         )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout
@@ -109,6 +114,34 @@ def start(data: Path, port: int, log: Path, timeout: float = 60) -> subprocess.P
             return server
     stop(server)
     raise StoreUnavailable(f"the Chroma server on {url} did not answer in {timeout:.0f} s")
+
+
+def _dies_with(parent: int) -> Callable[[], None] | None:
+    """What the Chroma server runs before `chroma run`, on Linux: SIGTERM to it when kb
+    exits, killed too (prctl's PR_SET_PDEATHSIG; None elsewhere). It runs in a session of its
+    own, so a signal to kb's process group (a terminal's Ctrl-C, systemd's stop) is kb's
+    alone: it killed Chroma at once, the requests under way failed 503 and kb exited 1 (review
+    helper 91); kb stops it after its workers drain. The kernel signals it when the thread
+    that started it ends: kb cluster's main thread, which starts it before any other thread
+    of kb's runs (preexec_fn runs between fork and exec, where a lock another thread held
+    stays held; prctl is looked up here, so the child only calls it)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+
+    def set_up() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent:  # kb died before the call: no signal will come
+            os._exit(1)
+
+    return set_up
+
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 class Watch:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -342,13 +343,7 @@ def test_kb_cluster_stops_when_its_chroma_server_dies(tmp_path: Path) -> None:
         deadline = time.monotonic() + 120
         while len(answering_workers(err, "/health")) < 2 and time.monotonic() < deadline:
             call(base, "/health")  # both workers up: one booting as Chroma dies fails its boot
-        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
-        (chroma,) = [
-            int(pid)
-            for pid in children
-            if b"chroma" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[1]
-        ]
-        os.kill(chroma, signal.SIGKILL)
+        os.kill(chroma_of(proc), signal.SIGKILL)
         assert proc.wait(timeout=90) == 1
     finally:
         if proc.poll() is None:
@@ -376,6 +371,17 @@ def stop(proc: subprocess.Popen) -> int:
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         return proc.wait()
+
+
+def chroma_of(proc: subprocess.Popen) -> int:
+    """The pid of kb cluster's Chroma server."""
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+    (chroma,) = [
+        int(pid)
+        for pid in children
+        if b"chroma" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[1]
+    ]
+    return chroma
 
 
 def test_kb_cluster_holds_its_folder_while_it_runs(tmp_path: Path) -> None:
@@ -427,3 +433,62 @@ def test_kb_cluster_holds_its_folder_while_it_runs(tmp_path: Path) -> None:
     assert f"{folder} (KB_CHROMA_PATH) holds the data of kb cluster's Chroma server" in (
         opened.stderr
     )
+
+
+def test_a_signal_to_kb_clusters_group_lets_requests_under_way_finish(tmp_path: Path) -> None:
+    """Its Chroma server ran in kb's process group: a terminal's Ctrl-C or systemd's stop
+    (SIGTERM to the group) killed it at once, a request under way failed 503 and kb exited 1
+    saying the Chroma server had exited (review helper 91). It is in a session of its own
+    now; kb stops it once the workers have drained."""
+    proc, base = two_workers(tmp_path)
+    body = json.dumps({"id": "cirque", "text": "A cirque is a bowl a glacier carved."}).encode()
+    host, port = base.removeprefix("http://").split(":")
+    try:
+        chroma = chroma_of(proc)
+        assert os.getpgid(chroma) != os.getpgid(proc.pid)
+        with socket.create_connection((host, int(port)), timeout=60) as sock:
+            head = f"POST /add HTTP/1.1\r\nHost: localhost\r\nContent-Length: {len(body)}\r\n"
+            sock.sendall(f"{head}Content-Type: application/json\r\n\r\n".encode() + body[:10])
+            time.sleep(1)  # a worker is reading the body
+            os.killpg(proc.pid, signal.SIGTERM)
+            time.sleep(2)  # as the group's other processes take it
+            sock.sendall(body[10:])
+            answer = b"".join(iter(lambda: sock.recv(65536), b""))
+        assert answer.startswith(b"HTTP/1.1 201 "), answer
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    said = (tmp_path / "stderr").read_text().splitlines()
+    assert [line for line in said if line.startswith("Error")] == []
+    assert not _alive(chroma)  # stopped by kb (and reaped)
+
+
+def test_kb_clusters_chroma_server_does_not_outlive_a_killed_kb(tmp_path: Path) -> None:
+    """In a session of its own, it would run on after a SIGKILL to kb, holding its port and
+    folder: it has SIGTERM from the kernel when kb dies (Linux's parent-death signal)."""
+    proc, _ = two_workers(tmp_path)
+    chroma = 0
+    try:
+        chroma = chroma_of(proc)
+        proc.kill()
+        proc.wait()
+        deadline = time.monotonic() + 60
+        while _running(chroma) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _running(chroma)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # its workers, if any are left
+        if chroma and _running(chroma):
+            os.kill(chroma, signal.SIGKILL)
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie waiting to be reaped (kb's exited: init reaps it)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"

@@ -58,18 +58,25 @@ bench-full: install ## make bench with the 100k-document cells (long: builds a 1
 
 # The path is read by the shell, quoted: make would split it at spaces (and find, given none,
 # searches "."). Only a folder holding a kb store (chroma.sqlite3) and no kb process is emptied.
+# A leading ~ or ~user is expanded and a symlinked folder followed (find -H), as kb reads it.
 reset-db: ## Delete the store at KB_CHROMA_PATH, chroma_db by default (needs FORCE=1)
 	@store="$${KB_CHROMA_PATH-chroma_db}"; \
 	if [ -z "$${store//[[:space:]]/}" ]; then echo "KB_CHROMA_PATH is empty: nothing deleted"; exit 1; fi; \
+	case "$$store" in \
+		"~" | "~/"*) store="$${HOME-$$(getent passwd "$$(id -un)" | cut -d: -f6)}$${store#"~"}";; \
+		"~"*) user="$${store%%/*}"; user="$${user#"~"}"; \
+			home="$$(getent passwd -- "$$user" | cut -d: -f6)"; \
+			if [ -n "$$home" ]; then store="$$home$${store#"~$$user"}"; fi;; \
+	esac; \
 	if [ "$(FORCE)" != "1" ]; then echo "refusing to delete '$$store': run 'make reset-db FORCE=1'"; exit 1; fi; \
 	if [ ! -d "$$store" ]; then echo "'$$store' is not a folder: nothing to delete"; exit 0; fi; \
-	if [ -z "$$(find "$$store" -mindepth 1 -maxdepth 1 ! -name .gitkeep -print -quit)" ]; then \
+	if [ -z "$$(find -H "$$store" -mindepth 1 -maxdepth 1 ! -name .gitkeep -print -quit)" ]; then \
 		echo "'$$store' is empty already"; exit 0; fi; \
 	if [ ! -f "$$store/chroma.sqlite3" ]; then \
 		echo "refusing: '$$store' holds no chroma.sqlite3, so it is not a kb store"; exit 1; fi; \
 	if [ -e "$$store/.kb.lock" ] && ! flock -n "$$store/.kb.lock" true; then \
 		echo "refusing: a kb process has '$$store' open (stop kb serve or kb cluster first)"; exit 1; fi; \
-	find "$$store" -mindepth 1 -maxdepth 1 ! -name .gitkeep -exec rm -rf {} +; \
+	find -H "$$store" -mindepth 1 -maxdepth 1 ! -name .gitkeep -exec rm -rf {} +; \
 	echo "emptied '$$store'"
 
 clean: ## Remove the virtualenv and caches (keeps the store)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+import httpx
 import numpy as np
 import orjson
 
@@ -143,7 +144,7 @@ def make_client(settings: Settings) -> Any:
                 settings=chroma_settings,
             )
         except Exception as exc:  # refused, unreachable, silent, not a Chroma server
-            said = timeout_message(exc) or str(exc)
+            said = timeout_message(exc) or _one_line(exc)
             raise StoreUnavailable(
                 f"cannot reach the Chroma server at {settings.chroma_url} (KB_CHROMA_URL): {said}"
             ) from exc
@@ -151,6 +152,15 @@ def make_client(settings: Settings) -> Any:
         return client
     settings.chroma_path.mkdir(parents=True, exist_ok=True)
     return chromadb.PersistentClient(path=str(settings.chroma_path), settings=chroma_settings)
+
+
+def _one_line(exc: Exception) -> str:
+    """Why the server could not be reached, in one line, as `kb serve --workers` says it
+    (kb.chroma_process.check): httpx's answer to a service that is not Chroma added a line
+    "For more information check: https://developer.mozilla.org/..." (review helper 91)."""
+    if isinstance(exc, httpx.HTTPStatusError):
+        return f"{exc.request.url} answered HTTP {exc.response.status_code}: not a Chroma server?"
+    return " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
 
 
 SHOWN_NAMES = 10  # collections a "no collection" error lists

@@ -5,6 +5,7 @@ on it still reaches every process's copies."""
 
 from __future__ import annotations
 
+import http.server
 import threading
 import time
 from collections.abc import Iterator
@@ -12,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from kb import changes
+from kb import changes, chroma_process
 from kb.app import close_app, create_app
 from kb.config import Settings
 from kb.embeddings import Embedder
@@ -138,3 +139,32 @@ def test_a_proxy_named_by_the_environment_is_bounded_too(
             store.count()
     finally:
         store.close()
+
+
+class Unsupported(http.server.BaseHTTPRequestHandler):
+    """An HTTP service with no GET: 501 to every request, logged nowhere."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def test_a_service_that_is_not_chroma_is_one_line(embedder: Embedder) -> None:
+    """KB_CHROMA_URL naming another HTTP service (kb's own, say, an easy mix-up with --url):
+    httpx's error added a second line, "For more information check: https://developer.
+    mozilla.org/...", where kb serve --workers said it in one (review helper 91)."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Unsupported)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        with pytest.raises(StoreUnavailable) as caught:
+            KnowledgeStore.open(Settings(chroma_url=url), embedder)
+        with pytest.raises(StoreUnavailable) as checked:
+            chroma_process.check(url)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert caught.value.message == (
+        f"cannot reach the Chroma server at {url} (KB_CHROMA_URL): {url}/api/v2/heartbeat "
+        "answered HTTP 501: not a Chroma server?"
+    )
+    assert checked.value.message == caught.value.message

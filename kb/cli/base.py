@@ -82,6 +82,30 @@ def not_empty(ctx: click.Context, param: click.Parameter, value: str | None) -> 
     return value
 
 
+def outside_store(
+    ctx: click.Context, param: click.Parameter, value: Path | str | None
+) -> Path | str | None:
+    """A callback refusing a file to write inside the embedded store's folder (KB_CHROMA_PATH),
+    a link to one included, as a usage error: `kb backup chroma_db/chroma.sqlite3` renamed
+    its file over the store's own, exit 0, and the store was gone."""
+    if value is None or str(value) == "-" or str(value).startswith(("/dev/", "/proc/")):
+        return value
+    try:
+        settings = Settings()
+    except ValidationError:  # said as the command reads its settings
+        return value
+    if settings.chroma_url:
+        return value
+    store = Path(os.path.realpath(settings.chroma_path))
+    target = Path(os.path.realpath(value))
+    if target == store or store in target.parents:
+        raise click.BadParameter(
+            f"{value} is inside the store's folder {store} (KB_CHROMA_PATH): writing it "
+            "would replace or add to the store's own files; name a file outside it"
+        )
+    return value
+
+
 def interrupted(message: str) -> NoReturn:
     """A Ctrl-C: `message` (what was or was not written) on stderr, exit 130 (128 + SIGINT,
     as a shell reports a command Ctrl-C stopped); click said "Aborted!", exit 1. A SIGTERM

@@ -24,6 +24,7 @@ from kb.cli.base import (
     main,
     not_empty,
     open_store,
+    outside_store,
     stdout_failed,
     warn,
 )
@@ -404,6 +405,7 @@ def _target(
     "--output",
     type=GivenPath(dir_okay=False, allow_dash=True, path_type=Path),
     default="-",
+    callback=outside_store,
     help="File to write, replaced once the export is whole (default: standard output).",
 )
 @sigterm_as_ctrl_c()  # its partial file removed, what it left said
@@ -484,7 +486,9 @@ def _write_documents(
 
 
 @main.command()
-@click.argument("dest", type=GivenPath(dir_okay=False, allow_dash=True, path_type=Path))
+@click.argument(
+    "dest", type=GivenPath(dir_okay=False, allow_dash=True, path_type=Path), callback=outside_store
+)
 @click.option(
     "--url",
     default=None,

@@ -12,7 +12,15 @@ import click
 from click.core import ParameterSource
 
 from kb.calibration import NothingToCalibrate, Row, recommend
-from kb.cli.base import fail, main, open_embedder, open_store, stdout_failed, warn
+from kb.cli.base import (
+    fail,
+    main,
+    open_embedder,
+    open_store,
+    outside_store,
+    stdout_failed,
+    warn,
+)
 from kb.config import Settings
 from kb.errors import KBError
 from kb.files import check_writable, replacing
@@ -251,6 +259,7 @@ def _warn_unused(paths: Sequence[str], opened: Sequence[Dataset], corpus: str | 
     "json_out",
     type=click.Path(dir_okay=False),
     default=None,
+    callback=outside_store,
     help="Write the figures to this file.",
 )
 def eval_(

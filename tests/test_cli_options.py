@@ -1,0 +1,61 @@
+"""The kb command line's option values and destinations: what is refused before any work."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from kb.cli import main
+from kb.config import Settings
+from kb.schemas import DocumentIn
+from kb.store import KnowledgeStore
+
+
+@pytest.fixture
+def env(tmp_path: Path, embedder) -> dict[str, str]:
+    """A store of its own holding two documents."""
+    env = {"KB_CHROMA_PATH": str(tmp_path / "db"), "KB_COLLECTION": "cli_options"}
+    settings = Settings(chroma_path=tmp_path / "db", collection="cli_options")
+    store = KnowledgeStore.open(settings, embedder, searching=False)
+    store.add([DocumentIn(id="a", text="Alpha document"), DocumentIn(id="b", text="Beta")])
+    store.close()
+    return env
+
+
+def run(env: dict[str, str], *args: str) -> Result:
+    return CliRunner().invoke(main, list(args), env=env)
+
+
+def digest(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != ".kb.lock"
+    }
+
+
+def test_a_destination_inside_the_store_is_refused_and_the_store_kept(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    db = tmp_path / "db"
+    before = digest(db)
+    (tmp_path / "link").symlink_to(db)
+    (tmp_path / "evalset").mkdir()
+    for args in (
+        ["backup", str(db / "chroma.sqlite3")],  # renamed over the store's own file, exit 0
+        ["export", "-o", str(db / "chroma.sqlite3")],
+        ["export", "-o", str(tmp_path / "link" / "new.jsonl")],  # through a link
+        ["eval", str(tmp_path / "evalset"), "--json", str(db / "figures.json")],
+    ):
+        result = run(env, *args)
+        assert result.exit_code == 2, (args, result.output)
+        assert f"is inside the store's folder {db} (KB_CHROMA_PATH)" in result.output
+    assert digest(db) == before
+    assert not (db / "new.jsonl").exists()
+    # beside the store, not in it: written
+    assert run(env, "backup", str(tmp_path / "kb.gz")).exit_code == 0
+    assert run(env, "export", "-o", str(tmp_path / "dbx.jsonl")).exit_code == 0
+    assert len((tmp_path / "dbx.jsonl").read_text().splitlines()) == 2

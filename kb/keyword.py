@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,6 +24,7 @@ from typing import TypeVar
 import numpy as np
 import orjson
 
+from kb.errors import StoreUnavailable
 from kb.records import Record
 from kb.tokens import TOKENIZER, tokens, words
 
@@ -37,6 +40,7 @@ STOPWORDS = frozenset(
     you your yours yourself yourselves
     """.split()  # noqa: SIM905 (a word list reads better as text)
 )
+log = logging.getLogger(__name__)
 MAX_TERMS = 64
 T = TypeVar("T")
 SAMPLE_PAGE = 10_000  # rows a query of `sample` reads
@@ -79,35 +83,16 @@ class KeywordIndex:
     def __init__(self, path: Path) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")  # a lost tail is rebuilt from Chroma
         self._lock = threading.Lock()
-        with self._lock:
-            self._db.execute("CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value)")
-            row = self._db.execute("SELECT value FROM state WHERE key = 'schema'").fetchone()
-            if row is None or row[0] != SCHEMA:
-                self._db.executescript(
-                    """
-                    DROP TABLE IF EXISTS chunks;
-                    DROP TABLE IF EXISTS entries;
-                    DELETE FROM state;
-                    """
-                )
-            self._db.executescript(
-                f"""
-                CREATE VIRTUAL TABLE IF NOT EXISTS chunks USING fts5(
-                    text, tokenize = '{TOKENIZER}');
-                CREATE TABLE IF NOT EXISTS entries (
-                    rowid INTEGER PRIMARY KEY,
-                    record_id TEXT NOT NULL UNIQUE,
-                    doc_id TEXT NOT NULL,
-                    vector BLOB NOT NULL,
-                    metadata TEXT NOT NULL);
-                INSERT OR REPLACE INTO state (key, value) VALUES ('schema', {SCHEMA});
-                """
-            )
-            self._generation = self._stored_generation()
+        try:
+            self._db, self._generation = _open(path)
+        except sqlite3.DatabaseError as exc:
+            if not _damaged(exc):
+                raise
+            # a copy: moved aside, an empty one made, and the store rebuilds it from Chroma
+            aside = _move_aside(path, exc)
+            log.warning("keyword index %s is damaged (%s): moved to %s, rebuilt", path, exc, aside)
+            self._db, self._generation = _open(path)
 
     def close(self) -> None:
         with self._lock:
@@ -119,10 +104,6 @@ class KeywordIndex:
         kept in memory (this process is the file's only writer), not asked of SQLite: with
         16 clients that query and its lock were a quarter of the server's time."""
         return self._generation
-
-    def _stored_generation(self) -> int:
-        row = self._db.execute("SELECT value FROM state WHERE key = 'generation'").fetchone()
-        return int(row[0]) if row else -1
 
     def count(self) -> int:
         with self._lock:
@@ -271,6 +252,72 @@ class KeywordIndex:
                     if len(found) >= limit:
                         break
             return found
+
+
+def _open(path: Path) -> tuple[sqlite3.Connection, int]:
+    """A connection to the index file (made, or its tables remade for another SCHEMA) and
+    the generation it has applied."""
+    db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    try:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")  # a lost tail is rebuilt from Chroma
+        db.execute("CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value)")
+        row = db.execute("SELECT value FROM state WHERE key = 'schema'").fetchone()
+        if row is None or row[0] != SCHEMA:
+            db.executescript(
+                """
+                DROP TABLE IF EXISTS chunks;
+                DROP TABLE IF EXISTS entries;
+                DELETE FROM state;
+                """
+            )
+        db.executescript(
+            f"""
+            CREATE VIRTUAL TABLE IF NOT EXISTS chunks USING fts5(
+                text, tokenize = '{TOKENIZER}');
+            CREATE TABLE IF NOT EXISTS entries (
+                rowid INTEGER PRIMARY KEY,
+                record_id TEXT NOT NULL UNIQUE,
+                doc_id TEXT NOT NULL,
+                vector BLOB NOT NULL,
+                metadata TEXT NOT NULL);
+            INSERT OR REPLACE INTO state (key, value) VALUES ('schema', {SCHEMA});
+            """
+        )
+        row = db.execute("SELECT value FROM state WHERE key = 'generation'").fetchone()
+        return db, int(row[0]) if row else -1
+    except BaseException:
+        db.close()
+        raise
+
+
+def _damaged(exc: sqlite3.DatabaseError) -> bool:
+    """Whether SQLite found the file no database, or a malformed one (garbage written over
+    it, a torn copy): not a lock, a permission or a full disk."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+
+
+def _move_aside(path: Path, exc: sqlite3.DatabaseError) -> Path:
+    """Rename the damaged file to `<name>.damaged-<time>`, with its -wal and -shm (an old
+    write-ahead log would be replayed into the new file); a KBError if it cannot be."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    aside = path.with_name(f"{path.name}.damaged-{stamp}")
+    for n in itertools.count(1):
+        if not aside.exists():
+            break
+        aside = path.with_name(f"{path.name}.damaged-{stamp}-{n}")
+    try:
+        for suffix in ("", "-wal", "-shm"):
+            side = path.with_name(path.name + suffix)
+            if suffix == "" or side.exists():
+                side.replace(aside.with_name(aside.name + suffix))
+    except OSError as failed:
+        raise StoreUnavailable(
+            f"the keyword index {path} is damaged ({exc}) and could not be moved aside "
+            f"({failed.strerror or failed}): move or delete it, and it is rebuilt from Chroma"
+        ) from None
+    return aside
 
 
 def _batched(items: Iterable[T], size: int) -> Iterator[list[T]]:

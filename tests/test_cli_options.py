@@ -59,3 +59,16 @@ def test_a_destination_inside_the_store_is_refused_and_the_store_kept(
     assert run(env, "backup", str(tmp_path / "kb.gz")).exit_code == 0
     assert run(env, "export", "-o", str(tmp_path / "dbx.jsonl")).exit_code == 0
     assert len((tmp_path / "dbx.jsonl").read_text().splitlines()) == 2
+
+
+def test_a_damaged_chroma_file_is_one_line_naming_it(tmp_path: Path) -> None:
+    db = tmp_path / "db"
+    db.mkdir()
+    (db / "chroma.sqlite3").write_bytes(b"garbage\n")
+    result = run({"KB_CHROMA_PATH": str(db)}, "export")
+    assert result.exit_code == 1
+    assert result.output.splitlines() == [  # a traceback of 59 lines
+        f"Error: cannot open the store's {db / 'chroma.sqlite3'}: error returned from "
+        "database: (code: 26) file is not a database"
+    ]
+    assert (db / "chroma.sqlite3").read_bytes() == b"garbage\n"

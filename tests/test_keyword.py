@@ -146,6 +146,41 @@ def test_an_index_of_an_older_schema_is_rebuilt(settings: Settings, embedder) ->
     reopened.close()
 
 
+@pytest.mark.parametrize("damage", ["garbage", "torn"])
+def test_a_damaged_index_is_moved_aside_and_rebuilt(
+    settings: Settings, embedder, damage: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = KnowledgeStore.open(settings, embedder)
+    docs_about(store)
+    store.close()
+    path = store.keyword.path
+    with sqlite3.connect(path) as db:  # the write-ahead log into the file: one file to damage
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    whole = path.read_bytes()
+    # written over ("file is not a database"), or a copy cut short ("malformed"): every
+    # command stopped on it with a traceback
+    damaged = b"garbage\n" if damage == "garbage" else whole[:4096]
+    path.write_bytes(damaged)
+    reopened = KnowledgeStore.open(settings, embedder)
+    assert keyword_ids(reopened, "sourdough starter") == ["bread"]
+    reopened.close()
+    moved = {p.name for p in path.parent.glob(path.name + ".damaged-*")}
+    (aside,) = [path.parent / name for name in moved if not name.endswith(("-wal", "-shm"))]
+    assert aside.read_bytes() == damaged  # kept as it was, for a look
+    assert moved <= {aside.name, aside.name + "-wal", aside.name + "-shm"}  # its log with it
+    assert f"keyword index {path} is damaged" in caplog.text
+    assert f"moved to {aside}" in caplog.text
+
+
+def test_an_index_that_cannot_be_opened_for_another_reason_is_left_alone(tmp_path: Path) -> None:
+    path = tmp_path / "k.sqlite3"
+    path.mkdir()  # not a damaged file: nothing to move aside
+    with pytest.raises(sqlite3.OperationalError, match="unable to open"):
+        KeywordIndex(path)
+    assert path.is_dir()
+    assert list(tmp_path.iterdir()) == [path]
+
+
 @pytest.fixture
 def topics(client: FlaskClient, store: KnowledgeStore) -> FlaskClient:
     docs_about(store)

@@ -149,6 +149,13 @@ def open_store(
         fail(_locked(exc))
     except KBError as exc:
         fail(exc.message)
+    except Exception as exc:
+        from chromadb.errors import InternalError
+
+        if settings.chroma_url or not isinstance(exc, InternalError):
+            raise
+        # Chroma's SQLite file written over or torn: one line naming it, not 59 of traceback
+        fail(f"cannot open the store's {settings.chroma_path / CHROMA_FILE}: {exc}")
 
 
 def _locked(exc: StoreLocked) -> str:

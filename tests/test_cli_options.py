@@ -72,3 +72,16 @@ def test_a_damaged_chroma_file_is_one_line_naming_it(tmp_path: Path) -> None:
         "database: (code: 26) file is not a database"
     ]
     assert (db / "chroma.sqlite3").read_bytes() == b"garbage\n"
+
+
+def test_an_empty_where_or_json_is_a_usage_error(env: dict[str, str], tmp_path: Path) -> None:
+    out = tmp_path / "subset.jsonl"
+    for value in ("", "  "):  # `--where "$FILTER"` with FILTER unset exported everything
+        result = run(env, "export", "--where", value, "-o", str(out))
+        assert result.exit_code == 2, result.output
+        assert "Invalid value for '--where': must not be empty" in result.output
+    assert not out.exists()
+    (tmp_path / "evalset").mkdir()
+    result = run(env, "eval", str(tmp_path / "evalset"), "--json", "")  # wrote no file, exit 0
+    assert result.exit_code == 2, result.output
+    assert "Invalid value for '--json': an empty path names no file" in result.output

@@ -399,7 +399,13 @@ def _target(
 
 
 @main.command()
-@click.option("--where", "where", default=None, help="A JSON filter, as /query takes it.")
+@click.option(
+    "--where",
+    "where",
+    default=None,
+    callback=not_empty,
+    help="A JSON filter, as /query takes it.",
+)
 @click.option(
     "-o",
     "--output",

@@ -13,6 +13,7 @@ from click.core import ParameterSource
 
 from kb.calibration import NothingToCalibrate, Row, recommend
 from kb.cli.base import (
+    GivenPath,
     fail,
     main,
     open_embedder,
@@ -257,7 +258,7 @@ def _warn_unused(paths: Sequence[str], opened: Sequence[Dataset], corpus: str | 
 @click.option(
     "--json",
     "json_out",
-    type=click.Path(dir_okay=False),
+    type=GivenPath(dir_okay=False),
     default=None,
     callback=outside_store,
     help="Write the figures to this file.",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -30,6 +31,8 @@ def replacing(dest: Path, *, parents: bool = False) -> Iterator[Path]:
     try:
         if parents:
             target.parent.mkdir(parents=True, exist_ok=True)
+        if partial != target:
+            _create(partial, target)
         yield partial
         if partial != target:
             if target.is_file():  # a file kept private (0600) stays so
@@ -41,6 +44,17 @@ def replacing(dest: Path, *, parents: bool = False) -> Iterator[Path]:
         if partial != target:
             with suppress(OSError):
                 partial.unlink(missing_ok=True)
+
+
+def _create(partial: Path, target: Path) -> None:
+    """Make `partial` empty, as private as `target` from the start (its mode; a new file's,
+    the umask's): created at the first write with the umask's, it held the data of a 0600
+    file readable by every user until the rename. Its owner may read and write it (a 0444
+    file is written, and given its mode at the rename). A leftover of this name (an earlier
+    process with the same id, killed) is replaced."""
+    mode = stat.S_IMODE(target.stat().st_mode) & 0o777 | 0o600 if target.is_file() else 0o666
+    partial.unlink(missing_ok=True)
+    os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode))
 
 
 def check_writable(dest: Path) -> None:

@@ -557,7 +557,7 @@ def test_a_failed_export_leaves_the_file_as_it_was(
     out.parent.mkdir()
     out.write_text("the previous export\n")
     bad = run(env, "export", "--where", '{"n": {"$oops": 1}}', "-o", str(out))
-    assert bad.exit_code == 1
+    assert bad.exit_code == 2  # a usage error
 
     def broken(store: KnowledgeStore, flt: object):
         yield from original(store, flt)
@@ -610,15 +610,15 @@ def test_a_store_path_that_is_a_file_is_one_line(tmp_path: Path) -> None:
     [
         ('{"$and": [' * 3000 + '{"n": 1}' + "]}" * 3000, "deeper than 200 levels"),
         ('{"n": "\\ud800"}', "n: holds a lone UTF-16 surrogate"),
-        ("null", "--where: must be a JSON object (got null)"),  # it exported everything
-        ("[1]", "--where: must be a JSON object (got an array)"),
+        ("null", "'--where': must be a JSON object (got null)"),  # it exported everything
+        ("[1]", "'--where': must be a JSON object (got an array)"),
     ],
 )
 def test_export_refuses_a_where_too_deep_with_a_surrogate_or_not_an_object(
     env, where: str, message: str
 ) -> None:
     result = run(env, "export", "--where", where)
-    assert result.exit_code != 0
+    assert result.exit_code == 2  # a usage error (it was 1)
     assert message in result.output, result.output
     assert "not valid JSON" not in result.output  # it is JSON, one kb cannot take
 
@@ -1488,8 +1488,8 @@ def test_the_help_says_truly_where_defaults_come_from() -> None:
 def test_a_where_the_filter_refuses_names_where(env, tmp_path: Path) -> None:
     run(env, "load", str(write_jsonl(tmp_path / "src.jsonl", GOOD)))
     done = run(env, "export", "--where", '{"n": {"$gt": "x"}}')
-    assert done.exit_code == 1
-    assert "Error: --where: where.n.$gt: 'x' is not a number" in done.output
+    assert done.exit_code == 2
+    assert "Error: Invalid value for '--where': where.n.$gt: 'x' is not a number" in done.output
 
 
 def test_a_second_ctrl_c_in_a_load_exits_130(env, tmp_path: Path, monkeypatch) -> None:

@@ -85,3 +85,21 @@ def test_an_empty_where_or_json_is_a_usage_error(env: dict[str, str], tmp_path: 
     result = run(env, "eval", str(tmp_path / "evalset"), "--json", "")  # wrote no file, exit 0
     assert result.exit_code == 2, result.output
     assert "Invalid value for '--json': an empty path names no file" in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["export", "--where", "{bad"], "'--where': not valid JSON: Expecting property name"),
+        (["export", "--where", "[]"], "'--where': must be a JSON object (got an array)"),
+        (["export", "--where", '{"n": {"$oops": 1}}'], "'--where': where.n.$oops"),
+        (["load", "-", "--url", "ftp://127.0.0.1:1"], "'--url': 'ftp://127.0.0.1:1' is not a"),
+        (["backup", "-", "--url", "http://127.0.0.1:99999"], "'--url': 'http://127.0.0.1:99999'"),
+    ],
+)
+def test_a_bad_where_or_url_is_a_usage_error(tmp_path: Path, args: list[str], message: str) -> None:
+    """README: a bad option value is a usage error, exit 2; these exited 1, as a failure."""
+    result = run({"KB_CHROMA_PATH": str(tmp_path / "db")}, *args)
+    assert result.exit_code == 2, result.output
+    assert f"Error: Invalid value for {message}" in result.output
+    assert not (tmp_path / "db").exists()  # refused before the store is opened

@@ -298,7 +298,9 @@ def _client(url: str | None, api_key: str | None, timeout: float = 120.0) -> KBC
     try:
         client = KBClient(url, api_key=api_key, timeout=timeout)
     except KBError as exc:
-        fail(f"{exc.message} (--url)" if exc.code == "invalid_url" else exc.message)
+        if exc.code == "invalid_url":  # a usage error, exit 2 (it was 1)
+            raise click.BadParameter(exc.message, param_hint="'--url'") from None
+        fail(exc.message)
     if host := client.key_in_the_clear:
         warn(f"the API key is sent unencrypted to {host} (use https)")
     return client
@@ -435,8 +437,8 @@ def export(where: str | None, output: Path) -> None:
 
 
 def _export_filter(where: str | None, settings: Settings) -> CompiledFilter:
-    """--where compiled with the service's limits (KB_MAX_FILTER_*), or a clean exit saying
-    what is wrong with it."""
+    """--where compiled with the service's limits (KB_MAX_FILTER_*), or a usage error (exit
+    2; it was 1) saying what is wrong with it."""
     from kb import json_input
     from kb.filters import FilterLimits, compile_filter
 
@@ -444,11 +446,12 @@ def _export_filter(where: str | None, settings: Settings) -> CompiledFilter:
         parsed = json_input.loads_object(where) if where else None
         return compile_filter(where=parsed, limits=FilterLimits.of(settings))
     except json_input.UnusableJSON as exc:  # JSON, but not JSON kb can take
-        fail(f"--where: {exc}")
+        problem = str(exc)
     except ValueError as exc:
-        fail(f"--where is not valid JSON: {exc}")
+        problem = f"not valid JSON: {exc}"
     except KBError as exc:
-        fail(f"--where: {exc.message}")
+        problem = exc.message
+    raise click.BadParameter(problem, param_hint="'--where'")
 
 
 def _export_to(store: KnowledgeStore, flt: CompiledFilter, output: Path) -> int:

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
@@ -103,3 +108,40 @@ def test_a_bad_where_or_url_is_a_usage_error(tmp_path: Path, args: list[str], me
     assert result.exit_code == 2, result.output
     assert f"Error: Invalid value for {message}" in result.output
     assert not (tmp_path / "db").exists()  # refused before the store is opened
+
+
+def kb_process(env: dict[str, str], *args: str, **popen: Any) -> subprocess.Popen[str]:
+    """`kb ARGS` in a process of its own (real standard streams)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "kb", *args],
+        env={**os.environ, "HF_HUB_OFFLINE": "1", **env},
+        text=True,
+        **popen,
+    )
+
+
+def test_calibrate_and_eval_with_a_stdout_that_cannot_be_written_say_one_line(
+    tmp_path: Path,
+) -> None:
+    """`kb calibrate > /dev/full` and `kb eval > /dev/full` ended in an OSError traceback."""
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(
+        json.dumps({"a": "A cat sat on the mat.", "b": "A cat was on the mat.", "label": 1})
+        + "\n"
+        + json.dumps({"a": "A cat sat on the mat.", "b": "Taxes are due in April.", "label": 0})
+        + "\n"
+    )
+    (tmp_path / "eval").mkdir()
+    query = {"id": "q1", "query": "cat", "relevant": ["c"]}
+    (tmp_path / "eval" / "queries.jsonl").write_text(json.dumps(query) + "\n")
+    (tmp_path / "seed").mkdir()
+    (tmp_path / "seed" / "docs.jsonl").write_text('{"id": "c", "text": "A cat on a mat."}\n')
+    env = {"KB_CHROMA_PATH": str(tmp_path / "db")}
+    for args in (["calibrate", "--pairs", str(pairs)], ["eval", str(tmp_path / "eval")]):
+        with open("/dev/full", "w") as full:
+            done = kb_process(env, *args, stdout=full, stderr=subprocess.PIPE)
+            _, err = done.communicate(timeout=300)
+        assert done.returncode == 1, err
+        assert err.strip().splitlines() == [
+            "Error: cannot write standard output: No space left on device"
+        ]

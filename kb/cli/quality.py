@@ -88,7 +88,7 @@ def _from_pairs(embedder: Embedder, path: str, precision: float | None) -> Row:
     from kb.calibration import check_pairs, pair_scores, read_pairs, sweep
 
     labeled = read_pairs(path)
-    click.echo(f"pairs: {len(labeled)}, {sum(p.label for p in labeled)} similar")
+    _out(f"pairs: {len(labeled)}, {sum(p.label for p in labeled)} similar")
     check_pairs(labeled, path)
     rows = sweep(pair_scores(embedder, labeled), [p.label for p in labeled])
     return _table(rows, precision, path)
@@ -117,16 +117,16 @@ def _from_queries(
         ranked = rank(store, list(dataset.queries.values()), top_k=depth)
     runs = [(r.ids, r.scores) for r in ranked]
     unanswerable = sum(not w for w in wanted)
-    click.echo(
+    _out(
         f"queries: {len(wanted)} ({unanswerable} with no answer), up to {settings.top_k} "
         f"matches each from the best {depth} (precision: of the matches shown; recall: of "
         "the relevant documents in those rankings)"
     )
     best = _table(shown_sweep(runs, wanted, settings.top_k), precision, folder)
-    click.echo(f"{'threshold':>9} {'unanswerable still matched':>27} {'answers kept':>13}")
+    _out(f"{'threshold':>9} {'unanswerable still matched':>27} {'answers kept':>13}")
     answerable = len(wanted) - unanswerable
     for row in query_sweep(runs, wanted, settings.top_k, [0.3, 0.35, 0.4, 0.45, 0.5]):
-        click.echo(
+        _out(
             f"{row.threshold:>9.2f} {row.leaked:>20} of {unanswerable:<4} "
             f"{row.kept:>6} of {answerable}"
         )
@@ -154,7 +154,7 @@ def _write_threshold(
     finally:
         if store is None:
             target.close()
-    click.echo(
+    _out(
         f"stored {best.threshold:.2f} as the default threshold of collection "
         f"'{settings.collection}' in {target.records.location}"
     )
@@ -165,10 +165,10 @@ def _table(rows: Sequence[Row], precision: float | None, source: str) -> Row:
     (see NothingToCalibrate) stop the command naming `source`, before anything is written."""
     from kb.calibration import needs_none, reaches
 
-    click.echo(f"{'threshold':>9} {'precision':>9} {'recall':>7} {'f1':>6}")
+    _out(f"{'threshold':>9} {'precision':>9} {'recall':>7} {'f1':>6}")
     shown = [row for row in rows if row.threshold >= 0 and round(row.threshold * 100) % 5 == 0]
     for row in shown:  # negative thresholds keep everything: not worth a line
-        click.echo(f"{row.threshold:>9.2f} {row.precision:>9.3f} {row.recall:>7.3f} {row.f1:>6.3f}")
+        _out(f"{row.threshold:>9.2f} {row.precision:>9.3f} {row.recall:>7.3f} {row.f1:>6.3f}")
     try:
         best = recommend(rows, precision)
     except NothingToCalibrate as exc:
@@ -183,11 +183,20 @@ def _table(rows: Sequence[Row], precision: float | None, source: str) -> Row:
             f"no threshold reaches precision {precision:.3f} with any recall; "
             "recommending the best F1 instead"
         )
-    click.echo(
+    _out(
         f"recommended threshold: {best.threshold:.2f} (precision {best.precision:.3f}, "
         f"recall {best.recall:.3f}, f1 {best.f1:.3f})"
     )
     return best
+
+
+def _out(line: str) -> None:
+    """A line of the command's output: one that cannot be written (> /dev/full, a pipe
+    closed) is one line (`stdout_failed`), as in kb export; it was a traceback."""
+    try:
+        click.echo(line)
+    except OSError as exc:
+        stdout_failed(exc)
 
 
 def _warn_unmatched(dataset: Dataset) -> None:
@@ -303,7 +312,7 @@ def eval_(
         opened.append(dataset)
     _warn_unused(datasets, opened, corpus)
     embedder = open_embedder(settings)
-    click.echo(
+    _out(
         f"{'dataset':<16} {'mode':<12} {'docs':>6} {'queries':>7} {'nDCG@10':>8} "
         f"{'MRR@10':>7} {'R@10':>6} {'R@100':>6} {'load s':>7} {'query s':>7}"
     )
@@ -315,7 +324,7 @@ def eval_(
             fail(exc.message)
         for report in found:
             f = report.figures
-            click.echo(
+            _out(
                 f"{report.dataset:<16} {report.mode:<12} {report.documents:>6} "
                 f"{report.queries:>7} {f['ndcg@10']:>8.3f} {f['mrr@10']:>7.3f} "
                 f"{f['recall@10']:>6.3f} {f['recall@100']:>6.3f} "

@@ -145,3 +145,22 @@ def test_calibrate_and_eval_with_a_stdout_that_cannot_be_written_say_one_line(
         assert err.strip().splitlines() == [
             "Error: cannot write standard output: No space left on device"
         ]
+
+
+@pytest.mark.parametrize("value", ["nan", "-NaN", "inf"])
+def test_a_score_or_precision_that_is_not_a_number_in_range_is_refused(
+    tmp_path: Path, value: str
+) -> None:
+    """NaN passed click.FloatRange (every comparison with it is false): `kb duplicates
+    --min-score nan` found no group, exit 0, and `kb calibrate --precision nan` recommended."""
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("")
+    env = {"KB_CHROMA_PATH": str(tmp_path / "db")}
+    for args in (
+        ["duplicates", "--min-score", value],
+        ["calibrate", "--pairs", str(pairs), "--precision", value],
+    ):
+        result = run(env, *args)
+        assert result.exit_code == 2, result.output
+        assert f"Invalid value for '{args[-2]}': " in result.output
+        assert "is not a number" in result.output or "is not in the range" in result.output

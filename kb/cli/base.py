@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 import os
 import signal
 import sys
@@ -72,6 +73,17 @@ class GivenPath(click.Path):
         if isinstance(value, str) and not value:
             self.fail("an empty path names no file (the current folder is '.')", param, ctx)
         return super().convert(value, param, ctx)
+
+
+class NumberRange(click.FloatRange):
+    """click.FloatRange that refuses NaN ('nan', '-nan'): every comparison with it is false,
+    so it passed any range (`kb duplicates --min-score nan` found nothing, exit 0)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if math.isnan(number):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        return number
 
 
 def not_empty(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:

@@ -14,6 +14,7 @@ from click.core import ParameterSource
 from kb.calibration import NothingToCalibrate, Row, recommend
 from kb.cli.base import (
     GivenPath,
+    NumberRange,
     fail,
     main,
     open_embedder,
@@ -47,7 +48,7 @@ if TYPE_CHECKING:
 )
 @click.option(
     "--precision",
-    type=click.FloatRange(0, 1),
+    type=NumberRange(0, 1),
     default=None,
     help="Recommend the lowest threshold reaching this precision instead of max F1.",
 )
@@ -342,7 +343,7 @@ def eval_(
 @main.command()
 @click.option(
     "--min-score",
-    type=click.FloatRange(-1, 1),
+    type=NumberRange(-1, 1),
     default=None,
     help="Similarity from which documents count as near-duplicates (KB_DUPLICATE_SCORE).",
 )

@@ -59,7 +59,9 @@ NORM_TOLERANCE = 1e-2
 
 def dump(store: KnowledgeStore, out: IO[bytes]) -> int:
     """Write the whole collection to `out` (gzip JSONL); the number of records."""
-    with store.writes(), gzip.GzipFile(fileobj=out, mode="wb", mtime=0) as zipped:
+    # no name in the header (a file's was its temporary one, DEST.PID.partial), no time: two
+    # backups of one state are the same bytes
+    with store.writes(), gzip.GzipFile(filename="", fileobj=out, mode="wb", mtime=0) as zipped:
         header = {
             "format": FORMAT,
             "kb": __version__,

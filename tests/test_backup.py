@@ -75,6 +75,18 @@ def test_backup_and_restore_reproduce_the_store(filled, tmp_path: Path, embedder
         target.close()
 
 
+def test_a_backups_gzip_header_names_no_file(filled, tmp_path: Path) -> None:
+    """The gzip header carried the temporary file's name (`a.gz.PID.partial`, what `gunzip -N`
+    restored it as, and two backups' headers differed though mtime=0 was set)."""
+    first, second = tmp_path / "a.gz", tmp_path / "b.gz"
+    backup.write_file(filled, first)
+    backup.write_file(filled, second)
+    head = first.read_bytes()[:10]  # magic, method, flags, mtime, extra flags, OS
+    assert head[3] & gzip.FNAME == 0  # no file name follows
+    assert head[4:8] == bytes(4)  # mtime 0
+    assert second.read_bytes()[:10] == head
+
+
 def test_a_truncated_or_foreign_backup_is_refused(filled, tmp_path: Path) -> None:
     dest = tmp_path / "copy.jsonl.gz"
     backup.write_file(filled, dest)

@@ -429,7 +429,9 @@ def _line(record: Record) -> dict[str, Any]:
     return {
         "id": record.id,
         "text": record.text,
-        "metadata": record.metadata,
+        # keys sorted: Chroma gives them in another order at each read, so two backups of
+        # one store differed on every line (fixer helper 96)
+        "metadata": dict(sorted(record.metadata.items())),
         "vector": base64.b64encode(vector).decode("ascii"),
     }
 

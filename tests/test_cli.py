@@ -22,6 +22,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from kb.cli import main
+from kb.collection import RecordCollection
 from kb.config import Settings
 from kb.filters import compile_filter
 from kb.schemas import DocumentIn
@@ -1250,6 +1251,36 @@ def test_a_ctrl_c_in_restore_says_what_the_store_holds_and_what_to_run(
         "Restore interrupted: collection 'other' is partial (it holds part of the backup, or "
         f"nothing). Run `kb restore --replace {dest}` to restore it whole."
     ) in done.stderr
+
+
+def test_a_ctrl_c_inside_restores_switch_says_the_backup_is_in_place(
+    env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Ctrl-C as restore --replace switched names said the collection was partial and its
+    records deleted, though it held them or the whole backup (review helper 97): it takes
+    effect after the two renames and says the backup is in place."""
+    run(env, "load", str(write_jsonl(tmp_path / "src.jsonl", GOOD)))
+    dest = tmp_path / "b.jsonl.gz"
+    assert run(env, "backup", str(dest)).exit_code == 0
+    rename = RecordCollection.rename
+
+    def interrupted(records: RecordCollection, name: str) -> None:
+        if name.endswith("-kb-old"):  # the first rename: a Ctrl-C arrives as it begins
+            signal.raise_signal(signal.SIGINT)
+        rename(records, name)
+
+    monkeypatch.setattr(RecordCollection, "rename", interrupted)
+    done = run(env, "restore", "--replace", str(dest))
+    assert done.exit_code == 130, done.output
+    assert (
+        "Restore interrupted once the restored records were in the store's place: it holds "
+        "the whole backup (its next open removes the records replaced and rebuilds the keyword "
+        "index)"
+    ) in done.stderr
+    monkeypatch.undo()
+    exported = run(env, "export")
+    assert exported.exit_code == 0, exported.output
+    assert len(exported.stdout.splitlines()) == len(GOOD)
 
 
 # `kb ARGS` in a process of its own whose `target` (module:attribute) touches a file and

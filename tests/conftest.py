@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -223,3 +224,14 @@ class FailingFirst:
         if len(self.calls) <= self.times:
             raise self.error
         return self.then(*args, **kwargs)
+
+
+@pytest.fixture
+def ctrl_c_raises() -> Iterator[None]:
+    """SIGINT raises KeyboardInterrupt, as in a terminal: a suite started in the background
+    (as CI's may be) inherits it ignored, and a test's own SIGINT then did nothing."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before)

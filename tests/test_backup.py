@@ -849,7 +849,12 @@ def test_collections_named_like_kbs_but_not_made_by_it_are_never_touched(
 
 
 def test_a_ctrl_c_inside_the_switch_comes_after_it_and_says_the_backup_is_in_place(
-    filled, tmp_path: Path, settings: Settings, embedder, monkeypatch: pytest.MonkeyPatch
+    filled,
+    tmp_path: Path,
+    settings: Settings,
+    embedder,
+    monkeypatch: pytest.MonkeyPatch,
+    ctrl_c_raises: None,
 ) -> None:
     """A Ctrl-C inside the switch said the store was partial and its records deleted, when it
     was as it was or whole restored (review helper 97): signals wait for the two renames,

@@ -1254,7 +1254,7 @@ def test_a_ctrl_c_in_restore_says_what_the_store_holds_and_what_to_run(
 
 
 def test_a_ctrl_c_inside_restores_switch_says_the_backup_is_in_place(
-    env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ctrl_c_raises: None
 ) -> None:
     """A Ctrl-C as restore --replace switched names said the collection was partial and its
     records deleted, though it held them or the whole backup (review helper 97): it takes

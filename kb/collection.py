@@ -295,15 +295,22 @@ class RecordCollection:
             shutil.rmtree(folder, ignore_errors=True)
 
     def _segment_folders(self) -> list[Path]:
-        """The folders of this embedded collection's segments (none on a server)."""
+        """The folders of this embedded collection's segments (none on a server). Best
+        effort: a folder left behind is better than a failed restore, or a store that no
+        longer opens (KB_CHROMA_PATH is relative by default, which `as_uri` refused, and
+        every open then failed where it finished a restore: review helper 98)."""
         if self.mode != "embedded":
             return []
-        database = Path(self.settings.chroma_path) / "chroma.sqlite3"
-        with contextlib.closing(sqlite3.connect(f"{database.as_uri()}?mode=ro", uri=True)) as db:
-            rows = db.execute(
-                "SELECT id FROM segments WHERE collection = ?", (str(self._col.id),)
-            ).fetchall()
-        store = Path(self.settings.chroma_path)
+        store = Path(self.settings.chroma_path).expanduser().absolute()
+        try:
+            uri = f"{(store / 'chroma.sqlite3').as_uri()}?mode=ro"
+            with contextlib.closing(sqlite3.connect(uri, uri=True)) as db:
+                rows = db.execute(
+                    "SELECT id FROM segments WHERE collection = ?", (str(self._col.id),)
+                ).fetchall()
+        except (sqlite3.Error, ValueError, OSError):
+            log.warning("could not list the segments of %s", self.name, exc_info=True)
+            return []
         return [store / str(row[0]) for row in rows if (store / str(row[0])).is_dir()]
 
     def side_collection(self, suffix: str) -> Any:

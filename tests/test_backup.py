@@ -902,3 +902,30 @@ def test_two_backups_of_one_store_are_the_same_bytes(filled, tmp_path: Path) -> 
     backup.write_file(filled, first)
     backup.write_file(filled, second)
     assert first.read_bytes() == second.read_bytes()
+
+
+def test_a_restore_replace_in_a_store_named_by_a_relative_path(
+    tmp_path: Path, embedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """KB_CHROMA_PATH is relative by default (chroma_db): removing the replaced collection's
+    folder asked for its database's file URI, which a relative path has none of, so the
+    restore failed after its switch and every later open failed where it finished it
+    (review helper 98)."""
+    monkeypatch.chdir(tmp_path)
+    settings = Settings(chroma_path=Path("db"), collection="kb_test")
+    store = KnowledgeStore.open(settings, embedder, searching=False)
+    try:
+        store.add([DocumentIn.model_validate(doc) for doc in COOKING])
+        before = contents(store)
+        backup.write_file(store, tmp_path / "copy.jsonl.gz")
+        backup.restore(store, tmp_path / "copy.jsonl.gz", replace=True)
+    finally:
+        store.close()
+    store = KnowledgeStore.open(settings, embedder, searching=False)
+    try:
+        assert contents(store) == before
+    finally:
+        store.close()
+    assert _collections(changed(settings, chroma_path=tmp_path / "db")) == {"kb_test"}
+    folders, listed = _segments(changed(settings, chroma_path=tmp_path / "db"))
+    assert folders <= listed

@@ -53,6 +53,9 @@ def test_a_destination_inside_the_store_is_refused_and_the_store_kept(
         ["backup", str(db / "chroma.sqlite3")],  # renamed over the store's own file, exit 0
         ["export", "-o", str(db / "chroma.sqlite3")],
         ["export", "-o", str(tmp_path / "link" / "new.jsonl")],  # through a link
+        # a path under /proc (or /dev: a store on /dev/shm) was taken for a device and
+        # written into in place (review helper 98)
+        ["backup", f"/proc/self/root{db}/chroma.sqlite3"],
         ["eval", str(tmp_path / "evalset"), "--json", str(db / "figures.json")],
     ):
         result = run(env, *args)

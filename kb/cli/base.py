@@ -99,8 +99,11 @@ def outside_store(
 ) -> Path | str | None:
     """A callback refusing a file to write inside the embedded store's folder (KB_CHROMA_PATH),
     a link to one included, as a usage error: `kb backup chroma_db/chroma.sqlite3` renamed
-    its file over the store's own, exit 0, and the store was gone."""
-    if value is None or str(value) == "-" or str(value).startswith(("/dev/", "/proc/")):
+    its file over the store's own, exit 0, and the store was gone. A path under /dev or
+    /proc is resolved too: `/dev/stdout` resolves outside the store, but a store on tmpfs
+    (`/dev/shm/kb`) or reached through `/proc/self/cwd` was written into in place (review
+    helper 98)."""
+    if value is None or str(value) == "-":
         return value
     try:
         settings = Settings()

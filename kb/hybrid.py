@@ -252,7 +252,10 @@ def rewritten(store: KnowledgeStore, ranked: Sequence[Record]) -> bool:
     """Whether any of these records, ranked and then not found as ranked, is of a document
     still stored as another version (written between the ranking and the fetch): a new
     ranking finds it. False when each was deleted, or is still of the version ranked (a
-    damaged document, left out of reads: a new ranking would lose it again)."""
+    damaged document, left out of reads: a new ranking would lose it again; one whose
+    ranked chunk is of another version than its first chunk looked rewritten, and each
+    search that reached it through that chunk ranked three times: review helper 98)."""
+    ranked = [record for record in ranked if not store.is_damaged(record.doc_id)]
     if not ranked:
         return False
     heads = _records(store, [record.doc_id for record in ranked], CompiledFilter(), False)

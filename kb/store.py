@@ -225,6 +225,10 @@ class KnowledgeStore:
             )
         return {doc: chunks for doc, chunks in groups.items() if doc not in damaged}
 
+    def is_damaged(self, doc_id: str) -> bool:
+        """Whether reads found this document damaged, and no write of it came since."""
+        return doc_id in self._damaged
+
     def _heads(self, ids: Sequence[str]) -> list[Record]:
         """The chunk-0 records of these document ids (a lookup by id is Chroma's fast path)."""
         unique = list(dict.fromkeys(ids))
@@ -617,6 +621,8 @@ class KnowledgeStore:
                 records, previous, new, stale, metadata_only=metadata_only
             )
             applied(written, stale)  # the copies hold what a read of Chroma gives
+        # written whole again: no longer damaged (a damaged one found again is said again)
+        self._damaged.difference_update(r.doc_id for r in records)
         return written
 
     def _remove(self, heads: Sequence[Record]) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+import kb.search
 from kb.app import close_app, create_app
 from kb.chunking import Chunk, Tokens
 from kb.collection import FINGERPRINT_KEY
@@ -20,7 +21,7 @@ from kb.config import Settings, cpu_count
 from kb.encoders.onnx_backend import OnnxEmbedder
 from kb.errors import ConfigError, Conflict, ModelMismatch, StoreTimeout, StoreUnavailable
 from kb.filters import CompiledFilter
-from kb.records import DOC, HEADS, build_records, chunk_id
+from kb.records import DOC, HASH, HEADS, build_records, chunk_id
 from kb.schemas import DocumentIn, QueryRequest, UpdateFields
 from kb.search import CALIBRATED_KEY, search
 from kb.store import KnowledgeStore, WriteMode
@@ -427,6 +428,39 @@ def test_a_match_updated_during_the_search_is_never_shown_torn(
     (match,) = search(store, ask)[0].matches
     assert match.text == longer
     assert store.get("L").text == longer
+
+
+def test_a_damaged_document_is_left_out_without_ranking_again(
+    store: KnowledgeStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A damaged document whose best chunk is of another version than its first chunk (as a
+    killed write leaves it) looked rewritten since the ranking, so every search reaching it
+    through that chunk ranked three times, each with a read under the write lock (review
+    helper 98). It is left out, and the search ranks once."""
+    store.add([DocumentIn(id="X", text=long_text("Gradient boosting fits shallow trees."))])
+    assert store.get("X").chunks > 1
+    got = store.records._col.get(ids=[chunk_id("X", 1)], include=["metadatas", "embeddings"])
+    meta = {**got["metadatas"][0], HASH: "0" * 32}  # another version's chunk, its count kept
+    store.records._col.update(
+        ids=[chunk_id("X", 1)],
+        documents=["Zebras migrate across the Serengeti plains after the rains."],
+        metadatas=[meta],
+        embeddings=[got["embeddings"][0]],
+    )
+    store.replica.rebuild(store.replica.generation())  # the copies as Chroma holds them
+    rankings: list[int] = []
+    ranked = kb.search._ranked
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        rankings.append(1)
+        return ranked(*args, **kwargs)
+
+    monkeypatch.setattr(kb.search, "_ranked", counted)
+    for _ in range(2):
+        rankings.clear()
+        ask = QueryRequest(query="zebras serengeti", mode="keyword", min_score=-1, top_k=3)
+        assert [m.id for m in search(store, ask)[0].matches] == []
+        assert rankings == [1]
 
 
 def test_negative_zero_is_the_zero_chroma_gives_back(store: KnowledgeStore) -> None:

@@ -53,6 +53,16 @@ def claim(data: Path, port: int) -> StoreLock:
     return lock
 
 
+def unclaim(data: Path, lock: StoreLock) -> None:
+    """kb cluster stops without its Chroma server having started: `data` is let go, and not
+    left marked as the server's folder unless it holds the server's data (the mark was
+    left, and the folder, which never held Chroma's data, was refused as an embedded store
+    and by make reset-db until it was removed by hand: review helper 98)."""
+    if not (data / "chroma.sqlite3").exists():
+        (data / CLUSTER_MARK).unlink(missing_ok=True)
+    lock.release()
+
+
 MARK_TEXT = (
     "This folder holds the data of kb cluster's Chroma server (kb cluster --path). kb refuses\n"
     "to open it as an embedded store (KB_CHROMA_PATH): go through kb cluster instead.\n"

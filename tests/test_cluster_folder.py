@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from kb.chroma_process import GENERATION_KEY, claim
+from kb.chroma_process import GENERATION_KEY, claim, unclaim
 from kb.config import Settings
 from kb.embeddings import Embedder
 from kb.errors import ConfigError
@@ -90,3 +90,18 @@ def test_an_older_clusters_folder_and_other_chroma_data_are_taken(tmp_path: Path
     (folder / "chroma.log").write_text("")
     claim(folder, PORT).release()
     assert (folder / CLUSTER_MARK).exists()
+
+
+def test_a_folder_whose_chroma_never_started_is_not_left_marked(tmp_path: Path) -> None:
+    """The mark was left when the server failed to start (its port taken): the folder, which
+    never held Chroma's data, was then refused as an embedded store (review helper 98)."""
+    empty, used = tmp_path / "empty", tmp_path / "used"
+    unclaim(empty, claim(empty, PORT))
+    assert not (empty / CLUSTER_MARK).exists()
+    StoreLock(empty).release()  # an embedded store may use it
+    used.mkdir()
+    (used / "chroma.sqlite3").write_bytes(b"")  # the server's data, from an earlier run
+    unclaim(used, claim(used, PORT))
+    assert (used / CLUSTER_MARK).exists()
+    with pytest.raises(ClusterFolder):
+        StoreLock(used)

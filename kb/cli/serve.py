@@ -102,7 +102,7 @@ def cluster(data: Path, chroma_port: int, workers: int | None, seeds: tuple[str,
         try:
             server = chroma_process.start(data, chroma_port, log)
         except BaseException:
-            held.release()
+            chroma_process.unclaim(data, held)
             raise
     except KBError as exc:
         for sock in listening:

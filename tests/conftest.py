@@ -235,3 +235,18 @@ def ctrl_c_raises() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, before)
+
+
+@pytest.fixture
+def ctrl_c_in_the_switch(ctrl_c_raises: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Ctrl-C (SIGINT) as restore --replace's switch begins its first rename (kb.staging)."""
+    from kb.collection import RecordCollection
+
+    rename = RecordCollection.rename
+
+    def interrupted(records: RecordCollection, name: str) -> None:
+        if name.endswith("-kb-old"):
+            signal.raise_signal(signal.SIGINT)
+        rename(records, name)
+
+    monkeypatch.setattr(RecordCollection, "rename", interrupted)

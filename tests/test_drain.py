@@ -111,6 +111,17 @@ def terminate_and_wait(service: Service, under_way: int) -> None:
     assert int(said[1]) >= under_way, service.log.read_text()[-2000:]
 
 
+def start_with_heavy_documents(service: Service) -> None:
+    """Start the service holding 100 documents of 60 kB of metadata each: a listing of them
+    is 6 MB, which a client reading slowly keeps under way."""
+    service.start()
+    blob = "lakes and rivers " * 3500
+    documents = [
+        {"id": f"n{i}", "text": f"Note {i}.", "metadata": {"blob": blob}} for i in range(100)
+    ]
+    assert call(service.base, "/add", {"documents": documents})[0] == 201
+
+
 def test_an_answer_finished_during_the_drain_says_connection_close(service: Service) -> None:
     """It carried no `Connection: close`: an HTTP/1.1 client kept the connection and sent its
     next request into a server about to close it (review helper 86). The request is under
@@ -142,12 +153,7 @@ def test_a_request_behind_an_answer_under_way_gets_a_503(service: Service, sent:
     documents the client reads slowly), or sent on that kept-alive connection once the client
     has read it, was never answered: the connection closed under it (review helper 86). A
     request whose body is still arriving keeps the drain going meanwhile; it is answered."""
-    service.start()
-    blob = "lakes and rivers " * 3500  # 60 kB of metadata a document
-    documents = [
-        {"id": f"n{i}", "text": f"Note {i}.", "metadata": {"blob": blob}} for i in range(100)
-    ]
-    assert call(service.base, "/add", {"documents": documents})[0] == 201
+    start_with_heavy_documents(service)
     # a small window: the answer waits in the server's buffers until the client reads it
     with connect(service) as holding, connect(service, receive_buffer=4096) as reading:
         late = begin_add(holding, "A note whose body arrives after the SIGTERM.")
@@ -175,12 +181,7 @@ def test_a_request_behind_an_answer_under_way_gets_a_503(service: Service, sent:
 def test_a_head_behind_an_answer_under_way_gets_a_503_without_a_body(service: Service) -> None:
     """The drain's 503 to a HEAD carried its JSON body, which the client then read as the
     start of the next pipelined answer (review helper 97; RFC 9110 9.3.2)."""
-    service.start()
-    blob = "lakes and rivers " * 3500
-    documents = [
-        {"id": f"n{i}", "text": f"Note {i}.", "metadata": {"blob": blob}} for i in range(100)
-    ]
-    assert call(service.base, "/add", {"documents": documents})[0] == 201
+    start_with_heavy_documents(service)
     with connect(service) as holding, connect(service, receive_buffer=4096) as reading:
         late = begin_add(holding, "A note whose body arrives after the SIGTERM.")
         reading.sendall(get("/documents?limit=100"))

@@ -16,6 +16,7 @@ import kb.search
 from kb.app import close_app, create_app
 from kb.config import Settings
 from kb.embeddings import Embedder
+from kb.errors import ValidationFailed
 from kb.store import KnowledgeStore
 from tests.conftest import changed
 
@@ -176,3 +177,33 @@ def test_whole_documents_are_read_a_slice_at_a_time_and_refused_early(
         assert all(len(part) == 1 for part in read)
     finally:
         close_app(app)
+
+
+def test_text_past_ascii_is_measured_exactly_only_near_the_limit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """json measured every part past ASCII as the service writes it: ~38 us a 10 kB text, on
+    every answer of a non-Latin corpus (review helper 97). Far from the limit a bound does;
+    near it, the exact size decides, as before."""
+    import kb.answer_budget as budgets
+
+    measured: list[object] = []
+    exact = budgets.json_bytes
+
+    def spied(value: object) -> int:
+        measured.append(value)
+        return exact(value)
+
+    monkeypatch.setattr(budgets, "json_bytes", spied)
+    text = "Pâté épicé à l'échalote. " * 20  # 520 characters, 600 UTF-8 bytes
+    roomy = budgets.AnswerBudget(64 * 1024 * 1024, None, 1, 5, False)
+    for _ in range(100):
+        roomy.charge(1, "pate", text, {"topic": "pâté"})
+    assert measured == []
+    size = exact(text) + exact({"topic": "pâté"}) + exact("pate")
+    tight = budgets.AnswerBudget(3 * size, None, 1, 5, False)
+    for _ in range(3):
+        tight.charge(1, "pate", text, {"topic": "pâté"})  # exactly at the limit: kept
+    assert measured  # measured once the bound neared the limit
+    with pytest.raises(ValidationFailed):
+        tight.charge(1, "pate", text, {"topic": "pâté"})

@@ -6,7 +6,6 @@ import ctypes
 import os
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -14,9 +13,10 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from contextlib import closing
 from pathlib import Path
 
+from kb import chroma_file
+from kb.chroma_file import CHROMA_FILE
 from kb.errors import ConfigError, StoreUnavailable
 from kb.lock import CLUSTER_MARK, StoreLock, StoreLocked
 
@@ -58,7 +58,7 @@ def unclaim(data: Path, lock: StoreLock) -> None:
     left marked as the server's folder unless it holds the server's data (the mark was
     left, and the folder, which never held Chroma's data, was refused as an embedded store
     and by make reset-db until it was removed by hand: review helper 98)."""
-    if not (data / "chroma.sqlite3").exists():
+    if not (data / CHROMA_FILE).exists():
         (data / CLUSTER_MARK).unlink(missing_ok=True)
     lock.release()
 
@@ -75,15 +75,8 @@ def _embedded_store(data: Path) -> str | None:
     only an embedded store's writes set."""
     for index in sorted(data.glob("*.keyword.sqlite3")):
         return index.name
-    chroma = data / "chroma.sqlite3"
-    if not chroma.is_file():
-        return None
-    try:
-        with closing(sqlite3.connect(f"{chroma.absolute().as_uri()}?mode=ro", uri=True)) as db:
-            found = db.execute(GENERATION_QUERY, (GENERATION_KEY,)).fetchone()
-    except sqlite3.Error:  # not Chroma's database, or a schema of another version
-        return None
-    return None if found is None else f"its collection '{found[0]}' in chroma.sqlite3"
+    found = chroma_file.query(data, GENERATION_QUERY, (GENERATION_KEY,))
+    return f"its collection '{found[0][0]}' in {CHROMA_FILE}" if found else None
 
 
 GENERATION_KEY = "kb_generation"  # kb.replica's, not imported: it loads numpy's threads

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
 import math
 import shutil
-import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence, Set
 from contextlib import contextmanager
@@ -19,6 +17,7 @@ import httpx
 import numpy as np
 import orjson
 
+from kb import chroma_file
 from kb.batcher import Batcher
 from kb.chroma_http import bound, probe, timeout_message, unanswered_write
 from kb.config import Settings
@@ -49,6 +48,7 @@ ID_LIST_CAP = 15_000
 # bound in one statement too (and a where-clause's own values in another)
 QUERY_READ_IDS = 30_000
 MODEL_KEY, DIM_KEY, FINGERPRINT_KEY = "kb_model", "kb_dim", "kb_fingerprint"
+SEGMENTS_QUERY = "SELECT id FROM segments WHERE collection = ?"  # a collection's folders
 CALIBRATED_KEY = "kb_min_score"  # the threshold `kb calibrate --write` stored: the model's
 # Seconds between the tries of a write SQLite found busy: 1.6 s in all.
 BUSY_WAITS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 0.8)
@@ -297,20 +297,11 @@ class RecordCollection:
     def _segment_folders(self) -> list[Path]:
         """The folders of this embedded collection's segments (none on a server). Best
         effort: a folder left behind is better than a failed restore, or a store that no
-        longer opens (KB_CHROMA_PATH is relative by default, which `as_uri` refused, and
-        every open then failed where it finished a restore: review helper 98)."""
+        longer opens (every open failed where it finished a restore: review helper 98)."""
         if self.mode != "embedded":
             return []
         store = Path(self.settings.chroma_path).expanduser().absolute()
-        try:
-            uri = f"{(store / 'chroma.sqlite3').as_uri()}?mode=ro"
-            with contextlib.closing(sqlite3.connect(uri, uri=True)) as db:
-                rows = db.execute(
-                    "SELECT id FROM segments WHERE collection = ?", (str(self._col.id),)
-                ).fetchall()
-        except (sqlite3.Error, ValueError, OSError):
-            log.warning("could not list the segments of %s", self.name, exc_info=True)
-            return []
+        rows = chroma_file.query(store, SEGMENTS_QUERY, (str(self._col.id),)) or []
         return [store / str(row[0]) for row in rows if (store / str(row[0])).is_dir()]
 
     def side_collection(self, suffix: str) -> Any:

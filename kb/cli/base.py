@@ -15,14 +15,13 @@ import click
 from pydantic import ValidationError
 
 from kb import __version__
+from kb.chroma_file import CHROMA_FILE
 from kb.cli.interrupt import terminated
 from kb.config import API_KEY_VARIABLE, Settings, settings_problems, unknown_variables
 from kb.embeddings import Embedder, load_embedder
 from kb.errors import KBError
 from kb.lock import StoreLocked
 from kb.store import KnowledgeStore
-
-CHROMA_FILE = "chroma.sqlite3"  # what an embedded Chroma store always holds
 
 API_KEY = click.option(
     "--api-key",

@@ -12,7 +12,6 @@ import base64
 import gzip
 import http.client
 import json
-import logging
 import shutil
 import tempfile
 import zlib
@@ -24,7 +23,7 @@ from typing import IO, Any, TypeGuard
 
 import numpy as np
 
-from kb import __version__, json_input
+from kb import __version__, json_input, staging
 from kb.collection import RecordCollection
 from kb.errors import Conflict, KBError, ModelMismatch, ValidationFailed
 from kb.files import replacing
@@ -42,8 +41,6 @@ from kb.schemas import (
 from kb.search import CALIBRATED_KEY  # copied over with the records
 from kb.staging import SwitchUnfinished, signals_held
 from kb.store import KnowledgeStore
-
-log = logging.getLogger(__name__)
 
 FORMAT = "kb-backup/1"
 PAGE = 2000
@@ -334,15 +331,8 @@ def _fill(
         _write_records(partial(store.restore_records, into=staged), path, header, heads, name)
         staged.set_settings_value(CALIBRATED_KEY, _threshold(header["min_score"]))
     except KBError as exc:
-        try:
-            staged.drop()
-        except KBError:  # the store is still failing: its next open removes it
-            log.warning("could not remove the collection %s", staged.name, exc_info=True)
-        raise type(exc)(
-            f"{exc.message}; collection '{store.records.name}' keeps what it held",
-            code=exc.code,
-            status=exc.status,
-        ) from exc
+        staging.retire(staged)  # the store still failing: its next open removes it
+        raise exc.extended(f"collection '{store.records.name}' keeps what it held") from exc
 
 
 def _switch(store: KnowledgeStore, staged: RecordCollection) -> RecordCollection:
@@ -353,11 +343,7 @@ def _switch(store: KnowledgeStore, staged: RecordCollection) -> RecordCollection
     except SwitchUnfinished:
         raise
     except KBError as exc:
-        raise type(exc)(
-            f"{exc.message}; collection '{store.records.name}' keeps what it held",
-            code=exc.code,
-            status=exc.status,
-        ) from exc
+        raise exc.extended(f"collection '{store.records.name}' keeps what it held") from exc
 
 
 def _write_records(

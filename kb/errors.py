@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -35,6 +36,14 @@ class KBError(Exception):
             self.code = code
         if status is not None:
             self.status = status
+
+    def extended(self, more: str) -> KBError:
+        """This error with `more` after its message; its kind, code, status and details kept
+        (rebuilt by its type, an error whose constructor takes other arguments broke)."""
+        error = copy.copy(self)
+        error.message = f"{self.message}; {more}"
+        error.args = (error.message,)
+        return error
 
 
 def error_body(

@@ -76,12 +76,13 @@ def switch(records: RecordCollection, new: RecordCollection) -> RecordCollection
     return old
 
 
-def retire(old: RecordCollection) -> None:
-    """Delete the collection a switch replaced; a store error leaves it to the next open."""
+def retire(side: RecordCollection) -> None:
+    """Delete a collection beside the store (the one a switch replaced, or a new one a failed
+    restore filled); a store error leaves it to the store's next open."""
     try:
-        old.drop()
+        side.drop()
     except KBError:
-        log.warning("could not remove the replaced collection %s", old.name, exc_info=True)
+        log.warning("could not remove the collection %s", side.name, exc_info=True)
 
 
 def finish_restore(records: RecordCollection) -> None:

@@ -20,7 +20,10 @@ from kb.cgroup import own_cpu_limit
 from kb.errors import field_errors
 
 PACKAGED_MODEL = "all-MiniLM-L6-v2"
-KB_SUFFIXES = ("-kb-log", "-kb-new", "-kb-old")  # collections kb makes beside one
+# collections kb makes beside a store's: its change log on a server (kb.changes), and kb
+# restore --replace's new and replaced ones (kb.staging); a store's own name may not end so
+LOG_SUFFIX, NEW_SUFFIX, OLD_SUFFIX = "kb-log", "kb-new", "kb-old"
+KB_SUFFIXES = tuple(f"-{suffix}" for suffix in (LOG_SUFFIX, NEW_SUFFIX, OLD_SUFFIX))
 ENV_PREFIX = "KB_"  # of every setting's variable, read in any case
 API_KEY_VARIABLE = f"{ENV_PREFIX}API_KEY"  # the CLI's --api-key for --url commands, not a setting
 CLIENT_VARIABLES = frozenset({API_KEY_VARIABLE})  # KB_* variables read outside Settings

@@ -20,6 +20,7 @@ from pathlib import Path
 from kb.changes import ChangeLog, Poll
 from kb.chroma_http import timed_out_writes
 from kb.collection import RecordCollection
+from kb.config import LOG_SUFFIX
 from kb.errors import KBError
 from kb.filters import CompiledFilter
 from kb.lock import WriteLock
@@ -77,7 +78,7 @@ class SharedReplica(Replica):
     def __init__(self, records: RecordCollection, dim: int, writes: WriteLock) -> None:
         self._scratch, self._owner = scratch_folder()
         super().__init__(records, dim, self._scratch / "keyword.sqlite3", writes)
-        self.changes = ChangeLog(records.side_collection("kb-log"))
+        self.changes = ChangeLog(records.side_collection(LOG_SUFFIX))
         self._polls = threading.Lock()
         self._last_poll = -1.0  # when the newest poll began (monotonic)
         self._polling_since: float | None = None  # when the running poll began

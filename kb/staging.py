@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
+from kb.config import NEW_SUFFIX, OLD_SUFFIX
 from kb.errors import KBError
 
 if TYPE_CHECKING:
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-NEW, OLD = "kb-new", "kb-old"  # suffixes of the collections beside the store's
+NEW, OLD = NEW_SUFFIX, OLD_SUFFIX  # of the collections beside the store's
 SUFFIXES = (NEW, OLD)
 OWNER_KEY = "kb_restore_of"  # the store's name, on both: the collections kb made
 WHOLE_KEY = "kb_restore_whole"  # set on the new collection once every record is in it

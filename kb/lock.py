@@ -15,7 +15,7 @@ from typing import TextIO
 from kb.errors import ConfigError, StoreUnavailable
 
 LOCK_FILE = ".kb.lock"
-# in the folder of `kb cluster`'s Chroma server (kb.chroma_process.claim): no embedded store
+# in the folder of `kb cluster`'s Chroma server (kb.cluster_folder.claim): no embedded store
 CLUSTER_MARK = ".kb-cluster"
 # a bounded wait for another process's write tries the file lock again after these pauses
 MIN_PAUSE_S, MAX_PAUSE_S = 0.001, 0.05

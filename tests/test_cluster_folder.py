@@ -1,4 +1,4 @@
-"""The folder of `kb cluster`'s Chroma server (kb.chroma_process.claim): held while the cluster
+"""The folder of `kb cluster`'s Chroma server (kb.cluster_folder): held while the cluster
 runs, never an embedded store's folder, and refused as one afterwards (review helper 91)."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from kb.chroma_process import GENERATION_KEY, claim, unclaim
+from kb.cluster_folder import GENERATION_KEY, claim, unclaim
 from kb.config import Settings
 from kb.embeddings import Embedder
 from kb.errors import ConfigError

@@ -18,7 +18,7 @@ from typing import Any
 import click
 from gunicorn.app.base import BaseApplication
 
-from kb import __version__, chroma_process
+from kb import __version__, chroma_process, cluster_folder
 from kb.auth import KeyRing
 from kb.cli.base import fail, main, not_empty
 from kb.cli.drain import GRACE_S, Drain
@@ -98,11 +98,11 @@ def cluster(data: Path, chroma_port: int, workers: int | None, seeds: tuple[str,
     _check_keys(settings)  # before the Chroma server starts, and once, not per worker
     listening = _bound(settings)  # likewise: a busy port is one line, nothing started
     try:
-        held = chroma_process.claim(data, chroma_port)  # for as long as kb cluster runs
+        held = cluster_folder.claim(data, chroma_port)  # for as long as kb cluster runs
         try:
             server = chroma_process.start(data, chroma_port, log)
         except BaseException:
-            chroma_process.unclaim(data, held)
+            cluster_folder.unclaim(data, held)
             raise
     except KBError as exc:
         for sock in listening:

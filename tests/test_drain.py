@@ -138,6 +138,24 @@ def test_an_answer_finished_during_the_drain_says_connection_close(service: Serv
     assert service.proc.wait(timeout=60) == 0
 
 
+def test_a_stray_crlf_after_a_body_does_not_hold_the_drain(service: Service) -> None:
+    """A client may send an empty line after a request's body (RFC 9112 2.2: a server SHOULD
+    ignore it). It counted as a request begun behind the answer: the answer did not say
+    `Connection: close`, and the drain waited its whole GRACE_S for that request (review
+    helper 97)."""
+    service.start()
+    with connect(service) as sock:
+        body = begin_add(sock, "A note whose body arrives after the SIGTERM.")
+        terminate_and_wait(service, under_way=1)
+        sock.sendall(body + b"\r\n")
+        answers = read_to_the_end(sock)
+    assert [a.status for a in answers] == [201], answers
+    assert answers[0].headers.get("connection") == "close"
+    assert service.proc is not None
+    assert service.proc.wait(timeout=60) == 0
+    assert "under way after" not in service.log.read_text()
+
+
 def shutting_down(answer: Answer) -> None:
     """A request the drain did not take: kb's error shape, and the connection closes."""
     assert answer.status == 503, answer

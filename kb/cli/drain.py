@@ -109,13 +109,14 @@ class Drain:
 
     @staticmethod
     def _idle(channel: Any) -> bool:
-        """No request being read, run or answered on it, and no bytes of one not read yet
-        (closing over those reset the connection, and the client lost the answer before)."""
-        from kb.cli.drain_channel import waiting
+        """No request being read (past empty lines), run or answered on it, and no bytes of
+        one not read yet (closing over those reset the connection, and the client lost the
+        answer before)."""
+        from kb.cli.drain_channel import begun, waiting
 
         return (
             not channel.requests
-            and channel.request is None
+            and not begun(channel.request)
             and not channel.total_outbufs_len
             and not waiting(channel)
         )

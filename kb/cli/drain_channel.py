@@ -35,6 +35,17 @@ SHUTTING_DOWN = (
 )
 
 
+def begun(request: Any) -> bool:
+    """Whether waitress's parser of the request being read holds the start of one: bytes
+    other than the empty lines a client may send before a request line (RFC 9112 2.2: a
+    server SHOULD ignore at least one; waitress does). A CRLF sent after a body counted as a
+    request begun: the answer before it kept its connection, and the drain waited GRACE_S
+    for a request that never came (review helper 97)."""
+    if request is None:
+        return False
+    return bool(request.completed or request.headers_finished or request.header_plus.strip())
+
+
 def waiting(channel: Any) -> bool:
     """Whether the client has sent bytes not read yet (a request, or the start of one)."""
     try:
@@ -81,14 +92,15 @@ class DrainingChannel(HTTPChannel):
     def drain(self) -> None:
         """The drain begins (called by the thread of waitress's loop)."""
         with self.requests_lock:
-            self.admitted = self.requests[0] if self.requests else self.request
+            reading = self.request if begun(self.request) else None
+            self.admitted = self.requests[0] if self.requests else reading
             self.draining = True
 
     def behind(self) -> bool:
         """Whether a request follows the one being answered (read, begun, or not read yet).
         The request being read is the one answered for a moment after it is complete (waitress
         hands it to a thread before it lets it go)."""
-        reading = self.request is not None and self.request not in self.requests
+        reading = begun(self.request) and self.request not in self.requests
         return len(self.requests) > 1 or reading or waiting(self)
 
     @property

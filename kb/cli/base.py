@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import math
 import os
@@ -129,11 +130,25 @@ def interrupted(message: str) -> NoReturn:
 
 
 def stdout_failed(exc: OSError) -> NoReturn:
-    """Standard output could not be written (> /dev/full, a pipe closed): one line, and
-    stdout pointed at /dev/null so the interpreter's own flush at exit adds no traceback."""
+    """Standard output could not be written (> /dev/full): one line, and stdout pointed at
+    /dev/null so the interpreter's own flush at exit adds no traceback. A pipe whose reader
+    stopped reading (`kb export | head -1`) is no error to report: a quiet exit 141 (128 +
+    SIGPIPE), what a shell reports for `seq 1000000 | head -1`; it said "Error: cannot write
+    standard output: Broken pipe", exit 1 (review helper 91)."""
     with suppress(OSError, ValueError, io.UnsupportedOperation):
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    if exc.errno == errno.EPIPE:
+        sys.exit(128 + signal.SIGPIPE)
     fail(f"cannot write standard output: {exc.strerror or exc}")
+
+
+def closed_pipe(exc: KBError) -> OSError | None:
+    """The closed pipe behind `exc`, when it says standard output could not be written
+    (kb.backup raises it inside the handler of the OSError: its context); else None."""
+    cause = exc.__cause__ or exc.__context__
+    if exc.code == "unwritable" and isinstance(cause, BrokenPipeError):
+        return cause
+    return None
 
 
 def warn(message: str) -> None:

@@ -19,6 +19,7 @@ import click
 from kb.cli.base import (
     API_KEY,
     GivenPath,
+    closed_pipe,
     fail,
     interrupted,
     main,
@@ -534,6 +535,8 @@ def backup(dest: Path, url: str | None, api_key: str | None) -> None:
             finally:
                 store.close()
     except KBError as exc:
+        if (gone := closed_pipe(exc)) is not None:  # `kb backup - | head -c 100`: quiet
+            stdout_failed(gone)
         fail(f"backup failed: {exc.message}")
     except KeyboardInterrupt:
         if to_stdout:

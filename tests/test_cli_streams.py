@@ -1,0 +1,56 @@
+"""The kb command line on real standard streams: a reader that stops reading early."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kb.config import Settings
+from kb.schemas import DocumentIn
+from kb.store import KnowledgeStore
+
+
+def kb_process(env: dict[str, str], *args: str) -> subprocess.Popen[bytes]:
+    """`kb ARGS` in a process of its own, both output streams piped to this one."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "kb", *args],
+        env={**os.environ, "HF_HUB_OFFLINE": "1", **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+@pytest.fixture
+def large(tmp_path: Path, embedder) -> dict[str, str]:
+    """A store whose export (and backup) is far larger than a pipe holds (64 KiB): 40
+    documents of 30,000 random characters of metadata each, about 1.2 MB, so kb is still
+    writing when the reader goes."""
+    settings = Settings(chroma_path=tmp_path / "db", collection="cli_streams")
+    store = KnowledgeStore.open(settings, embedder, searching=False)
+    noise = [{"noise": secrets.token_hex(15_000)} for _ in range(40)]
+    store.add([DocumentIn(id=f"d{i}", text=f"note {i}", metadata=m) for i, m in enumerate(noise)])
+    store.close()
+    return {"KB_CHROMA_PATH": str(settings.chroma_path), "KB_COLLECTION": settings.collection}
+
+
+@pytest.mark.parametrize("args", [["export"], ["backup", "-"]])
+def test_a_reader_that_stops_early_ends_the_command_quietly_with_141(
+    large: dict[str, str], args: list[str]
+) -> None:
+    """`kb export | head -1` said "Error: cannot write standard output: Broken pipe", exit 1,
+    as did `kb backup - | head -c 100` ("backup failed: ..."); a closed pipe is normal shell
+    use, and it now ends as `seq 1000000 | head -1` does: nothing said, 141 (128 + SIGPIPE)
+    (review helper 91)."""
+    with kb_process(large, *args) as command:
+        assert command.stdout is not None
+        assert command.stderr is not None
+        assert command.stdout.readline()  # what `head -1` reads, then it exits
+        command.stdout.close()
+        err = command.stderr.read().decode()
+        assert command.wait(timeout=120) == 141, err
+    assert err == ""

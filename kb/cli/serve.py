@@ -48,7 +48,6 @@ def serve(host: str | None, port: int | None, threads: int | None, workers: int 
     """Serve the REST API and the search page on the configured store."""
     overrides: dict[str, Any] = {"host": host, "port": port, "threads": threads, "workers": workers}
     settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
-    where = settings.chroma_url or settings.chroma_path
     _check_keys(settings)
     if settings.workers > 1 and not settings.chroma_url:
         fail(
@@ -58,17 +57,25 @@ def serve(host: str | None, port: int | None, threads: int | None, workers: int 
         )
     if settings.workers > 1:  # as one worker would say it, once, before gunicorn forks
         _check_chroma(settings)
+    limit_malloc_arenas(settings.malloc_arenas)  # before the server's threads start
+    if settings.workers > 1:
+        listening = _bound(settings)
+        _banner(settings)
+        _gunicorn(settings, listening)
+    else:
+        _waitress(settings)
+
+
+def _banner(settings: Settings) -> None:
+    """What kb serve serves, once its port is bound: it was said before, and a busy port's
+    error followed the line saying kb was on it (review helper 91)."""
+    where = settings.chroma_url or settings.chroma_path
     click.echo(
         f"kb {__version__} on http://{settings.host}:{settings.port} (store {where}, collection "
         f"{settings.collection}, {settings.workers} worker(s) x {settings.server_threads()} "
         "threads)",
         err=True,
     )
-    limit_malloc_arenas(settings.malloc_arenas)  # before the server's threads start
-    if settings.workers > 1:
-        _gunicorn(settings, _bound(settings))
-    else:
-        _waitress(settings)
 
 
 @main.command()
@@ -170,6 +177,7 @@ def _waitress(settings: Settings) -> None:
     # (waitress listens at once, so a client connecting meanwhile waits, it is not refused)
     late = _LateApp()
     server = _listen(late, settings)
+    _banner(settings)
     # SIGTERM stops the server as a first Ctrl-C does: the requests under way finish, then
     # the app is closed (its encoder process too); one while the app is built (the model
     # loading) stops it once built, exit 0 (it was killed, exit 143)

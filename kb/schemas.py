@@ -666,10 +666,16 @@ class Health(BaseModel):
 
 
 class Limits(BaseModel):
-    """The request limits of the service (its KB_MAX_* settings): `kb load --url` cuts its
-    batches and checks its documents by them."""
+    """The request and answer limits of the service (its KB_MAX_* settings but
+    KB_MAX_TOP_K, Info's max_top_k): `kb load --url` cuts its batches and checks its
+    documents by them."""
 
     max_request_bytes: int = Field(ge=1, description="Largest request body, in bytes.")
+    max_answer_bytes: int = Field(
+        ge=1,
+        description="Largest /query answer: its texts, passages, metadata, ids and queries as "
+        "JSON, in bytes (422 answer_too_large above).",
+    )
     max_documents_per_request: int = Field(ge=1, description="Most documents one /add takes.")
     max_text_chars: int = Field(ge=1, description="Longest document text, in characters.")
     max_query_chars: int = Field(ge=1, description="Longest query text, in characters.")

@@ -364,8 +364,10 @@ class Settings(BaseSettings):
     @field_validator("chroma_url")
     @classmethod
     def _chroma_url(cls, value: str | None) -> str | None:
-        if not value:
+        if value is None:
             return None
+        if not value.strip():  # `KB_CHROMA_URL=$URL`, URL unset: it used the embedded store
+            raise ValueError("must not be empty (unset it for the embedded store, KB_CHROMA_PATH)")
         if not re.fullmatch(r"https?://[^/:\s]+(:\d{1,5})?/?", value):
             raise ValueError("KB_CHROMA_URL must look like http://host:port")
         return value.rstrip("/")

@@ -167,3 +167,21 @@ def test_a_score_or_precision_that_is_not_a_number_in_range_is_refused(
         assert result.exit_code == 2, result.output
         assert f"Invalid value for '{args[-2]}': " in result.output
         assert "is not a number" in result.output or "is not in the range" in result.output
+
+
+@pytest.mark.parametrize("empty", ["", " "])
+def test_an_empty_chroma_url_is_one_line_and_touches_no_store(tmp_path: Path, empty: str) -> None:
+    """`KB_CHROMA_URL=$URL` with URL unset was taken as unset: kb load wrote to the embedded
+    store (KB_CHROMA_PATH) without a word, where an empty KB_CHROMA_PATH is refused (review
+    helper 91)."""
+    source = tmp_path / "docs.jsonl"
+    source.write_text('{"text": "a note"}\n')
+    env = {"KB_CHROMA_URL": empty, "KB_CHROMA_PATH": str(tmp_path / "db")}
+    for args in (["load", str(source)], ["export"]):
+        result = run(env, *args)
+        assert result.exit_code == 1, result.output
+        assert result.output.splitlines() == [
+            "Error: KB_CHROMA_URL: must not be empty (unset it for the embedded store, "
+            "KB_CHROMA_PATH)"
+        ]
+    assert not (tmp_path / "db").exists()

@@ -1,4 +1,5 @@
-"""The kb command line on real standard streams: a reader that stops reading early."""
+"""The kb command line as a process of its own: a reader that stops reading early, a Ctrl-C
+while it starts."""
 
 from __future__ import annotations
 
@@ -54,3 +55,18 @@ def test_a_reader_that_stops_early_ends_the_command_quietly_with_141(
         err = command.stderr.read().decode()
         assert command.wait(timeout=120) == 141, err
     assert err == ""
+
+
+@pytest.mark.usefixtures("ctrl_c_raises")  # a SIGINT the suite ignores, kb would too
+def test_a_ctrl_c_while_kb_loads_its_modules_is_one_line_and_130(tmp_path: Path) -> None:
+    """A Ctrl-C in the second or so kb takes to import its modules printed the traceback of
+    the import under way (review helper 91). The Ctrl-C is made to come then, always: a
+    numpy found first on PYTHONPATH sends this process SIGINT as kb imports it."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "numpy.py").write_text("import os, signal\nos.kill(os.getpid(), signal.SIGINT)\n")
+    path = os.pathsep.join(filter(None, [str(hook), os.environ.get("PYTHONPATH")]))
+    env = {"PYTHONPATH": path, "KB_CHROMA_PATH": str(tmp_path / "db")}
+    with kb_process(env, "--version") as command:
+        out, err = command.communicate(timeout=120)
+    assert (command.returncode, out, err.decode()) == (130, b"", "\nkb interrupted\n")

@@ -1,9 +1,10 @@
 """The kb command line as a process of its own: a reader that stops reading early, a Ctrl-C
-while it starts."""
+while it starts, a warning kb logs (no test here has configured logging in it)."""
 
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import subprocess
 import sys
@@ -70,3 +71,24 @@ def test_a_ctrl_c_while_kb_loads_its_modules_is_one_line_and_130(tmp_path: Path)
     with kb_process(env, "--version") as command:
         out, err = command.communicate(timeout=120)
     assert (command.returncode, out, err.decode()) == (130, b"", "\nkb interrupted\n")
+
+
+def test_a_damaged_keyword_index_is_a_kb_warning_line(tmp_path: Path, embedder) -> None:
+    """The warning that the index was moved aside and rebuilt was the bare message Python's
+    last-resort handler writes, not a `kb: warning:` line as the CLI's others (review
+    helper 91)."""
+    settings = Settings(chroma_path=tmp_path / "db", collection="cli_streams")
+    store = KnowledgeStore.open(settings, embedder, searching=False)
+    store.add([DocumentIn(id="a", text="A note on trees")])
+    store.close()
+    index = settings.chroma_path / "cli_streams.keyword.sqlite3"
+    index.write_bytes(b"not a database" * 512)
+    env = {"KB_CHROMA_PATH": str(settings.chroma_path), "KB_COLLECTION": settings.collection}
+    with kb_process(env, "export") as command:
+        out, err = command.communicate(timeout=120)
+    assert command.returncode == 0, err
+    assert out.decode().splitlines() == ['{"id": "a", "text": "A note on trees"}']
+    said = re.escape(
+        f"kb: warning: keyword index {index} is damaged (file is not a database): moved to {index}"
+    )
+    assert re.fullmatch(rf"{said}\.damaged-[0-9-]+, rebuilt\nexported 1 documents\n", err.decode())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import io
+import logging
 import math
 import os
 import signal
@@ -57,8 +58,27 @@ def main() -> None:
     Its settings come from KB_* environment variables (see the README's Configuration);
     an option that names one, as --port names KB_PORT, overrides it for one run.
     """
+    previous, logging.lastResort = logging.lastResort, _KbLines(logging.WARNING)
+    click.get_current_context().call_on_close(lambda: setattr(logging, "lastResort", previous))
     for warning in unknown_variables():
         warn(warning)
+
+
+class _KbLines(logging.Handler):
+    """What a command that configures no logging (all but kb serve and kb cluster, whose app
+    logs JSON or text lines) shows of a kb module's warning: a `kb: warning: ...` line, as
+    warn() writes (a `kb: error: ...` one for an error). Python's last-resort handler wrote
+    the bare message: a damaged keyword index moved aside and rebuilt was a line that did not
+    say it came from kb (review helper 91). Other libraries' lines are left as they were."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = self.format(record)
+            if record.name == "kb" or record.name.startswith("kb."):
+                text = f"kb: {'warning' if record.levelno < logging.ERROR else 'error'}: {text}"
+            click.echo(text, err=True)
+        except Exception:
+            self.handleError(record)
 
 
 def fail(message: str) -> NoReturn:

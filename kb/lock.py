@@ -145,6 +145,14 @@ class WriteLock:
         finally:
             self.__exit__()
 
+    def acquire(self, wait: float | None) -> bool:
+        """Take the lock within `wait` seconds (None: as long as it takes): whether it was
+        taken. A lock taken is let go by `release`."""
+        return self._acquire(wait)
+
+    def release(self) -> None:
+        self.__exit__()
+
     def _acquire(self, wait: float | None) -> bool:
         deadline = None if wait is None else time.monotonic() + wait
         if not self._thread.acquire(timeout=-1 if wait is None else wait):

@@ -23,7 +23,7 @@ from kb.collection import RecordCollection
 from kb.config import LOG_SUFFIX
 from kb.errors import KBError
 from kb.filters import CompiledFilter
-from kb.lock import WriteLock
+from kb.lock import StoreBusy, WriteLock
 from kb.logs import Thinned
 from kb.mirror import Mirror
 from kb.records import DOC, Record, doc_id_of
@@ -36,6 +36,7 @@ OWNER = "owner.lock"  # in each: locked by the process using it, for as long as 
 WARN_EVERY_S = 60.0  # a change log that cannot be read is logged at most this often
 HUNG_S = 10.0  # a poll of the change log running this long: the server is not answering
 REPAIR_WAIT_S = (1.0, 60.0)  # after a failed repair, the pause before the next (doubling)
+LOCK_WAIT_S = 5.0  # once started, a poll's wait for the host's write lock (below HUNG_S)
 
 
 def scratch_folder() -> tuple[Path, int]:
@@ -84,6 +85,7 @@ class SharedReplica(Replica):
         self._polling_since: float | None = None  # when the running poll began
         self._counts_warnings = Thinned(WARN_EVERY_S)  # a failed read for counts: not per scrape
         self._built = False
+        self._started = False  # until then a poll waits for the host's write lock unbounded
         self._repair_after = 0.0  # no repair before this (monotonic): one failed
         self._repair_failures = 0  # in a row
         # record ids of this process's writes under way (how many writes each), and those of
@@ -100,6 +102,7 @@ class SharedReplica(Replica):
         comes, builds them (`_poll`); its writes are logged for the others all the same."""
         if in_memory:
             super().start(in_memory)
+        self._started = True
 
     def close(self) -> None:
         self.changes.close()
@@ -147,11 +150,11 @@ class SharedReplica(Replica):
 
     def _poll(self) -> None:
         poll = self.changes.changes() if self._built and not self._behind else None
-        if poll is None:
-            self.changes.reset()  # before reading: writes during the rebuild are re-read
-            if self._built:  # idle past the log's retention: settings changes missed too
-                self.records.reread_settings()
-            with self._writes:  # a write of ours applies to the copies once they are built
+        if poll is None:  # a write of ours applies to the copies once they are built
+            with self._host_lock("this process's copies of the collection must be rebuilt"):
+                self.changes.reset()  # before reading: writes during the rebuild are re-read
+                if self._built:  # idle past the log's retention: settings changes missed too
+                    self.records.reread_settings()
                 self.rebuild(0)
                 self._built = True
             return
@@ -194,9 +197,28 @@ class SharedReplica(Replica):
         delete the chunks their first chunk no longer counts (kb.repair). Chunks without a
         first chunk stay: another host may be writing that document in parts right now."""
         by_doc = CompiledFilter(where={DOC: {"$in": sorted({doc_id_of(i) for i in ids})}})
-        with self._writes:
+        with self._host_lock("removing what a dead writer left"):
             found = survey(self.records.get(flt=by_doc, texts=False))
             self._remove(found, found.leftovers)
+
+    @contextmanager
+    def _host_lock(self, needs: str) -> Iterator[None]:
+        """The host's write lock, for a rebuild of the copies or a repair. Once the store has
+        started, a poll (a search's, /health's) waits for it at most LOCK_WAIT_S, then raises
+        StoreBusy saying what `needs` it: it waited as long as another write held the lock
+        (a backup, restore or kb load of another process, a write the server does not
+        answer), and the searches behind it as long (review helper 97). Start-up waits as
+        long as it takes."""
+        if not self._writes.acquire(LOCK_WAIT_S if self._started else None):
+            raise StoreBusy(
+                f"{needs}, which waits for the host's write lock: another write has held it "
+                f"for more than {LOCK_WAIT_S:g} s (a backup, restore or kb load, or a write "
+                "the Chroma server does not answer); retry later"
+            )
+        try:
+            yield
+        finally:
+            self._writes.release()
 
     def _refresh(self, ids: list[str]) -> None:
         """Copy these records' current state from Chroma (present: upsert, gone: delete).

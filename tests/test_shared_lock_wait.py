@@ -1,0 +1,129 @@
+"""A search on a Chroma server never waits for the host's write lock for longer than a
+short bound: its catch-up took the lock without one when it had to rebuild the copies or
+remove what a dead writer left, so it waited as long as another process held the lock (a
+backup, kb load, a write the server does not answer) (review helper 97)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from kb import changes, shared_replica
+from kb import store as store_module
+from kb.config import Settings
+from kb.embeddings import Embedder
+from kb.lock import StoreBusy, WriteLock
+from kb.schemas import DocumentIn, QueryRequest
+from kb.search import search
+from kb.store import KnowledgeStore
+from tests.test_repair import OLD_ERA, reader_after_a_dead_writer, stored
+
+BOUND_S = 20.0  # the harness's patience; the lock is held far longer (HELD_S)
+HELD_S = 60.0
+NEW_ERA = {"query": "ice frozen water", "where": {"era": "new"}, "min_score": -1}
+
+
+def keyword(store: KnowledgeStore, text: str) -> list[str]:
+    request = QueryRequest.model_validate({"query": text, "mode": "keyword", "min_score": -1})
+    return [match.id for match in search(store, request)[0].matches]
+
+
+def while_held(settings: Settings, act: Callable[[], object]) -> object:
+    """Run `act` in a thread while another kb process of the host (a WriteLock of its own on
+    the same file) holds the write lock for up to HELD_S; what it returned or raised, which
+    it must have done within BOUND_S."""
+    outcome: list[object] = []
+
+    def run() -> None:
+        try:
+            outcome.append(act())
+        except Exception as exc:
+            outcome.append(exc)
+
+    released = threading.Event()
+    holding = threading.Event()
+
+    def hold() -> None:
+        with WriteLock(store_module._write_lock_path(settings)):
+            holding.set()
+            released.wait(HELD_S)
+
+    holder = threading.Thread(target=hold, daemon=True)
+    holder.start()
+    assert holding.wait(30)
+    searcher = threading.Thread(target=run, daemon=True)
+    try:
+        searcher.start()
+        searcher.join(BOUND_S)
+        assert not searcher.is_alive(), "the search waited for the host's write lock"
+    finally:
+        released.set()
+        holder.join()
+        searcher.join()
+    return outcome[0]
+
+
+@pytest.fixture
+def quick(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(shared_replica, "LOCK_WAIT_S", 0.5, raising=False)
+
+
+@pytest.fixture
+def two(server_settings: Settings, embedder: Embedder) -> Iterator[tuple]:
+    first = KnowledgeStore.open(server_settings, embedder)
+    second = KnowledgeStore.open(server_settings, embedder)
+    first.replica.wait_loaded()
+    second.replica.wait_loaded()
+    yield first, second
+    first.close()
+    second.close()
+
+
+@pytest.mark.parametrize("why", ["idle past the log's retention", "an update that failed"])
+def test_a_search_whose_copies_need_a_rebuild_is_a_503_while_the_lock_is_held(
+    two: tuple, server_settings: Settings, quick: None, why: str
+) -> None:
+    """The rebuild reads every record under the host's write lock: past the bound the search
+    is a 503 store_busy that says why, and the next search once the lock is free rebuilds."""
+    first, second = two
+    first.add([DocumentIn(id="vault", text="The vault code is alpha bravo.")])
+    if why == "an update that failed":
+        second.replica._behind = True
+    else:
+        second.replica.changes._polled -= changes.RETENTION_S
+    failed = while_held(server_settings, lambda: keyword(second, "vault code"))
+    assert isinstance(failed, StoreBusy), failed
+    assert failed.status == 503
+    assert "must be rebuilt" in failed.message
+    assert keyword(second, "vault code") == ["vault"]  # the lock is free: rebuilt
+
+
+def test_a_dead_writers_leftovers_wait_while_the_lock_is_held_and_the_search_answers(
+    server_settings: Settings,
+    embedder: Embedder,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The removal is housekeeping: past the bound it is skipped (logged) and the search
+    answers; it is done at a poll after the pause, once the lock is free. (The search asks
+    for the new version: a match in the old one's tail is read whole under the write lock,
+    KnowledgeStore._whole, which waits up to KB_CHROMA_WRITE_TIMEOUT.)"""
+    with reader_after_a_dead_writer(server_settings, embedder, monkeypatch) as reader:
+        monkeypatch.setattr(changes, "STALE_S", 0)
+        monkeypatch.setattr(shared_replica, "REPAIR_WAIT_S", (3600.0, 3600.0))
+        monkeypatch.setattr(shared_replica, "LOCK_WAIT_S", 0.5, raising=False)
+        with caplog.at_level(logging.WARNING, logger="kb.shared_replica"):
+            answered = while_held(
+                server_settings, lambda: search(reader, QueryRequest.model_validate(NEW_ERA))
+            )
+        assert isinstance(answered, list), answered
+        assert [match.id for match in answered[0].matches] == ["ice"]
+        assert "could not remove what a dead writer left in 1 document" in caplog.text
+        assert len(stored(reader)) > 1  # not removed yet
+        monkeypatch.setattr(reader.replica, "_repair_after", 0.0)  # the pause is over
+        (result,) = search(reader, QueryRequest.model_validate(OLD_ERA))
+        assert result.matches == []
+        assert stored(reader) == {"ice": ("ice", 0)}

@@ -9,6 +9,7 @@ Chroma (after a crash between the two writes, or another process writing to a sh
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import logging
@@ -45,6 +46,23 @@ MAX_TERMS = 64
 T = TypeVar("T")
 SAMPLE_PAGE = 10_000  # rows a query of `sample` reads
 SCHEMA = 3  # bump when the tables change: an older index is dropped and rebuilt from Chroma
+INDEX_SUFFIX = ".keyword.sqlite3"
+# the longest collection name whose index is named after it in full: SQLite names the files
+# beside an index by adding to its name ('-journal' the longest), and a file name has 255 bytes
+NAME_KEPT = 255 - len(INDEX_SUFFIX) - len("-journal")
+NAME_START = 150  # of a longer name, the characters its index's name keeps
+
+
+def index_file(folder: Path, collection: str) -> Path:
+    """The keyword index of an embedded store's collection: `<collection>.keyword.sqlite3`,
+    or for a name longer than NAME_KEPT (kb takes 505 characters) the name's first
+    NAME_START, '+' and a digest of all of it, so that the file, its side files and a damaged
+    one moved aside stay within a file name's 255 bytes: the store could not open (review
+    helper 97). '+' is in no collection name, so no other collection's index has that name."""
+    if len(collection.encode()) <= NAME_KEPT:
+        return folder / f"{collection}{INDEX_SUFFIX}"
+    digest = hashlib.blake2b(collection.encode(), digest_size=10).hexdigest()
+    return folder / f"{collection[:NAME_START]}+{digest}{INDEX_SUFFIX}"
 
 
 def distinct_terms(text: str) -> list[str]:

@@ -30,7 +30,7 @@ from kb.errors import (
     named,
 )
 from kb.filters import CompiledFilter, and_where
-from kb.keyword import KeywordIndex
+from kb.keyword import KeywordIndex, index_file
 from kb.lock import WriteLock
 from kb.records import (
     CHUNK,
@@ -658,8 +658,7 @@ class KnowledgeStore:
 def _replica(settings: Settings, records: RecordCollection, dim: int, lock: WriteLock) -> Replica:
     if records.mode == "server":
         return SharedReplica(records, dim, lock)
-    index = settings.chroma_path / f"{settings.collection}.keyword.sqlite3"
-    return LocalReplica(records, dim, index, lock)
+    return LocalReplica(records, dim, index_file(settings.chroma_path, settings.collection), lock)
 
 
 def _window(settings: Settings, embedder: Embedder) -> int:

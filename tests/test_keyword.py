@@ -10,7 +10,7 @@ import pytest
 from flask.testing import FlaskClient
 
 from kb.config import Settings
-from kb.keyword import KeywordIndex, query_terms
+from kb.keyword import KeywordIndex, index_file, query_terms
 from kb.records import Record
 from kb.schemas import DocumentIn, UpdateFields
 from kb.store import KnowledgeStore
@@ -170,6 +170,40 @@ def test_a_damaged_index_is_moved_aside_and_rebuilt(
     assert moved <= {aside.name, aside.name + "-wal", aside.name + "-shm"}  # its log with it
     assert f"keyword index {path} is damaged" in caplog.text
     assert f"moved to {aside}" in caplog.text
+
+
+def test_the_longest_collection_name_has_an_index_file_a_folder_can_hold(
+    tmp_path: Path, embedder
+) -> None:
+    """`<collection>.keyword.sqlite3` of a name kb takes (505 characters: Chroma's 512 less
+    '-kb-log') passed the 255 bytes of a file name past 231 characters (SQLite adds
+    '-journal'): the store could not open (review helper 97). Such a name's file is its start
+    and a digest of all of it; it is found again, and moved aside when damaged."""
+    longest = "a" * 504 + "z"
+    settings = Settings(chroma_path=tmp_path / "db", collection=longest)
+    store = KnowledgeStore.open(settings, embedder)
+    docs_about(store)
+    store.close()
+    path = store.keyword.path
+    assert path.name.startswith("a" * 150 + "+")
+    assert path.name.endswith(".keyword.sqlite3")  # what kb cluster's check looks for
+    assert len(path.name) + len(".damaged-20260101-000000-99-wal") <= 255
+    twin = Settings(chroma_path=tmp_path / "db", collection="a" * 505)  # the same start
+    assert index_file(twin.chroma_path, twin.collection) != path
+    path.write_bytes(b"garbage\n")
+    reopened = KnowledgeStore.open(settings, embedder)
+    assert reopened.keyword.path == path
+    assert keyword_ids(reopened, "sourdough starter") == ["bread"]
+    reopened.close()
+    assert [p.read_bytes() for p in path.parent.glob(path.name + ".damaged-*")] == [b"garbage\n"]
+
+
+@pytest.mark.parametrize("length", [3, 231])
+def test_a_collection_name_whose_index_file_fitted_keeps_it(tmp_path: Path, length: int) -> None:
+    """Stores made before keep their index (a new name would rebuild it from Chroma)."""
+    name = "k" * length
+    assert index_file(tmp_path, name) == tmp_path / f"{name}.keyword.sqlite3"
+    KeywordIndex(index_file(tmp_path, name)).close()  # and SQLite can make it
 
 
 def test_an_index_that_cannot_be_opened_for_another_reason_is_left_alone(tmp_path: Path) -> None:

@@ -297,11 +297,13 @@ class RecordCollection:
     def _segment_folders(self) -> list[Path]:
         """The folders of this embedded collection's segments (none on a server). Best
         effort: a folder left behind is better than a failed restore, or a store that no
-        longer opens (every open failed where it finished a restore: review helper 98)."""
+        longer opens (every open failed where it finished a restore: review helper 98); it
+        is logged (since kb.chroma_file it was not)."""
         if self.mode != "embedded":
             return []
         store = Path(self.settings.chroma_path).expanduser().absolute()
-        rows = chroma_file.query(store, SEGMENTS_QUERY, (str(self._col.id),)) or []
+        left = f"the vector index folders of '{self.name}' are left in {store}"
+        rows = chroma_file.query(store, SEGMENTS_QUERY, (str(self._col.id),), unread=left) or []
         return [store / str(row[0]) for row in rows if (store / str(row[0])).is_dir()]
 
     def side_collection(self, suffix: str) -> Any:

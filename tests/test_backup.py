@@ -7,6 +7,7 @@ import gzip
 import http.client
 import io
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -19,7 +20,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from kb import backup, files, staging
+from kb import backup, collection, files, staging
 from kb.cli import main
 from kb.collection import RecordCollection
 from kb.config import Settings, is_kb_variable
@@ -812,6 +813,36 @@ def test_a_restore_replace_leaves_no_vector_index_of_the_replaced_collection(
     folders, listed = _segments(settings)
     assert folders
     assert folders <= listed
+
+
+def test_a_vector_index_folder_left_as_chromas_file_cannot_be_read_is_logged(
+    filled,
+    tmp_path: Path,
+    settings: Settings,
+    embedder,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The folder's removal is best effort (a folder left is better than a failed restore),
+    but since kb.chroma_file read Chroma's file a failed read left it silently: a warning
+    names the file and the error, once."""
+    dest = tmp_path / "copy.jsonl.gz"
+    backup.write_file(filled, dest)
+    filled.close()
+    # as a Chroma of another schema: no table of that name
+    monkeypatch.setattr(collection, "SEGMENTS_QUERY", "SELECT id FROM kb_gone WHERE collection = ?")
+    store = KnowledgeStore.open(settings, embedder, searching=False)
+    try:
+        with caplog.at_level(logging.WARNING, logger="kb"):
+            backup.restore(store, dest, replace=True)
+    finally:
+        store.close()
+    chroma = settings.chroma_path.absolute() / "chroma.sqlite3"
+    warned = [r.getMessage() for r in caplog.records if str(chroma) in r.getMessage()]
+    assert len(warned) == 1, warned
+    assert "no such table: kb_gone" in warned[0]
+    folders, listed = _segments(settings)
+    assert folders - listed  # the replaced collection's, left
 
 
 def test_collections_named_like_kbs_but_not_made_by_it_are_never_touched(

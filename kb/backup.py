@@ -328,11 +328,19 @@ def _fill(
     place once whole (kb.staging). A store error part-way removes it: the store is as it
     was. (After a Ctrl-C the store's next open removes it: a second Ctrl-C would not wait.)"""
     try:
-        _write_records(partial(store.restore_records, into=staged), path, header, heads, name)
+        _write_records(partial(_add_to, staged), path, header, heads, name)
         staged.set_settings_value(CALIBRATED_KEY, _threshold(header["min_score"]))
     except KBError as exc:
         staging.retire(staged)  # the store still failing: its next open removes it
         raise exc.extended(f"collection '{store.records.name}' keeps what it held") from exc
+
+
+def _add_to(staged: RecordCollection, records: list[Record]) -> None:
+    """Write records exactly as a backup holds them into the collection `staging` gave,
+    which nothing else reads or writes: no write lock, no copies to update, every id new (a
+    backup holds each once)."""
+    if records:
+        staged.upsert(records, new={record.id for record in records})
 
 
 def _switch(store: KnowledgeStore, staged: RecordCollection) -> RecordCollection:

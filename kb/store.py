@@ -522,17 +522,12 @@ class KnowledgeStore:
             return None
         return self.replica.staging()
 
-    def restore_records(
-        self, records: Sequence[Record], into: RecordCollection | None = None
-    ) -> None:
-        """Write records exactly as a backup holds them (vectors included), into the store
-        or into the collection `staging` gave, which nothing else reads."""
+    def restore_records(self, records: Sequence[Record]) -> None:
+        """Write records exactly as a backup holds them (vectors included) into the store's
+        collection (restore --replace into the one `staging` gave: kb.backup)."""
         if not records:
             return
         ids = {record.id for record in records}  # a backup holds each id once
-        if into is not None:
-            into.upsert(records, new=ids)
-            return
         # embedded, the collection was empty (or emptied) under the write lock: its ids are
         # new, and Chroma's add costs less than an upsert (no lookup of a stored record); on
         # a server another host may have written one since, which the restore overwrites

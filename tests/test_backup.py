@@ -436,16 +436,16 @@ def test_kb_restore_reads_a_backup_from_a_pipe_or_fifo(
 def _disk_full_on_the_second_write(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """restore's writes in pages of 2, the second failing as on a full disk; their sizes."""
     monkeypatch.setattr(backup, "PAGE", 2)
-    written = KnowledgeStore.restore_records
+    written = RecordCollection.upsert
     calls: list[int] = []
 
-    def disk_full(store: KnowledgeStore, records, into=None) -> None:
+    def disk_full(collection: RecordCollection, records, *args, **kwargs):
         calls.append(len(records))
         if len(calls) == 2:
             raise KBError("the store failed: InternalError: (code: 778) disk I/O error")
-        written(store, records, into)
+        return written(collection, records, *args, **kwargs)
 
-    monkeypatch.setattr(KnowledgeStore, "restore_records", disk_full)
+    monkeypatch.setattr(RecordCollection, "upsert", disk_full)
     return calls
 
 
@@ -733,7 +733,7 @@ def test_a_restore_replace_killed_before_its_switch_leaves_the_store_as_it_was(
     assert staged is not None
     with backup._lines(dest, str(dest)) as lines:
         next(lines)
-        filled.restore_records([backup._record(line, 384, "x") for _, line in lines], staged)
+        backup._add_to(staged, [backup._record(line, 384, "x") for _, line in lines])
     filled.close()  # killed here: the switch never began
     assert _collections(settings) == {settings.collection, f"{settings.collection}-kb-new"}
     store = KnowledgeStore.open(settings, filled.embedder)

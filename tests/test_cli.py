@@ -1237,7 +1237,8 @@ def test_a_ctrl_c_in_restore_says_what_the_store_holds_and_what_to_run(
     assert done.exit_code == 130, done.output
     assert "Restore interrupted before it wrote anything: the store is as it was" in done.stderr
     monkeypatch.undo()
-    monkeypatch.setattr(KnowledgeStore, "restore_records", ctrl_c)  # as it writes
+    monkeypatch.setattr("kb.backup._add_to", ctrl_c)  # as it writes beside the store
+    monkeypatch.setattr(KnowledgeStore, "restore_records", ctrl_c)  # as it writes in place
     done = run(env, "restore", "--replace", str(dest))  # beside the store (kb.staging)
     assert done.exit_code == 130, done.output
     assert (
@@ -1298,7 +1299,7 @@ SIGTERMED = {  # command -> where it is held, what it must say
     "backup": ("kb.backup:_line", "Backup interrupted: nothing was written to {dest}"),
     "export": ("kb.cli.data:_write_documents", "Export interrupted: nothing was written to {dest}"),
     "restore": (  # --replace writes beside the store, which is kept (kb.staging)
-        "kb.store:KnowledgeStore.restore_records",
+        "kb.backup:_add_to",
         "Restore interrupted: the store is as it was (the records it wrote beside it are "
         "removed when the store is next opened)",
     ),

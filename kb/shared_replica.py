@@ -152,6 +152,9 @@ class SharedReplica(Replica):
         poll = self.changes.changes() if self._built and not self._behind else None
         if poll is None:  # a write of ours applies to the copies once they are built
             with self._host_lock("this process's copies of the collection must be rebuilt"):
+                # a rebuild that fails leaves the next poll rebuilding: the log is reset now,
+                # and what this process missed before is read by a rebuild only
+                self._behind = True
                 self.changes.reset()  # before reading: writes during the rebuild are re-read
                 if self._built:  # idle past the log's retention: settings changes missed too
                     self.records.reread_settings()

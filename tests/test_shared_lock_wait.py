@@ -7,14 +7,17 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 
 import pytest
 
 from kb import changes, shared_replica
 from kb import store as store_module
+from kb.collection import RecordCollection
 from kb.config import Settings
 from kb.embeddings import Embedder
+from kb.errors import StoreUnavailable
 from kb.lock import StoreBusy, WriteLock
 from kb.schemas import DocumentIn, QueryRequest
 from kb.search import search
@@ -127,3 +130,27 @@ def test_a_dead_writers_leftovers_wait_while_the_lock_is_held_and_the_search_ans
         (result,) = search(reader, QueryRequest.model_validate(OLD_ERA))
         assert result.matches == []
         assert stored(reader) == {"ice": ("ice", 0)}
+
+
+def test_a_rebuild_that_failed_after_idle_past_the_logs_retention_is_tried_again(
+    two: tuple, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The change log is reset as the rebuild begins: one that failed (the server away) left
+    the next poll reading the log from the reset on, and a write another process made while
+    this one was idle (older than the log's margin) was missing from its copies until the
+    next rebuild. Now the next poll rebuilds."""
+    first, second = two
+    monkeypatch.setattr(changes, "MARGIN_US", 500_000)  # 30 s: a poll reads 2 back
+    second.replica.changes._polled -= changes.RETENTION_S
+    first.add([DocumentIn(id="vault", text="The vault code is alpha bravo.")])
+    time.sleep(1.5)  # the write is older than two margins (no timing is asserted)
+    pages = RecordCollection.pages
+
+    def away(*args: object, **kwargs: object) -> None:
+        raise StoreUnavailable("the Chroma server is away")
+
+    monkeypatch.setattr(RecordCollection, "pages", away)
+    with pytest.raises(StoreUnavailable):
+        keyword(second, "vault code")
+    monkeypatch.setattr(RecordCollection, "pages", pages)
+    assert keyword(second, "vault code") == ["vault"]

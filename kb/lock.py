@@ -96,6 +96,9 @@ def _open(path: Path, setting: str) -> TextIO:
     raise ConfigError(f"cannot open the store at {directory} ({setting}): {problem}")
 
 
+READ_WAIT_S = 5.0  # a read's wait for a shared store's write lock (kb.store, kb.shared_replica)
+
+
 class StoreBusy(StoreUnavailable):
     """A write waited past its bound for the write lock another write holds (on a Chroma
     server that does not answer it, each write queued behind it waited out the ones before
@@ -132,13 +135,16 @@ class WriteLock:
         self._thread.release()
 
     @contextmanager
-    def turn(self) -> Iterator[WriteLock]:
-        """The lock, waited for at most `wait` seconds (StoreBusy past them)."""
-        if not self._acquire(self._wait):
+    def turn(self, read: bool = False) -> Iterator[WriteLock]:
+        """The lock, waited for at most `wait` seconds (StoreBusy past them); a `read` (a
+        document read again whole under the lock) at most READ_WAIT_S of them."""
+        wait = self._wait if self._wait is None or not read else min(self._wait, READ_WAIT_S)
+        if not self._acquire(wait):
+            why = "KB_CHROMA_WRITE_TIMEOUT: " if wait == self._wait else ""
             raise StoreBusy(
-                f"another write has held the store's write lock for more than {self._wait:g} s "
-                "(KB_CHROMA_WRITE_TIMEOUT: the Chroma server may not be answering it, or a "
-                "backup or restore is under way); this request changed nothing: retry it later"
+                f"another write has held the store's write lock for more than {wait:g} s "
+                f"({why}the Chroma server may not be answering it, or a backup or restore is "
+                "under way); this request changed nothing: retry it later"
             )
         try:
             yield self

@@ -23,7 +23,7 @@ from kb.collection import RecordCollection
 from kb.config import LOG_SUFFIX
 from kb.errors import KBError
 from kb.filters import CompiledFilter
-from kb.lock import StoreBusy, WriteLock
+from kb.lock import READ_WAIT_S, StoreBusy, WriteLock
 from kb.logs import Thinned
 from kb.mirror import Mirror
 from kb.records import DOC, Record, doc_id_of
@@ -36,7 +36,7 @@ OWNER = "owner.lock"  # in each: locked by the process using it, for as long as 
 WARN_EVERY_S = 60.0  # a change log that cannot be read is logged at most this often
 HUNG_S = 10.0  # a poll of the change log running this long: the server is not answering
 REPAIR_WAIT_S = (1.0, 60.0)  # after a failed repair, the pause before the next (doubling)
-LOCK_WAIT_S = 5.0  # once started, a poll's wait for the host's write lock (below HUNG_S)
+LOCK_WAIT_S = READ_WAIT_S  # once started, a poll's wait for the host's write lock (< HUNG_S)
 
 
 def scratch_folder() -> tuple[Path, int]:

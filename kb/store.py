@@ -210,10 +210,12 @@ class KnowledgeStore:
         version cut at the old one's chunk count (a search's match). A document still not
         whole under the lock is damaged (chunks missing or of another version: a write that
         failed part-way and whose rollback failed too, or a killed one) and is left out: it
-        was served joined, a text never stored (review helper 82)."""
+        was served joined, a text never stored (review helper 82). On a Chroma server the
+        read waits for the lock at most READ_WAIT_S, then is a 503 store_busy: a search or GET
+        waited up to KB_CHROMA_WRITE_TIMEOUT behind a long write (fixer helper 103)."""
         if all(_is_whole(chunks) for chunks in groups.values()):
             return groups
-        with self._lock.turn():
+        with self._lock.turn(read=True):
             groups = self._chunks(self._heads(doc_ids))
         damaged = {doc for doc, chunks in groups.items() if not _is_whole(chunks)}
         if damaged - self._damaged:  # not a write in between: damaged for good

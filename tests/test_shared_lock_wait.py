@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from kb import changes, shared_replica
+from kb import changes, lock, shared_replica
 from kb import store as store_module
 from kb.collection import RecordCollection
 from kb.config import Settings
@@ -112,8 +112,8 @@ def test_a_dead_writers_leftovers_wait_while_the_lock_is_held_and_the_search_ans
 ) -> None:
     """The removal is housekeeping: past the bound it is skipped (logged) and the search
     answers; it is done at a poll after the pause, once the lock is free. (The search asks
-    for the new version: a match in the old one's tail is read whole under the write lock,
-    KnowledgeStore._whole, which waits up to KB_CHROMA_WRITE_TIMEOUT.)"""
+    for the new version: a match in the old one's tail is read again under the write lock,
+    the next test's case.)"""
     with reader_after_a_dead_writer(server_settings, embedder, monkeypatch) as reader:
         monkeypatch.setattr(changes, "STALE_S", 0)
         monkeypatch.setattr(shared_replica, "REPAIR_WAIT_S", (3600.0, 3600.0))
@@ -154,3 +154,22 @@ def test_a_rebuild_that_failed_after_idle_past_the_logs_retention_is_tried_again
         keyword(second, "vault code")
     monkeypatch.setattr(RecordCollection, "pages", pages)
     assert keyword(second, "vault code") == ["vault"]
+
+
+def test_a_torn_document_read_again_under_the_lock_waits_at_most_the_read_bound(
+    server_settings: Settings, embedder: Embedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A search's match in a document read torn (a dead writer's tail) is read again under
+    the write lock, which waited up to KB_CHROMA_WRITE_TIMEOUT (300 s) while another process
+    held it (fixer helper 103): now at most READ_WAIT_S, then a 503 store_busy; once the lock
+    is free the same search answers."""
+    with reader_after_a_dead_writer(server_settings, embedder, monkeypatch) as reader:
+        monkeypatch.setattr(shared_replica, "REPAIR_WAIT_S", (3600.0, 3600.0))
+        monkeypatch.setattr(reader.replica, "_repair_after", time.monotonic() + 3600)
+        monkeypatch.setattr(lock, "READ_WAIT_S", 0.5)
+        request = QueryRequest.model_validate(OLD_ERA)
+        failed = while_held(server_settings, lambda: search(reader, request))
+        assert isinstance(failed, StoreBusy), failed
+        assert failed.status == 503
+        assert "0.5 s" in failed.message
+        search(reader, request)  # the lock is free: answered

@@ -150,12 +150,20 @@ def shown_sweep(
     """Precision of the matches a search shows at each threshold t from -1 to 1, and their
     recall of the relevant documents the rankings hold (each ranking as deep as the search
     looks, so a relevant document below the first k counts once the threshold lifts it in).
-    This is the threshold's real job: drop the shown matches that do not answer the query;
-    a query with no relevant document contributes only negatives."""
+    A query with no relevant document contributes only negatives. What --precision and the
+    fallback of `leak_pick` read: its max F1 rewards showing one match a query, top_k's job,
+    not the threshold's (see `leak_pick`)."""
+    return shown_rows(rankings, relevant, k, _thresholds(step))
+
+
+def shown_rows(
+    rankings: Sequence[Run], relevant: Sequence[set[str]], k: int, thresholds: Sequence[float]
+) -> list[Row]:
+    """`shown_sweep` at the thresholds given."""
     pairs = zip(rankings, relevant, strict=True)
     findable = sum(len(set(ids) & wanted) for (ids, _), wanted in pairs)
     rows = []
-    for t in _thresholds(step):
+    for t in thresholds:
         hits = shown_count = 0
         for ranking, wanted in zip(rankings, relevant, strict=True):
             docs = shown(ranking, k, t)
@@ -191,3 +199,52 @@ def query_sweep(
                 kept += any(doc in wanted for doc in docs)
         rows.append(QueryRow(t, leaked, kept))
     return rows
+
+
+class NoLeakPick(Exception):
+    """Why `leak_pick` cannot place a threshold (the caller recommends max F1 instead)."""
+
+
+@dataclass(frozen=True)
+class LeakPick:
+    lowest: float  # the lowest threshold (0.01 grid) leaving at most `leaks` queries matched
+    at: QueryRow  # the figures at the recommendation: lowest + margin
+
+
+def leak_pick(
+    rankings: Sequence[Run], relevant: Sequence[set[str]], k: int, leaks: int, margin: float
+) -> LeakPick:
+    """The threshold's task, per query: the lowest threshold at which at most `leaks` of the
+    unanswerable queries (no relevant document) still show a match, plus `margin` (a few
+    labeled unanswerable queries bound the scores of unseen ones from below only).
+    NoLeakPick when the labels hold no such query, `leaks` allows them all, no threshold up
+    to 1 leaves so few matched, or the margin takes it past 1 or past every answer."""
+    unanswerable = sum(not wanted for wanted in relevant)
+    if not unanswerable:
+        raise NoLeakPick("the labels hold no unanswerable query (one with no relevant document)")
+    if leaks >= unanswerable:
+        raise NoLeakPick(f"--leaks {leaks} allows all {unanswerable} unanswerable queries")
+    rows = query_sweep(rankings, relevant, k, _thresholds(0.01))
+    lowest = next((row for row in rows if row.leaked <= leaks), None)
+    if lowest is None:
+        raise NoLeakPick(f"even at 1.00, more than {leaks} unanswerable queries show a match")
+    threshold = round(lowest.threshold + margin, 4)
+    if threshold > 1:
+        raise NoLeakPick(f"{lowest.threshold:.2f} plus the margin {margin:.2f} is past 1.00")
+    (at,) = query_sweep(rankings, relevant, k, [threshold])
+    if not at.kept:
+        raise NoLeakPick(f"{threshold:.2f} ({lowest.threshold:.2f} + margin) keeps no answer")
+    return LeakPick(lowest.threshold, at)
+
+
+def unanswerable_best(
+    rankings: Sequence[Run], relevant: Sequence[set[str]], names: Sequence[str]
+) -> list[tuple[float, str]]:
+    """Each unanswerable query's best score and its name, highest first (one whose
+    ranking is empty shows nothing at any threshold: left out)."""
+    best = [
+        (max(scores), name)
+        for (_, scores), wanted, name in zip(rankings, relevant, names, strict=True)
+        if not wanted and len(scores)
+    ]
+    return sorted(best, reverse=True)

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
 from click.core import ParameterSource
 
-from kb.calibration import NothingToCalibrate, Row, recommend
+from kb.calibration import NothingToCalibrate, Row, Run, recommend
 from kb.cli.base import (
     GivenPath,
     NumberRange,
@@ -50,19 +51,43 @@ if TYPE_CHECKING:
     "--precision",
     type=NumberRange(0, 1),
     default=None,
-    help="Recommend the lowest threshold reaching this precision instead of max F1.",
+    help="Recommend the lowest threshold reaching this precision (of the pairs or shown matches).",
+)
+@click.option(
+    "--leaks",
+    type=click.IntRange(0),
+    default=0,
+    help="With --queries: how many unanswerable queries may still show a match (default 0).",
+)
+@click.option(
+    "--margin",
+    type=NumberRange(0, 1),
+    default=0.04,
+    help="With --queries: added to the lowest threshold leaving at most --leaks unanswerable "
+    "queries matched (default 0.04).",
 )
 @click.option("--write", is_flag=True, help="Store the recommendation as the store's default.")
-def calibrate(pairs: str | None, queries: str | None, precision: float | None, write: bool) -> None:
+def calibrate(
+    pairs: str | None,
+    queries: str | None,
+    precision: float | None,
+    leaks: int,
+    margin: float,
+    write: bool,
+) -> None:
     """Sweep the similarity threshold over labeled data and recommend one.
 
-    With --queries the recommendation comes from the queries (the threshold's real task:
-    dropping shown matches that do not answer), otherwise from the pairs. With --precision,
-    a target no threshold reaches is said, and --write then stores nothing (exit 1). Labels
-    with no similar or no dissimilar example stop it (exit 1): nothing to calibrate on.
+    With --queries the recommendation comes from the queries, otherwise from the pairs
+    (max F1). From queries: the lowest threshold at which at most --leaks unanswerable
+    queries (no relevant document) still show a match, plus --margin; with none in the
+    labels, or no such threshold, max F1 of the shown matches, said. With --precision, the
+    lowest threshold whose precision reaches it; a target no threshold reaches is said, and
+    --write then stores nothing (exit 1). Labels with no similar or no dissimilar example
+    stop it (exit 1): nothing to calibrate on.
     """
     if not pairs and not queries:
         raise click.UsageError("give --pairs FILE and/or --queries FOLDER")
+    _check_leak_options(queries, precision)
     settings = Settings()
     embedder = open_embedder(settings)
     # a store in use (kb serve) is said before the sweep, not after it (locked: a message);
@@ -74,7 +99,7 @@ def calibrate(pairs: str | None, queries: str | None, precision: float | None, w
         if pairs:
             best = _from_pairs(embedder, pairs, precision)
         if queries:
-            best = _from_queries(settings, embedder, queries, precision)
+            best = _from_queries(settings, embedder, queries, precision, (leaks, margin))
         assert best is not None
         if write:
             _write_threshold(settings, store, embedder, best, precision)
@@ -83,6 +108,22 @@ def calibrate(pairs: str | None, queries: str | None, precision: float | None, w
     finally:
         if store is not None:
             store.close()
+
+
+def _check_leak_options(queries: str | None, precision: float | None) -> None:
+    """--leaks and --margin place a threshold from --queries, unless --precision does:
+    given where they do nothing, a usage error (the recommendation would not be theirs)."""
+    ctx = click.get_current_context()
+    for name in ("leaks", "margin"):
+        if ctx.get_parameter_source(name) is ParameterSource.DEFAULT:
+            continue
+        if not queries:
+            raise click.UsageError(f"--{name} applies to --queries only")
+        if precision is not None:
+            raise click.UsageError(
+                f"--{name} does nothing with --precision, which recommends the lowest "
+                "threshold reaching that precision: leave one out"
+            )
 
 
 def _from_pairs(embedder: Embedder, path: str, precision: float | None) -> Row:
@@ -96,9 +137,13 @@ def _from_pairs(embedder: Embedder, path: str, precision: float | None) -> Row:
 
 
 def _from_queries(
-    settings: Settings, embedder: Embedder, folder: str, precision: float | None
+    settings: Settings,
+    embedder: Embedder,
+    folder: str,
+    precision: float | None,
+    leak_options: tuple[int, float],
 ) -> Row:
-    from kb.calibration import check_queries, query_sweep, shown_sweep
+    from kb.calibration import check_queries, shown_sweep
     from kb.evaluation import absent_warning, load_corpus, open_dataset, rank, temporary_store
     from kb.metrics import relevant_ids
     from kb.search import ranking_depth
@@ -123,15 +168,77 @@ def _from_queries(
         f"matches each from the best {depth} (precision: of the matches shown; recall: of "
         "the relevant documents in those rankings)"
     )
-    best = _table(shown_sweep(runs, wanted, settings.top_k), precision, folder)
-    _out(f"{'threshold':>9} {'unanswerable still matched':>27} {'answers kept':>13}")
+    rows = shown_sweep(runs, wanted, settings.top_k)
+    _print_rows(rows)
+    best = _max_f1(rows, precision, folder)
+    labeled = _Labeled(runs, wanted, list(dataset.queries), settings.top_k)
+    return _per_query(labeled, best, precision, *leak_options)
+
+
+@dataclass(frozen=True)
+class _Labeled:
+    """The rankings of the labeled queries, what answers each, and their names."""
+
+    runs: Sequence[Run]
+    wanted: Sequence[set[str]]
+    names: Sequence[str]
+    top_k: int
+
+
+def _per_query(
+    labeled: _Labeled, best: Row, precision: float | None, leaks: int, margin: float
+) -> Row:
+    """The per-query table and the recommendation: without --precision, the lowest threshold
+    leaving at most `leaks` unanswerable queries matched, plus `margin` (max F1 of the shown
+    matches, `best`, rewarded showing one match a query, top_k's job: it recommended 0.48 on
+    data/eval, which refused no more of them than 0.40 and kept 10 fewer answers)."""
+    from kb.calibration import NoLeakPick, leak_pick, query_sweep, shown_rows
+
+    runs, wanted, k = labeled.runs, labeled.wanted, labeled.top_k
+    pick = None
+    if precision is None:
+        try:
+            pick = leak_pick(runs, wanted, k, leaks, margin)
+        except NoLeakPick as exc:
+            warn(f"{exc}: recommending the best F1 of the shown matches instead")
+    if pick is not None:
+        (best,) = shown_rows(runs, wanted, k, [pick.at.threshold])
+    unanswerable = sum(not w for w in wanted)
     answerable = len(wanted) - unanswerable
-    for row in query_sweep(runs, wanted, settings.top_k, [0.3, 0.35, 0.4, 0.45, 0.5]):
+    _out(f"{'threshold':>9} {'unanswerable still matched':>27} {'answers kept':>13}")
+    listed = sorted({0.3, 0.35, 0.4, 0.45, 0.5, best.threshold})
+    for row in query_sweep(runs, wanted, k, listed):
+        mark = "  (recommended)" if row.threshold == best.threshold else ""
         _out(
             f"{row.threshold:>9.2f} {row.leaked:>20} of {unanswerable:<4} "
-            f"{row.kept:>6} of {answerable}"
+            f"{row.kept:>6} of {answerable}{mark}"
+        )
+    _say_unanswerable_best(labeled, leaks)
+    if pick is None:
+        _say_recommended(best)
+    else:
+        allowed = "none" if not leaks else f"at most {leaks}"
+        _out(
+            f"recommended threshold: {best.threshold:.2f} ({pick.lowest:.2f}, the lowest "
+            f"leaving {allowed} of them matched, + margin {margin:.2f}; precision "
+            f"{best.precision:.3f}, recall {best.recall:.3f}, f1 {best.f1:.3f})"
         )
     return best
+
+
+def _say_unanswerable_best(labeled: _Labeled, leaks: int) -> None:
+    """How close the unanswerable queries come: their best score (and, with --leaks N, the
+    best past the N allowed), which the threshold must stay above."""
+    from kb.calibration import unanswerable_best
+
+    best = unanswerable_best(labeled.runs, labeled.wanted, labeled.names)
+    if not best:
+        return
+    line = f"best score of an unanswerable query: {best[0][0]:.3f} ({best[0][1]})"
+    if leaks and leaks < len(best):
+        score, name = best[leaks]
+        line += f"; with --leaks {leaks}, the threshold must pass the next: {score:.3f} ({name})"
+    _out(line)
 
 
 def _write_threshold(
@@ -162,14 +269,26 @@ def _write_threshold(
 
 
 def _table(rows: Sequence[Row], precision: float | None, source: str) -> Row:
-    """Print the sweep and return the recommendation; rows nothing can be recommended from
-    (see NothingToCalibrate) stop the command naming `source`, before anything is written."""
-    from kb.calibration import needs_none, reaches
+    """Print the sweep and return its recommendation (max F1, or --precision)."""
+    _print_rows(rows)
+    best = _max_f1(rows, precision, source)
+    _say_recommended(best)
+    return best
 
+
+def _print_rows(rows: Sequence[Row]) -> None:
     _out(f"{'threshold':>9} {'precision':>9} {'recall':>7} {'f1':>6}")
     shown = [row for row in rows if row.threshold >= 0 and round(row.threshold * 100) % 5 == 0]
     for row in shown:  # negative thresholds keep everything: not worth a line
         _out(f"{row.threshold:>9.2f} {row.precision:>9.3f} {row.recall:>7.3f} {row.f1:>6.3f}")
+
+
+def _max_f1(rows: Sequence[Row], precision: float | None, source: str) -> Row:
+    """Max F1, or the lowest threshold reaching `precision`; rows nothing can be recommended
+    from (see NothingToCalibrate) stop the command naming `source`, before anything is
+    written."""
+    from kb.calibration import needs_none, reaches
+
     try:
         best = recommend(rows, precision)
     except NothingToCalibrate as exc:
@@ -184,11 +303,14 @@ def _table(rows: Sequence[Row], precision: float | None, source: str) -> Row:
             f"no threshold reaches precision {precision:.3f} with any recall; "
             "recommending the best F1 instead"
         )
+    return best
+
+
+def _say_recommended(best: Row) -> None:
     _out(
         f"recommended threshold: {best.threshold:.2f} (precision {best.precision:.3f}, "
         f"recall {best.recall:.3f}, f1 {best.f1:.3f})"
     )
-    return best
 
 
 def _out(line: str) -> None:

@@ -62,6 +62,7 @@ def create_app(settings: Settings | None = None, *, embedder: Embedder | None = 
             bulk.close()
         raise
     telemetry.count_documents(store.count)
+    _say_overridden_min_score(settings, store)
     app.extensions[EXTENSION] = KBState(settings, store, keys, telemetry, bulk)
     register_observability(app)
     register_security(app)
@@ -69,6 +70,22 @@ def create_app(settings: Settings | None = None, *, embedder: Embedder | None = 
     register_error_handlers(app)
     register_blueprints(app)
     return app
+
+
+def _say_overridden_min_score(settings: Settings, store: KnowledgeStore) -> None:
+    """A threshold `kb calibrate --write` stored outranks KB_MIN_SCORE: when that is set
+    too, one warning naming both (the calibrated one was applied without a word)."""
+    from kb.search import _threshold_text, resolve_threshold
+
+    threshold = resolve_threshold(store, None)
+    if threshold.source != "calibrated" or "min_score" not in settings.model_fields_set:
+        return
+    log.warning(
+        "threshold %s (calibrated by kb calibrate --write; KB_MIN_SCORE=%s is not used; "
+        "kb calibrate --clear removes it)",
+        _threshold_text(threshold.min_score),
+        _threshold_text(settings.min_score),
+    )
 
 
 def _bulk_encoder(inner: Embedder, settings: Settings) -> BulkEncoder | None:

@@ -67,6 +67,11 @@ if TYPE_CHECKING:
     "queries matched (default 0.04).",
 )
 @click.option("--write", is_flag=True, help="Store the recommendation as the store's default.")
+@click.option(
+    "--clear",
+    is_flag=True,
+    help="Remove the threshold --write stored (KB_MIN_SCORE applies again); nothing else.",
+)
 def calibrate(
     pairs: str | None,
     queries: str | None,
@@ -74,6 +79,7 @@ def calibrate(
     leaks: int,
     margin: float,
     write: bool,
+    clear: bool,
 ) -> None:
     """Sweep the similarity threshold over labeled data and recommend one.
 
@@ -83,8 +89,12 @@ def calibrate(
     labels, or no such threshold, max F1 of the shown matches, said. With --precision, the
     lowest threshold whose precision reaches it; a target no threshold reaches is said, and
     --write then stores nothing (exit 1). Labels with no similar or no dissimilar example
-    stop it (exit 1): nothing to calibrate on.
+    stop it (exit 1): nothing to calibrate on. --clear removes the stored threshold.
     """
+    if clear:
+        _clear_alone()
+        _clear_threshold(Settings())
+        return
     if not pairs and not queries:
         raise click.UsageError("give --pairs FILE and/or --queries FOLDER")
     _check_leak_options(queries, precision)
@@ -108,6 +118,38 @@ def calibrate(
     finally:
         if store is not None:
             store.close()
+
+
+def _clear_alone() -> None:
+    """--clear takes no other option: it sweeps nothing, and stores nothing."""
+    ctx = click.get_current_context()
+    for param in ctx.command.params:
+        name = param.name or ""
+        if name != "clear" and ctx.get_parameter_source(name) is not ParameterSource.DEFAULT:
+            raise click.UsageError(f"--clear takes no other option (--{name} given)")
+
+
+def _clear_threshold(settings: Settings) -> None:
+    """Remove the collection's calibrated threshold, announced to the other processes on a
+    Chroma server as --write's is; say what was removed, and what applies now."""
+    from kb.search import CALIBRATED_KEY, _threshold_text
+
+    store = open_store(settings, searching=False, existing=True)  # none made to be cleared
+    try:
+        where = f"collection '{settings.collection}' in {store.records.location}"
+        stored = store.records.settings_value(CALIBRATED_KEY)
+        if stored is not None:
+            store.set_setting(CALIBRATED_KEY, None)
+    except KBError as exc:
+        fail(exc.message)
+    finally:
+        store.close()
+    now = f"KB_MIN_SCORE applies ({_threshold_text(settings.min_score)} in this environment)"
+    if stored is None:
+        _out(f"no calibrated threshold stored in {where}: {now}")
+    else:
+        value = _threshold_text(stored) if isinstance(stored, int | float) else json.dumps(stored)
+        _out(f"removed the calibrated threshold {value} of {where}: {now}")
 
 
 def _check_leak_options(queries: str | None, precision: float | None) -> None:

@@ -1438,7 +1438,7 @@ def test_calibrate_write_finds_the_store_in_use_before_the_sweep(
     def swept(*args: object) -> None:
         raise AssertionError("swept before the store was opened")
 
-    monkeypatch.setattr("kb.cli.quality._from_pairs", swept)
+    monkeypatch.setattr("kb.cli.calibrate._from_pairs", swept)
     holder = stored(env, embedder)
     try:
         done = run(env, "calibrate", "--pairs", str(pairs), "--write")

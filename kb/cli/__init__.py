@@ -4,7 +4,7 @@ import signal
 import sys
 
 try:
-    from kb.cli import data, quality, serve
+    from kb.cli import calibrate, data, quality, serve
     from kb.cli.base import main
 except KeyboardInterrupt:  # a Ctrl-C in the second or so its modules take to load: one
     # line and 130, as a command's Ctrl-C (kb.cli.base.interrupted); it was a traceback of
@@ -12,4 +12,4 @@ except KeyboardInterrupt:  # a Ctrl-C in the second or so its modules take to lo
     sys.stderr.write("\nkb interrupted\n")
     sys.exit(128 + signal.SIGINT)
 
-__all__ = ["data", "main", "quality", "serve"]
+__all__ = ["calibrate", "data", "main", "quality", "serve"]

@@ -162,6 +162,16 @@ def stdout_failed(exc: OSError) -> NoReturn:
     fail(f"cannot write standard output: {exc.strerror or exc}")
 
 
+def out(line: str) -> None:
+    """A line of the command's output: one that cannot be written is what `stdout_failed`
+    makes of it (> /dev/full: one line; a closed pipe: a quiet exit 141), as in kb export;
+    it was a traceback."""
+    try:
+        click.echo(line)
+    except OSError as exc:
+        stdout_failed(exc)
+
+
 def closed_pipe(exc: KBError) -> OSError | None:
     """The closed pipe behind `exc`, when it says standard output could not be written
     (kb.backup raises it inside the handler of the OSError: its context); else None."""

@@ -67,6 +67,9 @@ GATHER_COST = 5
 # of two unit vectors of 384 terms is off by at most about 2.3e-5 (384 x 2**-24)
 TIE_SPAN = 1e-4
 RESCORED = 1024  # rows scored again at most (20k near-identical chunks took 16 ms, not 0.2)
+# writes whose rows of documents written anew are kept for `rewritten_since` (a search that
+# overlaps more of them ranks again without a look)
+REWRITES_KEPT = 64
 Product = Callable[[np.ndarray, Sequence[np.ndarray]], np.ndarray]
 
 
@@ -111,6 +114,9 @@ class Mirror:
 
     def __init__(self, dim: int, generation: int, ann: AnnConfig | None = None) -> None:
         self.generation = generation  # the store write this copy has seen
+        self.writes = 0  # writes applied (done): a search notes it before its filter's mask
+        # (number of the write, the rows it killed of documents it wrote anew), last ones
+        self._rewrites: tuple[tuple[int, np.ndarray], ...] = ()
         self.size = 0
         self.ids: list[str] = []
         # each row's metadata as JSON: a fifth of the memory of the dicts (at 100k short
@@ -156,6 +162,7 @@ class Mirror:
         """Apply one write. Without `index` (a load in pages), the vector index is left for
         `build_index` to build once the load is done."""
         with self._lock:
+            self._note_rewrites(upserted, deleted)  # before a row dies: see rewritten_since
             killed = []
             for record_id in [*deleted, *(r.id for r in upserted)]:
                 row = self._row.pop(record_id, None)
@@ -178,8 +185,37 @@ class Mirror:
             self._blocks = OrderedDict()
             self._asked = Lru(ASKED_KEYS)
             self.generation = generation
+            self.writes += 1
             if index:
                 self._build_if_due()
+
+    def _note_rewrites(self, upserted: Sequence[Record], deleted: Iterable[str]) -> None:
+        """Keep the rows this write is about to kill of documents it writes anew (not
+        those it deletes), numbered by the writes done before it. Called with the lock held."""
+        written = {self._doc_numbers.get(record.metadata[DOC]) for record in upserted}
+        rows = [
+            row
+            for record_id in dict.fromkeys([*deleted, *(r.id for r in upserted)])
+            if (row := self._row.get(record_id)) is not None and int(self._docs[row]) in written
+        ]
+        if rows:
+            kept = self._rewrites[-(REWRITES_KEPT - 1) :]
+            self._rewrites = (*kept, (self.writes, np.asarray(rows, dtype=np.int64)))
+
+    def rewritten_since(self, writes: int, where: dict[str, Any] | None) -> bool:
+        """Whether a write done or begun since `writes` writes were done (`self.writes`
+        then) killed a row passing the where-clause (any row without one) of a document it
+        wrote anew. A search that decided its filter's mask before such a write ranks
+        neither version: the old rows are dead, the new ones past the mask (and a search
+        without a filter may have ranked while the write ran). Deleted documents do not
+        count, nor new ones: a bulk load does not make searches rank again."""
+        rewrites = self._rewrites  # replaced (not changed) by writes
+        if not rewrites or rewrites[-1][0] < writes:
+            return False
+        if len(rewrites) == REWRITES_KEPT and rewrites[0][0] > writes:
+            return True  # more such writes than are kept: some may have been of these rows
+        rows = np.concatenate([rows for number, rows in rewrites if number >= writes])
+        return where is None or bool(self._where.mask(where, self.size)[rows].any())
 
     def _append(self, records: Sequence[Record]) -> None:
         """Write the records into the rows from `size` on, then publish them (`size`): a

@@ -133,18 +133,25 @@ def _shown(
     other version; when one was (not deleted: rewritten), all is ranked again, up to
     ATTEMPTS times in all. It was left out, so a search during a stream of upserts answered
     short, or no_candidates, though every document matched before and after (review helper
-    90). Only documents deleted meanwhile, or rewritten at every attempt, are missing."""
+    90). So is a ranking on the mirror while a document under the filters was rewritten:
+    one written after the filter's mask was decided was in neither version, and nothing was
+    dropped (fixer 94). Only documents deleted meanwhile, or rewritten at every attempt, are
+    missing."""
     store, request = asked.store, asked.request
     for attempt in range(1, ATTEMPTS + 1):
         if attempt > 1:
             store.replica.catch_up()  # the writes of other processes too, on a Chroma server
         last = attempt == ATTEMPTS
+        mirror = store.replica.current_mirror()
+        writes = mirror.writes if mirror is not None else 0  # before any mask is decided
         # a text filter is decided per document, once for the batch: on the mirror, the rows
         # of the documents passing it; else a metadata filter listing them
-        passing = by_document(asked.flt, store.records.ids, store.replica.current_mirror())
+        passing = by_document(asked.flt, store.records.ids, mirror)
         now = replace(asked, flt=passing if passing else asked.flt)
         none = Ranking([], 0, 0, [])
         rankings = _ranked(now, top_k) if passing is not None else [none for _ in asked.texts]
+        if not last and mirror is not None and mirror.rewritten_since(writes, asked.flt.where):
+            continue
         # only what a result shows is fetched: its matches, and with explain its near misses
         shown = [r.matches + (r.misses if request.explain else []) for r in rankings]
         showing = complete(store, shown, now.flt)

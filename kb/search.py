@@ -12,23 +12,18 @@ from kb.answer_budget import AnswerBudget
 from kb.collection import CALIBRATED_KEY
 from kb.config import Settings
 from kb.diversity import mmr
-from kb.document_filter import by_document
 from kb.errors import ValidationFailed, field_error
 from kb.filters import CompiledFilter, FilterLimits, compile_filter
-from kb.hybrid import complete, fuse, in_memory, keyword_documents, rewritten
+from kb.hybrid import fuse, in_memory, keyword_documents
 from kb.keyword import MAX_TERMS, distinct_terms
 from kb.mirror import Mirror
 from kb.ranking import Hit, Ranking, best_scored, widen
 from kb.records import Record, user_metadata
 from kb.schemas import Document, Match, QueryRequest, QueryResult, QueryStatus, Threshold
+from kb.shown import rank_and_fetch
 from kb.store import KnowledgeStore
 
 POOL_FACTOR = 4  # diversify: MMR picks top_k from the best POOL_FACTOR x top_k documents
-# whole documents read a call for chunked matches under an answer budget, each counted as it
-# comes: the documents read past the budget are at most one such call's
-FETCH_SLICE = 64
-# rankings a search runs at most while documents it would show are rewritten under it
-ATTEMPTS = 3
 
 
 def ranking_depth(settings: Settings, top_k: int) -> int:
@@ -49,8 +44,10 @@ def resolve_threshold(store: KnowledgeStore, requested: float | None) -> Thresho
 
 
 @dataclass(frozen=True)
-class _Asked:
-    """One request's queries, embedded, with what every step of the pipeline reads."""
+class Asked:
+    """One request's queries, embedded, with what every step of the pipeline reads (kb.shown
+    ranks them with `_ranked`, again while documents are rewritten under it, and fetches
+    what the results show)."""
 
     store: KnowledgeStore
     request: QueryRequest
@@ -89,8 +86,10 @@ def search(
     texts = list(times)
     batch = len(request.queries) if request.queries is not None else None
     vectors = store.embedder.embed_queries(texts)
-    asked = _Asked(store, request, texts, vectors, min_score, flt)
-    shown = _shown(asked, top_k, [times[text] for text in texts], answer_bytes, batch)
+    asked = Asked(store, request, texts, vectors, min_score, flt)
+    shown = rank_and_fetch(
+        asked, _ranked, top_k, [times[text] for text in texts], answer_bytes, batch
+    )
     full, budget = shown.full, shown.budget
     results = {
         text: _result(
@@ -113,98 +112,7 @@ def search(
     return [results[text] for text in request.texts()]
 
 
-@dataclass(frozen=True)
-class _Shown:
-    """The rankings a request's results read, and what they show, fetched."""
-
-    passing: CompiledFilter | None  # the filters, a text filter decided (None: nothing passes)
-    rankings: list[Ranking]
-    showing: list[list[Hit]]  # each query's hits to show, complete
-    full: dict[str, Document]  # the whole documents of the chunked ones
-    budget: AnswerBudget  # what the answer has used of KB_MAX_ANSWER_BYTES so far
-
-
-def _shown(
-    asked: _Asked, top_k: int, times: list[int], answer_bytes: int | None, batch: int | None
-) -> _Shown:
-    """Each query's ranking and what its result shows, fetched after it (`asked.flt`: the
-    request's filters; `times`: how often the answer shows each query's result).
-    A document written between the ranking and the fetch is dropped, never shown as the
-    other version; when one was (not deleted: rewritten), all is ranked again, up to
-    ATTEMPTS times in all. It was left out, so a search during a stream of upserts answered
-    short, or no_candidates, though every document matched before and after (review helper
-    90). So is a ranking on the mirror while a document under the filters was rewritten:
-    one written after the filter's mask was decided was in neither version, and nothing was
-    dropped (fixer 94). Only documents deleted meanwhile, or rewritten at every attempt, are
-    missing."""
-    store, request = asked.store, asked.request
-    for attempt in range(1, ATTEMPTS + 1):
-        if attempt > 1:
-            store.replica.catch_up()  # the writes of other processes too, on a Chroma server
-        last = attempt == ATTEMPTS
-        mirror = store.replica.current_mirror()
-        writes = mirror.writes if mirror is not None else 0  # before any mask is decided
-        # a text filter is decided per document, once for the batch: on the mirror, the rows
-        # of the documents passing it; else a metadata filter listing them
-        passing = by_document(asked.flt, store.records.ids, mirror)
-        now = replace(asked, flt=passing if passing else asked.flt)
-        none = Ranking([], 0, 0, [])
-        rankings = _ranked(now, top_k) if passing is not None else [none for _ in asked.texts]
-        if not last and mirror is not None and mirror.rewritten_since(writes, asked.flt.where):
-            continue
-        # only what a result shows is fetched: its matches, and with explain its near misses
-        shown = [r.matches + (r.misses if request.explain else []) for r in rankings]
-        showing = complete(store, shown, now.flt)
-        if not last and rewritten(store, _dropped(shown, showing)):
-            continue
-        budget = AnswerBudget(answer_bytes, batch, len(asked.texts), top_k, request.explain)
-        full = _whole_documents(store, showing, times, budget)
-        torn = [h.record for hits in showing for h in hits if h.chunked]
-        if last or not rewritten(store, [r for r in torn if r.doc_id not in full]):
-            return _Shown(passing, rankings, showing, full, budget)
-    raise AssertionError("unreachable: the last attempt returns")
-
-
-def _dropped(shown: list[list[Hit]], showing: list[list[Hit]]) -> list[Record]:
-    """The records of the hits `complete` left out (written or deleted since the ranking):
-    none, without a look, when every query kept all of its hits."""
-    lost = []
-    for before, after in zip(shown, showing, strict=True):
-        if len(after) < len(before):
-            kept = {hit.record.id for hit in after}
-            lost += [hit.record for hit in before if hit.record.id not in kept]
-    return lost
-
-
-def _whole_documents(
-    store: KnowledgeStore, showing: list[list[Hit]], times: list[int], budget: AnswerBudget
-) -> dict[str, Document]:
-    """The whole documents of the chunked hits shown (each query's `times` in the answer),
-    for the batch in one call, or under a budget FETCH_SLICE documents a call, each counted
-    as it comes (as many times as the answer shows it) after the texts already at hand: an
-    answer past the budget is refused before the rest is read."""
-    chunked: dict[str, tuple[Record, int]] = {}
-    for hits, shown in zip(showing, times, strict=True):
-        for hit in hits:
-            if hit.chunked:
-                counted = chunked.get(hit.record.doc_id, (hit.record, 0))[1]
-                chunked[hit.record.doc_id] = (hit.record, counted + shown)
-            else:
-                budget.read(shown * len(hit.record.text))
-    wanted = list(chunked.values())
-    step = FETCH_SLICE if budget.limit is not None else max(len(wanted), 1)
-    full: dict[str, Document] = {}
-    for start in range(0, len(wanted), step):
-        part = wanted[start : start + step]
-        found = store.documents_of([record for record, _ in part])
-        for record, shown in part:
-            if (document := found.get(record.doc_id)) is not None:
-                budget.read(shown * len(document.text))
-        full.update(found)
-    return full
-
-
-def _ranked(asked: _Asked, top_k: int) -> list[Ranking]:
+def _ranked(asked: Asked, top_k: int) -> list[Ranking]:
     """Each query's reading of its ranking by the request's mode, or (`diversify`) MMR's
     choice of top_k among the best POOL_FACTOR x top_k passing the threshold; the counts
     and near misses stay those of the top_k reading (so lambda 1 answers as no diversify,
@@ -230,7 +138,7 @@ def _top_k_of_dense(pool: Ranking, top_k: int) -> Ranking:
     return Ranking(pool.matches[:top_k], candidates, rejected, pool.misses[:rejected])
 
 
-def candidates(asked: _Asked, top_k: int) -> list[Ranking]:
+def candidates(asked: Asked, top_k: int) -> list[Ranking]:
     """Each query's ranking by the request's mode, read for top_k matches: dense order is
     cosine order, so its top_k are its candidates; keyword and hybrid rank KB_HYBRID_DEPTH
     documents a side, and the threshold picks the top_k passing among them."""

@@ -13,6 +13,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 import kb.search
+import kb.shown
 from kb.app import close_app, create_app
 from kb.config import Settings
 from kb.embeddings import Embedder
@@ -168,7 +169,7 @@ def test_whole_documents_are_read_a_slice_at_a_time_and_refused_early(
             return documents_of(records)
 
         monkeypatch.setattr(store, "documents_of", spy)
-        monkeypatch.setattr(kb.search, "FETCH_SLICE", 1)
+        monkeypatch.setattr(kb.shown, "FETCH_SLICE", 1)
         body = {"queries": ["cooking at home"] * 3, "top_k": 8, **EVERYTHING}
         refused = client.post("/query", json=body)
         assert refused.status_code == 422, refused.json

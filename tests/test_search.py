@@ -14,7 +14,8 @@ from kb.config import Settings
 from kb.embeddings import Embedder
 from kb.fusion import RRF_K
 from kb.schemas import DocumentIn, QueryRequest, QueryResult, UpdateFields
-from kb.search import ATTEMPTS, search
+from kb.search import search
+from kb.shown import ATTEMPTS
 from kb.store import KnowledgeStore, WriteMode
 from tests.conftest import changed
 
@@ -545,7 +546,7 @@ def test_a_document_written_during_the_search_is_not_shown_failing_the_filter(
         store.update("a", UpdateFields(metadata={"flag": 0}, text="Zebra foals."))
         return fetch(store, per_query, flt)
 
-    monkeypatch.setattr("kb.search.complete", written_first)
+    monkeypatch.setattr("kb.shown.complete", written_first)
     with mirror_state(store, loaded):
         result = ask(store, query="zebra", mode=mode, where={"flag": 1})
     shown = {match.id: (match.text, match.metadata) for match in result.matches}
@@ -571,7 +572,7 @@ def test_a_document_deleted_during_the_search_is_not_ranked_again_for(
         calls.append(1)
         return fetch(store, per_query, flt)
 
-    monkeypatch.setattr("kb.search.complete", deleted_first)
+    monkeypatch.setattr("kb.shown.complete", deleted_first)
     store.replica.wait_loaded()
     result = ask(store, query="zebra stripes", mode="hybrid")
     assert sorted(ids(result)) == ["z1", "z2"]
@@ -593,7 +594,7 @@ def test_a_keyword_hit_ranked_before_the_mirror_loaded_is_read_through_the_filte
         store.update("a", UpdateFields(metadata={"flag": 0}, text="Zebra foals."))
         return fetch(store, per_query, flt)
 
-    monkeypatch.setattr("kb.search.complete", loaded_then_written)
+    monkeypatch.setattr("kb.shown.complete", loaded_then_written)
     store.replica.mirror = None  # ranked on FTS5
     try:
         result = ask(store, query="zebra", mode="keyword", where={"flag": 1})
@@ -689,7 +690,7 @@ def test_documents_upserted_during_the_search_are_ranked_again(
         calls.append(1)
         return fetch(store, per_query, flt)
 
-    monkeypatch.setattr("kb.search.complete", upserted_once)
+    monkeypatch.setattr("kb.shown.complete", upserted_once)
     threshold = 1.0 if explain else -1.0  # explain: the near misses are fetched too
     with mirror_state(store, loaded):
         result = ask(

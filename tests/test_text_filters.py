@@ -168,7 +168,7 @@ def test_searches_answer_the_same_with_the_text_filter_decided_on_the_mirror(
         request = QueryRequest.model_validate({**body, "where_document": where_document})
         (on_rows,) = search(varied, request)
         with monkeypatch.context() as patched:  # the search without the mirror's decision
-            patched.setattr("kb.search.by_document", lambda flt, ids, mirror: by_document(flt, ids))
+            patched.setattr("kb.shown.by_document", lambda flt, ids, mirror: by_document(flt, ids))
             (listed,) = search(varied, request)
         assert [m.id for m in on_rows.matches] == [m.id for m in listed.matches], where_document
         assert [m.score for m in on_rows.matches] == pytest.approx(

@@ -224,6 +224,18 @@ def leak_pick(
         raise NoLeakPick("the labels hold no unanswerable query (one with no relevant document)")
     if leaks >= unanswerable:
         raise NoLeakPick(f"--leaks {leaks} allows all {unanswerable} unanswerable queries")
+    # one whose ranking is empty (keyword search: no term in common) shows a match at no
+    # threshold and bounds nothing: with only such queries the lowest was -1.00, stored for
+    # every mode (review helper 106)
+    pairs = zip(rankings, relevant, strict=True)
+    ranked = sum(not wanted and len(scores) > 0 for (_, scores), wanted in pairs)
+    if leaks >= ranked:
+        raise NoLeakPick(
+            f"{ranked} of the {unanswerable} unanswerable queries rank any document (the others "
+            "share no term with the corpus: keyword search)"
+            + (f" and --leaks {leaks} allows them" if ranked else "")
+            + ": the labels bound no threshold"
+        )
     rows = query_sweep(rankings, relevant, k, _thresholds(0.01))
     lowest = next((row for row in rows if row.leaked <= leaks), None)
     if lowest is None:

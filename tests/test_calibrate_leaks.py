@@ -165,6 +165,15 @@ FALLBACKS = {
         "0.99 plus the margin 0.04 is past 1.00",
     ),
     "margin past every answer": (RUNS, WANTED, 0, 0.5, "0.81 (0.31 + margin) keeps no answer"),
+    # keyword mode: an off-topic query sharing no term has an empty ranking; it recommended
+    # -0.96, which keeps everything in every mode (review helper 106)
+    "every unanswerable ranking empty": (
+        [*RUNS[:3], ([], [])],
+        WANTED,
+        0,
+        0.04,
+        "0 of the 1 unanswerable queries rank any document",
+    ),
 }
 
 

@@ -312,8 +312,11 @@ def _no_candidates(
 ) -> tuple[QueryStatus, str]:
     """Why a query found no candidate: a keyword search that found none of its terms in the
     documents the filters allow (if any: one dense look finds out), no document passing the
-    filters, or an empty store. `flt` is None when no document passes its text filter."""
+    filters, or an empty store. `flt` is None when no document passes its text filter.
+    With filters, the keyword messages speak of the documents passing them: "No document
+    contains" was said though one outside the filters did (review helper 99)."""
     if mode == "keyword" and flt is not None and nearest_documents(store, vector[None], 1, flt)[0]:
+        none = "No document passing the filters contains" if filtered else "No document contains"
         terms = len(distinct_terms(text))
         if not terms:
             return "no_keyword_match", (
@@ -322,11 +325,11 @@ def _no_candidates(
             )
         if terms > MAX_TERMS:
             return "no_keyword_match", (
-                f"No document contains any of the query's first {MAX_TERMS} terms (it has "
+                f"{none} any of the query's first {MAX_TERMS} terms (it has "
                 f"{terms}; keyword search reads the first {MAX_TERMS} distinct words that "
                 "are not stop words)."
             )
-        return "no_keyword_match", "No document contains any of the query's terms."
+        return "no_keyword_match", f"{none} any of the query's terms."
     if filtered:
         return "no_candidates", "No document matches the filters."
     return "no_candidates", "The knowledge base is empty."

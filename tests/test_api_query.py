@@ -279,6 +279,29 @@ def test_a_keyword_search_says_it_read_only_the_first_64_terms(cooking: FlaskCli
     assert [m["id"] for m in cooking.post("/query", json=body).json["matches"]] == ["pasta"]
 
 
+def test_a_keyword_search_with_filters_speaks_of_the_documents_passing_them(
+    cooking: FlaskClient,
+) -> None:
+    """The word pasta is in a cooking document, not in the baking one: with that filter it
+    said "No document contains any of the query's terms" (review helper 99); the 64-term
+    message too."""
+    filler = " ".join(f"xq{i}" for i in range(64))
+    for text, says in [
+        ("pasta", "any of the query's terms."),
+        (f"{filler} pasta", "any of the query's first 64 terms (it has 65;"),
+    ]:
+        body = {"query": text, "mode": "keyword", "filters": {"category": "baking"}}
+        result = cooking.post("/query", json=body).json
+        assert result["status"] == "no_keyword_match", body
+        assert result["message"].startswith("No document passing the filters contains " + says)
+        del body["filters"]
+        if text == "pasta":  # unfiltered, the same words: a match
+            assert [m["id"] for m in cooking.post("/query", json=body).json["matches"]] == ["pasta"]
+        else:
+            unfiltered = cooking.post("/query", json=body).json["message"]
+            assert unfiltered.startswith("No document contains " + says)
+
+
 def test_a_keyword_search_of_an_empty_store(client: FlaskClient) -> None:
     result = client.post("/query", json={"query": "xyzzy", "mode": "keyword"}).json
     assert result["status"] == "no_candidates"

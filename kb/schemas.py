@@ -626,6 +626,13 @@ class QueryResult(BaseModel):
         None,
         description='With "explain": the top_k best-scored rejected candidates, best first.',
     )
+    truncated: bool = Field(
+        False,
+        description="Whether the search read only the start of the query: the model reads "
+        "its first 254 word pieces (the packaged model's; the window less [CLS] and [SEP]), "
+        "keyword and hybrid search its first 64 distinct words that are not stop words. The "
+        "rest is ignored; `message` then ends saying where the reading stopped.",
+    )
 
 
 class BatchQueryResult(BaseModel):

@@ -22,6 +22,7 @@ from kb.records import Record, user_metadata
 from kb.schemas import Document, Match, QueryRequest, QueryResult, QueryStatus, Threshold
 from kb.shown import rank_and_fetch
 from kb.store import KnowledgeStore
+from kb.unread import Unread, unread
 
 POOL_FACTOR = 4  # diversify: MMR picks top_k from the best POOL_FACTOR x top_k documents
 
@@ -87,6 +88,7 @@ def search(
     batch = len(request.queries) if request.queries is not None else None
     vectors = store.embedder.embed_queries(texts)
     asked = Asked(store, request, texts, vectors, min_score, flt)
+    cut = {text: unread(store.embedder, text, asked.mode) for text in texts}
     shown = rank_and_fetch(
         asked, _ranked, top_k, [times[text] for text in texts], answer_bytes, batch
     )
@@ -104,6 +106,7 @@ def search(
             else None,
             budget,
             times[text],
+            cut[text],
         )
         for text, vector, ranking, shows in zip(
             texts, vectors, shown.rankings, shown.showing, strict=True
@@ -274,10 +277,12 @@ def _result(
     nothing: tuple[QueryStatus, str] | None,
     budget: AnswerBudget,
     times: int,
+    cut: Unread | None,
 ) -> QueryResult:
     """The query's answer from the reading of its ranking and the hits fetched to be shown
     (`shows`: its matches, then with explain its near misses); `nothing` says why there was
-    no candidate. The answer shows it `times`, each counted in the budget."""
+    no candidate; `cut`, what the search left unread of it (its message then says so). The
+    answer shows it `times`, each counted in the budget."""
     budget.charge(times, query)
     min_score = threshold.min_score
     matches = _matches([hit for hit in shows if hit.score >= min_score], full, budget, times)
@@ -288,6 +293,8 @@ def _result(
             "The documents found were changed or deleted while the search ran.",
         )
     status, message = nothing or _verdict(matches, best_rejected, threshold)
+    if cut is not None and (said := cut.sentence(status == "no_keyword_match")):
+        message = f"{message} {said}"
     near = [hit for hit in shows if hit.score < min_score]
     return QueryResult(
         query=query,
@@ -299,6 +306,7 @@ def _result(
         rejected=ranking.rejected,
         best_rejected_score=best_rejected,
         near_misses=_matches(near, full, budget, times) if explain else None,
+        truncated=cut is not None,
     )
 
 

@@ -618,6 +618,14 @@ function addNote(target, note) {
   if (note) target.append(el("p", "address-note", note));
 }
 
+// What the search left unread of a long query (`truncated`): the message's last sentence, which
+// says where the reading stopped. A no_keyword_match shows its whole message already.
+function unreadNote(result) {
+  if (result.truncated !== true || result.status === "no_keyword_match") return "";
+  const said = /(?:The model|Keyword search) read only .*$/.exec(result.message || "");
+  return said ? said[0] : "Only the start of the query was read: ask a shorter question.";
+}
+
 function endSearch() {
   state.searchSeq += 1;
   $("results-section").removeAttribute("aria-busy");
@@ -639,6 +647,8 @@ async function runSearch(request, note = "") {
     if (seq !== state.searchSeq) return; // a newer search has been sent meanwhile
     state.lastRequest = request;
     renderResult(result);
+    const unread = unreadNote(result);
+    if (unread) status.append(el("p", "unread-note", unread));
     addNote(status, note);
   } catch (err) {
     if (seq !== state.searchSeq) return;

@@ -123,6 +123,25 @@ def test_an_unrelated_query_shows_no_confident_match(
     page.screenshot(path=artifacts / "search-page-no-match.png", full_page=True)
 
 
+def test_a_long_query_says_where_its_reading_stopped(
+    page: Page, open_server: Server, expect: Any
+) -> None:
+    """The model reads a query's first 254 word pieces: the rest was ignored, and the page
+    said nothing of it (review helper 99). The message's last sentence is shown under the
+    outcome; a short query shows none."""
+    question = " ".join(["How do I keep a compost heap warm?"] * 40)  # as the page sends it
+    status, answer = open_server.call("/query", {"query": question})
+    assert (status, answer["truncated"]) == (200, True)
+    said = answer["message"][answer["message"].index("The model read only") :]
+    assert said.endswith("so the rest was ignored: ask a shorter question.")
+    open_page(page, open_server)
+    search(page, question)
+    expect(page.locator("#search-status .unread-note")).to_have_text(said)
+    search(page, "which telescope shows faint stars?")
+    expect(cards(page).first.locator(".match-id")).to_have_text("telescope")
+    expect(page.locator("#search-status .unread-note")).to_have_count(0)
+
+
 def test_a_keyword_search_finding_no_term_says_so(page: Page, tmp_path: Path, expect: Any) -> None:
     """Not "the knowledge base is empty": the server's message, under its own heading."""
     with kb_serve(tmp_path, {"KB_SEARCH_MODE": "keyword"}) as server:

@@ -12,6 +12,7 @@ from kb.answer_budget import AnswerBudget
 from kb.document_filter import by_document
 from kb.filters import CompiledFilter
 from kb.hybrid import complete, rewritten
+from kb.mirror import Mirror
 from kb.ranking import Hit, Ranking
 from kb.records import Record
 from kb.schemas import Document
@@ -63,14 +64,18 @@ def rank_and_fetch(
             store.replica.catch_up()  # the writes of other processes too, on a Chroma server
         last = attempt == ATTEMPTS
         mirror = store.replica.current_mirror()
-        writes = mirror.writes if mirror is not None else 0  # before any mask is decided
+        # noted before any mask is decided, on the mirror object even while it is not current
+        # (a write under way): the ranking may run on it once that write is applied, and a
+        # rewrite after its mask then went unseen (review helper 106)
+        tracked = store.replica.mirror
+        writes = tracked.writes if tracked is not None else 0
         # a text filter is decided per document, once for the batch: on the mirror, the rows
         # of the documents passing it; else a metadata filter listing them
         passing = by_document(asked.flt, store.records.ids, mirror)
         now = replace(asked, flt=passing if passing else asked.flt)
         none = Ranking([], 0, 0, [])
         rankings = rank(now, top_k) if passing is not None else [none for _ in asked.texts]
-        if not last and mirror is not None and mirror.rewritten_since(writes, asked.flt.where):
+        if not last and tracked is not None and _rewritten(store, tracked, writes, asked):
             continue
         # only what a result shows is fetched: its matches, and with explain its near misses
         shown = [r.matches + (r.misses if request.explain else []) for r in rankings]
@@ -83,6 +88,12 @@ def rank_and_fetch(
         if last or not rewritten(store, [r for r in torn if r.doc_id not in full]):
             return Shown(passing, rankings, showing, full, budget)
     raise AssertionError("unreachable: the last attempt returns")
+
+
+def _rewritten(store: KnowledgeStore, tracked: Mirror, writes: int, asked: Asked) -> bool:
+    """Whether a document under the filters may have been rewritten while the search ranked:
+    one was on the mirror noted before it, or that mirror was replaced (rebuilt)."""
+    return store.replica.mirror is not tracked or tracked.rewritten_since(writes, asked.flt.where)
 
 
 def _dropped(shown: list[list[Hit]], showing: list[list[Hit]]) -> list[Record]:

@@ -137,3 +137,25 @@ def test_the_mirror_tells_rewrites_under_a_filter_from_other_writes() -> None:
         mirror.apply([record("a", "x")], [], 6 + i)
     assert mirror.rewritten_since(late, {"g": "y"})  # the first of them is forgotten
     assert not mirror.rewritten_since(mirror.writes - REWRITES_KEPT, {"g": "y"})
+
+
+def test_a_search_begun_while_another_write_is_applied_still_notes_the_rewrites(
+    store: KnowledgeStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writes were noted only on a current mirror: a search that began while another
+    write was between Chroma and the mirror (no current mirror) noted nothing, ranked on the
+    mirror once that write was applied, and a rewrite after its mask went unseen: the
+    document was missing, after one ranking (review helper 106)."""
+    store.add([note(i, 0) for i in range(3)])
+    current = store.replica.current_mirror
+    asked: list[int] = []
+
+    def none_at_first() -> Any:  # another write under way as the search begins
+        asked.append(1)
+        return None if len(asked) == 1 else current()
+
+    monkeypatch.setattr(store.replica, "current_mirror", none_at_first)
+    rewrite = lambda: store.add([note(0, 1)], WriteMode.UPSERT)  # noqa: E731
+    result, rankings = ask_with_write(store, monkeypatch, rewrite, "keyword")
+    assert shown(result) == {"cc-0": 1, "cc-1": 0, "cc-2": 0}
+    assert rankings == 2

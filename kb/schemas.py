@@ -678,7 +678,10 @@ class Limits(BaseModel):
     documents by them."""
 
     max_request_bytes: int = Field(ge=1, description="Largest request body, in bytes.")
-    max_answer_bytes: int = Field(
+    # optional: a service before it does not say it, and a client reading /info (kb load
+    # --url) then dropped every limit it did say (review helper 106)
+    max_answer_bytes: int | None = Field(
+        None,
         ge=1,
         description="Largest /query answer: its texts, passages, metadata, ids and queries as "
         "JSON, in bytes (422 answer_too_large above).",

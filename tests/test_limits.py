@@ -13,6 +13,7 @@ from flask.testing import FlaskClient
 from kb.app import close_app, create_app
 from kb.config import Settings
 from kb.embeddings import Embedder
+from kb.schemas import Info
 from tests.conftest import changed
 
 LIMITS = {
@@ -59,6 +60,27 @@ def test_info_tells_the_request_limits(api: FlaskClient) -> None:
         "max_filter_conditions": 3,
         "max_filter_values": 3,
     }
+
+
+def test_a_client_takes_the_limits_a_service_before_max_answer_bytes_tells(
+    api: FlaskClient,
+) -> None:
+    """`kb load --url` reads /info's limits; one of a service that did not say
+    max_answer_bytes failed validation, and the client dropped every limit it did say, so
+    its batches were past them (review helper 106)."""
+    from kb.cli.data import _with_service_limits
+
+    info = api.get("/info").json
+    del info["limits"]["max_answer_bytes"]
+
+    class Older:
+        def info(self) -> Info:
+            return Info.model_validate(info)
+
+    taken = _with_service_limits(Settings(), Older())  # type: ignore[arg-type]
+    assert taken.max_documents_per_request == 3
+    assert taken.max_request_bytes == 4096
+    assert taken.max_answer_bytes == Settings().max_answer_bytes
 
 
 def nested(depth: int) -> dict[str, Any]:

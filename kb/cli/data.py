@@ -320,7 +320,7 @@ def _with_service_limits(settings: Settings, client: KBClient) -> Settings:
         return settings  # a key it refuses, an older service: the first request says so
     except ValidationError:
         return settings
-    return settings.model_copy(update=limits.model_dump())
+    return settings.model_copy(update=limits.model_dump(exclude_none=True))
 
 
 def _names(paths: Sequence[str], shown: int = 3) -> str:

@@ -318,14 +318,19 @@ def _damaged(exc: sqlite3.DatabaseError) -> bool:
 
 def _move_aside(path: Path, exc: sqlite3.DatabaseError) -> Path:
     """Rename the damaged file to `<name>.damaged-<time>`, with its -wal and -shm (an old
-    write-ahead log would be replayed into the new file); a KBError if it cannot be."""
+    write-ahead log would be replayed into the new file); a KBError if it cannot be. A name
+    too long for that (past 215 bytes) is moved aside under its digest: the rename failed,
+    a traceback, and the store could not open (review helper 106)."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    aside = path.with_name(f"{path.name}.damaged-{stamp}")
-    for n in itertools.count(1):
-        if not aside.exists():
-            break
-        aside = path.with_name(f"{path.name}.damaged-{stamp}-{n}")
+    name = path.name
+    if len(f"{name}.damaged-{stamp}-99-wal".encode()) > 255:
+        name = hashlib.blake2b(name.encode(), digest_size=10).hexdigest() + INDEX_SUFFIX
     try:
+        aside = path.with_name(f"{name}.damaged-{stamp}")
+        for n in itertools.count(1):
+            if not aside.exists():
+                break
+            aside = path.with_name(f"{name}.damaged-{stamp}-{n}")
         for suffix in ("", "-wal", "-shm"):
             side = path.with_name(path.name + suffix)
             if suffix == "" or side.exists():

@@ -249,3 +249,24 @@ def test_the_threshold_compares_cosine_in_every_mode(topics: FlaskClient) -> Non
         ).json
         assert result["matches"] == [], mode
         assert result["best_rejected_score"] < 0.9
+
+
+def test_a_damaged_index_of_a_name_too_long_to_move_aside_as_it_is_is_moved_under_a_digest(
+    tmp_path: Path, embedder, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A name of 216-231 bytes keeps its file name (it fits with '-journal'), but not with
+    '.damaged-<time>' added: moving a damaged index aside failed with a traceback (Errno 36)
+    and the store could not open (review helper 106). It is moved aside under its digest."""
+    settings = Settings(chroma_path=tmp_path / "db", collection="b" * 225)
+    store = KnowledgeStore.open(settings, embedder)
+    docs_about(store)
+    store.close()
+    path = store.keyword.path
+    assert path.name == "b" * 225 + ".keyword.sqlite3"
+    path.write_bytes(b"garbage\n")
+    reopened = KnowledgeStore.open(settings, embedder)
+    assert keyword_ids(reopened, "sourdough starter") == ["bread"]
+    reopened.close()
+    (aside,) = [p for p in path.parent.glob("*.damaged-*") if not p.name.endswith("-wal")]
+    assert aside.read_bytes() == b"garbage\n"
+    assert f"moved to {aside}" in caplog.text

@@ -75,7 +75,7 @@ def create_app(settings: Settings | None = None, *, embedder: Embedder | None = 
 def _say_overridden_min_score(settings: Settings, store: KnowledgeStore) -> None:
     """A threshold `kb calibrate --write` stored outranks KB_MIN_SCORE: when that is set
     too, one warning naming both (the calibrated one was applied without a word)."""
-    from kb.search import _threshold_text, resolve_threshold
+    from kb.search import resolve_threshold, threshold_text
 
     threshold = resolve_threshold(store, None)
     if threshold.source != "calibrated" or "min_score" not in settings.model_fields_set:
@@ -83,8 +83,8 @@ def _say_overridden_min_score(settings: Settings, store: KnowledgeStore) -> None
     log.warning(
         "threshold %s (calibrated by kb calibrate --write; KB_MIN_SCORE=%s is not used; "
         "kb calibrate --clear removes it)",
-        _threshold_text(threshold.min_score),
-        _threshold_text(settings.min_score),
+        threshold_text(threshold.min_score),
+        threshold_text(settings.min_score),
     )
 
 

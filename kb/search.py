@@ -346,7 +346,7 @@ def _no_candidates(
 def _verdict(
     matches: list[Match], best_rejected: float | None, threshold: Threshold
 ) -> tuple[QueryStatus, str]:
-    limit = _threshold_text(threshold.min_score)
+    limit = threshold_text(threshold.min_score)
     if not matches:
         assert best_rejected is not None  # else there was no candidate (`_result`)
         best = _below_text(best_rejected, threshold.min_score)
@@ -358,7 +358,7 @@ def _verdict(
     return "ok", f"{len(matches)} match(es) scored at least {limit}."
 
 
-def _threshold_text(value: float) -> str:
+def threshold_text(value: float) -> str:
     """A threshold as the search page writes it: two decimals when they are exact, else all
     its digits (0.5645 written 0.56 said a score of 0.564 was below it)."""
     value += 0.0  # -0.0 as 0.00

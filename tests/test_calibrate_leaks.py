@@ -81,6 +81,14 @@ def test_recommends_the_lowest_threshold_refusing_the_unanswerable_plus_the_marg
     picked = "0.17 (0.17, the lowest leaving at most 1 of them matched, + margin 0.00;"
     assert f"recommended threshold: {picked}" in result.output
 
+    # a margin off the 0.01 grid: 0.325 was said and stored as "0.33" (review helper 106)
+    result = calibrate(tmp_path, "--queries", str(folder), "--margin", "0.005", "--write")
+    assert result.exit_code == 0, result.output
+    picked = "0.325 (0.32, the lowest leaving none of them matched, + margin 0.005;"
+    assert f"recommended threshold: {picked}" in result.output
+    assert "stored 0.325 as the default threshold" in result.output
+    assert "    0.325 " in result.output  # its row in the per-query table
+
 
 def test_with_no_unanswerable_query_it_says_so_and_recommends_max_f1(tmp_path: Path) -> None:
     """Nothing to refuse: the best F1 of the shown matches, as before, and a warning."""

@@ -129,7 +129,7 @@ def _clear_alone() -> None:
 def _clear_threshold(settings: Settings) -> None:
     """Remove the collection's calibrated threshold, announced to the other processes on a
     Chroma server as --write's is; say what was removed, and what applies now."""
-    from kb.search import CALIBRATED_KEY, _threshold_text
+    from kb.search import CALIBRATED_KEY, threshold_text
 
     store = open_store(settings, searching=False, existing=True)  # none made to be cleared
     try:
@@ -141,11 +141,11 @@ def _clear_threshold(settings: Settings) -> None:
         fail(exc.message)
     finally:
         store.close()
-    now = f"KB_MIN_SCORE applies ({_threshold_text(settings.min_score)} in this environment)"
+    now = f"KB_MIN_SCORE applies ({threshold_text(settings.min_score)} in this environment)"
     if stored is None:
         out(f"no calibrated threshold stored in {where}: {now}")
     else:
-        value = _threshold_text(stored) if isinstance(stored, int | float) else json.dumps(stored)
+        value = threshold_text(stored) if isinstance(stored, int | float) else json.dumps(stored)
         out(f"removed the calibrated threshold {value} of {where}: {now}")
 
 
@@ -232,6 +232,7 @@ def _per_query(
     matches, `best`, rewarded showing one match a query, top_k's job: it recommended 0.48 on
     data/eval, which refused no more of them than 0.40 and kept 10 fewer answers)."""
     from kb.calibration import NoLeakPick, leak_pick, query_sweep, shown_rows
+    from kb.search import threshold_text
 
     runs, wanted, k = labeled.runs, labeled.wanted, labeled.top_k
     pick = None
@@ -249,7 +250,7 @@ def _per_query(
     for row in query_sweep(runs, wanted, k, listed):
         mark = "  (recommended)" if row.threshold == best.threshold else ""
         out(
-            f"{row.threshold:>9.2f} {row.leaked:>20} of {unanswerable:<4} "
+            f"{threshold_text(row.threshold):>9} {row.leaked:>20} of {unanswerable:<4} "
             f"{row.kept:>6} of {answerable}{mark}"
         )
     _say_unanswerable_best(labeled, leaks)
@@ -257,9 +258,10 @@ def _per_query(
         _say_recommended(best)
     else:
         allowed = "none" if not leaks else f"at most {leaks}"
+        chosen = threshold_text(best.threshold)
         out(
-            f"recommended threshold: {best.threshold:.2f} ({pick.lowest:.2f}, the lowest "
-            f"leaving {allowed} of them matched, + margin {margin:.2f}; precision "
+            f"recommended threshold: {chosen} ({pick.lowest:.2f}, the lowest "
+            f"leaving {allowed} of them matched, + margin {threshold_text(margin)}; precision "
             f"{best.precision:.3f}, recall {best.recall:.3f}, f1 {best.f1:.3f})"
         )
     return best
@@ -291,7 +293,7 @@ def _write_threshold(
     here), unless it misses the precision asked for: a default that quietly lets through
     more noise than the user said they accept is worse than none."""
     from kb.calibration import reaches
-    from kb.search import CALIBRATED_KEY
+    from kb.search import CALIBRATED_KEY, threshold_text
 
     if precision is not None and not reaches(best, precision):
         fail(f"not written: no threshold reaches precision {precision:.3f}")
@@ -302,7 +304,7 @@ def _write_threshold(
         if store is None:
             target.close()
     out(
-        f"stored {best.threshold:.2f} as the default threshold of collection "
+        f"stored {threshold_text(best.threshold)} as the default threshold of collection "
         f"'{settings.collection}' in {target.records.location}"
     )
 

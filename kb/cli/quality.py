@@ -182,7 +182,7 @@ def duplicates(min_score: float | None) -> None:
     """List groups of near-duplicate documents in the store: one group a line, its ids
     separated by tabs (an id may hold spaces, never a control character)."""
     from kb.duplicates import groups
-    from kb.search import _threshold_text
+    from kb.search import threshold_text
 
     settings = Settings()
     threshold = settings.duplicate_score if min_score is None else min_score
@@ -197,5 +197,5 @@ def duplicates(min_score: float | None) -> None:
         sys.stdout.flush()
     except OSError as exc:  # > /dev/full, a closed pipe
         stdout_failed(exc)
-    limit = _threshold_text(threshold)  # as searches write it: 0.99999 was printed "1.00"
+    limit = threshold_text(threshold)  # as searches write it: 0.99999 was printed "1.00"
     click.echo(f"{len(found)} group(s) of near-duplicates at score >= {limit}", err=True)

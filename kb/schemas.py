@@ -518,6 +518,11 @@ def _check_query(text: str, info: ValidationInfo) -> str:
     settings = (info.context or {}).get("settings")
     if not text.strip():
         raise ValueError("a query must not be empty")
+    if not _visible(text):  # a search for nothing answered no_confident_match (review helper 99)
+        raise ValueError(
+            "a query must hold a visible character, not only spaces and invisible ones "
+            "(zero-width spaces, byte-order marks, control characters)"
+        )
     if settings is not None and len(text) > settings.max_query_chars:
         raise ValueError(
             f"a query has {len(text)} characters; at most {settings.max_query_chars} "

@@ -51,6 +51,9 @@ BAD_REQUESTS = [
     ("post", "/query", {"query": 5}, 422, "query"),
     ("post", "/query", {"query": "x", "queries": ["y"]}, 422, "body"),
     ("post", "/query", {"queries": ["ok", " "]}, 422, "queries.1"),
+    # invisible only (a zero-width space, a BOM): refused as in a text (review helper 99)
+    ("post", "/query", {"query": "\u200b"}, 422, "query"),
+    ("post", "/query", {"queries": ["ok", "\ufeff\u200b "]}, 422, "queries.1"),
     ("post", "/query", {"query": "x", "top_k": 0}, 422, "top_k"),
     ("post", "/query", {"query": "x", "top_k": 101}, 422, "top_k"),
     ("post", "/query", {"query": "x", "top_k": "5"}, 422, "top_k"),

@@ -81,3 +81,28 @@ def test_the_openapi_document_lists_the_field(client: FlaskClient) -> None:
     field = spec["components"]["schemas"]["QueryResult"]["properties"]["truncated"]
     assert field["type"] == "boolean"
     assert "word pieces" in field["description"]
+
+
+def test_a_short_query_is_not_tokenized_again(embedder: Embedder) -> None:
+    """Most queries cannot reach either limit (PIECES_PER_CHAR): they cost no second
+    tokenization. The bound holds for the text that makes the most pieces a character
+    (Hangul syllables, three letters each)."""
+    from kb import unread as unread_module
+
+    class Counting:
+        max_tokens = embedder.max_tokens
+        calls = 0
+
+        def tokens(self, text: str) -> Any:
+            Counting.calls += 1
+            return embedder.tokens(text)
+
+    counting: Any = Counting()
+    longest = (embedder.max_tokens - 2) // unread_module.PIECES_PER_CHAR
+    hangul = "한국어텍스트" * (longest // 6 + 1)
+    for text in ["what is overfitting", hangul[:longest], "a " * (longest // 2)]:
+        assert unread_module.unread(counting, text, "hybrid") is None
+    assert Counting.calls == 0
+    assert len(embedder.tokens(hangul[:longest]).offsets) <= embedder.max_tokens - 2
+    assert unread_module.unread(counting, hangul[: longest + 1], "dense") is None
+    assert Counting.calls == 1  # one character more: tokenized, and read whole

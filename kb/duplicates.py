@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence, Set
+from collections.abc import Callable, Iterable, Sequence, Set
 
 import numpy as np
 
@@ -21,6 +21,8 @@ WIDEN, WIDEST = 8, 2048
 
 Vectors = dict[str, np.ndarray]  # document id -> its chunks' vectors, one row per chunk
 Pair = tuple[str, str, float]  # document id, the stored document it nearly duplicates, score
+# vectors, n -> per vector up to n (record id, cosine score), best first
+Nearest = Callable[[np.ndarray, int], list[list[tuple[str, float]]]]
 
 
 def nearest_stored(
@@ -28,16 +30,21 @@ def nearest_stored(
     new: Sequence[Record],
     min_score: float,
     replaced: Set[str] = frozenset(),
+    nearest: Nearest | None = None,
 ) -> dict[str, tuple[str, float]]:
     """For each new document (all its chunk records given), the most similar other stored
     document scoring at least `min_score`: new id -> (existing id, score), compared whole
     (`_pairs`: a shared preamble does not make two documents duplicates). Documents in
-    `replaced` are being rewritten by the same write, so their stored text is no match."""
+    `replaced` are being rewritten by the same write, so their stored text is no match.
+    `nearest` finds the neighbours (kb's in-memory copy, when current): Chroma's HNSW graph
+    can hold a record no search reaches, and an exact copy of it was accepted under
+    on_duplicate "reject" (review helper 100)."""
     docs = _whole(new)
     if not docs or not records.count():
         return {}
     found: dict[str, tuple[str, float]] = {}
-    for doc, other, score in _pairs(records, docs, min_score, NEIGHBOURS, replaced, {}):
+    near = nearest or records.nearest_ids
+    for doc, other, score in _pairs(records, docs, min_score, NEIGHBOURS, replaced, {}, near):
         if doc not in found or score > found[doc][1]:
             found[doc] = (other, score)
     return found
@@ -55,7 +62,9 @@ def groups(records: RecordCollection, min_score: float, neighbours: int = 5) -> 
 
     for batch in records.pages(FIRST_CHUNKS, BATCH, embeddings=True, texts=False):
         docs = _with_later_chunks(records, batch)
-        pairs = _pairs(records, docs, min_score, neighbours + 1, frozenset(), docs, every=True)
+        pairs = _pairs(
+            records, docs, min_score, neighbours + 1, frozenset(), docs, records.nearest_ids, True
+        )
         for doc, other, _ in pairs:
             parent[root(other)] = root(doc)
     members: dict[str, list[str]] = {}
@@ -71,7 +80,7 @@ def _pairs(
     k: int,
     skip: Set[str],
     known: Vectors,
-    *,
+    nearest: Nearest,
     every: bool = False,
 ) -> list[Pair]:
     """The stored documents each of `docs` nearly duplicates, compared whole: as many chunks,
@@ -92,7 +101,7 @@ def _pairs(
     `skip`, documents that match none."""
     found: list[Pair] = []
     checked: set[tuple[str, str]] = set()
-    lists = _first_lists(records, docs, min_score, k, skip)
+    lists = _first_lists(nearest, docs, min_score, k, skip)
     while True:
         candidates, cut_off = _candidates(lists)
         pairs = [(d, o) for d, others in candidates.items() for o in sorted(others)]
@@ -105,7 +114,7 @@ def _pairs(
             return found
         k = min(k * WIDEN, WIDEST)
         asked = [(doc, n) for doc in wider for n in range(len(docs[doc]))]
-        lists = _neighbours(records, docs, asked, min_score, k, skip)
+        lists = _neighbours(nearest, docs, asked, min_score, k, skip)
 
 
 Lists = dict[str, list[tuple[bool, set[str]]]]  # document -> per chunk asked: (its list was
@@ -113,20 +122,20 @@ Lists = dict[str, list[tuple[bool, set[str]]]]  # document -> per chunk asked: (
 
 
 def _first_lists(
-    records: RecordCollection, docs: Vectors, min_score: float, k: int, skip: Set[str]
+    nearest: Nearest, docs: Vectors, min_score: float, k: int, skip: Set[str]
 ) -> Lists:
     """The first chunks' lists, and the later chunks' of documents whose first is cut off."""
-    lists = _neighbours(records, docs, [(doc, 0) for doc in docs], min_score, k, skip)
+    lists = _neighbours(nearest, docs, [(doc, 0) for doc in docs], min_score, k, skip)
     later = [
         (d, n) for d, (first, *_) in lists.items() if not first[0] for n in range(1, len(docs[d]))
     ]
-    for doc, more in _neighbours(records, docs, later, min_score, k, skip).items():
+    for doc, more in _neighbours(nearest, docs, later, min_score, k, skip).items():
         lists[doc] += more
     return lists
 
 
 def _neighbours(
-    records: RecordCollection,
+    nearest: Nearest,
     docs: Vectors,
     asked: Sequence[tuple[str, int]],
     min_score: float,
@@ -138,7 +147,7 @@ def _neighbours(
         return {}
     vectors = np.asarray([docs[doc][n] for doc, n in asked], dtype=np.float32)
     lists: Lists = {}
-    for (doc, n), hits in zip(asked, records.nearest_ids(vectors, k), strict=True):
+    for (doc, n), hits in zip(asked, nearest(vectors, k), strict=True):
         alike = {
             other
             for rid, score in hits

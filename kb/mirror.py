@@ -365,6 +365,17 @@ class Mirror:
             for row, score in zip(rows.tolist(), scores.tolist(), strict=True)
         ]
 
+    def nearest_ids(self, vectors: np.ndarray, n: int) -> list[list[tuple[str, float]]]:
+        """For each vector, up to n (record id, cosine score) pairs, best first, and any tied
+        with the last (as RecordCollection.nearest_ids answers from Chroma's HNSW graph, which
+        can hold a record no search reaches: review helper 100)."""
+        answers = []
+        for vector in vectors:
+            rows, scores = self.nearest_rows(vector, n)
+            pairs = zip(rows.tolist(), scores.tolist(), strict=True)
+            answers.append([(self.ids[row], score) for row, score in pairs])
+        return answers
+
     def nearest_rows(
         self, vector: np.ndarray, n: int, mask: np.ndarray | None = None, key: str | None = None
     ) -> tuple[np.ndarray, np.ndarray]:

@@ -365,6 +365,9 @@ class KnowledgeStore:
                     # or not: a rerun of a write cut off between Chroma calls finds part of
                     # it stored, and then refused (or skipped) what the whole write took
                     replaced={head.doc_id for head in replaced} | set(plan.ids),
+                    nearest=mirror.nearest_ids
+                    if (mirror := self.replica.current_mirror()) is not None
+                    else None,
                 )
             )
             if near and plan.on_duplicate == "reject":

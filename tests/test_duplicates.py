@@ -7,6 +7,7 @@ from click.testing import CliRunner
 from flask.testing import FlaskClient
 
 from kb.cli import main
+from kb.collection import RecordCollection
 from kb.config import Settings
 from kb.duplicates import groups, nearest_stored
 from kb.embeddings import Embedder
@@ -48,6 +49,23 @@ def test_reject_refuses_the_whole_request(client: FlaskClient) -> None:
     assert result["status"] == 409
     assert "'copy' ~ 'orig'" in result["error"]["message"]
     assert client.get("/health").json["documents"] == 1
+
+
+def test_reject_finds_a_copy_chromas_graph_does_not_reach(
+    client: FlaskClient, store: KnowledgeStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Chroma's HNSW graph can hold a record no search reaches (no link into it): an exact
+    copy of it sent with "reject" was written, 201 (review helper 100). With kb's in-memory
+    copy current, the neighbours come from it. Chroma's graph missing everything stands in
+    for the unreachable record."""
+    client.post("/add", json=ORIGINAL)
+    store.replica.wait_loaded()
+    monkeypatch.setattr(
+        RecordCollection, "nearest_ids", lambda self, vectors, n: [[] for _ in vectors]
+    )
+    result = add(client, "reject")
+    assert result["status"] == 409, result
+    assert "'copy' ~ 'orig'" in result["error"]["message"]
 
 
 @pytest.mark.parametrize("on_duplicate", ["reject", "skip"])

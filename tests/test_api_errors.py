@@ -233,6 +233,9 @@ def test_a_key_given_twice_is_422_naming_it_and_changes_nothing(
         ({"where": "[1]"}, "where", "must be a JSON object (got an array)"),
         ({"": "1"}, "query string", "a parameter without a name"),
         ({"where": '{"a": ' + "9" * 5000 + "}"}, "where", "more than 4300 digits"),
+        # /query's text filter, read as a metadata key: an empty listing, 200 (review
+        # helper 100)
+        ({"where_document": '{"$contains": "pasta"}'}, "where_document", "metadata only"),
     ],
 )
 def test_a_listing_parameter_that_is_no_filter_is_422_naming_it(

@@ -100,6 +100,14 @@ def list_documents() -> tuple[Response, int]:
     if "" in request.args:  # `?=value`: no metadata key to filter on
         problem = "a parameter without a name (?=value)"
         raise ValidationFailed(problem, details=[field_error("query string", problem)])
+    if "where_document" in request.args:  # /query's, read as a metadata key: nothing listed
+        problem = (
+            "a listing filters by metadata only (a text filter is POST /query's; a metadata "
+            'key of that name: ?where={"where_document": ...})'
+        )
+        raise ValidationFailed(
+            f"where_document: {problem}", details=[field_error("where_document", problem)]
+        )
     simple = {
         key: _typed(request.args.getlist(key)) for key in request.args if key not in OWN_PARAMS
     }

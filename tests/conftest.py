@@ -250,3 +250,15 @@ def ctrl_c_in_the_switch(ctrl_c_raises: None, monkeypatch: pytest.MonkeyPatch) -
         rename(records, name)
 
     monkeypatch.setattr(RecordCollection, "rename", interrupted)
+
+
+@pytest.fixture
+def two(server_settings: Settings, embedder: Embedder) -> Iterator[tuple]:
+    """Two kb processes' stores on one Chroma server collection."""
+    first = KnowledgeStore.open(server_settings, embedder)
+    second = KnowledgeStore.open(server_settings, embedder)
+    first.replica.wait_loaded()
+    second.replica.wait_loaded()
+    yield first, second
+    first.close()
+    second.close()

@@ -48,18 +48,6 @@ def embedded(store: KnowledgeStore, doc_id: str, text: str) -> list[Record]:
     return [record]
 
 
-@pytest.fixture
-def two(server_settings: Settings, embedder: Embedder) -> Iterator[tuple]:
-    """Two kb processes' stores on one Chroma server collection."""
-    first = KnowledgeStore.open(server_settings, embedder)
-    second = KnowledgeStore.open(server_settings, embedder)
-    first.replica.wait_loaded()
-    second.replica.wait_loaded()
-    yield first, second
-    first.close()
-    second.close()
-
-
 def test_writes_of_one_process_reach_the_others_copies(two: tuple) -> None:
     first, second = two
     first.add([DocumentIn(id="raft", text="Raft elects a leader by randomized timeouts.")])

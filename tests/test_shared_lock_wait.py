@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
@@ -72,17 +72,6 @@ def while_held(settings: Settings, act: Callable[[], object]) -> object:
 @pytest.fixture
 def quick(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(shared_replica, "LOCK_WAIT_S", 0.5, raising=False)
-
-
-@pytest.fixture
-def two(server_settings: Settings, embedder: Embedder) -> Iterator[tuple]:
-    first = KnowledgeStore.open(server_settings, embedder)
-    second = KnowledgeStore.open(server_settings, embedder)
-    first.replica.wait_loaded()
-    second.replica.wait_loaded()
-    yield first, second
-    first.close()
-    second.close()
 
 
 @pytest.mark.parametrize("why", ["idle past the log's retention", "an update that failed"])

@@ -139,25 +139,31 @@ class WriteLock:
         """The lock, waited for at most `wait` seconds (StoreBusy past them); a `read` (a
         document read again whole under the lock) at most READ_WAIT_S of them."""
         wait = self._wait if self._wait is None or not read else min(self._wait, READ_WAIT_S)
-        if not self._acquire(wait):
-            why = "KB_CHROMA_WRITE_TIMEOUT: " if wait == self._wait else ""
-            raise StoreBusy(
-                f"another write has held the store's write lock for more than {wait:g} s "
-                f"({why}the Chroma server may not be answering it, or a backup or restore is "
-                "under way); this request changed nothing: retry it later"
+        why = "KB_CHROMA_WRITE_TIMEOUT: " if wait == self._wait else ""
+        busy = (
+            ""
+            if wait is None
+            # never raised without a bound
+            else (
+                f"another write has held the store's write lock for more than {wait:g} s ({why}the "
+                "Chroma server may not be answering it, or a backup or restore is under way); this "
+                "request changed nothing: retry it later"
             )
+        )
+        with self.within(wait, busy):
+            yield self
+
+    @contextmanager
+    def within(self, wait: float | None, busy: str) -> Iterator[WriteLock]:
+        """The lock, waited for at most `wait` seconds (None: as long as it takes), then
+        StoreBusy(`busy`): the one bounded wait of a request's write, a read (`turn`) and a
+        shared store's poll (kb.shared_replica)."""
+        if not self._acquire(wait):
+            raise StoreBusy(busy)
         try:
             yield self
         finally:
             self.__exit__()
-
-    def acquire(self, wait: float | None) -> bool:
-        """Take the lock within `wait` seconds (None: as long as it takes): whether it was
-        taken. A lock taken is let go by `release`."""
-        return self._acquire(wait)
-
-    def release(self) -> None:
-        self.__exit__()
 
     def _acquire(self, wait: float | None) -> bool:
         deadline = None if wait is None else time.monotonic() + wait

@@ -23,7 +23,7 @@ from kb.collection import RecordCollection
 from kb.config import LOG_SUFFIX
 from kb.errors import KBError
 from kb.filters import CompiledFilter
-from kb.lock import READ_WAIT_S, StoreBusy, WriteLock
+from kb.lock import READ_WAIT_S, WriteLock
 from kb.logs import Thinned
 from kb.mirror import Mirror
 from kb.records import DOC, Record, doc_id_of
@@ -212,16 +212,13 @@ class SharedReplica(Replica):
         (a backup, restore or kb load of another process, a write the server does not
         answer), and the searches behind it as long (review helper 97). Start-up waits as
         long as it takes."""
-        if not self._writes.acquire(LOCK_WAIT_S if self._started else None):
-            raise StoreBusy(
-                f"{needs}, which waits for the host's write lock: another write has held it "
-                f"for more than {LOCK_WAIT_S:g} s (a backup, restore or kb load, or a write "
-                "the Chroma server does not answer); retry later"
-            )
-        try:
+        busy = (
+            f"{needs}, which waits for the host's write lock: another write has held it for "
+            f"more than {LOCK_WAIT_S:g} s (a backup, restore or kb load, or a write the Chroma "
+            "server does not answer); retry later"
+        )
+        with self._writes.within(LOCK_WAIT_S if self._started else None, busy):
             yield
-        finally:
-            self._writes.release()
 
     def _refresh(self, ids: list[str]) -> None:
         """Copy these records' current state from Chroma (present: upsert, gone: delete).

@@ -61,8 +61,12 @@ def index_file(folder: Path, collection: str) -> Path:
     helper 97). '+' is in no collection name, so no other collection's index has that name."""
     if len(collection.encode()) <= NAME_KEPT:
         return folder / f"{collection}{INDEX_SUFFIX}"
-    digest = hashlib.blake2b(collection.encode(), digest_size=10).hexdigest()
-    return folder / f"{collection[:NAME_START]}+{digest}{INDEX_SUFFIX}"
+    return folder / f"{collection[:NAME_START]}+{_digest(collection)}{INDEX_SUFFIX}"
+
+
+def _digest(name: str) -> str:
+    """A file name's stand-in for a name too long to be one (`index_file`, `_move_aside`)."""
+    return hashlib.blake2b(name.encode(), digest_size=10).hexdigest()
 
 
 def distinct_terms(text: str) -> list[str]:
@@ -324,7 +328,7 @@ def _move_aside(path: Path, exc: sqlite3.DatabaseError) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     name = path.name
     if len(f"{name}.damaged-{stamp}-99-wal".encode()) > 255:
-        name = hashlib.blake2b(name.encode(), digest_size=10).hexdigest() + INDEX_SUFFIX
+        name = _digest(name) + INDEX_SUFFIX
     try:
         aside = path.with_name(f"{name}.damaged-{stamp}")
         for n in itertools.count(1):

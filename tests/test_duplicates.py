@@ -324,3 +324,20 @@ def test_kb_duplicates_writes_its_threshold_as_searches_do(
     assert result.exit_code == 0, result.output
     assert result.stdout == "a\tb\n"
     assert "1 group(s) of near-duplicates at score >= 0.99999\n" in result.output
+
+
+def test_the_in_memory_neighbours_of_many_vectors_are_each_ones_own(
+    client: FlaskClient, store: KnowledgeStore
+) -> None:
+    """Mirror.nearest_ids scores a batch of vectors in one product (it scanned every row once
+    a vector, seconds for an add of 1,000 documents): each list is what that vector's own
+    search finds, best first, ties included."""
+    texts = [f"Note {i} on {topic}." for i in range(40) for topic in ("bread", "rivers")]
+    client.post("/add", json={"documents": [{"text": t} for t in texts], "on_duplicate": "ignore"})
+    store.replica.wait_loaded()
+    mirror = store.replica.current_mirror()
+    assert mirror is not None
+    assert mirror._index is None  # exact, as below KB_ANN_MIN_ROWS
+    vectors = store.embedder.embed_queries(["bread", "a river's note", "Note 3 on bread."] * 30)
+    expected = [[(r.id, s) for r, s in mirror.nearest(vector, 4)] for vector in vectors]
+    assert mirror.nearest_ids(vectors, 4) == expected
